@@ -1,0 +1,45 @@
+# The README's commands. Each creates .venv on first use and installs what it needs.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DIR ?= .
+
+.PHONY: install install-test classify test test-fast lint format clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed-worker: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[worker]'
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@ $(VENV)/.installed-worker
+
+install: $(VENV)/.installed-worker
+install-test: $(VENV)/.installed-test
+
+## make classify DIR=<folder>: classify every image under the folder on this machine
+classify: install
+	$(BIN)/imgq classify "$(DIR)"
+
+## make test: the whole suite, slow end-to-end tests included
+test: install-test
+	$(BIN)/ruff check .
+	$(BIN)/pytest
+
+test-fast: install-test
+	$(BIN)/pytest -m "not slow"
+
+lint: install-test
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install-test
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -1,0 +1,150 @@
+"""The queue contract: what the producer sends, what the worker writes back, and where.
+
+Both sides import this module and nothing else of each other. It names the Celery task and queue, defines
+the batch message and the result record, builds every Redis key, and holds the Celery configuration both
+ends must agree on. It never imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from imgq.settings import Settings
+
+MESSAGE_VERSION = 1
+
+TASK_CLASSIFY_BATCH = "imgq.classify_batch"
+# The one task: classify a batch of images of one job. Sent by name, so the producer never imports the worker.
+
+MODEL_NAME = "resnet50"
+
+ERROR_CODES = {
+    "missing": "the file does not exist",
+    "unreadable": "the file exists but cannot be read (permissions, a directory, a symlink loop)",
+    "not_an_image": "the content is not an image format imgq opens",
+    "corrupt": "an image that fails to decode (truncated, damaged)",
+    "too_large": "more pixels than IMGQ_MAX_PIXELS (decompression bomb guard)",
+    "forbidden": "outside the worker's IMGQ_ALLOWED_ROOTS",
+    "internal": "a failure of imgq itself, not of the image",
+}
+
+
+class MessageError(ValueError):
+    """A task message that does not follow the contract."""
+
+
+@dataclass(frozen=True)
+class BatchMessage:
+    """One task: images ``(image id, absolute path)`` of ``job``, in submission order."""
+
+    job: str
+    batch: int
+    images: tuple[tuple[int, str], ...]
+    top_k: int
+
+    def to_dict(self) -> dict:
+        return {
+            "v": MESSAGE_VERSION,
+            "job": self.job,
+            "batch": self.batch,
+            "images": [list(item) for item in self.images],
+            "top_k": self.top_k,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> BatchMessage:
+        """Parse a message; raises MessageError saying what was expected and what was received."""
+        if not isinstance(data, dict) or data.get("v") != MESSAGE_VERSION:
+            raise MessageError(f"Expected a batch message of version {MESSAGE_VERSION}. Received: {data!r:.200}")
+        try:
+            images = tuple((int(image), str(path)) for image, path in data["images"])
+            return cls(job=str(data["job"]), batch=int(data["batch"]), images=images, top_k=int(data["top_k"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise MessageError(f"Malformed batch message ({exc}). Received: {data!r:.200}") from None
+
+
+def ok_record(job: str, image: int, path: str, top_k: list[dict], **provenance) -> dict:
+    """The result of an image that was classified. ``top_k``: ``[{wnid, label, score}]``, best first.
+
+    ``provenance``: model, weights, worker, decode_ms, inference_ms.
+    """
+    return {"job": job, "image": image, "path": path, "status": "ok", "top_k": top_k, "error": None,
+            **provenance}
+
+
+def error_record(job: str, image: int, path: str, code: str, message: str, **provenance) -> dict:
+    """The result of an image that could not be classified; ``code`` is one of ERROR_CODES."""
+    if code not in ERROR_CODES:
+        raise ValueError(f"Expected an error code in {sorted(ERROR_CODES)}. Received: {code!r}")
+    return {"job": job, "image": image, "path": path, "status": "error", "top_k": [],
+            "error": {"code": code, "message": message}, **provenance}
+
+
+class Keys:
+    """Every Redis key imgq uses, as ``<namespace>:<noun>:<id>``."""
+
+    def __init__(self, namespace: str):
+        self.ns = namespace
+
+    @property
+    def jobs(self) -> str:
+        """Sorted set of job ids, scored by creation time."""
+        return f"{self.ns}:jobs"
+
+    def job(self, job: str) -> str:
+        """Hash: the job record (name, created, parameters, total, timestamps)."""
+        return f"{self.ns}:job:{job}"
+
+    def results(self, job: str) -> str:
+        """Hash: image id -> result record (JSON). One field per image, so a redelivery overwrites."""
+        return f"{self.ns}:results:{job}"
+
+    def failed(self, job: str) -> str:
+        """Set of image ids whose record is an error; a set, so a redelivery cannot count twice."""
+        return f"{self.ns}:failed:{job}"
+
+    def batches(self, job: str) -> str:
+        """List: the job's batch messages (JSON) in order, kept to re-queue and to export in order."""
+        return f"{self.ns}:batches:{job}"
+
+    def worker(self, hostname: str) -> str:
+        """String with a TTL: a live worker's heartbeat (JSON)."""
+        return f"{self.ns}:worker:{hostname}"
+
+    @property
+    def worker_pattern(self) -> str:
+        return f"{self.ns}:worker:*"
+
+
+def queue_name(settings: Settings) -> str:
+    return settings.namespace
+
+
+def celery_config(settings: Settings) -> dict:
+    """The Celery configuration shared by the producer and the workers."""
+    return {
+        "broker_url": settings.broker_url,
+        "broker_connection_retry_on_startup": True,
+        "broker_transport_options": {
+            # Unacknowledged batches return to the queue after this long (a worker died holding them).
+            "visibility_timeout": settings.visibility_timeout,
+            # Kombu's own keys (queues, unacked) live under our namespace too.
+            "global_keyprefix": f"{settings.namespace}:kombu:",
+        },
+        # JSON only: a pickled message could run code in the worker.
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "result_serializer": "json",
+        # The results store is the product; Celery's own result backend is not used.
+        "task_ignore_result": True,
+        "result_backend": None,
+        "task_default_queue": queue_name(settings),
+        "task_routes": {TASK_CLASSIFY_BATCH: {"queue": queue_name(settings)}},
+        # Acknowledge after the batch is stored, so a worker that dies mid-batch loses nothing.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        # A worker holds one batch at a time: others stay in Redis for other workers.
+        "worker_prefetch_multiplier": 1,
+        "worker_send_task_events": True,
+        "task_send_sent_event": False,
+    }

@@ -1,0 +1,120 @@
+"""Every imgq setting, its default and its environment variable, in one place.
+
+A setting named ``batch_size`` is read from ``IMGQ_BATCH_SIZE``; the CLI's options override the environment
+and the worker reads the environment alone. Nothing here imports TensorFlow or Celery.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+ENV_PREFIX = "IMGQ_"
+
+DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
+
+
+def _default_state_dir() -> str:
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(base, "imgq")
+
+
+@dataclass(frozen=True)
+class Settings:
+    broker_url: str = DEFAULT_BROKER_URL
+    # Where the Celery messages go. Passwords and TLS go in the URL (redis://:pw@host/0, rediss://...).
+
+    results_url: str = ""
+    # Where job and result records live; empty means the broker's Redis.
+
+    namespace: str = "imgq"
+    # Prefix of every Redis key imgq writes and the name of its Celery queue, so that several deployments
+    # (or test runs) can share one Redis without seeing each other.
+
+    weights: str = "imagenet"
+    # "imagenet" (Keras' download and cache), a local .h5/.weights.h5/.keras file, or "random" / "random:SEED".
+
+    allowed_roots: tuple[str, ...] = ()
+    # Folders a worker may read images from (os.pathsep-separated in the env var). Empty: no restriction.
+
+    state_dir: str = field(default_factory=_default_state_dir)
+    # Local state of `imgq classify`: the embedded Redis data and the logs of what it started.
+
+    batch_size: int = 32
+    # Images per task and per forward pass. 32 keeps a 2-core CPU busy without a long tail per task.
+
+    top_k: int = 5
+    # Labels kept per image.
+
+    visibility_timeout: int = 3600
+    # Seconds before Redis hands an unacknowledged batch to another worker. Must exceed the longest batch.
+
+    max_pixels: int = 89_478_485
+    # Images with more pixels are refused as `too_large` before decoding (Pillow's own bomb threshold).
+
+    decode_threads: int = 2
+    # Threads decoding images ahead of the model in a worker (Pillow releases the GIL while decoding).
+
+    @property
+    def effective_results_url(self) -> str:
+        return self.results_url or self.broker_url
+
+    @classmethod
+    def from_env(cls, environ: os._Environ[str] | dict[str, str] | None = None, **overrides) -> Settings:
+        """Settings from ``IMGQ_*`` variables, then ``overrides`` (None values are ignored).
+
+        Raises ValueError naming the variable when a value does not parse.
+        """
+        environ = os.environ if environ is None else environ
+        values = {}
+        for f in dataclasses.fields(cls):
+            raw = environ.get(env_var(f.name))
+            if raw is not None and raw != "":
+                values[f.name] = _parse(f.name, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def as_env(self) -> dict[str, str]:
+        """The environment that reproduces these settings in a child process."""
+        env = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            env[env_var(f.name)] = os.pathsep.join(value) if isinstance(value, tuple) else str(value)
+        return env
+
+
+def env_var(name: str) -> str:
+    """The environment variable of the setting ``name``."""
+    return ENV_PREFIX + name.upper()
+
+
+_INT_FIELDS = {"batch_size", "top_k", "visibility_timeout", "max_pixels", "decode_threads"}
+
+
+def _parse(name: str, raw: str):
+    if name in _INT_FIELDS:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ValueError(f"{env_var(name)} must be an integer. Received: {raw!r}") from None
+        if value < 1:
+            raise ValueError(f"{env_var(name)} must be at least 1. Received: {raw!r}")
+        return value
+    if name == "allowed_roots":
+        return tuple(str(Path(p).expanduser().resolve()) for p in raw.split(os.pathsep) if p)
+    return raw
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its password replaced by ``***``, for printing and logging."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))

@@ -1,0 +1,83 @@
+"""`imgq classify`: one machine, one command. Use what runs, start what is missing, stop what was started."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from collections.abc import Iterable
+from contextlib import ExitStack
+
+import click
+
+from imgq.settings import DEFAULT_BROKER_URL, Settings, mask_url
+from imgq.store import JobStatus, ResultStore
+from producer import enqueue
+from producer.export import output, write_jsonl
+from producer.local import EmbeddedRedis, LocalWorker, redis_answers
+from producer.progress import wait
+
+
+def run_classify(images: Iterable[str], settings: Settings, *, name: str, out: str | None,
+                 embedded: bool | None, broker_configured: bool) -> JobStatus:
+    """Submit, watch and export one job; returns its final status.
+
+    ``embedded``: True starts a private Redis, False never does, None does so only when no broker is
+    configured and nothing answers at the default address.
+    """
+    with ExitStack() as started:
+        settings = _ensure_redis(settings, embedded, broker_configured, started)
+        store = ResultStore.from_settings(settings)
+        store.ping()
+        worker = _ensure_worker(settings, store, started)
+        submitted = enqueue.submit(images, settings=settings, store=store, name=name)
+        click.echo(f"Job {submitted.job}: {submitted.total} images in {submitted.batches} batches.", err=True)
+        if worker is not None:
+            worker.wait_ready(store)
+        final = wait(store, submitted.job)
+        out = out or f"imgq-{submitted.job}.jsonl"
+        with output(out) as file:
+            write_jsonl(store.iter_results(submitted.job), file)
+        _print_summary(store, final, out)
+        return final
+
+
+def _ensure_redis(settings: Settings, embedded: bool | None, configured: bool, started: ExitStack) -> Settings:
+    if embedded is None:
+        embedded = not configured and not redis_answers(DEFAULT_BROKER_URL)
+    if not embedded:
+        return settings
+    server = EmbeddedRedis(settings.state_dir)
+    url = server.start()
+    started.callback(server.stop)
+    click.echo(f"Started an embedded Redis at {url} (data in {settings.state_dir}).", err=True)
+    return dataclasses.replace(settings, broker_url=url, results_url="")
+
+
+def _ensure_worker(settings: Settings, store: ResultStore, started: ExitStack) -> LocalWorker | None:
+    if store.workers():
+        return None
+    worker = LocalWorker(settings)
+    worker.start()
+    started.callback(worker.stop)
+    click.echo(f"Started a worker (weights {settings.weights}, broker {mask_url(settings.broker_url)}; "
+               f"log: {worker.log_path}).", err=True)
+    return worker
+
+
+def _print_summary(store: ResultStore, final: JobStatus, out: str) -> None:
+    labels, errors, weights = Counter(), Counter(), set()
+    for record in store.iter_results(final.id):
+        weights.add(record.get("weights", ""))
+        if record["status"] == "ok":
+            labels[record["top_k"][0]["label"]] += 1
+        else:
+            errors[record["error"]["code"]] += 1
+    rate = f", {final.rate:.1f} images/s" if final.rate else ""
+    click.echo(f"{final.ok} classified, {final.failed} failed of {final.total} ({final.state}{rate}).", err=True)
+    click.echo(f"Results: {out}", err=True)
+    if labels:
+        click.echo("Top labels: " + ", ".join(f"{label} ({n})" for label, n in labels.most_common(5)), err=True)
+    if errors:
+        click.echo("Errors: " + ", ".join(f"{code} ({n})" for code, n in errors.most_common()), err=True)
+    if any(w.startswith("random") for w in weights):
+        click.echo("WARNING: made with random weights: the labels are meaningless.", err=True)

@@ -1,0 +1,253 @@
+"""The `imgq` command line. Commands only: the work is in producer.enqueue, producer.export,
+producer.progress, producer.classify and imgq.store. Errors become one-line messages here and nowhere else.
+
+Imports are kept light (no TensorFlow, Celery or rich at import time) so that `imgq --help` is instant.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+
+import click
+import redis
+
+from imgq.settings import Settings, env_var, mask_url
+from imgq.store import JobNotFound, JobStatus, ResultStore
+from producer import enqueue
+from producer.export import FORMATS, output, writer_for
+from producer.local import LocalServiceError
+
+
+class CliGroup(click.Group):
+    """Turns the errors a user can cause (or fix) into one line and exit code 1, without a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise click.ClickException(f"Cannot reach Redis at {_url(ctx)}: {_first_line(exc)}") from None
+        except redis.AuthenticationError as exc:
+            raise click.ClickException(f"Redis at {_url(ctx)} refused the credentials: {exc}") from None
+        except (JobNotFound, enqueue.EmptySelection, TimeoutError, LocalServiceError) as exc:
+            raise click.ClickException(str(exc)) from None
+        except Exception as exc:
+            if _is_kombu_connection_error(exc):
+                raise click.ClickException(f"Cannot reach the broker at {_url(ctx)}: {_first_line(exc)}") from None
+            raise
+
+
+def _url(ctx) -> str:
+    settings = ctx.obj if isinstance(ctx.obj, Settings) else None
+    return mask_url(settings.broker_url) if settings else "(unknown)"
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def _is_kombu_connection_error(exc: BaseException) -> bool:
+    kombu_exceptions = sys.modules.get("kombu.exceptions")
+    return bool(kombu_exceptions) and isinstance(exc, kombu_exceptions.OperationalError)
+
+
+def setting_option(*decls: str, setting: str, help: str, **kwargs):
+    """An option that overrides the setting ``setting`` (itself read from IMGQ_<SETTING>)."""
+    default = getattr(Settings(), setting)
+    shown = f"; default: {default}" if default not in ("", ()) else ""
+    return click.option(*decls, setting, default=None, help=f"{help} [env: {env_var(setting)}{shown}]", **kwargs)
+
+
+def with_overrides(ctx: click.Context, **overrides) -> Settings:
+    """The group's settings with this command's options (None = not given) applied."""
+    return dataclasses.replace(ctx.obj, **{k: v for k, v in overrides.items() if v is not None})
+
+
+@click.group(cls=CliGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@setting_option("--broker-url", setting="broker_url", help="Redis URL of the Celery broker.")
+@setting_option("--results-url", setting="results_url", help="Redis URL of the results store (default: the broker's).")
+@setting_option("--namespace", setting="namespace", help="Prefix of imgq's Redis keys and name of its queue.")
+@click.version_option(package_name="imgq")
+@click.pass_context
+def cli(ctx, broker_url, results_url, namespace):
+    """imgq: classify many images with ResNet50 on Celery workers, through Redis.
+
+    \b
+    One machine, one command:   imgq classify ~/Photos
+    A team, many machines:      imgq worker            (on each worker machine)
+                                imgq submit ~/Photos --wait
+                                imgq results JOB -o labels.csv --format csv
+    """
+    try:
+        ctx.obj = Settings.from_env(broker_url=broker_url, results_url=results_url, namespace=namespace)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+def submit_options(command):
+    """The options that choose images and shape the job, shared by `submit` and `classify`."""
+    decorators = [
+        click.argument("paths", nargs=-1, type=click.Path(exists=True, path_type=str)),
+        click.option("--recursive/--no-recursive", default=True, show_default=True,
+                     help="Walk into sub-folders of the folders given."),
+        click.option("--include", "includes", multiple=True, metavar="GLOB",
+                     help="Take files in folders matching GLOB (repeatable) instead of the image extensions "
+                          f"({', '.join(enqueue.DEFAULT_EXTENSIONS)})."),
+        click.option("--from-file", type=click.File("r", encoding="utf-8", errors="surrogateescape"),
+                     help="Read more paths from FILE, one per line ('-' for standard input)."),
+        setting_option("--top-k", setting="top_k", type=click.IntRange(1, 1000), help="Labels kept per image."),
+        setting_option("--batch-size", setting="batch_size", type=click.IntRange(1, 1024),
+                       help="Images per task and forward pass."),
+        click.option("--name", default="", help="A name for the job (default: its id)."),
+    ]
+    for decorator in reversed(decorators):
+        command = decorator(command)
+    return command
+
+
+def selected_images(paths, recursive, includes, from_file):
+    if not paths and from_file is None:
+        raise click.UsageError("Give at least one PATH or --from-file.")
+    sources = list(paths) + (list(enqueue.read_path_list(from_file)) if from_file else [])
+    return enqueue.iter_images(sources, enqueue.Selection(recursive=recursive, includes=tuple(includes)))
+
+
+@cli.command()
+@submit_options
+@click.option("--wait", "wait_", is_flag=True, help="Show progress until the job completes.")
+@click.pass_context
+def submit(ctx, paths, recursive, includes, from_file, top_k, batch_size, name, wait_):
+    """Queue the images under PATH... as one job and print its id (only the id, on stdout)."""
+    settings = with_overrides(ctx, top_k=top_k, batch_size=batch_size)
+    images = selected_images(paths, recursive, includes, from_file)
+    store = ResultStore.from_settings(settings)
+    store.ping()
+    enqueue.check_broker(settings)
+    submitted = enqueue.submit(images, settings=settings, store=store, name=name)
+    click.echo(submitted.job)
+    click.echo(f"Queued {submitted.total} images in {submitted.batches} batches.", err=True)
+    if wait_:
+        from producer.progress import wait
+
+        wait(store, submitted.job)
+
+
+@cli.command()
+@click.argument("job", required=False)
+@click.option("--limit", default=20, show_default=True, help="Jobs listed without JOB.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def status(ctx, job, limit, as_json):
+    """Counts, rate, ETA and state of JOB; without JOB, a table of recent jobs."""
+    store = ResultStore.from_settings(ctx.obj)
+    statuses = [store.status(job)] if job else store.list_jobs(limit)
+    if as_json:
+        click.echo(json.dumps([_status_dict(s) for s in statuses] if not job else _status_dict(statuses[0])))
+    elif job:
+        for key, value in _status_dict(statuses[0]).items():
+            click.echo(f"{key:>10}: {value}")
+    else:
+        _print_jobs(statuses)
+
+
+def _status_dict(s: JobStatus) -> dict:
+    return {"id": s.id, "name": s.name, "state": s.state, "total": s.total, "done": s.processed,
+            "ok": s.ok, "failed": s.failed, "rate": None if s.rate is None else round(s.rate, 2),
+            "eta_s": None if s.eta is None else round(s.eta), "created": _time(s.created),
+            "params": s.params}
+
+
+def _time(ts: float | None) -> str:
+    return "" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def _print_jobs(statuses: list[JobStatus]) -> None:
+    if not statuses:
+        click.echo("No jobs yet.", err=True)
+        return
+    click.echo(f"{'JOB':<12}  {'NAME':<20}  {'STATE':<9}  {'DONE':>13}  {'FAILED':>6}  {'RATE':>8}  CREATED")
+    for s in statuses:
+        rate = f"{s.rate:.1f}/s" if s.rate else "-"
+        click.echo(f"{s.id:<12}  {s.name[:20]:<20}  {s.state:<9}  {f'{s.processed}/{s.total}':>13}  "
+                   f"{s.failed:>6}  {rate:>8}  {_time(s.created)}")
+
+
+@cli.command()
+@click.argument("job")
+@click.option("--timeout", type=float, help="Give up after this many seconds (exit 1).")
+@click.pass_context
+def wait(ctx, job, timeout):
+    """Show a progress bar until JOB completes."""
+    from producer.progress import wait as wait_for
+
+    final = wait_for(ResultStore.from_settings(ctx.obj), job, timeout=timeout)
+    click.echo(f"Job {final.id} {final.state}: {final.ok} ok, {final.failed} failed of {final.total}.", err=True)
+
+
+@cli.command()
+@click.argument("job")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="jsonl", show_default=True)
+@click.option("-o", "--output", "out", type=click.Path(dir_okay=False, writable=True),
+              help="Write to FILE (atomically) instead of standard output.")
+@click.pass_context
+def results(ctx, job, fmt, out):
+    """Stream every result record of JOB, in submission order."""
+    store = ResultStore.from_settings(ctx.obj)
+    k = store.status(job).params.get("top_k", ctx.obj.top_k)
+    with output(out) as file:
+        n = writer_for(fmt, k)(store.iter_results(job), file)
+    if out:
+        click.echo(f"Wrote {n} records to {out}.", err=True)
+
+
+@cli.command()
+@click.argument("job")
+@click.pass_context
+def cancel(ctx, job):
+    """Skip the remaining batches of JOB; results already written stay."""
+    final = ResultStore.from_settings(ctx.obj).cancel(job)
+    click.echo(f"Job {final.id} {final.state}: {final.processed} of {final.total} images have records.", err=True)
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@setting_option("--weights", setting="weights", help="imagenet, random[:SEED] or a .h5/.weights.h5/.keras file.")
+@setting_option("--batch-size", setting="batch_size", type=click.IntRange(1, 1024), help="Images per forward pass.")
+@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
+@click.pass_context
+def worker(ctx, weights, batch_size, celery_args):
+    """Start a worker (extra arguments go to `celery worker`, e.g. --loglevel INFO)."""
+    settings = with_overrides(ctx, weights=weights, batch_size=batch_size)
+    os.environ.update(settings.as_env())  # the worker app reads its settings from the environment
+    from worker.__main__ import main as worker_main
+
+    worker_main(list(celery_args))
+
+
+@cli.command()
+@submit_options
+@setting_option("--weights", setting="weights", help="Weights of a worker started here.")
+@click.option("-o", "--output", "out", type=click.Path(dir_okay=False, writable=True),
+              help="JSONL file of results [default: imgq-<job>.jsonl].")
+@click.option("--embedded-redis/--no-embedded-redis", default=None,
+              help="Start a private Redis-compatible server (default: only when none is configured or answering).")
+@click.pass_context
+def classify(ctx, paths, recursive, includes, from_file, top_k, batch_size, name, weights, out, embedded_redis):
+    """Classify the images under PATH... on this machine, starting whatever is missing, into a JSONL file."""
+    from producer.classify import run_classify
+
+    settings = with_overrides(ctx, top_k=top_k, batch_size=batch_size, weights=weights)
+    broker_configured = bool(os.environ.get(env_var("broker_url"))) or ctx.parent.params.get("broker_url")
+    images = selected_images(paths, recursive, includes, from_file)
+    run_classify(images, settings, name=name, out=out, embedded=embedded_redis,
+                 broker_configured=bool(broker_configured))
+
+
+def main() -> None:
+    cli(prog_name="imgq")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""Result records out as JSON lines or CSV, written atomically when going to a file."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import IO
+
+FORMATS = ("jsonl", "csv")
+
+
+def write_jsonl(records: Iterable[dict], out: IO[str]) -> int:
+    n = 0
+    for record in records:
+        out.write(json.dumps(record) + "\n")
+        n += 1
+    return n
+
+
+def csv_header(k: int) -> list[str]:
+    labels = [f"label_{i}" for i in range(1, k + 1)]
+    scores = [f"score_{i}" for i in range(1, k + 1)]
+    wnids = [f"wnid_{i}" for i in range(1, k + 1)]
+    return ["job", "image", "path", "status", *labels, *scores, *wnids, "error_code", "error_message",
+            "model", "weights", "worker", "decode_ms", "inference_ms"]
+
+
+def csv_row(record: dict, k: int) -> list:
+    top = record.get("top_k") or []
+    pad = [""] * (k - len(top))
+    error = record.get("error") or {}
+    return [record["job"], record["image"], record["path"], record["status"],
+            *[t["label"] for t in top[:k]], *pad, *[f"{t['score']:.6g}" for t in top[:k]], *pad,
+            *[t["wnid"] for t in top[:k]], *pad, error.get("code", ""), error.get("message", ""),
+            record.get("model", ""), record.get("weights", ""), record.get("worker", ""),
+            record.get("decode_ms", ""), record.get("inference_ms", "")]
+
+
+def write_csv(records: Iterable[dict], out: IO[str], k: int) -> int:
+    """One row per image with label_1..label_k, score_1..score_k (and wnid_1..wnid_k) columns."""
+    writer = csv.writer(out)
+    writer.writerow(csv_header(k))
+    n = 0
+    for record in records:
+        writer.writerow(csv_row(record, k))
+        n += 1
+    return n
+
+
+def writer_for(fmt: str, k: int) -> Callable[[Iterable[dict], IO[str]], int]:
+    if fmt == "csv":
+        return lambda records, out: write_csv(records, out, k)
+    return write_jsonl
+
+
+@contextmanager
+def output(path: str | None) -> Iterator[IO[str]]:
+    """Standard output, or ``path`` written through a temporary file renamed into place on success, so a
+    reader never sees half a file and a failed export leaves the old file as it was."""
+    if path is None or path == "-":
+        yield sys.stdout
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".imgq-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="", encoding="utf-8", errors="surrogateescape") as file:
+            yield file
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise

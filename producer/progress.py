@@ -1,0 +1,54 @@
+"""Watching a job: a progress bar on stderr until every image has a record (or the job is cancelled)."""
+
+from __future__ import annotations
+
+import time
+
+import redis
+
+from imgq.store import JobStatus, ResultStore
+
+POLL_SECONDS = 0.5
+RECONNECT_SECONDS = 1.0
+
+
+def poll_status(store: ResultStore, job: str) -> JobStatus:
+    """The job's status, waiting through a Redis restart instead of failing (JobNotFound still raises)."""
+    while True:
+        try:
+            return store.status(job)
+        except (redis.ConnectionError, redis.TimeoutError):
+            time.sleep(RECONNECT_SECONDS)
+
+
+def wait(store: ResultStore, job: str, *, show: bool = True, timeout: float | None = None) -> JobStatus:
+    """Block until the job is done or cancelled; returns its last status. Raises TimeoutError."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    status = poll_status(store, job)
+    if not show:
+        while not status.finished:
+            _check_deadline(deadline, status)
+            time.sleep(POLL_SECONDS)
+            status = poll_status(store, job)
+        return status
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[failed]} failed"), TextColumn("{task.fields[rate]}"),
+               TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True)) as bar:  # stdout stays for data
+        task = bar.add_task(status.name, total=status.total, failed=0, rate="")
+        while True:
+            rate = f"{status.rate:.1f} img/s" if status.rate else ""
+            bar.update(task, completed=status.processed, failed=status.failed, rate=rate)
+            if status.finished:
+                return status
+            _check_deadline(deadline, status)
+            time.sleep(POLL_SECONDS)
+            status = poll_status(store, job)
+
+
+def _check_deadline(deadline: float | None, status: JobStatus) -> None:
+    if deadline is not None and time.monotonic() > deadline:
+        raise TimeoutError(f"Job {status.id} not finished in time: {status.processed}/{status.total} images.")

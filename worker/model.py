@@ -1,0 +1,148 @@
+"""ResNet50 as Keras ships it, with its weights, compiled once for a fixed batch shape.
+
+Import this module only in the process that runs the model: TensorFlow is imported here and nowhere
+that the producer (or a Celery parent process that later forks) imports.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from worker.preprocess import TARGET_SIZE
+
+log = logging.getLogger(__name__)
+
+IMAGENET_WEIGHTS_FILE = "resnet50_weights_tf_dim_ordering_tf_kernels.h5"
+LOCAL_WEIGHT_SUFFIXES = (".weights.h5", ".h5", ".keras")
+
+
+class WeightsError(RuntimeError):
+    """The requested weights cannot be loaded; the message says what to do instead."""
+
+
+@dataclass
+class Classifier:
+    """A loaded model: ``predict`` takes a preprocessed float32 batch and returns class probabilities."""
+
+    model: object
+    weights_id: str
+    batch_size: int
+    load_seconds: float = 0.0
+
+    def __post_init__(self):
+        import tensorflow as tf
+
+        shape = (self.batch_size, *TARGET_SIZE, 3)
+        # One compiled graph for one input shape: no retracing, no per-call overhead of model.predict.
+        self._forward = tf.function(lambda x: self.model(x, training=False),
+                                    input_signature=[tf.TensorSpec(shape, tf.float32)])
+        self._buffer = np.zeros(shape, dtype=np.float32)
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """Probabilities of shape (n, 1000) for ``batch`` of shape (n, 224, 224, 3), n <= batch_size.
+
+        A short batch is padded to the compiled shape; larger ones run in slices.
+        """
+        outputs = []
+        for start in range(0, len(batch), self.batch_size):
+            part = batch[start:start + self.batch_size]
+            if len(part) == self.batch_size:
+                outputs.append(self._forward(part).numpy())
+            else:
+                self._buffer[:len(part)] = part
+                outputs.append(self._forward(self._buffer).numpy()[:len(part)])
+        return np.concatenate(outputs) if outputs else np.zeros((0, 1000), dtype=np.float32)
+
+    def warm_up(self) -> None:
+        """Run one batch so that tracing and oneDNN's first-call work happen before the first task."""
+        self._forward(self._buffer)
+
+
+def load_classifier(weights: str, batch_size: int) -> Classifier:
+    """Build ResNet50 with ``weights`` (see ``build_resnet50``), compile and warm it up."""
+    started = time.perf_counter()
+    model, weights_id = build_resnet50(weights)
+    classifier = Classifier(model, weights_id, batch_size)
+    classifier.warm_up()
+    classifier.load_seconds = time.perf_counter() - started
+    log.info("ResNet50 ready with weights %s in %.1f s", weights_id, classifier.load_seconds)
+    return classifier
+
+
+def build_resnet50(weights: str):
+    """``(model, weights_id)`` for a weights spec.
+
+    - ``imagenet``: Keras' own download and cache (~/.keras/models).
+    - a path to ``.h5`` / ``.weights.h5`` weights, or a whole ``.keras`` model.
+    - ``random`` or ``random:SEED``: seeded random weights, for development and tests. Labels made with
+      them are meaningless, and the weights id says so.
+
+    Raises WeightsError.
+    """
+    from keras.applications import resnet50
+
+    if weights == "imagenet":
+        return _imagenet(resnet50), "imagenet"
+    if weights == "random" or weights.startswith("random:"):
+        seed = _random_seed(weights)
+        import keras
+
+        keras.utils.set_random_seed(seed)
+        return resnet50.ResNet50(weights=None), f"random:{seed} (untrained: labels are meaningless)"
+    return _local_file(resnet50, weights)
+
+
+def _imagenet(resnet50):
+    try:
+        return resnet50.ResNet50(weights="imagenet")
+    except Exception as exc:  # URLError, HTTPError, OSError, ...: Keras does not narrow them
+        raise WeightsError(
+            f"Could not download the ImageNet weights ({' '.join(str(exc).split())[:160]}). "
+            f"Download {IMAGENET_WEIGHTS_FILE} on a machine with internet access and set "
+            f"IMGQ_WEIGHTS=/path/to/{IMAGENET_WEIGHTS_FILE} (or pass --weights)."
+        ) from None
+
+
+def _random_seed(weights: str) -> int:
+    _, _, seed = weights.partition(":")
+    try:
+        return int(seed or 0)
+    except ValueError:
+        raise WeightsError(f"Expected random or random:SEED with an integer seed. Received: {weights!r}") from None
+
+
+def _local_file(resnet50, path: str):
+    if not path.endswith(LOCAL_WEIGHT_SUFFIXES):
+        raise WeightsError(
+            f"Expected imagenet, random[:SEED] or a weights file ending in {', '.join(LOCAL_WEIGHT_SUFFIXES)}. "
+            f"Received: {path!r}")
+    if not os.path.isfile(path):
+        raise WeightsError(f"Weights file not found: {path}")
+    weights_id = f"file:{os.path.basename(path)}:sha256:{_sha256(path)[:12]}"
+    try:
+        if path.endswith(".keras"):
+            import keras
+
+            model = keras.saving.load_model(path, compile=False)
+        else:
+            model = resnet50.ResNet50(weights=path)
+    except Exception as exc:  # h5py and Keras raise many kinds for a wrong file
+        raise WeightsError(f"Could not load weights from {path}: {' '.join(str(exc).split())[:200]}") from None
+    if tuple(model.output_shape) != (None, 1000):
+        raise WeightsError(f"Expected a model with 1000 ImageNet outputs. Received output shape: "
+                           f"{model.output_shape} from {path}")
+    return model, weights_id
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,152 @@
+"""From an image path to ResNet50's input, following Keras' recipe, with every failure named.
+
+Keras' recipe is ``load_img(path, target_size=(224, 224))`` -> ``img_to_array`` -> ``preprocess_input``:
+convert to RGB if the mode is not RGB, resize to exactly 224x224 with ``Image.NEAREST`` (``load_img``'s
+default interpolation, no aspect-ratio crop), then "caffe" mode: RGB -> BGR, subtract the ImageNet mean
+``[103.939, 116.779, 123.68]``, no scaling. ``tests/test_preprocess.py`` pins that we match it exactly.
+
+Where imgq differs, on purpose:
+- EXIF orientation is applied (Keras ignores it, so a phone photo taken upright is classified lying on its
+  side). The small resized image is rotated, not the full-size one: the same picture for a fraction of the work.
+- 16-bit greyscale is scaled to 8 bits (``>> 8``); Pillow's RGB conversion would clamp it to white.
+- Only the formats in IMAGE_FORMATS are ever opened, whatever a file is named, and images over
+  ``max_pixels`` are refused from their header, before any pixel is decoded.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+TARGET_SIZE = (224, 224)  # (height, width), as Keras' target_size
+INTERPOLATION = Image.Resampling.NEAREST  # load_img's default interpolation="nearest"
+CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], dtype=np.float32)
+
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
+# Pillow plugins a worker may use (the JPEG plugin also opens phone cameras' multi-picture MPO files).
+# Never EPS and kin: those shell out to external programs.
+
+# Image.open(formats=...) only looks among the plugins already registered; register them all now.
+Image.init()
+
+# We check the pixel count ourselves (too_large) against a setting; Pillow's own global limit would
+# otherwise raise or warn first with a different threshold.
+Image.MAX_IMAGE_PIXELS = None
+
+_EXIF_ORIENTATION = 0x0112
+_TRANSPOSE_FOR_ORIENTATION = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
+
+
+class ImageError(Exception):
+    """An image that cannot be classified; ``code`` is one of imgq.contract.ERROR_CODES."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def check_allowed(path: str, allowed_roots: tuple[str, ...]) -> str:
+    """The real path of ``path`` (symlinks resolved); raises ImageError('forbidden') outside the roots."""
+    real = os.path.realpath(path)
+    if allowed_roots and not any(_is_within(real, root) for root in allowed_roots):
+        raise ImageError("forbidden", f"{real} is outside the allowed roots")
+    return real
+
+
+def _is_within(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def load_pixels(path: str, *, allowed_roots: tuple[str, ...] = (), max_pixels: int = 89_478_485) -> np.ndarray:
+    """Decode ``path`` into a uint8 array of shape (224, 224, 3), RGB, upright.
+
+    Raises ImageError with code forbidden, missing, unreadable, not_an_image, too_large or corrupt.
+    """
+    real = check_allowed(path, allowed_roots)
+    try:
+        with open(real, "rb") as file:
+            if os.fstat(file.fileno()).st_size == 0:
+                raise ImageError("not_an_image", "empty file (0 bytes)")
+            with _open_image(file) as image:
+                _check_size(image, max_pixels)
+                return _to_pixels(image)
+    except FileNotFoundError:
+        raise ImageError("missing", "no such file") from None
+    except IsADirectoryError:
+        raise ImageError("unreadable", "is a directory, not a file") from None
+    except PermissionError:
+        raise ImageError("unreadable", "permission denied") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ImageError("unreadable", "symlink loop") from None
+        raise ImageError("corrupt", _one_line(exc)) from None
+
+
+def _open_image(file) -> Image.Image:
+    try:
+        return Image.open(file, formats=IMAGE_FORMATS)
+    except UnidentifiedImageError:
+        raise ImageError("not_an_image", f"not a supported image ({', '.join(IMAGE_FORMATS)})") from None
+    except (SyntaxError, ValueError, EOFError) as exc:  # plugins raise these on a damaged header
+        raise ImageError("corrupt", _one_line(exc)) from None
+
+
+def _check_size(image: Image.Image, max_pixels: int) -> None:
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ImageError("too_large", f"{width}x{height} is more than {max_pixels} pixels")
+
+
+def _to_pixels(image: Image.Image) -> np.ndarray:
+    """Keras' load_img steps (RGB, then nearest resize), then the EXIF orientation on the small image."""
+    try:
+        orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
+        image.load()
+    except (SyntaxError, ValueError, EOFError, OSError) as exc:
+        raise ImageError("corrupt", _one_line(exc)) from None
+    if image.mode in _SIXTEEN_BIT_MODES:
+        image = _sixteen_to_eight_bits(image)
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    width_height = (TARGET_SIZE[1], TARGET_SIZE[0])
+    if image.size != width_height:
+        image = image.resize(width_height, INTERPOLATION)
+    transpose = _TRANSPOSE_FOR_ORIENTATION.get(orientation)
+    if transpose is not None:
+        image = image.transpose(transpose)
+    return np.asarray(image, dtype=np.uint8)
+
+
+def _sixteen_to_eight_bits(image: Image.Image) -> Image.Image:
+    """Scale 16-bit greyscale to 8 bits (Pillow's convert would clamp everything above 255 to white)."""
+    values = np.asarray(image, dtype=np.int64)
+    return Image.fromarray((np.clip(values, 0, 65535) >> 8).astype(np.uint8), "L")
+
+
+def to_model_input(pixels: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Keras' ``preprocess_input`` for ResNet50 ("caffe"): RGB -> BGR, minus the ImageNet mean, float32.
+
+    ``pixels``: uint8 or float, shape (..., 3), RGB. Writes into ``out`` when given (a batch buffer).
+    """
+    if out is None:
+        out = np.empty(pixels.shape, dtype=np.float32)
+    np.subtract(pixels[..., ::-1], CAFFE_MEAN_BGR, out=out, dtype=np.float32)
+    return out
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text[:200]

@@ -1,0 +1,76 @@
+"""What one worker process holds: the settings, the loaded model, the store, the decoding threads.
+
+Built once per process, after any fork (see worker/app.py), and shared by every task the process runs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from imgq.contract import Keys
+from imgq.settings import Settings
+from imgq.store import ResultStore
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_SECONDS = 5
+# A worker refreshes its key this often; the key lives three times as long, so a worker is seen as gone
+# ~15 s after it stops. A thread does it, so a worker busy with a long batch still shows as alive.
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    classifier: object
+    store: ResultStore
+    pool: ThreadPoolExecutor
+    started_at: float = field(default_factory=time.time)
+    images_done: int = 0
+
+    def heartbeat(self, hostname: str) -> dict:
+        return {"hostname": hostname, "pid": os.getpid(), "host": socket.gethostname(),
+                "weights": self.classifier.weights_id, "batch_size": self.settings.batch_size,
+                "started_at": self.started_at, "images_done": self.images_done,
+                "model_load_seconds": round(self.classifier.load_seconds, 2)}
+
+
+_runtime: Runtime | None = None
+_lock = threading.Lock()
+
+
+def get_runtime(hostname: str | None = None) -> Runtime:
+    """This process's runtime, built on first use (loading the model takes seconds)."""
+    global _runtime
+    with _lock:
+        if _runtime is None:
+            from worker.app import settings
+
+            _runtime = _build(settings, hostname or f"imgq@{socket.gethostname()}")
+        return _runtime
+
+
+def _build(settings: Settings, hostname: str) -> Runtime:
+    from worker.model import load_classifier  # imports TensorFlow: only here, after any fork
+
+    classifier = load_classifier(settings.weights, settings.batch_size)
+    runtime = Runtime(settings, classifier, ResultStore.from_settings(settings),
+                      ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="imgq-decode"))
+    threading.Thread(target=_beat, args=(runtime, hostname), name="imgq-heartbeat", daemon=True).start()
+    return runtime
+
+
+def _beat(runtime: Runtime, hostname: str) -> None:
+    key = Keys(runtime.settings.namespace).worker(f"{hostname}:{os.getpid()}")
+    while True:
+        try:
+            runtime.store.redis.set(key, json.dumps(runtime.heartbeat(hostname)), ex=3 * HEARTBEAT_SECONDS)
+        except Exception as exc:  # Redis restarting: keep beating, the worker reconnects by itself
+            log.warning("Heartbeat failed: %s", exc)
+        time.sleep(HEARTBEAT_SECONDS)
