@@ -59,8 +59,8 @@ def _ensure_worker(settings: Settings, store: ResultStore, started: ExitStack) -
     worker = LocalWorker(settings)
     worker.start()
     started.callback(worker.stop)
-    click.echo(f"Started a worker (weights {settings.weights}, broker {mask_url(settings.broker_url)}; "
-               f"log: {worker.log_path}).", err=True)
+    click.echo(f"Started a worker (pid {worker.process.pid}, weights {settings.weights}, "
+               f"broker {mask_url(settings.broker_url)}; log: {worker.log_path}).", err=True)
     return worker
 
 

@@ -1,0 +1,160 @@
+"""The command line with click's CliRunner, against a real Redis (no worker: records are written directly)."""
+
+import csv
+import io
+import json
+import socket
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from imgq.contract import error_record, ok_record
+from producer.cli import cli
+from tests.test_enqueue import queued_messages
+
+COMMANDS = ["submit", "status", "wait", "results", "cancel", "worker", "classify"]
+
+
+@pytest.fixture
+def run(settings):
+    runner = CliRunner()
+
+    def invoke(*args, input=None, env=None):
+        return runner.invoke(cli, list(args), env={**settings.as_env(), **(env or {})}, input=input,
+                             catch_exceptions=False)
+
+    return invoke
+
+
+@pytest.fixture
+def photos(tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(5):
+        (folder / f"{i}.jpg").write_bytes(b"not decoded by the producer")
+    return folder
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("command", [[], *[[c] for c in COMMANDS]])
+def test_help(run, command):
+    result = run(*command, "--help")
+    assert result.exit_code == 0 and "Usage: " in result.output
+
+
+def test_cli_never_imports_tensorflow():
+    code = ("import sys; from producer.cli import cli; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'tensorflow', 'keras', 'celery', 'rich'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_submit_prints_only_the_job_id(run, photos, store, settings):
+    result = run("submit", str(photos), "--batch-size", "2", "--top-k", "3", "--name", "holiday")
+    job = result.stdout.strip()
+    assert result.exit_code == 0 and len(job.split()) == 1
+    status = store.status(job)
+    assert (status.name, status.total, status.params["top_k"]) == ("holiday", 5, 3)
+    assert len(queued_messages(store, settings)) == 3
+    assert "Queued 5 images in 3 batches" in result.stderr
+
+
+def test_submit_from_a_list_on_stdin(run, photos, store):
+    listing = "\n".join(str(p) for p in sorted(photos.iterdir())[:2]) + "\n"
+    result = run("submit", "--from-file", "-", input=listing)
+    assert result.exit_code == 0
+    assert store.status(result.stdout.strip()).total == 2
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["submit", "/no/such/folder"], "does not exist"),
+    (["submit"], "Give at least one PATH"),
+])
+def test_submit_usage_errors(run, args, message, store):
+    result = run(*args)
+    assert result.exit_code == 2 and message in result.output
+    assert store.list_jobs() == []
+
+
+def test_submit_empty_selection_is_one_line_and_queues_nothing(run, tmp_path, store, settings):
+    (tmp_path / "notes.txt").write_text("x")
+    result = run("submit", str(tmp_path))
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        "Error: No images selected: check the paths, --include and --recursive."]
+    assert store.redis.keys(f"{settings.namespace}:*") == []
+
+
+def test_unreachable_redis_is_one_line_with_the_password_masked(run, photos):
+    url = f"redis://:hunter2@127.0.0.1:{free_port()}/0"
+    result = run("submit", str(photos), env={"IMGQ_BROKER_URL": url})
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: Cannot reach Redis at redis://:***@127.0.0.1:")
+    assert "hunter2" not in result.output
+
+
+def finish_job(run, photos, store) -> str:
+    job = run("submit", str(photos), "--top-k", "2").stdout.strip()
+    top = [{"wnid": "n01440764", "label": "tench", "score": 0.75}, {"wnid": "n01443537", "label": "goldfish",
+                                                                   "score": 0.25}]
+    records = [ok_record(job, i, f"/p/{i}.jpg", top, weights="random:0") for i in range(4)]
+    records.append(error_record(job, 4, "/p/4.jpg", "corrupt", "image file is truncated", weights="random:0"))
+    store.mark_started(job)
+    store.record_results(job, records)
+    return job
+
+
+def test_status_of_a_job_and_of_recent_jobs(run, photos, store):
+    job = finish_job(run, photos, store)
+    data = json.loads(run("status", job, "--json").stdout)
+    assert (data["state"], data["total"], data["done"], data["ok"], data["failed"]) == ("done", 5, 5, 4, 1)
+    assert "state: done" in run("status", job).stdout
+    table = run("status").stdout.splitlines()
+    assert table[0].split()[:3] == ["JOB", "NAME", "STATE"] and table[1].startswith(job)
+
+
+def test_results_jsonl_and_csv_round_trip(run, photos, store, tmp_path):
+    job = finish_job(run, photos, store)
+    lines = run("results", job).stdout.splitlines()
+    assert [json.loads(line) for line in lines] == list(store.iter_results(job))
+    out = tmp_path / "out.csv"
+    assert run("results", job, "--format", "csv", "-o", str(out)).exit_code == 0
+    rows = list(csv.DictReader(io.StringIO(out.read_text())))
+    assert len(rows) == 5
+    assert (rows[0]["label_1"], rows[0]["score_1"], rows[0]["label_2"], rows[0]["score_2"]) == (
+        "tench", "0.75", "goldfish", "0.25")
+    assert "label_3" not in rows[0]
+    assert (rows[4]["status"], rows[4]["error_code"], rows[4]["label_1"]) == ("error", "corrupt", "")
+    assert rows[0]["weights"] == "random:0"
+
+
+def test_wait_returns_at_once_for_a_finished_job(run, photos, store):
+    job = finish_job(run, photos, store)
+    result = run("wait", job, "--timeout", "10")
+    assert result.exit_code == 0 and f"Job {job} done: 4 ok, 1 failed of 5." in result.stderr
+
+
+def test_wait_times_out_with_one_line(run, photos):
+    job = run("submit", str(photos)).stdout.strip()
+    result = run("wait", job, "--timeout", "0.2")
+    assert result.exit_code == 1 and "not finished in time: 0/5" in result.output
+
+
+def test_cancel(run, photos, store):
+    job = run("submit", str(photos)).stdout.strip()
+    result = run("cancel", job)
+    assert result.exit_code == 0 and store.status(job).state == "cancelled"
+
+
+@pytest.mark.parametrize("command", ["status", "results", "cancel", "wait"])
+def test_unknown_job_is_one_line(run, command):
+    result = run(command, "nosuchjob")
+    assert result.exit_code == 1 and result.output.strip() == "Error: No job 'nosuchjob' in the results store."

@@ -1,0 +1,61 @@
+import pytest
+
+from imgq.contract import (
+    ERROR_CODES,
+    BatchMessage,
+    Keys,
+    MessageError,
+    celery_config,
+    error_record,
+    ok_record,
+)
+from imgq.settings import Settings
+
+
+def test_batch_message_round_trips_through_json_types():
+    message = BatchMessage(job="j1", batch=3, images=((24, "/a b/c.jpg"), (25, "/x\udcff.png")), top_k=5)
+    data = message.to_dict()
+    assert data == {"v": 1, "job": "j1", "batch": 3, "images": [[24, "/a b/c.jpg"], [25, "/x\udcff.png"]],
+                    "top_k": 5}
+    assert BatchMessage.from_dict(data) == message
+
+
+@pytest.mark.parametrize("data", [
+    None, [], {"v": 2, "job": "j"}, {"v": 1, "job": "j", "batch": 0, "top_k": 5},
+    {"v": 1, "job": "j", "batch": 0, "top_k": 5, "images": [[1]]},
+    {"v": 1, "job": "j", "batch": "x", "top_k": 5, "images": []},
+])
+def test_malformed_messages_are_refused_with_what_was_received(data):
+    with pytest.raises(MessageError, match="Received"):
+        BatchMessage.from_dict(data)
+
+
+def test_records_have_one_shape():
+    ok = ok_record("j", 1, "/p.jpg", [{"wnid": "n1", "label": "a", "score": 0.5}], weights="w")
+    error = error_record("j", 2, "/q.jpg", "corrupt", "truncated", weights="w")
+    assert ok.keys() == error.keys()
+    assert (ok["status"], ok["error"]) == ("ok", None)
+    assert error["error"] == {"code": "corrupt", "message": "truncated"} and error["top_k"] == []
+
+
+def test_error_record_refuses_unknown_codes():
+    with pytest.raises(ValueError, match="Expected an error code"):
+        error_record("j", 1, "/p", "oops", "?")
+    assert {"missing", "unreadable", "not_an_image", "corrupt", "too_large", "forbidden"} <= ERROR_CODES.keys()
+
+
+def test_keys_live_under_the_namespace():
+    keys = Keys("ns")
+    assert {keys.jobs, keys.job("a"), keys.results("a"), keys.failed("a"), keys.batches("a"),
+            keys.worker("w")} == {"ns:jobs", "ns:job:a", "ns:results:a", "ns:failed:a", "ns:batches:a",
+                                  "ns:worker:w"}
+
+
+def test_celery_config_is_json_only_acks_late_and_namespaced():
+    config = celery_config(Settings(namespace="ns", visibility_timeout=77))
+    assert config["accept_content"] == ["json"] and config["task_serializer"] == "json"
+    assert config["task_acks_late"] and config["task_reject_on_worker_lost"]
+    assert config["worker_prefetch_multiplier"] == 1
+    assert config["task_ignore_result"]
+    assert config["broker_transport_options"] == {"visibility_timeout": 77, "global_keyprefix": "ns:kombu:"}
+    assert config["task_default_queue"] == "ns"

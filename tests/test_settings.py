@@ -1,0 +1,44 @@
+import os
+
+import pytest
+
+from imgq.settings import Settings, env_var, mask_url
+
+
+def test_defaults():
+    settings = Settings()
+    assert settings.broker_url == "redis://127.0.0.1:6379/0"
+    assert settings.effective_results_url == settings.broker_url
+    assert settings.allowed_roots == ()
+
+
+def test_from_env_reads_prefixed_variables_and_overrides_win(tmp_path):
+    environ = {"IMGQ_BATCH_SIZE": "16", "IMGQ_WEIGHTS": "random:3", "IMGQ_BROKER_URL": "redis://h:1/2",
+               "IMGQ_ALLOWED_ROOTS": os.pathsep.join([str(tmp_path), str(tmp_path / "x" / "..")])}
+    settings = Settings.from_env(environ, weights=None, batch_size=4)
+    assert settings.batch_size == 4  # the override
+    assert settings.weights == "random:3"  # None overrides are ignored
+    assert settings.broker_url == "redis://h:1/2"
+    assert settings.allowed_roots == (str(tmp_path), str(tmp_path))
+
+
+@pytest.mark.parametrize("value", ["many", "0", "-3"])
+def test_bad_integer_names_the_variable(value):
+    with pytest.raises(ValueError, match="IMGQ_BATCH_SIZE") as info:
+        Settings.from_env({"IMGQ_BATCH_SIZE": value})
+    assert repr(value) in str(info.value)
+
+
+def test_as_env_round_trips(tmp_path):
+    settings = Settings(batch_size=7, allowed_roots=(str(tmp_path),), weights="random")
+    assert Settings.from_env(settings.as_env()) == settings
+    assert env_var("visibility_timeout") == "IMGQ_VISIBILITY_TIMEOUT"
+
+
+@pytest.mark.parametrize(("url", "masked"), [
+    ("redis://:secret@host:6379/0", "redis://:***@host:6379/0"),
+    ("rediss://user:secret@host/1", "rediss://user:***@host/1"),
+    ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+])
+def test_mask_url_hides_passwords(url, masked):
+    assert mask_url(url) == masked
