@@ -12,6 +12,8 @@ runs tasks: the main process for the solo and threads pools (``worker_init``), e
 from __future__ import annotations
 
 import logging
+import os
+import sys
 
 from celery import Celery
 from celery.signals import worker_init, worker_process_init
@@ -30,6 +32,9 @@ app.conf.update(
     # Prefork children load TensorFlow and the model before taking work: give them time.
     worker_proc_alive_timeout=120,
     worker_hijack_root_logger=False,
+    # A batch that fails for a reason other than its images (say Redis restarting while records are
+    # written) stays unacknowledged, to be delivered again, instead of being acknowledged and lost.
+    task_acks_on_failure_or_timeout=False,
 )
 
 
@@ -39,13 +44,26 @@ def _load_in_main_process(sender=None, **_):
     pool_name = pool if isinstance(pool, str) else getattr(pool, "__module__", "")
     log.info("imgq worker: broker %s, pool %s", mask_url(settings.broker_url), pool_name)
     if "prefork" not in pool_name:
-        from worker.runtime import get_runtime
-
-        get_runtime(getattr(sender, "hostname", None))
+        _load_or_exit(getattr(sender, "hostname", None))
 
 
 @worker_process_init.connect
 def _load_in_child_process(**_):
+    _load_or_exit(None)
+
+
+def _load_or_exit(hostname: str | None) -> None:
+    """Load the model, or stop this worker with one line saying why.
+
+    Celery logs and swallows exceptions of signal handlers: a worker left without its model would take
+    batches only to fail them, so it exits instead, before it takes any.
+    """
+    from worker.model import WeightsError
     from worker.runtime import get_runtime
 
-    get_runtime()
+    try:
+        get_runtime(hostname)
+    except WeightsError as exc:
+        log.critical("%s", exc)
+        print(f"imgq worker: {exc}", file=sys.stderr, flush=True)
+        os._exit(2)

@@ -18,6 +18,9 @@ from worker.preprocess import TARGET_SIZE
 
 log = logging.getLogger(__name__)
 
+# TensorFlow's C++ start-up chatter (CPU features, oneDNN notices) is not news to a worker's operator.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
 IMAGENET_WEIGHTS_FILE = "resnet50_weights_tf_dim_ordering_tf_kernels.h5"
 LOCAL_WEIGHT_SUFFIXES = (".weights.h5", ".h5", ".keras")
 
@@ -103,7 +106,7 @@ def _imagenet(resnet50):
         return resnet50.ResNet50(weights="imagenet")
     except Exception as exc:  # URLError, HTTPError, OSError, ...: Keras does not narrow them
         raise WeightsError(
-            f"Could not download the ImageNet weights ({' '.join(str(exc).split())[:160]}). "
+            f"Could not download the ImageNet weights ({' '.join(str(exc).split())[:300]}). "
             f"Download {IMAGENET_WEIGHTS_FILE} on a machine with internet access and set "
             f"IMGQ_WEIGHTS=/path/to/{IMAGENET_WEIGHTS_FILE} (or pass --weights)."
         ) from None
