@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -61,7 +62,8 @@ class ImageError(Exception):
 def check_allowed(path: str, allowed_roots: tuple[str, ...]) -> str:
     """The real path of ``path`` (symlinks resolved); raises ImageError('forbidden') outside the roots."""
     real = os.path.realpath(path)
-    if allowed_roots and not any(_is_within(real, root) for root in allowed_roots):
+    # Resolve the roots too: a root given through a symlink (or relative, or with "..") must still contain its files.
+    if allowed_roots and not any(_is_within(real, os.path.realpath(root)) for root in allowed_roots):
         raise ImageError("forbidden", f"{real} is outside the allowed roots")
     return real
 
@@ -77,8 +79,11 @@ def load_pixels(path: str, *, allowed_roots: tuple[str, ...] = (), max_pixels: i
     """
     real = check_allowed(path, allowed_roots)
     try:
-        with open(real, "rb") as file:
-            if os.fstat(file.fileno()).st_size == 0:
+        with open(real, "rb", opener=_open_nonblocking) as file:
+            info = os.fstat(file.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise ImageError("unreadable", "not a regular file (a pipe, socket or device)")
+            if info.st_size == 0:
                 raise ImageError("not_an_image", "empty file (0 bytes)")
             with _open_image(file) as image:
                 _check_size(image, max_pixels)
@@ -93,6 +98,11 @@ def load_pixels(path: str, *, allowed_roots: tuple[str, ...] = (), max_pixels: i
         if exc.errno == errno.ELOOP:
             raise ImageError("unreadable", "symlink loop") from None
         raise ImageError("corrupt", _one_line(exc)) from None
+
+
+def _open_nonblocking(path: str, flags: int) -> int:
+    """``os.open`` that never waits: opening a named pipe (FIFO) would block until something writes to it."""
+    return os.open(path, flags | os.O_NONBLOCK)
 
 
 def _open_image(file) -> Image.Image:
