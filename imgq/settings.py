@@ -55,6 +55,18 @@ class Settings:
     max_pixels: int = 89_478_485
     # Images with more pixels are refused as `too_large` before decoding (Pillow's own bomb threshold).
 
+    pool: str = "solo"
+    # Celery pool of a worker: solo (default, see README "Choosing the pool"), threads or prefork. Set it
+    # here, not with `--pool prefork`: Celery takes an explicit prefork for its default and keeps ours.
+
+    precision: str = "fp32"
+    # fp32, or bf16: oneDNN's automatic bfloat16 mixed precision on CPUs with AVX512_BF16 or AMX (a CPU
+    # without them runs fp32 and the worker says so).
+
+    jpeg_draft: bool = True
+    # Let libjpeg decode large JPEGs at 1/2, 1/4 or 1/8 scale (never below 224 px) before the resize.
+    # A 12 MP photo then costs a fraction of a full decode; off gives Keras' pixels exactly.
+
     decode_threads: int = 2
     # Threads decoding images ahead of the model in a worker (Pillow releases the GIL while decoding).
 
@@ -92,6 +104,8 @@ def env_var(name: str) -> str:
 
 
 _INT_FIELDS = {"batch_size", "top_k", "visibility_timeout", "max_pixels", "decode_threads"}
+_BOOL_FIELDS = {"jpeg_draft"}
+_CHOICES = {"pool": ("solo", "threads", "prefork"), "precision": ("fp32", "bf16")}
 
 
 def _parse(name: str, raw: str):
@@ -103,6 +117,12 @@ def _parse(name: str, raw: str):
         if value < 1:
             raise ValueError(f"{env_var(name)} must be at least 1. Received: {raw!r}")
         return value
+    if name in _BOOL_FIELDS:
+        if raw.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+            raise ValueError(f"{env_var(name)} must be 1 or 0 (true/false). Received: {raw!r}")
+        return raw.lower() in ("1", "true", "yes", "on")
+    if name in _CHOICES and raw not in _CHOICES[name]:
+        raise ValueError(f"{env_var(name)} must be one of {', '.join(_CHOICES[name])}. Received: {raw!r}")
     if name == "allowed_roots":
         return tuple(str(Path(p).expanduser().resolve()) for p in raw.split(os.pathsep) if p)
     return raw

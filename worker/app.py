@@ -28,7 +28,7 @@ settings = Settings.from_env()
 app = Celery("imgq", include=["worker.tasks"])
 app.conf.update(celery_config(settings))
 app.conf.update(
-    worker_pool="solo",
+    worker_pool=settings.pool,
     # Prefork children load TensorFlow and the model before taking work: give them time.
     worker_proc_alive_timeout=120,
     worker_hijack_root_logger=False,

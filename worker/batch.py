@@ -53,7 +53,8 @@ def run_batch(message: BatchMessage, *, classifier, store: ResultStore, settings
         return 0
     store.mark_started(message.job)
     decoded = list(pool.map(lambda item: decode(*item, settings), message.images))
-    provenance = {"model": MODEL_NAME, "weights": classifier.weights_id, "worker": worker}
+    provenance = {"model": MODEL_NAME, "weights": classifier.weights_id, "precision": classifier.precision,
+                  "worker": worker}
     records = [_error(message, d, d.error.code, d.error.message, provenance) for d in decoded if d.error]
     good = [d for d in decoded if d.error is None]
     if good:

@@ -36,6 +36,7 @@ class Classifier:
     model: object
     weights_id: str
     batch_size: int
+    precision: str = "fp32"
     load_seconds: float = 0.0
 
     def __post_init__(self):
@@ -67,15 +68,50 @@ class Classifier:
         self._forward(self._buffer)
 
 
-def load_classifier(weights: str, batch_size: int) -> Classifier:
-    """Build ResNet50 with ``weights`` (see ``build_resnet50``), compile and warm it up."""
+def load_classifier(weights: str, batch_size: int, precision: str = "fp32") -> Classifier:
+    """Build ResNet50 with ``weights`` (see ``build_resnet50``), compile and warm it up.
+
+    ``precision``: fp32, or bf16 where the CPU supports it (see ``enable_precision``).
+    """
     started = time.perf_counter()
+    precision = enable_precision(precision)
     model, weights_id = build_resnet50(weights)
-    classifier = Classifier(model, weights_id, batch_size)
+    classifier = Classifier(model, weights_id, batch_size, precision)
     classifier.warm_up()
     classifier.load_seconds = time.perf_counter() - started
-    log.info("ResNet50 ready with weights %s in %.1f s", weights_id, classifier.load_seconds)
+    log.info("ResNet50 ready with weights %s, %s, in %.1f s", weights_id, precision, classifier.load_seconds)
     return classifier
+
+
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_supports_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """True when the CPU computes bfloat16 natively (AVX512_BF16 or AMX); emulated bf16 is slower than fp32."""
+    try:
+        with open(cpuinfo) as file:
+            flags = next((line for line in file if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return any(flag in flags for flag in BF16_CPU_FLAGS)
+
+
+def enable_precision(precision: str) -> str:
+    """Turn on oneDNN's automatic bfloat16 mixed precision for the graphs built after this call.
+
+    Weights and inputs stay float32; TensorFlow's grappler rewrites convolutions and matmuls to bfloat16
+    where it is numerically safe. Returns the precision in effect: bf16 falls back to fp32, with a
+    warning, on a CPU without native bfloat16.
+    """
+    if precision != "bf16":
+        return "fp32"
+    if not cpu_supports_bf16():
+        log.warning("This CPU has no native bfloat16 (%s): running fp32.", " or ".join(BF16_CPU_FLAGS))
+        return "fp32"
+    import tensorflow as tf
+
+    tf.config.optimizer.set_experimental_options({"auto_mixed_precision_onednn_bfloat16": True})
+    return "bf16"
 
 
 def build_resnet50(weights: str):

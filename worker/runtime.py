@@ -36,7 +36,8 @@ class Runtime:
 
     def heartbeat(self, hostname: str) -> dict:
         return {"hostname": hostname, "pid": os.getpid(), "host": socket.gethostname(),
-                "weights": self.classifier.weights_id, "batch_size": self.settings.batch_size,
+                "weights": self.classifier.weights_id, "precision": self.classifier.precision,
+                "pool": self.settings.pool, "batch_size": self.settings.batch_size,
                 "started_at": self.started_at, "images_done": self.images_done,
                 "model_load_seconds": round(self.classifier.load_seconds, 2)}
 
@@ -59,7 +60,7 @@ def get_runtime(hostname: str | None = None) -> Runtime:
 def _build(settings: Settings, hostname: str) -> Runtime:
     from worker.model import load_classifier  # imports TensorFlow: only here, after any fork
 
-    classifier = load_classifier(settings.weights, settings.batch_size)
+    classifier = load_classifier(settings.weights, settings.batch_size, settings.precision)
     runtime = Runtime(settings, classifier, ResultStore.from_settings(settings),
                       ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="imgq-decode"))
     threading.Thread(target=_beat, args=(runtime, hostname), name="imgq-heartbeat", daemon=True).start()
