@@ -55,9 +55,14 @@ class Settings:
     max_pixels: int = 89_478_485
     # Images with more pixels are refused as `too_large` before decoding (Pillow's own bomb threshold).
 
-    pool: str = "solo"
-    # Celery pool of a worker: solo (default, see README "Choosing the pool"), threads or prefork. Set it
-    # here, not with `--pool prefork`: Celery takes an explicit prefork for its default and keeps ours.
+    pool: str = "threads"
+    # Celery pool of a worker: threads (default: one model, several batches in hand, see README "Choosing
+    # the pool"), solo or prefork. Set it here, not with `--pool prefork`: Celery takes an explicit prefork
+    # for its own default and keeps the configured pool.
+
+    concurrency: int = 4
+    # Batches a worker holds at once (threads pool). Their decoding overlaps the forward passes, and small
+    # batches share forward passes. More only hoards messages that another worker could take.
 
     precision: str = "fp32"
     # fp32, or bf16: oneDNN's automatic bfloat16 mixed precision on CPUs with AVX512_BF16 or AMX (a CPU
@@ -103,7 +108,7 @@ def env_var(name: str) -> str:
     return ENV_PREFIX + name.upper()
 
 
-_INT_FIELDS = {"batch_size", "top_k", "visibility_timeout", "max_pixels", "decode_threads"}
+_INT_FIELDS = {"batch_size", "top_k", "visibility_timeout", "max_pixels", "decode_threads", "concurrency"}
 _BOOL_FIELDS = {"jpeg_draft"}
 _CHOICES = {"pool": ("solo", "threads", "prefork"), "precision": ("fp32", "bf16")}
 

@@ -72,7 +72,7 @@ def test_short_and_long_batches_match_full_ones(random_model, batch):
     model, weights_id = random_model
     classifier = Classifier(model, weights_id, batch_size=2)
     full = model(batch, training=False).numpy()
-    out = classifier.predict(batch)  # 5 images through a compiled batch of 2: 2 + 2 + 1 padded
+    out = classifier.predict(batch)  # 5 images in slices of 2: 2 + 2 + 1
     assert out.shape == (5, 1000)
     np.testing.assert_allclose(out, full, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(out.sum(axis=1), 1, rtol=1e-5)

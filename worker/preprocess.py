@@ -6,6 +6,8 @@ default interpolation, no aspect-ratio crop), then "caffe" mode: RGB -> BGR, sub
 ``[103.939, 116.779, 123.68]``, no scaling. ``tests/test_preprocess.py`` pins that we match it exactly.
 
 Where imgq differs, on purpose:
+- Large JPEGs are decoded at reduced scale when the worker's ``jpeg_draft`` setting is on (its default):
+  see ``load_pixels``.
 - EXIF orientation is applied (Keras ignores it, so a phone photo taken upright is classified lying on its
   side). The small resized image is rotated, not the full-size one: the same picture for a fraction of the work.
 - 16-bit greyscale is scaled to 8 bits (``>> 8``); Pillow's RGB conversion would clamp it to white.
@@ -72,8 +74,13 @@ def _is_within(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
-def load_pixels(path: str, *, allowed_roots: tuple[str, ...] = (), max_pixels: int = 89_478_485) -> np.ndarray:
+def load_pixels(path: str, *, allowed_roots: tuple[str, ...] = (), max_pixels: int = 89_478_485,
+                jpeg_draft: bool = False) -> np.ndarray:
     """Decode ``path`` into a uint8 array of shape (224, 224, 3), RGB, upright.
+
+    ``jpeg_draft``: let libjpeg decode a large JPEG at 1/2, 1/4 or 1/8 scale (DCT scaling, never below
+    224 px a side) before the resize. A 12 MP photo then decodes ~10x faster; the picture is the same
+    but the pixels are no longer Keras' exactly (DCT scaling averages where nearest-neighbour picks).
 
     Raises ImageError with code forbidden, missing, unreadable, not_an_image, too_large or corrupt.
     """
@@ -87,6 +94,8 @@ def load_pixels(path: str, *, allowed_roots: tuple[str, ...] = (), max_pixels: i
                 raise ImageError("not_an_image", "empty file (0 bytes)")
             with _open_image(file) as image:
                 _check_size(image, max_pixels)
+                if jpeg_draft and image.format == "JPEG":
+                    image.draft(image.mode, (TARGET_SIZE[1], TARGET_SIZE[0]))
                 return _to_pixels(image)
     except FileNotFoundError:
         raise ImageError("missing", "no such file") from None

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from imgq.contract import Keys
 from imgq.settings import Settings
 from imgq.store import ResultStore
+from worker.gather import Gatherer
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,7 @@ HEARTBEAT_SECONDS = 5
 class Runtime:
     settings: Settings
     classifier: object
+    gatherer: Gatherer
     store: ResultStore
     pool: ThreadPoolExecutor
     started_at: float = field(default_factory=time.time)
@@ -61,7 +63,8 @@ def _build(settings: Settings, hostname: str) -> Runtime:
     from worker.model import load_classifier  # imports TensorFlow: only here, after any fork
 
     classifier = load_classifier(settings.weights, settings.batch_size, settings.precision)
-    runtime = Runtime(settings, classifier, ResultStore.from_settings(settings),
+    runtime = Runtime(settings, classifier, Gatherer(classifier, settings.batch_size),
+                      ResultStore.from_settings(settings),
                       ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="imgq-decode"))
     threading.Thread(target=_beat, args=(runtime, hostname), name="imgq-heartbeat", daemon=True).start()
     return runtime

@@ -1,0 +1,80 @@
+"""Forward passes shared between concurrent tasks (worker/gather.py)."""
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from worker.gather import Gatherer
+
+
+class RecordingClassifier:
+    """Probabilities that encode each image (its first pixel value), and the size of every forward pass."""
+
+    weights_id, precision = "test", "fp32"
+
+    def __init__(self, fail=False):
+        self.passes: list[int] = []
+        self.fail = fail
+
+    def predict(self, images):
+        self.passes.append(len(images))
+        if self.fail:
+            raise RuntimeError("out of memory")
+        out = np.zeros((len(images), 1000), dtype=np.float32)
+        out[np.arange(len(images)), images[:, 0, 0, 0].astype(int)] = 1
+        return out
+
+
+def images(*values):
+    return np.stack([np.full((224, 224, 3), v, dtype=np.float32) for v in values])
+
+
+def test_concurrent_tasks_share_one_forward_pass_and_get_their_own_rows():
+    classifier = RecordingClassifier()
+    gatherer = Gatherer(classifier, max_batch=32, max_wait=2.0)
+    all_decoding, results = threading.Barrier(3), {}
+
+    def task(name, values, delay):
+        with gatherer.decoding():
+            all_decoding.wait()
+            time.sleep(delay)  # decoding
+            future = gatherer.submit(images(*values))
+        results[name] = future.result()[0].argmax(axis=1).tolist()
+
+    threads = [threading.Thread(target=task, args=(name, values, delay))
+               for name, values, delay in [("a", (1, 2), 0.0), ("b", (3,), 0.1), ("c", (4, 5, 6), 0.2)]]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert results == {"a": [1, 2], "b": [3], "c": [4, 5, 6]}
+    assert classifier.passes == [6]
+
+
+def test_a_lone_task_does_not_wait():
+    gatherer = Gatherer(RecordingClassifier(), max_batch=32, max_wait=5.0)
+    started = time.monotonic()
+    with gatherer.decoding():
+        future = gatherer.submit(images(7))
+    probabilities, share_ms = future.result(timeout=2)
+    assert time.monotonic() - started < 1 and probabilities.argmax() == 7 and share_ms >= 0
+
+
+def test_full_batches_go_at_once_even_while_others_decode():
+    classifier = RecordingClassifier()
+    gatherer = Gatherer(classifier, max_batch=2, max_wait=5.0)
+    with gatherer.decoding():  # another task "decoding" for ever
+        started = time.monotonic()
+        gatherer.submit(images(1, 2)).result(timeout=2)
+    assert time.monotonic() - started < 1 and classifier.passes == [2]
+
+
+def test_a_failed_forward_pass_reaches_every_waiting_task_and_serving_goes_on():
+    classifier = RecordingClassifier(fail=True)
+    gatherer = Gatherer(classifier, max_batch=32)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        gatherer.submit(images(1)).result(timeout=2)
+    classifier.fail = False
+    assert gatherer.submit(images(2)).result(timeout=2)[0].argmax() == 2
