@@ -134,6 +134,14 @@ class ResultStore:
             yield from (json.loads(m) for m in chunk)
             start += len(chunk)
 
+    def unfinished_batches(self, job: str) -> Iterator[dict]:
+        """The job's batch messages with at least one image still lacking a record."""
+        key = self.keys.results(job)
+        for message in self.iter_batches(job):
+            ids = [str(image) for image, _ in message["images"]]
+            if None in self.redis.hmget(key, ids):
+                yield message
+
     # -- worker side -----------------------------------------------------------------------------------
 
     def mark_started(self, job: str) -> None:

@@ -212,6 +212,21 @@ def cancel(ctx, job):
     click.echo(f"Job {final.id} {final.state}: {final.processed} of {final.total} images have records.", err=True)
 
 
+@cli.command()
+@click.argument("job")
+@click.pass_context
+def requeue(ctx, job):
+    """Queue again the batches of JOB whose images still lack a record (after a worker was lost).
+
+    Safe to repeat: a batch delivered twice overwrites its records instead of adding to them.
+    """
+    settings = ctx.obj
+    store = ResultStore.from_settings(settings)
+    store.status(job)  # raises JobNotFound
+    sent = enqueue.publish(store.unfinished_batches(job), settings)
+    click.echo(f"Queued {sent} batches of job {job} again.", err=True)
+
+
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @setting_option("--weights", setting="weights", help="imagenet, random[:SEED] or a .h5/.weights.h5/.keras file.")
 @setting_option("--batch-size", setting="batch_size", type=click.IntRange(1, 1024), help="Images per forward pass.")

@@ -14,7 +14,7 @@ from imgq.contract import error_record, ok_record
 from producer.cli import cli
 from tests.test_enqueue import queued_messages
 
-COMMANDS = ["submit", "status", "wait", "results", "cancel", "worker", "classify"]
+COMMANDS = ["submit", "status", "wait", "results", "cancel", "requeue", "worker", "classify"]
 
 
 @pytest.fixture
@@ -154,7 +154,16 @@ def test_cancel(run, photos, store):
     assert result.exit_code == 0 and store.status(job).state == "cancelled"
 
 
-@pytest.mark.parametrize("command", ["status", "results", "cancel", "wait"])
+def test_requeue_sends_again_only_batches_with_missing_records(run, photos, store, settings):
+    job = run("submit", str(photos), "--batch-size", "2").stdout.strip()  # batches [0, 1], [2, 3], [4]
+    store.record_results(job, [ok_record(job, i, f"/p/{i}.jpg", [], weights="w") for i in (0, 1, 2)])
+    store.redis.delete(f"{settings.namespace}:kombu:{settings.namespace}")  # as if a worker lost them
+    result = run("requeue", job)
+    assert result.exit_code == 0 and "Queued 2 batches" in result.stderr
+    assert [m["batch"] for m in queued_messages(store, settings)] == [1, 2]
+
+
+@pytest.mark.parametrize("command", ["status", "results", "cancel", "wait", "requeue"])
 def test_unknown_job_is_one_line(run, command):
     result = run(command, "nosuchjob")
     assert result.exit_code == 1 and result.output.strip() == "Error: No job 'nosuchjob' in the results store."
