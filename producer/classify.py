@@ -33,7 +33,7 @@ def run_classify(images: Iterable[str], settings: Settings, *, name: str, out: s
         click.echo(f"Job {submitted.job}: {submitted.total} images in {submitted.batches} batches.", err=True)
         if worker is not None:
             worker.wait_ready(store)
-        final = wait(store, submitted.job)
+        final = wait(store, submitted.job, check=worker.check_alive if worker else None)
         out = out or f"imgq-{submitted.job}.jsonl"
         with output(out) as file:
             write_jsonl(store.iter_results(submitted.job), file)

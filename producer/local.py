@@ -67,13 +67,28 @@ class LocalWorker:
                 [sys.executable, "-m", "worker", "--loglevel", "INFO", "--hostname", f"imgq-local-{os.getpid()}@%h"],
                 env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
+    def check_alive(self) -> None:
+        """Raises LocalServiceError when the worker process has exited."""
+        if self.process.poll() is not None:
+            raise LocalServiceError(f"The worker exited with code {self.process.returncode}: "
+                                    f"{self._last_words()} (log: {self.log_path})")
+
+    def _last_words(self) -> str:
+        """The worker's own one-line reason (``imgq worker: ...``) from the end of its log, if any."""
+        try:
+            with open(self.log_path, "rb") as log:
+                log.seek(max(0, log.seek(0, os.SEEK_END) - 8192))
+                lines = log.read().decode("utf-8", "replace").splitlines()
+        except OSError:
+            return "no log"
+        reasons = [line for line in lines if line.startswith("imgq worker: ")]
+        return reasons[-1].removeprefix("imgq worker: ") if reasons else "see its log"
+
     def wait_ready(self, store: ResultStore, timeout: float = WORKER_READY_TIMEOUT) -> None:
         """Wait for the worker's first heartbeat (sent once its model is loaded). Raises LocalServiceError."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise LocalServiceError(f"The worker exited with code {self.process.returncode}: "
-                                        f"see {self.log_path}")
+            self.check_alive()
             if any(w.get("pid") == self.process.pid for w in store.workers()):
                 return
             time.sleep(0.25)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import redis
 
@@ -21,13 +22,17 @@ def poll_status(store: ResultStore, job: str) -> JobStatus:
             time.sleep(RECONNECT_SECONDS)
 
 
-def wait(store: ResultStore, job: str, *, show: bool = True, timeout: float | None = None) -> JobStatus:
-    """Block until the job is done or cancelled; returns its last status. Raises TimeoutError."""
+def wait(store: ResultStore, job: str, *, show: bool = True, timeout: float | None = None,
+         check: Callable[[], None] | None = None) -> JobStatus:
+    """Block until the job is done or cancelled; returns its last status. Raises TimeoutError.
+
+    ``check`` runs at every poll and may raise to stop waiting (say, the worker we started has died).
+    """
     deadline = None if timeout is None else time.monotonic() + timeout
     status = poll_status(store, job)
     if not show:
         while not status.finished:
-            _check_deadline(deadline, status)
+            _check_deadline(deadline, status, check)
             time.sleep(POLL_SECONDS)
             status = poll_status(store, job)
         return status
@@ -44,11 +49,13 @@ def wait(store: ResultStore, job: str, *, show: bool = True, timeout: float | No
             bar.update(task, completed=status.processed, failed=status.failed, rate=rate)
             if status.finished:
                 return status
-            _check_deadline(deadline, status)
+            _check_deadline(deadline, status, check)
             time.sleep(POLL_SECONDS)
             status = poll_status(store, job)
 
 
-def _check_deadline(deadline: float | None, status: JobStatus) -> None:
+def _check_deadline(deadline: float | None, status: JobStatus, check: Callable[[], None] | None) -> None:
+    if check is not None:
+        check()
     if deadline is not None and time.monotonic() > deadline:
         raise TimeoutError(f"Job {status.id} not finished in time: {status.processed}/{status.total} images.")

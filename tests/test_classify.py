@@ -51,3 +51,16 @@ def test_classify_starts_and_stops_what_it_needs(tmp_path):
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
     assert (tmp_path / "state" / "redis").is_dir()  # its data stayed under the state directory
+
+
+@pytest.mark.slow
+def test_classify_says_why_its_worker_could_not_start(tmp_path):
+    imagegen.write_formats(tmp_path / "photos")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMGQ_")}
+    env.update(IMGQ_WEIGHTS=str(tmp_path / "missing.weights.h5"), IMGQ_STATE_DIR=str(tmp_path / "state"))
+    result = subprocess.run(
+        [sys.executable, "-m", "producer.cli", "classify", str(tmp_path / "photos"), "--embedded-redis"],
+        env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("Error: The worker exited with code 2: Weights file not found: ") and "(log: " in last
