@@ -2,7 +2,6 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-DIR ?= .
 
 .PHONY: install install-test classify test test-fast lint format clean
 
@@ -23,6 +22,7 @@ install-test: $(VENV)/.installed-test
 
 ## make classify DIR=<folder>: classify every image under the folder on this machine
 classify: install
+	@test -n "$(DIR)" || { echo "Usage: make classify DIR=<folder>"; exit 2; }
 	$(BIN)/imgq classify "$(DIR)"
 
 ## make test: the whole suite, slow end-to-end tests included

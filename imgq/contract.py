@@ -7,6 +7,7 @@ ends must agree on. It never imports TensorFlow.
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass
 
 from imgq.settings import Settings
@@ -122,6 +123,14 @@ def queue_name(settings: Settings) -> str:
 
 def celery_config(settings: Settings) -> dict:
     """The Celery configuration shared by the producer and the workers."""
+    config = _base_config(settings)
+    if settings.broker_url.startswith("rediss://") and "ssl_cert_reqs" not in settings.broker_url:
+        # Kombu connects to rediss:// WITHOUT checking the server's certificate unless told to.
+        config["broker_use_ssl"] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    return config
+
+
+def _base_config(settings: Settings) -> dict:
     return {
         "broker_url": settings.broker_url,
         "broker_connection_retry_on_startup": True,
@@ -143,7 +152,8 @@ def celery_config(settings: Settings) -> dict:
         # Acknowledge after the batch is stored, so a worker that dies mid-batch loses nothing.
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
-        # A worker holds one batch at a time: others stay in Redis for other workers.
+        # A worker reserves no more batches than it has threads (IMGQ_CONCURRENCY): the rest stay in
+        # Redis for other workers.
         "worker_prefetch_multiplier": 1,
         "worker_send_task_events": True,
         "task_send_sent_event": False,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -109,7 +110,9 @@ def env_var(name: str) -> str:
 
 
 _INT_FIELDS = {"batch_size", "top_k", "visibility_timeout", "max_pixels", "decode_threads", "concurrency"}
+_INT_MAXIMA = {"batch_size": 1024, "top_k": 1000}
 _BOOL_FIELDS = {"jpeg_draft"}
+_NAMESPACE = re.compile(r"[A-Za-z0-9._-]{1,64}")  # it prefixes Redis keys and is matched in SCAN patterns
 _CHOICES = {"pool": ("solo", "threads", "prefork"), "precision": ("fp32", "bf16")}
 
 
@@ -119,8 +122,8 @@ def _parse(name: str, raw: str):
             value = int(raw)
         except ValueError:
             raise ValueError(f"{env_var(name)} must be an integer. Received: {raw!r}") from None
-        if value < 1:
-            raise ValueError(f"{env_var(name)} must be at least 1. Received: {raw!r}")
+        if not 1 <= value <= _INT_MAXIMA.get(name, value):
+            raise ValueError(f"{env_var(name)} must be from 1 to {_INT_MAXIMA.get(name, 'any')}. Received: {raw!r}")
         return value
     if name in _BOOL_FIELDS:
         if raw.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
@@ -128,6 +131,8 @@ def _parse(name: str, raw: str):
         return raw.lower() in ("1", "true", "yes", "on")
     if name in _CHOICES and raw not in _CHOICES[name]:
         raise ValueError(f"{env_var(name)} must be one of {', '.join(_CHOICES[name])}. Received: {raw!r}")
+    if name == "namespace" and not _NAMESPACE.fullmatch(raw):
+        raise ValueError(f"{env_var(name)} must be letters, digits, '.', '_' or '-'. Received: {raw!r}")
     if name == "allowed_roots":
         return tuple(str(Path(p).expanduser().resolve()) for p in raw.split(os.pathsep) if p)
     return raw
@@ -138,8 +143,6 @@ def mask_url(url: str) -> str:
     parts = urlsplit(url)
     if parts.password is None:
         return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
+    credentials, _, host = parts.netloc.rpartition("@")
+    user = credentials.partition(":")[0]
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))

@@ -17,6 +17,7 @@ import json
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import islice
 
 import redis
 
@@ -137,10 +138,12 @@ class ResultStore:
     def unfinished_batches(self, job: str) -> Iterator[dict]:
         """The job's batch messages with at least one image still lacking a record."""
         key = self.keys.results(job)
-        for message in self.iter_batches(job):
-            ids = [str(image) for image, _ in message["images"]]
-            if None in self.redis.hmget(key, ids):
-                yield message
+        batches = self.iter_batches(job)
+        while chunk := list(islice(batches, READ_CHUNK)):
+            pipe = self.redis.pipeline(transaction=False)
+            for message in chunk:
+                pipe.hmget(key, [str(image) for image, _ in message["images"]])
+            yield from (m for m, found in zip(chunk, pipe.execute(), strict=True) if None in found)
 
     # -- worker side -----------------------------------------------------------------------------------
 
@@ -209,10 +212,19 @@ class ResultStore:
         return [json.loads(v) for v in self.redis.mget(keys) if v] if keys else []
 
     def cancel(self, job: str) -> JobStatus:
-        """Stop the job's remaining batches from running; records already written stay."""
-        self.status(job)  # raises JobNotFound
+        """Stop the job's remaining batches from running; records already written stay. A finished job
+        stays as it is."""
+        if self.status(job).state == "done":  # raises JobNotFound
+            return self.status(job)
         self.redis.hsetnx(self.keys.job(job), "cancelled_at", time.time())
         return self.status(job)
+
+    def delete(self, job: str) -> None:
+        """Forget a job: its record, results and batches. Raises JobNotFound."""
+        self.status(job)
+        keys = self.keys
+        self.redis.delete(keys.job(job), keys.results(job), keys.failed(job), keys.batches(job))
+        self.redis.zrem(keys.jobs, job)
 
 
 def _optional_float(value: str | None) -> float | None:

@@ -54,7 +54,11 @@ def _ensure_redis(settings: Settings, embedded: bool | None, configured: bool, s
 
 
 def _ensure_worker(settings: Settings, store: ResultStore, started: ExitStack) -> LocalWorker | None:
-    if store.workers():
+    if workers := store.workers():
+        others = {w.get("weights", "") for w in workers} - {settings.weights}
+        if not all(w.startswith(settings.weights) for w in others):
+            click.echo(f"Using the {len(workers)} live workers, with weights {', '.join(sorted(others))}: "
+                       f"--weights applies only to a worker started here.", err=True)
         return None
     worker = LocalWorker(settings)
     worker.start()

@@ -132,17 +132,22 @@ def submit(ctx, paths, recursive, includes, from_file, top_k, batch_size, name, 
     if wait_:
         from producer.progress import wait
 
+        _warn_if_no_worker(store)
         wait(store, submitted.job)
 
 
 @cli.command()
 @click.argument("job", required=False)
 @click.option("--limit", default=20, show_default=True, help="Jobs listed without JOB.")
+@click.option("--workers", "show_workers", is_flag=True, help="The live workers and the queue depth instead.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
-def status(ctx, job, limit, as_json):
+def status(ctx, job, limit, show_workers, as_json):
     """Counts, rate, ETA and state of JOB; without JOB, a table of recent jobs."""
     store = ResultStore.from_settings(ctx.obj)
+    if show_workers:
+        _print_workers(store, ctx.obj, as_json)
+        return
     statuses = [store.status(job)] if job else store.list_jobs(limit)
     if as_json:
         click.echo(json.dumps([_status_dict(s) for s in statuses] if not job else _status_dict(statuses[0])))
@@ -151,6 +156,11 @@ def status(ctx, job, limit, as_json):
             click.echo(f"{key:>10}: {value}")
     else:
         _print_jobs(statuses)
+
+
+def _warn_if_no_worker(store: ResultStore) -> None:
+    if not store.workers():
+        click.echo(f"No worker is alive in namespace {store.keys.ns!r}: start one with `imgq worker`.", err=True)
 
 
 def _status_dict(s: JobStatus) -> dict:
@@ -175,6 +185,18 @@ def _print_jobs(statuses: list[JobStatus]) -> None:
                    f"{s.failed:>6}  {rate:>8}  {_time(s.created)}")
 
 
+def _print_workers(store: ResultStore, settings: Settings, as_json: bool) -> None:
+    workers = sorted(store.workers(), key=lambda w: w.get("hostname", ""))
+    depth = store.redis.llen(enqueue.queue_key(settings))
+    if as_json:
+        click.echo(json.dumps({"queued_batches": depth, "workers": workers}))
+        return
+    click.echo(f"{depth} batches queued; {len(workers)} workers alive.")
+    for w in workers:
+        click.echo(f"  {w.get('hostname')} pid {w.get('pid')}: pool {w.get('pool')}, precision {w.get('precision')}, "
+                   f"{w.get('images_done', 0)} images done, weights {w.get('weights')}")
+
+
 @cli.command()
 @click.argument("job")
 @click.option("--timeout", type=float, help="Give up after this many seconds (exit 1).")
@@ -183,7 +205,10 @@ def wait(ctx, job, timeout):
     """Show a progress bar until JOB completes."""
     from producer.progress import wait as wait_for
 
-    final = wait_for(ResultStore.from_settings(ctx.obj), job, timeout=timeout)
+    store = ResultStore.from_settings(ctx.obj)
+    if not store.status(job).finished:  # raises JobNotFound
+        _warn_if_no_worker(store)
+    final = wait_for(store, job, timeout=timeout)
     click.echo(f"Job {final.id} {final.state}: {final.ok} ok, {final.failed} failed of {final.total}.", err=True)
 
 
@@ -196,7 +221,10 @@ def wait(ctx, job, timeout):
 def results(ctx, job, fmt, out):
     """Stream every result record of JOB, in submission order."""
     store = ResultStore.from_settings(ctx.obj)
-    k = store.status(job).params.get("top_k", ctx.obj.top_k)
+    status = store.status(job)
+    if not status.finished:
+        click.echo(f"Job {job} is {status.state}: {status.processed} of {status.total} records so far.", err=True)
+    k = status.params.get("top_k", ctx.obj.top_k)
     with output(out) as file:
         n = writer_for(fmt, k)(store.iter_results(job), file)
     if out:
@@ -210,6 +238,15 @@ def cancel(ctx, job):
     """Skip the remaining batches of JOB; results already written stay."""
     final = ResultStore.from_settings(ctx.obj).cancel(job)
     click.echo(f"Job {final.id} {final.state}: {final.processed} of {final.total} images have records.", err=True)
+
+
+@cli.command()
+@click.argument("job")
+@click.pass_context
+def delete(ctx, job):
+    """Forget JOB: its record, results and batches (images and exports are not touched)."""
+    ResultStore.from_settings(ctx.obj).delete(job)
+    click.echo(f"Deleted job {job}.", err=True)
 
 
 @cli.command()

@@ -154,6 +154,11 @@ def publish(messages: Iterable[dict], settings: Settings) -> int:
     return sent
 
 
+def queue_key(settings: Settings) -> str:
+    """The Redis list holding the queued batch messages (kombu's key, under our namespace)."""
+    return celery_config(settings)["broker_transport_options"]["global_keyprefix"] + queue_name(settings)
+
+
 def producer_app(settings: Settings):
     """A Celery app configured like the workers', used only to send (Celery is imported on first use)."""
     from celery import Celery

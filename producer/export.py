@@ -27,7 +27,7 @@ def csv_header(k: int) -> list[str]:
     scores = [f"score_{i}" for i in range(1, k + 1)]
     wnids = [f"wnid_{i}" for i in range(1, k + 1)]
     return ["job", "image", "path", "status", *labels, *scores, *wnids, "error_code", "error_message",
-            "model", "weights", "worker", "decode_ms", "inference_ms"]
+            "model", "weights", "precision", "worker", "decode_ms", "inference_ms"]
 
 
 def csv_row(record: dict, k: int) -> list:
@@ -37,7 +37,7 @@ def csv_row(record: dict, k: int) -> list:
     return [record["job"], record["image"], record["path"], record["status"],
             *[t["label"] for t in top[:k]], *pad, *[f"{t['score']:.6g}" for t in top[:k]], *pad,
             *[t["wnid"] for t in top[:k]], *pad, error.get("code", ""), error.get("message", ""),
-            record.get("model", ""), record.get("weights", ""), record.get("worker", ""),
+            record.get("model", ""), record.get("weights", ""), record.get("precision", ""), record.get("worker", ""),
             record.get("decode_ms", ""), record.get("inference_ms", "")]
 
 

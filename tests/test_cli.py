@@ -14,7 +14,7 @@ from imgq.contract import error_record, ok_record
 from producer.cli import cli
 from tests.test_enqueue import queued_messages
 
-COMMANDS = ["submit", "status", "wait", "results", "cancel", "requeue", "worker", "classify"]
+COMMANDS = ["submit", "status", "wait", "results", "cancel", "requeue", "delete", "worker", "classify"]
 
 
 @pytest.fixture
@@ -163,7 +163,33 @@ def test_requeue_sends_again_only_batches_with_missing_records(run, photos, stor
     assert [m["batch"] for m in queued_messages(store, settings)] == [1, 2]
 
 
-@pytest.mark.parametrize("command", ["status", "results", "cancel", "wait", "requeue"])
+def test_status_workers_shows_heartbeats_and_queue_depth(run, photos, store):
+    run("submit", str(photos), "--batch-size", "2")
+    assert run("status", "--workers").stdout.splitlines() == ["3 batches queued; 0 workers alive."]
+    store.redis.set(store.keys.worker("w1:7"), json.dumps({"hostname": "w1", "pid": 7, "pool": "threads"}), ex=10)
+    data = json.loads(run("status", "--workers", "--json").stdout)
+    assert data == {"queued_batches": 3, "workers": [{"hostname": "w1", "pid": 7, "pool": "threads"}]}
+
+
+def test_waiting_without_a_live_worker_says_so(run, photos):
+    job = run("submit", str(photos)).stdout.strip()
+    result = run("wait", job, "--timeout", "0.1")
+    assert "No worker is alive in namespace" in result.stderr
+
+
+def test_results_of_an_unfinished_job_warn_on_stderr(run, photos):
+    job = run("submit", str(photos)).stdout.strip()
+    result = run("results", job)
+    assert result.exit_code == 0 and result.stdout == ""
+    assert f"Job {job} is queued: 0 of 5 records so far." in result.stderr
+
+
+def test_delete(run, photos, store):
+    job = run("submit", str(photos)).stdout.strip()
+    assert run("delete", job).exit_code == 0 and store.list_jobs() == []
+
+
+@pytest.mark.parametrize("command", ["status", "results", "cancel", "wait", "requeue", "delete"])
 def test_unknown_job_is_one_line(run, command):
     result = run(command, "nosuchjob")
     assert result.exit_code == 1 and result.output.strip() == "Error: No job 'nosuchjob' in the results store."

@@ -59,3 +59,16 @@ def test_celery_config_is_json_only_acks_late_and_namespaced():
     assert config["task_ignore_result"]
     assert config["broker_transport_options"] == {"visibility_timeout": 77, "global_keyprefix": "ns:kombu:"}
     assert config["task_default_queue"] == "ns"
+
+
+@pytest.mark.parametrize(("url", "verified"), [
+    ("rediss://:pw@redis.example:6380/0", True),
+    ("rediss://:pw@redis.example:6380/0?ssl_cert_reqs=optional", None),  # the URL says what it wants
+    ("redis://127.0.0.1:6379/0", None),
+])
+def test_tls_brokers_verify_certificates_by_default(url, verified):
+    import ssl
+
+    config = celery_config(Settings(broker_url=url))
+    expected = {"ssl_cert_reqs": ssl.CERT_REQUIRED} if verified else None
+    assert config.get("broker_use_ssl") == expected

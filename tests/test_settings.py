@@ -22,11 +22,20 @@ def test_from_env_reads_prefixed_variables_and_overrides_win(tmp_path):
     assert settings.allowed_roots == (str(tmp_path), str(tmp_path))
 
 
-@pytest.mark.parametrize("value", ["many", "0", "-3"])
-def test_bad_integer_names_the_variable(value):
-    with pytest.raises(ValueError, match="IMGQ_BATCH_SIZE") as info:
-        Settings.from_env({"IMGQ_BATCH_SIZE": value})
+@pytest.mark.parametrize(("name", "value"), [("IMGQ_BATCH_SIZE", "many"), ("IMGQ_BATCH_SIZE", "0"),
+                                             ("IMGQ_BATCH_SIZE", "1025"), ("IMGQ_TOP_K", "1001"),
+                                             ("IMGQ_NAMESPACE", "a*b"), ("IMGQ_NAMESPACE", "x:y"),
+                                             ("IMGQ_POOL", "gevent"), ("IMGQ_PRECISION", "fp16"),
+                                             ("IMGQ_JPEG_DRAFT", "maybe")])
+def test_bad_values_name_the_variable_and_the_value(name, value):
+    with pytest.raises(ValueError, match=name) as info:
+        Settings.from_env({name: value})
     assert repr(value) in str(info.value)
+
+
+def test_booleans_and_choices():
+    settings = Settings.from_env({"IMGQ_JPEG_DRAFT": "off", "IMGQ_POOL": "solo", "IMGQ_PRECISION": "bf16"})
+    assert (settings.jpeg_draft, settings.pool, settings.precision) == (False, "solo", "bf16")
 
 
 def test_as_env_round_trips(tmp_path):
@@ -39,6 +48,7 @@ def test_as_env_round_trips(tmp_path):
     ("redis://:secret@host:6379/0", "redis://:***@host:6379/0"),
     ("rediss://user:secret@host/1", "rediss://user:***@host/1"),
     ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+    ("redis://:p%40ss@[::1]:6379/0", "redis://:***@[::1]:6379/0"),
 ])
 def test_mask_url_hides_passwords(url, masked):
     assert mask_url(url) == masked

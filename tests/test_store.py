@@ -84,8 +84,30 @@ class TestResultStoreContract:
         assert status.state == "cancelled" and store.is_cancelled("job1")
         assert [r["image"] for r in store.iter_results("job1")] == [0]
 
+    def test_cancelling_a_finished_job_changes_nothing(self, store):
+        commit(store, total=1)
+        store.record_results("job1", [ok("job1", 0)])
+        status = store.cancel("job1")
+        assert status.state == "done" and status.cancelled_at is None and not store.is_cancelled("job1")
+
+    def test_delete_forgets_everything_of_the_job(self, store):
+        commit(store)
+        commit(store, job="other")
+        store.record_results("job1", [ok("job1", 0), failed("job1", 1)])
+        store.delete("job1")
+        with pytest.raises(JobNotFound):
+            store.status("job1")
+        assert [s.id for s in store.list_jobs()] == ["other"]
+        assert sorted(store.redis.keys(f"{store.keys.ns}:*")) == sorted(
+            [store.keys.jobs, store.keys.job("other"), store.keys.batches("other")])
+
+    def test_unfinished_batches_are_those_with_an_image_lacking_a_record(self, store):
+        messages = commit(store, total=5, batch_size=2)
+        store.record_results("job1", [ok("job1", 0), ok("job1", 1), failed("job1", 2)])
+        assert list(store.unfinished_batches("job1")) == messages[1:]
+
     def test_unknown_job_raises(self, store):
-        for call in (store.status, store.cancel, lambda j: list(store.iter_results(j))):
+        for call in (store.status, store.cancel, store.delete, lambda j: list(store.iter_results(j))):
             with pytest.raises(JobNotFound, match="nope"):
                 call("nope")
 

@@ -44,7 +44,6 @@ app.conf.update(
 def _load_in_main_process(sender=None, **_):
     pool = getattr(sender, "pool_cls", "")
     pool_name = pool if isinstance(pool, str) else getattr(pool, "__module__", "")
-    log.info("imgq worker: broker %s, pool %s", mask_url(settings.broker_url), pool_name)
     if "prefork" not in pool_name:
         _load_or_exit(getattr(sender, "hostname", None))
 
@@ -64,8 +63,13 @@ def _load_or_exit(hostname: str | None) -> None:
     from worker.runtime import get_runtime
 
     try:
-        get_runtime(hostname)
+        runtime = get_runtime(hostname)
     except WeightsError as exc:
         log.critical("%s", exc)
         print(f"imgq worker: {exc}", file=sys.stderr, flush=True)
         os._exit(2)
+    # Celery has not set up its logging yet when this runs: say it on stderr, like the failure above.
+    classifier = runtime.classifier
+    print(f"imgq worker: ResNet50 ready in {classifier.load_seconds:.1f} s (weights {classifier.weights_id}, "
+          f"{classifier.precision}, pool {settings.pool} x{settings.concurrency}, "
+          f"broker {mask_url(settings.broker_url)})", file=sys.stderr, flush=True)

@@ -35,6 +35,11 @@ class Runtime:
     pool: ThreadPoolExecutor
     started_at: float = field(default_factory=time.time)
     images_done: int = 0
+    _count_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def count_done(self, images: int) -> None:
+        with self._count_lock:  # tasks run in several threads
+            self.images_done += images
 
     def heartbeat(self, hostname: str) -> dict:
         return {"hostname": hostname, "pid": os.getpid(), "host": socket.gethostname(),

@@ -18,5 +18,5 @@ def classify_batch(self, message: dict) -> int:
     runtime = get_runtime(self.request.hostname)
     written = run_batch(BatchMessage.from_dict(message), gatherer=runtime.gatherer, store=runtime.store,
                         settings=runtime.settings, pool=runtime.pool, worker=self.request.hostname)
-    runtime.images_done += written
+    runtime.count_done(written)
     return written
