@@ -26,6 +26,7 @@ ERROR_CODES = {
     "corrupt": "an image that fails to decode (truncated, damaged)",
     "too_large": "more pixels than IMGQ_MAX_PIXELS (decompression bomb guard)",
     "forbidden": "outside the worker's IMGQ_ALLOWED_ROOTS",
+    "worker_crashed": "the worker process died while decoding this image, on repeated deliveries",
     "internal": "a failure of imgq itself, not of the image",
 }
 
@@ -107,6 +108,29 @@ class Keys:
     def batches(self, job: str) -> str:
         """List: the job's batch messages (JSON) in order, kept to re-queue and to export in order."""
         return f"{self.ns}:batches:{job}"
+
+    @property
+    def active(self) -> str:
+        """Set of the ids of jobs not yet done or cancelled: what the reconciler looks at."""
+        return f"{self.ns}:active"
+
+    def attempts(self, job: str) -> str:
+        """Hash: batch number -> deliveries so far (the broker does not count redeliveries)."""
+        return f"{self.ns}:attempts:{job}"
+
+    def inflight(self, job: str) -> str:
+        """Hash: batch number -> id of the worker classifying it now (removed when its records are stored)."""
+        return f"{self.ns}:inflight:{job}"
+
+    def suspects(self, job: str) -> str:
+        """Hash: image id -> worker id, set while a batch in isolation decodes that image. Still there after
+        a delivery, it names the image that killed the worker."""
+        return f"{self.ns}:suspects:{job}"
+
+    @property
+    def reconcile_lock(self) -> str:
+        """String with a TTL: held by the one worker reconciling jobs at the moment."""
+        return f"{self.ns}:reconcile-lock"
 
     def worker(self, hostname: str) -> str:
         """String with a TTL: a live worker's heartbeat (JSON)."""

@@ -76,6 +76,25 @@ class Settings:
     decode_threads: int = 2
     # Threads decoding images ahead of the model in a worker (Pillow releases the GIL while decoding).
 
+    max_deliveries: int = 3
+    # Deliveries of a batch before a worker decodes its images one at a time, to find an image that kills
+    # the worker (recorded as `worker_crashed`) instead of losing the batch to it over and over.
+
+    reconcile_seconds: int = 60
+    # How often a worker looks for lost batches (their worker's heartbeat is gone, or the queue has drained
+    # with images still lacking records and no record came for this long) and queues them again.
+
+    heartbeat_seconds: int = 5
+    # How often a worker says it is alive; it counts as gone after three missed beats.
+
+    metrics_port: int = 0
+    # Port on which a worker serves Prometheus metrics at /metrics (all interfaces); 0: no metrics server.
+    # Off by default: an open port is the operator's choice, and two workers on one host need two ports.
+
+    log_format: str = "text"
+    # A worker's log lines: text (Celery's own format), or json (one JSON object per line, for log
+    # collectors). Passwords in URLs are masked in either.
+
     @property
     def effective_results_url(self) -> str:
         return self.results_url or self.broker_url
@@ -109,11 +128,13 @@ def env_var(name: str) -> str:
     return ENV_PREFIX + name.upper()
 
 
-_INT_FIELDS = {"batch_size", "top_k", "visibility_timeout", "max_pixels", "decode_threads", "concurrency"}
-_INT_MAXIMA = {"batch_size": 1024, "top_k": 1000}
+_INT_FIELDS = {"batch_size", "top_k", "visibility_timeout", "max_pixels", "decode_threads", "concurrency",
+               "max_deliveries", "reconcile_seconds", "heartbeat_seconds", "metrics_port"}
+_INT_MAXIMA = {"batch_size": 1024, "top_k": 1000, "metrics_port": 65535}
+_INT_MINIMA = {"metrics_port": 0}  # 0 turns the metrics server off
 _BOOL_FIELDS = {"jpeg_draft"}
 _NAMESPACE = re.compile(r"[A-Za-z0-9._-]{1,64}")  # it prefixes Redis keys and is matched in SCAN patterns
-_CHOICES = {"pool": ("solo", "threads", "prefork"), "precision": ("fp32", "bf16")}
+_CHOICES = {"pool": ("solo", "threads", "prefork"), "precision": ("fp32", "bf16"), "log_format": ("text", "json")}
 
 
 def _parse(name: str, raw: str):
@@ -122,8 +143,9 @@ def _parse(name: str, raw: str):
             value = int(raw)
         except ValueError:
             raise ValueError(f"{env_var(name)} must be an integer. Received: {raw!r}") from None
-        if not 1 <= value <= _INT_MAXIMA.get(name, value):
-            raise ValueError(f"{env_var(name)} must be from 1 to {_INT_MAXIMA.get(name, 'any')}. Received: {raw!r}")
+        low = _INT_MINIMA.get(name, 1)
+        if not low <= value <= _INT_MAXIMA.get(name, value):
+            raise ValueError(f"{env_var(name)} must be from {low} to {_INT_MAXIMA.get(name, 'any')}. Received: {raw!r}")
         return value
     if name in _BOOL_FIELDS:
         if raw.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):

@@ -50,6 +50,7 @@ class JobStatus:
     started_at: float | None = None
     finished_at: float | None = None
     cancelled_at: float | None = None
+    last_record_at: float | None = None
 
     @property
     def ok(self) -> int:
@@ -124,8 +125,14 @@ class ResultStore:
             "params": json.dumps(params),
         })
         pipe.zadd(self.keys.jobs, {job: now})
+        pipe.sadd(self.keys.active, job)
         pipe.persist(self.keys.batches(job))
         pipe.execute()
+
+    def batch(self, job: str, number: int) -> dict | None:
+        """One batch message of the job, by number."""
+        raw = self.redis.lindex(self.keys.batches(job), number)
+        return None if raw is None else json.loads(raw)
 
     def iter_batches(self, job: str) -> Iterator[dict]:
         """The job's batch messages in order."""
@@ -165,12 +172,23 @@ class ResultStore:
             pipe.sadd(failed, *errors)
         if oks:  # a redelivery may turn an earlier error into a result
             pipe.srem(failed, *oks)
+        pipe.hset(self.keys.job(job), "last_record_at", time.time())
         pipe.hlen(results)
         pipe.hget(self.keys.job(job), "total")
         *_, processed, total = pipe.execute()
         if total is not None and processed >= int(total):
             self.redis.hsetnx(self.keys.job(job), "finished_at", time.time())
+            self.redis.srem(self.keys.active, job)
         return processed
+
+    def missing(self, job: str, images: list[int]) -> list[int]:
+        """Those of ``images`` that have no record yet."""
+        found = self.redis.hmget(self.keys.results(job), [str(i) for i in images]) if images else []
+        return [image for image, raw in zip(images, found, strict=True) if raw is None]
+
+    def active_jobs(self) -> set[str]:
+        """Jobs neither done nor cancelled."""
+        return set(self.redis.smembers(self.keys.active))
 
     # -- reading ---------------------------------------------------------------------------------------
 
@@ -217,14 +235,17 @@ class ResultStore:
         if self.status(job).state == "done":  # raises JobNotFound
             return self.status(job)
         self.redis.hsetnx(self.keys.job(job), "cancelled_at", time.time())
+        self.redis.srem(self.keys.active, job)
         return self.status(job)
 
     def delete(self, job: str) -> None:
         """Forget a job: its record, results and batches. Raises JobNotFound."""
         self.status(job)
         keys = self.keys
-        self.redis.delete(keys.job(job), keys.results(job), keys.failed(job), keys.batches(job))
+        self.redis.delete(keys.job(job), keys.results(job), keys.failed(job), keys.batches(job),
+                          keys.attempts(job), keys.inflight(job), keys.suspects(job))
         self.redis.zrem(keys.jobs, job)
+        self.redis.srem(keys.active, job)
 
 
 def _optional_float(value: str | None) -> float | None:
@@ -239,4 +260,5 @@ def _job_status(record: dict, processed: int, failed: int) -> JobStatus:
         started_at=_optional_float(record.get("started_at")),
         finished_at=_optional_float(record.get("finished_at")),
         cancelled_at=_optional_float(record.get("cancelled_at")),
+        last_record_at=_optional_float(record.get("last_record_at")),
     )

@@ -2,7 +2,7 @@
 
 A submission stages its batch messages in Redis first and makes the job visible only when the walk has
 finished, so an empty selection, a missing path or a failure half-way leaves no job behind. Then the
-staged batches are published to the Celery queue by task name: the worker is never imported here.
+staged batches are published to the Celery queue (imgq.queue).
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import count, islice
 
-from imgq.contract import TASK_CLASSIFY_BATCH, BatchMessage, celery_config, queue_name
+from imgq.contract import BatchMessage
+from imgq.queue import check_broker, publish, queue_key  # noqa: F401  (the CLI uses them from here too)
 from imgq.settings import Settings
 from imgq.store import ResultStore
 
@@ -141,34 +142,3 @@ def submit(images: Iterable[str], *, settings: Settings, store: ResultStore, nam
                      params={"top_k": top_k, "batch_size": batch_size, **(params or {})})
     publish(store.iter_batches(job), settings)
     return Submitted(job, total, n_batches)
-
-
-def publish(messages: Iterable[dict], settings: Settings) -> int:
-    """Send batch messages to the workers' queue, over one connection. Returns how many were sent."""
-    app = producer_app(settings)
-    sent = 0
-    with app.producer_or_acquire() as producer:
-        for message in messages:
-            app.send_task(TASK_CLASSIFY_BATCH, args=[message], queue=queue_name(settings), producer=producer)
-            sent += 1
-    return sent
-
-
-def queue_key(settings: Settings) -> str:
-    """The Redis list holding the queued batch messages (kombu's key, under our namespace)."""
-    return celery_config(settings)["broker_transport_options"]["global_keyprefix"] + queue_name(settings)
-
-
-def producer_app(settings: Settings):
-    """A Celery app configured like the workers', used only to send (Celery is imported on first use)."""
-    from celery import Celery
-
-    app = Celery("imgq-producer", set_as_current=False)
-    app.conf.update(celery_config(settings))
-    return app
-
-
-def check_broker(settings: Settings) -> None:
-    """Raises a kombu/redis connection error when the broker cannot be reached, within a few seconds."""
-    with producer_app(settings).connection_for_write() as connection:
-        connection.ensure_connection(max_retries=1, timeout=5)

@@ -99,12 +99,27 @@ class TestResultStoreContract:
             store.status("job1")
         assert [s.id for s in store.list_jobs()] == ["other"]
         assert sorted(store.redis.keys(f"{store.keys.ns}:*")) == sorted(
-            [store.keys.jobs, store.keys.job("other"), store.keys.batches("other")])
+            [store.keys.jobs, store.keys.active, store.keys.job("other"), store.keys.batches("other")])
+        assert store.active_jobs() == {"other"}
 
     def test_unfinished_batches_are_those_with_an_image_lacking_a_record(self, store):
         messages = commit(store, total=5, batch_size=2)
         store.record_results("job1", [ok("job1", 0), ok("job1", 1), failed("job1", 2)])
         assert list(store.unfinished_batches("job1")) == messages[1:]
+
+    def test_active_jobs_are_those_neither_done_nor_cancelled(self, store):
+        for job in ("a", "b", "c"):
+            commit(store, job=job, total=1)
+        store.record_results("a", [ok("a", 0)])
+        store.cancel("b")
+        assert store.active_jobs() == {"c"}
+
+    def test_missing_images_and_single_batches(self, store):
+        messages = commit(store, total=3)
+        store.record_results("job1", [ok("job1", 1)])
+        assert store.missing("job1", [0, 1, 2]) == [0, 2]
+        assert store.batch("job1", 1) == messages[1] and store.batch("job1", 9) is None
+        assert store.status("job1").last_record_at is not None
 
     def test_unknown_job_raises(self, store):
         for call in (store.status, store.cancel, store.delete, lambda j: list(store.iter_results(j))):

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
-from concurrent.futures import Executor, Future
+from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from imgq.contract import MODEL_NAME, BatchMessage, error_record, ok_record
 from imgq.settings import Settings
-from imgq.store import ResultStore
-from worker.gather import Gatherer
 from worker.labels import top_k
 from worker.preprocess import TARGET_SIZE, ImageError, load_pixels, to_model_input
+
+if TYPE_CHECKING:
+    from worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +31,15 @@ class Decoded:
     decode_ms: float
 
 
+# Test-only: a path containing this text makes the decoder kill its process, as a crashing codec would
+# (tests/reliability). Never set it in production.
+_CRASH_ON = os.environ.get("IMGQ_TEST_CRASH_ON", "")
+
+
 def decode(image: int, path: str, settings: Settings) -> Decoded:
     """Decode one image; every failure becomes an ImageError on the result, never an exception."""
+    if _CRASH_ON and _CRASH_ON in path:
+        os._exit(70)
     started = time.perf_counter()
     pixels, error = None, None
     try:
@@ -43,19 +53,44 @@ def decode(image: int, path: str, settings: Settings) -> Decoded:
     return Decoded(image, path, pixels, error, (time.perf_counter() - started) * 1000)
 
 
-def run_batch(message: BatchMessage, *, gatherer: Gatherer, store: ResultStore, settings: Settings,
-              pool: Executor, worker: str) -> int:
-    """Classify the message's images and store one record per image. Returns the records written.
+def run_batch(message: BatchMessage, runtime: Runtime, worker: str) -> list[dict]:
+    """Classify the images of the message that have no record yet; store and return their records.
 
-    A cancelled job's batch is skipped (no records). A failure of the forward pass itself becomes an
-    ``internal`` error record for each image of the batch, so that the job still completes.
+    - A cancelled job's batch is skipped, and so is a redelivered batch whose images all have records.
+    - Delivered more than ``max_deliveries`` times (its workers died), the batch is decoded one image at
+      a time, each marked as suspect while it is decoded: the image a worker died on is recorded as
+      ``worker_crashed`` at the next delivery, and its neighbours are classified.
+    - A failure of the forward pass itself becomes an ``internal`` error record for each image.
     """
-    if store.is_cancelled(message.job):
-        log.info("Job %s is cancelled: skipping batch %d", message.job, message.batch)
-        return 0
-    store.mark_started(message.job)
+    job, store, deliveries = message.job, runtime.store, runtime.deliveries
+    if store.is_cancelled(job):
+        log.info("Job %s is cancelled: skipping batch %d", job, message.batch)
+        return []
+    attempts = deliveries.begin(job, message.batch, runtime.worker_id)
+    try:
+        wanted = set(store.missing(job, [image for image, _ in message.images]))
+        todo = [(image, path) for image, path in message.images if image in wanted]
+        if not todo:
+            return []
+        store.mark_started(job)
+        isolate = attempts > runtime.settings.max_deliveries
+        if isolate:
+            log.warning("Batch %d of job %s: delivery %d, decoding one image at a time", message.batch, job, attempts)
+        records = _classify(message, todo, runtime, worker, isolate)
+        store.record_results(job, records)
+        return records
+    finally:
+        deliveries.end(job, message.batch)
+
+
+def _classify(message: BatchMessage, todo: list[tuple[int, str]], runtime: Runtime, worker: str,
+              isolate: bool) -> list[dict]:
+    gatherer = runtime.gatherer
     with gatherer.decoding():
-        decoded = list(pool.map(lambda item: decode(*item, settings), message.images))
+        if isolate:
+            decoded = _decode_one_by_one(message.job, todo, runtime)
+        else:
+            decoded = list(runtime.pool.map(lambda item: decode(*item, runtime.settings), todo))
         good = [d for d in decoded if d.error is None]
         forward_pass = gatherer.submit(_model_input(good)) if good else None
     provenance = {"model": MODEL_NAME, "weights": gatherer.weights_id, "precision": gatherer.precision,
@@ -63,8 +98,22 @@ def run_batch(message: BatchMessage, *, gatherer: Gatherer, store: ResultStore, 
     records = [_error(message, d, d.error.code, d.error.message, provenance) for d in decoded if d.error]
     if forward_pass is not None:
         records += _classified(message, good, forward_pass, provenance)
-    store.record_results(message.job, records)
-    return len(records)
+    return records
+
+
+def _decode_one_by_one(job: str, todo: list[tuple[int, str]], runtime: Runtime) -> list[Decoded]:
+    deliveries = runtime.deliveries
+    suspects = deliveries.suspects(job)
+    decoded = []
+    for image, path in todo:
+        if image in suspects:
+            crashed = ImageError("worker_crashed", "a worker process died while decoding this image")
+            decoded.append(Decoded(image, path, None, crashed, 0.0))
+            continue
+        deliveries.suspect(job, image, runtime.worker_id)
+        decoded.append(decode(image, path, runtime.settings))
+        deliveries.clear_suspect(job, image)
+    return decoded
 
 
 def _model_input(good: list[Decoded]) -> np.ndarray:

@@ -14,16 +14,17 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from imgq.contract import Keys
+from imgq.deliveries import Deliveries
 from imgq.settings import Settings
 from imgq.store import ResultStore
 from worker.gather import Gatherer
+from worker.reconcile import reconcile_forever
 
 log = logging.getLogger(__name__)
 
-HEARTBEAT_SECONDS = 5
-# A worker refreshes its key this often; the key lives three times as long, so a worker is seen as gone
-# ~15 s after it stops. A thread does it, so a worker busy with a long batch still shows as alive.
+HEARTBEATS_MISSED = 3
+# A worker refreshes its key every IMGQ_HEARTBEAT_SECONDS and the key lives three times as long: a worker
+# is seen as gone after three missed beats. A thread beats, so a worker busy with a long batch stays alive.
 
 
 @dataclass
@@ -32,7 +33,9 @@ class Runtime:
     classifier: object
     gatherer: Gatherer
     store: ResultStore
+    deliveries: Deliveries
     pool: ThreadPoolExecutor
+    worker_id: str
     started_at: float = field(default_factory=time.time)
     images_done: int = 0
     _count_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -68,18 +71,22 @@ def _build(settings: Settings, hostname: str) -> Runtime:
     from worker.model import load_classifier  # imports TensorFlow: only here, after any fork
 
     classifier = load_classifier(settings.weights, settings.batch_size, settings.precision)
-    runtime = Runtime(settings, classifier, Gatherer(classifier, settings.batch_size),
-                      ResultStore.from_settings(settings),
-                      ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="imgq-decode"))
+    store = ResultStore.from_settings(settings)
+    runtime = Runtime(settings, classifier, Gatherer(classifier, settings.batch_size), store,
+                      Deliveries(store.redis, store.keys),
+                      ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="imgq-decode"),
+                      worker_id=f"{hostname}:{os.getpid()}")
     threading.Thread(target=_beat, args=(runtime, hostname), name="imgq-heartbeat", daemon=True).start()
+    threading.Thread(target=reconcile_forever, args=(runtime,), name="imgq-reconcile", daemon=True).start()
     return runtime
 
 
 def _beat(runtime: Runtime, hostname: str) -> None:
-    key = Keys(runtime.settings.namespace).worker(f"{hostname}:{os.getpid()}")
+    key = runtime.store.keys.worker(runtime.worker_id)
+    period = runtime.settings.heartbeat_seconds
     while True:
         try:
-            runtime.store.redis.set(key, json.dumps(runtime.heartbeat(hostname)), ex=3 * HEARTBEAT_SECONDS)
+            runtime.store.redis.set(key, json.dumps(runtime.heartbeat(hostname)), ex=HEARTBEATS_MISSED * period)
         except Exception as exc:  # Redis restarting: keep beating, the worker reconnects by itself
             log.warning("Heartbeat failed: %s", exc)
-        time.sleep(HEARTBEAT_SECONDS)
+        time.sleep(period)

@@ -16,7 +16,6 @@ from worker.runtime import get_runtime
           retry_backoff=2, retry_backoff_max=60, max_retries=20)
 def classify_batch(self, message: dict) -> int:
     runtime = get_runtime(self.request.hostname)
-    written = run_batch(BatchMessage.from_dict(message), gatherer=runtime.gatherer, store=runtime.store,
-                        settings=runtime.settings, pool=runtime.pool, worker=self.request.hostname)
-    runtime.count_done(written)
-    return written
+    records = run_batch(BatchMessage.from_dict(message), runtime, worker=self.request.hostname)
+    runtime.count_done(len(records))
+    return len(records)

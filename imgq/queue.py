@@ -1,0 +1,48 @@
+"""The Celery queue, seen from whoever sends to it: the producer, and a worker re-queueing lost batches.
+
+Batches are sent by task name (``send_task``), so no sender imports the worker. Celery is imported on
+first use: `imgq --help` must not pay for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from imgq.contract import TASK_CLASSIFY_BATCH, celery_config, queue_name
+from imgq.settings import Settings
+
+
+def publish(messages: Iterable[dict], settings: Settings) -> int:
+    """Send batch messages to the workers' queue, over one connection. Returns how many were sent."""
+    app = sender_app(settings)
+    sent = 0
+    with app.producer_or_acquire() as producer:
+        for message in messages:
+            app.send_task(TASK_CLASSIFY_BATCH, args=[message], queue=queue_name(settings), producer=producer)
+            sent += 1
+    return sent
+
+
+def queue_key(settings: Settings) -> str:
+    """The Redis list holding the queued batch messages (kombu's key, under our namespace)."""
+    return celery_config(settings)["broker_transport_options"]["global_keyprefix"] + queue_name(settings)
+
+
+def unacked_key(settings: Settings) -> str:
+    """The Redis hash of messages delivered to a worker and not yet acknowledged (kombu's)."""
+    return celery_config(settings)["broker_transport_options"]["global_keyprefix"] + "unacked"
+
+
+def sender_app(settings: Settings):
+    """A Celery app configured like the workers', used only to send."""
+    from celery import Celery
+
+    app = Celery("imgq-sender", set_as_current=False)
+    app.conf.update(celery_config(settings))
+    return app
+
+
+def check_broker(settings: Settings) -> None:
+    """Raises a kombu/redis connection error when the broker cannot be reached, within a few seconds."""
+    with sender_app(settings).connection_for_write() as connection:
+        connection.ensure_connection(max_retries=1, timeout=5)

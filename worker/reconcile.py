@@ -1,0 +1,71 @@
+"""Finding lost batches and queueing them again, so that every job completes.
+
+Redis gives an unacknowledged batch back only after the visibility timeout (an hour by default) and
+kombu's periodic restore check, even when a new worker is already waiting. So every worker runs this
+loop, and one at a time (a lock in Redis) it queues again, for each job still active:
+
+- the batches held by a worker whose heartbeat has expired (it was killed, or its machine lost);
+- when the queue has drained, nothing of the job is in a live worker's hands, and no record came for
+  ``reconcile_seconds``: every batch with an image still lacking a record (a message lost another way).
+
+Queueing a batch twice is harmless: a batch whose images all have records is skipped, and records are
+keyed per image, so the later of two deliveries overwrites instead of adding.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from imgq.queue import publish, queue_key
+
+log = logging.getLogger(__name__)
+
+
+def reconcile_forever(runtime) -> None:
+    period = runtime.settings.reconcile_seconds
+    while True:
+        time.sleep(period)
+        try:
+            if _take_turn(runtime, period):
+                reconcile(runtime)
+        except Exception as exc:  # Redis restarting: try again next period
+            log.warning("Reconciling failed: %s", exc)
+
+
+def _take_turn(runtime, period: int) -> bool:
+    """True for the one worker allowed to reconcile during this period."""
+    return bool(runtime.store.redis.set(runtime.store.keys.reconcile_lock, runtime.worker_id, nx=True, ex=period))
+
+
+def reconcile(runtime, now: float | None = None) -> int:
+    """Queue again the lost batches of every active job; returns how many batches were queued."""
+    now = time.time() if now is None else now
+    store, settings = runtime.store, runtime.settings
+    queue_empty = store.redis.llen(queue_key(settings)) == 0
+    lost = []
+    for job in store.active_jobs():
+        lost += _lost_batches(runtime, job, queue_empty, now)
+    if lost:
+        log.warning("Queueing again %d lost batches", len(lost))
+        publish(lost, settings)
+    return len(lost)
+
+
+def _lost_batches(runtime, job: str, queue_empty: bool, now: float) -> list[dict]:
+    store, deliveries = runtime.store, runtime.deliveries
+    inflight = deliveries.inflight(job)
+    orphans = [batch for batch, worker in inflight.items() if not store.redis.exists(store.keys.worker(worker))]
+    for batch in orphans:
+        deliveries.end(job, batch)
+    lost = [store.batch(job, batch) for batch in orphans]
+    if queue_empty and len(orphans) == len(inflight) and _stalled(store, job, now, runtime.settings):
+        known = set(orphans)
+        lost += [m for m in store.unfinished_batches(job) if m["batch"] not in known]
+    return [m for m in lost if m is not None]
+
+
+def _stalled(store, job: str, now: float, settings) -> bool:
+    status = store.status(job)
+    last = status.last_record_at or status.created
+    return not status.finished and now - last >= settings.reconcile_seconds
