@@ -1,4 +1,7 @@
-# imgq: one image for the worker (the default command) and the `imgq` CLI (see docker-compose.yml).
+# imgq: one image for the worker (the default command), beat and the `imgq` CLI (see docker-compose.yml).
+#
+#   docker build -t imgq .                                  # weights downloaded on first start, then cached
+#   docker build -t imgq --build-arg BAKE_WEIGHTS=imagenet . # weights inside the image: no download at start
 FROM python:3.11-slim
 
 ENV PYTHONUNBUFFERED=1 \
@@ -10,6 +13,8 @@ ENV PYTHONUNBUFFERED=1 \
 # uid 1000 is the usual first user on a Linux host, so bind-mounted photos are readable as they are.
 RUN useradd --create-home --uid 1000 --shell /usr/sbin/nologin imgq
 
+# The worker extra pulls tensorflow-cpu on x86_64 (no CUDA libraries: a far smaller image) and
+# prometheus-client for --metrics-port.
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY imgq ./imgq
@@ -17,9 +22,30 @@ COPY producer ./producer
 COPY worker ./worker
 RUN pip install '.[worker]' && rm -rf /src
 
+# Mount points of docker-compose.yml's volumes, created here so that named volumes mounted on them start out
+# owned by imgq: the Keras cache (the ImageNet weights), activation dumps, reports.
+RUN mkdir -p /home/imgq/.keras/models /dumps /reports && chown -R imgq:imgq /home/imgq/.keras /dumps /reports
+
 USER imgq
 WORKDIR /home/imgq
-# Keras caches the ImageNet weights here; created now so that a named volume mounted on it belongs to imgq.
-RUN mkdir -p /home/imgq/.keras/models
+
+# BAKE_WEIGHTS=imagenet downloads the ImageNet weights (~100 MB) into the image at build time, for machines
+# that cannot download at start. Empty (the default): Keras downloads them on a worker's first start into
+# ~/.keras, which docker-compose.yml keeps in the keras-cache volume. A named volume that is still empty
+# when first mounted is filled from the image, so baked weights land in that volume too.
+ARG BAKE_WEIGHTS=""
+RUN if [ "$BAKE_WEIGHTS" = "imagenet" ]; then \
+        python -c "from worker.model import build_resnet50; build_resnet50('imagenet')"; \
+    elif [ -n "$BAKE_WEIGHTS" ]; then \
+        echo "BAKE_WEIGHTS must be empty or imagenet, not '$BAKE_WEIGHTS'" >&2; exit 2; \
+    fi
+
+# Prometheus metrics, when IMGQ_METRICS_PORT (or --metrics-port) is set to it.
+EXPOSE 9100
+
+# Healthy while this container's worker has a live heartbeat in Redis: written once the model is loaded,
+# refreshed every IMGQ_HEARTBEAT_SECONDS. start-period covers the first start's weights download and model
+# load; beat and the producer, which run no worker, turn the check off in docker-compose.yml.
+HEALTHCHECK --interval=30s --timeout=10s --start-period=5m --retries=3 CMD ["python", "-m", "worker.health"]
 
 CMD ["imgq", "worker", "--loglevel", "INFO"]

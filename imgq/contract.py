@@ -7,6 +7,7 @@ ends must agree on. It never imports TensorFlow.
 
 from __future__ import annotations
 
+import re
 import ssl
 from dataclasses import dataclass
 
@@ -16,6 +17,10 @@ MESSAGE_VERSION = 1
 
 TASK_CLASSIFY_BATCH = "imgq.classify_batch"
 # The one task: classify a batch of images of one job. Sent by name, so the producer never imports the worker.
+
+TASK_SCHEDULED_SCAN = "imgq.scheduled_scan"
+# Fired by `imgq beat` for a schedule (args: [name]): one tick of its incremental scan, which submits a job of
+# the files that are new or changed. Sent by name, like the batches, to the same queue.
 
 MODEL_NAME = "resnet50"
 
@@ -27,8 +32,12 @@ ERROR_CODES = {
     "too_large": "more pixels than IMGQ_MAX_PIXELS (decompression bomb guard)",
     "forbidden": "outside the worker's IMGQ_ALLOWED_ROOTS",
     "worker_crashed": "the worker process died while decoding this image, on repeated deliveries",
+    "dump_failed": "classified, but its activation dump could not be written (disk full, permissions)",
     "internal": "a failure of imgq itself, not of the image",
 }
+
+
+JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 class MessageError(ValueError):
@@ -37,21 +46,30 @@ class MessageError(ValueError):
 
 @dataclass(frozen=True)
 class BatchMessage:
-    """One task: images ``(image id, absolute path)`` of ``job``, in submission order."""
+    """One task: images ``(image id, absolute path)`` of ``job``, in submission order.
+
+    ``activations``: Keras layer names whose outputs are dumped per image (``activations_dtype``), in the
+    same forward pass as the classification. Absent from the message when empty.
+    """
 
     job: str
     batch: int
     images: tuple[tuple[int, str], ...]
     top_k: int
+    activations: tuple[str, ...] = ()
+    activations_dtype: str = "float16"
 
     def to_dict(self) -> dict:
-        return {
+        data = {
             "v": MESSAGE_VERSION,
             "job": self.job,
             "batch": self.batch,
             "images": [list(item) for item in self.images],
             "top_k": self.top_k,
         }
+        if self.activations:
+            data.update(activations=list(self.activations), activations_dtype=self.activations_dtype)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> BatchMessage:
@@ -60,15 +78,23 @@ class BatchMessage:
             raise MessageError(f"Expected a batch message of version {MESSAGE_VERSION}. Received: {data!r:.200}")
         try:
             images = tuple((int(image), str(path)) for image, path in data["images"])
-            return cls(job=str(data["job"]), batch=int(data["batch"]), images=images, top_k=int(data["top_k"]))
+            message = cls(job=str(data["job"]), batch=int(data["batch"]), images=images, top_k=int(data["top_k"]),
+                          activations=tuple(str(name) for name in data.get("activations", ())),
+                          activations_dtype=str(data.get("activations_dtype", "float16")))
         except (KeyError, TypeError, ValueError) as exc:
             raise MessageError(f"Malformed batch message ({exc}). Received: {data!r:.200}") from None
+        # The job id names a folder of activation dumps: it must never be a path.
+        if not JOB_ID.fullmatch(message.job) or message.activations_dtype not in ("float16", "float32"):
+            raise MessageError(f"Expected a job id of letters and digits and a float16/float32 dump dtype. "
+                               f"Received: {message.job!r}, {message.activations_dtype!r}")
+        return message
 
 
 def ok_record(job: str, image: int, path: str, top_k: list[dict], **provenance) -> dict:
     """The result of an image that was classified. ``top_k``: ``[{wnid, label, score}]``, best first.
 
-    ``provenance``: model, weights, worker, decode_ms, inference_ms.
+    ``provenance``: model, weights, precision, worker, decode_ms, inference_ms, and ``activations``
+    (``{file, dtype, bytes, layers: {name: shape}}``) when the job dumps activations.
     """
     return {"job": job, "image": image, "path": path, "status": "ok", "top_k": top_k, "error": None,
             **provenance}
@@ -140,6 +166,33 @@ class Keys:
     def worker_pattern(self) -> str:
         return f"{self.ns}:worker:*"
 
+    @property
+    def schedules(self) -> str:
+        """Sorted set of schedule names, scored by creation time."""
+        return f"{self.ns}:schedules"
+
+    def schedule(self, name: str) -> str:
+        """Hash: a schedule's definition (paths, when, submit options, paused) and its job in flight."""
+        return f"{self.ns}:schedule:{name}"
+
+    def schedule_runs(self, name: str) -> str:
+        """List: the schedule's recent ticks (JSON), newest first, capped."""
+        return f"{self.ns}:schedule:{name}:runs"
+
+    def schedule_lock(self, name: str) -> str:
+        """String with a TTL: held by the one tick of the schedule running, so two never interleave."""
+        return f"{self.ns}:schedule:{name}:lock"
+
+    def scan(self, name: str, part: str) -> str:
+        """Hash: incremental scan state of a schedule, ``part`` one of known, errors, pending (producer.scan)."""
+        return f"{self.ns}:scan:{name}:{part}"
+
+    @property
+    def redbeat_prefix(self) -> str:
+        """Prefix of celery-redbeat's keys: ``<prefix><name>`` per schedule entry, ``<prefix>:schedule`` (its
+        due times), ``<prefix>:lock`` (the one beat that fires)."""
+        return f"{self.ns}:redbeat:"
+
 
 def queue_name(settings: Settings) -> str:
     return settings.namespace
@@ -152,6 +205,24 @@ def celery_config(settings: Settings) -> dict:
         # Kombu connects to rediss:// WITHOUT checking the server's certificate unless told to.
         config["broker_use_ssl"] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
     return config
+
+
+def beat_config(settings: Settings) -> dict:
+    """The Celery configuration of `imgq beat` (on top of celery_config), and of the CLI writing its entries."""
+    return {
+        # Schedules are data in Redis (celery-redbeat), not a file or code: edited while beat runs, and its
+        # lock lets one beat of several fire.
+        "beat_scheduler": "redbeat.RedBeatScheduler",
+        "redbeat_redis_url": settings.broker_url,
+        "redbeat_key_prefix": Keys(settings.namespace).redbeat_prefix,
+        # Given explicitly: redbeat would otherwise fall back to the broker's transport options (and warn).
+        "redbeat_redis_options": {},
+        "redbeat_lock_timeout": settings.beat_lock_timeout,
+        # How long beat may sleep before reading the schedules again: bounds how late a new one is seen.
+        "beat_max_loop_interval": settings.beat_max_interval,
+        # No result backend, so nothing to clean: keeps Celery from adding its daily backend_cleanup entry.
+        "result_expires": None,
+    }
 
 
 def _base_config(settings: Settings) -> dict:

@@ -7,6 +7,9 @@ hour, and find the one image that kills every worker that tries it.
 
 from __future__ import annotations
 
+import json
+import time
+
 import redis
 
 from imgq.contract import Keys
@@ -21,7 +24,7 @@ class Deliveries:
         """A worker starts a batch; returns how many times it has been delivered, this one included."""
         pipe = self.redis.pipeline(transaction=True)
         pipe.hincrby(self.keys.attempts(job), batch, 1)
-        pipe.hset(self.keys.inflight(job), batch, worker_id)
+        pipe.hset(self.keys.inflight(job), batch, json.dumps({"worker": worker_id, "since": time.time()}))
         attempts, _ = pipe.execute()
         return attempts
 
@@ -29,9 +32,13 @@ class Deliveries:
         """The batch's records are stored (or it was skipped): nobody holds it any more."""
         self.redis.hdel(self.keys.inflight(job), batch)
 
-    def inflight(self, job: str) -> dict[int, str]:
-        """Batch number -> id of the worker holding it."""
-        return {int(batch): worker for batch, worker in self.redis.hgetall(self.keys.inflight(job)).items()}
+    def inflight(self, job: str) -> dict[int, dict]:
+        """Batch number -> ``{worker, since}``: who took it, and when."""
+        return {int(batch): json.loads(held) for batch, held in self.redis.hgetall(self.keys.inflight(job)).items()}
+
+    def attempts(self, job: str) -> dict[int, int]:
+        """Batch number -> deliveries so far."""
+        return {int(batch): int(n) for batch, n in self.redis.hgetall(self.keys.attempts(job)).items()}
 
     def suspect(self, job: str, image: int, worker_id: str) -> None:
         """About to decode ``image`` alone: if the worker dies now, the next delivery will know which."""

@@ -95,9 +95,32 @@ class Settings:
     # A worker's log lines: text (Celery's own format), or json (one JSON object per line, for log
     # collectors). Passwords in URLs are masked in either.
 
+    scan_max_retries: int = 3
+    # Default of `imgq schedule add --max-retries`: how many more ticks submit again a file whose record is an
+    # error (a file still being copied reads as corrupt). Then it is left alone until it changes.
+
+    beat_max_interval: int = 30
+    # Longest sleep of `imgq beat` between two reads of the schedules in Redis: a schedule added, changed or
+    # resumed while beat runs is seen within this many seconds.
+
+    beat_lock_timeout: int = 150
+    # Seconds before a waiting second `imgq beat` takes over from one that died without releasing its lock.
+    # The holder renews the lock every loop, so this must exceed beat_max_interval.
+
+    dump_root: str = ""
+    # Folder of activation dumps, one sub-folder per job; empty means <state_dir>/dumps. Workers write
+    # there and `imgq report`/`results --embeddings` read there: on several machines, a shared volume.
+
+    max_dump_bytes: int = 10 * 1024**3
+    # `imgq submit --activations` refuses a job whose dumps would take more than this, unless --yes.
+
     @property
     def effective_results_url(self) -> str:
         return self.results_url or self.broker_url
+
+    @property
+    def effective_dump_root(self) -> str:
+        return self.dump_root or os.path.join(self.state_dir, "dumps")
 
     @classmethod
     def from_env(cls, environ: os._Environ[str] | dict[str, str] | None = None, **overrides) -> Settings:
@@ -129,9 +152,11 @@ def env_var(name: str) -> str:
 
 
 _INT_FIELDS = {"batch_size", "top_k", "visibility_timeout", "max_pixels", "decode_threads", "concurrency",
-               "max_deliveries", "reconcile_seconds", "heartbeat_seconds", "metrics_port"}
+               "max_deliveries", "reconcile_seconds", "heartbeat_seconds", "max_dump_bytes", "metrics_port",
+               "scan_max_retries", "beat_max_interval", "beat_lock_timeout"}
 _INT_MAXIMA = {"batch_size": 1024, "top_k": 1000, "metrics_port": 65535}
-_INT_MINIMA = {"metrics_port": 0}  # 0 turns the metrics server off
+_INT_MINIMA = {"metrics_port": 0,  # 0 turns the metrics server off
+               "scan_max_retries": 0}  # 0: a file that errored is not retried
 _BOOL_FIELDS = {"jpeg_draft"}
 _NAMESPACE = re.compile(r"[A-Za-z0-9._-]{1,64}")  # it prefixes Redis keys and is matched in SCAN patterns
 _CHOICES = {"pool": ("solo", "threads", "prefork"), "precision": ("fp32", "bf16"), "log_format": ("text", "json")}

@@ -188,13 +188,32 @@ def _print_jobs(statuses: list[JobStatus]) -> None:
 def _print_workers(store: ResultStore, settings: Settings, as_json: bool) -> None:
     workers = sorted(store.workers(), key=lambda w: w.get("hostname", ""))
     depth = store.redis.llen(enqueue.queue_key(settings))
+    jobs = _jobs_in_flight(store)
     if as_json:
-        click.echo(json.dumps({"queued_batches": depth, "workers": workers}))
+        click.echo(json.dumps({"queued_batches": depth, "workers": workers,
+                               "jobs_in_flight": [_status_dict(s) for s in jobs]}))
         return
-    click.echo(f"{depth} batches queued; {len(workers)} workers alive.")
+    click.echo(f"{depth} batches queued; {len(workers)} workers alive; {len(jobs)} jobs in flight.")
     for w in workers:
-        click.echo(f"  {w.get('hostname')} pid {w.get('pid')}: pool {w.get('pool')}, precision {w.get('precision')}, "
-                   f"{w.get('images_done', 0)} images done, weights {w.get('weights')}")
+        rate = w.get("images_per_second")
+        click.echo(f"  {w.get('hostname')} on {w.get('host')}, pid {w.get('pid')}: pool {w.get('pool')} "
+                   f"x{w.get('concurrency', '?')}, {w.get('batches_in_hand', '?')} batches in hand, "
+                   f"{'?' if rate is None else f'{rate:.1f}'} images/s over the last minute, "
+                   f"{w.get('images_done', 0)} images done; {w.get('precision')}, weights {w.get('weights')}")
+    for s in jobs:
+        click.echo(f"  job {s.id} {s.state}: {s.processed}/{s.total} done, {s.failed} failed"
+                   + (f" ({s.name})" if s.name and s.name != s.id else ""))
+
+
+def _jobs_in_flight(store: ResultStore) -> list[JobStatus]:
+    """The jobs neither done nor cancelled, oldest first."""
+    statuses = []
+    for job in store.active_jobs():
+        try:
+            statuses.append(store.status(job))
+        except JobNotFound:  # deleted between the two reads
+            continue
+    return sorted((s for s in statuses if not s.finished), key=lambda s: s.created)
 
 
 @cli.command()
@@ -267,11 +286,16 @@ def requeue(ctx, job):
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @setting_option("--weights", setting="weights", help="imagenet, random[:SEED] or a .h5/.weights.h5/.keras file.")
 @setting_option("--batch-size", setting="batch_size", type=click.IntRange(1, 1024), help="Images per forward pass.")
+@setting_option("--metrics-port", setting="metrics_port", type=click.IntRange(0, 65535),
+                help="Serve Prometheus metrics at http://0.0.0.0:PORT/metrics (0: off).")
+@setting_option("--log-format", setting="log_format", type=click.Choice(["text", "json"]),
+                help="Log lines as text, or one JSON object per line.")
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
-def worker(ctx, weights, batch_size, celery_args):
+def worker(ctx, weights, batch_size, metrics_port, log_format, celery_args):
     """Start a worker (extra arguments go to `celery worker`, e.g. --loglevel INFO)."""
-    settings = with_overrides(ctx, weights=weights, batch_size=batch_size)
+    settings = with_overrides(ctx, weights=weights, batch_size=batch_size, metrics_port=metrics_port,
+                              log_format=log_format)
     os.environ.update(settings.as_env())  # the worker app reads its settings from the environment
     from worker.__main__ import main as worker_main
 
@@ -295,6 +319,12 @@ def classify(ctx, paths, recursive, includes, from_file, top_k, batch_size, name
     images = selected_images(paths, recursive, includes, from_file)
     run_classify(images, settings, name=name, out=out, embedded=embedded_redis,
                  broker_configured=bool(broker_configured))
+
+
+from producer.schedule_cli import beat, schedule  # noqa: E402  (they use the group's settings and errors above)
+
+cli.add_command(schedule)
+cli.add_command(beat)
 
 
 def main() -> None:

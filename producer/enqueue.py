@@ -95,7 +95,8 @@ def read_path_list(lines: Iterable[str]) -> Iterator[str]:
             yield line
 
 
-def batches(images: Iterable[str], job: str, batch_size: int, top_k: int) -> Iterator[BatchMessage]:
+def batches(images: Iterable[str], job: str, batch_size: int, top_k: int, activations: tuple[str, ...] = (),
+            activations_dtype: str = "float16") -> Iterator[BatchMessage]:
     """Cut ``images`` into batch messages; image ids count from 0 in submission order."""
     iterator = iter(images)
     image_id = 0
@@ -105,7 +106,8 @@ def batches(images: Iterable[str], job: str, batch_size: int, top_k: int) -> Ite
             return
         items = tuple(enumerate(chunk, start=image_id))
         image_id += len(chunk)
-        yield BatchMessage(job=job, batch=number, images=items, top_k=top_k)
+        yield BatchMessage(job=job, batch=number, images=items, top_k=top_k, activations=activations,
+                           activations_dtype=activations_dtype)
 
 
 @dataclass(frozen=True)
@@ -120,14 +122,18 @@ def new_job_id() -> str:
 
 
 def submit(images: Iterable[str], *, settings: Settings, store: ResultStore, name: str = "",
-           top_k: int | None = None, batch_size: int | None = None, params: dict | None = None) -> Submitted:
-    """Queue ``images`` as one job. Raises EmptySelection, or redis/kombu errors when Redis is down."""
+           top_k: int | None = None, batch_size: int | None = None, params: dict | None = None,
+           activations: tuple[str, ...] = (), activations_dtype: str = "float16") -> Submitted:
+    """Queue ``images`` as one job. Raises EmptySelection, or redis/kombu errors when Redis is down.
+
+    ``activations``: layer names (checked with imgq.layers.check_layers) to dump for every image.
+    """
     top_k = top_k or settings.top_k
     batch_size = batch_size or settings.batch_size
     job = new_job_id()
     total = n_batches = 0
     pending: list[dict] = []
-    for message in batches(images, job, batch_size, top_k):
+    for message in batches(images, job, batch_size, top_k, activations, activations_dtype):
         pending.append(message.to_dict())
         total += len(message.images)
         n_batches += 1
@@ -139,6 +145,8 @@ def submit(images: Iterable[str], *, settings: Settings, store: ResultStore, nam
     if total == 0:
         raise EmptySelection("No images selected: check the paths, --include and --recursive.")
     store.commit_job(job, name=name or job, total=total, batches=n_batches,
-                     params={"top_k": top_k, "batch_size": batch_size, **(params or {})})
+                     params={"top_k": top_k, "batch_size": batch_size, **(params or {}),
+                             **({"activations": list(activations), "activations_dtype": activations_dtype}
+                                if activations else {})})
     publish(store.iter_batches(job), settings)
     return Submitted(job, total, n_batches)

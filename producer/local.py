@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import redis
@@ -54,17 +55,19 @@ class EmbeddedRedis:
 class LocalWorker:
     """One `python -m worker` process with the given settings, its output in ``state_dir/worker.log``."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, env: dict[str, str] | None = None):
         self.settings = settings
+        self.env = env or {}
         self.log_path = Path(settings.state_dir) / "worker.log"
         self.process: subprocess.Popen | None = None
+        self.name = f"imgq-local-{uuid.uuid4().hex[:8]}"
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, **self.settings.as_env()}
+        env = {**os.environ, **self.settings.as_env(), **self.env}
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "worker", "--loglevel", "INFO", "--hostname", f"imgq-local-{os.getpid()}@%h"],
+                [sys.executable, "-m", "worker", "--loglevel", "INFO", "--hostname", f"{self.name}@%h"],
                 env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
     def check_alive(self) -> None:

@@ -164,11 +164,13 @@ def test_requeue_sends_again_only_batches_with_missing_records(run, photos, stor
 
 
 def test_status_workers_shows_heartbeats_and_queue_depth(run, photos, store):
-    run("submit", str(photos), "--batch-size", "2")
-    assert run("status", "--workers").stdout.splitlines() == ["3 batches queued; 0 workers alive."]
+    job = run("submit", str(photos), "--batch-size", "2").stdout.strip()
+    assert run("status", "--workers").stdout.splitlines() == [
+        "3 batches queued; 0 workers alive; 1 jobs in flight.", f"  job {job} queued: 0/5 done, 0 failed"]
     store.redis.set(store.keys.worker("w1:7"), json.dumps({"hostname": "w1", "pid": 7, "pool": "threads"}), ex=10)
     data = json.loads(run("status", "--workers", "--json").stdout)
-    assert data == {"queued_batches": 3, "workers": [{"hostname": "w1", "pid": 7, "pool": "threads"}]}
+    assert data["queued_batches"] == 3 and [j["id"] for j in data["jobs_in_flight"]] == [job]
+    assert data["workers"] == [{"hostname": "w1", "pid": 7, "pool": "threads"}]
 
 
 def test_waiting_without_a_live_worker_says_so(run, photos):

@@ -18,13 +18,13 @@ class RecordingClassifier:
         self.passes: list[int] = []
         self.fail = fail
 
-    def predict(self, images):
-        self.passes.append(len(images))
+    def predict_with(self, images, layers):
+        self.passes.append((len(images), layers) if layers else len(images))
         if self.fail:
             raise RuntimeError("out of memory")
         out = np.zeros((len(images), 1000), dtype=np.float32)
         out[np.arange(len(images)), images[:, 0, 0, 0].astype(int)] = 1
-        return out
+        return out, {name: images[:, 0, 0, 0] * 10 for name in layers}
 
 
 def images(*values):
@@ -58,7 +58,7 @@ def test_a_lone_task_does_not_wait():
     started = time.monotonic()
     with gatherer.decoding():
         future = gatherer.submit(images(7))
-    probabilities, share_ms = future.result(timeout=2)
+    probabilities, _, share_ms = future.result(timeout=2)
     assert time.monotonic() - started < 1 and probabilities.argmax() == 7 and share_ms >= 0
 
 
@@ -78,3 +78,16 @@ def test_a_failed_forward_pass_reaches_every_waiting_task_and_serving_goes_on():
         gatherer.submit(images(1)).result(timeout=2)
     classifier.fail = False
     assert gatherer.submit(images(2)).result(timeout=2)[0].argmax() == 2
+
+
+def test_only_requests_for_the_same_layers_share_a_pass():
+    classifier = RecordingClassifier()
+    gatherer = Gatherer(classifier, max_batch=32, max_wait=2.0)
+    with gatherer.decoding():  # keeps the first pass waiting for more, so that all three are queued
+        plain = gatherer.submit(images(1))
+        dumped = gatherer.submit(images(2, 3), layers=("avg_pool",))
+        plain_too = gatherer.submit(images(4))
+    assert plain.result(timeout=5)[1] == {} and plain_too.result(timeout=5)[0].argmax() == 4
+    probabilities, activations, _ = dumped.result(timeout=5)
+    assert probabilities.argmax(axis=1).tolist() == [2, 3] and activations["avg_pool"].tolist() == [20, 30]
+    assert sorted(classifier.passes, key=str) == sorted([2, (2, ("avg_pool",))], key=str)

@@ -21,12 +21,14 @@ from celery.signals import worker_init, worker_process_init
 
 from imgq.contract import celery_config
 from imgq.settings import Settings, mask_url
+from worker import logs
 
 log = logging.getLogger(__name__)
 
 settings = Settings.from_env()
+logs.install(settings.log_format)  # JSON lines if asked, URL passwords masked either way
 
-app = Celery("imgq", include=["worker.tasks"])
+app = Celery("imgq", include=["worker.tasks", "worker.scheduled"])
 app.conf.update(celery_config(settings))
 app.conf.update(
     worker_pool=settings.pool,
@@ -34,9 +36,6 @@ app.conf.update(
     # Prefork children load TensorFlow and the model before taking work: give them time.
     worker_proc_alive_timeout=120,
     worker_hijack_root_logger=False,
-    # A batch that fails for a reason other than its images (say Redis restarting while records are
-    # written) stays unacknowledged, to be delivered again, instead of being acknowledged and lost.
-    task_acks_on_failure_or_timeout=False,
 )
 
 
@@ -44,8 +43,16 @@ app.conf.update(
 def _load_in_main_process(sender=None, **_):
     pool = getattr(sender, "pool_cls", "")
     pool_name = pool if isinstance(pool, str) else getattr(pool, "__module__", "")
+    if "prefork" not in pool_name and (getattr(sender, "options", None) or {}).get("autoscale"):
+        # Celery would start, then die at the first batch: its threads and solo pools cannot grow.
+        print("imgq worker: --autoscale needs IMGQ_POOL=prefork (the threads and solo pools cannot grow); "
+              "or scale out with more workers (README, \"Scale out\")", file=sys.stderr, flush=True)
+        os._exit(2)
     if "prefork" not in pool_name:
-        _load_or_exit(getattr(sender, "hostname", None))
+        _load_or_exit(getattr(sender, "hostname", None), sender)
+    elif settings.metrics_port:
+        print("imgq worker: no metrics with the prefork pool (each child counts apart); use threads or solo",
+              file=sys.stderr, flush=True)
 
 
 @worker_process_init.connect
@@ -53,8 +60,9 @@ def _load_in_child_process(**_):
     _load_or_exit(None)
 
 
-def _load_or_exit(hostname: str | None) -> None:
-    """Load the model, or stop this worker with one line saying why.
+def _load_or_exit(hostname: str | None, worker=None) -> None:
+    """Load the model, or stop this worker with one line saying why. ``worker``: Celery's worker, in the
+    main process (the pool and concurrency it runs go into the heartbeat; the metrics server starts there).
 
     Celery logs and swallows exceptions of signal handlers: a worker left without its model would take
     batches only to fail them, so it exits instead, before it takes any.
@@ -68,8 +76,36 @@ def _load_or_exit(hostname: str | None) -> None:
         log.critical("%s", exc)
         print(f"imgq worker: {exc}", file=sys.stderr, flush=True)
         os._exit(2)
+    if worker is not None:
+        runtime.pool_name, runtime.concurrency = _pool_label(worker.pool_cls), worker.concurrency
+        _serve_metrics_or_exit(runtime)
     # Celery has not set up its logging yet when this runs: say it on stderr, like the failure above.
     classifier = runtime.classifier
     print(f"imgq worker: ResNet50 ready in {classifier.load_seconds:.1f} s (weights {classifier.weights_id}, "
-          f"{classifier.precision}, pool {settings.pool} x{settings.concurrency}, "
-          f"broker {mask_url(settings.broker_url)})", file=sys.stderr, flush=True)
+          f"{classifier.precision}, pool {runtime.pool_name or settings.pool} "
+          f"x{runtime.concurrency or settings.concurrency}, broker {mask_url(settings.broker_url)})",
+          file=sys.stderr, flush=True)
+
+
+def _pool_label(pool) -> str:
+    """threads, solo, prefork, ...: Celery's pool as given (a name) or as loaded (a class)."""
+    if isinstance(pool, str):
+        return pool
+    module = getattr(pool, "__module__", "").rpartition(".")[2]
+    return {"thread": "threads"}.get(module, module)
+
+
+def _serve_metrics_or_exit(runtime) -> None:
+    """Start the metrics server if IMGQ_METRICS_PORT asks for one. A port that cannot be bound stops the
+    worker, as missing weights do: the operator asked for metrics, and would scrape nothing."""
+    if not settings.metrics_port:
+        return
+    from worker.metrics import serve
+
+    try:
+        serve(settings.metrics_port, runtime)
+    except OSError as exc:
+        print(f"imgq worker: cannot serve metrics on port {settings.metrics_port}: {exc}", file=sys.stderr,
+              flush=True)
+        os._exit(2)
+    print(f"imgq worker: metrics at http://0.0.0.0:{settings.metrics_port}/metrics", file=sys.stderr, flush=True)

@@ -10,9 +10,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
+import redis
 
 from imgq.contract import MODEL_NAME, BatchMessage, error_record, ok_record
 from imgq.settings import Settings
+from worker.dumps import write_dump
 from worker.labels import top_k
 from worker.preprocess import TARGET_SIZE, ImageError, load_pixels, to_model_input
 
@@ -66,7 +68,12 @@ def run_batch(message: BatchMessage, runtime: Runtime, worker: str) -> list[dict
     if store.is_cancelled(job):
         log.info("Job %s is cancelled: skipping batch %d", job, message.batch)
         return []
-    attempts = deliveries.begin(job, message.batch, runtime.worker_id)
+    with runtime.holding(job, message.batch):
+        return _run(message, runtime, worker, deliveries.begin(job, message.batch, runtime.worker_id))
+
+
+def _run(message: BatchMessage, runtime: Runtime, worker: str, attempts: int) -> list[dict]:
+    job, store, deliveries = message.job, runtime.store, runtime.deliveries
     try:
         wanted = set(store.missing(job, [image for image, _ in message.images]))
         todo = [(image, path) for image, path in message.images if image in wanted]
@@ -77,10 +84,30 @@ def run_batch(message: BatchMessage, runtime: Runtime, worker: str) -> list[dict
         if isolate:
             log.warning("Batch %d of job %s: delivery %d, decoding one image at a time", message.batch, job, attempts)
         records = _classify(message, todo, runtime, worker, isolate)
-        store.record_results(job, records)
+        _until_redis_answers(lambda: store.record_results(job, records))
         return records
     finally:
-        deliveries.end(job, message.batch)
+        _until_redis_answers(lambda: deliveries.end(job, message.batch))
+
+
+REDIS_PATIENCE_SECONDS = 300
+
+
+def _until_redis_answers(write, patience: float = REDIS_PATIENCE_SECONDS):
+    """Run ``write``, waiting through a Redis restart: the batch's work is done, keep it rather than redo it.
+
+    Raises the last connection error after ``patience`` seconds; the reconciler then re-queues the batch.
+    """
+    deadline, delay = time.monotonic() + patience, 0.5
+    while True:
+        try:
+            return write()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            if time.monotonic() > deadline:
+                raise
+            log.warning("Redis unreachable (%s): retrying in %.1f s", exc, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
 
 
 def _classify(message: BatchMessage, todo: list[tuple[int, str]], runtime: Runtime, worker: str,
@@ -92,12 +119,12 @@ def _classify(message: BatchMessage, todo: list[tuple[int, str]], runtime: Runti
         else:
             decoded = list(runtime.pool.map(lambda item: decode(*item, runtime.settings), todo))
         good = [d for d in decoded if d.error is None]
-        forward_pass = gatherer.submit(_model_input(good)) if good else None
+        forward_pass = gatherer.submit(_model_input(good), message.activations) if good else None
     provenance = {"model": MODEL_NAME, "weights": gatherer.weights_id, "precision": gatherer.precision,
                   "worker": worker}
     records = [_error(message, d, d.error.code, d.error.message, provenance) for d in decoded if d.error]
     if forward_pass is not None:
-        records += _classified(message, good, forward_pass, provenance)
+        records += _classified(message, good, forward_pass, provenance, runtime.settings.effective_dump_root)
     return records
 
 
@@ -123,18 +150,29 @@ def _model_input(good: list[Decoded]) -> np.ndarray:
     return batch
 
 
-def _classified(message: BatchMessage, good: list[Decoded], forward_pass: Future, provenance: dict) -> list[dict]:
+def _classified(message: BatchMessage, good: list[Decoded], forward_pass: Future, provenance: dict,
+                dump_root: str) -> list[dict]:
     try:
-        probabilities, share_ms = forward_pass.result()
+        probabilities, activations, share_ms = forward_pass.result()
     except Exception as exc:
         log.exception("Forward pass failed for batch %d of job %s", message.batch, message.job)
         reason = f"forward pass failed: {type(exc).__name__}: {' '.join(str(exc).split())[:160]}"
         return [_error(message, d, "internal", reason, provenance) for d in good]
-    return [
-        ok_record(message.job, d.image, d.path, top_k(p, message.top_k), **provenance,
-                  decode_ms=round(d.decode_ms, 2), inference_ms=round(share_ms, 2))
-        for d, p in zip(good, probabilities, strict=True)
-    ]
+    records = []
+    for row, (d, p) in enumerate(zip(good, probabilities, strict=True)):
+        timing = {"decode_ms": round(d.decode_ms, 2), "inference_ms": round(share_ms, 2)}
+        dump = {}
+        if activations:
+            try:
+                dump["activations"] = write_dump(dump_root, message.job, d.image,
+                                                 {name: value[row] for name, value in activations.items()},
+                                                 message.activations_dtype)
+            except OSError as exc:  # a full disk costs this image its record, not the worker
+                records.append(_error(message, d, "dump_failed", f"{exc.strerror or exc}", provenance))
+                continue
+        records.append(ok_record(message.job, d.image, d.path, top_k(p, message.top_k), **provenance, **timing,
+                                 **dump))
+    return records
 
 
 def _error(message: BatchMessage, d: Decoded, code: str, text: str, provenance: dict) -> dict:

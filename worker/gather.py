@@ -13,6 +13,7 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class _Request:
     images: np.ndarray
+    layers: tuple[str, ...] = ()
     future: Future = field(default_factory=Future)
 
 
@@ -43,6 +45,7 @@ class Gatherer:
         self.weights_id = classifier.weights_id
         self.precision = classifier.precision
         self._requests: queue.Queue[_Request] = queue.Queue()
+        self._set_aside: deque[_Request] = deque()  # only the inference thread touches it
         self._decoding = 0
         self._lock = threading.Lock()
         threading.Thread(target=self._serve, name="imgq-inference", daemon=True).start()
@@ -58,22 +61,23 @@ class Gatherer:
             with self._lock:
                 self._decoding -= 1
 
-    def submit(self, images: np.ndarray) -> Future:
-        """Queue ``images`` (n, 224, 224, 3) for a shared forward pass.
+    def submit(self, images: np.ndarray, layers: tuple[str, ...] = ()) -> Future:
+        """Queue ``images`` (n, 224, 224, 3) for a shared forward pass that also returns ``layers``' outputs.
 
-        The future's result: ``(probabilities (n, 1000), milliseconds of forward pass per image)``.
+        The future's result: ``(probabilities (n, 1000), {layer: outputs (n, ...)}, forward-pass ms per
+        image)``. Only requests asking for the same layers share a pass.
         """
-        request = _Request(images)
+        request = _Request(images, layers)
         self._requests.put(request)
         return request.future
 
     def _serve(self) -> None:
         while True:
-            requests = self._gather(self._requests.get())
+            requests = self._gather(self._take(block=True))
             images = np.concatenate([r.images for r in requests])
             started = time.perf_counter()
             try:
-                probabilities = self.classifier.predict(images)
+                probabilities, activations = self.classifier.predict_with(images, requests[0].layers)
             except Exception as exc:  # each waiting task gets the failure; the thread goes on serving
                 for request in requests:
                     request.future.set_exception(exc)
@@ -81,25 +85,38 @@ class Gatherer:
             share_ms = (time.perf_counter() - started) * 1000 / max(len(images), 1)
             start = 0
             for request in requests:
-                request.future.set_result((probabilities[start:start + len(request.images)], share_ms))
+                part = slice(start, start + len(request.images))
+                request.future.set_result((probabilities[part], {k: v[part] for k, v in activations.items()},
+                                           share_ms))
                 start += len(request.images)
 
+    def _take(self, block: bool, timeout: float | None = None) -> _Request | None:
+        """The next request: first those set aside for asking other layers, then the queue's."""
+        if self._set_aside:
+            return self._set_aside.popleft()
+        try:
+            return self._requests.get(block=block, timeout=timeout)
+        except queue.Empty:
+            return None
+
     def _gather(self, first: _Request) -> list[_Request]:
-        requests, count = [first], len(first.images)
+        requests, count, other_layers = [first], len(first.images), []
         deadline = time.monotonic() + self.max_wait
         while count < self.max_batch:
-            try:
-                request = self._requests.get_nowait()
-            except queue.Empty:
+            request = self._take(block=False)
+            if request is None:
                 remaining = deadline - time.monotonic()
                 with self._lock:
                     others_decoding = self._decoding > 0
                 if remaining <= 0 or not others_decoding:
                     break
-                try:
-                    request = self._requests.get(timeout=min(remaining, 0.005))
-                except queue.Empty:
+                request = self._take(block=True, timeout=min(remaining, 0.005))
+                if request is None:
                     continue
+            if request.layers != first.layers:  # a pass has one set of outputs: serve it in a later pass
+                other_layers.append(request)
+                continue
             requests.append(request)
             count += len(request.images)
+        self._set_aside.extend(other_layers)
         return requests

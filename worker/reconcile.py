@@ -4,7 +4,8 @@ Redis gives an unacknowledged batch back only after the visibility timeout (an h
 kombu's periodic restore check, even when a new worker is already waiting. So every worker runs this
 loop, and one at a time (a lock in Redis) it queues again, for each job still active:
 
-- the batches held by a worker whose heartbeat has expired (it was killed, or its machine lost);
+- the batches held by a worker whose heartbeat has expired (it was killed, or its machine lost), or
+  that a live worker no longer holds (its task failed while Redis was unreachable, say);
 - when the queue has drained, nothing of the job is in a live worker's hands, and no record came for
   ``reconcile_seconds``: every batch with an image still lacking a record (a message lost another way).
 
@@ -14,6 +15,7 @@ keyed per image, so the later of two deliveries overwrites instead of adding.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 
@@ -55,7 +57,9 @@ def reconcile(runtime, now: float | None = None) -> int:
 def _lost_batches(runtime, job: str, queue_empty: bool, now: float) -> list[dict]:
     store, deliveries = runtime.store, runtime.deliveries
     inflight = deliveries.inflight(job)
-    orphans = [batch for batch, worker in inflight.items() if not store.redis.exists(store.keys.worker(worker))]
+    grace = 2 * runtime.settings.heartbeat_seconds  # a batch taken since the last heartbeat is not in it yet
+    orphans = [batch for batch, held in inflight.items()
+               if now - held["since"] > grace and not _still_held(store, held["worker"], job, batch)]
     for batch in orphans:
         deliveries.end(job, batch)
     lost = [store.batch(job, batch) for batch in orphans]
@@ -63,6 +67,12 @@ def _lost_batches(runtime, job: str, queue_empty: bool, now: float) -> list[dict
         known = set(orphans)
         lost += [m for m in store.unfinished_batches(job) if m["batch"] not in known]
     return [m for m in lost if m is not None]
+
+
+def _still_held(store, worker: str, job: str, batch: int) -> bool:
+    """True when ``worker`` is alive and its last heartbeat lists the batch as in hand."""
+    beat = store.redis.get(store.keys.worker(worker))
+    return beat is not None and [job, batch] in json.loads(beat).get("in_hand", [])
 
 
 def _stalled(store, job: str, now: float, settings) -> bool:

@@ -11,7 +11,10 @@ import os
 import socket
 import threading
 import time
+from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from imgq.deliveries import Deliveries
@@ -26,6 +29,10 @@ HEARTBEATS_MISSED = 3
 # A worker refreshes its key every IMGQ_HEARTBEAT_SECONDS and the key lives three times as long: a worker
 # is seen as gone after three missed beats. A thread beats, so a worker busy with a long batch stays alive.
 
+RATE_WINDOW = 60.0
+# The heartbeat's images/s is over the last minute: recent enough to show a stall, long enough to span
+# several batches.
+
 
 @dataclass
 class Runtime:
@@ -39,17 +46,58 @@ class Runtime:
     started_at: float = field(default_factory=time.time)
     images_done: int = 0
     _count_lock: threading.Lock = field(default_factory=threading.Lock)
+    pool_name: str = ""  # what Celery runs (set by worker/app.py); the setting until then
+    concurrency: int = 0  # ditto: `--concurrency N` on the command line overrides IMGQ_CONCURRENCY
+    in_hand: set[tuple[str, int]] = field(default_factory=set)
+    # (job, batch) of the batches this process is classifying now. Kept in memory, so that it stays true
+    # while Redis is unreachable; the heartbeat publishes it for the reconciler (worker/reconcile.py).
+    _recent: deque = field(default_factory=deque)  # (time.monotonic(), images) of the last RATE_WINDOW
 
     def count_done(self, images: int) -> None:
+        now = time.monotonic()
         with self._count_lock:  # tasks run in several threads
             self.images_done += images
+            self._recent.append((now, images))
+            self._forget_before(now - RATE_WINDOW)
+
+    @contextmanager
+    def holding(self, job: str, batch: int) -> Iterator[None]:
+        """The batch is in this worker's hands while the block runs."""
+        with self._count_lock:
+            self.in_hand.add((job, batch))
+        try:
+            yield
+        finally:
+            with self._count_lock:
+                self.in_hand.discard((job, batch))
+
+    @property
+    def batches_in_hand(self) -> int:
+        return len(self.in_hand)
+
+    def images_per_second(self) -> float:
+        """Images recorded per second over the last minute (over the time since start, if shorter)."""
+        now = time.monotonic()
+        with self._count_lock:
+            self._forget_before(now - RATE_WINDOW)
+            images = sum(n for _, n in self._recent)
+        window = min(RATE_WINDOW, max(time.time() - self.started_at, 1.0))
+        return images / window
+
+    def _forget_before(self, moment: float) -> None:
+        while self._recent and self._recent[0][0] < moment:
+            self._recent.popleft()
 
     def heartbeat(self, hostname: str) -> dict:
         return {"hostname": hostname, "pid": os.getpid(), "host": socket.gethostname(),
                 "weights": self.classifier.weights_id, "precision": self.classifier.precision,
-                "pool": self.settings.pool, "batch_size": self.settings.batch_size,
+                "pool": self.pool_name or self.settings.pool, "batch_size": self.settings.batch_size,
                 "started_at": self.started_at, "images_done": self.images_done,
-                "model_load_seconds": round(self.classifier.load_seconds, 2)}
+                "in_hand": sorted(self.in_hand),
+                "model_load_seconds": round(self.classifier.load_seconds, 2),
+                "concurrency": self.concurrency or self.settings.concurrency,
+                "batches_in_hand": self.batches_in_hand,
+                "images_per_second": round(self.images_per_second(), 2)}
 
 
 _runtime: Runtime | None = None

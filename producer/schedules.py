@@ -1,0 +1,335 @@
+"""Schedules: folders scanned again and again, each tick submitting only what is new or changed.
+
+A schedule is data in Redis, in two parts:
+
+- its celery-redbeat entry (under ``Keys.redbeat_prefix``, in the broker's Redis): when to fire the task
+  ``TASK_SCHEDULED_SCAN`` with the schedule's name, and whether it is enabled. `imgq beat` reads the entries
+  at every loop, so a schedule added, paused or removed while beat runs takes effect without a restart;
+- imgq's own definition (``Keys.schedule``, next to the results): paths, selection, submit options, the
+  paused flag, the job in flight, and its recent runs (``Keys.schedule_runs``).
+
+One tick (``tick``), fired by beat on a worker or by `imgq schedule run` here: settle the previous run's job
+if it has finished, walk the paths, submit the new and changed files (producer.scan) as an ordinary job
+named after the schedule (``params.schedule`` links it), and record the run. A tick while the previous job
+is still running submits nothing and is recorded as skipped: the next tick after that job finishes picks up
+everything that changed meanwhile, and a backlog is not piled on workers that are already behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import time
+from dataclasses import asdict, dataclass, replace
+
+import redis
+
+from imgq.contract import TASK_SCHEDULED_SCAN, Keys, beat_config, celery_config, queue_name
+from imgq.settings import Settings
+from imgq.store import JobNotFound, JobStatus, ResultStore
+from producer import enqueue
+from producer.scan import PARTS as SCAN_PARTS
+from producer.scan import ScanState, Selection
+
+NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")  # part of Redis keys, never a ':'
+EVERY = re.compile(r"([1-9][0-9]*)([smhd])")
+UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+CRON_FIELDS = ("minute", "hour", "day_of_month", "month_of_year", "day_of_week")
+
+RUNS_KEPT = 100  # recent runs listed by `imgq schedule show`
+TICK_LOCK_SECONDS = 120  # renewed every 1000 files walked; a tick that died frees its schedule after this
+
+
+class ScheduleError(LookupError):
+    """A schedule that is not there, or already is."""
+
+
+class ScheduleNotFound(ScheduleError):
+    def __init__(self, name: str):
+        super().__init__(f"No schedule {name!r}.")
+
+
+class ScheduleExists(ScheduleError):
+    def __init__(self, name: str):
+        super().__init__(f"Schedule {name!r} exists: remove it first, or give --replace.")
+
+
+def check_name(name: str) -> str:
+    """Returns ``name``; raises ValueError unless it is 1-64 letters, digits, '.', '_' or '-'."""
+    if not NAME.fullmatch(name):
+        raise ValueError(f"A schedule name is 1-64 letters, digits, '.', '_' or '-'. Received: {name!r}")
+    return name
+
+
+def parse_every(text: str) -> int:
+    """Seconds of an interval written ``30s``, ``15m``, ``1h`` or ``1d``; raises ValueError."""
+    match = EVERY.fullmatch(text.strip())
+    if not match:
+        raise ValueError(f"Expected an interval like 30s, 15m, 1h or 1d. Received: {text!r}")
+    return int(match[1]) * UNIT_SECONDS[match[2]]
+
+
+def parse_cron(text: str):
+    """A celery crontab from the 5 fields ``minute hour day-of-month month day-of-week``; raises ValueError."""
+    from celery.schedules import crontab
+
+    fields = text.split()
+    if len(fields) != len(CRON_FIELDS):
+        raise ValueError(f"Expected 5 cron fields (minute hour day-of-month month day-of-week). Received: {text!r}")
+    try:
+        return crontab(**dict(zip(CRON_FIELDS, fields, strict=True)))
+    except Exception as exc:  # crontab raises ValueError or its own ParseException
+        raise ValueError(f"Invalid cron expression {text!r}: {exc}") from None
+
+
+def format_seconds(seconds: int) -> str:
+    """``900`` -> ``15m``: the largest unit that divides it."""
+    for unit in ("d", "h", "m"):
+        if seconds % UNIT_SECONDS[unit] == 0:
+            return f"{seconds // UNIT_SECONDS[unit]}{unit}"
+    return f"{seconds}s"
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A schedule's definition. Exactly one of ``every`` (seconds) and ``cron`` (5 fields, UTC) is set."""
+
+    name: str
+    paths: tuple[str, ...]
+    every: int | None = None
+    cron: str | None = None
+    recursive: bool = True
+    includes: tuple[str, ...] = ()
+    top_k: int = 5
+    batch_size: int = 32
+    max_retries: int = 3
+    paused: bool = False
+    created: float = 0.0
+    pending_job: str | None = None
+
+    @property
+    def when(self) -> str:
+        return f"every {format_seconds(self.every)}" if self.every else f"cron {self.cron} (UTC)"
+
+    @property
+    def selection(self) -> enqueue.Selection:
+        return enqueue.Selection(recursive=self.recursive, includes=self.includes)
+
+    def celery_schedule(self):
+        """What redbeat fires on: an interval or a crontab."""
+        from celery.schedules import schedule
+
+        return schedule(run_every=self.every) if self.every else parse_cron(self.cron)
+
+    def to_hash(self) -> dict[str, str]:
+        data = asdict(self)
+        data.update(paths=json.dumps(self.paths), includes=json.dumps(self.includes), every=self.every or "",
+                    cron=self.cron or "", recursive=int(self.recursive), paused=int(self.paused))
+        data.pop("pending_job")  # owned by the ticks (set_pending), never overwritten by an edit
+        return {k: str(v) for k, v in data.items()}
+
+    @classmethod
+    def from_hash(cls, data: dict[str, str]) -> Schedule:
+        return cls(name=data["name"], paths=tuple(json.loads(data["paths"])), every=int(data["every"] or 0) or None,
+                   cron=data["cron"] or None, recursive=data["recursive"] == "1",
+                   includes=tuple(json.loads(data["includes"])), top_k=int(data["top_k"]),
+                   batch_size=int(data["batch_size"]), max_retries=int(data["max_retries"]),
+                   paused=data["paused"] == "1", created=float(data["created"]),
+                   pending_job=data.get("pending_job") or None)
+
+
+class ScheduleBook:
+    """The schedules of a namespace: definitions and runs in the results store, entries in redbeat."""
+
+    def __init__(self, store: ResultStore, settings: Settings):
+        self.store = store
+        self.redis = store.redis
+        self.keys: Keys = store.keys
+        self.settings = settings
+        self._app = None
+
+    # -- definitions -----------------------------------------------------------------------------------
+
+    def add(self, schedule: Schedule, replace_existing: bool = False) -> Schedule:
+        """Store ``schedule`` and its beat entry. Raises ScheduleExists unless ``replace_existing``; a
+        replaced schedule keeps its scan state, runs, creation time and job in flight."""
+        try:
+            old = self.get(schedule.name)
+        except ScheduleNotFound:
+            old = None
+        if old is not None and not replace_existing:
+            raise ScheduleExists(schedule.name)
+        schedule = replace(schedule, created=old.created if old else time.time())
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(self.keys.schedule(schedule.name), mapping=schedule.to_hash())
+        pipe.zadd(self.keys.schedules, {schedule.name: schedule.created}, nx=True)
+        pipe.execute()
+        self._save_entry(schedule, first=old is None)
+        return self.get(schedule.name)
+
+    def get(self, name: str) -> Schedule:
+        """Raises ScheduleNotFound."""
+        data = self.redis.hgetall(self.keys.schedule(name))
+        if "name" not in data:  # none, or only the job in flight of a tick that ended after a removal
+            raise ScheduleNotFound(name)
+        return Schedule.from_hash(data)
+
+    def all(self) -> list[Schedule]:
+        """Every schedule, oldest first."""
+        schedules = []
+        for name in self.redis.zrange(self.keys.schedules, 0, -1):
+            try:
+                schedules.append(self.get(name))
+            except ScheduleNotFound:  # removed between the two reads
+                continue
+        return schedules
+
+    def set_paused(self, name: str, paused: bool) -> Schedule:
+        """Pause (beat stops firing it; a tick already queued skips) or resume. Raises ScheduleNotFound."""
+        schedule = replace(self.get(name), paused=paused)
+        self.redis.hset(self.keys.schedule(name), "paused", int(paused))
+        self._save_entry(schedule, first=False)
+        return schedule
+
+    def remove(self, name: str) -> None:
+        """Forget the schedule: its beat entry, definition, runs and scan state. Its jobs stay."""
+        self.get(name)  # raises ScheduleNotFound
+        from redbeat import RedBeatSchedulerEntry
+
+        RedBeatSchedulerEntry(name, app=self.app).delete()
+        scan = [self.keys.scan(name, part) for part in SCAN_PARTS]
+        self.redis.delete(self.keys.schedule(name), self.keys.schedule_runs(name), self.keys.schedule_lock(name),
+                          *scan)
+        self.redis.zrem(self.keys.schedules, name)
+
+    def set_pending(self, name: str, job: str | None) -> None:
+        """The job in flight of the schedule (None: none). Nothing when the schedule was removed meanwhile."""
+        if job is None:
+            self.redis.hdel(self.keys.schedule(name), "pending_job")
+        elif self.redis.exists(self.keys.schedule(name)):
+            self.redis.hset(self.keys.schedule(name), "pending_job", job)
+
+    # -- runs ------------------------------------------------------------------------------------------
+
+    def record_run(self, name: str, run: dict) -> dict:
+        """Add ``run`` to the schedule's history (the most recent RUNS_KEPT are kept); returns it."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.lpush(self.keys.schedule_runs(name), json.dumps(run))
+        pipe.ltrim(self.keys.schedule_runs(name), 0, RUNS_KEPT - 1)
+        pipe.execute()
+        return run
+
+    def runs(self, name: str, limit: int = RUNS_KEPT) -> list[dict]:
+        """The schedule's recent runs, newest first."""
+        return [json.loads(r) for r in self.redis.lrange(self.keys.schedule_runs(name), 0, limit - 1)]
+
+    # -- beat entries ----------------------------------------------------------------------------------
+
+    @property
+    def app(self):
+        """A Celery app configured like `imgq beat`, to read and write redbeat entries (created on use)."""
+        if self._app is None:
+            from celery import Celery
+
+            self._app = Celery("imgq-schedules", set_as_current=False)
+            self._app.conf.update(celery_config(self.settings))
+            self._app.conf.update(beat_config(self.settings))
+            from redbeat.schedulers import ensure_conf
+
+            ensure_conf(self._app)  # redbeat reads its key prefix from there
+        return self._app
+
+    def _save_entry(self, schedule: Schedule, first: bool) -> None:
+        from redbeat import RedBeatSchedulerEntry
+
+        options = {"queue": queue_name(self.settings)}
+        if schedule.every:  # a tick stuck behind a backlog longer than its period is stale: drop it
+            options["expires"] = schedule.every
+        entry = RedBeatSchedulerEntry(schedule.name, TASK_SCHEDULED_SCAN, schedule.celery_schedule(),
+                                      args=[schedule.name], options=options, enabled=not schedule.paused,
+                                      app=self.app)
+        if first and schedule.every:
+            entry.last_run_at = None  # never run: an interval schedule fires at once, a cron one at its time
+        entry.save()  # keeps the last run time of an existing entry
+
+    def next_run(self, name: str) -> float | None:
+        """When beat will fire the schedule next (UNIX time), from its entry; None when there is none."""
+        try:
+            entry = self.beat_entry(name)
+        except KeyError:
+            return None
+        if entry.last_run_at is None:
+            return time.time()  # never run: due now
+        # From now, not from the last run as redbeat's own ``due_at`` adds it.
+        remaining = entry.schedule.remaining_estimate(entry.last_run_at)
+        return None if remaining is None else time.time() + max(remaining.total_seconds(), 0.0)
+
+    def beat_entry(self, name: str):
+        """The redbeat entry of the schedule (raises KeyError): for checks and tests."""
+        from redbeat import RedBeatSchedulerEntry
+
+        return RedBeatSchedulerEntry.from_key(self.keys.redbeat_prefix + name, app=self.app)
+
+
+# -- one tick -------------------------------------------------------------------------------------------
+
+
+def tick(name: str, *, settings: Settings, store: ResultStore, trigger: str = "beat") -> dict:
+    """One tick of schedule ``name``: returns the run it recorded. ``trigger``: ``beat`` (skipped while the
+    schedule is paused) or ``manual`` (`imgq schedule run`, which runs a paused schedule too).
+
+    Raises ScheduleNotFound (a tick queued before the schedule was removed), or redis/kombu errors.
+    """
+    book = ScheduleBook(store, settings)
+    book.get(name)  # raises ScheduleNotFound, before anything is recorded
+    lock = store.redis.lock(store.keys.schedule_lock(name), timeout=TICK_LOCK_SECONDS)
+    if not lock.acquire(blocking=False):
+        return book.record_run(name, _run(trigger, "skipped", reason="another tick of this schedule was running"))
+    try:
+        return _tick_locked(book, book.get(name), settings, trigger, lock.reacquire)
+    finally:
+        with contextlib.suppress(redis.exceptions.LockError):  # expired during a very long walk: nothing to free
+            lock.release()
+
+
+def _tick_locked(book: ScheduleBook, schedule: Schedule, settings: Settings, trigger: str, keepalive) -> dict:
+    store = book.store
+    if schedule.paused and trigger == "beat":
+        return book.record_run(schedule.name, _run(trigger, "skipped", reason="paused"))
+    scan = ScanState.from_settings(settings, schedule.name)
+    settled = None
+    if schedule.pending_job:
+        status = _status_or_none(store, schedule.pending_job)
+        if status is not None and not status.finished:
+            reason = f"job {status.id} still {status.state}"
+            return book.record_run(schedule.name, _run(trigger, "skipped", reason=reason))
+        records = store.iter_results(status.id) if status else ()  # a deleted job taught nothing
+        settled = asdict(scan.settle(records, schedule.max_retries))
+        book.set_pending(schedule.name, None)
+    scan.clear_pending()  # files of a submission that failed half-way
+    found = Selection()
+    images = scan.select(enqueue.iter_images(schedule.paths, schedule.selection), schedule.max_retries, found,
+                         keepalive=keepalive)
+    try:
+        submitted = enqueue.submit(images, settings=settings, store=store, name=schedule.name, top_k=schedule.top_k,
+                                   batch_size=schedule.batch_size, params={"schedule": schedule.name})
+    except enqueue.EmptySelection:
+        return book.record_run(schedule.name, _run(trigger, "empty", found=found, settled=settled))
+    book.set_pending(schedule.name, submitted.job)
+    return book.record_run(schedule.name, _run(trigger, "submitted", job=submitted.job, found=found, settled=settled,
+                                               batches=submitted.batches))
+
+
+def _status_or_none(store: ResultStore, job: str) -> JobStatus | None:
+    try:
+        return store.status(job)
+    except JobNotFound:
+        return None
+
+
+def _run(trigger: str, outcome: str, *, reason: str = "", job: str | None = None, found: Selection | None = None,
+         settled: dict | None = None, batches: int = 0) -> dict:
+    """A run as recorded: outcome ``submitted`` (a job), ``empty`` (nothing new: no job) or ``skipped``."""
+    return {"at": time.time(), "trigger": trigger, "outcome": outcome, "reason": reason, "job": job,
+            "batches": batches, "found": asdict(found) if found else None, "settled": settled}

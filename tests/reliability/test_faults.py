@@ -1,0 +1,109 @@
+"""Faults with real processes: killed workers, a poison image, SIGTERM, a broker restart, cancel."""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+
+import pytest
+
+from imgq.deliveries import Deliveries
+from imgq.store import ResultStore
+from producer.local import EmbeddedRedis
+from producer.progress import wait
+from tests.reliability.conftest import assert_exactly_one_record_each, small_images, submit, wait_until
+
+pytestmark = pytest.mark.slow
+
+
+def processed(settings, job) -> int:
+    return ResultStore.from_settings(settings).status(job).processed
+
+
+def test_a_worker_killed_mid_job_loses_nothing(fast_settings, start_worker, tmp_path):
+    paths = small_images(tmp_path / "in", 120)
+    first = start_worker()
+    job = submit(fast_settings, paths)
+    wait_until(lambda: processed(fast_settings, job) >= 8, 120, "the first batches")
+    first.process.kill()  # SIGKILL: batches in hand stay unacknowledged for the hour of visibility timeout
+    first.process.wait()
+    assert processed(fast_settings, job) < len(paths)
+    second = start_worker()
+    wait_until(lambda: processed(fast_settings, job) == len(paths), 180, "the job to complete")
+    records = assert_exactly_one_record_each(fast_settings, job, paths)
+    assert {r["status"] for r in records} == {"ok"}
+    assert {r["worker"].split("@")[0] for r in records} == {first.name, second.name}
+    store = ResultStore.from_settings(fast_settings)
+    assert max(Deliveries(store.redis, store.keys).attempts(job).values()) >= 2  # the lost ones, again
+
+
+def test_an_image_that_kills_every_worker_ends_as_worker_crashed(fast_settings, start_worker, tmp_path):
+    paths = small_images(tmp_path / "in", 10)
+    paths[5] = paths[5].rename(paths[5].with_name("poison-5.png"))
+    job = submit(fast_settings, paths)
+    store = ResultStore.from_settings(fast_settings)
+    restarts = 0
+    while store.status(job).processed < len(paths):  # a supervisor: restart the worker each time it dies
+        assert restarts <= 4, "no endless loop: the poison image must be isolated after a few deliveries"
+        worker = start_worker(IMGQ_TEST_CRASH_ON="poison-")
+        wait_until(lambda w=worker: w.process.poll() is not None or store.status(job).processed == len(paths),
+                   120, "the worker to die or the job to complete")
+        restarts += worker.process.poll() is not None
+    records = assert_exactly_one_record_each(fast_settings, job, paths)
+    assert records[5]["status"] == "error" and records[5]["error"]["code"] == "worker_crashed"
+    assert [r["status"] for r in records[:5] + records[6:]] == ["ok"] * 9
+    assert 1 <= restarts <= 3
+
+
+def test_sigterm_finishes_the_batches_in_hand(fast_settings, start_worker, tmp_path):
+    paths = small_images(tmp_path / "in", 120)
+    first = start_worker()
+    job = submit(fast_settings, paths)
+    wait_until(lambda: processed(fast_settings, job) >= 8, 120, "the first batches")
+    first.process.send_signal(signal.SIGTERM)
+    assert first.process.wait(timeout=60) == 0
+    store = ResultStore.from_settings(fast_settings)
+    deliveries = Deliveries(store.redis, store.keys)
+    assert deliveries.inflight(job) == {}  # every batch taken was finished and handed back
+    done_at_stop = processed(fast_settings, job)
+    assert done_at_stop % 4 == 0  # whole batches only
+    start_worker()
+    wait_until(lambda: processed(fast_settings, job) == len(paths), 180, "the job to complete")
+    assert_exactly_one_record_each(fast_settings, job, paths)
+    assert set(deliveries.attempts(job).values()) == {1}  # no batch delivered twice
+
+
+def test_the_broker_restarts_mid_job(fast_settings, start_worker, tmp_path):
+    paths = small_images(tmp_path / "in", 120)
+    server = EmbeddedRedis(str(tmp_path / "broker"))  # append-only persistence, as the README sets it up
+    url = server.start()
+    port = server.server.port
+    settings = dataclasses.replace(fast_settings, broker_url=url)
+    try:
+        start_worker(settings)
+        job = submit(settings, paths)
+        wait_until(lambda: processed(settings, job) >= 8, 120, "the first batches")
+        server.stop()
+        server = EmbeddedRedis(str(tmp_path / "broker"))
+        server.server._desired_port = port  # the same address, as a restarted Redis would have
+        assert server.start() == url
+        final = wait(ResultStore.from_settings(settings), job, show=False, timeout=180)
+        assert final.state == "done"
+        assert_exactly_one_record_each(settings, job, paths)
+    finally:
+        server.stop()
+
+
+def test_cancel_while_batches_run(fast_settings, start_worker, tmp_path):
+    paths = small_images(tmp_path / "in", 120)
+    start_worker()
+    job = submit(fast_settings, paths)
+    wait_until(lambda: processed(fast_settings, job) >= 4, 120, "the first batch")
+    store = ResultStore.from_settings(fast_settings)
+    store.cancel(job)
+    at_cancel = processed(fast_settings, job)
+    wait_until(lambda: not Deliveries(store.redis, store.keys).inflight(job), 60, "batches in hand to finish")
+    final = store.status(job)
+    assert final.state == "cancelled" and final.processed <= at_cancel + 2 * 4  # at most the 2 batches in hand
+    assert len(list(store.iter_results(job))) == final.processed < len(paths)
+    assert store.active_jobs() == set()  # nothing left for the reconciler to revive

@@ -1,0 +1,342 @@
+"""The deployment files, tested without a Docker engine.
+
+- docker-compose.yml validates against the Compose specification's JSON schema (the copy check-jsonschema
+  ships), as written and after the ${...} interpolation `docker compose` does with a .env made from
+  .env.example.
+- .env.example names every imgq setting and every variable the compose file reads.
+- The Dockerfile's health check (`python -m worker.health`) tells a live worker from none.
+- Every service's command runs here as a plain process with the service's own environment: the compose
+  file's Redis command (password, append-only), a worker, beat, and the producer classifying a folder.
+  Only what Docker itself would provide is translated: the service name ``redis`` becomes 127.0.0.1 on a free
+  port, and each volume's mount point inside a container becomes a folder under the test's tmp_path.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+from importlib.resources import files
+from pathlib import Path
+
+import jsonschema
+import pytest
+import redis
+from ruamel.yaml import YAML
+
+from imgq.settings import Settings, env_var
+from imgq.store import ResultStore
+from tests import imagegen
+from tests.processes import Process, clean_env, free_port, redis_server_binary, scrape, wait_for_redis, wait_for_workers
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE = ROOT / "docker-compose.yml"
+ENV_EXAMPLE = ROOT / ".env.example"
+DOCKERFILE = ROOT / "Dockerfile"
+IMGQ = str(Path(sys.executable).parent / "imgq")
+
+
+# -- the compose file as `docker compose` reads it ------------------------------------------------------------
+
+
+def compose_schema() -> dict:
+    """The Compose specification's JSON schema, as vendored by check-jsonschema (`vendor.compose-spec`)."""
+    schema = json.loads((files("check_jsonschema.builtin_schemas.vendor") / "compose-spec.json").read_text())
+    assert schema["title"] == "Compose Specification"
+    return schema
+
+
+def validate(config: dict) -> None:
+    """Raises jsonschema.ValidationError when ``config`` breaks the Compose specification."""
+    validator = jsonschema.Draft202012Validator(compose_schema(),
+                                                format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
+    validator.validate(config)
+
+
+def load_compose() -> dict:
+    """docker-compose.yml with its anchors and merge keys resolved, before interpolation."""
+    return YAML(typ="safe").load(COMPOSE.read_text())
+
+
+def read_dotenv(path: Path) -> dict[str, str]:
+    """KEY=VALUE lines of an env file (comments and blank lines skipped), as `docker compose` reads .env."""
+    pairs = {}
+    for line in path.read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, sep, value = line.partition("=")
+            assert sep, f"not KEY=VALUE: {line!r}"
+            pairs[key.strip()] = value.strip()
+    return pairs
+
+
+_VARIABLE = re.compile(r"\$(?:(?P<dollar>\$)|\{(?P<name>\w+)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}|(?P<bare>\w+))")
+
+
+def interpolate(value, env: dict[str, str]):
+    """``value`` (any YAML structure) with ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?error},
+    ${VAR?error}, $VAR and $$ substituted in its strings, as the Compose specification defines them."""
+    if isinstance(value, dict):
+        return {key: interpolate(item, env) for key, item in value.items()}
+    if isinstance(value, list):
+        return [interpolate(item, env) for item in value]
+    if isinstance(value, str):
+        return _VARIABLE.sub(lambda match: _substitute(match, env), value)
+    return value
+
+
+def _substitute(match: re.Match, env: dict[str, str]) -> str:
+    if match["dollar"]:
+        return "$"
+    name, op, arg = match["name"] or match["bare"], match["op"], match["arg"]
+    current = env.get(name)
+    missing = not current if op and op.startswith(":") else current is None
+    if op and op.endswith("?") and missing:
+        raise ValueError(f"required variable {name} is missing: {arg}")
+    if op and op.endswith("-") and missing:
+        return arg
+    return current or ""
+
+
+def variables_read(text: str) -> set[str]:
+    """Names of the variables that ``text`` interpolates."""
+    return {m["name"] or m["bare"] for m in _VARIABLE.finditer(text) if not m["dollar"]}
+
+
+# -- static checks -------------------------------------------------------------------------------------------
+
+
+def test_compose_file_validates_against_the_compose_specification():
+    validate(load_compose())
+    env = {**read_dotenv(ENV_EXAMPLE), "REDIS_PASSWORD": "x" * 16}
+    config = interpolate(load_compose(), env)
+    validate(config)
+    assert set(config["services"]) == {"redis", "worker", "beat", "producer"}
+    assert config["services"]["worker"]["environment"]["IMGQ_BROKER_URL"] == "redis://:" + "x" * 16 + "@redis:6379/0"
+
+
+def test_the_schema_rejects_a_broken_compose_file():
+    config = load_compose()
+    broken = copy.deepcopy(config)
+    broken["services"]["worker"]["enviroment"] = broken["services"]["worker"].pop("environment")  # a typo
+    with pytest.raises(jsonschema.ValidationError, match="enviroment"):
+        validate(broken)
+    broken = copy.deepcopy(config)
+    broken["services"]["worker"]["stop_grace_period"] = ["2m"]
+    with pytest.raises(jsonschema.ValidationError):
+        validate(broken)
+
+
+def test_compose_services_are_what_the_deployment_needs():
+    services = interpolate(load_compose(), {**read_dotenv(ENV_EXAMPLE), "REDIS_PASSWORD": "pw"})["services"]
+    redis_command = services["redis"]["command"]
+    assert redis_command[redis_command.index("--appendonly") + 1] == "yes" and "--requirepass" in redis_command
+    worker = services["worker"]
+    assert "container_name" not in worker and "ports" not in worker  # so that --scale worker=N works
+    assert worker["environment"]["IMGQ_ALLOWED_ROOTS"] == "/data"
+    assert services["producer"]["entrypoint"] == ["imgq"] and "tools" in services["producer"]["profiles"]
+    assert services["beat"]["command"][:2] == ["imgq", "beat"]
+    mounts = {name: {v.split(":")[1] for v in s["volumes"]} for name, s in services.items()}
+    assert {"/data", "/dumps"} <= mounts["worker"] and {"/data", "/dumps", "/reports"} <= mounts["producer"]
+    assert "/data" in mounts["beat"]
+    for name in ("beat", "producer"):  # the image's check looks for a worker: they have none
+        assert services[name]["healthcheck"] == {"disable": True}
+
+
+def test_env_example_documents_every_setting_and_compose_variable():
+    text = ENV_EXAMPLE.read_text()
+    documented = set(re.findall(r"^#?\s*(\w+)[=:]", text, flags=re.MULTILINE))
+    settings = {env_var(f.name) for f in dataclasses.fields(Settings)}
+    assert settings - documented == set()
+    assert variables_read(COMPOSE.read_text()) - documented == set()
+
+
+def test_dockerfile_slim_non_root_health_checked_weights_build_arg():
+    text = DOCKERFILE.read_text()
+    assert re.search(r"^FROM python:3\.\d+-slim\b", text, flags=re.MULTILINE)
+    users = re.findall(r"^USER (\S+)", text, flags=re.MULTILINE)
+    assert users and users[-1] not in ("root", "0")
+    assert re.search(r"^HEALTHCHECK .*CMD \[\"python\", \"-m\", \"worker.health\"\]", text, flags=re.MULTILINE)
+    assert re.search(r"^ARG BAKE_WEIGHTS", text, flags=re.MULTILINE)
+    assert "pip install '.[worker]'" in text  # tensorflow-cpu, see pyproject.toml
+    assert "tensorflow-cpu" in (ROOT / "pyproject.toml").read_text()
+
+
+def test_health_check_needs_a_live_worker_on_this_host(settings, store):
+    from worker.health import check
+
+    healthy, reason = check(settings, "host-a")
+    assert not healthy and "no live worker on host host-a" in reason
+    store.redis.set(store.keys.worker("w@a:1"), json.dumps({"hostname": "w@a", "host": "host-b"}), ex=10)
+    assert not check(settings, "host-a")[0]
+    store.redis.set(store.keys.worker("w@a:2"), json.dumps({"hostname": "w@a", "host": "host-a"}), ex=10)
+    assert check(settings, "host-a") == (True, "alive: w@a")
+    unreachable = dataclasses.replace(settings, broker_url=f"redis://:hunter2@127.0.0.1:{free_port()}/0")
+    healthy, reason = check(unreachable, "host-a")
+    assert not healthy and "cannot read heartbeats" in reason and "hunter2" not in reason
+
+
+# -- the services as plain processes -------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class PlainDeployment:
+    """The interpolated compose config, and how its container paths and host names map to this machine."""
+
+    config: dict
+    root: Path
+    redis_port: int
+
+    def mounts(self, service: str) -> dict[str, Path]:
+        """Mount point in the container -> folder here, for each volume of ``service``."""
+        mapping = {}
+        for volume in self.config["services"][service].get("volumes", []):
+            source, target = volume.split(":")[:2]
+            named = not source.startswith((".", "/"))
+            host = self.root / "volumes" / source if named else (self.root / source).resolve()
+            host.mkdir(parents=True, exist_ok=True)
+            mapping[target] = host
+        return mapping
+
+    def translate(self, service: str, value: str) -> str:
+        """A value of the service's command or environment, as it reads outside a container."""
+        value = value.replace("@redis:6379", f"@127.0.0.1:{self.redis_port}")
+        for target, host in sorted(self.mounts(service).items(), key=lambda item: -len(item[0])):
+            if value == target or value.startswith(target + "/"):
+                return str(host) + value[len(target):]
+        return value
+
+    def env(self, service: str) -> dict[str, str]:
+        environment = self.config["services"][service].get("environment", {})
+        return clean_env(**{key: self.translate(service, str(value)) for key, value in environment.items()})
+
+    def argv(self, service: str, *run_args: str) -> list[str]:
+        """The service's entrypoint and command (or ``run_args``, as `docker compose run` passes them)."""
+        spec = self.config["services"][service]
+        argv = [*spec.get("entrypoint", []), *(run_args or spec.get("command", []))]
+        argv = [self.translate(service, arg) for arg in argv]
+        return [IMGQ if argv[0] == "imgq" else argv[0], *argv[1:]]
+
+    def start(self, service: str) -> Process:
+        return Process(self.argv(service), self.env(service), self.root / "logs" / f"{service}.log").start()
+
+    def run(self, service: str, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+        """`docker compose run --rm SERVICE ARGS...`"""
+        return subprocess.run(self.argv(service, *args), env=self.env(service), capture_output=True, text=True,
+                              timeout=timeout)
+
+
+def start_redis_service(deployment: PlainDeployment) -> Process:
+    """The compose file's Redis command, on 127.0.0.1 and a free port, its /data in a folder here."""
+    argv = deployment.argv("redis")
+    assert Path(argv[0]).name == "redis-server"
+    argv = [redis_server_binary(), *argv[1:], "--port", str(deployment.redis_port), "--bind", "127.0.0.1"]
+    service = deployment.config["services"]["redis"]
+    return Process(argv, clean_env(**service["environment"]), deployment.root / "logs" / "redis.log",
+                   cwd=deployment.mounts("redis")["/data"]).start()
+
+
+def beat_available() -> bool:
+    return subprocess.run([IMGQ, "beat", "--help"], capture_output=True).returncode == 0
+
+
+@pytest.fixture
+def photos(tmp_path):
+    folder = tmp_path / "photos"
+    good = imagegen.write_formats(folder / "photos" / "a")
+    good += [imagegen.save(folder / "photos" / f"{i}.png", size=(64, 48), seed=i) for i in range(5)]
+    broken = {p: code for p, code in imagegen.write_broken(folder / "photos" / "broken").items() if p.exists()}
+    return folder, good, broken
+
+
+@pytest.mark.slow
+def test_compose_services_run_as_plain_processes_and_classify_a_folder(tmp_path, photos):
+    photos_dir, good, broken = photos
+    password = secrets.token_hex(16)
+    outside = imagegen.save(tmp_path / "outside.png", seed=9)  # not under /data: the worker must refuse it
+    env = {**read_dotenv(ENV_EXAMPLE), "REDIS_PASSWORD": password, "PHOTOS_DIR": str(photos_dir),
+           "REPORTS_DIR": str(tmp_path / "reports"), "IMGQ_WEIGHTS": "random", "IMGQ_BATCH_SIZE": "4",
+           "IMGQ_METRICS_PORT": str(free_port()), "IMGQ_LOG_FORMAT": "json", "IMGQ_HEARTBEAT_SECONDS": "1"}
+    config = interpolate(load_compose(), env)
+    validate(config)
+    deployment = PlainDeployment(config, tmp_path, free_port())
+    processes = []
+    try:
+        redis_process = start_redis_service(deployment)
+        processes.append(redis_process)
+        url = deployment.env("worker")["IMGQ_BROKER_URL"]
+        wait_for_redis(url, redis_process)
+        check_redis_service(deployment, url)
+
+        worker = deployment.start("worker")
+        processes.append(worker)
+        health = [sys.executable, "-m", "worker.health"]  # the Dockerfile's HEALTHCHECK
+        assert subprocess.run(health, env=deployment.env("worker"), capture_output=True).returncode == 1
+        settings = Settings.from_env(deployment.env("worker"))
+        store = ResultStore.from_settings(settings)
+        wait_for_workers(store, [worker])
+        checked = subprocess.run(health, env=deployment.env("worker"), capture_output=True, text=True)
+        assert checked.returncode == 0 and checked.stdout.startswith("healthy: alive: celery@"), checked.stdout
+
+        beat = deployment.start("beat") if beat_available() else None
+        processes += [beat] if beat else []
+
+        submitted = deployment.run("producer", "submit", "/data/photos", str(outside), "--wait")
+        assert submitted.returncode == 0, submitted.stderr
+        job = submitted.stdout.strip()
+        exported = deployment.run("producer", "results", job, "-o", "/reports/records.jsonl")
+        assert exported.returncode == 0, exported.stderr
+        records = [json.loads(line) for line in (tmp_path / "reports" / "records.jsonl").read_text().splitlines()]
+        check_records(records, good, broken, outside)
+
+        fleet = json.loads(deployment.run("producer", "status", "--workers", "--json").stdout)
+        assert [(w["pool"], w["concurrency"]) for w in fleet["workers"]] == [("threads", 4)]
+        assert fleet["jobs_in_flight"] == [] and fleet["queued_batches"] == 0
+        samples = scrape(int(env["IMGQ_METRICS_PORT"]))
+        assert samples["imgq_images_processed_total"] == len(records)
+
+        if beat:
+            assert beat.alive(), beat.output()[-3000:]
+    finally:
+        for process in reversed(processes):
+            process.stop()
+    check_logs(worker.output(), password)
+    if beat:
+        assert password not in beat.output()
+
+
+def check_redis_service(deployment: PlainDeployment, url: str) -> None:
+    """The compose file's Redis wants its password and keeps an append-only file; its health check passes."""
+    anonymous = redis.Redis(host="127.0.0.1", port=deployment.redis_port)
+    with pytest.raises(redis.AuthenticationError):
+        anonymous.ping()
+    assert redis.Redis.from_url(url).config_get("appendonly") == {"appendonly": "yes"}
+    healthcheck = deployment.config["services"]["redis"]["healthcheck"]["test"]
+    if shutil.which(healthcheck[1]):  # ["CMD", "redis-cli", "ping"], logging in with REDISCLI_AUTH
+        argv = [healthcheck[1], "-p", str(deployment.redis_port), *healthcheck[2:]]
+        answer = subprocess.run(argv, env=deployment.env("redis"), capture_output=True, text=True, timeout=10)
+        assert answer.stdout.strip() == "PONG", answer
+
+
+def check_records(records: list[dict], good: list[Path], broken: dict[Path, str], outside: Path) -> None:
+    assert [r["image"] for r in records] == list(range(len(good) + len(broken) + 1))
+    by_path = {r["path"]: r for r in records}
+    assert all(by_path[str(p)]["status"] == "ok" for p in good)
+    assert {p: by_path[str(p)]["error"]["code"] for p in broken} == broken
+    assert by_path[str(outside)]["error"]["code"] == "forbidden"  # IMGQ_ALLOWED_ROOTS=/data took effect
+
+
+def check_logs(output: str, password: str) -> None:
+    """--log-format json: Celery's log events are JSON lines (the task's id on task events); no password."""
+    assert password not in output
+    events = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    assert {"time", "level", "logger", "message"} <= set(events[0])
+    assert any(e["message"].endswith(" ready.") for e in events)
+    assert any(e.get("task_name") == "imgq.classify_batch" and e.get("task_id") for e in events)
+    # Lines that are not JSON: the worker's own "imgq worker: ..." start-up lines, and what Python and
+    # TensorFlow print before logging is set up. No Celery banner.
+    assert " -------------- " not in output and "[tasks]" not in output

@@ -1,0 +1,431 @@
+"""Schedules: parsing, the CLI (CliRunner) and ticks against a real Redis; then end to end with real beat
+processes and a real worker."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from imgq.contract import TASK_SCHEDULED_SCAN, ok_record
+from imgq.store import ResultStore
+from producer.cli import cli
+from producer.schedules import (
+    ScheduleBook,
+    ScheduleNotFound,
+    check_name,
+    format_seconds,
+    parse_cron,
+    parse_every,
+    tick,
+)
+from tests import imagegen
+
+# -- parsing ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("30s", 30), ("15m", 900), ("1h", 3600), ("1d", 86400),
+                                               (" 2s ", 2)])
+def test_intervals(text, seconds):
+    assert parse_every(text) == seconds
+    assert parse_every(format_seconds(seconds)) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "15", "0m", "-1m", "1.5h", "15 m", "1w", "m", "1h30m"])
+def test_bad_intervals(text):
+    with pytest.raises(ValueError, match="Expected an interval like 30s"):
+        parse_every(text)
+
+
+def test_cron_fields_are_minute_hour_day_month_weekday():
+    cron = parse_cron("5 4 1 2 mon")
+    assert (cron.minute, cron.hour, cron.day_of_month, cron.month_of_year, cron.day_of_week) == (
+        {5}, {4}, {1}, {2}, {1})
+    assert parse_cron("*/15 * * * *").minute == {0, 15, 30, 45}
+
+
+@pytest.mark.parametrize("text", ["* * * *", "* * * * * *", "61 * * * *", "* 25 * * *", "x * * * *",
+                                  "* * 0 * *"])
+def test_bad_cron(text):
+    with pytest.raises(ValueError, match="cron"):
+        parse_cron(text)
+
+
+@pytest.mark.parametrize(("name", "ok"), [("photos", True), ("a.b_c-1", True), ("a:b", False), ("", False),
+                                          ("a b", False), ("x" * 65, False), ("é", False)])
+def test_names(name, ok):
+    if ok:
+        assert check_name(name) == name
+    else:
+        with pytest.raises(ValueError, match="schedule name"):
+            check_name(name)
+
+
+# -- the CLI, and ticks without a worker ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def run(settings):
+    runner = CliRunner()
+
+    def invoke(*args):
+        return runner.invoke(cli, list(args), env=settings.as_env(), catch_exceptions=False)
+
+    return invoke
+
+
+@pytest.fixture
+def book(settings, store):
+    return ScheduleBook(store, settings)
+
+
+@pytest.fixture
+def photos(tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(5):
+        (folder / f"{i}.jpg").write_bytes(b"x" * (i + 1))
+    return folder
+
+
+def job_paths(store, job: str) -> list[str]:
+    return [path for message in store.iter_batches(job) for _, path in message["images"]]
+
+
+def classify(store, job: str, failing=()) -> None:
+    """Write the records a worker would (errors for the paths in ``failing``)."""
+    records = []
+    for message in store.iter_batches(job):
+        for image, path in message["images"]:
+            record = ok_record(job, image, path, [], weights="w")
+            if path in failing:
+                record = {**record, "status": "error", "error": {"code": "corrupt", "message": "?"}}
+            records.append(record)
+    store.mark_started(job)
+    store.record_results(job, records)
+
+
+def test_help(run):
+    for command in [["schedule"], *[["schedule", c] for c in ("add", "list", "show", "pause", "resume", "remove",
+                                                              "run")], ["beat"]]:
+        result = run(*command, "--help")
+        assert result.exit_code == 0 and "Usage: " in result.output
+
+
+def test_add_stores_a_beat_entry_and_a_definition(run, book, photos, settings):
+    result = run("schedule", "add", "photos", str(photos), "--every", "15m", "--top-k", "3", "--include", "*.jpg")
+    assert result.exit_code == 0, result.output
+    entry = book.beat_entry("photos")
+    assert (entry.task, entry.args, entry.enabled) == (TASK_SCHEDULED_SCAN, ["photos"], True)
+    assert entry.schedule.run_every == timedelta(minutes=15)
+    assert entry.options == {"queue": settings.namespace, "expires": 900}
+    assert entry.last_run_at is None  # an interval schedule fires at once
+    schedule = book.get("photos")
+    assert (schedule.paths, schedule.top_k, schedule.batch_size, schedule.includes) == (
+        (str(photos),), 3, settings.batch_size, ("*.jpg",))
+    assert schedule.max_retries == settings.scan_max_retries
+
+
+def test_a_cron_schedule_waits_for_its_time(run, book, photos):
+    assert run("schedule", "add", "nightly", str(photos), "--cron", "0 3 * * *").exit_code == 0
+    entry = book.beat_entry("nightly")
+    assert entry.schedule.hour == {3} and entry.schedule.minute == {0}
+    assert entry.last_run_at is not None and entry.is_due()[0] is False
+    assert book.get("nightly").when == "cron 0 3 * * * (UTC)"
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--every", "15m", "--cron", "0 * * * *"], "exactly one of --every and --cron"),
+    ([], "exactly one of --every and --cron"),
+    (["--every", "soon"], "Expected an interval like 30s"),
+    (["--cron", "0 * * *"], "Expected 5 cron fields"),
+])
+def test_add_usage_errors(run, photos, args, message, store, settings):
+    result = run("schedule", "add", "photos", str(photos), *args)
+    assert result.exit_code == 2 and message in result.output
+    assert store.redis.keys(f"{settings.namespace}:*") == []
+
+
+def test_add_refuses_a_bad_name_and_a_missing_path(run, photos):
+    assert run("schedule", "add", "a:b", str(photos), "--every", "1m").exit_code == 2
+    assert "does not exist" in run("schedule", "add", "a", "/no/such/folder", "--every", "1m").output
+
+
+def test_an_existing_name_is_refused_unless_replaced(run, book, photos):
+    run("schedule", "add", "photos", str(photos), "--every", "1h")
+    run("schedule", "run", "photos")
+    result = run("schedule", "add", "photos", str(photos), "--every", "5m")
+    assert result.exit_code == 1
+    assert result.output.strip() == "Error: Schedule 'photos' exists: remove it first, or give --replace."
+    assert run("schedule", "add", "photos", str(photos), "--every", "5m", "--replace").exit_code == 0
+    schedule = book.get("photos")
+    assert schedule.every == 300 and schedule.pending_job  # its job in flight and runs are kept
+    assert len(book.runs("photos")) == 1
+    assert book.beat_entry("photos").schedule.run_every == timedelta(minutes=5)
+
+
+def test_list_and_show(run, photos, store):
+    run("schedule", "add", "photos", str(photos), "--every", "15m")
+    run("schedule", "add", "nightly", str(photos), "--cron", "0 3 * * *", "--paused")
+    job = run("schedule", "run", "photos").stdout.strip()
+    table = run("schedule", "list").stdout.splitlines()
+    assert table[0].split()[:3] == ["NAME", "WHEN", "STATE"]
+    assert table[1].split()[:4] == ["photos", "every", "15m", "active"] and "submitted" in table[1]
+    assert table[2].split()[:3] == ["nightly", "cron", "0"] and "paused" in table[2]
+    listed = json.loads(run("schedule", "list", "--json").stdout)
+    assert [s["name"] for s in listed] == ["photos", "nightly"] and listed[0]["last_run"]["job"] == job
+
+    classify(store, job)
+    shown = json.loads(run("schedule", "show", "photos", "--json").stdout)
+    assert shown["runs"][0]["job_status"] == {"state": "done", "total": 5, "done": 5, "ok": 5, "failed": 0}
+    assert shown["runs"][0]["found"]["new"] == 5 and shown["next_run"] is not None
+    text = run("schedule", "show", "photos").stdout
+    assert "every 15m" in text and "0 known, 0 with errors, 5 in flight" in text
+    assert any(line.split()[2:5] == ["manual", "submitted", job] for line in text.splitlines())
+
+
+def test_unknown_schedules_are_one_line(run):
+    for command in ("show", "pause", "resume", "remove", "run"):
+        result = run("schedule", command, "nope")
+        assert result.exit_code == 1 and result.output.strip() == "Error: No schedule 'nope'."
+
+
+def test_a_job_per_tick_with_only_what_is_new_or_changed(run, photos, store, book):
+    run("schedule", "add", "photos", str(photos), "--every", "1h", "--batch-size", "2")
+    first = run("schedule", "run", "photos")
+    job = first.stdout.strip()
+    assert "Queued 5 images (5 new, 0 changed, 0 retried) in 3 batches." in first.stderr
+    status = store.status(job)
+    assert (status.name, status.total, status.params["schedule"], status.params["batch_size"]) == (
+        "photos", 5, "photos", 2)
+
+    # While the job runs, a tick submits nothing.
+    assert run("schedule", "run", "photos").stdout == ""
+    assert book.runs("photos")[0]["reason"] == f"job {job} still queued"
+
+    classify(store, job)
+    empty = run("schedule", "run", "photos")
+    assert empty.stdout == "" and "nothing new" in empty.stderr
+    last = book.runs("photos")[0]
+    assert last["outcome"] == "empty" and last["job"] is None
+    assert last["settled"] == {"ok": 5, "failed": 0, "given_up": 0, "unrecorded": 0}
+
+    for i in range(3):
+        (photos / f"new{i}.jpg").write_bytes(b"new")
+    (photos / "0.jpg").write_bytes(b"changed")
+    second = run("schedule", "run", "photos").stdout.strip()
+    assert sorted(job_paths(store, second)) == sorted(str(photos / n) for n in ["0.jpg", "new0.jpg", "new1.jpg",
+                                                                              "new2.jpg"])
+    assert book.runs("photos")[0]["found"] == {"new": 3, "changed": 1, "retried": 0, "unchanged": 4,
+                                              "given_up": 0, "vanished": 0}
+    assert [r["outcome"] for r in book.runs("photos")] == ["submitted", "empty", "skipped", "submitted"]
+
+
+def test_a_failing_file_is_retried_a_bounded_number_of_times(run, photos, store, book):
+    bad = str(photos / "3.jpg")
+    run("schedule", "add", "photos", str(photos), "--every", "1h", "--max-retries", "1")
+    classify(store, run("schedule", "run", "photos").stdout.strip(), failing={bad})
+    retry = run("schedule", "run", "photos").stdout.strip()
+    assert job_paths(store, retry) == [bad]
+    assert book.runs("photos")[0]["found"]["retried"] == 1
+    classify(store, retry, failing={bad})
+    assert run("schedule", "run", "photos").stdout == ""  # given up until the file changes
+    assert book.runs("photos")[0]["settled"]["given_up"] == 1
+
+
+def test_a_deleted_job_is_forgotten_and_its_files_submitted_again(run, photos, store):
+    run("schedule", "add", "photos", str(photos), "--every", "1h")
+    store.delete(run("schedule", "run", "photos").stdout.strip())
+    assert store.status(run("schedule", "run", "photos").stdout.strip()).total == 5
+
+
+def test_pause_and_resume(run, photos, book, settings, store):
+    run("schedule", "add", "photos", str(photos), "--every", "1h")
+    assert run("schedule", "pause", "photos").exit_code == 0
+    assert book.get("photos").paused and not book.beat_entry("photos").enabled
+    assert "paused" in run("schedule", "list").stdout
+    # A tick fired by beat just before the pause skips; `schedule run` runs a paused schedule all the same.
+    assert tick("photos", settings=settings, store=store)["reason"] == "paused"
+    assert run("schedule", "run", "photos").stdout.strip()
+    assert run("schedule", "resume", "photos").exit_code == 0
+    assert not book.get("photos").paused and book.beat_entry("photos").enabled
+
+
+def test_two_ticks_at_once_submit_once(run, photos, store, settings, book):
+    run("schedule", "add", "photos", str(photos), "--every", "1h")
+    lock = store.redis.lock(store.keys.schedule_lock("photos"), timeout=10)
+    assert lock.acquire(blocking=False)  # as if another tick were walking
+    try:
+        assert tick("photos", settings=settings, store=store)["outcome"] == "skipped"
+    finally:
+        lock.release()
+    assert store.list_jobs() == [] and book.runs("photos")[0]["reason"].startswith("another tick")
+
+
+def test_remove_forgets_everything_but_the_jobs(run, photos, store, settings):
+    run("schedule", "add", "photos", str(photos), "--every", "1h")
+    job = run("schedule", "run", "photos").stdout.strip()
+    classify(store, job)
+    run("schedule", "run", "photos")  # settles: the scan state now knows 5 files
+    assert run("schedule", "remove", "photos").exit_code == 0
+    left = {k for k in store.redis.keys(f"{settings.namespace}:*") if ":kombu:" not in k}
+    assert not [k for k in left if "schedule" in k or "scan:" in k or "redbeat" in k]
+    assert store.status(job).state == "done"
+    with pytest.raises(ScheduleNotFound):
+        tick("photos", settings=settings, store=store)  # a tick queued before the removal
+    assert run("schedule", "list").stderr.strip() == "No schedules yet."
+
+
+# -- end to end: real beats, a real worker ---------------------------------------------------------------------
+
+INTERVAL = 2  # seconds between ticks
+BEAT_ENV = {"IMGQ_BEAT_MAX_INTERVAL": "1", "IMGQ_BEAT_LOCK_TIMEOUT": "4"}
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"Timed out after {timeout} s waiting for {what}")
+
+
+@pytest.fixture
+def beats(worker_settings, tmp_path):
+    """Starts `imgq beat` processes on the worker's namespace; stops them (SIGTERM) at the end."""
+    started = []
+
+    def start() -> subprocess.Popen:
+        log = open(tmp_path / f"beat{len(started)}.log", "wb")  # noqa: SIM115  (closed with the process)
+        process = subprocess.Popen([sys.executable, "-m", "producer.cli", "beat", "--loglevel", "INFO"],
+                                   env={**os.environ, **worker_settings.as_env(), **BEAT_ENV},
+                                   stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        started.append((process, log))
+        return process
+
+    yield start
+    for process, log in started:
+        stop(process)
+        log.close()
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture
+def scheduled(worker_settings):
+    """Add a schedule in the worker's namespace (CliRunner); removed at the end, so no later beat fires it."""
+    names = []
+
+    def add(name: str, *args: str):
+        result = CliRunner().invoke(cli, ["schedule", "add", name, *args], env=worker_settings.as_env(),
+                                    catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        names.append(name)
+
+    yield add
+    book = ScheduleBook(ResultStore.from_settings(worker_settings), worker_settings)
+    for name in names:
+        book.remove(name)
+
+
+def cli_in(settings, *args):
+    result = CliRunner().invoke(cli, list(args), env=settings.as_env(), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+@pytest.mark.slow
+def test_beat_ticks_classify_only_new_and_changed_images(live_worker, worker_settings, beats, scheduled, tmp_path):
+    store = ResultStore.from_settings(worker_settings)
+    book = ScheduleBook(store, worker_settings)
+    folder = tmp_path / "uploads"
+    folder.mkdir()
+    for i in range(6):
+        imagegen.save(folder / f"{i}.png", size=(64, 64), seed=i)
+    scheduled("uploads", str(folder), "--every", f"{INTERVAL}s")
+    beats()
+
+    def first_with(outcome: str, since: float):
+        return next((r for r in reversed(book.runs("uploads")) if r["outcome"] == outcome and r["at"] > since),
+                    None)
+
+    first = wait_for(lambda: first_with("submitted", 0), 60, "the first tick's job")
+    done = wait_for(lambda: store.status(first["job"]).finished and store.status(first["job"]), 90, "the first job")
+    assert (done.total, done.ok, done.name, done.params["schedule"]) == (6, 6, "uploads", "uploads")
+
+    # The next tick after the job finished has nothing new: no job, an empty run recorded as such.
+    empty = wait_for(lambda: first_with("empty", done.finished_at), 30, "an empty tick")
+    assert empty["settled"]["ok"] == 6 and empty["job"] is None
+
+    # Pause (and let a tick in progress end) while the folder changes, so that one tick sees all changes.
+    cli_in(worker_settings, "schedule", "pause", "uploads")
+    wait_for(lambda: not store.redis.exists(store.keys.schedule_lock("uploads")), 30, "the tick in progress")
+    for i in range(6, 9):
+        imagegen.save(folder / f"{i}.png", size=(64, 64), seed=i)
+    touched = folder / "0.png"
+    imagegen.save(touched, size=(80, 80), seed=0)
+    os.utime(touched, (time.time() + 5, time.time() + 5))
+    resumed = time.time()
+    cli_in(worker_settings, "schedule", "resume", "uploads")
+
+    second = wait_for(lambda: first_with("submitted", resumed), 30, "the tick after the changes")
+    assert second["found"]["new"] == 3 and second["found"]["changed"] == 1
+    done = wait_for(lambda: store.status(second["job"]).finished and store.status(second["job"]), 60, "the job")
+    assert (done.total, done.ok) == (4, 4)
+    assert sorted(r["path"] for r in store.iter_results(second["job"])) == sorted(
+        str(folder / f"{i}.png") for i in (0, 6, 7, 8))
+    jobs = [s.id for s in store.list_jobs(100) if s.params.get("schedule") == "uploads"]
+    assert sorted(jobs) == sorted([first["job"], second["job"]])  # every other tick submitted nothing
+
+
+def lock_holder(processes: list[subprocess.Popen], tmp_path: Path) -> int:
+    """Index of the beat whose log says it holds the lock."""
+    holders = [i for i in range(len(processes)) if "Acquired lock" in (tmp_path / f"beat{i}.log").read_text()]
+    return holders[0] if len(holders) == 1 else -1
+
+
+@pytest.mark.slow
+def test_two_beats_fire_each_tick_once(live_worker, worker_settings, beats, scheduled, tmp_path):
+    store = ResultStore.from_settings(worker_settings)
+    book = ScheduleBook(store, worker_settings)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    scheduled("twice", str(empty), "--every", f"{INTERVAL}s")
+    processes = [beats(), beats()]
+    wait_for(lambda: lock_holder(processes, tmp_path) >= 0, 30, "a beat holding the lock")
+    holder = lock_holder(processes, tmp_path)
+    wait_for(lambda: book.runs("twice"), 30, "the first tick")
+    time.sleep(4 * INTERVAL)
+
+    # The holder dies without releasing its lock: the other beat takes over once the lock has expired.
+    processes[holder].send_signal(signal.SIGKILL)
+    processes[holder].wait()
+    killed_at = time.time()
+    wait_for(lambda: any(r["at"] > killed_at + 1 for r in book.runs("twice")), 30, "a tick from the standby beat")
+    time.sleep(2 * INTERVAL)
+    stop(processes[1 - holder])
+    sent = sum((tmp_path / f"beat{i}.log").read_text().count("Sending due task twice") for i in range(2))
+    wait_for(lambda: len(book.runs("twice")) >= sent, 30, "the worker to run every tick sent")
+
+    runs = list(reversed(book.runs("twice")))
+    assert len(runs) == sent >= 5  # every tick sent ran once
+    assert {r["outcome"] for r in runs} == {"empty"}  # no tick met another one running
+    gaps = [b["at"] - a["at"] for a, b in zip(runs, runs[1:], strict=False)]
+    assert min(gaps) > INTERVAL / 2, gaps  # each tick fired once, not once per beat
+    assert "Acquired lock" in (tmp_path / f"beat{1 - holder}.log").read_text()
