@@ -38,6 +38,7 @@ ERROR_CODES = {
 
 
 JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+KNOWN_MODES = ("", "skip", "refresh")
 
 
 class MessageError(ValueError):
@@ -58,6 +59,9 @@ class BatchMessage:
     top_k: int
     activations: tuple[str, ...] = ()
     activations_dtype: str = "float16"
+    known: str = ""
+    # The content-hash index of images already classified (imgq/known.py): "" leaves it alone, "skip"
+    # answers known images from it without a forward pass, "refresh" recomputes them and updates it.
 
     def to_dict(self) -> dict:
         data = {
@@ -69,6 +73,8 @@ class BatchMessage:
         }
         if self.activations:
             data.update(activations=list(self.activations), activations_dtype=self.activations_dtype)
+        if self.known:
+            data["known"] = self.known
         return data
 
     @classmethod
@@ -80,13 +86,16 @@ class BatchMessage:
             images = tuple((int(image), str(path)) for image, path in data["images"])
             message = cls(job=str(data["job"]), batch=int(data["batch"]), images=images, top_k=int(data["top_k"]),
                           activations=tuple(str(name) for name in data.get("activations", ())),
-                          activations_dtype=str(data.get("activations_dtype", "float16")))
+                          activations_dtype=str(data.get("activations_dtype", "float16")),
+                          known=str(data.get("known", "")))
         except (KeyError, TypeError, ValueError) as exc:
             raise MessageError(f"Malformed batch message ({exc}). Received: {data!r:.200}") from None
         # The job id names a folder of activation dumps: it must never be a path.
-        if not JOB_ID.fullmatch(message.job) or message.activations_dtype not in ("float16", "float32"):
-            raise MessageError(f"Expected a job id of letters and digits and a float16/float32 dump dtype. "
-                               f"Received: {message.job!r}, {message.activations_dtype!r}")
+        if (not JOB_ID.fullmatch(message.job) or message.activations_dtype not in ("float16", "float32")
+                or message.known not in KNOWN_MODES):
+            raise MessageError(f"Expected a job id of letters and digits, a float16/float32 dump dtype and a known "
+                               f"mode in {KNOWN_MODES}. Received: {message.job!r}, {message.activations_dtype!r}, "
+                               f"{message.known!r}")
         return message
 
 
@@ -152,6 +161,11 @@ class Keys:
         """Hash: image id -> worker id, set while a batch in isolation decodes that image. Still there after
         a delivery, it names the image that killed the worker."""
         return f"{self.ns}:suspects:{job}"
+
+    def known(self, model: str, top_k: int) -> str:
+        """Hash: content digest of an image -> its packed top-k (or a claim while it is computed), for one
+        model (weights and precision) and one k: imgq/known.py."""
+        return f"{self.ns}:known:{model}:{top_k}"
 
     @property
     def reconcile_lock(self) -> str:

@@ -117,16 +117,20 @@ def selected_images(paths, recursive, includes, from_file):
 
 @cli.command()
 @submit_options
+@click.option("--skip-known", "known", flag_value="skip", default="",
+              help="Answer images already classified (same content, weights and top-k) from the content-hash "
+                   "index, without a forward pass; copies within the job are classified once.")
+@click.option("--force", "known", flag_value="refresh", help="Classify known images again and refresh the index.")
 @click.option("--wait", "wait_", is_flag=True, help="Show progress until the job completes.")
 @click.pass_context
-def submit(ctx, paths, recursive, includes, from_file, top_k, batch_size, name, wait_):
+def submit(ctx, paths, recursive, includes, from_file, top_k, batch_size, name, known, wait_):
     """Queue the images under PATH... as one job and print its id (only the id, on stdout)."""
     settings = with_overrides(ctx, top_k=top_k, batch_size=batch_size)
     images = selected_images(paths, recursive, includes, from_file)
     store = ResultStore.from_settings(settings)
     store.ping()
     enqueue.check_broker(settings)
-    submitted = enqueue.submit(images, settings=settings, store=store, name=name)
+    submitted = enqueue.submit(images, settings=settings, store=store, name=name, known=known)
     click.echo(submitted.job)
     click.echo(f"Queued {submitted.total} images in {submitted.batches} batches.", err=True)
     if wait_:

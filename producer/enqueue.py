@@ -96,7 +96,7 @@ def read_path_list(lines: Iterable[str]) -> Iterator[str]:
 
 
 def batches(images: Iterable[str], job: str, batch_size: int, top_k: int, activations: tuple[str, ...] = (),
-            activations_dtype: str = "float16") -> Iterator[BatchMessage]:
+            activations_dtype: str = "float16", known: str = "") -> Iterator[BatchMessage]:
     """Cut ``images`` into batch messages; image ids count from 0 in submission order."""
     iterator = iter(images)
     image_id = 0
@@ -107,7 +107,7 @@ def batches(images: Iterable[str], job: str, batch_size: int, top_k: int, activa
         items = tuple(enumerate(chunk, start=image_id))
         image_id += len(chunk)
         yield BatchMessage(job=job, batch=number, images=items, top_k=top_k, activations=activations,
-                           activations_dtype=activations_dtype)
+                           activations_dtype=activations_dtype, known=known)
 
 
 @dataclass(frozen=True)
@@ -123,17 +123,18 @@ def new_job_id() -> str:
 
 def submit(images: Iterable[str], *, settings: Settings, store: ResultStore, name: str = "",
            top_k: int | None = None, batch_size: int | None = None, params: dict | None = None,
-           activations: tuple[str, ...] = (), activations_dtype: str = "float16") -> Submitted:
+           activations: tuple[str, ...] = (), activations_dtype: str = "float16", known: str = "") -> Submitted:
     """Queue ``images`` as one job. Raises EmptySelection, or redis/kombu errors when Redis is down.
 
     ``activations``: layer names (checked with imgq.layers.check_layers) to dump for every image.
+    ``known``: "skip" or "refresh" to use the content-hash index (imgq/known.py), "" to leave it alone.
     """
     top_k = top_k or settings.top_k
     batch_size = batch_size or settings.batch_size
     job = new_job_id()
     total = n_batches = 0
     pending: list[dict] = []
-    for message in batches(images, job, batch_size, top_k, activations, activations_dtype):
+    for message in batches(images, job, batch_size, top_k, activations, activations_dtype, known):
         pending.append(message.to_dict())
         total += len(message.images)
         n_batches += 1
@@ -147,6 +148,6 @@ def submit(images: Iterable[str], *, settings: Settings, store: ResultStore, nam
     store.commit_job(job, name=name or job, total=total, batches=n_batches,
                      params={"top_k": top_k, "batch_size": batch_size, **(params or {}),
                              **({"activations": list(activations), "activations_dtype": activations_dtype}
-                                if activations else {})})
+                                if activations else {}), **({"known": known} if known else {})})
     publish(store.iter_batches(job), settings)
     return Submitted(job, total, n_batches)

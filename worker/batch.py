@@ -15,6 +15,7 @@ import redis
 from imgq.contract import MODEL_NAME, BatchMessage, error_record, ok_record
 from imgq.settings import Settings
 from worker.dumps import write_dump
+from worker.known_batch import classify_with_index
 from worker.labels import top_k
 from worker.preprocess import TARGET_SIZE, ImageError, load_pixels, to_model_input
 
@@ -83,7 +84,11 @@ def _run(message: BatchMessage, runtime: Runtime, worker: str, attempts: int) ->
         isolate = attempts > runtime.settings.max_deliveries
         if isolate:
             log.warning("Batch %d of job %s: delivery %d, decoding one image at a time", message.batch, job, attempts)
-        records = _classify(message, todo, runtime, worker, isolate)
+        if message.known:
+            records = classify_with_index(message, todo, runtime, worker,
+                                          lambda items: _classify(message, items, runtime, worker, isolate))
+        else:
+            records = _classify(message, todo, runtime, worker, isolate)
         _until_redis_answers(lambda: store.record_results(job, records))
         return records
     finally:
@@ -112,6 +117,8 @@ def _until_redis_answers(write, patience: float = REDIS_PATIENCE_SECONDS):
 
 def _classify(message: BatchMessage, todo: list[tuple[int, str]], runtime: Runtime, worker: str,
               isolate: bool) -> list[dict]:
+    if not todo:
+        return []
     gatherer = runtime.gatherer
     with gatherer.decoding():
         if isolate:

@@ -20,6 +20,9 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -84,19 +87,19 @@ def load_pixels(path: str, *, allowed_roots: tuple[str, ...] = (), max_pixels: i
 
     Raises ImageError with code forbidden, missing, unreadable, not_an_image, too_large or corrupt.
     """
+    with checked_file(path, allowed_roots) as file:
+        return decode_pixels(file, max_pixels=max_pixels, jpeg_draft=jpeg_draft)
+
+
+@contextmanager
+def checked_file(path: str, allowed_roots: tuple[str, ...] = ()) -> Iterator[BinaryIO]:
+    """``path`` opened for reading once it is known to be an allowed, non-empty regular file.
+
+    Raises ImageError with code forbidden, missing, unreadable or not_an_image.
+    """
     real = check_allowed(path, allowed_roots)
     try:
-        with open(real, "rb", opener=_open_nonblocking) as file:
-            info = os.fstat(file.fileno())
-            if not stat.S_ISREG(info.st_mode):
-                raise ImageError("unreadable", "not a regular file (a pipe, socket or device)")
-            if info.st_size == 0:
-                raise ImageError("not_an_image", "empty file (0 bytes)")
-            with _open_image(file) as image:
-                _check_size(image, max_pixels)
-                if jpeg_draft and image.format == "JPEG":
-                    image.draft(image.mode, (TARGET_SIZE[1], TARGET_SIZE[0]))
-                return _to_pixels(image)
+        file = open(real, "rb", opener=_open_nonblocking)  # noqa: SIM115 (closed by the with below)
     except FileNotFoundError:
         raise ImageError("missing", "no such file") from None
     except IsADirectoryError:
@@ -104,8 +107,29 @@ def load_pixels(path: str, *, allowed_roots: tuple[str, ...] = (), max_pixels: i
     except PermissionError:
         raise ImageError("unreadable", "permission denied") from None
     except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise ImageError("unreadable", "symlink loop") from None
+        reason = "symlink loop" if exc.errno == errno.ELOOP else _one_line(exc)
+        raise ImageError("unreadable", reason) from None
+    with file:
+        info = os.fstat(file.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise ImageError("unreadable", "not a regular file (a pipe, socket or device)")
+        if info.st_size == 0:
+            raise ImageError("not_an_image", "empty file (0 bytes)")
+        yield file
+
+
+def decode_pixels(file: BinaryIO, *, max_pixels: int = 89_478_485, jpeg_draft: bool = False) -> np.ndarray:
+    """The (224, 224, 3) uint8 RGB pixels of the image in ``file`` (see ``load_pixels``).
+
+    Raises ImageError with code not_an_image, too_large or corrupt.
+    """
+    try:
+        with _open_image(file) as image:
+            _check_size(image, max_pixels)
+            if jpeg_draft and image.format == "JPEG":
+                image.draft(image.mode, (TARGET_SIZE[1], TARGET_SIZE[0]))
+            return _to_pixels(image)
+    except OSError as exc:  # Pillow's "image file is truncated" and kin
         raise ImageError("corrupt", _one_line(exc)) from None
 
 

@@ -17,6 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import redis
+
 from imgq.deliveries import Deliveries
 from imgq.settings import Settings
 from imgq.store import ResultStore
@@ -43,6 +45,7 @@ class Runtime:
     deliveries: Deliveries
     pool: ThreadPoolExecutor
     worker_id: str
+    binary_redis: redis.Redis  # the results store's Redis, returning bytes: for packed values (imgq/known.py)
     started_at: float = field(default_factory=time.time)
     images_done: int = 0
     _count_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -123,7 +126,8 @@ def _build(settings: Settings, hostname: str) -> Runtime:
     runtime = Runtime(settings, classifier, Gatherer(classifier, settings.batch_size), store,
                       Deliveries(store.redis, store.keys),
                       ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="imgq-decode"),
-                      worker_id=f"{hostname}:{os.getpid()}")
+                      worker_id=f"{hostname}:{os.getpid()}",
+                      binary_redis=redis.Redis.from_url(settings.effective_results_url, socket_connect_timeout=5))
     threading.Thread(target=_beat, args=(runtime, hostname), name="imgq-heartbeat", daemon=True).start()
     threading.Thread(target=reconcile_forever, args=(runtime,), name="imgq-reconcile", daemon=True).start()
     return runtime

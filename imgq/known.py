@@ -1,0 +1,99 @@
+"""The content-hash index: images already classified, so that the same picture is paid for once.
+
+For one model (weights and precision) and one k, a Redis hash maps a 16-byte digest of the file's bytes to
+its top-k, packed as "R" + k x (class index uint16, score float32): about 90 bytes per known image with k = 5
+(tests/test_known.py measures it). While a worker computes an image, the field holds a claim instead, so
+that copies of it in other batches, in this worker or another, wait for the result rather than recompute.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+import time
+
+import redis
+
+from imgq.contract import Keys
+
+DIGEST_BYTES = 16
+RESULT, CLAIM = b"R", b"C"  # the first byte tells a result from a claim
+# A claim older than this is taken to belong to a worker that died: the image is computed again.
+CLAIM_SECONDS = 120.0
+
+
+def file_digest(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=DIGEST_BYTES).digest()
+
+
+def model_tag(weights_id: str, precision: str) -> str:
+    """A short, key-safe name for the model whose results an index holds."""
+    return hashlib.sha1(f"{weights_id}|{precision}".encode()).hexdigest()[:12]
+
+
+def pack(top: list[tuple[int, float]]) -> bytes:
+    return RESULT + b"".join(struct.pack("<Hf", index, score) for index, score in top)
+
+
+def unpack(value: bytes) -> list[tuple[int, float]]:
+    return [struct.unpack_from("<Hf", value, offset) for offset in range(len(RESULT), len(value), 6)]
+
+
+def _claim() -> bytes:
+    return CLAIM + struct.pack("<d", time.time())
+
+
+class KnownImages:
+    def __init__(self, client: redis.Redis, keys: Keys, weights_id: str, precision: str, top_k: int):
+        self.redis = client
+        self.key = keys.known(model_tag(weights_id, precision), top_k)
+
+    def lookup(self, digests: list[bytes]) -> dict[bytes, list[tuple[int, float]]]:
+        """The known top-k of those of ``digests`` that have one (claims are not results)."""
+        values = self.redis.hmget(self.key, digests) if digests else []
+        return {d: unpack(v) for d, v in zip(digests, values, strict=True) if v and not v.startswith(CLAIM)}
+
+    def claim(self, digests: list[bytes], replace_results: bool = False) -> set[bytes]:
+        """Claim the computing of ``digests``; returns those this caller got (the others are someone's).
+
+        A claim older than CLAIM_SECONDS is taken over; so is a result when ``replace_results`` (--force).
+        """
+        pipe = self.redis.pipeline(transaction=False)
+        for digest in digests:
+            pipe.hsetnx(self.key, digest, _claim())
+        claimed = {d for d, won in zip(digests, pipe.execute(), strict=True) if won}
+        return claimed | self._take_over(set(digests) - claimed, replace_results)
+
+    def _take_over(self, digests: set[bytes], replace_results: bool) -> set[bytes]:
+        taken = set()
+        for digest in digests:
+            value = self.redis.hget(self.key, digest)
+            is_claim = value is not None and value.startswith(CLAIM)
+            stale = is_claim and time.time() - struct.unpack("<d", value[1:])[0] > CLAIM_SECONDS
+            if value is None or stale or (replace_results and not is_claim):
+                self.redis.hset(self.key, digest, _claim())
+                taken.add(digest)
+        return taken
+
+    def remember(self, results: dict[bytes, list[tuple[int, float]]]) -> None:
+        if results:
+            self.redis.hset(self.key, mapping={d: pack(top) for d, top in results.items()})
+
+    def release(self, digests: list[bytes]) -> None:
+        """Drop claims whose image could not be classified (the next one to try may succeed)."""
+        if digests:
+            self.redis.hdel(self.key, *digests)
+
+    def wait_for(self, digests: set[bytes], timeout: float) -> dict[bytes, list[tuple[int, float]]]:
+        """Results of images others are computing, as they arrive, for up to ``timeout`` seconds. Stops
+        waiting for an image whose claim was released (it failed there): the caller computes it."""
+        found: dict[bytes, list[tuple[int, float]]] = {}
+        pending = list(digests)
+        deadline = time.monotonic() + timeout
+        while pending and time.monotonic() < deadline:
+            values = self.redis.hmget(self.key, pending)
+            found.update({d: unpack(v) for d, v in zip(pending, values, strict=True) if v and v.startswith(RESULT)})
+            pending = [d for d, v in zip(pending, values, strict=True) if v and v.startswith(CLAIM)]
+            if pending:
+                time.sleep(0.1)
+        return found

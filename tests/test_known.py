@@ -1,0 +1,87 @@
+"""The content-hash index (imgq/known.py) against a real Redis, and --skip-known end to end."""
+
+import os
+import shutil
+
+import pytest
+import redis
+from click.testing import CliRunner
+
+from imgq.contract import Keys
+from imgq.known import CLAIM, KnownImages, file_digest, pack, unpack
+from imgq.store import ResultStore
+from producer.cli import cli
+from tests import imagegen
+
+
+@pytest.fixture
+def index(settings):
+    client = redis.Redis.from_url(settings.broker_url)
+    return KnownImages(client, Keys(settings.namespace), "random:0", "fp32", 5)
+
+
+def test_pack_round_trips_and_never_looks_like_a_claim():
+    top = [(67, 0.5), (0, 0.25), (999, 0.125)]  # class 67 packs to 0x43, the claim marker's byte
+    assert unpack(pack(top)) == top and not pack(top).startswith(CLAIM)
+
+
+def test_memory_per_known_image_is_under_200_bytes(index):
+    n = 2000
+    index.remember({file_digest(str(i).encode()): [(i % 1000, 0.5)] * 5 for i in range(n)})
+    per_image = index.redis.memory_usage(index.key, samples=0) / n
+    assert per_image < 200, per_image
+    print(f"known-image index: {per_image:.0f} bytes per image")
+
+
+def test_claims_are_exclusive_and_results_are_shared(index, settings):
+    other = KnownImages(redis.Redis.from_url(settings.broker_url), Keys(settings.namespace), "random:0", "fp32", 5)
+    a, b = file_digest(b"a"), file_digest(b"b")
+    assert index.claim([a, b]) == {a, b}
+    assert other.claim([a, b]) == set()  # being computed elsewhere
+    assert index.lookup([a, b]) == {}  # claims are not results
+    index.remember({a: [(1, 0.5)]})
+    assert other.wait_for({a}, timeout=1) == {a: [(1, 0.5)]}
+    index.release([b])
+    assert other.claim([b]) == {b}
+    assert other.claim([a]) == set() and other.claim([a], replace_results=True) == {a}  # --force
+
+
+def test_a_stale_claim_is_taken_over(index, monkeypatch):
+    digest = file_digest(b"x")
+    index.claim([digest])
+    monkeypatch.setattr("imgq.known.CLAIM_SECONDS", -1.0)
+    assert index.claim([digest]) == {digest}
+
+
+@pytest.mark.slow
+def test_skip_known_classifies_each_distinct_picture_once(live_worker, worker_settings, tmp_path):
+    folder = tmp_path / "copies"
+    folder.mkdir()
+    for seed in range(3):
+        original = imagegen.save(folder / f"pic{seed}-0.png", seed=100 + seed)
+        for copy in range(1, 4):
+            shutil.copy(original, folder / f"pic{seed}-{copy}.png")
+    (folder / "broken-0.jpg").write_bytes(b"\xff\xd8 broken")
+    shutil.copy(folder / "broken-0.jpg", folder / "broken-1.jpg")
+
+    def run(*flags):
+        result = CliRunner().invoke(cli, ["submit", str(folder), "--batch-size", "4", "--wait", *flags],
+                                    env=worker_settings.as_env(), catch_exceptions=False)
+        records = list(ResultStore.from_settings(worker_settings).iter_results(result.stdout.strip()))
+        assert len(records) == 14
+        return records
+
+    first = run("--skip-known")
+    computed = [r for r in first if r["status"] == "ok" and not r.get("known")]
+    assert len(computed) == 3  # one forward pass per distinct picture, whatever the batches
+    labels = {os.path.basename(r["path"]).split("-")[0]: set() for r in first}
+    for r in first:
+        labels[os.path.basename(r["path"]).split("-")[0]].add(str(r["top_k"]) if r["status"] == "ok" else "error")
+    assert all(len(v) == 1 for v in labels.values())  # copies carry the same result
+    assert [r["error"]["code"] for r in first if r["status"] == "error"] == ["not_an_image"] * 2
+
+    second = run("--skip-known")
+    assert [r.get("known", False) for r in second if r["status"] == "ok"] == [True] * 12  # no forward pass
+
+    forced = run("--force")
+    assert sum(1 for r in forced if r["status"] == "ok" and not r.get("known")) == 3  # recomputed, once each
