@@ -20,6 +20,7 @@ DIGEST_BYTES = 16
 RESULT, CLAIM = b"R", b"C"  # the first byte tells a result from a claim
 # A claim older than this is taken to belong to a worker that died: the image is computed again.
 CLAIM_SECONDS = 120.0
+REFRESH_MEMORY_SECONDS = 24 * 3600  # how long a --force job remembers which digests it already refreshed
 
 
 def file_digest(data: bytes) -> bytes:
@@ -53,27 +54,35 @@ class KnownImages:
         values = self.redis.hmget(self.key, digests) if digests else []
         return {d: unpack(v) for d, v in zip(digests, values, strict=True) if v and not v.startswith(CLAIM)}
 
-    def claim(self, digests: list[bytes], replace_results: bool = False) -> set[bytes]:
+    def claim(self, digests: list[bytes], refresh_for: str | None = None) -> set[bytes]:
         """Claim the computing of ``digests``; returns those this caller got (the others are someone's).
 
-        A claim older than CLAIM_SECONDS is taken over; so is a result when ``replace_results`` (--force).
+        A claim older than CLAIM_SECONDS is taken over. ``refresh_for`` (--force, a job id): a result is
+        taken over too, once per job, so that copies in the job's other batches use the new one.
         """
         pipe = self.redis.pipeline(transaction=False)
         for digest in digests:
             pipe.hsetnx(self.key, digest, _claim())
         claimed = {d for d, won in zip(digests, pipe.execute(), strict=True) if won}
-        return claimed | self._take_over(set(digests) - claimed, replace_results)
+        return claimed | self._take_over(set(digests) - claimed, refresh_for)
 
-    def _take_over(self, digests: set[bytes], replace_results: bool) -> set[bytes]:
+    def _take_over(self, digests: set[bytes], refresh_for: str | None) -> set[bytes]:
         taken = set()
         for digest in digests:
             value = self.redis.hget(self.key, digest)
             is_claim = value is not None and value.startswith(CLAIM)
             stale = is_claim and time.time() - struct.unpack("<d", value[1:])[0] > CLAIM_SECONDS
-            if value is None or stale or (replace_results and not is_claim):
+            if value is None or stale or (refresh_for and not is_claim and self._first_refresh(refresh_for, digest)):
                 self.redis.hset(self.key, digest, _claim())
                 taken.add(digest)
         return taken
+
+    def _first_refresh(self, job: str, digest: bytes) -> bool:
+        key = f"{self.key}:refreshed:{job}"
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.sadd(key, digest)
+        pipe.expire(key, REFRESH_MEMORY_SECONDS)
+        return bool(pipe.execute()[0])
 
     def remember(self, results: dict[bytes, list[tuple[int, float]]]) -> None:
         if results:

@@ -155,6 +155,19 @@ def test_env_example_documents_every_setting_and_compose_variable():
     assert variables_read(COMPOSE.read_text()) - documented == set()
 
 
+def test_every_setting_set_in_dotenv_reaches_every_service():
+    """A setting in .env reaches the services: the compose file passes each one on, except those it fixes."""
+    env = {**read_dotenv(ENV_EXAMPLE), "REDIS_PASSWORD": "pw"}
+    fixed = {"IMGQ_BROKER_URL", "IMGQ_ALLOWED_ROOTS", "IMGQ_STATE_DIR", "IMGQ_DUMP_ROOT"}
+    assignable = {name for name in env if name.startswith("IMGQ_")}
+    assert assignable == {env_var(f.name) for f in dataclasses.fields(Settings)} - fixed
+    for name in assignable:
+        config = interpolate(load_compose(), {**env, name: "SENTINEL"})
+        services = ("worker",) if name == "IMGQ_METRICS_PORT" else ("worker", "beat", "producer")
+        for service in services:
+            assert config["services"][service]["environment"][name] == "SENTINEL", (service, name)
+
+
 def test_dockerfile_slim_non_root_health_checked_weights_build_arg():
     text = DOCKERFILE.read_text()
     assert re.search(r"^FROM python:3\.\d+-slim\b", text, flags=re.MULTILINE)

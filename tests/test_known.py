@@ -43,7 +43,10 @@ def test_claims_are_exclusive_and_results_are_shared(index, settings):
     assert other.wait_for({a}, timeout=1) == {a: [(1, 0.5)]}
     index.release([b])
     assert other.claim([b]) == {b}
-    assert other.claim([a]) == set() and other.claim([a], replace_results=True) == {a}  # --force
+    assert other.claim([a]) == set()
+    assert other.claim([a], refresh_for="job1") == {a}  # --force: once per job
+    index.remember({a: [(2, 0.5)]})
+    assert other.claim([a], refresh_for="job1") == set()
 
 
 def test_a_stale_claim_is_taken_over(index, monkeypatch):

@@ -164,7 +164,11 @@ class Network:
         return ("ip", "netns", "exec", self.ns[host])
 
     def destroy(self) -> None:
-        for ns in self.ns.values():  # deleting a namespace deletes its veth ends, and so their peers here
+        # Delete the links first: a namespace outlives its name while the kernel still holds a socket of it
+        # (a connection that was cut keeps retrying), and its veth would stay with it, this host's end included.
+        for _, _, far in self.links.values():
+            run_ip("-n", self.ns["redis"], "link", "del", far)
+        for ns in self.ns.values():
             run_ip("netns", "del", ns)
 
     @staticmethod

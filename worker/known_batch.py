@@ -34,7 +34,7 @@ def classify_with_index(message: BatchMessage, todo: list[tuple[int, str]], runt
             leaders.setdefault(digest, item)
     known = index.lookup(list(leaders)) if message.known == "skip" else {}
     wanted = [d for d in leaders if d not in known]
-    mine = index.claim(wanted, replace_results=message.known == "refresh")
+    mine = index.claim(wanted, refresh_for=message.job if message.known == "refresh" else None)
     unhashed = [item for item, digest in digests.items() if digest is None]  # errors: the ordinary path says which
     computed = {r["image"]: r for r in classify([leaders[d] for d in wanted if d in mine] + unhashed)}
     _remember(index, {d: computed[leaders[d][0]] for d in wanted if d in mine})

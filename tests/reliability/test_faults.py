@@ -44,15 +44,17 @@ def test_an_image_that_kills_every_worker_ends_as_worker_crashed(fast_settings, 
     store = ResultStore.from_settings(fast_settings)
     restarts = 0
     while store.status(job).processed < len(paths):  # a supervisor: restart the worker each time it dies
-        assert restarts <= 4, "no endless loop: the poison image must be isolated after a few deliveries"
+        assert restarts <= 5, "no endless loop: the poison image must be isolated after a few deliveries"
         worker = start_worker(IMGQ_TEST_CRASH_ON="poison-")
         wait_until(lambda w=worker: w.process.poll() is not None or store.status(job).processed == len(paths),
-                   120, "the worker to die or the job to complete")
+                   180, "the worker to die or the job to complete")
         restarts += worker.process.poll() is not None
     records = assert_exactly_one_record_each(fast_settings, job, paths)
     assert records[5]["status"] == "error" and records[5]["error"]["code"] == "worker_crashed"
     assert [r["status"] for r in records[:5] + records[6:]] == ["ok"] * 9
-    assert 1 <= restarts <= 3
+    # Two deaths in the ideal case (the batch, then the image alone); a busy machine may add one when a
+    # heartbeat comes late and a live worker's batch is delivered again.
+    assert 1 <= restarts <= 4
 
 
 def test_sigterm_finishes_the_batches_in_hand(fast_settings, start_worker, tmp_path):
