@@ -19,6 +19,9 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 
 install: $(VENV)/.installed-worker
 install-test: $(VENV)/.installed-test
+	@# tests/test_report.py opens `imgq report` in Debian's chromium (headless); as root, install it when missing.
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+		apt-get install -y -qq chromium >/dev/null; } || echo "chromium not installed: the browser test will be skipped"
 
 ## make classify DIR=<folder>: classify every image under the folder on this machine
 classify: install

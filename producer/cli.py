@@ -15,9 +15,11 @@ import time
 import click
 import redis
 
+from imgq.layers import UnknownLayer, check_layers
 from imgq.settings import Settings, env_var, mask_url
 from imgq.store import JobNotFound, JobStatus, ResultStore
 from producer import enqueue
+from producer.dumps import DumpError, estimate_bytes, format_bytes, size_guard
 from producer.export import FORMATS, output, writer_for
 from producer.local import LocalServiceError
 
@@ -32,7 +34,7 @@ class CliGroup(click.Group):
             raise click.ClickException(f"Cannot reach Redis at {_url(ctx)}: {_first_line(exc)}") from None
         except redis.AuthenticationError as exc:
             raise click.ClickException(f"Redis at {_url(ctx)} refused the credentials: {exc}") from None
-        except (JobNotFound, enqueue.EmptySelection, TimeoutError, LocalServiceError) as exc:
+        except (JobNotFound, enqueue.EmptySelection, TimeoutError, LocalServiceError, DumpError) as exc:
             raise click.ClickException(str(exc)) from None
         except Exception as exc:
             if _is_kombu_connection_error(exc):
@@ -115,24 +117,45 @@ def selected_images(paths, recursive, includes, from_file):
     return enqueue.iter_images(sources, enqueue.Selection(recursive=recursive, includes=tuple(includes)))
 
 
+def layer_names(ctx, param, values: tuple[str, ...]) -> tuple[str, ...]:
+    """Click callback: ``--activations`` values (repeatable, comma-separated) as checked layer names, in the
+    model's order, at parse time, so an unknown name stops the command before anything is walked or queued."""
+    try:
+        return check_layers([name.strip() for value in values for name in value.split(",") if name.strip()])
+    except UnknownLayer as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 @cli.command()
 @submit_options
 @click.option("--skip-known", "known", flag_value="skip", default="",
               help="Answer images already classified (same content, weights and top-k) from the content-hash "
                    "index, without a forward pass; copies within the job are classified once.")
 @click.option("--force", "known", flag_value="refresh", help="Classify known images again and refresh the index.")
+@click.option("--activations", multiple=True, metavar="LAYER[,LAYER...]", callback=layer_names,
+              help="Dump these ResNet50 layers' outputs for every image (Keras names, see `imgq layers`).")
+@click.option("--activations-dtype", type=click.Choice(["float16", "float32"]), default="float16",
+              show_default=True, help="Type of the dumped values.")
+@click.option("--yes", is_flag=True, help="Queue even when the dumps would take more than IMGQ_MAX_DUMP_BYTES.")
 @click.option("--wait", "wait_", is_flag=True, help="Show progress until the job completes.")
 @click.pass_context
-def submit(ctx, paths, recursive, includes, from_file, top_k, batch_size, name, known, wait_):
+def submit(ctx, paths, recursive, includes, from_file, top_k, batch_size, name, known, activations,
+           activations_dtype, yes, wait_):
     """Queue the images under PATH... as one job and print its id (only the id, on stdout)."""
     settings = with_overrides(ctx, top_k=top_k, batch_size=batch_size)
     images = selected_images(paths, recursive, includes, from_file)
     store = ResultStore.from_settings(settings)
     store.ping()
     enqueue.check_broker(settings)
-    submitted = enqueue.submit(images, settings=settings, store=store, name=name, known=known)
+    guard = size_guard(activations, activations_dtype, settings.max_dump_bytes) if activations and not yes else None
+    submitted = enqueue.submit(images, settings=settings, store=store, name=name, known=known,
+                               activations=activations, activations_dtype=activations_dtype, limit_check=guard)
     click.echo(submitted.job)
     click.echo(f"Queued {submitted.total} images in {submitted.batches} batches.", err=True)
+    if activations:
+        size = format_bytes(estimate_bytes(submitted.total, activations, activations_dtype))
+        click.echo(f"Activation dumps of {', '.join(activations)}: about {size}, under <dump root>/{submitted.job}/ "
+                   f"of the workers.", err=True)
     if wait_:
         from producer.progress import wait
 
@@ -240,13 +263,20 @@ def wait(ctx, job, timeout):
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="jsonl", show_default=True)
 @click.option("-o", "--output", "out", type=click.Path(dir_okay=False, writable=True),
               help="Write to FILE (atomically) instead of standard output.")
+@click.option("--embeddings", "embeddings_out", type=click.Path(dir_okay=False, writable=True), metavar="FILE.npy",
+              help="Write the avg_pool dumps as one (images, 2048) array and an index FILE.index.jsonl, "
+                   "instead of the records (which then go to -o only).")
 @click.pass_context
-def results(ctx, job, fmt, out):
+def results(ctx, job, fmt, out, embeddings_out):
     """Stream every result record of JOB, in submission order."""
     store = ResultStore.from_settings(ctx.obj)
     status = store.status(job)
     if not status.finished:
         click.echo(f"Job {job} is {status.state}: {status.processed} of {status.total} records so far.", err=True)
+    if embeddings_out:
+        _write_embeddings(store, job, embeddings_out, ctx.obj.effective_dump_root)
+        if not out:
+            return
     k = status.params.get("top_k", ctx.obj.top_k)
     with output(out) as file:
         n = writer_for(fmt, k)(store.iter_results(job), file)
@@ -285,6 +315,68 @@ def requeue(ctx, job):
     store.status(job)  # raises JobNotFound
     sent = enqueue.publish(store.unfinished_batches(job), settings)
     click.echo(f"Queued {sent} batches of job {job} again.", err=True)
+
+
+def _write_embeddings(store: ResultStore, job: str, out: str, dump_root: str) -> None:
+    from producer.embeddings import write_embeddings
+
+    written = write_embeddings(store.iter_results(job), out, dump_root)
+    click.echo(f"Wrote {written.rows} embeddings ({written.dtype}) to {written.path} and the index {written.index}; "
+               f"{written.missing} images have none.", err=True)
+
+
+@cli.command()
+def layers():
+    """List ResNet50's layers: output shape of one image and the bytes of its dump, float16 and float32."""
+    from imgq.layers import dump_bytes, layer_shapes
+
+    click.echo(f"{'LAYER':<24}  {'SHAPE':<14}  {'FLOAT16':>10}  {'FLOAT32':>10}")
+    for name, shape in layer_shapes().items():
+        sizes = [format_bytes(dump_bytes((name,), dtype)) for dtype in ("float16", "float32")]
+        click.echo(f"{name:<24}  {'x'.join(map(str, shape)):<14}  {sizes[0]:>10}  {sizes[1]:>10}")
+
+
+@cli.command()
+@click.argument("job")
+@click.option("-o", "--output", "out", type=click.Path(dir_okay=False, writable=True),
+              help="The HTML file; its pictures go to a folder beside it, <name>_files/ [default: imgq-<job>.html].")
+@click.option("--page-size", type=click.IntRange(1, 10000), default=100, show_default=True,
+              help="Images per page of the grid.")
+@click.option("--channels", type=click.IntRange(1, 64), default=8, show_default=True,
+              help="Most active channels shown per dumped layer and image.")
+@click.pass_context
+def report(ctx, job, out, page_size, channels):
+    """Write an HTML report of JOB: summary, errors, thumbnails with labels, heat maps of the dumps."""
+    from producer.report import write_report
+
+    out = out or f"imgq-{job}.html"
+    written = write_report(ResultStore.from_settings(ctx.obj), job, out, ctx.obj.effective_dump_root,
+                           page_size=page_size, channels=channels)
+    click.echo(f"Wrote {written.path} ({written.images} images, {written.errors} errors) and {written.thumbnails} "
+               f"thumbnails and {written.heatmaps} heat-map grids to {written.folder}/.", err=True)
+
+
+@cli.command()
+@click.argument("job")
+@click.argument("image", type=click.IntRange(0))
+@click.option("--layer", required=True, help="A layer dumped for the image (see the record's activations).")
+@click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False, writable=True),
+              help="The PNG file to write.")
+@click.option("--channels", type=click.IntRange(0), default=16, show_default=True,
+              help="Most active channels shown (0: all).")
+@click.option("--cell", type=click.IntRange(8, 1024), default=128, show_default=True,
+              help="Longer side of each feature map, in pixels.")
+@click.pass_context
+def show(ctx, job, image, layer, out, channels, cell):
+    """Draw the feature maps of LAYER for IMAGE (its number in JOB) as one PNG of heat maps."""
+    from producer.dumps import layer_of, record_of
+    from producer.heatmaps import channel_title, feature_grid, write_png
+
+    activations = layer_of(record_of(ResultStore.from_settings(ctx.obj), job, image), layer,
+                           ctx.obj.effective_dump_root)
+    write_png(feature_grid(activations, channels, cell=cell, labels=True), out)
+    click.echo(f"Wrote {out}: {layer} {'x'.join(map(str, activations.shape))}, "
+               f"{channel_title(activations, channels)}.", err=True)
 
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})

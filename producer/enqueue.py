@@ -11,7 +11,7 @@ import fnmatch
 import hashlib
 import os
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from itertools import count, islice
 
@@ -123,11 +123,14 @@ def new_job_id() -> str:
 
 def submit(images: Iterable[str], *, settings: Settings, store: ResultStore, name: str = "",
            top_k: int | None = None, batch_size: int | None = None, params: dict | None = None,
-           activations: tuple[str, ...] = (), activations_dtype: str = "float16", known: str = "") -> Submitted:
+           activations: tuple[str, ...] = (), activations_dtype: str = "float16", known: str = "",
+           limit_check: Callable[[int], None] | None = None) -> Submitted:
     """Queue ``images`` as one job. Raises EmptySelection, or redis/kombu errors when Redis is down.
 
     ``activations``: layer names (checked with imgq.layers.check_layers) to dump for every image.
     ``known``: "skip" or "refresh" to use the content-hash index (imgq/known.py), "" to leave it alone.
+    ``limit_check``: called with the number of images once the walk is done, before the job is committed;
+    whatever it raises aborts the submission with nothing queued (e.g. producer.dumps.size_guard).
     """
     top_k = top_k or settings.top_k
     batch_size = batch_size or settings.batch_size
@@ -145,6 +148,12 @@ def submit(images: Iterable[str], *, settings: Settings, store: ResultStore, nam
         store.stage_batches(job, pending)
     if total == 0:
         raise EmptySelection("No images selected: check the paths, --include and --recursive.")
+    if limit_check is not None:
+        try:
+            limit_check(total)
+        except BaseException:
+            store.redis.delete(store.keys.batches(job))  # the staged batches would otherwise wait a day
+            raise
     store.commit_job(job, name=name or job, total=total, batches=n_batches,
                      params={"top_k": top_k, "batch_size": batch_size, **(params or {}),
                              **({"activations": list(activations), "activations_dtype": activations_dtype}

@@ -1,0 +1,285 @@
+"""`imgq report JOB -o report.html`: one HTML page about a job, with its pictures in a folder beside it.
+
+On disk: ``report.html`` and ``report_files/`` (``thumbs/<image>.jpg``, ``maps/<image>-<layer>.png``),
+linked by relative URLs, so the two move together. The page fetches nothing from the network.
+
+The page: a summary (counts, rate, weights, a histogram of the top labels, error codes), the list of
+errors, and a grid of cards in submission order: thumbnail, top-k labels with score bars and, for an image
+with dumps, for each dumped layer, its most active channels as heat maps (producer/heatmaps.py). The cards
+are data (JSON in the page) that a small script renders one page at a time, with lazily loaded images: a
+page of a 100,000-image job holds page-size cards, not 100,000.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from urllib.parse import quote
+
+from PIL import Image, ImageOps
+
+from imgq.store import JobStatus, ResultStore
+from producer.dumps import DumpError, atomic_path, dump_file, dumped_layers, load_layer, usual_mode
+from producer.heatmaps import channel_title, feature_grid
+
+THUMB_SIZE = 160  # longest side of a thumbnail, in pixels
+MAP_CHANNELS = 8  # heat maps per layer and image in the report
+MAP_CELL = 48  # longest side of one heat map in the report, in pixels
+HISTOGRAM_LABELS = 20
+
+PREVIEW_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
+# The formats a worker opens (worker/preprocess.py IMAGE_FORMATS); never EPS and kin, which shell out.
+
+
+@dataclass(frozen=True)
+class Report:
+    """What was written: the page, its folder of pictures, and how many of each."""
+
+    path: str
+    folder: str
+    images: int
+    thumbnails: int
+    heatmaps: int
+    errors: int
+
+
+def write_report(store: ResultStore, job: str, out: str, dump_root: str, page_size: int = 100,
+                 channels: int = MAP_CHANNELS) -> Report:
+    """Write the report of ``job`` to ``out`` and its pictures to ``<out stem>_files/``.
+
+    The pictures are made in a temporary folder that replaces the old one at the end, and the page is
+    written atomically. Raises JobNotFound.
+    """
+    status = store.status(job)
+    folder = os.path.splitext(out)[0] + "_files"
+    staging = tempfile.mkdtemp(dir=os.path.dirname(os.path.abspath(out)), prefix=".imgq-report-")
+    os.chmod(staging, usual_mode(0o777))  # mkdtemp makes it private (0700); a report is meant to be shared
+    try:
+        for sub in ("thumbs", "maps"):
+            os.makedirs(os.path.join(staging, sub))
+        link = quote(os.path.basename(folder))
+        records = list(store.iter_results(job))
+        # Decoding, resizing and PNG encoding release the GIL: threads use the cores.
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+            cards = list(pool.map(lambda r: _card(r, staging, link, dump_root, channels), records))
+        page = _page(status, records, cards, page_size)
+        _replace_folder(staging, folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    with atomic_path(out) as tmp, open(tmp, "w", encoding="utf-8") as file:
+        file.write(page)
+    return Report(out, folder, len(cards), sum(1 for c in cards if "t" in c),
+                  sum(len(c.get("m", ())) for c in cards), sum(1 for c in cards if "e" in c))
+
+
+def _replace_folder(new: str, folder: str) -> None:
+    """Put ``new`` in the place of ``folder`` (a rename; the old folder is removed after)."""
+    old = None
+    if os.path.exists(folder):
+        old = tempfile.mkdtemp(dir=os.path.dirname(os.path.abspath(folder)), prefix=".imgq-old-")
+        os.replace(folder, os.path.join(old, "files"))
+    os.replace(new, folder)
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def shown(text: str) -> str:
+    """``text`` as a page can show it: a path that is not UTF-8 (surrogate escapes) gets U+FFFD instead."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def _card(record: dict, folder: str, link: str, dump_root: str, channels: int) -> dict:
+    """One image's card data: ``i`` id, ``n`` name, ``p`` path, ``k`` [[label, score]], and ``t, w, h``
+    (thumbnail), ``e`` (error), ``m`` (heat maps: [[layer, url, width, height, title]]), ``x`` (a note)."""
+    image = record["image"]
+    card = {"i": image, "n": shown(os.path.basename(record["path"])), "p": shown(record["path"]),
+            "k": [[t["label"], round(t["score"], 4)] for t in record.get("top_k") or []]}
+    if record["status"] != "ok":
+        error = record.get("error") or {}
+        card["e"] = f"{error.get('code')}: {shown(error.get('message') or '')}"
+        return card
+    size = _thumbnail(record["path"], os.path.join(folder, "thumbs", f"{image}.jpg"))
+    if size:
+        card.update(t=f"{link}/thumbs/{image}.jpg", w=size[0], h=size[1])
+    try:
+        maps = _layer_maps(record, folder, link, dump_root, channels)
+    except DumpError as exc:
+        card["x"] = str(exc)
+        return card
+    if maps:
+        card["m"] = maps
+    elif record.get("activations"):
+        card["x"] = "its dump is not under this machine's dump root (IMGQ_DUMP_ROOT)"
+    return card
+
+
+def _thumbnail(path: str, dest: str) -> tuple[int, int] | None:
+    """Write a JPEG thumbnail of the image at ``path``; its (width, height), or None when it cannot be
+    opened here (moved, unreadable, not a format we open): the card then says "no preview"."""
+    try:
+        with Image.open(path, formats=PREVIEW_FORMATS) as image:
+            image.draft("RGB", (THUMB_SIZE * 2, THUMB_SIZE * 2))  # JPEG: decode at a reduced scale
+            picture = ImageOps.exif_transpose(image).convert("RGB")
+    except Exception:  # Pillow raises many kinds for a damaged file; a preview is not worth a failed report
+        return None
+    picture.thumbnail((THUMB_SIZE, THUMB_SIZE))
+    picture.save(dest, "JPEG", quality=80)
+    return picture.size
+
+
+def _layer_maps(record: dict, folder: str, link: str, dump_root: str, channels: int) -> list[list]:
+    path = dump_file(record, dump_root)
+    if path is None:
+        return []
+    maps = []
+    for layer, shape in dumped_layers(record).items():
+        activations = load_layer(path, layer)
+        spatial = activations.ndim == 3
+        grid = feature_grid(activations, channels, cell=MAP_CELL if spatial else 4 * MAP_CELL, columns=4)
+        name = f"{record['image']}-{layer}.png"
+        grid.save(os.path.join(folder, "maps", name), format="PNG")
+        title = f"{layer} {'x'.join(map(str, shape))}: {channel_title(activations, channels)}"
+        maps.append([layer, f"{link}/maps/{name}", grid.width, grid.height, title])
+    return maps
+
+
+def _page(status: JobStatus, records: list[dict], cards: list[dict], page_size: int) -> str:
+    data = json.dumps(cards, separators=(",", ":")).replace("<", "\\u003c")  # never a "</script>" in data
+    values = {"TITLE": html.escape(f"imgq report: job {status.id}"), "SUMMARY": _summary(status, records, cards),
+              "ERRORS": _errors(records), "PAGE_SIZE": str(int(page_size)), "CARDS": data}
+    # One pass: text put in (a path, a label) is never searched for placeholders itself.
+    return re.sub(r"%([A-Z_]+)%", lambda m: values[m.group(1)], PAGE)
+
+
+def _summary(status: JobStatus, records: list[dict], cards: list[dict]) -> str:
+    weights = sorted({r.get("weights") for r in records if r.get("weights")})
+    rate = f"{status.rate:.1f} images/s" if status.rate else "-"
+    layers = ", ".join(status.params.get("activations", [])) or "none"
+    facts = [("job", f"{status.id} ({status.name})" if status.name != status.id else status.id),
+             ("state", status.state), ("images", f"{status.processed} of {status.total} have records"),
+             ("ok", status.ok), ("failed", status.failed), ("rate", rate),
+             ("created", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(status.created))),
+             ("weights", ", ".join(weights) or "-"),
+             ("dumped layers", f"{layers} ({status.params.get('activations_dtype', '-')})"),
+             ("with heat maps", sum(1 for c in cards if "m" in c))]
+    rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in facts)
+    warning = ('<p class="warn">These weights are untrained: the labels are meaningless.</p>'
+               if any("untrained" in w for w in weights) else "")
+    top1 = Counter(r["top_k"][0]["label"] for r in records if r["status"] == "ok" and r.get("top_k"))
+    codes = Counter((r.get("error") or {}).get("code") for r in records if r["status"] != "ok")
+    return (f"{warning}<table class=facts>{rows}</table>"
+            f"<h3>Top label of each image ({len(top1)} distinct)</h3>{_bars(top1.most_common(HISTOGRAM_LABELS))}"
+            f"<h3>Error codes</h3>{_bars(codes.most_common()) if codes else '<p>none</p>'}")
+
+
+def _bars(counts: list[tuple[str, int]]) -> str:
+    most = max((n for _, n in counts), default=1)
+    return "<table class=hist>" + "".join(
+        f"<tr><td>{html.escape(str(label))}</td><td class=n>{n}</td>"
+        f"<td class=barcell><span class=bar style='width:{100 * n / most:.1f}%'></span></td></tr>"
+        for label, n in counts) + "</table>"
+
+
+def _errors(records: list[dict]) -> str:
+    errors = [r for r in records if r["status"] != "ok"]
+    if not errors:
+        return "<p>No errors.</p>"
+    rows = "".join(
+        f"<tr><td>{r['image']}</td><td>{html.escape(shown(r['path']))}</td>"
+        f"<td>{html.escape(str((r.get('error') or {}).get('code')))}</td>"
+        f"<td>{html.escape(shown((r.get('error') or {}).get('message') or ''))}</td></tr>" for r in errors)
+    return f"<table class=errors><tr><th>image</th><th>path</th><th>code</th><th>message</th></tr>{rows}</table>"
+
+
+PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>%TITLE%</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>
+body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; color: #222; background: #fafafa; }
+h1 { font-size: 1.4em; } h2 { font-size: 1.15em; margin-top: 1.5em; } h3 { font-size: 1em; }
+.warn { background: #fff3cd; border: 1px solid #e0c36a; padding: .5em .8em; }
+table { border-collapse: collapse; } td, th { padding: 2px 8px; text-align: left; vertical-align: top; }
+.facts th { color: #666; font-weight: normal; }
+.hist td.n { text-align: right; } .barcell { width: 300px; }
+.bar { display: inline-block; height: 10px; background: #4a78c2; }
+.errors td, .errors th { border-bottom: 1px solid #ddd; } .errors td:nth-child(2) { word-break: break-all; }
+nav { margin: 1em 0; } nav button { margin-right: .4em; }
+#grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(220px, 1fr)); gap: 12px; }
+.card { background: #fff; border: 1px solid #ddd; border-radius: 6px; padding: 8px; overflow: hidden; }
+.card.bad { border-color: #d9534f; }
+.thumb { display: block; margin: 0 auto 6px; max-width: 100%; height: auto; }
+.none { height: 100px; display: flex; align-items: center; justify-content: center; background: #eee;
+        color: #888; margin-bottom: 6px; }
+.name { font-weight: 600; word-break: break-all; margin-bottom: 4px; } .err { color: #b52b27; }
+.note { color: #888; font-style: italic; }
+.label { display: grid; grid-template-columns: 1fr 60px 44px; gap: 4px; font-size: 12px; align-items: center; }
+.label .track { background: #eee; height: 8px; } .label .fill { background: #4a78c2; height: 8px; }
+.label .score { text-align: right; color: #555; }
+figure { margin: 6px 0 0; } figcaption { font-size: 11px; color: #555; }
+figure img { max-width: 100%; height: auto; image-rendering: pixelated; }
+</style></head><body>
+<h1>%TITLE%</h1>
+<h2>Summary</h2>%SUMMARY%
+<h2>Errors</h2>%ERRORS%
+<h2>Images</h2>
+<nav><button id="first">&laquo;</button><button id="prev">&lsaquo; previous</button><span id="where"></span>
+<button id="next">next &rsaquo;</button><button id="last">&raquo;</button></nav>
+<div id="grid"></div>
+<script id="cards" type="application/json">%CARDS%</script>
+<script>
+"use strict";
+const cards = JSON.parse(document.getElementById("cards").textContent);
+const size = %PAGE_SIZE%, pages = Math.max(1, Math.ceil(cards.length / size));
+let current = 1;
+function el(tag, cls, text) {
+  const e = document.createElement(tag);
+  if (cls) e.className = cls;
+  if (text !== undefined) e.textContent = text;
+  return e;
+}
+function img(src, w, h, alt, cls) {
+  const i = el("img", cls); i.src = src; i.width = w; i.height = h; i.alt = alt; i.title = alt;
+  i.loading = "lazy"; return i;
+}
+function card(c) {
+  const d = el("div", c.e ? "card bad" : "card");
+  d.append(c.t ? img(c.t, c.w, c.h, c.p, "thumb") : el("div", "none", c.e ? "not classified" : "no preview"));
+  const name = el("div", "name", "#" + c.i + " " + c.n); name.title = c.p; d.append(name);
+  if (c.e) d.append(el("div", "err", c.e));
+  for (const [label, score] of c.k) {
+    const row = el("div", "label"), track = el("div", "track"), fill = el("div", "fill");
+    fill.style.width = Math.max(score * 100, 0.5) + "%"; track.append(fill);
+    row.append(el("span", "", label), track, el("span", "score", (score * 100).toFixed(2) + "%"));
+    d.append(row);
+  }
+  for (const [layer, src, w, h, title] of c.m || []) {
+    const f = el("figure"); f.append(img(src, w, h, title), el("figcaption", "", layer)); d.append(f);
+  }
+  if (c.x) d.append(el("div", "note", c.x));
+  return d;
+}
+function show(page) {
+  current = Math.min(Math.max(1, page), pages);
+  const start = (current - 1) * size, shown = cards.slice(start, start + size);
+  document.getElementById("grid").replaceChildren(...shown.map(card));
+  document.getElementById("where").textContent = " page " + current + " of " + pages + " (images " +
+    (shown.length ? start + 1 : 0) + "-" + (start + shown.length) + " of " + cards.length + ") ";
+  if (location.hash !== "#page=" + current) history.replaceState(null, "", "#page=" + current);
+}
+document.getElementById("first").onclick = () => show(1);
+document.getElementById("prev").onclick = () => show(current - 1);
+document.getElementById("next").onclick = () => show(current + 1);
+document.getElementById("last").onclick = () => show(pages);
+show(parseInt((location.hash.match(/page=(\\d+)/) || [])[1] || "1", 10));
+window.imgqReport = { show, pages };
+</script></body></html>
+"""
