@@ -15,6 +15,7 @@ import time
 import click
 import redis
 
+from imgq import queue
 from imgq.layers import UnknownLayer, check_layers
 from imgq.settings import Settings, env_var, mask_url
 from imgq.store import JobNotFound, JobStatus, ResultStore
@@ -146,7 +147,7 @@ def submit(ctx, paths, recursive, includes, from_file, top_k, batch_size, name, 
     images = selected_images(paths, recursive, includes, from_file)
     store = ResultStore.from_settings(settings)
     store.ping()
-    enqueue.check_broker(settings)
+    queue.check_broker(settings)
     guard = size_guard(activations, activations_dtype, settings.max_dump_bytes) if activations and not yes else None
     submitted = enqueue.submit(images, settings=settings, store=store, name=name, known=known,
                                activations=activations, activations_dtype=activations_dtype, limit_check=guard)
@@ -214,7 +215,7 @@ def _print_jobs(statuses: list[JobStatus]) -> None:
 
 def _print_workers(store: ResultStore, settings: Settings, as_json: bool) -> None:
     workers = sorted(store.workers(), key=lambda w: w.get("hostname", ""))
-    depth = store.redis.llen(enqueue.queue_key(settings))
+    depth = store.redis.llen(queue.queue_key(settings))
     jobs = _jobs_in_flight(store)
     if as_json:
         click.echo(json.dumps({"queued_batches": depth, "workers": workers,
@@ -313,7 +314,7 @@ def requeue(ctx, job):
     settings = ctx.obj
     store = ResultStore.from_settings(settings)
     store.status(job)  # raises JobNotFound
-    sent = enqueue.publish(store.unfinished_batches(job), settings)
+    sent = queue.publish(store.unfinished_batches(job), settings)
     click.echo(f"Queued {sent} batches of job {job} again.", err=True)
 
 
@@ -323,60 +324,6 @@ def _write_embeddings(store: ResultStore, job: str, out: str, dump_root: str) ->
     written = write_embeddings(store.iter_results(job), out, dump_root)
     click.echo(f"Wrote {written.rows} embeddings ({written.dtype}) to {written.path} and the index {written.index}; "
                f"{written.missing} images have none.", err=True)
-
-
-@cli.command()
-def layers():
-    """List ResNet50's layers: output shape of one image and the bytes of its dump, float16 and float32."""
-    from imgq.layers import dump_bytes, layer_shapes
-
-    click.echo(f"{'LAYER':<24}  {'SHAPE':<14}  {'FLOAT16':>10}  {'FLOAT32':>10}")
-    for name, shape in layer_shapes().items():
-        sizes = [format_bytes(dump_bytes((name,), dtype)) for dtype in ("float16", "float32")]
-        click.echo(f"{name:<24}  {'x'.join(map(str, shape)):<14}  {sizes[0]:>10}  {sizes[1]:>10}")
-
-
-@cli.command()
-@click.argument("job")
-@click.option("-o", "--output", "out", type=click.Path(dir_okay=False, writable=True),
-              help="The HTML file; its pictures go to a folder beside it, <name>_files/ [default: imgq-<job>.html].")
-@click.option("--page-size", type=click.IntRange(1, 10000), default=100, show_default=True,
-              help="Images per page of the grid.")
-@click.option("--channels", type=click.IntRange(1, 64), default=8, show_default=True,
-              help="Most active channels shown per dumped layer and image.")
-@click.pass_context
-def report(ctx, job, out, page_size, channels):
-    """Write an HTML report of JOB: summary, errors, thumbnails with labels, heat maps of the dumps."""
-    from producer.report import write_report
-
-    out = out or f"imgq-{job}.html"
-    written = write_report(ResultStore.from_settings(ctx.obj), job, out, ctx.obj.effective_dump_root,
-                           page_size=page_size, channels=channels)
-    click.echo(f"Wrote {written.path} ({written.images} images, {written.errors} errors) and {written.thumbnails} "
-               f"thumbnails and {written.heatmaps} heat-map grids to {written.folder}/.", err=True)
-
-
-@cli.command()
-@click.argument("job")
-@click.argument("image", type=click.IntRange(0))
-@click.option("--layer", required=True, help="A layer dumped for the image (see the record's activations).")
-@click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False, writable=True),
-              help="The PNG file to write.")
-@click.option("--channels", type=click.IntRange(0), default=16, show_default=True,
-              help="Most active channels shown (0: all).")
-@click.option("--cell", type=click.IntRange(8, 1024), default=128, show_default=True,
-              help="Longer side of each feature map, in pixels.")
-@click.pass_context
-def show(ctx, job, image, layer, out, channels, cell):
-    """Draw the feature maps of LAYER for IMAGE (its number in JOB) as one PNG of heat maps."""
-    from producer.dumps import layer_of, record_of
-    from producer.heatmaps import channel_title, feature_grid, write_png
-
-    activations = layer_of(record_of(ResultStore.from_settings(ctx.obj), job, image), layer,
-                           ctx.obj.effective_dump_root)
-    write_png(feature_grid(activations, channels, cell=cell, labels=True), out)
-    click.echo(f"Wrote {out}: {layer} {'x'.join(map(str, activations.shape))}, "
-               f"{channel_title(activations, channels)}.", err=True)
 
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
@@ -417,10 +364,12 @@ def classify(ctx, paths, recursive, includes, from_file, top_k, batch_size, name
                  broker_configured=bool(broker_configured))
 
 
-from producer.schedule_cli import beat, schedule  # noqa: E402  (they use the group's settings and errors above)
+# They use the group's settings and errors above.
+from producer.report_cli import layers, report, show  # noqa: E402
+from producer.schedule_cli import beat, schedule  # noqa: E402
 
-cli.add_command(schedule)
-cli.add_command(beat)
+for command in (layers, report, show, schedule, beat):
+    cli.add_command(command)
 
 
 def main() -> None:

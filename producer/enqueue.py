@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from itertools import count, islice
 
 from imgq.contract import BatchMessage
-from imgq.queue import check_broker, publish, queue_key  # noqa: F401  (the CLI uses them from here too)
+from imgq.queue import publish
 from imgq.settings import Settings
 from imgq.store import ResultStore
 

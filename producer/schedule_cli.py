@@ -13,10 +13,10 @@ import time
 
 import click
 
+from imgq import queue
 from imgq.contract import beat_config
 from imgq.settings import Settings, env_var
 from imgq.store import JobNotFound, ResultStore
-from producer import enqueue
 from producer.scan import ScanState
 from producer.schedules import (
     RUNS_KEPT,
@@ -189,7 +189,7 @@ def run(ctx, name, wait_):
     settings: Settings = ctx.obj
     store = ResultStore.from_settings(settings)
     store.ping()
-    enqueue.check_broker(settings)
+    queue.check_broker(settings)
     result = tick(name, settings=settings, store=store, trigger="manual")
     if result["outcome"] != "submitted":
         click.echo(f"Schedule {name}: {result['outcome']}: {result['reason'] or 'nothing new or changed.'}", err=True)

@@ -1,0 +1,63 @@
+"""`imgq layers`, `imgq report` and `imgq show`: what the convnet saw. Commands only; the work is in
+imgq.layers, producer.report, producer.heatmaps and producer.dumps (numpy and Pillow imported on use)."""
+
+from __future__ import annotations
+
+import click
+
+from imgq.store import ResultStore
+from producer.dumps import format_bytes
+
+
+@click.command()
+def layers():
+    """List ResNet50's layers: output shape of one image and the bytes of its dump, float16 and float32."""
+    from imgq.layers import dump_bytes, layer_shapes
+
+    click.echo(f"{'LAYER':<24}  {'SHAPE':<14}  {'FLOAT16':>10}  {'FLOAT32':>10}")
+    for name, shape in layer_shapes().items():
+        sizes = [format_bytes(dump_bytes((name,), dtype)) for dtype in ("float16", "float32")]
+        click.echo(f"{name:<24}  {'x'.join(map(str, shape)):<14}  {sizes[0]:>10}  {sizes[1]:>10}")
+
+
+@click.command()
+@click.argument("job")
+@click.option("-o", "--output", "out", type=click.Path(dir_okay=False, writable=True),
+              help="The HTML file; its pictures go to a folder beside it, <name>_files/ [default: imgq-<job>.html].")
+@click.option("--page-size", type=click.IntRange(1, 10000), default=100, show_default=True,
+              help="Images per page of the grid.")
+@click.option("--channels", type=click.IntRange(1, 64), default=8, show_default=True,
+              help="Most active channels shown per dumped layer and image.")
+@click.pass_context
+def report(ctx, job, out, page_size, channels):
+    """Write an HTML report of JOB: summary, errors, thumbnails with labels, heat maps of the dumps."""
+    from producer.report import write_report
+
+    out = out or f"imgq-{job}.html"
+    written = write_report(ResultStore.from_settings(ctx.obj), job, out, ctx.obj.effective_dump_root,
+                           page_size=page_size, channels=channels)
+    click.echo(f"Wrote {written.path} ({written.images} images, {written.errors} errors) and {written.thumbnails} "
+               f"thumbnails and {written.heatmaps} heat-map grids to {written.folder}/.", err=True)
+
+
+@click.command()
+@click.argument("job")
+@click.argument("image", type=click.IntRange(0))
+@click.option("--layer", required=True, help="A layer dumped for the image (see the record's activations).")
+@click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False, writable=True),
+              help="The PNG file to write.")
+@click.option("--channels", type=click.IntRange(0), default=16, show_default=True,
+              help="Most active channels shown (0: all).")
+@click.option("--cell", type=click.IntRange(8, 1024), default=128, show_default=True,
+              help="Longer side of each feature map, in pixels.")
+@click.pass_context
+def show(ctx, job, image, layer, out, channels, cell):
+    """Draw the feature maps of LAYER for IMAGE (its number in JOB) as one PNG of heat maps."""
+    from producer.dumps import layer_of, record_of
+    from producer.heatmaps import channel_title, feature_grid, write_png
+
+    activations = layer_of(record_of(ResultStore.from_settings(ctx.obj), job, image), layer,
+                           ctx.obj.effective_dump_root)
+    write_png(feature_grid(activations, channels, cell=cell, labels=True), out)
+    click.echo(f"Wrote {out}: {layer} {'x'.join(map(str, activations.shape))}, "
+               f"{channel_title(activations, channels)}.", err=True)
