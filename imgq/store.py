@@ -73,7 +73,9 @@ class JobStatus:
         """Seconds from the first batch started to the last record (or now, while running)."""
         if self.started_at is None:
             return None
-        end = self.finished_at or self.cancelled_at or time.time()
+        # A done job's last record time stands in for finished_at, written just after the records.
+        end = self.finished_at or (self.last_record_at if self.state == "done" else None) or self.cancelled_at
+        end = end or time.time()
         return max(end - self.started_at, 1e-9)
 
     @property

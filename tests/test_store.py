@@ -72,6 +72,15 @@ class TestResultStoreContract:
         assert status.state == "done" and status.finished_at is not None
         assert status.rate > 0 and status.eta is None
 
+    def test_a_done_job_has_a_fixed_rate_even_before_finished_at_is_written(self, store):
+        commit(store, total=1)
+        store.mark_started("job1")
+        store.record_results("job1", [ok("job1", 0)])
+        store.redis.hdel(store.keys.job("job1"), "finished_at")  # the moment between the two writes
+        first = store.status("job1")
+        time.sleep(0.05)
+        assert first.state == "done" and store.status("job1").rate == first.rate
+
     def test_results_come_in_submission_order(self, store):
         commit(store, total=2500, batch_size=500)
         store.record_results("job1", [ok("job1", i) for i in reversed(range(2500))])
