@@ -8,8 +8,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import redis
-
 from imgq.settings import Settings
 from imgq.store import JobStatus, ResultStore
 from producer.enqueue import submit
@@ -30,15 +28,6 @@ def redis_server(url: str | None, state_dir: str) -> Iterator[str]:
         yield server.start()
     finally:
         server.stop()
-
-
-def delete_namespace(url: str, namespace: str) -> int:
-    """Delete the keys ``<namespace>:*`` (found with SCAN, never FLUSHDB: the server may be shared)."""
-    client = redis.Redis.from_url(url)
-    keys = list(client.scan_iter(match=f"{namespace}:*", count=1000))
-    for start in range(0, len(keys), 1000):
-        client.delete(*keys[start:start + 1000])
-    return len(keys)
 
 
 @dataclass

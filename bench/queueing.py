@@ -9,9 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-from bench.pipeline import delete_namespace
 from imgq.settings import Settings
-from imgq.store import ResultStore
+from imgq.store import ResultStore, delete_namespace
 from producer.enqueue import Selection, iter_images, submit
 
 TREE_FOLDERS, TREE_FILES = 100, 1000  # 100,000 paths in all

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from bench import REPO, decode, images, interference, model, pipeline, precision, queueing
 from imgq.settings import Settings
+from imgq.store import delete_namespace
 
 SCENARIOS = ("photos", "tiny", "producer", "bf16")
 TINY_JOBS = 200  # the figure; --tiny-jobs changes it for a quick check
@@ -43,7 +44,7 @@ def run(folder: str, *, limit: int | None, batch_size: int, scenarios: tuple[str
             if "producer" in scenarios:
                 producer(results, settings, tmp, log)
         finally:
-            pipeline.delete_namespace(url, settings.namespace)
+            delete_namespace(url, settings.namespace)
     return results
 
 

@@ -264,3 +264,13 @@ def _job_status(record: dict, processed: int, failed: int) -> JobStatus:
         cancelled_at=_optional_float(record.get("cancelled_at")),
         last_record_at=_optional_float(record.get("last_record_at")),
     )
+
+
+def delete_namespace(url: str, namespace: str) -> int:
+    """Delete every key ``<namespace>:*`` at ``url`` (found with SCAN, never FLUSHDB: the server may be
+    shared with other namespaces and other programs); returns how many. For tests, benchmarks, clean-ups."""
+    client = redis.Redis.from_url(url)
+    keys = list(client.scan_iter(match=f"{namespace}:*", count=1000))
+    for start in range(0, len(keys), 1000):
+        client.delete(*keys[start:start + 1000])
+    return len(keys)

@@ -12,10 +12,9 @@ import os
 import uuid
 
 import pytest
-import redis
 
 from imgq.settings import Settings
-from imgq.store import ResultStore
+from imgq.store import ResultStore, delete_namespace
 
 
 @pytest.fixture(scope="session")
@@ -31,11 +30,6 @@ def redis_url(tmp_path_factory):
     server.stop()
 
 
-def _delete_namespace(url: str, namespace: str) -> None:
-    client = redis.Redis.from_url(url)
-    keys = list(client.scan_iter(match=f"{namespace}:*", count=1000))
-    for start in range(0, len(keys), 1000):
-        client.delete(*keys[start:start + 1000])
 
 
 def make_settings(redis_url: str, tmp_path, **overrides) -> Settings:
@@ -48,7 +42,7 @@ def make_settings(redis_url: str, tmp_path, **overrides) -> Settings:
 def settings(redis_url, tmp_path):
     settings = make_settings(redis_url, tmp_path)
     yield settings
-    _delete_namespace(redis_url, settings.namespace)
+    delete_namespace(redis_url, settings.namespace)
 
 
 @pytest.fixture
@@ -60,7 +54,7 @@ def store(settings):
 def worker_settings(redis_url, tmp_path_factory):
     settings = make_settings(redis_url, tmp_path_factory.mktemp("worker"))
     yield settings
-    _delete_namespace(redis_url, settings.namespace)
+    delete_namespace(redis_url, settings.namespace)
 
 
 @pytest.fixture(scope="session")

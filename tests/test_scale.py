@@ -24,10 +24,10 @@ import pytest
 from click.testing import CliRunner
 
 from imgq.deliveries import Deliveries
-from imgq.store import ResultStore
+from imgq.store import ResultStore, delete_namespace
 from producer.cli import cli
 from tests import imagegen
-from tests.conftest import _delete_namespace, make_settings
+from tests.conftest import make_settings
 from tests.processes import Process, start_redis, start_worker, wait_for_redis, wait_for_workers, wait_until_done
 
 pytestmark = pytest.mark.slow
@@ -84,7 +84,7 @@ def test_two_workers_share_one_job(redis_url, tmp_path):
         assert all(beats[name]["images_per_second"] > 0 for name in counts)
     finally:
         stop_all(workers)
-        _delete_namespace(redis_url, settings.namespace)
+        delete_namespace(redis_url, settings.namespace)
 
 
 def wait_for_heartbeats(store: ResultStore, counts: Counter, timeout: float = 15.0) -> dict[str, dict]:

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 
 from imgq.settings import Settings
-from imgq.store import ResultStore
+from imgq.store import ResultStore, delete_namespace
 from producer import enqueue
 from producer.local import LocalWorker
 from tests import imagegen
-from tests.conftest import _delete_namespace, make_settings
+from tests.conftest import make_settings
 
 FAST = {"heartbeat_seconds": 1, "reconcile_seconds": 2, "max_deliveries": 1, "batch_size": 4, "concurrency": 2,
         "visibility_timeout": 3600}
@@ -28,7 +28,7 @@ FAST = {"heartbeat_seconds": 1, "reconcile_seconds": 2, "max_deliveries": 1, "ba
 def fast_settings(redis_url, tmp_path):
     settings = make_settings(redis_url, tmp_path, **FAST)
     yield settings
-    _delete_namespace(settings.effective_results_url, settings.namespace)
+    delete_namespace(settings.effective_results_url, settings.namespace)
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgq.store import ResultStore
+from imgq.store import ResultStore, delete_namespace
 from producer import enqueue
 from tests import imagegen
 from tests.reliability.conftest import wait_until
@@ -85,7 +85,7 @@ def job_records(redis_url, tmp_path_factory):
     """One job with every case (and the outside file by its own path), classified by a worker whose
     allowed root is the folder of the cases."""
     from producer.local import LocalWorker
-    from tests.conftest import _delete_namespace, make_settings
+    from tests.conftest import make_settings
 
     base = tmp_path_factory.mktemp("bad-input")
     root, outside = base / "allowed", base / "outside"
@@ -107,7 +107,7 @@ def job_records(redis_url, tmp_path_factory):
         records = list(store.iter_results(job))
     finally:
         worker.stop()
-        _delete_namespace(redis_url, settings.namespace)
+        delete_namespace(redis_url, settings.namespace)
     assert len(records) == len(paths)  # exactly one record per submitted image
     return {name: (expected, record) for name, expected, record in zip(names, cases.values(), records, strict=True)}
 
