@@ -17,7 +17,7 @@ from imgq.settings import Settings
 from worker.dumps import write_dump
 from worker.known_batch import classify_with_index
 from worker.labels import top_k
-from worker.preprocess import TARGET_SIZE, ImageError, load_pixels, to_model_input
+from worker.preprocess import TARGET_SIZE, ImageError, load_pixels, one_line, to_model_input
 
 if TYPE_CHECKING:
     from worker.runtime import Runtime
@@ -52,7 +52,7 @@ def decode(image: int, path: str, settings: Settings) -> Decoded:
         error = exc
     except Exception as exc:  # a decoder bug on one odd file must not cost the batch
         log.exception("Unexpected failure decoding %s", path)
-        error = ImageError("corrupt", f"{type(exc).__name__}: {' '.join(str(exc).split())[:160]}")
+        error = ImageError("corrupt", f"{type(exc).__name__}: {one_line(exc, 160)}")
     return Decoded(image, path, pixels, error, (time.perf_counter() - started) * 1000)
 
 
@@ -163,7 +163,7 @@ def _classified(message: BatchMessage, good: list[Decoded], forward_pass: Future
         probabilities, activations, share_ms = forward_pass.result()
     except Exception as exc:
         log.exception("Forward pass failed for batch %d of job %s", message.batch, message.job)
-        reason = f"forward pass failed: {type(exc).__name__}: {' '.join(str(exc).split())[:160]}"
+        reason = f"forward pass failed: {type(exc).__name__}: {one_line(exc, 160)}"
         return [_error(message, d, "internal", reason, provenance) for d in good]
     records = []
     for row, (d, p) in enumerate(zip(good, probabilities, strict=True)):

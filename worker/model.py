@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from worker.preprocess import TARGET_SIZE
+from worker.preprocess import TARGET_SIZE, one_line
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +170,7 @@ def _imagenet(resnet50):
         return resnet50.ResNet50(weights="imagenet")
     except Exception as exc:  # URLError, HTTPError, OSError, ...: Keras does not narrow them
         raise WeightsError(
-            f"Could not download the ImageNet weights ({' '.join(str(exc).split())[:300]}). "
+            f"Could not download the ImageNet weights ({one_line(exc, 300)}). "
             f"Download {IMAGENET_WEIGHTS_FILE} on a machine with internet access and set "
             f"IMGQ_WEIGHTS=/path/to/{IMAGENET_WEIGHTS_FILE} (or pass --weights)."
         ) from None
@@ -200,7 +200,7 @@ def _local_file(resnet50, path: str):
         else:
             model = resnet50.ResNet50(weights=path)
     except Exception as exc:  # h5py and Keras raise many kinds for a wrong file
-        raise WeightsError(f"Could not load weights from {path}: {' '.join(str(exc).split())[:200]}") from None
+        raise WeightsError(f"Could not load weights from {path}: {one_line(exc)}") from None
     if tuple(model.output_shape) != (None, 1000):
         raise WeightsError(f"Expected a model with 1000 ImageNet outputs. Received output shape: "
                            f"{model.output_shape} from {path}")

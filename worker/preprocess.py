@@ -107,7 +107,7 @@ def checked_file(path: str, allowed_roots: tuple[str, ...] = ()) -> Iterator[Bin
     except PermissionError:
         raise ImageError("unreadable", "permission denied") from None
     except OSError as exc:
-        reason = "symlink loop" if exc.errno == errno.ELOOP else _one_line(exc)
+        reason = "symlink loop" if exc.errno == errno.ELOOP else one_line(exc)
         raise ImageError("unreadable", reason) from None
     with file:
         info = os.fstat(file.fileno())
@@ -130,7 +130,7 @@ def decode_pixels(file: BinaryIO, *, max_pixels: int = 89_478_485, jpeg_draft: b
                 image.draft(image.mode, (TARGET_SIZE[1], TARGET_SIZE[0]))
             return _to_pixels(image)
     except OSError as exc:  # Pillow's "image file is truncated" and kin
-        raise ImageError("corrupt", _one_line(exc)) from None
+        raise ImageError("corrupt", one_line(exc)) from None
 
 
 def _open_nonblocking(path: str, flags: int) -> int:
@@ -144,7 +144,7 @@ def _open_image(file) -> Image.Image:
     except UnidentifiedImageError:
         raise ImageError("not_an_image", f"not a supported image ({', '.join(IMAGE_FORMATS)})") from None
     except (SyntaxError, ValueError, EOFError) as exc:  # plugins raise these on a damaged header
-        raise ImageError("corrupt", _one_line(exc)) from None
+        raise ImageError("corrupt", one_line(exc)) from None
 
 
 def _check_size(image: Image.Image, max_pixels: int) -> None:
@@ -159,7 +159,7 @@ def _to_pixels(image: Image.Image) -> np.ndarray:
         orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
         image.load()
     except (SyntaxError, ValueError, EOFError, OSError) as exc:
-        raise ImageError("corrupt", _one_line(exc)) from None
+        raise ImageError("corrupt", one_line(exc)) from None
     if image.mode in _SIXTEEN_BIT_MODES:
         image = _sixteen_to_eight_bits(image)
     if image.mode != "RGB":
@@ -190,6 +190,7 @@ def to_model_input(pixels: np.ndarray, out: np.ndarray | None = None) -> np.ndar
     return out
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException, limit: int = 200) -> str:
+    """An exception's message on one line (records and log lines hold one line), at most ``limit`` long."""
     text = " ".join(str(exc).split()) or type(exc).__name__
-    return text[:200]
+    return text[:limit]
