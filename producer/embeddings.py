@@ -18,7 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from producer.dumps import DumpError, atomic_path, dump_file, dumped_layers, load_layer
+from imgq.files import atomic_path
+from producer.dumps import DumpError, dump_file, dumped_layers, load_layer
 
 EMBEDDING_LAYER = "avg_pool"
 

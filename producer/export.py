@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import sys
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import IO
+
+from imgq.files import atomic_path
 
 FORMATS = ("jsonl", "csv")
 
@@ -60,17 +60,9 @@ def writer_for(fmt: str, k: int) -> Callable[[Iterable[dict], IO[str]], int]:
 
 @contextmanager
 def output(path: str | None) -> Iterator[IO[str]]:
-    """Standard output, or ``path`` written through a temporary file renamed into place on success, so a
-    reader never sees half a file and a failed export leaves the old file as it was."""
+    """Standard output, or ``path`` written through ``atomic_path``."""
     if path is None or path == "-":
         yield sys.stdout
         return
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".imgq-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8", errors="surrogateescape") as file:
-            yield file
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as file:
+        yield file

@@ -128,7 +128,7 @@ def channel_title(activations: np.ndarray, channels: int) -> str:
 
 def write_png(image: Image.Image, out: str) -> None:
     """Save ``image`` as a PNG at ``out``, through a temporary file renamed into place."""
-    from producer.dumps import atomic_path
+    from imgq.files import atomic_path
 
     with atomic_path(out) as tmp:
         image.save(tmp, format="PNG")

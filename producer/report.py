@@ -26,8 +26,9 @@ from urllib.parse import quote
 
 from PIL import Image, ImageOps
 
+from imgq.files import atomic_path, usual_mode
 from imgq.store import JobStatus, ResultStore
-from producer.dumps import DumpError, atomic_path, dump_file, dumped_layers, load_layer, usual_mode
+from producer.dumps import DumpError, dump_file, dumped_layers, load_layer
 from producer.heatmaps import channel_title, feature_grid
 
 THUMB_SIZE = 160  # longest side of a thumbnail, in pixels

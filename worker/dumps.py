@@ -8,9 +8,10 @@ leaves only a temporary file behind, never a damaged dump.
 from __future__ import annotations
 
 import os
-import tempfile
 
 import numpy as np
+
+from imgq.files import atomic_path
 
 
 def dump_path(root: str, job: str, image: int) -> str:
@@ -30,13 +31,7 @@ def write_dump(root: str, job: str, image: int, activations: dict[str, np.ndarra
     folder = os.path.dirname(path)
     os.makedirs(folder, exist_ok=True)
     arrays = {name: value.astype(dtype, copy=False) for name, value in activations.items()}
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{image}-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as file:
-            np.savez(file, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as file:
+        np.savez(file, **arrays)
     return {"file": path, "dtype": dtype, "bytes": os.path.getsize(path),
             "layers": {name: list(value.shape) for name, value in arrays.items()}}
