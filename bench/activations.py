@@ -24,10 +24,10 @@ WARM_UP_PASSES = 2  # tracing the graph and oneDNN's first calls: not steady-sta
 
 def decoded_batches(folder: str, batch_size: int, limit: int | None) -> list[np.ndarray]:
     """The images under ``folder`` (sorted), decoded and preprocessed as the worker does, in float32 batches."""
-    from producer.enqueue import Selection, iter_images
+    from imgq.walk import PathFilter, iter_images
     from worker.preprocess import TARGET_SIZE, load_pixels, to_model_input
 
-    paths = sorted(iter_images([folder], Selection()))[:limit]
+    paths = sorted(iter_images([folder], PathFilter()))[:limit]
     batches = []
     for start in range(0, len(paths), batch_size):
         chunk = paths[start:start + batch_size]

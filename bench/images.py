@@ -7,14 +7,14 @@ import statistics
 import numpy as np
 from PIL import Image
 
-from producer.enqueue import Selection, iter_images
+from imgq.walk import PathFilter, iter_images
 
 PHONE_MEGAPIXELS = 8.0  # a folder whose median image has more pixels than this is held to the phone targets
 
 
 def list_images(folder: str, limit: int | None) -> list[str]:
     """The first ``limit`` images under ``folder`` (all without a limit), sorted so that runs compare."""
-    paths = sorted(iter_images([folder], Selection()))
+    paths = sorted(iter_images([folder], PathFilter()))
     if not paths:
         raise ValueError(f"Expected images under {folder}. Received: a folder with none.")
     return paths[:limit] if limit else paths

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from producer.enqueue import Selection, iter_images
+from imgq.walk import PathFilter, iter_images
 
 PHONE_SIZE = (4032, 3024)  # width, height of a 12 MP phone sensor (4:3)
 QUALITY = 92  # what phone cameras typically write
@@ -34,7 +34,7 @@ def make_phone_photos(src: str, dst: str, count: int) -> list[Path]:
 
     Raises ValueError when ``src`` holds no image.
     """
-    sources = sorted(iter_images([src], Selection()))
+    sources = sorted(iter_images([src], PathFilter()))
     if not sources:
         raise ValueError(f"Expected images under {src}. Received: a folder with none.")
     out = Path(dst)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from imgq.settings import Settings
 from imgq.store import JobStatus, ResultStore
-from producer.enqueue import submit
+from imgq.submit import submit
 from producer.local import EmbeddedRedis, LocalServiceError, LocalWorker
 
 JOB_TIMEOUT = 3600.0  # a stuck worker must not hang the benchmark forever
@@ -107,9 +107,9 @@ def end_to_end(running: RunningWorker, paths: list[str], settings: Settings) -> 
 
 def record_timings(store: ResultStore, job: str) -> dict:
     """Median decode and inference milliseconds per image, as the worker wrote them in its records."""
-    records = list(store.iter_results(job))
-    decode = [r["decode_ms"] for r in records if "decode_ms" in r]
-    inference = [r["inference_ms"] for r in records if r.get("inference_ms")]
+    records = list(store.iter_records(job))
+    decode = [r.decode_ms for r in records if r.decode_ms]
+    inference = [r.inference_ms for r in records if r.inference_ms]
     return {"decode_ms_median": statistics.median(decode) if decode else None,
             "inference_ms_median": statistics.median(inference) if inference else None}
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from imgq.settings import Settings
 from imgq.store import ResultStore, delete_namespace
-from producer.enqueue import Selection, iter_images, submit
+from imgq.submit import submit
+from imgq.walk import PathFilter, iter_images
 
 TREE_FOLDERS, TREE_FILES = 100, 1000  # 100,000 paths in all
 
@@ -33,7 +34,7 @@ def time_submit(root: str, settings: Settings) -> dict:
     store = ResultStore.from_settings(settings)
     try:
         started = time.perf_counter()
-        submitted = submit(iter_images([root], Selection()), settings=settings, store=store, name="bench-producer")
+        submitted = submit(iter_images([root], PathFilter()), settings=settings, store=store, name="bench-producer")
         seconds = time.perf_counter() - started
     finally:
         delete_namespace(settings.broker_url, settings.namespace)

@@ -7,11 +7,18 @@ ends must agree on. It never imports TensorFlow.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import os
 import re
 import ssl
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from imgq.settings import Settings
+from imgq.keys import Keys
+
+if TYPE_CHECKING:
+    from imgq.settings import Settings
 
 MESSAGE_VERSION = 1
 
@@ -37,7 +44,20 @@ ERROR_CODES = {
 }
 
 
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
+# Pillow plugins a worker may use (the JPEG plugin also opens phone cameras' multi-picture MPO files).
+# Never EPS and kin: those shell out to external programs.
+
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
+# File names the walk takes from folders (case-insensitive); the worker decides by content (a PNG named .jpg
+# works), among IMAGE_FORMATS.
+
 JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# A job id names a folder of activation dumps: never a path.
+
+NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+# A namespace or a schedule name: part of Redis keys and of SCAN patterns, so never a ':' or a glob character.
+
 KNOWN_MODES = ("", "skip", "refresh")
 
 
@@ -99,113 +119,182 @@ class BatchMessage:
         return message
 
 
-def ok_record(job: str, image: int, path: str, top_k: list[dict], **provenance) -> dict:
-    """The result of an image that was classified. ``top_k``: ``[{wnid, label, score}]``, best first.
+@dataclass(frozen=True)
+class Label:
+    """One of an image's top-k ImageNet classes: WordNet id, Keras' label, probability."""
 
-    ``provenance``: model, weights, precision, worker, decode_ms, inference_ms, and ``activations``
-    (``{file, dtype, bytes, layers: {name: shape}}``) when the job dumps activations.
+    wnid: str
+    label: str
+    score: float
+
+    def to_dict(self) -> dict:
+        return {"wnid": self.wnid, "label": self.label, "score": self.score}
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why an image has no labels: ``code`` one of ERROR_CODES, ``message`` one line for a person."""
+
+    code: str
+    message: str
+
+    def __post_init__(self):
+        if self.code not in ERROR_CODES:
+            raise ValueError(f"Expected an error code in {sorted(ERROR_CODES)}. Received: {self.code!r}")
+
+
+@dataclass(frozen=True)
+class ResultRecord:
+    """What an image ends with: exactly one per submitted image, ``ok`` with labels or ``error`` with a
+    Failure. Its dict form (``to_dict``) is what `imgq results` prints, line by line.
+
+    Provenance: ``model``/``weights``/``precision``/``runtime`` made the labels, ``worker`` ran them;
+    ``decode_ms`` and ``inference_ms`` (this image's share of its forward pass) time them; ``known``: answered
+    from the content-hash index (imgq/known.py); ``activations``: ``{file, dtype, bytes, layers: {name:
+    shape}}`` when the job dumps activations.
     """
-    return {"job": job, "image": image, "path": path, "status": "ok", "top_k": top_k, "error": None,
-            **provenance}
 
-
-def error_record(job: str, image: int, path: str, code: str, message: str, **provenance) -> dict:
-    """The result of an image that could not be classified; ``code`` is one of ERROR_CODES."""
-    if code not in ERROR_CODES:
-        raise ValueError(f"Expected an error code in {sorted(ERROR_CODES)}. Received: {code!r}")
-    return {"job": job, "image": image, "path": path, "status": "error", "top_k": [],
-            "error": {"code": code, "message": message}, **provenance}
-
-
-class Keys:
-    """Every Redis key imgq uses, as ``<namespace>:<noun>:<id>``."""
-
-    def __init__(self, namespace: str):
-        self.ns = namespace
-
-    @property
-    def jobs(self) -> str:
-        """Sorted set of job ids, scored by creation time."""
-        return f"{self.ns}:jobs"
-
-    def job(self, job: str) -> str:
-        """Hash: the job record (name, created, parameters, total, timestamps)."""
-        return f"{self.ns}:job:{job}"
-
-    def results(self, job: str) -> str:
-        """Hash: image id -> result record (JSON). One field per image, so a redelivery overwrites."""
-        return f"{self.ns}:results:{job}"
-
-    def failed(self, job: str) -> str:
-        """Set of image ids whose record is an error; a set, so a redelivery cannot count twice."""
-        return f"{self.ns}:failed:{job}"
-
-    def batches(self, job: str) -> str:
-        """List: the job's batch messages (JSON) in order, kept to re-queue and to export in order."""
-        return f"{self.ns}:batches:{job}"
+    job: str
+    image: int
+    path: str
+    status: str
+    top_k: tuple[Label, ...] = ()
+    error: Failure | None = None
+    model: str = MODEL_NAME
+    weights: str = ""
+    precision: str = ""
+    runtime: str = ""
+    worker: str = ""
+    decode_ms: float = 0.0
+    inference_ms: float = 0.0
+    known: bool = False
+    activations: dict | None = None
 
     @property
-    def active(self) -> str:
-        """Set of the ids of jobs not yet done or cancelled: what the reconciler looks at."""
-        return f"{self.ns}:active"
-
-    def attempts(self, job: str) -> str:
-        """Hash: batch number -> deliveries so far (the broker does not count redeliveries)."""
-        return f"{self.ns}:attempts:{job}"
-
-    def inflight(self, job: str) -> str:
-        """Hash: batch number -> id of the worker classifying it now (removed when its records are stored)."""
-        return f"{self.ns}:inflight:{job}"
-
-    def suspects(self, job: str) -> str:
-        """Hash: image id -> worker id, set while a batch in isolation decodes that image. Still there after
-        a delivery, it names the image that killed the worker."""
-        return f"{self.ns}:suspects:{job}"
-
-    def known(self, model: str, top_k: int) -> str:
-        """Hash: content digest of an image -> its packed top-k (or a claim while it is computed), for one
-        model (weights and precision) and one k: imgq/known.py."""
-        return f"{self.ns}:known:{model}:{top_k}"
+    def ok(self) -> bool:
+        return self.status == "ok"
 
     @property
-    def reconcile_lock(self) -> str:
-        """String with a TTL: held by the one worker reconciling jobs at the moment."""
-        return f"{self.ns}:reconcile-lock"
+    def untrained(self) -> bool:
+        """Made with random weights: its labels mean nothing."""
+        return is_untrained(self.weights)
 
-    def worker(self, hostname: str) -> str:
-        """String with a TTL: a live worker's heartbeat (JSON)."""
-        return f"{self.ns}:worker:{hostname}"
+    def to_dict(self) -> dict:
+        data = {"job": self.job, "image": self.image, "path": self.path, "status": self.status,
+                "top_k": [label.to_dict() for label in self.top_k],
+                "error": None if self.error is None else {"code": self.error.code, "message": self.error.message},
+                "model": self.model, "weights": self.weights, "precision": self.precision}
+        if self.runtime:
+            data["runtime"] = self.runtime
+        data.update(worker=self.worker, decode_ms=self.decode_ms, inference_ms=self.inference_ms)
+        if self.known:
+            data["known"] = True
+        if self.activations is not None:
+            data["activations"] = self.activations
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ResultRecord:
+        """Parse a record; raises MessageError saying what was expected and what was received."""
+        try:
+            error = data.get("error")
+            return cls(job=str(data["job"]), image=int(data["image"]), path=str(data["path"]),
+                       status=str(data["status"]),
+                       top_k=tuple(Label(str(t["wnid"]), str(t["label"]), float(t["score"]))
+                                   for t in data.get("top_k") or ()),
+                       error=None if not error else Failure(str(error["code"]), str(error["message"])),
+                       model=str(data.get("model", MODEL_NAME)), weights=str(data.get("weights", "")),
+                       precision=str(data.get("precision", "")), runtime=str(data.get("runtime", "")),
+                       worker=str(data.get("worker", "")), decode_ms=float(data.get("decode_ms", 0.0)),
+                       inference_ms=float(data.get("inference_ms", 0.0)), known=bool(data.get("known", False)),
+                       activations=data.get("activations"))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise MessageError(f"Malformed result record ({exc}). Received: {data!r:.200}") from None
+
+
+def ok_record(job: str, image: int, path: str, top_k, **provenance) -> ResultRecord:
+    """The record of an image that was classified. ``top_k``: Labels (or ``{wnid, label, score}`` dicts),
+    best first; ``provenance``: the other fields of ResultRecord."""
+    labels = tuple(t if isinstance(t, Label) else Label(t["wnid"], t["label"], t["score"]) for t in top_k)
+    return ResultRecord(job, image, path, "ok", labels, None, **provenance)
+
+
+def error_record(job: str, image: int, path: str, code: str, message: str, **provenance) -> ResultRecord:
+    """The record of an image that could not be classified; ``code`` is one of ERROR_CODES (else ValueError)."""
+    return ResultRecord(job, image, path, "error", (), Failure(code, message), **provenance)
+
+
+def is_untrained(weights: str) -> bool:
+    """True for the weights ids of random weights (``random:SEED (untrained: ...)``): labels without meaning."""
+    return weights.startswith("random")
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """What a live worker says about itself every IMGQ_HEARTBEAT_SECONDS (``Keys.worker``, with a TTL).
+
+    The reconciler reads ``in_hand`` (the batches it holds); `imgq status --workers` and the health check
+    read the rest.
+    """
+
+    hostname: str
+    pid: int = 0
+    host: str = ""
+    weights: str = ""
+    precision: str = ""
+    runtime: str = ""
+    pool: str = ""
+    concurrency: int = 0
+    batch_size: int = 0
+    started_at: float = 0.0
+    images_done: int = 0
+    in_hand: tuple[tuple[str, int], ...] = ()
+    images_per_second: float = 0.0
+    model_load_seconds: float = 0.0
+    warnings: tuple[str, ...] = ()
+    # Conditions an operator must know about (e.g. a Redis that may evict imgq's keys).
 
     @property
-    def worker_pattern(self) -> str:
-        return f"{self.ns}:worker:*"
+    def batches_in_hand(self) -> int:
+        return len(self.in_hand)
 
-    @property
-    def schedules(self) -> str:
-        """Sorted set of schedule names, scored by creation time."""
-        return f"{self.ns}:schedules"
+    def holds(self, job: str, batch: int) -> bool:
+        return (job, batch) in self.in_hand
 
-    def schedule(self, name: str) -> str:
-        """Hash: a schedule's definition (paths, when, submit options, paused) and its job in flight."""
-        return f"{self.ns}:schedule:{name}"
+    def to_dict(self) -> dict:
+        data = dataclasses.asdict(self)
+        data.update(in_hand=[list(item) for item in self.in_hand], warnings=list(self.warnings),
+                    batches_in_hand=self.batches_in_hand)
+        return data
 
-    def schedule_runs(self, name: str) -> str:
-        """List: the schedule's recent ticks (JSON), newest first, capped."""
-        return f"{self.ns}:schedule:{name}:runs"
+    @classmethod
+    def from_dict(cls, data: dict) -> Heartbeat:
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["in_hand"] = tuple((str(job), int(batch)) for job, batch in data.get("in_hand", ()))
+        values["warnings"] = tuple(data.get("warnings", ()))
+        return cls(**values)
 
-    def schedule_lock(self, name: str) -> str:
-        """String with a TTL: held by the one tick of the schedule running, so two never interleave."""
-        return f"{self.ns}:schedule:{name}:lock"
 
-    def scan(self, name: str, part: str) -> str:
-        """Hash: incremental scan state of a schedule, ``part`` one of known, errors, pending (producer.scan)."""
-        return f"{self.ns}:scan:{name}:{part}"
+def dump_path(root: str, job: str, image: int) -> str:
+    """Where the activation dump of ``image`` of ``job`` is, under the dump root: ``<root>/<job>/<image>.npz``.
 
-    @property
-    def redbeat_prefix(self) -> str:
-        """Prefix of celery-redbeat's keys: ``<prefix><name>`` per schedule entry, ``<prefix>:schedule`` (its
-        due times), ``<prefix>:lock`` (the one beat that fires)."""
-        return f"{self.ns}:redbeat:"
+    ``job`` must be a job id (JOB_ID) and ``image`` an int, so the path cannot leave ``root``: raises
+    ValueError otherwise.
+    """
+    if not JOB_ID.fullmatch(job):
+        raise ValueError(f"Expected a job id of letters, digits, '_' or '-'. Received: {job!r}")
+    return os.path.join(root, job, f"{int(image)}.npz")
+
+
+def path_digest(path: str) -> bytes:
+    """12 bytes of BLAKE2b of a file's absolute path: how the walk drops duplicates and the scan state keys
+    files. A path costs its length, a digest 12 bytes; two paths colliding among a billion is a 1-in-10^11
+    event."""
+    return hashlib.blake2b(os.fsencode(path), digest_size=PATH_DIGEST_BYTES).digest()
+
+
+PATH_DIGEST_BYTES = 12
 
 
 def queue_name(settings: Settings) -> str:
@@ -247,7 +336,7 @@ def _base_config(settings: Settings) -> dict:
             # Unacknowledged batches return to the queue after this long (a worker died holding them).
             "visibility_timeout": settings.visibility_timeout,
             # Kombu's own keys (queues, unacked) live under our namespace too.
-            "global_keyprefix": f"{settings.namespace}:kombu:",
+            "global_keyprefix": Keys(settings.namespace).kombu_prefix,
         },
         # JSON only: a pickled message could run code in the worker.
         "task_serializer": "json",

@@ -12,7 +12,7 @@ import time
 
 import redis
 
-from imgq.contract import Keys
+from imgq.keys import Keys
 
 
 class Deliveries:

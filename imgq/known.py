@@ -14,7 +14,7 @@ import time
 
 import redis
 
-from imgq.contract import Keys
+from imgq.keys import Keys
 
 DIGEST_BYTES = 16
 RESULT, CLAIM = b"R", b"C"  # the first byte tells a result from a claim

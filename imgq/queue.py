@@ -24,16 +24,6 @@ def publish(messages: Iterable[dict], settings: Settings) -> int:
     return sent
 
 
-def queue_key(settings: Settings) -> str:
-    """The Redis list holding the queued batch messages (kombu's key, under our namespace)."""
-    return celery_config(settings)["broker_transport_options"]["global_keyprefix"] + queue_name(settings)
-
-
-def unacked_key(settings: Settings) -> str:
-    """The Redis hash of messages delivered to a worker and not yet acknowledged (kombu's)."""
-    return celery_config(settings)["broker_transport_options"]["global_keyprefix"] + "unacked"
-
-
 @functools.lru_cache(maxsize=8)
 def sender_app(settings: Settings):
     """A Celery app configured like the workers', used only to send; one per settings, so that its

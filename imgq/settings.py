@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
+
+from imgq.contract import NAME
 
 ENV_PREFIX = "IMGQ_"
 
@@ -158,7 +159,6 @@ _INT_MAXIMA = {"batch_size": 1024, "top_k": 1000, "metrics_port": 65535}
 _INT_MINIMA = {"metrics_port": 0,  # 0 turns the metrics server off
                "scan_max_retries": 0}  # 0: a file that errored is not retried
 _BOOL_FIELDS = {"jpeg_draft"}
-_NAMESPACE = re.compile(r"[A-Za-z0-9._-]{1,64}")  # it prefixes Redis keys and is matched in SCAN patterns
 _CHOICES = {"pool": ("solo", "threads", "prefork"), "precision": ("fp32", "bf16"), "log_format": ("text", "json")}
 
 
@@ -178,7 +178,7 @@ def _parse(name: str, raw: str):
         return raw.lower() in ("1", "true", "yes", "on")
     if name in _CHOICES and raw not in _CHOICES[name]:
         raise ValueError(f"{env_var(name)} must be one of {', '.join(_CHOICES[name])}. Received: {raw!r}")
-    if name == "namespace" and not _NAMESPACE.fullmatch(raw):
+    if name == "namespace" and not NAME.fullmatch(raw):
         raise ValueError(f"{env_var(name)} must be letters, digits, '.', '_' or '-'. Received: {raw!r}")
     if name == "allowed_roots":
         return tuple(str(Path(p).expanduser().resolve()) for p in raw.split(os.pathsep) if p)

@@ -21,7 +21,8 @@ from itertools import islice
 
 import redis
 
-from imgq.contract import Keys
+from imgq.contract import Heartbeat, ResultRecord
+from imgq.keys import Keys
 from imgq.settings import Settings
 
 STAGING_TTL = 24 * 3600
@@ -131,6 +132,10 @@ class ResultStore:
         pipe.persist(self.keys.batches(job))
         pipe.execute()
 
+    def discard_staged(self, job: str) -> None:
+        """Drop the staged batches of a submission that will not be committed (else they wait a day)."""
+        self.redis.delete(self.keys.batches(job))
+
     def batch(self, job: str, number: int) -> dict | None:
         """One batch message of the job, by number."""
         raw = self.redis.lindex(self.keys.batches(job), number)
@@ -162,14 +167,14 @@ class ResultStore:
     def is_cancelled(self, job: str) -> bool:
         return self.redis.hexists(self.keys.job(job), "cancelled_at")
 
-    def record_results(self, job: str, records: Iterable[dict]) -> int:
+    def record_results(self, job: str, records: Iterable[ResultRecord]) -> int:
         """Store one record per image (overwriting any earlier one); returns how many images have records."""
         records = list(records)
         results, failed = self.keys.results(job), self.keys.failed(job)
-        errors = [r["image"] for r in records if r["status"] == "error"]
-        oks = [r["image"] for r in records if r["status"] == "ok"]
+        errors = [r.image for r in records if not r.ok]
+        oks = [r.image for r in records if r.ok]
         pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(results, mapping={str(r["image"]): json.dumps(r) for r in records})
+        pipe.hset(results, mapping={str(r.image): json.dumps(r.to_dict()) for r in records})
         if errors:
             pipe.sadd(failed, *errors)
         if oks:  # a redelivery may turn an earlier error into a result
@@ -216,7 +221,7 @@ class ResultStore:
                 continue
         return statuses
 
-    def iter_results(self, job: str) -> Iterator[dict]:
+    def iter_records(self, job: str) -> Iterator[ResultRecord]:
         """Every stored record of the job, in submission order. Raises JobNotFound."""
         total = self.status(job).total
         key = self.keys.results(job)
@@ -224,12 +229,40 @@ class ResultStore:
             fields = [str(i) for i in range(start, min(start + READ_CHUNK, total))]
             for raw in self.redis.hmget(key, fields):
                 if raw is not None:
-                    yield json.loads(raw)
+                    yield ResultRecord.from_dict(json.loads(raw))
 
-    def workers(self) -> list[dict]:
+    def iter_results(self, job: str) -> Iterator[dict]:
+        """``iter_records`` in their dict form: what `imgq results` prints. Raises JobNotFound."""
+        return (record.to_dict() for record in self.iter_records(job))
+
+    def record(self, job: str, image: int) -> ResultRecord | None:
+        """The record of one image; None while it has none."""
+        raw = self.redis.hget(self.keys.results(job), str(image))
+        return None if raw is None else ResultRecord.from_dict(json.loads(raw))
+
+    # -- workers and the queue -------------------------------------------------------------------------
+
+    def workers(self) -> list[Heartbeat]:
         """Heartbeats of the live workers (each refreshed every few seconds, expiring when it stops)."""
         keys = list(self.redis.scan_iter(match=self.keys.worker_pattern, count=1000))
-        return [json.loads(v) for v in self.redis.mget(keys) if v] if keys else []
+        return [Heartbeat.from_dict(json.loads(v)) for v in self.redis.mget(keys) if v] if keys else []
+
+    def heartbeat(self, worker_id: str) -> Heartbeat | None:
+        """The last heartbeat of one worker; None once it has expired (the worker stopped or died)."""
+        raw = self.redis.get(self.keys.worker(worker_id))
+        return None if raw is None else Heartbeat.from_dict(json.loads(raw))
+
+    def send_heartbeat(self, worker_id: str, heartbeat: Heartbeat, ttl: int) -> None:
+        """Say that ``worker_id`` is alive for ``ttl`` seconds more."""
+        self.redis.set(self.keys.worker(worker_id), json.dumps(heartbeat.to_dict()), ex=ttl)
+
+    def queue_depth(self) -> int:
+        """Batch messages waiting in the workers' queue (kombu's list)."""
+        return self.redis.llen(self.keys.kombu_queue)
+
+    def take_reconcile_turn(self, worker_id: str, seconds: int) -> bool:
+        """True for the one worker allowed to reconcile for the next ``seconds``."""
+        return bool(self.redis.set(self.keys.reconcile_lock, worker_id, nx=True, ex=seconds))
 
     def cancel(self, job: str) -> JobStatus:
         """Stop the job's remaining batches from running; records already written stay. A finished job

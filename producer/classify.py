@@ -9,9 +9,10 @@ from contextlib import ExitStack
 
 import click
 
+from imgq import submit as submission
+from imgq.contract import is_untrained
 from imgq.settings import DEFAULT_BROKER_URL, Settings, mask_url
 from imgq.store import JobStatus, ResultStore
-from producer import enqueue
 from producer.export import output, write_jsonl
 from producer.local import EmbeddedRedis, LocalWorker, redis_answers
 from producer.progress import wait
@@ -29,14 +30,14 @@ def run_classify(images: Iterable[str], settings: Settings, *, name: str, out: s
         store = ResultStore.from_settings(settings)
         store.ping()
         worker = _ensure_worker(settings, store, started)
-        submitted = enqueue.submit(images, settings=settings, store=store, name=name)
+        submitted = submission.submit(images, settings=settings, store=store, name=name)
         click.echo(f"Job {submitted.job}: {submitted.total} images in {submitted.batches} batches.", err=True)
         if worker is not None:
             worker.wait_ready(store)
         final = wait(store, submitted.job, check=worker.check_alive if worker else None)
         out = out or f"imgq-{submitted.job}.jsonl"
         with output(out) as file:
-            write_jsonl(store.iter_results(submitted.job), file)
+            write_jsonl(store.iter_records(submitted.job), file)
         _print_summary(store, final, out)
         return final
 
@@ -55,7 +56,7 @@ def _ensure_redis(settings: Settings, embedded: bool | None, configured: bool, s
 
 def _ensure_worker(settings: Settings, store: ResultStore, started: ExitStack) -> LocalWorker | None:
     if workers := store.workers():
-        others = {w.get("weights", "") for w in workers} - {settings.weights}
+        others = {w.weights for w in workers} - {settings.weights}
         if not all(w.startswith(settings.weights) for w in others):
             click.echo(f"Using the {len(workers)} live workers, with weights {', '.join(sorted(others))}: "
                        f"--weights applies only to a worker started here.", err=True)
@@ -70,12 +71,12 @@ def _ensure_worker(settings: Settings, store: ResultStore, started: ExitStack) -
 
 def _print_summary(store: ResultStore, final: JobStatus, out: str) -> None:
     labels, errors, weights = Counter(), Counter(), set()
-    for record in store.iter_results(final.id):
-        weights.add(record.get("weights", ""))
-        if record["status"] == "ok":
-            labels[record["top_k"][0]["label"]] += 1
-        else:
-            errors[record["error"]["code"]] += 1
+    for record in store.iter_records(final.id):
+        weights.add(record.weights)
+        if record.error is not None:
+            errors[record.error.code] += 1
+        elif record.top_k:
+            labels[record.top_k[0].label] += 1
     rate = f", {final.rate:.1f} images/s" if final.rate else ""
     click.echo(f"{final.ok} classified, {final.failed} failed of {final.total} ({final.state}{rate}).", err=True)
     click.echo(f"Results: {out}", err=True)
@@ -83,5 +84,5 @@ def _print_summary(store: ResultStore, final: JobStatus, out: str) -> None:
         click.echo("Top labels: " + ", ".join(f"{label} ({n})" for label, n in labels.most_common(5)), err=True)
     if errors:
         click.echo("Errors: " + ", ".join(f"{code} ({n})" for code, n in errors.most_common()), err=True)
-    if any(w.startswith("random") for w in weights):
+    if any(is_untrained(w) for w in weights):
         click.echo("WARNING: made with random weights: the labels are meaningless.", err=True)

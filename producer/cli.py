@@ -1,5 +1,5 @@
-"""The `imgq` command line. Commands only: the work is in producer.enqueue, producer.export,
-producer.progress, producer.classify and imgq.store. Errors become one-line messages here and nowhere else.
+"""The `imgq` command line. Commands only: the work is in imgq.walk, imgq.submit, imgq.store, producer.export,
+producer.progress and producer.classify. Errors become one-line messages here and nowhere else.
 
 Imports are kept light (no TensorFlow, Celery or rich at import time) so that `imgq --help` is instant.
 """
@@ -16,10 +16,12 @@ import click
 import redis
 
 from imgq import queue
+from imgq import submit as submission
+from imgq.contract import IMAGE_EXTENSIONS
 from imgq.layers import UnknownLayer, check_layers
 from imgq.settings import Settings, env_var, mask_url
 from imgq.store import JobNotFound, JobStatus, ResultStore
-from producer import enqueue
+from imgq.walk import IGNORE_MARKERS, PathFilter, iter_images, read_path_list
 from producer.dumps import DumpError, estimate_bytes, format_bytes, size_guard
 from producer.export import FORMATS, output, writer_for
 from producer.local import LocalServiceError
@@ -35,7 +37,7 @@ class CliGroup(click.Group):
             raise click.ClickException(f"Cannot reach Redis at {_url(ctx)}: {_first_line(exc)}") from None
         except redis.AuthenticationError as exc:
             raise click.ClickException(f"Redis at {_url(ctx)} refused the credentials: {exc}") from None
-        except (JobNotFound, enqueue.EmptySelection, TimeoutError, LocalServiceError, DumpError) as exc:
+        except (JobNotFound, submission.EmptySelection, TimeoutError, LocalServiceError, DumpError) as exc:
             raise click.ClickException(str(exc)) from None
         except Exception as exc:
             if _is_kombu_connection_error(exc):
@@ -98,7 +100,11 @@ def submit_options(command):
                      help="Walk into sub-folders of the folders given."),
         click.option("--include", "includes", multiple=True, metavar="GLOB",
                      help="Take files in folders matching GLOB (repeatable) instead of the image extensions "
-                          f"({', '.join(enqueue.DEFAULT_EXTENSIONS)})."),
+                          f"({', '.join(IMAGE_EXTENSIONS)})."),
+        click.option("--exclude", "excludes", multiple=True, metavar="GLOB",
+                     help="Skip files and folders whose name or path matches GLOB (repeatable), e.g. 'thumbnails' "
+                          f"or '*/cache/*'. Folders holding a {' or '.join(IGNORE_MARKERS)} file are always "
+                          "skipped, with their sub-folders; so are hidden ones."),
         click.option("--from-file", type=click.File("r", encoding="utf-8", errors="surrogateescape"),
                      help="Read more paths from FILE, one per line ('-' for standard input)."),
         setting_option("--top-k", setting="top_k", type=click.IntRange(1, 1000), help="Labels kept per image."),
@@ -111,11 +117,11 @@ def submit_options(command):
     return command
 
 
-def selected_images(paths, recursive, includes, from_file):
+def selected_images(paths, recursive, includes, excludes, from_file):
     if not paths and from_file is None:
         raise click.UsageError("Give at least one PATH or --from-file.")
-    sources = list(paths) + (list(enqueue.read_path_list(from_file)) if from_file else [])
-    return enqueue.iter_images(sources, enqueue.Selection(recursive=recursive, includes=tuple(includes)))
+    sources = list(paths) + (list(read_path_list(from_file)) if from_file else [])
+    return iter_images(sources, PathFilter(recursive=recursive, includes=tuple(includes), excludes=tuple(excludes)))
 
 
 def layer_names(ctx, param, values: tuple[str, ...]) -> tuple[str, ...]:
@@ -140,16 +146,16 @@ def layer_names(ctx, param, values: tuple[str, ...]) -> tuple[str, ...]:
 @click.option("--yes", is_flag=True, help="Queue even when the dumps would take more than IMGQ_MAX_DUMP_BYTES.")
 @click.option("--wait", "wait_", is_flag=True, help="Show progress until the job completes.")
 @click.pass_context
-def submit(ctx, paths, recursive, includes, from_file, top_k, batch_size, name, known, activations,
+def submit(ctx, paths, recursive, includes, excludes, from_file, top_k, batch_size, name, known, activations,
            activations_dtype, yes, wait_):
     """Queue the images under PATH... as one job and print its id (only the id, on stdout)."""
     settings = with_overrides(ctx, top_k=top_k, batch_size=batch_size)
-    images = selected_images(paths, recursive, includes, from_file)
+    images = selected_images(paths, recursive, includes, excludes, from_file)
     store = ResultStore.from_settings(settings)
     store.ping()
     queue.check_broker(settings)
     guard = size_guard(activations, activations_dtype, settings.max_dump_bytes) if activations and not yes else None
-    submitted = enqueue.submit(images, settings=settings, store=store, name=name, known=known,
+    submitted = submission.submit(images, settings=settings, store=store, name=name, known=known,
                                activations=activations, activations_dtype=activations_dtype, limit_check=guard)
     click.echo(submitted.job)
     click.echo(f"Queued {submitted.total} images in {submitted.batches} batches.", err=True)
@@ -174,7 +180,7 @@ def status(ctx, job, limit, show_workers, as_json):
     """Counts, rate, ETA and state of JOB; without JOB, a table of recent jobs."""
     store = ResultStore.from_settings(ctx.obj)
     if show_workers:
-        _print_workers(store, ctx.obj, as_json)
+        _print_workers(store, as_json)
         return
     statuses = [store.status(job)] if job else store.list_jobs(limit)
     if as_json:
@@ -213,21 +219,22 @@ def _print_jobs(statuses: list[JobStatus]) -> None:
                    f"{s.failed:>6}  {rate:>8}  {_time(s.created)}")
 
 
-def _print_workers(store: ResultStore, settings: Settings, as_json: bool) -> None:
-    workers = sorted(store.workers(), key=lambda w: w.get("hostname", ""))
-    depth = store.redis.llen(queue.queue_key(settings))
+def _print_workers(store: ResultStore, as_json: bool) -> None:
+    workers = sorted(store.workers(), key=lambda w: w.hostname)
+    depth = store.queue_depth()
     jobs = _jobs_in_flight(store)
     if as_json:
-        click.echo(json.dumps({"queued_batches": depth, "workers": workers,
+        click.echo(json.dumps({"queued_batches": depth, "workers": [w.to_dict() for w in workers],
                                "jobs_in_flight": [_status_dict(s) for s in jobs]}))
         return
     click.echo(f"{depth} batches queued; {len(workers)} workers alive; {len(jobs)} jobs in flight.")
     for w in workers:
-        rate = w.get("images_per_second")
-        click.echo(f"  {w.get('hostname')} on {w.get('host')}, pid {w.get('pid')}: pool {w.get('pool')} "
-                   f"x{w.get('concurrency', '?')}, {w.get('batches_in_hand', '?')} batches in hand, "
-                   f"{'?' if rate is None else f'{rate:.1f}'} images/s over the last minute, "
-                   f"{w.get('images_done', 0)} images done; {w.get('precision')}, weights {w.get('weights')}")
+        runtime = f"{w.runtime}, " if w.runtime else ""
+        click.echo(f"  {w.hostname} on {w.host}, pid {w.pid}: pool {w.pool} x{w.concurrency}, "
+                   f"{w.batches_in_hand} batches in hand, {w.images_per_second:.1f} images/s over the last minute, "
+                   f"{w.images_done} images done; {runtime}{w.precision}, weights {w.weights}")
+        for warning in w.warnings:
+            click.echo(f"    WARNING: {warning}")
     for s in jobs:
         click.echo(f"  job {s.id} {s.state}: {s.processed}/{s.total} done, {s.failed} failed"
                    + (f" ({s.name})" if s.name and s.name != s.id else ""))
@@ -280,7 +287,7 @@ def results(ctx, job, fmt, out, embeddings_out):
             return
     k = status.params.get("top_k", ctx.obj.top_k)
     with output(out) as file:
-        n = writer_for(fmt, k)(store.iter_results(job), file)
+        n = writer_for(fmt, k)(store.iter_records(job), file)
     if out:
         click.echo(f"Wrote {n} records to {out}.", err=True)
 
@@ -321,7 +328,7 @@ def requeue(ctx, job):
 def _write_embeddings(store: ResultStore, job: str, out: str, dump_root: str) -> None:
     from producer.embeddings import write_embeddings
 
-    written = write_embeddings(store.iter_results(job), out, dump_root)
+    written = write_embeddings(store.iter_records(job), out, dump_root)
     click.echo(f"Wrote {written.rows} embeddings ({written.dtype}) to {written.path} and the index {written.index}; "
                f"{written.missing} images have none.", err=True)
 
@@ -339,10 +346,10 @@ def worker(ctx, weights, batch_size, metrics_port, log_format, celery_args):
     """Start a worker (extra arguments go to `celery worker`, e.g. --loglevel INFO)."""
     settings = with_overrides(ctx, weights=weights, batch_size=batch_size, metrics_port=metrics_port,
                               log_format=log_format)
-    os.environ.update(settings.as_env())  # the worker app reads its settings from the environment
-    from worker.__main__ import main as worker_main
-
-    worker_main(list(celery_args))
+    # The worker is another program (TensorFlow, Celery's worker): run it in this process's place, never import
+    # it. Its settings travel in the environment, which it reads alone.
+    os.environ.update(settings.as_env())
+    os.execv(sys.executable, [sys.executable, "-m", "worker", *celery_args])
 
 
 @cli.command()
@@ -353,13 +360,14 @@ def worker(ctx, weights, batch_size, metrics_port, log_format, celery_args):
 @click.option("--embedded-redis/--no-embedded-redis", default=None,
               help="Start a private Redis-compatible server (default: only when none is configured or answering).")
 @click.pass_context
-def classify(ctx, paths, recursive, includes, from_file, top_k, batch_size, name, weights, out, embedded_redis):
+def classify(ctx, paths, recursive, includes, excludes, from_file, top_k, batch_size, name, weights, out,
+             embedded_redis):
     """Classify the images under PATH... on this machine, starting whatever is missing, into a JSONL file."""
     from producer.classify import run_classify
 
     settings = with_overrides(ctx, top_k=top_k, batch_size=batch_size, weights=weights)
     broker_configured = bool(os.environ.get(env_var("broker_url"))) or ctx.parent.params.get("broker_url")
-    images = selected_images(paths, recursive, includes, from_file)
+    images = selected_images(paths, recursive, includes, excludes, from_file)
     run_classify(images, settings, name=name, out=out, embedded=embedded_redis,
                  broker_configured=bool(broker_configured))
 

@@ -10,12 +10,11 @@ Nothing here imports numpy at import time: the CLI imports this module for its e
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from imgq.contract import JOB_ID
+from imgq.contract import ResultRecord, dump_path
 from imgq.layers import dump_bytes
 
 if TYPE_CHECKING:
@@ -68,28 +67,29 @@ def size_guard(layers: tuple[str, ...], dtype: str, limit: int) -> Callable[[int
 def local_dump_path(dump_root: str, job: str, image: int) -> str:
     """Where the dump of ``image`` is under this machine's dump root. Raises DumpError for a job id that
     is not one (it names a folder: it must never be a path)."""
-    if not JOB_ID.fullmatch(job):
-        raise DumpError(f"Expected a job id of letters, digits, '_' or '-'. Received: {job!r}")
-    return os.path.join(dump_root, job, f"{int(image)}.npz")
+    try:
+        return dump_path(dump_root, job, image)
+    except ValueError as exc:
+        raise DumpError(str(exc)) from None
 
 
-def dump_file(record: dict, dump_root: str) -> str | None:
+def dump_file(record: ResultRecord, dump_root: str) -> str | None:
     """The dump of the image of ``record``, or None when its record has none or the file is gone.
 
     Looked for under ``dump_root`` first (the shared volume as this machine mounts it), then at the path
     the worker recorded.
     """
-    if record.get("status") != "ok" or not record.get("activations"):
+    if not record.ok or not record.activations:
         return None
-    for path in (local_dump_path(dump_root, record["job"], record["image"]), record["activations"].get("file")):
+    for path in (local_dump_path(dump_root, record.job, record.image), record.activations.get("file")):
         if path and os.path.isfile(path):
             return path
     return None
 
 
-def dumped_layers(record: dict) -> dict[str, tuple[int, ...]]:
+def dumped_layers(record: ResultRecord) -> dict[str, tuple[int, ...]]:
     """Layer name -> shape of one image's activations, as the record lists them (empty without a dump)."""
-    layers = (record.get("activations") or {}).get("layers") or {}
+    layers = (record.activations or {}).get("layers") or {}
     return {name: tuple(shape) for name, shape in layers.items()}
 
 
@@ -111,28 +111,27 @@ def load_layer(path: str, layer: str):
         raise DumpError(f"Cannot read the dump {path}: {exc}") from None
 
 
-
-def record_of(store: ResultStore, job: str, image: int) -> dict:
+def record_of(store: ResultStore, job: str, image: int) -> ResultRecord:
     """The record of ``image`` of ``job``. Raises JobNotFound, or DumpError when the image has none (yet)."""
     status = store.status(job)
-    raw = store.redis.hget(store.keys.results(job), str(image))
-    if raw is None:
+    record = store.record(job, image)
+    if record is None:
         raise DumpError(f"Job {job} has no record of image {image} (it has images 0 to {status.total - 1}; "
                         f"{status.processed} have records).")
-    return json.loads(raw)
+    return record
 
 
-def layer_of(record: dict, layer: str, dump_root: str):
+def layer_of(record: ResultRecord, layer: str, dump_root: str):
     """The activations of ``layer`` for the image of ``record``. Raises DumpError saying what is missing."""
-    label = f"Image {record['image']} of job {record['job']}"
-    if record.get("status") != "ok":
-        raise DumpError(f"{label} was not classified ({(record.get('error') or {}).get('code')}): it has no dump.")
+    label = f"Image {record.image} of job {record.job}"
+    if record.error is not None:
+        raise DumpError(f"{label} was not classified ({record.error.code}): it has no dump.")
     layers = dumped_layers(record)
     if layer not in layers:
         dumped = ", ".join(layers) or "none"
         raise DumpError(f"{label} has no dump of layer {layer!r} (dumped: {dumped}).")
     path = dump_file(record, dump_root)
     if path is None:
-        raise DumpError(f"{label}: its dump is not under {dump_root} nor at {record['activations'].get('file')} "
+        raise DumpError(f"{label}: its dump is not under {dump_root} nor at {(record.activations or {}).get('file')} "
                         f"(set IMGQ_DUMP_ROOT to where the workers write).")
     return load_layer(path, layer)

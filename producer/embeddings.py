@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from imgq.contract import ResultRecord
 from imgq.files import atomic_path
 from producer.dumps import DumpError, dump_file, dumped_layers, load_layer
 
@@ -44,7 +45,7 @@ def index_path(out: str) -> str:
     return (out[:-4] if out.endswith(".npy") else out) + ".index.jsonl"
 
 
-def write_embeddings(records: Iterable[dict], out: str, dump_root: str) -> Embeddings:
+def write_embeddings(records: Iterable[ResultRecord], out: str, dump_root: str) -> Embeddings:
     """Gather the avg_pool dumps of ``records`` (in submission order) into ``out`` and its index.
 
     Both files are written to temporary names and renamed into place, the index last. Raises NoEmbeddings
@@ -67,20 +68,21 @@ def write_embeddings(records: Iterable[dict], out: str, dump_root: str) -> Embed
     return Embeddings(out, index, len(files), missing, dtype)
 
 
-def _index_entries(records: Iterable[dict], dump_root: str, files: list[str]) -> Iterator[tuple[dict, str | None]]:
+def _index_entries(records: Iterable[ResultRecord], dump_root: str,
+                   files: list[str]) -> Iterator[tuple[dict, str | None]]:
     """``(index entry, dump file or None)`` per record; rows are numbered by ``files`` as it grows."""
     for record in records:
         file = dump_file(record, dump_root) if EMBEDDING_LAYER in dumped_layers(record) else None
-        entry = {"row": len(files) if file else None, "image": record["image"], "path": record["path"]}
+        entry = {"row": len(files) if file else None, "image": record.image, "path": record.path}
         if file is None:
             entry["missing"] = _why_missing(record)
         yield entry, file
 
 
-def _why_missing(record: dict) -> str:
-    if record.get("status") != "ok":
-        return (record.get("error") or {}).get("code", "error")
-    if not record.get("activations"):
+def _why_missing(record: ResultRecord) -> str:
+    if record.error is not None:
+        return record.error.code
+    if not record.activations:
         return "no_dump"
     if EMBEDDING_LAYER not in dumped_layers(record):
         return "layer_not_dumped"

@@ -9,15 +9,16 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import IO
 
+from imgq.contract import ResultRecord
 from imgq.files import atomic_path
 
 FORMATS = ("jsonl", "csv")
 
 
-def write_jsonl(records: Iterable[dict], out: IO[str]) -> int:
+def write_jsonl(records: Iterable[ResultRecord], out: IO[str]) -> int:
     n = 0
     for record in records:
-        out.write(json.dumps(record) + "\n")
+        out.write(json.dumps(record.to_dict()) + "\n")
         n += 1
     return n
 
@@ -30,18 +31,17 @@ def csv_header(k: int) -> list[str]:
             "model", "weights", "precision", "worker", "decode_ms", "inference_ms"]
 
 
-def csv_row(record: dict, k: int) -> list:
-    top = record.get("top_k") or []
+def csv_row(r: ResultRecord, k: int) -> list:
+    top = r.top_k[:k]
     pad = [""] * (k - len(top))
-    error = record.get("error") or {}
-    return [record["job"], record["image"], record["path"], record["status"],
-            *[t["label"] for t in top[:k]], *pad, *[f"{t['score']:.6g}" for t in top[:k]], *pad,
-            *[t["wnid"] for t in top[:k]], *pad, error.get("code", ""), error.get("message", ""),
-            record.get("model", ""), record.get("weights", ""), record.get("precision", ""), record.get("worker", ""),
-            record.get("decode_ms", ""), record.get("inference_ms", "")]
+    error = r.error
+    return [r.job, r.image, r.path, r.status,
+            *[t.label for t in top], *pad, *[f"{t.score:.6g}" for t in top], *pad, *[t.wnid for t in top], *pad,
+            error.code if error else "", error.message if error else "",
+            r.model, r.weights, r.precision, r.worker, r.decode_ms, r.inference_ms]
 
 
-def write_csv(records: Iterable[dict], out: IO[str], k: int) -> int:
+def write_csv(records: Iterable[ResultRecord], out: IO[str], k: int) -> int:
     """One row per image with label_1..label_k, score_1..score_k (and wnid_1..wnid_k) columns."""
     writer = csv.writer(out)
     writer.writerow(csv_header(k))
@@ -52,7 +52,7 @@ def write_csv(records: Iterable[dict], out: IO[str], k: int) -> int:
     return n
 
 
-def writer_for(fmt: str, k: int) -> Callable[[Iterable[dict], IO[str]], int]:
+def writer_for(fmt: str, k: int) -> Callable[[Iterable[ResultRecord], IO[str]], int]:
     if fmt == "csv":
         return lambda records, out: write_csv(records, out, k)
     return write_jsonl

@@ -92,7 +92,7 @@ class LocalWorker:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self.check_alive()
-            if any(w.get("pid") == self.process.pid for w in store.workers()):
+            if any(w.pid == self.process.pid for w in store.workers()):
                 return
             time.sleep(0.25)
         raise LocalServiceError(f"The worker was not ready after {timeout:.0f} s: see {self.log_path}")

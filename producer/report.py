@@ -26,6 +26,7 @@ from urllib.parse import quote
 
 from PIL import Image, ImageOps
 
+from imgq.contract import IMAGE_FORMATS, ResultRecord, is_untrained
 from imgq.files import atomic_path, usual_mode
 from imgq.store import JobStatus, ResultStore
 from producer.dumps import DumpError, dump_file, dumped_layers, load_layer
@@ -36,8 +37,6 @@ MAP_CHANNELS = 8  # heat maps per layer and image in the report
 MAP_CELL = 48  # longest side of one heat map in the report, in pixels
 HISTOGRAM_LABELS = 20
 
-PREVIEW_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
-# The formats a worker opens (worker/preprocess.py IMAGE_FORMATS); never EPS and kin, which shell out.
 
 
 @dataclass(frozen=True)
@@ -67,7 +66,7 @@ def write_report(store: ResultStore, job: str, out: str, dump_root: str, page_si
         for sub in ("thumbs", "maps"):
             os.makedirs(os.path.join(staging, sub))
         link = quote(os.path.basename(folder))
-        records = list(store.iter_results(job))
+        records = list(store.iter_records(job))
         # Decoding, resizing and PNG encoding release the GIL: threads use the cores.
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
             cards = list(pool.map(lambda r: _card(r, staging, link, dump_root, channels), records))
@@ -98,17 +97,16 @@ def shown(text: str) -> str:
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
-def _card(record: dict, folder: str, link: str, dump_root: str, channels: int) -> dict:
+def _card(record: ResultRecord, folder: str, link: str, dump_root: str, channels: int) -> dict:
     """One image's card data: ``i`` id, ``n`` name, ``p`` path, ``k`` [[label, score]], and ``t, w, h``
     (thumbnail), ``e`` (error), ``m`` (heat maps: [[layer, url, width, height, title]]), ``x`` (a note)."""
-    image = record["image"]
-    card = {"i": image, "n": shown(os.path.basename(record["path"])), "p": shown(record["path"]),
-            "k": [[t["label"], round(t["score"], 4)] for t in record.get("top_k") or []]}
-    if record["status"] != "ok":
-        error = record.get("error") or {}
-        card["e"] = f"{error.get('code')}: {shown(error.get('message') or '')}"
+    image = record.image
+    card = {"i": image, "n": shown(os.path.basename(record.path)), "p": shown(record.path),
+            "k": [[t.label, round(t.score, 4)] for t in record.top_k]}
+    if record.error is not None:
+        card["e"] = f"{record.error.code}: {shown(record.error.message)}"
         return card
-    size = _thumbnail(record["path"], os.path.join(folder, "thumbs", f"{image}.jpg"))
+    size = _thumbnail(record.path, os.path.join(folder, "thumbs", f"{image}.jpg"))
     if size:
         card.update(t=f"{link}/thumbs/{image}.jpg", w=size[0], h=size[1])
     try:
@@ -118,7 +116,7 @@ def _card(record: dict, folder: str, link: str, dump_root: str, channels: int) -
         return card
     if maps:
         card["m"] = maps
-    elif record.get("activations"):
+    elif record.activations:
         card["x"] = "its dump is not under this machine's dump root (IMGQ_DUMP_ROOT)"
     return card
 
@@ -127,7 +125,7 @@ def _thumbnail(path: str, dest: str) -> tuple[int, int] | None:
     """Write a JPEG thumbnail of the image at ``path``; its (width, height), or None when it cannot be
     opened here (moved, unreadable, not a format we open): the card then says "no preview"."""
     try:
-        with Image.open(path, formats=PREVIEW_FORMATS) as image:
+        with Image.open(path, formats=IMAGE_FORMATS) as image:
             image.draft("RGB", (THUMB_SIZE * 2, THUMB_SIZE * 2))  # JPEG: decode at a reduced scale
             picture = ImageOps.exif_transpose(image).convert("RGB")
     except Exception:  # Pillow raises many kinds for a damaged file; a preview is not worth a failed report
@@ -137,7 +135,7 @@ def _thumbnail(path: str, dest: str) -> tuple[int, int] | None:
     return picture.size
 
 
-def _layer_maps(record: dict, folder: str, link: str, dump_root: str, channels: int) -> list[list]:
+def _layer_maps(record: ResultRecord, folder: str, link: str, dump_root: str, channels: int) -> list[list]:
     path = dump_file(record, dump_root)
     if path is None:
         return []
@@ -146,14 +144,14 @@ def _layer_maps(record: dict, folder: str, link: str, dump_root: str, channels: 
         activations = load_layer(path, layer)
         spatial = activations.ndim == 3
         grid = feature_grid(activations, channels, cell=MAP_CELL if spatial else 4 * MAP_CELL, columns=4)
-        name = f"{record['image']}-{layer}.png"
+        name = f"{record.image}-{layer}.png"
         grid.save(os.path.join(folder, "maps", name), format="PNG")
         title = f"{layer} {'x'.join(map(str, shape))}: {channel_title(activations, channels)}"
         maps.append([layer, f"{link}/maps/{name}", grid.width, grid.height, title])
     return maps
 
 
-def _page(status: JobStatus, records: list[dict], cards: list[dict], page_size: int) -> str:
+def _page(status: JobStatus, records: list[ResultRecord], cards: list[dict], page_size: int) -> str:
     data = json.dumps(cards, separators=(",", ":")).replace("<", "\\u003c")  # never a "</script>" in data
     values = {"TITLE": html.escape(f"imgq report: job {status.id}"), "SUMMARY": _summary(status, records, cards),
               "ERRORS": _errors(records), "PAGE_SIZE": str(int(page_size)), "CARDS": data}
@@ -161,8 +159,8 @@ def _page(status: JobStatus, records: list[dict], cards: list[dict], page_size: 
     return re.sub(r"%([A-Z_]+)%", lambda m: values[m.group(1)], PAGE)
 
 
-def _summary(status: JobStatus, records: list[dict], cards: list[dict]) -> str:
-    weights = sorted({r.get("weights") for r in records if r.get("weights")})
+def _summary(status: JobStatus, records: list[ResultRecord], cards: list[dict]) -> str:
+    weights = sorted({r.weights for r in records if r.weights})
     rate = f"{status.rate:.1f} images/s" if status.rate else "-"
     layers = ", ".join(status.params.get("activations", [])) or "none"
     facts = [("job", f"{status.id} ({status.name})" if status.name != status.id else status.id),
@@ -174,9 +172,9 @@ def _summary(status: JobStatus, records: list[dict], cards: list[dict]) -> str:
              ("with heat maps", sum(1 for c in cards if "m" in c))]
     rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in facts)
     warning = ('<p class="warn">These weights are untrained: the labels are meaningless.</p>'
-               if any("untrained" in w for w in weights) else "")
-    top1 = Counter(r["top_k"][0]["label"] for r in records if r["status"] == "ok" and r.get("top_k"))
-    codes = Counter((r.get("error") or {}).get("code") for r in records if r["status"] != "ok")
+               if any(is_untrained(w) for w in weights) else "")
+    top1 = Counter(r.top_k[0].label for r in records if r.ok and r.top_k)
+    codes = Counter(r.error.code for r in records if r.error is not None)
     return (f"{warning}<table class=facts>{rows}</table>"
             f"<h3>Top label of each image ({len(top1)} distinct)</h3>{_bars(top1.most_common(HISTOGRAM_LABELS))}"
             f"<h3>Error codes</h3>{_bars(codes.most_common()) if codes else '<p>none</p>'}")
@@ -190,14 +188,13 @@ def _bars(counts: list[tuple[str, int]]) -> str:
         for label, n in counts) + "</table>"
 
 
-def _errors(records: list[dict]) -> str:
-    errors = [r for r in records if r["status"] != "ok"]
+def _errors(records: list[ResultRecord]) -> str:
+    errors = [(r, r.error) for r in records if r.error is not None]
     if not errors:
         return "<p>No errors.</p>"
     rows = "".join(
-        f"<tr><td>{r['image']}</td><td>{html.escape(shown(r['path']))}</td>"
-        f"<td>{html.escape(str((r.get('error') or {}).get('code')))}</td>"
-        f"<td>{html.escape(shown((r.get('error') or {}).get('message') or ''))}</td></tr>" for r in errors)
+        f"<tr><td>{r.image}</td><td>{html.escape(shown(r.path))}</td>"
+        f"<td>{html.escape(error.code)}</td><td>{html.escape(shown(error.message))}</td></tr>" for r, error in errors)
     return f"<table class=errors><tr><th>image</th><th>path</th><th>code</th><th>message</th></tr>{rows}</table>"
 
 

@@ -1,4 +1,5 @@
-"""`imgq schedule ...` and `imgq beat`: commands only; the work is in producer.schedules and producer.scan.
+"""`imgq schedule ...` and `imgq beat`: commands only; the work is in imgq.schedules, imgq.tick, imgq.scan_state
+and imgq.beat.
 
 Like producer.cli, nothing heavy is imported here: Celery and redbeat are imported by the commands that use
 them, so `imgq --help` stays instant.
@@ -14,11 +15,8 @@ import time
 import click
 
 from imgq import queue
-from imgq.contract import beat_config
-from imgq.settings import Settings, env_var
-from imgq.store import JobNotFound, ResultStore
-from producer.scan import ScanState
-from producer.schedules import (
+from imgq.scan_state import ScanState
+from imgq.schedules import (
     RUNS_KEPT,
     Schedule,
     ScheduleBook,
@@ -26,8 +24,10 @@ from producer.schedules import (
     check_name,
     parse_cron,
     parse_every,
-    tick,
 )
+from imgq.settings import Settings, env_var
+from imgq.store import JobNotFound, ResultStore
+from imgq.tick import tick
 
 
 class ScheduleGroup(click.Group):
@@ -83,6 +83,9 @@ def schedule():
               help="Walk into sub-folders of the folders given.")
 @click.option("--include", "includes", multiple=True, metavar="GLOB",
               help="Take files in folders matching GLOB (repeatable) instead of the image extensions.")
+@click.option("--exclude", "excludes", multiple=True, metavar="GLOB",
+              help="Skip files and folders whose name or path matches GLOB (repeatable). Folders holding a "
+                   ".nomedia or .imgqignore file are always skipped, with their sub-folders.")
 @click.option("--top-k", type=click.IntRange(1, 1000), help=f"Labels kept per image [env: {env_var('top_k')}].")
 @click.option("--batch-size", type=click.IntRange(1, 1024),
               help=f"Images per task and forward pass [env: {env_var('batch_size')}].")
@@ -93,7 +96,8 @@ def schedule():
 @click.option("--replace", "replace_existing", is_flag=True,
               help="Change an existing schedule (its scan state and runs are kept).")
 @click.pass_context
-def add(ctx, name, paths, every, cron, recursive, includes, top_k, batch_size, max_retries, paused, replace_existing):
+def add(ctx, name, paths, every, cron, recursive, includes, excludes, top_k, batch_size, max_retries, paused,
+        replace_existing):
     """Scan PATH... on a schedule (exactly one of --every and --cron); each tick submits a job of the images
     that are new or changed since the last scan."""
     if (every is None) == (cron is None):
@@ -102,6 +106,7 @@ def add(ctx, name, paths, every, cron, recursive, includes, top_k, batch_size, m
     definition = Schedule(
         name=name, paths=tuple(os.path.abspath(p) for p in paths), every=parse_every(every) if every else None,
         cron=" ".join(cron.split()) if cron else None, recursive=recursive, includes=tuple(includes),
+        excludes=tuple(excludes),
         top_k=top_k or settings.top_k, batch_size=batch_size or settings.batch_size,
         max_retries=settings.scan_max_retries if max_retries is None else max_retries, paused=paused)
     saved = _book(ctx).add(definition, replace_existing=replace_existing)
@@ -214,13 +219,9 @@ def beat(ctx, celery_args):
     if settings.beat_lock_timeout <= settings.beat_max_interval:
         raise click.UsageError(f"{env_var('beat_lock_timeout')} must exceed {env_var('beat_max_interval')} "
                                f"({settings.beat_lock_timeout} <= {settings.beat_max_interval}).")
-    os.environ.update(settings.as_env())  # the worker app reads its settings from the environment
-    from worker.app import app
+    from imgq.beat import run_beat
 
-    app.conf.update(beat_config(settings))
-    # Beat waits through a Redis restart (retrying forever) instead of exiting, like the workers.
-    app.conf.update(redbeat_redis_options={"retry_period": -1})
-    app.start(["beat", "--scheduler", "redbeat.RedBeatScheduler", *celery_args])
+    run_beat(settings, list(celery_args))
 
 
 # -- output ---------------------------------------------------------------------------------------------
@@ -237,7 +238,7 @@ def _time(ts: float | None) -> str:
 def _options(s: Schedule) -> str:
     parts = ["recursive" if s.recursive else "not recursive", f"top-k {s.top_k}", f"batch-size {s.batch_size}",
              f"max-retries {s.max_retries}"]
-    return ", ".join(parts + [f"include {g}" for g in s.includes])
+    return ", ".join(parts + [f"include {g}" for g in s.includes] + [f"exclude {g}" for g in s.excludes])
 
 
 def _schedule_dict(s: Schedule) -> dict:

@@ -116,7 +116,7 @@ def wait_for_workers(store: ResultStore, workers: list[Process], timeout: float 
     while time.monotonic() < deadline:
         for worker in workers:
             assert worker.alive(), f"a worker exited: {worker.output()[-3000:]}"
-        alive = {w.get("pid") for w in store.workers()}
+        alive = {w.pid for w in store.workers()}
         if all(worker.pid in alive for worker in workers):
             return
         time.sleep(0.25)

@@ -10,7 +10,7 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from imgq.contract import error_record, ok_record
+from imgq.contract import Heartbeat, error_record, ok_record
 from producer.cli import cli
 from tests.test_enqueue import queued_messages
 
@@ -167,10 +167,13 @@ def test_status_workers_shows_heartbeats_and_queue_depth(run, photos, store):
     job = run("submit", str(photos), "--batch-size", "2").stdout.strip()
     assert run("status", "--workers").stdout.splitlines() == [
         "3 batches queued; 0 workers alive; 1 jobs in flight.", f"  job {job} queued: 0/5 done, 0 failed"]
-    store.redis.set(store.keys.worker("w1:7"), json.dumps({"hostname": "w1", "pid": 7, "pool": "threads"}), ex=10)
+    heartbeat = Heartbeat(hostname="w1", pid=7, host="h", pool="threads", warnings=("Redis may evict keys",))
+    store.send_heartbeat("w1:7", heartbeat, ttl=10)
     data = json.loads(run("status", "--workers", "--json").stdout)
     assert data["queued_batches"] == 3 and [j["id"] for j in data["jobs_in_flight"]] == [job]
-    assert data["workers"] == [{"hostname": "w1", "pid": 7, "pool": "threads"}]
+    assert data["workers"] == [heartbeat.to_dict()]
+    text = run("status", "--workers").stdout.splitlines()
+    assert text[1].startswith("  w1 on h, pid 7: pool threads") and text[2] == "    WARNING: Redis may evict keys"
 
 
 def test_waiting_without_a_live_worker_says_so(run, photos):

@@ -3,12 +3,12 @@ import pytest
 from imgq.contract import (
     ERROR_CODES,
     BatchMessage,
-    Keys,
     MessageError,
     celery_config,
     error_record,
     ok_record,
 )
+from imgq.keys import Keys
 from imgq.settings import Settings
 
 
@@ -33,6 +33,7 @@ def test_malformed_messages_are_refused_with_what_was_received(data):
 def test_records_have_one_shape():
     ok = ok_record("j", 1, "/p.jpg", [{"wnid": "n1", "label": "a", "score": 0.5}], weights="w")
     error = error_record("j", 2, "/q.jpg", "corrupt", "truncated", weights="w")
+    ok, error = ok.to_dict(), error.to_dict()
     assert ok.keys() == error.keys()
     assert (ok["status"], ok["error"]) == ("ok", None)
     assert error["error"] == {"code": "corrupt", "message": "truncated"} and error["top_k"] == []

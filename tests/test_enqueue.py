@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from imgq import submit as enqueue
 from imgq.contract import TASK_CLASSIFY_BATCH
-from producer import enqueue
-from producer.enqueue import EmptySelection, Selection, batches, iter_images, read_path_list, submit
+from imgq.submit import EmptySelection, batches, submit
+from imgq.walk import PathFilter, iter_images, read_path_list
 
 
 def touch(root: Path, *names: str) -> None:
@@ -32,34 +33,34 @@ def names(paths):
 
 def test_walk_takes_images_by_extension_skips_hidden_and_recurses(tree, monkeypatch):
     monkeypatch.chdir(tree)
-    assert names(iter_images([str(tree)], Selection())) == [
+    assert names(iter_images([str(tree)], PathFilter())) == [
         "a.jpg", "b.PNG", "d.tiff", "sub/deeper/g.jpeg", "sub/f.webp", "sub/h.gif"]
 
 
 def test_no_recursive_stays_in_the_folder(tree, monkeypatch):
     monkeypatch.chdir(tree)
-    assert names(iter_images(["."], Selection(recursive=False))) == ["a.jpg", "b.PNG", "d.tiff"]
+    assert names(iter_images(["."], PathFilter(recursive=False))) == ["a.jpg", "b.PNG", "d.tiff"]
 
 
 def test_include_globs_replace_the_extensions(tree, monkeypatch):
     monkeypatch.chdir(tree)
-    assert names(iter_images(["."], Selection(includes=("*.txt", "g.*")))) == ["c.txt", "sub/deeper/g.jpeg"]
+    assert names(iter_images(["."], PathFilter(includes=("*.txt", "g.*")))) == ["c.txt", "sub/deeper/g.jpeg"]
 
 
 def test_paths_are_absolute_normalised_and_unique(tree, monkeypatch):
     monkeypatch.chdir(tree / "sub")
-    found = list(iter_images(["../a.jpg", str(tree / "a.jpg"), "..", "deeper/../h.gif"], Selection()))
+    found = list(iter_images(["../a.jpg", str(tree / "a.jpg"), "..", "deeper/../h.gif"], PathFilter()))
     assert all(os.path.isabs(p) and os.path.normpath(p) == p for p in found)
     assert len(found) == len(set(found)) == 6
     assert found[0] == str(tree / "a.jpg")
 
 
 def test_named_files_are_taken_whatever_their_extension(tree):
-    assert list(iter_images([str(tree / "c.txt")], Selection())) == [str(tree / "c.txt")]
+    assert list(iter_images([str(tree / "c.txt")], PathFilter())) == [str(tree / "c.txt")]
 
 
 def test_walking_is_lazy(tree):
-    images = iter_images([str(tree)], Selection())
+    images = iter_images([str(tree)], PathFilter())
     first = next(images)  # a generator: the first path comes before the rest of the tree is read
     assert first and not isinstance(images, list)
 
@@ -86,7 +87,7 @@ def queued_messages(store, settings) -> list[dict]:
 
 
 def test_submit_stages_commits_and_queues_every_batch(tree, settings, store):
-    submitted = submit(iter_images([str(tree)], Selection()), settings=settings, store=store, name="n", batch_size=4)
+    submitted = submit(iter_images([str(tree)], PathFilter()), settings=settings, store=store, name="n", batch_size=4)
     assert (submitted.total, submitted.batches) == (6, 2)
     status = store.status(submitted.job)
     assert (status.name, status.total, status.state) == ("n", 6, "queued")
@@ -99,7 +100,7 @@ def test_submit_stages_commits_and_queues_every_batch(tree, settings, store):
 def test_empty_selection_leaves_no_job_and_queues_nothing(tmp_path, settings, store):
     touch(tmp_path, "notes.txt")
     with pytest.raises(EmptySelection):
-        submit(iter_images([str(tmp_path)], Selection()), settings=settings, store=store)
+        submit(iter_images([str(tmp_path)], PathFilter()), settings=settings, store=store)
     assert store.list_jobs() == []
     assert store.redis.keys(f"{settings.namespace}:*") == []
 

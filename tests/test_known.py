@@ -7,7 +7,7 @@ import pytest
 import redis
 from click.testing import CliRunner
 
-from imgq.contract import Keys
+from imgq.keys import Keys
 from imgq.known import CLAIM, KnownImages, file_digest, pack, unpack
 from imgq.store import ResultStore
 from producer.cli import cli

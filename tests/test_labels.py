@@ -14,9 +14,10 @@ from keras.src.applications import imagenet_utils
 from keras.src.backend import config as keras_config
 from keras.src.utils import file_utils
 
-from worker.labels import class_index, top_k
+from imgq.classes import class_index
+from worker.labels import top_k
 
-VENDORED = resources.files("worker").joinpath("imagenet_class_index.json")
+VENDORED = resources.files("imgq").joinpath("imagenet_class_index.json")
 KERAS_MD5 = "c2c37ea517e94d9795004a39431a14cb"  # the file_hash decode_predictions passes to get_file
 
 
@@ -78,7 +79,7 @@ def test_top_k_equals_keras_decode_predictions(decode_predictions, name, k):
     (theirs,) = decode_predictions(probabilities[np.newaxis], top=k)
     expected = [{"wnid": wnid, "label": label, "score": float(score)} for wnid, label, score in theirs]
     assert len(expected) == k  # a real answer from Keras, not an empty list that anything would equal
-    ours = top_k(probabilities, k)
+    ours = [label.to_dict() for label in top_k(probabilities, k)]
     assert ours == expected
     assert all(type(entry["score"]) is float for entry in ours)  # JSON-ready, not numpy's float32
 
@@ -86,7 +87,8 @@ def test_top_k_equals_keras_decode_predictions(decode_predictions, name, k):
 def test_top_k_reads_a_row_of_a_batch():
     # The worker passes rows of the model's (batch, 1000) output: views, not fresh arrays.
     batch = np.stack([PROBABILITIES["softmax"], PROBABILITIES["one-hot"]])
-    assert top_k(batch[1], 1) == [{"wnid": "n02782093", "label": "balloon", "score": 1.0}]
+    assert [label.to_dict() for label in top_k(batch[1], 1)] == [{"wnid": "n02782093", "label": "balloon",
+                                                                    "score": 1.0}]
 
 
 @pytest.mark.parametrize("shape", [(1, 1000), (999,), (1001,), (1000, 1), ()])

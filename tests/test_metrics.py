@@ -87,7 +87,7 @@ def test_a_workers_metrics_endpoint_counts_the_job(settings, tmp_path):
     assert samples["imgq_image_decode_seconds_count"] == total
     assert samples["imgq_image_inference_seconds_count"] == len(good)
     assert samples["imgq_image_inference_seconds_sum"] > 0
-    assert samples["imgq_model_load_seconds"] == pytest.approx(heartbeat["model_load_seconds"], abs=0.01)
+    assert samples["imgq_model_load_seconds"] == pytest.approx(heartbeat.model_load_seconds, abs=0.01)
     assert samples["imgq_batches_in_hand"] == 0
     assert "imgq worker: metrics at http://0.0.0.0:" in worker.output()
 

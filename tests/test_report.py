@@ -16,9 +16,10 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from imgq import submit as enqueue
 from imgq.contract import error_record, ok_record
 from imgq.store import ResultStore
-from producer import enqueue, heatmaps
+from producer import heatmaps
 from producer.cli import cli
 from producer.report import write_report
 from tests import imagegen

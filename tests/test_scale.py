@@ -91,7 +91,7 @@ def wait_for_heartbeats(store: ResultStore, counts: Counter, timeout: float = 15
     """Until each worker's heartbeat counts the records it wrote; returns the heartbeats by worker."""
     deadline = time.monotonic() + timeout
     while True:
-        beats = {w["hostname"]: w for w in store.workers()}
+        beats = {w.hostname: w.to_dict() for w in store.workers()}
         if all(beats.get(name, {}).get("images_done") == n for name, n in counts.items()):
             return beats
         assert time.monotonic() < deadline, f"heartbeats {beats} never matched the records {counts}"

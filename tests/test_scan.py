@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from imgq.contract import error_record, ok_record
-from producer.scan import CHUNK, ScanState, Selection
+from imgq.scan_state import CHUNK, ScanState, ScanTally
 
 MEMORY_TARGET = 200  # bytes per known image (issue 6)
 
@@ -29,8 +29,8 @@ def files(root: Path) -> list[str]:
     return sorted(str(p) for p in root.iterdir())
 
 
-def select(scan: ScanState, paths, max_retries: int = 3) -> tuple[list[str], Selection]:
-    found = Selection()
+def select(scan: ScanState, paths, max_retries: int = 3) -> tuple[list[str], ScanTally]:
+    found = ScanTally()
     return list(scan.select(paths, max_retries, found)), found
 
 
@@ -141,7 +141,7 @@ def test_state_is_per_schedule(settings, folder):
 def test_keepalive_runs_once_per_chunk(scan, tmp_path):
     calls = []
     paths = [str(tmp_path / f"missing{i}") for i in range(CHUNK + 1)]
-    list(scan.select(paths, 3, Selection(), keepalive=lambda: calls.append(1)))
+    list(scan.select(paths, 3, ScanTally(), keepalive=lambda: calls.append(1)))
     assert len(calls) == 2
 
 

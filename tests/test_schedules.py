@@ -13,18 +13,18 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from imgq.contract import TASK_SCHEDULED_SCAN, ok_record
-from imgq.store import ResultStore
-from producer.cli import cli
-from producer.schedules import (
+from imgq.contract import TASK_SCHEDULED_SCAN, error_record, ok_record
+from imgq.schedules import (
     ScheduleBook,
     ScheduleNotFound,
     check_name,
     format_seconds,
     parse_cron,
     parse_every,
-    tick,
 )
+from imgq.store import ResultStore
+from imgq.tick import tick
+from producer.cli import cli
 from tests import imagegen
 
 # -- parsing ------------------------------------------------------------------------------------------------
@@ -105,7 +105,7 @@ def classify(store, job: str, failing=()) -> None:
         for image, path in message["images"]:
             record = ok_record(job, image, path, [], weights="w")
             if path in failing:
-                record = {**record, "status": "error", "error": {"code": "corrupt", "message": "?"}}
+                record = error_record(job, image, path, "corrupt", "?", weights="w")
             records.append(record)
     store.mark_started(job)
     store.record_results(job, records)

@@ -1,11 +1,10 @@
 """The results store's contract (see imgq/store.py), against a real Redis."""
 
-import json
 import time
 
 import pytest
 
-from imgq.contract import error_record, ok_record
+from imgq.contract import Heartbeat, error_record, ok_record
 from imgq.store import JobNotFound, ResultStore
 
 TOP = [{"wnid": "n01440764", "label": "tench", "score": 0.9}]
@@ -142,5 +141,6 @@ class TestResultStoreContract:
         assert [s.id for s in store.list_jobs(limit=2)] == ["c", "b"]
 
     def test_workers_are_read_from_their_heartbeats(self, store):
-        store.redis.set(store.keys.worker("w1:1"), json.dumps({"hostname": "w1", "pid": 1}), ex=10)
-        assert store.workers() == [{"hostname": "w1", "pid": 1}]
+        store.send_heartbeat("w1:1", Heartbeat(hostname="w1", pid=1, host="h", in_hand=(("j", 3),)), ttl=10)
+        assert store.workers() == [Heartbeat(hostname="w1", pid=1, host="h", in_hand=(("j", 3),))]
+        assert store.heartbeat("w1:1").holds("j", 3) and store.heartbeat("w2:1") is None

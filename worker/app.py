@@ -71,18 +71,18 @@ def _load_or_exit(hostname: str | None, worker=None) -> None:
     from worker.runtime import get_runtime
 
     try:
-        runtime = get_runtime(hostname)
+        runtime = get_runtime(settings, hostname)
     except WeightsError as exc:
         log.critical("%s", exc)
         print(f"imgq worker: {exc}", file=sys.stderr, flush=True)
         os._exit(2)
     if worker is not None:
-        runtime.pool_name, runtime.concurrency = _pool_label(worker.pool_cls), worker.concurrency
+        runtime.celery_pool, runtime.concurrency = _pool_label(worker.pool_cls), worker.concurrency
         _serve_metrics_or_exit(runtime)
     # Celery has not set up its logging yet when this runs: say it on stderr, like the failure above.
     classifier = runtime.classifier
     print(f"imgq worker: ResNet50 ready in {classifier.load_seconds:.1f} s (weights {classifier.weights_id}, "
-          f"{classifier.precision}, pool {runtime.pool_name or settings.pool} "
+          f"{classifier.precision}, pool {runtime.celery_pool or settings.pool} "
           f"x{runtime.concurrency or settings.concurrency}, broker {mask_url(settings.broker_url)})",
           file=sys.stderr, flush=True)
 

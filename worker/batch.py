@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import redis
 
-from imgq.contract import MODEL_NAME, BatchMessage, error_record, ok_record
+from imgq.contract import MODEL_NAME, BatchMessage, ResultRecord, error_record, ok_record
 from imgq.settings import Settings
 from worker.dumps import write_dump
 from worker.known_batch import classify_with_index
@@ -56,7 +56,7 @@ def decode(image: int, path: str, settings: Settings) -> Decoded:
     return Decoded(image, path, pixels, error, (time.perf_counter() - started) * 1000)
 
 
-def run_batch(message: BatchMessage, runtime: Runtime, worker: str) -> list[dict]:
+def run_batch(message: BatchMessage, runtime: Runtime, worker: str) -> list[ResultRecord]:
     """Classify the images of the message that have no record yet; store and return their records.
 
     - A cancelled job's batch is skipped, and so is a redelivered batch whose images all have records.
@@ -73,7 +73,7 @@ def run_batch(message: BatchMessage, runtime: Runtime, worker: str) -> list[dict
         return _run(message, runtime, worker, deliveries.begin(job, message.batch, runtime.worker_id))
 
 
-def _run(message: BatchMessage, runtime: Runtime, worker: str, attempts: int) -> list[dict]:
+def _run(message: BatchMessage, runtime: Runtime, worker: str, attempts: int) -> list[ResultRecord]:
     job, store, deliveries = message.job, runtime.store, runtime.deliveries
     try:
         wanted = set(store.missing(job, [image for image, _ in message.images]))
@@ -116,7 +116,7 @@ def _until_redis_answers(write, patience: float = REDIS_PATIENCE_SECONDS):
 
 
 def _classify(message: BatchMessage, todo: list[tuple[int, str]], runtime: Runtime, worker: str,
-              isolate: bool) -> list[dict]:
+              isolate: bool) -> list[ResultRecord]:
     if not todo:
         return []
     gatherer = runtime.gatherer
@@ -124,7 +124,7 @@ def _classify(message: BatchMessage, todo: list[tuple[int, str]], runtime: Runti
         if isolate:
             decoded = _decode_one_by_one(message.job, todo, runtime)
         else:
-            decoded = list(runtime.pool.map(lambda item: decode(*item, runtime.settings), todo))
+            decoded = list(runtime.decode_pool.map(lambda item: decode(*item, runtime.settings), todo))
         good = [d for d in decoded if d.error is None]
         forward_pass = gatherer.submit(_model_input(good), message.activations) if good else None
     provenance = {"model": MODEL_NAME, "weights": gatherer.weights_id, "precision": gatherer.precision,
@@ -158,7 +158,7 @@ def _model_input(good: list[Decoded]) -> np.ndarray:
 
 
 def _classified(message: BatchMessage, good: list[Decoded], forward_pass: Future, provenance: dict,
-                dump_root: str) -> list[dict]:
+                dump_root: str) -> list[ResultRecord]:
     try:
         probabilities, activations, share_ms = forward_pass.result()
     except Exception as exc:
@@ -182,6 +182,6 @@ def _classified(message: BatchMessage, good: list[Decoded], forward_pass: Future
     return records
 
 
-def _error(message: BatchMessage, d: Decoded, code: str, text: str, provenance: dict) -> dict:
+def _error(message: BatchMessage, d: Decoded, code: str, text: str, provenance: dict) -> ResultRecord:
     return error_record(message.job, d.image, d.path, code, text, **provenance,
                         decode_ms=round(d.decode_ms, 2), inference_ms=0.0)

@@ -11,17 +11,8 @@ import os
 
 import numpy as np
 
+from imgq.contract import dump_path
 from imgq.files import atomic_path
-
-
-def dump_path(root: str, job: str, image: int) -> str:
-    """Where the dump of ``image`` goes. ``job`` is a checked id (imgq.contract.JOB_ID) and ``image`` an int,
-    so the path cannot leave ``root``; checked again here all the same."""
-    root = os.path.realpath(root)
-    path = os.path.realpath(os.path.join(root, job, f"{int(image)}.npz"))
-    if os.path.dirname(os.path.dirname(path)) != root:
-        raise ValueError(f"Expected a dump path under {root}. Received job {job!r}")
-    return path
 
 
 def write_dump(root: str, job: str, image: int, activations: dict[str, np.ndarray], dtype: str) -> dict:

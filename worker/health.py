@@ -21,14 +21,14 @@ def check(settings: Settings, host: str) -> tuple[bool, str]:
     """(healthy, a line saying why) for the workers of ``host`` in ``settings``' namespace."""
     store = ResultStore.from_settings(settings)
     try:
-        mine = [w for w in store.workers() if w.get("host") == host]
+        mine = [w for w in store.workers() if w.host == host]
     except redis.RedisError as exc:
         return False, f"cannot read heartbeats from {mask_url(settings.effective_results_url)}: {exc}"
     finally:
         store.redis.close()
     if not mine:
         return False, f"no live worker on host {host} in namespace {settings.namespace!r}"
-    names = ", ".join(str(w.get("hostname")) for w in mine)
+    names = ", ".join(w.hostname for w in mine)
     return True, f"alive: {names}"
 
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from imgq.contract import MODEL_NAME, BatchMessage, error_record, ok_record
+from imgq.classes import class_index, class_numbers
+from imgq.contract import MODEL_NAME, BatchMessage, Label, ResultRecord, error_record, ok_record
 from imgq.known import KnownImages, file_digest
-from worker.labels import class_index
 from worker.preprocess import ImageError, checked_file
 
 log = logging.getLogger(__name__)
@@ -23,11 +23,11 @@ WAIT_FOR_OTHERS_SECONDS = 60.0
 
 
 def classify_with_index(message: BatchMessage, todo: list[tuple[int, str]], runtime, worker: str,
-                        classify: Callable[[list[tuple[int, str]]], list[dict]]) -> list[dict]:
+                        classify: Callable[[list[tuple[int, str]]], list[ResultRecord]]) -> list[ResultRecord]:
     """Records for ``todo``; ``classify(items)`` runs the ordinary path (decode, forward pass) on some."""
     index = KnownImages(runtime.binary_redis, runtime.store.keys, runtime.gatherer.weights_id,
                         runtime.gatherer.precision, message.top_k)
-    digests = dict(zip(todo, runtime.pool.map(lambda item: _digest(item[1], runtime), todo), strict=True))
+    digests = dict(zip(todo, runtime.decode_pool.map(lambda item: _digest(item[1], runtime), todo), strict=True))
     leaders: dict[bytes, tuple[int, str]] = {}
     for item, digest in digests.items():
         if digest is not None:
@@ -36,12 +36,12 @@ def classify_with_index(message: BatchMessage, todo: list[tuple[int, str]], runt
     wanted = [d for d in leaders if d not in known]
     mine = index.claim(wanted, refresh_for=message.job if message.known == "refresh" else None)
     unhashed = [item for item, digest in digests.items() if digest is None]  # errors: the ordinary path says which
-    computed = {r["image"]: r for r in classify([leaders[d] for d in wanted if d in mine] + unhashed)}
+    computed = {r.image: r for r in classify([leaders[d] for d in wanted if d in mine] + unhashed)}
     _remember(index, {d: computed[leaders[d][0]] for d in wanted if d in mine})
     theirs = {d for d in wanted if d not in mine}
     known |= index.wait_for(theirs, WAIT_FOR_OTHERS_SECONDS)
     late = [leaders[d] for d in theirs if d not in known]  # their worker died: do it here
-    computed |= {r["image"]: r for r in classify(late)}
+    computed |= {r.image: r for r in classify(late)}
     return [_record_for(message, item, digests[item], leaders, computed, known, runtime, worker) for item in todo]
 
 
@@ -53,14 +53,14 @@ def _digest(path: str, runtime) -> bytes | None:
         return None
 
 
-def _remember(index: KnownImages, results: dict[bytes, dict]) -> None:
-    names = {wnid: i for i, (wnid, _) in enumerate(class_index())}
-    ok = {d: [(names[t["wnid"]], t["score"]) for t in r["top_k"]] for d, r in results.items() if r["status"] == "ok"}
+def _remember(index: KnownImages, results: dict[bytes, ResultRecord]) -> None:
+    numbers = class_numbers()
+    ok = {d: [(numbers[t.wnid], t.score) for t in r.top_k] for d, r in results.items() if r.ok}
     index.remember(ok)
-    index.release([d for d, r in results.items() if r["status"] != "ok"])
+    index.release([d for d, r in results.items() if not r.ok])
 
 
-def _record_for(message, item, digest, leaders, computed, known, runtime, worker) -> dict:
+def _record_for(message, item, digest, leaders, computed, known, runtime, worker) -> ResultRecord:
     image, path = item
     if image in computed:
         return computed[image]
@@ -68,9 +68,9 @@ def _record_for(message, item, digest, leaders, computed, known, runtime, worker
                   "precision": runtime.gatherer.precision, "worker": worker, "decode_ms": 0.0, "inference_ms": 0.0}
     if digest in known:
         names = class_index()
-        top = [{"wnid": names[i][0], "label": names[i][1], "score": score} for i, score in known[digest]]
+        top = [Label(names[i][0], names[i][1], score) for i, score in known[digest]]
         return ok_record(message.job, image, path, top, **provenance, known=True)
     leader = computed[leaders[digest][0]]  # a copy of an image classified in this batch
-    if leader["status"] == "ok":
-        return ok_record(message.job, image, path, leader["top_k"], **provenance, known=True)
-    return error_record(message.job, image, path, leader["error"]["code"], leader["error"]["message"], **provenance)
+    if leader.error is None:
+        return ok_record(message.job, image, path, leader.top_k, **provenance, known=True)
+    return error_record(message.job, image, path, leader.error.code, leader.error.message, **provenance)

@@ -15,7 +15,7 @@ import logging
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from imgq.contract import ERROR_CODES
+from imgq.contract import ERROR_CODES, ResultRecord
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class WorkerMetrics:
                                         registry=registry)
         self.in_hand = Gauge("imgq_batches_in_hand", "Batches this worker is classifying now.", registry=registry)
 
-    def observe_batch(self, records: list[dict], seconds: float) -> None:
+    def observe_batch(self, records: list[ResultRecord], seconds: float) -> None:
         """Count the records one batch wrote, and the batch's time. A batch that wrote none (a cancelled job,
         or a redelivery whose images all had records) is not a batch of size 0: it is left out."""
         if not records:
@@ -60,11 +60,11 @@ class WorkerMetrics:
         self.batch_images.observe(len(records))
         self.batch_seconds.observe(seconds)
         for record in records:
-            self.decode_seconds.observe(record.get("decode_ms", 0.0) / 1000)
-            if record["status"] == "ok":
-                self.inference_seconds.observe(record.get("inference_ms", 0.0) / 1000)
+            self.decode_seconds.observe(record.decode_ms / 1000)
+            if record.error is None:
+                self.inference_seconds.observe(record.inference_ms / 1000)
             else:
-                self.failed.labels(record["error"]["code"]).inc()
+                self.failed.labels(record.error.code).inc()
 
     def batch_failed(self, exc: BaseException) -> None:
         self.batch_errors.labels(type(exc).__name__).inc()

@@ -27,13 +27,12 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from imgq.contract import IMAGE_FORMATS
+
 TARGET_SIZE = (224, 224)  # (height, width), as Keras' target_size
 INTERPOLATION = Image.Resampling.NEAREST  # load_img's default interpolation="nearest"
 CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], dtype=np.float32)
 
-IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
-# Pillow plugins a worker may use (the JPEG plugin also opens phone cameras' multi-picture MPO files).
-# Never EPS and kin: those shell out to external programs.
 
 # Image.open(formats=...) only looks among the plugins already registered; register them all now.
 Image.init()

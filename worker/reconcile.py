@@ -15,11 +15,10 @@ keyed per image, so the later of two deliveries overwrites instead of adding.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 
-from imgq.queue import publish, queue_key
+from imgq.queue import publish
 
 log = logging.getLogger(__name__)
 
@@ -37,14 +36,14 @@ def reconcile_forever(runtime) -> None:
 
 def _take_turn(runtime, period: int) -> bool:
     """True for the one worker allowed to reconcile during this period."""
-    return bool(runtime.store.redis.set(runtime.store.keys.reconcile_lock, runtime.worker_id, nx=True, ex=period))
+    return runtime.store.take_reconcile_turn(runtime.worker_id, period)
 
 
 def reconcile(runtime, now: float | None = None) -> int:
     """Queue again the lost batches of every active job; returns how many batches were queued."""
     now = time.time() if now is None else now
     store, settings = runtime.store, runtime.settings
-    queue_empty = store.redis.llen(queue_key(settings)) == 0
+    queue_empty = store.queue_depth() == 0
     lost = []
     for job in store.active_jobs():
         lost += _lost_batches(runtime, job, queue_empty, now)
@@ -71,8 +70,8 @@ def _lost_batches(runtime, job: str, queue_empty: bool, now: float) -> list[dict
 
 def _still_held(store, worker: str, job: str, batch: int) -> bool:
     """True when ``worker`` is alive and its last heartbeat lists the batch as in hand."""
-    beat = store.redis.get(store.keys.worker(worker))
-    return beat is not None and [job, batch] in json.loads(beat).get("in_hand", [])
+    heartbeat = store.heartbeat(worker)
+    return heartbeat is not None and heartbeat.holds(job, batch)
 
 
 def _stalled(store, job: str, now: float, settings) -> bool:

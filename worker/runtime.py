@@ -5,7 +5,6 @@ Built once per process, after any fork (see worker/app.py), and shared by every 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -19,6 +18,7 @@ from dataclasses import dataclass, field
 
 import redis
 
+from imgq.contract import Heartbeat
 from imgq.deliveries import Deliveries
 from imgq.settings import Settings
 from imgq.store import ResultStore
@@ -43,13 +43,13 @@ class Runtime:
     gatherer: Gatherer
     store: ResultStore
     deliveries: Deliveries
-    pool: ThreadPoolExecutor
+    decode_pool: ThreadPoolExecutor  # threads decoding images ahead of the model (IMGQ_DECODE_THREADS)
     worker_id: str
     binary_redis: redis.Redis  # the results store's Redis, returning bytes: for packed values (imgq/known.py)
     started_at: float = field(default_factory=time.time)
     images_done: int = 0
     _count_lock: threading.Lock = field(default_factory=threading.Lock)
-    pool_name: str = ""  # what Celery runs (set by worker/app.py); the setting until then
+    celery_pool: str = ""  # the Celery pool this worker runs (set by worker/app.py); the setting until then
     concurrency: int = 0  # ditto: `--concurrency N` on the command line overrides IMGQ_CONCURRENCY
     in_hand: set[tuple[str, int]] = field(default_factory=set)
     # (job, batch) of the batches this process is classifying now. Kept in memory, so that it stays true
@@ -91,29 +91,25 @@ class Runtime:
         while self._recent and self._recent[0][0] < moment:
             self._recent.popleft()
 
-    def heartbeat(self, hostname: str) -> dict:
-        return {"hostname": hostname, "pid": os.getpid(), "host": socket.gethostname(),
-                "weights": self.classifier.weights_id, "precision": self.classifier.precision,
-                "pool": self.pool_name or self.settings.pool, "batch_size": self.settings.batch_size,
-                "started_at": self.started_at, "images_done": self.images_done,
-                "in_hand": sorted(self.in_hand),
-                "model_load_seconds": round(self.classifier.load_seconds, 2),
-                "concurrency": self.concurrency or self.settings.concurrency,
-                "batches_in_hand": self.batches_in_hand,
-                "images_per_second": round(self.images_per_second(), 2)}
+    def heartbeat(self, hostname: str) -> Heartbeat:
+        return Heartbeat(hostname=hostname, pid=os.getpid(), host=socket.gethostname(),
+                         weights=self.classifier.weights_id, precision=self.classifier.precision,
+                         pool=self.celery_pool or self.settings.pool, batch_size=self.settings.batch_size,
+                         started_at=self.started_at, images_done=self.images_done, in_hand=tuple(sorted(self.in_hand)),
+                         model_load_seconds=round(self.classifier.load_seconds, 2),
+                         concurrency=self.concurrency or self.settings.concurrency,
+                         images_per_second=round(self.images_per_second(), 2))
 
 
 _runtime: Runtime | None = None
 _lock = threading.Lock()
 
 
-def get_runtime(hostname: str | None = None) -> Runtime:
-    """This process's runtime, built on first use (loading the model takes seconds)."""
+def get_runtime(settings: Settings, hostname: str | None = None) -> Runtime:
+    """This process's runtime, built with ``settings`` on first use (loading the model takes seconds)."""
     global _runtime
     with _lock:
         if _runtime is None:
-            from worker.app import settings
-
             _runtime = _build(settings, hostname or f"imgq@{socket.gethostname()}")
         return _runtime
 
@@ -128,17 +124,16 @@ def _build(settings: Settings, hostname: str) -> Runtime:
                       ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="imgq-decode"),
                       worker_id=f"{hostname}:{os.getpid()}",
                       binary_redis=redis.Redis.from_url(settings.effective_results_url, socket_connect_timeout=5))
-    threading.Thread(target=_beat, args=(runtime, hostname), name="imgq-heartbeat", daemon=True).start()
+    threading.Thread(target=_send_heartbeats, args=(runtime, hostname), name="imgq-heartbeat", daemon=True).start()
     threading.Thread(target=reconcile_forever, args=(runtime,), name="imgq-reconcile", daemon=True).start()
     return runtime
 
 
-def _beat(runtime: Runtime, hostname: str) -> None:
-    key = runtime.store.keys.worker(runtime.worker_id)
+def _send_heartbeats(runtime: Runtime, hostname: str) -> None:
     period = runtime.settings.heartbeat_seconds
     while True:
         try:
-            runtime.store.redis.set(key, json.dumps(runtime.heartbeat(hostname)), ex=HEARTBEATS_MISSED * period)
+            runtime.store.send_heartbeat(runtime.worker_id, runtime.heartbeat(hostname), HEARTBEATS_MISSED * period)
         except Exception as exc:  # Redis restarting: keep beating, the worker reconnects by itself
             log.warning("Heartbeat failed: %s", exc)
         time.sleep(period)

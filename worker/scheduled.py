@@ -1,4 +1,4 @@
-"""The task `imgq beat` fires for a schedule: one tick of its incremental scan (producer.schedules.tick).
+"""The task `imgq beat` fires for a schedule: one tick of its incremental scan (imgq/tick.py).
 
 A tick is a walk and a few Redis round trips per thousand files, then a job submitted like `imgq submit`
 would: it takes a worker thread briefly, like a small batch, and never waits for the job it submits (the
@@ -11,8 +11,9 @@ import functools
 import logging
 
 from imgq.contract import TASK_SCHEDULED_SCAN
+from imgq.schedules import ScheduleNotFound
 from imgq.store import ResultStore
-from producer.schedules import ScheduleNotFound, tick
+from imgq.tick import tick
 from worker.app import app, settings
 
 log = logging.getLogger(__name__)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from imgq.contract import TASK_CLASSIFY_BATCH, BatchMessage
-from worker.app import app
+from worker.app import app, settings
 from worker.batch import run_batch
 from worker.metrics import METRICS
 from worker.runtime import get_runtime
@@ -15,7 +15,7 @@ from worker.runtime import get_runtime
 # cases Celery cannot see (a worker killed, a message lost with its connection).
 @app.task(name=TASK_CLASSIFY_BATCH, bind=True)
 def classify_batch(self, message: dict) -> int:
-    runtime = get_runtime(self.request.hostname)
+    runtime = get_runtime(settings, self.request.hostname)
     started = time.perf_counter()
     try:
         records = run_batch(BatchMessage.from_dict(message), runtime, worker=self.request.hostname)

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from imgq import submit as enqueue
 from imgq.settings import Settings
 from imgq.store import ResultStore, delete_namespace
-from producer import enqueue
 from producer.local import LocalWorker
 from tests import imagegen
 from tests.conftest import make_settings

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from imgq import submit as enqueue
 from imgq.store import ResultStore, delete_namespace
-from producer import enqueue
 from tests import imagegen
 from tests.reliability.conftest import wait_until
 

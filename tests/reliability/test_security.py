@@ -7,7 +7,6 @@ import os
 import pytest
 
 from imgq.contract import TASK_CLASSIFY_BATCH, celery_config, queue_name
-from imgq.queue import queue_key
 from imgq.store import ResultStore
 from tests.reliability.conftest import wait_until
 
@@ -35,7 +34,7 @@ def test_a_pickled_message_is_refused_and_runs_nothing(live_worker, worker_setti
     log_size = os.path.getsize(live_worker.log_path)
     attacker.send_task(TASK_CLASSIFY_BATCH, args=[Exploit(str(marker))], queue=queue_name(worker_settings),
                        serializer="pickle")
-    wait_until(lambda: store.redis.llen(queue_key(worker_settings)) == 0, 60, "the worker to take the message")
+    wait_until(lambda: store.queue_depth() == 0, 60, "the worker to take the message")
     wait_until(lambda: "pickle" in _log_since(live_worker.log_path, log_size), 30, "the refusal in the log")
     assert not marker.exists()
     assert "ContentDisallowed" in _log_since(live_worker.log_path, log_size)

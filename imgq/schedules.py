@@ -8,8 +8,8 @@ A schedule is data in Redis, in two parts:
 - imgq's own definition (``Keys.schedule``, next to the results): paths, selection, submit options, the
   paused flag, the job in flight, and its recent runs (``Keys.schedule_runs``).
 
-One tick (``tick``), fired by beat on a worker or by `imgq schedule run` here: settle the previous run's job
-if it has finished, walk the paths, submit the new and changed files (producer.scan) as an ordinary job
+One tick (imgq/tick.py), fired by beat on a worker or by `imgq schedule run`: settle the previous run's job
+if it has finished, walk the paths, submit the new and changed files (imgq/scan_state.py) as an ordinary job
 named after the schedule (``params.schedule`` links it), and record the run. A tick while the previous job
 is still running submits nothing and is recorded as skipped: the next tick after that job finishes picks up
 everything that changed meanwhile, and a backlog is not piled on workers that are already behind.
@@ -17,28 +17,24 @@ everything that changed meanwhile, and a backlog is not piled on workers that ar
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 import time
 from dataclasses import asdict, dataclass, replace
 
-import redis
-
-from imgq.contract import TASK_SCHEDULED_SCAN, Keys, beat_config, celery_config, queue_name
+from imgq.beat import beat_app
+from imgq.contract import NAME, TASK_SCHEDULED_SCAN, queue_name
+from imgq.keys import Keys
+from imgq.scan_state import PARTS as SCAN_PARTS
 from imgq.settings import Settings
-from imgq.store import JobNotFound, JobStatus, ResultStore
-from producer import enqueue
-from producer.scan import PARTS as SCAN_PARTS
-from producer.scan import ScanState, Selection
+from imgq.store import ResultStore
+from imgq.walk import PathFilter
 
-NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")  # part of Redis keys, never a ':'
 EVERY = re.compile(r"([1-9][0-9]*)([smhd])")
 UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 CRON_FIELDS = ("minute", "hour", "day_of_month", "month_of_year", "day_of_week")
 
 RUNS_KEPT = 100  # recent runs listed by `imgq schedule show`
-TICK_LOCK_SECONDS = 120  # renewed every 1000 files walked; a tick that died frees its schedule after this
 
 
 class ScheduleError(LookupError):
@@ -101,6 +97,7 @@ class Schedule:
     cron: str | None = None
     recursive: bool = True
     includes: tuple[str, ...] = ()
+    excludes: tuple[str, ...] = ()
     top_k: int = 5
     batch_size: int = 32
     max_retries: int = 3
@@ -113,8 +110,8 @@ class Schedule:
         return f"every {format_seconds(self.every)}" if self.every else f"cron {self.cron} (UTC)"
 
     @property
-    def selection(self) -> enqueue.Selection:
-        return enqueue.Selection(recursive=self.recursive, includes=self.includes)
+    def path_filter(self) -> PathFilter:
+        return PathFilter(recursive=self.recursive, includes=self.includes, excludes=self.excludes)
 
     def celery_schedule(self):
         """What redbeat fires on: an interval or a crontab."""
@@ -124,8 +121,9 @@ class Schedule:
 
     def to_hash(self) -> dict[str, str]:
         data = asdict(self)
-        data.update(paths=json.dumps(self.paths), includes=json.dumps(self.includes), every=self.every or "",
-                    cron=self.cron or "", recursive=int(self.recursive), paused=int(self.paused))
+        data.update(paths=json.dumps(self.paths), includes=json.dumps(self.includes),
+                    excludes=json.dumps(self.excludes), every=self.every or "", cron=self.cron or "",
+                    recursive=int(self.recursive), paused=int(self.paused))
         data.pop("pending_job")  # owned by the ticks (set_pending), never overwritten by an edit
         return {k: str(v) for k, v in data.items()}
 
@@ -133,7 +131,8 @@ class Schedule:
     def from_hash(cls, data: dict[str, str]) -> Schedule:
         return cls(name=data["name"], paths=tuple(json.loads(data["paths"])), every=int(data["every"] or 0) or None,
                    cron=data["cron"] or None, recursive=data["recursive"] == "1",
-                   includes=tuple(json.loads(data["includes"])), top_k=int(data["top_k"]),
+                   includes=tuple(json.loads(data["includes"])),
+                   excludes=tuple(json.loads(data.get("excludes", "[]"))), top_k=int(data["top_k"]),
                    batch_size=int(data["batch_size"]), max_retries=int(data["max_retries"]),
                    paused=data["paused"] == "1", created=float(data["created"]),
                    pending_job=data.get("pending_job") or None)
@@ -220,6 +219,11 @@ class ScheduleBook:
         pipe.execute()
         return run
 
+    def tick_lock(self, name: str, seconds: int):
+        """A Redis lock held by the one tick of ``name`` running (``acquire(blocking=False)``, ``reacquire``,
+        ``release``): two ticks of a schedule never interleave."""
+        return self.redis.lock(self.keys.schedule_lock(name), timeout=seconds)
+
     def runs(self, name: str, limit: int = RUNS_KEPT) -> list[dict]:
         """The schedule's recent runs, newest first."""
         return [json.loads(r) for r in self.redis.lrange(self.keys.schedule_runs(name), 0, limit - 1)]
@@ -230,14 +234,7 @@ class ScheduleBook:
     def app(self):
         """A Celery app configured like `imgq beat`, to read and write redbeat entries (created on use)."""
         if self._app is None:
-            from celery import Celery
-
-            self._app = Celery("imgq-schedules", set_as_current=False)
-            self._app.conf.update(celery_config(self.settings))
-            self._app.conf.update(beat_config(self.settings))
-            from redbeat.schedulers import ensure_conf
-
-            ensure_conf(self._app)  # redbeat reads its key prefix from there
+            self._app = beat_app(self.settings)
         return self._app
 
     def _save_entry(self, schedule: Schedule, first: bool) -> None:
@@ -270,66 +267,3 @@ class ScheduleBook:
         from redbeat import RedBeatSchedulerEntry
 
         return RedBeatSchedulerEntry.from_key(self.keys.redbeat_prefix + name, app=self.app)
-
-
-# -- one tick -------------------------------------------------------------------------------------------
-
-
-def tick(name: str, *, settings: Settings, store: ResultStore, trigger: str = "beat") -> dict:
-    """One tick of schedule ``name``: returns the run it recorded. ``trigger``: ``beat`` (skipped while the
-    schedule is paused) or ``manual`` (`imgq schedule run`, which runs a paused schedule too).
-
-    Raises ScheduleNotFound (a tick queued before the schedule was removed), or redis/kombu errors.
-    """
-    book = ScheduleBook(store, settings)
-    book.get(name)  # raises ScheduleNotFound, before anything is recorded
-    lock = store.redis.lock(store.keys.schedule_lock(name), timeout=TICK_LOCK_SECONDS)
-    if not lock.acquire(blocking=False):
-        return book.record_run(name, _run(trigger, "skipped", reason="another tick of this schedule was running"))
-    try:
-        return _tick_locked(book, book.get(name), settings, trigger, lock.reacquire)
-    finally:
-        with contextlib.suppress(redis.exceptions.LockError):  # expired during a very long walk: nothing to free
-            lock.release()
-
-
-def _tick_locked(book: ScheduleBook, schedule: Schedule, settings: Settings, trigger: str, keepalive) -> dict:
-    store = book.store
-    if schedule.paused and trigger == "beat":
-        return book.record_run(schedule.name, _run(trigger, "skipped", reason="paused"))
-    scan = ScanState.from_settings(settings, schedule.name)
-    settled = None
-    if schedule.pending_job:
-        status = _status_or_none(store, schedule.pending_job)
-        if status is not None and not status.finished:
-            reason = f"job {status.id} still {status.state}"
-            return book.record_run(schedule.name, _run(trigger, "skipped", reason=reason))
-        records = store.iter_results(status.id) if status else ()  # a deleted job taught nothing
-        settled = asdict(scan.settle(records, schedule.max_retries))
-        book.set_pending(schedule.name, None)
-    scan.clear_pending()  # files of a submission that failed half-way
-    found = Selection()
-    images = scan.select(enqueue.iter_images(schedule.paths, schedule.selection), schedule.max_retries, found,
-                         keepalive=keepalive)
-    try:
-        submitted = enqueue.submit(images, settings=settings, store=store, name=schedule.name, top_k=schedule.top_k,
-                                   batch_size=schedule.batch_size, params={"schedule": schedule.name})
-    except enqueue.EmptySelection:
-        return book.record_run(schedule.name, _run(trigger, "empty", found=found, settled=settled))
-    book.set_pending(schedule.name, submitted.job)
-    return book.record_run(schedule.name, _run(trigger, "submitted", job=submitted.job, found=found, settled=settled,
-                                               batches=submitted.batches))
-
-
-def _status_or_none(store: ResultStore, job: str) -> JobStatus | None:
-    try:
-        return store.status(job)
-    except JobNotFound:
-        return None
-
-
-def _run(trigger: str, outcome: str, *, reason: str = "", job: str | None = None, found: Selection | None = None,
-         settled: dict | None = None, batches: int = 0) -> dict:
-    """A run as recorded: outcome ``submitted`` (a job), ``empty`` (nothing new: no job) or ``skipped``."""
-    return {"at": time.time(), "trigger": trigger, "outcome": outcome, "reason": reason, "job": job,
-            "batches": batches, "found": asdict(found) if found else None, "settled": settled}

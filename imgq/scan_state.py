@@ -1,7 +1,7 @@
 """Incremental scan state of a schedule: which files are classified as they are now, which keep failing.
 
-Per schedule, three Redis hashes next to the results (keys built by ``Keys.scan``), each keyed by a digest of
-a file's absolute path and holding a digest of its (size, modification time in ns):
+Per schedule, three Redis hashes next to the results (keys built by ``Keys.scan``), each keyed by the digest of
+a file's absolute path (``imgq.contract.path_digest``) and holding a digest of its (size, modification time in ns):
 
 - ``known``: files whose last submitted version got an ``ok`` record. While the file's size and mtime still
   match, it is not submitted again; when either changes, it is (``changed``).
@@ -17,7 +17,7 @@ a file's absolute path and holding a digest of its (size, modification time in n
 Why digests: a path costs its length in Redis (60 to 120 bytes is common), a 12-byte digest one 16-byte
 allocation whatever the path; at 96 bits, two paths colliding among a billion is a 1-in-10^11 event. Change
 detection needs only equality, so the stat is an 8-byte digest too. Measured with ``memory_per_file`` (and
-pinned by ``tests/test_scan.py``): see the README, "Scheduled re-scans".
+pinned by ``tests/test_scan.py``): see docs/schedules.md.
 
 Files deleted from disk keep their entries (a folder that is briefly unmounted must not make the next tick
 classify everything again); ``forget`` drops a schedule's state.
@@ -34,18 +34,13 @@ from itertools import islice
 
 import redis
 
-from imgq.contract import Keys
+from imgq.contract import ResultRecord, path_digest
+from imgq.keys import Keys
 from imgq.settings import Settings
 
-PATH_DIGEST_BYTES = 12
 STAT_DIGEST_BYTES = 8
 CHUNK = 1000  # files per Redis round trip
 PARTS = ("known", "errors", "pending")
-
-
-def path_digest(path: str) -> bytes:
-    """The hash field of a file: 12 bytes of BLAKE2b of its absolute path."""
-    return hashlib.blake2b(os.fsencode(path), digest_size=PATH_DIGEST_BYTES).digest()
 
 
 def stat_digest(size: int, mtime_ns: int) -> bytes:
@@ -72,7 +67,7 @@ def _failures_of(entry: bytes | None, version: bytes) -> int:
 
 
 @dataclass
-class Selection:
+class ScanTally:
     """What one walk found, by reason. ``new + changed + retried`` files were submitted."""
 
     new: int = 0
@@ -111,7 +106,7 @@ class ScanState:
                                       health_check_interval=30)
         return cls(client, Keys(settings.namespace), name)
 
-    def select(self, paths: Iterable[str], max_retries: int, found: Selection,
+    def select(self, paths: Iterable[str], max_retries: int, found: ScanTally,
                keepalive: Callable[[], object] | None = None) -> Iterator[str]:
         """The paths to submit: new, changed, or failed at most ``max_retries`` times. Each is written to
         ``pending`` with its version before it is yielded; ``found`` counts the reasons as the walk goes.
@@ -122,7 +117,7 @@ class ScanState:
             if keepalive is not None:
                 keepalive()
 
-    def _select_chunk(self, chunk: list[str], max_retries: int, found: Selection) -> list[str]:
+    def _select_chunk(self, chunk: list[str], max_retries: int, found: ScanTally) -> list[str]:
         versions = [file_version(path) for path in chunk]
         fields = [path_digest(path) for path in chunk]
         pipe = self.redis.pipeline(transaction=False)
@@ -140,7 +135,7 @@ class ScanState:
             self.redis.hset(self.pending, mapping=pending)
         return chosen
 
-    def settle(self, records: Iterable[dict], max_retries: int) -> Settlement:
+    def settle(self, records: Iterable[ResultRecord], max_retries: int) -> Settlement:
         """Move the files of the finished job in ``pending`` to ``known`` or ``errors`` from their records,
         then clear ``pending``."""
         settled = Settlement(unrecorded=self.redis.hlen(self.pending))
@@ -151,8 +146,8 @@ class ScanState:
         self.clear_pending()
         return settled
 
-    def _settle_chunk(self, records: list[dict], max_retries: int, settled: Settlement) -> None:
-        fields = [path_digest(r["path"]) for r in records]
+    def _settle_chunk(self, records: list[ResultRecord], max_retries: int, settled: Settlement) -> None:
+        fields = [path_digest(r.path) for r in records]
         pipe = self.redis.pipeline(transaction=False)
         pipe.hmget(self.pending, fields)
         pipe.hmget(self.errors, fields)
@@ -161,7 +156,7 @@ class ScanState:
         for record, field, version, failed in zip(records, fields, versions, errors, strict=True):
             if version is None:  # not submitted by this schedule's scan (cannot happen unless edited by hand)
                 continue
-            if record["status"] == "ok":
+            if record.ok:
                 settled.ok += 1
                 pipe.hset(self.known, field, version)
                 pipe.hdel(self.errors, field)
@@ -198,7 +193,7 @@ class ScanState:
 
 
 def _reason(version: bytes | None, was_ok: bytes | None, failed: bytes | None, max_retries: int) -> str:
-    """Why a file is (or is not) submitted, as a field name of Selection."""
+    """Why a file is (or is not) submitted, as a field name of ScanTally."""
     if version is None:
         return "vanished"
     if was_ok == version:

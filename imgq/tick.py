@@ -1,0 +1,96 @@
+"""One tick of a schedule: settle the previous run's job, walk, submit what is new or changed, record the run.
+
+Run by the task `imgq beat` fires (worker/scheduled.py, on any worker of the namespace) and by
+`imgq schedule run` (the CLI, here). A tick while the schedule's previous job is unfinished submits nothing
+and is recorded as skipped: the next tick after that job finishes picks up everything that changed meanwhile,
+and a backlog is not piled on workers that are already behind.
+
+The job id of a tick is chosen, and written into the schedule as its job in flight, BEFORE the job is
+committed: a tick that dies between committing its job and recording its run leaves the job in flight named,
+and the next tick settles it instead of submitting the same files again. A job id that never got committed
+reads as a deleted job, which taught nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import asdict
+
+import redis
+
+from imgq import submit as submission
+from imgq.roots import outside_roots
+from imgq.scan_state import ScanState, ScanTally
+from imgq.schedules import Schedule, ScheduleBook
+from imgq.settings import Settings
+from imgq.store import JobNotFound, JobStatus, ResultStore
+from imgq.walk import iter_images
+
+TICK_LOCK_SECONDS = 120  # renewed every 1000 files walked; a tick that died frees its schedule after this
+
+def tick(name: str, *, settings: Settings, store: ResultStore, trigger: str = "beat") -> dict:
+    """One tick of schedule ``name``: returns the run it recorded. ``trigger``: ``beat`` (skipped while the
+    schedule is paused) or ``manual`` (`imgq schedule run`, which runs a paused schedule too).
+
+    Raises ScheduleNotFound (a tick queued before the schedule was removed), or redis/kombu errors.
+    """
+    book = ScheduleBook(store, settings)
+    book.get(name)  # raises ScheduleNotFound, before anything is recorded
+    lock = book.tick_lock(name, TICK_LOCK_SECONDS)
+    if not lock.acquire(blocking=False):
+        return book.record_run(name, _run(trigger, "skipped", reason="another tick of this schedule was running"))
+    try:
+        return _tick_locked(book, book.get(name), settings, trigger, lock.reacquire)
+    finally:
+        with contextlib.suppress(redis.exceptions.LockError):  # expired during a very long walk: nothing to free
+            lock.release()
+
+
+def _tick_locked(book: ScheduleBook, schedule: Schedule, settings: Settings, trigger: str, keepalive) -> dict:
+    store = book.store
+    if schedule.paused and trigger == "beat":
+        return book.record_run(schedule.name, _run(trigger, "skipped", reason="paused"))
+    scan = ScanState.from_settings(settings, schedule.name)
+    settled = None
+    if schedule.pending_job:
+        status = _status_or_none(store, schedule.pending_job)
+        if status is not None and not status.finished:
+            reason = f"job {status.id} still {status.state}"
+            return book.record_run(schedule.name, _run(trigger, "skipped", reason=reason))
+        records = store.iter_records(status.id) if status else ()  # a deleted job taught nothing
+        settled = asdict(scan.settle(records, schedule.max_retries))
+        book.set_pending(schedule.name, None)
+    scan.clear_pending()  # files of a submission that failed half-way
+    if forbidden := outside_roots(schedule.paths, settings.allowed_roots):
+        # On a worker with IMGQ_ALLOWED_ROOTS, a schedule scans only inside them, as the worker reads only there.
+        reason = f"{forbidden} is outside this worker's allowed roots (IMGQ_ALLOWED_ROOTS)"
+        return book.record_run(schedule.name, _run(trigger, "skipped", reason=reason, settled=settled))
+    found = ScanTally()
+    images = scan.select(iter_images(schedule.paths, schedule.path_filter), schedule.max_retries, found,
+                         keepalive=keepalive)
+    job = submission.new_job_id()
+    book.set_pending(schedule.name, job)  # before the commit: see the module's docstring
+    try:
+        submitted = submission.submit(images, settings=settings, store=store, name=schedule.name, job=job,
+                                      top_k=schedule.top_k, batch_size=schedule.batch_size,
+                                      params={"schedule": schedule.name})
+    except submission.EmptySelection:
+        book.set_pending(schedule.name, None)
+        return book.record_run(schedule.name, _run(trigger, "empty", found=found, settled=settled))
+    return book.record_run(schedule.name, _run(trigger, "submitted", job=submitted.job, found=found, settled=settled,
+                                               batches=submitted.batches))
+
+
+def _status_or_none(store: ResultStore, job: str) -> JobStatus | None:
+    try:
+        return store.status(job)
+    except JobNotFound:
+        return None
+
+
+def _run(trigger: str, outcome: str, *, reason: str = "", job: str | None = None, found: ScanTally | None = None,
+         settled: dict | None = None, batches: int = 0) -> dict:
+    """A run as recorded: outcome ``submitted`` (a job), ``empty`` (nothing new: no job) or ``skipped``."""
+    return {"at": time.time(), "trigger": trigger, "outcome": outcome, "reason": reason, "job": job,
+            "batches": batches, "found": asdict(found) if found else None, "settled": settled}
