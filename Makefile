@@ -31,6 +31,7 @@ classify: install
 ## make test: the whole suite, slow end-to-end tests included
 test: install-test
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/pytest
 
 test-fast: install-test

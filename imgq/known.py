@@ -1,9 +1,10 @@
 """The content-hash index: images already classified, so that the same picture is paid for once.
 
 For one model (weights and precision) and one k, a Redis hash maps a 16-byte digest of the file's bytes to
-its top-k, packed as "R" + k x (class index uint16, score float32): about 90 bytes per known image with k = 5
-(tests/test_known.py measures it). While a worker computes an image, the field holds a claim instead, so
-that copies of it in other batches, in this worker or another, wait for the result rather than recompute.
+its top-k, packed as "R" + k x (class index uint16, score float32): with k = 5, 73 bytes per known image on
+Valkey 9.1 and 112 on Redis 7.0, at most 120 (MEMORY USAGE over 2,000 images; tests/test_known.py pins it).
+While a worker computes an image, the field holds a claim instead, so that copies of it in other batches, in
+this worker or another, wait for the result rather than recompute.
 """
 
 from __future__ import annotations

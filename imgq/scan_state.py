@@ -16,8 +16,8 @@ a file's absolute path (``imgq.contract.path_digest``) and holding a digest of i
 
 Why digests: a path costs its length in Redis (60 to 120 bytes is common), a 12-byte digest one 16-byte
 allocation whatever the path; at 96 bits, two paths colliding among a billion is a 1-in-10^11 event. Change
-detection needs only equality, so the stat is an 8-byte digest too. Measured with ``memory_per_file`` (and
-pinned by ``tests/test_scan.py``): see docs/schedules.md.
+detection needs only equality, so the stat is an 8-byte digest too. Measured with ``memory_per_file`` over
+20,000 files: 55 bytes per known file on Valkey 9.1, 76 on Redis 7.0, at most 80 (``tests/test_scan.py``).
 
 Files deleted from disk keep their entries (a folder that is briefly unmounted must not make the next tick
 classify everything again); ``forget`` drops a schedule's state.

@@ -117,7 +117,7 @@ class Schedule:
         """What redbeat fires on: an interval or a crontab."""
         from celery.schedules import schedule
 
-        return schedule(run_every=self.every) if self.every else parse_cron(self.cron)
+        return schedule(run_every=self.every) if self.every else parse_cron(self.cron or "")
 
     def to_hash(self) -> dict[str, str]:
         data = asdict(self)
@@ -240,7 +240,7 @@ class ScheduleBook:
     def _save_entry(self, schedule: Schedule, first: bool) -> None:
         from redbeat import RedBeatSchedulerEntry
 
-        options = {"queue": queue_name(self.settings)}
+        options: dict[str, str | int] = {"queue": queue_name(self.settings)}
         if schedule.every:  # a tick stuck behind a backlog longer than its period is stale: drop it
             options["expires"] = schedule.every
         entry = RedBeatSchedulerEntry(schedule.name, TASK_SCHEDULED_SCAN, schedule.celery_schedule(),

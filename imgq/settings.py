@@ -58,9 +58,9 @@ class Settings:
     # Images with more pixels are refused as `too_large` before decoding (Pillow's own bomb threshold).
 
     pool: str = "threads"
-    # Celery pool of a worker: threads (default: one model, several batches in hand, see README "Choosing
-    # the pool"), solo or prefork. Set it here, not with `--pool prefork`: Celery takes an explicit prefork
-    # for its own default and keeps the configured pool.
+    # Celery pool of a worker: threads (default: one model, several batches in hand; docs/performance.md),
+    # solo or prefork. Set it here, not with `--pool prefork`: Celery takes an explicit prefork for its own
+    # default and keeps the configured pool.
 
     concurrency: int = 4
     # Batches a worker holds at once (threads pool). Their decoding overlaps the forward passes, and small

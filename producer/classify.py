@@ -64,13 +64,15 @@ def _ensure_worker(settings: Settings, store: ResultStore, started: ExitStack) -
     worker = LocalWorker(settings)
     worker.start()
     started.callback(worker.stop)
-    click.echo(f"Started a worker (pid {worker.process.pid}, weights {settings.weights}, "
+    click.echo(f"Started a worker (pid {worker.started.pid}, weights {settings.weights}, "
                f"broker {mask_url(settings.broker_url)}; log: {worker.log_path}).", err=True)
     return worker
 
 
 def _print_summary(store: ResultStore, final: JobStatus, out: str) -> None:
-    labels, errors, weights = Counter(), Counter(), set()
+    labels: Counter[str] = Counter()
+    errors: Counter[str] = Counter()
+    weights: set[str] = set()
     for record in store.iter_records(final.id):
         weights.add(record.weights)
         if record.error is not None:

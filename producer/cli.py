@@ -55,8 +55,8 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _is_kombu_connection_error(exc: BaseException) -> bool:
-    kombu_exceptions = sys.modules.get("kombu.exceptions")
-    return bool(kombu_exceptions) and isinstance(exc, kombu_exceptions.OperationalError)
+    kombu_exceptions = sys.modules.get("kombu.exceptions")  # imported by whoever talked to the broker
+    return kombu_exceptions is not None and isinstance(exc, kombu_exceptions.OperationalError)
 
 
 def setting_option(*decls: str, setting: str, help: str, **kwargs):

@@ -70,10 +70,17 @@ class LocalWorker:
                 [sys.executable, "-m", "worker", "--loglevel", "INFO", "--hostname", f"{self.name}@%h"],
                 env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
+    @property
+    def started(self) -> subprocess.Popen:
+        """The worker's process; raises LocalServiceError before ``start``."""
+        if self.process is None:
+            raise LocalServiceError("The local worker was never started.")
+        return self.process
+
     def check_alive(self) -> None:
         """Raises LocalServiceError when the worker process has exited."""
-        if self.process.poll() is not None:
-            raise LocalServiceError(f"The worker exited with code {self.process.returncode}: "
+        if self.started.poll() is not None:
+            raise LocalServiceError(f"The worker exited with code {self.started.returncode}: "
                                     f"{self._last_words()} (log: {self.log_path})")
 
     def _last_words(self) -> str:
@@ -92,7 +99,7 @@ class LocalWorker:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self.check_alive()
-            if any(w.pid == self.process.pid for w in store.workers()):
+            if any(w.pid == self.started.pid for w in store.workers()):
                 return
             time.sleep(0.25)
         raise LocalServiceError(f"The worker was not ready after {timeout:.0f} s: see {self.log_path}")

@@ -129,7 +129,7 @@ def list_(ctx, as_json):
         return
     click.echo(f"{'NAME':<20}  {'WHEN':<24}  {'STATE':<6}  {'LAST RUN':<19}  {'OUTCOME':<9}  PATHS")
     for s, run in rows:
-        click.echo(f"{s.name[:20]:<20}  {s.when[:24]:<24}  {_state(s):<6}  {_time(run and run['at']):<19}  "
+        click.echo(f"{s.name[:20]:<20}  {s.when[:24]:<24}  {_state(s):<6}  {_time(run['at'] if run else None):<19}  "
                    f"{(run or {}).get('outcome', '-'):<9}  {' '.join(s.paths)}")
 
 

@@ -142,3 +142,16 @@ def scrape(port: int, host: str = "127.0.0.1") -> dict[str, float]:
             name, _, value = line.rpartition(" ")
             samples[name] = float(value)
     return samples
+
+
+def imgq_cli(settings: Settings, *args: str, check: bool = True, **kwargs):
+    """``imgq ARGS`` in this process with click's CliRunner and ``settings`` in the environment; with
+    ``check``, asserts that it exited 0. ``kwargs`` go to ``CliRunner.invoke`` (input=..., env=...)."""
+    from click.testing import CliRunner
+
+    from producer.cli import cli
+
+    env = {**settings.as_env(), **kwargs.pop("env", {})}
+    result = CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False, **kwargs)
+    assert not check or result.exit_code == 0, result.output
+    return result

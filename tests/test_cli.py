@@ -3,29 +3,29 @@
 import csv
 import io
 import json
-import socket
 import subprocess
 import sys
 
+import click
 import pytest
-from click.testing import CliRunner
 
 from imgq.contract import Heartbeat, error_record, ok_record
 from producer.cli import cli
+from tests.processes import free_port, imgq_cli
 from tests.test_enqueue import queued_messages
 
-COMMANDS = ["submit", "status", "wait", "results", "cancel", "requeue", "delete", "worker", "classify"]
+
+def command_paths(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every command of the CLI, sub-commands of groups included, as argument lists: walked, not listed."""
+    paths = [prefix]
+    for name, command in sorted(group.commands.items()):
+        paths += command_paths(command, (*prefix, name)) if isinstance(command, click.Group) else [(*prefix, name)]
+    return paths
 
 
 @pytest.fixture
 def run(settings):
-    runner = CliRunner()
-
-    def invoke(*args, input=None, env=None):
-        return runner.invoke(cli, list(args), env={**settings.as_env(), **(env or {})}, input=input,
-                             catch_exceptions=False)
-
-    return invoke
+    return lambda *args, **kwargs: imgq_cli(settings, *args, check=False, **kwargs)
 
 
 @pytest.fixture
@@ -37,16 +37,14 @@ def photos(tmp_path):
     return folder
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.mark.parametrize("command", [[], *[[c] for c in COMMANDS]])
+@pytest.mark.parametrize("command", command_paths(cli), ids=lambda path: " ".join(path) or "imgq")
 def test_help(run, command):
     result = run(*command, "--help")
-    assert result.exit_code == 0 and "Usage: " in result.output
+    assert result.exit_code == 0 and f"Usage: cli {' '.join(command)}".rstrip() in result.output
+
+
+def test_every_command_is_walked():
+    assert {("submit",), ("schedule", "add"), ("beat",), ("worker",), ("report",)} <= set(command_paths(cli))
 
 
 def test_cli_never_imports_tensorflow():

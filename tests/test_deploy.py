@@ -21,6 +21,7 @@ import secrets
 import shutil
 import subprocess
 import sys
+import time
 from importlib.resources import files
 from pathlib import Path
 
@@ -253,10 +254,6 @@ def start_redis_service(deployment: PlainDeployment) -> Process:
                    cwd=deployment.mounts("redis")["/data"]).start()
 
 
-def beat_available() -> bool:
-    return subprocess.run([IMGQ, "beat", "--help"], capture_output=True).returncode == 0
-
-
 @pytest.fixture
 def photos(tmp_path):
     folder = tmp_path / "photos"
@@ -295,8 +292,6 @@ def test_compose_services_run_as_plain_processes_and_classify_a_folder(tmp_path,
         checked = subprocess.run(health, env=deployment.env("worker"), capture_output=True, text=True)
         assert checked.returncode == 0 and checked.stdout.startswith("healthy: alive: celery@"), checked.stdout
 
-        beat = deployment.start("beat") if beat_available() else None
-        processes += [beat] if beat else []
 
         submitted = deployment.run("producer", "submit", "/data/photos", str(outside), "--wait")
         assert submitted.returncode == 0, submitted.stderr
@@ -312,14 +307,30 @@ def test_compose_services_run_as_plain_processes_and_classify_a_folder(tmp_path,
         samples = scrape(int(env["IMGQ_METRICS_PORT"]))
         assert samples["imgq_images_processed_total"] == len(records)
 
-        if beat:
-            assert beat.alive(), beat.output()[-3000:]
+        scheduled = deployment.run("producer", "schedule", "add", "photos", "/data/photos", "--every", "1h")
+        assert scheduled.returncode == 0, scheduled.stderr
+        beat = deployment.start("beat")
+        processes.append(beat)
+        check_beat_fired(deployment, beat)
     finally:
         for process in reversed(processes):
             process.stop()
     check_logs(worker.output(), password)
-    if beat:
-        assert password not in beat.output()
+    assert password not in beat.output()
+
+
+def check_beat_fired(deployment: PlainDeployment, beat: Process, timeout: float = 120.0) -> None:
+    """Beat fired the schedule's first tick at once, a worker ran it, and the job it submitted completed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert beat.alive(), beat.output()[-3000:]
+        shown = json.loads(deployment.run("producer", "schedule", "show", "photos", "--json").stdout)
+        runs = [r for r in shown["runs"] if r["outcome"] == "submitted"]
+        if runs and runs[0]["job_status"]["state"] == "done":
+            break
+        assert time.monotonic() < deadline, f"no tick ran: {shown['runs']} {beat.output()[-2000:]}"
+        time.sleep(0.5)
+    assert "Sending due task photos (imgq.scheduled_scan)" in beat.output()
 
 
 def check_redis_service(deployment: PlainDeployment, url: str) -> None:

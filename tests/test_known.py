@@ -5,13 +5,12 @@ import shutil
 
 import pytest
 import redis
-from click.testing import CliRunner
 
 from imgq.keys import Keys
 from imgq.known import CLAIM, KnownImages, file_digest, pack, unpack
 from imgq.store import ResultStore
-from producer.cli import cli
 from tests import imagegen
+from tests.processes import imgq_cli
 
 
 @pytest.fixture
@@ -25,11 +24,14 @@ def test_pack_round_trips_and_never_looks_like_a_claim():
     assert unpack(pack(top)) == top and not pack(top).startswith(CLAIM)
 
 
-def test_memory_per_known_image_is_under_200_bytes(index):
+DOCUMENTED_BYTES = 120  # imgq/known.py: 73 on Valkey 9.1, 112 on Redis 7.0, at most 120
+
+
+def test_memory_per_known_image_is_what_the_docs_say(index):
     n = 2000
     index.remember({file_digest(str(i).encode()): [(i % 1000, 0.5)] * 5 for i in range(n)})
     per_image = index.redis.memory_usage(index.key, samples=0) / n
-    assert per_image < 200, per_image
+    assert per_image <= DOCUMENTED_BYTES, per_image
     print(f"known-image index: {per_image:.0f} bytes per image")
 
 
@@ -68,8 +70,7 @@ def test_skip_known_classifies_each_distinct_picture_once(live_worker, worker_se
     shutil.copy(folder / "broken-0.jpg", folder / "broken-1.jpg")
 
     def run(*flags):
-        result = CliRunner().invoke(cli, ["submit", str(folder), "--batch-size", "4", "--wait", *flags],
-                                    env=worker_settings.as_env(), catch_exceptions=False)
+        result = imgq_cli(worker_settings, "submit", str(folder), "--batch-size", "4", "--wait", *flags)
         records = list(ResultStore.from_settings(worker_settings).iter_results(result.stdout.strip()))
         assert len(records) == 14
         return records

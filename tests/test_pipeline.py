@@ -6,12 +6,11 @@ import json
 import time
 
 import pytest
-from click.testing import CliRunner
 
 from imgq.contract import ERROR_CODES
 from imgq.store import ResultStore
-from producer.cli import cli
 from tests import imagegen
+from tests.processes import imgq_cli
 
 pytestmark = pytest.mark.slow
 
@@ -29,9 +28,7 @@ def photo_tree(tmp_path_factory):
 
 
 def invoke(settings, *args):
-    result = CliRunner().invoke(cli, list(args), env=settings.as_env(), catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return result
+    return imgq_cli(settings, *args)
 
 
 def drained(store: ResultStore, settings) -> bool:

@@ -21,14 +21,20 @@ from collections import Counter
 from dataclasses import replace
 
 import pytest
-from click.testing import CliRunner
 
 from imgq.deliveries import Deliveries
 from imgq.store import ResultStore, delete_namespace
-from producer.cli import cli
 from tests import imagegen
 from tests.conftest import make_settings
-from tests.processes import Process, start_redis, start_worker, wait_for_redis, wait_for_workers, wait_until_done
+from tests.processes import (
+    Process,
+    imgq_cli,
+    start_redis,
+    start_worker,
+    wait_for_redis,
+    wait_for_workers,
+    wait_until_done,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -40,10 +46,7 @@ def write_photos(folder, count: int) -> None:
 
 
 def submit(settings, folder, batch_size: int) -> str:
-    result = CliRunner().invoke(cli, ["submit", str(folder), "--batch-size", str(batch_size)],
-                                env=settings.as_env(), catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return result.stdout.strip()
+    return imgq_cli(settings, "submit", str(folder), "--batch-size", str(batch_size)).stdout.strip()
 
 
 def records_by_worker(store: ResultStore, job: str) -> tuple[list[dict], Counter]:
@@ -78,7 +81,7 @@ def test_two_workers_share_one_job(redis_url, tmp_path):
         assert all(n > 0 for n in counts.values()) and sum(counts.values()) == 40
 
         beats = wait_for_heartbeats(store, counts)
-        fleet = json.loads(CliRunner().invoke(cli, ["status", "--workers", "--json"], env=settings.as_env()).stdout)
+        fleet = json.loads(imgq_cli(settings, "status", "--workers", "--json").stdout)
         assert sorted(w["hostname"] for w in fleet["workers"]) == sorted(counts)
         assert all((w["pool"], w["concurrency"]) == ("threads", 2) for w in fleet["workers"])
         assert all(beats[name]["images_per_second"] > 0 for name in counts)

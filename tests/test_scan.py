@@ -8,7 +8,7 @@ import pytest
 from imgq.contract import error_record, ok_record
 from imgq.scan_state import CHUNK, ScanState, ScanTally
 
-MEMORY_TARGET = 200  # bytes per known image (issue 6)
+DOCUMENTED_BYTES = 80  # per known image, imgq/scan_state.py: 55 on Valkey 9.1, 76 on Redis 7.0
 
 
 @pytest.fixture
@@ -153,7 +153,7 @@ def test_forget_drops_every_part(scan, folder, store, settings):
     assert store.redis.keys(f"{settings.namespace}:scan:*") == []
 
 
-def test_memory_per_known_image_is_under_target(scan, tmp_path):
+def test_memory_per_known_image_is_what_the_docs_say(scan, tmp_path):
     """Measured with MEMORY USAGE on a state of 20,000 images (hashtable encoding, as in real use)."""
     root = tmp_path / "many"
     root.mkdir()
@@ -165,4 +165,4 @@ def test_memory_per_known_image_is_under_target(scan, tmp_path):
     finish(scan, select(scan, paths)[0])
     per_image = scan.memory_per_file()
     print(f"\nscan state: {per_image:.1f} bytes per known image (20,000 images)")
-    assert per_image < MEMORY_TARGET
+    assert per_image <= DOCUMENTED_BYTES

@@ -11,7 +11,6 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 from imgq.contract import TASK_SCHEDULED_SCAN, error_record, ok_record
 from imgq.schedules import (
@@ -24,8 +23,8 @@ from imgq.schedules import (
 )
 from imgq.store import ResultStore
 from imgq.tick import tick
-from producer.cli import cli
 from tests import imagegen
+from tests.processes import imgq_cli
 
 # -- parsing ------------------------------------------------------------------------------------------------
 
@@ -72,12 +71,7 @@ def test_names(name, ok):
 
 @pytest.fixture
 def run(settings):
-    runner = CliRunner()
-
-    def invoke(*args):
-        return runner.invoke(cli, list(args), env=settings.as_env(), catch_exceptions=False)
-
-    return invoke
+    return lambda *args: imgq_cli(settings, *args, check=False)
 
 
 @pytest.fixture
@@ -333,9 +327,7 @@ def scheduled(worker_settings):
     names = []
 
     def add(name: str, *args: str):
-        result = CliRunner().invoke(cli, ["schedule", "add", name, *args], env=worker_settings.as_env(),
-                                    catch_exceptions=False)
-        assert result.exit_code == 0, result.output
+        imgq_cli(worker_settings, "schedule", "add", name, *args)
         names.append(name)
 
     yield add
@@ -345,9 +337,7 @@ def scheduled(worker_settings):
 
 
 def cli_in(settings, *args):
-    result = CliRunner().invoke(cli, list(args), env=settings.as_env(), catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return result
+    return imgq_cli(settings, *args)
 
 
 @pytest.mark.slow

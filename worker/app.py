@@ -3,7 +3,7 @@
 Pool: threads by default (IMGQ_POOL, IMGQ_CONCURRENCY). One process per machine holds one model, and
 TensorFlow spreads each forward pass over every core by itself; a second process would only compete for
 the same cores with a second copy of the model. Several batches in hand, each decoding in its own thread
-while worker.gather runs the shared forward passes, keep the cores busy (README, "Choosing the pool").
+while worker.gather runs the shared forward passes, keep the cores busy (docs/performance.md).
 
 TensorFlow is not fork-safe, so this module never imports it. The model is loaded in the process that
 runs tasks: the main process for the solo and threads pools (``worker_init``), each child for prefork
@@ -46,7 +46,7 @@ def _load_in_main_process(sender=None, **_):
     if "prefork" not in pool_name and (getattr(sender, "options", None) or {}).get("autoscale"):
         # Celery would start, then die at the first batch: its threads and solo pools cannot grow.
         print("imgq worker: --autoscale needs IMGQ_POOL=prefork (the threads and solo pools cannot grow); "
-              "or scale out with more workers (README, \"Scale out\")", file=sys.stderr, flush=True)
+              "or scale out with more workers (docs/deployment.md, \"Scale out\")", file=sys.stderr, flush=True)
         os._exit(2)
     if "prefork" not in pool_name:
         _load_or_exit(getattr(sender, "hostname", None), sender)

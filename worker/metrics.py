@@ -5,7 +5,7 @@ Recorded in every worker process (an update costs a lock and an addition); serve
 from the records a batch wrote, so they count exactly what this process stored: a redelivered batch whose
 images already had records writes none and counts none.
 
-With the prefork pool each child holds its own counters and no server is started (README, "What operators
+With the prefork pool each child holds its own counters and no server is started (docs/operations.md, "What operators
 see"): the threads and solo pools keep everything in the one process that serves them.
 """
 

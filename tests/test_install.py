@@ -1,0 +1,77 @@
+"""The producer-only install the docs promise: `pip install .` without the worker extras (no TensorFlow, no
+prometheus_client) runs the CLI, the schedules and `imgq beat`, which sends a tick by name to the queue."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.processes import Process, clean_env
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def producer_only(tmp_path_factory) -> Path:
+    """A fresh venv with `pip install .` and nothing else; its bin folder."""
+    venv = tmp_path_factory.mktemp("producer-only") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    # From a copy of the sources: a build in the working tree would leave build/ and egg-info behind.
+    source = tmp_path_factory.mktemp("source")
+    for name in subprocess.run(["git", "-C", str(ROOT), "ls-files"], check=True, capture_output=True,
+                               text=True).stdout.splitlines():
+        if (ROOT / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            (source / name).write_bytes((ROOT / name).read_bytes())
+    pip = subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet", str(source)], capture_output=True,
+                         text=True, timeout=600)
+    assert pip.returncode == 0, pip.stderr[-3000:]
+    return venv / "bin"
+
+
+def run(bin_dir: Path, settings, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(bin_dir / "imgq"), *args], env=clean_env(**settings.as_env()), capture_output=True,
+                          text=True, timeout=60)
+
+
+@pytest.mark.slow
+def test_the_install_has_no_worker_extras(producer_only):
+    missing = subprocess.run([str(producer_only / "python"), "-c", "import tensorflow"], capture_output=True)
+    assert missing.returncode != 0
+    missing = subprocess.run([str(producer_only / "python"), "-c", "import prometheus_client"], capture_output=True)
+    assert missing.returncode != 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", [["--help"], ["submit", "--help"], ["results", "--help"], ["beat", "--help"]])
+def test_the_cli_answers(producer_only, settings, command):
+    result = run(producer_only, settings, *command)
+    assert result.returncode == 0 and "Usage: imgq" in result.stdout, result.stderr
+
+
+@pytest.mark.slow
+def test_schedules_and_beat_run_without_the_worker(producer_only, settings, store, tmp_path):
+    (tmp_path / "photos").mkdir()
+    added = run(producer_only, settings, "schedule", "add", "nightly", str(tmp_path / "photos"), "--every", "1h")
+    assert added.returncode == 0, added.stderr
+    listed = run(producer_only, settings, "schedule", "list")
+    assert listed.returncode == 0 and "nightly" in listed.stdout
+    beat = Process([str(producer_only / "imgq"), "beat", "--loglevel", "INFO"], clean_env(**settings.as_env()),
+                   tmp_path / "beat.log").start()
+    try:
+        deadline = time.monotonic() + 60
+        while store.queue_depth() == 0:  # no worker in this namespace: the tick stays queued
+            assert beat.alive(), beat.output()[-3000:]
+            assert time.monotonic() < deadline, f"beat sent no tick: {beat.output()[-3000:]}"
+            time.sleep(0.2)
+    finally:
+        beat.stop()
+    (envelope,) = [json.loads(raw) for raw in store.redis.lrange(store.keys.kombu_queue, 0, -1)]
+    assert envelope["headers"]["task"] == "imgq.scheduled_scan" and envelope["headers"]["argsrepr"] == "['nightly']"
+    assert "ModuleNotFoundError" not in beat.output() and os.path.basename(beat.argv[0]) == "imgq"
