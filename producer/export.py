@@ -14,6 +14,20 @@ from imgq.files import atomic_path
 FORMATS = ("jsonl", "csv")
 
 
+def labels_above(record: dict, min_score: float) -> list[dict]:
+    """The record's top-k entries whose score is at least ``min_score``, best first."""
+    return [t for t in record.get("top_k") or [] if t["score"] >= min_score]
+
+
+def with_min_score(records: Iterable[dict], min_score: float | None) -> Iterator[dict]:
+    """The records with the labels under ``min_score`` dropped from their top_k (copies: the stored records
+    keep their whole top-k). None or 0 passes them through as they are."""
+    for record in records:
+        if min_score and record.get("top_k"):
+            record = {**record, "top_k": labels_above(record, min_score)}
+        yield record
+
+
 def write_jsonl(records: Iterable[dict], out: IO[str]) -> int:
     n = 0
     for record in records:
