@@ -344,11 +344,12 @@ def _line_range(data: bytes, start: int, end: int) -> tuple[int, int, str]:
 
 
 def _apply(data: bytes, splices: list[tuple[int, int, str]]) -> bytes:
+    newline = "\r\n" if b"\r\n" in data else "\n"  # a sidecar written on Windows keeps its line ends
     out, position = [], 0
     for start, end, text in sorted(splices, key=lambda s: (s[0], s[1])):
         if start < position:
             raise SidecarError("overlapping edits (a bug in imgq)")
-        out += [data[position:start], text.encode()]
+        out += [data[position:start], text.replace("\n", newline).encode()]
         position = end
     return b"".join(out) + data[position:]
 

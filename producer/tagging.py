@@ -126,19 +126,22 @@ def plan_sidecars(records: Iterable[dict], options: TagOptions) -> tuple[dict[st
 
 def tag_sidecar(path: str, image: str, labels: list[str], options: TagOptions) -> SidecarChange:
     """Make imgq's keywords in the sidecar at ``path`` exactly ``labels`` (none: remove them)."""
+    target = os.path.realpath(path)  # a symlinked sidecar is edited where it lives, and stays a symlink
     try:
-        with open(path, "rb") as file:
-            data: bytes | None = file.read()
+        with open(target, "rb") as file:
+            data, seen = file.read(), os.fstat(file.fileno())
     except FileNotFoundError:
-        data = None
-    if data is None:
-        if not labels:
-            return SidecarChange(path, "unchanged")
-        if not os.path.exists(image):
-            return SidecarChange(path, "missing-image", message=f"no image at {image}; no sidecar written")
-        add = wanted_keywords(labels, options.prefix)
-        return _write(path, sidecars.new_sidecar(add), "created", add, {}, options)
+        data, seen = None, None
+    except OSError as exc:
+        return SidecarChange(path, "failed", message=f"cannot read {path}: {exc.strerror or exc}")
     try:
+        if data is None:
+            if not labels:
+                return SidecarChange(path, "unchanged")
+            if not os.path.exists(image):
+                return SidecarChange(path, "missing-image", message=f"no image at {image}; no sidecar written")
+            add = wanted_keywords(labels, options.prefix)
+            return _write(path, target, None, sidecars.new_sidecar(add), "created", add, {}, options)
         packet = sidecars.parse(data)
         remove, add = keyword_changes(packet, labels, options.prefix)
         if not any(remove.values()) and not any(add.values()):
@@ -146,20 +149,37 @@ def tag_sidecar(path: str, image: str, labels: list[str], options: TagOptions) -
         edited = sidecars.edit(packet, remove, add)
         if edited == sidecars.NEW_SIDECAR:  # one imgq created, now holding nothing: it goes, as it came
             if not options.dry_run:
-                os.unlink(path)
+                _check_unchanged(target, seen)
+                os.unlink(target)
             return SidecarChange(path, "deleted", removed=tuple(sorted(remove.get(SUBJECT, []))))
-        return _write(path, edited, "changed", add, remove, options)
+        return _write(path, target, seen, edited, "changed", add, remove, options)
     except SidecarError as exc:
         return SidecarChange(path, "failed", message=f"cannot edit {path}: {exc}")
     except OSError as exc:
         return SidecarChange(path, "failed", message=f"cannot write {path}: {exc.strerror or exc}")
 
 
-def _write(path: str, data: bytes, state: str, add: dict, remove: dict, options: TagOptions) -> SidecarChange:
+def _write(path: str, target: str, seen: os.stat_result | None, data: bytes, state: str, add: dict, remove: dict,
+           options: TagOptions) -> SidecarChange:
     if not options.dry_run:
-        with atomic_path(path) as tmp, open(tmp, "wb") as file:
-            file.write(data)
+        with atomic_path(target) as tmp:
+            with open(tmp, "wb") as file:
+                file.write(data)
+            if seen is not None:
+                os.chmod(tmp, seen.st_mode & 0o7777)  # the sidecar keeps its permissions
+            _check_unchanged(target, seen)
     return SidecarChange(path, state, added=tuple(add.get(SUBJECT, [])), removed=tuple(sorted(remove.get(SUBJECT, []))))
+
+
+def _check_unchanged(target: str, seen: os.stat_result | None) -> None:
+    """Raises SidecarError when another program wrote the sidecar since imgq read it (its edit would be lost)."""
+    try:
+        now = os.stat(target)
+    except FileNotFoundError:
+        now = None
+    if (seen is None) != (now is None) or (seen and (seen.st_mtime_ns, seen.st_size) != (now.st_mtime_ns,
+                                                                                          now.st_size)):
+        raise SidecarError("it changed while imgq was editing it; left as the other program wrote it")
 
 
 def wanted_keywords(labels: list[str], prefix: str) -> dict[Field, list[str]]:

@@ -195,8 +195,8 @@ def test_tag_merges_is_idempotent_and_removes_exactly_its_own(run, store, photos
 
 
 @needs_exiftool
-@pytest.mark.parametrize("original", [DARKTABLE, EXIFTOOL, LIGHTROOM, EMPTY_BAG],
-                         ids=["darktable", "exiftool", "lightroom", "empty-bag"])
+@pytest.mark.parametrize("original", [DARKTABLE, EXIFTOOL, LIGHTROOM, EMPTY_BAG, DARKTABLE.replace(b"\n", b"\r\n")],
+                         ids=["darktable", "exiftool", "lightroom", "empty-bag", "crlf"])
 def test_other_writers_sidecars_survive_a_round_trip(original, tmp_path):
     path = tmp_path / "a.xmp"
     path.write_bytes(original)
@@ -290,3 +290,14 @@ def test_results_min_score_drops_the_labels_under_it(run, store, photos):
     header, first = rows[0].split(","), rows[1].split(",")
     assert first[header.index("label_1")] == "tench" and first[header.index("label_2")] == ""
     assert [t["label"] for t in next(store.iter_results(job))["top_k"]] == ["tench", "goldfish", "cock"]
+
+
+def test_a_symlinked_sidecar_is_edited_where_it_lives_and_keeps_its_mode(run, store, photos, tmp_path):
+    real = tmp_path / "elsewhere.xmp"
+    real.write_bytes(DARKTABLE)
+    real.chmod(0o640)
+    (photos / "0.jpg.xmp").symlink_to(real)
+    job = store_job(store, [(str(photos / "0.jpg"), top(("tench", 0.9)))])
+    assert run("tag", job).exit_code == 0
+    assert (photos / "0.jpg.xmp").is_symlink() and real.stat().st_mode & 0o777 == 0o640
+    assert sidecars.parse(real.read_bytes()).keywords(TAGS_LIST) == ["imgq/tench"]
