@@ -15,6 +15,7 @@ from imgq.contract import error_record, ok_record
 from producer import sidecars
 from producer.cli import cli
 from producer.sidecars import HIERARCHICAL, SUBJECT, TAGS_LIST, SidecarError
+from producer.tagging import TagOptions, UntrainedWeights, tag_records
 from tests.imagegen import save
 
 TRAINED = "file:test.weights.h5:sha256:" + "ab" * 32
@@ -301,3 +302,22 @@ def test_a_symlinked_sidecar_is_edited_where_it_lives_and_keeps_its_mode(run, st
     assert run("tag", job).exit_code == 0
     assert (photos / "0.jpg.xmp").is_symlink() and real.stat().st_mode & 0o777 == 0o640
     assert sidecars.parse(real.read_bytes()).keywords(TAGS_LIST) == ["imgq/tench"]
+
+
+def test_tag_records_is_a_library_function_for_classify(store, photos):
+    job = store_job(store, [(str(photos / "0.jpg"), top(("tench", 0.9), ("goldfish", 0.2))),
+                            (str(photos / "1.jpg"), top(("cock", 0.05))), (str(photos / "2.jpg"), None)])
+    seen = []
+    options = TagOptions(top=2, min_score=0.1, dry_run=True)
+    summary = tag_records(store.iter_results(job), options, on_change=seen.append)
+    assert [(c.state, c.added) for c in summary.changes] == [("created", ("tench", "goldfish")), ("unchanged", ())]
+    assert seen == summary.changes and summary.skipped_errors == 1 and not list(photos.glob("*.xmp"))
+    with pytest.raises(UntrainedWeights):
+        tag_records([{**next(store.iter_results(job)), "weights": "random:1"}], TagOptions())
+    with pytest.raises(ValueError, match="prefix"):
+        TagOptions(prefix="")
+
+
+def test_help(run):
+    result = run("tag", "--help")
+    assert result.exit_code == 0 and "--sidecar-name" in result.output
