@@ -151,6 +151,7 @@ class _Reader:
         self.current: _Property | None = None
         self.item_start = 0
         self.property_depth = 0
+        self.description_depth = -1  # stack depth of the top-level rdf:Description being read
 
     def declare(self, prefix, uri):
         self.pending[prefix or ""] = uri
@@ -168,7 +169,8 @@ class _Reader:
             self.rdf_prefix = prefix
         elif (uri, local) == (RDF, "Description") and parent == (RDF, "RDF"):
             self.start_description(offset, attrs, prefix)
-        elif parent == (RDF, "Description") and (uri, local) in _BY_NAME:
+        elif (uri, local) in _BY_NAME and len(self.stack) == self.description_depth + 1 \
+                and parent == (RDF, "Description"):
             self.start_property(_BY_NAME[(uri, local)], offset)
         elif self.current is not None:
             self.start_in_property(uri, local, prefix, offset, parent)
@@ -184,6 +186,7 @@ class _Reader:
         if rest:
             self.others.append(("description", rest))
         self.descriptions.append(_Description(offset, about, prefix, self.scopes[-1]))
+        self.description_depth = len(self.stack)
 
     def start_property(self, which: Field, offset):
         if which in self.properties:
@@ -222,7 +225,7 @@ class _Reader:
         elif (uri, local) == (RDF, "Description") and self.stack and self.stack[-1][:2] == (RDF, "RDF"):
             self.descriptions[-1].end_tag = None if empty else offset
         elif self.current is not None and (uri, local) == (self.current.field.uri, self.current.field.name) \
-                and self.stack[-1][:2] == (RDF, "Description"):
+                and len(self.stack) == self.description_depth:
             if self.current.array_end_tag is None and not self.current.items and text.strip():
                 raise SidecarError(f"{self.current.field.qname} is not an array of text")
             self.current.end = end
@@ -257,6 +260,8 @@ def edit(packet: Packet, remove: dict[Field, set[str]], add: dict[Field, list[st
             if added:
                 _new_property(packet, which, added, new_properties)
             continue
+        if not added and not any(item.text in gone for item in prop.items):
+            continue  # a field not being changed stays exactly as written, even an odd empty one
         kept = [item for item in prop.items if item.text not in gone]
         if not kept and (prop.array_end_tag is None or not added):
             if prop.items or added or prop.array_end_tag is None:

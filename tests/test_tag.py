@@ -321,3 +321,17 @@ def test_tag_records_is_a_library_function_for_classify(store, photos):
 def test_help(run):
     result = run("tag", "--help")
     assert result.exit_code == 0 and "--sidecar-name" in result.output
+
+
+def test_keywords_inside_other_structures_and_untouched_empty_fields_stay_as_written():
+    original = b"""<rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">
+<rdf:Description rdf:about="" xmlns:dc="http://purl.org/dc/elements/1.1/" xmlns:xmpMM="http://ns.adobe.com/xap/1.0/mm/">
+ <xmpMM:Pantry><rdf:Bag><rdf:li><rdf:Description><dc:subject><rdf:Bag><rdf:li>inner</rdf:li></rdf:Bag></dc:subject>
+ </rdf:Description></rdf:li></rdf:Bag></xmpMM:Pantry>
+ <dc:subject/>
+</rdf:Description></rdf:RDF>"""
+    packet = sidecars.parse(original)
+    assert packet.keywords(SUBJECT) == []  # the Pantry's dc:subject describes another resource
+    tagged = sidecars.edit(packet, {}, {TAGS_LIST: ["imgq/tench"]})
+    assert sidecars.parse(tagged).keywords(TAGS_LIST) == ["imgq/tench"] and b"<dc:subject/>" in tagged
+    assert sidecars.edit(sidecars.parse(tagged), {TAGS_LIST: {"imgq/tench"}}, {}) == original
