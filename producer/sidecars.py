@@ -78,7 +78,6 @@ class _Property:
     array_end_tag: int | None = None  # where </rdf:Bag> starts; None for <rdf:Bag/>
     li_qname: str = "rdf:li"
     items: list[_Item] = field(default_factory=list)
-    description: _Description | None = None
 
 
 @dataclass
@@ -191,13 +190,14 @@ class _Reader:
     def start_property(self, which: Field, offset):
         if which in self.properties:
             raise SidecarError(f"{which.qname} appears twice")
-        self.current = _Property(which, offset, description=self.descriptions[-1])
+        self.current = _Property(which, offset)
         self.property_depth = len(self.stack)
         self.properties[which] = self.current
 
     def start_in_property(self, uri, local, prefix, offset, parent):
         depth = len(self.stack) - self.property_depth
         if depth == 1 and uri == RDF and local in ("Bag", "Seq", "Alt"):
+            self.current.li_qname = f"{prefix}:li" if prefix else "li"  # new items take the file's rdf prefix
             return
         if depth == 2 and (uri, local) == (RDF, "li") and parent[0] == RDF:
             self.current.li_qname = f"{prefix}:li" if prefix else "li"
