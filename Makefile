@@ -22,6 +22,9 @@ install-test: $(VENV)/.installed-test
 	@# tests/test_report.py opens `imgq report` in Debian's chromium (headless); as root, install it when missing.
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
 		apt-get install -y -qq chromium >/dev/null; } || echo "chromium not installed: the browser test will be skipped"
+	@# tests/test_tag.py reads the sidecars imgq writes back with exiftool (Debian's libimage-exiftool-perl).
+	@command -v exiftool >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+		apt-get install -y -qq libimage-exiftool-perl >/dev/null; } || echo "exiftool not installed: the sidecar round trip tests will be skipped"
 
 ## make classify DIR=<folder>: classify every image under the folder on this machine
 classify: install

@@ -23,7 +23,7 @@ from imgq.settings import Settings, env_var, mask_url
 from imgq.store import JobNotFound, JobStatus, ResultStore
 from imgq.walk import IGNORE_MARKERS, PathFilter, iter_images, read_path_list
 from producer.dumps import DumpError, estimate_bytes, format_bytes, size_guard
-from producer.export import FORMATS, output, writer_for
+from producer.export import FORMATS, output, with_min_score, writer_for
 from producer.local import LocalServiceError
 
 
@@ -274,8 +274,10 @@ def wait(ctx, job, timeout):
 @click.option("--embeddings", "embeddings_out", type=click.Path(dir_okay=False, writable=True), metavar="FILE.npy",
               help="Write the avg_pool dumps as one (images, 2048) array and an index FILE.index.jsonl, "
                    "instead of the records (which then go to -o only).")
+@click.option("--min-score", type=click.FloatRange(0, 1), metavar="S",
+              help="Drop the labels scoring under S from each record's top_k (the stored record keeps them).")
 @click.pass_context
-def results(ctx, job, fmt, out, embeddings_out):
+def results(ctx, job, fmt, out, embeddings_out, min_score):
     """Stream every result record of JOB, in submission order."""
     store = ResultStore.from_settings(ctx.obj)
     status = store.status(job)
@@ -287,7 +289,7 @@ def results(ctx, job, fmt, out, embeddings_out):
             return
     k = status.params.get("top_k", ctx.obj.top_k)
     with output(out) as file:
-        n = writer_for(fmt, k)(store.iter_records(job), file)
+        n = writer_for(fmt, k)(with_min_score(store.iter_records(job), min_score), file)
     if out:
         click.echo(f"Wrote {n} records to {out}.", err=True)
 
@@ -375,9 +377,11 @@ def classify(ctx, paths, recursive, includes, excludes, from_file, top_k, batch_
 # They use the group's settings and errors above.
 from producer.report_cli import layers, report, show  # noqa: E402
 from producer.schedule_cli import beat, schedule  # noqa: E402
+from producer.tag_cli import tag  # noqa: E402
 
 for command in (layers, report, show, schedule, beat):
     cli.add_command(command)
+cli.add_command(tag)  # producer/tag_cli.py
 
 
 def main() -> None:

@@ -3,16 +3,31 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import IO
 
-from imgq.contract import ResultRecord
+from imgq.contract import Label, ResultRecord
 from imgq.files import atomic_path
 
 FORMATS = ("jsonl", "csv")
+
+
+def labels_above(record: ResultRecord, min_score: float) -> tuple[Label, ...]:
+    """The record's top-k labels whose score is at least ``min_score``, best first."""
+    return tuple(t for t in record.top_k if t.score >= min_score)
+
+
+def with_min_score(records: Iterable[ResultRecord], min_score: float | None) -> Iterator[ResultRecord]:
+    """The records with the labels under ``min_score`` dropped from their top_k (copies: the stored records
+    keep their whole top-k). None or 0 passes them through as they are."""
+    for record in records:
+        if min_score and record.top_k:
+            record = dataclasses.replace(record, top_k=labels_above(record, min_score))
+        yield record
 
 
 def write_jsonl(records: Iterable[ResultRecord], out: IO[str]) -> int:

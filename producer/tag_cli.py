@@ -1,0 +1,64 @@
+"""`imgq tag`: a job's labels as keywords in the images' XMP sidecars. Command only; the work is in
+producer.tagging (which keywords, which sidecar) and producer.sidecars (the XMP edit)."""
+
+from __future__ import annotations
+
+import click
+
+from imgq.store import ResultStore
+from producer.tagging import SIDECAR_NAMES, SidecarChange, TagOptions, UntrainedWeights, tag_records
+
+
+@click.command()
+@click.argument("job")
+@click.option("--min-score", type=click.FloatRange(0, 1), default=0.0, show_default=True, metavar="S",
+              help="Only labels scoring at least S become keywords.")
+@click.option("--top", type=click.IntRange(1, 1000), default=1, show_default=True, metavar="N",
+              help="At most the N best labels of each image become keywords.")
+@click.option("--prefix", default="imgq", show_default=True, metavar="TEXT",
+              help="Parent keyword of imgq's keywords (TEXT|label, TEXT/label): what --remove goes by.")
+@click.option("--sidecar-name", type=click.Choice(SIDECAR_NAMES), default="full", show_default=True,
+              help="full: IMG_1.jpg.xmp (digiKam, darktable); stem: IMG_1.xmp (Lightroom, Capture One).")
+@click.option("--remove", is_flag=True, help="Take away the keywords imgq wrote (under --prefix), and nothing else.")
+@click.option("--dry-run", is_flag=True, help="Print what would change; write nothing.")
+@click.option("--allow-untrained", is_flag=True,
+              help="Write labels of a job classified with random (untrained) weights, meaningless as they are.")
+@click.pass_context
+def tag(ctx, job, min_score, top, prefix, sidecar_name, remove, dry_run, allow_untrained):
+    """Write JOB's labels as keywords into each image's XMP sidecar (dc:subject, lr:hierarchicalSubject,
+    digiKam:TagsList), merging with what is there. The images themselves are never modified.
+
+    A second run adds nothing; after a new classification it replaces imgq's keywords with the new labels.
+    """
+    try:
+        options = TagOptions(prefix=prefix, top=top, min_score=min_score, sidecar_name=sidecar_name,
+                             remove=remove, dry_run=dry_run, allow_untrained=allow_untrained)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--prefix") from None
+    store = ResultStore.from_settings(ctx.obj)
+    status = store.status(job)  # raises JobNotFound
+    if not status.finished:
+        click.echo(f"Job {job} is {status.state}: tagging the {status.processed} of {status.total} images "
+                   "that have records so far.", err=True)
+    try:
+        summary = tag_records(store.iter_records(job), options, on_change=_reporter(dry_run))
+    except UntrainedWeights as exc:
+        raise click.ClickException(str(exc)) from None
+    would = "would be " if dry_run else ""
+    counts = ", ".join(f"{summary.count(state)} {would}{state}" for state in ("created", "changed", "deleted"))
+    click.echo(f"Sidecars: {counts}, {summary.count('unchanged')} unchanged, {len(summary.failed)} failed; "
+               f"{summary.skipped_errors} images without labels (errors) skipped.", err=True)
+    if summary.failed:
+        raise click.ClickException(f"{len(summary.failed)} sidecars could not be written (see above); "
+                                   "they were left as they were.")
+
+
+def _reporter(dry_run: bool):
+    def report(change: SidecarChange) -> None:
+        if change.state in ("failed", "missing-image"):
+            click.echo(f"warning: {change.message}", err=True)
+        elif change.state != "unchanged" and dry_run:
+            parts = [f"+{k}" for k in change.added] + [f"-{k}" for k in change.removed]
+            verb = {"created": "would create", "deleted": "would delete"}.get(change.state, "would change")
+            click.echo(f"{change.path}: {verb}: {', '.join(parts)}")
+    return report
