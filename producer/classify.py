@@ -6,6 +6,7 @@ import dataclasses
 from collections import Counter
 from collections.abc import Iterable
 from contextlib import ExitStack
+from dataclasses import dataclass
 
 import click
 
@@ -13,33 +14,59 @@ from imgq import submit as submission
 from imgq.contract import is_untrained
 from imgq.settings import DEFAULT_BROKER_URL, Settings, mask_url
 from imgq.store import JobStatus, ResultStore
-from producer.export import output, write_jsonl
+from producer.export import output as open_output
+from producer.export import with_min_score, writer_for
 from producer.local import EmbeddedRedis, LocalWorker, redis_answers
 from producer.progress import wait
+from producer.tagging import TagOptions, tag_records
 
 
-def run_classify(images: Iterable[str], settings: Settings, *, name: str, out: str | None,
-                 embedded: bool | None, broker_configured: bool) -> JobStatus:
+@dataclass(frozen=True)
+class Output:
+    """Where a classified job goes: a results file (``path``, default ``imgq-<job>.<fmt>``) of ``fmt``,
+    without the labels under ``min_score``; and XMP sidecars when ``tag`` says how."""
+
+    path: str | None = None
+    fmt: str = "jsonl"
+    min_score: float | None = None
+    tag: TagOptions | None = None
+
+
+def run_classify(images: Iterable[str], settings: Settings, *, name: str, embedded: bool | None,
+                 broker_configured: bool, request: dict | None = None, output: Output = Output()) -> JobStatus:
     """Submit, watch and export one job; returns its final status.
 
     ``embedded``: True starts a private Redis, False never does, None does so only when no broker is
-    configured and nothing answers at the default address.
+    configured and nothing answers at the default address. ``request``: more keyword arguments of
+    imgq.submit.submit (known, activations, ...). Raises UntrainedWeights when asked to tag the labels of random
+    weights (after the results file is written).
     """
     with ExitStack() as started:
         settings = _ensure_redis(settings, embedded, broker_configured, started)
         store = ResultStore.from_settings(settings)
         store.ping()
         worker = _ensure_worker(settings, store, started)
-        submitted = submission.submit(images, settings=settings, store=store, name=name)
+        submitted = submission.submit(images, settings=settings, store=store, name=name, **(request or {}))
         click.echo(f"Job {submitted.job}: {submitted.total} images in {submitted.batches} batches.", err=True)
         if worker is not None:
             worker.wait_ready(store)
         final = wait(store, submitted.job, check=worker.check_alive if worker else None)
-        out = out or f"imgq-{submitted.job}.jsonl"
-        with output(out) as file:
-            write_jsonl(store.iter_records(submitted.job), file)
-        _print_summary(store, final, out)
+        path = output.path or f"imgq-{submitted.job}.{output.fmt}"
+        records = with_min_score(store.iter_records(submitted.job), output.min_score)
+        with open_output(path) as file:
+            writer_for(output.fmt, final.params.get("top_k", settings.top_k))(records, file)
+        _print_summary(store, final, path)
+        if output.tag is not None:
+            _tag(store, final, output.tag)
         return final
+
+
+def _tag(store: ResultStore, final: JobStatus, options: TagOptions) -> None:
+    summary = tag_records(store.iter_records(final.id), options)
+    click.echo(f"Sidecars: {summary.count('created')} created, {summary.count('changed')} changed, "
+               f"{summary.count('unchanged')} unchanged, {len(summary.failed)} failed.", err=True)
+    for change in summary.failed:
+        click.echo(f"warning: {change.message}", err=True)
 
 
 def _ensure_redis(settings: Settings, embedded: bool | None, configured: bool, started: ExitStack) -> Settings:

@@ -25,6 +25,7 @@ from imgq.walk import IGNORE_MARKERS, PathFilter, iter_images, read_path_list
 from producer.dumps import DumpError, estimate_bytes, format_bytes, size_guard
 from producer.export import FORMATS, output, with_min_score, writer_for
 from producer.local import LocalServiceError
+from producer.tagging import UntrainedWeights
 
 
 class CliGroup(click.Group):
@@ -37,7 +38,8 @@ class CliGroup(click.Group):
             raise click.ClickException(f"Cannot reach Redis at {_url(ctx)}: {_first_line(exc)}") from None
         except redis.AuthenticationError as exc:
             raise click.ClickException(f"Redis at {_url(ctx)} refused the credentials: {exc}") from None
-        except (JobNotFound, submission.EmptySelection, TimeoutError, LocalServiceError, DumpError) as exc:
+        except (JobNotFound, submission.EmptySelection, TimeoutError, LocalServiceError, DumpError,
+                UntrainedWeights) as exc:
             raise click.ClickException(str(exc)) from None
         except Exception as exc:
             if _is_kombu_connection_error(exc):
@@ -133,17 +135,35 @@ def layer_names(ctx, param, values: tuple[str, ...]) -> tuple[str, ...]:
         raise click.BadParameter(str(exc)) from None
 
 
+def job_options(command):
+    """The options that choose what a job computes, shared by `submit` and `classify`."""
+    decorators = [
+        click.option("--skip-known", "known", flag_value="skip", default="",
+                     help="Answer images already classified (same content, weights and top-k) from the "
+                          "content-hash index, without a forward pass; copies within the job are classified once."),
+        click.option("--force", "known", flag_value="refresh",
+                     help="Classify known images again and refresh the index."),
+        click.option("--activations", multiple=True, metavar="LAYER[,LAYER...]", callback=layer_names,
+                     help="Dump these ResNet50 layers' outputs for every image (Keras names, see `imgq layers`)."),
+        click.option("--activations-dtype", type=click.Choice(["float16", "float32"]), default="float16",
+                     show_default=True, help="Type of the dumped values."),
+        click.option("--yes", is_flag=True, help="Queue even when the dumps would take more than IMGQ_MAX_DUMP_BYTES."),
+    ]
+    for decorator in reversed(decorators):
+        command = decorator(command)
+    return command
+
+
+def job_request(settings: Settings, known: str, activations: tuple[str, ...], activations_dtype: str,
+                yes: bool) -> dict:
+    """The keyword arguments of imgq.submit.submit for these options (with the dump size guard unless --yes)."""
+    guard = size_guard(activations, activations_dtype, settings.max_dump_bytes) if activations and not yes else None
+    return {"known": known, "activations": activations, "activations_dtype": activations_dtype, "limit_check": guard}
+
+
 @cli.command()
 @submit_options
-@click.option("--skip-known", "known", flag_value="skip", default="",
-              help="Answer images already classified (same content, weights and top-k) from the content-hash "
-                   "index, without a forward pass; copies within the job are classified once.")
-@click.option("--force", "known", flag_value="refresh", help="Classify known images again and refresh the index.")
-@click.option("--activations", multiple=True, metavar="LAYER[,LAYER...]", callback=layer_names,
-              help="Dump these ResNet50 layers' outputs for every image (Keras names, see `imgq layers`).")
-@click.option("--activations-dtype", type=click.Choice(["float16", "float32"]), default="float16",
-              show_default=True, help="Type of the dumped values.")
-@click.option("--yes", is_flag=True, help="Queue even when the dumps would take more than IMGQ_MAX_DUMP_BYTES.")
+@job_options
 @click.option("--wait", "wait_", is_flag=True, help="Show progress until the job completes.")
 @click.pass_context
 def submit(ctx, paths, recursive, includes, excludes, from_file, top_k, batch_size, name, known, activations,
@@ -154,9 +174,8 @@ def submit(ctx, paths, recursive, includes, excludes, from_file, top_k, batch_si
     store = ResultStore.from_settings(settings)
     store.ping()
     queue.check_broker(settings)
-    guard = size_guard(activations, activations_dtype, settings.max_dump_bytes) if activations and not yes else None
-    submitted = submission.submit(images, settings=settings, store=store, name=name, known=known,
-                               activations=activations, activations_dtype=activations_dtype, limit_check=guard)
+    submitted = submission.submit(images, settings=settings, store=store, name=name,
+                                  **job_request(settings, known, activations, activations_dtype, yes))
     click.echo(submitted.job)
     click.echo(f"Queued {submitted.total} images in {submitted.batches} batches.", err=True)
     if activations:
@@ -356,22 +375,32 @@ def worker(ctx, weights, batch_size, metrics_port, log_format, celery_args):
 
 @cli.command()
 @submit_options
+@job_options
 @setting_option("--weights", setting="weights", help="Weights of a worker started here.")
 @click.option("-o", "--output", "out", type=click.Path(dir_okay=False, writable=True),
-              help="JSONL file of results [default: imgq-<job>.jsonl].")
+              help="File of results [default: imgq-<job>.jsonl, or .csv].")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True,
+              help="Format of the results file.")
+@click.option("--min-score", type=click.FloatRange(0, 1), metavar="S",
+              help="Leave labels scoring under S out of the results file (and the sidecars).")
+@click.option("--tag", "tag_sidecars", is_flag=True,
+              help="When the job is done, write each image's best label into its XMP sidecar, as `imgq tag JOB "
+                   "--min-score S` would (refused for random weights).")
 @click.option("--embedded-redis/--no-embedded-redis", default=None,
               help="Start a private Redis-compatible server (default: only when none is configured or answering).")
 @click.pass_context
-def classify(ctx, paths, recursive, includes, excludes, from_file, top_k, batch_size, name, weights, out,
-             embedded_redis):
-    """Classify the images under PATH... on this machine, starting whatever is missing, into a JSONL file."""
-    from producer.classify import run_classify
+def classify(ctx, paths, recursive, includes, excludes, from_file, top_k, batch_size, name, known, activations,
+             activations_dtype, yes, weights, out, fmt, min_score, tag_sidecars, embedded_redis):
+    """Classify the images under PATH... on this machine, starting whatever is missing, into a results file."""
+    from producer.classify import Output, run_classify
+    from producer.tagging import TagOptions
 
     settings = with_overrides(ctx, top_k=top_k, batch_size=batch_size, weights=weights)
     broker_configured = bool(os.environ.get(env_var("broker_url"))) or ctx.parent.params.get("broker_url")
     images = selected_images(paths, recursive, includes, excludes, from_file)
-    run_classify(images, settings, name=name, out=out, embedded=embedded_redis,
-                 broker_configured=bool(broker_configured))
+    run_classify(images, settings, name=name, embedded=embedded_redis, broker_configured=bool(broker_configured),
+                 request=job_request(settings, known, activations, activations_dtype, yes),
+                 output=Output(out, fmt, min_score, TagOptions(min_score=min_score or 0.0) if tag_sidecars else None))
 
 
 # They use the group's settings and errors above.

@@ -23,6 +23,7 @@ def pattern(width: int = 300, height: int = 200, seed: int = 0) -> np.ndarray:
 def save(path: Path, mode: str = "RGB", fmt: str | None = None, size=(300, 200), seed: int = 0, **params) -> Path:
     """Write a pattern image converted to ``mode`` at ``path`` (format from the suffix unless ``fmt``)."""
     image = Image.fromarray(pattern(*size, seed=seed), "RGB")
+    path.parent.mkdir(parents=True, exist_ok=True)
     if mode != "RGB":
         image = image.convert(mode)
     image.save(path, format=fmt, **params)

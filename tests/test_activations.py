@@ -13,7 +13,7 @@ from imgq.store import ResultStore
 from producer.cli import cli
 from producer.dumps import estimate_bytes
 from tests import imagegen
-from tests.test_enqueue import queued_messages
+from tests.test_walk_and_submit import queued_messages
 
 LAYERS = ("conv1_relu", "avg_pool")
 

@@ -1,10 +1,10 @@
 """`imgq classify` with nothing running beforehand: it starts a Redis-compatible server and a worker,
 writes the JSONL file and stops both."""
 
+import csv
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 
@@ -12,12 +12,7 @@ import pytest
 
 from producer.local import redis_answers
 from tests import imagegen
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.processes import free_port
 
 
 def test_redis_answers(redis_url):
@@ -64,3 +59,30 @@ def test_classify_says_why_its_worker_could_not_start(tmp_path):
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("Error: The worker exited with code 2: Weights file not found: ") and "(log: " in last
+
+
+@pytest.mark.slow
+def test_classify_takes_what_submit_takes_and_writes_csv(tmp_path):
+    photos = tmp_path / "photos"
+    images = [imagegen.save(photos / f"{i}.png", size=(48, 48), seed=i) for i in range(4)]
+    imagegen.save(photos / "thumbnails" / "t.png", seed=9)  # --exclude thumbnails
+    imagegen.save(photos / "private" / "p.png", seed=10)
+    (photos / "private" / ".nomedia").touch()  # skipped with its folder
+    out = tmp_path / "labels.csv"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMGQ_")}
+    env.update(IMGQ_WEIGHTS="random", IMGQ_STATE_DIR=str(tmp_path / "state"), IMGQ_DUMP_ROOT=str(tmp_path / "dumps"))
+    result = subprocess.run(
+        [sys.executable, "-m", "producer.cli", "classify", str(photos), "--embedded-redis", "-o", str(out),
+         "--format", "csv", "--min-score", "0.5", "--exclude", "thumbnails", "--skip-known",
+         "--activations", "avg_pool", "--tag"],
+        env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+
+    # Random weights: the results file is written, the sidecars are refused with one line.
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("Error: Job ") and "untrained" in result.stderr
+    assert "Traceback" not in result.stderr and not list(photos.rglob("*.xmp"))
+    rows = list(csv.DictReader(out.open()))
+    assert sorted(r["path"] for r in rows) == sorted(str(p) for p in images)
+    assert all(r["status"] == "ok" and (not r["label_1"] or float(r["score_1"]) >= 0.5) for r in rows)
+    job = rows[0]["job"]
+    assert len(list((tmp_path / "dumps" / job).glob("*.npz"))) == len(images)

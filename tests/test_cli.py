@@ -12,7 +12,7 @@ import pytest
 from imgq.contract import Heartbeat, error_record, ok_record
 from producer.cli import cli
 from tests.processes import free_port, imgq_cli
-from tests.test_enqueue import queued_messages
+from tests.test_walk_and_submit import queued_messages
 
 
 def command_paths(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:

@@ -65,6 +65,23 @@ def test_walking_is_lazy(tree):
     assert first and not isinstance(images, list)
 
 
+def test_excludes_match_names_and_paths_and_skip_whole_folders(tree, monkeypatch):
+    monkeypatch.chdir(tree)
+    assert names(iter_images([str(tree)], PathFilter(excludes=("sub",)))) == ["a.jpg", "b.PNG", "d.tiff"]
+    assert names(iter_images([str(tree)], PathFilter(excludes=("*/deeper/*", "*.PNG")))) == [
+        "a.jpg", "d.tiff", "sub/f.webp", "sub/h.gif"]
+
+
+@pytest.mark.parametrize("marker", [".nomedia", ".imgqignore"])
+def test_a_marker_file_skips_its_folder_and_everything_below(tree, monkeypatch, marker):
+    monkeypatch.chdir(tree)
+    touch(tree, f"sub/{marker}")
+    assert names(iter_images([str(tree)], PathFilter())) == ["a.jpg", "b.PNG", "d.tiff"]
+    touch(tree, marker)  # at the top: nothing at all
+    assert list(iter_images([str(tree)], PathFilter())) == []
+    assert names(iter_images([str(tree / "a.jpg")], PathFilter())) == ["a.jpg"]  # named files are still taken
+
+
 def test_path_lists_skip_blank_and_comment_lines():
     assert list(read_path_list(["/a.jpg\n", "\n", "# note\n", "  \n", "/b c.png\n"])) == ["/a.jpg", "/b c.png"]
 
