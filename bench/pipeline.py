@@ -8,8 +8,9 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from imgq.jobs import JobStatus
 from imgq.settings import Settings
-from imgq.store import JobStatus, ResultStore
+from imgq.store import ResultStore
 from imgq.submit import submit
 from producer.local import EmbeddedRedis, LocalServiceError, LocalWorker
 

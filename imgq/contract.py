@@ -21,9 +21,11 @@ if TYPE_CHECKING:
     from imgq.settings import Settings
 
 MESSAGE_VERSION = 1
+REF_VERSION = 2
 
 TASK_CLASSIFY_BATCH = "imgq.classify_batch"
-# The one task: classify a batch of images of one job. Sent by name, so the producer never imports the worker.
+# The one task: classify a batch of images of one job (args: [BatchRef.to_dict()]). Sent by name, so the
+# producer never imports the worker.
 
 TASK_SCHEDULED_SCAN = "imgq.scheduled_scan"
 # Fired by `imgq beat` for a schedule (args: [name]): one tick of its incremental scan, which submits a job of
@@ -117,6 +119,32 @@ class BatchMessage:
                                f"mode in {KNOWN_MODES}. Received: {message.job!r}, {message.activations_dtype!r}, "
                                f"{message.known!r}")
         return message
+
+
+@dataclass(frozen=True)
+class BatchRef:
+    """What a task message carries: which batch of which job. The batch itself (a BatchMessage: its images
+    and options) is kept once, in the job's batch list (``Keys.batches``), and the worker reads it from there;
+    a queued batch costs Redis its paths once, not twice."""
+
+    job: str
+    batch: int
+
+    def to_dict(self) -> dict:
+        return {"v": REF_VERSION, "job": self.job, "batch": self.batch}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> BatchRef:
+        """Parse a reference; raises MessageError saying what was expected and what was received."""
+        if not isinstance(data, dict) or data.get("v") != REF_VERSION:
+            raise MessageError(f"Expected a batch reference of version {REF_VERSION}. Received: {data!r:.200}")
+        try:
+            ref = cls(job=str(data["job"]), batch=int(data["batch"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise MessageError(f"Malformed batch reference ({exc}). Received: {data!r:.200}") from None
+        if not JOB_ID.fullmatch(ref.job) or ref.batch < 0:
+            raise MessageError(f"Expected a job id and a batch number. Received: {data!r:.200}")
+        return ref
 
 
 @dataclass(frozen=True)

@@ -7,21 +7,26 @@ first use: `imgq --help` must not pay for it.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
-from imgq.contract import TASK_CLASSIFY_BATCH, celery_config, queue_name
+from imgq.contract import TASK_CLASSIFY_BATCH, BatchRef, celery_config, queue_name
 from imgq.settings import Settings
 
 
-def publish(messages: Iterable[dict], settings: Settings) -> int:
-    """Send batch messages to the workers' queue, over one connection. Returns how many were sent."""
+def publish(batches: Iterable[BatchRef], settings: Settings) -> int:
+    """Send batches to the workers' queue, over one connection. Returns how many were sent."""
     app = sender_app(settings)
     sent = 0
     with app.producer_or_acquire() as producer:
-        for message in messages:
-            app.send_task(TASK_CLASSIFY_BATCH, args=[message], queue=queue_name(settings), producer=producer)
+        for ref in batches:
+            app.send_task(TASK_CLASSIFY_BATCH, args=[ref.to_dict()], queue=queue_name(settings), producer=producer)
             sent += 1
     return sent
+
+
+def refs(messages: Iterable[dict]) -> Iterator[BatchRef]:
+    """The references of stored batch messages (to queue them again)."""
+    return (BatchRef(m["job"], m["batch"]) for m in messages)
 
 
 @functools.lru_cache(maxsize=8)

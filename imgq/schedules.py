@@ -26,12 +26,11 @@ from imgq.beat import beat_app
 from imgq.contract import NAME, TASK_SCHEDULED_SCAN, queue_name
 from imgq.keys import Keys
 from imgq.scan_state import PARTS as SCAN_PARTS
-from imgq.settings import Settings
+from imgq.settings import UNIT_SECONDS, Settings, format_seconds
 from imgq.store import ResultStore
 from imgq.walk import PathFilter
 
 EVERY = re.compile(r"([1-9][0-9]*)([smhd])")
-UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 CRON_FIELDS = ("minute", "hour", "day_of_month", "month_of_year", "day_of_week")
 
 RUNS_KEPT = 100  # recent runs listed by `imgq schedule show`
@@ -77,14 +76,6 @@ def parse_cron(text: str):
         return crontab(**dict(zip(CRON_FIELDS, fields, strict=True)))
     except Exception as exc:  # crontab raises ValueError or its own ParseException
         raise ValueError(f"Invalid cron expression {text!r}: {exc}") from None
-
-
-def format_seconds(seconds: int) -> str:
-    """``900`` -> ``15m``: the largest unit that divides it."""
-    for unit in ("d", "h", "m"):
-        if seconds % UNIT_SECONDS[unit] == 0:
-            return f"{seconds // UNIT_SECONDS[unit]}{unit}"
-    return f"{seconds}s"
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -115,6 +116,12 @@ class Settings:
     max_dump_bytes: int = 10 * 1024**3
     # `imgq submit --activations` refuses a job whose dumps would take more than this, unless --yes.
 
+    retention: int = 7 * 86400
+    # How long a finished (done or cancelled) job's records stay in Redis before they expire, in seconds or
+    # as 12h, 7d, 30d; 0 keeps them until `imgq delete`. A week: enough to export a job, short enough that
+    # a Redis labelling millions of images a month does not keep them all. `imgq status` says when a job
+    # expires, and `imgq results` warns when it is close.
+
     @property
     def effective_results_url(self) -> str:
         return self.results_url or self.broker_url
@@ -147,6 +154,26 @@ class Settings:
         return env
 
 
+UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION = re.compile(r"([0-9]+)([smhd]?)")
+
+
+def parse_duration(text: str) -> int:
+    """Seconds of ``3600``, ``90s``, ``15m``, ``12h`` or ``7d``; raises ValueError."""
+    match = _DURATION.fullmatch(text.strip())
+    if not match:
+        raise ValueError(f"Expected seconds or a duration like 90s, 15m, 12h or 7d. Received: {text!r}")
+    return int(match[1]) * UNIT_SECONDS[match[2] or "s"]
+
+
+def format_seconds(seconds: int) -> str:
+    """``900`` -> ``15m``: the largest unit that divides it."""
+    for unit in ("d", "h", "m"):
+        if seconds and seconds % UNIT_SECONDS[unit] == 0:
+            return f"{seconds // UNIT_SECONDS[unit]}{unit}"
+    return f"{seconds}s"
+
+
 def env_var(name: str) -> str:
     """The environment variable of the setting ``name``."""
     return ENV_PREFIX + name.upper()
@@ -172,6 +199,11 @@ def _parse(name: str, raw: str):
         if not low <= value <= _INT_MAXIMA.get(name, value):
             raise ValueError(f"{env_var(name)} must be from {low} to {_INT_MAXIMA.get(name, 'any')}. Received: {raw!r}")
         return value
+    if name == "retention":
+        try:
+            return parse_duration(raw)
+        except ValueError as exc:
+            raise ValueError(f"{env_var(name)}: {exc}") from None
     if name in _BOOL_FIELDS:
         if raw.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
             raise ValueError(f"{env_var(name)} must be 1 or 0 (true/false). Received: {raw!r}")

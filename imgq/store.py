@@ -1,14 +1,23 @@
-"""The results store: jobs and their result records, in Redis.
+"""The results store: jobs and their result records, in Redis. Every read and write of imgq's job keys goes
+through here (and the few store modules beside it: deliveries, known, scan_state, schedules).
 
-What every store promises (and ``tests/test_store.py`` checks):
+What the store promises (``tests/test_store.py`` checks each):
 
-- A job becomes visible (``status``, ``list_jobs``) only when ``commit_job`` ran: a submission that failed
-  half-way leaves no job, and its staged batches expire.
-- Exactly one record per image: records are keyed by (job, image id), so a redelivered batch overwrites the
-  records it wrote before instead of adding to them.
-- Counts are derived from the records themselves (number of records, set of failed image ids), never
+- **A job exists only whole.** It becomes visible (``status``, ``list_jobs``) only when ``commit_job`` ran:
+  a submission that failed half-way leaves no job, and its staged batches expire. A worker's write to a job
+  that is gone (deleted, expired) writes nothing, atomically (a Lua script checks the job first), so that
+  ``delete`` leaves no key behind whatever is still queued or in flight; and a key that is not a whole job
+  record reads as no job, never as a crash.
+- **Exactly one record per image.** Records are keyed by (job, image id), so a redelivered batch overwrites
+  the records it wrote before instead of adding to them.
+- **Counts are derived**, from the records themselves (number of records, set of failed image ids), never
   incremented, so a redelivery cannot count an image twice.
-- A job is ``done`` when every image has a record; ``cancelled`` when cancelled before that.
+- **A job is done when every image has a record**; ``cancelled`` when cancelled before that. A finished job
+  keeps its keys for its retention (``Settings.retention``) and then expires whole; an unfinished job's keys
+  never carry a TTL.
+- **Each fact is kept once.** A record holds what differs from image to image (imgq/packing.py); its path
+  is in the job's batch list, its provenance (model, weights, precision, runtime, worker) once in the job's
+  hash. Readers get whole ``ResultRecord`` values back, in submission order.
 """
 
 from __future__ import annotations
@@ -16,12 +25,13 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from itertools import islice
 
 import redis
 
+from imgq import packing
 from imgq.contract import Heartbeat, ResultRecord
+from imgq.jobs import JobStatus, parse_job
 from imgq.keys import Keys
 from imgq.settings import Settings
 
@@ -37,67 +47,67 @@ class JobNotFound(LookupError):
         self.job = job
 
 
-@dataclass(frozen=True)
-class JobStatus:
-    """A job record with its derived counts."""
+# Store a batch's records, if the job still exists; finish the job when every image has one. KEYS: job,
+# results, failed, active, then the job's other keys (expired with it). ARGV: now, job id, provenance JSON,
+# then (image id, "ok"|"error", packed record) per record. Returns the number of records, -1 for no job.
+_RECORD = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local prov = redis.call('HGET', KEYS[1], 'prov:' .. ARGV[3])
+if not prov then
+  prov = redis.call('HINCRBY', KEYS[1], 'nprov', 1) - 1
+  redis.call('HSET', KEYS[1], 'prov:' .. ARGV[3], prov, 'provn:' .. prov, ARGV[3])
+end
+for i = 4, #ARGV, 3 do
+  redis.call('HSET', KEYS[2], ARGV[i], prov .. ':' .. ARGV[i + 2])
+  if ARGV[i + 1] == 'error' then redis.call('SADD', KEYS[3], ARGV[i]) else redis.call('SREM', KEYS[3], ARGV[i]) end
+end
+redis.call('HSET', KEYS[1], 'last_record_at', ARGV[1])
+local processed = redis.call('HLEN', KEYS[2])
+local total = tonumber(redis.call('HGET', KEYS[1], 'total'))
+if total and processed >= total and redis.call('HSETNX', KEYS[1], 'finished_at', ARGV[1]) == 1 then
+  redis.call('SREM', KEYS[4], ARGV[2])
+  local retention = tonumber(redis.call('HGET', KEYS[1], 'retention') or '0')
+  if retention > 0 then
+    for i = 1, #KEYS do if i ~= 4 then redis.call('EXPIRE', KEYS[i], retention) end end
+  end
+end
+return processed
+"""
 
-    id: str
-    name: str
-    created: float
-    total: int
-    processed: int
-    failed: int
-    params: dict = field(default_factory=dict)
-    started_at: float | None = None
-    finished_at: float | None = None
-    cancelled_at: float | None = None
-    last_record_at: float | None = None
+# Set a field of the job's hash unless it is set, if the job exists. KEYS: job. ARGV: field, value.
+_SET_ONCE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+return redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])
+"""
 
-    @property
-    def ok(self) -> int:
-        return self.processed - self.failed
-
-    @property
-    def state(self) -> str:
-        if self.processed >= self.total:
-            return "done"
-        if self.cancelled_at is not None:
-            return "cancelled"
-        return "running" if self.started_at is not None else "queued"
-
-    @property
-    def finished(self) -> bool:
-        return self.state in ("done", "cancelled")
-
-    @property
-    def elapsed(self) -> float | None:
-        """Seconds from the first batch started to the last record (or now, while running)."""
-        if self.started_at is None:
-            return None
-        # A done job's last record time stands in for finished_at, written just after the records.
-        end = self.finished_at or (self.last_record_at if self.state == "done" else None) or self.cancelled_at
-        end = end or time.time()
-        return max(end - self.started_at, 1e-9)
-
-    @property
-    def rate(self) -> float | None:
-        """Images per second since the first batch started."""
-        elapsed = self.elapsed
-        return None if elapsed is None or self.processed == 0 else self.processed / elapsed
-
-    @property
-    def eta(self) -> float | None:
-        """Seconds until done at the current rate; None when unknown or finished."""
-        rate = self.rate
-        if self.finished or not rate:
-            return None
-        return (self.total - self.processed) / rate
+# Cancel a job that is not done: mark it, drop it from the active set, start its retention. KEYS: as _RECORD.
+_CANCEL = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local total = tonumber(redis.call('HGET', KEYS[1], 'total'))
+if total and redis.call('HLEN', KEYS[2]) >= total then return 0 end
+redis.call('HSETNX', KEYS[1], 'cancelled_at', ARGV[1])
+redis.call('SREM', KEYS[4], ARGV[2])
+local retention = tonumber(redis.call('HGET', KEYS[1], 'retention') or '0')
+if retention > 0 then
+  for i = 1, #KEYS do if i ~= 4 then redis.call('EXPIRE', KEYS[i], retention) end end
+end
+return 1
+"""
 
 
 class ResultStore:
-    def __init__(self, client: redis.Redis, namespace: str):
+    """Jobs and records of one namespace. ``client`` answers str (``decode_responses``); ``raw`` (made from
+    its connection settings when not given) answers bytes, for the packed values."""
+
+    def __init__(self, client: redis.Redis, namespace: str, raw: redis.Redis | None = None):
         self.redis = client
+        self.raw = raw or redis.Redis(connection_pool=redis.ConnectionPool(
+            **{**client.connection_pool.connection_kwargs, "decode_responses": False},
+            connection_class=client.connection_pool.connection_class))
         self.keys = Keys(namespace)
+        self._record = self.redis.register_script(_RECORD)
+        self._set_once = self.redis.register_script(_SET_ONCE)
+        self._cancel = self.redis.register_script(_CANCEL)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ResultStore:
@@ -109,6 +119,12 @@ class ResultStore:
         """Raises redis.ConnectionError when the store cannot be reached."""
         self.redis.ping()
 
+    def _job_keys(self, job: str) -> list[str]:
+        """The keys of one job, in the order the scripts take them (the active set fourth)."""
+        k = self.keys
+        return [k.job(job), k.results(job), k.failed(job), k.active, k.batches(job), k.attempts(job),
+                k.inflight(job), k.suspects(job)]
+
     # -- submission ------------------------------------------------------------------------------------
 
     def stage_batches(self, job: str, messages: list[dict]) -> None:
@@ -119,26 +135,28 @@ class ResultStore:
         pipe.expire(key, STAGING_TTL)
         pipe.execute()
 
-    def commit_job(self, job: str, name: str, total: int, batches: int, params: dict) -> None:
-        """Make a staged job visible, atomically."""
+    def discard_staged(self, job: str) -> None:
+        """Drop the staged batches of a submission that will not be committed (else they wait a day)."""
+        self.redis.delete(self.keys.batches(job))
+
+    def commit_job(self, job: str, name: str, total: int, batches: int, params: dict, retention: int = 0) -> None:
+        """Make a staged job visible, atomically. ``retention``: seconds its keys are kept once it is
+        finished (0: until deleted)."""
         now = time.time()
         pipe = self.redis.pipeline(transaction=True)
         pipe.hset(self.keys.job(job), mapping={
             "id": job, "name": name, "created": now, "total": total, "batches": batches,
-            "params": json.dumps(params),
+            "params": json.dumps({**params, **({"retention": retention} if retention else {})}),
+            "retention": retention,
         })
         pipe.zadd(self.keys.jobs, {job: now})
         pipe.sadd(self.keys.active, job)
         pipe.persist(self.keys.batches(job))
         pipe.execute()
 
-    def discard_staged(self, job: str) -> None:
-        """Drop the staged batches of a submission that will not be committed (else they wait a day)."""
-        self.redis.delete(self.keys.batches(job))
-
     def batch(self, job: str, number: int) -> dict | None:
-        """One batch message of the job, by number."""
-        raw = self.redis.lindex(self.keys.batches(job), number)
+        """One batch message of the job, by number; None when there is no such batch (or job)."""
+        raw = self.redis.lindex(self.keys.batches(job), number) if number >= 0 else None
         return None if raw is None else json.loads(raw)
 
     def iter_batches(self, job: str) -> Iterator[dict]:
@@ -154,7 +172,7 @@ class ResultStore:
         key = self.keys.results(job)
         batches = self.iter_batches(job)
         while chunk := list(islice(batches, READ_CHUNK)):
-            pipe = self.redis.pipeline(transaction=False)
+            pipe = self.raw.pipeline(transaction=False)
             for message in chunk:
                 pipe.hmget(key, [str(image) for image, _ in message["images"]])
             yield from (m for m, found in zip(chunk, pipe.execute(), strict=True) if None in found)
@@ -162,35 +180,38 @@ class ResultStore:
     # -- worker side -----------------------------------------------------------------------------------
 
     def mark_started(self, job: str) -> None:
-        self.redis.hsetnx(self.keys.job(job), "started_at", time.time())
+        """The job's first batch has started (once; nothing when the job is gone)."""
+        self._set_once(keys=[self.keys.job(job)], args=["started_at", time.time()])
+
+    def open_for_work(self, job: str) -> bool:
+        """False when the job's batches need no work: it is gone (deleted, expired), cancelled or done."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hmget(self.keys.job(job), ["total", "cancelled_at"])
+        pipe.hlen(self.keys.results(job))
+        (total, cancelled), processed = pipe.execute()
+        return total is not None and cancelled is None and processed < int(total)
 
     def is_cancelled(self, job: str) -> bool:
         return self.redis.hexists(self.keys.job(job), "cancelled_at")
 
     def record_results(self, job: str, records: Iterable[ResultRecord]) -> int:
-        """Store one record per image (overwriting any earlier one); returns how many images have records."""
-        records = list(records)
-        results, failed = self.keys.results(job), self.keys.failed(job)
-        errors = [r.image for r in records if not r.ok]
-        oks = [r.image for r in records if r.ok]
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(results, mapping={str(r.image): json.dumps(r.to_dict()) for r in records})
-        if errors:
-            pipe.sadd(failed, *errors)
-        if oks:  # a redelivery may turn an earlier error into a result
-            pipe.srem(failed, *oks)
-        pipe.hset(self.keys.job(job), "last_record_at", time.time())
-        pipe.hlen(results)
-        pipe.hget(self.keys.job(job), "total")
-        *_, processed, total = pipe.execute()
-        if total is not None and processed >= int(total):
-            self.redis.hsetnx(self.keys.job(job), "finished_at", time.time())
-            self.redis.srem(self.keys.active, job)
+        """Store one record per image (overwriting any earlier one); returns how many images have records,
+        or -1 when the job is gone (nothing is written then). Records of one call may come from one
+        provenance at most once: they are grouped by it."""
+        by_provenance: dict[str, list] = {}
+        for record in records:
+            by_provenance.setdefault(packing.provenance(record), []).extend(
+                [str(record.image), record.status, packing.pack(record)])
+        processed = -1
+        for provenance, args in by_provenance.items():
+            processed = self._record(keys=self._job_keys(job), args=[time.time(), job, provenance, *args])
+            if processed < 0:
+                break
         return processed
 
     def missing(self, job: str, images: list[int]) -> list[int]:
         """Those of ``images`` that have no record yet."""
-        found = self.redis.hmget(self.keys.results(job), [str(i) for i in images]) if images else []
+        found = self.raw.hmget(self.keys.results(job), [str(i) for i in images]) if images else []
         return [image for image, raw in zip(images, found, strict=True) if raw is None]
 
     def active_jobs(self) -> set[str]:
@@ -201,44 +222,71 @@ class ResultStore:
 
     def status(self, job: str) -> JobStatus:
         """Raises JobNotFound."""
+        return self._status_and_record(job)[0]
+
+    def _status_and_record(self, job: str) -> tuple[JobStatus, dict]:
         pipe = self.redis.pipeline(transaction=True)
         pipe.hgetall(self.keys.job(job))
         pipe.hlen(self.keys.results(job))
         pipe.scard(self.keys.failed(job))
-        record, processed, failed = pipe.execute()
-        if not record:
+        pipe.pttl(self.keys.job(job))
+        record, processed, failed, ttl = pipe.execute()
+        status = parse_job(record, processed, failed, ttl) if record else None
+        if status is None:
             raise JobNotFound(job)
-        return _job_status(record, processed, failed)
+        return status, record
 
     def list_jobs(self, limit: int = 20) -> list[JobStatus]:
-        """The most recent jobs, newest first."""
-        jobs = self.redis.zrevrange(self.keys.jobs, 0, limit - 1)
-        statuses = []
-        for job in jobs:
-            try:
-                statuses.append(self.status(job))
-            except JobNotFound:  # deleted between the two reads
-                continue
-        return statuses
+        """The most recent jobs, newest first. Jobs whose retention has passed are forgotten here."""
+        statuses: list[JobStatus] = []
+        gone = []
+        for start in range(0, self.redis.zcard(self.keys.jobs), limit):
+            for job in self.redis.zrevrange(self.keys.jobs, start, start + limit - 1):
+                try:
+                    statuses.append(self.status(job))
+                except JobNotFound:  # expired, or deleted between the two reads
+                    gone.append(job)
+            if len(statuses) >= limit:
+                break
+        if gone := [job for job in gone if not self.redis.exists(self.keys.job(job))]:
+            self.redis.zrem(self.keys.jobs, *gone)
+        return statuses[:limit]
 
     def iter_records(self, job: str) -> Iterator[ResultRecord]:
         """Every stored record of the job, in submission order. Raises JobNotFound."""
-        total = self.status(job).total
+        _, record = self._status_and_record(job)
+        provenances = _provenances(record)
         key = self.keys.results(job)
-        for start in range(0, total, READ_CHUNK):
-            fields = [str(i) for i in range(start, min(start + READ_CHUNK, total))]
-            for raw in self.redis.hmget(key, fields):
-                if raw is not None:
-                    yield ResultRecord.from_dict(json.loads(raw))
+        batches = self.iter_batches(job)
+        while chunk := list(islice(batches, READ_CHUNK // 32 + 1)):
+            images = [(int(image), path) for message in chunk for image, path in message["images"]]
+            values = self.raw.hmget(key, [str(image) for image, _ in images])
+            for (image, path), value in zip(images, values, strict=True):
+                if value is not None:
+                    yield self._unpacked(value, job, image, path, provenances)
+
+    def _unpacked(self, value: bytes, job: str, image: int, path: str, provenances: dict[str, str]) -> ResultRecord:
+        """The record of a stored value. ``provenances`` (number -> JSON, as read from the job's hash) is
+        read again when the record names one written since (a worker that joined the job meanwhile)."""
+        number, _, packed = value.partition(b":")
+        if number.decode() not in provenances:
+            provenances.update(_provenances(self.redis.hgetall(self.keys.job(job))))
+        return packing.unpack(packed, job=job, image=image, path=path, provenance_json=provenances[number.decode()])
 
     def iter_results(self, job: str) -> Iterator[dict]:
         """``iter_records`` in their dict form: what `imgq results` prints. Raises JobNotFound."""
         return (record.to_dict() for record in self.iter_records(job))
 
     def record(self, job: str, image: int) -> ResultRecord | None:
-        """The record of one image; None while it has none."""
-        raw = self.redis.hget(self.keys.results(job), str(image))
-        return None if raw is None else ResultRecord.from_dict(json.loads(raw))
+        """The record of one image; None while it has none. Raises JobNotFound."""
+        _, record = self._status_and_record(job)
+        value = self.raw.hget(self.keys.results(job), str(image))
+        first = self.batch(job, 0)  # every batch but the last is as long as the first
+        message = self.batch(job, image // len(first["images"])) if first and image >= 0 else None
+        paths = {int(i): path for i, path in message["images"]} if message else {}
+        if value is None or image not in paths:
+            return None
+        return self._unpacked(value, job, image, paths[image], _provenances(record))
 
     # -- workers and the queue -------------------------------------------------------------------------
 
@@ -264,39 +312,29 @@ class ResultStore:
         """True for the one worker allowed to reconcile for the next ``seconds``."""
         return bool(self.redis.set(self.keys.reconcile_lock, worker_id, nx=True, ex=seconds))
 
+    # -- lifecycle -------------------------------------------------------------------------------------
+
     def cancel(self, job: str) -> JobStatus:
-        """Stop the job's remaining batches from running; records already written stay. A finished job
-        stays as it is."""
-        if self.status(job).state == "done":  # raises JobNotFound
-            return self.status(job)
-        self.redis.hsetnx(self.keys.job(job), "cancelled_at", time.time())
-        self.redis.srem(self.keys.active, job)
+        """Stop the job's remaining batches from running; records already written stay, and the job's
+        retention starts. A finished job stays as it is. Raises JobNotFound."""
+        if self._cancel(keys=self._job_keys(job), args=[time.time(), job]) < 0:
+            raise JobNotFound(job)
         return self.status(job)
 
     def delete(self, job: str) -> None:
-        """Forget a job: its record, results and batches. Raises JobNotFound."""
+        """Forget a job: every key of it, at once. Batches still queued or in a worker's hands find no job
+        and write nothing. Raises JobNotFound."""
         self.status(job)
-        keys = self.keys
-        self.redis.delete(keys.job(job), keys.results(job), keys.failed(job), keys.batches(job),
-                          keys.attempts(job), keys.inflight(job), keys.suspects(job))
-        self.redis.zrem(keys.jobs, job)
-        self.redis.srem(keys.active, job)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.delete(*(key for key in self._job_keys(job) if key != self.keys.active))
+        pipe.zrem(self.keys.jobs, job)
+        pipe.srem(self.keys.active, job)
+        pipe.execute()
 
 
-def _optional_float(value: str | None) -> float | None:
-    return None if value is None else float(value)
-
-
-def _job_status(record: dict, processed: int, failed: int) -> JobStatus:
-    return JobStatus(
-        id=record["id"], name=record.get("name", ""), created=float(record["created"]),
-        total=int(record["total"]), processed=processed, failed=failed,
-        params=json.loads(record.get("params", "{}")),
-        started_at=_optional_float(record.get("started_at")),
-        finished_at=_optional_float(record.get("finished_at")),
-        cancelled_at=_optional_float(record.get("cancelled_at")),
-        last_record_at=_optional_float(record.get("last_record_at")),
-    )
+def _provenances(job_record: dict[str, str]) -> dict[str, str]:
+    """Provenance number -> its JSON (imgq/packing.py), from the fields of a job's hash."""
+    return {key.removeprefix("provn:"): value for key, value in job_record.items() if key.startswith("provn:")}
 
 
 def delete_namespace(url: str, namespace: str) -> int:

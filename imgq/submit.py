@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from itertools import count, islice
 
-from imgq.contract import BatchMessage
+from imgq.contract import BatchMessage, BatchRef
 from imgq.queue import publish
 from imgq.settings import Settings
 from imgq.store import ResultStore
@@ -22,6 +22,18 @@ STAGE_BATCHES = 500  # batch messages per Redis round trip while staging
 
 class EmptySelection(ValueError):
     """The paths and filters given select no image."""
+
+
+class QueueingFailed(RuntimeError):
+    """The job was committed, but publishing its batches failed part-way: the job exists (its id is
+    ``job``) and will complete, since the workers' reconciler queues a stalled job's batches again; it must
+    not be submitted a second time."""
+
+    def __init__(self, job: str, cause: BaseException):
+        super().__init__(f"Job {job} was created, but queueing its batches failed ({cause}). Do not submit it "
+                         f"again: the workers queue a stalled job's batches within IMGQ_RECONCILE_SECONDS, or "
+                         f"run `imgq requeue {job}` once the broker answers.")
+        self.job = job
 
 
 def batches(images: Iterable[str], job: str, batch_size: int, top_k: int, activations: tuple[str, ...] = (),
@@ -84,9 +96,12 @@ def submit(images: Iterable[str], *, settings: Settings, store: ResultStore, nam
         except BaseException:
             store.discard_staged(job)
             raise
-    store.commit_job(job, name=name or job, total=total, batches=n_batches,
+    store.commit_job(job, name=name or job, total=total, batches=n_batches, retention=settings.retention,
                      params={"top_k": top_k, "batch_size": batch_size, **(params or {}),
                              **({"activations": list(activations), "activations_dtype": activations_dtype}
                                 if activations else {}), **({"known": known} if known else {})})
-    publish(store.iter_batches(job), settings)
+    try:
+        publish((BatchRef(job, number) for number in range(n_batches)), settings)
+    except Exception as exc:
+        raise QueueingFailed(job, exc) from exc
     return Submitted(job, total, n_batches)

@@ -20,11 +20,12 @@ from dataclasses import asdict
 import redis
 
 from imgq import submit as submission
+from imgq.jobs import JobStatus
 from imgq.roots import outside_roots
 from imgq.scan_state import ScanState, ScanTally
 from imgq.schedules import Schedule, ScheduleBook
 from imgq.settings import Settings
-from imgq.store import JobNotFound, JobStatus, ResultStore
+from imgq.store import JobNotFound, ResultStore
 from imgq.walk import iter_images
 
 TICK_LOCK_SECONDS = 120  # renewed every 1000 files walked; a tick that died frees its schedule after this

@@ -12,8 +12,9 @@ import click
 
 from imgq import submit as submission
 from imgq.contract import is_untrained
+from imgq.jobs import JobStatus
 from imgq.settings import DEFAULT_BROKER_URL, Settings, mask_url
-from imgq.store import JobStatus, ResultStore
+from imgq.store import ResultStore
 from producer.export import output as open_output
 from producer.export import with_min_score, writer_for
 from producer.local import EmbeddedRedis, LocalWorker, redis_answers

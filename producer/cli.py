@@ -18,9 +18,10 @@ import redis
 from imgq import queue
 from imgq import submit as submission
 from imgq.contract import IMAGE_EXTENSIONS
+from imgq.jobs import JobStatus
 from imgq.layers import UnknownLayer, check_layers
-from imgq.settings import Settings, env_var, mask_url
-from imgq.store import JobNotFound, JobStatus, ResultStore
+from imgq.settings import Settings, env_var, format_seconds, mask_url, parse_duration
+from imgq.store import JobNotFound, ResultStore
 from imgq.walk import IGNORE_MARKERS, PathFilter, iter_images, read_path_list
 from producer.dumps import DumpError, estimate_bytes, format_bytes, size_guard
 from producer.export import FORMATS, output, with_min_score, writer_for
@@ -161,21 +162,39 @@ def job_request(settings: Settings, known: str, activations: tuple[str, ...], ac
     return {"known": known, "activations": activations, "activations_dtype": activations_dtype, "limit_check": guard}
 
 
+class Duration(click.ParamType):
+    """Seconds, or 90s, 15m, 12h, 7d."""
+
+    name = "DURATION"
+
+    def convert(self, value, param, ctx):
+        try:
+            return value if isinstance(value, int) else parse_duration(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
 @cli.command()
 @submit_options
 @job_options
+@setting_option("--retention", setting="retention", type=Duration(),
+                help="Keep the finished job's records in Redis this long (90s, 12h, 7d; 0: until `imgq delete`).")
 @click.option("--wait", "wait_", is_flag=True, help="Show progress until the job completes.")
 @click.pass_context
 def submit(ctx, paths, recursive, includes, excludes, from_file, top_k, batch_size, name, known, activations,
-           activations_dtype, yes, wait_):
+           activations_dtype, retention, yes, wait_):
     """Queue the images under PATH... as one job and print its id (only the id, on stdout)."""
-    settings = with_overrides(ctx, top_k=top_k, batch_size=batch_size)
+    settings = with_overrides(ctx, top_k=top_k, batch_size=batch_size, retention=retention)
     images = selected_images(paths, recursive, includes, excludes, from_file)
     store = ResultStore.from_settings(settings)
     store.ping()
     queue.check_broker(settings)
-    submitted = submission.submit(images, settings=settings, store=store, name=name,
-                                  **job_request(settings, known, activations, activations_dtype, yes))
+    try:
+        submitted = submission.submit(images, settings=settings, store=store, name=name,
+                                      **job_request(settings, known, activations, activations_dtype, yes))
+    except submission.QueueingFailed as exc:
+        click.echo(exc.job)  # the job exists and will complete: scripts must get its id, not submit it again
+        raise click.ClickException(str(exc)) from None
     click.echo(submitted.job)
     click.echo(f"Queued {submitted.total} images in {submitted.batches} batches.", err=True)
     if activations:
@@ -220,7 +239,16 @@ def _status_dict(s: JobStatus) -> dict:
     return {"id": s.id, "name": s.name, "state": s.state, "total": s.total, "done": s.processed,
             "ok": s.ok, "failed": s.failed, "rate": None if s.rate is None else round(s.rate, 2),
             "eta_s": None if s.eta is None else round(s.eta), "created": _time(s.created),
-            "params": s.params}
+            "expires": _expiry(s), "params": s.params}
+
+
+def _expiry(s: JobStatus) -> str:
+    """When the store forgets the job: a time once it is finished, its retention before."""
+    if s.expires_at is not None:
+        return _time(s.expires_at)
+    if not s.retention:
+        return "never (until `imgq delete`)"
+    return "never" if s.finished else f"{format_seconds(s.retention)} after it finishes"
 
 
 def _time(ts: float | None) -> str:
@@ -302,6 +330,8 @@ def results(ctx, job, fmt, out, embeddings_out, min_score):
     status = store.status(job)
     if not status.finished:
         click.echo(f"Job {job} is {status.state}: {status.processed} of {status.total} records so far.", err=True)
+    elif status.expiring_soon():
+        click.echo(f"Job {job} expires at {_time(status.expires_at)}: export what you need before then.", err=True)
     if embeddings_out:
         _write_embeddings(store, job, embeddings_out, ctx.obj.effective_dump_root)
         if not out:
@@ -342,7 +372,7 @@ def requeue(ctx, job):
     settings = ctx.obj
     store = ResultStore.from_settings(settings)
     store.status(job)  # raises JobNotFound
-    sent = queue.publish(store.unfinished_batches(job), settings)
+    sent = queue.publish(queue.refs(store.unfinished_batches(job)), settings)
     click.echo(f"Queued {sent} batches of job {job} again.", err=True)
 
 

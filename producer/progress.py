@@ -7,7 +7,8 @@ from collections.abc import Callable
 
 import redis
 
-from imgq.store import JobStatus, ResultStore
+from imgq.jobs import JobStatus
+from imgq.store import ResultStore
 
 POLL_SECONDS = 0.5
 RECONNECT_SECONDS = 1.0

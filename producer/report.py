@@ -28,7 +28,8 @@ from PIL import Image, ImageOps
 
 from imgq.contract import IMAGE_FORMATS, ResultRecord, is_untrained
 from imgq.files import atomic_path, usual_mode
-from imgq.store import JobStatus, ResultStore
+from imgq.jobs import JobStatus
+from imgq.store import ResultStore
 from producer.dumps import DumpError, dump_file, dumped_layers, load_layer
 from producer.heatmaps import channel_title, feature_grid
 

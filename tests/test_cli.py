@@ -11,7 +11,7 @@ import pytest
 
 from imgq.contract import Heartbeat, error_record, ok_record
 from producer.cli import cli
-from tests.processes import free_port, imgq_cli
+from tests.processes import free_port, imgq_cli, start_redis, wait_for_redis
 from tests.test_walk_and_submit import queued_messages
 
 
@@ -196,3 +196,38 @@ def test_delete(run, photos, store):
 def test_unknown_job_is_one_line(run, command):
     result = run(command, "nosuchjob")
     assert result.exit_code == 1 and result.output.strip() == "Error: No job 'nosuchjob' in the results store."
+
+
+def test_a_submit_whose_queueing_fails_prints_its_job_id_and_says_not_to_resubmit(settings, store, photos, tmp_path):
+    """The job is committed before its batches are published: when publishing fails (here, a broker that
+    takes connections but refuses LPUSH), the job exists and the reconciler will finish it, so the user must
+    get its id, and one line saying not to submit again."""
+    port = free_port()
+    broker = start_redis(port, tmp_path / "broker", tmp_path / "broker.log", "--user", "default", "on", "nopass",
+                         "~*", "&*", "+@all", "-lpush")
+    try:
+        url = f"redis://127.0.0.1:{port}/0"
+        wait_for_redis(url, broker)
+        result = imgq_cli(settings, "submit", str(photos), check=False,
+                          env={"IMGQ_BROKER_URL": url, "IMGQ_RESULTS_URL": settings.effective_results_url})
+    finally:
+        broker.stop()
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    job = result.stdout.strip()
+    assert store.status(job).total == 5  # it exists: the reconciler (or `imgq requeue`) will queue it
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"Error: Job {job} was created, but queueing its batches failed") and "Do not" in line
+
+
+def test_status_says_when_a_job_expires_and_results_warns_when_it_is_close(run, photos, store):
+    job = finish_job(run, photos, store)
+    status = json.loads(run("status", job, "--json").stdout)
+    assert status["expires"][:4].isdigit() and status["params"]["retention"] == 7 * 86400
+    assert "expires" not in run("results", job).stderr
+    store.redis.expire(store.keys.job(job), 3600)  # an hour left of a week
+    assert f"Job {job} expires at " in run("results", job).stderr
+    kept = run("submit", str(photos), "--retention", "0").stdout.strip()
+    assert json.loads(run("status", kept, "--json").stdout)["expires"] == "never (until `imgq delete`)"
+    waiting = run("submit", str(photos), "--retention", "12h").stdout.strip()
+    assert json.loads(run("status", waiting, "--json").stdout)["expires"] == "12h after it finishes"
+    assert run("submit", str(photos), "--retention", "soon").exit_code == 2

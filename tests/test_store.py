@@ -144,3 +144,94 @@ class TestResultStoreContract:
         store.send_heartbeat("w1:1", Heartbeat(hostname="w1", pid=1, host="h", in_hand=(("j", 3),)), ttl=10)
         assert store.workers() == [Heartbeat(hostname="w1", pid=1, host="h", in_hand=(("j", 3),))]
         assert store.heartbeat("w1:1").holds("j", 3) and store.heartbeat("w2:1") is None
+
+
+REAL_TOP = [{"wnid": "n01440764", "label": "tench", "score": 0.7853981852531433},  # float32 values, as a model's
+            {"wnid": "n01443537", "label": "goldfish", "score": 0.0625}, {"wnid": "n01484850", "label":
+            "great_white_shark", "score": 0.03125}, {"wnid": "n01491361", "label": "tiger_shark", "score": 0.015625},
+            {"wnid": "n01494475", "label": "hammerhead", "score": 0.0078125}]
+
+
+def worker_record(job, image, worker="celery@worker-host-01", **extra):
+    return ok_record(job, image, f"/img/{image}.jpg", REAL_TOP, weights="file:resnet50.h5:sha256:0123456789ab",
+                     precision="fp32", runtime="tensorflow 2.21.0", worker=worker, decode_ms=12.34,
+                     inference_ms=41.27, **extra)
+
+
+class TestCompactRecords:
+    def test_records_come_back_whole_with_paths_from_the_batches_and_provenance_per_worker(self, store):
+        commit(store, total=4)
+        written = [worker_record("job1", 0), worker_record("job1", 1, worker="celery@other"),
+                   worker_record("job1", 2, known=True, activations={"file": "/d/2.npz", "dtype": "float16",
+                                                                     "bytes": 9, "layers": {"avg_pool": [2048]}}),
+                   error_record("job1", 3, "/img/3.jpg", "corrupt", "truncated \udcff", weights="w", worker="x",
+                                decode_ms=1.5)]
+        store.record_results("job1", written)
+        assert list(store.iter_records("job1")) == written
+        assert store.record("job1", 2) == written[2] and store.record("job1", 9) is None
+
+    def test_records_that_do_not_pack_are_kept_exactly(self, store):
+        commit(store, total=2)
+        odd = [ok_record("job1", 0, "/img/0.jpg", [{"wnid": "n0", "label": "mine", "score": 0.1}], weights="w"),
+               ok_record("job1", 1, "/img/1.jpg", TOP, weights="w", decode_ms=1 / 3)]  # 0.9, 1/3: not float32
+        store.record_results("job1", odd)
+        assert list(store.iter_records("job1")) == odd
+
+    def test_a_finished_job_costs_at_most_250_bytes_per_image(self, store):
+        n = 1000
+        store.stage_batches("big", [{"v": 1, "job": "big", "batch": b, "top_k": 5,
+                                     "images": [[i, f"/data/photos/2024/holiday/IMG_{i:05d}.jpg"]
+                                                for i in range(b * 32, min(b * 32 + 32, n))]}
+                                    for b in range((n + 31) // 32)])
+        store.commit_job("big", name="big", total=n, batches=(n + 31) // 32, params={"top_k": 5, "batch_size": 32})
+        for start in range(0, n, 32):
+            store.record_results("big", [worker_record("big", i, worker=f"celery@host-{i % 2}")
+                                         for i in range(start, min(start + 32, n))])
+        keys = [k for k in store.redis.scan_iter(match=f"{store.keys.ns}:*") if k not in (store.keys.jobs,)]
+        per_image = sum(store.redis.memory_usage(k, samples=0) for k in keys) / n
+        print(f"\nfinished job: {per_image:.0f} bytes of Redis per image ({n} images)")
+        assert per_image <= 250
+
+
+class TestLifecycle:
+    def test_writes_to_a_deleted_job_write_nothing(self, store):
+        commit(store)
+        store.delete("job1")
+        assert store.record_results("job1", [ok("job1", 0)]) == -1
+        store.mark_started("job1")
+        assert not store.open_for_work("job1")
+        assert store.redis.keys(f"{store.keys.ns}:*") == []
+
+    def test_a_partial_job_hash_reads_as_no_job(self, store):
+        store.redis.hset(store.keys.job("half"), mapping={"started_at": 1.0, "last_record_at": 2.0})
+        with pytest.raises(JobNotFound):
+            store.status("half")
+        store.redis.zadd(store.keys.jobs, {"half": 1.0})
+        assert store.list_jobs() == []
+
+    def test_a_finished_job_expires_after_its_retention_and_an_active_one_never(self, store):
+        store.stage_batches("job1", [{"v": 1, "job": "job1", "batch": 0, "top_k": 1, "images": [[0, "/a"], [1, "/b"]]}])
+        store.commit_job("job1", name="j", total=2, batches=1, params={"top_k": 1}, retention=3600)
+        store.record_results("job1", [ok_record("job1", 0, "/a", TOP)])
+        assert all(store.redis.ttl(k) == -1 for k in store.redis.keys(f"{store.keys.ns}:*"))
+        assert store.status("job1").expires_at is None and store.status("job1").retention == 3600
+        store.record_results("job1", [ok_record("job1", 1, "/b", TOP)])
+        job_keys = [store.keys.job("job1"), store.keys.results("job1"), store.keys.batches("job1")]
+        assert all(3500 < store.redis.ttl(k) <= 3600 for k in job_keys)
+        assert store.redis.ttl(store.keys.jobs) == -1 and store.redis.ttl(store.keys.active) < 0  # never a TTL
+        status = store.status("job1")
+        assert 3500 < status.expires_at - time.time() <= 3600 and not status.expiring_soon()
+        assert status.expiring_soon(now=status.expires_at - 300)
+
+    def test_cancelling_starts_the_retention(self, store):
+        store.stage_batches("job1", [{"v": 1, "job": "job1", "batch": 0, "top_k": 1, "images": [[0, "/a"]]}])
+        store.commit_job("job1", name="j", total=1, batches=1, params={"top_k": 1}, retention=60)
+        store.cancel("job1")
+        assert 0 < store.redis.ttl(store.keys.job("job1")) <= 60
+
+    def test_expired_jobs_leave_the_job_list(self, store):
+        commit(store)
+        commit(store, job="gone")
+        store.redis.delete(store.keys.job("gone"))  # as its retention would
+        assert [s.id for s in store.list_jobs()] == ["job1"]
+        assert store.redis.zrange(store.keys.jobs, 0, -1) == ["job1"]

@@ -16,6 +16,7 @@ from producer import sidecars
 from producer.sidecars import HIERARCHICAL, SUBJECT, TAGS_LIST, SidecarError
 from producer.tagging import TagOptions, UntrainedWeights, tag_records
 from tests.imagegen import save
+from tests.jobs import commit_job
 from tests.processes import imgq_cli
 
 TRAINED = "file:test.weights.h5:sha256:" + "ab" * 32
@@ -130,7 +131,7 @@ def top(*pairs):
 def store_job(store, images: list[tuple[str, list | None]], job="job1", weights=TRAINED) -> str:
     """A finished job whose records are written through the store, as a worker would: (path, top_k or None
     for an image that failed)."""
-    store.commit_job(job, name="photos", total=len(images), batches=1, params={"top_k": 5})
+    commit_job(store, job, [path for path, _ in images], name="photos")
     store.record_results(job, [
         ok_record(job, i, path, labels, weights=weights) if labels is not None
         else error_record(job, i, path, "corrupt", "truncated", weights=weights)

@@ -66,8 +66,8 @@ def run_batch(message: BatchMessage, runtime: Runtime, worker: str) -> list[Resu
     - A failure of the forward pass itself becomes an ``internal`` error record for each image.
     """
     job, store, deliveries = message.job, runtime.store, runtime.deliveries
-    if store.is_cancelled(job):
-        log.info("Job %s is cancelled: skipping batch %d", job, message.batch)
+    if not store.open_for_work(job):
+        log.info("Job %s is cancelled, done or gone: skipping batch %d", job, message.batch)
         return []
     with runtime.holding(job, message.batch):
         return _run(message, runtime, worker, deliveries.begin(job, message.batch, runtime.worker_id))

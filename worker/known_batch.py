@@ -25,7 +25,7 @@ WAIT_FOR_OTHERS_SECONDS = 60.0
 def classify_with_index(message: BatchMessage, todo: list[tuple[int, str]], runtime, worker: str,
                         classify: Callable[[list[tuple[int, str]]], list[ResultRecord]]) -> list[ResultRecord]:
     """Records for ``todo``; ``classify(items)`` runs the ordinary path (decode, forward pass) on some."""
-    index = KnownImages(runtime.binary_redis, runtime.store.keys, runtime.gatherer.weights_id,
+    index = KnownImages(runtime.store.raw, runtime.store.keys, runtime.gatherer.weights_id,
                         runtime.gatherer.precision, message.top_k)
     digests = dict(zip(todo, runtime.decode_pool.map(lambda item: _digest(item[1], runtime), todo), strict=True))
     leaders: dict[bytes, tuple[int, str]] = {}

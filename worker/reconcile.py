@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import time
 
-from imgq.queue import publish
+from imgq.queue import publish, refs
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def reconcile(runtime, now: float | None = None) -> int:
         lost += _lost_batches(runtime, job, queue_empty, now)
     if lost:
         log.warning("Queueing again %d lost batches", len(lost))
-        publish(lost, settings)
+        publish(refs(lost), settings)
     return len(lost)
 
 

@@ -16,8 +16,6 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-import redis
-
 from imgq.contract import Heartbeat
 from imgq.deliveries import Deliveries
 from imgq.settings import Settings
@@ -45,7 +43,6 @@ class Runtime:
     deliveries: Deliveries
     decode_pool: ThreadPoolExecutor  # threads decoding images ahead of the model (IMGQ_DECODE_THREADS)
     worker_id: str
-    binary_redis: redis.Redis  # the results store's Redis, returning bytes: for packed values (imgq/known.py)
     started_at: float = field(default_factory=time.time)
     images_done: int = 0
     _count_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -122,8 +119,7 @@ def _build(settings: Settings, hostname: str) -> Runtime:
     runtime = Runtime(settings, classifier, Gatherer(classifier, settings.batch_size), store,
                       Deliveries(store.redis, store.keys),
                       ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="imgq-decode"),
-                      worker_id=f"{hostname}:{os.getpid()}",
-                      binary_redis=redis.Redis.from_url(settings.effective_results_url, socket_connect_timeout=5))
+                      worker_id=f"{hostname}:{os.getpid()}")
     threading.Thread(target=_send_heartbeats, args=(runtime, hostname), name="imgq-heartbeat", daemon=True).start()
     threading.Thread(target=reconcile_forever, args=(runtime,), name="imgq-reconcile", daemon=True).start()
     return runtime

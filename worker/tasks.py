@@ -2,23 +2,41 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
-from imgq.contract import TASK_CLASSIFY_BATCH, BatchMessage
+from imgq.contract import REF_VERSION, TASK_CLASSIFY_BATCH, BatchMessage, BatchRef
+from imgq.store import ResultStore
 from worker.app import app, settings
 from worker.batch import run_batch
 from worker.metrics import METRICS
 from worker.runtime import get_runtime
 
+log = logging.getLogger(__name__)
+
+
+def batch_message(payload: dict, store: ResultStore) -> BatchMessage | None:
+    """The batch a task names (a BatchRef, read from the job's batch list), or carries whole (a message of
+    version 1, from an older producer); None when its job is gone. Raises MessageError."""
+    if isinstance(payload, dict) and payload.get("v") == REF_VERSION:
+        ref = BatchRef.from_dict(payload)
+        stored = store.batch(ref.job, ref.batch)
+        return None if stored is None else BatchMessage.from_dict(stored)
+    return BatchMessage.from_dict(payload)
+
 
 # No Celery retries: a batch whose task fails is re-queued by worker/reconcile.py, which also covers the
 # cases Celery cannot see (a worker killed, a message lost with its connection).
 @app.task(name=TASK_CLASSIFY_BATCH, bind=True)
-def classify_batch(self, message: dict) -> int:
+def classify_batch(self, payload: dict) -> int:
     runtime = get_runtime(settings, self.request.hostname)
     started = time.perf_counter()
     try:
-        records = run_batch(BatchMessage.from_dict(message), runtime, worker=self.request.hostname)
+        message = batch_message(payload, runtime.store)
+        if message is None:  # its job was deleted or has expired: nothing to do, nothing to write
+            log.info("Batch %s: no such job any more, skipped", payload)
+            return 0
+        records = run_batch(message, runtime, worker=self.request.hostname)
     except Exception as exc:
         METRICS.batch_failed(exc)
         raise
