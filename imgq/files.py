@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -26,7 +27,32 @@ def atomic_path(path: str) -> Iterator[str]:
 
 
 def usual_mode(mode: int) -> int:
-    """``mode`` less the process's umask: what open() or mkdir() would have given a new file or folder."""
-    umask = os.umask(0o22)  # reading the umask means setting it; put back at once
-    os.umask(umask)
-    return mode & ~umask
+    """``mode`` less the process's umask (as read at import): what open() or mkdir() would have given a new
+    file or folder."""
+    return mode & ~UMASK
+
+
+def _read_umask() -> int:
+    """The process's umask, read without changing it where Linux shows it (/proc/self/status, 4.7+).
+
+    Elsewhere reading it means setting it (os.umask) and putting it back; done once, at import, under a
+    lock: done around every write, two threads interleaving their set/put-back pairs could leave the whole
+    process at the placeholder value.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    with _umask_lock:
+        umask = os.umask(0o077)  # the placeholder is the stricter one, should anything else read it meanwhile
+        os.umask(umask)
+    return umask
+
+
+_umask_lock = threading.Lock()
+UMASK = _read_umask()
+# Read once: imgq never changes its umask, and a process that changes its own after importing imgq gets
+# the modes of the umask it started with.
