@@ -31,11 +31,14 @@ def layers():
 @click.pass_context
 def report(ctx, job, out, page_size, channels):
     """Write an HTML report of JOB: summary, errors, thumbnails with labels, heat maps of the dumps."""
-    from producer.report import write_report
+    from producer.report import ReportError, write_report
 
     out = out or f"imgq-{job}.html"
-    written = write_report(ResultStore.from_settings(ctx.obj), job, out, ctx.obj.effective_dump_root,
-                           page_size=page_size, channels=channels)
+    try:
+        written = write_report(ResultStore.from_settings(ctx.obj), job, out, ctx.obj.effective_dump_root,
+                               page_size=page_size, channels=channels)
+    except ReportError as exc:
+        raise click.ClickException(str(exc)) from None
     click.echo(f"Wrote {written.path} ({written.images} images, {written.errors} errors) and {written.thumbnails} "
                f"thumbnails and {written.heatmaps} heat-map grids to {written.folder}/.", err=True)
 
