@@ -9,17 +9,43 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 
+class WriteError(OSError):
+    """A file cannot be written where it was asked to go (its folder is missing, not writable, or the
+    name is a folder). An OSError, whose str() is one line naming the path and the reason."""
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+def cannot_write(path: str, exc: OSError) -> WriteError:
+    """The WriteError saying why ``path`` could not be written, from the OSError that said so."""
+    folder = os.path.dirname(os.path.abspath(path))
+    reason = f"the folder {folder} does not exist" if not os.path.isdir(folder) else (exc.strerror or str(exc))
+    error = WriteError(f"Cannot write {path}: {reason}.")
+    error.errno, error.filename = exc.errno, path
+    return error
+
+
 @contextmanager
 def atomic_path(path: str) -> Iterator[str]:
     """A temporary path beside ``path``, renamed to ``path`` when the block succeeds and removed when it
-    fails: a reader never sees half a file, and a failed write leaves an older file as it was."""
+    fails: a reader never sees half a file, and a failed write leaves an older file as it was.
+
+    Raises WriteError when the temporary file cannot be made or renamed (what the block raises passes as
+    it is)."""
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".imgq-", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".imgq-", suffix=".tmp")
+    except OSError as exc:
+        raise cannot_write(path, exc) from None
     os.close(fd)
     os.chmod(tmp, usual_mode(0o666))  # mkstemp makes it private (0600); the file is meant to be shared
     try:
         yield tmp
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise cannot_write(path, exc) from None
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)

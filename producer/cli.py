@@ -18,6 +18,7 @@ import redis
 from imgq import queue
 from imgq import submit as submission
 from imgq.contract import IMAGE_EXTENSIONS
+from imgq.files import WriteError
 from imgq.layers import UnknownLayer, check_layers
 from imgq.settings import Settings, env_var, mask_url
 from imgq.store import JobNotFound, JobStatus, ResultStore
@@ -25,6 +26,7 @@ from imgq.walk import IGNORE_MARKERS, PathFilter, iter_images, read_path_list
 from producer.dumps import DumpError, estimate_bytes, format_bytes, size_guard
 from producer.export import FORMATS, output, with_min_score, writer_for
 from producer.local import LocalServiceError
+from producer.paths import OutputFile
 from producer.tagging import UntrainedWeights
 
 
@@ -39,7 +41,7 @@ class CliGroup(click.Group):
         except redis.AuthenticationError as exc:
             raise click.ClickException(f"Redis at {_url(ctx)} refused the credentials: {exc}") from None
         except (JobNotFound, submission.EmptySelection, TimeoutError, LocalServiceError, DumpError,
-                UntrainedWeights) as exc:
+                UntrainedWeights, WriteError) as exc:
             raise click.ClickException(str(exc)) from None
         except Exception as exc:
             if _is_kombu_connection_error(exc):
@@ -288,9 +290,9 @@ def wait(ctx, job, timeout):
 @cli.command()
 @click.argument("job")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="jsonl", show_default=True)
-@click.option("-o", "--output", "out", type=click.Path(dir_okay=False, writable=True),
+@click.option("-o", "--output", "out", type=OutputFile(),
               help="Write to FILE (atomically) instead of standard output.")
-@click.option("--embeddings", "embeddings_out", type=click.Path(dir_okay=False, writable=True), metavar="FILE.npy",
+@click.option("--embeddings", "embeddings_out", type=OutputFile(), metavar="FILE.npy",
               help="Write the avg_pool dumps as one (images, 2048) array and an index FILE.index.jsonl, "
                    "instead of the records (which then go to -o only).")
 @click.option("--min-score", type=click.FloatRange(0, 1), metavar="S",
@@ -377,7 +379,7 @@ def worker(ctx, weights, batch_size, metrics_port, log_format, celery_args):
 @submit_options
 @job_options
 @setting_option("--weights", setting="weights", help="Weights of a worker started here.")
-@click.option("-o", "--output", "out", type=click.Path(dir_okay=False, writable=True),
+@click.option("-o", "--output", "out", type=OutputFile(),
               help="File of results [default: imgq-<job>.jsonl, or .csv].")
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True,
               help="Format of the results file.")

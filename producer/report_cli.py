@@ -7,6 +7,7 @@ import click
 
 from imgq.store import ResultStore
 from producer.dumps import format_bytes
+from producer.paths import OutputFile
 
 
 @click.command()
@@ -22,7 +23,7 @@ def layers():
 
 @click.command()
 @click.argument("job")
-@click.option("-o", "--output", "out", type=click.Path(dir_okay=False, writable=True),
+@click.option("-o", "--output", "out", type=OutputFile(),
               help="The HTML file; its pictures go to a folder beside it, <name>_files/ [default: imgq-<job>.html].")
 @click.option("--page-size", type=click.IntRange(1, 10000), default=100, show_default=True,
               help="Images per page of the grid.")
@@ -47,7 +48,7 @@ def report(ctx, job, out, page_size, channels):
 @click.argument("job")
 @click.argument("image", type=click.IntRange(0))
 @click.option("--layer", required=True, help="A layer dumped for the image (see the record's activations).")
-@click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False, writable=True),
+@click.option("-o", "--output", "out", required=True, type=OutputFile(),
               help="The PNG file to write.")
 @click.option("--channels", type=click.IntRange(0), default=16, show_default=True,
               help="Most active channels shown (0: all).")

@@ -66,3 +66,19 @@ def test_the_umask_is_read_without_setting_it():
     current = os.umask(0o022)
     os.umask(current)
     assert files._read_umask() == current
+
+
+def test_a_write_into_a_missing_folder_is_a_write_error_naming_it(tmp_path):
+    with pytest.raises(files.WriteError) as info, files.atomic_path(str(tmp_path / "gone" / "a.txt")):
+        pass
+    gone = tmp_path / "gone"
+    assert str(info.value) == f"Cannot write {gone / 'a.txt'}: the folder {gone} does not exist."
+    assert isinstance(info.value, OSError) and info.value.errno == 2
+
+
+def test_a_rename_onto_a_folder_is_a_write_error_and_leaves_no_temporary(tmp_path):
+    (tmp_path / "taken").mkdir()
+    with (pytest.raises(files.WriteError, match="Cannot write .*taken: Is a directory"),
+          files.atomic_path(str(tmp_path / "taken")) as tmp, open(tmp, "w") as f):
+        f.write("x")
+    assert os.listdir(tmp_path) == ["taken"]
