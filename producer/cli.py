@@ -92,8 +92,8 @@ def cli(ctx, broker_url, results_url, namespace):
     """
     try:
         ctx.obj = Settings.from_env(broker_url=broker_url, results_url=results_url, namespace=namespace)
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
+    except ValueError as exc:  # one line naming the variable (and never a password: see check_redis_url)
+        raise click.ClickException(str(exc)) from None
 
 
 def submit_options(command):
