@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import sys
 import time
 
@@ -36,17 +37,50 @@ class CliGroup(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except redis.AuthenticationError as exc:  # before ConnectionError, which it is (NOAUTH, WRONGPASS)
+            raise click.ClickException(f"Redis at {_url(ctx)} refused the credentials: {exc}") from None
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise click.ClickException(f"Cannot reach Redis at {_url(ctx)}: {_first_line(exc)}") from None
-        except redis.AuthenticationError as exc:
-            raise click.ClickException(f"Redis at {_url(ctx)} refused the credentials: {exc}") from None
         except (JobNotFound, submission.EmptySelection, TimeoutError, LocalServiceError, DumpError,
                 UntrainedWeights, WriteError) as exc:
             raise click.ClickException(str(exc)) from None
         except Exception as exc:
+            refusal = _refusal(exc)
+            if refusal is not None:
+                raise click.ClickException(f"Redis refused a command: {_reply(refusal)}"
+                                           f"{_REFUSAL_HINTS.get(type(refusal), '')}") from None
             if _is_kombu_connection_error(exc):
                 raise click.ClickException(f"Cannot reach the broker at {_url(ctx)}: {_first_line(exc)}") from None
             raise
+
+
+_REFUSAL_HINTS = {
+    redis.exceptions.OutOfMemoryError: " (Redis is full: raise its maxmemory or free memory; imgq's keys must "
+                                       "not be evicted, see docs/reliability.md)",
+    redis.exceptions.NoPermissionError: " (the Redis user lacks a permission imgq needs: see its ACL)",
+    redis.exceptions.ReadOnlyError: " (a read-only replica: point imgq at the primary)",
+}
+
+
+def _refusal(exc: BaseException) -> redis.ResponseError | None:
+    """The Redis error reply (OOM, NOPERM, READONLY, WRONGTYPE, ...) behind ``exc``: itself, or what it was
+    raised from (kombu wraps the replies the broker gets)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, redis.ResponseError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _reply(error: redis.ResponseError) -> str:
+    """The server's reply, without what redis-py puts before it for a pipeline ("Command # 3 (RPUSH key
+    <the message>) of pipeline caused error: "), which would quote a whole batch message."""
+    return _PIPELINE_NOTE.sub("", _first_line(error))
+
+
+_PIPELINE_NOTE = re.compile(r"^Command # \d+ \(.*\) of pipeline caused error: ")
 
 
 def _url(ctx) -> str:
