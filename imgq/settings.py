@@ -7,6 +7,7 @@ and the worker reads the environment alone. Nothing here imports TensorFlow or C
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,8 +91,12 @@ class Settings:
     # How often a worker says it is alive; it counts as gone after three missed beats.
 
     metrics_port: int = 0
-    # Port on which a worker serves Prometheus metrics at /metrics (all interfaces); 0: no metrics server.
-    # Off by default: an open port is the operator's choice, and two workers on one host need two ports.
+    # Port on which a worker serves Prometheus metrics at /metrics (on metrics_address); 0: no metrics
+    # server. Off by default: an open port is the operator's choice, and two workers on one host need two.
+
+    metrics_address: str = "127.0.0.1"
+    # The IP address the metrics server binds: loopback by default, so that only this machine can scrape;
+    # 0.0.0.0 (or ::) for every interface, as a container needs (docker-compose.yml sets it there).
 
     log_format: str = "text"
     # A worker's log lines: text (Celery's own format), or json (one JSON object per line, for log
@@ -167,6 +172,11 @@ _BOOL_FIELDS = {"jpeg_draft"}
 _CHOICES = {"pool": ("solo", "threads", "prefork"), "precision": ("fp32", "bf16"), "log_format": ("text", "json")}
 
 
+def parse_setting(name: str, raw: str):
+    """The value of the setting ``name`` from its text, read as its variable is. Raises ValueError."""
+    return _parse(name, raw)
+
+
 def _parse(name: str, raw: str):
     if name in _INT_FIELDS:
         try:
@@ -185,6 +195,12 @@ def _parse(name: str, raw: str):
         raise ValueError(f"{env_var(name)} must be one of {', '.join(_CHOICES[name])}. Received: {raw!r}")
     if name == "namespace" and not NAME.fullmatch(raw):
         raise ValueError(f"{env_var(name)} must be letters, digits, '.', '_' or '-'. Received: {raw!r}")
+    if name == "metrics_address":
+        try:
+            return str(ipaddress.ip_address(raw))
+        except ValueError:
+            raise ValueError(f"{env_var(name)} must be an IP address (127.0.0.1, 0.0.0.0, ::). "
+                             f"Received: {raw!r}") from None
     if name == "allowed_roots":
         return tuple(str(Path(p).expanduser().resolve()) for p in raw.split(os.pathsep) if p)
     return raw

@@ -21,7 +21,7 @@ from imgq import submit as submission
 from imgq.contract import IMAGE_EXTENSIONS
 from imgq.files import WriteError
 from imgq.layers import UnknownLayer, check_layers
-from imgq.settings import Settings, env_var, mask_url
+from imgq.settings import Settings, env_var, mask_url, parse_setting
 from imgq.store import JobNotFound, JobStatus, ResultStore
 from imgq.walk import IGNORE_MARKERS, PathFilter, iter_images, read_path_list
 from producer.dumps import DumpError, estimate_bytes, format_bytes, size_guard
@@ -102,6 +102,16 @@ def setting_option(*decls: str, setting: str, help: str, **kwargs):
     default = getattr(Settings(), setting)
     shown = f"; default: {default}" if default not in ("", ()) else ""
     return click.option(*decls, setting, default=None, help=f"{help} [env: {env_var(setting)}{shown}]", **kwargs)
+
+
+def _parsed(setting: str, value: str | None):
+    """``value`` of an option as the setting's variable would be parsed (None: not given)."""
+    if value is None:
+        return None
+    try:
+        return parse_setting(setting, value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 def with_overrides(ctx: click.Context, **overrides) -> Settings:
@@ -394,15 +404,17 @@ def _write_embeddings(store: ResultStore, job: str, out: str, dump_root: str) ->
 @setting_option("--weights", setting="weights", help="imagenet, random[:SEED] or a .h5/.weights.h5/.keras file.")
 @setting_option("--batch-size", setting="batch_size", type=click.IntRange(1, 1024), help="Images per forward pass.")
 @setting_option("--metrics-port", setting="metrics_port", type=click.IntRange(0, 65535),
-                help="Serve Prometheus metrics at http://0.0.0.0:PORT/metrics (0: off).")
+                help="Serve Prometheus metrics at http://ADDRESS:PORT/metrics (0: off).")
+@setting_option("--metrics-address", setting="metrics_address",
+                help="IP address of the metrics server (0.0.0.0: every interface, as in a container).")
 @setting_option("--log-format", setting="log_format", type=click.Choice(["text", "json"]),
                 help="Log lines as text, or one JSON object per line.")
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
-def worker(ctx, weights, batch_size, metrics_port, log_format, celery_args):
+def worker(ctx, weights, batch_size, metrics_port, metrics_address, log_format, celery_args):
     """Start a worker (extra arguments go to `celery worker`, e.g. --loglevel INFO)."""
     settings = with_overrides(ctx, weights=weights, batch_size=batch_size, metrics_port=metrics_port,
-                              log_format=log_format)
+                              metrics_address=_parsed("metrics_address", metrics_address), log_format=log_format)
     # The worker is another program (TensorFlow, Celery's worker): run it in this process's place, never import
     # it. Its settings travel in the environment, which it reads alone.
     os.environ.update(settings.as_env())
