@@ -64,13 +64,14 @@ _REFUSAL_HINTS = {
 
 def _refusal(exc: BaseException) -> redis.ResponseError | None:
     """The Redis error reply (OOM, NOPERM, READONLY, WRONGTYPE, ...) behind ``exc``: itself, or what it was
-    raised from (kombu wraps the replies the broker gets)."""
+    raised from (kombu wraps the replies the broker gets, ``raise ... from``). Not an error merely raised
+    while one was being handled (``__context__``): that may be a bug, and keeps its traceback."""
     seen = set()
     while exc is not None and id(exc) not in seen:
         if isinstance(exc, redis.ResponseError):
             return exc
         seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
+        exc = exc.__cause__
     return None
 
 
