@@ -67,11 +67,12 @@ def _refusal(exc: BaseException) -> redis.ResponseError | None:
     raised from (kombu wraps the replies the broker gets, ``raise ... from``). Not an error merely raised
     while one was being handled (``__context__``): that may be a bug, and keeps its traceback."""
     seen = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, redis.ResponseError):
-            return exc
-        seen.add(id(exc))
-        exc = exc.__cause__
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, redis.ResponseError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__
     return None
 
 

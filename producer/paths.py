@@ -19,9 +19,10 @@ class OutputFile(click.Path):
 
     def convert(self, value, param, ctx):
         path = super().convert(value, param, ctx)
-        folder = os.path.dirname(os.path.abspath(os.fsdecode(path)))
+        name = os.fsdecode(path)
+        folder = os.path.dirname(os.path.abspath(name))
         if not os.path.isdir(folder):
-            raise click.ClickException(f"Cannot write {path}: the folder {folder} does not exist.")
+            raise click.ClickException(f"Cannot write {name}: the folder {folder} does not exist.")
         if not os.access(folder, os.W_OK | os.X_OK):
-            raise click.ClickException(f"Cannot write {path}: the folder {folder} is not writable.")
+            raise click.ClickException(f"Cannot write {name}: the folder {folder} is not writable.")
         return path

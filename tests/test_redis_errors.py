@@ -13,7 +13,6 @@ import pytest
 import redis
 from click.testing import CliRunner
 
-from imgq.queue import queue_key
 from imgq.store import ResultStore
 from producer.cli import cli
 from tests.conftest import make_settings
@@ -114,7 +113,7 @@ def test_a_full_broker_refusing_a_publish_through_kombu_is_one_line(server, tmp_
     result, settings = imgq(url, tmp_path, "submit", str(photos))
     job = result.stdout.strip()
     client = redis.Redis.from_url(url)
-    client.delete(queue_key(settings))  # the queue: its batches are gone, as if taken and lost
+    client.delete(ResultStore.from_settings(settings).keys.kombu_queue)  # its batches gone, as if taken and lost
     client.config_set("maxmemory", "1")  # this test's own server
     result = CliRunner().invoke(cli, ["requeue", job], env=settings.as_env(), catch_exceptions=False)
     assert one_line(result).startswith("Error: Redis refused a command: ")
