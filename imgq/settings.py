@@ -7,11 +7,12 @@ and the worker reads the environment alone. Nothing here imports TensorFlow or C
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from imgq.contract import NAME
 
@@ -28,7 +29,8 @@ def _default_state_dir() -> str:
 @dataclass(frozen=True)
 class Settings:
     broker_url: str = DEFAULT_BROKER_URL
-    # Where the Celery messages go. Passwords and TLS go in the URL (redis://:pw@host/0, rediss://...).
+    # Where the Celery messages go. Passwords and TLS go in the URL (redis://:pw@host/0, rediss://...); a
+    # password with any of # / ? @ : % in it is percent-encoded (# is %23), else the URL is refused.
 
     results_url: str = ""
     # Where job and result records live; empty means the broker's Redis.
@@ -90,8 +92,12 @@ class Settings:
     # How often a worker says it is alive; it counts as gone after three missed beats.
 
     metrics_port: int = 0
-    # Port on which a worker serves Prometheus metrics at /metrics (all interfaces); 0: no metrics server.
-    # Off by default: an open port is the operator's choice, and two workers on one host need two ports.
+    # Port on which a worker serves Prometheus metrics at /metrics (on metrics_address); 0: no metrics
+    # server. Off by default: an open port is the operator's choice, and two workers on one host need two.
+
+    metrics_address: str = "127.0.0.1"
+    # The IP address the metrics server binds: loopback by default, so that only this machine can scrape;
+    # 0.0.0.0 (or ::) for every interface, as a container needs (docker-compose.yml sets it there).
 
     log_format: str = "text"
     # A worker's log lines: text (Celery's own format), or json (one JSON object per line, for log
@@ -121,6 +127,10 @@ class Settings:
     # as 12h, 7d, 30d; 0 keeps them until `imgq delete`. A week: enough to export a job, short enough that
     # a Redis labelling millions of images a month does not keep them all. `imgq status` says when a job
     # expires, and `imgq results` warns when it is close.
+
+    def __post_init__(self):
+        for name in ("broker_url", "results_url"):
+            check_redis_url(name, getattr(self, name))
 
     @property
     def effective_results_url(self) -> str:
@@ -189,6 +199,11 @@ _BOOL_FIELDS = {"jpeg_draft"}
 _CHOICES = {"pool": ("solo", "threads", "prefork"), "precision": ("fp32", "bf16"), "log_format": ("text", "json")}
 
 
+def parse_setting(name: str, raw: str):
+    """The value of the setting ``name`` from its text, read as its variable is. Raises ValueError."""
+    return _parse(name, raw)
+
+
 def _parse(name: str, raw: str):
     if name in _INT_FIELDS:
         try:
@@ -212,16 +227,70 @@ def _parse(name: str, raw: str):
         raise ValueError(f"{env_var(name)} must be one of {', '.join(_CHOICES[name])}. Received: {raw!r}")
     if name == "namespace" and not NAME.fullmatch(raw):
         raise ValueError(f"{env_var(name)} must be letters, digits, '.', '_' or '-'. Received: {raw!r}")
+    if name == "metrics_address":
+        try:
+            return str(ipaddress.ip_address(raw))
+        except ValueError:
+            raise ValueError(f"{env_var(name)} must be an IP address (127.0.0.1, 0.0.0.0, ::). "
+                             f"Received: {raw!r}") from None
     if name == "allowed_roots":
         return tuple(str(Path(p).expanduser().resolve()) for p in raw.split(os.pathsep) if p)
     return raw
 
 
-def mask_url(url: str) -> str:
-    """``url`` with its password replaced by ``***``, for printing and logging."""
+_REDIS_SCHEMES = ("redis", "rediss", "unix")
+_DB_PATH = re.compile(r"/?\d*")
+
+
+def check_redis_url(name: str, url: str) -> None:
+    """Raises ValueError, naming the setting's variable and never the password, when ``url`` is not a
+    Redis URL that redis-py and Celery's broker (kombu) both read as written.
+
+    A raw '#', '/', '?' or '@' in a password ends the password early: urlsplit then reads the rest of it
+    as a port, a path or a fragment, redis-py and kombu fail with a message that quotes part of the
+    password, or connect elsewhere. imgq asks for percent-encoding instead of guessing. A password in the
+    query (?password=) is refused too: redis-py reads it, kombu fails on it.
+    """
+    if not url and name == "results_url":
+        return  # the broker's Redis
+    where = f"{env_var(name)} (--{name.replace('_', '-')})"
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in _REDIS_SCHEMES:
+        raise ValueError(f"{where} must be a redis://, rediss:// or unix:// URL.")
+    if "#" in url:
+        raise ValueError(f"{where} holds a '#': percent-encode it in the password (%23).")
     parts = urlsplit(url)
-    if parts.password is None:
+    if "@" in parts.path + parts.query or parts.netloc.count("@") > 1:
+        raise ValueError(f"{where} has a '/', '?' or '@' in its password: percent-encode them (%2F, %3F, %40).")
+    if any(key.lower() == "password" for key, _ in parse_qsl(parts.query)):
+        raise ValueError(f"{where} has a password in its query: put it before the host, redis://:PASSWORD@host.")
+    try:
+        _ = parts.port  # urlsplit checks the port when asked for it
+    except ValueError:
+        raise ValueError(f"{where} has a port that is not a number from 0 to 65535 (a password with ':' "
+                         "in it must be percent-encoded, %3A).") from None
+    if scheme.lower() != "unix" and not _DB_PATH.fullmatch(parts.path):
+        raise ValueError(f"{where} must end with a database number (/0), not {parts.path!r}.")
+
+
+_QUERY_PASSWORD = re.compile(r"([?&;]password=)[^&;#\s]*", re.IGNORECASE)
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its password replaced by ``***``, for printing and logging; any shape of URL, even one
+    check_redis_url refuses, and a ``password=`` in its query too.
+
+    The credentials are what stands between ``://`` and the ``@`` that ends them: the last '@' of the URL
+    when one stands after the host (an unencoded '/', '?' or '#' in the password), so that a malformed URL
+    is masked too much rather than too little. Credentials without a ':' are all masked (a password
+    written where the user name goes).
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
         return url
-    credentials, _, host = parts.netloc.rpartition("@")
-    user = credentials.partition(":")[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    host_end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    at = rest.rfind("@") if "@" in rest[host_end:] else rest.rfind("@", 0, host_end)
+    if at >= 0:
+        user, colon, _ = rest[:at].partition(":")
+        rest = (f"{user}:***" if colon else "***") + rest[at:]
+    return scheme + sep + _QUERY_PASSWORD.sub(r"\1***", rest)

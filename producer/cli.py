@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import sys
 import time
 
@@ -18,14 +19,16 @@ import redis
 from imgq import queue
 from imgq import submit as submission
 from imgq.contract import IMAGE_EXTENSIONS
+from imgq.files import WriteError
 from imgq.jobs import JobStatus
 from imgq.layers import UnknownLayer, check_layers
-from imgq.settings import Settings, env_var, format_seconds, mask_url, parse_duration
+from imgq.settings import Settings, env_var, format_seconds, mask_url, parse_duration, parse_setting
 from imgq.store import JobNotFound, ResultStore
 from imgq.walk import IGNORE_MARKERS, PathFilter, iter_images, read_path_list
 from producer.dumps import DumpError, estimate_bytes, format_bytes, size_guard
 from producer.export import FORMATS, output, with_min_score, writer_for
 from producer.local import LocalServiceError
+from producer.paths import OutputFile
 from producer.tagging import UntrainedWeights
 
 
@@ -35,17 +38,52 @@ class CliGroup(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except redis.AuthenticationError as exc:  # before ConnectionError, which it is (NOAUTH, WRONGPASS)
+            raise click.ClickException(f"Redis at {_url(ctx)} refused the credentials: {exc}") from None
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise click.ClickException(f"Cannot reach Redis at {_url(ctx)}: {_first_line(exc)}") from None
-        except redis.AuthenticationError as exc:
-            raise click.ClickException(f"Redis at {_url(ctx)} refused the credentials: {exc}") from None
         except (JobNotFound, submission.EmptySelection, TimeoutError, LocalServiceError, DumpError,
-                UntrainedWeights) as exc:
+                UntrainedWeights, WriteError) as exc:
             raise click.ClickException(str(exc)) from None
         except Exception as exc:
+            refusal = _refusal(exc)
+            if refusal is not None:
+                raise click.ClickException(f"Redis refused a command: {_reply(refusal)}"
+                                           f"{_REFUSAL_HINTS.get(type(refusal), '')}") from None
             if _is_kombu_connection_error(exc):
                 raise click.ClickException(f"Cannot reach the broker at {_url(ctx)}: {_first_line(exc)}") from None
             raise
+
+
+_REFUSAL_HINTS = {
+    redis.exceptions.OutOfMemoryError: " (Redis is full: raise its maxmemory or free memory; imgq's keys must "
+                                       "not be evicted, see docs/reliability.md)",
+    redis.exceptions.NoPermissionError: " (the Redis user lacks a permission imgq needs: see its ACL)",
+    redis.exceptions.ReadOnlyError: " (a read-only replica: point imgq at the primary)",
+}
+
+
+def _refusal(exc: BaseException) -> redis.ResponseError | None:
+    """The Redis error reply (OOM, NOPERM, READONLY, WRONGTYPE, ...) behind ``exc``: itself, or what it was
+    raised from (kombu wraps the replies the broker gets, ``raise ... from``). Not an error merely raised
+    while one was being handled (``__context__``): that may be a bug, and keeps its traceback."""
+    seen = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, redis.ResponseError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__
+    return None
+
+
+def _reply(error: redis.ResponseError) -> str:
+    """The server's reply, without what redis-py puts before it for a pipeline ("Command # 3 (RPUSH key
+    <the message>) of pipeline caused error: "), which would quote a whole batch message."""
+    return _PIPELINE_NOTE.sub("", _first_line(error))
+
+
+_PIPELINE_NOTE = re.compile(r"^Command # \d+ \(.*\) of pipeline caused error: ")
 
 
 def _url(ctx) -> str:
@@ -67,6 +105,16 @@ def setting_option(*decls: str, setting: str, help: str, **kwargs):
     default = getattr(Settings(), setting)
     shown = f"; default: {default}" if default not in ("", ()) else ""
     return click.option(*decls, setting, default=None, help=f"{help} [env: {env_var(setting)}{shown}]", **kwargs)
+
+
+def _parsed(setting: str, value: str | None):
+    """``value`` of an option as the setting's variable would be parsed (None: not given)."""
+    if value is None:
+        return None
+    try:
+        return parse_setting(setting, value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 def with_overrides(ctx: click.Context, **overrides) -> Settings:
@@ -91,8 +139,8 @@ def cli(ctx, broker_url, results_url, namespace):
     """
     try:
         ctx.obj = Settings.from_env(broker_url=broker_url, results_url=results_url, namespace=namespace)
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
+    except ValueError as exc:  # one line naming the variable (and never a password: see check_redis_url)
+        raise click.ClickException(str(exc)) from None
 
 
 def submit_options(command):
@@ -316,9 +364,9 @@ def wait(ctx, job, timeout):
 @cli.command()
 @click.argument("job")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="jsonl", show_default=True)
-@click.option("-o", "--output", "out", type=click.Path(dir_okay=False, writable=True),
+@click.option("-o", "--output", "out", type=OutputFile(),
               help="Write to FILE (atomically) instead of standard output.")
-@click.option("--embeddings", "embeddings_out", type=click.Path(dir_okay=False, writable=True), metavar="FILE.npy",
+@click.option("--embeddings", "embeddings_out", type=OutputFile(), metavar="FILE.npy",
               help="Write the avg_pool dumps as one (images, 2048) array and an index FILE.index.jsonl, "
                    "instead of the records (which then go to -o only).")
 @click.option("--min-score", type=click.FloatRange(0, 1), metavar="S",
@@ -388,15 +436,17 @@ def _write_embeddings(store: ResultStore, job: str, out: str, dump_root: str) ->
 @setting_option("--weights", setting="weights", help="imagenet, random[:SEED] or a .h5/.weights.h5/.keras file.")
 @setting_option("--batch-size", setting="batch_size", type=click.IntRange(1, 1024), help="Images per forward pass.")
 @setting_option("--metrics-port", setting="metrics_port", type=click.IntRange(0, 65535),
-                help="Serve Prometheus metrics at http://0.0.0.0:PORT/metrics (0: off).")
+                help="Serve Prometheus metrics at http://ADDRESS:PORT/metrics (0: off).")
+@setting_option("--metrics-address", setting="metrics_address",
+                help="IP address of the metrics server (0.0.0.0: every interface, as in a container).")
 @setting_option("--log-format", setting="log_format", type=click.Choice(["text", "json"]),
                 help="Log lines as text, or one JSON object per line.")
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
-def worker(ctx, weights, batch_size, metrics_port, log_format, celery_args):
+def worker(ctx, weights, batch_size, metrics_port, metrics_address, log_format, celery_args):
     """Start a worker (extra arguments go to `celery worker`, e.g. --loglevel INFO)."""
     settings = with_overrides(ctx, weights=weights, batch_size=batch_size, metrics_port=metrics_port,
-                              log_format=log_format)
+                              metrics_address=_parsed("metrics_address", metrics_address), log_format=log_format)
     # The worker is another program (TensorFlow, Celery's worker): run it in this process's place, never import
     # it. Its settings travel in the environment, which it reads alone.
     os.environ.update(settings.as_env())
@@ -407,7 +457,7 @@ def worker(ctx, weights, batch_size, metrics_port, log_format, celery_args):
 @submit_options
 @job_options
 @setting_option("--weights", setting="weights", help="Weights of a worker started here.")
-@click.option("-o", "--output", "out", type=click.Path(dir_okay=False, writable=True),
+@click.option("-o", "--output", "out", type=OutputFile(),
               help="File of results [default: imgq-<job>.jsonl, or .csv].")
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True,
               help="Format of the results file.")

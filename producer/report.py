@@ -1,7 +1,9 @@
 """`imgq report JOB -o report.html`: one HTML page about a job, with its pictures in a folder beside it.
 
 On disk: ``report.html`` and ``report_files/`` (``thumbs/<image>.jpg``, ``maps/<image>-<layer>.png``),
-linked by relative URLs, so the two move together. The page fetches nothing from the network.
+linked by relative URLs, so the two move together. The page fetches nothing from the network. The folder
+holds a marker file (``.imgq-report``): writing the report again replaces a folder that has it, and
+refuses to touch one that does not (a user's own ``report_files/``).
 
 The page: a summary (counts, rate, weights, a histogram of the top labels, error codes), the list of
 errors, and a grid of cards in submission order: thumbnail, top-k labels with score bars and, for an image
@@ -38,6 +40,12 @@ MAP_CHANNELS = 8  # heat maps per layer and image in the report
 MAP_CELL = 48  # longest side of one heat map in the report, in pixels
 HISTOGRAM_LABELS = 20
 
+MARKER = ".imgq-report"
+# Written into every picture folder imgq makes: only a folder holding it is ever replaced (and so deleted).
+
+
+class ReportError(Exception):
+    """The report cannot go where it was asked to: its picture folder is not imgq's, or its folder is missing."""
 
 
 @dataclass(frozen=True)
@@ -56,16 +64,23 @@ def write_report(store: ResultStore, job: str, out: str, dump_root: str, page_si
                  channels: int = MAP_CHANNELS) -> Report:
     """Write the report of ``job`` to ``out`` and its pictures to ``<out stem>_files/``.
 
-    The pictures are made in a temporary folder that replaces the old one at the end, and the page is
-    written atomically. Raises JobNotFound.
+    The pictures are made in a temporary folder that replaces the old one at the end (only if that one
+    is imgq's, see MARKER), and the page is written atomically. Raises JobNotFound, ReportError.
     """
     status = store.status(job)
     folder = os.path.splitext(out)[0] + "_files"
-    staging = tempfile.mkdtemp(dir=os.path.dirname(os.path.abspath(out)), prefix=".imgq-report-")
+    _refuse_unless_ours(folder)  # before the work, and again at the replacement
+    parent = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(parent):
+        raise ReportError(f"Cannot write {out}: the folder {parent} does not exist.")
+    staging = tempfile.mkdtemp(dir=parent, prefix=".imgq-report-")
     os.chmod(staging, usual_mode(0o777))  # mkdtemp makes it private (0700); a report is meant to be shared
     try:
         for sub in ("thumbs", "maps"):
             os.makedirs(os.path.join(staging, sub))
+        with open(os.path.join(staging, MARKER), "w", encoding="utf-8") as marker:
+            marker.write(f"Made by `imgq report`, which replaces this folder when it writes {os.path.basename(out)} "
+                         "again.\n")
         link = quote(os.path.basename(folder))
         records = list(store.iter_records(job))
         # Decoding, resizing and PNG encoding release the GIL: threads use the cores.
@@ -82,12 +97,34 @@ def write_report(store: ResultStore, job: str, out: str, dump_root: str, page_si
                   sum(len(c.get("m", ())) for c in cards), sum(1 for c in cards if "e" in c))
 
 
+def _refuse_unless_ours(folder: str) -> None:
+    """Raises ReportError when ``folder`` exists and is not a picture folder imgq made: a file, a symbolic
+    link, or a folder without MARKER."""
+    if not os.path.lexists(folder):
+        return
+    if os.path.islink(folder) or not os.path.isdir(folder) or not os.path.isfile(os.path.join(folder, MARKER)):
+        raise ReportError(f"{folder} exists and imgq did not make it (it has no {MARKER}): imgq will not replace "
+                          "it; move it away or choose another -o.")
+
+
 def _replace_folder(new: str, folder: str) -> None:
-    """Put ``new`` in the place of ``folder`` (a rename; the old folder is removed after)."""
+    """Put ``new`` in the place of ``folder`` (a rename; the old folder, imgq's, is removed after).
+
+    The old folder is moved aside first and checked once more there, so that a folder put in its place
+    since the check at the start is moved back, not deleted."""
     old = None
-    if os.path.exists(folder):
+    if os.path.lexists(folder):
+        _refuse_unless_ours(folder)
         old = tempfile.mkdtemp(dir=os.path.dirname(os.path.abspath(folder)), prefix=".imgq-old-")
-        os.replace(folder, os.path.join(old, "files"))
+        aside = os.path.join(old, "files")
+        os.replace(folder, aside)
+        try:
+            _refuse_unless_ours(aside)
+        except ReportError:
+            os.replace(aside, folder)
+            os.rmdir(old)
+            raise ReportError(f"{folder} changed while the report was made and imgq did not make it: left as "
+                              "it is.") from None
     os.replace(new, folder)
     if old:
         shutil.rmtree(old, ignore_errors=True)

@@ -7,6 +7,7 @@ import click
 
 from imgq.store import ResultStore
 from producer.dumps import format_bytes
+from producer.paths import OutputFile
 
 
 @click.command()
@@ -22,7 +23,7 @@ def layers():
 
 @click.command()
 @click.argument("job")
-@click.option("-o", "--output", "out", type=click.Path(dir_okay=False, writable=True),
+@click.option("-o", "--output", "out", type=OutputFile(),
               help="The HTML file; its pictures go to a folder beside it, <name>_files/ [default: imgq-<job>.html].")
 @click.option("--page-size", type=click.IntRange(1, 10000), default=100, show_default=True,
               help="Images per page of the grid.")
@@ -31,11 +32,14 @@ def layers():
 @click.pass_context
 def report(ctx, job, out, page_size, channels):
     """Write an HTML report of JOB: summary, errors, thumbnails with labels, heat maps of the dumps."""
-    from producer.report import write_report
+    from producer.report import ReportError, write_report
 
     out = out or f"imgq-{job}.html"
-    written = write_report(ResultStore.from_settings(ctx.obj), job, out, ctx.obj.effective_dump_root,
-                           page_size=page_size, channels=channels)
+    try:
+        written = write_report(ResultStore.from_settings(ctx.obj), job, out, ctx.obj.effective_dump_root,
+                               page_size=page_size, channels=channels)
+    except ReportError as exc:
+        raise click.ClickException(str(exc)) from None
     click.echo(f"Wrote {written.path} ({written.images} images, {written.errors} errors) and {written.thumbnails} "
                f"thumbnails and {written.heatmaps} heat-map grids to {written.folder}/.", err=True)
 
@@ -44,7 +48,7 @@ def report(ctx, job, out, page_size, channels):
 @click.argument("job")
 @click.argument("image", type=click.IntRange(0))
 @click.option("--layer", required=True, help="A layer dumped for the image (see the record's activations).")
-@click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False, writable=True),
+@click.option("-o", "--output", "out", required=True, type=OutputFile(),
               help="The PNG file to write.")
 @click.option("--channels", type=click.IntRange(0), default=16, show_default=True,
               help="Most active channels shown (0: all).")

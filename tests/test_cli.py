@@ -3,6 +3,7 @@
 import csv
 import io
 import json
+import os
 import subprocess
 import sys
 
@@ -231,3 +232,31 @@ def test_status_says_when_a_job_expires_and_results_warns_when_it_is_close(run, 
     waiting = run("submit", str(photos), "--retention", "12h").stdout.strip()
     assert json.loads(run("status", waiting, "--json").stdout)["expires"] == "12h after it finishes"
     assert run("submit", str(photos), "--retention", "soon").exit_code == 2
+
+
+@pytest.mark.parametrize("args", [
+    ["results", "JOB", "-o", "{missing}/out.jsonl"],
+    ["results", "JOB", "--embeddings", "{missing}/emb.npy"],
+    ["report", "JOB", "-o", "{missing}/talk.html"],
+    ["show", "JOB", "0", "--layer", "avg_pool", "-o", "{missing}/grid.png"],
+    ["classify", "{photos}", "-o", "{missing}/labels.jsonl"],
+])
+def test_output_into_a_missing_folder_is_one_line_before_any_work(run, photos, store, tmp_path, args):
+    job = finish_job(run, photos, store)
+    missing = tmp_path / "no" / "such"
+    args = [a.format(missing=missing, photos=photos).replace("JOB", job) for a in args]
+    result = run(*args)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    target = args[args.index("-o" if "-o" in args else "--embeddings") + 1]
+    assert result.output.strip().splitlines() == [f"Error: Cannot write {target}: the folder {missing} does not exist."]
+    assert not (tmp_path / "no").exists()
+
+
+def test_a_file_that_cannot_be_made_is_one_line(run, photos, store):
+    """A folder that passes the check but takes no files (here /proc): the write itself says so in one line."""
+    if not os.path.isdir("/proc"):
+        pytest.skip("needs /proc")
+    job = finish_job(run, photos, store)
+    result = run("results", job, "-o", "/proc/imgq-out.jsonl")
+    assert result.exit_code == 1 and result.output.strip().splitlines() == [
+        "Error: Cannot write /proc/imgq-out.jsonl: No such file or directory."]

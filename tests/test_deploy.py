@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import os
 import re
 import secrets
 import shutil
@@ -135,7 +136,9 @@ def test_the_schema_rejects_a_broken_compose_file():
 def test_compose_services_are_what_the_deployment_needs():
     services = interpolate(load_compose(), {**read_dotenv(ENV_EXAMPLE), "REDIS_PASSWORD": "pw"})["services"]
     redis_command = services["redis"]["command"]
-    assert redis_command[redis_command.index("--appendonly") + 1] == "yes" and "--requirepass" in redis_command
+    assert redis_command[:2] == ["sh", "-c"]
+    assert "redis-server - --appendonly yes <<EOF\nrequirepass $(cat /run/secrets/redis_password)\n" in redis_command[2]
+    assert services["redis"]["secrets"] == ["redis_password"]
     worker = services["worker"]
     assert "container_name" not in worker and "ports" not in worker  # so that --scale worker=N works
     assert worker["environment"]["IMGQ_ALLOWED_ROOTS"] == "/data"
@@ -146,6 +149,20 @@ def test_compose_services_are_what_the_deployment_needs():
     assert "/data" in mounts["beat"]
     for name in ("beat", "producer"):  # the image's check looks for a worker: they have none
         assert services[name]["healthcheck"] == {"disable": True}
+
+
+def test_no_password_on_any_command_line_nor_in_the_environment_of_redis():
+    """`ps` shows command lines and `docker inspect` commands, health checks and environments: the password is
+    in none of them for Redis, which reads it from a Compose secret, a file under /run/secrets."""
+    password = "p" + secrets.token_hex(12)
+    config = interpolate(load_compose(), {**read_dotenv(ENV_EXAMPLE), "REDIS_PASSWORD": password})
+    for name, service in config["services"].items():
+        shown = [*service.get("entrypoint", []), *service.get("command", []), *service.get("healthcheck", {}).get(
+            "test", [])]
+        assert not [arg for arg in shown if password in str(arg)], name
+    assert password not in json.dumps(config["services"]["redis"])
+    assert config["secrets"] == {"redis_password": {"environment": "REDIS_PASSWORD"}}
+    # The workers, beat and the producer still get it in IMGQ_BROKER_URL: see docs/deployment-secrets.md.
 
 
 def test_env_example_documents_every_setting_and_compose_variable():
@@ -164,7 +181,7 @@ def test_every_setting_set_in_dotenv_reaches_every_service():
     assert assignable == {env_var(f.name) for f in dataclasses.fields(Settings)} - fixed
     for name in assignable:
         config = interpolate(load_compose(), {**env, name: "SENTINEL"})
-        services = ("worker",) if name == "IMGQ_METRICS_PORT" else ("worker", "beat", "producer")
+        services = ("worker",) if name.startswith("IMGQ_METRICS_") else ("worker", "beat", "producer")
         for service in services:
             assert config["services"][service]["environment"][name] == "SENTINEL", (service, name)
 
@@ -204,6 +221,19 @@ class PlainDeployment:
     config: dict
     root: Path
     redis_port: int
+    dotenv: dict[str, str] = dataclasses.field(default_factory=dict)  # what Compose reads secrets from
+
+    def secrets(self) -> dict[str, Path]:
+        """/run/secrets/NAME in a container -> a file here holding what Compose would put there."""
+        mapping = {}
+        for name, secret in self.config.get("secrets", {}).items():
+            path = self.root / "secrets" / name
+            if not path.exists():  # written once: a process may be reading it
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(self.dotenv[secret["environment"]] if "environment" in secret
+                                else (self.root / secret["file"]).read_text())
+            mapping[f"/run/secrets/{name}"] = path
+        return mapping
 
     def mounts(self, service: str) -> dict[str, Path]:
         """Mount point in the container -> folder here, for each volume of ``service``."""
@@ -219,6 +249,8 @@ class PlainDeployment:
     def translate(self, service: str, value: str) -> str:
         """A value of the service's command or environment, as it reads outside a container."""
         value = value.replace("@redis:6379", f"@127.0.0.1:{self.redis_port}")
+        for target, host in self.secrets().items():  # also inside a shell script
+            value = value.replace(target, str(host))
         for target, host in sorted(self.mounts(service).items(), key=lambda item: -len(item[0])):
             if value == target or value.startswith(target + "/"):
                 return str(host) + value[len(target):]
@@ -245,13 +277,27 @@ class PlainDeployment:
 
 
 def start_redis_service(deployment: PlainDeployment) -> Process:
-    """The compose file's Redis command, on 127.0.0.1 and a free port, its /data in a folder here."""
+    """The compose file's Redis command, on 127.0.0.1 and a free port, its /data in a folder here.
+
+    What the redis image provides is provided here: `redis-server` (on 127.0.0.1 and the port, with the
+    arguments the command gives it) and `docker-entrypoint.sh` (which only runs its arguments here: the
+    image's also drops root for the redis user)."""
     argv = deployment.argv("redis")
-    assert Path(argv[0]).name == "redis-server"
-    argv = [redis_server_binary(), *argv[1:], "--port", str(deployment.redis_port), "--bind", "127.0.0.1"]
+    assert argv[:2] == ["sh", "-c"]
     service = deployment.config["services"]["redis"]
-    return Process(argv, clean_env(**service["environment"]), deployment.root / "logs" / "redis.log",
-                   cwd=deployment.mounts("redis")["/data"]).start()
+    env = clean_env(**service.get("environment", {}), PATH=f"{image_commands(deployment)}:{os.environ['PATH']}")
+    return Process(argv, env, deployment.root / "logs" / "redis.log", cwd=deployment.mounts("redis")["/data"]).start()
+
+
+def image_commands(deployment: PlainDeployment) -> Path:
+    folder = deployment.root / "redis-image-bin"
+    folder.mkdir(exist_ok=True)
+    commands = {"docker-entrypoint.sh": 'exec "$@"',
+                "redis-server": f'exec {redis_server_binary()} "$@" --port {deployment.redis_port} --bind 127.0.0.1'}
+    for name, line in commands.items():
+        (folder / name).write_text(f"#!/bin/sh\n{line}\n")
+        (folder / name).chmod(0o755)
+    return folder
 
 
 @pytest.fixture
@@ -273,14 +319,14 @@ def test_compose_services_run_as_plain_processes_and_classify_a_folder(tmp_path,
            "IMGQ_METRICS_PORT": str(free_port()), "IMGQ_LOG_FORMAT": "json", "IMGQ_HEARTBEAT_SECONDS": "1"}
     config = interpolate(load_compose(), env)
     validate(config)
-    deployment = PlainDeployment(config, tmp_path, free_port())
+    deployment = PlainDeployment(config, tmp_path, free_port(), env)
     processes = []
     try:
         redis_process = start_redis_service(deployment)
         processes.append(redis_process)
         url = deployment.env("worker")["IMGQ_BROKER_URL"]
         wait_for_redis(url, redis_process)
-        check_redis_service(deployment, url)
+        check_redis_service(deployment, url, redis_process.pid)
 
         worker = deployment.start("worker")
         processes.append(worker)
@@ -333,17 +379,24 @@ def check_beat_fired(deployment: PlainDeployment, beat: Process, timeout: float 
     assert "Sending due task photos (imgq.scheduled_scan)" in beat.output()
 
 
-def check_redis_service(deployment: PlainDeployment, url: str) -> None:
+def check_redis_service(deployment: PlainDeployment, url: str, pid: int) -> None:
     """The compose file's Redis wants its password and keeps an append-only file; its health check passes."""
     anonymous = redis.Redis(host="127.0.0.1", port=deployment.redis_port)
     with pytest.raises(redis.AuthenticationError):
         anonymous.ping()
     assert redis.Redis.from_url(url).config_get("appendonly") == {"appendonly": "yes"}
-    healthcheck = deployment.config["services"]["redis"]["healthcheck"]["test"]
-    if shutil.which(healthcheck[1]):  # ["CMD", "redis-cli", "ping"], logging in with REDISCLI_AUTH
-        argv = [healthcheck[1], "-p", str(deployment.redis_port), *healthcheck[2:]]
-        answer = subprocess.run(argv, env=deployment.env("redis"), capture_output=True, text=True, timeout=10)
-        assert answer.stdout.strip() == "PONG", answer
+    password = redis.connection.parse_url(url)["password"]
+    # The shell execs down to redis-server, in the process started: what `ps` and /proc show of it.
+    assert os.readlink(f"/proc/{pid}/exe") == os.path.realpath(redis_server_binary())
+    for part in ("cmdline", "environ"):
+        assert password.encode() not in Path(f"/proc/{pid}/{part}").read_bytes(), part
+    kind, script = deployment.config["services"]["redis"]["healthcheck"]["test"]
+    assert kind == "CMD-SHELL"
+    if shutil.which("redis-cli"):  # logging in with REDISCLI_AUTH, from the secret
+        script = deployment.translate("redis", script).replace("redis-cli", f"redis-cli -p {deployment.redis_port}")
+        assert subprocess.run(["sh", "-c", script], env=deployment.env("redis"), timeout=10).returncode == 0
+        wrong = script.replace("$(cat ", "x$(cat ")
+        assert subprocess.run(["sh", "-c", wrong], env=deployment.env("redis"), timeout=10).returncode != 0
 
 
 def check_records(records: list[dict], good: list[Path], broken: dict[Path, str], outside: Path) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import socket
 from collections import Counter
+from types import SimpleNamespace
 
 import pytest
 from click.testing import CliRunner
@@ -15,7 +17,7 @@ from imgq.store import ResultStore
 from producer.cli import cli
 from tests import imagegen
 from tests.processes import free_port, scrape, start_worker, wait_for_workers, wait_until_done
-from worker.metrics import WorkerMetrics
+from worker.metrics import WorkerMetrics, serve
 
 
 @pytest.fixture
@@ -72,6 +74,7 @@ def test_a_workers_metrics_endpoint_counts_the_job(settings, tmp_path):
         job = result.stdout.strip()
         wait_until_done(store, job, timeout=120, workers=[worker])
         samples = scrape(port)
+        assert not reachable("127.0.0.2", port)  # loopback only, IMGQ_METRICS_ADDRESS's default
         heartbeat = store.workers()[0]
     finally:
         worker.stop()
@@ -89,7 +92,7 @@ def test_a_workers_metrics_endpoint_counts_the_job(settings, tmp_path):
     assert samples["imgq_image_inference_seconds_sum"] > 0
     assert samples["imgq_model_load_seconds"] == pytest.approx(heartbeat.model_load_seconds, abs=0.01)
     assert samples["imgq_batches_in_hand"] == 0
-    assert "imgq worker: metrics at http://0.0.0.0:" in worker.output()
+    assert "imgq worker: metrics at http://" in worker.output()
 
 
 def test_metrics_port_setting_is_0_for_off_up_to_65535():
@@ -99,3 +102,42 @@ def test_metrics_port_setting_is_0_for_off_up_to_65535():
     for bad in ("-1", "65536", "on"):
         with pytest.raises(ValueError, match="IMGQ_METRICS_PORT"):
             Settings.from_env({"IMGQ_METRICS_PORT": bad})
+
+
+def test_metrics_address_setting_is_loopback_unless_set_and_an_ip_address():
+    assert Settings().metrics_address == "127.0.0.1"
+    assert Settings.from_env({"IMGQ_METRICS_ADDRESS": "0.0.0.0"}).metrics_address == "0.0.0.0"
+    assert Settings.from_env({"IMGQ_METRICS_ADDRESS": "::"}).metrics_address == "::"
+    for bad in ("localhost", "0.0.0.0:9100", "10.0.0.256"):
+        with pytest.raises(ValueError, match="IMGQ_METRICS_ADDRESS must be an IP address"):
+            Settings.from_env({"IMGQ_METRICS_ADDRESS": bad})
+
+
+def reachable(host: str, port: int) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=2).close()
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize(("address", "other_loopback"), [(None, False), ("0.0.0.0", True)])
+def test_the_metrics_server_binds_the_address_asked_for(metrics, tmp_path, address, other_loopback):
+    """127.0.0.2 is a loopback address too, but not the one a default server binds: it stands for every
+    address of the machine that is not 127.0.0.1."""
+    runtime = SimpleNamespace(settings=Settings(), classifier=SimpleNamespace(load_seconds=1.5), batches_in_hand=0)
+    port = free_port()
+    server = serve(port, runtime, metrics, address=address)
+    try:
+        assert server.server_address[0] == (address or "127.0.0.1")
+        assert scrape(port)["imgq_model_load_seconds"] == 1.5
+        assert reachable("127.0.0.2", port) is other_loopback
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_worker_command_takes_a_metrics_address(tmp_path):
+    result = CliRunner().invoke(cli, ["worker", "--metrics-address", "nowhere"])
+    assert result.exit_code == 2 and "IMGQ_METRICS_ADDRESS must be an IP address" in result.output
+    assert "--metrics-address" in CliRunner().invoke(cli, ["worker", "--help"]).output

@@ -19,7 +19,7 @@ from PIL import Image
 from imgq import submit as enqueue
 from imgq.contract import error_record, ok_record
 from imgq.store import ResultStore
-from producer import heatmaps
+from producer import heatmaps, report
 from producer.cli import cli
 from producer.report import write_report
 from tests import imagegen
@@ -113,6 +113,42 @@ def test_report_again_replaces_the_old_pictures(job, tmp_path):
     assert (written.images, written.thumbnails, written.heatmaps, written.errors) == (6, 4, 10, 1)
     assert "stale.jpg" not in os.listdir(tmp_path / "report_files" / "thumbs")
     assert sorted(os.listdir(tmp_path)) == ["dumps", "pictures", "report.html", "report_files"]  # no temporaries
+
+
+@pytest.mark.parametrize("kind", ["folder", "file", "link"])
+def test_report_never_replaces_a_picture_folder_imgq_did_not_make(job, tmp_path, kind):
+    out, folder = tmp_path / "talk.html", tmp_path / "talk_files"
+    if kind == "folder":
+        folder.mkdir()
+        (folder / "precious.txt").write_text("the user's")
+    elif kind == "file":
+        folder.write_text("the user's")
+    else:  # a link to a folder of imgq's elsewhere: still not this folder
+        (tmp_path / "elsewhere").mkdir()
+        write_report(job.store, job.id, str(tmp_path / "elsewhere" / "r.html"), job.dump_root)
+        folder.symlink_to(tmp_path / "elsewhere" / "r_files")
+    before = sorted(os.listdir(tmp_path))
+    result = invoke(job.settings, "report", job.id, "-o", str(out))
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.stderr.strip().splitlines() == [f"Error: {folder} exists and imgq did not make it (it has no "
+                                                  f"{report.MARKER}): imgq will not replace it; move it away or "
+                                                  "choose another -o."]
+    assert sorted(os.listdir(tmp_path)) == before  # no page, no temporaries, the folder as it was
+    if kind == "folder":
+        assert (folder / "precious.txt").read_text() == "the user's"
+
+
+def test_report_marks_its_folder_and_replaces_only_a_marked_one(job, tmp_path):
+    out = tmp_path / "r.html"
+    write_report(job.store, job.id, str(out), job.dump_root)
+    assert (tmp_path / "r_files" / report.MARKER).is_file()
+    new = tmp_path / "new"
+    new.mkdir()
+    (tmp_path / "r_files" / report.MARKER).unlink()  # as if a user's folder took its place during a report
+    with pytest.raises(report.ReportError, match="imgq did not make it"):
+        report._replace_folder(str(new), str(tmp_path / "r_files"))
+    assert sorted(os.listdir(tmp_path / "r_files")) == ["maps", "thumbs"]
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".imgq")]
 
 
 def test_show_draws_the_most_active_channels(job, tmp_path):

@@ -25,7 +25,11 @@ from worker import logs
 
 log = logging.getLogger(__name__)
 
-settings = Settings.from_env()
+try:
+    settings = Settings.from_env()
+except ValueError as exc:  # a malformed IMGQ_* value: one line naming it, never a traceback (or a password)
+    print(f"imgq worker: {exc}", file=sys.stderr, flush=True)
+    sys.exit(2)
 logs.install(settings.log_format)  # JSON lines if asked, URL passwords masked either way
 
 app = Celery("imgq", include=["worker.tasks", "worker.scheduled"])
@@ -108,4 +112,5 @@ def _serve_metrics_or_exit(runtime) -> None:
         print(f"imgq worker: cannot serve metrics on port {settings.metrics_port}: {exc}", file=sys.stderr,
               flush=True)
         os._exit(2)
-    print(f"imgq worker: metrics at http://0.0.0.0:{settings.metrics_port}/metrics", file=sys.stderr, flush=True)
+    host = f"[{settings.metrics_address}]" if ":" in settings.metrics_address else settings.metrics_address
+    print(f"imgq worker: metrics at http://{host}:{settings.metrics_port}/metrics", file=sys.stderr, flush=True)

@@ -19,7 +19,8 @@ from celery import signals
 
 from imgq.settings import mask_url
 
-_URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>]+")
+_URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>]*[^\s'\"<>.,:;)\]]")
+# Up to a space or quote, less the punctuation of the sentence around it ("... at URL: refused").
 
 
 def mask_secrets(text: str) -> str:

@@ -1,7 +1,8 @@
 """Prometheus metrics of a worker: what it classified, how long that took, and where the time went.
 
 Recorded in every worker process (an update costs a lock and an addition); served at ``/metrics`` on
-``IMGQ_METRICS_PORT`` only when that setting is above 0 (``imgq worker --metrics-port``). The numbers come
+``IMGQ_METRICS_PORT`` only when that setting is above 0 (``imgq worker --metrics-port``), on
+``IMGQ_METRICS_ADDRESS`` (127.0.0.1 unless set: ``--metrics-address``). The numbers come
 from the records a batch wrote, so they count exactly what this process stored: a redelivered batch whose
 images already had records writes none and counts none.
 
@@ -74,10 +75,18 @@ METRICS = WorkerMetrics()
 # The process's metrics; worker/tasks.py records into them, serve() exposes them.
 
 
-def serve(port: int, runtime, metrics: WorkerMetrics = METRICS) -> None:
-    """Serve ``metrics`` at http://0.0.0.0:``port``/metrics from a daemon thread, with the model's load time
-    and the runtime's batches in hand. Raises OSError when the port cannot be bound."""
+def serve(port: int, runtime, metrics: WorkerMetrics = METRICS, address: str | None = None):
+    """Serve ``metrics`` at http://``address``:``port``/metrics from a daemon thread, with the model's load
+    time and the runtime's batches in hand; ``address`` defaults to IMGQ_METRICS_ADDRESS (loopback unless
+    set: prometheus_client's own default is every interface). Returns the HTTP server (its
+    ``server_address`` is where it listens). Raises OSError when the address or port cannot be bound."""
+    address = address or runtime.settings.metrics_address
     metrics.model_load_seconds.set(runtime.classifier.load_seconds)
     metrics.in_hand.set_function(lambda: runtime.batches_in_hand)
-    start_http_server(port, registry=metrics.registry)
-    log.info("Serving Prometheus metrics on port %d", port)
+    server, _ = start_http_server(port, addr=address, registry=metrics.registry)
+    log.info("Serving Prometheus metrics at http://%s:%d/metrics", _host(address), port)
+    return server
+
+
+def _host(address: str) -> str:
+    return f"[{address}]" if ":" in address else address

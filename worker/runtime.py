@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from imgq.contract import Heartbeat
 from imgq.deliveries import Deliveries
+from imgq.redis_limits import redis_warning
 from imgq.settings import Settings
 from imgq.store import ResultStore
 from worker.gather import Gatherer
@@ -52,6 +53,7 @@ class Runtime:
     # (job, batch) of the batches this process is classifying now. Kept in memory, so that it stays true
     # while Redis is unreachable; the heartbeat publishes it for the reconciler (worker/reconcile.py).
     _recent: deque = field(default_factory=deque)  # (time.monotonic(), images) of the last RATE_WINDOW
+    redis_warning: str | None = None  # Redis may evict imgq's keys (imgq/redis_limits.py), checked at start
 
     def count_done(self, images: int) -> None:
         now = time.monotonic()
@@ -95,7 +97,8 @@ class Runtime:
                          started_at=self.started_at, images_done=self.images_done, in_hand=tuple(sorted(self.in_hand)),
                          model_load_seconds=round(self.classifier.load_seconds, 2),
                          concurrency=self.concurrency or self.settings.concurrency,
-                         images_per_second=round(self.images_per_second(), 2))
+                         images_per_second=round(self.images_per_second(), 2),
+                         warnings=(self.redis_warning,) if self.redis_warning else ())
 
 
 _runtime: Runtime | None = None
@@ -120,6 +123,9 @@ def _build(settings: Settings, hostname: str) -> Runtime:
                       Deliveries(store.redis, store.keys),
                       ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="imgq-decode"),
                       worker_id=f"{hostname}:{os.getpid()}")
+    runtime.redis_warning = redis_warning(settings)
+    if runtime.redis_warning:  # before Celery's logging is set up: Python prints warnings on stderr then
+        log.warning("%s", runtime.redis_warning)
     threading.Thread(target=_send_heartbeats, args=(runtime, hostname), name="imgq-heartbeat", daemon=True).start()
     threading.Thread(target=reconcile_forever, args=(runtime,), name="imgq-reconcile", daemon=True).start()
     return runtime
