@@ -88,7 +88,7 @@ class Keys:
         return f"{self.ns}:schedule:{name}:lock"
 
     def scan(self, name: str, part: str) -> str:
-        """Hash: incremental scan state of a schedule, ``part`` one of known, errors, pending (producer.scan)."""
+        """Hash: incremental scan state of a schedule, ``part`` one of known, errors, pending (imgq/scan_state.py)."""
         return f"{self.ns}:scan:{name}:{part}"
 
     @property

@@ -46,13 +46,13 @@ app.conf.update(
 @worker_init.connect
 def _load_in_main_process(sender=None, **_):
     pool = getattr(sender, "pool_cls", "")
-    pool_name = pool if isinstance(pool, str) else getattr(pool, "__module__", "")
-    if "prefork" not in pool_name and (getattr(sender, "options", None) or {}).get("autoscale"):
+    celery_pool = pool if isinstance(pool, str) else getattr(pool, "__module__", "")
+    if "prefork" not in celery_pool and (getattr(sender, "options", None) or {}).get("autoscale"):
         # Celery would start, then die at the first batch: its threads and solo pools cannot grow.
         print("imgq worker: --autoscale needs IMGQ_POOL=prefork (the threads and solo pools cannot grow); "
               "or scale out with more workers (docs/deployment.md, \"Scale out\")", file=sys.stderr, flush=True)
         os._exit(2)
-    if "prefork" not in pool_name:
+    if "prefork" not in celery_pool:
         _load_or_exit(getattr(sender, "hostname", None), sender)
     elif settings.metrics_port:
         print("imgq worker: no metrics with the prefork pool (each child counts apart); use threads or solo",
