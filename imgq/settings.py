@@ -56,6 +56,11 @@ class Settings:
     max_pixels: int = 89_478_485
     # Images with more pixels are refused as `too_large` before decoding (Pillow's own bomb threshold).
 
+    max_file_bytes: int = 256 * 1024**2
+    # Files bigger than this are refused as `too_large` before any decoder runs, and not hashed for
+    # --skip-known: a multi-gigabyte file costs a stat, not minutes. 256 MiB holds an uncompressed 8-bit RGB
+    # image of max_pixels; raise both for bigger uncompressed scans.
+
     pool: str = "threads"
     # Celery pool of a worker: threads (default: one model, several batches in hand, see README "Choosing
     # the pool"), solo or prefork. Set it here, not with `--pool prefork`: Celery takes an explicit prefork
@@ -152,7 +157,7 @@ def env_var(name: str) -> str:
 
 
 _INT_FIELDS = {"batch_size", "top_k", "visibility_timeout", "max_pixels", "decode_threads", "concurrency",
-               "max_deliveries", "reconcile_seconds", "heartbeat_seconds", "max_dump_bytes", "metrics_port",
+               "max_file_bytes", "max_deliveries", "reconcile_seconds", "heartbeat_seconds", "max_dump_bytes", "metrics_port",
                "scan_max_retries", "beat_max_interval", "beat_lock_timeout"}
 _INT_MAXIMA = {"batch_size": 1024, "top_k": 1000, "metrics_port": 65535}
 _INT_MINIMA = {"metrics_port": 0,  # 0 turns the metrics server off

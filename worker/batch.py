@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -34,20 +33,13 @@ class Decoded:
     decode_ms: float
 
 
-# Test-only: a path containing this text makes the decoder kill its process, as a crashing codec would
-# (tests/reliability). Never set it in production.
-_CRASH_ON = os.environ.get("IMGQ_TEST_CRASH_ON", "")
-
-
 def decode(image: int, path: str, settings: Settings) -> Decoded:
     """Decode one image; every failure becomes an ImageError on the result, never an exception."""
-    if _CRASH_ON and _CRASH_ON in path:
-        os._exit(70)
     started = time.perf_counter()
     pixels, error = None, None
     try:
         pixels = load_pixels(path, allowed_roots=settings.allowed_roots, max_pixels=settings.max_pixels,
-                             jpeg_draft=settings.jpeg_draft)
+                             max_file_bytes=settings.max_file_bytes, jpeg_draft=settings.jpeg_draft)
     except ImageError as exc:
         error = exc
     except Exception as exc:  # a decoder bug on one odd file must not cost the batch

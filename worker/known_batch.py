@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable
 
 from imgq.contract import MODEL_NAME, BatchMessage, error_record, ok_record
-from imgq.known import KnownImages, file_digest
+from imgq.known import KnownImages, stream_digest
 from worker.labels import class_index
 from worker.preprocess import ImageError, checked_file
 
@@ -46,9 +46,12 @@ def classify_with_index(message: BatchMessage, todo: list[tuple[int, str]], runt
 
 
 def _digest(path: str, runtime) -> bytes | None:
+    """The file's digest, read in chunks; None when it cannot be read or is over IMGQ_MAX_FILE_BYTES (the
+    ordinary path then records why)."""
+    settings = runtime.settings
     try:
-        with checked_file(path, runtime.settings.allowed_roots) as file:
-            return file_digest(file.read())
+        with checked_file(path, settings.allowed_roots, settings.max_file_bytes) as file:
+            return stream_digest(file, settings.max_file_bytes)
     except (ImageError, OSError):
         return None
 

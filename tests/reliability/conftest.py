@@ -7,6 +7,7 @@ test that passes shows imgq's own reconciling at work, not Redis' redelivery.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -77,3 +78,12 @@ def assert_exactly_one_record_each(settings: Settings, job: str, paths: list[Pat
     assert [r["image"] for r in records] == list(range(len(paths)))
     assert [r["path"] for r in records] == [str(p) for p in paths]
     return records
+
+
+HOOKS = str(Path(__file__).resolve().parent.parent / "hooks")
+
+
+def crash_hook_env(text: str) -> dict[str, str]:
+    """The environment of a worker that dies decoding any file whose path contains ``text`` (tests/hooks)."""
+    python_path = os.pathsep.join(p for p in (HOOKS, os.environ.get("PYTHONPATH", "")) if p)
+    return {"PYTHONPATH": python_path, "TEST_HOOK_CRASH_ON": text}

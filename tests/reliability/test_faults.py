@@ -11,7 +11,7 @@ from imgq.deliveries import Deliveries
 from imgq.store import ResultStore
 from producer.local import EmbeddedRedis
 from producer.progress import wait
-from tests.reliability.conftest import assert_exactly_one_record_each, small_images, submit, wait_until
+from tests.reliability.conftest import assert_exactly_one_record_each, crash_hook_env, small_images, submit, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -45,7 +45,7 @@ def test_an_image_that_kills_every_worker_ends_as_worker_crashed(fast_settings, 
     restarts = 0
     while store.status(job).processed < len(paths):  # a supervisor: restart the worker each time it dies
         assert restarts <= 5, "no endless loop: the poison image must be isolated after a few deliveries"
-        worker = start_worker(IMGQ_TEST_CRASH_ON="poison-")
+        worker = start_worker(**crash_hook_env("poison-"))
         wait_until(lambda w=worker: w.process.poll() is not None or store.status(job).processed == len(paths),
                    180, "the worker to die or the job to complete")
         restarts += worker.process.poll() is not None
