@@ -157,8 +157,8 @@ def env_var(name: str) -> str:
 
 
 _INT_FIELDS = {"batch_size", "top_k", "visibility_timeout", "max_pixels", "decode_threads", "concurrency",
-               "max_file_bytes", "max_deliveries", "reconcile_seconds", "heartbeat_seconds", "max_dump_bytes", "metrics_port",
-               "scan_max_retries", "beat_max_interval", "beat_lock_timeout"}
+               "max_file_bytes", "max_deliveries", "reconcile_seconds", "heartbeat_seconds", "max_dump_bytes",
+               "metrics_port", "scan_max_retries", "beat_max_interval", "beat_lock_timeout"}
 _INT_MAXIMA = {"batch_size": 1024, "top_k": 1000, "metrics_port": 65535}
 _INT_MINIMA = {"metrics_port": 0,  # 0 turns the metrics server off
                "scan_max_retries": 0}  # 0: a file that errored is not retried

@@ -33,6 +33,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from worker.memory import decode_budget, webp_cost
 from worker.reads import BudgetedFile, ReadBudgetExceeded
 
 TARGET_SIZE = (224, 224)  # (height, width), as Keras' target_size
@@ -164,6 +165,7 @@ def decode_pixels(file: BinaryIO, *, max_pixels: int = 89_478_485, jpeg_draft: b
     Raises ImageError with code not_an_image, too_large or corrupt.
     """
     Image.MAX_IMAGE_PIXELS = max_pixels / 2  # Pillow raises above twice this: see the top of this module
+    _check_webp(file, max_pixels)
     budgeted = BudgetedFile(file)
     try:
         with _open_image(budgeted, max_pixels) as image:
@@ -197,6 +199,20 @@ def _check_size(image: Image.Image, max_pixels: int) -> None:
     width, height = image.size
     if width * height > max_pixels:
         raise ImageError("too_large", f"{width}x{height} is more than {max_pixels} pixels")
+
+
+def _check_webp(file: BinaryIO, max_pixels: int) -> None:
+    """Refuse a WebP that would take more memory to decode than an image of ``max_pixels`` (worker/memory.py)."""
+    cost = webp_cost(file, os.fstat(file.fileno()).st_size)
+    if cost is None:
+        return
+    width, height, needed = cost
+    if needed < 0:
+        raise ImageError("corrupt", "a WebP whose header does not give its size")
+    budget = decode_budget(max_pixels)
+    if needed > budget:
+        raise ImageError("too_large", f"a {width}x{height} WebP takes {needed >> 20} MiB to decode, more than "
+                                      f"{budget >> 20} MiB (4 bytes a pixel of IMGQ_MAX_PIXELS)")
 
 
 def _too_large(exc: Image.DecompressionBombError, max_pixels: int) -> ImageError:
