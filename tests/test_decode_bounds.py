@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -54,9 +52,14 @@ def test_a_file_over_the_limit_is_too_large_before_any_decoder(tmp_path, monkeyp
 
 
 # The headers that make a Pillow plugin scan what follows in Python, and the filling it scans.
-JUNK = {"jpeg-then-ff": (b"\xff\xd8", b"\xff"), "jpeg-then-zeros": (b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + bytes(9), b"\0"),
-        "gif-then-zeros": (b"GIF89a\x10\x00\x10\x00\x00\x00\x00", b"\0"), "tiff-then-zeros": (b"II*\0\x08\0\0\0", b"\0"),
-        "png-then-zeros": (b"\x89PNG\r\n\x1a\n", b"\0"), "random": (b"", None)}
+JUNK = {
+    "jpeg-then-ff": (b"\xff\xd8", b"\xff"),
+    "jpeg-then-zeros": (b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + bytes(9), b"\0"),
+    "gif-then-zeros": (b"GIF89a\x10\x00\x10\x00\x00\x00\x00", b"\0"),
+    "tiff-then-zeros": (b"II*\0\x08\0\0\0", b"\0"),
+    "png-then-zeros": (b"\x89PNG\r\n\x1a\n", b"\0"),
+    "random": (b"", None),
+}
 
 
 @pytest.mark.parametrize("name", list(JUNK))
