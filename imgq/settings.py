@@ -92,6 +92,11 @@ class Settings:
     heartbeat_seconds: int = 5
     # How often a worker says it is alive; it counts as gone after three missed beats.
 
+    forward_pass_timeout: int = 600
+    # Seconds a task waits for its forward pass (queued behind others included) before its images get
+    # `internal` records; a worker whose pass runs twice as long, or whose inference thread died, stops
+    # its heartbeat and exits, so that its health check fails and its batches go to another worker.
+
     metrics_port: int = 0
     # Port on which a worker serves Prometheus metrics at /metrics (all interfaces); 0: no metrics server.
     # Off by default: an open port is the operator's choice, and two workers on one host need two ports.
@@ -157,8 +162,8 @@ def env_var(name: str) -> str:
 
 
 _INT_FIELDS = {"batch_size", "top_k", "visibility_timeout", "max_pixels", "decode_threads", "concurrency",
-               "max_file_bytes", "max_deliveries", "reconcile_seconds", "heartbeat_seconds", "max_dump_bytes",
-               "metrics_port", "scan_max_retries", "beat_max_interval", "beat_lock_timeout"}
+               "max_file_bytes", "max_deliveries", "reconcile_seconds", "heartbeat_seconds", "forward_pass_timeout",
+               "max_dump_bytes", "metrics_port", "scan_max_retries", "beat_max_interval", "beat_lock_timeout"}
 _INT_MAXIMA = {"batch_size": 1024, "top_k": 1000, "metrics_port": 65535}
 _INT_MINIMA = {"metrics_port": 0,  # 0 turns the metrics server off
                "scan_max_retries": 0}  # 0: a file that errored is not retried

@@ -123,7 +123,8 @@ def _classify(message: BatchMessage, todo: list[tuple[int, str]], runtime: Runti
                   "worker": worker}
     records = [_error(message, d, d.error.code, d.error.message, provenance) for d in decoded if d.error]
     if forward_pass is not None:
-        records += _classified(message, good, forward_pass, provenance, runtime.settings.effective_dump_root)
+        records += _classified(message, good, forward_pass, provenance, runtime.settings.effective_dump_root,
+                               runtime.settings.forward_pass_timeout)
     return records
 
 
@@ -150,9 +151,13 @@ def _model_input(good: list[Decoded]) -> np.ndarray:
 
 
 def _classified(message: BatchMessage, good: list[Decoded], forward_pass: Future, provenance: dict,
-                dump_root: str) -> list[dict]:
+                dump_root: str, timeout: float) -> list[dict]:
     try:
-        probabilities, activations, share_ms = forward_pass.result()
+        probabilities, activations, share_ms = forward_pass.result(timeout=timeout)
+    except TimeoutError:
+        log.error("No forward pass for batch %d of job %s within %.0f s", message.batch, message.job, timeout)
+        reason = f"forward pass did not return within {timeout:.0f} s (IMGQ_FORWARD_PASS_TIMEOUT)"
+        return [_error(message, d, "internal", reason, provenance) for d in good]
     except Exception as exc:
         log.exception("Forward pass failed for batch %d of job %s", message.batch, message.job)
         reason = f"forward pass failed: {type(exc).__name__}: {one_line(exc, 160)}"

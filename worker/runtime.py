@@ -123,10 +123,13 @@ def _build(settings: Settings, hostname: str) -> Runtime:
 
     classifier = load_classifier(settings.weights, settings.batch_size, settings.precision)
     store = ResultStore.from_settings(settings)
-    runtime = Runtime(settings, classifier, Gatherer(classifier, settings.batch_size), store,
+    worker_id = f"{hostname}:{os.getpid()}"
+    gatherer = Gatherer(classifier, settings.batch_size, pass_timeout=settings.forward_pass_timeout,
+                        on_death=lambda problem: _give_up(store, store.keys.worker(worker_id), problem))
+    runtime = Runtime(settings, classifier, gatherer, store,
                       Deliveries(store.redis, store.keys),
                       ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="imgq-decode"),
-                      worker_id=f"{hostname}:{os.getpid()}",
+                      worker_id=worker_id,
                       binary_redis=redis.Redis.from_url(settings.effective_results_url, socket_connect_timeout=5))
     threading.Thread(target=_beat, args=(runtime, hostname), name="imgq-heartbeat", daemon=True).start()
     threading.Thread(target=reconcile_forever, args=(runtime,), name="imgq-reconcile", daemon=True).start()
@@ -137,8 +140,26 @@ def _beat(runtime: Runtime, hostname: str) -> None:
     key = runtime.store.keys.worker(runtime.worker_id)
     period = runtime.settings.heartbeat_seconds
     while True:
+        problem = runtime.gatherer.problem()
+        if problem is not None:
+            _give_up(runtime.store, key, problem)
         try:
             runtime.store.redis.set(key, json.dumps(runtime.heartbeat(hostname)), ex=HEARTBEATS_MISSED * period)
         except Exception as exc:  # Redis restarting: keep beating, the worker reconnects by itself
             log.warning("Heartbeat failed: %s", exc)
         time.sleep(period)
+
+
+EXIT_INFERENCE_GONE = 3
+
+
+def _give_up(store: ResultStore, key: str, problem: str) -> None:
+    """A worker that cannot classify stops saying it is alive and exits: its health check fails at once,
+    its supervisor restarts it, and the reconciler queues its batches again (their heartbeat is gone)."""
+    # To file descriptor 2 itself: Celery has replaced sys.stderr with a logger that would prefix the line.
+    os.write(2, f"imgq worker: {problem}; exiting\n".encode())
+    try:
+        store.redis.delete(key)
+    except Exception as exc:  # Redis away: the key expires by itself after three beats
+        log.warning("Could not remove the heartbeat: %s", exc)
+    os._exit(EXIT_INFERENCE_GONE)

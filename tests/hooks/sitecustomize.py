@@ -6,6 +6,8 @@ decoder as soon as ``worker.preprocess`` is imported, before ``worker.batch`` ta
 
 - ``TEST_HOOK_CRASH_ON=TEXT``: decoding a file whose real path contains TEXT kills the process (exit 70),
   as a crashing codec would. It fires where a codec would: after the allowed-roots check and the open.
+- ``TEST_HOOK_KILL_INFERENCE=1``: the first forward pass kills the inference thread (an exception no
+  forward pass catches), as a bug in the serving loop would.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import os
 import sys
 
 CRASH_ON = os.environ.get("TEST_HOOK_CRASH_ON", "")
+KILL_INFERENCE = os.environ.get("TEST_HOOK_KILL_INFERENCE", "") == "1"
 
 
 def _patch_preprocess(module) -> None:
@@ -29,7 +32,14 @@ def _patch_preprocess(module) -> None:
     module.decode_pixels = crashing_decode_pixels
 
 
-_PATCHES = {"worker.preprocess": _patch_preprocess}
+def _patch_gather(module) -> None:
+    def dying_forward(self, requests):
+        raise SystemExit("killed by tests/hooks")
+
+    module.Gatherer._forward = dying_forward
+
+
+_PATCHES = {"worker.preprocess": _patch_preprocess, "worker.gather": _patch_gather}
 
 
 class _PatchAfterImport(importlib.abc.MetaPathFinder):
@@ -39,7 +49,7 @@ class _PatchAfterImport(importlib.abc.MetaPathFinder):
         if name not in _PATCHES:
             return None
         spec = importlib.machinery.PathFinder.find_spec(name, path)
-        if spec is None or spec.loader is None:
+        if spec is None or spec.loader is None or not _WANTED[name]:
             return None
         loader, patch = spec.loader, _PATCHES[name]
         original_exec = loader.exec_module
@@ -52,5 +62,6 @@ class _PatchAfterImport(importlib.abc.MetaPathFinder):
         return spec
 
 
-if CRASH_ON:
+_WANTED = {"worker.preprocess": bool(CRASH_ON), "worker.gather": KILL_INFERENCE}
+if any(_WANTED.values()):
     sys.meta_path.insert(0, _PatchAfterImport())

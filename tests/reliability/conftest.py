@@ -83,7 +83,12 @@ def assert_exactly_one_record_each(settings: Settings, job: str, paths: list[Pat
 HOOKS = str(Path(__file__).resolve().parent.parent / "hooks")
 
 
-def crash_hook_env(text: str) -> dict[str, str]:
-    """The environment of a worker that dies decoding any file whose path contains ``text`` (tests/hooks)."""
+def hook_env(**hooks: str) -> dict[str, str]:
+    """The environment of a worker with test hooks (tests/hooks/sitecustomize.py), e.g. ``TEST_HOOK_CRASH_ON``."""
     python_path = os.pathsep.join(p for p in (HOOKS, os.environ.get("PYTHONPATH", "")) if p)
-    return {"PYTHONPATH": python_path, "TEST_HOOK_CRASH_ON": text}
+    return {"PYTHONPATH": python_path, **hooks}
+
+
+def crash_hook_env(text: str) -> dict[str, str]:
+    """The environment of a worker that dies decoding any file whose path contains ``text``."""
+    return hook_env(TEST_HOOK_CRASH_ON=text)
