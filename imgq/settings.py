@@ -82,8 +82,9 @@ class Settings:
     # Threads decoding images ahead of the model in a worker (Pillow releases the GIL while decoding).
 
     max_deliveries: int = 3
-    # Deliveries of a batch before a worker decodes its images one at a time, to find an image that kills
-    # the worker (recorded as `worker_crashed`) instead of losing the batch to it over and over.
+    # Lost deliveries of a batch (their worker died holding it) before a worker decodes its images one at a
+    # time, to find an image that kills the worker (recorded as `worker_crashed`) instead of losing the batch
+    # to it over and over. Deliveries that finished (`imgq requeue`, say) do not count.
 
     reconcile_seconds: int = 60
     # How often a worker looks for lost batches (their worker's heartbeat is gone, or the queue has drained

@@ -14,6 +14,7 @@ import redis
 from imgq.contract import MODEL_NAME, BatchMessage, error_record, ok_record
 from imgq.settings import Settings
 from worker.dumps import write_dump
+from worker.isolation import CRASHED_MESSAGE, Isolation
 from worker.known_batch import classify_with_index
 from worker.labels import top_k
 from worker.preprocess import TARGET_SIZE, ImageError, load_pixels, one_line, to_model_input
@@ -52,9 +53,10 @@ def run_batch(message: BatchMessage, runtime: Runtime, worker: str) -> list[dict
     """Classify the images of the message that have no record yet; store and return their records.
 
     - A cancelled job's batch is skipped, and so is a redelivered batch whose images all have records.
-    - Delivered more than ``max_deliveries`` times (its workers died), the batch is decoded one image at
-      a time, each marked as suspect while it is decoded: the image a worker died on is recorded as
-      ``worker_crashed`` at the next delivery, and its neighbours are classified.
+    - Lost ``max_deliveries`` times (its workers died holding it), the batch is decoded one image at a time
+      (worker/isolation.py), each marked as suspect while it is the only file its process reads: the image
+      a worker died on is recorded as ``worker_crashed`` at the next delivery, and its neighbours are
+      classified. A ``worker_crashed`` record never replaces one that another delivery stored meanwhile.
     - A failure of the forward pass itself becomes an ``internal`` error record for each image.
     """
     job, store, deliveries = message.job, runtime.store, runtime.deliveries
@@ -62,10 +64,11 @@ def run_batch(message: BatchMessage, runtime: Runtime, worker: str) -> list[dict
         log.info("Job %s is cancelled: skipping batch %d", job, message.batch)
         return []
     with runtime.holding(job, message.batch):
-        return _run(message, runtime, worker, deliveries.begin(job, message.batch, runtime.worker_id))
+        attempts, lost = deliveries.begin(job, message.batch, runtime.worker_id)
+        return _run(message, runtime, worker, attempts, lost)
 
 
-def _run(message: BatchMessage, runtime: Runtime, worker: str, attempts: int) -> list[dict]:
+def _run(message: BatchMessage, runtime: Runtime, worker: str, attempts: int, lost: int) -> list[dict]:
     job, store, deliveries = message.job, runtime.store, runtime.deliveries
     try:
         wanted = set(store.missing(job, [image for image, _ in message.images]))
@@ -73,18 +76,30 @@ def _run(message: BatchMessage, runtime: Runtime, worker: str, attempts: int) ->
         if not todo:
             return []
         store.mark_started(job)
-        isolate = attempts > runtime.settings.max_deliveries
-        if isolate:
-            log.warning("Batch %d of job %s: delivery %d, decoding one image at a time", message.batch, job, attempts)
+        isolation = Isolation(job, runtime) if lost >= runtime.settings.max_deliveries else None
+        if isolation:
+            log.warning("Batch %d of job %s: delivery %d, %d lost, decoding one image at a time", message.batch,
+                        job, attempts, lost)
         if message.known:
             records = classify_with_index(message, todo, runtime, worker,
-                                          lambda items: _classify(message, items, runtime, worker, isolate))
+                                          lambda items: _classify(message, items, runtime, worker, isolation),
+                                          isolation)
         else:
-            records = _classify(message, todo, runtime, worker, isolate)
+            records = _classify(message, todo, runtime, worker, isolation)
+        records = _never_crashed_over_a_record(store, job, records)
         _until_redis_answers(lambda: store.record_results(job, records))
         return records
     finally:
-        _until_redis_answers(lambda: deliveries.end(job, message.batch))
+        _until_redis_answers(lambda: deliveries.finish(job, message.batch))
+
+
+def _never_crashed_over_a_record(store, job: str, records: list[dict]) -> list[dict]:
+    """Drop ``worker_crashed`` records of images that got a record meanwhile (another delivery decoded them)."""
+    crashed = [r["image"] for r in records if r["error"] and r["error"]["code"] == "worker_crashed"]
+    if not crashed:
+        return records
+    still_missing = set(store.missing(job, crashed))
+    return [r for r in records if r["image"] not in crashed or r["image"] in still_missing]
 
 
 REDIS_PATIENCE_SECONDS = 300
@@ -108,15 +123,15 @@ def _until_redis_answers(write, patience: float = REDIS_PATIENCE_SECONDS):
 
 
 def _classify(message: BatchMessage, todo: list[tuple[int, str]], runtime: Runtime, worker: str,
-              isolate: bool) -> list[dict]:
+              isolation: Isolation | None) -> list[dict]:
     if not todo:
         return []
     gatherer = runtime.gatherer
     with gatherer.decoding():
-        if isolate:
-            decoded = _decode_one_by_one(message.job, todo, runtime)
+        if isolation:
+            decoded = _decode_one_by_one(isolation, todo, runtime)
         else:
-            decoded = list(runtime.pool.map(lambda item: decode(*item, runtime.settings), todo))
+            decoded = list(runtime.pool.map(lambda item: _decode_shared(item, runtime), todo))
         good = [d for d in decoded if d.error is None]
         forward_pass = gatherer.submit(_model_input(good), message.activations) if good else None
     provenance = {"model": MODEL_NAME, "weights": gatherer.weights_id, "precision": gatherer.precision,
@@ -128,18 +143,18 @@ def _classify(message: BatchMessage, todo: list[tuple[int, str]], runtime: Runti
     return records
 
 
-def _decode_one_by_one(job: str, todo: list[tuple[int, str]], runtime: Runtime) -> list[Decoded]:
-    deliveries = runtime.deliveries
-    suspects = deliveries.suspects(job)
+def _decode_shared(item: tuple[int, str], runtime: Runtime) -> Decoded:
+    with runtime.decode_lock.shared():  # an isolated decode elsewhere in the process waits for none of these
+        return decode(*item, runtime.settings)
+
+
+def _decode_one_by_one(isolation: Isolation, todo: list[tuple[int, str]], runtime: Runtime) -> list[Decoded]:
     decoded = []
     for image, path in todo:
-        if image in suspects:
-            crashed = ImageError("worker_crashed", "a worker process died while decoding this image")
-            decoded.append(Decoded(image, path, None, crashed, 0.0))
-            continue
-        deliveries.suspect(job, image, runtime.worker_id)
-        decoded.append(decode(image, path, runtime.settings))
-        deliveries.clear_suspect(job, image)
+        if isolation.crashed(image):
+            decoded.append(Decoded(image, path, None, ImageError("worker_crashed", CRASHED_MESSAGE), 0.0))
+        else:
+            decoded.append(isolation.alone(image, lambda i=image, p=path: decode(i, p, runtime.settings)))
     return decoded
 
 

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from imgq.contract import MODEL_NAME, BatchMessage, error_record, ok_record
 from imgq.known import KnownImages, stream_digest
+from worker.isolation import Isolation
 from worker.labels import class_index
 from worker.preprocess import ImageError, checked_file
 
@@ -23,11 +24,16 @@ WAIT_FOR_OTHERS_SECONDS = 60.0
 
 
 def classify_with_index(message: BatchMessage, todo: list[tuple[int, str]], runtime, worker: str,
-                        classify: Callable[[list[tuple[int, str]]], list[dict]]) -> list[dict]:
-    """Records for ``todo``; ``classify(items)`` runs the ordinary path (decode, forward pass) on some."""
+                        classify: Callable[[list[tuple[int, str]]], list[dict]],
+                        isolation: Isolation | None = None) -> list[dict]:
+    """Records for ``todo``; ``classify(items)`` runs the ordinary path (decode, forward pass) on some.
+
+    In isolation, files are hashed one at a time as suspects too (reading a file can kill a worker as well),
+    and a file a worker died on is left unhashed: the ordinary path then records it ``worker_crashed``.
+    """
     index = KnownImages(runtime.binary_redis, runtime.store.keys, runtime.gatherer.weights_id,
                         runtime.gatherer.precision, message.top_k)
-    digests = dict(zip(todo, runtime.pool.map(lambda item: _digest(item[1], runtime), todo), strict=True))
+    digests = dict(zip(todo, _digests(todo, runtime, isolation), strict=True))
     leaders: dict[bytes, tuple[int, str]] = {}
     for item, digest in digests.items():
         if digest is not None:
@@ -43,6 +49,18 @@ def classify_with_index(message: BatchMessage, todo: list[tuple[int, str]], runt
     late = [leaders[d] for d in theirs if d not in known]  # their worker died: do it here
     computed |= {r["image"]: r for r in classify(late)}
     return [_record_for(message, item, digests[item], leaders, computed, known, runtime, worker) for item in todo]
+
+
+def _digests(todo: list[tuple[int, str]], runtime, isolation: Isolation | None) -> list[bytes | None]:
+    if isolation is None:
+        return list(runtime.pool.map(lambda item: _digest_shared(item[1], runtime), todo))
+    return [None if isolation.crashed(image) else isolation.alone(image, lambda p=path: _digest(p, runtime))
+            for image, path in todo]
+
+
+def _digest_shared(path: str, runtime) -> bytes | None:
+    with runtime.decode_lock.shared():
+        return _digest(path, runtime)
 
 
 def _digest(path: str, runtime) -> bytes | None:

@@ -23,6 +23,7 @@ from imgq.deliveries import Deliveries
 from imgq.settings import Settings
 from imgq.store import ResultStore
 from worker.gather import Gatherer
+from worker.isolation import DecodeLock
 from worker.reconcile import reconcile_forever
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ class Runtime:
     worker_id: str
     binary_redis: redis.Redis  # the results store's Redis, returning bytes: for packed values (imgq/known.py)
     started_at: float = field(default_factory=time.time)
+    decode_lock: DecodeLock = field(default_factory=DecodeLock)  # isolated decodes run alone (worker/isolation.py)
     images_done: int = 0
     _count_lock: threading.Lock = field(default_factory=threading.Lock)
     pool_name: str = ""  # what Celery runs (set by worker/app.py); the setting until then
