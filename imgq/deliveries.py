@@ -20,6 +20,16 @@ import redis
 from imgq.contract import Keys
 
 _ENDED = "ended:"  # attempts-hash fields "ended:<batch>": deliveries of the batch that finished
+_PUBLISHED = "published"  # attempts-hash field: the job's batch messages ever sent to the queue
+
+
+def add_published(client: redis.Redis, keys: Keys, counts: dict[str, int]) -> None:
+    """Count ``counts[job]`` more messages of each job as sent to the queue (imgq/queue.py publish)."""
+    if counts:
+        pipe = client.pipeline(transaction=False)
+        for job, n in counts.items():
+            pipe.hincrby(keys.attempts(job), _PUBLISHED, n)
+        pipe.execute()
 
 # Delete a suspect only if it is still the one this delivery set: another may have taken it over since.
 _CLEAR_IF_MINE = """
@@ -67,7 +77,17 @@ class Deliveries:
     def attempts(self, job: str) -> dict[int, int]:
         """Batch number -> deliveries so far."""
         return {int(batch): int(n) for batch, n in self.redis.hgetall(self.keys.attempts(job)).items()
-                if not batch.startswith(_ENDED)}
+                if batch.isdigit()}
+
+    def waiting(self, job: str) -> int:
+        """How many of the job's messages sent to the queue no worker has begun: published minus begun.
+
+        Zero or less means none of the job's batches waits in the queue (a redelivery by the broker itself
+        begins without a publish). Jobs submitted before this count existed read as published 0.
+        """
+        fields = self.redis.hgetall(self.keys.attempts(job))
+        begun = sum(int(n) for batch, n in fields.items() if batch.isdigit())
+        return int(fields.get(_PUBLISHED, 0)) - begun
 
     def suspect(self, job: str, image: int, worker_id: str, started_at: float) -> str:
         """About to decode ``image`` alone: if the worker dies now, the next delivery will know which.

@@ -7,6 +7,7 @@ first use: `imgq --help` must not pay for it.
 from __future__ import annotations
 
 import functools
+from collections import Counter
 from collections.abc import Iterable
 
 from imgq.contract import TASK_CLASSIFY_BATCH, celery_config, queue_name
@@ -14,7 +15,14 @@ from imgq.settings import Settings
 
 
 def publish(messages: Iterable[dict], settings: Settings) -> int:
-    """Send batch messages to the workers' queue, over one connection. Returns how many were sent."""
+    """Send batch messages to the workers' queue, over one connection. Returns how many were sent.
+
+    Each job's count of published messages goes up first (imgq/deliveries.py): a job with as many
+    deliveries begun as messages published has none waiting in the queue, which the reconciler's stall
+    rule needs to know per job, without reading the queue.
+    """
+    messages = list(messages)
+    count_published(messages, settings)
     app = sender_app(settings)
     sent = 0
     with app.producer_or_acquire() as producer:
@@ -22,6 +30,21 @@ def publish(messages: Iterable[dict], settings: Settings) -> int:
             app.send_task(TASK_CLASSIFY_BATCH, args=[message], queue=queue_name(settings), producer=producer)
             sent += 1
     return sent
+
+
+def count_published(messages: list[dict], settings: Settings) -> None:
+    from imgq.contract import Keys
+    from imgq.deliveries import add_published
+
+    client = _results_redis(settings.effective_results_url)
+    add_published(client, Keys(settings.namespace), Counter(m["job"] for m in messages))
+
+
+@functools.lru_cache(maxsize=8)
+def _results_redis(url: str):
+    import redis
+
+    return redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=5)
 
 
 def queue_key(settings: Settings) -> str:

@@ -64,7 +64,7 @@ def run_batch(message: BatchMessage, runtime: Runtime, worker: str) -> list[dict
         log.info("Job %s is cancelled: skipping batch %d", job, message.batch)
         return []
     with runtime.holding(job, message.batch):
-        attempts, lost = deliveries.begin(job, message.batch, runtime.worker_id)
+        attempts, lost = _until_redis_answers(lambda: deliveries.begin(job, message.batch, runtime.worker_id))
         return _run(message, runtime, worker, attempts, lost)
 
 
@@ -75,7 +75,7 @@ def _run(message: BatchMessage, runtime: Runtime, worker: str, attempts: int, lo
         todo = [(image, path) for image, path in message.images if image in wanted]
         if not todo:
             return []
-        store.mark_started(job)
+        _until_redis_answers(lambda: store.mark_started(job))
         isolation = Isolation(job, runtime) if lost >= runtime.settings.max_deliveries else None
         if isolation:
             log.warning("Batch %d of job %s: delivery %d, %d lost, decoding one image at a time", message.batch,
@@ -104,20 +104,29 @@ def _never_crashed_over_a_record(store, job: str, records: list[dict]) -> list[d
 
 REDIS_PATIENCE_SECONDS = 300
 
+# Redis answers, but refuses writes for a while: out of memory at maxmemory with noeviction (OOM), a replica
+# after a failover (READONLY), loading its data after a restart (LOADING, a ConnectionError in redis-py),
+# no master (MASTERDOWN), an ACL being fixed (NOPERM). Each passes; the batch's work should not be lost.
+PASSING_REFUSALS = (redis.exceptions.OutOfMemoryError, redis.exceptions.ReadOnlyError,
+                    redis.exceptions.MasterDownError, redis.exceptions.NoPermissionError,
+                    redis.exceptions.TryAgainError)
+
 
 def _until_redis_answers(write, patience: float = REDIS_PATIENCE_SECONDS):
-    """Run ``write``, waiting through a Redis restart: the batch's work is done, keep it rather than redo it.
+    """Run ``write``, waiting through a Redis restart or refusal: the batch's work is done, keep it rather
+    than redo it.
 
-    Raises the last connection error after ``patience`` seconds; the reconciler then re-queues the batch.
+    Raises the last error after ``patience`` seconds; the task then hands its message back to the queue
+    (worker/tasks.py), so no batch is lost to a write that failed.
     """
     deadline, delay = time.monotonic() + patience, 0.5
     while True:
         try:
             return write()
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+        except (redis.ConnectionError, redis.TimeoutError, *PASSING_REFUSALS) as exc:
             if time.monotonic() > deadline:
                 raise
-            log.warning("Redis unreachable (%s): retrying in %.1f s", exc, delay)
+            log.warning("Redis unreachable or refusing writes (%s): retrying in %.1f s", one_line(exc), delay)
             time.sleep(delay)
             delay = min(delay * 2, 10.0)
 

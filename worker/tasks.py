@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import time
 
+import redis
+from celery.exceptions import Reject
+
 from imgq.contract import TASK_CLASSIFY_BATCH, BatchMessage
 from worker.app import app
 from worker.batch import run_batch
@@ -13,12 +16,20 @@ from worker.runtime import get_runtime
 
 # No Celery retries: a batch whose task fails is re-queued by worker/reconcile.py, which also covers the
 # cases Celery cannot see (a worker killed, a message lost with its connection).
+# A task that failed because Redis did not take its writes (worker/batch.py waits minutes first) gives its
+# message back (Reject with requeue) instead of failing: Celery acknowledges a failed task's message (its
+# task_acks_on_failure_or_timeout), and with acks_on_failure off it would reject it without requeue, which
+# drops it too. The message goes back to the queue, or, if Redis refuses even that, stays in kombu's unacked
+# set until the visibility timeout returns it.
 @app.task(name=TASK_CLASSIFY_BATCH, bind=True)
 def classify_batch(self, message: dict) -> int:
     runtime = get_runtime(self.request.hostname)
     started = time.perf_counter()
     try:
         records = run_batch(BatchMessage.from_dict(message), runtime, worker=self.request.hostname)
+    except redis.RedisError as exc:
+        METRICS.batch_failed(exc)
+        raise Reject(f"Redis did not take the batch's writes: {exc}", requeue=True) from exc
     except Exception as exc:
         METRICS.batch_failed(exc)
         raise
