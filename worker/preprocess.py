@@ -79,7 +79,8 @@ class ImageError(Exception):
 def check_allowed(path: str, allowed_roots: tuple[str, ...]) -> str:
     """The real path of ``path`` (symlinks resolved); raises ImageError('forbidden') outside the roots.
 
-    The message names ``path`` as given, never where its symlinks lead: that is what the roots keep private.
+    The message says no more than that: never where the path's symlinks lead (that is what the roots keep
+    private); the record carries the path as it was submitted.
     """
     real = os.path.realpath(path)
     if not _inside(real, allowed_roots):
