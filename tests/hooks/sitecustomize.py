@@ -6,6 +6,7 @@ decoder as soon as ``worker.preprocess`` is imported, before ``worker.batch`` ta
 
 - ``TEST_HOOK_CRASH_ON=TEXT``: decoding a file whose real path contains TEXT kills the process (exit 70),
   as a crashing codec would. It fires where a codec would: after the allowed-roots check and the open.
+  ``TEST_HOOK_CRASH_WHILE=hashing`` makes it fire when --skip-known hashes the file instead.
 - ``TEST_HOOK_KILL_INFERENCE=1``: the first forward pass kills the inference thread (an exception no
   forward pass catches), as a bug in the serving loop would.
 """
@@ -18,6 +19,7 @@ import os
 import sys
 
 CRASH_ON = os.environ.get("TEST_HOOK_CRASH_ON", "")
+CRASH_WHILE = os.environ.get("TEST_HOOK_CRASH_WHILE", "decoding")
 KILL_INFERENCE = os.environ.get("TEST_HOOK_KILL_INFERENCE", "") == "1"
 
 
@@ -32,6 +34,17 @@ def _patch_preprocess(module) -> None:
     module.decode_pixels = crashing_decode_pixels
 
 
+def _patch_known_batch(module) -> None:
+    stream_digest = module.stream_digest
+
+    def crashing_stream_digest(file, limit):
+        if CRASH_ON in os.fsdecode(getattr(file, "name", "")):
+            os._exit(70)
+        return stream_digest(file, limit)
+
+    module.stream_digest = crashing_stream_digest
+
+
 def _patch_gather(module) -> None:
     def dying_forward(self, requests):
         raise SystemExit("killed by tests/hooks")
@@ -39,7 +52,8 @@ def _patch_gather(module) -> None:
     module.Gatherer._forward = dying_forward
 
 
-_PATCHES = {"worker.preprocess": _patch_preprocess, "worker.gather": _patch_gather}
+_PATCHES = {"worker.preprocess": _patch_preprocess, "worker.known_batch": _patch_known_batch,
+            "worker.gather": _patch_gather}
 
 
 class _PatchAfterImport(importlib.abc.MetaPathFinder):
@@ -62,6 +76,7 @@ class _PatchAfterImport(importlib.abc.MetaPathFinder):
         return spec
 
 
-_WANTED = {"worker.preprocess": bool(CRASH_ON), "worker.gather": KILL_INFERENCE}
+_WANTED = {"worker.preprocess": bool(CRASH_ON) and CRASH_WHILE == "decoding",
+           "worker.known_batch": bool(CRASH_ON) and CRASH_WHILE == "hashing", "worker.gather": KILL_INFERENCE}
 if any(_WANTED.values()):
     sys.meta_path.insert(0, _PatchAfterImport())

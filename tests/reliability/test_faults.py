@@ -37,15 +37,17 @@ def test_a_worker_killed_mid_job_loses_nothing(fast_settings, start_worker, tmp_
     assert max(Deliveries(store.redis, store.keys).attempts(job).values()) >= 2  # the lost ones, again
 
 
-def test_an_image_that_kills_every_worker_ends_as_worker_crashed(fast_settings, start_worker, tmp_path):
+@pytest.mark.parametrize("while_, known", [("decoding", ""), ("hashing", "skip")], ids=["decoding", "hashing"])
+def test_an_image_that_kills_every_worker_ends_as_worker_crashed(fast_settings, start_worker, tmp_path, while_,
+                                                                 known):
     paths = small_images(tmp_path / "in", 10)
     paths[5] = paths[5].rename(paths[5].with_name("poison-5.png"))
-    job = submit(fast_settings, paths)
+    job = submit(fast_settings, paths, known=known)
     store = ResultStore.from_settings(fast_settings)
     restarts = 0
     while store.status(job).processed < len(paths):  # a supervisor: restart the worker each time it dies
         assert restarts <= 5, "no endless loop: the poison image must be isolated after a few deliveries"
-        worker = start_worker(**crash_hook_env("poison-"))
+        worker = start_worker(**crash_hook_env("poison-", while_))
         wait_until(lambda w=worker: w.process.poll() is not None or store.status(job).processed == len(paths),
                    180, "the worker to die or the job to complete")
         restarts += worker.process.poll() is not None
