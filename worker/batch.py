@@ -60,7 +60,8 @@ def run_batch(message: BatchMessage, runtime: Runtime, worker: str) -> list[dict
     - A failure of the forward pass itself becomes an ``internal`` error record for each image.
     """
     job, store, deliveries = message.job, runtime.store, runtime.deliveries
-    if store.is_cancelled(job):
+    # Even reads wait for Redis: a task that failed at once would be handed back and taken again at once.
+    if _until_redis_answers(lambda: store.is_cancelled(job)):
         log.info("Job %s is cancelled: skipping batch %d", job, message.batch)
         return []
     with runtime.holding(job, message.batch):
@@ -71,7 +72,7 @@ def run_batch(message: BatchMessage, runtime: Runtime, worker: str) -> list[dict
 def _run(message: BatchMessage, runtime: Runtime, worker: str, attempts: int, lost: int) -> list[dict]:
     job, store, deliveries = message.job, runtime.store, runtime.deliveries
     try:
-        wanted = set(store.missing(job, [image for image, _ in message.images]))
+        wanted = set(_until_redis_answers(lambda: store.missing(job, [image for image, _ in message.images])))
         todo = [(image, path) for image, path in message.images if image in wanted]
         if not todo:
             return []
