@@ -38,7 +38,8 @@ ERROR_CODES = {
     "unreadable": "the file exists but cannot be read (permissions, a directory, a symlink loop)",
     "not_an_image": "the content is not an image format imgq opens",
     "corrupt": "an image that fails to decode (truncated, damaged)",
-    "too_large": "more pixels than IMGQ_MAX_PIXELS (decompression bomb guard)",
+    "too_large": "a file over IMGQ_MAX_FILE_BYTES, more pixels than IMGQ_MAX_PIXELS (decompression bomb guard), or a "
+                 "WebP that would take more memory to decode than such an image",
     "forbidden": "outside the worker's IMGQ_ALLOWED_ROOTS",
     "worker_crashed": "the worker process died while decoding this image, on repeated deliveries",
     "dump_failed": "classified, but its activation dump could not be written (disk full, permissions)",

@@ -3,6 +3,11 @@
 Redis hands a batch again when its worker vanished (after the visibility timeout), but keeps no count and
 no owner. The worker writes both here so that imgq can re-queue a dead worker's batches without waiting an
 hour, and find the one image that kills every worker that tries it.
+
+A delivery is *lost* when it began and never finished and its worker is gone: only lost deliveries count
+towards isolating a batch, so `imgq requeue` (or the reconciler re-queueing a batch that a slow but live
+worker still holds) never does. A suspect names the process that set it (worker id and start time): it
+counts only once that process is gone, so two deliveries decoding at once never accuse each other's images.
 """
 
 from __future__ import annotations
@@ -14,22 +19,55 @@ import redis
 
 from imgq.keys import Keys
 
+_ENDED = "ended:"  # attempts-hash fields "ended:<batch>": deliveries of the batch that finished
+_PUBLISHED = "published"  # attempts-hash field: the job's batch messages ever sent to the queue
+
+
+def add_published(client: redis.Redis, keys: Keys, counts: dict[str, int]) -> None:
+    """Count ``counts[job]`` more messages of each job as sent to the queue (imgq/queue.py publish)."""
+    if counts:
+        pipe = client.pipeline(transaction=False)
+        for job, n in counts.items():
+            pipe.hincrby(keys.attempts(job), _PUBLISHED, n)
+        pipe.execute()
+
+# Delete a suspect only if it is still the one this delivery set: another may have taken it over since.
+_CLEAR_IF_MINE = """
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return redis.call('HDEL', KEYS[1], ARGV[1]) end
+return 0
+"""
+
 
 class Deliveries:
     def __init__(self, client: redis.Redis, keys: Keys):
         self.redis = client
         self.keys = keys
+        self._clear_if_mine = client.register_script(_CLEAR_IF_MINE)
 
-    def begin(self, job: str, batch: int, worker_id: str) -> int:
-        """A worker starts a batch; returns how many times it has been delivered, this one included."""
+    def begin(self, job: str, batch: int, worker_id: str) -> tuple[int, int]:
+        """A worker starts a batch; returns ``(deliveries, lost)``: how many times it has been delivered, this
+        one included, and how many of the earlier ones were lost (began, never finished, worker gone)."""
+        attempts_key = self.keys.attempts(job)
         pipe = self.redis.pipeline(transaction=True)
-        pipe.hincrby(self.keys.attempts(job), batch, 1)
+        pipe.hget(self.keys.inflight(job), batch)
+        pipe.hincrby(attempts_key, batch, 1)
+        pipe.hget(attempts_key, f"{_ENDED}{batch}")
         pipe.hset(self.keys.inflight(job), batch, json.dumps({"worker": worker_id, "since": time.time()}))
-        attempts, _ = pipe.execute()
-        return attempts
+        previous, attempts, ended, _ = pipe.execute()
+        unfinished = attempts - 1 - int(ended or 0)
+        if previous is not None and self.redis.exists(self.keys.worker(json.loads(previous)["worker"])):
+            unfinished -= 1  # a live worker still holds it: a duplicate delivery, not a lost one
+        return attempts, max(unfinished, 0)
+
+    def finish(self, job: str, batch: int) -> None:
+        """The worker is done with its delivery (records stored, or skipped): it was not lost."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hincrby(self.keys.attempts(job), f"{_ENDED}{batch}", 1)
+        pipe.hdel(self.keys.inflight(job), batch)
+        pipe.execute()
 
     def end(self, job: str, batch: int) -> None:
-        """The batch's records are stored (or it was skipped): nobody holds it any more."""
+        """Nobody holds the batch any more (the reconciler, for a dead worker's batch)."""
         self.redis.hdel(self.keys.inflight(job), batch)
 
     def inflight(self, job: str) -> dict[int, dict]:
@@ -38,18 +76,41 @@ class Deliveries:
 
     def attempts(self, job: str) -> dict[int, int]:
         """Batch number -> deliveries so far."""
-        return {int(batch): int(n) for batch, n in self.redis.hgetall(self.keys.attempts(job)).items()}
+        return {int(batch): int(n) for batch, n in self.redis.hgetall(self.keys.attempts(job)).items()
+                if batch.isdigit()}
 
-    def suspect(self, job: str, image: int, worker_id: str) -> None:
-        """About to decode ``image`` alone: if the worker dies now, the next delivery will know which."""
-        self.redis.hset(self.keys.suspects(job), image, worker_id)
+    def waiting(self, job: str) -> int:
+        """How many of the job's messages sent to the queue no worker has begun: published minus begun.
 
-    def clear_suspect(self, job: str, image: int) -> None:
-        self.redis.hdel(self.keys.suspects(job), image)
+        Zero or less means none of the job's batches waits in the queue (a redelivery by the broker itself
+        begins without a publish). Jobs submitted before this count existed read as published 0.
+        """
+        fields = self.redis.hgetall(self.keys.attempts(job))
+        begun = sum(int(n) for batch, n in fields.items() if batch.isdigit())
+        return int(fields.get(_PUBLISHED, 0)) - begun
 
-    def suspects(self, job: str) -> set[int]:
-        """Images that were being decoded alone when their worker died."""
-        return {int(image) for image in self.redis.hkeys(self.keys.suspects(job))}
+    def suspect(self, job: str, image: int, worker_id: str, started_at: float) -> str:
+        """About to decode ``image`` alone: if the worker dies now, the next delivery will know which.
+
+        Returns the entry, for ``clear_suspect``.
+        """
+        entry = json.dumps({"worker": worker_id, "started_at": started_at, "at": time.time()})
+        self.redis.hset(self.keys.suspects(job), image, entry)
+        return entry
+
+    def clear_suspect(self, job: str, image: int, entry: str) -> None:
+        """The image was decoded: remove its suspect entry, if it is still ``entry`` (the one set)."""
+        self._clear_if_mine(keys=[self.keys.suspects(job)], args=[image, entry])
+
+    def suspects(self, job: str) -> dict[int, dict]:
+        """Image -> ``{worker, started_at, at}``: images being decoded alone by that process, or when it died."""
+        return {int(image): json.loads(entry) for image, entry in self.redis.hgetall(self.keys.suspects(job)).items()}
+
+    def died_on(self, entry: dict) -> bool:
+        """True when the process that set the suspect ``entry`` is gone: no heartbeat under its worker id,
+        or one from another process with the same id (a restarted container keeps its host name and pid)."""
+        beat = self.redis.get(self.keys.worker(entry["worker"]))
+        return beat is None or json.loads(beat).get("started_at") != entry["started_at"]
 
     def forget(self, job: str) -> None:
         self.redis.delete(self.keys.attempts(job), self.keys.inflight(job), self.keys.suspects(job))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import struct
 import time
+from typing import BinaryIO
 
 import redis
 
@@ -24,8 +25,28 @@ CLAIM_SECONDS = 120.0
 REFRESH_MEMORY_SECONDS = 24 * 3600  # how long a --force job remembers which digests it already refreshed
 
 
+HASH_CHUNK_BYTES = 1 << 20  # hashing holds one chunk at a time, whatever the file's size
+
+
 def file_digest(data: bytes) -> bytes:
+    """The index's digest of an image's bytes."""
     return hashlib.blake2b(data, digest_size=DIGEST_BYTES).digest()
+
+
+def stream_digest(file: BinaryIO, limit: int) -> bytes | None:
+    """``file_digest`` of what ``file`` holds, read in chunks; None for a file of more than ``limit`` bytes.
+
+    A file over the limit is simply not indexed: the worker refuses it as ``too_large`` anyway, and reading
+    gigabytes to index it would hold a batch for minutes.
+    """
+    digest = hashlib.blake2b(digest_size=DIGEST_BYTES)
+    read = 0
+    while chunk := file.read(HASH_CHUNK_BYTES):
+        read += len(chunk)
+        if read > limit:
+            return None
+        digest.update(chunk)
+    return digest.digest()
 
 
 def model_tag(weights_id: str, precision: str) -> str:

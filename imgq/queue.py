@@ -7,14 +7,23 @@ first use: `imgq --help` must not pay for it.
 from __future__ import annotations
 
 import functools
+from collections import Counter
 from collections.abc import Iterable, Iterator
 
 from imgq.contract import TASK_CLASSIFY_BATCH, BatchRef, celery_config, queue_name
+from imgq.keys import Keys
 from imgq.settings import Settings
 
 
 def publish(batches: Iterable[BatchRef], settings: Settings) -> int:
-    """Send batches to the workers' queue, over one connection. Returns how many were sent."""
+    """Send batches to the workers' queue, over one connection. Returns how many were sent.
+
+    Each job's count of published messages goes up first (imgq/deliveries.py): a job with as many
+    deliveries begun as messages published has none waiting in the queue, which the reconciler's stall
+    rule needs to know per job, without reading the queue.
+    """
+    batches = list(batches)
+    count_published(batches, settings)
     app = sender_app(settings)
     sent = 0
     with app.producer_or_acquire() as producer:
@@ -27,6 +36,20 @@ def publish(batches: Iterable[BatchRef], settings: Settings) -> int:
 def refs(messages: Iterable[dict]) -> Iterator[BatchRef]:
     """The references of stored batch messages (to queue them again)."""
     return (BatchRef(m["job"], m["batch"]) for m in messages)
+
+
+def count_published(batches: list[BatchRef], settings: Settings) -> None:
+    from imgq.deliveries import add_published
+
+    client = _results_redis(settings.effective_results_url)
+    add_published(client, Keys(settings.namespace), Counter(ref.job for ref in batches))
+
+
+@functools.lru_cache(maxsize=8)
+def _results_redis(url: str):
+    import redis
+
+    return redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=5)
 
 
 @functools.lru_cache(maxsize=8)

@@ -60,6 +60,11 @@ class Settings:
     max_pixels: int = 89_478_485
     # Images with more pixels are refused as `too_large` before decoding (Pillow's own bomb threshold).
 
+    max_file_bytes: int = 256 * 1024**2
+    # Files bigger than this are refused as `too_large` before any decoder runs, and not hashed for
+    # --skip-known: a multi-gigabyte file costs a stat, not minutes. 256 MiB holds an uncompressed 8-bit RGB
+    # image of max_pixels; raise both for bigger uncompressed scans.
+
     pool: str = "threads"
     # Celery pool of a worker: threads (default: one model, several batches in hand; docs/performance.md),
     # solo or prefork. Set it here, not with `--pool prefork`: Celery takes an explicit prefork for its own
@@ -81,8 +86,9 @@ class Settings:
     # Threads decoding images ahead of the model in a worker (Pillow releases the GIL while decoding).
 
     max_deliveries: int = 3
-    # Deliveries of a batch before a worker decodes its images one at a time, to find an image that kills
-    # the worker (recorded as `worker_crashed`) instead of losing the batch to it over and over.
+    # Lost deliveries of a batch (their worker died holding it) before a worker decodes its images one at a
+    # time, to find an image that kills the worker (recorded as `worker_crashed`) instead of losing the batch
+    # to it over and over. Deliveries that finished (`imgq requeue`, say) do not count.
 
     reconcile_seconds: int = 60
     # How often a worker looks for lost batches (their worker's heartbeat is gone, or the queue has drained
@@ -90,6 +96,11 @@ class Settings:
 
     heartbeat_seconds: int = 5
     # How often a worker says it is alive; it counts as gone after three missed beats.
+
+    forward_pass_timeout: int = 600
+    # Seconds a task waits for its forward pass (queued behind others included) before its images get
+    # `internal` records; a worker whose pass runs twice as long, or whose inference thread died, stops
+    # its heartbeat and exits, so that its health check fails and its batches go to another worker.
 
     metrics_port: int = 0
     # Port on which a worker serves Prometheus metrics at /metrics (on metrics_address); 0: no metrics
@@ -190,8 +201,8 @@ def env_var(name: str) -> str:
 
 
 _INT_FIELDS = {"batch_size", "top_k", "visibility_timeout", "max_pixels", "decode_threads", "concurrency",
-               "max_deliveries", "reconcile_seconds", "heartbeat_seconds", "max_dump_bytes", "metrics_port",
-               "scan_max_retries", "beat_max_interval", "beat_lock_timeout"}
+               "max_file_bytes", "max_deliveries", "reconcile_seconds", "heartbeat_seconds", "forward_pass_timeout",
+               "max_dump_bytes", "metrics_port", "scan_max_retries", "beat_max_interval", "beat_lock_timeout"}
 _INT_MAXIMA = {"batch_size": 1024, "top_k": 1000, "metrics_port": 65535}
 _INT_MINIMA = {"metrics_port": 0,  # 0 turns the metrics server off
                "scan_max_retries": 0}  # 0: a file that errored is not retried

@@ -304,6 +304,10 @@ class ResultStore:
         """Say that ``worker_id`` is alive for ``ttl`` seconds more."""
         self.redis.set(self.keys.worker(worker_id), json.dumps(heartbeat.to_dict()), ex=ttl)
 
+    def forget_heartbeat(self, worker_id: str) -> None:
+        """Stop saying ``worker_id`` is alive, at once (a worker giving up), instead of after three beats."""
+        self.redis.delete(self.keys.worker(worker_id))
+
     def queue_depth(self) -> int:
         """Batch messages waiting in the workers' queue (kombu's list)."""
         return self.redis.llen(self.keys.kombu_queue)

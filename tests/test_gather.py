@@ -91,3 +91,45 @@ def test_only_requests_for_the_same_layers_share_a_pass():
     probabilities, activations, _ = dumped.result(timeout=5)
     assert probabilities.argmax(axis=1).tolist() == [2, 3] and activations["avg_pool"].tolist() == [20, 30]
     assert sorted(classifier.passes, key=str) == sorted([2, (2, ("avg_pool",))], key=str)
+
+
+class DyingClassifier(RecordingClassifier):
+    """Kills the inference thread itself (an exception no forward pass catches), or hangs."""
+
+    def __init__(self, how: str):
+        super().__init__()
+        self.how = how
+        self.release = threading.Event()
+
+    def predict_with(self, images, layers):
+        if self.how == "die":
+            raise SystemExit("gone")
+        self.release.wait(30)  # "hang"
+        return super().predict_with(images, layers)
+
+
+def test_a_dead_inference_thread_fails_every_task_and_says_so():
+    gatherer = Gatherer(DyingClassifier("die"), max_batch=4)
+    first = gatherer.submit(images(1))
+    with pytest.raises(RuntimeError, match="inference thread died"):  # an Exception: the task records `internal`
+        first.result(timeout=10)
+    deadline = time.monotonic() + 10
+    while gatherer.problem() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert "inference thread died" in gatherer.problem()
+    later = gatherer.submit(images(2))  # no thread will ever serve it: it fails at once
+    with pytest.raises(RuntimeError, match="inference thread died"):
+        later.result(timeout=1)
+
+
+def test_a_hung_forward_pass_is_a_problem_after_twice_the_timeout():
+    classifier = DyingClassifier("hang")
+    gatherer = Gatherer(classifier, max_batch=4, pass_timeout=0.2)
+    future = gatherer.submit(images(1))
+    with pytest.raises(TimeoutError):
+        future.result(timeout=0.2)  # what a task does (worker/batch.py): its images become `internal`
+    time.sleep(0.3)
+    assert "forward pass has run for more than" in gatherer.problem()
+    classifier.release.set()
+    assert future.result(timeout=10)[0].shape == (1, 1000)
+    assert gatherer.problem() is None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import socket
+import time
 from collections import Counter
 from types import SimpleNamespace
 
@@ -73,13 +74,16 @@ def test_a_workers_metrics_endpoint_counts_the_job(settings, tmp_path):
         result = CliRunner().invoke(cli, ["submit", str(folder), "--batch-size", "4"], env=settings.as_env())
         job = result.stdout.strip()
         wait_until_done(store, job, timeout=120, workers=[worker])
-        samples = scrape(port)
+        total = len(good) + len(broken)
+        # The job is done once its last records are stored; the task counts them just after: poll.
+        deadline = time.monotonic() + 30
+        while (samples := scrape(port))["imgq_images_processed_total"] < total and time.monotonic() < deadline:
+            time.sleep(0.1)
         assert not reachable("127.0.0.2", port)  # loopback only, IMGQ_METRICS_ADDRESS's default
         heartbeat = store.workers()[0]
     finally:
         worker.stop()
 
-    total = len(good) + len(broken)
     codes = Counter(r["error"]["code"] for r in store.iter_results(job) if r["status"] == "error")
     assert codes == Counter(broken.values())
     assert samples["imgq_images_processed_total"] == total

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ import redis
 from imgq.contract import MODEL_NAME, BatchMessage, ResultRecord, error_record, ok_record
 from imgq.settings import Settings
 from worker.dumps import write_dump
+from worker.isolation import CRASHED_MESSAGE, Isolation
 from worker.known_batch import classify_with_index
 from worker.labels import top_k
 from worker.preprocess import TARGET_SIZE, ImageError, load_pixels, one_line, to_model_input
@@ -34,20 +34,13 @@ class Decoded:
     decode_ms: float
 
 
-# Test-only: a path containing this text makes the decoder kill its process, as a crashing codec would
-# (tests/reliability). Never set it in production.
-_CRASH_ON = os.environ.get("IMGQ_TEST_CRASH_ON", "")
-
-
 def decode(image: int, path: str, settings: Settings) -> Decoded:
     """Decode one image; every failure becomes an ImageError on the result, never an exception."""
-    if _CRASH_ON and _CRASH_ON in path:
-        os._exit(70)
     started = time.perf_counter()
     pixels, error = None, None
     try:
         pixels = load_pixels(path, allowed_roots=settings.allowed_roots, max_pixels=settings.max_pixels,
-                             jpeg_draft=settings.jpeg_draft)
+                             max_file_bytes=settings.max_file_bytes, jpeg_draft=settings.jpeg_draft)
     except ImageError as exc:
         error = exc
     except Exception as exc:  # a decoder bug on one odd file must not cost the batch
@@ -60,93 +53,108 @@ def run_batch(message: BatchMessage, runtime: Runtime, worker: str) -> list[Resu
     """Classify the images of the message that have no record yet; store and return their records.
 
     - A cancelled job's batch is skipped, and so is a redelivered batch whose images all have records.
-    - Delivered more than ``max_deliveries`` times (its workers died), the batch is decoded one image at
-      a time, each marked as suspect while it is decoded: the image a worker died on is recorded as
-      ``worker_crashed`` at the next delivery, and its neighbours are classified.
+    - Lost ``max_deliveries`` times (its workers died holding it), the batch is decoded one image at a time
+      (worker/isolation.py), each marked as suspect while it is the only file its process reads: the image
+      a worker died on is recorded as ``worker_crashed`` at the next delivery, and its neighbours are
+      classified. A ``worker_crashed`` record never replaces one that another delivery stored meanwhile.
     - A failure of the forward pass itself becomes an ``internal`` error record for each image.
     """
     job, store, deliveries = message.job, runtime.store, runtime.deliveries
-    if not store.open_for_work(job):
+    # Even reads wait for Redis: a task that failed at once would be handed back and taken again at once.
+    if not _until_redis_answers(lambda: store.open_for_work(job)):
         log.info("Job %s is cancelled, done or gone: skipping batch %d", job, message.batch)
         return []
     with runtime.holding(job, message.batch):
-        return _run(message, runtime, worker, deliveries.begin(job, message.batch, runtime.worker_id))
+        attempts, lost = _until_redis_answers(lambda: deliveries.begin(job, message.batch, runtime.worker_id))
+        return _run(message, runtime, worker, attempts, lost)
 
 
-def _run(message: BatchMessage, runtime: Runtime, worker: str, attempts: int) -> list[ResultRecord]:
+def _run(message: BatchMessage, runtime: Runtime, worker: str, attempts: int, lost: int) -> list[ResultRecord]:
     job, store, deliveries = message.job, runtime.store, runtime.deliveries
     try:
-        wanted = set(store.missing(job, [image for image, _ in message.images]))
+        wanted = set(_until_redis_answers(lambda: store.missing(job, [image for image, _ in message.images])))
         todo = [(image, path) for image, path in message.images if image in wanted]
         if not todo:
             return []
-        store.mark_started(job)
-        isolate = attempts > runtime.settings.max_deliveries
-        if isolate:
-            log.warning("Batch %d of job %s: delivery %d, decoding one image at a time", message.batch, job, attempts)
+        _until_redis_answers(lambda: store.mark_started(job))
+        isolation = Isolation(job, runtime) if lost >= runtime.settings.max_deliveries else None
+        if isolation:
+            log.warning("Batch %d of job %s: delivery %d, %d lost, decoding one image at a time", message.batch,
+                        job, attempts, lost)
         if message.known:
             records = classify_with_index(message, todo, runtime, worker,
-                                          lambda items: _classify(message, items, runtime, worker, isolate))
+                                          lambda items: _classify(message, items, runtime, worker, isolation),
+                                          isolation)
         else:
-            records = _classify(message, todo, runtime, worker, isolate)
+            records = _classify(message, todo, runtime, worker, isolation)
         _until_redis_answers(lambda: store.record_results(job, records))
         return records
     finally:
-        _until_redis_answers(lambda: deliveries.end(job, message.batch))
+        _until_redis_answers(lambda: deliveries.finish(job, message.batch))
 
 
 REDIS_PATIENCE_SECONDS = 300
 
+# Redis answers, but refuses writes for a while: out of memory at maxmemory with noeviction (OOM), a replica
+# after a failover (READONLY), loading its data after a restart (LOADING, a ConnectionError in redis-py),
+# no master (MASTERDOWN), an ACL being fixed (NOPERM). Each passes; the batch's work should not be lost.
+PASSING_REFUSALS = (redis.exceptions.OutOfMemoryError, redis.exceptions.ReadOnlyError,
+                    redis.exceptions.MasterDownError, redis.exceptions.NoPermissionError,
+                    redis.exceptions.TryAgainError)
+
 
 def _until_redis_answers(write, patience: float = REDIS_PATIENCE_SECONDS):
-    """Run ``write``, waiting through a Redis restart: the batch's work is done, keep it rather than redo it.
+    """Run ``write``, waiting through a Redis restart or refusal: the batch's work is done, keep it rather
+    than redo it.
 
-    Raises the last connection error after ``patience`` seconds; the reconciler then re-queues the batch.
+    Raises the last error after ``patience`` seconds; the task then hands its message back to the queue
+    (worker/tasks.py), so no batch is lost to a write that failed.
     """
     deadline, delay = time.monotonic() + patience, 0.5
     while True:
         try:
             return write()
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+        except (redis.ConnectionError, redis.TimeoutError, *PASSING_REFUSALS) as exc:
             if time.monotonic() > deadline:
                 raise
-            log.warning("Redis unreachable (%s): retrying in %.1f s", exc, delay)
+            log.warning("Redis unreachable or refusing writes (%s): retrying in %.1f s", one_line(exc), delay)
             time.sleep(delay)
             delay = min(delay * 2, 10.0)
 
 
 def _classify(message: BatchMessage, todo: list[tuple[int, str]], runtime: Runtime, worker: str,
-              isolate: bool) -> list[ResultRecord]:
+              isolation: Isolation | None) -> list[ResultRecord]:
     if not todo:
         return []
     gatherer = runtime.gatherer
     with gatherer.decoding():
-        if isolate:
-            decoded = _decode_one_by_one(message.job, todo, runtime)
+        if isolation:
+            decoded = _decode_one_by_one(isolation, todo, runtime)
         else:
-            decoded = list(runtime.decode_pool.map(lambda item: decode(*item, runtime.settings), todo))
+            decoded = list(runtime.decode_pool.map(lambda item: _decode_shared(item, runtime), todo))
         good = [d for d in decoded if d.error is None]
         forward_pass = gatherer.submit(_model_input(good), message.activations) if good else None
     provenance = {"model": MODEL_NAME, "weights": gatherer.weights_id, "precision": gatherer.precision,
                   "worker": worker}
     records = [_error(message, d, d.error.code, d.error.message, provenance) for d in decoded if d.error]
     if forward_pass is not None:
-        records += _classified(message, good, forward_pass, provenance, runtime.settings.effective_dump_root)
+        records += _classified(message, good, forward_pass, provenance, runtime.settings.effective_dump_root,
+                               runtime.settings.forward_pass_timeout)
     return records
 
 
-def _decode_one_by_one(job: str, todo: list[tuple[int, str]], runtime: Runtime) -> list[Decoded]:
-    deliveries = runtime.deliveries
-    suspects = deliveries.suspects(job)
+def _decode_shared(item: tuple[int, str], runtime: Runtime) -> Decoded:
+    with runtime.decode_lock.shared():  # an isolated decode elsewhere in the process waits for none of these
+        return decode(*item, runtime.settings)
+
+
+def _decode_one_by_one(isolation: Isolation, todo: list[tuple[int, str]], runtime: Runtime) -> list[Decoded]:
     decoded = []
     for image, path in todo:
-        if image in suspects:
-            crashed = ImageError("worker_crashed", "a worker process died while decoding this image")
-            decoded.append(Decoded(image, path, None, crashed, 0.0))
-            continue
-        deliveries.suspect(job, image, runtime.worker_id)
-        decoded.append(decode(image, path, runtime.settings))
-        deliveries.clear_suspect(job, image)
+        if isolation.crashed(image):
+            decoded.append(Decoded(image, path, None, ImageError("worker_crashed", CRASHED_MESSAGE), 0.0))
+        else:
+            decoded.append(isolation.alone(image, lambda i=image, p=path: decode(i, p, runtime.settings)))
     return decoded
 
 
@@ -158,9 +166,13 @@ def _model_input(good: list[Decoded]) -> np.ndarray:
 
 
 def _classified(message: BatchMessage, good: list[Decoded], forward_pass: Future, provenance: dict,
-                dump_root: str) -> list[ResultRecord]:
+                dump_root: str, timeout: float) -> list[ResultRecord]:
     try:
-        probabilities, activations, share_ms = forward_pass.result()
+        probabilities, activations, share_ms = forward_pass.result(timeout=timeout)
+    except TimeoutError:
+        log.error("No forward pass for batch %d of job %s within %.0f s", message.batch, message.job, timeout)
+        reason = f"forward pass did not return within {timeout:.0f} s (IMGQ_FORWARD_PASS_TIMEOUT)"
+        return [_error(message, d, "internal", reason, provenance) for d in good]
     except Exception as exc:
         log.exception("Forward pass failed for batch %d of job %s", message.batch, message.job)
         reason = f"forward pass failed: {type(exc).__name__}: {one_line(exc, 160)}"

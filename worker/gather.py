@@ -5,6 +5,12 @@ here and waits; one inference thread runs the model on whatever has arrived, up 
 - decoding of one task overlaps the forward pass of another, instead of the cores idling in turn;
 - many small tasks (say 200 jobs of one image) share forward passes instead of running batches of one;
 - TensorFlow sees one call at a time, which is what it is fastest at.
+
+If the inference thread dies (an exception outside a forward pass), ``on_death`` is called: the worker
+removes its heartbeat and exits at once (worker/runtime.py), its batches unacknowledged, so the reconciler
+gives them to another worker; without it every task would wait for ever on a thread that is gone. A forward
+pass that hangs costs its tasks ``pass_timeout``, after which their images get `internal` records
+(worker/batch.py); past twice that, ``problem()`` says so and the heartbeat thread ends the worker.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -38,17 +44,33 @@ class Gatherer:
     task is still inside ``decoding()``: a worker with one task never waits.
     """
 
-    def __init__(self, classifier, max_batch: int, max_wait: float = 0.05):
+    def __init__(self, classifier, max_batch: int, max_wait: float = 0.05, pass_timeout: float = 600.0,
+                 on_death: Callable[[str], None] | None = None):
         self.classifier = classifier
         self.max_batch = max_batch
         self.max_wait = max_wait
+        self.pass_timeout = pass_timeout
+        self.on_death = on_death  # called from the dying thread with problem(); the worker exits there
+        self.died: BaseException | None = None
+        self._pass_started: float | None = None  # time.monotonic() of the forward pass running now
         self.weights_id = classifier.weights_id
         self.precision = classifier.precision
         self._requests: queue.Queue[_Request] = queue.Queue()
         self._set_aside: deque[_Request] = deque()  # only the inference thread touches it
         self._decoding = 0
         self._lock = threading.Lock()
-        threading.Thread(target=self._serve, name="imgq-inference", daemon=True).start()
+        self._thread = threading.Thread(target=self._serve_until_death, name="imgq-inference", daemon=True)
+        self._thread.start()
+
+    def problem(self) -> str | None:
+        """Why this gatherer can serve no more (its thread died, a forward pass hangs), or None."""
+        if self.died is not None or not self._thread.is_alive():
+            return f"the inference thread died ({type(self.died).__name__}: {self.died})"
+        started = self._pass_started
+        # Twice the tasks' own wait: the tasks of a hung pass have written their `internal` records by then.
+        if started is not None and time.monotonic() - started > 2 * self.pass_timeout:
+            return f"a forward pass has run for more than {2 * self.pass_timeout:.0f} s"
+        return None
 
     @contextmanager
     def decoding(self) -> Iterator[None]:
@@ -68,27 +90,55 @@ class Gatherer:
         image)``. Only requests asking for the same layers share a pass.
         """
         request = _Request(images, layers)
+        if self.died is not None:
+            request.future.set_exception(RuntimeError(self.problem()))
+            return request.future
         self._requests.put(request)
         return request.future
+
+    def _serve_until_death(self) -> None:
+        try:
+            self._serve()
+        except BaseException as exc:  # noqa: BLE001 (whatever it was, no task may wait for this thread now)
+            self.died = exc
+            log.critical("The inference thread died", exc_info=True)
+            if self.on_death is not None:
+                self.on_death(self.problem())
+            failure = RuntimeError(self.problem())
+            while (request := self._take(block=False)) is not None:
+                request.future.set_exception(failure)
 
     def _serve(self) -> None:
         while True:
             requests = self._gather(self._take(block=True))
-            images = np.concatenate([r.images for r in requests])
-            started = time.perf_counter()
+            try:
+                self._forward(requests)
+            except BaseException as exc:
+                failure = RuntimeError(f"the inference thread died ({type(exc).__name__}: {exc})")
+                for request in requests:  # the tasks of the pass that killed the thread learn it too
+                    if not request.future.done():
+                        request.future.set_exception(failure)
+                raise
+
+    def _forward(self, requests: list[_Request]) -> None:
+        images = np.concatenate([r.images for r in requests])
+        started = time.perf_counter()
+        self._pass_started = time.monotonic()
+        try:
             try:
                 probabilities, activations = self.classifier.predict_with(images, requests[0].layers)
-            except Exception as exc:  # each waiting task gets the failure; the thread goes on serving
-                for request in requests:
-                    request.future.set_exception(exc)
-                continue
-            share_ms = (time.perf_counter() - started) * 1000 / max(len(images), 1)
-            start = 0
+            finally:
+                self._pass_started = None
+        except Exception as exc:  # each waiting task gets the failure; the thread goes on serving
             for request in requests:
-                part = slice(start, start + len(request.images))
-                request.future.set_result((probabilities[part], {k: v[part] for k, v in activations.items()},
-                                           share_ms))
-                start += len(request.images)
+                request.future.set_exception(exc)
+            return
+        share_ms = (time.perf_counter() - started) * 1000 / max(len(images), 1)
+        start = 0
+        for request in requests:
+            part = slice(start, start + len(request.images))
+            request.future.set_result((probabilities[part], {k: v[part] for k, v in activations.items()}, share_ms))
+            start += len(request.images)
 
     def _take(self, block: bool, timeout: float | None = None) -> _Request | None:
         """The next request: first those set aside for asking other layers, then the queue's."""

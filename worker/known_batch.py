@@ -14,7 +14,8 @@ from collections.abc import Callable
 
 from imgq.classes import class_index, class_numbers
 from imgq.contract import MODEL_NAME, BatchMessage, Label, ResultRecord, error_record, ok_record
-from imgq.known import KnownImages, file_digest
+from imgq.known import KnownImages, stream_digest
+from worker.isolation import Isolation
 from worker.preprocess import ImageError, checked_file
 
 log = logging.getLogger(__name__)
@@ -23,11 +24,16 @@ WAIT_FOR_OTHERS_SECONDS = 60.0
 
 
 def classify_with_index(message: BatchMessage, todo: list[tuple[int, str]], runtime, worker: str,
-                        classify: Callable[[list[tuple[int, str]]], list[ResultRecord]]) -> list[ResultRecord]:
-    """Records for ``todo``; ``classify(items)`` runs the ordinary path (decode, forward pass) on some."""
+                        classify: Callable[[list[tuple[int, str]]], list[ResultRecord]],
+                        isolation: Isolation | None = None) -> list[ResultRecord]:
+    """Records for ``todo``; ``classify(items)`` runs the ordinary path (decode, forward pass) on some.
+
+    In isolation, files are hashed one at a time as suspects too (reading a file can kill a worker as well),
+    and a file a worker died on is left unhashed: the ordinary path then records it ``worker_crashed``.
+    """
     index = KnownImages(runtime.store.raw, runtime.store.keys, runtime.gatherer.weights_id,
                         runtime.gatherer.precision, message.top_k)
-    digests = dict(zip(todo, runtime.decode_pool.map(lambda item: _digest(item[1], runtime), todo), strict=True))
+    digests = dict(zip(todo, _digests(todo, runtime, isolation), strict=True))
     leaders: dict[bytes, tuple[int, str]] = {}
     for item, digest in digests.items():
         if digest is not None:
@@ -45,10 +51,25 @@ def classify_with_index(message: BatchMessage, todo: list[tuple[int, str]], runt
     return [_record_for(message, item, digests[item], leaders, computed, known, runtime, worker) for item in todo]
 
 
+def _digests(todo: list[tuple[int, str]], runtime, isolation: Isolation | None) -> list[bytes | None]:
+    if isolation is None:
+        return list(runtime.decode_pool.map(lambda item: _digest_shared(item[1], runtime), todo))
+    return [None if isolation.crashed(image) else isolation.alone(image, lambda p=path: _digest(p, runtime))
+            for image, path in todo]
+
+
+def _digest_shared(path: str, runtime) -> bytes | None:
+    with runtime.decode_lock.shared():
+        return _digest(path, runtime)
+
+
 def _digest(path: str, runtime) -> bytes | None:
+    """The file's digest, read in chunks; None when it cannot be read or is over IMGQ_MAX_FILE_BYTES (the
+    ordinary path then records why)."""
+    settings = runtime.settings
     try:
-        with checked_file(path, runtime.settings.allowed_roots) as file:
-            return file_digest(file.read())
+        with checked_file(path, settings.allowed_roots, settings.max_file_bytes) as file:
+            return stream_digest(file, settings.max_file_bytes)
     except (ImageError, OSError):
         return None
 

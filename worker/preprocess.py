@@ -11,15 +11,21 @@ Where imgq differs, on purpose:
 - EXIF orientation is applied (Keras ignores it, so a phone photo taken upright is classified lying on its
   side). The small resized image is rotated, not the full-size one: the same picture for a fraction of the work.
 - 16-bit greyscale is scaled to 8 bits (``>> 8``); Pillow's RGB conversion would clamp it to white.
-- Only the formats in IMAGE_FORMATS are ever opened, whatever a file is named, and images over
-  ``max_pixels`` are refused from their header, before any pixel is decoded.
+- Only the formats in IMAGE_FORMATS are ever opened, whatever a file is named; files over
+  ``max_file_bytes`` are refused before any decoder runs, and images over ``max_pixels`` from their header,
+  before any pixel is decoded (Pillow's own guard does it, at our threshold).
+- The resize comes first, then the 16-bit scaling and the RGB conversion. Both are per-pixel, and a nearest
+  resize only picks pixels, so the result is Keras' to the pixel, while the full-size image is never
+  copied into another mode: the peak memory of a decode is the decoded image, not two or three of it.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import BinaryIO
@@ -28,6 +34,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from imgq.contract import IMAGE_FORMATS
+from worker.memory import decode_budget, webp_cost
+from worker.reads import BudgetedFile, ReadBudgetExceeded
 
 TARGET_SIZE = (224, 224)  # (height, width), as Keras' target_size
 INTERPOLATION = Image.Resampling.NEAREST  # load_img's default interpolation="nearest"
@@ -37,9 +45,12 @@ CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], dtype=np.float32)
 # Image.open(formats=...) only looks among the plugins already registered; register them all now.
 Image.init()
 
-# We check the pixel count ourselves (too_large) against a setting; Pillow's own global limit would
-# otherwise raise or warn first with a different threshold.
-Image.MAX_IMAGE_PIXELS = None
+# Pillow's bomb guard stays on: some openers check it before they allocate (WebP's decoder allocates its
+# canvas when it is created, from a 30-byte header). It raises above 2 x MAX_IMAGE_PIXELS and warns above
+# MAX_IMAGE_PIXELS; decode_pixels sets it to max_pixels / 2 so that it raises exactly above max_pixels, and
+# the warning, which would now come early, is silenced.
+warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+_BOMB_PIXELS = re.compile(r"\((\d+) pixels\)")
 
 _EXIF_ORIENTATION = 0x0112
 _TRANSPOSE_FOR_ORIENTATION = {
@@ -64,12 +75,20 @@ class ImageError(Exception):
 
 
 def check_allowed(path: str, allowed_roots: tuple[str, ...]) -> str:
-    """The real path of ``path`` (symlinks resolved); raises ImageError('forbidden') outside the roots."""
+    """The real path of ``path`` (symlinks resolved); raises ImageError('forbidden') outside the roots.
+
+    The message says no more than that: never where the path's symlinks lead (that is what the roots keep
+    private); the record carries the path as it was submitted.
+    """
     real = os.path.realpath(path)
-    # Resolve the roots too: a root given through a symlink (or relative, or with "..") must still contain its files.
-    if allowed_roots and not any(_is_within(real, os.path.realpath(root)) for root in allowed_roots):
-        raise ImageError("forbidden", f"{real} is outside the allowed roots")
+    if not _inside(real, allowed_roots):
+        raise ImageError("forbidden", "outside the allowed roots")
     return real
+
+
+def _inside(real: str, allowed_roots: tuple[str, ...]) -> bool:
+    # Resolve the roots too: a root given through a symlink (or relative, or with "..") must still contain its files.
+    return not allowed_roots or any(_is_within(real, os.path.realpath(root)) for root in allowed_roots)
 
 
 def _is_within(path: str, root: str) -> bool:
@@ -77,7 +96,7 @@ def _is_within(path: str, root: str) -> bool:
 
 
 def load_pixels(path: str, *, allowed_roots: tuple[str, ...] = (), max_pixels: int = 89_478_485,
-                jpeg_draft: bool = False) -> np.ndarray:
+                max_file_bytes: int = 256 * 1024**2, jpeg_draft: bool = False) -> np.ndarray:
     """Decode ``path`` into a uint8 array of shape (224, 224, 3), RGB, upright.
 
     ``jpeg_draft``: let libjpeg decode a large JPEG at 1/2, 1/4 or 1/8 scale (DCT scaling, never below
@@ -86,15 +105,21 @@ def load_pixels(path: str, *, allowed_roots: tuple[str, ...] = (), max_pixels: i
 
     Raises ImageError with code forbidden, missing, unreadable, not_an_image, too_large or corrupt.
     """
-    with checked_file(path, allowed_roots) as file:
+    with checked_file(path, allowed_roots, max_file_bytes) as file:
         return decode_pixels(file, max_pixels=max_pixels, jpeg_draft=jpeg_draft)
 
 
 @contextmanager
-def checked_file(path: str, allowed_roots: tuple[str, ...] = ()) -> Iterator[BinaryIO]:
-    """``path`` opened for reading once it is known to be an allowed, non-empty regular file.
+def checked_file(path: str, allowed_roots: tuple[str, ...] = (),
+                 max_file_bytes: int | None = None) -> Iterator[BinaryIO]:
+    """``path`` opened for reading once it is known to be an allowed, non-empty regular file of at most
+    ``max_file_bytes`` bytes.
 
-    Raises ImageError with code forbidden, missing, unreadable or not_an_image.
+    The roots are checked twice: on the path, so that nothing is told about files outside them (not even
+    whether they exist), and on the opened descriptor, so that the file read is the file checked: a symlink
+    swapped in between the check and the open is caught there.
+
+    Raises ImageError with code forbidden, missing, unreadable, not_an_image or too_large.
     """
     real = check_allowed(path, allowed_roots)
     try:
@@ -109,12 +134,28 @@ def checked_file(path: str, allowed_roots: tuple[str, ...] = ()) -> Iterator[Bin
         reason = "symlink loop" if exc.errno == errno.ELOOP else one_line(exc)
         raise ImageError("unreadable", reason) from None
     with file:
+        if allowed_roots and not _inside(opened_path(file.fileno()), allowed_roots):
+            raise ImageError("forbidden", "outside the allowed roots")
         info = os.fstat(file.fileno())
         if not stat.S_ISREG(info.st_mode):
             raise ImageError("unreadable", "not a regular file (a pipe, socket or device)")
         if info.st_size == 0:
             raise ImageError("not_an_image", "empty file (0 bytes)")
+        if max_file_bytes is not None and info.st_size > max_file_bytes:
+            raise ImageError("too_large", f"{info.st_size} bytes is more than {max_file_bytes} (IMGQ_MAX_FILE_BYTES)")
         yield file
+
+
+def opened_path(fd: int) -> str:
+    """The path of the file open as ``fd``, as the kernel knows it: where the open really led.
+
+    Linux tells it in /proc/self/fd. Elsewhere (or without /proc) the answer is the empty string, which
+    no root contains: a worker with allowed roots refuses what it cannot verify.
+    """
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return ""
 
 
 def decode_pixels(file: BinaryIO, *, max_pixels: int = 89_478_485, jpeg_draft: bool = False) -> np.ndarray:
@@ -122,12 +163,17 @@ def decode_pixels(file: BinaryIO, *, max_pixels: int = 89_478_485, jpeg_draft: b
 
     Raises ImageError with code not_an_image, too_large or corrupt.
     """
+    Image.MAX_IMAGE_PIXELS = max_pixels / 2  # Pillow raises above twice this: see the top of this module
+    _check_webp(file, max_pixels)
+    budgeted = BudgetedFile(file)
     try:
-        with _open_image(file) as image:
+        with _open_image(budgeted, max_pixels) as image:
             _check_size(image, max_pixels)
             if jpeg_draft and image.format == "JPEG":
                 image.draft(image.mode, (TARGET_SIZE[1], TARGET_SIZE[0]))
-            return _to_pixels(image)
+            return _to_pixels(image, max_pixels)
+    except ReadBudgetExceeded as exc:
+        raise ImageError("corrupt", str(exc)) from None
     except OSError as exc:  # Pillow's "image file is truncated" and kin
         raise ImageError("corrupt", one_line(exc)) from None
 
@@ -137,11 +183,13 @@ def _open_nonblocking(path: str, flags: int) -> int:
     return os.open(path, flags | os.O_NONBLOCK)
 
 
-def _open_image(file) -> Image.Image:
+def _open_image(file, max_pixels: int) -> Image.Image:
     try:
         return Image.open(file, formats=IMAGE_FORMATS)
     except UnidentifiedImageError:
         raise ImageError("not_an_image", f"not a supported image ({', '.join(IMAGE_FORMATS)})") from None
+    except Image.DecompressionBombError as exc:
+        raise _too_large(exc, max_pixels) from None
     except (SyntaxError, ValueError, EOFError) as exc:  # plugins raise these on a damaged header
         raise ImageError("corrupt", one_line(exc)) from None
 
@@ -152,20 +200,47 @@ def _check_size(image: Image.Image, max_pixels: int) -> None:
         raise ImageError("too_large", f"{width}x{height} is more than {max_pixels} pixels")
 
 
-def _to_pixels(image: Image.Image) -> np.ndarray:
-    """Keras' load_img steps (RGB, then nearest resize), then the EXIF orientation on the small image."""
+def _check_webp(file: BinaryIO, max_pixels: int) -> None:
+    """Refuse a WebP that would take more memory to decode than an image of ``max_pixels`` (worker/memory.py)."""
+    cost = webp_cost(file, os.fstat(file.fileno()).st_size)
+    if cost is None:
+        return
+    width, height, needed = cost
+    if needed < 0:
+        raise ImageError("corrupt", "a WebP whose header does not give its size")
+    budget = decode_budget(max_pixels)
+    if needed > budget:
+        raise ImageError("too_large", f"a {width}x{height} WebP takes {needed >> 20} MiB to decode, more than "
+                                      f"{budget >> 20} MiB (4 bytes a pixel of IMGQ_MAX_PIXELS)")
+
+
+def _too_large(exc: Image.DecompressionBombError, max_pixels: int) -> ImageError:
+    """Pillow's guard, raised from a header (or a GIF frame, a TIFF tile) before the pixels are allocated."""
+    found = _BOMB_PIXELS.search(str(exc))
+    return ImageError("too_large", f"{found.group(1) if found else 'its'} pixels is more than {max_pixels} pixels")
+
+
+def _to_pixels(image: Image.Image, max_pixels: int) -> np.ndarray:
+    """Keras' load_img steps (nearest resize, RGB), then the EXIF orientation on the small image.
+
+    Keras converts to RGB first and resizes second; every conversion here (16-bit scaling, palette lookup,
+    CMYK, dropping alpha) maps each pixel alone, and a nearest resize picks pixels without mixing them,
+    so the order does not change a pixel, and resizing first converts 224x224 pixels instead of all.
+    """
     try:
         orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
         image.load()
-    except (SyntaxError, ValueError, EOFError, OSError) as exc:
+    except Image.DecompressionBombError as exc:
+        raise _too_large(exc, max_pixels) from None
+    except (SyntaxError, ValueError, EOFError) as exc:
         raise ImageError("corrupt", one_line(exc)) from None
+    width_height = (TARGET_SIZE[1], TARGET_SIZE[0])
+    if image.size != width_height:
+        image = image.resize(width_height, INTERPOLATION)
     if image.mode in _SIXTEEN_BIT_MODES:
         image = _sixteen_to_eight_bits(image)
     if image.mode != "RGB":
         image = image.convert("RGB")
-    width_height = (TARGET_SIZE[1], TARGET_SIZE[0])
-    if image.size != width_height:
-        image = image.resize(width_height, INTERPOLATION)
     transpose = _TRANSPOSE_FOR_ORIENTATION.get(orientation)
     if transpose is not None:
         image = image.transpose(transpose)
@@ -173,7 +248,10 @@ def _to_pixels(image: Image.Image) -> np.ndarray:
 
 
 def _sixteen_to_eight_bits(image: Image.Image) -> Image.Image:
-    """Scale 16-bit greyscale to 8 bits (Pillow's convert would clamp everything above 255 to white)."""
+    """Scale 16-bit greyscale to 8 bits (Pillow's convert would clamp everything above 255 to white).
+
+    Called on the resized image: int64 at 224x224 is 400 KB, at full size eight bytes per pixel.
+    """
     values = np.asarray(image, dtype=np.int64)
     return Image.fromarray((np.clip(values, 0, 65535) >> 8).astype(np.uint8), "L")
 

@@ -6,8 +6,11 @@ loop, and one at a time (a lock in Redis) it queues again, for each job still ac
 
 - the batches held by a worker whose heartbeat has expired (it was killed, or its machine lost), or
   that a live worker no longer holds (its task failed while Redis was unreachable, say);
-- when the queue has drained, nothing of the job is in a live worker's hands, and no record came for
-  ``reconcile_seconds``: every batch with an image still lacking a record (a message lost another way).
+- when none of the job's messages waits in the queue (as many deliveries begun as messages published:
+  imgq/deliveries.py ``waiting``, so a job behind another job's backlog is judged on its own), nothing of
+  the job is in a live worker's hands, and no record came for ``reconcile_seconds``: every batch with an
+  image still lacking a record (a message lost another way). A job with no record for a whole visibility
+  timeout is treated so whatever its count says (a message dropped before any worker began it).
 
 Queueing a batch twice is harmless: a batch whose images all have records is skipped, and records are
 keyed per image, so the later of two deliveries overwrites instead of adding.
@@ -43,17 +46,16 @@ def reconcile(runtime, now: float | None = None) -> int:
     """Queue again the lost batches of every active job; returns how many batches were queued."""
     now = time.time() if now is None else now
     store, settings = runtime.store, runtime.settings
-    queue_empty = store.queue_depth() == 0
     lost = []
     for job in store.active_jobs():
-        lost += _lost_batches(runtime, job, queue_empty, now)
+        lost += _lost_batches(runtime, job, now)
     if lost:
         log.warning("Queueing again %d lost batches", len(lost))
         publish(refs(lost), settings)
     return len(lost)
 
 
-def _lost_batches(runtime, job: str, queue_empty: bool, now: float) -> list[dict]:
+def _lost_batches(runtime, job: str, now: float) -> list[dict]:
     store, deliveries = runtime.store, runtime.deliveries
     inflight = deliveries.inflight(job)
     grace = 2 * runtime.settings.heartbeat_seconds  # a batch taken since the last heartbeat is not in it yet
@@ -62,7 +64,7 @@ def _lost_batches(runtime, job: str, queue_empty: bool, now: float) -> list[dict
     for batch in orphans:
         deliveries.end(job, batch)
     lost = [store.batch(job, batch) for batch in orphans]
-    if queue_empty and len(orphans) == len(inflight) and _stalled(store, job, now, runtime.settings):
+    if len(orphans) == len(inflight) and _stalled(runtime, job, now):
         known = set(orphans)
         lost += [m for m in store.unfinished_batches(job) if m["batch"] not in known]
     return [m for m in lost if m is not None]
@@ -74,7 +76,11 @@ def _still_held(store, worker: str, job: str, batch: int) -> bool:
     return heartbeat is not None and heartbeat.holds(job, batch)
 
 
-def _stalled(store, job: str, now: float, settings) -> bool:
-    status = store.status(job)
-    last = status.last_record_at or status.created
-    return not status.finished and now - last >= settings.reconcile_seconds
+def _stalled(runtime, job: str, now: float) -> bool:
+    """No record for ``reconcile_seconds`` and none of the job's messages waiting (or no record for a whole
+    visibility timeout)."""
+    status, settings = runtime.store.status(job), runtime.settings
+    quiet = now - (status.last_record_at or status.created)
+    if status.finished or quiet < settings.reconcile_seconds:
+        return False
+    return quiet >= settings.visibility_timeout or runtime.deliveries.waiting(job) <= 0

@@ -22,6 +22,7 @@ from imgq.redis_limits import redis_warning
 from imgq.settings import Settings
 from imgq.store import ResultStore
 from worker.gather import Gatherer
+from worker.isolation import DecodeLock
 from worker.reconcile import reconcile_forever
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ class Runtime:
     decode_pool: ThreadPoolExecutor  # threads decoding images ahead of the model (IMGQ_DECODE_THREADS)
     worker_id: str
     started_at: float = field(default_factory=time.time)
+    decode_lock: DecodeLock = field(default_factory=DecodeLock)  # isolated decodes run alone (worker/isolation.py)
     images_done: int = 0
     _count_lock: threading.Lock = field(default_factory=threading.Lock)
     celery_pool: str = ""  # the Celery pool this worker runs (set by worker/app.py); the setting until then
@@ -119,10 +121,13 @@ def _build(settings: Settings, hostname: str) -> Runtime:
 
     classifier = load_classifier(settings.weights, settings.batch_size, settings.precision)
     store = ResultStore.from_settings(settings)
-    runtime = Runtime(settings, classifier, Gatherer(classifier, settings.batch_size), store,
+    worker_id = f"{hostname}:{os.getpid()}"
+    gatherer = Gatherer(classifier, settings.batch_size, pass_timeout=settings.forward_pass_timeout,
+                        on_death=lambda problem: _give_up(store, worker_id, problem))
+    runtime = Runtime(settings, classifier, gatherer, store,
                       Deliveries(store.redis, store.keys),
                       ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="imgq-decode"),
-                      worker_id=f"{hostname}:{os.getpid()}")
+                      worker_id=worker_id)
     runtime.redis_warning = redis_warning(settings)
     if runtime.redis_warning:  # before Celery's logging is set up: Python prints warnings on stderr then
         log.warning("%s", runtime.redis_warning)
@@ -134,8 +139,26 @@ def _build(settings: Settings, hostname: str) -> Runtime:
 def _send_heartbeats(runtime: Runtime, hostname: str) -> None:
     period = runtime.settings.heartbeat_seconds
     while True:
+        problem = runtime.gatherer.problem()
+        if problem is not None:
+            _give_up(runtime.store, runtime.worker_id, problem)
         try:
             runtime.store.send_heartbeat(runtime.worker_id, runtime.heartbeat(hostname), HEARTBEATS_MISSED * period)
         except Exception as exc:  # Redis restarting: keep beating, the worker reconnects by itself
             log.warning("Heartbeat failed: %s", exc)
         time.sleep(period)
+
+
+EXIT_INFERENCE_GONE = 3
+
+
+def _give_up(store: ResultStore, worker_id: str, problem: str) -> None:
+    """A worker that cannot classify stops saying it is alive and exits: its health check fails at once,
+    its supervisor restarts it, and the reconciler queues its batches again (their heartbeat is gone)."""
+    # To file descriptor 2 itself: Celery has replaced sys.stderr with a logger that would prefix the line.
+    os.write(2, f"imgq worker: {problem}; exiting\n".encode())
+    try:
+        store.forget_heartbeat(worker_id)
+    except Exception as exc:  # Redis away: the key expires by itself after three beats
+        log.warning("Could not remove the heartbeat: %s", exc)
+    os._exit(EXIT_INFERENCE_GONE)

@@ -5,6 +5,9 @@ from __future__ import annotations
 import logging
 import time
 
+import redis
+from celery.exceptions import Reject
+
 from imgq.contract import REF_VERSION, TASK_CLASSIFY_BATCH, BatchMessage, BatchRef
 from imgq.store import ResultStore
 from worker.app import app, settings
@@ -27,6 +30,11 @@ def batch_message(payload: dict, store: ResultStore) -> BatchMessage | None:
 
 # No Celery retries: a batch whose task fails is re-queued by worker/reconcile.py, which also covers the
 # cases Celery cannot see (a worker killed, a message lost with its connection).
+# A task that failed because Redis did not take its writes (worker/batch.py waits minutes first) gives its
+# message back (Reject with requeue) instead of failing: Celery acknowledges a failed task's message (its
+# task_acks_on_failure_or_timeout), and with acks_on_failure off it would reject it without requeue, which
+# drops it too. The message goes back to the queue, or, if Redis refuses even that, stays in kombu's unacked
+# set until the visibility timeout returns it.
 @app.task(name=TASK_CLASSIFY_BATCH, bind=True)
 def classify_batch(self, payload: dict) -> int:
     runtime = get_runtime(settings, self.request.hostname)
@@ -37,6 +45,9 @@ def classify_batch(self, payload: dict) -> int:
             log.info("Batch %s: no such job any more, skipped", payload)
             return 0
         records = run_batch(message, runtime, worker=self.request.hostname)
+    except redis.RedisError as exc:
+        METRICS.batch_failed(exc)
+        raise Reject(f"Redis did not take the batch's writes: {exc}", requeue=True) from exc
     except Exception as exc:
         METRICS.batch_failed(exc)
         raise

@@ -7,6 +7,7 @@ test that passes shows imgq's own reconciling at work, not Redis' redelivery.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -64,9 +65,9 @@ def small_images(folder: Path, count: int, prefix: str = "img") -> list[Path]:
     return [imagegen.save(folder / f"{prefix}{i:03d}.png", size=(48, 48), seed=i) for i in range(count)]
 
 
-def submit(settings: Settings, paths: list[Path]) -> str:
+def submit(settings: Settings, paths: list[Path], **options) -> str:
     store = ResultStore.from_settings(settings)
-    return enqueue.submit([str(p) for p in paths], settings=settings, store=store).job
+    return enqueue.submit([str(p) for p in paths], settings=settings, store=store, **options).job
 
 
 def assert_exactly_one_record_each(settings: Settings, job: str, paths: list[Path]) -> list[dict]:
@@ -77,3 +78,18 @@ def assert_exactly_one_record_each(settings: Settings, job: str, paths: list[Pat
     assert [r["image"] for r in records] == list(range(len(paths)))
     assert [r["path"] for r in records] == [str(p) for p in paths]
     return records
+
+
+HOOKS = str(Path(__file__).resolve().parent.parent / "hooks")
+
+
+def hook_env(**hooks: str) -> dict[str, str]:
+    """The environment of a worker with test hooks (tests/hooks/sitecustomize.py), e.g. ``TEST_HOOK_CRASH_ON``."""
+    python_path = os.pathsep.join(p for p in (HOOKS, os.environ.get("PYTHONPATH", "")) if p)
+    return {"PYTHONPATH": python_path, **hooks}
+
+
+def crash_hook_env(text: str, while_: str = "decoding") -> dict[str, str]:
+    """The environment of a worker that dies decoding (or hashing, for --skip-known) any file whose path
+    contains ``text``."""
+    return hook_env(TEST_HOOK_CRASH_ON=text, TEST_HOOK_CRASH_WHILE=while_)

@@ -1,0 +1,82 @@
+"""Test-only fault injection, loaded by a worker process whose PYTHONPATH starts with this folder.
+
+Production code carries no test hooks: the tests start a worker with ``PYTHONPATH=tests/hooks`` and one of
+the variables below, and Python imports this module at start-up (``sitecustomize``). It patches imgq's
+decoder as soon as ``worker.preprocess`` is imported, before ``worker.batch`` takes its names from it.
+
+- ``TEST_HOOK_CRASH_ON=TEXT``: decoding a file whose real path contains TEXT kills the process (exit 70),
+  as a crashing codec would. It fires where a codec would: after the allowed-roots check and the open.
+  ``TEST_HOOK_CRASH_WHILE=hashing`` makes it fire when --skip-known hashes the file instead.
+- ``TEST_HOOK_KILL_INFERENCE=1``: the first forward pass kills the inference thread (an exception no
+  forward pass catches), as a bug in the serving loop would.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.machinery
+import os
+import sys
+
+CRASH_ON = os.environ.get("TEST_HOOK_CRASH_ON", "")
+CRASH_WHILE = os.environ.get("TEST_HOOK_CRASH_WHILE", "decoding")
+KILL_INFERENCE = os.environ.get("TEST_HOOK_KILL_INFERENCE", "") == "1"
+
+
+def _patch_preprocess(module) -> None:
+    decode_pixels = module.decode_pixels
+
+    def crashing_decode_pixels(file, **kwargs):
+        if CRASH_ON in os.fsdecode(getattr(file, "name", "")):
+            os._exit(70)
+        return decode_pixels(file, **kwargs)
+
+    module.decode_pixels = crashing_decode_pixels
+
+
+def _patch_known_batch(module) -> None:
+    stream_digest = module.stream_digest
+
+    def crashing_stream_digest(file, limit):
+        if CRASH_ON in os.fsdecode(getattr(file, "name", "")):
+            os._exit(70)
+        return stream_digest(file, limit)
+
+    module.stream_digest = crashing_stream_digest
+
+
+def _patch_gather(module) -> None:
+    def dying_forward(self, requests):
+        raise SystemExit("killed by tests/hooks")
+
+    module.Gatherer._forward = dying_forward
+
+
+_PATCHES = {"worker.preprocess": _patch_preprocess, "worker.known_batch": _patch_known_batch,
+            "worker.gather": _patch_gather}
+
+
+class _PatchAfterImport(importlib.abc.MetaPathFinder):
+    """Runs a patch right after its module's code has run, whoever imports it first."""
+
+    def find_spec(self, name, path, target=None):
+        if name not in _PATCHES:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is None or spec.loader is None or not _WANTED[name]:
+            return None
+        loader, patch = spec.loader, _PATCHES[name]
+        original_exec = loader.exec_module
+
+        def exec_module(module):
+            original_exec(module)
+            patch(module)
+
+        loader.exec_module = exec_module
+        return spec
+
+
+_WANTED = {"worker.preprocess": bool(CRASH_ON) and CRASH_WHILE == "decoding",
+           "worker.known_batch": bool(CRASH_ON) and CRASH_WHILE == "hashing", "worker.gather": KILL_INFERENCE}
+if any(_WANTED.values()):
+    sys.meta_path.insert(0, _PatchAfterImport())

@@ -1,0 +1,90 @@
+"""imgq/deliveries.py and worker/isolation.py against a real Redis: what counts as a lost delivery, when a
+suspect counts, and that a worker_crashed record never replaces a stored one."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+from imgq.contract import error_record, ok_record
+from imgq.deliveries import Deliveries
+from worker.batch import _never_crashed_over_a_record
+from worker.isolation import DecodeLock
+
+JOB = "job1"
+
+
+def beat(store, worker_id: str, started_at: float) -> None:
+    store.redis.set(store.keys.worker(worker_id), json.dumps({"started_at": started_at}), ex=30)
+
+
+def test_finished_deliveries_are_not_lost_however_often_requeued(store):
+    deliveries = Deliveries(store.redis, store.keys)
+    for n in range(1, 6):  # `imgq requeue` five times, each delivery finishing
+        assert deliveries.begin(JOB, 0, "w@a:1") == (n, 0)
+        deliveries.finish(JOB, 0)
+    assert deliveries.attempts(JOB) == {0: 5}
+
+
+def test_a_delivery_whose_worker_vanished_is_lost_and_a_live_holders_is_not(store):
+    deliveries = Deliveries(store.redis, store.keys)
+    beat(store, "w@a:1", 1.0)
+    deliveries.begin(JOB, 0, "w@a:1")  # never finishes...
+    assert deliveries.begin(JOB, 0, "w@b:2") == (2, 0)  # ...but its worker is alive: a duplicate
+    store.redis.delete(store.keys.worker("w@a:1"), store.keys.worker("w@b:2"))
+    assert deliveries.begin(JOB, 0, "w@c:3") == (3, 2)  # both vanished without finishing
+
+
+def test_a_suspect_counts_only_once_the_process_that_set_it_is_gone(store):
+    deliveries = Deliveries(store.redis, store.keys)
+    beat(store, "w@a:1", 100.0)
+    entry = deliveries.suspect(JOB, 7, "w@a:1", 100.0)
+    assert not deliveries.died_on(deliveries.suspects(JOB)[7])  # decoding it right now, alive
+    beat(store, "w@a:1", 200.0)  # a restarted container: same host name and pid, another process
+    assert deliveries.died_on(deliveries.suspects(JOB)[7])
+    store.redis.delete(store.keys.worker("w@a:1"))
+    assert deliveries.died_on(deliveries.suspects(JOB)[7])
+    other = deliveries.suspect(JOB, 7, "w@b:2", 300.0)  # another delivery takes the image over
+    deliveries.clear_suspect(JOB, 7, entry)  # the first one's clear leaves the second's entry alone
+    assert json.dumps(deliveries.suspects(JOB)[7]) == other
+    deliveries.clear_suspect(JOB, 7, other)
+    assert deliveries.suspects(JOB) == {}
+
+
+def test_worker_crashed_never_replaces_a_stored_record(store):
+    ok = ok_record(JOB, 0, "/a.png", [{"wnid": "n1", "label": "x", "score": 0.5}])
+    store.record_results(JOB, [ok])
+    crashed = [error_record(JOB, i, f"/{i}.png", "worker_crashed", "died") for i in (0, 1)]
+    kept = _never_crashed_over_a_record(store, JOB, crashed)
+    assert [r["image"] for r in kept] == [1]
+
+
+def test_an_exclusive_decode_runs_alone_and_is_not_starved():
+    lock, events, inside = DecodeLock(), [], threading.Event()
+
+    def shared(name, hold):
+        with lock.shared():
+            events.append(f"{name}+")
+            inside.set()
+            time.sleep(hold)
+            events.append(f"{name}-")
+
+    first = threading.Thread(target=shared, args=("s1", 0.3))
+    first.start()
+    inside.wait()
+
+    def exclusive():
+        with lock.exclusive():
+            events.append("x+")
+            time.sleep(0.1)
+            events.append("x-")
+
+    x = threading.Thread(target=exclusive)
+    x.start()
+    time.sleep(0.05)
+    late = threading.Thread(target=shared, args=("s2", 0.0))  # arrives while x waits: goes after x
+    late.start()
+    for t in (first, x, late):
+        t.join(5)
+    assert events == ["s1+", "s1-", "x+", "x-", "s2+", "s2-"]

@@ -1,0 +1,48 @@
+"""worker/reconcile.py's stall rule, per job, against a real Redis and a real queue (no worker consumes it)."""
+
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+
+from imgq import submit as enqueue
+from imgq.contract import BatchRef
+from imgq.deliveries import Deliveries
+from imgq.queue import publish
+from tests import imagegen
+from worker.reconcile import reconcile
+
+
+def _job(settings, store, folder, count):
+    folder.mkdir()
+    paths = [str(imagegen.save(folder / f"{i}.png", size=(32, 32), seed=i)) for i in range(count)]
+    return enqueue.submit(paths, settings=settings, store=store, batch_size=4).job
+
+
+def test_a_failed_jobs_batches_are_queued_again_behind_another_jobs_backlog(settings, store, tmp_path):
+    deliveries = Deliveries(store.redis, store.keys)
+    failed = _job(settings, store, tmp_path / "failed", 8)  # 2 batches
+    store.redis.delete(store.keys.kombu_queue)
+    for batch in (0, 1):  # each taken by a worker whose task then failed: begun, finished, no record, acked
+        deliveries.begin(failed, batch, "w@a:1")
+        deliveries.finish(failed, batch)
+    backlog = _job(settings, store, tmp_path / "backlog", 4)
+    publish([BatchRef(backlog, 0)] * 50, settings)  # another job's backlog stays in the queue
+    runtime = SimpleNamespace(store=store, settings=settings, deliveries=deliveries)
+    later = time.time() + settings.reconcile_seconds + 1
+    assert deliveries.waiting(failed) == 0 and deliveries.waiting(backlog) == 51
+    assert reconcile(runtime, now=later) == 2  # the failed job's two batches, the queue notwithstanding
+    queued = store.redis.lrange(store.keys.kombu_queue, 0, -1)
+    assert sum(failed in m for m in queued) == 2  # kombu's JSON envelope holds the reference as given
+    assert deliveries.waiting(failed) == 2  # now waiting: the next reconcile leaves them alone
+    assert reconcile(runtime, now=later) == 0
+
+
+def test_a_job_whose_messages_vanished_before_any_worker_is_queued_again_after_the_visibility_timeout(
+        settings, store, tmp_path):
+    deliveries = Deliveries(store.redis, store.keys)
+    _job(settings, store, tmp_path / "vanished", 4)
+    store.redis.delete(store.keys.kombu_queue)  # dropped before any worker began it: the count cannot tell
+    runtime = SimpleNamespace(store=store, settings=settings, deliveries=deliveries)
+    assert reconcile(runtime, now=time.time() + settings.reconcile_seconds + 1) == 0
+    assert reconcile(runtime, now=time.time() + settings.visibility_timeout + 1) == 1
