@@ -7,9 +7,7 @@ import json
 import threading
 import time
 
-from imgq.contract import error_record, ok_record
 from imgq.deliveries import Deliveries
-from worker.batch import _never_crashed_over_a_record
 from worker.isolation import DecodeLock
 
 JOB = "job1"
@@ -52,12 +50,6 @@ def test_a_suspect_counts_only_once_the_process_that_set_it_is_gone(store):
     assert deliveries.suspects(JOB) == {}
 
 
-def test_worker_crashed_never_replaces_a_stored_record(store):
-    ok = ok_record(JOB, 0, "/a.png", [{"wnid": "n1", "label": "x", "score": 0.5}])
-    store.record_results(JOB, [ok])
-    crashed = [error_record(JOB, i, f"/{i}.png", "worker_crashed", "died") for i in (0, 1)]
-    kept = _never_crashed_over_a_record(store, JOB, crashed)
-    assert [r["image"] for r in kept] == [1]
 
 
 def test_an_exclusive_decode_runs_alone_and_is_not_starved():

@@ -235,3 +235,12 @@ class TestLifecycle:
         store.redis.delete(store.keys.job("gone"))  # as its retention would
         assert [s.id for s in store.list_jobs()] == ["job1"]
         assert store.redis.zrange(store.keys.jobs, 0, -1) == ["job1"]
+
+
+def test_a_worker_crashed_record_never_replaces_a_stored_one(store):
+    commit(store, total=2)
+    store.record_results("job1", [ok("job1", 0)])
+    crashed = [error_record("job1", i, f"/img/{i}.jpg", "worker_crashed", "died", weights="random:0") for i in (0, 1)]
+    store.record_results("job1", crashed)
+    assert [r["status"] for r in store.iter_results("job1")] == ["ok", "error"]
+    assert store.status("job1").failed == 1
