@@ -23,7 +23,7 @@ from imgq.settings import Settings, env_var, mask_url
 from imgq.store import JobNotFound, JobStatus, ResultStore
 from imgq.walk import IGNORE_MARKERS, PathFilter, iter_images, read_path_list
 from producer.dumps import DumpError, estimate_bytes, format_bytes, size_guard
-from producer.export import FORMATS, output, writer_for
+from producer.export import FILE_FORMATS, FORMATS, file_writer_for, output, writer_for
 from producer.local import LocalServiceError
 
 
@@ -277,6 +277,8 @@ def wait(ctx, job, timeout):
 @click.pass_context
 def results(ctx, job, fmt, out, embeddings_out):
     """Stream every result record of JOB, in submission order."""
+    if fmt in FILE_FORMATS and out in (None, "-"):
+        raise click.ClickException(f"--format {fmt} writes a file: give -o FILE.")
     store = ResultStore.from_settings(ctx.obj)
     status = store.status(job)
     if not status.finished:
@@ -286,6 +288,10 @@ def results(ctx, job, fmt, out, embeddings_out):
         if not out:
             return
     k = status.params.get("top_k", ctx.obj.top_k)
+    if fmt in FILE_FORMATS:  # binary: written by path, row group by row group
+        n = file_writer_for(fmt, k)(store.iter_records(job), out)
+        click.echo(f"Wrote {n} records to {out}.", err=True)
+        return
     with output(out) as file:
         n = writer_for(fmt, k)(store.iter_records(job), file)
     if out:
