@@ -7,6 +7,7 @@ Imports are kept light (no TensorFlow, Celery or rich at import time) so that `i
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import sys
@@ -120,7 +121,8 @@ def submit_options(command):
 def selected_images(paths, recursive, includes, excludes, from_file):
     if not paths and from_file is None:
         raise click.UsageError("Give at least one PATH or --from-file.")
-    sources = list(paths) + (list(read_path_list(from_file)) if from_file else [])
+    # Chained, not listed: a list file of a million paths is read as the walk goes, never held whole.
+    sources = itertools.chain(paths, read_path_list(from_file) if from_file else ())
     return iter_images(sources, PathFilter(recursive=recursive, includes=tuple(includes), excludes=tuple(excludes)))
 
 

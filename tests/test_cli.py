@@ -196,3 +196,12 @@ def test_delete(run, photos, store):
 def test_unknown_job_is_one_line(run, command):
     result = run(command, "nosuchjob")
     assert result.exit_code == 1 and result.output.strip() == "Error: No job 'nosuchjob' in the results store."
+
+
+def test_a_list_file_is_read_as_the_walk_goes_never_held_whole():
+    from producer.cli import selected_images
+
+    listing = io.StringIO("/p/0.jpg\n/p/1.jpg\n")
+    images = selected_images((), True, (), (), listing)
+    assert listing.tell() == 0  # nothing read yet: a million-line list costs one line at a time
+    assert list(images) == ["/p/0.jpg", "/p/1.jpg"]
