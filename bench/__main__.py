@@ -1,5 +1,6 @@
 """`python -m bench FOLDER [options]` runs the benchmark; `python -m bench make-phone-photos SRC DST` writes
-12 MP test photos; `python -m bench show RESULTS.json` prints a run's tables again. Errors a user can fix
+12 MP test photos; `python -m bench show RESULTS.json` prints a run's tables again; `python -m bench scale`
+measures a job of a million paths without a model (bench/scale.py). Errors a user can fix
 become one line here."""
 
 from __future__ import annotations
@@ -79,12 +80,42 @@ def show(results):
     click.echo(report.render(json.load(results)))
 
 
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--images", type=click.IntRange(1000), default=1_000_000, show_default=True,
+              help="Paths in the job (empty files, 1,000 to a folder, in a temporary folder).")
+@click.option("--redis-url", default=lambda: os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
+              show_default="$REDIS_URL or redis://127.0.0.1:6379/0",
+              help="The Redis measured (only keys imgqscale-*:* are written and deleted).")
+@click.option("--tmp", type=click.Path(exists=True, file_okay=False), help="Where the files go [default: $TMPDIR].")
+@click.option("--quiet-wait", type=click.FloatRange(0), default=30.0, show_default=True,
+              help="Seconds to wait at most, before each figure, for other processes to leave the CPU.")
+@click.option("--out", type=click.Path(dir_okay=False, writable=True), help="Write every figure as JSON.")
+def scale(images, redis_url, tmp, quiet_wait, out):
+    """Submit time and producer RSS, Redis bytes per image queued and finished, and export times, for a job
+    of IMAGES paths, with no model (issue 13)."""
+    from bench.scale import render, run
+
+    log = lambda message: click.echo(f"[bench scale] {message}", err=True)  # noqa: E731
+    try:
+        results = run(images, redis_url, tmp, quiet_wait, log)
+    except (redis.ConnectionError, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(render(results))
+    if out:
+        partial = out + ".partial"  # written whole, then renamed
+        with open(partial, "w") as file:
+            json.dump(results, file, indent=2)
+        os.replace(partial, out)
+
+
 def main(argv: list[str]) -> None:
     # Commands without a group: `python -m bench FOLDER` keeps the folder as the first argument.
     if argv and argv[0] == "make-phone-photos":
         make_phone_photos.main(argv[1:], prog_name="python -m bench make-phone-photos")
     elif argv and argv[0] == "show":
         show.main(argv[1:], prog_name="python -m bench show")
+    elif argv and argv[0] == "scale":
+        scale.main(argv[1:], prog_name="python -m bench scale")
     else:
         bench.main(argv, prog_name="python -m bench")
 

@@ -85,6 +85,10 @@ class BatchMessage:
     known: str = ""
     # The content-hash index of images already classified (imgq/known.py): "" leaves it alone, "skip"
     # answers known images from it without a forward pass, "refresh" recomputes them and updates it.
+    sink: bool = False
+    # The batch's records go as one Parquet file into the workers' sink folder (IMGQ_SINK_DIR, imgq/sink.py)
+    # instead of into Redis. The folder is the worker's setting, never the message's: a message must not
+    # choose where a worker writes.
 
     def to_dict(self) -> dict:
         data = {
@@ -98,6 +102,8 @@ class BatchMessage:
             data.update(activations=list(self.activations), activations_dtype=self.activations_dtype)
         if self.known:
             data["known"] = self.known
+        if self.sink:
+            data["sink"] = True
         return data
 
     @classmethod
@@ -110,7 +116,7 @@ class BatchMessage:
             message = cls(job=str(data["job"]), batch=int(data["batch"]), images=images, top_k=int(data["top_k"]),
                           activations=tuple(str(name) for name in data.get("activations", ())),
                           activations_dtype=str(data.get("activations_dtype", "float16")),
-                          known=str(data.get("known", "")))
+                          known=str(data.get("known", "")), sink=data.get("sink") is True)
         except (KeyError, TypeError, ValueError) as exc:
             raise MessageError(f"Malformed batch message ({exc}). Received: {data!r:.200}") from None
         # The job id names a folder of activation dumps: it must never be a path.

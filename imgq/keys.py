@@ -26,6 +26,11 @@ class Keys:
         """Hash: image id -> result record (JSON). One field per image, so a redelivery overwrites."""
         return f"{self.ns}:results:{job}"
 
+    def sunk(self, job: str) -> str:
+        """Hash: batch number -> records that batch wrote to the job's Parquet sink (imgq/sink.py); their sum is
+        kept in the job's hash (``sunk``), so a redelivered batch replaces its count instead of adding to it."""
+        return f"{self.ns}:sunk:{job}"
+
     def failed(self, job: str) -> str:
         """Set of image ids whose record is an error; a set, so a redelivery cannot count twice."""
         return f"{self.ns}:failed:{job}"

@@ -133,6 +133,11 @@ class Settings:
     max_dump_bytes: int = 10 * 1024**3
     # `imgq submit --activations` refuses a job whose dumps would take more than this, unless --yes.
 
+    sink_dir: str = ""
+    # Folder of the Parquet sinks of jobs submitted with `--sink`, one sub-folder per job (one file per batch);
+    # empty means <state_dir>/sink. Workers write there and `imgq results` reads there: on several machines,
+    # a shared volume, as for dumps.
+
     retention: int = 7 * 86400
     # How long a finished (done or cancelled) job's records stay in Redis before they expire, in seconds or
     # as 12h, 7d, 30d; 0 keeps them until `imgq delete`. A week: enough to export a job, short enough that
@@ -146,6 +151,10 @@ class Settings:
     @property
     def effective_results_url(self) -> str:
         return self.results_url or self.broker_url
+
+    @property
+    def effective_sink_dir(self) -> str:
+        return self.sink_dir or os.path.join(self.state_dir, "sink")
 
     @property
     def effective_dump_root(self) -> str:

@@ -47,22 +47,10 @@ class JobNotFound(LookupError):
         self.job = job
 
 
-# Store a batch's records, if the job still exists; finish the job when every image has one. KEYS: job,
-# results, failed, active, then the job's other keys (expired with it). ARGV: now, job id, provenance JSON,
-# then (image id, "ok"|"error", packed record) per record. Returns the number of records, -1 for no job.
-_RECORD = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
-local prov = redis.call('HGET', KEYS[1], 'prov:' .. ARGV[3])
-if not prov then
-  prov = redis.call('HINCRBY', KEYS[1], 'nprov', 1) - 1
-  redis.call('HSET', KEYS[1], 'prov:' .. ARGV[3], prov, 'provn:' .. prov, ARGV[3])
-end
-for i = 4, #ARGV, 3 do
-  redis.call('HSET', KEYS[2], ARGV[i], prov .. ':' .. ARGV[i + 2])
-  if ARGV[i + 1] == 'error' then redis.call('SADD', KEYS[3], ARGV[i]) else redis.call('SREM', KEYS[3], ARGV[i]) end
-end
+# The end of a script that wrote records (``processed`` of the job's images now have one): finish the job
+# when every image has a record, and start its retention. KEYS as _job_keys; ARGV[1] now, ARGV[2] the job id.
+_FINISH = """
 redis.call('HSET', KEYS[1], 'last_record_at', ARGV[1])
-local processed = redis.call('HLEN', KEYS[2])
 local total = tonumber(redis.call('HGET', KEYS[1], 'total'))
 if total and processed >= total and redis.call('HSETNX', KEYS[1], 'finished_at', ARGV[1]) == 1 then
   redis.call('SREM', KEYS[4], ARGV[2])
@@ -73,6 +61,42 @@ if total and processed >= total and redis.call('HSETNX', KEYS[1], 'finished_at',
 end
 return processed
 """
+
+# Store a batch's records, if the job still exists. KEYS: _job_keys. ARGV: now, job id, provenance JSON, then
+# (image id, "ok"|"error"|"crashed", packed record) per record: a "crashed" record (worker_crashed) is written
+# only where the image has none, so it never replaces a record another delivery stored meanwhile. Returns the
+# number of records, -1 for no job.
+_RECORD = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local prov = redis.call('HGET', KEYS[1], 'prov:' .. ARGV[3])
+if not prov then
+  prov = redis.call('HINCRBY', KEYS[1], 'nprov', 1) - 1
+  redis.call('HSET', KEYS[1], 'prov:' .. ARGV[3], prov, 'provn:' .. prov, ARGV[3])
+end
+for i = 4, #ARGV, 3 do
+  local value = prov .. ':' .. ARGV[i + 2]
+  if ARGV[i + 1] == 'crashed' then
+    if redis.call('HSETNX', KEYS[2], ARGV[i], value) == 1 then redis.call('SADD', KEYS[3], ARGV[i]) end
+  else
+    redis.call('HSET', KEYS[2], ARGV[i], value)
+    if ARGV[i + 1] == 'error' then redis.call('SADD', KEYS[3], ARGV[i]) else redis.call('SREM', KEYS[3], ARGV[i]) end
+  end
+end
+local processed = redis.call('HLEN', KEYS[2])
+""" + _FINISH
+
+# Count a batch whose records went to the job's Parquet sink, if the job still exists: its count replaces
+# the batch's earlier one (a redelivery rewrote the file). KEYS: _job_keys. ARGV: now, job id, batch number,
+# records, then (image id, "ok"|"error") per record. Returns the number of records, -1 for no job.
+_SUNK = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local before = tonumber(redis.call('HGET', KEYS[9], ARGV[3]) or '0')
+redis.call('HSET', KEYS[9], ARGV[3], ARGV[4])
+local processed = redis.call('HINCRBY', KEYS[1], 'sunk', tonumber(ARGV[4]) - before)
+for i = 5, #ARGV, 2 do
+  if ARGV[i + 1] == 'error' then redis.call('SADD', KEYS[3], ARGV[i]) else redis.call('SREM', KEYS[3], ARGV[i]) end
+end
+""" + _FINISH
 
 # Set a field of the job's hash unless it is set, if the job exists. KEYS: job. ARGV: field, value.
 _SET_ONCE = """
@@ -99,13 +123,15 @@ class ResultStore:
     """Jobs and records of one namespace. ``client`` answers str (``decode_responses``); ``raw`` (made from
     its connection settings when not given) answers bytes, for the packed values."""
 
-    def __init__(self, client: redis.Redis, namespace: str, raw: redis.Redis | None = None):
+    def __init__(self, client: redis.Redis, namespace: str, raw: redis.Redis | None = None, sink_dir: str = ""):
         self.redis = client
+        self.sink_dir = sink_dir  # where the Parquet sinks of `--sink` jobs are, as this machine sees them
         self.raw = raw or redis.Redis(connection_pool=redis.ConnectionPool(
             **{**client.connection_pool.connection_kwargs, "decode_responses": False},
             connection_class=client.connection_pool.connection_class))
         self.keys = Keys(namespace)
         self._record = self.redis.register_script(_RECORD)
+        self._sunk = self.redis.register_script(_SUNK)
         self._set_once = self.redis.register_script(_SET_ONCE)
         self._cancel = self.redis.register_script(_CANCEL)
 
@@ -113,7 +139,7 @@ class ResultStore:
     def from_settings(cls, settings: Settings) -> ResultStore:
         client = redis.Redis.from_url(settings.effective_results_url, decode_responses=True,
                                       socket_connect_timeout=5, health_check_interval=30)
-        return cls(client, settings.namespace)
+        return cls(client, settings.namespace, sink_dir=settings.effective_sink_dir)
 
     def ping(self) -> None:
         """Raises redis.ConnectionError when the store cannot be reached."""
@@ -123,7 +149,7 @@ class ResultStore:
         """The keys of one job, in the order the scripts take them (the active set fourth)."""
         k = self.keys
         return [k.job(job), k.results(job), k.failed(job), k.active, k.batches(job), k.attempts(job),
-                k.inflight(job), k.suspects(job)]
+                k.inflight(job), k.suspects(job), k.sunk(job)]
 
     # -- submission ------------------------------------------------------------------------------------
 
@@ -147,7 +173,7 @@ class ResultStore:
         pipe.hset(self.keys.job(job), mapping={
             "id": job, "name": name, "created": now, "total": total, "batches": batches,
             "params": json.dumps({**params, **({"retention": retention} if retention else {})}),
-            "retention": retention,
+            "retention": retention, **({"sink": 1} if params.get("sink") else {}),
         })
         pipe.zadd(self.keys.jobs, {job: now})
         pipe.sadd(self.keys.active, job)
@@ -169,6 +195,10 @@ class ResultStore:
 
     def unfinished_batches(self, job: str) -> Iterator[dict]:
         """The job's batch messages with at least one image still lacking a record."""
+        sunk = self.sunk_batches(job)
+        if sunk or self.redis.hexists(self.keys.job(job), "sink"):
+            yield from (m for m in self.iter_batches(job) if sunk.get(m["batch"], 0) < len(m["images"]))
+            return
         key = self.keys.results(job)
         batches = self.iter_batches(job)
         while chunk := list(islice(batches, READ_CHUNK)):
@@ -186,28 +216,43 @@ class ResultStore:
     def open_for_work(self, job: str) -> bool:
         """False when the job's batches need no work: it is gone (deleted, expired), cancelled or done."""
         pipe = self.redis.pipeline(transaction=False)
-        pipe.hmget(self.keys.job(job), ["total", "cancelled_at"])
+        pipe.hmget(self.keys.job(job), ["total", "cancelled_at", "sunk"])
         pipe.hlen(self.keys.results(job))
-        (total, cancelled), processed = pipe.execute()
-        return total is not None and cancelled is None and processed < int(total)
+        (total, cancelled, sunk), processed = pipe.execute()
+        return total is not None and cancelled is None and processed + int(sunk or 0) < int(total)
 
     def is_cancelled(self, job: str) -> bool:
         return self.redis.hexists(self.keys.job(job), "cancelled_at")
 
     def record_results(self, job: str, records: Iterable[ResultRecord]) -> int:
-        """Store one record per image (overwriting any earlier one); returns how many images have records,
-        or -1 when the job is gone (nothing is written then). Records of one call may come from one
-        provenance at most once: they are grouped by it."""
+        """Store one record per image (overwriting any earlier one, except that a ``worker_crashed`` record
+        never replaces one); returns how many images have records, or -1 when the job is gone (nothing is
+        written then)."""
         by_provenance: dict[str, list] = {}
         for record in records:
+            crashed = record.error is not None and record.error.code == "worker_crashed"
             by_provenance.setdefault(packing.provenance(record), []).extend(
-                [str(record.image), record.status, packing.pack(record)])
+                [str(record.image), "crashed" if crashed else record.status, packing.pack(record)])
         processed = -1
         for provenance, args in by_provenance.items():
             processed = self._record(keys=self._job_keys(job), args=[time.time(), job, provenance, *args])
             if processed < 0:
                 break
         return processed
+
+    def record_sunk(self, job: str, batch: int, records: list[ResultRecord]) -> int:
+        """Count the records of ``batch`` that were written to the job's Parquet sink (imgq/sink.py), replacing
+        the batch's earlier count; returns how many images have records, or -1 when the job is gone."""
+        pairs = [value for record in records for value in (str(record.image), record.status)]
+        return self._sunk(keys=self._job_keys(job), args=[time.time(), job, batch, len(records), *pairs])
+
+    def sunk_count(self, job: str, batch: int) -> int:
+        """Records ``batch`` wrote to the job's sink (0: none yet)."""
+        return int(self.redis.hget(self.keys.sunk(job), batch) or 0)
+
+    def sunk_batches(self, job: str) -> dict[int, int]:
+        """Batch number -> records it wrote to the job's sink."""
+        return {int(batch): int(n) for batch, n in self.redis.hgetall(self.keys.sunk(job)).items()}
 
     def missing(self, job: str, images: list[int]) -> list[int]:
         """Those of ``images`` that have no record yet."""
@@ -231,6 +276,7 @@ class ResultStore:
         pipe.scard(self.keys.failed(job))
         pipe.pttl(self.keys.job(job))
         record, processed, failed, ttl = pipe.execute()
+        processed += int(record.get("sunk", 0))  # the records of a job with a sink are in its Parquet files
         status = parse_job(record, processed, failed, ttl) if record else None
         if status is None:
             raise JobNotFound(job)
@@ -255,6 +301,11 @@ class ResultStore:
     def iter_records(self, job: str) -> Iterator[ResultRecord]:
         """Every stored record of the job, in submission order. Raises JobNotFound."""
         _, record = self._status_and_record(job)
+        if record.get("sink"):  # the records are in the job's Parquet files, one per batch
+            from imgq import sink
+
+            yield from sink.read_job(self.sink_dir, job)
+            return
         provenances = _provenances(record)
         key = self.keys.results(job)
         batches = self.iter_batches(job)
@@ -280,6 +331,8 @@ class ResultStore:
     def record(self, job: str, image: int) -> ResultRecord | None:
         """The record of one image; None while it has none. Raises JobNotFound."""
         _, record = self._status_and_record(job)
+        if record.get("sink"):
+            return next((r for r in self.iter_records(job) if r.image == image), None)
         value = self.raw.hget(self.keys.results(job), str(image))
         first = self.batch(job, 0)  # every batch but the last is as long as the first
         message = self.batch(job, image // len(first["images"])) if first and image >= 0 else None
@@ -326,14 +379,18 @@ class ResultStore:
         return self.status(job)
 
     def delete(self, job: str) -> None:
-        """Forget a job: every key of it, at once. Batches still queued or in a worker's hands find no job
-        and write nothing. Raises JobNotFound."""
-        self.status(job)
+        """Forget a job: every key of it, at once, and its Parquet sink's files. Batches still queued or in a
+        worker's hands find no job and write nothing. Raises JobNotFound."""
+        status = self.status(job)
         pipe = self.redis.pipeline(transaction=True)
         pipe.delete(*(key for key in self._job_keys(job) if key != self.keys.active))
         pipe.zrem(self.keys.jobs, job)
         pipe.srem(self.keys.active, job)
         pipe.execute()
+        if status.params.get("sink"):
+            from imgq import sink
+
+            sink.remove_job(self.sink_dir, job)
 
 
 def _provenances(job_record: dict[str, str]) -> dict[str, str]:

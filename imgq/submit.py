@@ -37,7 +37,7 @@ class QueueingFailed(RuntimeError):
 
 
 def batches(images: Iterable[str], job: str, batch_size: int, top_k: int, activations: tuple[str, ...] = (),
-            activations_dtype: str = "float16", known: str = "") -> Iterator[BatchMessage]:
+            activations_dtype: str = "float16", known: str = "", sink: bool = False) -> Iterator[BatchMessage]:
     """Cut ``images`` into batch messages; image ids count from 0 in submission order."""
     iterator = iter(images)
     image_id = 0
@@ -48,7 +48,7 @@ def batches(images: Iterable[str], job: str, batch_size: int, top_k: int, activa
         items = tuple(enumerate(chunk, start=image_id))
         image_id += len(chunk)
         yield BatchMessage(job=job, batch=number, images=items, top_k=top_k, activations=activations,
-                           activations_dtype=activations_dtype, known=known)
+                           activations_dtype=activations_dtype, known=known, sink=sink)
 
 
 @dataclass(frozen=True)
@@ -64,13 +64,14 @@ def new_job_id() -> str:
 
 def submit(images: Iterable[str], *, settings: Settings, store: ResultStore, name: str = "", job: str | None = None,
            top_k: int | None = None, batch_size: int | None = None, params: dict | None = None,
-           activations: tuple[str, ...] = (), activations_dtype: str = "float16", known: str = "",
+           activations: tuple[str, ...] = (), activations_dtype: str = "float16", known: str = "", sink: bool = False,
            limit_check: Callable[[int], None] | None = None) -> Submitted:
     """Queue ``images`` as one job. Raises EmptySelection, or redis/kombu errors when Redis is down.
 
     ``job``: the id to give the job (default: a new one, ``new_job_id``).
     ``activations``: layer names (checked with imgq.layers.check_layers) to dump for every image.
     ``known``: "skip" or "refresh" to use the content-hash index (imgq/known.py), "" to leave it alone.
+    ``sink``: the workers write the records as Parquet files into their sink folder instead of into Redis.
     ``limit_check``: called with the number of images once the walk is done, before the job is committed;
     whatever it raises aborts the submission with nothing queued (e.g. producer.dumps.size_guard).
     """
@@ -79,7 +80,7 @@ def submit(images: Iterable[str], *, settings: Settings, store: ResultStore, nam
     job = job or new_job_id()
     total = n_batches = 0
     pending: list[dict] = []
-    for message in batches(images, job, batch_size, top_k, activations, activations_dtype, known):
+    for message in batches(images, job, batch_size, top_k, activations, activations_dtype, known, sink):
         pending.append(message.to_dict())
         total += len(message.images)
         n_batches += 1
@@ -99,7 +100,8 @@ def submit(images: Iterable[str], *, settings: Settings, store: ResultStore, nam
     store.commit_job(job, name=name or job, total=total, batches=n_batches, retention=settings.retention,
                      params={"top_k": top_k, "batch_size": batch_size, **(params or {}),
                              **({"activations": list(activations), "activations_dtype": activations_dtype}
-                                if activations else {}), **({"known": known} if known else {})})
+                                if activations else {}), **({"known": known} if known else {}),
+                             **({"sink": True} if sink else {})})
     try:
         publish((BatchRef(job, number) for number in range(n_batches)), settings)
     except Exception as exc:

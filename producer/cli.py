@@ -7,6 +7,7 @@ Imports are kept light (no TensorFlow, Celery or rich at import time) so that `i
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import re
@@ -26,7 +27,7 @@ from imgq.settings import Settings, env_var, format_seconds, mask_url, parse_dur
 from imgq.store import JobNotFound, ResultStore
 from imgq.walk import IGNORE_MARKERS, PathFilter, iter_images, read_path_list
 from producer.dumps import DumpError, estimate_bytes, format_bytes, size_guard
-from producer.export import FORMATS, output, with_min_score, writer_for
+from producer.export import FILE_FORMATS, FORMATS, file_writer_for, output, with_min_score, writer_for
 from producer.local import LocalServiceError
 from producer.paths import OutputFile
 from producer.tagging import UntrainedWeights
@@ -171,7 +172,8 @@ def submit_options(command):
 def selected_images(paths, recursive, includes, excludes, from_file):
     if not paths and from_file is None:
         raise click.UsageError("Give at least one PATH or --from-file.")
-    sources = list(paths) + (list(read_path_list(from_file)) if from_file else [])
+    # Chained, not listed: a list file of a million paths is read as the walk goes, never held whole.
+    sources = itertools.chain(paths, read_path_list(from_file) if from_file else ())
     return iter_images(sources, PathFilter(recursive=recursive, includes=tuple(includes), excludes=tuple(excludes)))
 
 
@@ -197,6 +199,9 @@ def job_options(command):
         click.option("--activations-dtype", type=click.Choice(["float16", "float32"]), default="float16",
                      show_default=True, help="Type of the dumped values."),
         click.option("--yes", is_flag=True, help="Queue even when the dumps would take more than IMGQ_MAX_DUMP_BYTES."),
+        click.option("--sink", is_flag=True,
+                     help="Workers write the records as one Parquet file per batch into IMGQ_SINK_DIR instead of "
+                          "Redis, which then holds only counts: for the largest jobs. `imgq results` reads them."),
     ]
     for decorator in reversed(decorators):
         command = decorator(command)
@@ -204,10 +209,11 @@ def job_options(command):
 
 
 def job_request(settings: Settings, known: str, activations: tuple[str, ...], activations_dtype: str,
-                yes: bool) -> dict:
+                yes: bool, sink: bool) -> dict:
     """The keyword arguments of imgq.submit.submit for these options (with the dump size guard unless --yes)."""
     guard = size_guard(activations, activations_dtype, settings.max_dump_bytes) if activations and not yes else None
-    return {"known": known, "activations": activations, "activations_dtype": activations_dtype, "limit_check": guard}
+    return {"known": known, "activations": activations, "activations_dtype": activations_dtype, "limit_check": guard,
+            "sink": sink}
 
 
 class Duration(click.ParamType):
@@ -230,7 +236,7 @@ class Duration(click.ParamType):
 @click.option("--wait", "wait_", is_flag=True, help="Show progress until the job completes.")
 @click.pass_context
 def submit(ctx, paths, recursive, includes, excludes, from_file, top_k, batch_size, name, known, activations,
-           activations_dtype, retention, yes, wait_):
+           activations_dtype, retention, yes, sink, wait_):
     """Queue the images under PATH... as one job and print its id (only the id, on stdout)."""
     settings = with_overrides(ctx, top_k=top_k, batch_size=batch_size, retention=retention)
     images = selected_images(paths, recursive, includes, excludes, from_file)
@@ -239,7 +245,7 @@ def submit(ctx, paths, recursive, includes, excludes, from_file, top_k, batch_si
     queue.check_broker(settings)
     try:
         submitted = submission.submit(images, settings=settings, store=store, name=name,
-                                      **job_request(settings, known, activations, activations_dtype, yes))
+                                      **job_request(settings, known, activations, activations_dtype, yes, sink))
     except submission.QueueingFailed as exc:
         click.echo(exc.job)  # the job exists and will complete: scripts must get its id, not submit it again
         raise click.ClickException(str(exc)) from None
@@ -374,6 +380,8 @@ def wait(ctx, job, timeout):
 @click.pass_context
 def results(ctx, job, fmt, out, embeddings_out, min_score):
     """Stream every result record of JOB, in submission order."""
+    if fmt in FILE_FORMATS and out in (None, "-"):
+        raise click.ClickException(f"--format {fmt} writes a file: give -o FILE.")
     store = ResultStore.from_settings(ctx.obj)
     status = store.status(job)
     if not status.finished:
@@ -385,6 +393,10 @@ def results(ctx, job, fmt, out, embeddings_out, min_score):
         if not out:
             return
     k = status.params.get("top_k", ctx.obj.top_k)
+    if fmt in FILE_FORMATS:  # binary: written by path, row group by row group
+        n = file_writer_for(fmt, k)(with_min_score(store.iter_records(job), min_score), out)
+        click.echo(f"Wrote {n} records to {out}.", err=True)
+        return
     with output(out) as file:
         n = writer_for(fmt, k)(with_min_score(store.iter_records(job), min_score), file)
     if out:
@@ -470,7 +482,7 @@ def worker(ctx, weights, batch_size, metrics_port, metrics_address, log_format, 
               help="Start a private Redis-compatible server (default: only when none is configured or answering).")
 @click.pass_context
 def classify(ctx, paths, recursive, includes, excludes, from_file, top_k, batch_size, name, known, activations,
-             activations_dtype, yes, weights, out, fmt, min_score, tag_sidecars, embedded_redis):
+             activations_dtype, yes, sink, weights, out, fmt, min_score, tag_sidecars, embedded_redis):
     """Classify the images under PATH... on this machine, starting whatever is missing, into a results file."""
     from producer.classify import Output, run_classify
     from producer.tagging import TagOptions
@@ -479,7 +491,7 @@ def classify(ctx, paths, recursive, includes, excludes, from_file, top_k, batch_
     broker_configured = bool(os.environ.get(env_var("broker_url"))) or ctx.parent.params.get("broker_url")
     images = selected_images(paths, recursive, includes, excludes, from_file)
     run_classify(images, settings, name=name, embedded=embedded_redis, broker_configured=bool(broker_configured),
-                 request=job_request(settings, known, activations, activations_dtype, yes),
+                 request=job_request(settings, known, activations, activations_dtype, yes, sink),
                  output=Output(out, fmt, min_score, TagOptions(min_score=min_score or 0.0) if tag_sidecars else None))
 
 

@@ -1,4 +1,4 @@
-"""Result records out as JSON lines or CSV, written atomically when going to a file."""
+"""Result records out as JSON lines, CSV or Parquet, written atomically when going to a file."""
 
 from __future__ import annotations
 
@@ -12,8 +12,11 @@ from typing import IO
 
 from imgq.contract import Label, ResultRecord
 from imgq.files import atomic_path
+from producer.parquet import write_parquet
 
-FORMATS = ("jsonl", "csv")
+FORMATS = ("jsonl", "csv", "parquet")
+FILE_FORMATS = ("parquet",)
+# Binary formats, written to a path row group by row group (file_writer_for), never to standard output.
 
 
 def labels_above(record: ResultRecord, min_score: float) -> tuple[Label, ...]:
@@ -71,6 +74,11 @@ def writer_for(fmt: str, k: int) -> Callable[[Iterable[ResultRecord], IO[str]], 
     if fmt == "csv":
         return lambda records, out: write_csv(records, out, k)
     return write_jsonl
+
+
+def file_writer_for(fmt: str, k: int) -> Callable[[Iterable[ResultRecord], str], int]:
+    """The writer of a FILE_FORMATS format: ``(records, path) -> rows written``."""
+    return lambda records, path: write_parquet(records, path, k)
 
 
 @contextmanager

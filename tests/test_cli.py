@@ -49,8 +49,9 @@ def test_every_command_is_walked():
 
 
 def test_cli_never_imports_tensorflow():
+    heavy = "{'tensorflow', 'keras', 'celery', 'rich', 'pyarrow'}"
     code = ("import sys; from producer.cli import cli; "
-            "print(sorted({m.split('.')[0] for m in sys.modules} & {'tensorflow', 'keras', 'celery', 'rich'}))")
+            f"print(sorted({{m.split('.')[0] for m in sys.modules}} & {heavy}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -260,3 +261,12 @@ def test_a_file_that_cannot_be_made_is_one_line(run, photos, store):
     result = run("results", job, "-o", "/proc/imgq-out.jsonl")
     assert result.exit_code == 1 and result.output.strip().splitlines() == [
         "Error: Cannot write /proc/imgq-out.jsonl: No such file or directory."]
+
+
+def test_a_list_file_is_read_as_the_walk_goes_never_held_whole():
+    from producer.cli import selected_images
+
+    listing = io.StringIO("/p/0.jpg\n/p/1.jpg\n")
+    images = selected_images((), True, (), (), listing)
+    assert listing.tell() == 0  # nothing read yet: a million-line list costs one line at a time
+    assert list(images) == ["/p/0.jpg", "/p/1.jpg"]

@@ -176,7 +176,7 @@ def test_env_example_documents_every_setting_and_compose_variable():
 def test_every_setting_set_in_dotenv_reaches_every_service():
     """A setting in .env reaches the services: the compose file passes each one on, except those it fixes."""
     env = {**read_dotenv(ENV_EXAMPLE), "REDIS_PASSWORD": "pw"}
-    fixed = {"IMGQ_BROKER_URL", "IMGQ_ALLOWED_ROOTS", "IMGQ_STATE_DIR", "IMGQ_DUMP_ROOT"}
+    fixed = {"IMGQ_BROKER_URL", "IMGQ_ALLOWED_ROOTS", "IMGQ_STATE_DIR", "IMGQ_DUMP_ROOT", "IMGQ_SINK_DIR"}
     assignable = {name for name in env if name.startswith("IMGQ_")}
     assert assignable == {env_var(f.name) for f in dataclasses.fields(Settings)} - fixed
     for name in assignable:

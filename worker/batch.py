@@ -72,8 +72,7 @@ def run_batch(message: BatchMessage, runtime: Runtime, worker: str) -> list[Resu
 def _run(message: BatchMessage, runtime: Runtime, worker: str, attempts: int, lost: int) -> list[ResultRecord]:
     job, store, deliveries = message.job, runtime.store, runtime.deliveries
     try:
-        wanted = set(_until_redis_answers(lambda: store.missing(job, [image for image, _ in message.images])))
-        todo = [(image, path) for image, path in message.images if image in wanted]
+        todo = _until_redis_answers(lambda: _todo(message, store))
         if not todo:
             return []
         _until_redis_answers(lambda: store.mark_started(job))
@@ -87,10 +86,34 @@ def _run(message: BatchMessage, runtime: Runtime, worker: str, attempts: int, lo
                                           isolation)
         else:
             records = _classify(message, todo, runtime, worker, isolation)
-        _until_redis_answers(lambda: store.record_results(job, records))
+        if message.sink:
+            _sink(message, records, runtime)
+        else:
+            _until_redis_answers(lambda: store.record_results(job, records))
         return records
     finally:
         _until_redis_answers(lambda: deliveries.finish(job, message.batch))
+
+
+def _todo(message: BatchMessage, store) -> list[tuple[int, str]]:
+    """The images of the batch that still need a record. A batch of a job with a Parquet sink is all or
+    nothing: its file holds every image of it, so a redelivery redoes it whole, unless its file was counted."""
+    if message.sink:
+        done = store.sunk_count(message.job, message.batch) >= len(message.images)
+        return [] if done else list(message.images)
+    wanted = set(store.missing(message.job, [image for image, _ in message.images]))
+    return [(image, path) for image, path in message.images if image in wanted]
+
+
+def _sink(message: BatchMessage, records: list[ResultRecord], runtime: Runtime) -> None:
+    """Write the batch's records as its Parquet file (replacing one a lost delivery wrote), then count them.
+
+    The file first: a worker that dies between the two leaves a file the next delivery replaces. An OSError
+    (a full disk) fails the task, which the reconciler queues again; nothing is counted then."""
+    from imgq import sink
+
+    sink.write_batch(runtime.settings.effective_sink_dir, message.job, message.batch, records, k=message.top_k)
+    _until_redis_answers(lambda: runtime.store.record_sunk(message.job, message.batch, records))
 
 
 REDIS_PATIENCE_SECONDS = 300

@@ -111,3 +111,29 @@ def test_cancel_while_batches_run(fast_settings, start_worker, tmp_path):
     assert final.state == "cancelled" and final.processed <= at_cancel + 2 * 4  # at most the 2 batches in hand
     assert len(list(store.iter_results(job))) == final.processed < len(paths)
     assert store.active_jobs() == set()  # nothing left for the reconciler to revive
+
+
+def test_a_sink_job_survives_a_killed_worker_with_one_row_per_image(fast_settings, start_worker, tmp_path):
+    """With --sink, records go to one Parquet file per batch; a worker SIGKILLed mid-job loses nothing and
+    doubles nothing: the files hold exactly one row per image, and Redis none of the records."""
+    import pyarrow.dataset as ds
+
+    from imgq import submit as submission
+    from imgq.sink import job_folder
+
+    settings = dataclasses.replace(fast_settings, sink_dir=str(tmp_path / "sink"))
+    store = ResultStore.from_settings(settings)
+    paths = small_images(tmp_path / "in", 80)
+    first = start_worker(settings)
+    job = submission.submit([str(p) for p in paths], settings=settings, store=store, sink=True).job
+    wait_until(lambda: store.status(job).processed >= 8, 120, "the first batches")
+    first.process.kill()
+    first.process.wait()
+    assert store.status(job).processed < len(paths)
+    start_worker(settings)
+    wait_until(lambda: store.status(job).processed == len(paths), 180, "the job to complete")
+    table = ds.dataset(job_folder(settings.effective_sink_dir, job), format="parquet").to_table()
+    assert sorted(table.column("image").to_pylist()) == list(range(len(paths)))  # one row each, no more
+    assert set(table.column("status").to_pylist()) == {"ok"}
+    assert [r.image for r in store.iter_records(job)] == list(range(len(paths)))
+    assert store.redis.hlen(store.keys.results(job)) == 0

@@ -1,0 +1,116 @@
+"""The Parquet sink: a job's records as one Parquet file per batch in a shared folder, instead of in Redis.
+
+``<sink>/<job>/batch-<n:06d>.parquet`` holds the records of batch ``n`` (schema: imgq/parquet_schema.py).
+Each file is written under a temporary name in the same folder and renamed over its final name, so:
+
+- a reader sees a batch's file whole or not at all;
+- a redelivered batch *replaces* its file instead of adding rows: exactly one row per image, by
+  construction, whatever the number of deliveries (the name is the batch, like SageMaker's output keyed by
+  input);
+- a writer killed mid-write leaves only a temporary file (``.imgq-*.tmp``), which is never read as a batch.
+
+pyarrow is imported inside the functions so that importing imgq (and `imgq --help`) stays fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from collections.abc import Iterable, Iterator
+
+from imgq.contract import JOB_ID, ResultRecord
+from imgq.files import atomic_path
+from imgq.parquet_schema import record_batch, records
+
+BATCH_FILE = re.compile(r"batch-(\d{6,})\.parquet")
+# Only names of this form are batches: temporary files (.imgq-*.tmp) and anything else in the folder are not.
+
+
+def job_folder(sink_dir: str, job: str) -> str:
+    """``<sink>/<job>``; ``job`` must be a job id (JOB_ID), so the folder cannot leave the sink: ValueError
+    otherwise."""
+    if not JOB_ID.fullmatch(job):
+        raise ValueError(f"Expected a job id of letters, digits, '_' or '-'. Received: {job!r}")
+    return os.path.join(sink_dir, job)
+
+
+def batch_file(sink_dir: str, job: str, batch: int) -> str:
+    """Where batch ``batch`` of ``job`` is: ``<sink>/<job>/batch-<n:06d>.parquet``."""
+    if int(batch) < 0:
+        raise ValueError(f"Expected a batch number >= 0. Received: {batch!r}")
+    return os.path.join(job_folder(sink_dir, job), f"batch-{int(batch):06d}.parquet")
+
+
+def write_batch(sink_dir: str, job: str, batch: int, batch_records: Iterable[ResultRecord],
+                k: int | None = None) -> str:
+    """Write (or replace) the file of batch ``batch`` of ``job`` with ``batch_records``, one row each, with
+    ``k`` label ranks (default: the most labels a record has); returns its path.
+
+    The file is flushed to disk before it is renamed: a worker acknowledges the batch once this returns, so a
+    machine that crashes just after must not leave an empty file under the batch's name. Raises OSError
+    (a full disk, a sink folder that is not writable).
+    """
+    rows = sorted(batch_records, key=lambda r: r.image)
+    if any(r.job != job for r in rows):
+        raise ValueError(f"Expected records of job {job!r}. Received: {sorted({r.job for r in rows})!r}")
+    path = batch_file(sink_dir, job, batch)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    batch_rows = record_batch(rows, max((len(r.top_k) for r in rows), default=0) if k is None else k)
+    with atomic_path(path) as tmp:
+        _write_synced(batch_rows, tmp)
+    return path
+
+
+def _write_synced(batch, path: str) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    with open(path, "wb") as file:
+        pq.write_table(pa.Table.from_batches([batch]), file, compression="zstd")
+        file.flush()
+        os.fsync(file.fileno())
+
+
+def batch_numbers(sink_dir: str, job: str) -> list[int]:
+    """The numbers of the batches of ``job`` that have a file, in order (none when the folder is missing)."""
+    try:
+        names = os.listdir(job_folder(sink_dir, job))
+    except FileNotFoundError:
+        return []
+    return sorted(int(m.group(1)) for m in map(BATCH_FILE.fullmatch, names) if m)
+
+
+def read_job(sink_dir: str, job: str) -> Iterator[ResultRecord]:
+    """Every record of ``job`` in the sink, in submission order: batch files in order, rows in image order.
+    One file is held in memory at a time."""
+    import pyarrow.parquet as pq
+
+    for number in batch_numbers(sink_dir, job):
+        table = pq.read_table(batch_file(sink_dir, job, number))
+        yield from sorted(records(table), key=lambda r: r.image)
+
+
+def count_rows(sink_dir: str, job: str) -> int:
+    """How many rows the job's batch files hold (from their footers, without reading the rows)."""
+    import pyarrow.parquet as pq
+
+    return sum(pq.ParquetFile(batch_file(sink_dir, job, n)).metadata.num_rows for n in batch_numbers(sink_dir, job))
+
+
+def remove_job(sink_dir: str, job: str) -> int:
+    """Remove the job's batch files (and temporary files a killed writer left), then its folder if nothing
+    else is in it; returns how many batch files went. Nothing imgq did not write is removed."""
+    folder = job_folder(sink_dir, job)
+    removed = 0
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return 0
+    for name in names:
+        if BATCH_FILE.fullmatch(name) or (name.startswith(".imgq-") and name.endswith(".tmp")):
+            os.unlink(os.path.join(folder, name))
+            removed += bool(BATCH_FILE.fullmatch(name))
+    with contextlib.suppress(OSError):  # something else is in it: left as it is
+        os.rmdir(folder)
+    return removed
