@@ -66,7 +66,7 @@ def run(images: int, redis_url: str, tmp_root: str | None = None, quiet_wait: fl
             export_figures(results, redis_url, namespace, job, tmp, log)
             results["parquet_alone"] = parquet_alone(images, tmp, log)
         finally:
-            for ns in (namespace, namespace + "-list"):
+            for ns in (namespace, namespace + "-list", namespace + "-sink"):
                 delete_namespace(redis_url, ns)
     results["load_average_after"] = os.getloadavg()
     return results
@@ -140,6 +140,25 @@ def memory_figures(results: dict, client: redis.Redis, namespace: str, job: str,
     results["finished"] = namespace_bytes(client, namespace)
     log(f"finished: {results['finished']['bytes'] / images:.0f} bytes of Redis per image "
         f"({written:,} records written in {seconds:.0f} s)")
+    results["finished_sink"] = sink_bytes(client, store, namespace + "-sink", job)
+    log(f"finished with --sink: {results['finished_sink']['bytes'] / images:.0f} bytes of Redis per image")
+
+
+def sink_bytes(client: redis.Redis, store: ResultStore, namespace: str, job: str) -> dict:
+    """Redis bytes of the same job submitted with --sink, once every batch is counted: its records are in
+    Parquet files (not written here: their size does not touch Redis), Redis keeps the counts and failed ids."""
+    sunk = ResultStore(client, namespace)
+    batches = list(store.iter_batches(job))
+    for start in range(0, len(batches), 500):
+        sunk.stage_batches(job, batches[start:start + 500])
+    status = store.status(job)
+    sunk.commit_job(job, name=status.name, total=status.total, batches=len(batches), params={**status.params,
+                                                                                              "sink": True})
+    rng = np.random.default_rng(0)
+    for message in batches:
+        sunk.record_sunk(job, message["batch"], [synthetic_record(job, image, path, rng)
+                                                 for image, path in message["images"]])
+    return namespace_bytes(client, namespace)
 
 
 def record_everything(store: ResultStore, job: str) -> int:
@@ -272,7 +291,8 @@ def memory_table(results: dict) -> str:
 
     n = results["images"]
     rows = []
-    for key, label in (("queued", "queued (after submit, no worker)"), ("finished", "finished (every record)")):
+    for key, label in (("queued", "queued (after submit, no worker)"), ("finished", "finished (every record)"),
+                       ("finished_sink", "finished, with --sink (counts only)")):
         m = results[key]
         kinds = ", ".join(f"{kind} {size / n:.0f}" for kind, size in m["by_kind"].items() if size / n >= 0.5)
         rows.append([label, f"{m['bytes'] / n:.0f}", f"{m['bytes'] / 1e6:.0f} MB", str(m["keys"]), kinds])

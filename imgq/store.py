@@ -86,12 +86,15 @@ local processed = redis.call('HLEN', KEYS[2])
 """ + _FINISH
 
 # Count a batch whose records went to the job's Parquet sink, if the job still exists: its count replaces
-# the batch's earlier one (a redelivery rewrote the file). KEYS: _job_keys. ARGV: now, job id, batch number,
-# records, then (image id, "ok"|"error") per record. Returns the number of records, -1 for no job.
+# the batch's earlier one (a redelivery rewrote the file), and its entry in the batch list becomes ``null``
+# (its paths are in the file now), so that a sink job's Redis does not grow with its images. KEYS: _job_keys.
+# ARGV: now, job id, batch number, records, then (image id, "ok"|"error") per record. Returns the number of
+# records, -1 for no job.
 _SUNK = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 local before = tonumber(redis.call('HGET', KEYS[9], ARGV[3]) or '0')
 redis.call('HSET', KEYS[9], ARGV[3], ARGV[4])
+redis.call('LSET', KEYS[5], ARGV[3], 'null')
 local processed = redis.call('HINCRBY', KEYS[1], 'sunk', tonumber(ARGV[4]) - before)
 for i = 5, #ARGV, 2 do
   if ARGV[i + 1] == 'error' then redis.call('SADD', KEYS[3], ARGV[i]) else redis.call('SREM', KEYS[3], ARGV[i]) end
@@ -181,16 +184,17 @@ class ResultStore:
         pipe.execute()
 
     def batch(self, job: str, number: int) -> dict | None:
-        """One batch message of the job, by number; None when there is no such batch (or job)."""
+        """One batch message of the job, by number; None when there is no such batch (or job), or when it is a
+        sink job's batch already written to its file."""
         raw = self.redis.lindex(self.keys.batches(job), number) if number >= 0 else None
         return None if raw is None else json.loads(raw)
 
     def iter_batches(self, job: str) -> Iterator[dict]:
-        """The job's batch messages in order."""
+        """The job's batch messages in order (of a sink job: those not yet in its files)."""
         key = self.keys.batches(job)
         start = 0
         while chunk := self.redis.lrange(key, start, start + READ_CHUNK - 1):
-            yield from (json.loads(m) for m in chunk)
+            yield from (message for message in map(json.loads, chunk) if message is not None)
             start += len(chunk)
 
     def unfinished_batches(self, job: str) -> Iterator[dict]:

@@ -122,6 +122,7 @@ def test_a_sink_jobs_counts_are_in_redis_and_its_records_in_the_files(store, tmp
     assert store.record_sunk("sunk1", 0, first) == 4  # a redelivery replaces the batch's count
     assert store.status("sunk1").state == "queued" and store.status("sunk1").processed == 4
     assert list(store.unfinished_batches("sunk1")) == messages[1:]
+    assert store.batch("sunk1", 0) is None and store.batch("sunk1", 1) == messages[1]  # its paths are in the file
     second = [ok_record("sunk1", 4, "/img/4.jpg", top, weights="w"),
               error_record("sunk1", 5, "/img/5.jpg", "corrupt", "truncated", weights="w")]
     sink.write_batch(store.sink_dir, "sunk1", 1, second, k=5)
