@@ -19,7 +19,8 @@ import redis
 
 from imgq.keys import Keys
 
-_ENDED = "ended:"  # attempts-hash fields "ended:<batch>": deliveries of the batch that finished
+# The attempts hash holds, per batch, "<batch>": deliveries begun and "ended:<batch>": deliveries that
+# finished (written by the scripts below), and "published": the job's messages ever sent to the queue.
 _PUBLISHED = "published"  # attempts-hash field: the job's batch messages ever sent to the queue
 
 
@@ -38,33 +39,65 @@ return 0
 """
 
 
+# The writes of a delivery, only while the job exists: a batch of a deleted job must leave no key behind.
+# KEYS: job, attempts, inflight. ARGV: batch, the holder's entry. Returns false for no job, else
+# {previous holder or false, deliveries, deliveries ended}.
+_BEGIN = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+local previous = redis.call('HGET', KEYS[3], ARGV[1])
+local attempts = redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
+local ended = redis.call('HGET', KEYS[2], 'ended:' .. ARGV[1])
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
+return {previous, attempts, ended}
+"""
+
+# KEYS: job, attempts, inflight. ARGV: batch.
+_FINISH = """
+redis.call('HDEL', KEYS[3], ARGV[1])
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HINCRBY', KEYS[2], 'ended:' .. ARGV[1], 1) end
+"""
+
+# KEYS: job, suspects. ARGV: image, entry.
+_SUSPECT = """
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[2], ARGV[1], ARGV[2]) end
+"""
+
+
+class NoSuchJob(LookupError):
+    """The job of a delivery is gone (deleted, expired): there is nothing to do for it."""
+
+
 class Deliveries:
     def __init__(self, client: redis.Redis, keys: Keys):
         self.redis = client
         self.keys = keys
         self._clear_if_mine = client.register_script(_CLEAR_IF_MINE)
+        self._begin = client.register_script(_BEGIN)
+        self._finish = client.register_script(_FINISH)
+        self._suspect = client.register_script(_SUSPECT)
 
     def begin(self, job: str, batch: int, worker_id: str) -> tuple[int, int]:
         """A worker starts a batch; returns ``(deliveries, lost)``: how many times it has been delivered, this
-        one included, and how many of the earlier ones were lost (began, never finished, worker gone)."""
-        attempts_key = self.keys.attempts(job)
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hget(self.keys.inflight(job), batch)
-        pipe.hincrby(attempts_key, batch, 1)
-        pipe.hget(attempts_key, f"{_ENDED}{batch}")
-        pipe.hset(self.keys.inflight(job), batch, json.dumps({"worker": worker_id, "since": time.time()}))
-        previous, attempts, ended, _ = pipe.execute()
+        one included, and how many of the earlier ones were lost (began, never finished, worker gone).
+
+        Raises NoSuchJob when the job is gone: nothing is written then."""
+        holder = json.dumps({"worker": worker_id, "since": time.time()})
+        found = self._begin(keys=self._keys(job), args=[batch, holder])
+        if not found:
+            raise NoSuchJob(job)
+        previous, attempts, ended = found
         unfinished = attempts - 1 - int(ended or 0)
         if previous is not None and self.redis.exists(self.keys.worker(json.loads(previous)["worker"])):
             unfinished -= 1  # a live worker still holds it: a duplicate delivery, not a lost one
         return attempts, max(unfinished, 0)
 
     def finish(self, job: str, batch: int) -> None:
-        """The worker is done with its delivery (records stored, or skipped): it was not lost."""
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hincrby(self.keys.attempts(job), f"{_ENDED}{batch}", 1)
-        pipe.hdel(self.keys.inflight(job), batch)
-        pipe.execute()
+        """The worker is done with its delivery (records stored, or skipped): it was not lost. Counted only
+        while the job exists."""
+        self._finish(keys=self._keys(job), args=[batch])
+
+    def _keys(self, job: str) -> list[str]:
+        return [self.keys.job(job), self.keys.attempts(job), self.keys.inflight(job)]
 
     def end(self, job: str, batch: int) -> None:
         """Nobody holds the batch any more (the reconciler, for a dead worker's batch)."""
@@ -95,7 +128,7 @@ class Deliveries:
         Returns the entry, for ``clear_suspect``.
         """
         entry = json.dumps({"worker": worker_id, "started_at": started_at, "at": time.time()})
-        self.redis.hset(self.keys.suspects(job), image, entry)
+        self._suspect(keys=[self.keys.job(job), self.keys.suspects(job)], args=[image, entry])
         return entry
 
     def clear_suspect(self, job: str, image: int, entry: str) -> None:

@@ -7,10 +7,19 @@ import json
 import threading
 import time
 
-from imgq.deliveries import Deliveries
+import pytest
+
+from imgq.deliveries import Deliveries, NoSuchJob
+from tests.jobs import commit_job
 from worker.isolation import DecodeLock
 
 JOB = "job1"
+
+
+@pytest.fixture(autouse=True)
+def job(store):
+    """The job the deliveries belong to: a delivery writes only while its job exists."""
+    commit_job(store, JOB, ["/a.png", "/b.png"], batch_size=1)
 
 
 def beat(store, worker_id: str, started_at: float) -> None:
@@ -80,3 +89,17 @@ def test_an_exclusive_decode_runs_alone_and_is_not_starved():
     for t in (first, x, late):
         t.join(5)
     assert events == ["s1+", "s1-", "x+", "x-", "s2+", "s2-"]
+
+
+def test_a_deleted_jobs_deliveries_write_nothing(store):
+    from tests.jobs import commit_job
+
+    deliveries = Deliveries(store.redis, store.keys)
+    commit_job(store, JOB, ["/a.png", "/b.png"], batch_size=1)
+    deliveries.begin(JOB, 0, "w@a:1")
+    store.delete(JOB)
+    deliveries.finish(JOB, 0)  # the worker ends the batch it held when the job was deleted
+    deliveries.suspect(JOB, 1, "w@a:1", 1.0)
+    with pytest.raises(NoSuchJob):
+        deliveries.begin(JOB, 1, "w@a:1")
+    assert store.redis.keys(f"{store.keys.ns}:*") == []

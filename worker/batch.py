@@ -12,6 +12,7 @@ import numpy as np
 import redis
 
 from imgq.contract import MODEL_NAME, BatchMessage, ResultRecord, error_record, ok_record
+from imgq.deliveries import NoSuchJob
 from imgq.settings import Settings
 from worker.dumps import write_dump
 from worker.isolation import CRASHED_MESSAGE, Isolation
@@ -65,7 +66,11 @@ def run_batch(message: BatchMessage, runtime: Runtime, worker: str) -> list[Resu
         log.info("Job %s is cancelled, done or gone: skipping batch %d", job, message.batch)
         return []
     with runtime.holding(job, message.batch):
-        attempts, lost = _until_redis_answers(lambda: deliveries.begin(job, message.batch, runtime.worker_id))
+        try:
+            attempts, lost = _until_redis_answers(lambda: deliveries.begin(job, message.batch, runtime.worker_id))
+        except NoSuchJob:  # deleted since the check above
+            log.info("Job %s is gone: skipping batch %d", job, message.batch)
+            return []
         return _run(message, runtime, worker, attempts, lost)
 
 
