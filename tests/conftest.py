@@ -39,6 +39,29 @@ def make_settings(redis_url: str, tmp_path, **overrides) -> Settings:
 
 
 @pytest.fixture
+def server(tmp_path):
+    """``start(*options, password=None)`` -> the URL of a Redis-compatible server of this test's own, started
+    with ``options`` (maxmemory, ACL users, ...), stopped at the end: for the tests that must change a
+    server's configuration, which they never do to one they did not start."""
+    from tests.processes import free_port, start_redis, wait_for_redis
+
+    started = []
+
+    def start(*options: str, password: str | None = None) -> str:
+        port = free_port()
+        process = start_redis(port, tmp_path / f"redis-{port}", tmp_path / f"redis-{port}.log", *options)
+        started.append(process)
+        auth = f":{password}@" if password else ""
+        url = f"redis://{auth}127.0.0.1:{port}/0"
+        wait_for_redis(url, process)
+        return url
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+@pytest.fixture
 def settings(redis_url, tmp_path):
     settings = make_settings(redis_url, tmp_path)
     yield settings

@@ -12,7 +12,7 @@ import pytest
 
 from imgq.contract import Heartbeat, error_record, ok_record
 from producer.cli import cli
-from tests.processes import free_port, imgq_cli, start_redis, wait_for_redis
+from tests.processes import free_port, imgq_cli
 from tests.test_walk_and_submit import queued_messages
 
 
@@ -200,20 +200,13 @@ def test_unknown_job_is_one_line(run, command):
     assert result.exit_code == 1 and result.output.strip() == "Error: No job 'nosuchjob' in the results store."
 
 
-def test_a_submit_whose_queueing_fails_prints_its_job_id_and_says_not_to_resubmit(settings, store, photos, tmp_path):
+def test_a_submit_whose_queueing_fails_prints_its_job_id_and_says_not_to_resubmit(settings, store, photos, server):
     """The job is committed before its batches are published: when publishing fails (here, a broker that
     takes connections but refuses LPUSH), the job exists and the reconciler will finish it, so the user must
     get its id, and one line saying not to submit again."""
-    port = free_port()
-    broker = start_redis(port, tmp_path / "broker", tmp_path / "broker.log", "--user", "default", "on", "nopass",
-                         "~*", "&*", "+@all", "-lpush")
-    try:
-        url = f"redis://127.0.0.1:{port}/0"
-        wait_for_redis(url, broker)
-        result = imgq_cli(settings, "submit", str(photos), check=False,
-                          env={"IMGQ_BROKER_URL": url, "IMGQ_RESULTS_URL": settings.effective_results_url})
-    finally:
-        broker.stop()
+    url = server("--user", "default", "on", "nopass", "~*", "&*", "+@all", "-lpush")
+    result = imgq_cli(settings, "submit", str(photos), check=False,
+                      env={"IMGQ_BROKER_URL": url, "IMGQ_RESULTS_URL": settings.effective_results_url})
     assert result.exit_code == 1 and "Traceback" not in result.output
     job = result.stdout.strip()
     assert store.status(job).total == 5  # it exists: the reconciler (or `imgq requeue`) will queue it

@@ -16,26 +16,6 @@ from click.testing import CliRunner
 from imgq.store import ResultStore
 from producer.cli import cli
 from tests.conftest import make_settings
-from tests.processes import free_port, start_redis, wait_for_redis
-
-
-@pytest.fixture
-def server(tmp_path):
-    """start(*options) -> the URL of a Redis server of this test's own, stopped at the end."""
-    started = []
-
-    def start(*options: str, password: str | None = None) -> str:
-        port = free_port()
-        process = start_redis(port, tmp_path / f"redis-{port}", tmp_path / f"redis-{port}.log", *options)
-        started.append(process)
-        auth = f":{password}@" if password else ""
-        url = f"redis://{auth}127.0.0.1:{port}/0"
-        wait_for_redis(url, process)
-        return url
-
-    yield start
-    for process in started:
-        process.stop()
 
 
 @pytest.fixture

@@ -15,25 +15,7 @@ from imgq.redis_limits import eviction_warning, redis_warning
 from imgq.store import ResultStore
 from producer.cli import cli
 from tests.conftest import make_settings
-from tests.processes import free_port, start_redis, start_worker, wait_for_redis, wait_for_workers
-
-
-@pytest.fixture
-def server(tmp_path):
-    """start(*options) -> the URL of a Redis server of this test's own, stopped at the end."""
-    started = []
-
-    def start(*options: str) -> str:
-        port = free_port()
-        process = start_redis(port, tmp_path / f"redis-{port}", tmp_path / f"redis-{port}.log", *options)
-        started.append(process)
-        url = f"redis://127.0.0.1:{port}/0"
-        wait_for_redis(url, process)
-        return url
-
-    yield start
-    for process in started:
-        process.stop()
+from tests.processes import free_port, start_worker, wait_for_workers
 
 
 @pytest.mark.parametrize(("policy", "victims"), [
