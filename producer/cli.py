@@ -227,7 +227,8 @@ def _print_workers(store: ResultStore, settings: Settings, as_json: bool) -> Non
         click.echo(f"  {w.get('hostname')} on {w.get('host')}, pid {w.get('pid')}: pool {w.get('pool')} "
                    f"x{w.get('concurrency', '?')}, {w.get('batches_in_hand', '?')} batches in hand, "
                    f"{'?' if rate is None else f'{rate:.1f}'} images/s over the last minute, "
-                   f"{w.get('images_done', 0)} images done; {w.get('precision')}, weights {w.get('weights')}")
+                   f"{w.get('images_done', 0)} images done; {w.get('precision')} on {w.get('runtime', '?')}, "
+                   f"weights {w.get('weights')}")
     for s in jobs:
         click.echo(f"  job {s.id} {s.state}: {s.processed}/{s.total} done, {s.failed} failed"
                    + (f" ({s.name})" if s.name and s.name != s.id else ""))
@@ -333,12 +334,14 @@ def _write_embeddings(store: ResultStore, job: str, out: str, dump_root: str) ->
                 help="Serve Prometheus metrics at http://0.0.0.0:PORT/metrics (0: off).")
 @setting_option("--log-format", setting="log_format", type=click.Choice(["text", "json"]),
                 help="Log lines as text, or one JSON object per line.")
+@setting_option("--runtime", setting="runtime", type=click.Choice(["openvino", "tensorflow"]),
+                help="What runs the model: openvino (converted once, cached) or tensorflow (CUDA GPUs).")
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
-def worker(ctx, weights, batch_size, metrics_port, log_format, celery_args):
+def worker(ctx, weights, batch_size, metrics_port, log_format, runtime, celery_args):
     """Start a worker (extra arguments go to `celery worker`, e.g. --loglevel INFO)."""
     settings = with_overrides(ctx, weights=weights, batch_size=batch_size, metrics_port=metrics_port,
-                              log_format=log_format)
+                              log_format=log_format, runtime=runtime)
     os.environ.update(settings.as_env())  # the worker app reads its settings from the environment
     from worker.__main__ import main as worker_main
 
