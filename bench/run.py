@@ -25,9 +25,13 @@ ATTEMPTS = 3  # measurements of one figure at most, when other processes disturb
 
 
 def run(folder: str, *, limit: int | None, batch_size: int, scenarios: tuple[str, ...], redis_url: str | None,
-        jpeg_draft: bool, tiny_jobs: int = TINY_JOBS, phone_folder: str | None = None, log=print) -> dict:
+        jpeg_draft: bool, tiny_jobs: int = TINY_JOBS, phone_folder: str | None = None,
+        quiet_wait: float = QUIET_WAIT, attempts: int = ATTEMPTS, log=print) -> dict:
     """Every figure of the run, as a dict (see bench.report for the tables). ``phone_folder``: 12 MP photos
-    that the runtimes scenario also runs end to end on (TensorFlow and OpenVINO)."""
+    that the runtimes scenario also runs end to end on (TensorFlow and OpenVINO). ``quiet_wait``,
+    ``attempts``: the patience of ``measured`` with a busy machine (a shared one may never be quiet)."""
+    global QUIET_WAIT, ATTEMPTS
+    QUIET_WAIT, ATTEMPTS = quiet_wait, attempts
     # Children (the worker, `imgq`) import the same tree as this process, not the one the venv's editable
     # install points at: the benchmark may run in a clean clone while others edit the main work tree.
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
@@ -36,7 +40,8 @@ def run(folder: str, *, limit: int | None, batch_size: int, scenarios: tuple[str
     results = {"folder": folder, "images": len(paths), "batch_size": batch_size, "jpeg_draft": jpeg_draft,
                "scenarios": list(scenarios), "tiny_jobs": tiny_jobs, "megapixels": images.median_megapixels(paths),
                "kind": images.photo_kind(paths), "machine": machine(), "git": git_state(),
-               "phone_folder": phone_folder, "phone_images": len(phone_paths)}
+               "phone_folder": phone_folder, "phone_images": len(phone_paths), "quiet_wait": quiet_wait,
+               "attempts": attempts}
     log(f"{len(paths)} images ({results['kind']}); measuring the model in this process")
     in_process(results, paths, batch_size, scenarios, log)
     with tempfile.TemporaryDirectory(prefix="imgq-bench-") as tmp, pipeline.redis_server(redis_url, tmp) as url:
