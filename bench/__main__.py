@@ -34,8 +34,15 @@ def _scenarios(ctx, param, value: str) -> tuple[str, ...]:
 @click.option("--jpeg-draft/--no-jpeg-draft", default=True, show_default=True, help="IMGQ_JPEG_DRAFT of the workers.")
 @click.option("--tiny-jobs", type=click.IntRange(1), default=TINY_JOBS, show_default=True,
               help="Jobs of one image each in the tiny scenario.")
+@click.option("--phone-folder", type=click.Path(exists=True, file_okay=False),
+              help="12 MP photos (make-phone-photos) that the runtimes scenario also runs end to end, on each runtime.")
+@click.option("--quiet-wait", type=click.FloatRange(0), default=300.0, show_default=True,
+              help="Seconds a measurement waits for other processes to calm down before it runs anyway.")
+@click.option("--attempts", type=click.IntRange(1), default=3, show_default=True,
+              help="Measurements of one figure at most while other processes disturb it (the least disturbed is kept).")
 @click.option("--out", type=click.Path(dir_okay=False, writable=True), help="Write every figure as JSON.")
-def bench(folder, limit, batch_size, scenarios, redis_url, jpeg_draft, tiny_jobs, out):
+def bench(folder, limit, batch_size, scenarios, redis_url, jpeg_draft, tiny_jobs, phone_folder, quiet_wait, attempts,
+          out):
     """Measure the bare model, Keras' per-image recipe and imgq end to end on the images under FOLDER."""
     from bench import report
     from bench.run import run
@@ -44,15 +51,16 @@ def bench(folder, limit, batch_size, scenarios, redis_url, jpeg_draft, tiny_jobs
     log = lambda message: click.echo(f"[bench] {message}", err=True)  # noqa: E731
     try:
         results = run(folder, limit=limit, batch_size=batch_size, scenarios=scenarios, redis_url=redis_url,
-                      jpeg_draft=jpeg_draft, tiny_jobs=tiny_jobs, log=log)
+                      jpeg_draft=jpeg_draft, tiny_jobs=tiny_jobs, phone_folder=phone_folder,
+                      quiet_wait=quiet_wait, attempts=attempts, log=log)
     except (LocalServiceError, TimeoutError, ValueError, redis.ConnectionError) as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(report.render(results))
-    if out:
+    if out:  # before the tables: a run's figures survive a bug in printing them (`show` prints them again)
         partial = out + ".partial"  # written whole, then renamed
         with open(partial, "w") as file:
             json.dump(results, file, indent=2)
         os.replace(partial, out)
+    click.echo(report.render(results))
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})

@@ -12,11 +12,11 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from bench import REPO, decode, images, interference, model, pipeline, precision, queueing
+from bench import REPO, decode, images, interference, model, pipeline, precision, queueing, runtimes
 from imgq.settings import Settings
 from imgq.store import delete_namespace
 
-SCENARIOS = ("photos", "tiny", "producer", "bf16")
+SCENARIOS = ("photos", "tiny", "producer", "bf16", "runtimes")
 TINY_JOBS = 200  # the issue's figure; --tiny-jobs changes it for a quick check
 RECIPE_IMAGES = 64  # the recipe is slow: a subset of the same images
 QUIET = 0.10  # other processes' CPU share above which a measurement waits for them to finish
@@ -25,22 +25,34 @@ ATTEMPTS = 3  # measurements of one figure at most, when other processes disturb
 
 
 def run(folder: str, *, limit: int | None, batch_size: int, scenarios: tuple[str, ...], redis_url: str | None,
-        jpeg_draft: bool, tiny_jobs: int = TINY_JOBS, log=print) -> dict:
-    """Every figure of the run, as a dict (see bench.report for the tables)."""
+        jpeg_draft: bool, tiny_jobs: int = TINY_JOBS, phone_folder: str | None = None,
+        quiet_wait: float = QUIET_WAIT, attempts: int = ATTEMPTS, log=print) -> dict:
+    """Every figure of the run, as a dict (see bench.report for the tables). ``phone_folder``: 12 MP photos
+    that the runtimes scenario also runs end to end on (TensorFlow and OpenVINO). ``quiet_wait``,
+    ``attempts``: the patience of ``measured`` with a busy machine (a shared one may never be quiet)."""
+    global QUIET_WAIT, ATTEMPTS
+    QUIET_WAIT, ATTEMPTS = quiet_wait, attempts
     # Children (the worker, `imgq`) import the same tree as this process, not the one the venv's editable
     # install points at: the benchmark may run in a clean clone while others edit the main work tree.
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     paths = images.list_images(folder, limit)
+    phone_paths = images.list_images(phone_folder, None) if phone_folder and "runtimes" in scenarios else []
     results = {"folder": folder, "images": len(paths), "batch_size": batch_size, "jpeg_draft": jpeg_draft,
                "scenarios": list(scenarios), "tiny_jobs": tiny_jobs, "megapixels": images.median_megapixels(paths),
-               "kind": images.photo_kind(paths), "machine": machine(), "git": git_state()}
+               "kind": images.photo_kind(paths), "machine": machine(), "git": git_state(),
+               "phone_folder": phone_folder, "phone_images": len(phone_paths), "quiet_wait": quiet_wait,
+               "attempts": attempts}
     log(f"{len(paths)} images ({results['kind']}); measuring the model in this process")
     in_process(results, paths, batch_size, scenarios, log)
     with tempfile.TemporaryDirectory(prefix="imgq-bench-") as tmp, pipeline.redis_server(redis_url, tmp) as url:
+        # The scenarios before "runtimes" measure TensorFlow, as they did before OpenVINO became the default.
         settings = Settings(broker_url=url, namespace=f"imgqbench-{uuid.uuid4().hex[:8]}", weights="random",
+                            runtime="tensorflow",
                             batch_size=batch_size, jpeg_draft=jpeg_draft, state_dir=str(Path(tmp, "state")))
         try:
-            with_workers(results, paths, settings, scenarios, log)
+            with_workers(results, paths, settings, scenarios, log, phone_paths)
+            if "runtimes" in scenarios:
+                runtimes.with_workers(results, paths, phone_paths, settings, measured, log)
             if "producer" in scenarios:
                 producer(results, settings, tmp, log)
         finally:
@@ -62,15 +74,24 @@ def in_process(results: dict, paths: list[str], batch_size: int, scenarios, log)
         flags = precision.cpu_bf16_flags()
         if not flags:
             results["bf16_accuracy"] = {"skipped": "the CPU has neither avx512_bf16 nor amx_bf16"}
-            return
-        with precision.bf16_graphs():
-            results["bare_bf16"] = measured(log, model.bare_rate, classifier, batches)
-        results["bf16_accuracy"] = {"cpu_flags": flags, **precision.compare(keras_model, batches, batch_size)}
-        log(f"bare model bf16: {results['bare_bf16']['rate']:.1f} images/s")
+        else:
+            tf_bf16(results, keras_model, classifier, batches, batch_size, flags, log)
+    if "runtimes" in scenarios:
+        runtimes.in_process(results, batches, batch_size, measured, log)
 
 
-def with_workers(results: dict, paths: list[str], settings: Settings, scenarios, log) -> None:
-    fp32_run = "photos" in scenarios or "bf16" in scenarios  # bf16 is judged against the fp32 end-to-end rate
+def tf_bf16(results: dict, keras_model, classifier, batches, batch_size: int, flags: list[str], log) -> None:
+    """The bare TensorFlow model with oneDNN's bfloat16, and how far its outputs move from fp32's."""
+    with precision.bf16_graphs():
+        results["bare_bf16"] = measured(log, model.bare_rate, classifier, batches)
+    results["bf16_accuracy"] = {"cpu_flags": flags, **precision.compare(keras_model, batches, batch_size)}
+    log(f"bare model bf16: {results['bare_bf16']['rate']:.1f} images/s")
+
+
+def with_workers(results: dict, paths: list[str], settings: Settings, scenarios, log,
+                 phone_paths: list[str] = ()) -> None:
+    # bf16 is judged against the fp32 end-to-end rate; runtimes compares OpenVINO's with it
+    fp32_run = "photos" in scenarios or "bf16" in scenarios or "runtimes" in scenarios
     if fp32_run or "tiny" in scenarios:
         with pipeline.running_worker(settings) as running:
             results["worker"] = {"startup_seconds": running.startup_seconds}
@@ -78,6 +99,9 @@ def with_workers(results: dict, paths: list[str], settings: Settings, scenarios,
             if fp32_run:
                 results["photos"] = measured(log, pipeline.end_to_end, running, paths, settings)
                 log(f"imgq fp32: {results['photos']['rate']:.1f} images/s")
+            if phone_paths:
+                results["phone"] = measured(log, pipeline.end_to_end, running, phone_paths, settings)
+                log(f"imgq fp32, phone photos: {results['phone']['rate']:.1f} images/s")
             if "tiny" in scenarios:
                 results["tiny"] = measured(log, pipeline.tiny_jobs, running, paths, settings, results["tiny_jobs"])
                 log(f"imgq tiny jobs: {results['tiny']['rate']:.1f} images/s")

@@ -46,7 +46,8 @@ class Settings:
     # Folders a worker may read images from (os.pathsep-separated in the env var). Empty: no restriction.
 
     state_dir: str = field(default_factory=_default_state_dir)
-    # Local state of `imgq classify`: the embedded Redis data and the logs of what it started.
+    # Local state of `imgq classify`: the embedded Redis data and the logs of what it started; a worker's
+    # cached OpenVINO conversions (<state_dir>/openvino).
 
     batch_size: int = 32
     # Images per task and per forward pass. 32 keeps a 2-core CPU busy without a long tail per task.
@@ -77,6 +78,11 @@ class Settings:
     precision: str = "fp32"
     # fp32, or bf16: oneDNN's automatic bfloat16 mixed precision on CPUs with AVX512_BF16 or AMX (a CPU
     # without them runs fp32 and the worker says so).
+
+    runtime: str = "openvino"
+    # What runs the forward pass: openvino (the Keras model converted once, cached under
+    # <state_dir>/openvino; measured 2x TensorFlow's speed in fp32 on a 2-core CPU, docs/runtime.md) or
+    # tensorflow (the Keras model as it is; the one for CUDA GPUs).
 
     jpeg_draft: bool = True
     # Let libjpeg decode large JPEGs at 1/2, 1/4 or 1/8 scale (never below 224 px) before the resize.
@@ -216,7 +222,8 @@ _INT_MAXIMA = {"batch_size": 1024, "top_k": 1000, "metrics_port": 65535}
 _INT_MINIMA = {"metrics_port": 0,  # 0 turns the metrics server off
                "scan_max_retries": 0}  # 0: a file that errored is not retried
 _BOOL_FIELDS = {"jpeg_draft"}
-_CHOICES = {"pool": ("solo", "threads", "prefork"), "precision": ("fp32", "bf16"), "log_format": ("text", "json")}
+_CHOICES = {"pool": ("solo", "threads", "prefork"), "precision": ("fp32", "bf16"),
+            "runtime": ("openvino", "tensorflow"), "log_format": ("text", "json")}
 
 
 def parse_setting(name: str, raw: str):

@@ -330,10 +330,9 @@ def _print_workers(store: ResultStore, as_json: bool) -> None:
         return
     click.echo(f"{depth} batches queued; {len(workers)} workers alive; {len(jobs)} jobs in flight.")
     for w in workers:
-        runtime = f"{w.runtime}, " if w.runtime else ""
         click.echo(f"  {w.hostname} on {w.host}, pid {w.pid}: pool {w.pool} x{w.concurrency}, "
                    f"{w.batches_in_hand} batches in hand, {w.images_per_second:.1f} images/s over the last minute, "
-                   f"{w.images_done} images done; {runtime}{w.precision}, weights {w.weights}")
+                   f"{w.images_done} images done; {w.precision} on {w.runtime or '?'}, weights {w.weights}")
         for warning in w.warnings:
             click.echo(f"    WARNING: {warning}")
     for s in jobs:
@@ -453,12 +452,15 @@ def _write_embeddings(store: ResultStore, job: str, out: str, dump_root: str) ->
                 help="IP address of the metrics server (0.0.0.0: every interface, as in a container).")
 @setting_option("--log-format", setting="log_format", type=click.Choice(["text", "json"]),
                 help="Log lines as text, or one JSON object per line.")
+@setting_option("--runtime", setting="runtime", type=click.Choice(["openvino", "tensorflow"]),
+                help="What runs the model: openvino (converted once, cached) or tensorflow (CUDA GPUs).")
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
-def worker(ctx, weights, batch_size, metrics_port, metrics_address, log_format, celery_args):
+def worker(ctx, weights, batch_size, metrics_port, metrics_address, log_format, runtime, celery_args):
     """Start a worker (extra arguments go to `celery worker`, e.g. --loglevel INFO)."""
     settings = with_overrides(ctx, weights=weights, batch_size=batch_size, metrics_port=metrics_port,
-                              metrics_address=_parsed("metrics_address", metrics_address), log_format=log_format)
+                              metrics_address=_parsed("metrics_address", metrics_address), log_format=log_format,
+                              runtime=runtime)
     # The worker is another program (TensorFlow, Celery's worker): run it in this process's place, never import
     # it. Its settings travel in the environment, which it reads alone.
     os.environ.update(settings.as_env())

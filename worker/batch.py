@@ -163,7 +163,7 @@ def _classify(message: BatchMessage, todo: list[tuple[int, str]], runtime: Runti
         good = [d for d in decoded if d.error is None]
         forward_pass = gatherer.submit(_model_input(good), message.activations) if good else None
     provenance = {"model": MODEL_NAME, "weights": gatherer.weights_id, "precision": gatherer.precision,
-                  "worker": worker}
+                  "runtime": runtime.classifier.runtime, "worker": worker}
     records = [_error(message, d, d.error.code, d.error.message, provenance) for d in decoded if d.error]
     if forward_pass is not None:
         records += _classified(message, good, forward_pass, provenance, runtime.settings.effective_dump_root,

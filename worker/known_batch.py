@@ -86,7 +86,8 @@ def _record_for(message, item, digest, leaders, computed, known, runtime, worker
     if image in computed:
         return computed[image]
     provenance = {"model": MODEL_NAME, "weights": runtime.gatherer.weights_id,
-                  "precision": runtime.gatherer.precision, "worker": worker, "decode_ms": 0.0, "inference_ms": 0.0}
+                  "precision": runtime.gatherer.precision, "runtime": runtime.classifier.runtime, "worker": worker,
+                  "decode_ms": 0.0, "inference_ms": 0.0}
     if digest in known:
         names = class_index()
         top = [Label(names[i][0], names[i][1], score) for i, score in known[digest]]

@@ -1,7 +1,7 @@
-"""ResNet50 as Keras ships it, with its weights, compiled once for a fixed batch shape.
+"""ResNet50 as Keras ships it, with its weights, run by TensorFlow (or handed to worker/openvino_runtime.py).
 
-Import this module only in the process that runs the model: TensorFlow is imported here and nowhere
-that the producer (or a Celery parent process that later forks) imports.
+Import this module only in the process that runs the model: TensorFlow is imported here (lazily, inside
+functions) and nowhere that the producer (or a Celery parent process that later forks) imports.
 """
 
 from __future__ import annotations
@@ -25,6 +25,9 @@ IMAGENET_WEIGHTS_FILE = "resnet50_weights_tf_dim_ordering_tf_kernels.h5"
 LOCAL_WEIGHT_SUFFIXES = (".weights.h5", ".h5", ".keras")
 
 
+RUNTIMES = ("openvino", "tensorflow")
+
+
 class WeightsError(RuntimeError):
     """The requested weights cannot be loaded; the message says what to do instead."""
 
@@ -38,8 +41,11 @@ class Classifier:
     batch_size: int
     precision: str = "fp32"
     load_seconds: float = 0.0
+    runtime: str = ""  # "tensorflow 2.x.y": what runs the forward pass, named in every record
 
     def __post_init__(self):
+        if not self.runtime:
+            self.runtime = tensorflow_runtime_name()
         self._forwards: dict[tuple[str, ...], object] = {}
         self._forward = self._forward_for(())
 
@@ -96,18 +102,33 @@ def _joined(parts: list[np.ndarray]) -> np.ndarray:
     return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
-def load_classifier(weights: str, batch_size: int, precision: str = "fp32") -> Classifier:
-    """Build ResNet50 with ``weights`` (see ``build_resnet50``), compile and warm it up.
+def tensorflow_runtime_name() -> str:
+    import tensorflow as tf
 
-    ``precision``: fp32, or bf16 where the CPU supports it (see ``enable_precision``).
+    return f"tensorflow {tf.__version__}"
+
+
+def load_classifier(weights: str, batch_size: int, precision: str = "fp32", runtime: str = "tensorflow",
+                    cache_dir: str | None = None):
+    """Build ResNet50 with ``weights`` (see ``build_resnet50``) for ``runtime``, compile and warm it up.
+
+    ``precision``: fp32, or bf16 where the CPU supports it (see ``enable_precision``). ``runtime``:
+    tensorflow, or openvino (the Keras model converted, the conversion cached under ``cache_dir``; see
+    worker/openvino_runtime.py). Raises WeightsError (OpenVINOError, a kind of it, for the runtime).
     """
     started = time.perf_counter()
-    precision = enable_precision(precision)
-    model, weights_id = build_resnet50(weights)
-    classifier = Classifier(model, weights_id, batch_size, precision)
+    if runtime == "openvino":
+        from worker.openvino_runtime import load_openvino
+
+        classifier = load_openvino(weights, batch_size, resolve_precision(precision), cache_dir)
+    else:
+        precision = enable_precision(precision)
+        model, weights_id = build_resnet50(weights)
+        classifier = Classifier(model, weights_id, batch_size, precision)
     classifier.warm_up()
     classifier.load_seconds = time.perf_counter() - started
-    log.info("ResNet50 ready with weights %s, %s, in %.1f s", weights_id, precision, classifier.load_seconds)
+    log.info("ResNet50 ready with weights %s, %s on %s, in %.1f s", classifier.weights_id, classifier.precision,
+             classifier.runtime, classifier.load_seconds)
     return classifier
 
 
@@ -124,17 +145,24 @@ def cpu_supports_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
     return any(flag in flags for flag in BF16_CPU_FLAGS)
 
 
-def enable_precision(precision: str) -> str:
-    """Turn on oneDNN's automatic bfloat16 mixed precision for the graphs built after this call.
-
-    Weights and inputs stay float32; TensorFlow's grappler rewrites convolutions and matmuls to bfloat16
-    where it is numerically safe. Returns the precision in effect: bf16 falls back to fp32, with a
-    warning, on a CPU without native bfloat16.
-    """
+def resolve_precision(precision: str) -> str:
+    """The precision in effect for a requested one: bf16 falls back to fp32, with a warning, on a CPU
+    without native bfloat16 (emulated, it would be slower than fp32)."""
     if precision != "bf16":
         return "fp32"
     if not cpu_supports_bf16():
         log.warning("This CPU has no native bfloat16 (%s): running fp32.", " or ".join(BF16_CPU_FLAGS))
+        return "fp32"
+    return "bf16"
+
+
+def enable_precision(precision: str) -> str:
+    """Turn on oneDNN's automatic bfloat16 mixed precision for the graphs built after this call.
+
+    Weights and inputs stay float32; TensorFlow's grappler rewrites convolutions and matmuls to bfloat16
+    where it is numerically safe. Returns the precision in effect (see ``resolve_precision``).
+    """
+    if resolve_precision(precision) != "bf16":
         return "fp32"
     import tensorflow as tf
 
@@ -152,17 +180,33 @@ def build_resnet50(weights: str):
 
     Raises WeightsError.
     """
+    weights_id = describe_weights(weights)  # a bad spec fails before TensorFlow is imported
     from keras.applications import resnet50
 
     if weights == "imagenet":
-        return _imagenet(resnet50), "imagenet"
+        return _imagenet(resnet50), weights_id
     if weights == "random" or weights.startswith("random:"):
-        seed = _random_seed(weights)
         import keras
 
-        keras.utils.set_random_seed(seed)
-        return resnet50.ResNet50(weights=None), f"random:{seed} (untrained: labels are meaningless)"
-    return _local_file(resnet50, weights)
+        keras.utils.set_random_seed(_random_seed(weights))
+        return resnet50.ResNet50(weights=None), weights_id
+    return _local_file(resnet50, weights), weights_id
+
+
+def describe_weights(weights: str) -> str:
+    """The weights id of a weights spec, without loading anything (a file is hashed): what records carry
+    and what keys the OpenVINO conversion cache. Raises WeightsError for a spec that cannot be loaded."""
+    if weights == "imagenet":
+        return "imagenet"
+    if weights == "random" or weights.startswith("random:"):
+        return f"random:{_random_seed(weights)} (untrained: labels are meaningless)"
+    if not weights.endswith(LOCAL_WEIGHT_SUFFIXES):
+        raise WeightsError(
+            f"Expected imagenet, random[:SEED] or a weights file ending in {', '.join(LOCAL_WEIGHT_SUFFIXES)}. "
+            f"Received: {weights!r}")
+    if not os.path.isfile(weights):
+        raise WeightsError(f"Weights file not found: {weights}")
+    return f"file:{os.path.basename(weights)}:sha256:{_sha256(weights)[:12]}"
 
 
 def _imagenet(resnet50):
@@ -185,13 +229,6 @@ def _random_seed(weights: str) -> int:
 
 
 def _local_file(resnet50, path: str):
-    if not path.endswith(LOCAL_WEIGHT_SUFFIXES):
-        raise WeightsError(
-            f"Expected imagenet, random[:SEED] or a weights file ending in {', '.join(LOCAL_WEIGHT_SUFFIXES)}. "
-            f"Received: {path!r}")
-    if not os.path.isfile(path):
-        raise WeightsError(f"Weights file not found: {path}")
-    weights_id = f"file:{os.path.basename(path)}:sha256:{_sha256(path)[:12]}"
     try:
         if path.endswith(".keras"):
             import keras
@@ -204,7 +241,7 @@ def _local_file(resnet50, path: str):
     if tuple(model.output_shape) != (None, 1000):
         raise WeightsError(f"Expected a model with 1000 ImageNet outputs. Received output shape: "
                            f"{model.output_shape} from {path}")
-    return model, weights_id
+    return model
 
 
 def _sha256(path: str) -> str:

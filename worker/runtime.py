@@ -95,6 +95,7 @@ class Runtime:
     def heartbeat(self, hostname: str) -> Heartbeat:
         return Heartbeat(hostname=hostname, pid=os.getpid(), host=socket.gethostname(),
                          weights=self.classifier.weights_id, precision=self.classifier.precision,
+                         runtime=self.classifier.runtime,
                          pool=self.celery_pool or self.settings.pool, batch_size=self.settings.batch_size,
                          started_at=self.started_at, images_done=self.images_done, in_hand=tuple(sorted(self.in_hand)),
                          model_load_seconds=round(self.classifier.load_seconds, 2),
@@ -117,9 +118,10 @@ def get_runtime(settings: Settings, hostname: str | None = None) -> Runtime:
 
 
 def _build(settings: Settings, hostname: str) -> Runtime:
-    from worker.model import load_classifier  # imports TensorFlow: only here, after any fork
+    from worker.model import load_classifier  # imports TensorFlow or OpenVINO: only here, after any fork
 
-    classifier = load_classifier(settings.weights, settings.batch_size, settings.precision)
+    classifier = load_classifier(settings.weights, settings.batch_size, settings.precision, settings.runtime,
+                                 cache_dir=os.path.join(settings.state_dir, "openvino"))
     store = ResultStore.from_settings(settings)
     worker_id = f"{hostname}:{os.getpid()}"
     gatherer = Gatherer(classifier, settings.batch_size, pass_timeout=settings.forward_pass_timeout,
