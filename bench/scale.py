@@ -26,6 +26,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
+from itertools import islice
 
 import numpy as np
 import redis
@@ -148,14 +149,14 @@ def sink_bytes(client: redis.Redis, store: ResultStore, namespace: str, job: str
     """Redis bytes of the same job submitted with --sink, once every batch is counted: its records are in
     Parquet files (not written here: their size does not touch Redis), Redis keeps the counts and failed ids."""
     sunk = ResultStore(client, namespace)
-    batches = list(store.iter_batches(job))
-    for start in range(0, len(batches), 500):
-        sunk.stage_batches(job, batches[start:start + 500])
+    batches = store.iter_batches(job)  # streamed: this process forks the export children, whose peak RSS counts
+    while chunk := list(islice(batches, 500)):
+        sunk.stage_batches(job, chunk)
     status = store.status(job)
-    sunk.commit_job(job, name=status.name, total=status.total, batches=len(batches), params={**status.params,
-                                                                                              "sink": True})
+    sunk.commit_job(job, name=status.name, total=status.total, batches=int(client.hget(store.keys.job(job), "batches")),
+                    params={**status.params, "sink": True})
     rng = np.random.default_rng(0)
-    for message in batches:
+    for message in store.iter_batches(job):
         sunk.record_sunk(job, message["batch"], [synthetic_record(job, image, path, rng)
                                                  for image, path in message["images"]])
     return namespace_bytes(client, namespace)
