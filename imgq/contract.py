@@ -282,6 +282,8 @@ class Heartbeat:
     concurrency: int = 0
     batch_size: int = 0
     started_at: float = 0.0
+    sent_at: float = 0.0
+    # When this beat was sent: a key that is still there but not sent again is a worker that has stopped.
     images_done: int = 0
     in_hand: tuple[tuple[str, int], ...] = ()
     images_per_second: float = 0.0

@@ -139,11 +139,17 @@ class Deliveries:
         """Image -> ``{worker, started_at, at}``: images being decoded alone by that process, or when it died."""
         return {int(image): json.loads(entry) for image, entry in self.redis.hgetall(self.keys.suspects(job)).items()}
 
-    def died_on(self, entry: dict) -> bool:
-        """True when the process that set the suspect ``entry`` is gone: no heartbeat under its worker id,
-        or one from another process with the same id (a restarted container keeps its host name and pid)."""
-        beat = self.redis.get(self.keys.worker(entry["worker"]))
-        return beat is None or json.loads(beat).get("started_at") != entry["started_at"]
+    def died_on(self, entry: dict, silent_after: float) -> bool:
+        """True when the process that set the suspect ``entry`` is gone: no heartbeat under its worker id, one
+        from another process with the same id (a restarted container keeps its host name and pid), or one
+        that has not been sent again for ``silent_after`` seconds. A live worker's heartbeat thread beats
+        while it decodes; a dead one's key outlives it by up to three beats, long enough for a worker restarted
+        at once to take its batch and be killed by the same image again."""
+        raw = self.redis.get(self.keys.worker(entry["worker"]))
+        if raw is None:
+            return True
+        beat = json.loads(raw)
+        return beat.get("started_at") != entry["started_at"] or beat.get("sent_at", 0.0) < time.time() - silent_after
 
     def forget(self, job: str) -> None:
         self.redis.delete(self.keys.attempts(job), self.keys.inflight(job), self.keys.suspects(job))

@@ -22,8 +22,9 @@ def job(store):
     commit_job(store, JOB, ["/a.png", "/b.png"], batch_size=1)
 
 
-def beat(store, worker_id: str, started_at: float) -> None:
-    store.redis.set(store.keys.worker(worker_id), json.dumps({"started_at": started_at}), ex=30)
+def beat(store, worker_id: str, started_at: float, sent_at: float | None = None) -> None:
+    sent_at = time.time() if sent_at is None else sent_at
+    store.redis.set(store.keys.worker(worker_id), json.dumps({"started_at": started_at, "sent_at": sent_at}), ex=30)
 
 
 def test_finished_deliveries_are_not_lost_however_often_requeued(store):
@@ -47,11 +48,13 @@ def test_a_suspect_counts_only_once_the_process_that_set_it_is_gone(store):
     deliveries = Deliveries(store.redis, store.keys)
     beat(store, "w@a:1", 100.0)
     entry = deliveries.suspect(JOB, 7, "w@a:1", 100.0)
-    assert not deliveries.died_on(deliveries.suspects(JOB)[7])  # decoding it right now, alive
+    assert not deliveries.died_on(deliveries.suspects(JOB)[7], 2.0)  # decoding it right now, alive
+    beat(store, "w@a:1", 100.0, sent_at=time.time() - 2.5)  # its key lives on, but it stopped beating: dead
+    assert deliveries.died_on(deliveries.suspects(JOB)[7], 2.0)
     beat(store, "w@a:1", 200.0)  # a restarted container: same host name and pid, another process
-    assert deliveries.died_on(deliveries.suspects(JOB)[7])
+    assert deliveries.died_on(deliveries.suspects(JOB)[7], 2.0)
     store.redis.delete(store.keys.worker("w@a:1"))
-    assert deliveries.died_on(deliveries.suspects(JOB)[7])
+    assert deliveries.died_on(deliveries.suspects(JOB)[7], 2.0)
     other = deliveries.suspect(JOB, 7, "w@b:2", 300.0)  # another delivery takes the image over
     deliveries.clear_suspect(JOB, 7, entry)  # the first one's clear leaves the second's entry alone
     assert json.dumps(deliveries.suspects(JOB)[7]) == other

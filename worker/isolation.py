@@ -70,7 +70,8 @@ class Isolation:
     def crashed(self, image: int) -> bool:
         """True when a process died while reading ``image`` alone (and that process is really gone)."""
         entry = self.suspects.get(image)
-        return entry is not None and self.deliveries.died_on(entry)
+        silent_after = 2 * self.runtime.settings.heartbeat_seconds  # two beats missed
+        return entry is not None and self.deliveries.died_on(entry, silent_after)
 
     def alone(self, image: int, work: Callable[[], T]) -> T:
         """``work()`` with ``image`` marked as suspect and nothing else read by this process meanwhile."""
