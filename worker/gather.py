@@ -55,6 +55,7 @@ class Gatherer:
         self._pass_started: float | None = None  # time.monotonic() of the forward pass running now
         self.weights_id = classifier.weights_id
         self.precision = classifier.precision
+        self._in_pass: list[_Request] = []  # the requests of the forward pass running now
         self._requests: queue.Queue[_Request] = queue.Queue()
         self._set_aside: deque[_Request] = deque()  # only the inference thread touches it
         self._decoding = 0
@@ -102,23 +103,22 @@ class Gatherer:
         except BaseException as exc:  # noqa: BLE001 (whatever it was, no task may wait for this thread now)
             self.died = exc
             log.critical("The inference thread died", exc_info=True)
+            # The worker gives up first (on_death ends the process): a task told of the failure before that
+            # would write `internal` records for images that another worker can still classify.
             if self.on_death is not None:
                 self.on_death(self.problem())
             failure = RuntimeError(self.problem())
+            for request in self._in_pass:  # the tasks of the pass that killed the thread learn it too
+                if not request.future.done():
+                    request.future.set_exception(failure)
             while (request := self._take(block=False)) is not None:
                 request.future.set_exception(failure)
 
     def _serve(self) -> None:
         while True:
-            requests = self._gather(self._take(block=True))
-            try:
-                self._forward(requests)
-            except BaseException as exc:
-                failure = RuntimeError(f"the inference thread died ({type(exc).__name__}: {exc})")
-                for request in requests:  # the tasks of the pass that killed the thread learn it too
-                    if not request.future.done():
-                        request.future.set_exception(failure)
-                raise
+            self._in_pass = self._gather(self._take(block=True))
+            self._forward(self._in_pass)
+            self._in_pass = []
 
     def _forward(self, requests: list[_Request]) -> None:
         images = np.concatenate([r.images for r in requests])
