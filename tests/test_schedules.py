@@ -1,6 +1,7 @@
 """Schedules: parsing, the CLI (CliRunner) and ticks against a real Redis; then end to end with real beat
 processes and a real worker."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -237,6 +238,25 @@ def test_a_deleted_job_is_forgotten_and_its_files_submitted_again(run, photos, s
     run("schedule", "add", "photos", str(photos), "--every", "1h")
     store.delete(run("schedule", "run", "photos").stdout.strip())
     assert store.status(run("schedule", "run", "photos").stdout.strip()).total == 5
+
+
+def test_a_tick_scans_only_inside_the_allowed_roots(run, photos, store, settings, tmp_path):
+    """A tick on a worker reads what the worker may read: a schedule path outside IMGQ_ALLOWED_ROOTS (or a
+    link inside that points out) is refused, named as given, and nothing is submitted."""
+    run("schedule", "add", "photos", str(photos), "--every", "1h")
+    inside = tmp_path / "inside"
+    inside.mkdir()
+    (inside / "link").symlink_to(photos)
+    run("schedule", "add", "linked", str(inside / "link"), "--every", "1h")
+    roots = dataclasses.replace(settings, allowed_roots=(str(inside),))
+    for name, path in (("photos", photos), ("linked", inside / "link")):
+        ran = tick(name, settings=roots, store=store, trigger="manual")
+        assert (ran["outcome"], ran["job"]) == ("skipped", None)
+        assert ran["reason"] == f"{path} is outside this worker's allowed roots (IMGQ_ALLOWED_ROOTS)"
+    assert store.list_jobs() == []
+    allowed = tick("photos", settings=dataclasses.replace(settings, allowed_roots=(str(photos),)), store=store,
+                   trigger="manual")
+    assert allowed["outcome"] == "submitted"
 
 
 def test_pause_and_resume(run, photos, book, settings, store):
