@@ -259,6 +259,28 @@ def test_a_tick_scans_only_inside_the_allowed_roots(run, photos, store, settings
     assert allowed["outcome"] == "submitted"
 
 
+def test_a_tick_that_died_after_committing_its_job_submits_nothing_twice(run, photos, store, book, settings,
+                                                                        monkeypatch):
+    """The tick names its job in flight before committing it: when it dies right after the commit (here, the
+    commit returns by raising), the next tick finds that job instead of submitting the same files again."""
+    run("schedule", "add", "photos", str(photos), "--every", "1h")
+    commit = ResultStore.commit_job
+
+    def commit_then_die(self, *args, **kwargs):
+        commit(self, *args, **kwargs)
+        raise RuntimeError("the tick's process died here")
+
+    monkeypatch.setattr(ResultStore, "commit_job", commit_then_die)
+    with pytest.raises(RuntimeError):
+        tick("photos", settings=settings, store=store, trigger="manual")
+    monkeypatch.undo()
+    (job,) = [s.id for s in store.list_jobs()]
+    assert book.get("photos").pending_job == job
+    again = tick("photos", settings=settings, store=store, trigger="manual")
+    assert (again["outcome"], again["reason"]) == ("skipped", f"job {job} still queued")
+    assert [s.id for s in store.list_jobs()] == [job]
+
+
 def test_pause_and_resume(run, photos, book, settings, store):
     run("schedule", "add", "photos", str(photos), "--every", "1h")
     assert run("schedule", "pause", "photos").exit_code == 0
