@@ -235,6 +235,9 @@ class TestLifecycle:
         store.redis.delete(store.keys.job("gone"))  # as its retention would
         assert [s.id for s in store.list_jobs()] == ["job1"]
         assert store.redis.zrange(store.keys.jobs, 0, -1) == ["job1"]
+        commit(store, job="old")
+        store.redis.delete(store.keys.job("old"))
+        assert store.forget_expired() == 1 and store.redis.zrange(store.keys.jobs, 0, -1) == ["job1"]
 
 
 def test_a_worker_crashed_record_never_replaces_a_stored_one(store):

@@ -33,6 +33,7 @@ def reconcile_forever(runtime) -> None:
         try:
             if _take_turn(runtime, period):
                 reconcile(runtime)
+                runtime.store.forget_expired()
         except Exception as exc:  # Redis restarting: try again next period
             log.warning("Reconciling failed: %s", exc)
 
