@@ -150,6 +150,3 @@ class Deliveries:
             return True
         beat = json.loads(raw)
         return beat.get("started_at") != entry["started_at"] or beat.get("sent_at", 0.0) < time.time() - silent_after
-
-    def forget(self, job: str) -> None:
-        self.redis.delete(self.keys.attempts(job), self.keys.inflight(job), self.keys.suspects(job))

@@ -34,6 +34,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from imgq.contract import IMAGE_FORMATS
+from imgq.roots import within_roots
 from worker.memory import decode_budget, webp_cost
 from worker.reads import BudgetedFile, ReadBudgetExceeded
 
@@ -81,18 +82,9 @@ def check_allowed(path: str, allowed_roots: tuple[str, ...]) -> str:
     private); the record carries the path as it was submitted.
     """
     real = os.path.realpath(path)
-    if not _inside(real, allowed_roots):
+    if not within_roots(real, allowed_roots):
         raise ImageError("forbidden", "outside the allowed roots")
     return real
-
-
-def _inside(real: str, allowed_roots: tuple[str, ...]) -> bool:
-    # Resolve the roots too: a root given through a symlink (or relative, or with "..") must still contain its files.
-    return not allowed_roots or any(_is_within(real, os.path.realpath(root)) for root in allowed_roots)
-
-
-def _is_within(path: str, root: str) -> bool:
-    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
 def load_pixels(path: str, *, allowed_roots: tuple[str, ...] = (), max_pixels: int = 89_478_485,
@@ -134,7 +126,7 @@ def checked_file(path: str, allowed_roots: tuple[str, ...] = (),
         reason = "symlink loop" if exc.errno == errno.ELOOP else one_line(exc)
         raise ImageError("unreadable", reason) from None
     with file:
-        if allowed_roots and not _inside(opened_path(file.fileno()), allowed_roots):
+        if allowed_roots and not within_roots(opened_path(file.fileno()), allowed_roots):
             raise ImageError("forbidden", "outside the allowed roots")
         info = os.fstat(file.fileno())
         if not stat.S_ISREG(info.st_mode):
