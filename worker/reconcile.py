@@ -84,4 +84,8 @@ def _stalled(runtime, job: str, now: float) -> bool:
     quiet = now - (status.last_record_at or status.created)
     if status.finished or quiet < settings.reconcile_seconds:
         return False
-    return quiet >= settings.visibility_timeout or runtime.deliveries.waiting(job) <= 0
+    # None of the job's messages waits when none was published unbegun, or when the queue is empty: a message
+    # can be lost before any worker begins it (kombu pops it, then fails to record it as unacknowledged, as
+    # during an OOM), and the count alone would then wait for a whole visibility timeout.
+    return (quiet >= settings.visibility_timeout or runtime.deliveries.waiting(job) <= 0
+            or runtime.store.queue_depth() == 0)
