@@ -27,6 +27,9 @@ class JobStatus:
     last_record_at: float | None = None
     expires_at: float | None = None
     # When the store forgets the finished job (its retention); None: it is kept until deleted.
+    skipped_files: int = 0
+    skipped_kinds: str = ""
+    # Files the walk found in folders and did not queue, not being images, and their kinds ("1 .MOV, 1 .txt").
 
     @property
     def ok(self) -> int:
@@ -93,6 +96,7 @@ def parse_job(record: dict, processed: int, failed: int, ttl_ms: int) -> JobStat
             cancelled_at=_optional_float(record.get("cancelled_at")),
             last_record_at=_optional_float(record.get("last_record_at")),
             expires_at=time.time() + ttl_ms / 1000 if ttl_ms > 0 else None,
+            skipped_files=int(record.get("skipped_files", 0)), skipped_kinds=record.get("skipped_kinds", ""),
         )
     except (KeyError, TypeError, ValueError):
         return None

@@ -19,7 +19,7 @@ class Keys:
         return f"{self.ns}:jobs"
 
     def job(self, job: str) -> str:
-        """Hash: the job record (name, created, parameters, total, timestamps)."""
+        """Hash: the job record (name, created, parameters, total, timestamps, the files its walk skipped)."""
         return f"{self.ns}:job:{job}"
 
     def results(self, job: str) -> str:

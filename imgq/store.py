@@ -168,15 +168,17 @@ class ResultStore:
         """Drop the staged batches of a submission that will not be committed (else they wait a day)."""
         self.redis.delete(self.keys.batches(job))
 
-    def commit_job(self, job: str, name: str, total: int, batches: int, params: dict, retention: int = 0) -> None:
+    def commit_job(self, job: str, name: str, total: int, batches: int, params: dict, retention: int = 0,
+                   skipped: dict | None = None) -> None:
         """Make a staged job visible, atomically. ``retention``: seconds its keys are kept once it is
-        finished (0: until deleted)."""
+        finished (0: until deleted). ``skipped``: the walk's ``skipped_files`` and ``skipped_kinds`` fields
+        (imgq.walk.Skipped.to_fields), absent when it skipped nothing."""
         now = time.time()
         pipe = self.redis.pipeline(transaction=True)
         pipe.hset(self.keys.job(job), mapping={
             "id": job, "name": name, "created": now, "total": total, "batches": batches,
             "params": json.dumps({**params, **({"retention": retention} if retention else {})}),
-            "retention": retention, **({"sink": 1} if params.get("sink") else {}),
+            "retention": retention, **({"sink": 1} if params.get("sink") else {}), **(skipped or {}),
         })
         pipe.zadd(self.keys.jobs, {job: now})
         pipe.sadd(self.keys.active, job)

@@ -16,6 +16,7 @@ from imgq.contract import BatchMessage, BatchRef
 from imgq.queue import publish
 from imgq.settings import Settings
 from imgq.store import ResultStore
+from imgq.walk import Skipped
 
 STAGE_BATCHES = 500  # batch messages per Redis round trip while staging
 
@@ -65,7 +66,7 @@ def new_job_id() -> str:
 def submit(images: Iterable[str], *, settings: Settings, store: ResultStore, name: str = "", job: str | None = None,
            top_k: int | None = None, batch_size: int | None = None, params: dict | None = None,
            activations: tuple[str, ...] = (), activations_dtype: str = "float16", known: str = "", sink: bool = False,
-           limit_check: Callable[[int], None] | None = None) -> Submitted:
+           limit_check: Callable[[int], None] | None = None, skipped: Skipped | None = None) -> Submitted:
     """Queue ``images`` as one job. Raises EmptySelection, or redis/kombu errors when Redis is down.
 
     ``job``: the id to give the job (default: a new one, ``new_job_id``).
@@ -74,6 +75,7 @@ def submit(images: Iterable[str], *, settings: Settings, store: ResultStore, nam
     ``sink``: the workers write the records as Parquet files into their sink folder instead of into Redis.
     ``limit_check``: called with the number of images once the walk is done, before the job is committed;
     whatever it raises aborts the submission with nothing queued (e.g. producer.dumps.size_guard).
+    ``skipped``: the walk's count of files that are not images (imgq.walk.iter_images), kept in the job's hash.
     """
     top_k = top_k or settings.top_k
     batch_size = batch_size or settings.batch_size
@@ -90,7 +92,8 @@ def submit(images: Iterable[str], *, settings: Settings, store: ResultStore, nam
     if pending:
         store.stage_batches(job, pending)
     if total == 0:
-        raise EmptySelection("No images selected: check the paths, --include and --recursive.")
+        note = f"; {skipped.summary()}" if skipped and skipped.total else ""
+        raise EmptySelection(f"No images selected: check the paths, --include and --recursive{note}.")
     if limit_check is not None:
         try:
             limit_check(total)
@@ -98,6 +101,7 @@ def submit(images: Iterable[str], *, settings: Settings, store: ResultStore, nam
             store.discard_staged(job)
             raise
     store.commit_job(job, name=name or job, total=total, batches=n_batches, retention=settings.retention,
+                     skipped=skipped.to_fields() if skipped else None,
                      params={"top_k": top_k, "batch_size": batch_size, **(params or {}),
                              **({"activations": list(activations), "activations_dtype": activations_dtype}
                                 if activations else {}), **({"known": known} if known else {}),

@@ -26,7 +26,7 @@ from imgq.scan_state import ScanState, ScanTally
 from imgq.schedules import Schedule, ScheduleBook
 from imgq.settings import Settings
 from imgq.store import JobNotFound, ResultStore
-from imgq.walk import iter_images
+from imgq.walk import Skipped, iter_images
 
 TICK_LOCK_SECONDS = 120  # renewed every 1000 files walked; a tick that died frees its schedule after this
 
@@ -68,19 +68,20 @@ def _tick_locked(book: ScheduleBook, schedule: Schedule, settings: Settings, tri
         reason = f"{forbidden} is outside this worker's allowed roots (IMGQ_ALLOWED_ROOTS)"
         return book.record_run(schedule.name, _run(trigger, "skipped", reason=reason, settled=settled))
     found = ScanTally()
-    images = scan.select(iter_images(schedule.paths, schedule.path_filter), schedule.max_retries, found,
+    skipped = Skipped()
+    images = scan.select(iter_images(schedule.paths, schedule.path_filter, skipped), schedule.max_retries, found,
                          keepalive=keepalive)
     job = submission.new_job_id()
     book.set_pending(schedule.name, job)  # before the commit: see the module's docstring
     try:
         submitted = submission.submit(images, settings=settings, store=store, name=schedule.name, job=job,
                                       top_k=schedule.top_k, batch_size=schedule.batch_size,
-                                      params={"schedule": schedule.name})
+                                      params={"schedule": schedule.name}, skipped=skipped)
     except submission.EmptySelection:
         book.set_pending(schedule.name, None)
-        return book.record_run(schedule.name, _run(trigger, "empty", found=found, settled=settled))
+        return book.record_run(schedule.name, _run(trigger, "empty", found=found, settled=settled, skipped=skipped))
     return book.record_run(schedule.name, _run(trigger, "submitted", job=submitted.job, found=found, settled=settled,
-                                               batches=submitted.batches))
+                                               batches=submitted.batches, skipped=skipped))
 
 
 def _status_or_none(store: ResultStore, job: str) -> JobStatus | None:
@@ -91,7 +92,9 @@ def _status_or_none(store: ResultStore, job: str) -> JobStatus | None:
 
 
 def _run(trigger: str, outcome: str, *, reason: str = "", job: str | None = None, found: ScanTally | None = None,
-         settled: dict | None = None, batches: int = 0) -> dict:
-    """A run as recorded: outcome ``submitted`` (a job), ``empty`` (nothing new: no job) or ``skipped``."""
+         settled: dict | None = None, batches: int = 0, skipped: Skipped | None = None) -> dict:
+    """A run as recorded: outcome ``submitted`` (a job), ``empty`` (nothing new: no job) or ``skipped`` (no
+    walk). ``skipped_files``/``skipped_kinds``: what the walk left out for not being images (imgq.walk.Skipped)."""
     return {"at": time.time(), "trigger": trigger, "outcome": outcome, "reason": reason, "job": job,
-            "batches": batches, "found": asdict(found) if found else None, "settled": settled}
+            "batches": batches, "found": asdict(found) if found else None, "settled": settled,
+            "skipped_files": skipped.total if skipped else 0, "skipped_kinds": skipped.kinds() if skipped else ""}

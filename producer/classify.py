@@ -19,6 +19,7 @@ from producer.export import output as open_output
 from producer.export import with_min_score, writer_for
 from producer.local import EmbeddedRedis, LocalWorker, redis_answers
 from producer.progress import wait
+from producer.skipped import echo_queued
 from producer.tagging import TagOptions, tag_records
 
 
@@ -48,7 +49,8 @@ def run_classify(images: Iterable[str], settings: Settings, *, name: str, embedd
         store.ping()
         worker = _ensure_worker(settings, store, started)
         submitted = submission.submit(images, settings=settings, store=store, name=name, **(request or {}))
-        click.echo(f"Job {submitted.job}: {submitted.total} images in {submitted.batches} batches.", err=True)
+        echo_queued(f"Job {submitted.job}: {submitted.total} images in {submitted.batches} batches.",
+                    (request or {}).get("skipped"))
         if worker is not None:
             worker.wait_ready(store)
         final = wait(store, submitted.job, check=worker.check_alive if worker else None)

@@ -25,11 +25,12 @@ from imgq.jobs import JobStatus
 from imgq.layers import UnknownLayer, check_layers
 from imgq.settings import Settings, env_var, format_seconds, mask_url, parse_duration, parse_setting
 from imgq.store import JobNotFound, ResultStore
-from imgq.walk import IGNORE_MARKERS, PathFilter, iter_images, read_path_list
+from imgq.walk import IGNORE_MARKERS, PathFilter, Skipped, iter_images, read_path_list
 from producer.dumps import DumpError, estimate_bytes, format_bytes, size_guard
 from producer.export import FILE_FORMATS, FORMATS, file_writer_for, output, with_min_score, writer_for
 from producer.local import LocalServiceError
 from producer.paths import OutputFile
+from producer.skipped import echo_queued
 from producer.tagging import UntrainedWeights
 
 
@@ -163,18 +164,22 @@ def submit_options(command):
         setting_option("--batch-size", setting="batch_size", type=click.IntRange(1, 1024),
                        help="Images per task and forward pass."),
         click.option("--name", default="", help="A name for the job (default: its id)."),
+        click.option("-v", "--verbose", is_flag=True,
+                     help="List the files of the folders walked that were skipped for not being images."),
     ]
     for decorator in reversed(decorators):
         command = decorator(command)
     return command
 
 
-def selected_images(paths, recursive, includes, excludes, from_file):
+def selected_images(paths, recursive, includes, excludes, from_file, skipped: Skipped | None = None):
+    """The images the walk takes from ``paths`` and ``from_file``; ``skipped`` counts the files it leaves out."""
     if not paths and from_file is None:
         raise click.UsageError("Give at least one PATH or --from-file.")
     # Chained, not listed: a list file of a million paths is read as the walk goes, never held whole.
     sources = itertools.chain(paths, read_path_list(from_file) if from_file else ())
-    return iter_images(sources, PathFilter(recursive=recursive, includes=tuple(includes), excludes=tuple(excludes)))
+    return iter_images(sources, PathFilter(recursive=recursive, includes=tuple(includes), excludes=tuple(excludes)),
+                       skipped)
 
 
 def layer_names(ctx, param, values: tuple[str, ...]) -> tuple[str, ...]:
@@ -235,22 +240,23 @@ class Duration(click.ParamType):
                 help="Keep the finished job's records in Redis this long (90s, 12h, 7d; 0: until `imgq delete`).")
 @click.option("--wait", "wait_", is_flag=True, help="Show progress until the job completes.")
 @click.pass_context
-def submit(ctx, paths, recursive, includes, excludes, from_file, top_k, batch_size, name, known, activations,
+def submit(ctx, paths, recursive, includes, excludes, from_file, top_k, batch_size, name, verbose, known, activations,
            activations_dtype, retention, yes, sink, wait_):
     """Queue the images under PATH... as one job and print its id (only the id, on stdout)."""
     settings = with_overrides(ctx, top_k=top_k, batch_size=batch_size, retention=retention)
-    images = selected_images(paths, recursive, includes, excludes, from_file)
+    skipped = Skipped(keep_paths=verbose)
+    images = selected_images(paths, recursive, includes, excludes, from_file, skipped)
     store = ResultStore.from_settings(settings)
     store.ping()
     queue.check_broker(settings)
     try:
-        submitted = submission.submit(images, settings=settings, store=store, name=name,
+        submitted = submission.submit(images, settings=settings, store=store, name=name, skipped=skipped,
                                       **job_request(settings, known, activations, activations_dtype, yes, sink))
     except submission.QueueingFailed as exc:
         click.echo(exc.job)  # the job exists and will complete: scripts must get its id, not submit it again
         raise click.ClickException(str(exc)) from None
     click.echo(submitted.job)
-    click.echo(f"Queued {submitted.total} images in {submitted.batches} batches.", err=True)
+    echo_queued(f"Queued {submitted.total} images in {submitted.batches} batches.", skipped)
     if activations:
         size = format_bytes(estimate_bytes(submitted.total, activations, activations_dtype))
         click.echo(f"Activation dumps of {', '.join(activations)}: about {size}, under <dump root>/{submitted.job}/ "
@@ -293,7 +299,8 @@ def _status_dict(s: JobStatus) -> dict:
     return {"id": s.id, "name": s.name, "state": s.state, "total": s.total, "done": s.processed,
             "ok": s.ok, "failed": s.failed, "rate": None if s.rate is None else round(s.rate, 2),
             "eta_s": None if s.eta is None else round(s.eta), "created": _time(s.created),
-            "expires": _expiry(s), "params": s.params}
+            "expires": _expiry(s), "params": s.params,
+            "skipped": s.skipped_files, "skipped_kinds": s.skipped_kinds}
 
 
 def _expiry(s: JobStatus) -> str:
@@ -483,17 +490,19 @@ def worker(ctx, weights, batch_size, metrics_port, metrics_address, log_format, 
 @click.option("--embedded-redis/--no-embedded-redis", default=None,
               help="Start a private Redis-compatible server (default: only when none is configured or answering).")
 @click.pass_context
-def classify(ctx, paths, recursive, includes, excludes, from_file, top_k, batch_size, name, known, activations,
-             activations_dtype, yes, sink, weights, out, fmt, min_score, tag_sidecars, embedded_redis):
+def classify(ctx, paths, recursive, includes, excludes, from_file, top_k, batch_size, name, verbose, known,
+             activations, activations_dtype, yes, sink, weights, out, fmt, min_score, tag_sidecars, embedded_redis):
     """Classify the images under PATH... on this machine, starting whatever is missing, into a results file."""
     from producer.classify import Output, run_classify
     from producer.tagging import TagOptions
 
     settings = with_overrides(ctx, top_k=top_k, batch_size=batch_size, weights=weights)
     broker_configured = bool(os.environ.get(env_var("broker_url"))) or ctx.parent.params.get("broker_url")
-    images = selected_images(paths, recursive, includes, excludes, from_file)
+    skipped = Skipped(keep_paths=verbose)
+    images = selected_images(paths, recursive, includes, excludes, from_file, skipped)
+    request = {**job_request(settings, known, activations, activations_dtype, yes, sink), "skipped": skipped}
     run_classify(images, settings, name=name, embedded=embedded_redis, broker_configured=bool(broker_configured),
-                 request=job_request(settings, known, activations, activations_dtype, yes, sink),
+                 request=request,
                  output=Output(out, fmt, min_score, TagOptions(min_score=min_score or 0.0) if tag_sidecars else None))
 
 

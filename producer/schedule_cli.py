@@ -28,6 +28,7 @@ from imgq.schedules import (
 from imgq.settings import Settings, env_var
 from imgq.store import JobNotFound, ResultStore
 from imgq.tick import tick
+from imgq.walk import skipped_phrase
 
 
 class ScheduleGroup(click.Group):
@@ -196,13 +197,16 @@ def run(ctx, name, wait_):
     store.ping()
     queue.check_broker(settings)
     result = tick(name, settings=settings, store=store, trigger="manual")
+    skipped = skipped_phrase(result.get("skipped_files", 0), result.get("skipped_kinds", ""))
     if result["outcome"] != "submitted":
-        click.echo(f"Schedule {name}: {result['outcome']}: {result['reason'] or 'nothing new or changed.'}", err=True)
+        reason = result["reason"] or f"nothing new or changed{f'; {skipped}' if skipped else ''}."
+        click.echo(f"Schedule {name}: {result['outcome']}: {reason}", err=True)
         return
     found = result["found"]
     click.echo(result["job"])
     click.echo(f"Queued {found['new'] + found['changed'] + found['retried']} images ({found['new']} new, "
-               f"{found['changed']} changed, {found['retried']} retried) in {result['batches']} batches.", err=True)
+               f"{found['changed']} changed, {found['retried']} retried) in {result['batches']} batches"
+               f"{f'; {skipped}' if skipped else ''}.", err=True)
     if wait_:
         from producer.progress import wait
 

@@ -68,19 +68,23 @@ def test_classify_takes_what_submit_takes_and_writes_csv(tmp_path):
     imagegen.save(photos / "thumbnails" / "t.png", seed=9)  # --exclude thumbnails
     imagegen.save(photos / "private" / "p.png", seed=10)
     (photos / "private" / ".nomedia").touch()  # skipped with its folder
+    (photos / "clip.MOV").write_bytes(b"a video")  # counted and named as skipped
+    (photos / "notes.txt").write_text("not an image")
     out = tmp_path / "labels.csv"
     env = {k: v for k, v in os.environ.items() if not k.startswith("IMGQ_")}
     env.update(IMGQ_WEIGHTS="random", IMGQ_STATE_DIR=str(tmp_path / "state"), IMGQ_DUMP_ROOT=str(tmp_path / "dumps"))
     result = subprocess.run(
         [sys.executable, "-m", "producer.cli", "classify", str(photos), "--embedded-redis", "-o", str(out),
          "--format", "csv", "--min-score", "0.5", "--exclude", "thumbnails", "--skip-known",
-         "--activations", "avg_pool", "--tag"],
+         "--activations", "avg_pool", "--tag", "--verbose"],
         env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
 
     # Random weights: the results file is written, the sidecars are refused with one line.
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("Error: Job ") and "untrained" in result.stderr
     assert "Traceback" not in result.stderr and not list(photos.rglob("*.xmp"))
+    assert "images in 1 batches; skipped 2 files that are not images (1 .MOV, 1 .txt)." in result.stderr
+    assert f"skipped: {photos / 'clip.MOV'}\nskipped: {photos / 'notes.txt'}\n" in result.stderr
     rows = list(csv.DictReader(out.open()))
     assert sorted(r["path"] for r in rows) == sorted(str(p) for p in images)
     assert all(r["status"] == "ok" and (not r["label_1"] or float(r["score_1"]) >= 0.5) for r in rows)

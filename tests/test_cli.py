@@ -66,6 +66,34 @@ def test_submit_prints_only_the_job_id(run, photos, store, settings):
     assert "Queued 5 images in 3 batches" in result.stderr
 
 
+def test_submit_says_what_it_skipped_and_status_keeps_it(run, photos, store):
+    (photos / "IMG_0001.MOV").write_bytes(b"a video")
+    (photos / "notes.txt").write_text("a note")
+    (photos / ".DS_Store").write_bytes(b"hidden: not counted")
+    result = run("submit", str(photos), "--batch-size", "2")
+    job = result.stdout.strip()
+    assert result.exit_code == 0 and len(job.split()) == 1
+    assert "Queued 5 images in 3 batches; skipped 2 files that are not images (1 .MOV, 1 .txt)." in result.stderr
+    assert "IMG_0001.MOV" not in result.stderr.replace("(1 .MOV", "")  # named only with --verbose
+
+    verbose = run("submit", str(photos), "--verbose")
+    assert verbose.stdout.count("\n") == 1  # the job id alone: the listing goes to standard error
+    assert f"skipped: {photos / 'IMG_0001.MOV'}\nskipped: {photos / 'notes.txt'}\n" in verbose.stderr
+
+    shown = run("status", job).stdout
+    assert "skipped: 2" in shown and "skipped_kinds: 1 .MOV, 1 .txt" in shown
+    as_json = json.loads(run("status", job, "--json").stdout)
+    assert (as_json["skipped"], as_json["skipped_kinds"]) == (2, "1 .MOV, 1 .txt")
+
+
+def test_submit_of_a_folder_without_images_names_what_it_found(run, tmp_path, store):
+    (tmp_path / "clip.mov").write_bytes(b"a video")
+    result = run("submit", str(tmp_path))
+    assert result.exit_code != 0 and result.stdout == ""
+    assert "--recursive; skipped 1 file that is not an image (1 .mov)." in result.stderr
+    assert "Traceback" not in result.output
+
+
 def test_submit_from_a_list_on_stdin(run, photos, store):
     listing = "\n".join(str(p) for p in sorted(photos.iterdir())[:2]) + "\n"
     result = run("submit", "--from-file", "-", input=listing)
@@ -88,7 +116,8 @@ def test_submit_empty_selection_is_one_line_and_queues_nothing(run, tmp_path, st
     result = run("submit", str(tmp_path))
     assert result.exit_code == 1
     assert result.output.strip().splitlines() == [
-        "Error: No images selected: check the paths, --include and --recursive."]
+        "Error: No images selected: check the paths, --include and --recursive; skipped 1 file that is not an "
+        "image (1 .txt)."]
     assert store.redis.keys(f"{settings.namespace}:*") == []
 
 

@@ -192,13 +192,17 @@ def test_unknown_schedules_are_one_line(run):
 
 
 def test_a_job_per_tick_with_only_what_is_new_or_changed(run, photos, store, book):
+    (photos / "clip.MOV").write_bytes(b"a video")
     run("schedule", "add", "photos", str(photos), "--every", "1h", "--batch-size", "2")
     first = run("schedule", "run", "photos")
     job = first.stdout.strip()
-    assert "Queued 5 images (5 new, 0 changed, 0 retried) in 3 batches." in first.stderr
+    assert ("Queued 5 images (5 new, 0 changed, 0 retried) in 3 batches; skipped 1 file that is not an image "
+            "(1 .MOV).") in first.stderr
     status = store.status(job)
     assert (status.name, status.total, status.params["schedule"], status.params["batch_size"]) == (
         "photos", 5, "photos", 2)
+    assert (status.skipped_files, status.skipped_kinds) == (1, "1 .MOV")  # the job keeps it, as submit's do
+    assert (book.runs("photos")[0]["skipped_files"], book.runs("photos")[0]["skipped_kinds"]) == (1, "1 .MOV")
 
     # While the job runs, a tick submits nothing.
     assert run("schedule", "run", "photos").stdout == ""
@@ -206,7 +210,7 @@ def test_a_job_per_tick_with_only_what_is_new_or_changed(run, photos, store, boo
 
     classify(store, job)
     empty = run("schedule", "run", "photos")
-    assert empty.stdout == "" and "nothing new" in empty.stderr
+    assert empty.stdout == "" and "nothing new or changed; skipped 1 file that is not an image" in empty.stderr
     last = book.runs("photos")[0]
     assert last["outcome"] == "empty" and last["job"] is None
     assert last["settled"] == {"ok": 5, "failed": 0, "given_up": 0, "unrecorded": 0}

@@ -10,7 +10,7 @@ import pytest
 from imgq import submit as enqueue
 from imgq.contract import TASK_CLASSIFY_BATCH
 from imgq.submit import EmptySelection, batches, submit
-from imgq.walk import PathFilter, iter_images, read_path_list
+from imgq.walk import PathFilter, Skipped, iter_images, read_path_list
 
 
 def touch(root: Path, *names: str) -> None:
@@ -82,6 +82,64 @@ def test_a_marker_file_skips_its_folder_and_everything_below(tree, monkeypatch, 
     assert names(iter_images([str(tree / "a.jpg")], PathFilter())) == ["a.jpg"]  # named files are still taken
 
 
+def test_a_folder_is_walked_in_sorted_order_whatever_the_file_system_lists(tmp_path, monkeypatch):
+    names_ = ["b.jpg", "a.jpg", "c10.jpg", "c2.jpg", "A.png"]
+    touch(tmp_path, *names_, "z/1.jpg", "m/1.jpg")
+    real_scandir = os.scandir
+
+    class Reversed:  # a file system that lists a folder in another order (tmpfs, NFS and ext4 differ)
+        def __init__(self, path):
+            with real_scandir(path) as entries:
+                self.entries = sorted(entries, key=lambda entry: entry.name, reverse=True)
+
+        def __iter__(self):
+            return iter(self.entries)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            pass
+
+    expected = ["A.png", "a.jpg", "b.jpg", "c10.jpg", "c2.jpg", "m/1.jpg", "z/1.jpg"]
+    walked = [os.path.relpath(p, tmp_path) for p in iter_images([str(tmp_path)], PathFilter())]
+    assert walked == expected  # not names(): the order itself is the point
+    monkeypatch.setattr(os, "scandir", Reversed)
+    assert [os.path.relpath(p, tmp_path) for p in iter_images([str(tmp_path)], PathFilter())] == expected
+
+
+def test_the_walk_counts_and_names_the_files_it_skips(tree):
+    touch(tree, "sub/IMG_0001.MOV", "sub/README", "sub/deeper/notes.txt", ".cache/clip.MOV")
+    skipped = Skipped()
+    assert len(list(iter_images([str(tree)], PathFilter(), skipped))) == 6
+    # Hidden files and folders are left out on purpose (.hidden.jpg, .cache/): they are not counted.
+    assert dict(skipped.by_kind) == {".txt": 2, ".MOV": 1, "(no extension)": 1}
+    assert skipped.summary() == "skipped 4 files that are not images (2 .txt, 1 (no extension), 1 .MOV)"
+    assert skipped.paths == []  # kept only when asked (--verbose)
+
+    listed = Skipped(keep_paths=True)
+    list(iter_images([str(tree / "sub")], PathFilter(recursive=False), listed))
+    assert listed.paths == [str(tree / "sub" / "IMG_0001.MOV"), str(tree / "sub" / "README")]
+    assert listed.summary() == "skipped 2 files that are not images (1 (no extension), 1 .MOV)"
+
+
+def test_skipped_files_with_include_globs_and_none_at_all(tree):
+    skipped = Skipped()
+    list(iter_images([str(tree)], PathFilter(includes=("*.txt",)), skipped))
+    assert skipped.summary() == ("skipped 6 files that match no --include "
+                                 "(1 .PNG, 1 .gif, 1 .jpeg, 1 .jpg, 1 .tiff, 1 .webp)")
+    nothing = Skipped()
+    list(iter_images([str(tree / "sub" / "deeper")], PathFilter(), nothing))
+    assert (nothing.total, nothing.summary(), nothing.to_fields()) == (0, "", {})
+
+
+def test_many_kinds_are_summed_up(tmp_path):
+    touch(tmp_path, *(f"f.x{i}" for i in range(9)), "g.x0")
+    skipped = Skipped()
+    list(iter_images([str(tmp_path)], PathFilter(), skipped))
+    assert skipped.kinds() == "2 .x0, 1 .x1, 1 .x2, 1 .x3, 1 .x4, 1 .x5, 3 more kinds"
+
+
 def test_path_lists_skip_blank_and_comment_lines():
     assert list(read_path_list(["/a.jpg\n", "\n", "# note\n", "  \n", "/b c.png\n"])) == ["/a.jpg", "/b c.png"]
 
@@ -120,10 +178,21 @@ def test_submit_stages_commits_and_queues_every_batch(tree, settings, store):
     assert [image for m in queued for image, _ in m["images"]] == list(range(6))
 
 
+def test_the_job_keeps_what_its_walk_skipped(tree, settings, store):
+    touch(tree, "IMG_0001.MOV")
+    skipped = Skipped()
+    job = submit(iter_images([str(tree)], PathFilter(), skipped), settings=settings, store=store, skipped=skipped).job
+    status = store.status(job)
+    assert (status.total, status.skipped_files, status.skipped_kinds) == (6, 2, "1 .MOV, 1 .txt")
+    plain = submit(iter_images([str(tree / "sub")], PathFilter()), settings=settings, store=store).job
+    assert (store.status(plain).skipped_files, store.status(plain).skipped_kinds) == (0, "")
+
+
 def test_empty_selection_leaves_no_job_and_queues_nothing(tmp_path, settings, store):
     touch(tmp_path, "notes.txt")
-    with pytest.raises(EmptySelection):
-        submit(iter_images([str(tmp_path)], PathFilter()), settings=settings, store=store)
+    skipped = Skipped()
+    with pytest.raises(EmptySelection, match=r"--recursive; skipped 1 file that is not an image \(1 .txt\)\.$"):
+        submit(iter_images([str(tmp_path)], PathFilter(), skipped), settings=settings, store=store, skipped=skipped)
     assert store.list_jobs() == []
     assert store.redis.keys(f"{settings.namespace}:*") == []
 
