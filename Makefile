@@ -25,6 +25,9 @@ install-test: $(VENV)/.installed-test
 	@# tests/test_tag.py reads the sidecars imgq writes back with exiftool (Debian's libimage-exiftool-perl).
 	@command -v exiftool >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
 		apt-get install -y -qq libimage-exiftool-perl >/dev/null; } || echo "exiftool not installed: the sidecar round trip tests will be skipped"
+	@# tests/test_formats.py makes HEIC twins of JPEGs with libheif's heif-enc (Debian's libheif-examples).
+	@command -v heif-enc >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+		apt-get install -y -qq libheif-examples >/dev/null; } || echo "heif-enc not installed: the HEIC tests that need it will be skipped"
 
 ## make classify DIR=<folder>: classify every image under the folder on this machine
 classify: install

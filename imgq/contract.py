@@ -39,7 +39,8 @@ ERROR_CODES = {
     "not_an_image": "the content is not an image format imgq opens",
     "corrupt": "an image that fails to decode (truncated, damaged)",
     "too_large": "a file over IMGQ_MAX_FILE_BYTES, more pixels than IMGQ_MAX_PIXELS (decompression bomb guard), or a "
-                 "WebP that would take more memory to decode than such an image",
+                 "WebP or HEIF that would take more memory to decode than such an image",
+    "no_preview": "a camera RAW file without an embedded preview (imgq classifies the preview, not the sensor data)",
     "forbidden": "outside the worker's IMGQ_ALLOWED_ROOTS",
     "worker_crashed": "the worker process died while decoding this image, on repeated deliveries",
     "dump_failed": "classified, but its activation dump could not be written (disk full, permissions)",
@@ -47,11 +48,23 @@ ERROR_CODES = {
 }
 
 
-IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
-# Pillow plugins a worker may use (the JPEG plugin also opens phone cameras' multi-picture MPO files).
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "HEIF", "RAW")
+# What a worker opens, recognised by content (worker/formats.py): Pillow's plugins (the JPEG plugin also opens
+# phone cameras' multi-picture MPO files); HEIF, HEIC included, through pillow-heif (libheif), HEVC-coded only
+# (not AVIF); RAW: camera raw files through LibRaw (rawpy), of which the embedded JPEG preview is classified.
 # Never EPS and kin: those shell out to external programs.
 
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
+PILLOW_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
+# The IMAGE_FORMATS that Pillow opens by itself (`imgq report`'s thumbnails: the producer has no pillow-heif).
+
+RAW_EXTENSIONS = ("dng", "cr2", "cr3", "nef", "nrw", "arw", "srf", "sr2", "orf", "rw2", "rwl", "raf", "pef",
+                  "srw", "3fr", "iiq", "erf")
+# Camera raw files whose LibRaw reads an embedded preview from. Most are TIFF inside: a TIFF-structured file is
+# taken as RAW when it says so itself (a DNG's DNGVersion tag, a CR2's marker) or is named so (a NEF, an ARW);
+# ORF, RW2, RAF and CR3 have signatures of their own.
+
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "heic", "heif", "hif",
+                    *RAW_EXTENSIONS)
 # File names the walk takes from folders (case-insensitive); the worker decides by content (a PNG named .jpg
 # works), among IMAGE_FORMATS.
 

@@ -28,7 +28,7 @@ from urllib.parse import quote
 
 from PIL import Image, ImageOps
 
-from imgq.contract import IMAGE_FORMATS, ResultRecord, is_untrained
+from imgq.contract import PILLOW_FORMATS, ResultRecord, is_untrained
 from imgq.files import atomic_path, usual_mode
 from imgq.jobs import JobStatus
 from imgq.store import ResultStore
@@ -163,7 +163,7 @@ def _thumbnail(path: str, dest: str) -> tuple[int, int] | None:
     """Write a JPEG thumbnail of the image at ``path``; its (width, height), or None when it cannot be
     opened here (moved, unreadable, not a format we open): the card then says "no preview"."""
     try:
-        with Image.open(path, formats=IMAGE_FORMATS) as image:
+        with Image.open(path, formats=PILLOW_FORMATS) as image:
             image.draft("RGB", (THUMB_SIZE * 2, THUMB_SIZE * 2))  # JPEG: decode at a reduced scale
             picture = ImageOps.exif_transpose(image).convert("RGB")
     except Exception:  # Pillow raises many kinds for a damaged file; a preview is not worth a failed report

@@ -46,6 +46,9 @@ def test_the_install_has_no_worker_extras(producer_only):
     assert missing.returncode != 0
     missing = subprocess.run([str(producer_only / "python"), "-c", "import prometheus_client"], capture_output=True)
     assert missing.returncode != 0
+    for decoder in ("pillow_heif", "rawpy"):  # the worker's decoders of HEIC and camera RAW
+        missing = subprocess.run([str(producer_only / "python"), "-c", f"import {decoder}"], capture_output=True)
+        assert missing.returncode != 0
 
 
 @pytest.mark.slow

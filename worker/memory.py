@@ -7,7 +7,8 @@ to ``4 x max_pixels`` bytes (341 MiB at the default). That is the budget of one 
 WebP is the exception: Pillow's WebP plugin reads the whole file into memory, libwebp decodes into a canvas
 of its own, Pillow copies the canvas into a bytes object and then into the image: about 16 bytes a pixel
 (measured: a 9400x9400 lossless WebP takes 1349 MiB). So a WebP must fit the same budget with its file size
-and 16 bytes a pixel, which lets a WebP of up to about 22 million pixels through at the default.
+and 16 bytes a pixel, which lets a WebP of up to about 22 million pixels through at the default. HEIF is the
+other one (libheif's planes and RGB copy before Pillow's image): 13 bytes a pixel, see worker/formats.py.
 """
 
 from __future__ import annotations

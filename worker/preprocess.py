@@ -35,6 +35,8 @@ from PIL import Image, UnidentifiedImageError
 
 from imgq.contract import IMAGE_FORMATS
 from imgq.roots import within_roots
+from worker import formats
+from worker.errors import ImageError, one_line
 from worker.memory import decode_budget, webp_cost
 from worker.reads import BudgetedFile, ReadBudgetExceeded
 
@@ -43,8 +45,9 @@ INTERPOLATION = Image.Resampling.NEAREST  # load_img's default interpolation="ne
 CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], dtype=np.float32)
 
 
-# Image.open(formats=...) only looks among the plugins already registered; register them all now.
+# Image.open(formats=...) only looks among the plugins already registered; register them all now, HEIF too.
 Image.init()
+formats.register_heif()
 
 # Pillow's bomb guard stays on: some openers check it before they allocate (WebP's decoder allocates its
 # canvas when it is created, from a 30-byte header). It raises above 2 x MAX_IMAGE_PIXELS and warns above
@@ -64,15 +67,6 @@ _TRANSPOSE_FOR_ORIENTATION = {
     8: Image.Transpose.ROTATE_90,
 }
 _SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
-
-
-class ImageError(Exception):
-    """An image that cannot be classified; ``code`` is one of imgq.contract.ERROR_CODES."""
-
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 def check_allowed(path: str, allowed_roots: tuple[str, ...]) -> str:
@@ -98,7 +92,7 @@ def load_pixels(path: str, *, allowed_roots: tuple[str, ...] = (), max_pixels: i
     Raises ImageError with code forbidden, missing, unreadable, not_an_image, too_large or corrupt.
     """
     with checked_file(path, allowed_roots, max_file_bytes) as file:
-        return decode_pixels(file, max_pixels=max_pixels, jpeg_draft=jpeg_draft)
+        return decode_pixels(file, max_pixels=max_pixels, jpeg_draft=jpeg_draft, name=path)
 
 
 @contextmanager
@@ -150,20 +144,31 @@ def opened_path(fd: int) -> str:
         return ""
 
 
-def decode_pixels(file: BinaryIO, *, max_pixels: int = 89_478_485, jpeg_draft: bool = False) -> np.ndarray:
-    """The (224, 224, 3) uint8 RGB pixels of the image in ``file`` (see ``load_pixels``).
+def decode_pixels(file: BinaryIO, *, max_pixels: int = 89_478_485, jpeg_draft: bool = False,
+                  name: str = "") -> np.ndarray:
+    """The (224, 224, 3) uint8 RGB pixels of the image in ``file`` (see ``load_pixels``); ``name``, the file's
+    name, tells a camera RAW whose content has no mark of its own (worker/formats.py).
 
-    Raises ImageError with code not_an_image, too_large or corrupt.
+    Raises ImageError with code not_an_image, too_large, corrupt or no_preview.
     """
     Image.MAX_IMAGE_PIXELS = max_pixels / 2  # Pillow raises above twice this: see the top of this module
-    _check_webp(file, max_pixels)
+    kind = formats.sniff(file, name)
+    allowed = formats.pillow_formats(kind)
+    orientation = 1 if kind == formats.HEIF else None  # libheif applies a HEIF's own transforms (formats.py)
+    if kind == formats.RAW:
+        preview = formats.raw_preview(file, max_pixels)
+        file, allowed, orientation = preview.file, preview.formats, preview.orientation
+    else:
+        _check_webp(file, max_pixels)
     budgeted = BudgetedFile(file)
     try:
-        with _open_image(budgeted, max_pixels) as image:
+        with _open_image(budgeted, max_pixels, allowed, kind) as image:
             _check_size(image, max_pixels)
+            if image.format == formats.HEIF:
+                formats.check_heif_cost(*image.size, os.fstat(file.fileno()).st_size, max_pixels)
             if jpeg_draft and image.format == "JPEG":
                 image.draft(image.mode, (TARGET_SIZE[1], TARGET_SIZE[0]))
-            return _to_pixels(image, max_pixels)
+            return _to_pixels(image, max_pixels, orientation)
     except ReadBudgetExceeded as exc:
         raise ImageError("corrupt", str(exc)) from None
     except OSError as exc:  # Pillow's "image file is truncated" and kin
@@ -175,10 +180,16 @@ def _open_nonblocking(path: str, flags: int) -> int:
     return os.open(path, flags | os.O_NONBLOCK)
 
 
-def _open_image(file, max_pixels: int) -> Image.Image:
+def _open_image(file, max_pixels: int, allowed: tuple[str, ...], kind: str) -> Image.Image:
+    """``file`` opened by one of the ``allowed`` Pillow plugins, its header read; ``kind``: what
+    formats.sniff found (a HEIF or a RAW's preview that no plugin opens is damaged, not another format)."""
     try:
-        return Image.open(file, formats=IMAGE_FORMATS)
+        return Image.open(file, formats=allowed)
     except UnidentifiedImageError:
+        if kind == formats.HEIF:
+            raise ImageError("corrupt", "a HEIF whose structure libheif cannot read (truncated, damaged)") from None
+        if kind == formats.RAW:
+            raise ImageError("corrupt", "a camera RAW whose embedded preview cannot be read") from None
         raise ImageError("not_an_image", f"not a supported image ({', '.join(IMAGE_FORMATS)})") from None
     except Image.DecompressionBombError as exc:
         raise _too_large(exc, max_pixels) from None
@@ -212,15 +223,18 @@ def _too_large(exc: Image.DecompressionBombError, max_pixels: int) -> ImageError
     return ImageError("too_large", f"{found.group(1) if found else 'its'} pixels is more than {max_pixels} pixels")
 
 
-def _to_pixels(image: Image.Image, max_pixels: int) -> np.ndarray:
+def _to_pixels(image: Image.Image, max_pixels: int, orientation: int | None = None) -> np.ndarray:
     """Keras' load_img steps (nearest resize, RGB), then the EXIF orientation on the small image.
 
     Keras converts to RGB first and resizes second; every conversion here (16-bit scaling, palette lookup,
     CMYK, dropping alpha) maps each pixel alone, and a nearest resize picks pixels without mixing them,
     so the order does not change a pixel, and resizing first converts 224x224 pixels instead of all.
+    ``orientation``: the image's own EXIF orientation wins when it says to turn it; else this one (a RAW's
+    camera orientation; 1 for a HEIF, which libheif turned already); else none.
     """
     try:
-        orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
+        exif_orientation = image.getexif().get(_EXIF_ORIENTATION, 1) if image.format != formats.HEIF else 1
+        orientation = exif_orientation if exif_orientation != 1 else (orientation or 1)
         image.load()
     except Image.DecompressionBombError as exc:
         raise _too_large(exc, max_pixels) from None
@@ -257,9 +271,3 @@ def to_model_input(pixels: np.ndarray, out: np.ndarray | None = None) -> np.ndar
         out = np.empty(pixels.shape, dtype=np.float32)
     np.subtract(pixels[..., ::-1], CAFFE_MEAN_BGR, out=out, dtype=np.float32)
     return out
-
-
-def one_line(exc: BaseException, limit: int = 200) -> str:
-    """An exception's message on one line (records and log lines hold one line), at most ``limit`` long."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text[:limit]

@@ -1,0 +1,116 @@
+"""Photos as phones and cameras leave them, made on the spot: HEIC (Debian's heif-enc, from a JPEG; or
+pillow-heif, for the transforms heif-enc does not write) and DNG (a minimal TIFF writer here: a 16-bit CFA raw
+image in a SubIFD and, unless left out, a JPEG preview as IFD0, as cameras and Adobe's converter write them)."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import struct
+import subprocess
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+HEIF_ENC = shutil.which("heif-enc")
+NO_HEIF_ENC = "heif-enc is missing (Debian's libheif-examples; `make install-test` installs it as root)"
+
+
+def heic_from(jpeg: Path, out: Path, quality: int = 90) -> Path:
+    """``out``: the JPEG re-encoded as HEIC by libheif's heif-enc (HEVC), as a phone's twin of the photo."""
+    subprocess.run([HEIF_ENC, "-q", str(quality), "-o", str(out), str(jpeg)], check=True, capture_output=True,
+                   timeout=120)
+    return out
+
+
+def heic_declaring(source: Path, out: Path, width: int, height: int) -> Path:
+    """``out``: the HEIC ``source`` whose image-size property (``ispe``) declares ``width`` x ``height``."""
+    data = bytearray(source.read_bytes())
+    at = data.index(b"ispe")
+    data[at + 8:at + 16] = struct.pack(">II", width, height)  # after the box type: version/flags, width, height
+    out.write_bytes(bytes(data))
+    return out
+
+
+BYTE, ASCII, SHORT, LONG, RATIONAL, SRATIONAL = 1, 2, 3, 4, 5, 10
+_SIZES = {BYTE: 1, ASCII: 1, SHORT: 2, LONG: 4, RATIONAL: 8, SRATIONAL: 8}
+_FORMATS = {BYTE: "B", ASCII: "B", SHORT: "H", LONG: "I", RATIONAL: "I", SRATIONAL: "i"}
+
+
+def _ifd(entries: dict[int, tuple[int, list]], at: int, data: bytearray, next_ifd: int = 0) -> bytes:
+    """IFD bytes at offset ``at``; values over 4 bytes are appended to ``data`` (which follows the IFD)."""
+    size = 2 + 12 * len(entries) + 4
+    out = bytearray(struct.pack("<H", len(entries)))
+    for tag in sorted(entries):
+        kind, values = entries[tag]
+        raw = struct.pack(f"<{len(values)}{_FORMATS[kind]}", *values)
+        count = len(values) // 2 if kind in (RATIONAL, SRATIONAL) else len(values)
+        if len(raw) <= 4:
+            field = raw.ljust(4, b"\0")
+        else:
+            field = struct.pack("<I", at + size + len(data))
+            data += raw + (b"\0" if len(raw) % 2 else b"")
+        out += struct.pack("<HHI", tag, kind, count) + field
+    out += struct.pack("<I", next_ifd)
+    return bytes(out)
+
+
+def dng(preview: Image.Image | bytes | None, *, orientation: int = 1, raw_size=(64, 48)) -> bytes:
+    """A DNG whose IFD0 is the preview (a JPEG, or ``preview`` saved as one; NewSubFileType 1) and whose SubIFD
+    is a 16-bit RGGB raw image; without a preview, IFD0 is the raw image. ``orientation``: the EXIF tag."""
+    width, height = raw_size
+    rng = np.random.default_rng(0)
+    cfa = rng.integers(0, 4096, size=(height, width), dtype=np.uint16).tobytes()
+    common = {
+        271: (ASCII, list(b"imgq\0")), 272: (ASCII, list(b"test\0")), 274: (SHORT, [orientation]),
+        50706: (BYTE, [1, 4, 0, 0]), 50707: (BYTE, [1, 1, 0, 0]), 50708: (ASCII, list(b"imgq test\0")),
+        50721: (SRATIONAL, [1, 1, 0, 1, 0, 1, 0, 1, 1, 1, 0, 1, 0, 1, 0, 1, 1, 1]), 50778: (SHORT, [21]),
+    }
+    raw_ifd = {254: (LONG, [0]), 256: (LONG, [width]), 257: (LONG, [height]), 258: (SHORT, [16]),
+               259: (SHORT, [1]), 262: (SHORT, [32803]), 273: (LONG, [0]), 277: (SHORT, [1]),
+               278: (LONG, [height]), 279: (LONG, [len(cfa)]), 33421: (SHORT, [2, 2]),
+               33422: (BYTE, [0, 1, 1, 2]), 50717: (LONG, [4095])}
+    if preview is None:
+        return _tiff([{**common, **raw_ifd}], [cfa])
+    if isinstance(preview, Image.Image):
+        buffer = io.BytesIO()
+        preview.save(buffer, "JPEG", quality=95)
+        preview = buffer.getvalue()
+    jpeg = preview
+    width, height = _jpeg_size(jpeg)
+    ifd0 = {**common, 254: (LONG, [1]), 256: (LONG, [width]), 257: (LONG, [height]),
+            258: (SHORT, [8, 8, 8]), 259: (SHORT, [7]), 262: (SHORT, [6]), 273: (LONG, [0]),
+            277: (SHORT, [3]), 278: (LONG, [height]), 279: (LONG, [len(jpeg)]), 330: (LONG, [0])}
+    return _tiff([ifd0, raw_ifd], [jpeg, cfa], sub_ifd=True)
+
+
+def _jpeg_size(jpeg: bytes) -> tuple[int, int]:
+    """A baseline or progressive JPEG's size from its frame header (not Pillow: it may be a bomb on purpose)."""
+    at = max(jpeg.find(b"\xff\xc0"), jpeg.find(b"\xff\xc2"))
+    height, width = struct.unpack(">HH", jpeg[at + 5:at + 9])
+    return width, height
+
+
+def _tiff(ifds: list[dict], strips: list[bytes], sub_ifd: bool = False) -> bytes:
+    """IFDs laid out one after the other (the second as IFD0's SubIFD when ``sub_ifd``), then the strips."""
+    # Two passes: the first learns the sizes, the second writes the real offsets.
+    offsets = [0] * len(ifds)
+    body = b""
+    for _ in range(2):
+        at = 8
+        blobs = []
+        for i, entries in enumerate(ifds):
+            offsets[i] = at
+            data = bytearray()
+            blob = _ifd(entries, at, data)
+            blobs.append(blob + data)
+            at += len(blob) + len(data)
+        strip_at = at
+        for i, entries in enumerate(ifds):
+            entries[273] = (LONG, [strip_at])
+            strip_at += len(strips[i])
+            if sub_ifd and i == 0:
+                entries[330] = (LONG, [offsets[1]])
+        body = b"".join(blobs)
+    return b"II*\0" + struct.pack("<I", 8) + body + b"".join(strips)

@@ -1,0 +1,263 @@
+"""HEIF/HEIC and camera RAW (worker/formats.py): recognised by content, under the bounds of every format, turned
+upright once; and a HEIC labelled as its JPEG twin by a real worker with image-dependent weights."""
+
+from __future__ import annotations
+
+import io
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from imgq.contract import ERROR_CODES, IMAGE_EXTENSIONS, IMAGE_FORMATS
+from tests import photogen
+from tests.imagegen import pattern
+from worker import formats
+from worker.preprocess import ImageError, load_pixels
+
+needs_heif_enc = pytest.mark.skipif(photogen.HEIF_ENC is None, reason=photogen.NO_HEIF_ENC)
+
+
+def error(path: Path, **kwargs) -> ImageError:
+    with pytest.raises(ImageError) as caught:
+        load_pixels(str(path), **kwargs)
+    return caught.value
+
+
+def banded(size=(300, 200)) -> Image.Image:
+    """Black with a red band along the top: where the band ends up tells how the picture was turned."""
+    pixels = np.zeros((size[1], size[0], 3), dtype=np.uint8)
+    pixels[: size[1] // 4, :, 0] = 255
+    return Image.fromarray(pixels)
+
+
+def red_side(pixels: np.ndarray) -> str:
+    """Which side of a decoded (224, 224, 3) picture the red band is on."""
+    red = pixels[..., 0].astype(float)
+    sides = {"top": red[:20].mean(), "bottom": red[-20:].mean(), "left": red[:, :20].mean(),
+             "right": red[:, -20:].mean()}
+    return max(sides, key=lambda side: sides[side])
+
+
+@pytest.fixture
+def jpeg(tmp_path) -> Path:
+    path = tmp_path / "photo.jpg"
+    Image.fromarray(pattern(400, 300, seed=3)).save(path, quality=92)
+    return path
+
+
+def test_the_contract_names_the_new_formats():
+    assert {"HEIF", "RAW"} <= set(IMAGE_FORMATS)
+    assert {"heic", "heif", "hif", "dng", "cr2", "cr3", "nef", "arw", "orf", "rw2", "raf", "pef", "srw"} <= set(
+        IMAGE_EXTENSIONS)
+    assert "no_preview" in ERROR_CODES
+
+
+@pytest.mark.parametrize(("head", "name", "kind"), [
+    (b"\0\0\0\x18ftypheic\0\0\0\0mif1heic", "a.bin", "HEIF"),
+    (b"\0\0\0\x18ftypmif1\0\0\0\0mif1heic", "a.bin", "HEIF"),
+    (b"\0\0\0\x18ftypheix\0\0\0\0mif1heix", "a.jpg", "HEIF"),
+    (b"\0\0\0\x18ftypavif\0\0\0\0mif1avif", "a.heic", ""),  # AVIF: pillow-heif does not decode it
+    (b"\0\0\0\x18ftypisom\0\0\0\0isomavc1", "a.heic", ""),  # an MP4 video named .heic
+    (b"\0\0\0\x18ftypcrx \0\0\0\x01crx isom", "a.bin", "RAW"),  # Canon CR3
+    (b"IIRO\x08\0\0\0", "a.bin", "RAW"),  # Olympus ORF
+    (b"IIU\0\x08\0\0\0", "a.bin", "RAW"),  # Panasonic RW2
+    (b"FUJIFILMCCD-RAW 0201", "a.bin", "RAW"),
+    (b"II*\0\x10\0\0\0CR\x02\0", "a.bin", "RAW"),  # Canon CR2's marker
+    (b"II*\0\x08\0\0\0\0\0", "a.NEF", "RAW"),  # TIFF inside, named as a RAW
+    (b"II*\0\x08\0\0\0\0\0", "a.tif", ""),  # a TIFF: Pillow's
+    (b"\xff\xd8\xff\xe0", "a.dng", ""),  # a JPEG named .dng is a JPEG
+])
+def test_formats_are_recognised_by_content(head, name, kind):
+    assert formats.sniff(io.BytesIO(head + bytes(32)), name) == kind
+
+
+def test_a_dng_says_so_whatever_its_name():
+    data = photogen.dng(banded())
+    assert formats.sniff(io.BytesIO(data), "scan.tif") == "RAW"
+    assert formats.sniff(io.BytesIO(data), "") == "RAW"
+
+
+# --- HEIC --------------------------------------------------------------------------------------------------
+
+@needs_heif_enc
+def test_a_heic_decodes_like_its_jpeg_twin(tmp_path, jpeg):
+    heic = photogen.heic_from(jpeg, tmp_path / "photo.HEIC")
+    assert formats.sniff(heic.open("rb"), str(heic)) == "HEIF"
+    twin, pixels = load_pixels(str(jpeg)), load_pixels(str(heic))
+    assert pixels.shape == (224, 224, 3) and pixels.dtype == np.uint8
+    assert np.abs(twin.astype(int) - pixels.astype(int)).mean() < 6  # HEVC against JPEG: the same picture
+
+
+def test_a_heic_is_turned_upright_once(tmp_path):
+    """iPhones store the sensor's picture with a rotation in the container (irot) AND an EXIF orientation:
+    libheif applies the first; the second must not turn it again."""
+    path = tmp_path / "iphone.heic"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # 90 degrees clockwise to show it upright
+    banded().save(path, format="HEIF", exif=exif.tobytes(), quality=90)  # pillow-heif writes irot and the EXIF
+    assert b"irot" in path.read_bytes()
+    assert red_side(load_pixels(str(path))) == "right"  # turned 90 degrees once (twice would put it at the bottom)
+
+
+@needs_heif_enc
+def test_a_heic_declaring_huge_dimensions_is_too_large_before_any_decode(tmp_path, jpeg, monkeypatch):
+    import pillow_heif
+
+    heic = photogen.heic_from(jpeg, tmp_path / "photo.heic")
+    bomb = photogen.heic_declaring(heic, tmp_path / "bomb.heic", 60000, 60000)
+    monkeypatch.setattr(pillow_heif.HeifImageFile, "load", lambda self: pytest.fail("decoded"))
+    refused = error(bomb)
+    assert refused.code == "too_large" and "3600000000 pixels" in refused.message
+    assert error(photogen.heic_declaring(heic, tmp_path / "max.heic", 2**31 - 1, 2**31 - 1)).code == "too_large"
+
+
+@needs_heif_enc
+def test_a_heic_that_would_take_more_memory_than_the_budget_is_too_large(tmp_path, jpeg):
+    heic = photogen.heic_from(jpeg, tmp_path / "photo.heic")
+    pixels = 400 * 300
+    assert load_pixels(str(heic), max_pixels=pixels * formats.HEIF_BYTES_PER_PIXEL // 4 + 100_000).shape
+    refused = error(heic, max_pixels=pixels)  # fits max_pixels, but not 4 bytes a pixel of it
+    assert refused.code == "too_large" and "HEIF takes" in refused.message
+
+
+@needs_heif_enc
+@pytest.mark.parametrize("keep", [0.5, 0.95])
+def test_a_truncated_heic_is_corrupt(tmp_path, jpeg, keep):
+    data = photogen.heic_from(jpeg, tmp_path / "photo.heic").read_bytes()
+    cut = tmp_path / "cut.heic"
+    cut.write_bytes(data[: int(len(data) * keep)])
+    assert error(cut).code == "corrupt"
+
+
+def test_an_avif_or_a_video_named_heic_is_not_an_image(tmp_path):
+    path = tmp_path / "clip.heic"
+    path.write_bytes(b"\0\0\0\x18ftypisom\0\0\0\0isomavc1" + bytes(1000))
+    assert error(path).code == "not_an_image"
+
+
+# --- RAW ---------------------------------------------------------------------------------------------------
+
+def test_a_dng_is_classified_through_its_preview_turned_as_the_camera_was(tmp_path):
+    upright = tmp_path / "upright.dng"
+    upright.write_bytes(photogen.dng(banded()))
+    assert red_side(load_pixels(str(upright))) == "top"
+    turned = tmp_path / "turned.dng"
+    turned.write_bytes(photogen.dng(banded(), orientation=6))
+    assert red_side(load_pixels(str(turned))) == "right"
+
+
+def test_a_raw_preview_with_its_own_orientation_is_turned_once(tmp_path):
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    banded().save(buffer, "JPEG", exif=exif.tobytes(), quality=95)
+    path = tmp_path / "both.dng"
+    path.write_bytes(photogen.dng(buffer.getvalue(), orientation=6))
+    assert red_side(load_pixels(str(path))) == "right"
+
+
+def test_a_dng_preview_is_its_jpeg_exactly(tmp_path):
+    buffer = io.BytesIO()
+    Image.fromarray(pattern(400, 300, seed=5)).save(buffer, "JPEG", quality=90)
+    (tmp_path / "p.jpg").write_bytes(buffer.getvalue())
+    (tmp_path / "p.dng").write_bytes(photogen.dng(buffer.getvalue()))
+    for draft in (False, True):
+        assert np.array_equal(load_pixels(str(tmp_path / "p.dng"), jpeg_draft=draft),
+                              load_pixels(str(tmp_path / "p.jpg"), jpeg_draft=draft))
+
+
+def test_a_raw_without_a_preview_says_so(tmp_path):
+    path = tmp_path / "bare.dng"
+    path.write_bytes(photogen.dng(None))
+    refused = error(path)
+    assert refused.code == "no_preview" and "without an embedded preview" in refused.message
+
+
+def test_a_raw_preview_declaring_huge_dimensions_is_too_large(tmp_path):
+    buffer = io.BytesIO()
+    banded().save(buffer, "JPEG")
+    jpeg = bytearray(buffer.getvalue())
+    sof = jpeg.index(b"\xff\xc0")
+    jpeg[sof + 5:sof + 9] = struct.pack(">HH", 60000, 60000)  # the frame header's height and width
+    path = tmp_path / "bomb.dng"
+    path.write_bytes(photogen.dng(bytes(jpeg)))
+    assert error(path).code == "too_large"
+
+
+def test_files_named_as_raws_that_are_not(tmp_path):
+    tiff = tmp_path / "scan.nef"
+    Image.fromarray(pattern()).save(tiff, "TIFF")  # TIFF inside, named as a Nikon RAW: LibRaw does not read it
+    assert error(tiff).code == "not_an_image"
+    cut = tmp_path / "cut.dng"
+    cut.write_bytes(photogen.dng(banded())[:200])
+    refused = error(cut)
+    assert (refused.code, refused.message) == ("corrupt", "LibRaw cannot read it: Input/output error")
+    jpeg = tmp_path / "photo.cr2"
+    banded().save(jpeg, "JPEG")  # a JPEG named .cr2 is a JPEG
+    assert load_pixels(str(jpeg)).shape == (224, 224, 3)
+
+
+@pytest.mark.slow
+def test_the_memory_of_a_heif_decode_is_within_its_bound(tmp_path):
+    """The worst case measured for HEIF_BYTES_PER_PIXEL: RGBA at 4:4:4 (no chroma subsampling)."""
+    from tests.test_decode_bounds import _decode_peak
+
+    path = tmp_path / "rgba444.heic"
+    Image.fromarray(pattern(2000, 1500, seed=2)).convert("RGBA").save(path, format="HEIF", quality=50, chroma=444)
+    peak = _decode_peak(path)
+    bound = (path.stat().st_size + formats.HEIF_BYTES_PER_PIXEL * 2000 * 1500) / 1024**2
+    assert peak["code"] == "ok" and peak["peak_mib"] <= bound * 1.1, (peak, bound)
+
+
+# --- A real worker, with weights whose labels depend on the picture -----------------------------------------
+
+TWINS = 8
+
+
+@pytest.fixture(scope="module")
+def twins(tmp_path_factory):
+    """JPEG pictures with their HEIC and DNG twins, and weights (tests/weights.py) whose top-1 for picture i,
+    decoded from its JPEG, is class i."""
+    if photogen.HEIF_ENC is None:
+        pytest.skip(photogen.NO_HEIF_ENC)
+    from tests import weights as test_weights
+
+    folder = tmp_path_factory.mktemp("twins")
+    jpegs = []
+    for i in range(TWINS):
+        jpeg = folder / f"picture-{i}.jpg"
+        Image.fromarray(test_weights.picture(i, size=(320, 240))).save(jpeg, quality=92)
+        jpegs.append(jpeg)
+        photogen.heic_from(jpeg, folder / f"picture-{i}.heic")
+        (folder / f"picture-{i}.dng").write_bytes(photogen.dng(jpeg.read_bytes()))
+    weights = test_weights.image_dependent_weights(jpegs, tmp_path_factory.mktemp("w") / "twins.weights.h5")
+    return folder, str(weights)
+
+
+@pytest.mark.slow
+def test_a_worker_labels_heic_and_raw_as_their_jpeg_twins(twins, redis_url, tmp_path):
+    from imgq.store import ResultStore, delete_namespace
+    from producer.local import LocalWorker
+    from tests.conftest import make_settings
+    from tests.processes import imgq_cli
+    from worker.labels import class_index
+
+    folder, weights = twins
+    settings = make_settings(redis_url, tmp_path, weights=weights)
+    worker = LocalWorker(settings)
+    worker.start()
+    try:
+        store = ResultStore.from_settings(settings)
+        worker.wait_ready(store, timeout=180)
+        job = imgq_cli(settings, "submit", str(folder), "--wait").stdout.strip()
+        records = {Path(r["path"]).name: r for r in store.iter_results(job)}
+    finally:
+        worker.stop()
+        delete_namespace(redis_url, settings.namespace)
+    assert len(records) == 3 * TWINS and {r["status"] for r in records.values()} == {"ok"}
+    for i in range(TWINS):
+        top1 = {ext: records[f"picture-{i}.{ext}"]["top_k"][0]["wnid"] for ext in ("jpg", "heic", "dng")}
+        assert top1 == dict.fromkeys(top1, class_index()[i][0]), (i, top1)

@@ -1,0 +1,179 @@
+"""The formats Pillow does not open by itself, recognised by content: HEIF/HEIC and camera RAW.
+
+- HEIF (every iPhone's photos since 2017) opens through pillow-heif, a binding of libheif, as a Pillow plugin.
+  libheif reads the whole file (at most IMGQ_MAX_FILE_BYTES) and parses its boxes, which give the size; no
+  pixel is decoded before ``_check_size`` and the memory check below. libheif applies the container's own
+  transforms (``irot``, ``imir``) when it decodes; an EXIF orientation in a HEIF is informational (the HEIF
+  specification says so, and iPhones write both), so it is never applied on top: a photo is turned once.
+- RAW (DNG, CR2, NEF, ARW, ...) opens through LibRaw (rawpy), which reads the metadata only; the embedded
+  preview is classified, as photo tools show it, never the sensor data (demosaicing a 24 MP raw takes seconds).
+  A JPEG preview goes through the normal JPEG path (read budget, size from its header, draft decoding, pixel
+  cap); an uncompressed one is refused above IMGQ_MAX_PIXELS. Its bytes are at most the file's, itself at
+  most IMGQ_MAX_FILE_BYTES. The camera's orientation (LibRaw's ``flip``) applies unless the preview carries
+  its own EXIF orientation.
+
+A TIFF-structured file is RAW when it says so (a DNG's DNGVersion tag, a CR2's marker) or when it is named
+as a RAW (NEF, ARW, PEF, ... are TIFF with nothing standard to tell them apart): the name only chooses between
+two decoders of a content that is allowed anyway.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from imgq.contract import PILLOW_FORMATS, RAW_EXTENSIONS
+from worker.errors import ImageError, one_line
+from worker.memory import decode_budget
+
+HEIF = "HEIF"
+RAW = "RAW"
+
+HEIF_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"mif1", b"msf1"})
+# ISO-BMFF major brands of HEVC-coded HEIF images and sequences (ISO/IEC 23008-12); mif1/msf1 are the
+# generic ones iPhones and libheif also write. AVIF (avif, avis) is not among them: pillow-heif decodes only HEVC.
+
+HEIF_BYTES_PER_PIXEL = 13
+# What a HEIF decode holds at full size beyond the file: libheif's YCbCr planes, its interleaved RGB(A) copy and
+# Pillow's image. Measured (peak RSS of load_pixels): 7.9 bytes a pixel for a 24 MP RGB 4:2:0 HEIC (what phones
+# write), 13.0 for a 12 MP RGBA 4:4:4 one; the worst is the bound. Checked against the budget of every decode
+# (worker/memory.py): at the default IMGQ_MAX_PIXELS a HEIF of up to ~27 MP decodes (a 12 or 24 MP iPhone photo;
+# a 48 MP "HEIF Max" one needs IMGQ_MAX_PIXELS of 160 million). tests/test_formats.py pins the bound.
+
+RAW_SIGNATURES = (b"IIRO", b"IIRS", b"MMOR", b"IIU\0", b"FUJIFILMCCD-RAW")
+# Olympus ORF, Panasonic RW2 (and Leica RWL), Fujifilm RAF: their first bytes name them.
+TIFF_SIGNATURES = (b"II*\0", b"MM\0*")
+DNG_VERSION_TAG = 50706
+MAX_IFD_ENTRIES = 1024  # read of IFD0 when looking for the DNG tag: 12 KiB at most
+HEAD_BYTES = 32
+
+# LibRaw's ``flip`` (dcraw's encoding) as the EXIF orientation it came from.
+_ORIENTATION_FOR_FLIP = {0: 1, 1: 2, 3: 3, 2: 4, 4: 5, 6: 6, 7: 7, 5: 8}
+
+
+def sniff(file: BinaryIO, name: str = "") -> str:
+    """HEIF, RAW, or "" (Pillow's own formats decide) for the content of ``file`` (left at 0).
+
+    ``name``: the file's name, which tells a TIFF-structured RAW without a mark of its own (NEF, ARW).
+    """
+    head = file.read(HEAD_BYTES)
+    file.seek(0)
+    if head[4:8] == b"ftyp":
+        brand = head[8:12]
+        if brand == b"crx ":  # Canon CR3: ISO-BMFF too, but LibRaw's
+            return RAW
+        return HEIF if brand in HEIF_BRANDS else ""
+    if head.startswith(RAW_SIGNATURES):
+        return RAW
+    if head.startswith(TIFF_SIGNATURES):
+        named_raw = name.rpartition(".")[2].lower() in RAW_EXTENSIONS
+        if named_raw or head[8:10] == b"CR" or _has_dng_tag(file, head):
+            return RAW
+    return ""
+
+
+def _has_dng_tag(file: BinaryIO, head: bytes) -> bool:
+    """Whether IFD0 of the TIFF in ``file`` holds the DNGVersion tag (two bounded reads; ``file`` left at 0)."""
+    order = "<" if head[:2] == b"II" else ">"
+    try:
+        (offset,) = struct.unpack(order + "I", head[4:8])
+        file.seek(offset)
+        (count,) = struct.unpack(order + "H", file.read(2))
+        entries = file.read(12 * min(count, MAX_IFD_ENTRIES))
+    except (struct.error, OSError, ValueError):
+        return False
+    finally:
+        file.seek(0)
+    tags = (struct.unpack_from(order + "H", entries, at)[0] for at in range(0, len(entries) - 11, 12))
+    return DNG_VERSION_TAG in tags
+
+
+def register_heif() -> None:
+    """Make Pillow open HEIF (once per process; pillow-heif is imported only by the worker)."""
+    import pillow_heif
+
+    pillow_heif.register_heif_opener(thumbnails=False)  # the primary image only: no thumbnail is decoded
+
+
+def check_heif_cost(width: int, height: int, file_bytes: int, max_pixels: int) -> None:
+    """Refuse a HEIF that would take more memory to decode than an image of ``max_pixels`` (worker/memory.py).
+
+    Raises ImageError("too_large").
+    """
+    needed = file_bytes + HEIF_BYTES_PER_PIXEL * width * height
+    budget = decode_budget(max_pixels)
+    if needed > budget:
+        raise ImageError("too_large", f"a {width}x{height} HEIF takes {needed >> 20} MiB to decode, more than "
+                                      f"{budget >> 20} MiB (4 bytes a pixel of IMGQ_MAX_PIXELS)")
+
+
+@dataclass(frozen=True)
+class RawPreview:
+    """The preview of a RAW, still encoded: ``file`` (JPEG, or PPM made here from an uncompressed preview), to
+    open with ``formats``; ``orientation``: the camera's, when the preview does not say its own (EXIF)."""
+
+    file: BinaryIO
+    formats: tuple[str, ...]
+    orientation: int
+
+
+def raw_preview(file: BinaryIO, max_pixels: int) -> RawPreview:
+    """The embedded preview of the camera RAW open as ``file`` (a checked regular file).
+
+    Raises ImageError: no_preview (a RAW without one, or one LibRaw cannot extract), corrupt (LibRaw cannot
+    read the file), too_large (an uncompressed preview over ``max_pixels``).
+    """
+    import rawpy
+
+    raw = rawpy.RawPy()
+    try:
+        _open_raw(raw, file)
+        thumb = raw.extract_thumb()
+        orientation = _ORIENTATION_FOR_FLIP.get(raw.sizes.flip, 1)
+    except (rawpy.LibRawNoThumbnailError, rawpy.LibRawUnsupportedThumbnailError):
+        raise ImageError("no_preview", "a camera RAW without an embedded preview") from None
+    except rawpy.LibRawFileUnsupportedError:
+        raise ImageError("not_an_image", "taken for a camera RAW (by its name or marks), but not one LibRaw reads") \
+            from None
+    except (rawpy.LibRawError, OSError, ValueError) as exc:
+        raise ImageError("corrupt", f"LibRaw cannot read it: {_libraw_reason(exc)}") from None
+    finally:
+        raw.close()
+    if thumb.format == rawpy.ThumbFormat.JPEG:
+        return RawPreview(io.BytesIO(thumb.data), ("JPEG",), orientation)
+    return RawPreview(_as_ppm(thumb.data, max_pixels), ("PPM",), orientation)
+
+
+def _libraw_reason(exc: BaseException) -> str:
+    """LibRaw's message (rawpy passes it as bytes) on one line."""
+    reason = exc.args[0] if exc.args else exc
+    return one_line(ValueError(reason.decode(errors="replace")) if isinstance(reason, bytes) else exc)
+
+
+def _open_raw(raw, file: BinaryIO) -> None:
+    """Open the file already checked (roots, type, size) in LibRaw: by its descriptor's /proc path, so that the
+    file LibRaw reads is the one checked, and LibRaw reads only what it needs; where /proc is missing, from
+    memory (at most IMGQ_MAX_FILE_BYTES)."""
+    path = f"/proc/self/fd/{file.fileno()}"
+    if os.path.exists(path):
+        raw.open_file(path)
+    else:
+        raw.open_buffer(file.read())
+
+
+def _as_ppm(pixels, max_pixels: int) -> BinaryIO:
+    """An uncompressed (bitmap) preview, already decoded by LibRaw (so no bigger than the file), as a PPM."""
+    height, width = pixels.shape[:2]
+    if width * height > max_pixels:
+        raise ImageError("too_large", f"{width}x{height} is more than {max_pixels} pixels")
+    if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.dtype.itemsize != 1:
+        raise ImageError("no_preview", f"a camera RAW whose preview is not 8-bit RGB ({pixels.shape})")
+    return io.BytesIO(b"P6 %d %d 255\n" % (width, height) + pixels.tobytes())
+
+
+def pillow_formats(kind: str) -> tuple[str, ...]:
+    """The Pillow plugins that may open a file sniffed as ``kind`` (HEIF, or "" for the others)."""
+    return (HEIF,) if kind == HEIF else PILLOW_FORMATS
