@@ -17,10 +17,12 @@ HEIF_ENC = shutil.which("heif-enc")
 NO_HEIF_ENC = "heif-enc is missing (Debian's libheif-examples; `make install-test` installs it as root)"
 
 
-def heic_from(jpeg: Path, out: Path, quality: int = 90) -> Path:
-    """``out``: the JPEG re-encoded as HEIC by libheif's heif-enc (HEVC), as a phone's twin of the photo."""
-    subprocess.run([HEIF_ENC, "-q", str(quality), "-o", str(out), str(jpeg)], check=True, capture_output=True,
-                   timeout=120)
+def heic_from(jpeg: Path, out: Path, quality: int = 90, *params: str, timeout: float = 300) -> Path:
+    """``out``: the JPEG re-encoded as HEIC by libheif's heif-enc (HEVC), as a phone's twin of the photo.
+    ``params``: x265 settings (``preset=ultrafast``: a 12 MP photo in seconds, not minutes)."""
+    settings = [arg for param in params for arg in ("-p", param)]
+    subprocess.run([HEIF_ENC, "-q", str(quality), *settings, "-o", str(out), str(jpeg)], check=True,
+                   capture_output=True, timeout=timeout)
     return out
 
 
