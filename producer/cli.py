@@ -522,9 +522,9 @@ def classify(ctx, paths, recursive, includes, excludes, from_file, top_k, batch_
 
 
 # They use the group's settings and errors above.
+from producer.learn_cli import learn  # noqa: E402
 from producer.report_cli import layers, report, show  # noqa: E402
 from producer.schedule_cli import beat, schedule  # noqa: E402
-from producer.learn_cli import learn  # noqa: E402
 from producer.tag_cli import tag  # noqa: E402
 
 for command in (layers, report, show, schedule, beat):

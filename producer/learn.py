@@ -171,10 +171,11 @@ def confusion_table(head: Head) -> list[str]:
     labels, matrix = head.figures["confusion"]["labels"], head.figures["confusion"]["matrix"]
     width = max(len("actual \\ predicted"), *(len(label) for label in labels))
     cells = [max(len(label), 5) for label in labels]
-    lines = ["actual \\ predicted".ljust(width) + "  " + "  ".join(label.rjust(c) for label, c in zip(labels, cells))]
+    header = "  ".join(label.rjust(c) for label, c in zip(labels, cells, strict=True))
+    lines = ["actual \\ predicted".ljust(width) + "  " + header]
     for label, row in zip(labels, matrix, strict=True):
         recall = row[labels.index(label)] / max(sum(row), 1)
-        lines.append(label.ljust(width) + "  " + "  ".join(str(n).rjust(c) for n, c in zip(row, cells))
+        lines.append(label.ljust(width) + "  " + "  ".join(str(n).rjust(c) for n, c in zip(row, cells, strict=True))
                      + f"   recall {recall:.2f}")
     return lines
 
