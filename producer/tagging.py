@@ -80,6 +80,13 @@ def keyword(label: str) -> str:
     return label.replace("_", " ")
 
 
+def head_keywords(record: ResultRecord, options: TagOptions) -> list[str]:
+    """The labels of the record's head (imgq learn) that become keywords: its first ``options.top`` scoring at
+    least ``options.min_score``. A user's own labels are written as they were named, not re-spelt."""
+    top = (record.head or {}).get("top_k") or []
+    return [t["label"] for t in top if t["score"] >= options.min_score][: options.top]
+
+
 def sidecar_path(image: str, naming: str) -> str:
     """IMG_1.jpg.xmp (full) or IMG_1.xmp (stem); an existing sidecar whose extension is .XMP is used as it is."""
     base = image if naming == "full" else os.path.splitext(image)[0]
@@ -122,6 +129,8 @@ def plan_sidecars(records: Iterable[ResultRecord], options: TagOptions) -> tuple
         chosen = [] if options.remove else [keyword(t.label) for t in labels_above(record, options.min_score)]
         image, labels = plan.setdefault(path, (record.path, []))
         labels.extend(k for k in chosen[: options.top] if k not in labels)
+        if not options.remove:
+            labels.extend(k for k in head_keywords(record, options) if k not in labels)
     return plan, summary
 
 
