@@ -19,9 +19,9 @@ import redis
 
 from imgq import queue
 from imgq import submit as submission
-from imgq.contract import IMAGE_EXTENSIONS, MODEL_NAME
+from imgq.contract import IMAGE_EXTENSIONS
 from imgq.files import WriteError
-from imgq.heads import Head, HeadError, read_head, refusal
+from imgq.heads import Head
 from imgq.jobs import JobStatus
 from imgq.layers import UnknownLayer, check_layers
 from imgq.settings import Settings, env_var, format_seconds, mask_url, parse_duration, parse_setting
@@ -29,6 +29,7 @@ from imgq.store import JobNotFound, ResultStore
 from imgq.walk import IGNORE_MARKERS, PathFilter, iter_images, read_path_list
 from producer.dumps import DumpError, estimate_bytes, format_bytes, size_guard
 from producer.export import FILE_FORMATS, FORMATS, file_writer_for, output, with_min_score, writer_for
+from producer.head_options import head_option, refuse_foreign_head
 from producer.local import LocalServiceError
 from producer.paths import OutputFile
 from producer.tagging import UntrainedWeights
@@ -203,23 +204,12 @@ def job_options(command):
         click.option("--sink", is_flag=True,
                      help="Workers write the records as one Parquet file per batch into IMGQ_SINK_DIR instead of "
                           "Redis, which then holds only counts: for the largest jobs. `imgq results` reads them."),
-        click.option("--head", type=click.Path(dir_okay=False, path_type=str), callback=head_file, metavar="HEAD",
-                     help="Also label each image with a head made by `imgq learn`, in the same forward pass "
-                          "(records gain a `head` entry)."),
+        head_option("Also label each image with a head made by `imgq learn`, in the same forward pass "
+                    "(records gain a `head` entry)."),
     ]
     for decorator in reversed(decorators):
         command = decorator(command)
     return command
-
-
-def head_file(ctx, param, value: str | None) -> Head | None:
-    """Click callback: ``--head`` read and checked at parse time (one line for a file that is not a head)."""
-    if value is None:
-        return None
-    try:
-        return read_head(value)
-    except HeadError as exc:
-        raise click.BadParameter(str(exc)) from None
 
 
 def job_request(settings: Settings, known: str, activations: tuple[str, ...], activations_dtype: str,
@@ -228,15 +218,6 @@ def job_request(settings: Settings, known: str, activations: tuple[str, ...], ac
     guard = size_guard(activations, activations_dtype, settings.max_dump_bytes) if activations and not yes else None
     return {"known": known, "activations": activations, "activations_dtype": activations_dtype, "limit_check": guard,
             "sink": sink, "head": head}
-
-
-def refuse_foreign_head(head: Head | None, store: ResultStore, model: str = MODEL_NAME) -> None:
-    """A head learned on another model, or on weights no live worker of the model runs, stops the submission."""
-    if head is None:
-        return
-    problem = refusal(head, model, {w.weights for w in store.workers()})
-    if problem:
-        raise click.ClickException(problem)
 
 
 class Duration(click.ParamType):
