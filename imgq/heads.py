@@ -149,10 +149,11 @@ def read_head(path: str) -> Head:
     except OSError as exc:
         reason = "no such file" if exc.errno == errno.ENOENT else (exc.strerror or str(exc))
         raise HeadError(f"Cannot read the head {path}: {reason}.") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise HeadError(f"Cannot read the head {path}: not a regular file.")
     with os.fdopen(fd, "rb") as file:
-        info = os.fstat(file.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise HeadError(f"Cannot read the head {path}: not a regular file.")
         if info.st_size > MAX_HEAD_BYTES:
             raise HeadError(f"Cannot read the head {path}: {info.st_size} bytes, more than a head's "
                             f"{MAX_HEAD_BYTES}.")

@@ -15,7 +15,7 @@ import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from imgq.contract import IMAGE_EXTENSIONS, ResultRecord, dump_path, is_untrained
+from imgq.contract import ResultRecord, dump_path, is_untrained
 from imgq.files import atomic_path
 from imgq.heads import Head, HeadError, check_label
 from imgq.walk import PathFilter, iter_images
@@ -84,8 +84,8 @@ def _check_counts(examples: Examples) -> None:
     if few:
         label, n = next(iter(few.items()))
         more = f" (and {len(few) - 1} more folders)" if len(few) > 1 else ""
-        raise ExamplesError(f"{os.path.join(examples.root, label)} has {n} images ({', '.join(IMAGE_EXTENSIONS)}); "
-                            f"a label needs at least {MIN_EXAMPLES}{more}.")
+        raise ExamplesError(f"{os.path.join(examples.root, label)} has {n} images; a label needs at least "
+                            f"{MIN_EXAMPLES}{more}.")
     if len(examples.images) < 2:
         raise ExamplesError(f"{examples.root} has one label folder; a head needs two or more (e.g. beach and "
                             f"not-beach).")
