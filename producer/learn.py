@@ -126,30 +126,31 @@ def gather_features(records: list[ResultRecord], examples: Examples, dump_root: 
     return Features(rows, labels, model, next(iter(weights)), failed)
 
 
+def pipeline():
+    """What a head is: a class-balanced logistic regression on standardised features (scikit-learn)."""
+    try:
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+    except ImportError:
+        raise ExamplesError("imgq learn needs scikit-learn: pip install 'imgq[learn]'.") from None
+    return make_pipeline(StandardScaler(), LogisticRegression(class_weight="balanced", max_iter=5000))
+
+
 def fit_head(features: Features, name: str, examples: dict[str, int]) -> Head:
     """Cross-validate, then fit on every example, a class-balanced logistic regression on standardised
     features; the standardisation is folded into the head's coefficients."""
     import numpy as np
 
-    try:
-        import sklearn  # noqa: F401
-    except ImportError:
-        raise ExamplesError("imgq learn needs scikit-learn: pip install 'imgq[learn]'.") from None
-    from sklearn.linear_model import LogisticRegression
+    model = pipeline()  # raises ExamplesError without scikit-learn, before anything is computed
     from sklearn.metrics import confusion_matrix
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
 
     x = np.stack(features.rows).astype(np.float64)
     y = np.asarray(features.labels)
-
-    def pipeline():
-        return make_pipeline(StandardScaler(), LogisticRegression(class_weight="balanced", max_iter=5000))
-
     folds = min(MAX_FOLDS, min(int((y == label).sum()) for label in set(features.labels)))
     predicted = cross_val_predict(pipeline(), x, y, cv=StratifiedKFold(folds, shuffle=True, random_state=0))
-    model = pipeline().fit(x, y)
+    model.fit(x, y)
     scaler, regression = model.named_steps["standardscaler"], model.named_steps["logisticregression"]
     labels = [str(c) for c in regression.classes_]
     scale = np.where(scaler.scale_ == 0, 1.0, scaler.scale_)
