@@ -121,13 +121,22 @@ end
 return 1
 """
 
+# Drop an id from the active set if its job's hash is gone. KEYS: job, active. ARGV: job id.
+_DROP_IF_GONE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+return redis.call('SREM', KEYS[2], ARGV[1])
+"""
+
 
 class ResultStore:
     """Jobs and records of one namespace. ``client`` answers str (``decode_responses``); ``raw`` (made from
     its connection settings when not given) answers bytes, for the packed values."""
 
-    def __init__(self, client: redis.Redis, namespace: str, raw: redis.Redis | None = None, sink_dir: str = ""):
+    def __init__(self, client: redis.Redis, namespace: str, raw: redis.Redis | None = None, sink_dir: str = "",
+                 broker: redis.Redis | None = None):
         self.redis = client
+        # The broker's Redis, where the queue is: another server than ``client`` when IMGQ_RESULTS_URL is set.
+        self.broker = broker or client
         self.sink_dir = sink_dir  # where the Parquet sinks of `--sink` jobs are, as this machine sees them
         self.raw = raw or redis.Redis(connection_pool=redis.ConnectionPool(
             **{**client.connection_pool.connection_kwargs, "decode_responses": False},
@@ -137,12 +146,17 @@ class ResultStore:
         self._sunk = self.redis.register_script(_SUNK)
         self._set_once = self.redis.register_script(_SET_ONCE)
         self._cancel = self.redis.register_script(_CANCEL)
+        self._drop_if_gone = self.redis.register_script(_DROP_IF_GONE)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ResultStore:
         client = redis.Redis.from_url(settings.effective_results_url, decode_responses=True,
                                       socket_connect_timeout=5, health_check_interval=30)
-        return cls(client, settings.namespace, sink_dir=settings.effective_sink_dir)
+        broker = None
+        if settings.effective_results_url != settings.broker_url:
+            broker = redis.Redis.from_url(settings.broker_url, decode_responses=True, socket_connect_timeout=5,
+                                          health_check_interval=30)
+        return cls(client, settings.namespace, sink_dir=settings.effective_sink_dir, broker=broker)
 
     def ping(self) -> None:
         """Raises redis.ConnectionError when the store cannot be reached."""
@@ -267,6 +281,11 @@ class ResultStore:
         """Jobs neither done nor cancelled."""
         return set(self.redis.smembers(self.keys.active))
 
+    def drop_if_gone(self, job: str) -> bool:
+        """Take ``job`` out of the active set when its hash is gone (evicted, or deleted by an imgq that left
+        the id behind): such an id would be read again at every reconcile. True when it was dropped."""
+        return bool(self._drop_if_gone(keys=[self.keys.job(job), self.keys.active], args=[job]))
+
     # -- reading ---------------------------------------------------------------------------------------
 
     def status(self, job: str) -> JobStatus:
@@ -378,8 +397,9 @@ class ResultStore:
         self.redis.delete(self.keys.worker(worker_id))
 
     def queue_depth(self) -> int:
-        """Batch messages waiting in the workers' queue (kombu's list)."""
-        return self.redis.llen(self.keys.kombu_queue)
+        """Batch messages waiting in the workers' queue (kombu's list), read from the broker (which is not the
+        results store when IMGQ_RESULTS_URL is set: the store's Redis has no queue, and would read 0)."""
+        return self.broker.llen(self.keys.kombu_queue)
 
     def take_reconcile_turn(self, worker_id: str, seconds: int) -> bool:
         """True for the one worker allowed to reconcile for the next ``seconds``."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from types import SimpleNamespace
 
@@ -9,7 +10,9 @@ from imgq import submit as enqueue
 from imgq.contract import BatchRef
 from imgq.deliveries import Deliveries
 from imgq.queue import publish
+from imgq.store import ResultStore
 from tests import imagegen
+from tests.processes import imgq_cli
 from worker.reconcile import reconcile
 
 
@@ -52,3 +55,34 @@ def test_a_job_whose_messages_vanished_before_any_worker_is_queued_again(setting
     publish([BatchRef(backlog, 0)] * 5, settings)
     assert reconcile(runtime, now=time.time() + settings.reconcile_seconds + 1) == 0
     assert reconcile(runtime, now=time.time() + settings.visibility_timeout + 1) >= 1
+
+
+def test_with_the_results_on_another_redis_the_queue_is_read_from_the_broker(settings, server, tmp_path):
+    """IMGQ_RESULTS_URL on a second server (two real servers): the stall rule and `status --workers` read the
+    queue's depth where the queue is. Read from the results store (no queue there: 0), every job waiting
+    behind another's backlog looked lost and was queued again every period."""
+    settings = dataclasses.replace(settings, results_url=server())
+    store = ResultStore.from_settings(settings)
+    deliveries = Deliveries(store.redis, store.keys)
+    waiting = _job(settings, store, tmp_path / "waiting", 4)
+    backlog = _job(settings, store, tmp_path / "backlog", 4)
+    publish([BatchRef(backlog, 0)] * 20, settings)
+    runtime = SimpleNamespace(store=store, settings=settings, deliveries=deliveries)
+    assert deliveries.waiting(waiting) == 1
+    assert reconcile(runtime, now=time.time() + settings.reconcile_seconds + 1) == 0  # all wait their turn
+    assert store.redis.exists(store.keys.kombu_queue) == 0  # the results server holds no queue
+    assert store.queue_depth() == 22
+    shown = imgq_cli(settings, "status", "--workers").stdout.splitlines()
+    assert shown[0] == "22 batches queued; 0 workers alive; 2 jobs in flight."
+
+
+def test_an_active_job_without_its_hash_does_not_stop_the_others(settings, store, tmp_path):
+    """An id in the active set whose job hash is gone (evicted; deleted during a pass) made every reconcile
+    pass fail with JobNotFound: now it is skipped and dropped, and the other jobs are reconciled."""
+    deliveries = Deliveries(store.redis, store.keys)
+    job = _job(settings, store, tmp_path / "lost", 4)
+    store.redis.delete(store.keys.kombu_queue)  # its one message lost
+    store.redis.sadd(store.keys.active, "evicted1", "evicted2")
+    runtime = SimpleNamespace(store=store, settings=settings, deliveries=deliveries)
+    assert reconcile(runtime, now=time.time() + settings.reconcile_seconds + 1) == 1
+    assert store.active_jobs() == {job}

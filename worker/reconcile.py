@@ -22,6 +22,7 @@ import logging
 import time
 
 from imgq.queue import publish, refs
+from imgq.store import JobNotFound
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +50,23 @@ def reconcile(runtime, now: float | None = None) -> int:
     store, settings = runtime.store, runtime.settings
     lost = []
     for job in store.active_jobs():
-        lost += _lost_batches(runtime, job, now)
+        lost += _lost_batches_or_none(runtime, job, now)
     if lost:
         log.warning("Queueing again %d lost batches", len(lost))
         publish(refs(lost), settings)
     return len(lost)
+
+
+def _lost_batches_or_none(runtime, job: str, now: float) -> list[dict]:
+    """``_lost_batches``, or none for a job that cannot be read (its hash gone: deleted during the pass,
+    evicted; or a record that does not parse), so that one bad job never stops the others. An id whose hash
+    is gone leaves the active set. Redis being away still fails the pass."""
+    try:
+        return _lost_batches(runtime, job, now)
+    except (JobNotFound, ValueError, KeyError, TypeError) as exc:
+        dropped = runtime.store.drop_if_gone(job)
+        log.warning("Reconciling job %s skipped: %s%s", job, exc, " (dropped from the active jobs)" if dropped else "")
+        return []
 
 
 def _lost_batches(runtime, job: str, now: float) -> list[dict]:
