@@ -24,12 +24,26 @@ from imgq.keys import Keys
 _PUBLISHED = "published"  # attempts-hash field: the job's batch messages ever sent to the queue
 
 
+# Count a job's published messages only while the job exists, and give a count made after the job finished
+# the job's remaining retention: a publish after a delete (or a requeue of an expired job) must not leave an
+# attempts hash behind, without a TTL, for ever. KEYS: job, attempts. ARGV: the number published, the field.
+_ADD_PUBLISHED = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HINCRBY', KEYS[2], ARGV[2], ARGV[1])
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
+return 1
+"""
+
+
 def add_published(client: redis.Redis, keys: Keys, counts: dict[str, int]) -> None:
-    """Count ``counts[job]`` more messages of each job as sent to the queue (imgq/queue.py publish)."""
+    """Count ``counts[job]`` more messages of each job as sent to the queue (imgq/queue.py publish); nothing
+    for a job that is gone."""
     if counts:
+        script = client.register_script(_ADD_PUBLISHED)
         pipe = client.pipeline(transaction=False)
         for job, n in counts.items():
-            pipe.hincrby(keys.attempts(job), _PUBLISHED, n)
+            script(keys=[keys.job(job), keys.attempts(job)], args=[n, _PUBLISHED], client=pipe)
         pipe.execute()
 
 # Delete a suspect only if it is still the one this delivery set: another may have taken it over since.

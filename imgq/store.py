@@ -321,17 +321,22 @@ class ResultStore:
             self.redis.zrem(self.keys.jobs, *gone)
         return statuses[:limit]
 
-    def forget_expired(self, oldest: int = 1000) -> int:
-        """Drop from the job list the ids, among its ``oldest``, whose job has expired (its retention passed);
-        returns how many. The reconciler calls it every period, so the list does not outgrow the jobs kept."""
-        jobs = self.redis.zrange(self.keys.jobs, 0, oldest - 1)
-        pipe = self.redis.pipeline(transaction=False)
-        for job in jobs:
-            pipe.exists(self.keys.job(job))
-        gone = [job for job, exists in zip(jobs, pipe.execute(), strict=True) if not exists]
-        if gone:
-            self.redis.zrem(self.keys.jobs, *gone)
-        return len(gone)
+    def forget_expired(self, chunk: int = READ_CHUNK) -> int:
+        """Drop from the job list every id whose job has expired (its retention passed), reading the list
+        ``chunk`` ids at a time (the whole list, not its oldest ids only: jobs kept until deleted may fill
+        those); returns how many. The reconciler calls it every period, so the list does not outgrow the jobs
+        kept."""
+        forgotten = start = 0
+        while jobs := self.redis.zrange(self.keys.jobs, start, start + chunk - 1):
+            pipe = self.redis.pipeline(transaction=False)
+            for job in jobs:
+                pipe.exists(self.keys.job(job))
+            gone = [job for job, exists in zip(jobs, pipe.execute(), strict=True) if not exists]
+            if gone:
+                self.redis.zrem(self.keys.jobs, *gone)
+            forgotten += len(gone)
+            start += len(jobs) - len(gone)  # the ids left shifted down by those removed
+        return forgotten
 
     def iter_records(self, job: str) -> Iterator[ResultRecord]:
         """Every stored record of the job, in submission order. Raises JobNotFound."""
