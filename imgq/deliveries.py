@@ -76,6 +76,18 @@ _SUSPECT = """
 if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[2], ARGV[1], ARGV[2]) end
 """
 
+# KEYS: job, attempts. ARGV: the published field. Returns 1 when the job was marked ``publishing``.
+_TAKE_UNPUBLISHED = """
+if redis.call('HDEL', KEYS[1], 'publishing') == 0 then return 0 end
+local begun = 0
+local fields = redis.call('HGETALL', KEYS[2])
+for i = 1, #fields, 2 do
+  if string.match(fields[i], '^%d+$') then begun = begun + tonumber(fields[i + 1]) end
+end
+redis.call('HSET', KEYS[2], ARGV[1], begun)
+return 1
+"""
+
 
 class NoSuchJob(LookupError):
     """The job of a delivery is gone (deleted, expired): there is nothing to do for it."""
@@ -89,6 +101,7 @@ class Deliveries:
         self._begin = client.register_script(_BEGIN)
         self._finish = client.register_script(_FINISH)
         self._suspect = client.register_script(_SUSPECT)
+        self._take_unpublished = client.register_script(_TAKE_UNPUBLISHED)
 
     def begin(self, job: str, batch: int, worker_id: str) -> tuple[int, int]:
         """A worker starts a batch; returns ``(deliveries, lost)``: how many times it has been delivered, this
@@ -135,6 +148,13 @@ class Deliveries:
         fields = self.redis.hgetall(self.keys.attempts(job))
         begun = sum(int(n) for batch, n in fields.items() if batch.isdigit())
         return int(fields.get(_PUBLISHED, 0)) - begun
+
+    def take_unpublished(self, job: str) -> bool:
+        """True, once, for a job whose submit failed part-way (its hash still says ``publishing``: see
+        ``ResultStore.commit_job``): the mark is taken away and the job's published count is set to the
+        deliveries begun, since nobody knows how many of the counted messages reached the queue. The caller
+        queues the job's unfinished batches again (and counts them). False for every other job."""
+        return bool(self._take_unpublished(keys=[self.keys.job(job), self.keys.attempts(job)], args=[_PUBLISHED]))
 
     def suspect(self, job: str, image: int, worker_id: str, started_at: float) -> str:
         """About to decode ``image`` alone: if the worker dies now, the next delivery will know which.

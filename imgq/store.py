@@ -182,20 +182,28 @@ class ResultStore:
         """Drop the staged batches of a submission that will not be committed (else they wait a day)."""
         self.redis.delete(self.keys.batches(job))
 
-    def commit_job(self, job: str, name: str, total: int, batches: int, params: dict, retention: int = 0) -> None:
+    def commit_job(self, job: str, name: str, total: int, batches: int, params: dict, retention: int = 0,
+                   publishing: bool = False) -> None:
         """Make a staged job visible, atomically. ``retention``: seconds its keys are kept once it is
-        finished (0: until deleted)."""
+        finished (0: until deleted). ``publishing``: its batches are about to be published, and the job says
+        so (``publishing``) until ``end_publishing``: a submit that fails part-way leaves the mark, and the
+        reconciler then queues the job again without trusting its published count (worker/reconcile.py)."""
         now = time.time()
         pipe = self.redis.pipeline(transaction=True)
         pipe.hset(self.keys.job(job), mapping={
             "id": job, "name": name, "created": now, "total": total, "batches": batches,
             "params": json.dumps({**params, **({"retention": retention} if retention else {})}),
             "retention": retention, **({"sink": 1} if params.get("sink") else {}),
+            **({"publishing": now} if publishing else {}),
         })
         pipe.zadd(self.keys.jobs, {job: now})
         pipe.sadd(self.keys.active, job)
         pipe.persist(self.keys.batches(job))
         pipe.execute()
+
+    def end_publishing(self, job: str) -> None:
+        """Every batch of the job was published (see ``commit_job``)."""
+        self.redis.hdel(self.keys.job(job), "publishing")
 
     def batch(self, job: str, number: int) -> dict | None:
         """One batch message of the job, by number; None when there is no such batch (or job), or when it is a

@@ -101,9 +101,10 @@ def submit(images: Iterable[str], *, settings: Settings, store: ResultStore, nam
                      params={"top_k": top_k, "batch_size": batch_size, **(params or {}),
                              **({"activations": list(activations), "activations_dtype": activations_dtype}
                                 if activations else {}), **({"known": known} if known else {}),
-                             **({"sink": True} if sink else {})})
+                             **({"sink": True} if sink else {})}, publishing=True)
     try:
         publish((BatchRef(job, number) for number in range(n_batches)), settings)
+        store.end_publishing(job)
     except Exception as exc:
         raise QueueingFailed(job, exc) from exc
     return Submitted(job, total, n_batches)

@@ -6,6 +6,8 @@ import dataclasses
 import time
 from types import SimpleNamespace
 
+import pytest
+
 from imgq import submit as enqueue
 from imgq.contract import BatchRef
 from imgq.deliveries import Deliveries
@@ -86,3 +88,26 @@ def test_an_active_job_without_its_hash_does_not_stop_the_others(settings, store
     runtime = SimpleNamespace(store=store, settings=settings, deliveries=deliveries)
     assert reconcile(runtime, now=time.time() + settings.reconcile_seconds + 1) == 1
     assert store.active_jobs() == {job}
+
+
+def test_a_job_whose_queueing_failed_is_queued_again_after_the_reconcile_period_behind_a_backlog(
+        settings, store, server, tmp_path):
+    """Publishing counts a job's messages before sending them: when sending failed (here, a broker that takes
+    connections and refuses LPUSH), the count said they waited, and behind another job's backlog the job
+    waited a whole visibility timeout (an hour) while QueueingFailed promised IMGQ_RECONCILE_SECONDS."""
+    refusing = dataclasses.replace(settings, broker_url=server("--user", "default", "on", "nopass", "~*", "&*",
+                                                               "+@all", "-lpush"),
+                                   results_url=settings.effective_results_url)
+    with pytest.raises(enqueue.QueueingFailed) as failed:
+        _job(refusing, store, tmp_path / "failed", 8)  # 2 batches, counted, none sent
+    job = failed.value.job
+    backlog = _job(settings, store, tmp_path / "backlog", 4)
+    publish([BatchRef(backlog, 0)] * 20, settings)
+    deliveries = Deliveries(store.redis, store.keys)
+    runtime = SimpleNamespace(store=store, settings=settings, deliveries=deliveries)
+    assert reconcile(runtime, now=time.time() + settings.reconcile_seconds / 2) == 0  # not before the period
+    later = time.time() + settings.reconcile_seconds + 1
+    assert reconcile(runtime, now=later) == 2
+    assert sum(job in m for m in store.redis.lrange(store.keys.kombu_queue, 0, -1)) == 2
+    assert deliveries.waiting(job) == 2  # counted right now: its two messages wait their turn
+    assert reconcile(runtime, now=later) == 0
