@@ -127,6 +127,21 @@ if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 return redis.call('SREM', KEYS[2], ARGV[1])
 """
 
+# Give a job committed with hold_retention its retention: kept in the hash for _FINISH and _CANCEL, and begun
+# now when the job is finished already. KEYS: _job_keys. Returns 1 when the job was held.
+_RELEASE_RETENTION = """
+local held = redis.call('HGET', KEYS[1], 'held_retention')
+if not held then return 0 end
+redis.call('HDEL', KEYS[1], 'held_retention')
+redis.call('HSET', KEYS[1], 'retention', held)
+local retention = tonumber(held) or 0
+local done = redis.call('HEXISTS', KEYS[1], 'finished_at') == 1
+if retention > 0 and (done or redis.call('HEXISTS', KEYS[1], 'cancelled_at') == 1) then
+  for i = 1, #KEYS do if i ~= 4 then redis.call('EXPIRE', KEYS[i], retention) end end
+end
+return 1
+"""
+
 
 class ResultStore:
     """Jobs and records of one namespace. ``client`` answers str (``decode_responses``); ``raw`` (made from
@@ -147,6 +162,7 @@ class ResultStore:
         self._set_once = self.redis.register_script(_SET_ONCE)
         self._cancel = self.redis.register_script(_CANCEL)
         self._drop_if_gone = self.redis.register_script(_DROP_IF_GONE)
+        self._release_retention = self.redis.register_script(_RELEASE_RETENTION)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ResultStore:
@@ -183,23 +199,30 @@ class ResultStore:
         self.redis.delete(self.keys.batches(job))
 
     def commit_job(self, job: str, name: str, total: int, batches: int, params: dict, retention: int = 0,
-                   publishing: bool = False) -> None:
+                   publishing: bool = False, hold_retention: bool = False) -> None:
         """Make a staged job visible, atomically. ``retention``: seconds its keys are kept once it is
         finished (0: until deleted). ``publishing``: its batches are about to be published, and the job says
         so (``publishing``) until ``end_publishing``: a submit that fails part-way leaves the mark, and the
-        reconciler then queues the job again without trusting its published count (worker/reconcile.py)."""
+        reconciler then queues the job again without trusting its published count (worker/reconcile.py).
+        ``hold_retention``: the retention starts only at ``release_retention`` (a schedule's job, which its
+        next tick must read, however long after it finished: imgq/tick.py)."""
         now = time.time()
         pipe = self.redis.pipeline(transaction=True)
         pipe.hset(self.keys.job(job), mapping={
             "id": job, "name": name, "created": now, "total": total, "batches": batches,
             "params": json.dumps({**params, **({"retention": retention} if retention else {})}),
-            "retention": retention, **({"sink": 1} if params.get("sink") else {}),
-            **({"publishing": now} if publishing else {}),
+            "retention": 0 if hold_retention else retention, **({"sink": 1} if params.get("sink") else {}),
+            **({"publishing": now} if publishing else {}), **({"held_retention": retention} if hold_retention else {}),
         })
         pipe.zadd(self.keys.jobs, {job: now})
         pipe.sadd(self.keys.active, job)
         pipe.persist(self.keys.batches(job))
         pipe.execute()
+
+    def release_retention(self, job: str) -> bool:
+        """Let a job committed with ``hold_retention`` expire: at once, its retention from now, when it is
+        finished; else when it finishes. False when it was not held (or is gone)."""
+        return bool(self._release_retention(keys=self._job_keys(job), args=[]))
 
     def end_publishing(self, job: str) -> None:
         """Every batch of the job was published (see ``commit_job``)."""

@@ -302,6 +302,8 @@ def _expiry(s: JobStatus) -> str:
         return _time(s.expires_at)
     if not s.retention:
         return "never (until `imgq delete`)"
+    if s.params.get("schedule"):  # kept until its schedule's next tick has read it (imgq/tick.py)
+        return f"{format_seconds(s.retention)} after its schedule's next tick reads it"
     return "never" if s.finished else f"{format_seconds(s.retention)} after it finishes"
 
 
