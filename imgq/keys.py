@@ -31,6 +31,12 @@ class Keys:
         kept in the job's hash (``sunk``), so a redelivered batch replaces its count instead of adding to it."""
         return f"{self.ns}:sunk:{job}"
 
+    @property
+    def sinks(self) -> str:
+        """Set of the ids of jobs with a Parquet sink whose files may still be on disk: once such a job is gone
+        (expired, deleted), the workers' reconciler removes its files (imgq/sink.py) and then its id."""
+        return f"{self.ns}:sinks"
+
     def failed(self, job: str) -> str:
         """Set of image ids whose record is an error; a set, so a redelivery cannot count twice."""
         return f"{self.ns}:failed:{job}"

@@ -23,8 +23,11 @@ What the store promises (``tests/test_store.py`` checks each):
 from __future__ import annotations
 
 import json
+import logging
+import os
 import time
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from itertools import islice
 
 import redis
@@ -39,6 +42,18 @@ STAGING_TTL = 24 * 3600
 # Staged batches of a submission that never committed disappear after a day.
 
 READ_CHUNK = 1000
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SinkLeft:
+    """What a delete left of a sink job's files: ``elsewhere`` counted batch files that were not in this
+    machine's sink folder ``folder``, and ``error``, why files there could not be removed (None: they were)."""
+
+    folder: str = ""
+    elsewhere: int = 0
+    error: str | None = None
 
 
 class JobNotFound(LookupError):
@@ -216,6 +231,8 @@ class ResultStore:
         })
         pipe.zadd(self.keys.jobs, {job: now})
         pipe.sadd(self.keys.active, job)
+        if params.get("sink"):
+            pipe.sadd(self.keys.sinks, job)
         pipe.persist(self.keys.batches(job))
         pipe.execute()
 
@@ -355,8 +372,10 @@ class ResultStore:
     def forget_expired(self, chunk: int = READ_CHUNK) -> int:
         """Drop from the job list every id whose job has expired (its retention passed), reading the list
         ``chunk`` ids at a time (the whole list, not its oldest ids only: jobs kept until deleted may fill
-        those); returns how many. The reconciler calls it every period, so the list does not outgrow the jobs
-        kept."""
+        those); returns how many. And remove the Parquet files of sink jobs that are gone (expired, deleted),
+        from this process's sink folder. The reconciler calls it every period, so that neither the list nor
+        the sink outgrows the jobs kept."""
+        self._remove_gone_sinks()
         forgotten = start = 0
         while jobs := self.redis.zrange(self.keys.jobs, start, start + chunk - 1):
             pipe = self.redis.pipeline(transaction=False)
@@ -375,7 +394,7 @@ class ResultStore:
         if record.get("sink"):  # the records are in the job's Parquet files, one per batch
             from imgq import sink
 
-            yield from sink.read_job(self.sink_dir, job)
+            yield from sink.read_counted(self.sink_dir, job, self.sunk_batches(job))
             return
         provenances = _provenances(record)
         key = self.keys.results(job)
@@ -450,19 +469,63 @@ class ResultStore:
             raise JobNotFound(job)
         return self.status(job)
 
-    def delete(self, job: str) -> None:
+    def delete(self, job: str) -> SinkLeft:
         """Forget a job: every key of it, at once, and its Parquet sink's files. Batches still queued or in a
-        worker's hands find no job and write nothing. Raises JobNotFound."""
-        status = self.status(job)
+        worker's hands find no job and write nothing.
+
+        Returns what is left of a sink job's files (``SinkLeft``): batch files not in this machine's sink
+        folder, or files that could not be removed. The workers' reconciler removes those (``forget_expired``),
+        as it does a file a worker writes while the job is deleted. Raises JobNotFound, or SinkNotRemovable
+        when the job's sink folder is read-only here (the job is then kept, whole)."""
+        _, record = self._status_and_record(job)
+        left = SinkLeft()
+        if record.get("sink"):
+            from imgq import sink
+
+            folder = sink.job_folder(self.sink_dir, job)
+            if os.path.isdir(folder) and not os.access(folder, os.W_OK | os.X_OK):
+                raise sink.SinkNotRemovable(f"Cannot remove the Parquet files of job {job} in {folder} (a read-only "
+                                            "folder): the job is kept; delete it again once they can be removed.")
+            present = set(sink.batch_numbers(self.sink_dir, job))
+            elsewhere = sum(1 for batch, n in self.sunk_batches(job).items() if n > 0 and batch not in present)
+            left = SinkLeft(folder, elsewhere)
         pipe = self.redis.pipeline(transaction=True)
         pipe.delete(*(key for key in self._job_keys(job) if key != self.keys.active))
         pipe.zrem(self.keys.jobs, job)
         pipe.srem(self.keys.active, job)
         pipe.execute()
-        if status.params.get("sink"):
-            from imgq import sink
+        if left.folder:
+            try:
+                sink.remove_job(self.sink_dir, job)
+            except OSError as exc:
+                left = SinkLeft(left.folder, left.elsewhere, exc.strerror or str(exc))
+        return left
 
-            sink.remove_job(self.sink_dir, job)
+    def _remove_gone_sinks(self) -> int:
+        """Remove the sink files of the jobs in ``Keys.sinks`` that are gone (expired, deleted), then their ids;
+        returns how many jobs. Files that cannot be removed are tried again next time."""
+        from imgq import sink
+
+        removed = 0
+        jobs = list(self.redis.sscan_iter(self.keys.sinks, count=READ_CHUNK))
+        for start in range(0, len(jobs), READ_CHUNK):
+            chunk = jobs[start:start + READ_CHUNK]
+            pipe = self.redis.pipeline(transaction=False)
+            for job in chunk:
+                pipe.exists(self.keys.job(job))
+            for job, exists in zip(chunk, pipe.execute(), strict=True):
+                if exists:
+                    continue
+                try:
+                    sink.remove_job(self.sink_dir, job)
+                except ValueError:  # not a job id: nothing of it can be on disk
+                    pass
+                except OSError as exc:
+                    log.warning("Cannot remove the sink files of job %s: %s", job, exc)
+                    continue
+                self.redis.srem(self.keys.sinks, job)
+                removed += 1
+        return removed
 
 
 def _provenances(job_record: dict[str, str]) -> dict[str, str]:
