@@ -19,7 +19,8 @@ class Keys:
         return f"{self.ns}:jobs"
 
     def job(self, job: str) -> str:
-        """Hash: the job record (name, created, parameters, total, timestamps)."""
+        """Hash: the job record (name, created, parameters, total, timestamps; ``publishing`` while its batches
+        are being sent, ``held_retention`` while a schedule's job waits for the tick that settles it)."""
         return f"{self.ns}:job:{job}"
 
     def results(self, job: str) -> str:
