@@ -23,11 +23,9 @@ What the store promises (``tests/test_store.py`` checks each):
 from __future__ import annotations
 
 import json
-import logging
 import os
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from itertools import islice
 
 import redis
@@ -37,24 +35,12 @@ from imgq.contract import Heartbeat, ResultRecord
 from imgq.jobs import JobStatus, parse_job
 from imgq.keys import Keys
 from imgq.settings import Settings
+from imgq.sink_cleanup import SinkLeft
 
 STAGING_TTL = 24 * 3600
 # Staged batches of a submission that never committed disappear after a day.
 
 READ_CHUNK = 1000
-
-log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class SinkLeft:
-    """What a delete left of a sink job's files: ``elsewhere`` counted batch files that were not in this
-    machine's sink folder ``folder``, and ``error``, why files there could not be removed (None: they were)."""
-
-    folder: str = ""
-    elsewhere: int = 0
-    error: str | None = None
-
 
 class JobNotFound(LookupError):
     def __init__(self, job: str):
@@ -375,7 +361,9 @@ class ResultStore:
         those); returns how many. And remove the Parquet files of sink jobs that are gone (expired, deleted),
         from this process's sink folder. The reconciler calls it every period, so that neither the list nor
         the sink outgrows the jobs kept."""
-        self._remove_gone_sinks()
+        from imgq.sink_cleanup import remove_gone_sinks
+
+        remove_gone_sinks(self.redis, self.keys, self.sink_dir)
         forgotten = start = 0
         while jobs := self.redis.zrange(self.keys.jobs, start, start + chunk - 1):
             pipe = self.redis.pipeline(transaction=False)
@@ -500,33 +488,6 @@ class ResultStore:
             except OSError as exc:
                 left = SinkLeft(left.folder, left.elsewhere, exc.strerror or str(exc))
         return left
-
-    def _remove_gone_sinks(self) -> int:
-        """Remove the sink files of the jobs in ``Keys.sinks`` that are gone (expired, deleted), then their ids;
-        returns how many jobs. Files that cannot be removed are tried again next time."""
-        from imgq import sink
-
-        removed = 0
-        jobs = list(self.redis.sscan_iter(self.keys.sinks, count=READ_CHUNK))
-        for start in range(0, len(jobs), READ_CHUNK):
-            chunk = jobs[start:start + READ_CHUNK]
-            pipe = self.redis.pipeline(transaction=False)
-            for job in chunk:
-                pipe.exists(self.keys.job(job))
-            for job, exists in zip(chunk, pipe.execute(), strict=True):
-                if exists:
-                    continue
-                try:
-                    sink.remove_job(self.sink_dir, job)
-                except ValueError:  # not a job id: nothing of it can be on disk
-                    pass
-                except OSError as exc:
-                    log.warning("Cannot remove the sink files of job %s: %s", job, exc)
-                    continue
-                self.redis.srem(self.keys.sinks, job)
-                removed += 1
-        return removed
-
 
 def _provenances(job_record: dict[str, str]) -> dict[str, str]:
     """Provenance number -> its JSON (imgq/packing.py), from the fields of a job's hash."""
