@@ -65,7 +65,7 @@ def new_job_id() -> str:
 def submit(images: Iterable[str], *, settings: Settings, store: ResultStore, name: str = "", job: str | None = None,
            top_k: int | None = None, batch_size: int | None = None, params: dict | None = None,
            activations: tuple[str, ...] = (), activations_dtype: str = "float16", known: str = "", sink: bool = False,
-           limit_check: Callable[[int], None] | None = None) -> Submitted:
+           limit_check: Callable[[int], None] | None = None, hold_retention: bool = False) -> Submitted:
     """Queue ``images`` as one job. Raises EmptySelection, or redis/kombu errors when Redis is down.
 
     ``job``: the id to give the job (default: a new one, ``new_job_id``).
@@ -74,6 +74,7 @@ def submit(images: Iterable[str], *, settings: Settings, store: ResultStore, nam
     ``sink``: the workers write the records as Parquet files into their sink folder instead of into Redis.
     ``limit_check``: called with the number of images once the walk is done, before the job is committed;
     whatever it raises aborts the submission with nothing queued (e.g. producer.dumps.size_guard).
+    ``hold_retention``: the finished job is kept until ``ResultStore.release_retention`` (a schedule's job).
     """
     top_k = top_k or settings.top_k
     batch_size = batch_size or settings.batch_size
@@ -101,9 +102,11 @@ def submit(images: Iterable[str], *, settings: Settings, store: ResultStore, nam
                      params={"top_k": top_k, "batch_size": batch_size, **(params or {}),
                              **({"activations": list(activations), "activations_dtype": activations_dtype}
                                 if activations else {}), **({"known": known} if known else {}),
-                             **({"sink": True} if sink else {})})
+                             **({"sink": True} if sink else {})}, publishing=True,
+                     hold_retention=hold_retention)
     try:
         publish((BatchRef(job, number) for number in range(n_batches)), settings)
+        store.end_publishing(job)
     except Exception as exc:
         raise QueueingFailed(job, exc) from exc
     return Submitted(job, total, n_batches)
