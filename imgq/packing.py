@@ -25,8 +25,13 @@ from imgq.contract import ERROR_CODES, Failure, Label, ResultRecord
 
 _TIMES = struct.Struct("<II")
 _LABEL = struct.Struct("<Hf")
-_CODES = tuple(ERROR_CODES)
-_CODE_NUMBERS = {code: i for i, code in enumerate(_CODES)}
+CODE_NUMBERS = {"missing": 0, "unreadable": 1, "not_an_image": 2, "corrupt": 3, "too_large": 4, "forbidden": 5,
+                "worker_crashed": 6, "dump_failed": 7, "internal": 8}
+# The byte an error record stores for its code. Records outlive versions (a week's retention, a Redis kept
+# across an upgrade), so a code's number never changes and is never reused: a new code takes the next number,
+# a code dropped from ERROR_CODES keeps its own. These are the positions the codes had in ERROR_CODES when
+# records were first packed (2026-12-01), so every record stored since reads the same.
+_CODES = {number: code for code, number in CODE_NUMBERS.items()}
 _MAX_CENTI_MS = 2**32 - 1
 FLAG_KNOWN, FLAG_ACTIVATIONS, FLAG_HEAD = 1, 2, 4
 
@@ -45,8 +50,10 @@ def pack(record: ResultRecord) -> bytes:
         return _as_json(record)
     head = _TIMES.pack(*times)
     if record.error is not None:
-        return b"E" + head + bytes([_CODE_NUMBERS[record.error.code]]) + record.error.message.encode("utf-8",
-                                                                                                   "surrogatepass")
+        number = CODE_NUMBERS.get(record.error.code)
+        if number is None:  # a code without a number yet (see CODE_NUMBERS): kept whole rather than refused
+            return _as_json(record)
+        return b"E" + head + bytes([number]) + record.error.message.encode("utf-8", "surrogatepass")
     labels = _packed_labels(record.top_k)
     if labels is None:
         return _as_json(record)
@@ -69,7 +76,7 @@ def unpack(value: bytes, *, job: str, image: int, path: str, provenance_json: st
     common = {"job": job, "image": image, "path": path, "decode_ms": decode, "inference_ms": inference, **facts}
     if kind == b"E":
         message = value[10:].decode("utf-8", "surrogatepass")
-        return ResultRecord(status="error", error=Failure(_CODES[value[9]], message), **common)
+        return ResultRecord(status="error", error=_failure(value[9], message), **common)
     flags, k = value[9], value[10]
     names = class_index()
     labels = []
@@ -81,6 +88,15 @@ def unpack(value: bytes, *, job: str, image: int, path: str, provenance_json: st
     return ResultRecord(status="ok", top_k=tuple(labels), known=bool(flags & FLAG_KNOWN),
                         activations=extra["activations"] if flags & FLAG_ACTIVATIONS else None,
                         head=extra.get("head"), **common)
+
+
+def _failure(number: int, message: str) -> Failure:
+    """The error of a stored code number. A number this imgq does not know (written by a newer one) or a code
+    it no longer has reads as ``internal`` with the stored code named, instead of failing every reader."""
+    code = _CODES.get(number)
+    if code in ERROR_CODES:
+        return Failure(code, message)
+    return Failure("internal", f"error code {code or number} (from another imgq version): {message}")
 
 
 def _centi(ms: float) -> int | None:

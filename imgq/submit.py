@@ -68,7 +68,8 @@ def new_job_id() -> str:
 def submit(images: Iterable[str], *, settings: Settings, store: ResultStore, name: str = "", job: str | None = None,
            top_k: int | None = None, batch_size: int | None = None, params: dict | None = None,
            activations: tuple[str, ...] = (), activations_dtype: str = "float16", known: str = "", sink: bool = False,
-           limit_check: Callable[[int], None] | None = None, head: Head | None = None) -> Submitted:
+           limit_check: Callable[[int], None] | None = None, hold_retention: bool = False,
+           head: Head | None = None) -> Submitted:
     """Queue ``images`` as one job. Raises EmptySelection, or redis/kombu errors when Redis is down.
 
     ``job``: the id to give the job (default: a new one, ``new_job_id``).
@@ -77,6 +78,7 @@ def submit(images: Iterable[str], *, settings: Settings, store: ResultStore, nam
     ``sink``: the workers write the records as Parquet files into their sink folder instead of into Redis.
     ``limit_check``: called with the number of images once the walk is done, before the job is committed;
     whatever it raises aborts the submission with nothing queued (e.g. producer.dumps.size_guard).
+    ``hold_retention``: the finished job is kept until ``ResultStore.release_retention`` (a schedule's job).
     ``head``: a head (imgq/heads.py) the workers apply in the same forward pass; put in Redis for them.
     """
     top_k = top_k or settings.top_k
@@ -108,9 +110,11 @@ def submit(images: Iterable[str], *, settings: Settings, store: ResultStore, nam
                                 if activations else {}), **({"known": known} if known else {}),
                              **({"sink": True} if sink else {}),
                              **({"head": {"name": head.name, "digest": digest, "labels": list(head.labels)}}
-                                if head is not None else {})})
+                                if head is not None else {})}, publishing=True,
+                     hold_retention=hold_retention)
     try:
         publish((BatchRef(job, number) for number in range(n_batches)), settings)
+        store.end_publishing(job)
     except Exception as exc:
         raise QueueingFailed(job, exc) from exc
     return Submitted(job, total, n_batches)

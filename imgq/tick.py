@@ -9,6 +9,10 @@ The job id of a tick is chosen, and written into the schedule as its job in flig
 committed: a tick that dies between committing its job and recording its run leaves the job in flight named,
 and the next tick settles it instead of submitting the same files again. A job id that never got committed
 reads as a deleted job, which taught nothing.
+
+A tick's job keeps its records until the next tick has settled it, and only then starts its retention
+(``hold_retention``): with an interval at least as long as the retention, the job would otherwise expire
+before the tick that must read it, which would then learn nothing and submit the whole tree again.
 """
 
 from __future__ import annotations
@@ -62,6 +66,8 @@ def _tick_locked(book: ScheduleBook, schedule: Schedule, settings: Settings, tri
             return book.record_run(schedule.name, _run(trigger, "skipped", reason=reason))
         records = store.iter_records(status.id) if status else ()  # a deleted job taught nothing
         settled = asdict(scan.settle(records, schedule.max_retries))
+        if status is not None:  # read: now its retention may start (it was held: see submit below)
+            store.release_retention(status.id)
         book.set_pending(schedule.name, None)
     scan.clear_pending()  # files of a submission that failed half-way
     if forbidden := outside_roots(schedule.paths, settings.allowed_roots):
@@ -80,7 +86,7 @@ def _tick_locked(book: ScheduleBook, schedule: Schedule, settings: Settings, tri
     try:
         submitted = submission.submit(images, settings=settings, store=store, name=schedule.name, job=job,
                                       top_k=schedule.top_k, batch_size=schedule.batch_size,
-                                      params={"schedule": schedule.name}, head=head)
+                                      params={"schedule": schedule.name}, hold_retention=True, head=head)
     except submission.EmptySelection:
         book.set_pending(schedule.name, None)
         return book.record_run(schedule.name, _run(trigger, "empty", found=found, settled=settled))

@@ -25,6 +25,7 @@ from imgq.heads import Head
 from imgq.jobs import JobStatus
 from imgq.layers import UnknownLayer, check_layers
 from imgq.settings import Settings, env_var, format_seconds, mask_url, parse_duration, parse_setting
+from imgq.sink import SinkFilesMissing, SinkNotRemovable
 from imgq.store import JobNotFound, ResultStore
 from imgq.walk import IGNORE_MARKERS, PathFilter, iter_images, read_path_list
 from producer.dumps import DumpError, estimate_bytes, format_bytes, size_guard
@@ -46,7 +47,7 @@ class CliGroup(click.Group):
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise click.ClickException(f"Cannot reach Redis at {_url(ctx)}: {_first_line(exc)}") from None
         except (JobNotFound, submission.EmptySelection, TimeoutError, LocalServiceError, DumpError,
-                UntrainedWeights, WriteError) as exc:
+                UntrainedWeights, WriteError, SinkFilesMissing, SinkNotRemovable) as exc:
             raise click.ClickException(str(exc)) from None
         except Exception as exc:
             refusal = _refusal(exc)
@@ -307,6 +308,8 @@ def _expiry(s: JobStatus) -> str:
         return _time(s.expires_at)
     if not s.retention:
         return "never (until `imgq delete`)"
+    if s.params.get("schedule"):  # kept until its schedule's next tick has read it (imgq/tick.py)
+        return f"{format_seconds(s.retention)} after its schedule's next tick reads it"
     return "never" if s.finished else f"{format_seconds(s.retention)} after it finishes"
 
 
@@ -421,8 +424,16 @@ def cancel(ctx, job):
 @click.pass_context
 def delete(ctx, job):
     """Forget JOB: its record, results and batches (images and exports are not touched)."""
-    ResultStore.from_settings(ctx.obj).delete(job)
+    left = ResultStore.from_settings(ctx.obj).delete(job)
+    if left.error:
+        raise click.ClickException(f"Deleted job {job}, but its Parquet files in {left.folder} could not be removed "
+                                   f"({left.error}): the workers' reconciler tries again every "
+                                   "IMGQ_RECONCILE_SECONDS; remove them by hand if it cannot.")
     click.echo(f"Deleted job {job}.", err=True)
+    if left.elsewhere:
+        click.echo(f"warning: {left.elsewhere} of its Parquet batch files are not in {left.folder} on this machine: "
+                   "the workers remove them from their sink folder at their next reconcile "
+                   "(IMGQ_RECONCILE_SECONDS).", err=True)
 
 
 @cli.command()

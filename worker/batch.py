@@ -116,11 +116,15 @@ def _sink(message: BatchMessage, records: list[ResultRecord], runtime: Runtime) 
     """Write the batch's records as its Parquet file (replacing one a lost delivery wrote), then count them.
 
     The file first: a worker that dies between the two leaves a file the next delivery replaces. An OSError
-    (a full disk) fails the task, which the reconciler queues again; nothing is counted then."""
+    (a full disk) fails the task, which the reconciler queues again; nothing is counted then. A job deleted
+    during the batch counts nothing, and the file just written is removed: it must not outlive its job."""
     from imgq import sink
 
-    sink.write_batch(runtime.settings.effective_sink_dir, message.job, message.batch, records, k=message.top_k)
-    _until_redis_answers(lambda: runtime.store.record_sunk(message.job, message.batch, records))
+    sink_dir = runtime.settings.effective_sink_dir
+    sink.write_batch(sink_dir, message.job, message.batch, records, k=message.top_k)
+    if _until_redis_answers(lambda: runtime.store.record_sunk(message.job, message.batch, records)) < 0:
+        log.info("Job %s was deleted during batch %d: its file removed", message.job, message.batch)
+        sink.remove_batch(sink_dir, message.job, message.batch)
 
 
 REDIS_PATIENCE_SECONDS = 300
