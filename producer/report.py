@@ -136,8 +136,8 @@ def shown(text: str) -> str:
 
 
 def _card(record: ResultRecord, folder: str, link: str, dump_root: str, channels: int) -> dict:
-    """One image's card data: ``i`` id, ``n`` name, ``p`` path, ``k`` [[label, score]], and ``t, w, h``
-    (thumbnail), ``e`` (error), ``m`` (heat maps: [[layer, url, width, height, title]]), ``x`` (a note)."""
+    """One image's card data: ``i`` id, ``n`` name, ``p`` path, ``k`` [[label, score]], ``hd`` (the same of the
+    job's head), and ``t, w, h`` (thumbnail), ``e`` (error), ``m`` (heat maps: [[layer, url, width, height, title]]), ``x`` (a note)."""
     image = record.image
     card = {"i": image, "n": shown(os.path.basename(record.path)), "p": shown(record.path),
             "k": [[t.label, round(t.score, 4)] for t in record.top_k]}
@@ -145,7 +145,7 @@ def _card(record: ResultRecord, folder: str, link: str, dump_root: str, channels
         card["e"] = f"{record.error.code}: {shown(record.error.message)}"
         return card
     if record.head and record.head.get("top_k"):
-        card["h"] = [[f"{record.head['name']}: {t['label']}", round(t["score"], 4)] for t in record.head["top_k"]]
+        card["hd"] = [[f"{record.head['name']}: {t['label']}", round(t["score"], 4)] for t in record.head["top_k"]]
     size = _thumbnail(record.path, os.path.join(folder, "thumbs", f"{image}.jpg"))
     if size:
         card.update(t=f"{link}/thumbs/{image}.jpg", w=size[0], h=size[1])
@@ -313,7 +313,7 @@ function card(c) {
   d.append(c.t ? img(c.t, c.w, c.h, c.p, "thumb") : el("div", "none", c.e ? "not classified" : "no preview"));
   const name = el("div", "name", "#" + c.i + " " + c.n); name.title = c.p; d.append(name);
   if (c.e) d.append(el("div", "err", c.e));
-  for (const [label, score] of (c.k || []).concat(c.h || [])) {
+  for (const [label, score] of (c.k || []).concat(c.hd || [])) {
     const row = el("div", "label"), track = el("div", "track"), fill = el("div", "fill");
     fill.style.width = Math.max(score * 100, 0.5) + "%"; track.append(fill);
     row.append(el("span", "", label), track, el("span", "score", (score * 100).toFixed(2) + "%"));

@@ -181,7 +181,8 @@ def head_record(**changes) -> ResultRecord:
     head = {"name": "beach", "top_k": [{"label": "beach", "score": 0.875}, {"label": "city", "score": 0.125}]}
     values = {"model": "resnet50", "weights": "imagenet", "precision": "fp32", "runtime": "r", "worker": "w",
               "decode_ms": 1.5, "inference_ms": 2.25, "head": head, **changes}
-    return ok_record("j1", 3, "/p/a.jpg", [Label("n01440764", "tench", 0.5)], **values)
+    image = values.pop("image", 3)
+    return ok_record("j1", image, "/p/a.jpg", [Label("n01440764", "tench", 0.5)], **values)
 
 
 @pytest.mark.parametrize("changes", [{}, {"activations": {"file": "/d/3.npz", "layers": {"avg_pool": [2048]}}},
@@ -219,3 +220,12 @@ def test_the_known_index_of_a_head_keeps_its_labels():
     top, head = [(7, 0.5), (9, 0.25)], [(1, 0.875), (0, 0.125)]
     assert unpack(pack(top)) == top
     assert unpack_with_head(pack(top, head)) == (top, head)
+
+
+def test_the_report_has_a_section_per_head_label():
+    from producer.report import _head_sections
+
+    records = [head_record(), head_record(image=4), head_record(head={"name": "beach", "top_k": [
+        {"label": "city", "score": 0.75}]})]
+    sections = _head_sections(records)
+    assert "Head beach: beach (2 images)" in sections and "Head beach: city (1 images)" in sections
