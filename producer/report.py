@@ -137,7 +137,8 @@ def shown(text: str) -> str:
 
 def _card(record: ResultRecord, folder: str, link: str, dump_root: str, channels: int) -> dict:
     """One image's card data: ``i`` id, ``n`` name, ``p`` path, ``k`` [[label, score]], ``hd`` (the same of the
-    job's head), and ``t, w, h`` (thumbnail), ``e`` (error), ``m`` (heat maps: [[layer, url, width, height, title]]), ``x`` (a note)."""
+    job's head), and ``t, w, h`` (thumbnail), ``e`` (error), ``m`` (heat maps: [[layer, url, width, height,
+    title]]), ``x`` (a note)."""
     image = record.image
     card = {"i": image, "n": shown(os.path.basename(record.path)), "p": shown(record.path),
             "k": [[t.label, round(t.score, 4)] for t in record.top_k]}
