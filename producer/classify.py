@@ -63,11 +63,15 @@ def run_classify(images: Iterable[str], settings: Settings, *, name: str, embedd
 
 
 def _tag(store: ResultStore, final: JobStatus, options: TagOptions) -> None:
-    summary = tag_records(store.iter_records(final.id), options)
+    summary = tag_records(store.iter_records(final.id), options, submitted_at=final.created)
     click.echo(f"Sidecars: {summary.count('created')} created, {summary.count('changed')} changed, "
-               f"{summary.count('unchanged')} unchanged, {len(summary.failed)} failed.", err=True)
-    for change in summary.failed:
-        click.echo(f"warning: {change.message}", err=True)
+               f"{summary.count('unchanged')} unchanged, {summary.count('skipped')} skipped, "
+               f"{len(summary.failed)} failed.", err=True)
+    for change in summary.changes:
+        if change.message:
+            click.echo(f"warning: {change.message}", err=True)
+        if change.note:
+            click.echo(f"note: {change.note}", err=True)
 
 
 def _ensure_redis(settings: Settings, embedded: bool | None, configured: bool, started: ExitStack) -> Settings:

@@ -289,17 +289,6 @@ def test_results_min_score_drops_the_labels_under_it(run, store, photos):
     assert [t["label"] for t in next(store.iter_results(job))["top_k"]] == ["tench", "goldfish", "cock"]
 
 
-def test_a_symlinked_sidecar_is_edited_where_it_lives_and_keeps_its_mode(run, store, photos, tmp_path):
-    real = tmp_path / "elsewhere.xmp"
-    real.write_bytes(DARKTABLE)
-    real.chmod(0o640)
-    (photos / "0.jpg.xmp").symlink_to(real)
-    job = store_job(store, [(str(photos / "0.jpg"), top(("tench", 0.9)))])
-    assert run("tag", job).exit_code == 0
-    assert (photos / "0.jpg.xmp").is_symlink() and real.stat().st_mode & 0o777 == 0o640
-    assert sidecars.parse(real.read_bytes()).keywords(TAGS_LIST) == ["imgq/tench"]
-
-
 def test_tag_records_is_a_library_function_for_classify(store, photos):
     job = store_job(store, [(str(photos / "0.jpg"), top(("tench", 0.9), ("goldfish", 0.2))),
                             (str(photos / "1.jpg"), top(("cock", 0.05))), (str(photos / "2.jpg"), None)])
