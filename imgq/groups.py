@@ -53,3 +53,9 @@ def scores(top_k: Iterable[Label]) -> dict[str, float]:
         for group in path_of(label.wnid):
             sums[group] = sums.get(group, 0.0) + float(label.score)
     return dict(sorted(sums.items(), key=lambda item: -item[1]))
+
+
+def above(top_k: Iterable[Label], min_score: float | None) -> list[tuple[str, float]]:
+    """``(group, score)`` of the groups scoring at least ``min_score`` (None or 0: every group of the labels),
+    best first, scores rounded to 6 decimals (sums of float32 probabilities)."""
+    return [(group, round(score, 6)) for group, score in scores(top_k).items() if score >= (min_score or 0.0)]

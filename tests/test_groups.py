@@ -110,3 +110,64 @@ def test_a_group_passes_min_score_when_none_of_its_classes_does(run, store, phot
     assert packet.keywords(SUBJECT) == ["animal", "dog", "terrier"]
     assert run("tag", job, "--min-score", "0.95").exit_code == 0  # only animal (0.98) reaches it now
     assert sidecars.parse((photos / "0.jpg.xmp").read_bytes()).keywords(HIERARCHICAL) == ["imgq|animal"]
+
+
+def mixed_job(store, photos) -> str:
+    """A collie, three terriers sharing one photo, an airliner and an image that failed."""
+    terriers = [label(NORFOLK, "Norfolk_terrier", 0.31), label(NORWICH, "Norwich_terrier", 0.31),
+                label(CAIRN, "cairn", 0.31), label(TABBY, "tabby", 0.05)]
+    return store_job(store, [(str(photos / "0.jpg"), [label(BORDER_COLLIE, "Border_collie", 0.9)]),
+                             (str(photos / "1.jpg"), terriers),
+                             (str(photos / "2.jpg"), [label(AIRLINER, "airliner", 0.6)]),
+                             (str(photos / "missing.jpg"), None)])
+
+
+def test_results_groups_in_jsonl_csv_and_parquet(run, store, photos, tmp_path):
+    import csv
+    import io
+    import json
+
+    import pyarrow.parquet as pq
+
+    job = mixed_job(store, photos)
+    lines = run("results", job, "--groups", "--min-score", "0.5").output.splitlines()
+    records = [json.loads(line) for line in lines if line.startswith("{")]
+    assert records[1]["top_k"] == []  # no terrier reaches 0.5...
+    assert [(g["group"], g["score"]) for g in records[1]["groups"]] == \
+        [("animal", 0.98), ("dog", 0.93), ("terrier", 0.93)]  # ...but their groups do; cat (0.05) does not
+    assert [g["group"] for g in records[0]["groups"]] == ["animal", "dog"]
+    assert records[3]["status"] == "error" and records[3]["groups"] == []
+    assert "groups" not in json.loads(run("results", job).output.splitlines()[0])  # only when asked
+
+    rows = list(csv.DictReader(io.StringIO(run("results", job, "--groups", "--format", "csv").output)))
+    assert rows[1]["groups"] == "animal;dog;terrier;cat" and rows[1]["group_scores"] == "0.98;0.93;0.93;0.05"
+    assert rows[2]["groups"] == "vehicle;aircraft" and rows[3]["groups"] == ""
+
+    out = tmp_path / "r.parquet"
+    assert run("results", job, "--groups", "--format", "parquet", "-o", str(out), "--min-score", "0.9").exit_code == 0
+    table = pq.read_table(out)
+    assert table.column("groups").to_pylist() == [["animal", "dog"], ["animal", "dog", "terrier"], [], []]
+    assert table.column("group_scores").to_pylist()[1] == [0.98, 0.93, 0.93]
+    assert table.column("label_1").to_pylist()[:3] == ["Border_collie", None, None]
+
+
+def test_classify_summary_counts_by_group(store, photos, capsys):
+    from producer.classify import _print_summary
+
+    job = mixed_job(store, photos)
+    _print_summary(store, store.status(job), "out.jsonl")
+    groups_line = next(line for line in capsys.readouterr().err.splitlines() if line.startswith("Groups: "))
+    assert groups_line == "Groups: animal (2), dog (2), terrier (1), vehicle (1), aircraft (1)"
+
+
+def test_report_filters_by_group(run, store, photos, tmp_path):
+    job = mixed_job(store, photos)
+    out = tmp_path / "dogs.html"
+    result = run("report", job, "--group", "dog", "-o", str(out))
+    assert result.exit_code == 0, result.output
+    assert "(2 images, 0 errors)" in result.output
+    page = out.read_text(encoding="utf-8")
+    assert "0.jpg" in page and "1.jpg" in page and "2.jpg" not in page and "group <b>dog</b>" in page
+    assert "(1 images, 0 errors)" in run("report", job, "--group", "aircraft", "-o", str(out)).output
+    wrong = run("report", job, "--group", "dogs", "-o", str(out))
+    assert wrong.exit_code == 1 and "'dogs' is not a group" in wrong.output and "Traceback" not in wrong.output
