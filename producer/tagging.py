@@ -120,9 +120,10 @@ def tag_records(records: Iterable[ResultRecord], options: TagOptions,
     """Write (or, with ``options.remove``, take away) the keywords of every ok record into its image's sidecar.
 
     Every record is read before any file is written, so UntrainedWeights (raised when a record was made with
-    random weights, unless ``options.allow_untrained``) leaves every sidecar as it was. Images that share a
-    sidecar (IMG_1.jpg and IMG_1.cr2 with ``stem``) get the union of their keywords. ``submitted_at``: when the
-    records' job was submitted (epoch seconds); an image modified (or replaced) since is skipped, not tagged.
+    random weights, unless ``options.allow_untrained`` or ``options.remove``) leaves every sidecar as it was.
+    Images that share a sidecar (IMG_1.jpg and IMG_1.cr2 with ``stem``) get the union of their keywords.
+    ``submitted_at``: when the records' job was submitted (epoch seconds); an image modified (or replaced)
+    since is skipped, not tagged.
     ``on_change`` is called with each sidecar's change as it is made. A sidecar that cannot be read or parsed
     is reported in the summary as failed and left untouched."""
     plan, summary = plan_sidecars(records, options, submitted_at)
@@ -144,7 +145,7 @@ def plan_sidecars(records: Iterable[ResultRecord], options: TagOptions, submitte
     plan: dict[str, tuple[str, list[KeywordPath]]] = {}
     summary = TagSummary()
     for record in records:
-        if record.untrained and not options.allow_untrained:
+        if record.untrained and not options.allow_untrained and not options.remove:  # removing is always allowed
             raise UntrainedWeights(f"Job {record.job} was classified with untrained weights "
                                    f"({record.weights}): its labels are meaningless. Pass --allow-untrained "
                                    "to write them anyway.")

@@ -228,6 +228,7 @@ def test_untrained_weights_are_refused_unless_allowed(run, store, photos):
     assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
     assert not list(photos.glob("*.xmp"))
     assert run("tag", job, "--allow-untrained").exit_code == 0 and (photos / "0.jpg.xmp").exists()
+    assert run("tag", job, "--remove").exit_code == 0 and not (photos / "0.jpg.xmp").exists()  # undoing needs no flag
 
 
 def test_a_sidecar_that_cannot_be_parsed_is_reported_and_left_alone(run, store, photos):
