@@ -36,6 +36,8 @@ def tag(ctx, job, min_score, top, prefix, sidecar_name, remove, dry_run, allow_u
     A keyword the sidecar held before imgq came stays, even when it equals a label. Images changed since the
     job was submitted are skipped with a line; symbolic links, pipes and read-only sidecars are left alone.
     """
+    if not 0.0 <= min_score <= 1.0:  # click's FloatRange lets nan through
+        raise click.BadParameter(f"Expected a number between 0 and 1. Received: {min_score}", param_hint="--min-score")
     try:
         options = TagOptions(prefix=prefix, top=top, min_score=min_score, sidecar_name=sidecar_name,
                              remove=remove, dry_run=dry_run, allow_untrained=allow_untrained, groups=groups)

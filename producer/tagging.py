@@ -64,6 +64,8 @@ class TagOptions:
     def __post_init__(self):
         if not self.prefix or any(c in self.prefix for c in "|/") or self.prefix != self.prefix.strip():
             raise ValueError(f"Expected a prefix without '|', '/' or surrounding blanks. Received: {self.prefix!r}")
+        if not 0.0 <= self.min_score <= 1.0:  # nan fails it too: nan would choose no label, so remove them all
+            raise ValueError(f"Expected a minimum score between 0 and 1. Received: {self.min_score!r}")
         if self.sidecar_name not in SIDECAR_NAMES:
             raise ValueError(f"Expected a sidecar name in {SIDECAR_NAMES}. Received: {self.sidecar_name!r}")
 

@@ -278,6 +278,19 @@ def test_bad_prefix_is_a_usage_error(run, store, photos):
     assert result.exit_code == 2 and "--prefix" in result.output
 
 
+@pytest.mark.parametrize("score", ["nan", "inf", "-0.1", "1.5", "1e400"])
+def test_min_score_outside_0_to_1_is_a_usage_error_and_touches_nothing(run, store, photos, score):
+    (photos / "0.jpg.xmp").write_bytes(DARKTABLE)
+    job = store_job(store, [(str(photos / "0.jpg"), top(("tench", 0.9)))])
+    assert run("tag", job).exit_code == 0
+    tagged = (photos / "0.jpg.xmp").read_bytes()
+    result = run("tag", job, "--min-score", score)  # nan chose no label: imgq's keywords were all removed
+    assert result.exit_code == 2 and "--min-score" in result.output and "Traceback" not in result.output
+    assert (photos / "0.jpg.xmp").read_bytes() == tagged
+    with pytest.raises(ValueError, match="minimum score"):
+        TagOptions(min_score=float(score))
+
+
 def test_results_min_score_drops_the_labels_under_it(run, store, photos):
     job = store_job(store, [(str(photos / "0.jpg"), top(("tench", 0.8), ("goldfish", 0.15), ("cock", 0.05))),
                             (str(photos / "1.jpg"), None)])
