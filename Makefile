@@ -25,6 +25,10 @@ install-test: $(VENV)/.installed-test
 	@# tests/test_tag.py reads the sidecars imgq writes back with exiftool (Debian's libimage-exiftool-perl).
 	@command -v exiftool >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
 		apt-get install -y -qq libimage-exiftool-perl >/dev/null; } || echo "exiftool not installed: the sidecar round trip tests will be skipped"
+	@# tests/test_groups.py checks the vendored groups table against WordNet 3.0 (Debian's wordnet-base).
+	@test -f /usr/share/wordnet/data.noun || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+		apt-get install -y -qq --no-install-recommends wordnet-base >/dev/null; } || \
+		echo "wordnet-base not installed: the groups table's check against WordNet will be skipped"
 
 ## make classify DIR=<folder>: classify every image under the folder on this machine
 classify: install

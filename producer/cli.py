@@ -384,8 +384,11 @@ def wait(ctx, job, timeout):
                    "instead of the records (which then go to -o only).")
 @click.option("--min-score", type=click.FloatRange(0, 1), metavar="S",
               help="Drop the labels scoring under S from each record's top_k (the stored record keeps them).")
+@click.option("--groups", is_flag=True,
+              help="Add each record's WordNet groups (animal, dog, vehicle, ...) with their scores, the sums of their "
+                   "classes' scores; --min-score applies to them too. See docs/photo-libraries.md#groups.")
 @click.pass_context
-def results(ctx, job, fmt, out, embeddings_out, min_score):
+def results(ctx, job, fmt, out, embeddings_out, min_score, groups):
     """Stream every result record of JOB, in submission order."""
     if fmt in FILE_FORMATS and out in (None, "-"):
         raise click.ClickException(f"--format {fmt} writes a file: give -o FILE.")
@@ -400,12 +403,14 @@ def results(ctx, job, fmt, out, embeddings_out, min_score):
         if not out:
             return
     k = status.params.get("top_k", ctx.obj.top_k)
+    grouped = (min_score or 0.0) if groups else None  # the writers then drop the labels: the sums need them all
+    records = store.iter_records(job) if groups else with_min_score(store.iter_records(job), min_score)
     if fmt in FILE_FORMATS:  # binary: written by path, row group by row group
-        n = file_writer_for(fmt, k)(with_min_score(store.iter_records(job), min_score), out)
+        n = file_writer_for(fmt, k, grouped)(records, out)
         click.echo(f"Wrote {n} records to {out}.", err=True)
         return
     with output(out) as file:
-        n = writer_for(fmt, k)(with_min_score(store.iter_records(job), min_score), file)
+        n = writer_for(fmt, k, grouped)(records, file)
     if out:
         click.echo(f"Wrote {n} records to {out}.", err=True)
 
