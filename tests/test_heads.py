@@ -229,3 +229,12 @@ def test_the_report_has_a_section_per_head_label():
         {"label": "city", "score": 0.75}]})]
     sections = _head_sections(records)
     assert "Head beach: beach (2 images)" in sections and "Head beach: city (1 images)" in sections
+
+
+def test_tag_files_a_heads_best_labels_under_the_head():
+    from producer.tagging import TagOptions, chosen_paths
+
+    paths = chosen_paths(head_record(), TagOptions(top=1))
+    assert ("beach", "beach") in paths
+    assert ("beach", "city") not in paths and ("beach", "city") in chosen_paths(head_record(), TagOptions(top=2))
+    assert not [p for p in chosen_paths(head_record(), TagOptions(min_score=0.9)) if p[0] == "beach"]
