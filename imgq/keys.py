@@ -69,6 +69,11 @@ class Keys:
         model (weights and precision) and one k: imgq/known.py."""
         return f"{self.ns}:known:{model}:{top_k}"
 
+    def head(self, digest: str) -> str:
+        """String: a head's file (imgq/heads.py) under its digest, for the workers of the jobs that apply it.
+        Expires with the longest retention of those jobs (or a schedule's life)."""
+        return f"{self.ns}:head:{digest}"
+
     @property
     def reconcile_lock(self) -> str:
         """String with a TTL: held by the one worker reconciling jobs at the moment."""

@@ -5,7 +5,8 @@ classifies in a job: the store keeps each distinct one once in the job's hash an
 number. Its path is in the job's batch list already. What is left is packed:
 
 - ok:    ``O`` | decode centi-ms u32 | inference centi-ms u32 | flags u8 | k u8 | k x (class u16, score f32)
-         | the activations entry as JSON, when the job dumps them (flags bit 1)
+         | the activations entry as JSON, when the job dumps them (flags bit 1); with a head (flags bit 2), a
+           JSON object ``{"activations": ..., "head": ...}`` instead
 - error: ``E`` | decode centi-ms u32 | inference centi-ms u32 | error code u8 | the message, UTF-8
 - any other record (labels that are not ImageNet classes, a score that is not a float32, a time over 11 h):
   ``J`` | the record's fields as JSON, so that nothing is ever rounded or refused.
@@ -32,7 +33,7 @@ CODE_NUMBERS = {"missing": 0, "unreadable": 1, "not_an_image": 2, "corrupt": 3, 
 # records were first packed (2026-12-01), so every record stored since reads the same.
 _CODES = {number: code for code, number in CODE_NUMBERS.items()}
 _MAX_CENTI_MS = 2**32 - 1
-FLAG_KNOWN, FLAG_ACTIVATIONS = 1, 2
+FLAG_KNOWN, FLAG_ACTIVATIONS, FLAG_HEAD = 1, 2, 4
 
 PROVENANCE_FIELDS = ("model", "weights", "precision", "runtime", "worker")
 
@@ -56,8 +57,12 @@ def pack(record: ResultRecord) -> bytes:
     labels = _packed_labels(record.top_k)
     if labels is None:
         return _as_json(record)
-    flags = (FLAG_KNOWN if record.known else 0) | (FLAG_ACTIVATIONS if record.activations is not None else 0)
-    tail = json.dumps(record.activations).encode() if record.activations is not None else b""
+    flags = ((FLAG_KNOWN if record.known else 0) | (FLAG_ACTIVATIONS if record.activations is not None else 0)
+             | (FLAG_HEAD if record.head is not None else 0))
+    if record.head is not None:
+        tail = json.dumps({"activations": record.activations, "head": record.head}).encode()
+    else:
+        tail = json.dumps(record.activations).encode() if record.activations is not None else b""
     return b"O" + head + bytes([flags, len(record.top_k)]) + labels + tail
 
 
@@ -79,8 +84,10 @@ def unpack(value: bytes, *, job: str, image: int, path: str, provenance_json: st
         number, score = _LABEL.unpack_from(value, 11 + n * _LABEL.size)
         labels.append(Label(names[number][0], names[number][1], score))
     tail = value[11 + k * _LABEL.size:]
+    extra = json.loads(tail) if flags & FLAG_HEAD else {"activations": json.loads(tail) if tail else None}
     return ResultRecord(status="ok", top_k=tuple(labels), known=bool(flags & FLAG_KNOWN),
-                        activations=json.loads(tail) if flags & FLAG_ACTIVATIONS else None, **common)
+                        activations=extra["activations"] if flags & FLAG_ACTIVATIONS else None,
+                        head=extra.get("head"), **common)
 
 
 def _failure(number: int, message: str) -> Failure:

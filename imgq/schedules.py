@@ -95,6 +95,7 @@ class Schedule:
     paused: bool = False
     created: float = 0.0
     pending_job: str | None = None
+    head: str = ""  # the digest of a head (imgq/heads.py, shared in Redis) each tick's job applies
 
     @property
     def when(self) -> str:

@@ -12,7 +12,9 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from itertools import count, islice
 
+from imgq import heads
 from imgq.contract import BatchMessage, BatchRef
+from imgq.heads import Head
 from imgq.queue import publish
 from imgq.settings import Settings
 from imgq.store import ResultStore
@@ -37,7 +39,8 @@ class QueueingFailed(RuntimeError):
 
 
 def batches(images: Iterable[str], job: str, batch_size: int, top_k: int, activations: tuple[str, ...] = (),
-            activations_dtype: str = "float16", known: str = "", sink: bool = False) -> Iterator[BatchMessage]:
+            activations_dtype: str = "float16", known: str = "", sink: bool = False,
+            head: str = "") -> Iterator[BatchMessage]:
     """Cut ``images`` into batch messages; image ids count from 0 in submission order."""
     iterator = iter(images)
     image_id = 0
@@ -48,7 +51,7 @@ def batches(images: Iterable[str], job: str, batch_size: int, top_k: int, activa
         items = tuple(enumerate(chunk, start=image_id))
         image_id += len(chunk)
         yield BatchMessage(job=job, batch=number, images=items, top_k=top_k, activations=activations,
-                           activations_dtype=activations_dtype, known=known, sink=sink)
+                           activations_dtype=activations_dtype, known=known, sink=sink, head=head)
 
 
 @dataclass(frozen=True)
@@ -65,7 +68,8 @@ def new_job_id() -> str:
 def submit(images: Iterable[str], *, settings: Settings, store: ResultStore, name: str = "", job: str | None = None,
            top_k: int | None = None, batch_size: int | None = None, params: dict | None = None,
            activations: tuple[str, ...] = (), activations_dtype: str = "float16", known: str = "", sink: bool = False,
-           limit_check: Callable[[int], None] | None = None, hold_retention: bool = False) -> Submitted:
+           limit_check: Callable[[int], None] | None = None, hold_retention: bool = False,
+           head: Head | None = None) -> Submitted:
     """Queue ``images`` as one job. Raises EmptySelection, or redis/kombu errors when Redis is down.
 
     ``job``: the id to give the job (default: a new one, ``new_job_id``).
@@ -75,13 +79,15 @@ def submit(images: Iterable[str], *, settings: Settings, store: ResultStore, nam
     ``limit_check``: called with the number of images once the walk is done, before the job is committed;
     whatever it raises aborts the submission with nothing queued (e.g. producer.dumps.size_guard).
     ``hold_retention``: the finished job is kept until ``ResultStore.release_retention`` (a schedule's job).
+    ``head``: a head (imgq/heads.py) the workers apply in the same forward pass; put in Redis for them.
     """
     top_k = top_k or settings.top_k
     batch_size = batch_size or settings.batch_size
     job = job or new_job_id()
     total = n_batches = 0
     pending: list[dict] = []
-    for message in batches(images, job, batch_size, top_k, activations, activations_dtype, known, sink):
+    digest = heads.share(store.redis, store.keys, head) if head is not None else ""
+    for message in batches(images, job, batch_size, top_k, activations, activations_dtype, known, sink, digest):
         pending.append(message.to_dict())
         total += len(message.images)
         n_batches += 1
@@ -102,7 +108,9 @@ def submit(images: Iterable[str], *, settings: Settings, store: ResultStore, nam
                      params={"top_k": top_k, "batch_size": batch_size, **(params or {}),
                              **({"activations": list(activations), "activations_dtype": activations_dtype}
                                 if activations else {}), **({"known": known} if known else {}),
-                             **({"sink": True} if sink else {})}, publishing=True,
+                             **({"sink": True} if sink else {}),
+                             **({"head": {"name": head.name, "digest": digest, "labels": list(head.labels)}}
+                                if head is not None else {})}, publishing=True,
                      hold_retention=hold_retention)
     try:
         publish((BatchRef(job, number) for number in range(n_batches)), settings)

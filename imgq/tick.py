@@ -23,6 +23,7 @@ from dataclasses import asdict
 
 import redis
 
+from imgq import heads
 from imgq import submit as submission
 from imgq.jobs import JobStatus
 from imgq.roots import outside_roots
@@ -76,12 +77,16 @@ def _tick_locked(book: ScheduleBook, schedule: Schedule, settings: Settings, tri
     found = ScanTally()
     images = scan.select(iter_images(schedule.paths, schedule.path_filter), schedule.max_retries, found,
                          keepalive=keepalive)
+    try:
+        head = heads.fetch(store.redis, store.keys, schedule.head) if schedule.head else None
+    except heads.HeadError as exc:
+        return book.record_run(schedule.name, _run(trigger, "skipped", reason=str(exc), settled=settled))
     job = submission.new_job_id()
     book.set_pending(schedule.name, job)  # before the commit: see the module's docstring
     try:
         submitted = submission.submit(images, settings=settings, store=store, name=schedule.name, job=job,
                                       top_k=schedule.top_k, batch_size=schedule.batch_size,
-                                      params={"schedule": schedule.name}, hold_retention=True)
+                                      params={"schedule": schedule.name}, hold_retention=True, head=head)
     except submission.EmptySelection:
         book.set_pending(schedule.name, None)
         return book.record_run(schedule.name, _run(trigger, "empty", found=found, settled=settled))

@@ -21,6 +21,7 @@ from imgq import queue
 from imgq import submit as submission
 from imgq.contract import IMAGE_EXTENSIONS
 from imgq.files import WriteError
+from imgq.heads import Head
 from imgq.jobs import JobStatus
 from imgq.layers import UnknownLayer, check_layers
 from imgq.settings import Settings, env_var, format_seconds, mask_url, parse_duration, parse_setting
@@ -29,6 +30,7 @@ from imgq.store import JobNotFound, ResultStore
 from imgq.walk import IGNORE_MARKERS, PathFilter, iter_images, read_path_list
 from producer.dumps import DumpError, estimate_bytes, format_bytes, size_guard
 from producer.export import FILE_FORMATS, FORMATS, file_writer_for, output, with_min_score, writer_for
+from producer.head_options import head_option, refuse_foreign_head
 from producer.local import LocalServiceError
 from producer.paths import OutputFile
 from producer.tagging import UntrainedWeights
@@ -203,6 +205,8 @@ def job_options(command):
         click.option("--sink", is_flag=True,
                      help="Workers write the records as one Parquet file per batch into IMGQ_SINK_DIR instead of "
                           "Redis, which then holds only counts: for the largest jobs. `imgq results` reads them."),
+        head_option("Also label each image with a head made by `imgq learn`, in the same forward pass "
+                    "(records gain a `head` entry)."),
     ]
     for decorator in reversed(decorators):
         command = decorator(command)
@@ -210,11 +214,11 @@ def job_options(command):
 
 
 def job_request(settings: Settings, known: str, activations: tuple[str, ...], activations_dtype: str,
-                yes: bool, sink: bool) -> dict:
+                yes: bool, sink: bool, head: Head | None = None) -> dict:
     """The keyword arguments of imgq.submit.submit for these options (with the dump size guard unless --yes)."""
     guard = size_guard(activations, activations_dtype, settings.max_dump_bytes) if activations and not yes else None
     return {"known": known, "activations": activations, "activations_dtype": activations_dtype, "limit_check": guard,
-            "sink": sink}
+            "sink": sink, "head": head}
 
 
 class Duration(click.ParamType):
@@ -237,16 +241,17 @@ class Duration(click.ParamType):
 @click.option("--wait", "wait_", is_flag=True, help="Show progress until the job completes.")
 @click.pass_context
 def submit(ctx, paths, recursive, includes, excludes, from_file, top_k, batch_size, name, known, activations,
-           activations_dtype, retention, yes, sink, wait_):
+           activations_dtype, retention, yes, sink, head, wait_):
     """Queue the images under PATH... as one job and print its id (only the id, on stdout)."""
     settings = with_overrides(ctx, top_k=top_k, batch_size=batch_size, retention=retention)
     images = selected_images(paths, recursive, includes, excludes, from_file)
     store = ResultStore.from_settings(settings)
     store.ping()
     queue.check_broker(settings)
+    refuse_foreign_head(head, store)
     try:
         submitted = submission.submit(images, settings=settings, store=store, name=name,
-                                      **job_request(settings, known, activations, activations_dtype, yes, sink))
+                                      **job_request(settings, known, activations, activations_dtype, yes, sink, head))
     except submission.QueueingFailed as exc:
         click.echo(exc.job)  # the job exists and will complete: scripts must get its id, not submit it again
         raise click.ClickException(str(exc)) from None
@@ -500,7 +505,7 @@ def worker(ctx, weights, batch_size, metrics_port, metrics_address, log_format, 
               help="Start a private Redis-compatible server (default: only when none is configured or answering).")
 @click.pass_context
 def classify(ctx, paths, recursive, includes, excludes, from_file, top_k, batch_size, name, known, activations,
-             activations_dtype, yes, sink, weights, out, fmt, min_score, tag_sidecars, embedded_redis):
+             activations_dtype, yes, sink, head, weights, out, fmt, min_score, tag_sidecars, embedded_redis):
     """Classify the images under PATH... on this machine, starting whatever is missing, into a results file."""
     from producer.classify import Output, run_classify
     from producer.tagging import TagOptions
@@ -509,11 +514,12 @@ def classify(ctx, paths, recursive, includes, excludes, from_file, top_k, batch_
     broker_configured = bool(os.environ.get(env_var("broker_url"))) or ctx.parent.params.get("broker_url")
     images = selected_images(paths, recursive, includes, excludes, from_file)
     run_classify(images, settings, name=name, embedded=embedded_redis, broker_configured=bool(broker_configured),
-                 request=job_request(settings, known, activations, activations_dtype, yes, sink),
+                 request=job_request(settings, known, activations, activations_dtype, yes, sink, head),
                  output=Output(out, fmt, min_score, TagOptions(min_score=min_score or 0.0) if tag_sidecars else None))
 
 
 # They use the group's settings and errors above.
+from producer.learn_cli import learn  # noqa: E402
 from producer.report_cli import layers, report, show  # noqa: E402
 from producer.schedule_cli import beat, schedule  # noqa: E402
 from producer.tag_cli import tag  # noqa: E402
@@ -521,6 +527,7 @@ from producer.tag_cli import tag  # noqa: E402
 for command in (layers, report, show, schedule, beat):
     cli.add_command(command)
 cli.add_command(tag)  # producer/tag_cli.py
+cli.add_command(learn)  # producer/learn_cli.py
 
 
 def main() -> None:

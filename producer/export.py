@@ -26,12 +26,23 @@ def labels_above(record: ResultRecord, min_score: float) -> tuple[Label, ...]:
 
 
 def with_min_score(records: Iterable[ResultRecord], min_score: float | None) -> Iterator[ResultRecord]:
-    """The records with the labels under ``min_score`` dropped from their top_k (copies: the stored records
-    keep their whole top-k). None or 0 passes them through as they are."""
+    """The records with the labels under ``min_score`` dropped from their top_k and their head's top_k
+    (copies: the stored records keep their whole top-k). None or 0 passes them through as they are."""
     for record in records:
         if min_score and record.top_k:
             record = dataclasses.replace(record, top_k=labels_above(record, min_score))
+        if min_score and record.head and "top_k" in record.head:
+            kept = [t for t in record.head["top_k"] if t["score"] >= min_score]
+            record = dataclasses.replace(record, head={**record.head, "top_k": kept})
         yield record
+
+
+def head_best(record: ResultRecord) -> tuple[str, str, str]:
+    """``(head name, best head label, its score)`` of a record, empty strings without a head's label."""
+    head = record.head or {}
+    top = head.get("top_k") or [{}]
+    score = top[0].get("score")
+    return head.get("name", ""), top[0].get("label", ""), "" if score is None else f"{score:.6g}"
 
 
 Groups = float | None
@@ -68,7 +79,7 @@ def csv_header(k: int) -> list[str]:
     scores = [f"score_{i}" for i in range(1, k + 1)]
     wnids = [f"wnid_{i}" for i in range(1, k + 1)]
     return ["job", "image", "path", "status", *labels, *scores, *wnids, "error_code", "error_message",
-            "model", "weights", "precision", "worker", "decode_ms", "inference_ms"]
+            "model", "weights", "precision", "worker", "decode_ms", "inference_ms", "head", "head_label", "head_score"]
 
 
 def csv_row(r: ResultRecord, k: int) -> list:
@@ -78,12 +89,13 @@ def csv_row(r: ResultRecord, k: int) -> list:
     return [r.job, r.image, r.path, r.status,
             *[t.label for t in top], *pad, *[f"{t.score:.6g}" for t in top], *pad, *[t.wnid for t in top], *pad,
             error.code if error else "", error.message if error else "",
-            r.model, r.weights, r.precision, r.worker, r.decode_ms, r.inference_ms]
+            r.model, r.weights, r.precision, r.worker, r.decode_ms, r.inference_ms, *head_best(r)]
 
 
 def write_csv(records: Iterable[ResultRecord], out: IO[str], k: int, groups: Groups = None) -> int:
-    """One row per image with label_1..label_k, score_1..score_k (and wnid_1..wnid_k) columns; with ``groups``,
-    two more: ``groups`` (names, best first, separated by ";") and ``group_scores`` (theirs, in that order)."""
+    """One row per image with label_1..label_k, score_1..score_k (and wnid_1..wnid_k) columns; head,
+    head_label and head_score give the best label of the job's head (empty without one); with ``groups``, two
+    more: ``groups`` (names, best first, separated by ";") and ``group_scores`` (theirs, in that order)."""
     writer = csv.writer(out)
     writer.writerow(csv_header(k) + (["groups", "group_scores"] if groups is not None else []))
     n = 0

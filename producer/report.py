@@ -151,14 +151,17 @@ def shown(text: str) -> str:
 
 
 def _card(record: ResultRecord, folder: str, link: str, dump_root: str, channels: int) -> dict:
-    """One image's card data: ``i`` id, ``n`` name, ``p`` path, ``k`` [[label, score]], and ``t, w, h``
-    (thumbnail), ``e`` (error), ``m`` (heat maps: [[layer, url, width, height, title]]), ``x`` (a note)."""
+    """One image's card data: ``i`` id, ``n`` name, ``p`` path, ``k`` [[label, score]], ``hd`` (the same of the
+    job's head), and ``t, w, h`` (thumbnail), ``e`` (error), ``m`` (heat maps: [[layer, url, width, height,
+    title]]), ``x`` (a note)."""
     image = record.image
     card = {"i": image, "n": shown(os.path.basename(record.path)), "p": shown(record.path),
             "k": [[t.label, round(t.score, 4)] for t in record.top_k]}
     if record.error is not None:
         card["e"] = f"{record.error.code}: {shown(record.error.message)}"
         return card
+    if record.head and record.head.get("top_k"):
+        card["hd"] = [[f"{record.head['name']}: {t['label']}", round(t["score"], 4)] for t in record.head["top_k"]]
     size = _thumbnail(record.path, os.path.join(folder, "thumbs", f"{image}.jpg"))
     if size:
         card.update(t=f"{link}/thumbs/{image}.jpg", w=size[0], h=size[1])
@@ -237,9 +240,29 @@ def _summary(status: JobStatus, records: list[ResultRecord], cards: list[dict]) 
     codes = Counter(r.error.code for r in records if r.error is not None)
     return (f"{warning}<table class=facts>{rows}</table>"
             f"<h3>Top label of each image ({len(top1)} distinct)</h3>{_bars(top1.most_common(HISTOGRAM_LABELS))}"
+            f"{_head_sections(records)}"
             f"<h3>Groups of each image's top label</h3>"
             f"{_bars(groups.most_common(HISTOGRAM_LABELS)) if groups else '<p>none</p>'}"
             f"<h3>Error codes</h3>{_bars(codes.most_common()) if codes else '<p>none</p>'}")
+
+
+HEAD_SECTION_IMAGES = 200  # images named in a head label's section; the cards show them all
+
+
+def _head_sections(records: list[ResultRecord]) -> str:
+    """A section per label of the job's head (imgq learn): the images whose best head label it is."""
+    by_label: dict[tuple[str, str], list[ResultRecord]] = {}
+    for r in records:
+        head = r.head or {}
+        if r.ok and head.get("top_k"):
+            by_label.setdefault((head["name"], head["top_k"][0]["label"]), []).append(r)
+    sections = []
+    for (name, label), members in sorted(by_label.items(), key=lambda item: (item[0][0], -len(item[1]))):
+        names = ", ".join(f"#{r.image} {shown(os.path.basename(r.path))}" for r in members[:HEAD_SECTION_IMAGES])
+        more = f" and {len(members) - HEAD_SECTION_IMAGES} more" if len(members) > HEAD_SECTION_IMAGES else ""
+        sections.append(f"<h3 class=head>Head {html.escape(name)}: {html.escape(label)} ({len(members)} images)</h3>"
+                        f"<p class=head-images>{html.escape(names + more)}</p>")
+    return "".join(sections)
 
 
 def _bars(counts: list[tuple[str, int]]) -> str:
@@ -315,7 +338,7 @@ function card(c) {
   d.append(c.t ? img(c.t, c.w, c.h, c.p, "thumb") : el("div", "none", c.e ? "not classified" : "no preview"));
   const name = el("div", "name", "#" + c.i + " " + c.n); name.title = c.p; d.append(name);
   if (c.e) d.append(el("div", "err", c.e));
-  for (const [label, score] of c.k) {
+  for (const [label, score] of (c.k || []).concat(c.hd || [])) {
     const row = el("div", "label"), track = el("div", "track"), fill = el("div", "fill");
     fill.style.width = Math.max(score * 100, 0.5) + "%"; track.append(fill);
     row.append(el("span", "", label), track, el("span", "score", (score * 100).toFixed(2) + "%"));

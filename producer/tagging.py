@@ -108,6 +108,13 @@ def keyword(label: str) -> str:
     return label.replace("_", " ")
 
 
+def head_keywords(record: ResultRecord, options: TagOptions) -> list[str]:
+    """The labels of the record's head (imgq learn) that become keywords: its first ``options.top`` scoring at
+    least ``options.min_score``. A user's own labels are written as they were named, not re-spelt."""
+    top = (record.head or {}).get("top_k") or []
+    return [t["label"] for t in top if t["score"] >= options.min_score][: options.top]
+
+
 def sidecar_path(image: str, naming: str) -> str:
     """IMG_1.jpg.xmp (full) or IMG_1.xmp (stem); an existing sidecar whose extension is .XMP is used as it is (a
     symbolic link counts as existing: it is refused when read, never looked through)."""
@@ -173,6 +180,8 @@ def chosen_paths(record: ResultRecord, options: TagOptions) -> list[KeywordPath]
     if options.min_score > 0:
         paths += [wordnet_groups.group_path(group) for group, score in wordnet_groups.scores(record.top_k).items()
                   if score >= options.min_score]
+    head = str((record.head or {}).get("name", ""))
+    paths += [(head, label) for label in head_keywords(record, options)]  # imgq|beach|not-beach
     return _without_ancestors(paths)
 
 
