@@ -10,7 +10,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 $(VENV)/.installed-worker: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[worker]'
+	$(BIN)/pip install --quiet -e '.[worker,learn]'
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
@@ -28,6 +28,10 @@ install-test: $(VENV)/.installed-test
 	@# tests/test_formats.py makes HEIC twins of JPEGs with libheif's heif-enc (Debian's libheif-examples).
 	@command -v heif-enc >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
 		apt-get install -y -qq libheif-examples >/dev/null; } || echo "heif-enc not installed: the HEIC tests that need it will be skipped"
+	@# tests/test_groups.py checks the vendored groups table against WordNet 3.0 (Debian's wordnet-base).
+	@test -f /usr/share/wordnet/data.noun || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+		apt-get install -y -qq --no-install-recommends wordnet-base >/dev/null; } || \
+		echo "wordnet-base not installed: the groups table's check against WordNet will be skipped"
 
 ## make classify DIR=<folder>: classify every image under the folder on this machine
 classify: install

@@ -76,6 +76,8 @@ NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 KNOWN_MODES = ("", "skip", "refresh")
 
+HEAD_DIGEST = re.compile(r"[0-9a-f]{24}")  # imgq.heads.Head.digest: part of a Redis key
+
 
 class MessageError(ValueError):
     """A task message that does not follow the contract."""
@@ -102,6 +104,9 @@ class BatchMessage:
     # The batch's records go as one Parquet file into the workers' sink folder (IMGQ_SINK_DIR, imgq/sink.py)
     # instead of into Redis. The folder is the worker's setting, never the message's: a message must not
     # choose where a worker writes.
+    head: str = ""
+    # The digest of a head (imgq/heads.py) the worker applies to the base model's pooled features in the
+    # same forward pass; the head itself is in Redis (Keys.head), never a path the worker opens.
 
     def to_dict(self) -> dict:
         data = {
@@ -117,6 +122,8 @@ class BatchMessage:
             data["known"] = self.known
         if self.sink:
             data["sink"] = True
+        if self.head:
+            data["head"] = self.head
         return data
 
     @classmethod
@@ -129,15 +136,16 @@ class BatchMessage:
             message = cls(job=str(data["job"]), batch=int(data["batch"]), images=images, top_k=int(data["top_k"]),
                           activations=tuple(str(name) for name in data.get("activations", ())),
                           activations_dtype=str(data.get("activations_dtype", "float16")),
-                          known=str(data.get("known", "")), sink=data.get("sink") is True)
+                          known=str(data.get("known", "")), sink=data.get("sink") is True,
+                          head=str(data.get("head", "")))
         except (KeyError, TypeError, ValueError) as exc:
             raise MessageError(f"Malformed batch message ({exc}). Received: {data!r:.200}") from None
         # The job id names a folder of activation dumps: it must never be a path.
         if (not JOB_ID.fullmatch(message.job) or message.activations_dtype not in ("float16", "float32")
-                or message.known not in KNOWN_MODES):
-            raise MessageError(f"Expected a job id of letters and digits, a float16/float32 dump dtype and a known "
-                               f"mode in {KNOWN_MODES}. Received: {message.job!r}, {message.activations_dtype!r}, "
-                               f"{message.known!r}")
+                or message.known not in KNOWN_MODES or (message.head and not HEAD_DIGEST.fullmatch(message.head))):
+            raise MessageError(f"Expected a job id of letters and digits, a float16/float32 dump dtype, a known "
+                               f"mode in {KNOWN_MODES} and a head digest. Received: {message.job!r}, "
+                               f"{message.activations_dtype!r}, {message.known!r}, {message.head!r}")
         return message
 
 
@@ -217,6 +225,9 @@ class ResultRecord:
     inference_ms: float = 0.0
     known: bool = False
     activations: dict | None = None
+    head: dict | None = None
+    # The job's head applied to this image: ``{"name", "top_k": [{"label", "score"}, ...]}``, or ``{"name",
+    # "error"}`` when this worker's model or weights are not the head's.
 
     @property
     def ok(self) -> bool:
@@ -239,6 +250,8 @@ class ResultRecord:
             data["known"] = True
         if self.activations is not None:
             data["activations"] = self.activations
+        if self.head is not None:
+            data["head"] = self.head
         return data
 
     @classmethod
@@ -255,7 +268,7 @@ class ResultRecord:
                        precision=str(data.get("precision", "")), runtime=str(data.get("runtime", "")),
                        worker=str(data.get("worker", "")), decode_ms=float(data.get("decode_ms", 0.0)),
                        inference_ms=float(data.get("inference_ms", 0.0)), known=bool(data.get("known", False)),
-                       activations=data.get("activations"))
+                       activations=data.get("activations"), head=data.get("head"))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise MessageError(f"Malformed result record ({exc}). Received: {data!r:.200}") from None
 

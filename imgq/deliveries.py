@@ -24,12 +24,26 @@ from imgq.keys import Keys
 _PUBLISHED = "published"  # attempts-hash field: the job's batch messages ever sent to the queue
 
 
+# Count a job's published messages only while the job exists, and give a count made after the job finished
+# the job's remaining retention: a publish after a delete (or a requeue of an expired job) must not leave an
+# attempts hash behind, without a TTL, for ever. KEYS: job, attempts. ARGV: the number published, the field.
+_ADD_PUBLISHED = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HINCRBY', KEYS[2], ARGV[2], ARGV[1])
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
+return 1
+"""
+
+
 def add_published(client: redis.Redis, keys: Keys, counts: dict[str, int]) -> None:
-    """Count ``counts[job]`` more messages of each job as sent to the queue (imgq/queue.py publish)."""
+    """Count ``counts[job]`` more messages of each job as sent to the queue (imgq/queue.py publish); nothing
+    for a job that is gone."""
     if counts:
+        script = client.register_script(_ADD_PUBLISHED)
         pipe = client.pipeline(transaction=False)
         for job, n in counts.items():
-            pipe.hincrby(keys.attempts(job), _PUBLISHED, n)
+            script(keys=[keys.job(job), keys.attempts(job)], args=[n, _PUBLISHED], client=pipe)
         pipe.execute()
 
 # Delete a suspect only if it is still the one this delivery set: another may have taken it over since.
@@ -62,6 +76,18 @@ _SUSPECT = """
 if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[2], ARGV[1], ARGV[2]) end
 """
 
+# KEYS: job, attempts. ARGV: the published field. Returns 1 when the job was marked ``publishing``.
+_TAKE_UNPUBLISHED = """
+if redis.call('HDEL', KEYS[1], 'publishing') == 0 then return 0 end
+local begun = 0
+local fields = redis.call('HGETALL', KEYS[2])
+for i = 1, #fields, 2 do
+  if string.match(fields[i], '^%d+$') then begun = begun + tonumber(fields[i + 1]) end
+end
+redis.call('HSET', KEYS[2], ARGV[1], begun)
+return 1
+"""
+
 
 class NoSuchJob(LookupError):
     """The job of a delivery is gone (deleted, expired): there is nothing to do for it."""
@@ -75,6 +101,7 @@ class Deliveries:
         self._begin = client.register_script(_BEGIN)
         self._finish = client.register_script(_FINISH)
         self._suspect = client.register_script(_SUSPECT)
+        self._take_unpublished = client.register_script(_TAKE_UNPUBLISHED)
 
     def begin(self, job: str, batch: int, worker_id: str) -> tuple[int, int]:
         """A worker starts a batch; returns ``(deliveries, lost)``: how many times it has been delivered, this
@@ -121,6 +148,13 @@ class Deliveries:
         fields = self.redis.hgetall(self.keys.attempts(job))
         begun = sum(int(n) for batch, n in fields.items() if batch.isdigit())
         return int(fields.get(_PUBLISHED, 0)) - begun
+
+    def take_unpublished(self, job: str) -> bool:
+        """True, once, for a job whose submit failed part-way (its hash still says ``publishing``: see
+        ``ResultStore.commit_job``): the mark is taken away and the job's published count is set to the
+        deliveries begun, since nobody knows how many of the counted messages reached the queue. The caller
+        queues the job's unfinished batches again (and counts them). False for every other job."""
+        return bool(self._take_unpublished(keys=[self.keys.job(job), self.keys.attempts(job)], args=[_PUBLISHED]))
 
     def suspect(self, job: str, image: int, worker_id: str, started_at: float) -> str:
         """About to decode ``image`` alone: if the worker dies now, the next delivery will know which.

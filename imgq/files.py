@@ -1,8 +1,11 @@
-"""Writes that others read: a file appears whole under its name, or not at all."""
+"""Files imgq opens on a user's behalf: reads that never block, never follow a link, take regular files only
+and stop at a size cap; writes that others read, which appear whole under their name or not at all."""
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -24,6 +27,48 @@ def cannot_write(path: str, exc: OSError) -> WriteError:
     error = WriteError(f"Cannot write {path}: {reason}.")
     error.errno, error.filename = exc.errno, path
     return error
+
+
+class RefusedFile(ValueError):
+    """A file imgq will not read: a symbolic link (when links are not followed), not a regular file (a pipe,
+    socket, device or folder), or larger than its cap. Its str() is the reason, one line."""
+
+
+def open_nonblocking(path: str, flags: int) -> int:
+    """``os.open`` that never waits: opening a named pipe (FIFO) for reading blocks until something writes
+    to it, and O_NONBLOCK opens it at once (a regular file reads as usual). The ``opener`` of open()."""
+    return os.open(path, flags | os.O_NONBLOCK)
+
+
+def read_regular(path: str, max_bytes: int, *, follow_links: bool = False) -> tuple[bytes, os.stat_result] | None:
+    """The bytes of the regular file at ``path`` and its fstat (the file read is the file checked); None when
+    nothing is there.
+
+    The last component of ``path`` is not followed when it is a symbolic link (O_NOFOLLOW), unless
+    ``follow_links``: a link, even a dangling one, is refused, never read or resolved. The open never blocks
+    (O_NONBLOCK). At most ``max_bytes + 1`` bytes are ever read, whatever the file claims or grows to.
+
+    Raises RefusedFile (a link, not a regular file, over ``max_bytes``) and OSError (permissions, I/O).
+    """
+    flags = os.O_RDONLY | os.O_CLOEXEC | (0 if follow_links else os.O_NOFOLLOW)
+    try:
+        fd = open_nonblocking(path, flags)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP and not follow_links and os.path.islink(path):
+            raise RefusedFile("a symbolic link: imgq does not follow it") from None
+        raise
+    with os.fdopen(fd, "rb") as file:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise RefusedFile("not a regular file (a folder, pipe, socket or device)")
+        if info.st_size > max_bytes:
+            raise RefusedFile(f"{info.st_size} bytes, more than the {max_bytes} bytes imgq reads")
+        data = file.read(max_bytes + 1)
+    if len(data) > max_bytes:  # it grew between the fstat and the read
+        raise RefusedFile(f"more than the {max_bytes} bytes imgq reads")
+    return data, info
 
 
 @contextmanager

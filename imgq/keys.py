@@ -19,7 +19,9 @@ class Keys:
         return f"{self.ns}:jobs"
 
     def job(self, job: str) -> str:
-        """Hash: the job record (name, created, parameters, total, timestamps, the files its walk skipped)."""
+        """Hash: the job record (name, created, parameters, total, timestamps, the files its walk skipped;
+        ``publishing`` while its batches are being sent, ``held_retention`` while a schedule's job waits for the
+        tick that settles it)."""
         return f"{self.ns}:job:{job}"
 
     def results(self, job: str) -> str:
@@ -30,6 +32,12 @@ class Keys:
         """Hash: batch number -> records that batch wrote to the job's Parquet sink (imgq/sink.py); their sum is
         kept in the job's hash (``sunk``), so a redelivered batch replaces its count instead of adding to it."""
         return f"{self.ns}:sunk:{job}"
+
+    @property
+    def sinks(self) -> str:
+        """Set of the ids of jobs with a Parquet sink whose files may still be on disk: once such a job is gone
+        (expired, deleted), the workers' reconciler removes its files (imgq/sink.py) and then its id."""
+        return f"{self.ns}:sinks"
 
     def failed(self, job: str) -> str:
         """Set of image ids whose record is an error; a set, so a redelivery cannot count twice."""
@@ -61,6 +69,11 @@ class Keys:
         """Hash: content digest of an image -> its packed top-k (or a claim while it is computed), for one
         model (weights and precision) and one k: imgq/known.py."""
         return f"{self.ns}:known:{model}:{top_k}"
+
+    def head(self, digest: str) -> str:
+        """String: a head's file (imgq/heads.py) under its digest, for the workers of the jobs that apply it.
+        Expires with the longest retention of those jobs (or a schedule's life)."""
+        return f"{self.ns}:head:{digest}"
 
     @property
     def reconcile_lock(self) -> str:

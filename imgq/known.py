@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import struct
 import time
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import redis
 
@@ -49,17 +49,31 @@ def stream_digest(file: BinaryIO, limit: int) -> bytes | None:
     return digest.digest()
 
 
-def model_tag(weights_id: str, precision: str) -> str:
-    """A short, key-safe name for the model whose results an index holds."""
-    return hashlib.sha1(f"{weights_id}|{precision}".encode()).hexdigest()[:12]
+def model_tag(weights_id: str, precision: str, head: str = "") -> str:
+    """A short, key-safe name for the model whose results an index holds; with a head (its digest), an index
+    of its own whose entries hold the head's labels too."""
+    extra = f"|head:{head}" if head else ""
+    return hashlib.sha1(f"{weights_id}|{precision}{extra}".encode()).hexdigest()[:12]
 
 
-def pack(top: list[tuple[int, float]]) -> bytes:
-    return RESULT + b"".join(struct.pack("<Hf", index, score) for index, score in top)
+def pack(top: list[tuple[int, float]], head: list[tuple[int, float]] | None = None) -> bytes:
+    """``R`` + the top-k as (class index u16, score f32); in a head's index, ``R`` + k u8 + the top-k + the
+    head's labels the same way (the index of a head holds nothing else, so the two layouts never mix)."""
+    entries = b"".join(struct.pack("<Hf", index, score) for index, score in top)
+    if head is None:
+        return RESULT + entries
+    return RESULT + bytes([len(top)]) + entries + b"".join(struct.pack("<Hf", i, s) for i, s in head)
 
 
 def unpack(value: bytes) -> list[tuple[int, float]]:
     return [struct.unpack_from("<Hf", value, offset) for offset in range(len(RESULT), len(value), 6)]
+
+
+def unpack_with_head(value: bytes) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
+    """``(top-k, head labels)`` of a value of a head's index (see ``pack``)."""
+    k = value[1]
+    entries = [struct.unpack_from("<Hf", value, offset) for offset in range(2, len(value), 6)]
+    return entries[:k], entries[k:]
 
 
 def _claim() -> bytes:
@@ -67,14 +81,19 @@ def _claim() -> bytes:
 
 
 class KnownImages:
-    def __init__(self, client: redis.Redis, keys: Keys, weights_id: str, precision: str, top_k: int):
+    """The index of one model, weights, precision and k; with ``head`` (a head's digest), the index of that head
+    on top of them, whose values carry the head's labels too (``pack``): results are top-k lists, or
+    (top-k, head labels) pairs in a head's index."""
+
+    def __init__(self, client: redis.Redis, keys: Keys, weights_id: str, precision: str, top_k: int, head: str = ""):
         self.redis = client
-        self.key = keys.known(model_tag(weights_id, precision), top_k)
+        self.head = head
+        self.key = keys.known(model_tag(weights_id, precision, head), top_k)
 
     def lookup(self, digests: list[bytes]) -> dict[bytes, list[tuple[int, float]]]:
         """The known top-k of those of ``digests`` that have one (claims are not results)."""
         values = self.redis.hmget(self.key, digests) if digests else []
-        return {d: unpack(v) for d, v in zip(digests, values, strict=True) if v and not v.startswith(CLAIM)}
+        return {d: self._decode(v) for d, v in zip(digests, values, strict=True) if v and not v.startswith(CLAIM)}
 
     def claim(self, digests: list[bytes], refresh_for: str | None = None) -> set[bytes]:
         """Claim the computing of ``digests``; returns those this caller got (the others are someone's).
@@ -106,24 +125,30 @@ class KnownImages:
         pipe.expire(key, REFRESH_MEMORY_SECONDS)
         return bool(pipe.execute()[0])
 
-    def remember(self, results: dict[bytes, list[tuple[int, float]]]) -> None:
+    def remember(self, results: dict[bytes, Any]) -> None:
+        """Store results by digest: top-k lists, or (top-k, head labels) pairs in a head's index."""
         if results:
-            self.redis.hset(self.key, mapping={d: pack(top) for d, top in results.items()})
+            encode = (lambda r: pack(*r)) if self.head else pack
+            self.redis.hset(self.key, mapping={d: encode(r) for d, r in results.items()})
+
+    def _decode(self, value: bytes) -> Any:
+        return unpack_with_head(value) if self.head else unpack(value)
 
     def release(self, digests: list[bytes]) -> None:
         """Drop claims whose image could not be classified (the next one to try may succeed)."""
         if digests:
             self.redis.hdel(self.key, *digests)
 
-    def wait_for(self, digests: set[bytes], timeout: float) -> dict[bytes, list[tuple[int, float]]]:
+    def wait_for(self, digests: set[bytes], timeout: float) -> dict[bytes, Any]:
         """Results of images others are computing, as they arrive, for up to ``timeout`` seconds. Stops
         waiting for an image whose claim was released (it failed there): the caller computes it."""
-        found: dict[bytes, list[tuple[int, float]]] = {}
+        found: dict[bytes, Any] = {}
         pending = list(digests)
         deadline = time.monotonic() + timeout
         while pending and time.monotonic() < deadline:
             values = self.redis.hmget(self.key, pending)
-            found.update({d: unpack(v) for d, v in zip(pending, values, strict=True) if v and v.startswith(RESULT)})
+            found.update({d: self._decode(v) for d, v in zip(pending, values, strict=True)
+                          if v and v.startswith(RESULT)})
             pending = [d for d, v in zip(pending, values, strict=True) if v and v.startswith(CLAIM)]
             if pending:
                 time.sleep(0.1)

@@ -5,7 +5,8 @@ classifies in a job: the store keeps each distinct one once in the job's hash an
 number. Its path is in the job's batch list already. What is left is packed:
 
 - ok:    ``O`` | decode centi-ms u32 | inference centi-ms u32 | flags u8 | k u8 | k x (class u16, score f32)
-         | the activations entry as JSON, when the job dumps them (flags bit 1)
+         | the activations entry as JSON, when the job dumps them (flags bit 1); with a head (flags bit 2), a
+           JSON object ``{"activations": ..., "head": ...}`` instead
 - error: ``E`` | decode centi-ms u32 | inference centi-ms u32 | error code u8 | the message, UTF-8
 - any other record (labels that are not ImageNet classes, a score that is not a float32, a time over 11 h):
   ``J`` | the record's fields as JSON, so that nothing is ever rounded or refused.
@@ -24,10 +25,15 @@ from imgq.contract import ERROR_CODES, Failure, Label, ResultRecord
 
 _TIMES = struct.Struct("<II")
 _LABEL = struct.Struct("<Hf")
-_CODES = tuple(ERROR_CODES)
-_CODE_NUMBERS = {code: i for i, code in enumerate(_CODES)}
+CODE_NUMBERS = {"missing": 0, "unreadable": 1, "not_an_image": 2, "corrupt": 3, "too_large": 4, "forbidden": 5,
+                "worker_crashed": 6, "dump_failed": 7, "internal": 8}
+# The byte an error record stores for its code. Records outlive versions (a week's retention, a Redis kept
+# across an upgrade), so a code's number never changes and is never reused: a new code takes the next number,
+# a code dropped from ERROR_CODES keeps its own. These are the positions the codes had in ERROR_CODES when
+# records were first packed (2026-12-01), so every record stored since reads the same.
+_CODES = {number: code for code, number in CODE_NUMBERS.items()}
 _MAX_CENTI_MS = 2**32 - 1
-FLAG_KNOWN, FLAG_ACTIVATIONS = 1, 2
+FLAG_KNOWN, FLAG_ACTIVATIONS, FLAG_HEAD = 1, 2, 4
 
 PROVENANCE_FIELDS = ("model", "weights", "precision", "runtime", "worker")
 
@@ -44,13 +50,19 @@ def pack(record: ResultRecord) -> bytes:
         return _as_json(record)
     head = _TIMES.pack(*times)
     if record.error is not None:
-        return b"E" + head + bytes([_CODE_NUMBERS[record.error.code]]) + record.error.message.encode("utf-8",
-                                                                                                   "surrogatepass")
+        number = CODE_NUMBERS.get(record.error.code)
+        if number is None:  # a code without a number yet (see CODE_NUMBERS): kept whole rather than refused
+            return _as_json(record)
+        return b"E" + head + bytes([number]) + record.error.message.encode("utf-8", "surrogatepass")
     labels = _packed_labels(record.top_k)
     if labels is None:
         return _as_json(record)
-    flags = (FLAG_KNOWN if record.known else 0) | (FLAG_ACTIVATIONS if record.activations is not None else 0)
-    tail = json.dumps(record.activations).encode() if record.activations is not None else b""
+    flags = ((FLAG_KNOWN if record.known else 0) | (FLAG_ACTIVATIONS if record.activations is not None else 0)
+             | (FLAG_HEAD if record.head is not None else 0))
+    if record.head is not None:
+        tail = json.dumps({"activations": record.activations, "head": record.head}).encode()
+    else:
+        tail = json.dumps(record.activations).encode() if record.activations is not None else b""
     return b"O" + head + bytes([flags, len(record.top_k)]) + labels + tail
 
 
@@ -64,7 +76,7 @@ def unpack(value: bytes, *, job: str, image: int, path: str, provenance_json: st
     common = {"job": job, "image": image, "path": path, "decode_ms": decode, "inference_ms": inference, **facts}
     if kind == b"E":
         message = value[10:].decode("utf-8", "surrogatepass")
-        return ResultRecord(status="error", error=Failure(_CODES[value[9]], message), **common)
+        return ResultRecord(status="error", error=_failure(value[9], message), **common)
     flags, k = value[9], value[10]
     names = class_index()
     labels = []
@@ -72,8 +84,19 @@ def unpack(value: bytes, *, job: str, image: int, path: str, provenance_json: st
         number, score = _LABEL.unpack_from(value, 11 + n * _LABEL.size)
         labels.append(Label(names[number][0], names[number][1], score))
     tail = value[11 + k * _LABEL.size:]
+    extra = json.loads(tail) if flags & FLAG_HEAD else {"activations": json.loads(tail) if tail else None}
     return ResultRecord(status="ok", top_k=tuple(labels), known=bool(flags & FLAG_KNOWN),
-                        activations=json.loads(tail) if flags & FLAG_ACTIVATIONS else None, **common)
+                        activations=extra["activations"] if flags & FLAG_ACTIVATIONS else None,
+                        head=extra.get("head"), **common)
+
+
+def _failure(number: int, message: str) -> Failure:
+    """The error of a stored code number. A number this imgq does not know (written by a newer one) or a code
+    it no longer has reads as ``internal`` with the stored code named, instead of failing every reader."""
+    code = _CODES.get(number)
+    if code in ERROR_CODES:
+        return Failure(code, message)
+    return Failure("internal", f"error code {code or number} (from another imgq version): {message}")
 
 
 def _centi(ms: float) -> int | None:

@@ -14,6 +14,8 @@ One row per image. The columns are the CSV export's (producer/export.py), typed,
 - ``model``, ``weights``, ``precision``, ``runtime``, ``worker`` string; ``decode_ms``, ``inference_ms``
   float64; ``known`` bool.
 - ``activations`` string: the record's activation dump description as JSON, null when it has none.
+- ``head`` string: the record's head entry (a head's labels, imgq/heads.py) as JSON, null without a head;
+  files written before heads existed have no such column, and read as records without one.
 
 pyarrow is imported inside the functions so that importing imgq (and `imgq --help`) stays fast.
 """
@@ -45,7 +47,7 @@ def schema(k: int) -> pa.Schema:
         ("error_code", pa.string()), ("error_message", pa.string()),
         *[(name, pa.string()) for name in PROVENANCE],
         ("decode_ms", pa.float64()), ("inference_ms", pa.float64()), ("known", pa.bool_()),
-        ("activations", pa.string()),
+        ("activations", pa.string()), ("head", pa.string()),
     ])
 
 
@@ -81,6 +83,7 @@ def _columns(records: Iterable[ResultRecord], k: int) -> dict[str, list]:
         columns["inference_ms"].append(r.inference_ms)
         columns["known"].append(r.known)
         columns["activations"].append(None if r.activations is None else json.dumps(r.activations))
+        columns["head"].append(None if r.head is None else json.dumps(r.head))
     return columns
 
 
@@ -111,9 +114,11 @@ def _record(data: dict[str, list], row: int, k: int) -> ResultRecord:
                 for i in range(1, k + 1) if data[f"label_{i}"][row] is not None)
     code = data["error_code"][row]
     activations = data["activations"][row]
+    head = data["head"][row] if "head" in data else None
     return ResultRecord(job=data["job"][row], image=data["image"][row], path=path, status=data["status"][row],
                         top_k=top, error=None if code is None else Failure(code, data["error_message"][row]),
                         **{name: data[name][row] for name in PROVENANCE},
                         decode_ms=data["decode_ms"][row], inference_ms=data["inference_ms"][row],
                         known=data["known"][row],
-                        activations=None if activations is None else json.loads(activations))
+                        activations=None if activations is None else json.loads(activations),
+                        head=None if head is None else json.loads(head))

@@ -95,6 +95,7 @@ class Schedule:
     paused: bool = False
     created: float = 0.0
     pending_job: str | None = None
+    head: str = ""  # the digest of a head (imgq/heads.py, shared in Redis) each tick's job applies
 
     @property
     def when(self) -> str:
@@ -183,8 +184,11 @@ class ScheduleBook:
         return schedule
 
     def remove(self, name: str) -> None:
-        """Forget the schedule: its beat entry, definition, runs and scan state. Its jobs stay."""
-        self.get(name)  # raises ScheduleNotFound
+        """Forget the schedule: its beat entry, definition, runs and scan state. Its jobs stay, and its job in
+        flight, which no tick will settle now, gets its retention back (imgq/tick.py)."""
+        schedule = self.get(name)  # raises ScheduleNotFound
+        if schedule.pending_job:
+            self.store.release_retention(schedule.pending_job)
         from redbeat import RedBeatSchedulerEntry
 
         RedBeatSchedulerEntry(name, app=self.app).delete()

@@ -23,6 +23,16 @@ from imgq.contract import JOB_ID, ResultRecord
 from imgq.files import atomic_path
 from imgq.parquet_schema import record_batch, records
 
+
+class SinkFilesMissing(LookupError):
+    """A sink job's records are not all in its files as this machine sees them (``IMGQ_SINK_DIR`` is not the
+    workers' sink folder here, or files were removed): the message says which, and where they were looked for."""
+
+
+class SinkNotRemovable(RuntimeError):
+    """A sink job's files cannot be removed (a read-only sink, permissions): the job is kept."""
+
+
 BATCH_FILE = re.compile(r"batch-(\d{6,})\.parquet")
 # Only names of this form are batches: temporary files (.imgq-*.tmp) and anything else in the folder are not.
 
@@ -89,6 +99,37 @@ def read_job(sink_dir: str, job: str) -> Iterator[ResultRecord]:
     for number in batch_numbers(sink_dir, job):
         table = pq.read_table(batch_file(sink_dir, job, number))
         yield from sorted(records(table), key=lambda r: r.image)
+
+
+def read_counted(sink_dir: str, job: str, counts: dict[int, int]) -> Iterator[ResultRecord]:
+    """``read_job``, checked against ``counts`` (batch number -> records its worker wrote to its file, as
+    counted in Redis). Raises SinkFilesMissing before any record when a counted batch has no file here, and
+    after the last record when the files hold fewer records than were counted."""
+    present = set(batch_numbers(sink_dir, job))
+    missing = sorted(batch for batch, n in counts.items() if n > 0 and batch not in present)
+    folder = job_folder(sink_dir, job)
+    if missing:
+        names = ", ".join(os.path.basename(batch_file(sink_dir, job, b)) for b in missing[:3])
+        raise SinkFilesMissing(
+            f"Job {job} keeps its records in Parquet files, and {len(missing)} of its {len(counts)} batch files "
+            f"are not in {folder} on this machine ({names}{', ...' if len(missing) > 3 else ''}): run this where "
+            "IMGQ_SINK_DIR is the workers' sink folder.")
+    found = 0
+    for record in read_job(sink_dir, job):
+        found += 1
+        yield record
+    if found < (expected := sum(counts.values())):
+        raise SinkFilesMissing(f"Job {job}'s Parquet files in {folder} hold {found} records, and the workers wrote "
+                               f"{expected}: {expected - found} are missing.")
+
+
+def remove_batch(sink_dir: str, job: str, batch: int) -> None:
+    """Remove one batch's file (a worker's, written for a job deleted meanwhile), and the job's folder if it is
+    empty then."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(batch_file(sink_dir, job, batch))
+    with contextlib.suppress(OSError):  # something else is in it: left as it is
+        os.rmdir(job_folder(sink_dir, job))
 
 
 def count_rows(sink_dir: str, job: str) -> int:

@@ -23,6 +23,7 @@ What the store promises (``tests/test_store.py`` checks each):
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Iterable, Iterator
 from itertools import islice
@@ -34,12 +35,12 @@ from imgq.contract import Heartbeat, ResultRecord
 from imgq.jobs import JobStatus, parse_job
 from imgq.keys import Keys
 from imgq.settings import Settings
+from imgq.sink_cleanup import SinkLeft
 
 STAGING_TTL = 24 * 3600
 # Staged batches of a submission that never committed disappear after a day.
 
 READ_CHUNK = 1000
-
 
 class JobNotFound(LookupError):
     def __init__(self, job: str):
@@ -121,13 +122,37 @@ end
 return 1
 """
 
+# Drop an id from the active set if its job's hash is gone. KEYS: job, active. ARGV: job id.
+_DROP_IF_GONE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+return redis.call('SREM', KEYS[2], ARGV[1])
+"""
+
+# Give a job committed with hold_retention its retention: kept in the hash for _FINISH and _CANCEL, and begun
+# now when the job is finished already. KEYS: _job_keys. Returns 1 when the job was held.
+_RELEASE_RETENTION = """
+local held = redis.call('HGET', KEYS[1], 'held_retention')
+if not held then return 0 end
+redis.call('HDEL', KEYS[1], 'held_retention')
+redis.call('HSET', KEYS[1], 'retention', held)
+local retention = tonumber(held) or 0
+local done = redis.call('HEXISTS', KEYS[1], 'finished_at') == 1
+if retention > 0 and (done or redis.call('HEXISTS', KEYS[1], 'cancelled_at') == 1) then
+  for i = 1, #KEYS do if i ~= 4 then redis.call('EXPIRE', KEYS[i], retention) end end
+end
+return 1
+"""
+
 
 class ResultStore:
     """Jobs and records of one namespace. ``client`` answers str (``decode_responses``); ``raw`` (made from
     its connection settings when not given) answers bytes, for the packed values."""
 
-    def __init__(self, client: redis.Redis, namespace: str, raw: redis.Redis | None = None, sink_dir: str = ""):
+    def __init__(self, client: redis.Redis, namespace: str, raw: redis.Redis | None = None, sink_dir: str = "",
+                 broker: redis.Redis | None = None):
         self.redis = client
+        # The broker's Redis, where the queue is: another server than ``client`` when IMGQ_RESULTS_URL is set.
+        self.broker = broker or client
         self.sink_dir = sink_dir  # where the Parquet sinks of `--sink` jobs are, as this machine sees them
         self.raw = raw or redis.Redis(connection_pool=redis.ConnectionPool(
             **{**client.connection_pool.connection_kwargs, "decode_responses": False},
@@ -137,12 +162,18 @@ class ResultStore:
         self._sunk = self.redis.register_script(_SUNK)
         self._set_once = self.redis.register_script(_SET_ONCE)
         self._cancel = self.redis.register_script(_CANCEL)
+        self._drop_if_gone = self.redis.register_script(_DROP_IF_GONE)
+        self._release_retention = self.redis.register_script(_RELEASE_RETENTION)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ResultStore:
         client = redis.Redis.from_url(settings.effective_results_url, decode_responses=True,
                                       socket_connect_timeout=5, health_check_interval=30)
-        return cls(client, settings.namespace, sink_dir=settings.effective_sink_dir)
+        broker = None
+        if settings.effective_results_url != settings.broker_url:
+            broker = redis.Redis.from_url(settings.broker_url, decode_responses=True, socket_connect_timeout=5,
+                                          health_check_interval=30)
+        return cls(client, settings.namespace, sink_dir=settings.effective_sink_dir, broker=broker)
 
     def ping(self) -> None:
         """Raises redis.ConnectionError when the store cannot be reached."""
@@ -169,21 +200,39 @@ class ResultStore:
         self.redis.delete(self.keys.batches(job))
 
     def commit_job(self, job: str, name: str, total: int, batches: int, params: dict, retention: int = 0,
-                   skipped: dict | None = None) -> None:
+                   publishing: bool = False, hold_retention: bool = False, skipped: dict | None = None) -> None:
         """Make a staged job visible, atomically. ``retention``: seconds its keys are kept once it is
-        finished (0: until deleted). ``skipped``: the walk's ``skipped_files`` and ``skipped_kinds`` fields
-        (imgq.walk.Skipped.to_fields), absent when it skipped nothing."""
+        finished (0: until deleted). ``publishing``: its batches are about to be published, and the job says
+        so (``publishing``) until ``end_publishing``: a submit that fails part-way leaves the mark, and the
+        reconciler then queues the job again without trusting its published count (worker/reconcile.py).
+        ``hold_retention``: the retention starts only at ``release_retention`` (a schedule's job, which its
+        next tick must read, however long after it finished: imgq/tick.py). ``skipped``: the walk's
+        ``skipped_files`` and ``skipped_kinds`` fields (imgq.walk.Skipped.to_fields), absent when it skipped
+        nothing."""
         now = time.time()
         pipe = self.redis.pipeline(transaction=True)
         pipe.hset(self.keys.job(job), mapping={
             "id": job, "name": name, "created": now, "total": total, "batches": batches,
             "params": json.dumps({**params, **({"retention": retention} if retention else {})}),
-            "retention": retention, **({"sink": 1} if params.get("sink") else {}), **(skipped or {}),
+            "retention": 0 if hold_retention else retention, **({"sink": 1} if params.get("sink") else {}),
+            **({"publishing": now} if publishing else {}), **({"held_retention": retention} if hold_retention else {}),
+            **(skipped or {}),
         })
         pipe.zadd(self.keys.jobs, {job: now})
         pipe.sadd(self.keys.active, job)
+        if params.get("sink"):
+            pipe.sadd(self.keys.sinks, job)
         pipe.persist(self.keys.batches(job))
         pipe.execute()
+
+    def release_retention(self, job: str) -> bool:
+        """Let a job committed with ``hold_retention`` expire: at once, its retention from now, when it is
+        finished; else when it finishes. False when it was not held (or is gone)."""
+        return bool(self._release_retention(keys=self._job_keys(job), args=[]))
+
+    def end_publishing(self, job: str) -> None:
+        """Every batch of the job was published (see ``commit_job``)."""
+        self.redis.hdel(self.keys.job(job), "publishing")
 
     def batch(self, job: str, number: int) -> dict | None:
         """One batch message of the job, by number; None when there is no such batch (or job), or when it is a
@@ -269,6 +318,11 @@ class ResultStore:
         """Jobs neither done nor cancelled."""
         return set(self.redis.smembers(self.keys.active))
 
+    def drop_if_gone(self, job: str) -> bool:
+        """Take ``job`` out of the active set when its hash is gone (evicted, or deleted by an imgq that left
+        the id behind): such an id would be read again at every reconcile. True when it was dropped."""
+        return bool(self._drop_if_gone(keys=[self.keys.job(job), self.keys.active], args=[job]))
+
     # -- reading ---------------------------------------------------------------------------------------
 
     def status(self, job: str) -> JobStatus:
@@ -304,17 +358,26 @@ class ResultStore:
             self.redis.zrem(self.keys.jobs, *gone)
         return statuses[:limit]
 
-    def forget_expired(self, oldest: int = 1000) -> int:
-        """Drop from the job list the ids, among its ``oldest``, whose job has expired (its retention passed);
-        returns how many. The reconciler calls it every period, so the list does not outgrow the jobs kept."""
-        jobs = self.redis.zrange(self.keys.jobs, 0, oldest - 1)
-        pipe = self.redis.pipeline(transaction=False)
-        for job in jobs:
-            pipe.exists(self.keys.job(job))
-        gone = [job for job, exists in zip(jobs, pipe.execute(), strict=True) if not exists]
-        if gone:
-            self.redis.zrem(self.keys.jobs, *gone)
-        return len(gone)
+    def forget_expired(self, chunk: int = READ_CHUNK) -> int:
+        """Drop from the job list every id whose job has expired (its retention passed), reading the list
+        ``chunk`` ids at a time (the whole list, not its oldest ids only: jobs kept until deleted may fill
+        those); returns how many. And remove the Parquet files of sink jobs that are gone (expired, deleted),
+        from this process's sink folder. The reconciler calls it every period, so that neither the list nor
+        the sink outgrows the jobs kept."""
+        from imgq.sink_cleanup import remove_gone_sinks
+
+        remove_gone_sinks(self.redis, self.keys, self.sink_dir)
+        forgotten = start = 0
+        while jobs := self.redis.zrange(self.keys.jobs, start, start + chunk - 1):
+            pipe = self.redis.pipeline(transaction=False)
+            for job in jobs:
+                pipe.exists(self.keys.job(job))
+            gone = [job for job, exists in zip(jobs, pipe.execute(), strict=True) if not exists]
+            if gone:
+                self.redis.zrem(self.keys.jobs, *gone)
+            forgotten += len(gone)
+            start += len(jobs) - len(gone)  # the ids left shifted down by those removed
+        return forgotten
 
     def iter_records(self, job: str) -> Iterator[ResultRecord]:
         """Every stored record of the job, in submission order. Raises JobNotFound."""
@@ -322,7 +385,7 @@ class ResultStore:
         if record.get("sink"):  # the records are in the job's Parquet files, one per batch
             from imgq import sink
 
-            yield from sink.read_job(self.sink_dir, job)
+            yield from sink.read_counted(self.sink_dir, job, self.sunk_batches(job))
             return
         provenances = _provenances(record)
         key = self.keys.results(job)
@@ -380,8 +443,9 @@ class ResultStore:
         self.redis.delete(self.keys.worker(worker_id))
 
     def queue_depth(self) -> int:
-        """Batch messages waiting in the workers' queue (kombu's list)."""
-        return self.redis.llen(self.keys.kombu_queue)
+        """Batch messages waiting in the workers' queue (kombu's list), read from the broker (which is not the
+        results store when IMGQ_RESULTS_URL is set: the store's Redis has no queue, and would read 0)."""
+        return self.broker.llen(self.keys.kombu_queue)
 
     def take_reconcile_turn(self, worker_id: str, seconds: int) -> bool:
         """True for the one worker allowed to reconcile for the next ``seconds``."""
@@ -396,20 +460,37 @@ class ResultStore:
             raise JobNotFound(job)
         return self.status(job)
 
-    def delete(self, job: str) -> None:
+    def delete(self, job: str) -> SinkLeft:
         """Forget a job: every key of it, at once, and its Parquet sink's files. Batches still queued or in a
-        worker's hands find no job and write nothing. Raises JobNotFound."""
-        status = self.status(job)
+        worker's hands find no job and write nothing.
+
+        Returns what is left of a sink job's files (``SinkLeft``): batch files not in this machine's sink
+        folder, or files that could not be removed. The workers' reconciler removes those (``forget_expired``),
+        as it does a file a worker writes while the job is deleted. Raises JobNotFound, or SinkNotRemovable
+        when the job's sink folder is read-only here (the job is then kept, whole)."""
+        _, record = self._status_and_record(job)
+        left = SinkLeft()
+        if record.get("sink"):
+            from imgq import sink
+
+            folder = sink.job_folder(self.sink_dir, job)
+            if os.path.isdir(folder) and not os.access(folder, os.W_OK | os.X_OK):
+                raise sink.SinkNotRemovable(f"Cannot remove the Parquet files of job {job} in {folder} (a read-only "
+                                            "folder): the job is kept; delete it again once they can be removed.")
+            present = set(sink.batch_numbers(self.sink_dir, job))
+            elsewhere = sum(1 for batch, n in self.sunk_batches(job).items() if n > 0 and batch not in present)
+            left = SinkLeft(folder, elsewhere)
         pipe = self.redis.pipeline(transaction=True)
         pipe.delete(*(key for key in self._job_keys(job) if key != self.keys.active))
         pipe.zrem(self.keys.jobs, job)
         pipe.srem(self.keys.active, job)
         pipe.execute()
-        if status.params.get("sink"):
-            from imgq import sink
-
-            sink.remove_job(self.sink_dir, job)
-
+        if left.folder:
+            try:
+                sink.remove_job(self.sink_dir, job)
+            except OSError as exc:
+                left = SinkLeft(left.folder, left.elsewhere, exc.strerror or str(exc))
+        return left
 
 def _provenances(job_record: dict[str, str]) -> dict[str, str]:
     """Provenance number -> its JSON (imgq/packing.py), from the fields of a job's hash."""

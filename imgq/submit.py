@@ -12,7 +12,9 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from itertools import count, islice
 
+from imgq import heads
 from imgq.contract import BatchMessage, BatchRef
+from imgq.heads import Head
 from imgq.queue import publish
 from imgq.settings import Settings
 from imgq.store import ResultStore
@@ -38,7 +40,8 @@ class QueueingFailed(RuntimeError):
 
 
 def batches(images: Iterable[str], job: str, batch_size: int, top_k: int, activations: tuple[str, ...] = (),
-            activations_dtype: str = "float16", known: str = "", sink: bool = False) -> Iterator[BatchMessage]:
+            activations_dtype: str = "float16", known: str = "", sink: bool = False,
+            head: str = "") -> Iterator[BatchMessage]:
     """Cut ``images`` into batch messages; image ids count from 0 in submission order."""
     iterator = iter(images)
     image_id = 0
@@ -49,7 +52,7 @@ def batches(images: Iterable[str], job: str, batch_size: int, top_k: int, activa
         items = tuple(enumerate(chunk, start=image_id))
         image_id += len(chunk)
         yield BatchMessage(job=job, batch=number, images=items, top_k=top_k, activations=activations,
-                           activations_dtype=activations_dtype, known=known, sink=sink)
+                           activations_dtype=activations_dtype, known=known, sink=sink, head=head)
 
 
 @dataclass(frozen=True)
@@ -66,7 +69,8 @@ def new_job_id() -> str:
 def submit(images: Iterable[str], *, settings: Settings, store: ResultStore, name: str = "", job: str | None = None,
            top_k: int | None = None, batch_size: int | None = None, params: dict | None = None,
            activations: tuple[str, ...] = (), activations_dtype: str = "float16", known: str = "", sink: bool = False,
-           limit_check: Callable[[int], None] | None = None, skipped: Skipped | None = None) -> Submitted:
+           limit_check: Callable[[int], None] | None = None, hold_retention: bool = False,
+           head: Head | None = None, skipped: Skipped | None = None) -> Submitted:
     """Queue ``images`` as one job. Raises EmptySelection, or redis/kombu errors when Redis is down.
 
     ``job``: the id to give the job (default: a new one, ``new_job_id``).
@@ -76,13 +80,16 @@ def submit(images: Iterable[str], *, settings: Settings, store: ResultStore, nam
     ``limit_check``: called with the number of images once the walk is done, before the job is committed;
     whatever it raises aborts the submission with nothing queued (e.g. producer.dumps.size_guard).
     ``skipped``: the walk's count of files that are not images (imgq.walk.iter_images), kept in the job's hash.
+    ``hold_retention``: the finished job is kept until ``ResultStore.release_retention`` (a schedule's job).
+    ``head``: a head (imgq/heads.py) the workers apply in the same forward pass; put in Redis for them.
     """
     top_k = top_k or settings.top_k
     batch_size = batch_size or settings.batch_size
     job = job or new_job_id()
     total = n_batches = 0
     pending: list[dict] = []
-    for message in batches(images, job, batch_size, top_k, activations, activations_dtype, known, sink):
+    digest = heads.share(store.redis, store.keys, head) if head is not None else ""
+    for message in batches(images, job, batch_size, top_k, activations, activations_dtype, known, sink, digest):
         pending.append(message.to_dict())
         total += len(message.images)
         n_batches += 1
@@ -105,9 +112,13 @@ def submit(images: Iterable[str], *, settings: Settings, store: ResultStore, nam
                      params={"top_k": top_k, "batch_size": batch_size, **(params or {}),
                              **({"activations": list(activations), "activations_dtype": activations_dtype}
                                 if activations else {}), **({"known": known} if known else {}),
-                             **({"sink": True} if sink else {})})
+                             **({"sink": True} if sink else {}),
+                             **({"head": {"name": head.name, "digest": digest, "labels": list(head.labels)}}
+                                if head is not None else {})}, publishing=True,
+                     hold_retention=hold_retention)
     try:
         publish((BatchRef(job, number) for number in range(n_batches)), settings)
+        store.end_publishing(job)
     except Exception as exc:
         raise QueueingFailed(job, exc) from exc
     return Submitted(job, total, n_batches)

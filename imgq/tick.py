@@ -9,6 +9,10 @@ The job id of a tick is chosen, and written into the schedule as its job in flig
 committed: a tick that dies between committing its job and recording its run leaves the job in flight named,
 and the next tick settles it instead of submitting the same files again. A job id that never got committed
 reads as a deleted job, which taught nothing.
+
+A tick's job keeps its records until the next tick has settled it, and only then starts its retention
+(``hold_retention``): with an interval at least as long as the retention, the job would otherwise expire
+before the tick that must read it, which would then learn nothing and submit the whole tree again.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from dataclasses import asdict
 
 import redis
 
+from imgq import heads
 from imgq import submit as submission
 from imgq.jobs import JobStatus
 from imgq.roots import outside_roots
@@ -61,6 +66,8 @@ def _tick_locked(book: ScheduleBook, schedule: Schedule, settings: Settings, tri
             return book.record_run(schedule.name, _run(trigger, "skipped", reason=reason))
         records = store.iter_records(status.id) if status else ()  # a deleted job taught nothing
         settled = asdict(scan.settle(records, schedule.max_retries))
+        if status is not None:  # read: now its retention may start (it was held: see submit below)
+            store.release_retention(status.id)
         book.set_pending(schedule.name, None)
     scan.clear_pending()  # files of a submission that failed half-way
     if forbidden := outside_roots(schedule.paths, settings.allowed_roots):
@@ -71,12 +78,17 @@ def _tick_locked(book: ScheduleBook, schedule: Schedule, settings: Settings, tri
     skipped = Skipped()
     images = scan.select(iter_images(schedule.paths, schedule.path_filter, skipped), schedule.max_retries, found,
                          keepalive=keepalive)
+    try:
+        head = heads.fetch(store.redis, store.keys, schedule.head) if schedule.head else None
+    except heads.HeadError as exc:
+        return book.record_run(schedule.name, _run(trigger, "skipped", reason=str(exc), settled=settled))
     job = submission.new_job_id()
     book.set_pending(schedule.name, job)  # before the commit: see the module's docstring
     try:
         submitted = submission.submit(images, settings=settings, store=store, name=schedule.name, job=job,
                                       top_k=schedule.top_k, batch_size=schedule.batch_size,
-                                      params={"schedule": schedule.name}, skipped=skipped)
+                                      params={"schedule": schedule.name}, hold_retention=True, head=head,
+                                      skipped=skipped)
     except submission.EmptySelection:
         book.set_pending(schedule.name, None)
         return book.record_run(schedule.name, _run(trigger, "empty", found=found, settled=settled, skipped=skipped))

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import click
 
+from imgq import groups as wordnet_groups
 from imgq import submit as submission
 from imgq.contract import is_untrained
 from imgq.jobs import JobStatus
@@ -65,11 +66,15 @@ def run_classify(images: Iterable[str], settings: Settings, *, name: str, embedd
 
 
 def _tag(store: ResultStore, final: JobStatus, options: TagOptions) -> None:
-    summary = tag_records(store.iter_records(final.id), options)
+    summary = tag_records(store.iter_records(final.id), options, submitted_at=final.created)
     click.echo(f"Sidecars: {summary.count('created')} created, {summary.count('changed')} changed, "
-               f"{summary.count('unchanged')} unchanged, {len(summary.failed)} failed.", err=True)
-    for change in summary.failed:
-        click.echo(f"warning: {change.message}", err=True)
+               f"{summary.count('unchanged')} unchanged, {summary.count('skipped')} skipped, "
+               f"{len(summary.failed)} failed.", err=True)
+    for change in summary.changes:
+        if change.message:
+            click.echo(f"warning: {change.message}", err=True)
+        if change.note:
+            click.echo(f"note: {change.note}", err=True)
 
 
 def _ensure_redis(settings: Settings, embedded: bool | None, configured: bool, started: ExitStack) -> Settings:
@@ -101,6 +106,7 @@ def _ensure_worker(settings: Settings, store: ResultStore, started: ExitStack) -
 
 def _print_summary(store: ResultStore, final: JobStatus, out: str) -> None:
     labels: Counter[str] = Counter()
+    groups: Counter[str] = Counter()  # images by the WordNet groups of their top label
     errors: Counter[str] = Counter()
     weights: set[str] = set()
     for record in store.iter_records(final.id):
@@ -109,11 +115,14 @@ def _print_summary(store: ResultStore, final: JobStatus, out: str) -> None:
             errors[record.error.code] += 1
         elif record.top_k:
             labels[record.top_k[0].label] += 1
+            groups.update(wordnet_groups.path_of(record.top_k[0].wnid))
     rate = f", {final.rate:.1f} images/s" if final.rate else ""
     click.echo(f"{final.ok} classified, {final.failed} failed of {final.total} ({final.state}{rate}).", err=True)
     click.echo(f"Results: {out}", err=True)
     if labels:
         click.echo("Top labels: " + ", ".join(f"{label} ({n})" for label, n in labels.most_common(5)), err=True)
+    if groups:
+        click.echo("Groups: " + ", ".join(f"{group} ({n})" for group, n in groups.most_common(8)), err=True)
     if errors:
         click.echo("Errors: " + ", ".join(f"{code} ({n})" for code, n in errors.most_common()), err=True)
     if any(is_untrained(w) for w in weights):

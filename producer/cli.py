@@ -21,13 +21,16 @@ from imgq import queue
 from imgq import submit as submission
 from imgq.contract import IMAGE_EXTENSIONS
 from imgq.files import WriteError
+from imgq.heads import Head
 from imgq.jobs import JobStatus
 from imgq.layers import UnknownLayer, check_layers
 from imgq.settings import Settings, env_var, format_seconds, mask_url, parse_duration, parse_setting
+from imgq.sink import SinkFilesMissing, SinkNotRemovable
 from imgq.store import JobNotFound, ResultStore
 from imgq.walk import IGNORE_MARKERS, PathFilter, Skipped, iter_images, read_path_list
 from producer.dumps import DumpError, estimate_bytes, format_bytes, size_guard
 from producer.export import FILE_FORMATS, FORMATS, file_writer_for, output, with_min_score, writer_for
+from producer.head_options import head_option, refuse_foreign_head
 from producer.local import LocalServiceError
 from producer.paths import OutputFile
 from producer.skipped import echo_queued
@@ -45,7 +48,7 @@ class CliGroup(click.Group):
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise click.ClickException(f"Cannot reach Redis at {_url(ctx)}: {_first_line(exc)}") from None
         except (JobNotFound, submission.EmptySelection, TimeoutError, LocalServiceError, DumpError,
-                UntrainedWeights, WriteError) as exc:
+                UntrainedWeights, WriteError, SinkFilesMissing, SinkNotRemovable) as exc:
             raise click.ClickException(str(exc)) from None
         except Exception as exc:
             refusal = _refusal(exc)
@@ -207,6 +210,8 @@ def job_options(command):
         click.option("--sink", is_flag=True,
                      help="Workers write the records as one Parquet file per batch into IMGQ_SINK_DIR instead of "
                           "Redis, which then holds only counts: for the largest jobs. `imgq results` reads them."),
+        head_option("Also label each image with a head made by `imgq learn`, in the same forward pass "
+                    "(records gain a `head` entry)."),
     ]
     for decorator in reversed(decorators):
         command = decorator(command)
@@ -214,11 +219,11 @@ def job_options(command):
 
 
 def job_request(settings: Settings, known: str, activations: tuple[str, ...], activations_dtype: str,
-                yes: bool, sink: bool) -> dict:
+                yes: bool, sink: bool, head: Head | None = None) -> dict:
     """The keyword arguments of imgq.submit.submit for these options (with the dump size guard unless --yes)."""
     guard = size_guard(activations, activations_dtype, settings.max_dump_bytes) if activations and not yes else None
     return {"known": known, "activations": activations, "activations_dtype": activations_dtype, "limit_check": guard,
-            "sink": sink}
+            "sink": sink, "head": head}
 
 
 class Duration(click.ParamType):
@@ -241,7 +246,7 @@ class Duration(click.ParamType):
 @click.option("--wait", "wait_", is_flag=True, help="Show progress until the job completes.")
 @click.pass_context
 def submit(ctx, paths, recursive, includes, excludes, from_file, top_k, batch_size, name, verbose, known, activations,
-           activations_dtype, retention, yes, sink, wait_):
+           activations_dtype, retention, yes, sink, head, wait_):
     """Queue the images under PATH... as one job and print its id (only the id, on stdout)."""
     settings = with_overrides(ctx, top_k=top_k, batch_size=batch_size, retention=retention)
     skipped = Skipped(keep_paths=verbose)
@@ -249,9 +254,10 @@ def submit(ctx, paths, recursive, includes, excludes, from_file, top_k, batch_si
     store = ResultStore.from_settings(settings)
     store.ping()
     queue.check_broker(settings)
+    refuse_foreign_head(head, store)
     try:
         submitted = submission.submit(images, settings=settings, store=store, name=name, skipped=skipped,
-                                      **job_request(settings, known, activations, activations_dtype, yes, sink))
+                                      **job_request(settings, known, activations, activations_dtype, yes, sink, head))
     except submission.QueueingFailed as exc:
         click.echo(exc.job)  # the job exists and will complete: scripts must get its id, not submit it again
         raise click.ClickException(str(exc)) from None
@@ -309,6 +315,8 @@ def _expiry(s: JobStatus) -> str:
         return _time(s.expires_at)
     if not s.retention:
         return "never (until `imgq delete`)"
+    if s.params.get("schedule"):  # kept until its schedule's next tick has read it (imgq/tick.py)
+        return f"{format_seconds(s.retention)} after its schedule's next tick reads it"
     return "never" if s.finished else f"{format_seconds(s.retention)} after it finishes"
 
 
@@ -383,8 +391,11 @@ def wait(ctx, job, timeout):
                    "instead of the records (which then go to -o only).")
 @click.option("--min-score", type=click.FloatRange(0, 1), metavar="S",
               help="Drop the labels scoring under S from each record's top_k (the stored record keeps them).")
+@click.option("--groups", is_flag=True,
+              help="Add each record's WordNet groups (animal, dog, vehicle, ...) with their scores, the sums of their "
+                   "classes' scores; --min-score applies to them too. See docs/photo-libraries.md#groups.")
 @click.pass_context
-def results(ctx, job, fmt, out, embeddings_out, min_score):
+def results(ctx, job, fmt, out, embeddings_out, min_score, groups):
     """Stream every result record of JOB, in submission order."""
     if fmt in FILE_FORMATS and out in (None, "-"):
         raise click.ClickException(f"--format {fmt} writes a file: give -o FILE.")
@@ -399,12 +410,14 @@ def results(ctx, job, fmt, out, embeddings_out, min_score):
         if not out:
             return
     k = status.params.get("top_k", ctx.obj.top_k)
+    grouped = (min_score or 0.0) if groups else None  # the writers then drop the labels: the sums need them all
+    records = store.iter_records(job) if groups else with_min_score(store.iter_records(job), min_score)
     if fmt in FILE_FORMATS:  # binary: written by path, row group by row group
-        n = file_writer_for(fmt, k)(with_min_score(store.iter_records(job), min_score), out)
+        n = file_writer_for(fmt, k, grouped)(records, out)
         click.echo(f"Wrote {n} records to {out}.", err=True)
         return
     with output(out) as file:
-        n = writer_for(fmt, k)(with_min_score(store.iter_records(job), min_score), file)
+        n = writer_for(fmt, k, grouped)(records, file)
     if out:
         click.echo(f"Wrote {n} records to {out}.", err=True)
 
@@ -423,8 +436,16 @@ def cancel(ctx, job):
 @click.pass_context
 def delete(ctx, job):
     """Forget JOB: its record, results and batches (images and exports are not touched)."""
-    ResultStore.from_settings(ctx.obj).delete(job)
+    left = ResultStore.from_settings(ctx.obj).delete(job)
+    if left.error:
+        raise click.ClickException(f"Deleted job {job}, but its Parquet files in {left.folder} could not be removed "
+                                   f"({left.error}): the workers' reconciler tries again every "
+                                   "IMGQ_RECONCILE_SECONDS; remove them by hand if it cannot.")
     click.echo(f"Deleted job {job}.", err=True)
+    if left.elsewhere:
+        click.echo(f"warning: {left.elsewhere} of its Parquet batch files are not in {left.folder} on this machine: "
+                   "the workers remove them from their sink folder at their next reconcile "
+                   "(IMGQ_RECONCILE_SECONDS).", err=True)
 
 
 @cli.command()
@@ -491,7 +512,8 @@ def worker(ctx, weights, batch_size, metrics_port, metrics_address, log_format, 
               help="Start a private Redis-compatible server (default: only when none is configured or answering).")
 @click.pass_context
 def classify(ctx, paths, recursive, includes, excludes, from_file, top_k, batch_size, name, verbose, known,
-             activations, activations_dtype, yes, sink, weights, out, fmt, min_score, tag_sidecars, embedded_redis):
+             activations, activations_dtype, yes, sink, head, weights, out, fmt, min_score, tag_sidecars,
+             embedded_redis):
     """Classify the images under PATH... on this machine, starting whatever is missing, into a results file."""
     from producer.classify import Output, run_classify
     from producer.tagging import TagOptions
@@ -500,13 +522,14 @@ def classify(ctx, paths, recursive, includes, excludes, from_file, top_k, batch_
     broker_configured = bool(os.environ.get(env_var("broker_url"))) or ctx.parent.params.get("broker_url")
     skipped = Skipped(keep_paths=verbose)
     images = selected_images(paths, recursive, includes, excludes, from_file, skipped)
-    request = {**job_request(settings, known, activations, activations_dtype, yes, sink), "skipped": skipped}
+    request = {**job_request(settings, known, activations, activations_dtype, yes, sink, head), "skipped": skipped}
     run_classify(images, settings, name=name, embedded=embedded_redis, broker_configured=bool(broker_configured),
                  request=request,
                  output=Output(out, fmt, min_score, TagOptions(min_score=min_score or 0.0) if tag_sidecars else None))
 
 
 # They use the group's settings and errors above.
+from producer.learn_cli import learn  # noqa: E402
 from producer.report_cli import layers, report, show  # noqa: E402
 from producer.schedule_cli import beat, schedule  # noqa: E402
 from producer.tag_cli import tag  # noqa: E402
@@ -514,6 +537,7 @@ from producer.tag_cli import tag  # noqa: E402
 for command in (layers, report, show, schedule, beat):
     cli.add_command(command)
 cli.add_command(tag)  # producer/tag_cli.py
+cli.add_command(learn)  # producer/learn_cli.py
 
 
 def main() -> None:

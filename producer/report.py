@@ -10,6 +10,10 @@ errors, and a grid of cards in submission order: thumbnail, top-k labels with sc
 with dumps, for each dumped layer, its most active channels as heat maps (producer/heatmaps.py). The cards
 are data (JSON in the page) that a small script renders one page at a time, with lazily loaded images: a
 page of a 100,000-image job holds page-size cards, not 100,000.
+
+``group``: the report of the images of one WordNet group (imgq/groups.py) only, those whose group score (the
+sum of the group's classes' scores in the top-k) is at least GROUP_SHARE: more of the model's belief in the
+group than against it. The summary then says so, and counts only those images.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from urllib.parse import quote
 
 from PIL import Image, ImageOps
 
+from imgq import groups as wordnet_groups
 from imgq.contract import PILLOW_FORMATS, ResultRecord, is_untrained
 from imgq.files import atomic_path, usual_mode
 from imgq.jobs import JobStatus
@@ -39,6 +44,7 @@ THUMB_SIZE = 160  # longest side of a thumbnail, in pixels
 MAP_CHANNELS = 8  # heat maps per layer and image in the report
 MAP_CELL = 48  # longest side of one heat map in the report, in pixels
 HISTOGRAM_LABELS = 20
+GROUP_SHARE = 0.5  # `imgq report --group`: an image is in a group when the group's score reaches this
 
 MARKER = ".imgq-report"
 # Written into every picture folder imgq makes: only a folder holding it is ever replaced (and so deleted).
@@ -61,12 +67,16 @@ class Report:
 
 
 def write_report(store: ResultStore, job: str, out: str, dump_root: str, page_size: int = 100,
-                 channels: int = MAP_CHANNELS) -> Report:
-    """Write the report of ``job`` to ``out`` and its pictures to ``<out stem>_files/``.
+                 channels: int = MAP_CHANNELS, group: str | None = None) -> Report:
+    """Write the report of ``job`` to ``out`` and its pictures to ``<out stem>_files/``; with ``group``, of the
+    images in that WordNet group only (see the module).
 
     The pictures are made in a temporary folder that replaces the old one at the end (only if that one
-    is imgq's, see MARKER), and the page is written atomically. Raises JobNotFound, ReportError.
+    is imgq's, see MARKER), and the page is written atomically. Raises JobNotFound, ReportError (also for a
+    ``group`` that is not one).
     """
+    if group is not None and group not in wordnet_groups.names():
+        raise ReportError(f"{group!r} is not a group. Groups: {', '.join(sorted(wordnet_groups.names()))}.")
     status = store.status(job)
     folder = os.path.splitext(out)[0] + "_files"
     _refuse_unless_ours(folder)  # before the work, and again at the replacement
@@ -82,11 +92,11 @@ def write_report(store: ResultStore, job: str, out: str, dump_root: str, page_si
             marker.write(f"Made by `imgq report`, which replaces this folder when it writes {os.path.basename(out)} "
                          "again.\n")
         link = quote(os.path.basename(folder))
-        records = list(store.iter_records(job))
+        records = [r for r in store.iter_records(job) if group is None or in_group(r, group)]
         # Decoding, resizing and PNG encoding release the GIL: threads use the cores.
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
             cards = list(pool.map(lambda r: _card(r, staging, link, dump_root, channels), records))
-        page = _page(status, records, cards, page_size)
+        page = _page(status, records, cards, page_size, group)
         _replace_folder(staging, folder)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -95,6 +105,11 @@ def write_report(store: ResultStore, job: str, out: str, dump_root: str, page_si
         file.write(page)
     return Report(out, folder, len(cards), sum(1 for c in cards if "t" in c),
                   sum(len(c.get("m", ())) for c in cards), sum(1 for c in cards if "e" in c))
+
+
+def in_group(record: ResultRecord, group: str) -> bool:
+    """The record's score for ``group`` (summed over its top-k) is at least GROUP_SHARE."""
+    return wordnet_groups.scores(record.top_k).get(group, 0.0) >= GROUP_SHARE
 
 
 def _refuse_unless_ours(folder: str) -> None:
@@ -136,14 +151,17 @@ def shown(text: str) -> str:
 
 
 def _card(record: ResultRecord, folder: str, link: str, dump_root: str, channels: int) -> dict:
-    """One image's card data: ``i`` id, ``n`` name, ``p`` path, ``k`` [[label, score]], and ``t, w, h``
-    (thumbnail), ``e`` (error), ``m`` (heat maps: [[layer, url, width, height, title]]), ``x`` (a note)."""
+    """One image's card data: ``i`` id, ``n`` name, ``p`` path, ``k`` [[label, score]], ``hd`` (the same of the
+    job's head), and ``t, w, h`` (thumbnail), ``e`` (error), ``m`` (heat maps: [[layer, url, width, height,
+    title]]), ``x`` (a note)."""
     image = record.image
     card = {"i": image, "n": shown(os.path.basename(record.path)), "p": shown(record.path),
             "k": [[t.label, round(t.score, 4)] for t in record.top_k]}
     if record.error is not None:
         card["e"] = f"{record.error.code}: {shown(record.error.message)}"
         return card
+    if record.head and record.head.get("top_k"):
+        card["hd"] = [[f"{record.head['name']}: {t['label']}", round(t["score"], 4)] for t in record.head["top_k"]]
     size = _thumbnail(record.path, os.path.join(folder, "thumbs", f"{image}.jpg"))
     if size:
         card.update(t=f"{link}/thumbs/{image}.jpg", w=size[0], h=size[1])
@@ -189,9 +207,15 @@ def _layer_maps(record: ResultRecord, folder: str, link: str, dump_root: str, ch
     return maps
 
 
-def _page(status: JobStatus, records: list[ResultRecord], cards: list[dict], page_size: int) -> str:
+def _page(status: JobStatus, records: list[ResultRecord], cards: list[dict], page_size: int,
+          group: str | None = None) -> str:
     data = json.dumps(cards, separators=(",", ":")).replace("<", "\\u003c")  # never a "</script>" in data
-    values = {"TITLE": html.escape(f"imgq report: job {status.id}"), "SUMMARY": _summary(status, records, cards),
+    title = f"imgq report: job {status.id}" + (f", group {group}" if group else "")
+    summary = _summary(status, records, cards)
+    if group:
+        summary = (f"<p class=filter>The images whose score for the group <b>{html.escape(group)}</b> is at least "
+                   f"{GROUP_SHARE}: {len(records)} of {status.processed}.</p>{summary}")
+    values = {"TITLE": html.escape(title), "SUMMARY": summary,
               "ERRORS": _errors(records), "PAGE_SIZE": str(int(page_size)), "CARDS": data}
     # One pass: text put in (a path, a label) is never searched for placeholders itself.
     return re.sub(r"%([A-Z_]+)%", lambda m: values[m.group(1)], PAGE)
@@ -212,10 +236,33 @@ def _summary(status: JobStatus, records: list[ResultRecord], cards: list[dict]) 
     warning = ('<p class="warn">These weights are untrained: the labels are meaningless.</p>'
                if any(is_untrained(w) for w in weights) else "")
     top1 = Counter(r.top_k[0].label for r in records if r.ok and r.top_k)
+    groups = Counter(g for r in records if r.ok and r.top_k for g in wordnet_groups.path_of(r.top_k[0].wnid))
     codes = Counter(r.error.code for r in records if r.error is not None)
     return (f"{warning}<table class=facts>{rows}</table>"
             f"<h3>Top label of each image ({len(top1)} distinct)</h3>{_bars(top1.most_common(HISTOGRAM_LABELS))}"
+            f"{_head_sections(records)}"
+            f"<h3>Groups of each image's top label</h3>"
+            f"{_bars(groups.most_common(HISTOGRAM_LABELS)) if groups else '<p>none</p>'}"
             f"<h3>Error codes</h3>{_bars(codes.most_common()) if codes else '<p>none</p>'}")
+
+
+HEAD_SECTION_IMAGES = 200  # images named in a head label's section; the cards show them all
+
+
+def _head_sections(records: list[ResultRecord]) -> str:
+    """A section per label of the job's head (imgq learn): the images whose best head label it is."""
+    by_label: dict[tuple[str, str], list[ResultRecord]] = {}
+    for r in records:
+        head = r.head or {}
+        if r.ok and head.get("top_k"):
+            by_label.setdefault((head["name"], head["top_k"][0]["label"]), []).append(r)
+    sections = []
+    for (name, label), members in sorted(by_label.items(), key=lambda item: (item[0][0], -len(item[1]))):
+        names = ", ".join(f"#{r.image} {shown(os.path.basename(r.path))}" for r in members[:HEAD_SECTION_IMAGES])
+        more = f" and {len(members) - HEAD_SECTION_IMAGES} more" if len(members) > HEAD_SECTION_IMAGES else ""
+        sections.append(f"<h3 class=head>Head {html.escape(name)}: {html.escape(label)} ({len(members)} images)</h3>"
+                        f"<p class=head-images>{html.escape(names + more)}</p>")
+    return "".join(sections)
 
 
 def _bars(counts: list[tuple[str, int]]) -> str:
@@ -291,7 +338,7 @@ function card(c) {
   d.append(c.t ? img(c.t, c.w, c.h, c.p, "thumb") : el("div", "none", c.e ? "not classified" : "no preview"));
   const name = el("div", "name", "#" + c.i + " " + c.n); name.title = c.p; d.append(name);
   if (c.e) d.append(el("div", "err", c.e));
-  for (const [label, score] of c.k) {
+  for (const [label, score] of (c.k || []).concat(c.hd || [])) {
     const row = el("div", "label"), track = el("div", "track"), fill = el("div", "fill");
     fill.style.width = Math.max(score * 100, 0.5) + "%"; track.append(fill);
     row.append(el("span", "", label), track, el("span", "score", (score * 100).toFixed(2) + "%"));

@@ -29,15 +29,18 @@ def layers():
               help="Images per page of the grid.")
 @click.option("--channels", type=click.IntRange(1, 64), default=8, show_default=True,
               help="Most active channels shown per dumped layer and image.")
+@click.option("--group", metavar="NAME",
+              help="Only the images of this WordNet group (animal, dog, vehicle, ...): those whose group score, "
+                   "the sum of its classes' scores, is at least 0.5.")
 @click.pass_context
-def report(ctx, job, out, page_size, channels):
+def report(ctx, job, out, page_size, channels, group):
     """Write an HTML report of JOB: summary, errors, thumbnails with labels, heat maps of the dumps."""
     from producer.report import ReportError, write_report
 
     out = out or f"imgq-{job}.html"
     try:
         written = write_report(ResultStore.from_settings(ctx.obj), job, out, ctx.obj.effective_dump_root,
-                               page_size=page_size, channels=channels)
+                               page_size=page_size, channels=channels, group=group)
     except ReportError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"Wrote {written.path} ({written.images} images, {written.errors} errors) and {written.thumbnails} "

@@ -14,7 +14,7 @@ import time
 
 import click
 
-from imgq import queue
+from imgq import heads, queue
 from imgq.scan_state import ScanState
 from imgq.schedules import (
     RUNS_KEPT,
@@ -29,6 +29,7 @@ from imgq.settings import Settings, env_var
 from imgq.store import JobNotFound, ResultStore
 from imgq.tick import tick
 from imgq.walk import skipped_phrase
+from producer.head_options import head_option, refuse_foreign_head
 
 
 class ScheduleGroup(click.Group):
@@ -96,9 +97,10 @@ def schedule():
 @click.option("--paused", is_flag=True, help="Create it paused (`imgq schedule resume` starts it).")
 @click.option("--replace", "replace_existing", is_flag=True,
               help="Change an existing schedule (its scan state and runs are kept).")
+@head_option("Each tick's job also labels its images with this head (made by `imgq learn`).")
 @click.pass_context
 def add(ctx, name, paths, every, cron, recursive, includes, excludes, top_k, batch_size, max_retries, paused,
-        replace_existing):
+        replace_existing, head):
     """Scan PATH... on a schedule (exactly one of --every and --cron); each tick submits a job of the images
     that are new or changed since the last scan."""
     if (every is None) == (cron is None):
@@ -109,7 +111,8 @@ def add(ctx, name, paths, every, cron, recursive, includes, excludes, top_k, bat
         cron=" ".join(cron.split()) if cron else None, recursive=recursive, includes=tuple(includes),
         excludes=tuple(excludes),
         top_k=top_k or settings.top_k, batch_size=batch_size or settings.batch_size,
-        max_retries=settings.scan_max_retries if max_retries is None else max_retries, paused=paused)
+        max_retries=settings.scan_max_retries if max_retries is None else max_retries, paused=paused,
+        head=_shared_head(ctx, head))
     saved = _book(ctx).add(definition, replace_existing=replace_existing)
     click.echo(f"Schedule {saved.name}: {saved.when}{' (paused)' if saved.paused else ''}, "
                f"{len(saved.paths)} path(s). Run `imgq beat` to fire it.", err=True)
@@ -239,9 +242,18 @@ def _time(ts: float | None) -> str:
     return "-" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
 
 
+def _shared_head(ctx, head) -> str:
+    """The head's digest, once it is in Redis for the ticks' jobs (refused when learned on another model)."""
+    if head is None:
+        return ""
+    store = ResultStore.from_settings(ctx.obj)
+    refuse_foreign_head(head, store)
+    return heads.share(store.redis, store.keys, head)
+
+
 def _options(s: Schedule) -> str:
     parts = ["recursive" if s.recursive else "not recursive", f"top-k {s.top_k}", f"batch-size {s.batch_size}",
-             f"max-retries {s.max_retries}"]
+             f"max-retries {s.max_retries}"] + ([f"head {s.head}"] if s.head else [])
     return ", ".join(parts + [f"include {g}" for g in s.includes] + [f"exclude {g}" for g in s.excludes])
 
 

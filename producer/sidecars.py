@@ -43,7 +43,11 @@ class Field:
 SUBJECT = Field("http://purl.org/dc/elements/1.1/", "subject", "dc", "Bag", None)
 HIERARCHICAL = Field("http://ns.adobe.com/lightroom/1.0/", "hierarchicalSubject", "lr", "Bag", "|")
 TAGS_LIST = Field("http://www.digikam.org/ns/1.0/", "TagsList", "digiKam", "Seq", "/")
-FIELDS = (SUBJECT, HIERARCHICAL, TAGS_LIST)
+ADDED = Field("http://ns.imgq.invalid/xmp/1.0/", "addedSubjects", "imgq", "Bag", None)
+# imgq's own record of the dc:subject keywords it added: re-tagging and --remove take away those, never a
+# keyword the sidecar held before (a plain keyword carries no mark of who wrote it). The .invalid domain
+# (RFC 2606) says the namespace is a name, not an address.
+FIELDS = (SUBJECT, HIERARCHICAL, TAGS_LIST, ADDED)
 _BY_NAME = {(f.uri, f.name): f for f in FIELDS}
 
 NEW_SIDECAR = (

@@ -12,7 +12,8 @@ from producer.tagging import SIDECAR_NAMES, SidecarChange, TagOptions, Untrained
 @click.command()
 @click.argument("job")
 @click.option("--min-score", type=click.FloatRange(0, 1), default=0.0, show_default=True, metavar="S",
-              help="Only labels scoring at least S become keywords.")
+              help="Only labels scoring at least S become keywords; above 0, so does each WordNet group whose "
+                   "summed score reaches S (dog 0.93 for a photo split between three terriers).")
 @click.option("--top", type=click.IntRange(1, 1000), default=1, show_default=True, metavar="N",
               help="At most the N best labels of each image become keywords.")
 @click.option("--prefix", default="imgq", show_default=True, metavar="TEXT",
@@ -23,16 +24,23 @@ from producer.tagging import SIDECAR_NAMES, SidecarChange, TagOptions, Untrained
 @click.option("--dry-run", is_flag=True, help="Print what would change; write nothing.")
 @click.option("--allow-untrained", is_flag=True,
               help="Write labels of a job classified with random (untrained) weights, meaningless as they are.")
+@click.option("--groups", is_flag=True,
+              help="Also write the labels' WordNet groups (animal, dog, vehicle, ...) into dc:subject; they are "
+                   "always in the hierarchical keywords (imgq|animal|dog|Border collie).")
 @click.pass_context
-def tag(ctx, job, min_score, top, prefix, sidecar_name, remove, dry_run, allow_untrained):
+def tag(ctx, job, min_score, top, prefix, sidecar_name, remove, dry_run, allow_untrained, groups):
     """Write JOB's labels as keywords into each image's XMP sidecar (dc:subject, lr:hierarchicalSubject,
     digiKam:TagsList), merging with what is there. The images themselves are never modified.
 
     A second run adds nothing; after a new classification it replaces imgq's keywords with the new labels.
+    A keyword the sidecar held before imgq came stays, even when it equals a label. Images changed since the
+    job was submitted are skipped with a line; symbolic links, pipes and read-only sidecars are left alone.
     """
+    if not 0.0 <= min_score <= 1.0:  # click's FloatRange lets nan through
+        raise click.BadParameter(f"Expected a number between 0 and 1. Received: {min_score}", param_hint="--min-score")
     try:
         options = TagOptions(prefix=prefix, top=top, min_score=min_score, sidecar_name=sidecar_name,
-                             remove=remove, dry_run=dry_run, allow_untrained=allow_untrained)
+                             remove=remove, dry_run=dry_run, allow_untrained=allow_untrained, groups=groups)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--prefix") from None
     store = ResultStore.from_settings(ctx.obj)
@@ -41,12 +49,14 @@ def tag(ctx, job, min_score, top, prefix, sidecar_name, remove, dry_run, allow_u
         click.echo(f"Job {job} is {status.state}: tagging the {status.processed} of {status.total} images "
                    "that have records so far.", err=True)
     try:
-        summary = tag_records(store.iter_records(job), options, on_change=_reporter(dry_run))
+        summary = tag_records(store.iter_records(job), options, on_change=_reporter(dry_run),
+                              submitted_at=status.created)
     except UntrainedWeights as exc:
         raise click.ClickException(str(exc)) from None
     would = "would be " if dry_run else ""
     counts = ", ".join(f"{summary.count(state)} {would}{state}" for state in ("created", "changed", "deleted"))
-    click.echo(f"Sidecars: {counts}, {summary.count('unchanged')} unchanged, {len(summary.failed)} failed; "
+    click.echo(f"Sidecars: {counts}, {summary.count('unchanged')} unchanged, {summary.count('skipped')} skipped, "
+               f"{len(summary.failed)} failed; "
                f"{summary.skipped_errors} images without labels (errors) skipped.", err=True)
     if summary.failed:
         raise click.ClickException(f"{len(summary.failed)} sidecars could not be written (see above); "
@@ -55,8 +65,10 @@ def tag(ctx, job, min_score, top, prefix, sidecar_name, remove, dry_run, allow_u
 
 def _reporter(dry_run: bool):
     def report(change: SidecarChange) -> None:
-        if change.state in ("failed", "missing-image"):
+        if change.state in ("failed", "missing-image", "skipped"):
             click.echo(f"warning: {change.message}", err=True)
+        if change.note:
+            click.echo(f"note: {change.note}", err=True)
         elif change.state != "unchanged" and dry_run:
             parts = [f"+{k}" for k in change.added] + [f"-{k}" for k in change.removed]
             verb = {"created": "would create", "deleted": "would delete"}.get(change.state, "would change")

@@ -102,6 +102,25 @@ def test_a_cancelled_or_deleted_jobs_batch_does_nothing(runtime, pictures):
     assert not [k for k in runtime.store.redis.keys(f"{runtime.store.keys.ns}:*") if "j2" in k]
 
 
+def test_a_sink_job_deleted_during_the_forward_pass_leaves_no_file(runtime, pictures, tmp_path):
+    """`imgq delete` while a batch is in its forward pass removes the job's files and keys; the batch's file,
+    written just after, stayed for ever (`<sink>/<job>/batch-*.parquet` of a job that no longer exists)."""
+    runtime.settings = dataclasses.replace(runtime.settings, sink_dir=str(tmp_path / "sink"))
+    runtime.store.sink_dir = runtime.settings.effective_sink_dir
+    commit_job(runtime.store, "j1", pictures, batch_size=4, params={"sink": True})
+    forward = runtime.classifier.predict_with
+
+    def deleted_meanwhile(batch, layers):
+        runtime.store.delete("j1")
+        return forward(batch, layers)
+
+    runtime.classifier.predict_with = deleted_meanwhile
+    run_batch(message("j1", pictures, sink=True), runtime, worker="w")
+    assert runtime.classifier.seen == 3  # the pass ran
+    assert not (tmp_path / "sink" / "j1").exists()
+    assert not [k for k in runtime.store.redis.keys(f"{runtime.store.keys.ns}:*") if k.endswith(":j1")]
+
+
 def test_a_sink_batch_goes_to_its_file_and_redis_counts_it(runtime, pictures, tmp_path):
     from imgq import sink
 

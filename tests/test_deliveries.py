@@ -106,3 +106,20 @@ def test_a_deleted_jobs_deliveries_write_nothing(store):
     with pytest.raises(NoSuchJob):
         deliveries.begin(JOB, 1, "w@a:1")
     assert store.redis.keys(f"{store.keys.ns}:*") == []
+
+
+def test_a_publish_after_a_delete_leaves_no_key_and_after_a_cancel_expires_with_the_job(settings, store):
+    """A publish counts the job's messages (``published``): counted for a job that is gone, the count made a
+    new attempts hash without a TTL, kept for ever; counted after a job finished, one that outlived the job."""
+    from imgq.contract import BatchRef
+    from imgq.queue import publish
+
+    store.delete(JOB)
+    publish([BatchRef(JOB, 0)], settings)  # `imgq requeue` racing a delete, a tick's re-queue, ...
+    assert store.redis.exists(store.keys.attempts(JOB)) == 0
+    store.stage_batches("late", [{"v": 1, "job": "late", "batch": 0, "top_k": 1, "images": [[0, "/a.png"]]}])
+    store.commit_job("late", name="late", total=1, batches=1, params={"top_k": 1}, retention=60)
+    store.cancel("late")  # before its batches were published: its retention runs
+    publish([BatchRef("late", 0)], settings)
+    assert Deliveries(store.redis, store.keys).waiting("late") == 1
+    assert 0 < store.redis.ttl(store.keys.attempts("late")) <= 60

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from types import SimpleNamespace
+
+import pytest
 
 from imgq import submit as enqueue
 from imgq.contract import BatchRef
 from imgq.deliveries import Deliveries
 from imgq.queue import publish
+from imgq.store import ResultStore
 from tests import imagegen
+from tests.processes import imgq_cli
 from worker.reconcile import reconcile
 
 
@@ -52,3 +57,57 @@ def test_a_job_whose_messages_vanished_before_any_worker_is_queued_again(setting
     publish([BatchRef(backlog, 0)] * 5, settings)
     assert reconcile(runtime, now=time.time() + settings.reconcile_seconds + 1) == 0
     assert reconcile(runtime, now=time.time() + settings.visibility_timeout + 1) >= 1
+
+
+def test_with_the_results_on_another_redis_the_queue_is_read_from_the_broker(settings, server, tmp_path):
+    """IMGQ_RESULTS_URL on a second server (two real servers): the stall rule and `status --workers` read the
+    queue's depth where the queue is. Read from the results store (no queue there: 0), every job waiting
+    behind another's backlog looked lost and was queued again every period."""
+    settings = dataclasses.replace(settings, results_url=server())
+    store = ResultStore.from_settings(settings)
+    deliveries = Deliveries(store.redis, store.keys)
+    waiting = _job(settings, store, tmp_path / "waiting", 4)
+    backlog = _job(settings, store, tmp_path / "backlog", 4)
+    publish([BatchRef(backlog, 0)] * 20, settings)
+    runtime = SimpleNamespace(store=store, settings=settings, deliveries=deliveries)
+    assert deliveries.waiting(waiting) == 1
+    assert reconcile(runtime, now=time.time() + settings.reconcile_seconds + 1) == 0  # all wait their turn
+    assert store.redis.exists(store.keys.kombu_queue) == 0  # the results server holds no queue
+    assert store.queue_depth() == 22
+    shown = imgq_cli(settings, "status", "--workers").stdout.splitlines()
+    assert shown[0] == "22 batches queued; 0 workers alive; 2 jobs in flight."
+
+
+def test_an_active_job_without_its_hash_does_not_stop_the_others(settings, store, tmp_path):
+    """An id in the active set whose job hash is gone (evicted; deleted during a pass) made every reconcile
+    pass fail with JobNotFound: now it is skipped and dropped, and the other jobs are reconciled."""
+    deliveries = Deliveries(store.redis, store.keys)
+    job = _job(settings, store, tmp_path / "lost", 4)
+    store.redis.delete(store.keys.kombu_queue)  # its one message lost
+    store.redis.sadd(store.keys.active, "evicted1", "evicted2")
+    runtime = SimpleNamespace(store=store, settings=settings, deliveries=deliveries)
+    assert reconcile(runtime, now=time.time() + settings.reconcile_seconds + 1) == 1
+    assert store.active_jobs() == {job}
+
+
+def test_a_job_whose_queueing_failed_is_queued_again_after_the_reconcile_period_behind_a_backlog(
+        settings, store, server, tmp_path):
+    """Publishing counts a job's messages before sending them: when sending failed (here, a broker that takes
+    connections and refuses LPUSH), the count said they waited, and behind another job's backlog the job
+    waited a whole visibility timeout (an hour) while QueueingFailed promised IMGQ_RECONCILE_SECONDS."""
+    refusing = dataclasses.replace(settings, broker_url=server("--user", "default", "on", "nopass", "~*", "&*",
+                                                               "+@all", "-lpush"),
+                                   results_url=settings.effective_results_url)
+    with pytest.raises(enqueue.QueueingFailed) as failed:
+        _job(refusing, store, tmp_path / "failed", 8)  # 2 batches, counted, none sent
+    job = failed.value.job
+    backlog = _job(settings, store, tmp_path / "backlog", 4)
+    publish([BatchRef(backlog, 0)] * 20, settings)
+    deliveries = Deliveries(store.redis, store.keys)
+    runtime = SimpleNamespace(store=store, settings=settings, deliveries=deliveries)
+    assert reconcile(runtime, now=time.time() + settings.reconcile_seconds / 2) == 0  # not before the period
+    later = time.time() + settings.reconcile_seconds + 1
+    assert reconcile(runtime, now=later) == 2
+    assert sum(job in m for m in store.redis.lrange(store.keys.kombu_queue, 0, -1)) == 2
+    assert deliveries.waiting(job) == 2  # counted right now: its two messages wait their turn
+    assert reconcile(runtime, now=later) == 0

@@ -285,6 +285,28 @@ def test_a_tick_that_died_after_committing_its_job_submits_nothing_twice(run, ph
     assert [s.id for s in store.list_jobs()] == [job]
 
 
+def test_a_job_outlasting_its_retention_is_settled_before_it_expires(run, photos, store, book, settings):
+    """An interval at least as long as the retention: the job used to expire before the next tick, which
+    settled nothing and classified the whole tree again, every tick. A tick's job is now kept until the next
+    tick has read it, and its retention starts then (or when its schedule is removed)."""
+    short = dataclasses.replace(settings, retention=1)
+    run("schedule", "add", "photos", str(photos), "--every", "1h")
+    first = tick("photos", settings=short, store=store, trigger="manual")
+    classify(store, first["job"])
+    assert store.status(first["job"]).state == "done"
+    time.sleep(1.5)  # past its retention
+    second = tick("photos", settings=short, store=store, trigger="manual")
+    assert (second["outcome"], second["settled"]["ok"]) == ("empty", 5)  # was: submitted, 5 new
+    assert 0 < store.redis.pttl(store.keys.job(first["job"])) <= 1000  # read: its retention runs now
+    (photos / "new.jpg").write_bytes(b"new")
+    third = tick("photos", settings=short, store=store, trigger="manual")
+    assert third["found"]["new"] == 1
+    assert "after its schedule's next tick" in json.loads(run("status", third["job"], "--json").stdout)["expires"]
+    book.remove("photos")  # no tick will read its job in flight: it expires as any other job once done
+    classify(store, third["job"])
+    assert 0 < store.redis.pttl(store.keys.job(third["job"])) <= 1000
+
+
 def test_pause_and_resume(run, photos, book, settings, store):
     run("schedule", "add", "photos", str(photos), "--every", "1h")
     assert run("schedule", "pause", "photos").exit_code == 0

@@ -132,4 +132,91 @@ def test_a_sink_jobs_counts_are_in_redis_and_its_records_in_the_files(store, tmp
     assert list(store.iter_records("sunk1")) == first + second and store.record("sunk1", 5) == second[1]
     assert store.redis.hlen(store.keys.results("sunk1")) == 0  # nothing of the records in Redis
     store.delete("sunk1")
-    assert not (tmp_path / "sink" / "sunk1").exists() and store.redis.keys(f"{store.keys.ns}:*") == []
+    assert not (tmp_path / "sink" / "sunk1").exists()
+    assert store.redis.keys(f"{store.keys.ns}:*") == [store.keys.sinks]  # until the reconciler's next pass
+    store.forget_expired()
+    assert store.redis.keys(f"{store.keys.ns}:*") == []
+
+
+def finished_sink_job(store, job: str = "sunk1", retention: int = 0) -> None:
+    """A sink job of 6 images in 2 batches, written to ``store.sink_dir`` and counted, as workers do."""
+    from imgq.contract import ok_record
+
+    messages = [{"v": 1, "job": job, "batch": b, "top_k": 1, "images": [[i, f"/img/{i}.jpg"] for i in range(s, s + 3)]}
+                for b, s in ((0, 0), (1, 3))]
+    store.stage_batches(job, messages)
+    store.commit_job(job, name=job, total=6, batches=2, params={"top_k": 1, "sink": True}, retention=retention)
+    for message in messages:
+        records = [ok_record(job, i, path, top(0.75), weights="w") for i, path in message["images"]]
+        sink.write_batch(store.sink_dir, job, message["batch"], records, k=2)
+        store.record_sunk(job, message["batch"], records)
+    assert store.status(job).state == "done"
+
+
+def test_an_expired_sink_jobs_files_are_removed_by_the_reconciler(store, tmp_path):
+    """Retention expired a sink job's keys and never its files: the sink grew for ever. The reconciler's
+    ``forget_expired`` (every period, on a worker, which sees the sink) now removes them."""
+    store.sink_dir = str(tmp_path / "sink")
+    finished_sink_job(store, "kept")
+    finished_sink_job(store, "expiring", retention=1)
+    time.sleep(1.5)  # past its retention: its keys are gone
+    assert not store.redis.exists(store.keys.job("expiring")) and (tmp_path / "sink" / "expiring").exists()
+    store.forget_expired()
+    assert not (tmp_path / "sink" / "expiring").exists()
+    assert sink.count_rows(store.sink_dir, "kept") == 6 and store.redis.smembers(store.keys.sinks) == {"kept"}
+
+
+def test_results_tag_and_delete_of_a_sink_job_whose_files_are_elsewhere_say_so(settings, store, tmp_path):
+    """Run where IMGQ_SINK_DIR is not the workers' sink (another machine, a volume not mounted), `results`,
+    `tag` and `delete` found no file and exited 0 with nothing. `results` and `tag` now name the missing files
+    and where they looked (exit 1); `delete` deletes the job and says the workers remove the files."""
+    from tests.processes import imgq_cli
+
+    store.sink_dir = str(tmp_path / "workers-sink")
+    finished_sink_job(store)
+    here = {"IMGQ_SINK_DIR": str(tmp_path / "here")}
+    folder = tmp_path / "here" / "sunk1"
+    for command in (["results", "sunk1"], ["tag", "sunk1", "--dry-run"]):
+        result = imgq_cli(settings, *command, check=False, env=here)
+        assert result.exit_code == 1 and result.stdout == "", result.output
+        assert result.stderr.strip() == (
+            f"Error: Job sunk1 keeps its records in Parquet files, and 2 of its 2 batch files are not in {folder} "
+            "on this machine (batch-000000.parquet, batch-000001.parquet): run this where IMGQ_SINK_DIR is the "
+            "workers' sink folder.")
+    (tmp_path / "workers-sink" / "sunk1" / "batch-000001.parquet").unlink()  # lost on the workers' side too
+    result = imgq_cli(settings, "results", "sunk1", check=False, env={"IMGQ_SINK_DIR": store.sink_dir})
+    assert result.exit_code == 1 and "1 of its 2 batch files are not in" in result.stderr
+
+    deleted = imgq_cli(settings, "delete", "sunk1", env=here)
+    assert deleted.stderr.splitlines() == [
+        "Deleted job sunk1.", f"warning: 2 of its Parquet batch files are not in {folder} on this machine: the "
+        "workers remove them from their sink folder at their next reconcile (IMGQ_RECONCILE_SECONDS)."]
+    assert (tmp_path / "workers-sink" / "sunk1").exists()
+    store.forget_expired()  # the workers' reconciler, which sees their sink
+    assert not (tmp_path / "workers-sink" / "sunk1").exists() and store.redis.smembers(store.keys.sinks) == set()
+
+
+def test_a_delete_that_cannot_remove_the_files_says_so_in_one_line_and_the_reconciler_tries_again(
+        settings, store, tmp_path):
+    """A delete whose files could not be removed printed a traceback after the job's keys were gone. Now one
+    line, exit 1, and the id stays for the workers' reconciler, which removes the files once it can. Here a
+    file cannot be unlinked because a folder stands under its name (EISDIR, which root meets too). A sink
+    folder that is read-only here (access(2): EROFS, EACCES) is refused before anything is deleted."""
+    from tests.processes import imgq_cli
+
+    store.sink_dir = str(tmp_path / "sink")
+    finished_sink_job(store)
+    stuck = tmp_path / "sink" / "sunk1" / "batch-000002.parquet"
+    stuck.mkdir()
+    result = imgq_cli(settings, "delete", "sunk1", check=False, env={"IMGQ_SINK_DIR": store.sink_dir})
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"Error: Deleted job sunk1, but its Parquet files in {stuck.parent} could not be removed (")
+    assert line.endswith("the workers' reconciler tries again every IMGQ_RECONCILE_SECONDS; remove them by hand if "
+                         "it cannot.")
+    assert not store.redis.exists(store.keys.job("sunk1"))
+    store.forget_expired()
+    assert stuck.parent.exists() and store.redis.smembers(store.keys.sinks) == {"sunk1"}  # tried, kept for later
+    stuck.rmdir()
+    store.forget_expired()
+    assert not stuck.parent.exists() and store.redis.smembers(store.keys.sinks) == set()

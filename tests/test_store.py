@@ -239,6 +239,20 @@ class TestLifecycle:
         store.redis.delete(store.keys.job("old"))
         assert store.forget_expired() == 1 and store.redis.zrange(store.keys.jobs, 0, -1) == ["job1"]
 
+    def test_every_expired_id_leaves_the_job_list_not_only_the_oldest(self, store):
+        """Only the oldest 1000 ids were looked at: jobs kept until deleted (retention 0) at the front of the
+        list hid every expired id behind them, and the list grew for ever."""
+        ids = [f"job{i:04d}" for i in range(2500)]
+        gone = set(ids[1000::7]) | {ids[999], ids[1000], ids[2499]}  # across the chunks' edges too
+        pipe = store.redis.pipeline(transaction=False)
+        pipe.zadd(store.keys.jobs, {job: n for n, job in enumerate(ids)})
+        for job in ids:
+            if job not in gone:
+                pipe.hset(store.keys.job(job), "id", job)  # kept: its hash is there
+        pipe.execute()
+        assert store.forget_expired() == len(gone)
+        assert store.redis.zrange(store.keys.jobs, 0, -1) == [job for job in ids if job not in gone]
+
 
 def test_a_worker_crashed_record_never_replaces_a_stored_one(store):
     commit(store, total=2)

@@ -13,8 +13,10 @@ import redis
 
 from imgq.contract import MODEL_NAME, BatchMessage, ResultRecord, error_record, ok_record
 from imgq.deliveries import NoSuchJob
+from imgq.heads import HeadError
 from imgq.settings import Settings
 from worker.dumps import write_dump
+from worker.heads import LoadedHead
 from worker.isolation import CRASHED_MESSAGE, Isolation
 from worker.known_batch import classify_with_index
 from worker.labels import top_k
@@ -114,11 +116,15 @@ def _sink(message: BatchMessage, records: list[ResultRecord], runtime: Runtime) 
     """Write the batch's records as its Parquet file (replacing one a lost delivery wrote), then count them.
 
     The file first: a worker that dies between the two leaves a file the next delivery replaces. An OSError
-    (a full disk) fails the task, which the reconciler queues again; nothing is counted then."""
+    (a full disk) fails the task, which the reconciler queues again; nothing is counted then. A job deleted
+    during the batch counts nothing, and the file just written is removed: it must not outlive its job."""
     from imgq import sink
 
-    sink.write_batch(runtime.settings.effective_sink_dir, message.job, message.batch, records, k=message.top_k)
-    _until_redis_answers(lambda: runtime.store.record_sunk(message.job, message.batch, records))
+    sink_dir = runtime.settings.effective_sink_dir
+    sink.write_batch(sink_dir, message.job, message.batch, records, k=message.top_k)
+    if _until_redis_answers(lambda: runtime.store.record_sunk(message.job, message.batch, records)) < 0:
+        log.info("Job %s was deleted during batch %d: its file removed", message.job, message.batch)
+        sink.remove_batch(sink_dir, message.job, message.batch)
 
 
 REDIS_PATIENCE_SECONDS = 300
@@ -161,14 +167,35 @@ def _classify(message: BatchMessage, todo: list[tuple[int, str]], runtime: Runti
         else:
             decoded = list(runtime.decode_pool.map(lambda item: _decode_shared(item, runtime), todo))
         good = [d for d in decoded if d.error is None]
-        forward_pass = gatherer.submit(_model_input(good), message.activations) if good else None
+        head = _head(message, runtime) if good else None
+        forward_pass = gatherer.submit(_model_input(good), _layers(message, head)) if good else None
     provenance = {"model": MODEL_NAME, "weights": gatherer.weights_id, "precision": gatherer.precision,
                   "runtime": runtime.classifier.runtime, "worker": worker}
     records = [_error(message, d, d.error.code, d.error.message, provenance) for d in decoded if d.error]
     if forward_pass is not None:
         records += _classified(message, good, forward_pass, provenance, runtime.settings.effective_dump_root,
-                               runtime.settings.forward_pass_timeout)
+                               runtime.settings.forward_pass_timeout, head)
     return records
+
+
+def _head(message: BatchMessage, runtime: Runtime) -> LoadedHead | dict | None:
+    """The job's head, ready to apply; or the head entry every record gets when it cannot be applied
+    (``{"name", "error"}``: made on another model or weights, or gone from Redis); None without a head."""
+    if not message.head:
+        return None
+    try:
+        loaded = _until_redis_answers(lambda: runtime.heads.get(runtime.store, message.head))
+    except HeadError as exc:
+        return {"name": message.head, "error": str(exc)}
+    problem = loaded.head.mismatch(MODEL_NAME, runtime.gatherer.weights_id)
+    return {"name": loaded.head.name, "error": problem} if problem else loaded
+
+
+def _layers(message: BatchMessage, head: LoadedHead | dict | None) -> tuple[str, ...]:
+    """The layers the forward pass returns: the dumped ones, and the head's features (not dumped unless asked)."""
+    if isinstance(head, LoadedHead) and head.head.feature_layer not in message.activations:
+        return (*message.activations, head.head.feature_layer)
+    return message.activations
 
 
 def _decode_shared(item: tuple[int, str], runtime: Runtime) -> Decoded:
@@ -194,7 +221,7 @@ def _model_input(good: list[Decoded]) -> np.ndarray:
 
 
 def _classified(message: BatchMessage, good: list[Decoded], forward_pass: Future, provenance: dict,
-                dump_root: str, timeout: float) -> list[ResultRecord]:
+                dump_root: str, timeout: float, head: LoadedHead | dict | None = None) -> list[ResultRecord]:
     try:
         probabilities, activations, share_ms = forward_pass.result(timeout=timeout)
     except TimeoutError:
@@ -206,13 +233,16 @@ def _classified(message: BatchMessage, good: list[Decoded], forward_pass: Future
         reason = f"forward pass failed: {type(exc).__name__}: {one_line(exc, 160)}"
         return [_error(message, d, "internal", reason, provenance) for d in good]
     records = []
+    head_entries = _head_entries(head, activations, len(good), message.top_k)
     for row, (d, p) in enumerate(zip(good, probabilities, strict=True)):
         timing = {"decode_ms": round(d.decode_ms, 2), "inference_ms": round(share_ms, 2)}
         dump = {}
-        if activations:
+        if head_entries is not None:
+            dump["head"] = head_entries[row]
+        if message.activations:
             try:
                 dump["activations"] = write_dump(dump_root, message.job, d.image,
-                                                 {name: value[row] for name, value in activations.items()},
+                                                 {name: activations[name][row] for name in message.activations},
                                                  message.activations_dtype)
             except OSError as exc:  # a full disk costs this image its record, not the worker
                 records.append(_error(message, d, "dump_failed", f"{exc.strerror or exc}", provenance))
@@ -220,6 +250,19 @@ def _classified(message: BatchMessage, good: list[Decoded], forward_pass: Future
         records.append(ok_record(message.job, d.image, d.path, top_k(p, message.top_k), **provenance, **timing,
                                  **dump))
     return records
+
+
+def _head_entries(head: LoadedHead | dict | None, activations: dict, n: int, k: int) -> list[dict] | None:
+    """Each image's head entry (see ResultRecord.head), or None for a job without a head."""
+    if head is None:
+        return None
+    if isinstance(head, dict):
+        return [head] * n
+    try:
+        scores = head.scores(activations[head.head.feature_layer])
+    except HeadError as exc:
+        return [{"name": head.head.name, "error": str(exc)}] * n
+    return [head.top(row, k) for row in scores]
 
 
 def _error(message: BatchMessage, d: Decoded, code: str, text: str, provenance: dict) -> ResultRecord:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from imgq.classes import class_index, class_numbers
 from imgq.contract import MODEL_NAME, BatchMessage, Label, ResultRecord, error_record, ok_record
+from imgq.heads import HeadError
 from imgq.known import KnownImages, stream_digest
 from worker.isolation import Isolation
 from worker.preprocess import ImageError, checked_file
@@ -32,7 +33,7 @@ def classify_with_index(message: BatchMessage, todo: list[tuple[int, str]], runt
     and a file a worker died on is left unhashed: the ordinary path then records it ``worker_crashed``.
     """
     index = KnownImages(runtime.store.raw, runtime.store.keys, runtime.gatherer.weights_id,
-                        runtime.gatherer.precision, message.top_k)
+                        runtime.gatherer.precision, message.top_k, head=message.head)
     digests = dict(zip(todo, _digests(todo, runtime, isolation), strict=True))
     leaders: dict[bytes, tuple[int, str]] = {}
     for item, digest in digests.items():
@@ -43,7 +44,7 @@ def classify_with_index(message: BatchMessage, todo: list[tuple[int, str]], runt
     mine = index.claim(wanted, refresh_for=message.job if message.known == "refresh" else None)
     unhashed = [item for item, digest in digests.items() if digest is None]  # errors: the ordinary path says which
     computed = {r.image: r for r in classify([leaders[d] for d in wanted if d in mine] + unhashed)}
-    _remember(index, {d: computed[leaders[d][0]] for d in wanted if d in mine})
+    _remember(index, {d: computed[leaders[d][0]] for d in wanted if d in mine}, _head_labels(message, runtime))
     theirs = {d for d in wanted if d not in mine}
     known |= index.wait_for(theirs, WAIT_FOR_OTHERS_SECONDS)
     late = [leaders[d] for d in theirs if d not in known]  # their worker died: do it here
@@ -74,11 +75,33 @@ def _digest(path: str, runtime) -> bytes | None:
         return None
 
 
-def _remember(index: KnownImages, results: dict[bytes, ResultRecord]) -> None:
+def _head_labels(message: BatchMessage, runtime) -> tuple[str, ...] | None:
+    """The labels of the job's head, or None (no head, or one this worker cannot apply)."""
+    if not message.head:
+        return None
+    try:
+        return runtime.heads.get(runtime.store, message.head).head.labels
+    except HeadError:
+        return None
+
+
+def _remember(index: KnownImages, results: dict[bytes, ResultRecord], head_labels: tuple[str, ...] | None) -> None:
+    """Remember the ok results; in a head's index, only those whose head was applied (a head entry with labels),
+    its labels as positions in the head's labels."""
     numbers = class_numbers()
-    ok = {d: [(numbers[t.wnid], t.score) for t in r.top_k] for d, r in results.items() if r.ok}
+    ok: dict[bytes, object] = {d: [(numbers[t.wnid], t.score) for t in r.top_k] for d, r in results.items() if r.ok}
+    if index.head:
+        ok = {d: (top, [(head_labels.index(t["label"]), t["score"]) for t in results[d].head["top_k"]])
+              for d, top in ok.items() if head_labels and (results[d].head or {}).get("top_k")}
     index.remember(ok)
-    index.release([d for d, r in results.items() if not r.ok])
+    index.release([d for d in results if d not in ok])
+
+
+def _head_entry(runtime, digest: str, numbers: list[tuple[int, float]]) -> dict:
+    """The head entry of a known image, from the head's labels as the index keeps them."""
+    loaded = runtime.heads.get(runtime.store, digest)
+    return {"name": loaded.head.name,
+            "top_k": [{"label": loaded.head.labels[i], "score": score} for i, score in numbers]}
 
 
 def _record_for(message, item, digest, leaders, computed, known, runtime, worker) -> ResultRecord:
@@ -90,9 +113,11 @@ def _record_for(message, item, digest, leaders, computed, known, runtime, worker
                   "decode_ms": 0.0, "inference_ms": 0.0}
     if digest in known:
         names = class_index()
-        top = [Label(names[i][0], names[i][1], score) for i, score in known[digest]]
-        return ok_record(message.job, image, path, top, **provenance, known=True)
+        entries, head = known[digest] if message.head else (known[digest], None)
+        top = [Label(names[i][0], names[i][1], score) for i, score in entries]
+        extra = {"head": _head_entry(runtime, message.head, head)} if message.head else {}
+        return ok_record(message.job, image, path, top, **provenance, known=True, **extra)
     leader = computed[leaders[digest][0]]  # a copy of an image classified in this batch
     if leader.error is None:
-        return ok_record(message.job, image, path, leader.top_k, **provenance, known=True)
+        return ok_record(message.job, image, path, leader.top_k, **provenance, known=True, head=leader.head)
     return error_record(message.job, image, path, leader.error.code, leader.error.message, **provenance)

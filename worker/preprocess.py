@@ -34,6 +34,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from imgq.contract import IMAGE_FORMATS
+from imgq.files import open_nonblocking
 from imgq.roots import within_roots
 from worker import formats
 from worker.errors import ImageError, one_line
@@ -109,7 +110,7 @@ def checked_file(path: str, allowed_roots: tuple[str, ...] = (),
     """
     real = check_allowed(path, allowed_roots)
     try:
-        file = open(real, "rb", opener=_open_nonblocking)  # noqa: SIM115 (closed by the with below)
+        file = open(real, "rb", opener=open_nonblocking)  # noqa: SIM115 (closed by the with below)
     except FileNotFoundError:
         raise ImageError("missing", "no such file") from None
     except IsADirectoryError:
@@ -173,11 +174,6 @@ def decode_pixels(file: BinaryIO, *, max_pixels: int = 89_478_485, jpeg_draft: b
         raise ImageError("corrupt", str(exc)) from None
     except OSError as exc:  # Pillow's "image file is truncated" and kin
         raise ImageError("corrupt", one_line(exc)) from None
-
-
-def _open_nonblocking(path: str, flags: int) -> int:
-    """``os.open`` that never waits: opening a named pipe (FIFO) would block until something writes to it."""
-    return os.open(path, flags | os.O_NONBLOCK)
 
 
 def _open_image(file, max_pixels: int, allowed: tuple[str, ...], kind: str) -> Image.Image:

@@ -10,7 +10,9 @@ loop, and one at a time (a lock in Redis) it queues again, for each job still ac
   imgq/deliveries.py ``waiting``, so a job behind another job's backlog is judged on its own), nothing of
   the job is in a live worker's hands, and no record came for ``reconcile_seconds``: every batch with an
   image still lacking a record (a message lost another way). A job with no record for a whole visibility
-  timeout is treated so whatever its count says (a message dropped before any worker began it).
+  timeout is treated so whatever its count says (a message dropped before any worker began it), and so is,
+  once, a job whose submit failed part-way (still marked ``publishing``: imgq/store.py ``commit_job``), whose
+  count says nothing of what reached the queue.
 
 Queueing a batch twice is harmless: a batch whose images all have records is skipped, and records are
 keyed per image, so the later of two deliveries overwrites instead of adding.
@@ -22,6 +24,7 @@ import logging
 import time
 
 from imgq.queue import publish, refs
+from imgq.store import JobNotFound
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +52,23 @@ def reconcile(runtime, now: float | None = None) -> int:
     store, settings = runtime.store, runtime.settings
     lost = []
     for job in store.active_jobs():
-        lost += _lost_batches(runtime, job, now)
+        lost += _lost_batches_or_none(runtime, job, now)
     if lost:
         log.warning("Queueing again %d lost batches", len(lost))
         publish(refs(lost), settings)
     return len(lost)
+
+
+def _lost_batches_or_none(runtime, job: str, now: float) -> list[dict]:
+    """``_lost_batches``, or none for a job that cannot be read (its hash gone: deleted during the pass,
+    evicted; or a record that does not parse), so that one bad job never stops the others. An id whose hash
+    is gone leaves the active set. Redis being away still fails the pass."""
+    try:
+        return _lost_batches(runtime, job, now)
+    except (JobNotFound, ValueError, KeyError, TypeError) as exc:
+        dropped = runtime.store.drop_if_gone(job)
+        log.warning("Reconciling job %s skipped: %s%s", job, exc, " (dropped from the active jobs)" if dropped else "")
+        return []
 
 
 def _lost_batches(runtime, job: str, now: float) -> list[dict]:
@@ -84,6 +99,8 @@ def _stalled(runtime, job: str, now: float) -> bool:
     quiet = now - (status.last_record_at or status.created)
     if status.finished or quiet < settings.reconcile_seconds:
         return False
+    if runtime.deliveries.take_unpublished(job):  # its submit failed part-way: its count says nothing
+        return True
     # None of the job's messages waits when none was published unbegun, or when the queue is empty: a message
     # can be lost before any worker begins it (kombu pops it, then fails to record it as unacknowledged, as
     # during an OOM), and the count alone would then wait for a whole visibility timeout.

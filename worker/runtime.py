@@ -22,6 +22,7 @@ from imgq.redis_limits import redis_warning
 from imgq.settings import Settings
 from imgq.store import ResultStore
 from worker.gather import Gatherer
+from worker.heads import HeadCache
 from worker.isolation import DecodeLock
 from worker.reconcile import reconcile_forever
 
@@ -56,6 +57,7 @@ class Runtime:
     # while Redis is unreachable; the heartbeat publishes it for the reconciler (worker/reconcile.py).
     _recent: deque = field(default_factory=deque)  # (time.monotonic(), images) of the last RATE_WINDOW
     redis_warning: str | None = None  # Redis may evict imgq's keys (imgq/redis_limits.py), checked at start
+    heads: HeadCache = field(default_factory=HeadCache)  # heads applied by this process, fetched once
 
     def count_done(self, images: int) -> None:
         now = time.monotonic()

@@ -37,6 +37,27 @@ def test_deleting_a_running_job_leaves_no_key_behind(fast_settings, start_worker
     assert worker.process.poll() is None  # and the worker goes on
 
 
+def test_deleting_a_running_sink_job_leaves_no_file_behind(fast_settings, start_worker, tmp_path):
+    """The batches in a worker's hands when a sink job is deleted wrote their files after the delete had
+    removed the job's: `<sink>/<job>/batch-*.parquet` stayed for ever."""
+    import dataclasses
+    import os
+
+    from imgq.sink import job_folder
+
+    settings = dataclasses.replace(fast_settings, sink_dir=str(tmp_path / "sink"))
+    store = ResultStore.from_settings(settings)
+    paths = small_images(tmp_path / "in", 60)
+    start_worker(settings)
+    job = submit(settings, paths, sink=True)
+    wait_until(lambda: store.status(job).processed >= 4, 120, "the first batches")
+    assert imgq_cli(settings, "delete", job).exit_code == 0
+    wait_until(lambda: store.queue_depth() == 0 and not any(h.in_hand for h in store.workers()), 120,
+               "the queue to drain")
+    assert not os.path.exists(job_folder(settings.effective_sink_dir, job))
+    assert job_keys(store, job) == []
+
+
 def test_a_schedule_whose_job_was_deleted_goes_on(fast_settings, start_worker, tmp_path):
     store = ResultStore.from_settings(fast_settings)
     folder = tmp_path / "in"

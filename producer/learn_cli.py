@@ -1,0 +1,104 @@
+"""`imgq learn`: fit a head of the user's labels from a folder of examples. Command only; the work is in
+producer.learn (examples, features, the fit) and producer.classify (running the examples through a worker)."""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+from imgq.heads import HeadError, check_label
+from imgq.settings import env_var
+from producer.paths import OutputFile
+
+
+@click.command()
+@click.argument("examples", type=click.Path(exists=True, file_okay=False, path_type=str))
+@click.option("-o", "--output", "out", type=OutputFile(), required=True, metavar="HEAD",
+              help="The head file to write (JSON), e.g. beach.head.json.")
+@click.option("--name", default="", help="The head's name in records and sidecars (default: HEAD's file name "
+                                         "without .head.json).")
+@click.option("--weights", help="Weights of a worker started here (the head is tied to the weights it learns on).")
+@click.option("--embedded-redis/--no-embedded-redis", default=None,
+              help="Start a private Redis-compatible server (default: only when none is configured or answering).")
+@click.pass_context
+def learn(ctx, examples, out, name, weights, embedded_redis):
+    """Learn a head of your own labels from EXAMPLES, one folder per label (EXAMPLES/beach/*.jpg,
+    EXAMPLES/not-beach/*.jpg, ...; at least 5 images each).
+
+    The examples are classified on this machine as `imgq classify` does, a logistic regression is fitted on
+    the model's pooled features (cross-validated accuracy and a confusion table printed) and written to HEAD.
+    Apply it with `--head HEAD` on submit, classify and schedule add. Learning again with more examples is
+    the same command.
+    """
+    from producer import learn as learning
+    from producer.classify import Output, run_classify
+
+    try:
+        found = learning.find_examples(examples)
+    except learning.ExamplesError as exc:
+        raise click.ClickException(str(exc)) from None
+    name = name or _default_name(out)
+    try:
+        check_label(name)
+    except HeadError as exc:
+        raise click.BadParameter(str(exc), param_hint="--name") from None
+    counts = {label: len(paths) for label, paths in found.images.items()}
+    click.echo(f"Learning {len(counts)} labels from {sum(counts.values())} examples: "
+               + ", ".join(f"{label} ({n})" for label, n in counts.items()), err=True)
+    if found.skipped:
+        click.echo(f"Skipped {len(found.skipped)} files that are not images, e.g. {found.skipped[0]}", err=True)
+    settings = ctx.obj if weights is None else _with_weights(ctx.obj, weights)
+    broker_configured = bool(os.environ.get(env_var("broker_url"))) or ctx.parent.params.get("broker_url")
+    results = learning.temporary_results()
+    try:
+        final = run_classify([p for paths in found.images.values() for p in paths], settings,
+                             name=f"learn-{name}", embedded=embedded_redis, broker_configured=bool(broker_configured),
+                             request={"activations": (learning.FEATURE_LAYER,), "activations_dtype": "float32"},
+                             output=Output(results))
+        records = learning.read_learn_records(results)
+    finally:
+        os.unlink(results)
+    try:
+        features = learning.gather_features(records, found, settings.effective_dump_root)
+    except learning.ExamplesError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        learning.forget_dumps(settings.effective_dump_root, final.id)
+    for line in features.failed:
+        click.echo(f"warning: not learned from {line}", err=True)
+    try:
+        head = learning.fit_head(features, name, counts)
+    except learning.ExamplesError as exc:
+        raise click.ClickException(str(exc)) from None
+    learning.write_head(head, out)
+    _report(head, out)
+
+
+def _report(head, out: str) -> None:
+    from producer.learn import confusion_table, untrained
+
+    figures = head.figures
+    click.echo(f"Cross-validated accuracy: {figures['cv_accuracy']:.3f} ({figures['cv_folds']} folds, "
+               f"{figures['examples']} examples)", err=True)
+    for line in confusion_table(head):
+        click.echo("  " + line, err=True)
+    click.echo(f"Head {head.name!r} written to {out}: {len(head.labels)} labels on {head.base_model} "
+               f"({head.feature_layer}), weights {head.weights}.", err=True)
+    if untrained(head):
+        click.echo("WARNING: learned on the features of random weights: it tells apart only what untrained "
+                   "features can (colours, textures).", err=True)
+
+
+def _default_name(out: str) -> str:
+    base = os.path.basename(out)
+    for suffix in (".head.json", ".json"):
+        if base.endswith(suffix):
+            return base[: -len(suffix)] or base
+    return base
+
+
+def _with_weights(settings, weights: str):
+    import dataclasses
+
+    return dataclasses.replace(settings, weights=weights)

@@ -1,0 +1,103 @@
+"""`imgq learn` and `--head` end to end: a real worker (random weights) classifies example folders whose
+labels its untrained features can tell apart (colour tints), the head is fitted and then applied by the
+worker in the forward pass of later jobs."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from imgq.store import ResultStore
+from tests.processes import imgq_cli, wait_until_done
+
+TINTS = {"red": (1.0, 0.25, 0.25), "green": (0.25, 1.0, 0.25), "blue": (0.25, 0.25, 1.0)}
+
+
+def tinted(folder, label: str, count: int, seed: int) -> list[str]:
+    """``count`` pictures of random texture under the label's colour tint."""
+    rng = np.random.default_rng(seed)
+    (folder / label).mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        pixels = rng.integers(0, 256, size=(rng.integers(90, 160), rng.integers(90, 160), 3)) * np.array(TINTS[label])
+        path = folder / label / f"{label}-{seed}-{i}.jpg"
+        Image.fromarray(pixels.astype(np.uint8)).save(path, quality=90)
+        paths.append(str(path))
+    return paths
+
+
+@pytest.fixture(scope="module")
+def learned(live_worker, worker_settings, tmp_path_factory):
+    root = tmp_path_factory.mktemp("learn")
+    for n, label in enumerate(TINTS):
+        tinted(root / "examples", label, 6, seed=n)
+    head = root / "tints.head.json"
+    result = imgq_cli(worker_settings, "learn", str(root / "examples"), "-o", str(head), "--no-embedded-redis")
+    return root, head, result
+
+
+@pytest.mark.slow
+def test_learn_prints_its_figures_and_writes_the_head(learned, worker_settings):
+    root, head, result = learned
+    assert "Learning 3 labels from 18 examples: blue (6), green (6), red (6)" in result.output
+    assert "Cross-validated accuracy:" in result.output and "recall" in result.output
+    assert "WARNING: learned on the features of random weights" in result.output
+    data = json.loads(head.read_text())
+    assert data["labels"] == ["blue", "green", "red"] and data["base_model"] == "resnet50"
+    assert data["feature_layer"] == "avg_pool" and data["weights"].startswith("random:0")
+    assert data["figures"]["cv_accuracy"] >= 0.9 and data["examples"] == {"blue": 6, "green": 6, "red": 6}
+    # the learn job's feature dumps are not left behind
+    assert not any(os.scandir(worker_settings.effective_dump_root)) if os.path.isdir(
+        worker_settings.effective_dump_root) else True
+
+
+@pytest.mark.slow
+def test_the_workers_apply_the_head_in_the_same_pass_and_answer_known_images_with_it(learned, worker_settings):
+    root, head, _ = learned
+    held_out = {label: tinted(root / "held-out", label, 4, seed=10 + n) for n, label in enumerate(TINTS)}
+    store = ResultStore.from_settings(worker_settings)
+    jobs = []
+    for _ in range(2):  # the second job answers every image from the head's content-hash index
+        job = imgq_cli(worker_settings, "submit", str(root / "held-out"), "--head", str(head), "--skip-known",
+                       "--top-k", "2").stdout.strip().splitlines()[0]
+        wait_until_done(store, job, timeout=300)
+        jobs.append(job)
+    for job, known in zip(jobs, (False, True), strict=True):
+        records = list(store.iter_records(job))
+        assert len(records) == 12 and all(r.ok and r.known == known for r in records)
+        right = sum(r.head["top_k"][0]["label"] == os.path.basename(os.path.dirname(r.path)) for r in records)
+        assert right >= 11, [(r.path, r.head) for r in records]
+        assert all(r.head["name"] == "tints" and len(r.head["top_k"]) == 2 for r in records)
+        assert not os.path.exists(os.path.join(worker_settings.effective_dump_root, job))  # no dump unless asked
+    assert {r.path for r in store.iter_records(jobs[0])} == {p for paths in held_out.values() for p in paths}
+
+
+@pytest.mark.slow
+def test_a_head_of_another_model_is_refused_at_submit(learned, worker_settings, tmp_path):
+    root, head, _ = learned
+    other = tmp_path / "other.head.json"
+    other.write_text(json.dumps({**json.loads(head.read_text()), "base_model": "efficientnetv2b0"}))
+    result = imgq_cli(worker_settings, "submit", str(root / "examples"), "--head", str(other), check=False)
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        "Error: The head 'tints' was learned on model efficientnetv2b0; this job runs resnet50. Learn it again on "
+        "resnet50 (`imgq learn`), or submit with the head's model."]
+    changed = tmp_path / "weights.head.json"
+    changed.write_text(json.dumps({**json.loads(head.read_text()), "weights": "imagenet"}))
+    result = imgq_cli(worker_settings, "submit", str(root / "examples"), "--head", str(changed), check=False)
+    assert result.exit_code == 1 and "the live workers of resnet50 run random:0" in result.output
+
+
+@pytest.mark.slow
+def test_learn_refuses_too_few_examples_in_one_line(worker_settings, tmp_path):
+    tinted(tmp_path / "ex", "red", 6, seed=1)
+    tinted(tmp_path / "ex", "blue", 2, seed=2)
+    result = imgq_cli(worker_settings, "learn", str(tmp_path / "ex"), "-o", str(tmp_path / "h.json"), check=False)
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        f"Error: {tmp_path / 'ex' / 'blue'} has 2 images; a label needs at least 5."]
+    assert not (tmp_path / "h.json").exists()
