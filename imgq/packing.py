@@ -26,7 +26,7 @@ from imgq.contract import ERROR_CODES, Failure, Label, ResultRecord
 _TIMES = struct.Struct("<II")
 _LABEL = struct.Struct("<Hf")
 CODE_NUMBERS = {"missing": 0, "unreadable": 1, "not_an_image": 2, "corrupt": 3, "too_large": 4, "forbidden": 5,
-                "worker_crashed": 6, "dump_failed": 7, "internal": 8}
+                "worker_crashed": 6, "dump_failed": 7, "internal": 8, "no_preview": 9}
 # The byte an error record stores for its code. Records outlive versions (a week's retention, a Redis kept
 # across an upgrade), so a code's number never changes and is never reused: a new code takes the next number,
 # a code dropped from ERROR_CODES keeps its own. These are the positions the codes had in ERROR_CODES when
