@@ -15,6 +15,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import signal
 import sys
 import threading
 
@@ -91,6 +92,15 @@ def _stop_beating_if_idle(how=None, **_):
         helper.join(2.0)
 
 
+def _terminated_before_start(signum, frame):
+    """SIGTERM between the first heartbeat and Celery's own handlers (installed as the worker starts, which
+    replace this one): Python's default would end the process with its heartbeat left behind."""
+    from worker.runtime import stop_heartbeats
+
+    stop_heartbeats()
+    os._exit(128 + signum)
+
+
 @worker_shutdown.connect
 @worker_process_shutdown.connect
 def _stop_beating(**_):
@@ -121,6 +131,7 @@ def _load_or_exit(hostname: str | None, worker=None) -> None:
     if worker is not None:
         runtime.celery_pool, runtime.concurrency = _pool_label(worker.pool_cls), worker.concurrency
         _serve_metrics_or_exit(runtime)
+        signal.signal(signal.SIGTERM, _terminated_before_start)
     # Celery has not set up its logging yet when this runs: say it on stderr, like the failure above.
     classifier = runtime.classifier
     print(f"imgq worker: ResNet50 ready in {classifier.load_seconds:.1f} s (weights {classifier.weights_id}, "
