@@ -9,7 +9,6 @@ cancels its job and then stops them; and on Linux each is sent SIGTERM if its pa
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import signal
@@ -116,6 +115,8 @@ class EmbeddedRedis:
     def start(self, timeout: float = SERVER_READY_TIMEOUT) -> str:
         """Start on a free port (or find the server another imgq process runs on this data); returns the URL.
         Raises LocalServiceError."""
+        import fcntl  # POSIX only, like the server itself: not at import of the CLI
+
         self.data_dir.mkdir(parents=True, exist_ok=True)
         lock = os.open(self.data_dir / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
