@@ -21,7 +21,7 @@ from imgq.settings import Settings, mask_url
 from imgq.store import ResultStore
 from producer.local import WORKER_READY_TIMEOUT, LocalServiceError, LocalWorker
 
-LOOK_SECONDS = 2.0  # how often the workers and the failed deliveries are looked at (a status poll is 0.5 s)
+LOOK_SECONDS = 5.0  # how often the workers and the failed deliveries are looked at (a status poll is 0.5 s)
 FAILURES_LOOKED_AT = 20  # batches checked for records at each look, the most delivered first
 
 
