@@ -110,6 +110,8 @@ A mistake of yours (Redis unreachable or refusing the password, an unknown job, 
 timeout) ends with one line on stderr and exit code 1; a usage error (a path that does not exist, a bad
 option or `IMGQ_*` value) with click's usage message and exit code 2. Data goes to stdout, progress and
 messages to stderr.
+Ctrl-C ends a command with exit code 130 and no traceback (`imgq classify` cancels its job first).
+`imgq --embedded-redis COMMAND` reads the jobs `imgq classify` ran on its embedded Redis.
 """
 
 CONFIGURATION_NOTES = """

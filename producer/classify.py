@@ -3,25 +3,29 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import os
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 
 import click
+import redis
 
 from imgq import groups as wordnet_groups
 from imgq import submit as submission
 from imgq.contract import is_untrained
 from imgq.jobs import JobStatus
-from imgq.settings import DEFAULT_BROKER_URL, Settings, mask_url
-from imgq.store import ResultStore
+from imgq.settings import Settings, env_var, mask_url
+from imgq.store import JobNotFound, ResultStore
 from producer.export import output as open_output
 from producer.export import with_min_score, writer_for
-from producer.local import EmbeddedRedis, LocalWorker, redis_answers
+from producer.local import EmbeddedRedis, default_redis_answers
 from producer.progress import wait
 from producer.skipped import echo_queued
 from producer.tagging import TagOptions, tag_records
+from producer.watch import Workers
 
 
 @dataclass(frozen=True)
@@ -41,28 +45,79 @@ def run_classify(images: Iterable[str], settings: Settings, *, name: str, embedd
 
     ``embedded``: True starts a private Redis, False never does, None does so only when no broker is
     configured and nothing answers at the default address. ``request``: more keyword arguments of
-    imgq.submit.submit (known, activations, ...). Raises UntrainedWeights when asked to tag the labels of random
-    weights (after the results file is written).
+    imgq.submit.submit (known, activations, ...). Raises EmptySelection before starting anything when no
+    image is selected; UntrainedWeights when asked to tag the labels of random weights (after the results file
+    is written); KeyboardInterrupt on Ctrl-C, once its job is cancelled and what it started is stopped.
     """
+    images = walk_first(images)
     with ExitStack() as started:
-        settings = _ensure_redis(settings, embedded, broker_configured, started)
+        settings, server = _ensure_redis(settings, embedded, broker_configured, started)
         store = ResultStore.from_settings(settings)
         store.ping()
-        worker = _ensure_worker(settings, store, started)
-        submitted = submission.submit(images, settings=settings, store=store, name=name, **(request or {}))
-        echo_queued(f"Job {submitted.job}: {submitted.total} images in {submitted.batches} batches.",
-                    (request or {}).get("skipped"))
-        if worker is not None:
-            worker.wait_ready(store)
-        final = wait(store, submitted.job, check=worker.check_alive if worker else None)
-        path = output.path or f"imgq-{submitted.job}.{output.fmt}"
-        records = with_min_score(store.iter_records(submitted.job), output.min_score)
+        workers = Workers(settings, store, started)
+        workers.ensure()
+        job = submission.new_job_id()  # known before the walk ends: an interrupted submission can be cancelled
+        try:
+            submitted = submission.submit(images, settings=settings, store=store, name=name, job=job,
+                                          **(request or {}))
+            echo_queued(f"Job {job}: {_plural(submitted.total, 'image')} in "
+                        f"{_plural(submitted.batches, 'batch', 'batches')}.", (request or {}).get("skipped"))
+            final = wait(store, job, check=workers.watch(job))
+        except KeyboardInterrupt:
+            _cancel(store, job, server, broker_configured)
+            raise
+        path = output.path or f"imgq-{job}.{output.fmt}"
+        records = with_min_score(store.iter_records(job), output.min_score)
         with open_output(path) as file:
             writer_for(output.fmt, final.params.get("top_k", settings.top_k))(records, file)
         _print_summary(store, final, path)
+        click.echo(_broker(settings, server, broker_configured, job), err=True)
         if output.tag is not None:
             _tag(store, final, output.tag)
         return final
+
+
+def walk_first(images: Iterable[str]) -> Iterator[str]:
+    """``images`` with the first one already found: raises EmptySelection when there is none, before a
+    server or a worker is started for nothing (issue 20.4). The rest is walked as the job is queued."""
+    iterator = iter(images)
+    first = next(iterator, None)
+    if first is None:
+        raise submission.EmptySelection("No images selected: check the paths, --include and --recursive.")
+    return itertools.chain([first], iterator)
+
+
+def _cancel(store: ResultStore, job: str, server: EmbeddedRedis | None, configured: bool) -> None:
+    """Ctrl-C: cancel the job (its records so far stay) and say so, and where they are."""
+    try:
+        final = store.cancel(job)
+    except JobNotFound:
+        click.echo("Interrupted before the job was queued: nothing was queued.", err=True)
+        return
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        click.echo(f"Interrupted; could not cancel job {job} ({exc}): run `imgq cancel {job}`.", err=True)
+        return
+    click.echo(f"Interrupted: cancelled job {job} ({final.processed} of {final.total} images have records: "
+               f"`{_reach(server, configured)}results {job}`). Stopping what classify started.", err=True)
+
+
+def _broker(settings: Settings, server: EmbeddedRedis | None, configured: bool, job: str) -> str:
+    """Which Redis the job went through, password masked (issue 20.7); for the embedded one, how to reach
+    its data again once it is stopped (issue 20.6)."""
+    if server is None:
+        return f"Broker: {mask_url(settings.broker_url)}, namespace {settings.namespace}."
+    imgq = _reach(server, configured)
+    return (f"Broker: the embedded Redis, its data in {server.data_dir}. Open the job again with"
+            f" `{imgq}results {job}`, `{imgq}report {job} -o report.html` or `{imgq}tag {job}`.")
+
+
+def _reach(server: EmbeddedRedis | None, configured: bool) -> str:
+    """The start of a command line that reaches the data of ``server`` (the embedded Redis) once it is
+    stopped: plain `imgq` finds it by itself when no broker is configured and none answers by default."""
+    configured = configured or bool(os.environ.get(env_var("results_url")))
+    if server is None or (not configured and not default_redis_answers()):
+        return "imgq "
+    return "imgq --embedded-redis "
 
 
 def _tag(store: ResultStore, final: JobStatus, options: TagOptions) -> None:
@@ -77,31 +132,20 @@ def _tag(store: ResultStore, final: JobStatus, options: TagOptions) -> None:
             click.echo(f"note: {change.note}", err=True)
 
 
-def _ensure_redis(settings: Settings, embedded: bool | None, configured: bool, started: ExitStack) -> Settings:
+def _ensure_redis(settings: Settings, embedded: bool | None, configured: bool,
+                  started: ExitStack) -> tuple[Settings, EmbeddedRedis | None]:
     if embedded is None:
-        embedded = not configured and not redis_answers(DEFAULT_BROKER_URL)
+        embedded = not configured and not default_redis_answers()
     if not embedded:
-        return settings
+        return settings, None
     server = EmbeddedRedis(settings.state_dir)
     url = server.start()
     started.callback(server.stop)
-    click.echo(f"Started an embedded Redis at {url} (data in {settings.state_dir}).", err=True)
-    return dataclasses.replace(settings, broker_url=url, results_url="")
-
-
-def _ensure_worker(settings: Settings, store: ResultStore, started: ExitStack) -> LocalWorker | None:
-    if workers := store.workers():
-        others = {w.weights for w in workers} - {settings.weights}
-        if not all(w.startswith(settings.weights) for w in others):
-            click.echo(f"Using the {len(workers)} live workers, with weights {', '.join(sorted(others))}: "
-                       f"--weights applies only to a worker started here.", err=True)
-        return None
-    worker = LocalWorker(settings)
-    worker.start()
-    started.callback(worker.stop)
-    click.echo(f"Started a worker (pid {worker.started.pid}, weights {settings.weights}, "
-               f"broker {mask_url(settings.broker_url)}; log: {worker.log_path}).", err=True)
-    return worker
+    if server.owned:
+        click.echo(f"Started an embedded Redis at {url} (data in {server.data_dir}).", err=True)
+    else:
+        click.echo(f"Using the embedded Redis another imgq runs at {url} (data in {server.data_dir}).", err=True)
+    return dataclasses.replace(settings, broker_url=url, results_url=""), server
 
 
 def _print_summary(store: ResultStore, final: JobStatus, out: str) -> None:
@@ -127,3 +171,7 @@ def _print_summary(store: ResultStore, final: JobStatus, out: str) -> None:
         click.echo("Errors: " + ", ".join(f"{code} ({n})" for code, n in errors.most_common()), err=True)
     if any(is_untrained(w) for w in weights):
         click.echo("WARNING: made with random weights: the labels are meaningless.", err=True)
+
+
+def _plural(n: int, word: str, words: str = "") -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {words or word + 's'}"

@@ -31,7 +31,7 @@ from imgq.walk import IGNORE_MARKERS, PathFilter, Skipped, iter_images, read_pat
 from producer.dumps import DumpError, estimate_bytes, format_bytes, size_guard
 from producer.export import FILE_FORMATS, FORMATS, file_writer_for, output, with_min_score, writer_for
 from producer.head_options import head_option, refuse_foreign_head
-from producer.local import LocalServiceError
+from producer.local import LocalServiceError, worker_argv
 from producer.paths import OutputFile
 from producer.skipped import echo_queued
 from producer.tagging import UntrainedWeights
@@ -40,9 +40,16 @@ from producer.tagging import UntrainedWeights
 class CliGroup(click.Group):
     """Turns the errors a user can cause (or fix) into one line and exit code 1, without a traceback."""
 
+    def resolve_command(self, ctx, args):
+        # Known before the group's callback runs, which then starts no embedded Redis for a command's --help.
+        ctx.meta["imgq.help"] = any(arg in ctx.help_option_names for arg in args[1:])
+        return super().resolve_command(ctx, args)
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except KeyboardInterrupt:  # Ctrl-C: the shell's convention, 128 + SIGINT, and no traceback
+            raise click.exceptions.Exit(130) from None
         except redis.AuthenticationError as exc:  # before ConnectionError, which it is (NOAUTH, WRONGPASS)
             raise click.ClickException(f"Redis at {_url(ctx)} refused the credentials: {exc}") from None
         except (redis.ConnectionError, redis.TimeoutError) as exc:
@@ -127,13 +134,21 @@ def with_overrides(ctx: click.Context, **overrides) -> Settings:
     return dataclasses.replace(ctx.obj, **{k: v for k, v in overrides.items() if v is not None})
 
 
+# The commands that read jobs, which find the data `imgq classify` left in its embedded Redis by themselves.
+EMBEDDED_READERS = ("status", "results", "report", "show", "tag", "cancel", "delete")
+
+
 @click.group(cls=CliGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @setting_option("--broker-url", setting="broker_url", help="Redis URL of the Celery broker.")
 @setting_option("--results-url", setting="results_url", help="Redis URL of the results store (default: the broker's).")
 @setting_option("--namespace", setting="namespace", help="Prefix of imgq's Redis keys and name of its queue.")
+@click.option("--embedded-redis", is_flag=True,
+              help="Read the jobs `imgq classify` ran on its embedded Redis (data under IMGQ_STATE_DIR). Done "
+                   f"without asking by {', '.join(EMBEDDED_READERS)} when no Redis is configured and none "
+                   "answers at 127.0.0.1:6379.")
 @click.version_option(package_name="imgq")
 @click.pass_context
-def cli(ctx, broker_url, results_url, namespace):
+def cli(ctx, broker_url, results_url, namespace, embedded_redis):
     """imgq: classify many images with ResNet50 on Celery workers, through Redis.
 
     \b
@@ -146,6 +161,24 @@ def cli(ctx, broker_url, results_url, namespace):
         ctx.obj = Settings.from_env(broker_url=broker_url, results_url=results_url, namespace=namespace)
     except ValueError as exc:  # one line naming the variable (and never a password: see check_redis_url)
         raise click.ClickException(str(exc)) from None
+    if (embedded_redis or ctx.invoked_subcommand in EMBEDDED_READERS) and not ctx.meta.get("imgq.help"):
+        configured = broker_url or results_url or any(os.environ.get(env_var(s)) for s in ("broker_url", "results_url"))
+        _use_embedded(ctx, asked=embedded_redis, configured=bool(configured))
+
+
+def _use_embedded(ctx: click.Context, asked: bool, configured: bool) -> None:
+    """Point the command at the embedded Redis's data (issue 20.6), started for the command's duration."""
+    from producer.local import reopen_embedded
+
+    found = reopen_embedded(ctx.obj.state_dir, asked=asked, configured=configured)
+    if found is None:
+        return
+    server, url = found
+    ctx.call_on_close(server.stop)
+    ctx.obj = dataclasses.replace(ctx.obj, broker_url=url, results_url="")
+    if not asked:
+        click.echo(f"No Redis is configured or answering at 127.0.0.1:6379: reading the embedded Redis's data in "
+                   f"{server.data_dir}.", err=True)
 
 
 def submit_options(command):
@@ -377,7 +410,12 @@ def wait(ctx, job, timeout):
     store = ResultStore.from_settings(ctx.obj)
     if not store.status(job).finished:  # raises JobNotFound
         _warn_if_no_worker(store)
-    final = wait_for(store, job, timeout=timeout)
+    try:
+        final = wait_for(store, job, timeout=timeout)
+    except KeyboardInterrupt:
+        click.echo(f"Interrupted; job {job} goes on: `imgq wait {job}` to watch it again, `imgq cancel {job}` to "
+                   f"stop it.", err=True)
+        raise
     click.echo(f"Job {final.id} {final.state}: {final.ok} ok, {final.failed} failed of {final.total}.", err=True)
 
 
@@ -492,7 +530,8 @@ def worker(ctx, weights, batch_size, metrics_port, metrics_address, log_format, 
     # The worker is another program (TensorFlow, Celery's worker): run it in this process's place, never import
     # it. Its settings travel in the environment, which it reads alone.
     os.environ.update(settings.as_env())
-    os.execv(sys.executable, [sys.executable, "-m", "worker", *celery_args])
+    # `python -m worker`, but never importing from the working folder (producer/local.py, issue 19.2).
+    os.execv(sys.executable, worker_argv(*celery_args))
 
 
 @cli.command()

@@ -12,12 +12,21 @@ runs tasks: the main process for the solo and threads pools (``worker_init``), e
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import signal
 import sys
+import threading
 
 from celery import Celery
-from celery.signals import worker_init, worker_process_init
+from celery.signals import (
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_shutdown,
+    worker_shutting_down,
+)
 
 from imgq.contract import celery_config
 from imgq.settings import Settings, mask_url
@@ -64,6 +73,45 @@ def _load_in_child_process(**_):
     _load_or_exit(None)
 
 
+# A worker that stops takes its heartbeat with it, instead of leaving it to expire three beats later: a
+# `imgq classify` run right after would trust it, start no worker and wait for good (issue 19.1).
+# - At the first signal (SIGTERM, SIGINT: warm; SIGQUIT, a second SIGINT: cold) when no batch is in hand; with
+#   batches in hand a warm shutdown finishes them first, and the heartbeat keeps saying it holds them, so
+#   that no other worker takes them again meanwhile.
+# - When the warm shutdown is done (worker_shutdown), in a prefork child as it exits, and at exit (a cold
+#   shutdown sends no worker_shutdown).
+@worker_shutting_down.connect
+def _stop_beating_if_idle(how=None, **_):
+    runtime = sys.modules.get("worker.runtime")  # not imported yet: no model, no heartbeat
+    built = runtime.current() if runtime is not None else None
+    if built is not None and (how == "Cold" or not built.in_hand):
+        # This runs in a signal handler: Redis is called from a thread of its own, so that a lock the
+        # interrupted main thread holds cannot block it, and only for a moment.
+        helper = threading.Thread(target=runtime.stop_heartbeats, name="imgq-stop-heartbeat", daemon=True)
+        helper.start()
+        helper.join(2.0)
+
+
+def _terminated_before_start(signum, frame):
+    """SIGTERM between the first heartbeat and Celery's own handlers (installed as the worker starts, which
+    replace this one): Python's default would end the process with its heartbeat left behind."""
+    from worker.runtime import stop_heartbeats
+
+    stop_heartbeats()
+    os._exit(128 + signum)
+
+
+@worker_shutdown.connect
+@worker_process_shutdown.connect
+def _stop_beating(**_):
+    runtime = sys.modules.get("worker.runtime")
+    if runtime is not None:
+        runtime.stop_heartbeats()
+
+
+atexit.register(_stop_beating)
+
+
 def _load_or_exit(hostname: str | None, worker=None) -> None:
     """Load the model, or stop this worker with one line saying why. ``worker``: Celery's worker, in the
     main process (the pool and concurrency it runs go into the heartbeat; the metrics server starts there).
@@ -83,6 +131,7 @@ def _load_or_exit(hostname: str | None, worker=None) -> None:
     if worker is not None:
         runtime.celery_pool, runtime.concurrency = _pool_label(worker.pool_cls), worker.concurrency
         _serve_metrics_or_exit(runtime)
+        signal.signal(signal.SIGTERM, _terminated_before_start)
     # Celery has not set up its logging yet when this runs: say it on stderr, like the failure above.
     classifier = runtime.classifier
     print(f"imgq worker: ResNet50 ready in {classifier.load_seconds:.1f} s (weights {classifier.weights_id}, "

@@ -58,6 +58,8 @@ class Runtime:
     _recent: deque = field(default_factory=deque)  # (time.monotonic(), images) of the last RATE_WINDOW
     redis_warning: str | None = None  # Redis may evict imgq's keys (imgq/redis_limits.py), checked at start
     heads: HeadCache = field(default_factory=HeadCache)  # heads applied by this process, fetched once
+    stopping: threading.Event = field(default_factory=threading.Event)  # set once: no heartbeat after it
+    _beat_lock: threading.Lock = field(default_factory=threading.Lock)  # a beat is sent whole or not at all
 
     def count_done(self, images: int) -> None:
         now = time.monotonic()
@@ -120,6 +122,11 @@ def get_runtime(settings: Settings, hostname: str | None = None) -> Runtime:
         return _runtime
 
 
+def current() -> Runtime | None:
+    """This process's runtime if it was built, else None (never builds one)."""
+    return _runtime
+
+
 def _build(settings: Settings, hostname: str) -> Runtime:
     from worker.model import load_classifier  # imports TensorFlow or OpenVINO: only here, after any fork
 
@@ -143,15 +150,35 @@ def _build(settings: Settings, hostname: str) -> Runtime:
 
 def _send_heartbeats(runtime: Runtime, hostname: str) -> None:
     period = runtime.settings.heartbeat_seconds
-    while True:
+    while not runtime.stopping.is_set():
         problem = runtime.gatherer.problem()
         if problem is not None:
             _give_up(runtime.store, runtime.worker_id, problem)
+        with runtime._beat_lock:  # never a beat after stop_heartbeats removed the key
+            if runtime.stopping.is_set():
+                return
+            try:
+                runtime.store.send_heartbeat(runtime.worker_id, runtime.heartbeat(hostname),
+                                             HEARTBEATS_MISSED * period)
+            except Exception as exc:  # Redis restarting: keep beating, the worker reconnects by itself
+                log.warning("Heartbeat failed: %s", exc)
+        runtime.stopping.wait(period)
+
+
+def stop_heartbeats() -> None:
+    """This process's worker is stopping: stop its heartbeat and remove the key at once, so that nobody
+    (`imgq classify` deciding whether to start a worker, `status --workers`, the reconciler) counts on it
+    for the three beats the key would outlive it. Does nothing where no runtime was built (prefork's main
+    process) or twice. Never raises: Redis away, the key expires by itself."""
+    runtime = _runtime
+    if runtime is None or runtime.stopping.is_set():
+        return
+    with runtime._beat_lock:
+        runtime.stopping.set()
         try:
-            runtime.store.send_heartbeat(runtime.worker_id, runtime.heartbeat(hostname), HEARTBEATS_MISSED * period)
-        except Exception as exc:  # Redis restarting: keep beating, the worker reconnects by itself
-            log.warning("Heartbeat failed: %s", exc)
-        time.sleep(period)
+            runtime.store.forget_heartbeat(runtime.worker_id)
+        except Exception as exc:
+            log.warning("Could not remove the heartbeat: %s", exc)
 
 
 EXIT_INFERENCE_GONE = 3

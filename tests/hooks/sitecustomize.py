@@ -9,6 +9,8 @@ decoder as soon as ``worker.preprocess`` is imported, before ``worker.batch`` ta
   ``TEST_HOOK_CRASH_WHILE=hashing`` makes it fire when --skip-known hashes the file instead.
 - ``TEST_HOOK_KILL_INFERENCE=1``: the first forward pass kills the inference thread (an exception no
   forward pass catches), as a bug in the serving loop would.
+- ``TEST_HOOK_FAIL_BATCHES=1``: every batch task fails (raises) before it stores a record, as one whose
+  worker imported the wrong module would.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import sys
 CRASH_ON = os.environ.get("TEST_HOOK_CRASH_ON", "")
 CRASH_WHILE = os.environ.get("TEST_HOOK_CRASH_WHILE", "decoding")
 KILL_INFERENCE = os.environ.get("TEST_HOOK_KILL_INFERENCE", "") == "1"
+FAIL_BATCHES = os.environ.get("TEST_HOOK_FAIL_BATCHES", "") == "1"
 
 
 def _patch_preprocess(module) -> None:
@@ -52,8 +55,15 @@ def _patch_gather(module) -> None:
     module.Gatherer._forward = dying_forward
 
 
+def _patch_batch(module) -> None:
+    def failing_classify(*args, **kwargs):
+        raise RuntimeError("failing by tests/hooks")
+
+    module._classify = failing_classify
+
+
 _PATCHES = {"worker.preprocess": _patch_preprocess, "worker.known_batch": _patch_known_batch,
-            "worker.gather": _patch_gather}
+            "worker.gather": _patch_gather, "worker.batch": _patch_batch}
 
 
 class _PatchAfterImport(importlib.abc.MetaPathFinder):
@@ -77,6 +87,7 @@ class _PatchAfterImport(importlib.abc.MetaPathFinder):
 
 
 _WANTED = {"worker.preprocess": bool(CRASH_ON) and CRASH_WHILE == "decoding",
-           "worker.known_batch": bool(CRASH_ON) and CRASH_WHILE == "hashing", "worker.gather": KILL_INFERENCE}
+           "worker.known_batch": bool(CRASH_ON) and CRASH_WHILE == "hashing", "worker.gather": KILL_INFERENCE,
+           "worker.batch": FAIL_BATCHES}
 if any(_WANTED.values()):
     sys.meta_path.insert(0, _PatchAfterImport())

@@ -81,15 +81,15 @@ def test_the_broker_restarts_mid_job(fast_settings, start_worker, tmp_path):
     paths = small_images(tmp_path / "in", 120)
     server = EmbeddedRedis(str(tmp_path / "broker"))  # append-only persistence, as the README sets it up
     url = server.start()
-    port = server.server.port
+    port = server.port
     settings = dataclasses.replace(fast_settings, broker_url=url)
     try:
         start_worker(settings)
         job = submit(settings, paths)
         wait_until(lambda: processed(settings, job) >= 8, 120, "the first batches")
         server.stop()
-        server = EmbeddedRedis(str(tmp_path / "broker"))
-        server.server._desired_port = port  # the same address, as a restarted Redis would have
+        # The same address, as a restarted Redis would have.
+        server = EmbeddedRedis(str(tmp_path / "broker"), port=port)
         assert server.start() == url
         final = wait(ResultStore.from_settings(settings), job, show=False, timeout=180)
         assert final.state == "done"
