@@ -24,7 +24,7 @@ from imgq.files import WriteError
 from imgq.heads import Head
 from imgq.jobs import JobStatus
 from imgq.layers import UnknownLayer, check_layers
-from imgq.settings import Settings, env_var, format_seconds, mask_url, parse_duration, parse_setting
+from imgq.settings import MAX_RETENTION, Settings, env_var, format_seconds, mask_url, parse_setting
 from imgq.sink import SinkFilesMissing, SinkNotRemovable
 from imgq.store import JobNotFound, ResultStore
 from imgq.walk import IGNORE_MARKERS, PathFilter, iter_images, read_path_list
@@ -32,16 +32,41 @@ from producer.dumps import DumpError, estimate_bytes, format_bytes, size_guard
 from producer.export import FILE_FORMATS, FORMATS, file_writer_for, output, with_min_score, writer_for
 from producer.head_options import head_option, refuse_foreign_head
 from producer.local import LocalServiceError
+from producer.params import BoundedInt, Duration, FiniteFloat
 from producer.paths import OutputFile
 from producer.tagging import UntrainedWeights
 
+MAX_LISTED = 1000  # `imgq status --limit`: more rows than anyone reads, few enough to read in one go
+MAX_TIMEOUT = 365 * 86400.0  # `imgq wait --timeout`: a year; longer is no timeout (leave it out)
+
+
+class OneLineUsageError(click.UsageError):
+    """A usage error (a bad option value, a missing argument) shown as one line, exit code 2: the message and
+    where the help is, without click's usage block before it."""
+
+    def __init__(self, error: click.UsageError):
+        super().__init__(" ".join(error.format_message().split()), error.ctx)
+
+    def show(self, file=None) -> None:
+        where = f" (see '{self.ctx.command_path} --help')" if self.ctx is not None else ""
+        click.echo(f"Error: {self.format_message()}{where}", file=file, err=True)
+
 
 class CliGroup(click.Group):
-    """Turns the errors a user can cause (or fix) into one line and exit code 1, without a traceback."""
+    """Turns the errors a user can cause (or fix) into one line and exit code 1, without a traceback; usage
+    errors into one line and exit code 2."""
+
+    def make_context(self, *args, **kwargs):
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.UsageError as exc:  # the group's own options
+            raise _one_line(exc) from None
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except click.UsageError as exc:  # a command's options and arguments, and what its body refuses
+            raise _one_line(exc) from None
         except redis.AuthenticationError as exc:  # before ConnectionError, which it is (NOAUTH, WRONGPASS)
             raise click.ClickException(f"Redis at {_url(ctx)} refused the credentials: {exc}") from None
         except (redis.ConnectionError, redis.TimeoutError) as exc:
@@ -57,6 +82,10 @@ class CliGroup(click.Group):
             if _is_kombu_connection_error(exc):
                 raise click.ClickException(f"Cannot reach the broker at {_url(ctx)}: {_first_line(exc)}") from None
             raise
+
+
+def _one_line(error: click.UsageError) -> click.UsageError:
+    return error if isinstance(error, OneLineUsageError) else OneLineUsageError(error)
 
 
 _REFUSAL_HINTS = {
@@ -162,8 +191,8 @@ def submit_options(command):
                           "skipped, with their sub-folders; so are hidden ones."),
         click.option("--from-file", type=click.File("r", encoding="utf-8", errors="surrogateescape"),
                      help="Read more paths from FILE, one per line ('-' for standard input)."),
-        setting_option("--top-k", setting="top_k", type=click.IntRange(1, 1000), help="Labels kept per image."),
-        setting_option("--batch-size", setting="batch_size", type=click.IntRange(1, 1024),
+        setting_option("--top-k", setting="top_k", type=BoundedInt(1, 1000), help="Labels kept per image."),
+        setting_option("--batch-size", setting="batch_size", type=BoundedInt(1, 1024),
                        help="Images per task and forward pass."),
         click.option("--name", default="", help="A name for the job (default: its id)."),
     ]
@@ -221,23 +250,12 @@ def job_request(settings: Settings, known: str, activations: tuple[str, ...], ac
             "sink": sink, "head": head}
 
 
-class Duration(click.ParamType):
-    """Seconds, or 90s, 15m, 12h, 7d."""
-
-    name = "DURATION"
-
-    def convert(self, value, param, ctx):
-        try:
-            return value if isinstance(value, int) else parse_duration(value)
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
-
-
 @cli.command()
 @submit_options
 @job_options
-@setting_option("--retention", setting="retention", type=Duration(),
-                help="Keep the finished job's records in Redis this long (90s, 12h, 7d; 0: until `imgq delete`).")
+@setting_option("--retention", setting="retention", type=Duration(0, MAX_RETENTION),
+                help="Keep the finished job's records in Redis this long (90s, 12h, 7d, at most "
+                     f"{format_seconds(MAX_RETENTION)}; 0: until `imgq delete`).")
 @click.option("--wait", "wait_", is_flag=True, help="Show progress until the job completes.")
 @click.pass_context
 def submit(ctx, paths, recursive, includes, excludes, from_file, top_k, batch_size, name, known, activations,
@@ -270,7 +288,7 @@ def submit(ctx, paths, recursive, includes, excludes, from_file, top_k, batch_si
 
 @cli.command()
 @click.argument("job", required=False)
-@click.option("--limit", default=20, show_default=True, help="Jobs listed without JOB.")
+@click.option("--limit", type=BoundedInt(1, MAX_LISTED), default=20, show_default=True, help="Jobs listed without JOB.")
 @click.option("--workers", "show_workers", is_flag=True, help="The live workers and the queue depth instead.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
@@ -361,7 +379,8 @@ def _jobs_in_flight(store: ResultStore) -> list[JobStatus]:
 
 @cli.command()
 @click.argument("job")
-@click.option("--timeout", type=float, help="Give up after this many seconds (exit 1).")
+@click.option("--timeout", type=FiniteFloat(0, MAX_TIMEOUT, low_open=True), metavar="SECONDS",
+              help="Give up after this many seconds (exit 1).")
 @click.pass_context
 def wait(ctx, job, timeout):
     """Show a progress bar until JOB completes."""
@@ -382,7 +401,7 @@ def wait(ctx, job, timeout):
 @click.option("--embeddings", "embeddings_out", type=OutputFile(), metavar="FILE.npy",
               help="Write the avg_pool dumps as one (images, 2048) array and an index FILE.index.jsonl, "
                    "instead of the records (which then go to -o only).")
-@click.option("--min-score", type=click.FloatRange(0, 1), metavar="S",
+@click.option("--min-score", type=FiniteFloat(0, 1), metavar="S",
               help="Drop the labels scoring under S from each record's top_k (the stored record keeps them).")
 @click.option("--groups", is_flag=True,
               help="Add each record's WordNet groups (animal, dog, vehicle, ...) with their scores, the sums of their "
@@ -466,8 +485,8 @@ def _write_embeddings(store: ResultStore, job: str, out: str, dump_root: str) ->
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @setting_option("--weights", setting="weights", help="imagenet, random[:SEED] or a .h5/.weights.h5/.keras file.")
-@setting_option("--batch-size", setting="batch_size", type=click.IntRange(1, 1024), help="Images per forward pass.")
-@setting_option("--metrics-port", setting="metrics_port", type=click.IntRange(0, 65535),
+@setting_option("--batch-size", setting="batch_size", type=BoundedInt(1, 1024), help="Images per forward pass.")
+@setting_option("--metrics-port", setting="metrics_port", type=BoundedInt(0, 65535),
                 help="Serve Prometheus metrics at http://ADDRESS:PORT/metrics (0: off).")
 @setting_option("--metrics-address", setting="metrics_address",
                 help="IP address of the metrics server (0.0.0.0: every interface, as in a container).")
@@ -496,7 +515,7 @@ def worker(ctx, weights, batch_size, metrics_port, metrics_address, log_format, 
               help="File of results [default: imgq-<job>.jsonl, or .csv].")
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True,
               help="Format of the results file.")
-@click.option("--min-score", type=click.FloatRange(0, 1), metavar="S",
+@click.option("--min-score", type=FiniteFloat(0, 1), metavar="S",
               help="Leave labels scoring under S out of the results file (and the sidecars).")
 @click.option("--tag", "tag_sidecars", is_flag=True,
               help="When the job is done, write each image's best label into its XMP sidecar, as `imgq tag JOB "

@@ -6,15 +6,16 @@ from __future__ import annotations
 import click
 
 from imgq.store import ResultStore
+from producer.params import BoundedInt, FiniteFloat
 from producer.tagging import SIDECAR_NAMES, SidecarChange, TagOptions, UntrainedWeights, tag_records
 
 
 @click.command()
 @click.argument("job")
-@click.option("--min-score", type=click.FloatRange(0, 1), default=0.0, show_default=True, metavar="S",
+@click.option("--min-score", type=FiniteFloat(0, 1), default=0.0, show_default=True, metavar="S",
               help="Only labels scoring at least S become keywords; above 0, so does each WordNet group whose "
                    "summed score reaches S (dog 0.93 for a photo split between three terriers).")
-@click.option("--top", type=click.IntRange(1, 1000), default=1, show_default=True, metavar="N",
+@click.option("--top", type=BoundedInt(1, 1000), default=1, show_default=True, metavar="N",
               help="At most the N best labels of each image become keywords.")
 @click.option("--prefix", default="imgq", show_default=True, metavar="TEXT",
               help="Parent keyword of imgq's keywords (TEXT|label, TEXT/label): what --remove goes by.")
@@ -36,8 +37,6 @@ def tag(ctx, job, min_score, top, prefix, sidecar_name, remove, dry_run, allow_u
     A keyword the sidecar held before imgq came stays, even when it equals a label. Images changed since the
     job was submitted are skipped with a line; symbolic links, pipes and read-only sidecars are left alone.
     """
-    if not 0.0 <= min_score <= 1.0:  # click's FloatRange lets nan through
-        raise click.BadParameter(f"Expected a number between 0 and 1. Received: {min_score}", param_hint="--min-score")
     try:
         options = TagOptions(prefix=prefix, top=top, min_score=min_score, sidecar_name=sidecar_name,
                              remove=remove, dry_run=dry_run, allow_untrained=allow_untrained, groups=groups)
