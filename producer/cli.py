@@ -25,7 +25,7 @@ from imgq.heads import Head
 from imgq.jobs import JobStatus
 from imgq.layers import UnknownLayer, check_layers
 from imgq.settings import MAX_RETENTION, Settings, env_var, format_seconds, mask_url, parse_setting
-from imgq.sink import SinkFilesMissing, SinkNotRemovable
+from imgq.sink import DamagedSink, SinkFilesMissing, SinkNotRemovable
 from imgq.store import JobNotFound, ResultStore
 from imgq.walk import IGNORE_MARKERS, PathFilter, iter_images, read_path_list
 from producer.dumps import DumpError, estimate_bytes, format_bytes, size_guard
@@ -72,7 +72,7 @@ class CliGroup(click.Group):
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise click.ClickException(f"Cannot reach Redis at {_url(ctx)}: {_first_line(exc)}") from None
         except (JobNotFound, submission.EmptySelection, TimeoutError, LocalServiceError, DumpError,
-                UntrainedWeights, WriteError, SinkFilesMissing, SinkNotRemovable) as exc:
+                UntrainedWeights, WriteError, SinkFilesMissing, SinkNotRemovable, DamagedSink) as exc:
             raise click.ClickException(str(exc)) from None
         except Exception as exc:
             refusal = _refusal(exc)

@@ -3,6 +3,8 @@ producer.tagging (which keywords, which sidecar) and producer.sidecars (the XMP 
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from imgq.store import ResultStore
@@ -71,5 +73,6 @@ def _reporter(dry_run: bool):
         elif change.state != "unchanged" and dry_run:
             parts = [f"+{k}" for k in change.added] + [f"-{k}" for k in change.removed]
             verb = {"created": "would create", "deleted": "would delete"}.get(change.state, "would change")
-            click.echo(f"{change.path}: {verb}: {', '.join(parts)}")
+            # The path as its bytes: a file name need not be UTF-8, and stdout under a UTF-8 locale refuses it.
+            click.echo(os.fsencode(change.path) + f": {verb}: {', '.join(parts)}".encode())
     return report
