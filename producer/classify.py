@@ -21,6 +21,7 @@ from producer.export import with_min_score, writer_for
 from producer.local import EmbeddedRedis, LocalWorker, redis_answers
 from producer.progress import wait
 from producer.tagging import TagOptions, tag_records
+from producer.words import plural
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,8 @@ def run_classify(images: Iterable[str], settings: Settings, *, name: str, embedd
         store.ping()
         worker = _ensure_worker(settings, store, started)
         submitted = submission.submit(images, settings=settings, store=store, name=name, **(request or {}))
-        click.echo(f"Job {submitted.job}: {submitted.total} images in {submitted.batches} batches.", err=True)
+        click.echo(f"Job {submitted.job}: {plural(submitted.total, 'image')} in {plural(submitted.batches, 'batch')}.",
+                   err=True)
         if worker is not None:
             worker.wait_ready(store)
         final = wait(store, submitted.job, check=worker.check_alive if worker else None)
@@ -91,8 +93,9 @@ def _ensure_worker(settings: Settings, store: ResultStore, started: ExitStack) -
     if workers := store.workers():
         others = {w.weights for w in workers} - {settings.weights}
         if not all(w.startswith(settings.weights) for w in others):
-            click.echo(f"Using the {len(workers)} live workers, with weights {', '.join(sorted(others))}: "
-                       f"--weights applies only to a worker started here.", err=True)
+            which = "the live worker" if len(workers) == 1 else f"the {len(workers)} live workers"
+            click.echo(f"Using {which}, with weights {', '.join(sorted(others))}: --weights applies only to a "
+                       "worker started here.", err=True)
         return None
     worker = LocalWorker(settings)
     worker.start()

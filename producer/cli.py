@@ -22,6 +22,7 @@ from imgq import submit as submission
 from imgq.contract import IMAGE_EXTENSIONS
 from imgq.files import WriteError
 from imgq.heads import Head
+from imgq.job_refs import resolve
 from imgq.jobs import JobStatus
 from imgq.layers import UnknownLayer, check_layers
 from imgq.settings import MAX_RETENTION, Settings, env_var, format_seconds, mask_url, parse_setting
@@ -35,6 +36,7 @@ from producer.local import LocalServiceError
 from producer.params import BoundedInt, Duration, FiniteFloat
 from producer.paths import OutputFile
 from producer.tagging import UntrainedWeights
+from producer.words import plural
 
 MAX_LISTED = 1000  # `imgq status --limit`: more rows than anyone reads, few enough to read in one go
 MAX_TIMEOUT = 365 * 86400.0  # `imgq wait --timeout`: a year; longer is no timeout (leave it out)
@@ -274,7 +276,7 @@ def submit(ctx, paths, recursive, includes, excludes, from_file, top_k, batch_si
         click.echo(exc.job)  # the job exists and will complete: scripts must get its id, not submit it again
         raise click.ClickException(str(exc)) from None
     click.echo(submitted.job)
-    click.echo(f"Queued {submitted.total} images in {submitted.batches} batches.", err=True)
+    click.echo(f"Queued {plural(submitted.total, 'image')} in {plural(submitted.batches, 'batch')}.", err=True)
     if activations:
         size = format_bytes(estimate_bytes(submitted.total, activations, activations_dtype))
         click.echo(f"Activation dumps of {', '.join(activations)}: about {size}, under <dump root>/{submitted.job}/ "
@@ -298,12 +300,12 @@ def status(ctx, job, limit, show_workers, as_json):
     if show_workers:
         _print_workers(store, as_json)
         return
-    statuses = [store.status(job)] if job else store.list_jobs(limit)
+    statuses = [store.status(resolve(store, job))] if job else store.list_jobs(limit)
     if as_json:
         click.echo(json.dumps([_status_dict(s) for s in statuses] if not job else _status_dict(statuses[0])))
     elif job:
         for key, value in _status_dict(statuses[0]).items():
-            click.echo(f"{key:>10}: {value}")
+            click.echo(f"{key:>10}: {_shown(key, value)}")
     else:
         _print_jobs(statuses)
 
@@ -318,6 +320,27 @@ def _status_dict(s: JobStatus) -> dict:
             "ok": s.ok, "failed": s.failed, "rate": None if s.rate is None else round(s.rate, 2),
             "eta_s": None if s.eta is None else round(s.eta), "created": _time(s.created),
             "expires": _expiry(s), "params": s.params}
+
+
+def _shown(key: str, value) -> str:
+    """A value of ``_status_dict`` as `imgq status JOB` prints it: words, not Python's reprs."""
+    if value is None or value == "":
+        return "-"
+    if key == "rate":
+        return f"{value:.1f} images/s"
+    if key == "eta_s":
+        return f"{value} s"
+    if key == "params":
+        return ", ".join(f"{k} {_param(k, v)}" for k, v in value.items()) or "-"
+    return str(value)
+
+
+def _param(key: str, value) -> str:
+    if key == "retention" and isinstance(value, int):
+        return format_seconds(value)
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    return "yes" if value is True else str(value)
 
 
 def _expiry(s: JobStatus) -> str:
@@ -354,11 +377,13 @@ def _print_workers(store: ResultStore, as_json: bool) -> None:
         click.echo(json.dumps({"queued_batches": depth, "workers": [w.to_dict() for w in workers],
                                "jobs_in_flight": [_status_dict(s) for s in jobs]}))
         return
-    click.echo(f"{depth} batches queued; {len(workers)} workers alive; {len(jobs)} jobs in flight.")
+    click.echo(f"{plural(depth, 'batch')} queued; {plural(len(workers), 'worker')} alive; "
+               f"{plural(len(jobs), 'job')} in flight.")
     for w in workers:
         click.echo(f"  {w.hostname} on {w.host}, pid {w.pid}: pool {w.pool} x{w.concurrency}, "
-                   f"{w.batches_in_hand} batches in hand, {w.images_per_second:.1f} images/s over the last minute, "
-                   f"{w.images_done} images done; {w.precision} on {w.runtime or '?'}, weights {w.weights}")
+                   f"{plural(w.batches_in_hand, 'batch')} in hand, {w.images_per_second:.1f} images/s over the last "
+                   f"minute, {plural(w.images_done, 'image')} done; {w.precision} on {w.runtime or '?'}, weights "
+                   f"{w.weights}")
         for warning in w.warnings:
             click.echo(f"    WARNING: {warning}")
     for s in jobs:
@@ -387,6 +412,7 @@ def wait(ctx, job, timeout):
     from producer.progress import wait as wait_for
 
     store = ResultStore.from_settings(ctx.obj)
+    job = resolve(store, job)
     if not store.status(job).finished:  # raises JobNotFound
         _warn_if_no_worker(store)
     final = wait_for(store, job, timeout=timeout)
@@ -412,6 +438,7 @@ def results(ctx, job, fmt, out, embeddings_out, min_score, groups):
     if fmt in FILE_FORMATS and out in (None, "-"):
         raise click.ClickException(f"--format {fmt} writes a file: give -o FILE.")
     store = ResultStore.from_settings(ctx.obj)
+    job = resolve(store, job)
     status = store.status(job)
     if not status.finished:
         click.echo(f"Job {job} is {status.state}: {status.processed} of {status.total} records so far.", err=True)
@@ -439,7 +466,8 @@ def results(ctx, job, fmt, out, embeddings_out, min_score, groups):
 @click.pass_context
 def cancel(ctx, job):
     """Skip the remaining batches of JOB; results already written stay."""
-    final = ResultStore.from_settings(ctx.obj).cancel(job)
+    store = ResultStore.from_settings(ctx.obj)
+    final = store.cancel(resolve(store, job))
     click.echo(f"Job {final.id} {final.state}: {final.processed} of {final.total} images have records.", err=True)
 
 
@@ -448,7 +476,9 @@ def cancel(ctx, job):
 @click.pass_context
 def delete(ctx, job):
     """Forget JOB: its record, results and batches (images and exports are not touched)."""
-    left = ResultStore.from_settings(ctx.obj).delete(job)
+    store = ResultStore.from_settings(ctx.obj)
+    job = resolve(store, job)
+    left = store.delete(job)
     if left.error:
         raise click.ClickException(f"Deleted job {job}, but its Parquet files in {left.folder} could not be removed "
                                    f"({left.error}): the workers' reconciler tries again every "
@@ -462,17 +492,30 @@ def delete(ctx, job):
 
 @cli.command()
 @click.argument("job")
+@click.option("--resume", is_flag=True,
+              help="Of a cancelled job: take the cancellation back and queue its remaining batches.")
 @click.pass_context
-def requeue(ctx, job):
+def requeue(ctx, job, resume):
     """Queue again the batches of JOB whose images still lack a record (after a worker was lost).
 
     Safe to repeat: a batch delivered twice overwrites its records instead of adding to them.
     """
     settings = ctx.obj
     store = ResultStore.from_settings(settings)
-    store.status(job)  # raises JobNotFound
+    job = resolve(store, job)
+    status = store.status(job)
+    if status.state == "done":
+        click.echo(f"Job {job} is done: every image has a record, nothing to queue.", err=True)
+        return
+    if status.state == "cancelled":
+        if not resume:  # its workers would skip every batch: queueing them would say "Queued" and do nothing
+            raise click.ClickException(
+                f"Job {job} is cancelled: {plural(status.total - status.processed, 'image')} without a record "
+                f"are skipped. `imgq requeue {job} --resume` takes the cancellation back and queues them.")
+        store.resume(job)
+        click.echo(f"Job {job} resumed: it is no longer cancelled.", err=True)
     sent = queue.publish(queue.refs(store.unfinished_batches(job)), settings)
-    click.echo(f"Queued {sent} batches of job {job} again.", err=True)
+    click.echo(f"Queued {plural(sent, 'batch')} of job {job} again.", err=True)
 
 
 def _write_embeddings(store: ResultStore, job: str, out: str, dump_root: str) -> None:
@@ -519,12 +562,15 @@ def worker(ctx, weights, batch_size, metrics_port, metrics_address, log_format, 
               help="Leave labels scoring under S out of the results file (and the sidecars).")
 @click.option("--tag", "tag_sidecars", is_flag=True,
               help="When the job is done, write each image's best label into its XMP sidecar, as `imgq tag JOB "
-                   "--min-score S` would (refused for random weights).")
+                   "--min-score S` would (refused for random weights unless --allow-untrained).")
+@click.option("--allow-untrained", is_flag=True,
+              help="With --tag: write the labels of random (untrained) weights, meaningless as they are.")
 @click.option("--embedded-redis/--no-embedded-redis", default=None,
               help="Start a private Redis-compatible server (default: only when none is configured or answering).")
 @click.pass_context
 def classify(ctx, paths, recursive, includes, excludes, from_file, top_k, batch_size, name, known, activations,
-             activations_dtype, yes, sink, head, weights, out, fmt, min_score, tag_sidecars, embedded_redis):
+             activations_dtype, yes, sink, head, weights, out, fmt, min_score, tag_sidecars, allow_untrained,
+             embedded_redis):
     """Classify the images under PATH... on this machine, starting whatever is missing, into a results file."""
     from producer.classify import Output, run_classify
     from producer.tagging import TagOptions
@@ -532,9 +578,10 @@ def classify(ctx, paths, recursive, includes, excludes, from_file, top_k, batch_
     settings = with_overrides(ctx, top_k=top_k, batch_size=batch_size, weights=weights)
     broker_configured = bool(os.environ.get(env_var("broker_url"))) or ctx.parent.params.get("broker_url")
     images = selected_images(paths, recursive, includes, excludes, from_file)
+    tagging = TagOptions(min_score=min_score or 0.0, allow_untrained=allow_untrained) if tag_sidecars else None
     run_classify(images, settings, name=name, embedded=embedded_redis, broker_configured=bool(broker_configured),
                  request=job_request(settings, known, activations, activations_dtype, yes, sink, head),
-                 output=Output(out, fmt, min_score, TagOptions(min_score=min_score or 0.0) if tag_sidecars else None))
+                 output=Output(out, fmt, min_score, tagging))
 
 
 # They use the group's settings and errors above.

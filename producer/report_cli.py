@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import click
 
+from imgq.job_refs import resolve
 from imgq.store import ResultStore
 from producer.dumps import format_bytes
 from producer.params import BoundedInt
@@ -41,9 +42,11 @@ def report(ctx, job, out, page_size, channels, group):
     """Write an HTML report of JOB: summary, errors, thumbnails with labels, heat maps of the dumps."""
     from producer.report import ReportError, write_report
 
+    store = ResultStore.from_settings(ctx.obj)
+    job = resolve(store, job)
     out = out or f"imgq-{job}.html"
     try:
-        written = write_report(ResultStore.from_settings(ctx.obj), job, out, ctx.obj.effective_dump_root,
+        written = write_report(store, job, out, ctx.obj.effective_dump_root,
                                page_size=page_size, channels=channels, group=group)
     except ReportError as exc:
         raise click.ClickException(str(exc)) from None
@@ -67,7 +70,8 @@ def show(ctx, job, image, layer, out, channels, cell):
     from producer.dumps import layer_of, record_of
     from producer.heatmaps import channel_title, feature_grid, write_png
 
-    activations = layer_of(record_of(ResultStore.from_settings(ctx.obj), job, image), layer,
+    store = ResultStore.from_settings(ctx.obj)
+    activations = layer_of(record_of(store, resolve(store, job), image), layer,
                            ctx.obj.effective_dump_root)
     write_png(feature_grid(activations, channels, cell=cell, labels=True), out)
     click.echo(f"Wrote {out}: {layer} {'x'.join(map(str, activations.shape))}, "

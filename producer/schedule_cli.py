@@ -30,6 +30,7 @@ from imgq.store import JobNotFound, ResultStore
 from imgq.tick import tick
 from producer.head_options import head_option, refuse_foreign_head
 from producer.params import BoundedInt, Duration
+from producer.words import plural
 
 
 class ScheduleGroup(click.Group):
@@ -206,8 +207,9 @@ def run(ctx, name, wait_):
         return
     found = result["found"]
     click.echo(result["job"])
-    click.echo(f"Queued {found['new'] + found['changed'] + found['retried']} images ({found['new']} new, "
-               f"{found['changed']} changed, {found['retried']} retried) in {result['batches']} batches.", err=True)
+    click.echo(f"Queued {plural(found['new'] + found['changed'] + found['retried'], 'image')} ({found['new']} new, "
+               f"{found['changed']} changed, {found['retried']} retried) in {plural(result['batches'], 'batch')}.",
+               err=True)
     if wait_:
         from producer.progress import wait
 

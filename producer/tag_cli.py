@@ -7,6 +7,7 @@ import os
 
 import click
 
+from imgq.job_refs import resolve
 from imgq.store import ResultStore
 from producer.params import BoundedInt, FiniteFloat
 from producer.tagging import SIDECAR_NAMES, SidecarChange, TagOptions, UntrainedWeights, tag_records
@@ -26,7 +27,8 @@ from producer.tagging import SIDECAR_NAMES, SidecarChange, TagOptions, Untrained
 @click.option("--remove", is_flag=True, help="Take away the keywords imgq wrote (under --prefix), and nothing else.")
 @click.option("--dry-run", is_flag=True, help="Print what would change; write nothing.")
 @click.option("--allow-untrained", is_flag=True,
-              help="Write labels of a job classified with random (untrained) weights, meaningless as they are.")
+              help="Write labels of a job classified with random (untrained) weights, meaningless as they are "
+                   "(not needed with --remove, which writes none).")
 @click.option("--groups", is_flag=True,
               help="Also write the labels' WordNet groups (animal, dog, vehicle, ...) into dc:subject; they are "
                    "always in the hierarchical keywords (imgq|animal|dog|Border collie).")
@@ -45,6 +47,7 @@ def tag(ctx, job, min_score, top, prefix, sidecar_name, remove, dry_run, allow_u
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--prefix") from None
     store = ResultStore.from_settings(ctx.obj)
+    job = resolve(store, job)
     status = store.status(job)  # raises JobNotFound
     if not status.finished:
         click.echo(f"Job {job} is {status.state}: tagging the {status.processed} of {status.total} images "

@@ -77,3 +77,69 @@ def test_a_damaged_sink_file_is_one_line(run, store, settings, tmp_path):
     (line,) = result.stderr.splitlines()
     assert line.startswith(f"Error: Cannot read batch 1 of job sunk1 from its sink, {damaged}: ")
     assert not out.exists()  # nothing half-written
+
+
+# -- untrained weights and --tag, --remove --------------------------------------------------------------
+
+
+def test_tag_remove_needs_no_allow_untrained(run, store, tmp_path):
+    photo = str(save(tmp_path / "0.jpg"))
+    job = finished_job(store, [photo], weights="random:0")
+    refused = run("tag", job)
+    assert refused.exit_code == 1 and "--allow-untrained" in refused.stderr and not os.path.exists(photo + ".xmp")
+    assert run("tag", job, "--allow-untrained").exit_code == 0 and os.path.exists(photo + ".xmp")
+    removed = run("tag", job, "--remove")
+    assert removed.exit_code == 0, removed.output
+    assert not os.path.exists(photo + ".xmp")  # the sidecar imgq made, emptied, goes
+
+
+def test_classify_has_the_allow_untrained_its_refusal_names(run):
+    result = run("classify", "--help")
+    assert "--allow-untrained" in result.stdout and "unless --allow-untrained" in " ".join(result.stdout.split())
+
+
+# -- a cancelled job requeued ---------------------------------------------------------------------------
+
+
+def test_requeue_of_a_cancelled_job_says_so_and_resume_takes_the_cancellation_back(run, store, settings, tmp_path):
+    from tests.test_walk_and_submit import queued_messages
+
+    for i in range(5):
+        (tmp_path / f"{i}.jpg").write_bytes(b"not decoded by the producer")
+    job = run("submit", str(tmp_path), "--batch-size", "2", "--retention", "1h").stdout.strip()
+    store.record_results(job, [ok_record(job, i, f"/p/{i}.jpg", TOP, weights=TRAINED) for i in (0, 1)])
+    assert run("cancel", job).exit_code == 0
+    assert store.redis.ttl(store.keys.job(job)) > 0  # its retention has started
+    store.redis.delete(store.keys.kombu_queue)  # the workers skipped what was queued
+
+    refused = run("requeue", job)
+    assert refused.exit_code == 1 and refused.stderr.splitlines() == [
+        f"Error: Job {job} is cancelled: 3 images without a record are skipped. `imgq requeue {job} --resume` "
+        "takes the cancellation back and queues them."]
+    assert store.redis.llen(store.keys.kombu_queue) == 0 and store.status(job).state == "cancelled"
+
+    resumed = run("requeue", job, "--resume")
+    assert resumed.exit_code == 0 and "Queued 2 batches of job" in resumed.stderr
+    status = store.status(job)
+    assert status.state == "queued" and status.expires_at is None and job in store.active_jobs()
+    assert store.redis.ttl(store.keys.job(job)) == -1  # kept until it finishes, then its retention starts again
+    assert [m["batch"] for m in queued_messages(store, settings)] == [1, 2]
+    store.record_results(job, [ok_record(job, i, f"/p/{i}.jpg", TOP, weights=TRAINED) for i in (2, 3, 4)])
+    assert store.status(job).state == "done" and store.redis.ttl(store.keys.job(job)) > 0
+    assert run("requeue", job).stderr == f"Job {job} is done: every image has a record, nothing to queue.\n"
+
+
+# -- words ----------------------------------------------------------------------------------------------
+
+
+def test_one_is_singular_and_params_are_words(run, store, settings, tmp_path):
+    (tmp_path / "0.jpg").write_bytes(b"not decoded by the producer")
+    job = run("submit", str(tmp_path), "--retention", "2d").stdout.strip()
+    assert run("status", job).stderr == "" and "Queued 1 image in 1 batch." in run("submit", str(tmp_path)).stderr
+    lines = dict(line.strip().split(": ", 1) for line in run("status", job).stdout.splitlines())
+    assert lines["params"] == f"top_k 5, batch_size {settings.batch_size}, retention 2d" and lines["rate"] == "-"
+    assert run("status", "--workers").stdout.splitlines()[0] == "2 batches queued; 0 workers alive; 2 jobs in flight."
+    store.record_results(job, [ok_record(job, 0, "/p/0.jpg", TOP, weights=TRAINED)])
+    store.mark_started(job)
+    done = run("status", job, "--json")
+    assert json.loads(done.stdout)["rate"] is None  # one image in a moment: no rate, not "1310.7/s"
