@@ -143,3 +143,11 @@ def test_one_is_singular_and_params_are_words(run, store, settings, tmp_path):
     store.mark_started(job)
     done = run("status", job, "--json")
     assert json.loads(done.stdout)["rate"] is None  # one image in a moment: no rate, not "1310.7/s"
+
+
+def test_a_sidecar_that_cannot_be_written_is_said_once(run, store):
+    """/proc/version exists and its folder takes no new file: the write fails in imgq.files.atomic_path."""
+    job = finished_job(store, ["/proc/version"])
+    result = run("tag", job)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.stderr.splitlines()[0] == "warning: cannot write /proc/version.xmp: No such file or directory"
