@@ -81,7 +81,7 @@ class Settings:
 
     runtime: str = "openvino"
     # What runs the forward pass: openvino (the Keras model converted once, cached under
-    # <state_dir>/openvino; measured 2x TensorFlow's speed in fp32 on a 2-core CPU, docs/runtime.md) or
+    # <state_dir>/openvino; faster than TensorFlow on CPUs, figures in BENCHMARKS.md, "Runtimes") or
     # tensorflow (the Keras model as it is; the one for CUDA GPUs).
 
     jpeg_draft: bool = True
