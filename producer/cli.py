@@ -468,7 +468,9 @@ def cancel(ctx, job):
     """Skip the remaining batches of JOB; results already written stay."""
     store = ResultStore.from_settings(ctx.obj)
     final = store.cancel(resolve(store, job))
-    click.echo(f"Job {final.id} {final.state}: {final.processed} of {final.total} images have records.", err=True)
+    have = "has a record" if final.processed == 1 else "have records"
+    click.echo(f"Job {final.id} {final.state}: {final.processed} of its {plural(final.total, 'image')} {have}.",
+               err=True)
 
 
 @cli.command()
@@ -510,8 +512,8 @@ def requeue(ctx, job, resume):
     if status.state == "cancelled":
         if not resume:  # its workers would skip every batch: queueing them would say "Queued" and do nothing
             raise click.ClickException(
-                f"Job {job} is cancelled: {plural(status.total - status.processed, 'image')} without a record "
-                f"are skipped. `imgq requeue {job} --resume` takes the cancellation back and queues them.")
+                f"Job {job} is cancelled: its workers skip the {plural(status.total - status.processed, 'image')} "
+                f"without a record. `imgq requeue {job} --resume` takes the cancellation back and queues them.")
         store.resume(job)
         click.echo(f"Job {job} resumed: it is no longer cancelled.", err=True)
     sent = queue.publish(queue.refs(store.unfinished_batches(job)), settings)

@@ -114,8 +114,8 @@ def test_requeue_of_a_cancelled_job_says_so_and_resume_takes_the_cancellation_ba
 
     refused = run("requeue", job)
     assert refused.exit_code == 1 and refused.stderr.splitlines() == [
-        f"Error: Job {job} is cancelled: 3 images without a record are skipped. `imgq requeue {job} --resume` "
-        "takes the cancellation back and queues them."]
+        f"Error: Job {job} is cancelled: its workers skip the 3 images without a record. `imgq requeue {job} "
+        "--resume` takes the cancellation back and queues them."]
     assert store.redis.llen(store.keys.kombu_queue) == 0 and store.status(job).state == "cancelled"
 
     resumed = run("requeue", job, "--resume")
