@@ -5,6 +5,7 @@ output is strict UTF-8 as a terminal's is under a UTF-8 locale."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -151,3 +152,18 @@ def test_a_sidecar_that_cannot_be_written_is_said_once(run, store):
     result = run("tag", job)
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert result.stderr.splitlines()[0] == "warning: cannot write /proc/version.xmp: No such file or directory"
+
+
+@pytest.mark.parametrize(("workers", "said"), [(1, "Using the live worker, with weights imagenet: "),
+                                               (2, "Using the 2 live workers, with weights imagenet: ")])
+def test_classify_names_the_live_workers_it_uses_in_good_english(store, settings, capsys, workers, said):
+    from contextlib import ExitStack
+
+    from imgq.contract import Heartbeat
+    from producer.classify import _ensure_worker
+
+    for n in range(workers):
+        store.send_heartbeat(f"w{n}:1", Heartbeat(hostname=f"w{n}", pid=1, weights="imagenet"), ttl=30)
+    with ExitStack() as started:
+        assert _ensure_worker(dataclasses.replace(settings, weights="random:0"), store, started) is None
+    assert capsys.readouterr().err.startswith(said)
