@@ -87,7 +87,14 @@ class CliGroup(click.Group):
 
 
 def _one_line(error: click.UsageError) -> click.UsageError:
-    return error if isinstance(error, OneLineUsageError) else OneLineUsageError(error)
+    if isinstance(error, (OneLineUsageError, *_HELP_ERRORS)):
+        return error
+    return OneLineUsageError(error)
+
+
+_HELP_ERRORS = tuple(getattr(click.exceptions, name) for name in ("NoArgsIsHelpError",)
+                     if hasattr(click.exceptions, name))
+# `imgq` or `imgq schedule` alone: click (8.2+) shows the help through this "error", which stays as it is.
 
 
 _REFUSAL_HINTS = {

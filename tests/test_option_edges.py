@@ -156,3 +156,9 @@ def test_a_bad_setting_in_the_environment_is_one_line_and_exit_1(settings, varia
 def test_the_exit_codes_are_documented_as_they_are():
     intro = " ".join((Path(__file__).parents[1] / "docs" / "cli.md").read_text().split())
     assert "**2**, the command line is wrong" in intro and "and a bad `IMGQ_*` value" in intro.split("**1**")[1]
+
+
+@pytest.mark.parametrize("group", [(), ("schedule",)], ids=["imgq", "imgq schedule"])
+def test_a_group_alone_still_shows_its_help(settings, group):
+    result = imgq_cli(settings, *group, check=False)
+    assert "Usage: cli" in result.output and "Commands:" in result.output and "Error" not in result.output
