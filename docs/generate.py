@@ -106,10 +106,17 @@ def keys_page() -> str:
 CLI_INTRO = """\
 `imgq [--broker-url URL] [--results-url URL] [--namespace NS] COMMAND ...`: the global options come before the
 command. Options that override a setting name its environment variable ([configuration](configuration.md)).
-A mistake of yours (Redis unreachable or refusing the password, an unknown job, an empty selection, a
-timeout) ends with one line on stderr and exit code 1; a usage error (a path that does not exist, a bad
-option or `IMGQ_*` value) with click's usage message and exit code 2. Data goes to stdout, progress and
-messages to stderr.
+Every error is one line on stderr, never a traceback, with one of two exit codes:
+
+- **2**, the command line is wrong: an unknown option or command, a missing argument, a path that does not
+  exist, a value outside its option's range (`--limit 0`, `--min-score nan`, `--every 1000000000d`). The line
+  names the option and the command whose `--help` tells more.
+- **1**, anything else: Redis unreachable or refusing the password, an unknown, ambiguous or expired job, an
+  empty selection, a timeout, a file that cannot be written, and a bad `IMGQ_*` value (the line names the
+  variable: the environment is to fix, not the command line).
+
+Data goes to stdout, progress and messages to stderr. A JOB argument is a job's id, an unambiguous start of
+one (at least 4 characters, as git takes commits), or its name (the NAME column of `imgq status`).
 Ctrl-C ends a command with exit code 130 and no traceback (`imgq classify` cancels its job first).
 `imgq --embedded-redis COMMAND` reads the jobs `imgq classify` ran on its embedded Redis.
 """

@@ -25,7 +25,9 @@ def cannot_write(path: str, exc: OSError) -> WriteError:
     folder = os.path.dirname(os.path.abspath(path))
     reason = f"the folder {folder} does not exist" if not os.path.isdir(folder) else (exc.strerror or str(exc))
     error = WriteError(f"Cannot write {path}: {reason}.")
-    error.errno, error.filename = exc.errno, path
+    # strerror is the reason alone, as an OSError's is: a caller that writes "cannot write X: <strerror>"
+    # must not get "cannot write X: Cannot write X: ..." (str() is the whole line).
+    error.errno, error.strerror, error.filename = exc.errno, reason, path
     return error
 
 

@@ -9,6 +9,9 @@ from dataclasses import dataclass, field
 EXPIRY_WARNING = 0.1
 # `imgq results` warns when less than this share of a finished job's retention is left (a day of 7, say).
 
+MIN_RATE_SECONDS = 2.0
+# A rate measured over less than this is noise (a 1-image job done in a millisecond is not "1310.7/s"): unknown.
+
 
 @dataclass(frozen=True)
 class JobStatus:
@@ -59,9 +62,12 @@ class JobStatus:
 
     @property
     def rate(self) -> float | None:
-        """Images per second since the first batch started."""
+        """Images per second since the first batch started; None before MIN_RATE_SECONDS have passed (or
+        a job finished sooner)."""
         elapsed = self.elapsed
-        return None if elapsed is None or self.processed == 0 else self.processed / elapsed
+        if elapsed is None or elapsed < MIN_RATE_SECONDS or self.processed == 0:
+            return None
+        return self.processed / elapsed
 
     @property
     def eta(self) -> float | None:

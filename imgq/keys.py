@@ -18,6 +18,12 @@ class Keys:
         """Sorted set of job ids, scored by creation time."""
         return f"{self.ns}:jobs"
 
+    @property
+    def expired(self) -> str:
+        """Sorted set of the ids of jobs whose retention has passed, scored by when imgq found them gone: so
+        that `imgq status JOB` says a job expired rather than that there is none (the most recent are kept)."""
+        return f"{self.ns}:expired"
+
     def job(self, job: str) -> str:
         """Hash: the job record (name, created, parameters, total, timestamps, the files its walk skipped;
         ``publishing`` while its batches are being sent, ``held_retention`` while a schedule's job waits for the

@@ -18,7 +18,6 @@ everything that changed meanwhile, and a backlog is not piled on workers that ar
 from __future__ import annotations
 
 import json
-import re
 import time
 from dataclasses import asdict, dataclass, replace
 
@@ -26,14 +25,15 @@ from imgq.beat import beat_app
 from imgq.contract import NAME, TASK_SCHEDULED_SCAN, queue_name
 from imgq.keys import Keys
 from imgq.scan_state import PARTS as SCAN_PARTS
-from imgq.settings import UNIT_SECONDS, Settings, format_seconds
+from imgq.settings import Settings, format_seconds, parse_duration
 from imgq.store import ResultStore
 from imgq.walk import PathFilter
 
-EVERY = re.compile(r"([1-9][0-9]*)([smhd])")
 CRON_FIELDS = ("minute", "hour", "day_of_month", "month_of_year", "day_of_week")
 
 RUNS_KEPT = 100  # recent runs listed by `imgq schedule show`
+MAX_EVERY = 365 * 86400
+# The longest interval: a year. Longer is no schedule (and celery's timedelta overflows past 999999999 days).
 
 
 class ScheduleError(LookupError):
@@ -58,11 +58,17 @@ def check_name(name: str) -> str:
 
 
 def parse_every(text: str) -> int:
-    """Seconds of an interval written ``30s``, ``15m``, ``1h`` or ``1d``; raises ValueError."""
-    match = EVERY.fullmatch(text.strip())
-    if not match:
-        raise ValueError(f"Expected an interval like 30s, 15m, 1h or 1d. Received: {text!r}")
-    return int(match[1]) * UNIT_SECONDS[match[2]]
+    """Seconds of an interval written as any duration is (imgq.settings.parse_duration: ``90``, ``30s``,
+    ``15m``, ``1h``, ``1d``), from 1 second to MAX_EVERY; raises ValueError."""
+    return check_every(parse_duration(text), text)
+
+
+def check_every(seconds: int, text: str | None = None) -> int:
+    """Returns ``seconds``; raises ValueError unless it is from 1 to MAX_EVERY (``text``: as the user wrote it)."""
+    if not 1 <= seconds <= MAX_EVERY:
+        raise ValueError(f"An interval is from 1s to {format_seconds(MAX_EVERY)}. "
+                         f"Received: {text if text is not None else seconds!r}")
+    return seconds
 
 
 def parse_cron(text: str):
@@ -151,12 +157,23 @@ class ScheduleBook:
             old = None
         if old is not None and not replace_existing:
             raise ScheduleExists(schedule.name)
+        if schedule.every is not None:
+            check_every(schedule.every)
+        schedule.celery_schedule()  # raises for a cron or interval beat could not fire, before anything is written
         schedule = replace(schedule, created=old.created if old else time.time())
         pipe = self.redis.pipeline(transaction=True)
         pipe.hset(self.keys.schedule(schedule.name), mapping=schedule.to_hash())
         pipe.zadd(self.keys.schedules, {schedule.name: schedule.created}, nx=True)
         pipe.execute()
-        self._save_entry(schedule, first=old is None)
+        try:
+            self._save_entry(schedule, first=old is None)
+        except BaseException:  # no half-made schedule: a definition without its beat entry would never fire
+            if old is None:
+                self.redis.delete(self.keys.schedule(schedule.name))
+                self.redis.zrem(self.keys.schedules, schedule.name)
+            else:
+                self.redis.hset(self.keys.schedule(old.name), mapping=old.to_hash())
+            raise
         return self.get(schedule.name)
 
     def get(self, name: str) -> Schedule:

@@ -81,7 +81,7 @@ class Settings:
 
     runtime: str = "openvino"
     # What runs the forward pass: openvino (the Keras model converted once, cached under
-    # <state_dir>/openvino; measured 2x TensorFlow's speed in fp32 on a 2-core CPU, docs/runtime.md) or
+    # <state_dir>/openvino; faster than TensorFlow on CPUs, figures in BENCHMARKS.md, "Runtimes") or
     # tensorflow (the Keras model as it is; the one for CUDA GPUs).
 
     jpeg_draft: bool = True
@@ -146,9 +146,9 @@ class Settings:
 
     retention: int = 7 * 86400
     # How long a finished (done or cancelled) job's records stay in Redis before they expire, in seconds or
-    # as 12h, 7d, 30d; 0 keeps them until `imgq delete`. A week: enough to export a job, short enough that
-    # a Redis labelling millions of images a month does not keep them all. `imgq status` says when a job
-    # expires, and `imgq results` warns when it is close.
+    # as 12h, 7d, 30d (at most 3650d); 0 keeps them until `imgq delete`. A week: enough to export a job,
+    # short enough that a Redis labelling millions of images a month does not keep them all. `imgq status`
+    # says when a job expires, and `imgq results` warns when it is close.
 
     def __post_init__(self):
         for name in ("broker_url", "results_url"):
@@ -191,15 +191,19 @@ class Settings:
 
 
 UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_RETENTION = 3650 * 86400
+# Ten years: longer is "until deleted" (0) in practice, and Redis refuses an EXPIRE whose milliseconds overflow.
 _DURATION = re.compile(r"([0-9]+)([smhd]?)")
 
 
 def parse_duration(text: str) -> int:
-    """Seconds of ``3600``, ``90s``, ``15m``, ``12h`` or ``7d``; raises ValueError."""
+    """Seconds of ``3600``, ``90s``, ``15m``, ``12h`` or ``7d``; raises ValueError. Callers bound the result
+    (a number of thousands of digits reads as 10**20 seconds, not as Python's int() refusing it)."""
     match = _DURATION.fullmatch(text.strip())
     if not match:
         raise ValueError(f"Expected seconds or a duration like 90s, 15m, 12h or 7d. Received: {text!r}")
-    return int(match[1]) * UNIT_SECONDS[match[2] or "s"]
+    number = int(match[1]) if len(match[1].lstrip("0")) <= 20 else 10**20
+    return number * UNIT_SECONDS[match[2] or "s"]
 
 
 def format_seconds(seconds: int) -> str:
@@ -243,9 +247,13 @@ def _parse(name: str, raw: str):
         return value
     if name == "retention":
         try:
-            return parse_duration(raw)
+            seconds = parse_duration(raw)
         except ValueError as exc:
             raise ValueError(f"{env_var(name)}: {exc}") from None
+        if seconds > MAX_RETENTION:
+            raise ValueError(f"{env_var(name)} must be at most {format_seconds(MAX_RETENTION)} (0: until `imgq "
+                             f"delete`). Received: {raw!r}")
+        return seconds
     if name in _BOOL_FIELDS:
         if raw.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
             raise ValueError(f"{env_var(name)} must be 1 or 0 (true/false). Received: {raw!r}")

@@ -91,14 +91,25 @@ def batch_numbers(sink_dir: str, job: str) -> list[int]:
     return sorted(int(m.group(1)) for m in map(BATCH_FILE.fullmatch, names) if m)
 
 
+class DamagedSink(ValueError):
+    """A batch file of a job's sink that cannot be read as one (truncated, overwritten, not Parquet, another
+    schema); the message names the file and why, in one line."""
+
+
 def read_job(sink_dir: str, job: str) -> Iterator[ResultRecord]:
     """Every record of ``job`` in the sink, in submission order: batch files in order, rows in image order.
-    One file is held in memory at a time."""
+    One file is held in memory at a time. Raises DamagedSink."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     for number in batch_numbers(sink_dir, job):
-        table = pq.read_table(batch_file(sink_dir, job, number))
-        yield from sorted(records(table), key=lambda r: r.image)
+        path = batch_file(sink_dir, job, number)
+        try:
+            rows = sorted(records(pq.read_table(path)), key=lambda r: r.image)
+        except (OSError, ValueError, KeyError, TypeError, pa.ArrowException) as exc:
+            reason = " ".join(str(exc).split()) or type(exc).__name__
+            raise DamagedSink(f"Cannot read batch {number} of job {job} from its sink, {path}: {reason}") from exc
+        yield from rows
 
 
 def read_counted(sink_dir: str, job: str, counts: dict[int, int]) -> Iterator[ResultRecord]:

@@ -42,6 +42,10 @@ STAGING_TTL = 24 * 3600
 
 READ_CHUNK = 1000
 
+EXPIRED_KEPT = 10_000
+# Ids of expired jobs remembered (Keys.expired), the most recent: ~0.3 MB of Redis at most.
+
+
 class JobNotFound(LookupError):
     def __init__(self, job: str):
         super().__init__(f"No job {job!r} in the results store.")
@@ -108,6 +112,20 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 return redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])
 """
 
+# Take back a job's cancellation (`imgq requeue --resume`): unmark it, make it active again and stop its
+# retention, which the cancellation started. KEYS: as _RECORD. ARGV: the job id. Returns -1 for no job, 0 when
+# it was not cancelled or is done (every image has its record).
+_RESUME = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local total = tonumber(redis.call('HGET', KEYS[1], 'total'))
+local processed = redis.call('HLEN', KEYS[2]) + tonumber(redis.call('HGET', KEYS[1], 'sunk') or '0')
+if total and processed >= total then return 0 end
+if redis.call('HDEL', KEYS[1], 'cancelled_at') == 0 then return 0 end
+redis.call('SADD', KEYS[4], ARGV[1])
+for i = 1, #KEYS do if i ~= 4 then redis.call('PERSIST', KEYS[i]) end end
+return 1
+"""
+
 # Cancel a job that is not done: mark it, drop it from the active set, start its retention. KEYS: as _RECORD.
 _CANCEL = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
@@ -164,6 +182,7 @@ class ResultStore:
         self._cancel = self.redis.register_script(_CANCEL)
         self._drop_if_gone = self.redis.register_script(_DROP_IF_GONE)
         self._release_retention = self.redis.register_script(_RELEASE_RETENTION)
+        self._resume = self.redis.register_script(_RESUME)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ResultStore:
@@ -354,8 +373,7 @@ class ResultStore:
                     gone.append(job)
             if len(statuses) >= limit:
                 break
-        if gone := [job for job in gone if not self.redis.exists(self.keys.job(job))]:
-            self.redis.zrem(self.keys.jobs, *gone)
+        self._forget([job for job in gone if not self.redis.exists(self.keys.job(job))])
         return statuses[:limit]
 
     def forget_expired(self, chunk: int = READ_CHUNK) -> int:
@@ -373,11 +391,20 @@ class ResultStore:
             for job in jobs:
                 pipe.exists(self.keys.job(job))
             gone = [job for job, exists in zip(jobs, pipe.execute(), strict=True) if not exists]
-            if gone:
-                self.redis.zrem(self.keys.jobs, *gone)
+            self._forget(gone)
             forgotten += len(gone)
             start += len(jobs) - len(gone)  # the ids left shifted down by those removed
         return forgotten
+
+    def _forget(self, expired: list[str]) -> None:
+        """Drop expired jobs from the job list, remembering their ids (the most recent EXPIRED_KEPT)."""
+        if not expired:
+            return
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.zrem(self.keys.jobs, *expired)
+        pipe.zadd(self.keys.expired, dict.fromkeys(expired, time.time()))
+        pipe.zremrangebyrank(self.keys.expired, 0, -EXPIRED_KEPT - 1)
+        pipe.execute()
 
     def iter_records(self, job: str) -> Iterator[ResultRecord]:
         """Every stored record of the job, in submission order. Raises JobNotFound."""
@@ -459,6 +486,14 @@ class ResultStore:
         if self._cancel(keys=self._job_keys(job), args=[time.time(), job]) < 0:
             raise JobNotFound(job)
         return self.status(job)
+
+    def resume(self, job: str) -> bool:
+        """Take back the job's cancellation: its batches are worked on again (queue them: imgq.queue) and its
+        retention waits until it finishes. False when it was not cancelled. Raises JobNotFound."""
+        resumed = self._resume(keys=self._job_keys(job), args=[job])
+        if resumed < 0:
+            raise JobNotFound(job)
+        return bool(resumed)
 
     def delete(self, job: str) -> SinkLeft:
         """Forget a job: every key of it, at once, and its Parquet sink's files. Batches still queued or in a

@@ -26,6 +26,7 @@ from producer.progress import wait
 from producer.skipped import echo_queued
 from producer.tagging import TagOptions, tag_records
 from producer.watch import Workers
+from producer.words import plural
 
 
 @dataclass(frozen=True)
@@ -60,8 +61,8 @@ def run_classify(images: Iterable[str], settings: Settings, *, name: str, embedd
         try:
             submitted = submission.submit(images, settings=settings, store=store, name=name, job=job,
                                           **(request or {}))
-            echo_queued(f"Job {job}: {_plural(submitted.total, 'image')} in "
-                        f"{_plural(submitted.batches, 'batch', 'batches')}.", (request or {}).get("skipped"))
+            echo_queued(f"Job {job}: {plural(submitted.total, 'image')} in "
+                        f"{plural(submitted.batches, 'batch', 'batches')}.", (request or {}).get("skipped"))
             final = wait(store, job, check=workers.watch(job))
         except KeyboardInterrupt:
             _cancel(store, job, server, broker_configured)
@@ -173,5 +174,4 @@ def _print_summary(store: ResultStore, final: JobStatus, out: str) -> None:
         click.echo("WARNING: made with random weights: the labels are meaningless.", err=True)
 
 
-def _plural(n: int, word: str, words: str = "") -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {words or word + 's'}"
+

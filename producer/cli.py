@@ -22,23 +22,48 @@ from imgq import submit as submission
 from imgq.contract import IMAGE_EXTENSIONS
 from imgq.files import WriteError
 from imgq.heads import Head
+from imgq.job_refs import resolve
 from imgq.jobs import JobStatus
 from imgq.layers import UnknownLayer, check_layers
-from imgq.settings import Settings, env_var, format_seconds, mask_url, parse_duration, parse_setting
-from imgq.sink import SinkFilesMissing, SinkNotRemovable
+from imgq.settings import MAX_RETENTION, Settings, env_var, format_seconds, mask_url, parse_setting
+from imgq.sink import DamagedSink, SinkFilesMissing, SinkNotRemovable
 from imgq.store import JobNotFound, ResultStore
 from imgq.walk import IGNORE_MARKERS, PathFilter, Skipped, iter_images, read_path_list
 from producer.dumps import DumpError, estimate_bytes, format_bytes, size_guard
 from producer.export import FILE_FORMATS, FORMATS, file_writer_for, output, with_min_score, writer_for
 from producer.head_options import head_option, refuse_foreign_head
 from producer.local import LocalServiceError, worker_argv
+from producer.params import BoundedInt, Duration, FiniteFloat
 from producer.paths import OutputFile
 from producer.skipped import echo_queued
 from producer.tagging import UntrainedWeights
+from producer.words import plural
+
+MAX_LISTED = 1000  # `imgq status --limit`: more rows than anyone reads, few enough to read in one go
+MAX_TIMEOUT = 365 * 86400.0  # `imgq wait --timeout`: a year; longer is no timeout (leave it out)
+
+
+class OneLineUsageError(click.UsageError):
+    """A usage error (a bad option value, a missing argument) shown as one line, exit code 2: the message and
+    where the help is, without click's usage block before it."""
+
+    def __init__(self, error: click.UsageError):
+        super().__init__(" ".join(error.format_message().split()), error.ctx)
+
+    def show(self, file=None) -> None:
+        where = f" (see '{self.ctx.command_path} --help')" if self.ctx is not None else ""
+        click.echo(f"Error: {self.format_message()}{where}", file=file, err=True)
 
 
 class CliGroup(click.Group):
-    """Turns the errors a user can cause (or fix) into one line and exit code 1, without a traceback."""
+    """Turns the errors a user can cause (or fix) into one line and exit code 1, without a traceback; usage
+    errors into one line and exit code 2."""
+
+    def make_context(self, *args, **kwargs):
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.UsageError as exc:  # the group's own options
+            raise _one_line(exc) from None
 
     def resolve_command(self, ctx, args):
         # Known before the group's callback runs, which then starts no embedded Redis for a command's --help.
@@ -50,12 +75,14 @@ class CliGroup(click.Group):
             return super().invoke(ctx)
         except KeyboardInterrupt:  # Ctrl-C: the shell's convention, 128 + SIGINT, and no traceback
             raise click.exceptions.Exit(130) from None
+        except click.UsageError as exc:  # a command's options and arguments, and what its body refuses
+            raise _one_line(exc) from None
         except redis.AuthenticationError as exc:  # before ConnectionError, which it is (NOAUTH, WRONGPASS)
             raise click.ClickException(f"Redis at {_url(ctx)} refused the credentials: {exc}") from None
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise click.ClickException(f"Cannot reach Redis at {_url(ctx)}: {_first_line(exc)}") from None
         except (JobNotFound, submission.EmptySelection, TimeoutError, LocalServiceError, DumpError,
-                UntrainedWeights, WriteError, SinkFilesMissing, SinkNotRemovable) as exc:
+                UntrainedWeights, WriteError, SinkFilesMissing, SinkNotRemovable, DamagedSink) as exc:
             raise click.ClickException(str(exc)) from None
         except Exception as exc:
             refusal = _refusal(exc)
@@ -65,6 +92,17 @@ class CliGroup(click.Group):
             if _is_kombu_connection_error(exc):
                 raise click.ClickException(f"Cannot reach the broker at {_url(ctx)}: {_first_line(exc)}") from None
             raise
+
+
+def _one_line(error: click.UsageError) -> click.UsageError:
+    if isinstance(error, (OneLineUsageError, *_HELP_ERRORS)):
+        return error
+    return OneLineUsageError(error)
+
+
+_HELP_ERRORS = tuple(getattr(click.exceptions, name) for name in ("NoArgsIsHelpError",)
+                     if hasattr(click.exceptions, name))
+# `imgq` or `imgq schedule` alone: click (8.2+) shows the help through this "error", which stays as it is.
 
 
 _REFUSAL_HINTS = {
@@ -196,8 +234,8 @@ def submit_options(command):
                           "skipped, with their sub-folders; so are hidden ones."),
         click.option("--from-file", type=click.File("r", encoding="utf-8", errors="surrogateescape"),
                      help="Read more paths from FILE, one per line ('-' for standard input)."),
-        setting_option("--top-k", setting="top_k", type=click.IntRange(1, 1000), help="Labels kept per image."),
-        setting_option("--batch-size", setting="batch_size", type=click.IntRange(1, 1024),
+        setting_option("--top-k", setting="top_k", type=BoundedInt(1, 1000), help="Labels kept per image."),
+        setting_option("--batch-size", setting="batch_size", type=BoundedInt(1, 1024),
                        help="Images per task and forward pass."),
         click.option("--name", default="", help="A name for the job (default: its id)."),
         click.option("-v", "--verbose", is_flag=True,
@@ -259,23 +297,12 @@ def job_request(settings: Settings, known: str, activations: tuple[str, ...], ac
             "sink": sink, "head": head}
 
 
-class Duration(click.ParamType):
-    """Seconds, or 90s, 15m, 12h, 7d."""
-
-    name = "DURATION"
-
-    def convert(self, value, param, ctx):
-        try:
-            return value if isinstance(value, int) else parse_duration(value)
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
-
-
 @cli.command()
 @submit_options
 @job_options
-@setting_option("--retention", setting="retention", type=Duration(),
-                help="Keep the finished job's records in Redis this long (90s, 12h, 7d; 0: until `imgq delete`).")
+@setting_option("--retention", setting="retention", type=Duration(0, MAX_RETENTION),
+                help="Keep the finished job's records in Redis this long (90s, 12h, 7d, at most "
+                     f"{format_seconds(MAX_RETENTION)}; 0: until `imgq delete`).")
 @click.option("--wait", "wait_", is_flag=True, help="Show progress until the job completes.")
 @click.pass_context
 def submit(ctx, paths, recursive, includes, excludes, from_file, top_k, batch_size, name, verbose, known, activations,
@@ -295,7 +322,7 @@ def submit(ctx, paths, recursive, includes, excludes, from_file, top_k, batch_si
         click.echo(exc.job)  # the job exists and will complete: scripts must get its id, not submit it again
         raise click.ClickException(str(exc)) from None
     click.echo(submitted.job)
-    echo_queued(f"Queued {submitted.total} images in {submitted.batches} batches.", skipped)
+    echo_queued(f"Queued {plural(submitted.total, 'image')} in {plural(submitted.batches, 'batch')}.", skipped)
     if activations:
         size = format_bytes(estimate_bytes(submitted.total, activations, activations_dtype))
         click.echo(f"Activation dumps of {', '.join(activations)}: about {size}, under <dump root>/{submitted.job}/ "
@@ -309,7 +336,7 @@ def submit(ctx, paths, recursive, includes, excludes, from_file, top_k, batch_si
 
 @cli.command()
 @click.argument("job", required=False)
-@click.option("--limit", default=20, show_default=True, help="Jobs listed without JOB.")
+@click.option("--limit", type=BoundedInt(1, MAX_LISTED), default=20, show_default=True, help="Jobs listed without JOB.")
 @click.option("--workers", "show_workers", is_flag=True, help="The live workers and the queue depth instead.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
@@ -319,12 +346,12 @@ def status(ctx, job, limit, show_workers, as_json):
     if show_workers:
         _print_workers(store, as_json)
         return
-    statuses = [store.status(job)] if job else store.list_jobs(limit)
+    statuses = [store.status(resolve(store, job))] if job else store.list_jobs(limit)
     if as_json:
         click.echo(json.dumps([_status_dict(s) for s in statuses] if not job else _status_dict(statuses[0])))
     elif job:
         for key, value in _status_dict(statuses[0]).items():
-            click.echo(f"{key:>10}: {value}")
+            click.echo(f"{key:>10}: {_shown(key, value)}")
     else:
         _print_jobs(statuses)
 
@@ -340,6 +367,27 @@ def _status_dict(s: JobStatus) -> dict:
             "eta_s": None if s.eta is None else round(s.eta), "created": _time(s.created),
             "expires": _expiry(s), "params": s.params,
             "skipped": s.skipped_files, "skipped_kinds": s.skipped_kinds}
+
+
+def _shown(key: str, value) -> str:
+    """A value of ``_status_dict`` as `imgq status JOB` prints it: words, not Python's reprs."""
+    if value is None or value == "":
+        return "-"
+    if key == "rate":
+        return f"{value:.1f} images/s"
+    if key == "eta_s":
+        return f"{value} s"
+    if key == "params":
+        return ", ".join(f"{k} {_param(k, v)}" for k, v in value.items()) or "-"
+    return str(value)
+
+
+def _param(key: str, value) -> str:
+    if key == "retention" and isinstance(value, int):
+        return format_seconds(value)
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    return "yes" if value is True else str(value)
 
 
 def _expiry(s: JobStatus) -> str:
@@ -376,11 +424,13 @@ def _print_workers(store: ResultStore, as_json: bool) -> None:
         click.echo(json.dumps({"queued_batches": depth, "workers": [w.to_dict() for w in workers],
                                "jobs_in_flight": [_status_dict(s) for s in jobs]}))
         return
-    click.echo(f"{depth} batches queued; {len(workers)} workers alive; {len(jobs)} jobs in flight.")
+    click.echo(f"{plural(depth, 'batch')} queued; {plural(len(workers), 'worker')} alive; "
+               f"{plural(len(jobs), 'job')} in flight.")
     for w in workers:
         click.echo(f"  {w.hostname} on {w.host}, pid {w.pid}: pool {w.pool} x{w.concurrency}, "
-                   f"{w.batches_in_hand} batches in hand, {w.images_per_second:.1f} images/s over the last minute, "
-                   f"{w.images_done} images done; {w.precision} on {w.runtime or '?'}, weights {w.weights}")
+                   f"{plural(w.batches_in_hand, 'batch')} in hand, {w.images_per_second:.1f} images/s over the last "
+                   f"minute, {plural(w.images_done, 'image')} done; {w.precision} on {w.runtime or '?'}, weights "
+                   f"{w.weights}")
         for warning in w.warnings:
             click.echo(f"    WARNING: {warning}")
     for s in jobs:
@@ -401,13 +451,15 @@ def _jobs_in_flight(store: ResultStore) -> list[JobStatus]:
 
 @cli.command()
 @click.argument("job")
-@click.option("--timeout", type=float, help="Give up after this many seconds (exit 1).")
+@click.option("--timeout", type=FiniteFloat(0, MAX_TIMEOUT, low_open=True), metavar="SECONDS",
+              help="Give up after this many seconds (exit 1).")
 @click.pass_context
 def wait(ctx, job, timeout):
     """Show a progress bar until JOB completes."""
     from producer.progress import wait as wait_for
 
     store = ResultStore.from_settings(ctx.obj)
+    job = resolve(store, job)
     if not store.status(job).finished:  # raises JobNotFound
         _warn_if_no_worker(store)
     try:
@@ -427,7 +479,7 @@ def wait(ctx, job, timeout):
 @click.option("--embeddings", "embeddings_out", type=OutputFile(), metavar="FILE.npy",
               help="Write the avg_pool dumps as one (images, 2048) array and an index FILE.index.jsonl, "
                    "instead of the records (which then go to -o only).")
-@click.option("--min-score", type=click.FloatRange(0, 1), metavar="S",
+@click.option("--min-score", type=FiniteFloat(0, 1), metavar="S",
               help="Drop the labels scoring under S from each record's top_k (the stored record keeps them).")
 @click.option("--groups", is_flag=True,
               help="Add each record's WordNet groups (animal, dog, vehicle, ...) with their scores, the sums of their "
@@ -438,6 +490,7 @@ def results(ctx, job, fmt, out, embeddings_out, min_score, groups):
     if fmt in FILE_FORMATS and out in (None, "-"):
         raise click.ClickException(f"--format {fmt} writes a file: give -o FILE.")
     store = ResultStore.from_settings(ctx.obj)
+    job = resolve(store, job)
     status = store.status(job)
     if not status.finished:
         click.echo(f"Job {job} is {status.state}: {status.processed} of {status.total} records so far.", err=True)
@@ -465,8 +518,11 @@ def results(ctx, job, fmt, out, embeddings_out, min_score, groups):
 @click.pass_context
 def cancel(ctx, job):
     """Skip the remaining batches of JOB; results already written stay."""
-    final = ResultStore.from_settings(ctx.obj).cancel(job)
-    click.echo(f"Job {final.id} {final.state}: {final.processed} of {final.total} images have records.", err=True)
+    store = ResultStore.from_settings(ctx.obj)
+    final = store.cancel(resolve(store, job))
+    have = "has a record" if final.processed == 1 else "have records"
+    click.echo(f"Job {final.id} {final.state}: {final.processed} of its {plural(final.total, 'image')} {have}.",
+               err=True)
 
 
 @cli.command()
@@ -474,7 +530,9 @@ def cancel(ctx, job):
 @click.pass_context
 def delete(ctx, job):
     """Forget JOB: its record, results and batches (images and exports are not touched)."""
-    left = ResultStore.from_settings(ctx.obj).delete(job)
+    store = ResultStore.from_settings(ctx.obj)
+    job = resolve(store, job)
+    left = store.delete(job)
     if left.error:
         raise click.ClickException(f"Deleted job {job}, but its Parquet files in {left.folder} could not be removed "
                                    f"({left.error}): the workers' reconciler tries again every "
@@ -488,17 +546,30 @@ def delete(ctx, job):
 
 @cli.command()
 @click.argument("job")
+@click.option("--resume", is_flag=True,
+              help="Of a cancelled job: take the cancellation back and queue its remaining batches.")
 @click.pass_context
-def requeue(ctx, job):
+def requeue(ctx, job, resume):
     """Queue again the batches of JOB whose images still lack a record (after a worker was lost).
 
     Safe to repeat: a batch delivered twice overwrites its records instead of adding to them.
     """
     settings = ctx.obj
     store = ResultStore.from_settings(settings)
-    store.status(job)  # raises JobNotFound
+    job = resolve(store, job)
+    status = store.status(job)
+    if status.state == "done":
+        click.echo(f"Job {job} is done: every image has a record, nothing to queue.", err=True)
+        return
+    if status.state == "cancelled":
+        if not resume:  # its workers would skip every batch: queueing them would say "Queued" and do nothing
+            raise click.ClickException(
+                f"Job {job} is cancelled: its workers skip the {plural(status.total - status.processed, 'image')} "
+                f"without a record. `imgq requeue {job} --resume` takes the cancellation back and queues them.")
+        store.resume(job)
+        click.echo(f"Job {job} resumed: it is no longer cancelled.", err=True)
     sent = queue.publish(queue.refs(store.unfinished_batches(job)), settings)
-    click.echo(f"Queued {sent} batches of job {job} again.", err=True)
+    click.echo(f"Queued {plural(sent, 'batch')} of job {job} again.", err=True)
 
 
 def _write_embeddings(store: ResultStore, job: str, out: str, dump_root: str) -> None:
@@ -511,8 +582,8 @@ def _write_embeddings(store: ResultStore, job: str, out: str, dump_root: str) ->
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @setting_option("--weights", setting="weights", help="imagenet, random[:SEED] or a .h5/.weights.h5/.keras file.")
-@setting_option("--batch-size", setting="batch_size", type=click.IntRange(1, 1024), help="Images per forward pass.")
-@setting_option("--metrics-port", setting="metrics_port", type=click.IntRange(0, 65535),
+@setting_option("--batch-size", setting="batch_size", type=BoundedInt(1, 1024), help="Images per forward pass.")
+@setting_option("--metrics-port", setting="metrics_port", type=BoundedInt(0, 65535),
                 help="Serve Prometheus metrics at http://ADDRESS:PORT/metrics (0: off).")
 @setting_option("--metrics-address", setting="metrics_address",
                 help="IP address of the metrics server (0.0.0.0: every interface, as in a container).")
@@ -542,17 +613,19 @@ def worker(ctx, weights, batch_size, metrics_port, metrics_address, log_format, 
               help="File of results [default: imgq-<job>.jsonl, or .csv].")
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True,
               help="Format of the results file.")
-@click.option("--min-score", type=click.FloatRange(0, 1), metavar="S",
+@click.option("--min-score", type=FiniteFloat(0, 1), metavar="S",
               help="Leave labels scoring under S out of the results file (and the sidecars).")
 @click.option("--tag", "tag_sidecars", is_flag=True,
               help="When the job is done, write each image's best label into its XMP sidecar, as `imgq tag JOB "
-                   "--min-score S` would (refused for random weights).")
+                   "--min-score S` would (refused for random weights unless --allow-untrained).")
+@click.option("--allow-untrained", is_flag=True,
+              help="With --tag: write the labels of random (untrained) weights, meaningless as they are.")
 @click.option("--embedded-redis/--no-embedded-redis", default=None,
               help="Start a private Redis-compatible server (default: only when none is configured or answering).")
 @click.pass_context
 def classify(ctx, paths, recursive, includes, excludes, from_file, top_k, batch_size, name, verbose, known,
              activations, activations_dtype, yes, sink, head, weights, out, fmt, min_score, tag_sidecars,
-             embedded_redis):
+             allow_untrained, embedded_redis):
     """Classify the images under PATH... on this machine, starting whatever is missing, into a results file."""
     from producer.classify import Output, run_classify
     from producer.tagging import TagOptions
@@ -562,9 +635,9 @@ def classify(ctx, paths, recursive, includes, excludes, from_file, top_k, batch_
     skipped = Skipped(keep_paths=verbose)
     images = selected_images(paths, recursive, includes, excludes, from_file, skipped)
     request = {**job_request(settings, known, activations, activations_dtype, yes, sink, head), "skipped": skipped}
+    tagging = TagOptions(min_score=min_score or 0.0, allow_untrained=allow_untrained) if tag_sidecars else None
     run_classify(images, settings, name=name, embedded=embedded_redis, broker_configured=bool(broker_configured),
-                 request=request,
-                 output=Output(out, fmt, min_score, TagOptions(min_score=min_score or 0.0) if tag_sidecars else None))
+                 request=request, output=Output(out, fmt, min_score, tagging))
 
 
 # They use the group's settings and errors above.

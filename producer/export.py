@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import sys
 from collections.abc import Callable, Iterable, Iterator
@@ -126,9 +127,26 @@ def file_writer_for(fmt: str, k: int, groups: Groups = None) -> Callable[[Iterab
 
 @contextmanager
 def output(path: str | None) -> Iterator[IO[str]]:
-    """Standard output, or ``path`` written through ``atomic_path``."""
+    """Standard output, or ``path`` written through ``atomic_path``. Either way a path that is not UTF-8 (a
+    file name's bytes as os.fsdecode gives them) is written as its own bytes, not refused."""
     if path is None or path == "-":
-        yield sys.stdout
+        yield from _stdout_as_file_names_are()
         return
     with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as file:
         yield file
+
+
+def _stdout_as_file_names_are() -> Iterator[IO[str]]:
+    """Standard output with errors="surrogateescape" (Python's own is strict under a UTF-8 locale), detached
+    again afterwards so that closing the wrapper never closes standard output."""
+    if not hasattr(sys.stdout, "buffer"):  # a stream replaced by a text-only one: it takes what it takes
+        yield sys.stdout
+        return
+    sys.stdout.flush()
+    stream = io.TextIOWrapper(sys.stdout.buffer, encoding=sys.stdout.encoding or "utf-8", errors="surrogateescape",
+                              newline="", write_through=True)
+    try:
+        yield stream
+    finally:
+        stream.flush()
+        stream.detach()

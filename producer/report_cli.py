@@ -5,9 +5,14 @@ from __future__ import annotations
 
 import click
 
+from imgq.job_refs import resolve
 from imgq.store import ResultStore
 from producer.dumps import format_bytes
+from producer.params import BoundedInt
 from producer.paths import OutputFile
+
+MAX_IMAGE = 2**40  # image numbers count from 0; no job comes near this, and Redis takes it as a list index
+MAX_CHANNELS = 2048  # the most channels of any ResNet50 layer (avg_pool)
 
 
 @click.command()
@@ -25,9 +30,9 @@ def layers():
 @click.argument("job")
 @click.option("-o", "--output", "out", type=OutputFile(),
               help="The HTML file; its pictures go to a folder beside it, <name>_files/ [default: imgq-<job>.html].")
-@click.option("--page-size", type=click.IntRange(1, 10000), default=100, show_default=True,
+@click.option("--page-size", type=BoundedInt(1, 10000), default=100, show_default=True,
               help="Images per page of the grid.")
-@click.option("--channels", type=click.IntRange(1, 64), default=8, show_default=True,
+@click.option("--channels", type=BoundedInt(1, 64), default=8, show_default=True,
               help="Most active channels shown per dumped layer and image.")
 @click.option("--group", metavar="NAME",
               help="Only the images of this WordNet group (animal, dog, vehicle, ...): those whose group score, "
@@ -37,9 +42,11 @@ def report(ctx, job, out, page_size, channels, group):
     """Write an HTML report of JOB: summary, errors, thumbnails with labels, heat maps of the dumps."""
     from producer.report import ReportError, write_report
 
+    store = ResultStore.from_settings(ctx.obj)
+    job = resolve(store, job)
     out = out or f"imgq-{job}.html"
     try:
-        written = write_report(ResultStore.from_settings(ctx.obj), job, out, ctx.obj.effective_dump_root,
+        written = write_report(store, job, out, ctx.obj.effective_dump_root,
                                page_size=page_size, channels=channels, group=group)
     except ReportError as exc:
         raise click.ClickException(str(exc)) from None
@@ -49,13 +56,13 @@ def report(ctx, job, out, page_size, channels, group):
 
 @click.command()
 @click.argument("job")
-@click.argument("image", type=click.IntRange(0))
+@click.argument("image", type=BoundedInt(0, MAX_IMAGE))
 @click.option("--layer", required=True, help="A layer dumped for the image (see the record's activations).")
 @click.option("-o", "--output", "out", required=True, type=OutputFile(),
               help="The PNG file to write.")
-@click.option("--channels", type=click.IntRange(0), default=16, show_default=True,
+@click.option("--channels", type=BoundedInt(0, MAX_CHANNELS), default=16, show_default=True,
               help="Most active channels shown (0: all).")
-@click.option("--cell", type=click.IntRange(8, 1024), default=128, show_default=True,
+@click.option("--cell", type=BoundedInt(8, 1024), default=128, show_default=True,
               help="Longer side of each feature map, in pixels.")
 @click.pass_context
 def show(ctx, job, image, layer, out, channels, cell):
@@ -63,7 +70,8 @@ def show(ctx, job, image, layer, out, channels, cell):
     from producer.dumps import layer_of, record_of
     from producer.heatmaps import channel_title, feature_grid, write_png
 
-    activations = layer_of(record_of(ResultStore.from_settings(ctx.obj), job, image), layer,
+    store = ResultStore.from_settings(ctx.obj)
+    activations = layer_of(record_of(store, resolve(store, job), image), layer,
                            ctx.obj.effective_dump_root)
     write_png(feature_grid(activations, channels, cell=cell, labels=True), out)
     click.echo(f"Wrote {out}: {layer} {'x'.join(map(str, activations.shape))}, "

@@ -17,19 +17,21 @@ import click
 from imgq import heads, queue
 from imgq.scan_state import ScanState
 from imgq.schedules import (
+    MAX_EVERY,
     RUNS_KEPT,
     Schedule,
     ScheduleBook,
     ScheduleError,
     check_name,
     parse_cron,
-    parse_every,
 )
-from imgq.settings import Settings, env_var
+from imgq.settings import Settings, env_var, format_seconds
 from imgq.store import JobNotFound, ResultStore
 from imgq.tick import tick
 from imgq.walk import skipped_phrase
 from producer.head_options import head_option, refuse_foreign_head
+from producer.params import BoundedInt, Duration
+from producer.words import plural
 
 
 class ScheduleGroup(click.Group):
@@ -77,8 +79,9 @@ def schedule():
 @schedule.command()
 @click.argument("name", callback=_validated(check_name))
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=str))
-@click.option("--every", callback=_validated(parse_every), metavar="INTERVAL",
-              help="Fire every INTERVAL: 30s, 15m, 1h, 1d. The first tick comes at once.")
+@click.option("--every", type=Duration(1, MAX_EVERY), metavar="INTERVAL",
+              help=f"Fire every INTERVAL: 30s, 15m, 1h, 1d (at most {format_seconds(MAX_EVERY)}). The first tick comes "
+                   "at once.")
 @click.option("--cron", callback=_validated(parse_cron), metavar="'M H DOM MON DOW'",
               help="Fire at the times of these 5 cron fields, in UTC, e.g. '0 * * * *'.")
 @click.option("--recursive/--no-recursive", default=True, show_default=True,
@@ -88,12 +91,12 @@ def schedule():
 @click.option("--exclude", "excludes", multiple=True, metavar="GLOB",
               help="Skip files and folders whose name or path matches GLOB (repeatable). Folders holding a "
                    ".nomedia or .imgqignore file are always skipped, with their sub-folders.")
-@click.option("--top-k", type=click.IntRange(1, 1000), help=f"Labels kept per image [env: {env_var('top_k')}].")
-@click.option("--batch-size", type=click.IntRange(1, 1024),
+@click.option("--top-k", type=BoundedInt(1, 1000), help=f"Labels kept per image [env: {env_var('top_k')}].")
+@click.option("--batch-size", type=BoundedInt(1, 1024),
               help=f"Images per task and forward pass [env: {env_var('batch_size')}].")
-@click.option("--max-retries", type=click.IntRange(0, 255),
+@click.option("--max-retries", type=BoundedInt(0, 255),
               help="Ticks that submit again a file whose record is an error, before giving up on it until it "
-                   f"changes [env: {env_var('scan_max_retries')}; default: 3].")
+                   f"changes (0: none) [env: {env_var('scan_max_retries')}; default: 3].")
 @click.option("--paused", is_flag=True, help="Create it paused (`imgq schedule resume` starts it).")
 @click.option("--replace", "replace_existing", is_flag=True,
               help="Change an existing schedule (its scan state and runs are kept).")
@@ -107,7 +110,7 @@ def add(ctx, name, paths, every, cron, recursive, includes, excludes, top_k, bat
         raise click.UsageError("Give exactly one of --every and --cron.")
     settings: Settings = ctx.obj
     definition = Schedule(
-        name=name, paths=tuple(os.path.abspath(p) for p in paths), every=parse_every(every) if every else None,
+        name=name, paths=tuple(os.path.abspath(p) for p in paths), every=every,
         cron=" ".join(cron.split()) if cron else None, recursive=recursive, includes=tuple(includes),
         excludes=tuple(excludes),
         top_k=top_k or settings.top_k, batch_size=batch_size or settings.batch_size,
@@ -139,7 +142,7 @@ def list_(ctx, as_json):
 
 @schedule.command()
 @click.argument("name")
-@click.option("--runs", "limit", type=click.IntRange(1, RUNS_KEPT), default=20, show_default=True,
+@click.option("--runs", "limit", type=BoundedInt(1, RUNS_KEPT), default=20, show_default=True,
               help="Recent runs listed.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
@@ -207,8 +210,8 @@ def run(ctx, name, wait_):
         return
     found = result["found"]
     click.echo(result["job"])
-    click.echo(f"Queued {found['new'] + found['changed'] + found['retried']} images ({found['new']} new, "
-               f"{found['changed']} changed, {found['retried']} retried) in {result['batches']} batches"
+    click.echo(f"Queued {plural(found['new'] + found['changed'] + found['retried'], 'image')} ({found['new']} new, "
+               f"{found['changed']} changed, {found['retried']} retried) in {plural(result['batches'], 'batch')}"
                f"{f'; {skipped}' if skipped else ''}.", err=True)
     if wait_:
         from producer.progress import wait

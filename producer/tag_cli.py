@@ -3,18 +3,22 @@ producer.tagging (which keywords, which sidecar) and producer.sidecars (the XMP 
 
 from __future__ import annotations
 
+import os
+
 import click
 
+from imgq.job_refs import resolve
 from imgq.store import ResultStore
+from producer.params import BoundedInt, FiniteFloat
 from producer.tagging import SIDECAR_NAMES, SidecarChange, TagOptions, UntrainedWeights, tag_records
 
 
 @click.command()
 @click.argument("job")
-@click.option("--min-score", type=click.FloatRange(0, 1), default=0.0, show_default=True, metavar="S",
+@click.option("--min-score", type=FiniteFloat(0, 1), default=0.0, show_default=True, metavar="S",
               help="Only labels scoring at least S become keywords; above 0, so does each WordNet group whose "
                    "summed score reaches S (dog 0.93 for a photo split between three terriers).")
-@click.option("--top", type=click.IntRange(1, 1000), default=1, show_default=True, metavar="N",
+@click.option("--top", type=BoundedInt(1, 1000), default=1, show_default=True, metavar="N",
               help="At most the N best labels of each image become keywords.")
 @click.option("--prefix", default="imgq", show_default=True, metavar="TEXT",
               help="Parent keyword of imgq's keywords (TEXT|label, TEXT/label): what --remove goes by.")
@@ -23,7 +27,8 @@ from producer.tagging import SIDECAR_NAMES, SidecarChange, TagOptions, Untrained
 @click.option("--remove", is_flag=True, help="Take away the keywords imgq wrote (under --prefix), and nothing else.")
 @click.option("--dry-run", is_flag=True, help="Print what would change; write nothing.")
 @click.option("--allow-untrained", is_flag=True,
-              help="Write labels of a job classified with random (untrained) weights, meaningless as they are.")
+              help="Write labels of a job classified with random (untrained) weights, meaningless as they are "
+                   "(not needed with --remove, which writes none).")
 @click.option("--groups", is_flag=True,
               help="Also write the labels' WordNet groups (animal, dog, vehicle, ...) into dc:subject; they are "
                    "always in the hierarchical keywords (imgq|animal|dog|Border collie).")
@@ -36,14 +41,13 @@ def tag(ctx, job, min_score, top, prefix, sidecar_name, remove, dry_run, allow_u
     A keyword the sidecar held before imgq came stays, even when it equals a label. Images changed since the
     job was submitted are skipped with a line; symbolic links, pipes and read-only sidecars are left alone.
     """
-    if not 0.0 <= min_score <= 1.0:  # click's FloatRange lets nan through
-        raise click.BadParameter(f"Expected a number between 0 and 1. Received: {min_score}", param_hint="--min-score")
     try:
         options = TagOptions(prefix=prefix, top=top, min_score=min_score, sidecar_name=sidecar_name,
                              remove=remove, dry_run=dry_run, allow_untrained=allow_untrained, groups=groups)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--prefix") from None
     store = ResultStore.from_settings(ctx.obj)
+    job = resolve(store, job)
     status = store.status(job)  # raises JobNotFound
     if not status.finished:
         click.echo(f"Job {job} is {status.state}: tagging the {status.processed} of {status.total} images "
@@ -72,5 +76,6 @@ def _reporter(dry_run: bool):
         elif change.state != "unchanged" and dry_run:
             parts = [f"+{k}" for k in change.added] + [f"-{k}" for k in change.removed]
             verb = {"created": "would create", "deleted": "would delete"}.get(change.state, "would change")
-            click.echo(f"{change.path}: {verb}: {', '.join(parts)}")
+            # The path as its bytes: a file name need not be UTF-8, and stdout under a UTF-8 locale refuses it.
+            click.echo(os.fsencode(change.path) + f": {verb}: {', '.join(parts)}".encode())
     return report

@@ -20,6 +20,7 @@ from imgq.deliveries import Deliveries
 from imgq.settings import Settings, mask_url
 from imgq.store import ResultStore
 from producer.local import WORKER_READY_TIMEOUT, LocalServiceError, LocalWorker
+from producer.words import plural
 
 LOOK_SECONDS = 5.0  # how often the workers and the failed deliveries are looked at (a status poll is 0.5 s)
 FAILURES_LOOKED_AT = 20  # batches checked for records at each look, the most delivered first
@@ -43,7 +44,7 @@ class Workers:
         if workers := self.store.workers():
             others = {w.weights for w in workers} - {self.settings.weights}
             if not all(w.startswith(self.settings.weights) for w in others):
-                click.echo(f"Using the {_plural(len(workers), 'live worker')}, with weights "
+                click.echo(f"Using the {plural(len(workers), 'live worker')}, with weights "
                            f"{', '.join(sorted(others))}: --weights applies only to a worker started here.", err=True)
             return
         self.start("Started a worker")
@@ -96,7 +97,7 @@ class Workers:
                 self._failures[batch] = failed
                 reason = self.worker.last_task_error() if self.worker is not None else None
                 where = f"log: {self.worker.log_path}" if self.worker is not None else "see the workers' logs"
-                click.echo(f"warning: batch {batch} of job {job} failed {_plural(failed, 'time')}"
+                click.echo(f"warning: batch {batch} of job {job} failed {plural(failed, 'time')}"
                            f"{f': {reason}' if reason else ''} ({where}); the workers queue it again within "
                            f"{self.settings.reconcile_seconds} s.", err=True)
 
@@ -115,7 +116,3 @@ def _failed_deliveries(store: ResultStore, job: str) -> dict[int, int]:
         if message and store.missing(job, [image for image, _ in message["images"]]):
             failed[batch] = ended[batch]
     return failed
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"

@@ -29,9 +29,13 @@ def test_classify_starts_and_stops_what_it_needs(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("IMGQ_")}
     env.update(IMGQ_WEIGHTS="random", IMGQ_STATE_DIR=str(tmp_path / "state"))
     result = subprocess.run(
-        [sys.executable, "-m", "producer.cli", "classify", str(photos), "--embedded-redis", "-o", str(out)],
+        [sys.executable, "-m", "producer.cli", "classify", str(photos), "--embedded-redis", "-o", str(out),
+         "--tag", "--allow-untrained"],
         env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
+    # --allow-untrained, which the refusal of --tag names (issue 20): every image classified has its sidecar.
+    assert f"Sidecars: {len(images)} created" in result.stderr
+    assert len(list(photos.glob("*.xmp"))) == len(images)
 
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(records) == len(images) + 1
@@ -82,6 +86,7 @@ def test_classify_takes_what_submit_takes_and_writes_csv(tmp_path):
     # Random weights: the results file is written, the sidecars are refused with one line.
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("Error: Job ") and "untrained" in result.stderr
+    assert "--allow-untrained" in result.stderr.strip().splitlines()[-1]  # which classify takes
     assert "Traceback" not in result.stderr and not list(photos.rglob("*.xmp"))
     assert "images in 1 batches; skipped 2 files that are not images (1 .MOV, 1 .txt)." in result.stderr
     assert f"skipped: {photos / 'clip.MOV'}\nskipped: {photos / 'notes.txt'}\n" in result.stderr

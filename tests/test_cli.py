@@ -195,7 +195,7 @@ def test_requeue_sends_again_only_batches_with_missing_records(run, photos, stor
 def test_status_workers_shows_heartbeats_and_queue_depth(run, photos, store):
     job = run("submit", str(photos), "--batch-size", "2").stdout.strip()
     assert run("status", "--workers").stdout.splitlines() == [
-        "3 batches queued; 0 workers alive; 1 jobs in flight.", f"  job {job} queued: 0/5 done, 0 failed"]
+        "3 batches queued; 0 workers alive; 1 job in flight.", f"  job {job} queued: 0/5 done, 0 failed"]
     heartbeat = Heartbeat(hostname="w1", pid=7, host="h", pool="threads", warnings=("Redis may evict keys",))
     store.send_heartbeat("w1:7", heartbeat, ttl=10)
     data = json.loads(run("status", "--workers", "--json").stdout)

@@ -32,6 +32,7 @@ def producer_only(tmp_path_factory) -> Path:
     pip = subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet", str(source)], capture_output=True,
                          text=True, timeout=600)
     assert pip.returncode == 0, pip.stderr[-3000:]
+    assert "project.license" not in pip.stderr, pip.stderr[-3000:]  # setuptools' deprecation of a TOML table
     return venv / "bin"
 
 

@@ -31,16 +31,38 @@ from tests.processes import imgq_cli
 
 
 @pytest.mark.parametrize(("text", "seconds"), [("30s", 30), ("15m", 900), ("1h", 3600), ("1d", 86400),
-                                               (" 2s ", 2)])
+                                               (" 2s ", 2), ("90", 90), ("365d", 365 * 86400)])
 def test_intervals(text, seconds):
     assert parse_every(text) == seconds
     assert parse_every(format_seconds(seconds)) == seconds
 
 
-@pytest.mark.parametrize("text", ["", "15", "0m", "-1m", "1.5h", "15 m", "1w", "m", "1h30m"])
+@pytest.mark.parametrize("text", ["", "-1m", "1.5h", "15 m", "1w", "m", "1h30m", "nan", "infd"])
 def test_bad_intervals(text):
-    with pytest.raises(ValueError, match="Expected an interval like 30s"):
+    with pytest.raises(ValueError, match="Expected seconds or a duration like 90s"):
         parse_every(text)
+
+
+@pytest.mark.parametrize("text", ["0", "0m", "366d", "1000000000d", "99999999999999999999d", "9" * 5000])
+def test_intervals_out_of_range(text):
+    with pytest.raises(ValueError, match="An interval is from 1s to 365d"):
+        parse_every(text)
+
+
+@pytest.mark.parametrize("every", ["99999999999999999999d", "1000000000d", "366d", "0s"])
+def test_an_interval_out_of_range_is_one_line_and_makes_no_schedule(run, photos, store, settings, every):
+    result = run("schedule", "add", "photos", str(photos), "--every", every)
+    assert result.exit_code == 2 and len(result.stderr.splitlines()) == 1
+    assert "is not from 1s to 365d" in result.stderr
+    assert store.redis.keys(f"{settings.namespace}:*") == []
+
+
+def test_the_book_refuses_an_interval_beat_cannot_fire_and_writes_nothing(book, photos, store, settings):
+    from imgq.schedules import Schedule
+
+    with pytest.raises(ValueError, match="An interval is from 1s"):
+        book.add(Schedule(name="photos", paths=(str(photos),), every=10**20 * 86400))
+    assert store.redis.keys(f"{settings.namespace}:*") == []
 
 
 def test_cron_fields_are_minute_hour_day_month_weekday():
@@ -138,7 +160,7 @@ def test_a_cron_schedule_waits_for_its_time(run, book, photos):
 @pytest.mark.parametrize(("args", "message"), [
     (["--every", "15m", "--cron", "0 * * * *"], "exactly one of --every and --cron"),
     ([], "exactly one of --every and --cron"),
-    (["--every", "soon"], "Expected an interval like 30s"),
+    (["--every", "soon"], "Expected seconds or a duration like 90s"),
     (["--cron", "0 * * *"], "Expected 5 cron fields"),
 ])
 def test_add_usage_errors(run, photos, args, message, store, settings):

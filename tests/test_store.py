@@ -69,16 +69,25 @@ class TestResultStoreContract:
         store.record_results("job1", [failed("job1", 1)])
         status = store.status("job1")
         assert status.state == "done" and status.finished_at is not None
-        assert status.rate > 0 and status.eta is None
+        assert status.rate is None and status.eta is None  # done in less than MIN_RATE_SECONDS: no rate
+
+    def test_a_rate_is_given_only_over_a_meaningful_span(self, store):
+        commit(store, total=4)
+        store.mark_started("job1")
+        store.record_results("job1", [ok("job1", 0)])
+        assert store.status("job1").rate is None  # 1 image in a few milliseconds is not "1310.7/s"
+        store.redis.hset(store.keys.job("job1"), "started_at", time.time() - 10)
+        running = store.status("job1")
+        assert 0.09 < running.rate < 0.11 and 29 < running.eta < 31
 
     def test_a_done_job_has_a_fixed_rate_even_before_finished_at_is_written(self, store):
         commit(store, total=1)
-        store.mark_started("job1")
+        store.redis.hset(store.keys.job("job1"), "started_at", time.time() - 10)
         store.record_results("job1", [ok("job1", 0)])
         store.redis.hdel(store.keys.job("job1"), "finished_at")  # the moment between the two writes
         first = store.status("job1")
         time.sleep(0.05)
-        assert first.state == "done" and store.status("job1").rate == first.rate
+        assert first.state == "done" and first.rate and store.status("job1").rate == first.rate
 
     def test_results_come_in_submission_order(self, store):
         commit(store, total=2500, batch_size=500)

@@ -1,8 +1,8 @@
 """ResNet50 on OpenVINO: the Keras model converted once, cached on disk, compiled once per layer set.
 
 Keras still defines the model and loads every kind of weights (worker/model.py); OpenVINO only runs it.
-On this CPU the same graph runs ~2x faster in fp32 and ~4x in bf16 than under TensorFlow (docs/runtime.md,
-BENCHMARKS.md). The conversion (TensorFlow import, Keras build, ov.convert_model: ~6 s) is done once per
+The same graph runs faster than under TensorFlow on CPUs (the measured figures, with their machine: BENCHMARKS.md,
+"OpenVINO's speed-up"). The conversion (TensorFlow import, Keras build, ov.convert_model: ~6 s) is done once per
 weights, output layers and OpenVINO version, and saved under ``<state_dir>/openvino``: a worker that finds
 its conversion there never imports TensorFlow at all and is ready in about two seconds.
 
