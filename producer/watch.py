@@ -44,8 +44,9 @@ class Workers:
         if workers := self.store.workers():
             others = {w.weights for w in workers} - {self.settings.weights}
             if not all(w.startswith(self.settings.weights) for w in others):
-                click.echo(f"Using the {plural(len(workers), 'live worker')}, with weights "
-                           f"{', '.join(sorted(others))}: --weights applies only to a worker started here.", err=True)
+                which = "the live worker" if len(workers) == 1 else f"the {len(workers)} live workers"
+                click.echo(f"Using {which}, with weights {', '.join(sorted(others))}: --weights applies only to a "
+                           "worker started here.", err=True)
             return
         self.start("Started a worker")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import time
 
 import pytest
 
@@ -160,10 +161,13 @@ def test_classify_names_the_live_workers_it_uses_in_good_english(store, settings
     from contextlib import ExitStack
 
     from imgq.contract import Heartbeat
-    from producer.classify import _ensure_worker
+    from producer.watch import Workers
 
     for n in range(workers):
-        store.send_heartbeat(f"w{n}:1", Heartbeat(hostname=f"w{n}", pid=1, weights="imagenet"), ttl=30)
+        store.send_heartbeat(f"w{n}:1", Heartbeat(hostname=f"w{n}", pid=1, weights="imagenet", sent_at=time.time()),
+                             ttl=30)
     with ExitStack() as started:
-        assert _ensure_worker(dataclasses.replace(settings, weights="random:0"), store, started) is None
+        workers_ = Workers(dataclasses.replace(settings, weights="random:0"), store, started)
+        workers_.ensure()
+        assert workers_.worker is None  # none started: the live ones are used
     assert capsys.readouterr().err.startswith(said)
