@@ -32,6 +32,8 @@ TASK_SCHEDULED_SCAN = "imgq.scheduled_scan"
 # the files that are new or changed. Sent by name, like the batches, to the same queue.
 
 MODEL_NAME = "resnet50"
+# The model of a job that names none, and of records written before jobs named their model.
+
 
 ERROR_CODES = {
     "missing": "the file does not exist",
@@ -89,6 +91,9 @@ class BatchMessage:
     # The batch's records go as one Parquet file into the workers' sink folder (IMGQ_SINK_DIR, imgq/sink.py)
     # instead of into Redis. The folder is the worker's setting, never the message's: a message must not
     # choose where a worker writes.
+    model: str = MODEL_NAME
+    # The name of the model the job asked for: which workers' queue its batches go to (queue_name). A name,
+    # never a path: a worker loads only the model its operator set, and refuses a batch of another.
 
     def to_dict(self) -> dict:
         data = {
@@ -104,6 +109,8 @@ class BatchMessage:
             data["known"] = self.known
         if self.sink:
             data["sink"] = True
+        if self.model != MODEL_NAME:
+            data["model"] = self.model
         return data
 
     @classmethod
@@ -116,7 +123,8 @@ class BatchMessage:
             message = cls(job=str(data["job"]), batch=int(data["batch"]), images=images, top_k=int(data["top_k"]),
                           activations=tuple(str(name) for name in data.get("activations", ())),
                           activations_dtype=str(data.get("activations_dtype", "float16")),
-                          known=str(data.get("known", "")), sink=data.get("sink") is True)
+                          known=str(data.get("known", "")), sink=data.get("sink") is True,
+                          model=str(data.get("model", MODEL_NAME)))
         except (KeyError, TypeError, ValueError) as exc:
             raise MessageError(f"Malformed batch message ({exc}). Received: {data!r:.200}") from None
         # The job id names a folder of activation dumps: it must never be a path.
@@ -125,6 +133,8 @@ class BatchMessage:
             raise MessageError(f"Expected a job id of letters and digits, a float16/float32 dump dtype and a known "
                                f"mode in {KNOWN_MODES}. Received: {message.job!r}, {message.activations_dtype!r}, "
                                f"{message.known!r}")
+        if not NAME.fullmatch(message.model):  # it names a queue (imgq.models.check_model_name), never a path
+            raise MessageError(f"Expected a model name (letters, digits, '.', '_', '-'). Received: {message.model!r}")
         return message
 
 
@@ -136,6 +146,9 @@ class BatchRef:
 
     job: str
     batch: int
+    model: str = MODEL_NAME
+    # The job's model: the queue the reference is sent to (queue_name). Not in the task message: the worker
+    # reads the model from the stored batch, the one place it is kept.
 
     def to_dict(self) -> dict:
         return {"v": REF_VERSION, "job": self.job, "batch": self.batch}
@@ -156,14 +169,39 @@ class BatchRef:
 
 @dataclass(frozen=True)
 class Label:
-    """One of an image's top-k ImageNet classes: WordNet id, Keras' label, probability."""
+    """One of an image's top-k classes: for an ImageNet model its WordNet id (``wnid``), Keras' label and the
+    probability; for a user's model (no wnid) the class name from its labels.txt, its ``index`` in the
+    model's outputs and the probability."""
 
     wnid: str
     label: str
     score: float
+    index: int | None = None
+    # The class's position in the model's outputs: given for a user's model, whose names alone may repeat or
+    # change from one version of labels.txt to the next. An ImageNet class's wnid says as much (class_numbers).
 
     def to_dict(self) -> dict:
-        return {"wnid": self.wnid, "label": self.label, "score": self.score}
+        if self.wnid:
+            return {"wnid": self.wnid, "label": self.label, "score": self.score}
+        return {"label": self.label, "index": self.index, "score": self.score}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Label:
+        """``{wnid, label, score}`` (an ImageNet class) or ``{label, index, score}`` (a user's model's);
+        raises KeyError, TypeError or ValueError."""
+        index = data.get("index")
+        return cls(str(data.get("wnid") or ""), str(data["label"]), float(data["score"]),
+                   None if index is None else int(index))
+
+
+def class_position(label: Label) -> int | None:
+    """The label's index in its model's outputs: given for a user's model's class, the wnid's position for an
+    ImageNet class (None for a wnid that is not one of the 1000)."""
+    if label.index is not None or not label.wnid:
+        return label.index
+    from imgq.classes import class_numbers
+
+    return class_numbers().get(label.wnid)
 
 
 @dataclass(frozen=True)
@@ -235,8 +273,7 @@ class ResultRecord:
             error = data.get("error")
             return cls(job=str(data["job"]), image=int(data["image"]), path=str(data["path"]),
                        status=str(data["status"]),
-                       top_k=tuple(Label(str(t["wnid"]), str(t["label"]), float(t["score"]))
-                                   for t in data.get("top_k") or ()),
+                       top_k=tuple(Label.from_dict(t) for t in data.get("top_k") or ()),
                        error=None if not error else Failure(str(error["code"]), str(error["message"])),
                        model=str(data.get("model", MODEL_NAME)), weights=str(data.get("weights", "")),
                        precision=str(data.get("precision", "")), runtime=str(data.get("runtime", "")),
@@ -248,9 +285,9 @@ class ResultRecord:
 
 
 def ok_record(job: str, image: int, path: str, top_k, **provenance) -> ResultRecord:
-    """The record of an image that was classified. ``top_k``: Labels (or ``{wnid, label, score}`` dicts),
-    best first; ``provenance``: the other fields of ResultRecord."""
-    labels = tuple(t if isinstance(t, Label) else Label(t["wnid"], t["label"], t["score"]) for t in top_k)
+    """The record of an image that was classified. ``top_k``: Labels (or their dicts: ``{wnid, label,
+    score}``, ``{label, index, score}``), best first; ``provenance``: the other fields of ResultRecord."""
+    labels = tuple(t if isinstance(t, Label) else Label.from_dict(t) for t in top_k)
     return ResultRecord(job, image, path, "ok", labels, None, **provenance)
 
 
@@ -275,6 +312,10 @@ class Heartbeat:
     hostname: str
     pid: int = 0
     host: str = ""
+    model: str = MODEL_NAME
+    # The name of the model the worker serves (the queue it consumes); ``model_id`` adds its file's digest
+    # for a user's model (imgq.models.ModelSpec.id).
+    model_id: str = ""
     weights: str = ""
     precision: str = ""
     runtime: str = ""
@@ -334,13 +375,22 @@ def path_digest(path: str) -> bytes:
 PATH_DIGEST_BYTES = 12
 
 
-def queue_name(settings: Settings) -> str:
-    return settings.namespace
+def queue_name(settings: Settings, model: str = MODEL_NAME) -> str:
+    """The Celery queue of ``model``'s workers: ``<ns>`` for resnet50 (the queue every job used before jobs
+    named their model, so that workers and producers of either age keep meeting), ``<ns>.<model>`` for any
+    other. A worker consumes its own model's queue only; a job's batches go to its model's queue."""
+    return model_queue(settings.namespace, model)
 
 
-def celery_config(settings: Settings) -> dict:
-    """The Celery configuration shared by the producer and the workers."""
-    config = _base_config(settings)
+def model_queue(namespace: str, model: str = MODEL_NAME) -> str:
+    """``queue_name`` from a namespace."""
+    return namespace if model == MODEL_NAME else f"{namespace}.{model}"
+
+
+def celery_config(settings: Settings, model: str = MODEL_NAME) -> dict:
+    """The Celery configuration shared by the producer and the workers; ``model``: the name of the model a
+    worker serves, whose queue is its default (and only) one."""
+    config = _base_config(settings, model)
     if settings.broker_url.startswith("rediss://") and "ssl_cert_reqs" not in settings.broker_url:
         # Kombu connects to rediss:// WITHOUT checking the server's certificate unless told to.
         config["broker_use_ssl"] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
@@ -365,7 +415,7 @@ def beat_config(settings: Settings) -> dict:
     }
 
 
-def _base_config(settings: Settings) -> dict:
+def _base_config(settings: Settings, model: str) -> dict:
     return {
         "broker_url": settings.broker_url,
         "broker_connection_retry_on_startup": True,
@@ -382,8 +432,10 @@ def _base_config(settings: Settings) -> dict:
         # The results store is the product; Celery's own result backend is not used.
         "task_ignore_result": True,
         "result_backend": None,
-        "task_default_queue": queue_name(settings),
-        "task_routes": {TASK_CLASSIFY_BATCH: {"queue": queue_name(settings)}},
+        # A worker consumes its default queue only: its model's. Senders name the queue of each message
+        # (imgq/queue.py, the schedules' entries), so the routes below never decide where a batch goes.
+        "task_default_queue": queue_name(settings, model),
+        "task_routes": {TASK_CLASSIFY_BATCH: {"queue": queue_name(settings, model)}},
         # Acknowledge after the batch is stored, so a worker that dies mid-batch loses nothing.
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,

@@ -6,6 +6,8 @@ import json
 import time
 from dataclasses import dataclass, field
 
+from imgq.contract import MODEL_NAME
+
 EXPIRY_WARNING = 0.1
 # `imgq results` warns when less than this share of a finished job's retention is left (a day of 7, say).
 
@@ -67,6 +69,11 @@ class JobStatus:
         if self.finished or not rate:
             return None
         return (self.total - self.processed) / rate
+
+    @property
+    def model(self) -> str:
+        """The name of the model the job asked for (its batches wait in that model's queue)."""
+        return str(self.params.get("model", MODEL_NAME))
 
     @property
     def retention(self) -> int:

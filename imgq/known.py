@@ -1,6 +1,6 @@
 """The content-hash index: images already classified, so that the same picture is paid for once.
 
-For one model (weights and precision) and one k, a Redis hash maps a 16-byte digest of the file's bytes to
+For one model (its id, weights and precision) and one k, a Redis hash maps a 16-byte digest of the file's bytes to
 its top-k, packed as "R" + k x (class index uint16, score float32): with k = 5, 73 bytes per known image on
 Valkey 9.1 and 112 on Redis 7.0, at most 120 (MEMORY USAGE over 2,000 images; tests/test_known.py pins it).
 While a worker computes an image, the field holds a claim instead, so that copies of it in other batches, in
@@ -16,6 +16,7 @@ from typing import BinaryIO
 
 import redis
 
+from imgq.contract import MODEL_NAME
 from imgq.keys import Keys
 
 DIGEST_BYTES = 16
@@ -49,9 +50,12 @@ def stream_digest(file: BinaryIO, limit: int) -> bytes | None:
     return digest.digest()
 
 
-def model_tag(weights_id: str, precision: str) -> str:
-    """A short, key-safe name for the model whose results an index holds."""
-    return hashlib.sha1(f"{weights_id}|{precision}".encode()).hexdigest()[:12]
+def model_tag(weights_id: str, precision: str, model_id: str = MODEL_NAME) -> str:
+    """A short, key-safe name for the model (its id: name and file digest; weights and precision) whose
+    results an index holds: a picture classified by one model is not known for another. resnet50's tag is
+    what it was before models were a choice, so that its index stays valid."""
+    model = "" if model_id == MODEL_NAME else f"{model_id}|"
+    return hashlib.sha1(f"{model}{weights_id}|{precision}".encode()).hexdigest()[:12]
 
 
 def pack(top: list[tuple[int, float]]) -> bytes:
@@ -67,9 +71,10 @@ def _claim() -> bytes:
 
 
 class KnownImages:
-    def __init__(self, client: redis.Redis, keys: Keys, weights_id: str, precision: str, top_k: int):
+    def __init__(self, client: redis.Redis, keys: Keys, weights_id: str, precision: str, top_k: int,
+                 model_id: str = MODEL_NAME):
         self.redis = client
-        self.key = keys.known(model_tag(weights_id, precision), top_k)
+        self.key = keys.known(model_tag(weights_id, precision, model_id), top_k)
 
     def lookup(self, digests: list[bytes]) -> dict[bytes, list[tuple[int, float]]]:
         """The known top-k of those of ``digests`` that have one (claims are not results)."""

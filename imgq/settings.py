@@ -39,6 +39,11 @@ class Settings:
     # Prefix of every Redis key imgq writes and the name of its Celery queue, so that several deployments
     # (or test runs) can share one Redis without seeing each other.
 
+    model: str = "resnet50"
+    # The model: a built-in name (resnet50, resnet50v2, efficientnetv2b0, efficientnetv2s, convnexttiny,
+    # mobilenetv3large) or a model folder (imgq/models.py). A worker serves this one model and takes only its
+    # jobs (its name routes them: imgq.contract.queue_name); `imgq submit` and `imgq classify` ask for it.
+
     weights: str = "imagenet"
     # "imagenet" (Keras' download and cache), a local .h5/.weights.h5/.keras file, or "random" / "random:SEED".
 

@@ -30,7 +30,7 @@ from itertools import islice
 import redis
 
 from imgq import packing
-from imgq.contract import Heartbeat, ResultRecord
+from imgq.contract import MODEL_NAME, Heartbeat, ResultRecord, model_queue
 from imgq.jobs import JobStatus, parse_job
 from imgq.keys import Keys
 from imgq.settings import Settings
@@ -377,9 +377,21 @@ class ResultStore:
         """Stop saying ``worker_id`` is alive, at once (a worker giving up), instead of after three beats."""
         self.redis.delete(self.keys.worker(worker_id))
 
-    def queue_depth(self) -> int:
-        """Batch messages waiting in the workers' queue (kombu's list)."""
-        return self.redis.llen(self.keys.kombu_queue)
+    def queue_depth(self, model: str = MODEL_NAME) -> int:
+        """Batch messages waiting in the queue of ``model``'s workers (kombu's list)."""
+        return self.redis.llen(self.keys.model_queue(model_queue(self.keys.ns, model)))
+
+    def queue_depths(self, models: Iterable[str]) -> dict[str, int]:
+        """Model name -> batch messages waiting in its queue, for each of ``models``."""
+        names = sorted(set(models))
+        pipe = self.redis.pipeline(transaction=False)
+        for model in names:
+            pipe.llen(self.keys.model_queue(model_queue(self.keys.ns, model)))
+        return dict(zip(names, pipe.execute(), strict=True))
+
+    def serving(self, model: str) -> list[Heartbeat]:
+        """The live workers that serve ``model`` (by name)."""
+        return [w for w in self.workers() if w.model == model]
 
     def take_reconcile_turn(self, worker_id: str, seconds: int) -> bool:
         """True for the one worker allowed to reconcile for the next ``seconds``."""

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from itertools import count, islice
 
-from imgq.contract import BatchMessage, BatchRef
+from imgq.contract import MODEL_NAME, BatchMessage, BatchRef
 from imgq.queue import publish
 from imgq.settings import Settings
 from imgq.store import ResultStore
@@ -37,7 +37,8 @@ class QueueingFailed(RuntimeError):
 
 
 def batches(images: Iterable[str], job: str, batch_size: int, top_k: int, activations: tuple[str, ...] = (),
-            activations_dtype: str = "float16", known: str = "", sink: bool = False) -> Iterator[BatchMessage]:
+            activations_dtype: str = "float16", known: str = "", sink: bool = False,
+            model: str = MODEL_NAME) -> Iterator[BatchMessage]:
     """Cut ``images`` into batch messages; image ids count from 0 in submission order."""
     iterator = iter(images)
     image_id = 0
@@ -48,7 +49,7 @@ def batches(images: Iterable[str], job: str, batch_size: int, top_k: int, activa
         items = tuple(enumerate(chunk, start=image_id))
         image_id += len(chunk)
         yield BatchMessage(job=job, batch=number, images=items, top_k=top_k, activations=activations,
-                           activations_dtype=activations_dtype, known=known, sink=sink)
+                           activations_dtype=activations_dtype, known=known, sink=sink, model=model)
 
 
 @dataclass(frozen=True)
@@ -65,13 +66,15 @@ def new_job_id() -> str:
 def submit(images: Iterable[str], *, settings: Settings, store: ResultStore, name: str = "", job: str | None = None,
            top_k: int | None = None, batch_size: int | None = None, params: dict | None = None,
            activations: tuple[str, ...] = (), activations_dtype: str = "float16", known: str = "", sink: bool = False,
-           limit_check: Callable[[int], None] | None = None) -> Submitted:
+           limit_check: Callable[[int], None] | None = None, model: str = MODEL_NAME) -> Submitted:
     """Queue ``images`` as one job. Raises EmptySelection, or redis/kombu errors when Redis is down.
 
     ``job``: the id to give the job (default: a new one, ``new_job_id``).
     ``activations``: layer names (checked with imgq.layers.check_layers) to dump for every image.
     ``known``: "skip" or "refresh" to use the content-hash index (imgq/known.py), "" to leave it alone.
     ``sink``: the workers write the records as Parquet files into their sink folder instead of into Redis.
+    ``model``: the name of the model the job asks for (checked by the caller: imgq.models.check_model_name);
+    its batches go to that model's workers only, and wait in its queue while none is alive.
     ``limit_check``: called with the number of images once the walk is done, before the job is committed;
     whatever it raises aborts the submission with nothing queued (e.g. producer.dumps.size_guard).
     """
@@ -80,7 +83,7 @@ def submit(images: Iterable[str], *, settings: Settings, store: ResultStore, nam
     job = job or new_job_id()
     total = n_batches = 0
     pending: list[dict] = []
-    for message in batches(images, job, batch_size, top_k, activations, activations_dtype, known, sink):
+    for message in batches(images, job, batch_size, top_k, activations, activations_dtype, known, sink, model):
         pending.append(message.to_dict())
         total += len(message.images)
         n_batches += 1
@@ -98,12 +101,12 @@ def submit(images: Iterable[str], *, settings: Settings, store: ResultStore, nam
             store.discard_staged(job)
             raise
     store.commit_job(job, name=name or job, total=total, batches=n_batches, retention=settings.retention,
-                     params={"top_k": top_k, "batch_size": batch_size, **(params or {}),
+                     params={"top_k": top_k, "batch_size": batch_size, "model": model, **(params or {}),
                              **({"activations": list(activations), "activations_dtype": activations_dtype}
                                 if activations else {}), **({"known": known} if known else {}),
                              **({"sink": True} if sink else {})})
     try:
-        publish((BatchRef(job, number) for number in range(n_batches)), settings)
+        publish((BatchRef(job, number, model) for number in range(n_batches)), settings)
     except Exception as exc:
         raise QueueingFailed(job, exc) from exc
     return Submitted(job, total, n_batches)

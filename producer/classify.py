@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import click
 
 from imgq import submit as submission
-from imgq.contract import is_untrained
+from imgq.contract import MODEL_NAME, is_untrained
 from imgq.jobs import JobStatus
 from imgq.settings import DEFAULT_BROKER_URL, Settings, mask_url
 from imgq.store import ResultStore
@@ -46,7 +46,7 @@ def run_classify(images: Iterable[str], settings: Settings, *, name: str, embedd
         settings = _ensure_redis(settings, embedded, broker_configured, started)
         store = ResultStore.from_settings(settings)
         store.ping()
-        worker = _ensure_worker(settings, store, started)
+        worker = _ensure_worker(settings, store, started, (request or {}).get("model", MODEL_NAME))
         submitted = submission.submit(images, settings=settings, store=store, name=name, **(request or {}))
         click.echo(f"Job {submitted.job}: {submitted.total} images in {submitted.batches} batches.", err=True)
         if worker is not None:
@@ -82,8 +82,9 @@ def _ensure_redis(settings: Settings, embedded: bool | None, configured: bool, s
     return dataclasses.replace(settings, broker_url=url, results_url="")
 
 
-def _ensure_worker(settings: Settings, store: ResultStore, started: ExitStack) -> LocalWorker | None:
-    if workers := store.workers():
+def _ensure_worker(settings: Settings, store: ResultStore, started: ExitStack, model: str) -> LocalWorker | None:
+    """A worker of ``model`` (by name) started here (IMGQ_MODEL: the name or folder given), unless one is alive."""
+    if workers := store.serving(model):
         others = {w.weights for w in workers} - {settings.weights}
         if not all(w.startswith(settings.weights) for w in others):
             click.echo(f"Using the {len(workers)} live workers, with weights {', '.join(sorted(others))}: "
@@ -92,7 +93,7 @@ def _ensure_worker(settings: Settings, store: ResultStore, started: ExitStack) -
     worker = LocalWorker(settings)
     worker.start()
     started.callback(worker.stop)
-    click.echo(f"Started a worker (pid {worker.started.pid}, weights {settings.weights}, "
+    click.echo(f"Started a worker (pid {worker.started.pid}, model {model}, weights {settings.weights}, "
                f"broker {mask_url(settings.broker_url)}; log: {worker.log_path}).", err=True)
     return worker
 

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import IO
 
-from imgq.contract import Label, ResultRecord
+from imgq.contract import Label, ResultRecord, class_position
 from imgq.files import atomic_path
 from producer.parquet import write_parquet
 
@@ -45,8 +45,9 @@ def csv_header(k: int) -> list[str]:
     labels = [f"label_{i}" for i in range(1, k + 1)]
     scores = [f"score_{i}" for i in range(1, k + 1)]
     wnids = [f"wnid_{i}" for i in range(1, k + 1)]
+    indices = [f"index_{i}" for i in range(1, k + 1)]
     return ["job", "image", "path", "status", *labels, *scores, *wnids, "error_code", "error_message",
-            "model", "weights", "precision", "worker", "decode_ms", "inference_ms"]
+            "model", "weights", "precision", "worker", "decode_ms", "inference_ms", *indices]
 
 
 def csv_row(r: ResultRecord, k: int) -> list:
@@ -56,11 +57,14 @@ def csv_row(r: ResultRecord, k: int) -> list:
     return [r.job, r.image, r.path, r.status,
             *[t.label for t in top], *pad, *[f"{t.score:.6g}" for t in top], *pad, *[t.wnid for t in top], *pad,
             error.code if error else "", error.message if error else "",
-            r.model, r.weights, r.precision, r.worker, r.decode_ms, r.inference_ms]
+            r.model, r.weights, r.precision, r.worker, r.decode_ms, r.inference_ms,
+            *["" if (i := class_position(t)) is None else i for t in top], *pad]
 
 
 def write_csv(records: Iterable[ResultRecord], out: IO[str], k: int) -> int:
-    """One row per image with label_1..label_k, score_1..score_k (and wnid_1..wnid_k) columns."""
+    """One row per image with label_1..label_k, score_1..score_k (and wnid_1..wnid_k) columns, and last
+    index_1..index_k: each class's position in the model's outputs (a user's model's classes have no wnid).
+    New columns go last, so that scripts reading columns by position keep working."""
     writer = csv.writer(out)
     writer.writerow(csv_header(k))
     n = 0

@@ -28,6 +28,7 @@ from imgq.schedules import (
 from imgq.settings import Settings, env_var
 from imgq.store import JobNotFound, ResultStore
 from imgq.tick import tick
+from producer.model_choice import choose_model
 
 
 class ScheduleGroup(click.Group):
@@ -92,26 +93,33 @@ def schedule():
 @click.option("--max-retries", type=click.IntRange(0, 255),
               help="Ticks that submit again a file whose record is an error, before giving up on it until it "
                    f"changes [env: {env_var('scan_max_retries')}; default: 3].")
+@click.option("--model", metavar="NAME|FOLDER",
+              help="The model its jobs ask for (as `imgq submit --model`): its ticks and jobs go to that model's "
+                   f"workers, and what it has classified is kept per model [env: {env_var('model')}; default: "
+                   "resnet50].")
 @click.option("--paused", is_flag=True, help="Create it paused (`imgq schedule resume` starts it).")
 @click.option("--replace", "replace_existing", is_flag=True,
               help="Change an existing schedule (its scan state and runs are kept).")
 @click.pass_context
-def add(ctx, name, paths, every, cron, recursive, includes, excludes, top_k, batch_size, max_retries, paused,
+def add(ctx, name, paths, every, cron, recursive, includes, excludes, top_k, batch_size, max_retries, model, paused,
         replace_existing):
     """Scan PATH... on a schedule (exactly one of --every and --cron); each tick submits a job of the images
     that are new or changed since the last scan."""
     if (every is None) == (cron is None):
         raise click.UsageError("Give exactly one of --every and --cron.")
     settings: Settings = ctx.obj
+    book = _book(ctx)
+    chosen = choose_model(model or settings.model, book.store)
     definition = Schedule(
         name=name, paths=tuple(os.path.abspath(p) for p in paths), every=parse_every(every) if every else None,
         cron=" ".join(cron.split()) if cron else None, recursive=recursive, includes=tuple(includes),
         excludes=tuple(excludes),
         top_k=top_k or settings.top_k, batch_size=batch_size or settings.batch_size,
-        max_retries=settings.scan_max_retries if max_retries is None else max_retries, paused=paused)
-    saved = _book(ctx).add(definition, replace_existing=replace_existing)
+        max_retries=settings.scan_max_retries if max_retries is None else max_retries, paused=paused,
+        model=chosen.name)
+    saved = book.add(definition, replace_existing=replace_existing)
     click.echo(f"Schedule {saved.name}: {saved.when}{' (paused)' if saved.paused else ''}, "
-               f"{len(saved.paths)} path(s). Run `imgq beat` to fire it.", err=True)
+               f"{len(saved.paths)} path(s), model {saved.model}. Run `imgq beat` to fire it.", err=True)
 
 
 @schedule.command(name="list")
@@ -143,7 +151,7 @@ def show(ctx, name, limit, as_json):
     """A schedule, its scan state and its recent runs with their jobs' counts, newest first."""
     book = _book(ctx)
     s = book.get(name)
-    scan = ScanState.from_settings(ctx.obj, name).counts()
+    scan = ScanState.from_settings(ctx.obj, name, s.model).counts()
     runs = [{**run, "job_status": _job_dict(book.store, run["job"])} for run in book.runs(name, limit)]
     next_run = None if s.paused else book.next_run(name)
     if as_json:
@@ -236,8 +244,8 @@ def _time(ts: float | None) -> str:
 
 
 def _options(s: Schedule) -> str:
-    parts = ["recursive" if s.recursive else "not recursive", f"top-k {s.top_k}", f"batch-size {s.batch_size}",
-             f"max-retries {s.max_retries}"]
+    parts = [f"model {s.model}", "recursive" if s.recursive else "not recursive", f"top-k {s.top_k}",
+             f"batch-size {s.batch_size}", f"max-retries {s.max_retries}"]
     return ", ".join(parts + [f"include {g}" for g in s.includes] + [f"exclude {g}" for g in s.excludes])
 
 

@@ -20,6 +20,7 @@ from celery import Celery
 from celery.signals import worker_init, worker_process_init
 
 from imgq.contract import celery_config
+from imgq.models import ModelError, resolve
 from imgq.settings import Settings, mask_url
 from worker import logs
 
@@ -27,13 +28,17 @@ log = logging.getLogger(__name__)
 
 try:
     settings = Settings.from_env()
-except ValueError as exc:  # a malformed IMGQ_* value: one line naming it, never a traceback (or a password)
+    # The one model this worker serves, as its operator set it (IMGQ_MODEL): its name chooses the one queue
+    # the worker consumes (imgq.contract.queue_name), so that it takes only its own model's jobs. A folder's
+    # problems are found here, before Celery starts, each as one line.
+    served = resolve(settings.model)
+except (ValueError, ModelError) as exc:  # a malformed IMGQ_* value: one line naming it, never a traceback
     print(f"imgq worker: {exc}", file=sys.stderr, flush=True)
     sys.exit(2)
 logs.install(settings.log_format)  # JSON lines if asked, URL passwords masked either way
 
 app = Celery("imgq", include=["worker.tasks", "worker.scheduled"])
-app.conf.update(celery_config(settings))
+app.conf.update(celery_config(settings, served.name))
 app.conf.update(
     worker_pool=settings.pool,
     worker_concurrency=settings.concurrency,
@@ -85,7 +90,8 @@ def _load_or_exit(hostname: str | None, worker=None) -> None:
         _serve_metrics_or_exit(runtime)
     # Celery has not set up its logging yet when this runs: say it on stderr, like the failure above.
     classifier = runtime.classifier
-    print(f"imgq worker: ResNet50 ready in {classifier.load_seconds:.1f} s (weights {classifier.weights_id}, "
+    print(f"imgq worker: {runtime.model_id} ready in {classifier.load_seconds:.1f} s, serving queue "
+          f"{app.conf.task_default_queue} (weights {classifier.weights_id}, "
           f"{classifier.precision} on {classifier.runtime}, pool {runtime.celery_pool or settings.pool} "
           f"x{runtime.concurrency or settings.concurrency}, broker {mask_url(settings.broker_url)})",
           file=sys.stderr, flush=True)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import redis
 
-from imgq.contract import MODEL_NAME, BatchMessage, ResultRecord, error_record, ok_record
+from imgq.contract import BatchMessage, ResultRecord, error_record, ok_record
 from imgq.deliveries import NoSuchJob
 from imgq.settings import Settings
 from worker.dumps import write_dump
@@ -162,7 +162,7 @@ def _classify(message: BatchMessage, todo: list[tuple[int, str]], runtime: Runti
             decoded = list(runtime.decode_pool.map(lambda item: _decode_shared(item, runtime), todo))
         good = [d for d in decoded if d.error is None]
         forward_pass = gatherer.submit(_model_input(good), message.activations) if good else None
-    provenance = {"model": MODEL_NAME, "weights": gatherer.weights_id, "precision": gatherer.precision,
+    provenance = {"model": runtime.model_id, "weights": gatherer.weights_id, "precision": gatherer.precision,
                   "runtime": runtime.classifier.runtime, "worker": worker}
     records = [_error(message, d, d.error.code, d.error.message, provenance) for d in decoded if d.error]
     if forward_pass is not None:

@@ -12,8 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from imgq.classes import class_index, class_numbers
-from imgq.contract import MODEL_NAME, BatchMessage, Label, ResultRecord, error_record, ok_record
+from imgq.contract import BatchMessage, Label, ResultRecord, class_position, error_record, ok_record
 from imgq.known import KnownImages, stream_digest
 from worker.isolation import Isolation
 from worker.preprocess import ImageError, checked_file
@@ -32,7 +31,7 @@ def classify_with_index(message: BatchMessage, todo: list[tuple[int, str]], runt
     and a file a worker died on is left unhashed: the ordinary path then records it ``worker_crashed``.
     """
     index = KnownImages(runtime.store.raw, runtime.store.keys, runtime.gatherer.weights_id,
-                        runtime.gatherer.precision, message.top_k)
+                        runtime.gatherer.precision, message.top_k, model_id=runtime.model_id)
     digests = dict(zip(todo, _digests(todo, runtime, isolation), strict=True))
     leaders: dict[bytes, tuple[int, str]] = {}
     for item, digest in digests.items():
@@ -75,22 +74,27 @@ def _digest(path: str, runtime) -> bytes | None:
 
 
 def _remember(index: KnownImages, results: dict[bytes, ResultRecord]) -> None:
-    numbers = class_numbers()
-    ok = {d: [(numbers[t.wnid], t.score) for t in r.top_k] for d, r in results.items() if r.ok}
+    ok = {d: [(_position(t), t.score) for t in r.top_k] for d, r in results.items() if r.ok}
     index.remember(ok)
     index.release([d for d, r in results.items() if not r.ok])
+
+
+def _position(label: Label) -> int:
+    position = class_position(label)
+    if position is None:
+        raise ValueError(f"Expected a class of the model's outputs. Received: {label}")
+    return position
 
 
 def _record_for(message, item, digest, leaders, computed, known, runtime, worker) -> ResultRecord:
     image, path = item
     if image in computed:
         return computed[image]
-    provenance = {"model": MODEL_NAME, "weights": runtime.gatherer.weights_id,
+    provenance = {"model": runtime.model_id, "weights": runtime.gatherer.weights_id,
                   "precision": runtime.gatherer.precision, "runtime": runtime.classifier.runtime, "worker": worker,
                   "decode_ms": 0.0, "inference_ms": 0.0}
     if digest in known:
-        names = class_index()
-        top = [Label(names[i][0], names[i][1], score) for i, score in known[digest]]
+        top = [runtime.class_label(i, score) for i, score in known[digest]]
         return ok_record(message.job, image, path, top, **provenance, known=True)
     leader = computed[leaders[digest][0]]  # a copy of an image classified in this batch
     if leader.error is None:

@@ -10,7 +10,9 @@ loop, and one at a time (a lock in Redis) it queues again, for each job still ac
   imgq/deliveries.py ``waiting``, so a job behind another job's backlog is judged on its own), nothing of
   the job is in a live worker's hands, and no record came for ``reconcile_seconds``: every batch with an
   image still lacking a record (a message lost another way). A job with no record for a whole visibility
-  timeout is treated so whatever its count says (a message dropped before any worker began it).
+  timeout is treated so whatever its count says (a message dropped before any worker began it). The queue
+  is the job's model's queue (imgq.contract.queue_name); a job whose model no live worker serves is not
+  stalled but waiting: its messages stay in its model's queue until such a worker starts.
 
 Queueing a batch twice is harmless: a batch whose images all have records is skipped, and records are
 keyed per image, so the later of two deliveries overwrites instead of adding.
@@ -82,10 +84,10 @@ def _stalled(runtime, job: str, now: float) -> bool:
     visibility timeout)."""
     status, settings = runtime.store.status(job), runtime.settings
     quiet = now - (status.last_record_at or status.created)
-    if status.finished or quiet < settings.reconcile_seconds:
+    if status.finished or quiet < settings.reconcile_seconds or not runtime.store.serving(status.model):
         return False
     # None of the job's messages waits when none was published unbegun, or when the queue is empty: a message
     # can be lost before any worker begins it (kombu pops it, then fails to record it as unacknowledged, as
     # during an OOM), and the count alone would then wait for a whole visibility timeout.
     return (quiet >= settings.visibility_timeout or runtime.deliveries.waiting(job) <= 0
-            or runtime.store.queue_depth() == 0)
+            or runtime.store.queue_depth(status.model) == 0)

@@ -16,8 +16,10 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from imgq.contract import Heartbeat
+from imgq.classes import class_index
+from imgq.contract import MODEL_NAME, Heartbeat, Label
 from imgq.deliveries import Deliveries
+from imgq.models import ModelSpec, resolve
 from imgq.redis_limits import redis_warning
 from imgq.settings import Settings
 from imgq.store import ResultStore
@@ -56,6 +58,25 @@ class Runtime:
     # while Redis is unreachable; the heartbeat publishes it for the reconciler (worker/reconcile.py).
     _recent: deque = field(default_factory=deque)  # (time.monotonic(), images) of the last RATE_WINDOW
     redis_warning: str | None = None  # Redis may evict imgq's keys (imgq/redis_limits.py), checked at start
+    spec: ModelSpec | None = None  # the model this worker serves (IMGQ_MODEL), set by _build
+
+    @property
+    def model(self) -> str:
+        """The name of the model this worker serves: the queue it consumes, the jobs it takes."""
+        return self.spec.name if self.spec else MODEL_NAME
+
+    @property
+    def model_id(self) -> str:
+        """What its records carry in ``model`` (imgq.models.ModelSpec.id)."""
+        return self.spec.id if self.spec else MODEL_NAME
+
+    def class_label(self, index: int, score: float) -> Label:
+        """Class ``index`` of the served model's outputs as a record names it: with its wnid for an ImageNet
+        model, with its index for a user's model."""
+        if self.spec is None or self.spec.wnids is not None:
+            wnid, name = class_index()[index]
+            return Label(wnid, name, score)
+        return Label("", self.spec.labels[index], score, index)
 
     def count_done(self, images: int) -> None:
         now = time.monotonic()
@@ -93,9 +114,9 @@ class Runtime:
             self._recent.popleft()
 
     def heartbeat(self, hostname: str) -> Heartbeat:
-        return Heartbeat(hostname=hostname, pid=os.getpid(), host=socket.gethostname(),
-                         weights=self.classifier.weights_id, precision=self.classifier.precision,
-                         runtime=self.classifier.runtime,
+        return Heartbeat(hostname=hostname, pid=os.getpid(), host=socket.gethostname(), model=self.model,
+                         model_id=self.model_id, weights=self.classifier.weights_id,
+                         precision=self.classifier.precision, runtime=self.classifier.runtime,
                          pool=self.celery_pool or self.settings.pool, batch_size=self.settings.batch_size,
                          started_at=self.started_at, sent_at=time.time(), images_done=self.images_done,
                          in_hand=tuple(sorted(self.in_hand)),
@@ -131,6 +152,7 @@ def _build(settings: Settings, hostname: str) -> Runtime:
                       Deliveries(store.redis, store.keys),
                       ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="imgq-decode"),
                       worker_id=worker_id)
+    runtime.spec = resolve(settings.model)
     runtime.redis_warning = redis_warning(settings)
     if runtime.redis_warning:  # before Celery's logging is set up: Python prints warnings on stderr then
         log.warning("%s", runtime.redis_warning)

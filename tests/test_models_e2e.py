@@ -1,0 +1,110 @@
+"""Models end to end, with real worker processes on one Redis: each job is answered by a worker of its model,
+a job of a model no live worker serves waits (and says so), and `imgq classify --model` starts a worker of
+its model when none of that model is alive."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+
+from imgq.store import ResultStore
+from tests import imagegen
+from tests.conftest import make_settings
+from tests.processes import clean_env, imgq_cli, start_worker, wait_for_workers, wait_until_done
+
+pytestmark = pytest.mark.slow
+
+HOST = os.uname().nodename
+
+
+def write_photos(folder, count: int) -> list[str]:
+    return [str(imagegen.save(folder / f"{i:02d}.png", size=(48, 40), seed=i)) for i in range(count)]
+
+
+def submit(settings, folder, model: str) -> str:
+    return imgq_cli(settings, "submit", str(folder), "--model", model, "--batch-size", "3").stdout.strip()
+
+
+def test_two_models_on_one_redis_each_job_to_its_own_model(redis_url, tmp_path):
+    """Two workers of different models share a Redis and a namespace; three jobs: one per model, answered by
+    that model's worker alone, and one for a model nobody serves, which waits and is reported as waiting."""
+    settings = make_settings(redis_url, tmp_path, runtime="tensorflow", heartbeat_seconds=1)
+    store = ResultStore.from_settings(settings)
+    workers = [start_worker(settings, "rn", tmp_path / "rn.log"),
+               start_worker(settings, "eff", tmp_path / "eff.log", env={"IMGQ_MODEL": "efficientnetv2b0"})]
+    try:
+        write_photos(tmp_path / "photos", 7)
+        wait_for_workers(store, workers)
+        served = {w.hostname: (w.model, w.model_id) for w in store.workers()}
+        assert served == {f"rn@{HOST}": ("resnet50", "resnet50"),
+                          f"eff@{HOST}": ("efficientnetv2b0", "efficientnetv2b0")}
+        jobs = {model: submit(settings, tmp_path / "photos", model)
+                for model in ("efficientnetv2b0", "resnet50", "convnexttiny")}
+        for model in ("efficientnetv2b0", "resnet50"):
+            wait_until_done(store, jobs[model], timeout=300, workers=workers)
+
+        for model, worker in (("efficientnetv2b0", "eff"), ("resnet50", "rn")):
+            records = list(store.iter_results(jobs[model]))
+            assert [r["image"] for r in records] == list(range(7))  # exactly one record per image
+            assert {(r["status"], r["model"], r["worker"]) for r in records} == {("ok", model, f"{worker}@{HOST}")}
+            assert all(r["weights"].startswith("random") for r in records)  # and say so
+            assert all(len(r["top_k"]) == 5 and "wnid" in r["top_k"][0] for r in records)  # ImageNet classes
+
+        time.sleep(2 * settings.heartbeat_seconds)  # a worker that would take it has had its chance
+        absent = store.status(jobs["convnexttiny"])
+        assert (absent.state, absent.processed) == ("queued", 0)
+        assert store.queue_depth("convnexttiny") == 3  # its 3 batches wait in its own queue
+        status = imgq_cli(settings, "status", jobs["convnexttiny"]).stdout
+        assert "waiting: no live worker serves model convnexttiny" in status
+        text = imgq_cli(settings, "status", "--workers").stdout
+        assert f"eff@{HOST} on " in text and "model efficientnetv2b0," in text and "model resnet50," in text
+        for worker in workers:
+            assert worker.alive()
+    finally:
+        for worker in workers:
+            worker.stop(timeout=30)
+
+
+def test_classify_starts_a_worker_of_its_model_when_none_is_alive(redis_url, tmp_path):
+    """A resnet50 worker is alive; `imgq classify --model efficientnetv2b0` starts a worker of its model for
+    its job (the resnet50 worker takes none of it), and stops it at the end."""
+    settings = make_settings(redis_url, tmp_path, runtime="tensorflow", heartbeat_seconds=1)
+    store = ResultStore.from_settings(settings)
+    resnet = start_worker(settings, "rn", tmp_path / "rn.log")
+    try:
+        write_photos(tmp_path / "photos", 4)
+        wait_for_workers(store, [resnet])
+        out = tmp_path / "labels.jsonl"
+        env = clean_env(**{**settings.as_env(), "IMGQ_MODEL": "resnet50"})
+        result = subprocess.run(
+            [sys.executable, "-m", "producer.cli", "classify", str(tmp_path / "photos"), "--model",
+             "efficientnetv2b0", "--no-embedded-redis", "-o", str(out)],
+            env=env, capture_output=True, text=True, timeout=400, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert "Started a worker (pid" in result.stderr and "model efficientnetv2b0" in result.stderr
+        records = [json.loads(line) for line in out.read_text().splitlines()]
+        assert len(records) == 4 and {(r["status"], r["model"]) for r in records} == {("ok", "efficientnetv2b0")}
+        assert not any(r["worker"].startswith("rn@") for r in records)
+        pid = int(re.search(r"Started a worker \(pid (\d+)", result.stderr).group(1))
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)  # stopped by the classify that started it
+        assert resnet.alive()
+    finally:
+        resnet.stop(timeout=30)
+
+
+def test_an_unknown_model_is_refused_at_submit_without_a_worker(settings, tmp_path):
+    """Refused before anything is walked or queued, with the closest names: one line, exit code 2."""
+    write_photos(tmp_path / "photos", 1)
+    env = clean_env(**settings.as_env())
+    result = subprocess.run([sys.executable, "-m", "producer.cli", "submit", str(tmp_path / "photos"), "--model",
+                             "resnet5O"], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert "Did you mean: resnet50" in result.stderr and "Traceback" not in result.stderr
