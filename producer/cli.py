@@ -22,7 +22,7 @@ from imgq import submit as submission
 from imgq.contract import IMAGE_EXTENSIONS, MODEL_NAME
 from imgq.files import WriteError
 from imgq.jobs import JobStatus
-from imgq.layers import UnknownLayer, check_layers
+from imgq.layers import UnknownLayer, check_layers, shapes_known
 from imgq.settings import Settings, env_var, format_seconds, mask_url, parse_duration, parse_setting
 from imgq.store import JobNotFound, ResultStore
 from imgq.walk import IGNORE_MARKERS, PathFilter, iter_images, read_path_list
@@ -179,12 +179,9 @@ def selected_images(paths, recursive, includes, excludes, from_file):
 
 
 def layer_names(ctx, param, values: tuple[str, ...]) -> tuple[str, ...]:
-    """Click callback: ``--activations`` values (repeatable, comma-separated) as checked layer names, in the
-    model's order, at parse time, so an unknown name stops the command before anything is walked or queued."""
-    try:
-        return check_layers([name.strip() for value in values for name in value.split(",") if name.strip()])
-    except UnknownLayer as exc:
-        raise click.BadParameter(str(exc)) from None
+    """Click callback: ``--activations`` values (repeatable, comma-separated) as a list of names; checked
+    against the job's model by ``job_request``, before anything is walked or queued."""
+    return tuple(name.strip() for value in values for name in value.split(",") if name.strip())
 
 
 def job_options(command):
@@ -201,7 +198,8 @@ def job_options(command):
         click.option("--force", "known", flag_value="refresh",
                      help="Classify known images again and refresh the index."),
         click.option("--activations", multiple=True, metavar="LAYER[,LAYER...]", callback=layer_names,
-                     help="Dump these ResNet50 layers' outputs for every image (Keras names, see `imgq layers`)."),
+                     help="Dump these layers' outputs for every image (the model's Keras names, see `imgq layers "
+                          "--model NAME`)."),
         click.option("--activations-dtype", type=click.Choice(["float16", "float32"]), default="float16",
                      show_default=True, help="Type of the dumped values."),
         click.option("--yes", is_flag=True, help="Queue even when the dumps would take more than IMGQ_MAX_DUMP_BYTES."),
@@ -216,8 +214,15 @@ def job_options(command):
 
 def job_request(settings: Settings, known: str, activations: tuple[str, ...], activations_dtype: str,
                 yes: bool, sink: bool, model: ChosenModel) -> dict:
-    """The keyword arguments of imgq.submit.submit for these options (with the dump size guard unless --yes)."""
-    guard = size_guard(activations, activations_dtype, settings.max_dump_bytes) if activations and not yes else None
+    """The keyword arguments of imgq.submit.submit for these options (with the dump size guard unless --yes).
+    Raises click.BadParameter for a layer the model does not have (the names of a folder model's layers are
+    checked by its worker: only it loads the model)."""
+    try:
+        activations = check_layers(list(activations), model.name)
+    except UnknownLayer as exc:
+        raise click.BadParameter(str(exc), param_hint="'--activations'") from None
+    guard = (size_guard(activations, activations_dtype, settings.max_dump_bytes, model.name)
+             if activations and not yes else None)
     return {"known": known, "activations": activations, "activations_dtype": activations_dtype, "limit_check": guard,
             "sink": sink, "model": model.name, "params": model.params()}
 
@@ -248,20 +253,21 @@ def submit(ctx, paths, recursive, includes, excludes, from_file, top_k, batch_si
     images = selected_images(paths, recursive, includes, excludes, from_file)
     store = ResultStore.from_settings(settings)
     chosen = choose_model(settings.model, store)
+    request = job_request(settings, known, activations, activations_dtype, yes, sink, chosen)
+    activations = request["activations"]
     store.ping()
     queue.check_broker(settings)
     try:
-        submitted = submission.submit(images, settings=settings, store=store, name=name,
-                                      **job_request(settings, known, activations, activations_dtype, yes, sink,
-                                                    chosen))
+        submitted = submission.submit(images, settings=settings, store=store, name=name, **request)
     except submission.QueueingFailed as exc:
         click.echo(exc.job)  # the job exists and will complete: scripts must get its id, not submit it again
         raise click.ClickException(str(exc)) from None
     click.echo(submitted.job)
     click.echo(f"Queued {submitted.total} images in {submitted.batches} batches.", err=True)
     if activations:
-        size = format_bytes(estimate_bytes(submitted.total, activations, activations_dtype))
-        click.echo(f"Activation dumps of {', '.join(activations)}: about {size}, under <dump root>/{submitted.job}/ "
+        size = (f"about {format_bytes(estimate_bytes(submitted.total, activations, activations_dtype, chosen.name))}"
+                if shapes_known(chosen.name) else "a size only its worker knows")
+        click.echo(f"Activation dumps of {', '.join(activations)}: {size}, under <dump root>/{submitted.job}/ "
                    f"of the workers.", err=True)
     if wait_:
         from producer.progress import wait

@@ -137,3 +137,33 @@ def test_a_model_folder_sends_only_its_name(run, photos, store, settings, tmp_pa
     assert str(folder.parent) not in json.dumps(status.params) + json.dumps(list(store.iter_batches(job)))
     assert str(folder.parent) not in json.dumps(queued(store, settings, "brightness"))
     assert len(queued(store, settings, "brightness")) == 1
+
+
+def test_activations_are_checked_against_the_jobs_model(run, photos, store):
+    """EfficientNetV2-B0 has no ResNet50 layer names, and the reverse; a folder model's names are its worker's
+    to check. Refused before anything is queued, with the closest names of the job's model."""
+    refused = run("submit", str(photos), "--model", "efficientnetv2b0", "--activations", "avg_pool,conv5_block3_out")
+    assert refused.exit_code == 2 and "EfficientNetV2B0 has no layer 'conv5_block3_out'" in refused.stderr
+    assert store.list_jobs() == []
+    job = run("submit", str(photos), "--model", "efficientnetv2b0", "--activations", "top_activation,avg_pool")
+    assert job.exit_code == 0, job.output
+    assert store.status(job.stdout.strip()).params["activations"] == ["top_activation", "avg_pool"]
+    assert "about" in job.stderr  # sized from its layer table
+    assert run("submit", str(photos), "--activations", "top_activation").exit_code == 2  # resnet50's table
+
+
+def test_layers_of_a_model(run, tmp_path):
+    rows = run("layers", "--model", "efficientnetv2b0").stdout.splitlines()
+    assert rows[0].split() == ["LAYER", "SHAPE", "FLOAT16", "FLOAT32"]
+    assert any(row.split()[:2] == ["avg_pool", "1280"] for row in rows)
+    assert any(row.split()[:2] == ["avg_pool", "2048"] for row in run("layers").stdout.splitlines())
+    unknown = run("layers", "--model", "mobilenetv3")
+    assert unknown.exit_code == 2 and "Did you mean: mobilenetv3large" in unknown.stderr
+    from tests.test_models import fake_keras
+
+    folder = tmp_path / "digits"
+    folder.mkdir()
+    fake_keras(folder / "model.keras")
+    (folder / "labels.txt").write_text("dark\nbright\n")
+    result = run("layers", "--model", str(folder))
+    assert result.exit_code == 1 and "known only to the worker" in result.stderr
