@@ -10,9 +10,12 @@ import re
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import pytest
 
+from imgq.contract import BatchRef
+from imgq.queue import publish
 from imgq.store import ResultStore
 from tests import imagegen
 from tests.conftest import make_settings
@@ -27,8 +30,15 @@ def write_photos(folder, count: int) -> list[str]:
     return [str(imagegen.save(folder / f"{i:02d}.png", size=(48, 40), seed=i)) for i in range(count)]
 
 
-def submit(settings, folder, model: str) -> str:
-    return imgq_cli(settings, "submit", str(folder), "--model", model, "--batch-size", "3").stdout.strip()
+def wait_until(condition, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+def submit(settings, folder, model: str, *args: str) -> str:
+    return imgq_cli(settings, "submit", str(folder), "--model", model, "--batch-size", "3", *args).stdout.strip()
 
 
 def test_two_models_on_one_redis_each_job_to_its_own_model(redis_url, tmp_path):
@@ -37,20 +47,25 @@ def test_two_models_on_one_redis_each_job_to_its_own_model(redis_url, tmp_path):
     settings = make_settings(redis_url, tmp_path, runtime="tensorflow", heartbeat_seconds=1)
     store = ResultStore.from_settings(settings)
     workers = [start_worker(settings, "rn", tmp_path / "rn.log"),
-               start_worker(settings, "eff", tmp_path / "eff.log", env={"IMGQ_MODEL": "efficientnetv2b0"})]
+               start_worker(replace(settings, model="efficientnetv2b0"), "eff", tmp_path / "eff.log")]
     try:
         write_photos(tmp_path / "photos", 7)
         wait_for_workers(store, workers)
         served = {w.hostname: (w.model, w.model_id) for w in store.workers()}
         assert served == {f"rn@{HOST}": ("resnet50", "resnet50"),
                           f"eff@{HOST}": ("efficientnetv2b0", "efficientnetv2b0")}
-        jobs = {model: submit(settings, tmp_path / "photos", model)
+        # avg_pool, dumped: 1280 values in EfficientNetV2-B0, 2048 in ResNet50, which model ran shows in them.
+        jobs = {model: submit(settings, tmp_path / "photos", model, "--activations", "avg_pool")
                 for model in ("efficientnetv2b0", "resnet50", "convnexttiny")}
+        # A batch of the efficientnetv2b0 job sent by hand to resnet50's queue: the resnet50 worker sends it on
+        # to its model's queue instead of classifying it.
+        publish([BatchRef(jobs["efficientnetv2b0"], 0, "resnet50")], settings)
         for model in ("efficientnetv2b0", "resnet50"):
             wait_until_done(store, jobs[model], timeout=300, workers=workers)
 
-        for model, worker in (("efficientnetv2b0", "eff"), ("resnet50", "rn")):
+        for model, worker, features in (("efficientnetv2b0", "eff", 1280), ("resnet50", "rn", 2048)):
             records = list(store.iter_results(jobs[model]))
+            assert {tuple(r["activations"]["layers"]["avg_pool"]) for r in records} == {(features,)}
             assert [r["image"] for r in records] == list(range(7))  # exactly one record per image
             assert {(r["status"], r["model"], r["worker"]) for r in records} == {("ok", model, f"{worker}@{HOST}")}
             assert all(r["weights"].startswith("random") for r in records)  # and say so
@@ -64,6 +79,14 @@ def test_two_models_on_one_redis_each_job_to_its_own_model(redis_url, tmp_path):
         assert "waiting: no live worker serves model convnexttiny" in status
         text = imgq_cli(settings, "status", "--workers").stdout
         assert f"eff@{HOST} on " in text and "model efficientnetv2b0," in text and "model resnet50," in text
+        deadline = time.monotonic() + 120
+        while "is for model efficientnetv2b0, not resnet50: sent to that model's queue" not in workers[0].output():
+            assert time.monotonic() < deadline, workers[0].output()[-3000:]
+            time.sleep(0.5)
+        wait_until(lambda: store.queue_depth("efficientnetv2b0") == 0 and not any(
+            w.in_hand for w in store.workers()), 120)
+        records = list(store.iter_results(jobs["efficientnetv2b0"]))
+        assert {r["worker"] for r in records} == {f"eff@{HOST}"} and len(records) == 7
         for worker in workers:
             assert worker.alive()
     finally:
@@ -81,7 +104,7 @@ def test_classify_starts_a_worker_of_its_model_when_none_is_alive(redis_url, tmp
         write_photos(tmp_path / "photos", 4)
         wait_for_workers(store, [resnet])
         out = tmp_path / "labels.jsonl"
-        env = clean_env(**{**settings.as_env(), "IMGQ_MODEL": "resnet50"})
+        env = clean_env(**settings.as_env())
         result = subprocess.run(
             [sys.executable, "-m", "producer.cli", "classify", str(tmp_path / "photos"), "--model",
              "efficientnetv2b0", "--no-embedded-redis", "-o", str(out)],
