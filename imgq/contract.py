@@ -156,14 +156,27 @@ class BatchRef:
 
 @dataclass(frozen=True)
 class Label:
-    """One of an image's top-k ImageNet classes: WordNet id, Keras' label, probability."""
+    """One of an image's top-k classes, best first: for an ImageNet model its WordNet id, Keras' label and
+    the probability (``{wnid, label, score}``, the record format since the start); for a user's model
+    (``wnid`` empty) the class name of its labels.txt, the class's ``index`` in the model's outputs and the
+    probability (``{label, index, score}``)."""
 
     wnid: str
     label: str
     score: float
+    index: int | None = None
 
     def to_dict(self) -> dict:
-        return {"wnid": self.wnid, "label": self.label, "score": self.score}
+        if self.wnid or self.index is None:
+            return {"wnid": self.wnid, "label": self.label, "score": self.score}
+        return {"label": self.label, "index": self.index, "score": self.score}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Label:
+        """Either form of ``to_dict``. Raises KeyError, TypeError or ValueError on anything else."""
+        index = data.get("index")
+        return cls(str(data.get("wnid", "")) if index is not None else str(data["wnid"]), str(data["label"]),
+                   float(data["score"]), None if index is None else int(index))
 
 
 @dataclass(frozen=True)
@@ -235,8 +248,7 @@ class ResultRecord:
             error = data.get("error")
             return cls(job=str(data["job"]), image=int(data["image"]), path=str(data["path"]),
                        status=str(data["status"]),
-                       top_k=tuple(Label(str(t["wnid"]), str(t["label"]), float(t["score"]))
-                                   for t in data.get("top_k") or ()),
+                       top_k=tuple(Label.from_dict(t) for t in data.get("top_k") or ()),
                        error=None if not error else Failure(str(error["code"]), str(error["message"])),
                        model=str(data.get("model", MODEL_NAME)), weights=str(data.get("weights", "")),
                        precision=str(data.get("precision", "")), runtime=str(data.get("runtime", "")),
@@ -250,7 +262,7 @@ class ResultRecord:
 def ok_record(job: str, image: int, path: str, top_k, **provenance) -> ResultRecord:
     """The record of an image that was classified. ``top_k``: Labels (or ``{wnid, label, score}`` dicts),
     best first; ``provenance``: the other fields of ResultRecord."""
-    labels = tuple(t if isinstance(t, Label) else Label(t["wnid"], t["label"], t["score"]) for t in top_k)
+    labels = tuple(t if isinstance(t, Label) else Label.from_dict(t) for t in top_k)
     return ResultRecord(job, image, path, "ok", labels, None, **provenance)
 
 

@@ -122,7 +122,7 @@ def _build(settings: Settings, hostname: str) -> Runtime:
     from worker.model import load_classifier  # imports TensorFlow or OpenVINO: only here, after any fork
 
     classifier = load_classifier(settings.weights, settings.batch_size, settings.precision, settings.runtime,
-                                 cache_dir=os.path.join(settings.state_dir, "openvino"))
+                                 cache_dir=os.path.join(settings.state_dir, "openvino"), model=settings.model)
     store = ResultStore.from_settings(settings)
     worker_id = f"{hostname}:{os.getpid()}"
     gatherer = Gatherer(classifier, settings.batch_size, pass_timeout=settings.forward_pass_timeout,
