@@ -169,29 +169,27 @@ class BatchRef:
 
 @dataclass(frozen=True)
 class Label:
-    """One of an image's top-k classes: for an ImageNet model its WordNet id (``wnid``), Keras' label and the
-    probability; for a user's model (no wnid) the class name from its labels.txt, its ``index`` in the
-    model's outputs and the probability."""
+    """One of an image's top-k classes, best first: for an ImageNet model its WordNet id, Keras' label and
+    the probability (``{wnid, label, score}``, the record format since the start); for a user's model
+    (``wnid`` empty) the class name of its labels.txt, the class's ``index`` in the model's outputs and the
+    probability (``{label, index, score}``)."""
 
     wnid: str
     label: str
     score: float
     index: int | None = None
-    # The class's position in the model's outputs: given for a user's model, whose names alone may repeat or
-    # change from one version of labels.txt to the next. An ImageNet class's wnid says as much (class_numbers).
 
     def to_dict(self) -> dict:
-        if self.wnid:
+        if self.wnid or self.index is None:
             return {"wnid": self.wnid, "label": self.label, "score": self.score}
         return {"label": self.label, "index": self.index, "score": self.score}
 
     @classmethod
     def from_dict(cls, data: dict) -> Label:
-        """``{wnid, label, score}`` (an ImageNet class) or ``{label, index, score}`` (a user's model's);
-        raises KeyError, TypeError or ValueError."""
+        """Either form of ``to_dict``. Raises KeyError, TypeError or ValueError on anything else."""
         index = data.get("index")
-        return cls(str(data.get("wnid") or ""), str(data["label"]), float(data["score"]),
-                   None if index is None else int(index))
+        return cls(str(data.get("wnid", "")) if index is not None else str(data["wnid"]), str(data["label"]),
+                   float(data["score"]), None if index is None else int(index))
 
 
 def class_position(label: Label) -> int | None:

@@ -90,7 +90,7 @@ def _load_or_exit(hostname: str | None, worker=None) -> None:
         _serve_metrics_or_exit(runtime)
     # Celery has not set up its logging yet when this runs: say it on stderr, like the failure above.
     classifier = runtime.classifier
-    print(f"imgq worker: {runtime.model_id} ready in {classifier.load_seconds:.1f} s, serving queue "
+    print(f"imgq worker: {classifier.model_id} ready in {classifier.load_seconds:.1f} s, serving queue "
           f"{app.conf.task_default_queue} (weights {classifier.weights_id}, "
           f"{classifier.precision} on {classifier.runtime}, pool {runtime.celery_pool or settings.pool} "
           f"x{runtime.concurrency or settings.concurrency}, broker {mask_url(settings.broker_url)})",

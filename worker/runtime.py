@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from imgq.classes import class_index
 from imgq.contract import MODEL_NAME, Heartbeat, Label
 from imgq.deliveries import Deliveries
-from imgq.models import ModelSpec, resolve
+from imgq.models import ModelSpec
 from imgq.redis_limits import redis_warning
 from imgq.settings import Settings
 from imgq.store import ResultStore
@@ -143,7 +143,7 @@ def _build(settings: Settings, hostname: str) -> Runtime:
     from worker.model import load_classifier  # imports TensorFlow or OpenVINO: only here, after any fork
 
     classifier = load_classifier(settings.weights, settings.batch_size, settings.precision, settings.runtime,
-                                 cache_dir=os.path.join(settings.state_dir, "openvino"))
+                                 cache_dir=os.path.join(settings.state_dir, "openvino"), model=settings.model)
     store = ResultStore.from_settings(settings)
     worker_id = f"{hostname}:{os.getpid()}"
     gatherer = Gatherer(classifier, settings.batch_size, pass_timeout=settings.forward_pass_timeout,
@@ -152,7 +152,7 @@ def _build(settings: Settings, hostname: str) -> Runtime:
                       Deliveries(store.redis, store.keys),
                       ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="imgq-decode"),
                       worker_id=worker_id)
-    runtime.spec = resolve(settings.model)
+    runtime.spec = classifier.spec  # the model loaded, as worker/app.py resolved it to choose the queue
     runtime.redis_warning = redis_warning(settings)
     if runtime.redis_warning:  # before Celery's logging is set up: Python prints warnings on stderr then
         log.warning("%s", runtime.redis_warning)
