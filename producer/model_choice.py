@@ -73,8 +73,13 @@ def unknown_model_message(value: str, builtin: list[str], served: list[str]) -> 
 
 def feature_layer(status: JobStatus) -> str:
     """The feature layer of a job's model: as its record keeps it (read from the folder at submission), else
-    the built-in model's, else ResNet50's ``avg_pool``."""
+    the built-in model's, else the one layer the job dumped. Raises click.ClickException when none says."""
     from imgq.models import BUILTIN
 
     builtin = BUILTIN.get(status.model)
-    return str(status.params.get("feature_layer") or (builtin.feature_layer if builtin else "") or "avg_pool")
+    known = status.params.get("feature_layer") or (builtin.feature_layer if builtin else "")
+    dumped = status.params.get("activations") or []
+    if known or len(dumped) == 1:
+        return str(known or dumped[0])
+    raise click.ClickException(f"The feature layer of model {status.model} is not known here (it was submitted by "
+                               f"name): submit with --model FOLDER, or dump only that layer.")

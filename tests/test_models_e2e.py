@@ -4,6 +4,8 @@ its model when none of that model is alive."""
 
 from __future__ import annotations
 
+import csv
+import hashlib
 import json
 import os
 import re
@@ -11,6 +13,7 @@ import subprocess
 import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -131,3 +134,44 @@ def test_an_unknown_model_is_refused_at_submit_without_a_worker(settings, tmp_pa
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
     assert "Did you mean: resnet50" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_greyscale_cnn_from_a_model_folder_labels_follow_the_picture(redis_url, tmp_path):
+    """The first CNN of every Keras lesson (28x28x1), served from its folder by `imgq worker --model FOLDER`;
+    a job asks for it by name. Its weights are set so that the label follows the picture's brightness: each
+    record's label is checked against the picture, and carries the class's index and the model's id."""
+    from tests.user_models import brightness_folder, grey_picture
+
+    folder = brightness_folder(tmp_path / "models" / "brightness")
+    digest = hashlib.sha256((folder / "model.keras").read_bytes()).hexdigest()[:12]
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    levels = [20, 60, 100, 160, 200, 240]
+    for i, level in enumerate(levels):
+        grey_picture(photos / f"{i}.png", level, seed=i)
+    imagegen.save(photos / "colour.png", size=(50, 30), seed=7)  # RGB: converted to one channel, as load_img does
+    settings = make_settings(redis_url, tmp_path, heartbeat_seconds=1, weights="imagenet", model=str(folder))
+    store = ResultStore.from_settings(settings)
+    worker = start_worker(settings, "grey", tmp_path / "grey.log", cli=True)
+    try:
+        wait_for_workers(store, [worker])
+        (heartbeat,) = store.workers()
+        assert (heartbeat.model, heartbeat.model_id) == ("brightness", f"brightness@sha256:{digest}")
+        producer = replace(settings, model="resnet50")  # the producer names the model; it has no folder
+        job = imgq_cli(producer, "submit", str(photos), "--model", "brightness", "--top-k", "2").stdout.strip()
+        wait_until_done(store, job, timeout=300, workers=[worker])
+        records = {Path(r["path"]).name: r for r in store.iter_results(job)}
+        assert {r["model"] for r in records.values()} == {f"brightness@sha256:{digest}"}
+        for i, level in enumerate(levels):
+            assert records[f"{i}.png"]["status"] == "ok", records[f"{i}.png"]["error"]
+            best = records[f"{i}.png"]["top_k"][0]
+            expected = "bright" if level > 128 else "dark"
+            assert (best["label"], best["index"]) == (expected, ("dark", "bright").index(expected)), (level, best)
+            assert "wnid" not in best and best["score"] > 0.9
+        assert records["colour.png"]["status"] == "ok"
+        csv_out = tmp_path / "labels.csv"
+        imgq_cli(producer, "results", job, "--format", "csv", "-o", str(csv_out), "--min-score", "0.5")
+        rows = {Path(r["path"]).name: r for r in csv.DictReader(csv_out.open())}
+        assert (rows["0.png"]["label_1"], rows["0.png"]["index_1"], rows["0.png"]["label_2"]) == ("dark", "0", "")
+    finally:
+        worker.stop(timeout=30)
