@@ -28,8 +28,8 @@ PREPROCESSINGS = ("caffe", "tf", "torch", "none")
 #   tf:    x / 127.5 - 1 (scaled to -1..1);
 #   torch: x / 255, minus [0.485, 0.456, 0.406], divided by [0.229, 0.224, 0.225] (RGB);
 #   none:  the pixels as they are (0..255, float32), for models that carry their own rescaling layers.
-# For one channel (greyscale), caffe and torch use the mean and deviation of the first channel Keras uses
-# ("caffe": 103.939; "torch": 0.485 and 0.229): what Keras' preprocess_input does with a (..., 1) array.
+# caffe and torch need 3 channels (Keras' recipe indexes channels 1 and 2): a greyscale model using them is
+# refused when its worker starts (worker/model_build.py check_model).
 
 RESIZES = ("squash", "crop")
 # squash: Keras' load_img(target_size=...): the whole picture, stretched to the input's size;

@@ -97,3 +97,26 @@ def test_stale_partial_folders_are_removed(folder, tmp_path):
     os.utime(old, (hours_ago, hours_ago))
     load(folder, tmp_path)  # a conversion being saved looks for leftovers
     assert not old.exists() and fresh.exists()  # a fresh one may be another worker's, converting now
+
+
+def test_auto_measures_once_per_model_and_cpu_and_records_it(folder, tmp_path, monkeypatch):
+    from worker import runtime_choice
+    from worker.model import load_classifier
+
+    first = load_classifier("imagenet", 4, runtime="auto", model=folder, cache_dir=str(tmp_path))
+    (entry,) = entries(tmp_path)
+    (record_file,) = [name for name in os.listdir(tmp_path / entry) if name.startswith("runtime-")]
+    record = json.loads((tmp_path / entry / record_file).read_text())
+    assert record["choice"] in ("openvino", "tensorflow") and first.runtime.startswith(record["choice"])
+    assert set(record["images_per_second"]) == {"openvino", "tensorflow"} and record["model"] == first.model_id
+    assert record["cpu"] == runtime_choice.cpu_fingerprint()[0]
+
+    def no_measuring(*args):
+        raise AssertionError("measured again")
+
+    monkeypatch.setattr(runtime_choice, "measure", no_measuring)
+    again = load_classifier("imagenet", 4, runtime="auto", model=folder, cache_dir=str(tmp_path))
+    assert again.runtime.split()[0] == first.runtime.split()[0]
+    (tmp_path / entry / record_file).unlink()  # deleting the record measures again
+    with pytest.raises(AssertionError, match="measured again"):
+        load_classifier("imagenet", 4, runtime="auto", model=folder, cache_dir=str(tmp_path))

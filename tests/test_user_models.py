@@ -153,7 +153,7 @@ def test_logits_get_a_softmax(tmp_path):
     from worker.model import load_classifier
 
     image = keras.Input((4, 4, 1))
-    logits = keras.layers.Dense(2, name="logits")(keras.layers.Flatten()(image))
+    logits = keras.layers.Dense(2, name="logits")(keras.layers.Flatten(name="flatten")(image))
     folder = build_folder(tmp_path / "logits", keras.Model(image, logits), manifest='outputs = "logits"\n')
     classifier = load_classifier("imagenet", 2, runtime="tensorflow", model=folder)
     probabilities = classifier.predict(classifier.model_input([np.full((4, 4, 1), 200, np.uint8)]))

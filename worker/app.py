@@ -83,7 +83,8 @@ def _load_or_exit(hostname: str | None, worker=None) -> None:
         runtime = get_runtime(settings, hostname)
     except WeightsError as exc:
         log.critical("%s", exc)
-        print(f"imgq worker: {exc}", file=sys.stderr, flush=True)
+        for problem in str(exc).splitlines():  # one line a problem (a model folder can have several)
+            print(f"imgq worker: {problem}", file=sys.stderr, flush=True)
         os._exit(2)
     if worker is not None:
         runtime.celery_pool, runtime.concurrency = _pool_label(worker.pool_cls), worker.concurrency

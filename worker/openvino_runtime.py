@@ -171,7 +171,6 @@ class OpenVINOClassifier:
         """The cache entry of this model's conversion with ``layers`` (None without a cache folder)."""
         if not self.cache_dir:
             return None
-        os.makedirs(self.cache_dir, exist_ok=True)
         key = cache_key(self.weights_id, layers, openvino_version(), self.spec.id, self.spec.preprocessing)
         return CacheEntry(self.cache_dir, key)
 
