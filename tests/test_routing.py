@@ -167,3 +167,11 @@ def test_layers_of_a_model(run, tmp_path):
     (folder / "labels.txt").write_text("dark\nbright\n")
     result = run("layers", "--model", str(folder))
     assert result.exit_code == 1 and "known only to the worker" in result.stderr
+
+
+@pytest.mark.parametrize("value", ["", " ", "..", "/no/such/folder", "a:b", "x" * 300, "resnet50\n"])
+def test_odd_model_values_are_one_line_and_exit_2(run, photos, store, value):
+    result = run("submit", str(photos), "--model", value)
+    assert result.exit_code == 2 and result.stdout == "" and "Traceback" not in result.output
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert store.list_jobs() == []
