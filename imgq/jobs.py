@@ -29,6 +29,9 @@ class JobStatus:
     last_record_at: float | None = None
     expires_at: float | None = None
     # When the store forgets the finished job (its retention); None: it is kept until deleted.
+    model_ids: tuple[str, ...] = ()
+    # The ids of the models that wrote its records so far (imgq.models.ModelSpec.id: a folder model's with its
+    # file's digest), from the provenances the store keeps: known once a worker has answered.
 
     @property
     def ok(self) -> int:
@@ -100,8 +103,10 @@ def parse_job(record: dict, processed: int, failed: int, ttl_ms: int) -> JobStat
             cancelled_at=_optional_float(record.get("cancelled_at")),
             last_record_at=_optional_float(record.get("last_record_at")),
             expires_at=time.time() + ttl_ms / 1000 if ttl_ms > 0 else None,
+            model_ids=tuple(sorted({str(json.loads(value)[0]) for key, value in record.items()
+                                    if key.startswith("provn:")})),
         )
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, IndexError):
         return None
 
 

@@ -318,7 +318,8 @@ def _waiting_for(store: ResultStore, s: JobStatus) -> str:
 
 
 def _status_dict(s: JobStatus) -> dict:
-    return {"id": s.id, "name": s.name, "model": s.model, "state": s.state, "total": s.total, "done": s.processed,
+    return {"id": s.id, "name": s.name, "model": s.model, "model_ids": list(s.model_ids), "state": s.state,
+            "total": s.total, "done": s.processed,
             "ok": s.ok, "failed": s.failed, "rate": None if s.rate is None else round(s.rate, 2),
             "eta_s": None if s.eta is None else round(s.eta), "created": _time(s.created),
             "expires": _expiry(s), "params": s.params}

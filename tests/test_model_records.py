@@ -54,7 +54,9 @@ def test_the_store_keeps_a_user_models_labels_and_model_id(settings, store, phot
                          weights="flowers.keras", precision="fp32", runtime="tensorflow", worker="w@h",
                          decode_ms=1.5, inference_ms=2.25)
                for i, path in enumerate(paths)]
+    assert store.status(job).model_ids == ()  # no worker has answered yet
     store.record_results(job, records)
+    assert store.status(job).model_ids == (FLOWERS_ID,)
     assert list(store.iter_records(job)) == records
     assert store.record(job, 1) == records[1]
     first = next(store.iter_results(job))
