@@ -12,7 +12,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from imgq.contract import BatchMessage, Label, ResultRecord, class_position, error_record, ok_record
+from imgq.classes import class_index, class_numbers
+from imgq.contract import BatchMessage, Label, ResultRecord, error_record, ok_record
 from imgq.known import KnownImages, stream_digest
 from worker.isolation import Isolation
 from worker.preprocess import ImageError, checked_file
@@ -73,28 +74,33 @@ def _digest(path: str, runtime) -> bytes | None:
         return None
 
 
+def _labels(known: list[tuple[int, float]], spec) -> list[Label]:
+    """Stored ``(class index, score)`` pairs as the model's labels (worker/labels.py's forms)."""
+    if spec.imagenet:
+        names = class_index()
+        return [Label(names[i][0], names[i][1], score) for i, score in known]
+    return [Label("", spec.labels[i], score, i) for i, score in known]
+
+
 def _remember(index: KnownImages, results: dict[bytes, ResultRecord]) -> None:
-    ok = {d: [(_position(t), t.score) for t in r.top_k] for d, r in results.items() if r.ok}
+    numbers = class_numbers()
+    # A user model's labels carry their class index; an ImageNet model's are numbered by their wnid.
+    ok = {d: [(t.index if t.index is not None else numbers[t.wnid], t.score) for t in r.top_k]
+          for d, r in results.items() if r.ok}
     index.remember(ok)
     index.release([d for d, r in results.items() if not r.ok])
-
-
-def _position(label: Label) -> int:
-    position = class_position(label)
-    if position is None:
-        raise ValueError(f"Expected a class of the model's outputs. Received: {label}")
-    return position
 
 
 def _record_for(message, item, digest, leaders, computed, known, runtime, worker) -> ResultRecord:
     image, path = item
     if image in computed:
         return computed[image]
-    provenance = {"model": runtime.model_id, "weights": runtime.gatherer.weights_id,
-                  "precision": runtime.gatherer.precision, "runtime": runtime.classifier.runtime, "worker": worker,
+    classifier = runtime.classifier
+    provenance = {"model": classifier.model_id, "weights": runtime.gatherer.weights_id,
+                  "precision": runtime.gatherer.precision, "runtime": classifier.runtime, "worker": worker,
                   "decode_ms": 0.0, "inference_ms": 0.0}
     if digest in known:
-        top = [runtime.class_label(i, score) for i, score in known[digest]]
+        top = _labels(known[digest], classifier.spec)
         return ok_record(message.job, image, path, top, **provenance, known=True)
     leader = computed[leaders[digest][0]]  # a copy of an image classified in this batch
     if leader.error is None:

@@ -16,8 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from imgq.classes import class_index
-from imgq.contract import MODEL_NAME, Heartbeat, Label
+from imgq.contract import MODEL_NAME, Heartbeat
 from imgq.deliveries import Deliveries
 from imgq.models import ModelSpec
 from imgq.redis_limits import redis_warning
@@ -69,14 +68,6 @@ class Runtime:
     def model_id(self) -> str:
         """What its records carry in ``model`` (imgq.models.ModelSpec.id)."""
         return self.spec.id if self.spec else MODEL_NAME
-
-    def class_label(self, index: int, score: float) -> Label:
-        """Class ``index`` of the served model's outputs as a record names it: with its wnid for an ImageNet
-        model, with its index for a user's model."""
-        if self.spec is None or self.spec.wnids is not None:
-            wnid, name = class_index()[index]
-            return Label(wnid, name, score)
-        return Label("", self.spec.labels[index], score, index)
 
     def count_done(self, images: int) -> None:
         now = time.monotonic()
