@@ -49,3 +49,10 @@ def model_batches(paths: list[str], batch_size: int) -> list[np.ndarray]:
             to_model_input(load_pixels(path), out=row)
         batches.append(batch)
     return batches
+
+
+def caffe_pixels(batch: np.ndarray) -> np.ndarray:
+    """The uint8 RGB pixels a caffe-preprocessed float32 batch was made from (what OpenVINO takes)."""
+    from worker.preprocess import CAFFE_MEAN_BGR
+
+    return np.rint(batch + CAFFE_MEAN_BGR)[..., ::-1].astype(np.uint8)

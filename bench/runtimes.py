@@ -11,7 +11,7 @@ import dataclasses
 import tempfile
 import time
 
-from bench import model, pipeline
+from bench import images, model, pipeline
 from imgq.settings import Settings
 
 
@@ -26,11 +26,13 @@ def in_process(results: dict, batches, batch_size: int, measured, log) -> None:
         fp32.warm_up()  # the conversion (TensorFlow is already loaded here) and the compilation
         results["ov_conversion_seconds"] = time.perf_counter() - started
         results["runtime"] = fp32.runtime
-        results["bare_ov_fp32"] = measured(log, model.bare_rate, fp32, batches)
+        # OpenVINO takes uint8 pixels (its graph preprocesses them): the caffe batches turned back into them
+        pixels = [images.caffe_pixels(batch) for batch in batches]
+        results["bare_ov_fp32"] = measured(log, model.bare_rate, fp32, pixels)
         log(f"bare OpenVINO fp32: {results['bare_ov_fp32']['rate']:.1f} images/s")
         if resolve_precision("bf16") == "bf16":
             bf16 = OpenVINOClassifier("random", batch_size, "bf16", cache)
-            results["bare_ov_bf16"] = measured(log, model.bare_rate, bf16, batches)
+            results["bare_ov_bf16"] = measured(log, model.bare_rate, bf16, pixels)
             log(f"bare OpenVINO bf16: {results['bare_ov_bf16']['rate']:.1f} images/s")
             del bf16
         del fp32

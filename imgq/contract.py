@@ -32,6 +32,8 @@ TASK_SCHEDULED_SCAN = "imgq.scheduled_scan"
 # the files that are new or changed. Sent by name, like the batches, to the same queue.
 
 MODEL_NAME = "resnet50"
+# The model of a job that names none, and of records written before jobs named their model.
+
 
 ERROR_CODES = {
     "missing": "the file does not exist",
@@ -107,6 +109,9 @@ class BatchMessage:
     head: str = ""
     # The digest of a head (imgq/heads.py) the worker applies to the base model's pooled features in the
     # same forward pass; the head itself is in Redis (Keys.head), never a path the worker opens.
+    model: str = MODEL_NAME
+    # The name of the model the job asked for: which workers' queue its batches go to (queue_name). A name,
+    # never a path: a worker loads only the model its operator set, and refuses a batch of another.
 
     def to_dict(self) -> dict:
         data = {
@@ -124,6 +129,8 @@ class BatchMessage:
             data["sink"] = True
         if self.head:
             data["head"] = self.head
+        if self.model != MODEL_NAME:
+            data["model"] = self.model
         return data
 
     @classmethod
@@ -137,7 +144,7 @@ class BatchMessage:
                           activations=tuple(str(name) for name in data.get("activations", ())),
                           activations_dtype=str(data.get("activations_dtype", "float16")),
                           known=str(data.get("known", "")), sink=data.get("sink") is True,
-                          head=str(data.get("head", "")))
+                          head=str(data.get("head", "")), model=str(data.get("model", MODEL_NAME)))
         except (KeyError, TypeError, ValueError) as exc:
             raise MessageError(f"Malformed batch message ({exc}). Received: {data!r:.200}") from None
         # The job id names a folder of activation dumps: it must never be a path.
@@ -146,6 +153,8 @@ class BatchMessage:
             raise MessageError(f"Expected a job id of letters and digits, a float16/float32 dump dtype, a known "
                                f"mode in {KNOWN_MODES} and a head digest. Received: {message.job!r}, "
                                f"{message.activations_dtype!r}, {message.known!r}, {message.head!r}")
+        if not NAME.fullmatch(message.model):  # it names a queue (imgq.models.check_model_name), never a path
+            raise MessageError(f"Expected a model name (letters, digits, '.', '_', '-'). Received: {message.model!r}")
         return message
 
 
@@ -157,6 +166,9 @@ class BatchRef:
 
     job: str
     batch: int
+    model: str = MODEL_NAME
+    # The job's model: the queue the reference is sent to (queue_name). Not in the task message: the worker
+    # reads the model from the stored batch, the one place it is kept.
 
     def to_dict(self) -> dict:
         return {"v": REF_VERSION, "job": self.job, "batch": self.batch}
@@ -177,14 +189,37 @@ class BatchRef:
 
 @dataclass(frozen=True)
 class Label:
-    """One of an image's top-k ImageNet classes: WordNet id, Keras' label, probability."""
+    """One of an image's top-k classes, best first: for an ImageNet model its WordNet id, Keras' label and
+    the probability (``{wnid, label, score}``, the record format since the start); for a user's model
+    (``wnid`` empty) the class name of its labels.txt, the class's ``index`` in the model's outputs and the
+    probability (``{label, index, score}``)."""
 
     wnid: str
     label: str
     score: float
+    index: int | None = None
 
     def to_dict(self) -> dict:
-        return {"wnid": self.wnid, "label": self.label, "score": self.score}
+        if self.wnid or self.index is None:
+            return {"wnid": self.wnid, "label": self.label, "score": self.score}
+        return {"label": self.label, "index": self.index, "score": self.score}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Label:
+        """Either form of ``to_dict``. Raises KeyError, TypeError or ValueError on anything else."""
+        index = data.get("index")
+        return cls(str(data.get("wnid", "")) if index is not None else str(data["wnid"]), str(data["label"]),
+                   float(data["score"]), None if index is None else int(index))
+
+
+def class_position(label: Label) -> int | None:
+    """The label's index in its model's outputs: given for a user's model's class, the wnid's position for an
+    ImageNet class (None for a wnid that is not one of the 1000)."""
+    if label.index is not None or not label.wnid:
+        return label.index
+    from imgq.classes import class_numbers
+
+    return class_numbers().get(label.wnid)
 
 
 @dataclass(frozen=True)
@@ -261,8 +296,7 @@ class ResultRecord:
             error = data.get("error")
             return cls(job=str(data["job"]), image=int(data["image"]), path=str(data["path"]),
                        status=str(data["status"]),
-                       top_k=tuple(Label(str(t["wnid"]), str(t["label"]), float(t["score"]))
-                                   for t in data.get("top_k") or ()),
+                       top_k=tuple(Label.from_dict(t) for t in data.get("top_k") or ()),
                        error=None if not error else Failure(str(error["code"]), str(error["message"])),
                        model=str(data.get("model", MODEL_NAME)), weights=str(data.get("weights", "")),
                        precision=str(data.get("precision", "")), runtime=str(data.get("runtime", "")),
@@ -274,9 +308,9 @@ class ResultRecord:
 
 
 def ok_record(job: str, image: int, path: str, top_k, **provenance) -> ResultRecord:
-    """The record of an image that was classified. ``top_k``: Labels (or ``{wnid, label, score}`` dicts),
-    best first; ``provenance``: the other fields of ResultRecord."""
-    labels = tuple(t if isinstance(t, Label) else Label(t["wnid"], t["label"], t["score"]) for t in top_k)
+    """The record of an image that was classified. ``top_k``: Labels (or their dicts: ``{wnid, label,
+    score}``, ``{label, index, score}``), best first; ``provenance``: the other fields of ResultRecord."""
+    labels = tuple(t if isinstance(t, Label) else Label.from_dict(t) for t in top_k)
     return ResultRecord(job, image, path, "ok", labels, None, **provenance)
 
 
@@ -301,6 +335,10 @@ class Heartbeat:
     hostname: str
     pid: int = 0
     host: str = ""
+    model: str = MODEL_NAME
+    # The name of the model the worker serves (the queue it consumes); ``model_id`` adds its file's digest
+    # for a user's model (imgq.models.ModelSpec.id).
+    model_id: str = ""
     weights: str = ""
     precision: str = ""
     runtime: str = ""
@@ -360,13 +398,22 @@ def path_digest(path: str) -> bytes:
 PATH_DIGEST_BYTES = 12
 
 
-def queue_name(settings: Settings) -> str:
-    return settings.namespace
+def queue_name(settings: Settings, model: str = MODEL_NAME) -> str:
+    """The Celery queue of ``model``'s workers: ``<ns>`` for resnet50 (the queue every job used before jobs
+    named their model, so that workers and producers of either age keep meeting), ``<ns>.<model>`` for any
+    other. A worker consumes its own model's queue only; a job's batches go to its model's queue."""
+    return model_queue(settings.namespace, model)
 
 
-def celery_config(settings: Settings) -> dict:
-    """The Celery configuration shared by the producer and the workers."""
-    config = _base_config(settings)
+def model_queue(namespace: str, model: str = MODEL_NAME) -> str:
+    """``queue_name`` from a namespace."""
+    return namespace if model == MODEL_NAME else f"{namespace}.{model}"
+
+
+def celery_config(settings: Settings, model: str = MODEL_NAME) -> dict:
+    """The Celery configuration shared by the producer and the workers; ``model``: the name of the model a
+    worker serves, whose queue is its default (and only) one."""
+    config = _base_config(settings, model)
     if settings.broker_url.startswith("rediss://") and "ssl_cert_reqs" not in settings.broker_url:
         # Kombu connects to rediss:// WITHOUT checking the server's certificate unless told to.
         config["broker_use_ssl"] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
@@ -391,7 +438,7 @@ def beat_config(settings: Settings) -> dict:
     }
 
 
-def _base_config(settings: Settings) -> dict:
+def _base_config(settings: Settings, model: str) -> dict:
     return {
         "broker_url": settings.broker_url,
         "broker_connection_retry_on_startup": True,
@@ -408,8 +455,10 @@ def _base_config(settings: Settings) -> dict:
         # The results store is the product; Celery's own result backend is not used.
         "task_ignore_result": True,
         "result_backend": None,
-        "task_default_queue": queue_name(settings),
-        "task_routes": {TASK_CLASSIFY_BATCH: {"queue": queue_name(settings)}},
+        # A worker consumes its default queue only: its model's. Senders name the queue of each message
+        # (imgq/queue.py, the schedules' entries), so the routes below never decide where a batch goes.
+        "task_default_queue": queue_name(settings, model),
+        "task_routes": {TASK_CLASSIFY_BATCH: {"queue": queue_name(settings, model)}},
         # Acknowledge after the batch is stored, so a worker that dies mid-batch loses nothing.
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,

@@ -184,7 +184,7 @@ def refusal(head: Head, model: str, live_weights: set[str]) -> str | None:
     """Why a job of ``model`` must not apply ``head``, judged at submit (None: it may). ``live_weights``:
     the weights of the live workers of ``model``; with none alive, only the model is checked here, and a
     worker with other weights later gives each image's head an error instead of labels."""
-    if head.base_model != model:
+    if head.base_model.split("@")[0] != model:  # a folder model's id is <name>@sha256:<digest>: jobs name it
         return (f"The head {head.name!r} was learned on model {head.base_model}; this job runs {model}. "
                 f"Learn it again on {model} (`imgq learn`), or submit with the head's model.")
     if live_weights and head.weights not in live_weights:

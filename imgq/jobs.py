@@ -6,6 +6,8 @@ import json
 import time
 from dataclasses import dataclass, field
 
+from imgq.contract import MODEL_NAME
+
 EXPIRY_WARNING = 0.1
 # `imgq results` warns when less than this share of a finished job's retention is left (a day of 7, say).
 
@@ -33,6 +35,9 @@ class JobStatus:
     skipped_files: int = 0
     skipped_kinds: str = ""
     # Files the walk found in folders and did not queue, not being images, and their kinds ("1 .MOV, 1 .txt").
+    model_ids: tuple[str, ...] = ()
+    # The ids of the models that wrote its records so far (imgq.models.ModelSpec.id: a folder model's with its
+    # file's digest), from the provenances the store keeps: known once a worker has answered.
 
     @property
     def ok(self) -> int:
@@ -78,6 +83,11 @@ class JobStatus:
         return (self.total - self.processed) / rate
 
     @property
+    def model(self) -> str:
+        """The name of the model the job asked for (its batches wait in that model's queue)."""
+        return str(self.params.get("model", MODEL_NAME))
+
+    @property
     def retention(self) -> int:
         """Seconds a finished job is kept (0: until deleted)."""
         return int(self.params.get("retention", 0))
@@ -103,8 +113,10 @@ def parse_job(record: dict, processed: int, failed: int, ttl_ms: int) -> JobStat
             last_record_at=_optional_float(record.get("last_record_at")),
             expires_at=time.time() + ttl_ms / 1000 if ttl_ms > 0 else None,
             skipped_files=int(record.get("skipped_files", 0)), skipped_kinds=record.get("skipped_kinds", ""),
+            model_ids=tuple(sorted({str(json.loads(value)[0]) for key, value in record.items()
+                                    if key.startswith("provn:")})),
         )
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, IndexError):
         return None
 
 

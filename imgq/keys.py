@@ -111,9 +111,17 @@ class Keys:
         """String with a TTL: held by the one tick of the schedule running, so two never interleave."""
         return f"{self.ns}:schedule:{name}:lock"
 
-    def scan(self, name: str, part: str) -> str:
-        """Hash: incremental scan state of a schedule, ``part`` one of known, errors, pending (imgq/scan_state.py)."""
-        return f"{self.ns}:scan:{name}:{part}"
+    def scan(self, name: str, part: str, model: str = "resnet50") -> str:
+        """Hash: incremental scan state of a schedule for one model, ``part`` one of known, errors, pending
+        (imgq/scan_state.py): ``<ns>:scan:<name>:<part>`` for resnet50 (as before models were a choice),
+        ``<ns>:scan:<name>@<model>:<part>`` for any other, so that a file classified by one model is new
+        for another."""
+        # "resnet50" is imgq.contract.MODEL_NAME, which this module cannot import (contract imports it).
+        return f"{self.ns}:scan:{name}:{part}" if model == "resnet50" else f"{self.ns}:scan:{name}@{model}:{part}"
+
+    def scan_pattern(self, name: str) -> str:
+        """SCAN pattern of a schedule's scan state for the models other than resnet50."""
+        return f"{self.ns}:scan:{name}@*"
 
     @property
     def kombu_prefix(self) -> str:
@@ -122,8 +130,13 @@ class Keys:
 
     @property
     def kombu_queue(self) -> str:
-        """List: the batch messages waiting in the workers' queue (kombu LPUSHes, workers BRPOP)."""
+        """List: the batch messages waiting in the queue of resnet50's workers (kombu LPUSHes, workers BRPOP)."""
         return self.kombu_prefix + self.ns
+
+    def model_queue(self, queue: str) -> str:
+        """List: the batch messages waiting in one model's queue, ``queue`` as imgq.contract.queue_name names
+        it (``<ns>`` for resnet50, ``<ns>.<model>`` for any other)."""
+        return self.kombu_prefix + queue
 
     @property
     def kombu_unacked(self) -> str:

@@ -1,6 +1,6 @@
 """The content-hash index: images already classified, so that the same picture is paid for once.
 
-For one model (weights and precision) and one k, a Redis hash maps a 16-byte digest of the file's bytes to
+For one model (its id, weights and precision) and one k, a Redis hash maps a 16-byte digest of the file's bytes to
 its top-k, packed as "R" + k x (class index uint16, score float32): with k = 5, 73 bytes per known image on
 Valkey 9.1 and 112 on Redis 7.0, at most 120 (MEMORY USAGE over 2,000 images; tests/test_known.py pins it).
 While a worker computes an image, the field holds a claim instead, so that copies of it in other batches, in
@@ -16,6 +16,7 @@ from typing import Any, BinaryIO
 
 import redis
 
+from imgq.contract import MODEL_NAME
 from imgq.keys import Keys
 
 DIGEST_BYTES = 16
@@ -49,11 +50,14 @@ def stream_digest(file: BinaryIO, limit: int) -> bytes | None:
     return digest.digest()
 
 
-def model_tag(weights_id: str, precision: str, head: str = "") -> str:
-    """A short, key-safe name for the model whose results an index holds; with a head (its digest), an index
-    of its own whose entries hold the head's labels too."""
+def model_tag(weights_id: str, precision: str, model_id: str = MODEL_NAME, head: str = "") -> str:
+    """A short, key-safe name for the model (its id: name and file digest; weights and precision) whose
+    results an index holds: a picture classified by one model is not known for another. resnet50's tag is
+    what it was before models were a choice, so that its index stays valid. With a head (its digest), an
+    index of its own whose entries hold the head's labels too."""
+    model = "" if model_id == MODEL_NAME else f"{model_id}|"
     extra = f"|head:{head}" if head else ""
-    return hashlib.sha1(f"{weights_id}|{precision}{extra}".encode()).hexdigest()[:12]
+    return hashlib.sha1(f"{model}{weights_id}|{precision}{extra}".encode()).hexdigest()[:12]
 
 
 def pack(top: list[tuple[int, float]], head: list[tuple[int, float]] | None = None) -> bytes:
@@ -85,10 +89,11 @@ class KnownImages:
     on top of them, whose values carry the head's labels too (``pack``): results are top-k lists, or
     (top-k, head labels) pairs in a head's index."""
 
-    def __init__(self, client: redis.Redis, keys: Keys, weights_id: str, precision: str, top_k: int, head: str = ""):
+    def __init__(self, client: redis.Redis, keys: Keys, weights_id: str, precision: str, top_k: int,
+                 model_id: str = MODEL_NAME, head: str = ""):
         self.redis = client
         self.head = head
-        self.key = keys.known(model_tag(weights_id, precision, head), top_k)
+        self.key = keys.known(model_tag(weights_id, precision, model_id, head), top_k)
 
     def lookup(self, digests: list[bytes]) -> dict[bytes, list[tuple[int, float]]]:
         """The known top-k of those of ``digests`` that have one (claims are not results)."""

@@ -5,10 +5,14 @@ classifies in a job: the store keeps each distinct one once in the job's hash an
 number. Its path is in the job's batch list already. What is left is packed:
 
 - ok:    ``O`` | decode centi-ms u32 | inference centi-ms u32 | flags u8 | k u8 | k x (class u16, score f32)
-         | the activations entry as JSON, when the job dumps them (flags bit 1); with a head (flags bit 2), a
-           JSON object ``{"activations": ..., "head": ...}`` instead
+         | the activations entry as JSON, when the job dumps them (flags bit 1). The class is an ImageNet class
+         number, or (flags bit 2) the index of a user's model's class, whose name the store keeps once per
+         provenance in the job's hash (``classes``: index -> name, written with the records)
+         | with a head (flags bit 3), a JSON object ``{"activations": ..., "head": ...}`` instead of the
+           activations entry
 - error: ``E`` | decode centi-ms u32 | inference centi-ms u32 | error code u8 | the message, UTF-8
-- any other record (labels that are not ImageNet classes, a score that is not a float32, a time over 11 h):
+- any other record (labels neither ImageNet classes nor indexed classes, a score that is not a float32, a time
+  over 11 h):
   ``J`` | the record's fields as JSON, so that nothing is ever rounded or refused.
 
 Scores are the model's float32 probabilities, so f32 keeps them exactly; times are recorded to 0.01 ms. A
@@ -33,7 +37,7 @@ CODE_NUMBERS = {"missing": 0, "unreadable": 1, "not_an_image": 2, "corrupt": 3, 
 # records were first packed (2026-12-01), so every record stored since reads the same.
 _CODES = {number: code for code, number in CODE_NUMBERS.items()}
 _MAX_CENTI_MS = 2**32 - 1
-FLAG_KNOWN, FLAG_ACTIVATIONS, FLAG_HEAD = 1, 2, 4
+FLAG_KNOWN, FLAG_ACTIVATIONS, FLAG_INDEXED, FLAG_HEAD = 1, 2, 4, 8
 
 PROVENANCE_FIELDS = ("model", "weights", "precision", "runtime", "worker")
 
@@ -54,11 +58,12 @@ def pack(record: ResultRecord) -> bytes:
         if number is None:  # a code without a number yet (see CODE_NUMBERS): kept whole rather than refused
             return _as_json(record)
         return b"E" + head + bytes([number]) + record.error.message.encode("utf-8", "surrogatepass")
-    labels = _packed_labels(record.top_k)
+    indexed = bool(record.top_k) and all(not t.wnid and t.index is not None for t in record.top_k)
+    labels = _packed_indices(record.top_k) if indexed else _packed_labels(record.top_k)
     if labels is None:
         return _as_json(record)
     flags = ((FLAG_KNOWN if record.known else 0) | (FLAG_ACTIVATIONS if record.activations is not None else 0)
-             | (FLAG_HEAD if record.head is not None else 0))
+             | (FLAG_INDEXED if indexed else 0) | (FLAG_HEAD if record.head is not None else 0))
     if record.head is not None:
         tail = json.dumps({"activations": record.activations, "head": record.head}).encode()
     else:
@@ -66,8 +71,16 @@ def pack(record: ResultRecord) -> bytes:
     return b"O" + head + bytes([flags, len(record.top_k)]) + labels + tail
 
 
-def unpack(value: bytes, *, job: str, image: int, path: str, provenance_json: str) -> ResultRecord:
-    """The whole record again, from ``pack``'s bytes, its job, image id, path and provenance."""
+def classes(record: ResultRecord) -> dict[int, str]:
+    """The class names ``pack`` leaves out of the record (a user's model's: index -> name), for the store to
+    keep once per provenance."""
+    return {t.index: t.label for t in record.top_k if not t.wnid and t.index is not None}
+
+
+def unpack(value: bytes, *, job: str, image: int, path: str, provenance_json: str,
+           names: dict[int, str] | None = None) -> ResultRecord:
+    """The whole record again, from ``pack``'s bytes, its job, image id, path and provenance; ``names``: the
+    class names of its provenance (``classes`` of its records). Raises KeyError for a class not in ``names``."""
     facts = dict(zip(PROVENANCE_FIELDS, json.loads(provenance_json), strict=True))
     kind = value[:1]
     if kind == b"J":
@@ -78,11 +91,14 @@ def unpack(value: bytes, *, job: str, image: int, path: str, provenance_json: st
         message = value[10:].decode("utf-8", "surrogatepass")
         return ResultRecord(status="error", error=_failure(value[9], message), **common)
     flags, k = value[9], value[10]
-    names = class_index()
+    imagenet = class_index()
     labels = []
     for n in range(k):
         number, score = _LABEL.unpack_from(value, 11 + n * _LABEL.size)
-        labels.append(Label(names[number][0], names[number][1], score))
+        if flags & FLAG_INDEXED:
+            labels.append(Label("", (names or {})[number], score, number))
+        else:
+            labels.append(Label(imagenet[number][0], imagenet[number][1], score))
     tail = value[11 + k * _LABEL.size:]
     extra = json.loads(tail) if flags & FLAG_HEAD else {"activations": json.loads(tail) if tail else None}
     return ResultRecord(status="ok", top_k=tuple(labels), known=bool(flags & FLAG_KNOWN),
@@ -119,6 +135,26 @@ def _packed_labels(top_k: tuple[Label, ...]) -> bytes | None:
             return None
         out.append(packed)
     return b"".join(out)
+
+
+def _packed_indices(top_k: tuple[Label, ...]) -> bytes | None:
+    """k x (class index, float32 score) of a user's model's labels; None when an index does not fit or a
+    score is not exactly a float32."""
+    out = []
+    for label in top_k:
+        index = label.index if label.index is not None else -1
+        if not 0 <= index <= 0xFFFF or len(top_k) > 255:
+            return None
+        packed = _LABEL.pack(index, label.score)
+        if _LABEL.unpack(packed)[1] != label.score:
+            return None
+        out.append(packed)
+    return b"".join(out)
+
+
+def as_json(record: ResultRecord) -> bytes:
+    """``record`` packed as JSON, names and all: for records whose class names the store cannot keep apart."""
+    return _as_json(record)
 
 
 def _as_json(record: ResultRecord) -> bytes:

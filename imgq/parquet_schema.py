@@ -7,9 +7,11 @@ One row per image. The columns are the CSV export's (producer/export.py), typed,
 - ``path`` string: the path as UTF-8. A path that is not valid UTF-8 (Python holds it surrogate-escaped) has
   its undecodable bytes shown as U+FFFD here, and its exact bytes in ``path_bytes`` (binary, null for every
   path that is valid UTF-8): read ``path_bytes`` when it is not null, ``path`` otherwise.
-- ``label_i``, ``wnid_i`` string, ``score_i`` float32 for i in 1..k, best first: null where the image has
-  fewer than i labels (every rank of an error row). The worker's scores are float32 probabilities, so float32
-  keeps them exactly.
+- ``label_i``, ``wnid_i`` string, ``score_i`` float32, ``index_i`` int32 for i in 1..k, best first: null where
+  the image has fewer than i labels (every rank of an error row). The worker's scores are float32
+  probabilities, so float32 keeps them exactly. ``index_i`` is the class's position in the model's outputs
+  (for an ImageNet model, the index of its wnid); ``wnid_i`` is null for a user's model, whose classes have
+  none. Files written before ``index_i`` existed read back as ImageNet labels.
 - ``error_code``, ``error_message`` string: null for an ``ok`` row.
 - ``model``, ``weights``, ``precision``, ``runtime``, ``worker`` string; ``decode_ms``, ``inference_ms``
   float64; ``known`` bool.
@@ -26,7 +28,7 @@ import json
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from imgq.contract import Failure, Label, ResultRecord
+from imgq.contract import Failure, Label, ResultRecord, class_position
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -43,7 +45,7 @@ def schema(k: int) -> pa.Schema:
         ("job", pa.string()), ("image", pa.int64()), ("path", pa.string()), ("path_bytes", pa.binary()),
         ("status", pa.dictionary(pa.int8(), pa.string())),
         *[(f"label_{i}", pa.string()) for i in ranks], *[(f"score_{i}", pa.float32()) for i in ranks],
-        *[(f"wnid_{i}", pa.string()) for i in ranks],
+        *[(f"wnid_{i}", pa.string()) for i in ranks], *[(f"index_{i}", pa.int32()) for i in ranks],
         ("error_code", pa.string()), ("error_message", pa.string()),
         *[(name, pa.string()) for name in PROVENANCE],
         ("decode_ms", pa.float64()), ("inference_ms", pa.float64()), ("known", pa.bool_()),
@@ -62,7 +64,8 @@ def record_batch(records: Iterable[ResultRecord], k: int) -> pa.RecordBatch:
 def _columns(records: Iterable[ResultRecord], k: int) -> dict[str, list]:
     target = schema(k)
     columns: dict[str, list[Any]] = {name: [] for name in target.names}
-    label_cols = [(columns[f"label_{i}"], columns[f"score_{i}"], columns[f"wnid_{i}"]) for i in range(1, k + 1)]
+    label_cols = [(columns[f"label_{i}"], columns[f"score_{i}"], columns[f"wnid_{i}"], columns[f"index_{i}"])
+                  for i in range(1, k + 1)]
     for r in records:
         columns["job"].append(r.job)
         columns["image"].append(r.image)
@@ -70,11 +73,12 @@ def _columns(records: Iterable[ResultRecord], k: int) -> dict[str, list]:
         columns["path"].append(text)
         columns["path_bytes"].append(exact)
         columns["status"].append(r.status)
-        for rank, (labels, scores, wnids) in enumerate(label_cols):
+        for rank, (labels, scores, wnids, indices) in enumerate(label_cols):
             top = r.top_k[rank] if rank < len(r.top_k) else None
             labels.append(None if top is None else top.label)
             scores.append(None if top is None else top.score)
-            wnids.append(None if top is None else top.wnid)
+            wnids.append(None if top is None else top.wnid or None)
+            indices.append(None if top is None else class_position(top))
         columns["error_code"].append(None if r.error is None else r.error.code)
         columns["error_message"].append(None if r.error is None else r.error.message)
         for name in PROVENANCE:
@@ -85,6 +89,14 @@ def _columns(records: Iterable[ResultRecord], k: int) -> dict[str, list]:
         columns["activations"].append(None if r.activations is None else json.dumps(r.activations))
         columns["head"].append(None if r.head is None else json.dumps(r.head))
     return columns
+
+
+def _label(data: dict[str, list], row: int, rank: int) -> Label:
+    wnid = data[f"wnid_{rank}"][row]
+    if wnid:  # an ImageNet class: its wnid says which
+        return Label(wnid, data[f"label_{rank}"][row], data[f"score_{rank}"][row])
+    indices = data.get(f"index_{rank}")  # absent from files written before user models' labels
+    return Label("", data[f"label_{rank}"][row], data[f"score_{rank}"][row], indices[row] if indices else None)
 
 
 def split_path(path: str) -> tuple[str, bytes | None]:
@@ -110,8 +122,7 @@ def records(table: pa.Table | pa.RecordBatch) -> Iterator[ResultRecord]:
 def _record(data: dict[str, list], row: int, k: int) -> ResultRecord:
     exact = data["path_bytes"][row]
     path = data["path"][row] if exact is None else exact.decode("utf-8", "surrogateescape")
-    top = tuple(Label(data[f"wnid_{i}"][row], data[f"label_{i}"][row], data[f"score_{i}"][row])
-                for i in range(1, k + 1) if data[f"label_{i}"][row] is not None)
+    top = tuple(_label(data, row, i) for i in range(1, k + 1) if data[f"label_{i}"][row] is not None)
     code = data["error_code"][row]
     activations = data["activations"][row]
     head = data["head"][row] if "head" in data else None

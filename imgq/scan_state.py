@@ -1,7 +1,9 @@
 """Incremental scan state of a schedule: which files are classified as they are now, which keep failing.
 
-Per schedule, three Redis hashes next to the results (keys built by ``Keys.scan``), each keyed by the digest of
-a file's absolute path (``imgq.contract.path_digest``) and holding a digest of its (size, modification time in ns):
+Per schedule and model (a file classified by one model is new for another: a schedule whose model changes
+scans everything again), three Redis hashes next to the results (keys built by ``Keys.scan``), each keyed by
+the digest of a file's absolute path (``imgq.contract.path_digest``) and holding a digest of its (size,
+modification time in ns):
 
 - ``known``: files whose last submitted version got an ``ok`` record. While the file's size and mtime still
   match, it is not submitted again; when either changes, it is (``changed``).
@@ -34,7 +36,7 @@ from itertools import islice
 
 import redis
 
-from imgq.contract import ResultRecord, path_digest
+from imgq.contract import MODEL_NAME, ResultRecord, path_digest
 from imgq.keys import Keys
 from imgq.settings import Settings
 
@@ -96,15 +98,16 @@ class Settlement:
 class ScanState:
     """The scan state of one schedule. ``client`` must return bytes (``decode_responses=False``)."""
 
-    def __init__(self, client: redis.Redis, keys: Keys, name: str):
+    def __init__(self, client: redis.Redis, keys: Keys, name: str, model: str = MODEL_NAME):
         self.redis = client
-        self.known, self.errors, self.pending = (keys.scan(name, part) for part in PARTS)
+        self.known, self.errors, self.pending = (keys.scan(name, part, model) for part in PARTS)
 
     @classmethod
-    def from_settings(cls, settings: Settings, name: str) -> ScanState:
+    def from_settings(cls, settings: Settings, name: str, model: str = MODEL_NAME) -> ScanState:
+        """The state of schedule ``name`` for ``model`` (its name): what that model has classified."""
         client = redis.Redis.from_url(settings.effective_results_url, socket_connect_timeout=5,
                                       health_check_interval=30)
-        return cls(client, Keys(settings.namespace), name)
+        return cls(client, Keys(settings.namespace), name, model)
 
     def select(self, paths: Iterable[str], max_retries: int, found: ScanTally,
                keepalive: Callable[[], object] | None = None) -> Iterator[str]:

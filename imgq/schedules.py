@@ -22,7 +22,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 
 from imgq.beat import beat_app
-from imgq.contract import NAME, TASK_SCHEDULED_SCAN, queue_name
+from imgq.contract import MODEL_NAME, NAME, TASK_SCHEDULED_SCAN, queue_name
 from imgq.keys import Keys
 from imgq.scan_state import PARTS as SCAN_PARTS
 from imgq.settings import Settings, format_seconds, parse_duration
@@ -102,6 +102,9 @@ class Schedule:
     created: float = 0.0
     pending_job: str | None = None
     head: str = ""  # the digest of a head (imgq/heads.py, shared in Redis) each tick's job applies
+    model: str = MODEL_NAME
+    # The name of the model its jobs ask for: its ticks go to that model's queue, its jobs to that model's
+    # workers, and its scan state is that model's (imgq/scan_state.py).
 
     @property
     def when(self) -> str:
@@ -133,7 +136,8 @@ class Schedule:
                    excludes=tuple(json.loads(data.get("excludes", "[]"))), top_k=int(data["top_k"]),
                    batch_size=int(data["batch_size"]), max_retries=int(data["max_retries"]),
                    paused=data["paused"] == "1", created=float(data["created"]),
-                   pending_job=data.get("pending_job") or None)
+                   pending_job=data.get("pending_job") or None, model=data.get("model") or MODEL_NAME,
+                   head=data.get("head", ""))
 
 
 class ScheduleBook:
@@ -201,8 +205,8 @@ class ScheduleBook:
         return schedule
 
     def remove(self, name: str) -> None:
-        """Forget the schedule: its beat entry, definition, runs and scan state. Its jobs stay, and its job in
-        flight, which no tick will settle now, gets its retention back (imgq/tick.py)."""
+        """Forget the schedule: its beat entry, definition, runs and scan state (of every model). Its jobs stay,
+        and its job in flight, which no tick will settle now, gets its retention back (imgq/tick.py)."""
         schedule = self.get(name)  # raises ScheduleNotFound
         if schedule.pending_job:
             self.store.release_retention(schedule.pending_job)
@@ -210,6 +214,7 @@ class ScheduleBook:
 
         RedBeatSchedulerEntry(name, app=self.app).delete()
         scan = [self.keys.scan(name, part) for part in SCAN_PARTS]
+        scan += list(self.redis.scan_iter(match=self.keys.scan_pattern(name), count=1000))
         self.redis.delete(self.keys.schedule(name), self.keys.schedule_runs(name), self.keys.schedule_lock(name),
                           *scan)
         self.redis.zrem(self.keys.schedules, name)
@@ -252,7 +257,8 @@ class ScheduleBook:
     def _save_entry(self, schedule: Schedule, first: bool) -> None:
         from redbeat import RedBeatSchedulerEntry
 
-        options: dict[str, str | int] = {"queue": queue_name(self.settings)}
+        # A tick runs on a worker of the schedule's model: one that is alive to take the job it submits.
+        options: dict[str, str | int] = {"queue": queue_name(self.settings, schedule.model)}
         if schedule.every:  # a tick stuck behind a backlog longer than its period is stale: drop it
             options["expires"] = schedule.every
         entry = RedBeatSchedulerEntry(schedule.name, TASK_SCHEDULED_SCAN, schedule.celery_schedule(),

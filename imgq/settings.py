@@ -39,8 +39,14 @@ class Settings:
     # Prefix of every Redis key imgq writes and the name of its Celery queue, so that several deployments
     # (or test runs) can share one Redis without seeing each other.
 
+    model: str = "resnet50"
+    # The model a worker serves (`imgq worker --model`): a built-in name (resnet50, resnet50v2,
+    # efficientnetv2b0, efficientnetv2s, convnexttiny, mobilenetv3large) or the folder of your own model
+    # (model.keras, labels.txt, optional imgq-model.toml; docs/models.md). Checked when the worker starts.
+
     weights: str = "imagenet"
     # "imagenet" (Keras' download and cache), a local .h5/.weights.h5/.keras file, or "random" / "random:SEED".
+    # For a folder model, "imagenet" means the weights in its model file; a .weights.h5 file replaces them.
 
     allowed_roots: tuple[str, ...] = ()
     # Folders a worker may read images from (os.pathsep-separated in the env var). Empty: no restriction.
@@ -81,8 +87,9 @@ class Settings:
 
     runtime: str = "openvino"
     # What runs the forward pass: openvino (the Keras model converted once, cached under
-    # <state_dir>/openvino; faster than TensorFlow on CPUs, figures in BENCHMARKS.md, "Runtimes") or
-    # tensorflow (the Keras model as it is; the one for CUDA GPUs).
+    # <state_dir>/openvino; faster than TensorFlow on CPUs, figures in BENCHMARKS.md, "Runtimes"),
+    # tensorflow (the Keras model as it is; the one for CUDA GPUs), or auto: the faster of the two for this
+    # model on this CPU, measured once when the model is first converted and recorded with the conversion.
 
     jpeg_draft: bool = True
     # Let libjpeg decode large JPEGs at 1/2, 1/4 or 1/8 scale (never below 224 px) before the resize.
@@ -227,7 +234,16 @@ _INT_MINIMA = {"metrics_port": 0,  # 0 turns the metrics server off
                "scan_max_retries": 0}  # 0: a file that errored is not retried
 _BOOL_FIELDS = {"jpeg_draft"}
 _CHOICES = {"pool": ("solo", "threads", "prefork"), "precision": ("fp32", "bf16"),
-            "runtime": ("openvino", "tensorflow"), "log_format": ("text", "json")}
+            "runtime": ("openvino", "tensorflow", "auto"), "log_format": ("text", "json")}
+
+
+def _model_setting(raw: str) -> str:
+    """A built-in model's name, or what looks like a folder (the worker reads the folder when it starts)."""
+    from imgq.models import BUILTIN, unknown_name_message
+
+    if raw in BUILTIN or os.sep in raw or raw.startswith(".") or os.path.isdir(raw):
+        return raw
+    raise ValueError(f"{env_var('model')}: {unknown_name_message(raw)}")
 
 
 def parse_setting(name: str, raw: str):
@@ -260,6 +276,8 @@ def _parse(name: str, raw: str):
         return raw.lower() in ("1", "true", "yes", "on")
     if name in _CHOICES and raw not in _CHOICES[name]:
         raise ValueError(f"{env_var(name)} must be one of {', '.join(_CHOICES[name])}. Received: {raw!r}")
+    if name == "model":
+        return _model_setting(raw)
     if name == "namespace" and not NAME.fullmatch(raw):
         raise ValueError(f"{env_var(name)} must be letters, digits, '.', '_' or '-'. Received: {raw!r}")
     if name == "metrics_address":

@@ -31,7 +31,7 @@ from itertools import islice
 import redis
 
 from imgq import packing
-from imgq.contract import Heartbeat, ResultRecord
+from imgq.contract import MODEL_NAME, Heartbeat, ResultRecord, model_queue
 from imgq.jobs import JobStatus, parse_job
 from imgq.keys import Keys
 from imgq.settings import Settings
@@ -67,10 +67,13 @@ end
 return processed
 """
 
-# Store a batch's records, if the job still exists. KEYS: _job_keys. ARGV: now, job id, provenance JSON, then
-# (image id, "ok"|"error"|"crashed", packed record) per record: a "crashed" record (worker_crashed) is written
-# only where the image has none, so it never replaces a record another delivery stored meanwhile. Returns the
-# number of records, -1 for no job.
+# Store a batch's records, if the job still exists. KEYS: _job_keys. ARGV: now, job id, provenance JSON, the class
+# names the packed records leave out (a JSON object index -> name, "{}" for none: a user's model's classes, kept
+# once per provenance as 'cls:<provenance>:<index>' in the job's hash), then (image id, "ok"|"error"|"crashed",
+# packed record) per record: a "crashed" record (worker_crashed) is written only where the image has none, so it
+# never replaces a record another delivery stored meanwhile. Returns the number of records, -1 for no job, -2
+# (nothing written) when a class name differs from the one kept for its index (the records must then carry
+# their names).
 _RECORD = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 local prov = redis.call('HGET', KEYS[1], 'prov:' .. ARGV[3])
@@ -78,7 +81,15 @@ if not prov then
   prov = redis.call('HINCRBY', KEYS[1], 'nprov', 1) - 1
   redis.call('HSET', KEYS[1], 'prov:' .. ARGV[3], prov, 'provn:' .. prov, ARGV[3])
 end
-for i = 4, #ARGV, 3 do
+local names = {}
+for index, name in pairs(cjson.decode(ARGV[4])) do
+  local field = 'cls:' .. prov .. ':' .. index
+  local kept = redis.call('HGET', KEYS[1], field)
+  if kept and kept ~= name then return -2 end
+  if not kept then names[#names + 1] = field; names[#names + 1] = name end
+end
+if #names > 0 then redis.call('HSET', KEYS[1], unpack(names)) end
+for i = 5, #ARGV, 3 do
   local value = prov .. ':' .. ARGV[i + 2]
   if ARGV[i + 1] == 'crashed' then
     if redis.call('HSETNX', KEYS[2], ARGV[i], value) == 1 then redis.call('SADD', KEYS[3], ARGV[i]) end
@@ -302,16 +313,25 @@ class ResultStore:
         """Store one record per image (overwriting any earlier one, except that a ``worker_crashed`` record
         never replaces one); returns how many images have records, or -1 when the job is gone (nothing is
         written then)."""
-        by_provenance: dict[str, list] = {}
+        by_provenance: dict[str, list[ResultRecord]] = {}
         for record in records:
-            crashed = record.error is not None and record.error.code == "worker_crashed"
-            by_provenance.setdefault(packing.provenance(record), []).extend(
-                [str(record.image), "crashed" if crashed else record.status, packing.pack(record)])
+            by_provenance.setdefault(packing.provenance(record), []).append(record)
         processed = -1
-        for provenance, args in by_provenance.items():
-            processed = self._record(keys=self._job_keys(job), args=[time.time(), job, provenance, *args])
+        for provenance, group in by_provenance.items():
+            processed = self._record_group(job, provenance, group)
             if processed < 0:
                 break
+        return processed
+
+    def _record_group(self, job: str, provenance: str, records: list[ResultRecord]) -> int:
+        names: dict[int, str] = {}
+        for record in records:
+            names.update(packing.classes(record))
+        processed = self._record(keys=self._job_keys(job), args=[time.time(), job, provenance, json.dumps(names),
+                                                                 *_record_args(records, packing.pack)])
+        if processed == -2:  # a class index named differently before (labels.txt changed): keep the names
+            processed = self._record(keys=self._job_keys(job), args=[time.time(), job, provenance, "{}",
+                                                                     *_record_args(records, packing.as_json)])
         return processed
 
     def record_sunk(self, job: str, batch: int, records: list[ResultRecord]) -> int:
@@ -414,7 +434,7 @@ class ResultStore:
 
             yield from sink.read_counted(self.sink_dir, job, self.sunk_batches(job))
             return
-        provenances = _provenances(record)
+        provenances, names = _provenances(record), _class_names(record)
         key = self.keys.results(job)
         batches = self.iter_batches(job)
         while chunk := list(islice(batches, READ_CHUNK // 32 + 1)):
@@ -422,15 +442,25 @@ class ResultStore:
             values = self.raw.hmget(key, [str(image) for image, _ in images])
             for (image, path), value in zip(images, values, strict=True):
                 if value is not None:
-                    yield self._unpacked(value, job, image, path, provenances)
+                    yield self._unpacked(value, job, image, path, provenances, names)
 
-    def _unpacked(self, value: bytes, job: str, image: int, path: str, provenances: dict[str, str]) -> ResultRecord:
-        """The record of a stored value. ``provenances`` (number -> JSON, as read from the job's hash) is
-        read again when the record names one written since (a worker that joined the job meanwhile)."""
+    def _unpacked(self, value: bytes, job: str, image: int, path: str, provenances: dict[str, str],
+                  names: dict[str, dict[int, str]]) -> ResultRecord:
+        """The record of a stored value. ``provenances`` (number -> JSON) and ``names`` (number -> class
+        names), as read from the job's hash, are read again when the record names one written since (a worker
+        that joined the job meanwhile, a class first seen in a later batch)."""
         number, _, packed = value.partition(b":")
-        if number.decode() not in provenances:
-            provenances.update(_provenances(self.redis.hgetall(self.keys.job(job))))
-        return packing.unpack(packed, job=job, image=image, path=path, provenance_json=provenances[number.decode()])
+        for attempt in range(2):
+            try:
+                return packing.unpack(packed, job=job, image=image, path=path,
+                                      provenance_json=provenances[number.decode()], names=names.get(number.decode()))
+            except KeyError:
+                if attempt:
+                    raise
+                fresh = self.redis.hgetall(self.keys.job(job))
+                provenances.update(_provenances(fresh))
+                names.update(_class_names(fresh))
+        raise AssertionError("unreachable")
 
     def iter_results(self, job: str) -> Iterator[dict]:
         """``iter_records`` in their dict form: what `imgq results` prints. Raises JobNotFound."""
@@ -447,7 +477,7 @@ class ResultStore:
         paths = {int(i): path for i, path in message["images"]} if message else {}
         if value is None or image not in paths:
             return None
-        return self._unpacked(value, job, image, paths[image], _provenances(record))
+        return self._unpacked(value, job, image, paths[image], _provenances(record), _class_names(record))
 
     # -- workers and the queue -------------------------------------------------------------------------
 
@@ -469,10 +499,22 @@ class ResultStore:
         """Stop saying ``worker_id`` is alive, at once (a worker giving up), instead of after three beats."""
         self.redis.delete(self.keys.worker(worker_id))
 
-    def queue_depth(self) -> int:
-        """Batch messages waiting in the workers' queue (kombu's list), read from the broker (which is not the
-        results store when IMGQ_RESULTS_URL is set: the store's Redis has no queue, and would read 0)."""
-        return self.broker.llen(self.keys.kombu_queue)
+    def queue_depth(self, model: str = MODEL_NAME) -> int:
+        """Batch messages waiting in the queue of ``model``'s workers (kombu's list), read from the broker (which
+        is not the results store when IMGQ_RESULTS_URL is set: the store's Redis has no queue, and would read 0)."""
+        return self.broker.llen(self.keys.model_queue(model_queue(self.keys.ns, model)))
+
+    def queue_depths(self, models: Iterable[str]) -> dict[str, int]:
+        """Model name -> batch messages waiting in its queue (on the broker), for each of ``models``."""
+        names = sorted(set(models))
+        pipe = self.broker.pipeline(transaction=False)
+        for model in names:
+            pipe.llen(self.keys.model_queue(model_queue(self.keys.ns, model)))
+        return dict(zip(names, pipe.execute(), strict=True))
+
+    def serving(self, model: str) -> list[Heartbeat]:
+        """The live workers that serve ``model`` (by name)."""
+        return [w for w in self.workers() if w.model == model]
 
     def take_reconcile_turn(self, worker_id: str, seconds: int) -> bool:
         """True for the one worker allowed to reconcile for the next ``seconds``."""
@@ -526,6 +568,26 @@ class ResultStore:
             except OSError as exc:
                 left = SinkLeft(left.folder, left.elsewhere, exc.strerror or str(exc))
         return left
+
+def _record_args(records: list[ResultRecord], pack) -> list:
+    """(image id, "ok"|"error"|"crashed", packed record) per record, for _RECORD."""
+    args: list = []
+    for record in records:
+        crashed = record.error is not None and record.error.code == "worker_crashed"
+        args += [str(record.image), "crashed" if crashed else record.status, pack(record)]
+    return args
+
+
+def _class_names(job_record: dict[str, str]) -> dict[str, dict[int, str]]:
+    """Provenance number -> {class index: name} of the classes its packed records leave out (a user's model's),
+    from the ``cls:<provenance>:<index>`` fields of a job's hash."""
+    names: dict[str, dict[int, str]] = {}
+    for key, value in job_record.items():
+        if key.startswith("cls:"):
+            _, number, index = key.split(":")
+            names.setdefault(number, {})[int(index)] = value
+    return names
+
 
 def _provenances(job_record: dict[str, str]) -> dict[str, str]:
     """Provenance number -> its JSON (imgq/packing.py), from the fields of a job's hash."""

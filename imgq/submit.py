@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from itertools import count, islice
 
 from imgq import heads
-from imgq.contract import BatchMessage, BatchRef
+from imgq.contract import MODEL_NAME, BatchMessage, BatchRef
 from imgq.heads import Head
 from imgq.queue import publish
 from imgq.settings import Settings
@@ -41,7 +41,7 @@ class QueueingFailed(RuntimeError):
 
 def batches(images: Iterable[str], job: str, batch_size: int, top_k: int, activations: tuple[str, ...] = (),
             activations_dtype: str = "float16", known: str = "", sink: bool = False,
-            head: str = "") -> Iterator[BatchMessage]:
+            head: str = "", model: str = MODEL_NAME) -> Iterator[BatchMessage]:
     """Cut ``images`` into batch messages; image ids count from 0 in submission order."""
     iterator = iter(images)
     image_id = 0
@@ -52,7 +52,7 @@ def batches(images: Iterable[str], job: str, batch_size: int, top_k: int, activa
         items = tuple(enumerate(chunk, start=image_id))
         image_id += len(chunk)
         yield BatchMessage(job=job, batch=number, images=items, top_k=top_k, activations=activations,
-                           activations_dtype=activations_dtype, known=known, sink=sink, head=head)
+                           activations_dtype=activations_dtype, known=known, sink=sink, head=head, model=model)
 
 
 @dataclass(frozen=True)
@@ -70,13 +70,15 @@ def submit(images: Iterable[str], *, settings: Settings, store: ResultStore, nam
            top_k: int | None = None, batch_size: int | None = None, params: dict | None = None,
            activations: tuple[str, ...] = (), activations_dtype: str = "float16", known: str = "", sink: bool = False,
            limit_check: Callable[[int], None] | None = None, hold_retention: bool = False,
-           head: Head | None = None, skipped: Skipped | None = None) -> Submitted:
+           head: Head | None = None, skipped: Skipped | None = None, model: str = MODEL_NAME) -> Submitted:
     """Queue ``images`` as one job. Raises EmptySelection, or redis/kombu errors when Redis is down.
 
     ``job``: the id to give the job (default: a new one, ``new_job_id``).
     ``activations``: layer names (checked with imgq.layers.check_layers) to dump for every image.
     ``known``: "skip" or "refresh" to use the content-hash index (imgq/known.py), "" to leave it alone.
     ``sink``: the workers write the records as Parquet files into their sink folder instead of into Redis.
+    ``model``: the name of the model the job asks for (checked by the caller: imgq.models.check_model_name);
+    its batches go to that model's workers only, and wait in its queue while none is alive.
     ``limit_check``: called with the number of images once the walk is done, before the job is committed;
     whatever it raises aborts the submission with nothing queued (e.g. producer.dumps.size_guard).
     ``skipped``: the walk's count of files that are not images (imgq.walk.iter_images), kept in the job's hash.
@@ -89,7 +91,8 @@ def submit(images: Iterable[str], *, settings: Settings, store: ResultStore, nam
     total = n_batches = 0
     pending: list[dict] = []
     digest = heads.share(store.redis, store.keys, head) if head is not None else ""
-    for message in batches(images, job, batch_size, top_k, activations, activations_dtype, known, sink, digest):
+    for message in batches(images, job, batch_size, top_k, activations, activations_dtype, known, sink, digest,
+                           model):
         pending.append(message.to_dict())
         total += len(message.images)
         n_batches += 1
@@ -109,7 +112,7 @@ def submit(images: Iterable[str], *, settings: Settings, store: ResultStore, nam
             raise
     store.commit_job(job, name=name or job, total=total, batches=n_batches, retention=settings.retention,
                      skipped=skipped.to_fields() if skipped else None,
-                     params={"top_k": top_k, "batch_size": batch_size, **(params or {}),
+                     params={"top_k": top_k, "batch_size": batch_size, "model": model, **(params or {}),
                              **({"activations": list(activations), "activations_dtype": activations_dtype}
                                 if activations else {}), **({"known": known} if known else {}),
                              **({"sink": True} if sink else {}),
@@ -117,7 +120,7 @@ def submit(images: Iterable[str], *, settings: Settings, store: ResultStore, nam
                                 if head is not None else {})}, publishing=True,
                      hold_retention=hold_retention)
     try:
-        publish((BatchRef(job, number) for number in range(n_batches)), settings)
+        publish((BatchRef(job, number, model) for number in range(n_batches)), settings)
         store.end_publishing(job)
     except Exception as exc:
         raise QueueingFailed(job, exc) from exc

@@ -57,7 +57,7 @@ def _tick_locked(book: ScheduleBook, schedule: Schedule, settings: Settings, tri
     store = book.store
     if schedule.paused and trigger == "beat":
         return book.record_run(schedule.name, _run(trigger, "skipped", reason="paused"))
-    scan = ScanState.from_settings(settings, schedule.name)
+    scan = ScanState.from_settings(settings, schedule.name, schedule.model)
     settled = None
     if schedule.pending_job:
         status = _status_or_none(store, schedule.pending_job)
@@ -88,7 +88,7 @@ def _tick_locked(book: ScheduleBook, schedule: Schedule, settings: Settings, tri
         submitted = submission.submit(images, settings=settings, store=store, name=schedule.name, job=job,
                                       top_k=schedule.top_k, batch_size=schedule.batch_size,
                                       params={"schedule": schedule.name}, hold_retention=True, head=head,
-                                      skipped=skipped)
+                                      skipped=skipped, model=schedule.model)
     except submission.EmptySelection:
         book.set_pending(schedule.name, None)
         return book.record_run(schedule.name, _run(trigger, "empty", found=found, settled=settled, skipped=skipped))

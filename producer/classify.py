@@ -15,7 +15,7 @@ import redis
 
 from imgq import groups as wordnet_groups
 from imgq import submit as submission
-from imgq.contract import is_untrained
+from imgq.contract import MODEL_NAME, is_untrained
 from imgq.jobs import JobStatus
 from imgq.settings import Settings, env_var, mask_url
 from imgq.store import JobNotFound, ResultStore
@@ -55,7 +55,7 @@ def run_classify(images: Iterable[str], settings: Settings, *, name: str, embedd
         settings, server = _ensure_redis(settings, embedded, broker_configured, started)
         store = ResultStore.from_settings(settings)
         store.ping()
-        workers = Workers(settings, store, started)
+        workers = Workers(settings, store, started, (request or {}).get("model", MODEL_NAME))
         workers.ensure()
         job = submission.new_job_id()  # known before the walk ends: an interrupted submission can be cancelled
         try:

@@ -19,12 +19,12 @@ import redis
 
 from imgq import queue
 from imgq import submit as submission
-from imgq.contract import IMAGE_EXTENSIONS
+from imgq.contract import IMAGE_EXTENSIONS, MODEL_NAME
 from imgq.files import WriteError
 from imgq.heads import Head
 from imgq.job_refs import resolve
 from imgq.jobs import JobStatus
-from imgq.layers import UnknownLayer, check_layers
+from imgq.layers import UnknownLayer, check_layers, shapes_known
 from imgq.settings import MAX_RETENTION, Settings, env_var, format_seconds, mask_url, parse_setting
 from imgq.sink import DamagedSink, SinkFilesMissing, SinkNotRemovable
 from imgq.store import JobNotFound, ResultStore
@@ -33,6 +33,7 @@ from producer.dumps import DumpError, estimate_bytes, format_bytes, size_guard
 from producer.export import FILE_FORMATS, FORMATS, file_writer_for, output, with_min_score, writer_for
 from producer.head_options import head_option, refuse_foreign_head
 from producer.local import LocalServiceError, worker_argv
+from producer.model_choice import ChosenModel, choose_model, feature_layer
 from producer.params import BoundedInt, Duration, FiniteFloat
 from producer.paths import OutputFile
 from producer.skipped import echo_queued
@@ -257,24 +258,27 @@ def selected_images(paths, recursive, includes, excludes, from_file, skipped: Sk
 
 
 def layer_names(ctx, param, values: tuple[str, ...]) -> tuple[str, ...]:
-    """Click callback: ``--activations`` values (repeatable, comma-separated) as checked layer names, in the
-    model's order, at parse time, so an unknown name stops the command before anything is walked or queued."""
-    try:
-        return check_layers([name.strip() for value in values for name in value.split(",") if name.strip()])
-    except UnknownLayer as exc:
-        raise click.BadParameter(str(exc)) from None
+    """Click callback: ``--activations`` values (repeatable, comma-separated) as a list of names; checked
+    against the job's model by ``job_request``, before anything is walked or queued."""
+    return tuple(name.strip() for value in values for name in value.split(",") if name.strip())
 
 
 def job_options(command):
     """The options that choose what a job computes, shared by `submit` and `classify`."""
     decorators = [
+        click.option("--model", metavar="NAME|FOLDER",
+                     help="The model to classify with: a built-in name (resnet50, efficientnetv2b0, ...; see "
+                          "docs/models.md), a model folder here (only its name is sent), or the name of a model a "
+                          f"live worker serves. The job goes to the workers of that model only [env: "
+                          f"{env_var('model')}; default: resnet50]."),
         click.option("--skip-known", "known", flag_value="skip", default="",
                      help="Answer images already classified (same content, weights and top-k) from the "
                           "content-hash index, without a forward pass; copies within the job are classified once."),
         click.option("--force", "known", flag_value="refresh",
                      help="Classify known images again and refresh the index."),
         click.option("--activations", multiple=True, metavar="LAYER[,LAYER...]", callback=layer_names,
-                     help="Dump these ResNet50 layers' outputs for every image (Keras names, see `imgq layers`)."),
+                     help="Dump these layers' outputs for every image (the model's Keras names, see `imgq layers "
+                          "--model NAME`)."),
         click.option("--activations-dtype", type=click.Choice(["float16", "float32"]), default="float16",
                      show_default=True, help="Type of the dumped values."),
         click.option("--yes", is_flag=True, help="Queue even when the dumps would take more than IMGQ_MAX_DUMP_BYTES."),
@@ -290,11 +294,18 @@ def job_options(command):
 
 
 def job_request(settings: Settings, known: str, activations: tuple[str, ...], activations_dtype: str,
-                yes: bool, sink: bool, head: Head | None = None) -> dict:
-    """The keyword arguments of imgq.submit.submit for these options (with the dump size guard unless --yes)."""
-    guard = size_guard(activations, activations_dtype, settings.max_dump_bytes) if activations and not yes else None
+                yes: bool, sink: bool, model: ChosenModel, head: Head | None = None) -> dict:
+    """The keyword arguments of imgq.submit.submit for these options (with the dump size guard unless --yes).
+    Raises click.BadParameter for a layer the model does not have (the names of a folder model's layers are
+    checked by its worker: only it loads the model)."""
+    try:
+        activations = check_layers(list(activations), model.name)
+    except UnknownLayer as exc:
+        raise click.BadParameter(str(exc), param_hint="'--activations'") from None
+    guard = (size_guard(activations, activations_dtype, settings.max_dump_bytes, model.name)
+             if activations and not yes else None)
     return {"known": known, "activations": activations, "activations_dtype": activations_dtype, "limit_check": guard,
-            "sink": sink, "head": head}
+            "sink": sink, "model": model.name, "params": model.params(), "head": head}
 
 
 @cli.command()
@@ -305,32 +316,35 @@ def job_request(settings: Settings, known: str, activations: tuple[str, ...], ac
                      f"{format_seconds(MAX_RETENTION)}; 0: until `imgq delete`).")
 @click.option("--wait", "wait_", is_flag=True, help="Show progress until the job completes.")
 @click.pass_context
-def submit(ctx, paths, recursive, includes, excludes, from_file, top_k, batch_size, name, verbose, known, activations,
-           activations_dtype, retention, yes, sink, head, wait_):
+def submit(ctx, paths, recursive, includes, excludes, from_file, top_k, batch_size, name, verbose, model, known,
+           activations, activations_dtype, retention, yes, sink, head, wait_):
     """Queue the images under PATH... as one job and print its id (only the id, on stdout)."""
-    settings = with_overrides(ctx, top_k=top_k, batch_size=batch_size, retention=retention)
+    settings = with_overrides(ctx, top_k=top_k, batch_size=batch_size, retention=retention, model=model)
     skipped = Skipped(keep_paths=verbose)
     images = selected_images(paths, recursive, includes, excludes, from_file, skipped)
     store = ResultStore.from_settings(settings)
+    chosen = choose_model(settings.model, store)
+    request = job_request(settings, known, activations, activations_dtype, yes, sink, chosen, head)
+    activations = request["activations"]
     store.ping()
     queue.check_broker(settings)
-    refuse_foreign_head(head, store)
+    refuse_foreign_head(head, store, chosen.name)
     try:
-        submitted = submission.submit(images, settings=settings, store=store, name=name, skipped=skipped,
-                                      **job_request(settings, known, activations, activations_dtype, yes, sink, head))
+        submitted = submission.submit(images, settings=settings, store=store, name=name, skipped=skipped, **request)
     except submission.QueueingFailed as exc:
         click.echo(exc.job)  # the job exists and will complete: scripts must get its id, not submit it again
         raise click.ClickException(str(exc)) from None
     click.echo(submitted.job)
     echo_queued(f"Queued {plural(submitted.total, 'image')} in {plural(submitted.batches, 'batch')}.", skipped)
     if activations:
-        size = format_bytes(estimate_bytes(submitted.total, activations, activations_dtype))
-        click.echo(f"Activation dumps of {', '.join(activations)}: about {size}, under <dump root>/{submitted.job}/ "
+        size = (f"about {format_bytes(estimate_bytes(submitted.total, activations, activations_dtype, chosen.name))}"
+                if shapes_known(chosen.name) else "a size only its worker knows")
+        click.echo(f"Activation dumps of {', '.join(activations)}: {size}, under <dump root>/{submitted.job}/ "
                    f"of the workers.", err=True)
     if wait_:
         from producer.progress import wait
 
-        _warn_if_no_worker(store)
+        _warn_if_no_worker(store, chosen.name)
         wait(store, submitted.job)
 
 
@@ -348,21 +362,36 @@ def status(ctx, job, limit, show_workers, as_json):
         return
     statuses = [store.status(resolve(store, job))] if job else store.list_jobs(limit)
     if as_json:
-        click.echo(json.dumps([_status_dict(s) for s in statuses] if not job else _status_dict(statuses[0])))
+        rows = [{**_status_dict(s), "waiting": _waiting_for(store, s) or None} for s in statuses]
+        click.echo(json.dumps(rows if not job else rows[0]))
     elif job:
         for key, value in _status_dict(statuses[0]).items():
             click.echo(f"{key:>10}: {_shown(key, value)}")
+        if waiting := _waiting_for(store, statuses[0]):
+            click.echo(f"{'waiting':>10}: {waiting}")
     else:
-        _print_jobs(statuses)
+        _print_jobs(statuses, store)
 
 
-def _warn_if_no_worker(store: ResultStore) -> None:
-    if not store.workers():
+def _warn_if_no_worker(store: ResultStore, model: str) -> None:
+    workers = store.workers()
+    if not workers:
         click.echo(f"No worker is alive in namespace {store.keys.ns!r}: start one with `imgq worker`.", err=True)
+    elif not any(w.model == model for w in workers):
+        click.echo(f"No live worker serves model {model}: the job waits until one does "
+                   f"(`imgq worker --model {model}`).", err=True)
+
+
+def _waiting_for(store: ResultStore, s: JobStatus) -> str:
+    """Why an unfinished job makes no progress, when the reason is that no live worker serves its model."""
+    if s.finished or store.serving(s.model):
+        return ""
+    return f"no live worker serves model {s.model} (start one: `imgq worker --model {s.model}`)"
 
 
 def _status_dict(s: JobStatus) -> dict:
-    return {"id": s.id, "name": s.name, "state": s.state, "total": s.total, "done": s.processed,
+    return {"id": s.id, "name": s.name, "model": s.model, "model_ids": list(s.model_ids), "state": s.state,
+            "total": s.total, "done": s.processed,
             "ok": s.ok, "failed": s.failed, "rate": None if s.rate is None else round(s.rate, 2),
             "eta_s": None if s.eta is None else round(s.eta), "created": _time(s.created),
             "expires": _expiry(s), "params": s.params,
@@ -387,6 +416,8 @@ def _param(key: str, value) -> str:
         return format_seconds(value)
     if isinstance(value, list):
         return ",".join(map(str, value))
+    if isinstance(value, dict):  # a head: {name, digest, labels}
+        return str(value.get("name", json.dumps(value)))
     return "yes" if value is True else str(value)
 
 
@@ -405,37 +436,48 @@ def _time(ts: float | None) -> str:
     return "" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
 
 
-def _print_jobs(statuses: list[JobStatus]) -> None:
+def _print_jobs(statuses: list[JobStatus], store: ResultStore) -> None:
     if not statuses:
         click.echo("No jobs yet.", err=True)
         return
-    click.echo(f"{'JOB':<12}  {'NAME':<20}  {'STATE':<9}  {'DONE':>13}  {'FAILED':>6}  {'RATE':>8}  CREATED")
+    click.echo(f"{'JOB':<12}  {'NAME':<20}  {'STATE':<9}  {'DONE':>13}  {'FAILED':>6}  {'RATE':>8}  {'CREATED':<19}  "
+               f"MODEL")
+    served = {w.model for w in store.workers()}
     for s in statuses:
         rate = f"{s.rate:.1f}/s" if s.rate else "-"
         click.echo(f"{s.id:<12}  {s.name[:20]:<20}  {s.state:<9}  {f'{s.processed}/{s.total}':>13}  "
-                   f"{s.failed:>6}  {rate:>8}  {_time(s.created)}")
+                   f"{s.failed:>6}  {rate:>8}  {_time(s.created):<19}  {s.model}")
+    if waiting := sorted({s.model for s in statuses if not s.finished} - served):
+        click.echo(f"No live worker serves model {', '.join(waiting)}: its jobs wait.", err=True)
 
 
 def _print_workers(store: ResultStore, as_json: bool) -> None:
-    workers = sorted(store.workers(), key=lambda w: w.hostname)
-    depth = store.queue_depth()
+    workers = sorted(store.workers(), key=lambda w: (w.model, w.hostname))
     jobs = _jobs_in_flight(store)
+    depths = store.queue_depths([MODEL_NAME, *(w.model for w in workers), *(s.model for s in jobs)])
+    served = {w.model for w in workers}
     if as_json:
-        click.echo(json.dumps({"queued_batches": depth, "workers": [w.to_dict() for w in workers],
-                               "jobs_in_flight": [_status_dict(s) for s in jobs]}))
+        click.echo(json.dumps({"queued_batches": sum(depths.values()), "queued_by_model": depths,
+                               "workers": [w.to_dict() for w in workers],
+                               "jobs_in_flight": [{**_status_dict(s), "waiting": _waiting_for(store, s) or None}
+                                                  for s in jobs]}))
         return
-    click.echo(f"{plural(depth, 'batch')} queued; {plural(len(workers), 'worker')} alive; "
+    waiting = {model: n for model, n in depths.items() if n}
+    by_model = f" ({', '.join(f'{m} {n}' for m, n in waiting.items())})" if set(waiting) - {MODEL_NAME} else ""
+    click.echo(f"{plural(sum(depths.values()), 'batch')} queued{by_model}; {plural(len(workers), 'worker')} alive; "
                f"{plural(len(jobs), 'job')} in flight.")
     for w in workers:
-        click.echo(f"  {w.hostname} on {w.host}, pid {w.pid}: pool {w.pool} x{w.concurrency}, "
-                   f"{plural(w.batches_in_hand, 'batch')} in hand, {w.images_per_second:.1f} images/s over the last "
-                   f"minute, {plural(w.images_done, 'image')} done; {w.precision} on {w.runtime or '?'}, weights "
-                   f"{w.weights}")
+        click.echo(f"  {w.hostname} on {w.host}, pid {w.pid}: model {w.model_id or w.model}, pool {w.pool} "
+                   f"x{w.concurrency}, {plural(w.batches_in_hand, 'batch')} in hand, {w.images_per_second:.1f} "
+                   f"images/s over the last minute, {plural(w.images_done, 'image')} done; {w.precision} on "
+                   f"{w.runtime or '?'}, weights {w.weights}")
         for warning in w.warnings:
             click.echo(f"    WARNING: {warning}")
     for s in jobs:
+        model = "" if s.model == MODEL_NAME else f", model {s.model}"
+        stuck = "" if s.model in served else f"; waiting: no live worker serves model {s.model}"
         click.echo(f"  job {s.id} {s.state}: {s.processed}/{s.total} done, {s.failed} failed"
-                   + (f" ({s.name})" if s.name and s.name != s.id else ""))
+                   + (f" ({s.name})" if s.name and s.name != s.id else "") + model + stuck)
 
 
 def _jobs_in_flight(store: ResultStore) -> list[JobStatus]:
@@ -460,8 +502,9 @@ def wait(ctx, job, timeout):
 
     store = ResultStore.from_settings(ctx.obj)
     job = resolve(store, job)
-    if not store.status(job).finished:  # raises JobNotFound
-        _warn_if_no_worker(store)
+    status = store.status(job)  # raises JobNotFound
+    if not status.finished:
+        _warn_if_no_worker(store, status.model)
     try:
         final = wait_for(store, job, timeout=timeout)
     except KeyboardInterrupt:
@@ -477,8 +520,9 @@ def wait(ctx, job, timeout):
 @click.option("-o", "--output", "out", type=OutputFile(),
               help="Write to FILE (atomically) instead of standard output.")
 @click.option("--embeddings", "embeddings_out", type=OutputFile(), metavar="FILE.npy",
-              help="Write the avg_pool dumps as one (images, 2048) array and an index FILE.index.jsonl, "
-                   "instead of the records (which then go to -o only).")
+              help="Write the dumps of the model's feature layer (ResNet50's avg_pool: 2048 values) as one "
+                   "(images, features) array and an index FILE.index.jsonl, instead of the records (which then "
+                   "go to -o only).")
 @click.option("--min-score", type=FiniteFloat(0, 1), metavar="S",
               help="Drop the labels scoring under S from each record's top_k (the stored record keeps them).")
 @click.option("--groups", is_flag=True,
@@ -497,7 +541,7 @@ def results(ctx, job, fmt, out, embeddings_out, min_score, groups):
     elif status.expiring_soon():
         click.echo(f"Job {job} expires at {_time(status.expires_at)}: export what you need before then.", err=True)
     if embeddings_out:
-        _write_embeddings(store, job, embeddings_out, ctx.obj.effective_dump_root)
+        _write_embeddings(store, status, embeddings_out, ctx.obj.effective_dump_root)
         if not out:
             return
     k = status.params.get("top_k", ctx.obj.top_k)
@@ -572,15 +616,18 @@ def requeue(ctx, job, resume):
     click.echo(f"Queued {plural(sent, 'batch')} of job {job} again.", err=True)
 
 
-def _write_embeddings(store: ResultStore, job: str, out: str, dump_root: str) -> None:
+def _write_embeddings(store: ResultStore, status: JobStatus, out: str, dump_root: str) -> None:
     from producer.embeddings import write_embeddings
 
-    written = write_embeddings(store.iter_records(job), out, dump_root)
+    written = write_embeddings(store.iter_records(status.id), out, dump_root, feature_layer(status))
     click.echo(f"Wrote {written.rows} embeddings ({written.dtype}) to {written.path} and the index {written.index}; "
                f"{written.missing} images have none.", err=True)
 
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@setting_option("--model", setting="model", metavar="NAME|FOLDER",
+                help="The one model this worker serves: a built-in name or a model folder; it takes only that "
+                     "model's jobs.")
 @setting_option("--weights", setting="weights", help="imagenet, random[:SEED] or a .h5/.weights.h5/.keras file.")
 @setting_option("--batch-size", setting="batch_size", type=BoundedInt(1, 1024), help="Images per forward pass.")
 @setting_option("--metrics-port", setting="metrics_port", type=BoundedInt(0, 65535),
@@ -593,9 +640,9 @@ def _write_embeddings(store: ResultStore, job: str, out: str, dump_root: str) ->
                 help="What runs the model: openvino (converted once, cached) or tensorflow (CUDA GPUs).")
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
-def worker(ctx, weights, batch_size, metrics_port, metrics_address, log_format, runtime, celery_args):
+def worker(ctx, model, weights, batch_size, metrics_port, metrics_address, log_format, runtime, celery_args):
     """Start a worker (extra arguments go to `celery worker`, e.g. --loglevel INFO)."""
-    settings = with_overrides(ctx, weights=weights, batch_size=batch_size, metrics_port=metrics_port,
+    settings = with_overrides(ctx, model=model, weights=weights, batch_size=batch_size, metrics_port=metrics_port,
                               metrics_address=_parsed("metrics_address", metrics_address), log_format=log_format,
                               runtime=runtime)
     # The worker is another program (TensorFlow, Celery's worker): run it in this process's place, never import
@@ -623,18 +670,22 @@ def worker(ctx, weights, batch_size, metrics_port, metrics_address, log_format, 
 @click.option("--embedded-redis/--no-embedded-redis", default=None,
               help="Start a private Redis-compatible server (default: only when none is configured or answering).")
 @click.pass_context
-def classify(ctx, paths, recursive, includes, excludes, from_file, top_k, batch_size, name, verbose, known,
+def classify(ctx, paths, recursive, includes, excludes, from_file, top_k, batch_size, name, verbose, model, known,
              activations, activations_dtype, yes, sink, head, weights, out, fmt, min_score, tag_sidecars,
              allow_untrained, embedded_redis):
     """Classify the images under PATH... on this machine, starting whatever is missing, into a results file."""
     from producer.classify import Output, run_classify
     from producer.tagging import TagOptions
 
-    settings = with_overrides(ctx, top_k=top_k, batch_size=batch_size, weights=weights)
+    settings = with_overrides(ctx, top_k=top_k, batch_size=batch_size, weights=weights, model=model)
+    # A worker started here loads the model here: a name of a model no worker serves yet must be a built-in
+    # or a folder, checked before anything starts.
+    chosen = choose_model(settings.model)
     broker_configured = bool(os.environ.get(env_var("broker_url"))) or ctx.parent.params.get("broker_url")
     skipped = Skipped(keep_paths=verbose)
     images = selected_images(paths, recursive, includes, excludes, from_file, skipped)
-    request = {**job_request(settings, known, activations, activations_dtype, yes, sink, head), "skipped": skipped}
+    request = {**job_request(settings, known, activations, activations_dtype, yes, sink, chosen, head),
+               "skipped": skipped}
     tagging = TagOptions(min_score=min_score or 0.0, allow_untrained=allow_untrained) if tag_sidecars else None
     run_classify(images, settings, name=name, embedded=embedded_redis, broker_configured=bool(broker_configured),
                  request=request, output=Output(out, fmt, min_score, tagging))

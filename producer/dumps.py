@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from imgq.contract import ResultRecord, dump_path
 from imgq.layers import dump_bytes
+from imgq.models import DEFAULT_MODEL
 
 if TYPE_CHECKING:
     from imgq.store import ResultStore
@@ -33,9 +34,10 @@ class DumpTooLarge(DumpError):
     """The dumps of a job would take more than the configured limit."""
 
 
-def estimate_bytes(images: int, layers: tuple[str, ...], dtype: str) -> int:
-    """Bytes of the .npz files of ``images`` images dumping ``layers`` as ``dtype``."""
-    return images * (dump_bytes(layers, dtype) + NPZ_OVERHEAD_PER_ARRAY * len(layers))
+def estimate_bytes(images: int, layers: tuple[str, ...], dtype: str, model: str = DEFAULT_MODEL) -> int:
+    """Bytes of the .npz files of ``images`` images dumping ``layers`` of ``model`` (a built-in's name: a
+    folder model's layer shapes are unknown here and count 0) as ``dtype``."""
+    return images * (dump_bytes(layers, dtype, model) + NPZ_OVERHEAD_PER_ARRAY * len(layers))
 
 
 def format_bytes(n: float) -> str:
@@ -47,12 +49,12 @@ def format_bytes(n: float) -> str:
     raise AssertionError("unreachable")
 
 
-def size_guard(layers: tuple[str, ...], dtype: str, limit: int) -> Callable[[int], None]:
+def size_guard(layers: tuple[str, ...], dtype: str, limit: int, model: str = DEFAULT_MODEL) -> Callable[[int], None]:
     """A check for ``enqueue.submit(limit_check=...)``: called with the number of images once the walk is
     done, before the job is committed; raises DumpTooLarge above ``limit`` bytes, so nothing is queued."""
 
     def check(images: int) -> None:
-        estimate = estimate_bytes(images, layers, dtype)
+        estimate = estimate_bytes(images, layers, dtype, model)
         if estimate > limit:
             per_image = format_bytes(estimate / max(images, 1))
             raise DumpTooLarge(

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from typing import IO
 
 from imgq import groups as wordnet_groups
-from imgq.contract import Label, ResultRecord
+from imgq.contract import Label, ResultRecord, class_position
 from imgq.files import atomic_path
 from producer.parquet import write_parquet
 
@@ -79,8 +79,10 @@ def csv_header(k: int) -> list[str]:
     labels = [f"label_{i}" for i in range(1, k + 1)]
     scores = [f"score_{i}" for i in range(1, k + 1)]
     wnids = [f"wnid_{i}" for i in range(1, k + 1)]
+    indices = [f"index_{i}" for i in range(1, k + 1)]
     return ["job", "image", "path", "status", *labels, *scores, *wnids, "error_code", "error_message",
-            "model", "weights", "precision", "worker", "decode_ms", "inference_ms", "head", "head_label", "head_score"]
+            "model", "weights", "precision", "worker", "decode_ms", "inference_ms", *indices, "head", "head_label",
+            "head_score"]
 
 
 def csv_row(r: ResultRecord, k: int) -> list:
@@ -90,13 +92,16 @@ def csv_row(r: ResultRecord, k: int) -> list:
     return [r.job, r.image, r.path, r.status,
             *[t.label for t in top], *pad, *[f"{t.score:.6g}" for t in top], *pad, *[t.wnid for t in top], *pad,
             error.code if error else "", error.message if error else "",
-            r.model, r.weights, r.precision, r.worker, r.decode_ms, r.inference_ms, *head_best(r)]
+            r.model, r.weights, r.precision, r.worker, r.decode_ms, r.inference_ms,
+            *["" if (i := class_position(t)) is None else i for t in top], *pad, *head_best(r)]
 
 
 def write_csv(records: Iterable[ResultRecord], out: IO[str], k: int, groups: Groups = None) -> int:
-    """One row per image with label_1..label_k, score_1..score_k (and wnid_1..wnid_k) columns; head,
-    head_label and head_score give the best label of the job's head (empty without one); with ``groups``, two
-    more: ``groups`` (names, best first, separated by ";") and ``group_scores`` (theirs, in that order)."""
+    """One row per image with label_1..label_k, score_1..score_k (and wnid_1..wnid_k) columns, then
+    index_1..index_k: each class's position in the model's outputs (a user's model's classes have no wnid);
+    head, head_label and head_score give the best label of the job's head (empty without one); with
+    ``groups``, two more: ``groups`` (names, best first, separated by ";") and ``group_scores`` (theirs, in
+    that order). New columns go last, so that scripts reading columns by position keep working."""
     writer = csv.writer(out)
     writer.writerow(csv_header(k) + (["groups", "group_scores"] if groups is not None else []))
     n = 0

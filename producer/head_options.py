@@ -23,7 +23,7 @@ def refuse_foreign_head(head: Head | None, store: ResultStore, model: str = MODE
     """A head learned on another model, or on weights no live worker of the model runs, stops the submission."""
     if head is None:
         return
-    problem = refusal(head, model, {w.weights for w in store.workers()})
+    problem = refusal(head, model, {w.weights for w in store.serving(model)})
     if problem:
         raise click.ClickException(problem)
 

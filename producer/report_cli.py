@@ -6,6 +6,7 @@ from __future__ import annotations
 import click
 
 from imgq.job_refs import resolve
+from imgq.settings import env_var
 from imgq.store import ResultStore
 from producer.dumps import format_bytes
 from producer.params import BoundedInt
@@ -16,14 +17,26 @@ MAX_CHANNELS = 2048  # the most channels of any ResNet50 layer (avg_pool)
 
 
 @click.command()
-def layers():
-    """List ResNet50's layers: output shape of one image and the bytes of its dump, float16 and float32."""
-    from imgq.layers import dump_bytes, layer_shapes
+@click.option("--model", metavar="NAME",
+              help=f"A built-in model's name [env: {env_var('model')}; default: resnet50]. A model folder's layers "
+                   "are known to its worker only.")
+@click.pass_context
+def layers(ctx, model):
+    """List a model's layers: output shape of one image and the bytes of its dump, float16 and float32."""
+    from imgq.layers import dump_bytes, layer_shapes, shapes_known
+    from producer.model_choice import choose_model
 
-    click.echo(f"{'LAYER':<24}  {'SHAPE':<14}  {'FLOAT16':>10}  {'FLOAT32':>10}")
-    for name, shape in layer_shapes().items():
-        sizes = [format_bytes(dump_bytes((name,), dtype)) for dtype in ("float16", "float32")]
-        click.echo(f"{name:<24}  {'x'.join(map(str, shape)):<14}  {sizes[0]:>10}  {sizes[1]:>10}")
+    chosen = choose_model(model or ctx.obj.model)
+    if not shapes_known(chosen.name):
+        raise click.ClickException(f"Model {chosen.name} is a model folder: its layers are known only to the worker "
+                                   f"that loads it (Keras' model.summary() lists them); --activations takes its "
+                                   f"names as given.")
+    shapes = layer_shapes(chosen.name)
+    width = max(24, *map(len, shapes))
+    click.echo(f"{'LAYER':<{width}}  {'SHAPE':<14}  {'FLOAT16':>10}  {'FLOAT32':>10}")
+    for name, shape in shapes.items():
+        sizes = [format_bytes(dump_bytes((name,), dtype, chosen.name)) for dtype in ("float16", "float32")]
+        click.echo(f"{name:<{width}}  {'x'.join(map(str, shape)):<14}  {sizes[0]:>10}  {sizes[1]:>10}")
 
 
 @click.command()

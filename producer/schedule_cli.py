@@ -30,6 +30,7 @@ from imgq.store import JobNotFound, ResultStore
 from imgq.tick import tick
 from imgq.walk import skipped_phrase
 from producer.head_options import head_option, refuse_foreign_head
+from producer.model_choice import choose_model
 from producer.params import BoundedInt, Duration
 from producer.words import plural
 
@@ -97,28 +98,34 @@ def schedule():
 @click.option("--max-retries", type=BoundedInt(0, 255),
               help="Ticks that submit again a file whose record is an error, before giving up on it until it "
                    f"changes (0: none) [env: {env_var('scan_max_retries')}; default: 3].")
+@click.option("--model", metavar="NAME|FOLDER",
+              help="The model its jobs ask for (as `imgq submit --model`): its ticks and jobs go to that model's "
+                   f"workers, and what it has classified is kept per model [env: {env_var('model')}; default: "
+                   "resnet50].")
 @click.option("--paused", is_flag=True, help="Create it paused (`imgq schedule resume` starts it).")
 @click.option("--replace", "replace_existing", is_flag=True,
               help="Change an existing schedule (its scan state and runs are kept).")
 @head_option("Each tick's job also labels its images with this head (made by `imgq learn`).")
 @click.pass_context
-def add(ctx, name, paths, every, cron, recursive, includes, excludes, top_k, batch_size, max_retries, paused,
+def add(ctx, name, paths, every, cron, recursive, includes, excludes, top_k, batch_size, max_retries, model, paused,
         replace_existing, head):
     """Scan PATH... on a schedule (exactly one of --every and --cron); each tick submits a job of the images
     that are new or changed since the last scan."""
     if (every is None) == (cron is None):
         raise click.UsageError("Give exactly one of --every and --cron.")
     settings: Settings = ctx.obj
+    book = _book(ctx)
+    chosen = choose_model(model or settings.model, book.store)
     definition = Schedule(
         name=name, paths=tuple(os.path.abspath(p) for p in paths), every=every,
         cron=" ".join(cron.split()) if cron else None, recursive=recursive, includes=tuple(includes),
         excludes=tuple(excludes),
         top_k=top_k or settings.top_k, batch_size=batch_size or settings.batch_size,
         max_retries=settings.scan_max_retries if max_retries is None else max_retries, paused=paused,
-        head=_shared_head(ctx, head))
-    saved = _book(ctx).add(definition, replace_existing=replace_existing)
+        model=chosen.name, head=_shared_head(ctx, head, chosen.name))
+    saved = book.add(definition, replace_existing=replace_existing)
     click.echo(f"Schedule {saved.name}: {saved.when}{' (paused)' if saved.paused else ''}, "
-               f"{len(saved.paths)} path(s). Run `imgq beat` to fire it.", err=True)
+               f"{len(saved.paths)} path(s), model {saved.model}. Run `imgq beat` to fire it.", err=True)
 
 
 @schedule.command(name="list")
@@ -150,7 +157,7 @@ def show(ctx, name, limit, as_json):
     """A schedule, its scan state and its recent runs with their jobs' counts, newest first."""
     book = _book(ctx)
     s = book.get(name)
-    scan = ScanState.from_settings(ctx.obj, name).counts()
+    scan = ScanState.from_settings(ctx.obj, name, s.model).counts()
     runs = [{**run, "job_status": _job_dict(book.store, run["job"])} for run in book.runs(name, limit)]
     next_run = None if s.paused else book.next_run(name)
     if as_json:
@@ -245,18 +252,18 @@ def _time(ts: float | None) -> str:
     return "-" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
 
 
-def _shared_head(ctx, head) -> str:
+def _shared_head(ctx, head, model: str) -> str:
     """The head's digest, once it is in Redis for the ticks' jobs (refused when learned on another model)."""
     if head is None:
         return ""
     store = ResultStore.from_settings(ctx.obj)
-    refuse_foreign_head(head, store)
+    refuse_foreign_head(head, store, model)
     return heads.share(store.redis, store.keys, head)
 
 
 def _options(s: Schedule) -> str:
-    parts = ["recursive" if s.recursive else "not recursive", f"top-k {s.top_k}", f"batch-size {s.batch_size}",
-             f"max-retries {s.max_retries}"] + ([f"head {s.head}"] if s.head else [])
+    parts = [f"model {s.model}", "recursive" if s.recursive else "not recursive", f"top-k {s.top_k}",
+             f"batch-size {s.batch_size}", f"max-retries {s.max_retries}"] + ([f"head {s.head}"] if s.head else [])
     return ", ".join(parts + [f"include {g}" for g in s.includes] + [f"exclude {g}" for g in s.excludes])
 
 

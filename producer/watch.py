@@ -16,6 +16,7 @@ from contextlib import ExitStack
 
 import click
 
+from imgq.contract import MODEL_NAME
 from imgq.deliveries import Deliveries
 from imgq.settings import Settings, mask_url
 from imgq.store import ResultStore
@@ -30,8 +31,8 @@ class Workers:
     """The workers `imgq classify` relies on: the live ones of the namespace, or the one it starts (stopped
     again through ``started``)."""
 
-    def __init__(self, settings: Settings, store: ResultStore, started: ExitStack):
-        self.settings, self.store, self.started = settings, store, started
+    def __init__(self, settings: Settings, store: ResultStore, started: ExitStack, model: str = MODEL_NAME):
+        self.settings, self.store, self.started, self.model = settings, store, started, model
         self.worker: LocalWorker | None = None
         self._ready_by = 0.0
         self._none_since: float | None = None
@@ -40,8 +41,8 @@ class Workers:
         self._failures: dict[int, int] = {}  # batch -> failed deliveries already reported
 
     def ensure(self) -> None:
-        """Use the live workers of the namespace, or start one."""
-        if workers := self.store.workers():
+        """Use the live workers of the namespace that serve the job's model, or start one."""
+        if workers := self.store.serving(self.model):
             others = {w.weights for w in workers} - {self.settings.weights}
             if not all(w.startswith(self.settings.weights) for w in others):
                 which = "the live worker" if len(workers) == 1 else f"the {len(workers)} live workers"
@@ -55,7 +56,7 @@ class Workers:
         worker.start()
         self.started.callback(worker.stop)
         self.worker, self._ready_by = worker, time.monotonic() + WORKER_READY_TIMEOUT
-        click.echo(f"{what} (pid {worker.started.pid}, weights {self.settings.weights}, "
+        click.echo(f"{what} (pid {worker.started.pid}, model {self.model}, weights {self.settings.weights}, "
                    f"broker {mask_url(self.settings.broker_url)}; log: {worker.log_path}).", err=True)
 
     def watch(self, job: str):
@@ -74,7 +75,7 @@ class Workers:
         return check
 
     def _look(self, job: str, now: float) -> None:
-        live = self.store.workers()
+        live = self.store.serving(self.model)
         if self.worker is not None and now > self._ready_by:
             if not any(w.pid == self.worker.started.pid for w in live):
                 raise LocalServiceError(f"The worker was not ready after {WORKER_READY_TIMEOUT:.0f} s: "
@@ -85,7 +86,8 @@ class Workers:
         elif self._none_since is None:
             self._none_since = now
         elif now - self._none_since >= self.settings.heartbeat_seconds:
-            self.start(f"No worker is alive in namespace {self.settings.namespace!r} any more: started one")
+            self.start(f"No worker of model {self.model} is alive in namespace {self.settings.namespace!r} any "
+                       "more: started one")
         status = self.store.status(job)
         # Only a job that stands still is looked into; a sink job's records are files, not in Redis.
         if status.processed == self._progress and not status.params.get("sink"):

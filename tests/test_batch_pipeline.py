@@ -12,10 +12,12 @@ import pytest
 from imgq.classes import class_index
 from imgq.contract import BatchMessage
 from imgq.deliveries import Deliveries
+from imgq.models import builtin_spec
 from tests import imagegen
 from tests.jobs import commit_job
 from worker.batch import run_batch
 from worker.gather import Gatherer
+from worker.preprocess import RESNET50, to_model_input
 from worker.runtime import Runtime
 
 
@@ -25,9 +27,13 @@ class BrightnessModel:
 
     weights_id, precision, load_seconds, batch_size = "file:stand-in.h5:sha256:000000000000", "fp32", 0.0, 32
     runtime = "stand-in 1.0"
+    spec, target, model_id = builtin_spec("resnet50"), RESNET50, "resnet50"
 
     def __init__(self):
         self.seen = 0
+
+    def model_input(self, pixels: list[np.ndarray]) -> np.ndarray:
+        return np.stack([to_model_input(p) for p in pixels])  # ResNet50's float input, as TensorFlow takes it
 
     def predict_with(self, batch: np.ndarray, layers: tuple[str, ...]):
         self.seen += len(batch)
@@ -75,7 +81,7 @@ def test_one_record_per_image_with_the_models_labels_and_the_decoders_errors(run
     assert {r.weights for r in stored} == {BrightnessModel.weights_id} and runtime.store.status("j1").state == "done"
     from PIL import Image
 
-    from worker.preprocess import INTERPOLATION, TARGET_SIZE, to_model_input
+    from worker.preprocess import INTERPOLATION, TARGET_SIZE
 
     for record, path in zip(stored[:3], pictures, strict=False):  # the label is the picture's own
         with Image.open(path) as image:

@@ -195,14 +195,16 @@ def test_requeue_sends_again_only_batches_with_missing_records(run, photos, stor
 def test_status_workers_shows_heartbeats_and_queue_depth(run, photos, store):
     job = run("submit", str(photos), "--batch-size", "2").stdout.strip()
     assert run("status", "--workers").stdout.splitlines() == [
-        "3 batches queued; 0 workers alive; 1 job in flight.", f"  job {job} queued: 0/5 done, 0 failed"]
+        "3 batches queued; 0 workers alive; 1 job in flight.",
+        f"  job {job} queued: 0/5 done, 0 failed; waiting: no live worker serves model resnet50"]
     heartbeat = Heartbeat(hostname="w1", pid=7, host="h", pool="threads", warnings=("Redis may evict keys",))
     store.send_heartbeat("w1:7", heartbeat, ttl=10)
     data = json.loads(run("status", "--workers", "--json").stdout)
     assert data["queued_batches"] == 3 and [j["id"] for j in data["jobs_in_flight"]] == [job]
     assert data["workers"] == [heartbeat.to_dict()]
     text = run("status", "--workers").stdout.splitlines()
-    assert text[1].startswith("  w1 on h, pid 7: pool threads") and text[2] == "    WARNING: Redis may evict keys"
+    assert text[1].startswith("  w1 on h, pid 7: model resnet50, pool threads")
+    assert text[2] == "    WARNING: Redis may evict keys" and text[3] == f"  job {job} queued: 0/5 done, 0 failed"
 
 
 def test_waiting_without_a_live_worker_says_so(run, photos):

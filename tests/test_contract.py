@@ -73,3 +73,17 @@ def test_tls_brokers_verify_certificates_by_default(url, verified):
     config = celery_config(Settings(broker_url=url))
     expected = {"ssl_cert_reqs": ssl.CERT_REQUIRED} if verified else None
     assert config.get("broker_use_ssl") == expected
+
+
+def test_labels_of_imagenet_and_user_models_round_trip():
+    from imgq.contract import Label, ResultRecord, ok_record
+
+    imagenet = Label("n01440764", "tench", 0.5)
+    user = Label("", "bright", 0.9, 1)
+    assert imagenet.to_dict() == {"wnid": "n01440764", "label": "tench", "score": 0.5}
+    assert user.to_dict() == {"label": "bright", "index": 1, "score": 0.9}
+    for label in (imagenet, user):
+        record = ok_record("j", 0, "/a.png", [label.to_dict()], model="m")
+        assert ResultRecord.from_dict(record.to_dict()).top_k == (label,)
+    with pytest.raises(MessageError):
+        ResultRecord.from_dict({**ok_record("j", 0, "/a", [user]).to_dict(), "top_k": [{"label": "x", "score": 1}]})

@@ -87,3 +87,28 @@ def test_schedules_and_beat_run_without_the_worker(producer_only, settings, stor
     (envelope,) = [json.loads(raw) for raw in store.redis.lrange(store.keys.kombu_queue, 0, -1)]
     assert envelope["headers"]["task"] == "imgq.scheduled_scan" and envelope["headers"]["argsrepr"] == "['nightly']"
     assert "ModuleNotFoundError" not in beat.output() and os.path.basename(beat.argv[0]) == "imgq"
+
+
+@pytest.mark.slow
+def test_models_are_chosen_without_tensorflow(producer_only, settings, store, tmp_path):
+    """Model names, a model folder's labels and name, and a built-in's layer table are read without Keras: a
+    producer-only install submits to any model, and refuses an unknown name with the closest ones."""
+    from tests.test_models import fake_keras
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "a.jpg").write_bytes(b"not decoded by the producer")
+    folder = tmp_path / "defects"
+    folder.mkdir()
+    fake_keras(folder / "model.keras")
+    (folder / "labels.txt").write_text("ok\nscratch\n")
+    for model, name in (("efficientnetv2b0", "efficientnetv2b0"), (str(folder), "defects")):
+        result = run(producer_only, settings, "submit", str(photos), "--model", model, "--activations",
+                     "avg_pool" if model == name else "dense")
+        assert result.returncode == 0, result.stderr
+        assert store.status(result.stdout.strip()).model == name and store.queue_depth(name) == 1
+    unknown = run(producer_only, settings, "submit", str(photos), "--model", "convnext")
+    assert unknown.returncode == 2 and "Did you mean: convnexttiny" in unknown.stderr
+    assert "Traceback" not in unknown.stderr and len(unknown.stderr.strip().splitlines()) == 1
+    layers = run(producer_only, settings, "layers", "--model", "mobilenetv3large")
+    assert layers.returncode == 0 and "flatten" in layers.stdout

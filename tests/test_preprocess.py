@@ -387,3 +387,64 @@ def test_jpeg_draft_decodes_large_jpegs_at_reduced_scale_to_nearly_the_same_pict
     assert np.abs(exact.astype(int) - drafted.astype(int)).mean() < 12  # ...of the same picture
     # Below 448 px a side there is no smaller scale to take: identical to Keras.
     assert np.array_equal(load_pixels(str(small), jpeg_draft=True), load_pixels(str(small)))
+
+
+# --- Every model's recipe, exactly ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["resnet50", "resnet50v2", "efficientnetv2b0", "efficientnetv2s", "convnexttiny",
+                                  "mobilenetv3large"])
+def test_each_builtin_matches_its_familys_preprocess_input(tmp_path, name):
+    """load_img(target_size) -> img_to_array -> keras.applications.<family>.preprocess_input, to the bit."""
+    import importlib
+
+    from imgq.models import builtin_spec
+    from worker.preprocess import Target
+
+    spec = builtin_spec(name)
+    family = importlib.import_module(f"keras.applications.{spec.builtin.family}")
+    path = imagegen.save(tmp_path / "p.png", fmt="PNG", size=(301, 157))
+    theirs = family.preprocess_input(keras.utils.img_to_array(keras.utils.load_img(path, target_size=spec.input_size)))
+    ours = to_model_input(load_pixels(str(path), target=Target.of(spec)), preprocessing=spec.preprocessing)
+    assert ours.dtype == np.float32 and ours.shape == (*spec.input_size, 3)
+    assert np.array_equal(ours, theirs)
+
+
+@pytest.mark.parametrize("mode", ["caffe", "tf", "torch"])
+def test_each_mode_is_imagenet_utils_own(mode):
+    from keras.applications import imagenet_utils
+
+    pixels = np.random.default_rng(3).integers(0, 256, size=(2, 5, 7, 3), dtype=np.uint8)
+    theirs = imagenet_utils.preprocess_input(pixels.astype(np.float32), mode=mode)
+    assert np.array_equal(to_model_input(pixels, preprocessing=mode), theirs)
+
+
+@pytest.mark.parametrize("interpolation", ["nearest", "bilinear", "bicubic", "lanczos"])
+@pytest.mark.parametrize("resize", ["squash", "crop"])
+@pytest.mark.parametrize(("grey", "size"), [(False, (96, 64)), (True, (28, 28)), (True, (20, 36))])
+def test_targets_match_load_img(tmp_path, grey, size, resize, interpolation):
+    """Any size, greyscale or RGB, load_img's crop (keep_aspect_ratio) and interpolations."""
+    from worker.preprocess import Target
+
+    for fmt, name in (("PNG", "rgb.png"), ("PNG", "p-mode.png")):
+        path = imagegen.save(tmp_path / name, fmt=fmt, size=(203, 121))
+        if name == "p-mode.png":
+            Image.open(path).convert("P").save(path)
+        image = keras.utils.load_img(path, color_mode="grayscale" if grey else "rgb", target_size=size,
+                                     interpolation=interpolation, keep_aspect_ratio=resize == "crop")
+        theirs = keras.utils.img_to_array(image)
+        target = Target(size, 1 if grey else 3, resize, interpolation)
+        ours = load_pixels(str(path), target=target)
+        assert ours.shape == theirs.shape == (*size, 1 if grey else 3)
+        assert np.array_equal(ours.astype(np.float32), theirs), (name, resize, interpolation)
+
+
+def test_a_rotated_photo_fills_a_non_square_target_upright(tmp_path):
+    from worker.preprocess import Target
+
+    path = tmp_path / "rotated.jpg"
+    image = Image.new("RGB", (80, 40), (200, 10, 10))
+    exif = image.getexif()
+    exif[0x0112] = 6  # stored lying down: width and height swap when turned upright
+    image.save(path, exif=exif.tobytes())
+    assert load_pixels(str(path), target=Target((30, 20), 3)).shape == (30, 20, 3)

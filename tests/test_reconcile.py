@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from imgq import submit as enqueue
-from imgq.contract import BatchRef
+from imgq.contract import MODEL_NAME, BatchRef, Heartbeat, queue_name
 from imgq.deliveries import Deliveries
 from imgq.queue import publish
 from imgq.store import ResultStore
@@ -18,10 +18,16 @@ from tests.processes import imgq_cli
 from worker.reconcile import reconcile
 
 
-def _job(settings, store, folder, count):
+def _job(settings, store, folder, count, model=MODEL_NAME):
     folder.mkdir()
     paths = [str(imagegen.save(folder / f"{i}.png", size=(32, 32), seed=i)) for i in range(count)]
-    return enqueue.submit(paths, settings=settings, store=store, batch_size=4).job
+    return enqueue.submit(paths, settings=settings, store=store, batch_size=4, model=model).job
+
+
+def _alive(store, model=MODEL_NAME, name="w@a"):
+    """A live worker's heartbeat serving ``model``: the reconciler runs in a worker, and judges only the jobs
+    whose model some live worker serves."""
+    store.send_heartbeat(f"{name}:1", Heartbeat(hostname=name, model=model), 60)
 
 
 def test_a_failed_jobs_batches_are_queued_again_behind_another_jobs_backlog(settings, store, tmp_path):
@@ -34,6 +40,7 @@ def test_a_failed_jobs_batches_are_queued_again_behind_another_jobs_backlog(sett
     backlog = _job(settings, store, tmp_path / "backlog", 4)
     publish([BatchRef(backlog, 0)] * 50, settings)  # another job's backlog stays in the queue
     runtime = SimpleNamespace(store=store, settings=settings, deliveries=deliveries)
+    _alive(store)
     later = time.time() + settings.reconcile_seconds + 1
     assert deliveries.waiting(failed) == 0 and deliveries.waiting(backlog) == 51
     assert reconcile(runtime, now=later) == 2  # the failed job's two batches, the queue notwithstanding
@@ -51,6 +58,7 @@ def test_a_job_whose_messages_vanished_before_any_worker_is_queued_again(setting
     _job(settings, store, tmp_path / "vanished", 4)
     store.redis.delete(store.keys.kombu_queue)  # dropped before any worker began it
     runtime = SimpleNamespace(store=store, settings=settings, deliveries=deliveries)
+    _alive(store)
     assert reconcile(runtime, now=time.time() + settings.reconcile_seconds + 1) == 1
     store.redis.delete(store.keys.kombu_queue)  # lost again, now behind another job's backlog
     backlog = _job(settings, store, tmp_path / "backlog", 4)
@@ -111,3 +119,33 @@ def test_a_job_whose_queueing_failed_is_queued_again_after_the_reconcile_period_
     assert sum(job in m for m in store.redis.lrange(store.keys.kombu_queue, 0, -1)) == 2
     assert deliveries.waiting(job) == 2  # counted right now: its two messages wait their turn
     assert reconcile(runtime, now=later) == 0
+
+
+def test_a_lost_batch_goes_back_to_its_models_queue(settings, store, tmp_path):
+    """A batch lost by a dead worker of model X is queued again on X's queue, by whichever worker reconciles
+    (here one of resnet50): never on another model's queue."""
+    deliveries = Deliveries(store.redis, store.keys)
+    job = _job(settings, store, tmp_path / "x", 4, model="efficientnetv2b0")
+    x_queue = store.keys.model_queue(queue_name(settings, "efficientnetv2b0"))
+    assert store.redis.llen(x_queue) == 1 and store.queue_depth() == 0
+    store.redis.delete(x_queue)
+    deliveries.begin(job, 0, "dead@b:1")  # held by a worker whose heartbeat is gone
+    _alive(store)
+    runtime = SimpleNamespace(store=store, settings=settings, deliveries=deliveries)
+    assert reconcile(runtime, now=time.time() + 2 * settings.heartbeat_seconds + 1) == 1
+    assert store.queue_depth("efficientnetv2b0") == 1 and store.queue_depth() == 0
+
+
+def test_a_job_whose_model_no_live_worker_serves_waits_instead_of_being_queued_again(settings, store, tmp_path):
+    """No worker of its model is alive: its messages wait in its model's queue, and the stall rule leaves it
+    alone (queueing them again every visibility timeout would only pile up copies); once a worker of the model
+    is alive, the rule applies to it again."""
+    deliveries = Deliveries(store.redis, store.keys)
+    job = _job(settings, store, tmp_path / "absent", 4, model="convnexttiny")
+    store.redis.delete(store.keys.model_queue(queue_name(settings, "convnexttiny")))  # and even lost
+    _alive(store)  # a worker of resnet50 only
+    runtime = SimpleNamespace(store=store, settings=settings, deliveries=deliveries)
+    assert reconcile(runtime, now=time.time() + settings.visibility_timeout + 1) == 0
+    _alive(store, "convnexttiny", name="x@b")
+    assert reconcile(runtime, now=time.time() + settings.visibility_timeout + 1) == 1
+    assert store.queue_depth("convnexttiny") == 1 and deliveries.waiting(job) >= 1

@@ -18,11 +18,12 @@ BATCH = 5  # the pictures run in slices of 5, 5, 5, 5, 4: a short last slice, ne
 
 @pytest.fixture(scope="session")
 def parity(tmp_path_factory):
-    """``(picture paths, weights file, preprocessed batch)`` shared by this module's tests."""
+    """``(picture paths, weights file, preprocessed float32 batch, uint8 pixels)`` shared by this module's
+    tests: TensorFlow takes the float batch, OpenVINO the pixels (its graph preprocesses them)."""
     folder = tmp_path_factory.mktemp("parity")
     paths = test_weights.write_pictures(folder / "pictures", PICTURES)
     weights = test_weights.image_dependent_weights(paths, folder / "parity.weights.h5")
-    return paths, str(weights), test_weights.model_input(paths)
+    return paths, str(weights), test_weights.model_input(paths), test_weights.decoded(paths)
 
 
 @pytest.fixture(scope="module")
@@ -50,11 +51,12 @@ def _top5(probabilities: np.ndarray) -> np.ndarray:
 
 @pytest.mark.slow
 def test_fp32_openvino_gives_tensorflows_top5_and_probabilities(parity, tensorflow, ov_cache):
-    batch = parity[2]
     openvino = _openvino(parity, "fp32", ov_cache)
     layers = ("avg_pool", "conv3_block4_out")
-    tf_probabilities, tf_activations = tensorflow.predict_with(batch, layers)
-    ov_probabilities, ov_activations = openvino.predict_with(batch, layers)
+    assert openvino.takes_pixels and openvino.model_input(list(parity[3])).dtype == np.uint8
+    assert np.array_equal(tensorflow.model_input(list(parity[3])), parity[2])
+    tf_probabilities, tf_activations = tensorflow.predict_with(parity[2], layers)
+    ov_probabilities, ov_activations = openvino.predict_with(parity[3], layers)
     assert openvino.runtime.startswith("openvino 20") and tensorflow.runtime.startswith("tensorflow 2.")
     assert list(tf_probabilities.argmax(axis=1)) == list(range(PICTURES))  # the weights tell the pictures apart
     assert np.array_equal(_top5(ov_probabilities), _top5(tf_probabilities))
@@ -73,7 +75,7 @@ def test_bf16_agreement_with_fp32_tensorflow_is_measured(parity, tensorflow, ov_
     if not cpu_supports_bf16():
         assert openvino.precision == "fp32"  # the fallback, said in the log
         pytest.skip("this CPU has no native bfloat16")
-    reference, bf16 = tensorflow.predict(parity[2]), openvino.predict(parity[2])
+    reference, bf16 = tensorflow.predict(parity[2]), openvino.predict(parity[3])
     top1 = np.mean(reference.argmax(axis=1) == bf16.argmax(axis=1))
     same_top5_order = np.mean(np.all(_top5(reference) == _top5(bf16), axis=1))
     same_top5_set = np.mean([set(a) == set(b) for a, b in zip(_top5(reference), _top5(bf16), strict=True)])
@@ -89,8 +91,8 @@ def test_the_conversion_is_cached_by_weights_and_layers(parity, tmp_path):
     assert first.converted == [()]
     again = _openvino(parity, "fp32", str(tmp_path))
     assert again.converted == []  # read from the cache: no TensorFlow needed
-    np.testing.assert_array_equal(again.predict(parity[2][:3]), first.predict(parity[2][:3]))
-    again.predict_with(parity[2][:2], ("avg_pool",))
+    np.testing.assert_array_equal(again.predict(parity[3][:3]), first.predict(parity[3][:3]))
+    again.predict_with(parity[3][:2], ("avg_pool",))
     assert again.converted == [("avg_pool",)]  # another layer set, another conversion
     assert len(os.listdir(tmp_path)) == 2
 

@@ -52,3 +52,20 @@ def test_as_env_round_trips(tmp_path):
 ])
 def test_mask_url_hides_passwords(url, masked):
     assert mask_url(url) == masked
+
+
+@pytest.mark.parametrize("value", ["resnet50", "efficientnetv2s", "./my-model", "/models/defects"])
+def test_the_model_setting_takes_a_builtin_name_or_a_folder(value):
+    assert Settings.from_env({"IMGQ_MODEL": value}).model == value
+    assert Settings().model == "resnet50"
+
+
+@pytest.mark.parametrize("value", ["resnet", "ResNet50", "0", "-1", "nan", "x" * 500])
+def test_an_unknown_model_name_is_one_line_with_the_closest(value):
+    with pytest.raises(ValueError, match="IMGQ_MODEL: Unknown model") as info:
+        Settings.from_env({"IMGQ_MODEL": value})
+    assert "\n" not in str(info.value)
+
+
+def test_the_runtime_can_be_auto():
+    assert Settings.from_env({"IMGQ_RUNTIME": "auto"}).runtime == "auto"

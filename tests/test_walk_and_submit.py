@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from imgq import submit as enqueue
-from imgq.contract import TASK_CLASSIFY_BATCH
+from imgq.contract import MODEL_NAME, TASK_CLASSIFY_BATCH, model_queue
 from imgq.submit import EmptySelection, batches, submit
 from imgq.walk import PathFilter, Skipped, iter_images, read_path_list
 
@@ -152,12 +152,12 @@ def test_batches_number_images_in_submission_order():
     assert {m.top_k for m in messages} == {3}
 
 
-def queued_refs(store) -> list[dict]:
-    """The task arguments waiting in the Celery queue, decoded from kombu's envelope: batch references."""
-    raw = store.redis.lrange(store.keys.kombu_queue, 0, -1)
+def queued_refs(store, model: str = MODEL_NAME) -> list[dict]:
+    """The task arguments waiting in ``model``'s Celery queue, decoded from kombu's envelope: batch references."""
+    raw = store.redis.lrange(store.keys.model_queue(model_queue(store.keys.ns, model)), 0, -1)
     envelopes = [json.loads(r) for r in reversed(raw)]  # kombu LPUSHes, workers BRPOP
-    assert {e["headers"]["task"] for e in envelopes} == {TASK_CLASSIFY_BATCH}
-    assert {e["content-type"] for e in envelopes} == {"application/json"}
+    assert {e["headers"]["task"] for e in envelopes} <= {TASK_CLASSIFY_BATCH}
+    assert {e["content-type"] for e in envelopes} <= {"application/json"}
     return [json.loads(base64.b64decode(e["body"]))[0][0] for e in envelopes]
 
 
@@ -171,7 +171,8 @@ def test_submit_stages_commits_and_queues_every_batch(tree, settings, store):
     assert (submitted.total, submitted.batches) == (6, 2)
     status = store.status(submitted.job)
     assert (status.name, status.total, status.state) == ("n", 6, "queued")
-    assert status.params == {"top_k": settings.top_k, "batch_size": 4, "retention": settings.retention}
+    assert status.params == {"top_k": settings.top_k, "batch_size": 4, "model": "resnet50",
+                             "retention": settings.retention}
     assert queued_refs(store) == [{"v": 2, "job": submitted.job, "batch": b} for b in (0, 1)]  # paths once
     queued = queued_messages(store, settings)
     assert queued == list(store.iter_batches(submitted.job))

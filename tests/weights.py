@@ -1,7 +1,7 @@
 """Test weights whose labels depend on the image: what a parity test between runtimes needs.
 
 Random weights label nearly every picture with the same class, so two runtimes "agreeing" would prove
-little. These keep the random convolutions of ``random:SEED`` and set the last Dense layer (``predictions``)
+little. These keep the random convolutions of ``random:SEED`` and set the last Dense layer (the classifier)
 from the avg_pool features of a set of generated pictures: picture i's features point along column i, so
 its top-1 is class i. The other columns get small random values, so that the rest of the top-5 is ordered
 by real margins, not ties.
@@ -46,24 +46,39 @@ def write_pictures(folder: Path, count: int) -> list[Path]:
     return paths
 
 
-def model_input(paths: list[Path]) -> np.ndarray:
-    """The pictures decoded and preprocessed exactly as a worker does it."""
-    from worker.preprocess import TARGET_SIZE, load_pixels, to_model_input
+def model_input(paths: list[Path], target=None, preprocessing: str = "caffe") -> np.ndarray:
+    """The pictures decoded and preprocessed exactly as a worker does it for TensorFlow (float32)."""
+    from worker.preprocess import to_model_input
 
-    batch = np.empty((len(paths), *TARGET_SIZE, 3), dtype=np.float32)
-    for row, path in zip(batch, paths, strict=True):
-        to_model_input(load_pixels(str(path)), out=row)
+    pixels = decoded(paths, target)
+    batch = np.empty(pixels.shape, dtype=np.float32)
+    for row, image in zip(batch, pixels, strict=True):
+        to_model_input(image, out=row, preprocessing=preprocessing)
     return batch
 
 
-def image_dependent_weights(paths: list[Path], out: Path, seed: int = SEED) -> Path:
-    """Write ``out`` (.weights.h5): ResNet50 with ``random:seed`` convolutions whose top-1 for ``paths[i]``
-    is class i. Raises AssertionError if the pictures do not get distinct labels (too similar features)."""
-    from worker.model import Classifier, build_resnet50
+def decoded(paths: list[Path], target=None) -> np.ndarray:
+    """The pictures decoded as a worker does it: uint8 pixels of ``target`` (ResNet50's by default), what
+    the OpenVINO runtime takes."""
+    from worker.preprocess import RESNET50, load_pixels
 
-    model, weights_id = build_resnet50(f"random:{seed}")
-    features = Classifier(model, weights_id, batch_size=len(paths)).predict_with(model_input(paths),
-                                                                                  ("avg_pool",))[1]["avg_pool"]
+    return np.stack([load_pixels(str(path), target=target or RESNET50) for path in paths])
+
+
+def image_dependent_weights(paths: list[Path], out: Path, seed: int = SEED, model_name: str = "resnet50") -> Path:
+    """Write ``out`` (.weights.h5): a built-in model (ResNet50 by default) with ``random:seed`` convolutions
+    whose top-1 for ``paths[i]`` is class i. Raises AssertionError if the pictures do not get distinct labels
+    (too similar features)."""
+    from imgq.models import builtin_spec
+    from worker.model import Classifier, build_model
+    from worker.preprocess import Target
+
+    spec = builtin_spec(model_name)
+    model, weights_id, spec = build_model(spec, f"random:{seed}")
+    batch = model_input(paths, Target.of(spec), spec.preprocessing)
+    feature = spec.feature_layer
+    features = Classifier(model, weights_id, batch_size=len(paths), spec=spec).predict_with(
+        batch, (feature,))[1][feature].reshape(len(paths), -1)
     centred = features - features.mean(axis=0)
     norms = np.linalg.norm(centred, axis=1, keepdims=True)
     rng = np.random.default_rng(seed)
@@ -72,8 +87,8 @@ def image_dependent_weights(paths: list[Path], out: Path, seed: int = SEED) -> P
     bias = np.zeros(1000)
     # The centring is folded into the bias: logits = (f - mean) . w, the same top-1 for either runtime.
     bias[:len(paths)] = -(features.mean(axis=0) @ kernel[:, :len(paths)])
-    model.get_layer("predictions").set_weights([kernel.astype(np.float32), bias.astype(np.float32)])
-    labels = Classifier(model, weights_id, batch_size=len(paths)).predict(model_input(paths)).argmax(axis=1)
+    model.layers[-1].set_weights([kernel.astype(np.float32), bias.astype(np.float32)])
+    labels = Classifier(model, weights_id, batch_size=len(paths), spec=spec).predict(batch).argmax(axis=1)
     assert list(labels) == list(range(len(paths))), f"pictures not told apart: {labels}"
     model.save_weights(out)
     return out

@@ -29,6 +29,7 @@ from celery.signals import (
 )
 
 from imgq.contract import celery_config
+from imgq.models import ModelError, resolve
 from imgq.settings import Settings, mask_url
 from worker import logs
 
@@ -36,13 +37,17 @@ log = logging.getLogger(__name__)
 
 try:
     settings = Settings.from_env()
-except ValueError as exc:  # a malformed IMGQ_* value: one line naming it, never a traceback (or a password)
+    # The one model this worker serves, as its operator set it (IMGQ_MODEL): its name chooses the one queue
+    # the worker consumes (imgq.contract.queue_name), so that it takes only its own model's jobs. A folder's
+    # problems are found here, before Celery starts, each as one line.
+    served = resolve(settings.model)
+except (ValueError, ModelError) as exc:  # a malformed IMGQ_* value: one line naming it, never a traceback
     print(f"imgq worker: {exc}", file=sys.stderr, flush=True)
     sys.exit(2)
 logs.install(settings.log_format)  # JSON lines if asked, URL passwords masked either way
 
 app = Celery("imgq", include=["worker.tasks", "worker.scheduled"])
-app.conf.update(celery_config(settings))
+app.conf.update(celery_config(settings, served.name))
 app.conf.update(
     worker_pool=settings.pool,
     worker_concurrency=settings.concurrency,
@@ -126,7 +131,8 @@ def _load_or_exit(hostname: str | None, worker=None) -> None:
         runtime = get_runtime(settings, hostname)
     except WeightsError as exc:
         log.critical("%s", exc)
-        print(f"imgq worker: {exc}", file=sys.stderr, flush=True)
+        for problem in str(exc).splitlines():  # one line a problem (a model folder can have several)
+            print(f"imgq worker: {problem}", file=sys.stderr, flush=True)
         os._exit(2)
     if worker is not None:
         runtime.celery_pool, runtime.concurrency = _pool_label(worker.pool_cls), worker.concurrency
@@ -134,7 +140,8 @@ def _load_or_exit(hostname: str | None, worker=None) -> None:
         signal.signal(signal.SIGTERM, _terminated_before_start)
     # Celery has not set up its logging yet when this runs: say it on stderr, like the failure above.
     classifier = runtime.classifier
-    print(f"imgq worker: ResNet50 ready in {classifier.load_seconds:.1f} s (weights {classifier.weights_id}, "
+    print(f"imgq worker: {classifier.model_id} ready in {classifier.load_seconds:.1f} s, serving queue "
+          f"{app.conf.task_default_queue} (weights {classifier.weights_id}, "
           f"{classifier.precision} on {classifier.runtime}, pool {runtime.celery_pool or settings.pool} "
           f"x{runtime.concurrency or settings.concurrency}, broker {mask_url(settings.broker_url)})",
           file=sys.stderr, flush=True)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import redis
 
-from imgq.contract import MODEL_NAME, BatchMessage, ResultRecord, error_record, ok_record
+from imgq.contract import BatchMessage, ResultRecord, error_record, ok_record
 from imgq.deliveries import NoSuchJob
 from imgq.heads import HeadError
 from imgq.settings import Settings
@@ -20,7 +20,7 @@ from worker.heads import LoadedHead
 from worker.isolation import CRASHED_MESSAGE, Isolation
 from worker.known_batch import classify_with_index
 from worker.labels import top_k
-from worker.preprocess import TARGET_SIZE, ImageError, load_pixels, one_line, to_model_input
+from worker.preprocess import RESNET50, ImageError, Target, load_pixels, one_line
 
 if TYPE_CHECKING:
     from worker.runtime import Runtime
@@ -37,13 +37,14 @@ class Decoded:
     decode_ms: float
 
 
-def decode(image: int, path: str, settings: Settings) -> Decoded:
-    """Decode one image; every failure becomes an ImageError on the result, never an exception."""
+def decode(image: int, path: str, settings: Settings, target: Target = RESNET50) -> Decoded:
+    """Decode one image into the pixels ``target`` (the model's input) needs; every failure becomes an
+    ImageError on the result, never an exception."""
     started = time.perf_counter()
     pixels, error = None, None
     try:
         pixels = load_pixels(path, allowed_roots=settings.allowed_roots, max_pixels=settings.max_pixels,
-                             max_file_bytes=settings.max_file_bytes, jpeg_draft=settings.jpeg_draft)
+                             max_file_bytes=settings.max_file_bytes, jpeg_draft=settings.jpeg_draft, target=target)
     except ImageError as exc:
         error = exc
     except Exception as exc:  # a decoder bug on one odd file must not cost the batch
@@ -167,14 +168,16 @@ def _classify(message: BatchMessage, todo: list[tuple[int, str]], runtime: Runti
         else:
             decoded = list(runtime.decode_pool.map(lambda item: _decode_shared(item, runtime), todo))
         good = [d for d in decoded if d.error is None]
+        classifier = runtime.classifier
         head = _head(message, runtime) if good else None
-        forward_pass = gatherer.submit(_model_input(good), _layers(message, head)) if good else None
-    provenance = {"model": MODEL_NAME, "weights": gatherer.weights_id, "precision": gatherer.precision,
-                  "runtime": runtime.classifier.runtime, "worker": worker}
+        forward_pass = gatherer.submit(classifier.model_input([d.pixels for d in good]),
+                                       _layers(message, head)) if good else None
+    provenance = {"model": classifier.model_id, "weights": gatherer.weights_id, "precision": gatherer.precision,
+                  "runtime": classifier.runtime, "worker": worker}
     records = [_error(message, d, d.error.code, d.error.message, provenance) for d in decoded if d.error]
     if forward_pass is not None:
         records += _classified(message, good, forward_pass, provenance, runtime.settings.effective_dump_root,
-                               runtime.settings.forward_pass_timeout, head)
+                               runtime.settings.forward_pass_timeout, classifier.spec, head)
     return records
 
 
@@ -187,7 +190,7 @@ def _head(message: BatchMessage, runtime: Runtime) -> LoadedHead | dict | None:
         loaded = _until_redis_answers(lambda: runtime.heads.get(runtime.store, message.head))
     except HeadError as exc:
         return {"name": message.head, "error": str(exc)}
-    problem = loaded.head.mismatch(MODEL_NAME, runtime.gatherer.weights_id)
+    problem = loaded.head.mismatch(runtime.classifier.model_id, runtime.gatherer.weights_id)
     return {"name": loaded.head.name, "error": problem} if problem else loaded
 
 
@@ -200,7 +203,7 @@ def _layers(message: BatchMessage, head: LoadedHead | dict | None) -> tuple[str,
 
 def _decode_shared(item: tuple[int, str], runtime: Runtime) -> Decoded:
     with runtime.decode_lock.shared():  # an isolated decode elsewhere in the process waits for none of these
-        return decode(*item, runtime.settings)
+        return decode(*item, runtime.settings, runtime.classifier.target)
 
 
 def _decode_one_by_one(isolation: Isolation, todo: list[tuple[int, str]], runtime: Runtime) -> list[Decoded]:
@@ -209,19 +212,13 @@ def _decode_one_by_one(isolation: Isolation, todo: list[tuple[int, str]], runtim
         if isolation.crashed(image):
             decoded.append(Decoded(image, path, None, ImageError("worker_crashed", CRASHED_MESSAGE), 0.0))
         else:
-            decoded.append(isolation.alone(image, lambda i=image, p=path: decode(i, p, runtime.settings)))
+            decoded.append(isolation.alone(image, lambda i=image, p=path: decode(i, p, runtime.settings,
+                                                                                    runtime.classifier.target)))
     return decoded
 
 
-def _model_input(good: list[Decoded]) -> np.ndarray:
-    batch = np.empty((len(good), *TARGET_SIZE, 3), dtype=np.float32)
-    for row, d in zip(batch, good, strict=True):
-        to_model_input(d.pixels, out=row)
-    return batch
-
-
 def _classified(message: BatchMessage, good: list[Decoded], forward_pass: Future, provenance: dict,
-                dump_root: str, timeout: float, head: LoadedHead | dict | None = None) -> list[ResultRecord]:
+                dump_root: str, timeout: float, spec=None, head: LoadedHead | dict | None = None) -> list[ResultRecord]:
     try:
         probabilities, activations, share_ms = forward_pass.result(timeout=timeout)
     except TimeoutError:
@@ -247,7 +244,7 @@ def _classified(message: BatchMessage, good: list[Decoded], forward_pass: Future
             except OSError as exc:  # a full disk costs this image its record, not the worker
                 records.append(_error(message, d, "dump_failed", f"{exc.strerror or exc}", provenance))
                 continue
-        records.append(ok_record(message.job, d.image, d.path, top_k(p, message.top_k), **provenance, **timing,
+        records.append(ok_record(message.job, d.image, d.path, top_k(p, message.top_k, spec), **provenance, **timing,
                                  **dump))
     return records
 

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable
 
 from imgq.classes import class_index, class_numbers
-from imgq.contract import MODEL_NAME, BatchMessage, Label, ResultRecord, error_record, ok_record
+from imgq.contract import BatchMessage, Label, ResultRecord, error_record, ok_record
 from imgq.heads import HeadError
 from imgq.known import KnownImages, stream_digest
 from worker.isolation import Isolation
@@ -33,7 +33,7 @@ def classify_with_index(message: BatchMessage, todo: list[tuple[int, str]], runt
     and a file a worker died on is left unhashed: the ordinary path then records it ``worker_crashed``.
     """
     index = KnownImages(runtime.store.raw, runtime.store.keys, runtime.gatherer.weights_id,
-                        runtime.gatherer.precision, message.top_k, head=message.head)
+                        runtime.gatherer.precision, message.top_k, model_id=runtime.model_id, head=message.head)
     digests = dict(zip(todo, _digests(todo, runtime, isolation), strict=True))
     leaders: dict[bytes, tuple[int, str]] = {}
     for item, digest in digests.items():
@@ -85,11 +85,21 @@ def _head_labels(message: BatchMessage, runtime) -> tuple[str, ...] | None:
         return None
 
 
+def _labels(known: list[tuple[int, float]], spec) -> list[Label]:
+    """Stored ``(class index, score)`` pairs as the model's labels (worker/labels.py's forms)."""
+    if spec.imagenet:
+        names = class_index()
+        return [Label(names[i][0], names[i][1], score) for i, score in known]
+    return [Label("", spec.labels[i], score, i) for i, score in known]
+
+
 def _remember(index: KnownImages, results: dict[bytes, ResultRecord], head_labels: tuple[str, ...] | None) -> None:
     """Remember the ok results; in a head's index, only those whose head was applied (a head entry with labels),
     its labels as positions in the head's labels."""
     numbers = class_numbers()
-    ok: dict[bytes, object] = {d: [(numbers[t.wnid], t.score) for t in r.top_k] for d, r in results.items() if r.ok}
+    # A user model's labels carry their class index; an ImageNet model's are numbered by their wnid.
+    ok: dict[bytes, object] = {d: [(t.index if t.index is not None else numbers[t.wnid], t.score) for t in r.top_k]
+                               for d, r in results.items() if r.ok}
     if index.head:
         ok = {d: (top, [(head_labels.index(t["label"]), t["score"]) for t in results[d].head["top_k"]])
               for d, top in ok.items() if head_labels and (results[d].head or {}).get("top_k")}
@@ -108,13 +118,13 @@ def _record_for(message, item, digest, leaders, computed, known, runtime, worker
     image, path = item
     if image in computed:
         return computed[image]
-    provenance = {"model": MODEL_NAME, "weights": runtime.gatherer.weights_id,
-                  "precision": runtime.gatherer.precision, "runtime": runtime.classifier.runtime, "worker": worker,
+    classifier = runtime.classifier
+    provenance = {"model": classifier.model_id, "weights": runtime.gatherer.weights_id,
+                  "precision": runtime.gatherer.precision, "runtime": classifier.runtime, "worker": worker,
                   "decode_ms": 0.0, "inference_ms": 0.0}
     if digest in known:
-        names = class_index()
         entries, head = known[digest] if message.head else (known[digest], None)
-        top = [Label(names[i][0], names[i][1], score) for i, score in entries]
+        top = _labels(entries, classifier.spec)
         extra = {"head": _head_entry(runtime, message.head, head)} if message.head else {}
         return ok_record(message.job, image, path, top, **provenance, known=True, **extra)
     leader = computed[leaders[digest][0]]  # a copy of an image classified in this batch

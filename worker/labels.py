@@ -1,4 +1,5 @@
-"""Top-k decoding as Keras' ``decode_predictions`` does it, with the vendored class index (imgq/classes.py)."""
+"""Top-k decoding as Keras' ``decode_predictions`` does it, with the model's own class names: the vendored
+ImageNet class index (imgq/classes.py) for a built-in model, a folder model's labels.txt otherwise."""
 
 from __future__ import annotations
 
@@ -6,15 +7,21 @@ import numpy as np
 
 from imgq.classes import NUM_CLASSES, class_index
 from imgq.contract import Label
+from imgq.models import ModelSpec
 
 
-def top_k(probabilities: np.ndarray, k: int) -> list[Label]:
-    """The ``k`` best classes of one image, best first.
+def top_k(probabilities: np.ndarray, k: int, spec: ModelSpec | None = None) -> list[Label]:
+    """The ``k`` best classes of one image, best first (at most as many as the model has).
 
-    Same order as ``decode_predictions`` (``argsort()[-k:][::-1]``), ties included.
+    Same order as ``decode_predictions`` (``argsort()[-k:][::-1]``), ties included. ``spec``: the model
+    (None: ResNet50's ImageNet classes). ImageNet models give ``Label(wnid, label, score)``; a user's
+    model ``Label("", label, score, index)``.
     """
-    if probabilities.shape != (NUM_CLASSES,):
-        raise ValueError(f"Expected {NUM_CLASSES} class probabilities. Received shape: {probabilities.shape}")
-    names = class_index()
+    classes = NUM_CLASSES if spec is None else len(spec.labels)
+    if probabilities.shape != (classes,):
+        raise ValueError(f"Expected {classes} class probabilities. Received shape: {probabilities.shape}")
     best = probabilities.argsort()[-k:][::-1]
-    return [Label(names[i][0], names[i][1], float(probabilities[i])) for i in best]
+    if spec is None or spec.wnids is not None:
+        names = class_index()
+        return [Label(names[i][0], names[i][1], float(probabilities[i])) for i in best]
+    return [Label("", spec.labels[i], float(probabilities[i]), int(i)) for i in best]

@@ -1,4 +1,5 @@
-"""ResNet50 as Keras ships it, with its weights, run by TensorFlow (or handed to worker/openvino_runtime.py).
+"""The model a worker serves (imgq/models.py's ModelSpec), run by TensorFlow (or handed to
+worker/openvino_runtime.py): any built-in keras.applications classifier or a user's model folder.
 
 Import this module only in the process that runs the model: TensorFlow is imported here (lazily, inside
 functions) and nowhere that the producer (or a Celery parent process that later forks) imports.
@@ -6,15 +7,17 @@ functions) and nowhere that the producer (or a Celery parent process that later 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from worker.preprocess import TARGET_SIZE, one_line
+from imgq.models import DEFAULT_MODEL, ModelError, ModelSpec, builtin_spec, resolve
+from worker.model_build import LOCAL_WEIGHT_SUFFIXES as LOCAL_WEIGHT_SUFFIXES
+from worker.model_build import WeightsError, build_model, describe_weights, random_seed, sha256
+from worker.preprocess import Target, to_model_input
 
 log = logging.getLogger(__name__)
 
@@ -22,19 +25,18 @@ log = logging.getLogger(__name__)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 IMAGENET_WEIGHTS_FILE = "resnet50_weights_tf_dim_ordering_tf_kernels.h5"
-LOCAL_WEIGHT_SUFFIXES = (".weights.h5", ".h5", ".keras")
+
+RUNTIMES = ("openvino", "tensorflow", "auto")
 
 
-RUNTIMES = ("openvino", "tensorflow")
-
-
-class WeightsError(RuntimeError):
-    """The requested weights cannot be loaded; the message says what to do instead."""
+def _resnet50() -> ModelSpec:
+    return builtin_spec(DEFAULT_MODEL)
 
 
 @dataclass
 class Classifier:
-    """A loaded model: ``predict`` takes a preprocessed float32 batch and returns class probabilities."""
+    """A loaded model: ``model_input`` turns decoded pixels into its input, ``predict`` returns class
+    probabilities (a softmax applied to a model whose outputs are logits)."""
 
     model: object
     weights_id: str
@@ -42,12 +44,31 @@ class Classifier:
     precision: str = "fp32"
     load_seconds: float = 0.0
     runtime: str = ""  # "tensorflow 2.x.y": what runs the forward pass, named in every record
+    spec: ModelSpec = field(default_factory=_resnet50)
+    takes_pixels = False  # TensorFlow takes the preprocessed float32 batch (OpenVINO: uint8 pixels)
 
     def __post_init__(self):
         if not self.runtime:
             self.runtime = tensorflow_runtime_name()
         self._forwards: dict[tuple[str, ...], object] = {}
         self._forward = self._forward_for(())
+
+    @property
+    def target(self) -> Target:
+        return Target.of(self.spec)
+
+    @property
+    def model_id(self) -> str:
+        """What records carry in ``model`` (imgq.models.ModelSpec.id)."""
+        return self.spec.id
+
+    def model_input(self, pixels: list[np.ndarray]) -> np.ndarray:
+        """The batch ``predict`` takes, from decoded uint8 pixels of ``self.target.shape``: Keras'
+        preprocess_input of the model's family, float32."""
+        batch = np.empty((len(pixels), *self.target.shape), dtype=np.float32)
+        for row, image in zip(batch, pixels, strict=True):
+            to_model_input(image, out=row, preprocessing=self.spec.preprocessing)
+        return batch
 
     def _forward_for(self, layers: tuple[str, ...]):
         """The compiled forward pass returning the probabilities and the outputs of ``layers``.
@@ -61,21 +82,22 @@ class Classifier:
 
             model = self.model
             if layers:
-                model = keras.Model(self.model.input, [self.model.output, *(self.model.get_layer(n).output
+                model = keras.Model(self.model.input, [self.model.output, *(layer_output(self.model, n)
                                                                             for n in layers)])
             # One graph, traced once, for any batch length: no retracing and none of model.predict's
             # per-call overhead. A short batch is not padded: on this CPU a batch of 1 runs at ~85% of the
             # per-image speed of a batch of 32 (measured), while padding it would cost 32x.
-            signature = [tf.TensorSpec((None, *TARGET_SIZE, 3), tf.float32)]
+            signature = [tf.TensorSpec((None, *self.target.shape), tf.float32)]
             self._forwards[layers] = tf.function(lambda x: model(x, training=False), input_signature=signature)
         return self._forwards[layers]
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        """Probabilities of shape (n, 1000) for ``batch`` of shape (n, 224, 224, 3), in slices of batch_size."""
+        """Probabilities of shape (n, classes) for ``batch`` (what ``model_input`` gives), in slices of
+        batch_size."""
         return self.predict_with(batch, ())[0]
 
     def predict_with(self, batch: np.ndarray, layers: tuple[str, ...]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """``(probabilities (n, 1000), {layer: outputs (n, ...)})`` from one forward pass per slice."""
+        """``(probabilities (n, classes), {layer: outputs (n, ...)})`` from one forward pass per slice."""
         forward = self._forward_for(layers)
         probabilities, activations = [], {name: [] for name in layers}
         for start in range(0, len(batch), self.batch_size):
@@ -85,14 +107,34 @@ class Classifier:
             for name, value in zip(layers, outputs[1:], strict=True):
                 activations[name].append(value.numpy())
         if not probabilities:
-            return np.zeros((0, 1000), dtype=np.float32), {name: np.zeros((0,)) for name in layers}
-        return _joined(probabilities), {name: _joined(v) for name, v in activations.items()}
+            return (np.zeros((0, len(self.spec.labels)), dtype=np.float32),
+                    {name: np.zeros((0,)) for name in layers})
+        return as_probabilities(_joined(probabilities), self.spec), {n: _joined(v) for n, v in activations.items()}
 
     def warm_up(self) -> None:
         """Trace the graph and let oneDNN set up its kernels before the first task, for a full and a
         single-image batch."""
         for n in (self.batch_size, 1):
-            self._forward(np.zeros((n, *TARGET_SIZE, 3), dtype=np.float32))
+            self._forward(np.zeros((n, *self.target.shape), dtype=np.float32))
+
+
+def layer_output(model, name: str):
+    """The output tensor of layer ``name`` in ``model``'s graph. The layer feeding the last one is read as
+    the last layer's input: right also when it is a nested model (a base model used as a layer, as Keras'
+    transfer-learning guide does), whose own ``output`` belongs to its inner graph."""
+    if len(model.layers) >= 2 and model.layers[-2].name == name:
+        return model.layers[-1].input
+    return model.get_layer(name).output
+
+
+def as_probabilities(outputs: np.ndarray, spec: ModelSpec) -> np.ndarray:
+    """``outputs`` as probabilities: a model whose outputs are logits (imgq-model.toml outputs = "logits")
+    gets a softmax, in float32, stable for large logits."""
+    if spec.outputs != "logits":
+        return outputs
+    shifted = outputs - outputs.max(axis=1, keepdims=True)
+    exp = np.exp(shifted, dtype=np.float32)
+    return exp / exp.sum(axis=1, keepdims=True)
 
 
 def _joined(parts: list[np.ndarray]) -> np.ndarray:
@@ -108,27 +150,46 @@ def tensorflow_runtime_name() -> str:
     return f"tensorflow {tf.__version__}"
 
 
+def model_spec(model: str | ModelSpec) -> ModelSpec:
+    """The ModelSpec of a model setting (a name or folder). Raises WeightsError (one line naming the file
+    and the fix) for a name or folder that cannot be used."""
+    if isinstance(model, ModelSpec):
+        return model
+    try:
+        return resolve(model)
+    except ModelError as exc:
+        raise WeightsError(str(exc)) from None
+
+
 def load_classifier(weights: str, batch_size: int, precision: str = "fp32", runtime: str = "tensorflow",
-                    cache_dir: str | None = None):
-    """Build ResNet50 with ``weights`` (see ``build_resnet50``) for ``runtime``, compile and warm it up.
+                    cache_dir: str | None = None, model: str | ModelSpec = DEFAULT_MODEL):
+    """Build ``model`` (a built-in name, a model folder, or a ModelSpec) with ``weights`` for ``runtime``,
+    compile and warm it up.
 
     ``precision``: fp32, or bf16 where the CPU supports it (see ``enable_precision``). ``runtime``:
-    tensorflow, or openvino (the Keras model converted, the conversion cached under ``cache_dir``; see
-    worker/openvino_runtime.py). Raises WeightsError (OpenVINOError, a kind of it, for the runtime).
+    tensorflow, openvino (the Keras model converted, the conversion cached under ``cache_dir``; see
+    worker/openvino_runtime.py), or auto (the faster of the two for this model on this CPU, measured once and
+    recorded with the conversion: worker/runtime_choice.py). Raises WeightsError (OpenVINOError, a kind of it,
+    for the runtime).
     """
     started = time.perf_counter()
-    if runtime == "openvino":
+    spec = model_spec(model)
+    if runtime == "auto":
+        from worker.runtime_choice import auto_classifier
+
+        classifier = auto_classifier(spec, weights, batch_size, resolve_precision(precision), cache_dir)
+    elif runtime == "openvino":
         from worker.openvino_runtime import load_openvino
 
-        classifier = load_openvino(weights, batch_size, resolve_precision(precision), cache_dir)
+        classifier = load_openvino(weights, batch_size, resolve_precision(precision), cache_dir, spec=spec)
     else:
         precision = enable_precision(precision)
-        model, weights_id = build_resnet50(weights)
-        classifier = Classifier(model, weights_id, batch_size, precision)
+        keras_model, weights_id, spec = build_model(spec, weights)
+        classifier = Classifier(keras_model, weights_id, batch_size, precision, spec=spec)
     classifier.warm_up()
     classifier.load_seconds = time.perf_counter() - started
-    log.info("ResNet50 ready with weights %s, %s on %s, in %.1f s", classifier.weights_id, classifier.precision,
-             classifier.runtime, classifier.load_seconds)
+    log.info("%s ready with weights %s, %s on %s, in %.1f s", classifier.model_id, classifier.weights_id,
+             classifier.precision, classifier.runtime, classifier.load_seconds)
     return classifier
 
 
@@ -171,7 +232,7 @@ def enable_precision(precision: str) -> str:
 
 
 def build_resnet50(weights: str):
-    """``(model, weights_id)`` for a weights spec.
+    """``(model, weights_id)``: ResNet50 with a weights spec (see worker/model_build.py ``describe_weights``).
 
     - ``imagenet``: Keras' own download and cache (~/.keras/models).
     - a path to ``.h5`` / ``.weights.h5`` weights, or a whole ``.keras`` model.
@@ -180,73 +241,13 @@ def build_resnet50(weights: str):
 
     Raises WeightsError.
     """
-    weights_id = describe_weights(weights)  # a bad spec fails before TensorFlow is imported
-    from keras.applications import resnet50
-
-    if weights == "imagenet":
-        return _imagenet(resnet50), weights_id
-    if weights == "random" or weights.startswith("random:"):
-        import keras
-
-        keras.utils.set_random_seed(_random_seed(weights))
-        return resnet50.ResNet50(weights=None), weights_id
-    return _local_file(resnet50, weights), weights_id
-
-
-def describe_weights(weights: str) -> str:
-    """The weights id of a weights spec, without loading anything (a file is hashed): what records carry
-    and what keys the OpenVINO conversion cache. Raises WeightsError for a spec that cannot be loaded."""
-    if weights == "imagenet":
-        return "imagenet"
-    if weights == "random" or weights.startswith("random:"):
-        return f"random:{_random_seed(weights)} (untrained: labels are meaningless)"
-    if not weights.endswith(LOCAL_WEIGHT_SUFFIXES):
-        raise WeightsError(
-            f"Expected imagenet, random[:SEED] or a weights file ending in {', '.join(LOCAL_WEIGHT_SUFFIXES)}. "
-            f"Received: {weights!r}")
-    if not os.path.isfile(weights):
-        raise WeightsError(f"Weights file not found: {weights}")
-    return f"file:{os.path.basename(weights)}:sha256:{_sha256(weights)[:12]}"
-
-
-def _imagenet(resnet50):
-    try:
-        return resnet50.ResNet50(weights="imagenet")
-    except Exception as exc:  # URLError, HTTPError, OSError, ...: Keras does not narrow them
-        raise WeightsError(
-            f"Could not download the ImageNet weights ({one_line(exc, 300)}). "
-            f"Download {IMAGENET_WEIGHTS_FILE} on a machine with internet access and set "
-            f"IMGQ_WEIGHTS=/path/to/{IMAGENET_WEIGHTS_FILE} (or pass --weights)."
-        ) from None
-
-
-def _random_seed(weights: str) -> int:
-    _, _, seed = weights.partition(":")
-    try:
-        return int(seed or 0)
-    except ValueError:
-        raise WeightsError(f"Expected random or random:SEED with an integer seed. Received: {weights!r}") from None
-
-
-def _local_file(resnet50, path: str):
-    try:
-        if path.endswith(".keras"):
-            import keras
-
-            model = keras.saving.load_model(path, compile=False)
-        else:
-            model = resnet50.ResNet50(weights=path)
-    except Exception as exc:  # h5py and Keras raise many kinds for a wrong file
-        raise WeightsError(f"Could not load weights from {path}: {one_line(exc)}") from None
-    if tuple(model.output_shape) != (None, 1000):
-        raise WeightsError(f"Expected a model with 1000 ImageNet outputs. Received output shape: "
-                           f"{model.output_shape} from {path}")
-    return model
+    model, weights_id, _ = build_model(_resnet50(), weights)
+    return model, weights_id
 
 
 def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for chunk in iter(lambda: file.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return sha256(path)
+
+
+__all__ = ["Classifier", "WeightsError", "build_model", "build_resnet50", "describe_weights", "load_classifier",
+           "model_spec", "random_seed"]

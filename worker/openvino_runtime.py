@@ -1,10 +1,16 @@
-"""ResNet50 on OpenVINO: the Keras model converted once, cached on disk, compiled once per layer set.
+"""Any model on OpenVINO: the Keras model converted once, cached on disk, compiled once per layer set.
 
 Keras still defines the model and loads every kind of weights (worker/model.py); OpenVINO only runs it.
 The same graph runs faster than under TensorFlow on CPUs (the measured figures, with their machine: BENCHMARKS.md,
-"OpenVINO's speed-up"). The conversion (TensorFlow import, Keras build, ov.convert_model: ~6 s) is done once per
-weights, output layers and OpenVINO version, and saved under ``<state_dir>/openvino``: a worker that finds
-its conversion there never imports TensorFlow at all and is ready in about two seconds.
+"OpenVINO's speed-up"); not every model gains as much (IMGQ_RUNTIME=auto measures it: worker/runtime_choice.py).
+The conversion (TensorFlow import, Keras build, ov.convert_model: seconds) is done once per model, weights,
+output layers and OpenVINO and Keras versions, and saved under ``<state_dir>/openvino`` with the digests of
+its files (worker/ov_cache.py): a worker that finds a whole conversion there never imports TensorFlow at all.
+
+The model's preprocessing is compiled into the graph (OpenVINO's PrePostProcessor): the converted model takes
+uint8 NHWC pixels, as decoded, and does Keras' preprocess_input of the model's family inside (channel order,
+mean, scale: ``_compile_preprocessing``), so the decode threads hand it bytes, not a float32 copy four times
+larger. tests/test_runtime_parity.py checks the result against TensorFlow on Keras' float input.
 
 The interface is worker/model.py's ``Classifier``'s (``predict_with``, ``warm_up``, ``weights_id``,
 ``precision``, ``runtime``), so that the gatherer, the batch pipeline and the activation dumps run unchanged.
@@ -17,19 +23,22 @@ import importlib.metadata
 import json
 import logging
 import os
-import shutil
 import threading
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from worker.model import WeightsError, build_resnet50, describe_weights
-from worker.preprocess import TARGET_SIZE, one_line
+from imgq.models import ModelSpec
+from worker.model import WeightsError, as_probabilities, build_model, describe_weights, layer_output, model_spec
+from worker.ov_cache import CacheEntry
+from worker.preprocess import CAFFE_MEAN_BGR, TORCH_MEAN, TORCH_STD, Target, one_line
 
 log = logging.getLogger(__name__)
 
 PROBABILITIES = "probabilities"  # the converted model's output name for the class probabilities
-INPUT_SHAPE = [-1, *TARGET_SIZE, 3]  # any batch length: a short batch runs as it is, never padded
+CONVERSION_FORMAT = 2
+# In every cache key: 2 = uint8 NHWC input with the preprocessing inside. Format 1 (float32 input) entries
+# are never read again.
 PERFORMANCE_HINT = "LATENCY"
 # One inference stream using every core, for one synchronous request at a time: what worker/gather.py
 # sends. THROUGHPUT (one stream per core, requests in parallel) measured slower here, since the gatherer
@@ -60,19 +69,22 @@ def _package_version(*names: str) -> str:
     return "unknown"
 
 
-def cache_key(weights_id: str, layers: tuple[str, ...], ov_version: str) -> str:
-    """The conversion cache's folder name for a model. Keras' version is in it too: ``random:SEED``
-    weights are only the same weights under the same Keras."""
-    parts = [weights_id, list(layers), ov_version, _package_version("keras")]
-    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:20]
+def cache_key(weights_id: str, layers: tuple[str, ...], ov_version: str, model_id: str = "resnet50",
+              preprocessing: str = "caffe") -> str:
+    """The conversion cache's folder name for a model: its id (with its file digest for a folder model),
+    weights, output layers and preprocessing, with OpenVINO's and Keras' versions (``random:SEED`` weights are
+    only the same weights under the same Keras)."""
+    parts = [model_id, weights_id, list(layers), preprocessing, ov_version, _package_version("keras"),
+             CONVERSION_FORMAT]
+    return f"{model_id.split('@')[0]}-" + hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:20]
 
 
 @dataclass
 class OpenVINOClassifier:
-    """ResNet50 with ``weights`` compiled by OpenVINO for ``precision`` (fp32 or bf16) on ``device``.
+    """``spec``'s model with ``weights`` compiled by OpenVINO for ``precision`` (fp32 or bf16) on ``device``.
 
     ``cache_dir``: where conversions are kept (None: nowhere, convert at every start). ``threads``: 0 lets
-    OpenVINO use every core.
+    OpenVINO use every core. ``spec``: the model (ResNet50 by default).
     """
 
     weights: str
@@ -85,7 +97,24 @@ class OpenVINOClassifier:
     load_seconds: float = 0.0
     runtime: str = ""
     converted: list[tuple[str, ...]] = field(default_factory=list)  # layer sets this process converted
+    spec: ModelSpec | str = "resnet50"
     _keras_model: object = None
+    takes_pixels = True  # uint8 pixels: the preprocessing is in the graph
+
+    @property
+    def target(self) -> Target:
+        return Target.of(self.spec)
+
+    @property
+    def model_id(self) -> str:
+        return self.spec.id
+
+    def model_input(self, pixels: list[np.ndarray]) -> np.ndarray:
+        """The batch ``predict`` takes: the decoded uint8 pixels, stacked (the graph preprocesses them)."""
+        batch = np.empty((len(pixels), *self.target.shape), dtype=np.uint8)
+        for row, image in zip(batch, pixels, strict=True):
+            row[...] = image
+        return batch
 
     def __post_init__(self):
         try:
@@ -93,7 +122,8 @@ class OpenVINOClassifier:
         except ImportError as exc:
             raise OpenVINOError(f"OpenVINO is not installed ({one_line(exc)}): pip install openvino, "
                                 f"or {FALLBACK}.") from None
-        self.weights_id = self.weights_id or describe_weights(self.weights)
+        self.spec = model_spec(self.spec)
+        self.weights_id = self.weights_id or describe_weights(self.weights, self.spec)
         self.runtime = f"openvino {openvino_version()}"
         self._core = ov.Core()
         self._compiled: dict[tuple[str, ...], tuple[object, object]] = {}
@@ -123,57 +153,69 @@ class OpenVINOClassifier:
         return self._compiled[layers]
 
     def _read_or_convert(self, layers: tuple[str, ...]):
-        path = self._cache_path(layers)
-        if path and os.path.isfile(path):
+        entry = self.cache_entry(layers)
+        if entry is not None and entry.valid():
             try:
-                return self._core.read_model(path)
+                model = self._core.read_model(entry.xml)
+                self._complete_spec(entry.about())
+                return model
             except Exception as exc:  # a damaged cache entry is converted again, not fatal
-                log.warning("Converting again: cannot read the cached OpenVINO model %s (%s)", path, one_line(exc))
+                log.warning("Converting again: cannot read the cached OpenVINO model %s (%s)", entry.xml,
+                            one_line(exc))
         model = self._convert(layers)
-        if path:
-            self._save(model, path)
+        if entry is not None:
+            entry.save(lambda folder: self._write(model, folder), self._about())
         return model
 
-    def _cache_path(self, layers: tuple[str, ...]) -> str | None:
+    def cache_entry(self, layers: tuple[str, ...] = ()) -> CacheEntry | None:
+        """The cache entry of this model's conversion with ``layers`` (None without a cache folder)."""
         if not self.cache_dir:
             return None
-        return os.path.join(self.cache_dir, cache_key(self.weights_id, layers, openvino_version()), "model.xml")
+        key = cache_key(self.weights_id, layers, openvino_version(), self.spec.id, self.spec.preprocessing)
+        return CacheEntry(self.cache_dir, key)
+
+    def _about(self) -> dict:
+        return {"model": self.spec.id, "weights": self.weights_id, "openvino": openvino_version(),
+                "keras": _package_version("keras"), "input": list(self.target.shape),
+                "feature_layer": self.spec.feature_layer}
+
+    def _complete_spec(self, about: dict) -> None:
+        """A .h5 folder model's input size and feature layer, from the entry (no Keras load needed)."""
+        import dataclasses
+
+        if self.spec.input_size == (0, 0) and len(about.get("input", ())) == 3:
+            height, width, channels = about["input"]
+            self.spec = dataclasses.replace(self.spec, input_size=(height, width), channels=channels)
+        if self.spec.feature_layer is None and about.get("feature_layer"):
+            self.spec = dataclasses.replace(self.spec, feature_layer=about["feature_layer"])
+
+    @staticmethod
+    def _write(model, folder: str) -> None:
+        import openvino as ov
+
+        ov.save_model(model, os.path.join(folder, "model.xml"), compress_to_fp16=False)
 
     def _convert(self, layers: tuple[str, ...]):
         """The Keras model (built on first need: TensorFlow is imported only here) as an OpenVINO model."""
         import openvino as ov
 
         if self._keras_model is None:
-            self._keras_model, _ = build_resnet50(self.weights)
+            self._keras_model, _, self.spec = build_model(self.spec, self.weights)
+        shape = self.target.shape
         try:
-            model = ov.convert_model(_keras_function(self._keras_model, layers), input=[INPUT_SHAPE])
+            model = ov.convert_model(_keras_function(self._keras_model, layers, shape), input=[[-1, *shape]])
+            model = _compile_preprocessing(model, self.spec.preprocessing, shape[2])
         except Exception as exc:
-            raise OpenVINOError(f"OpenVINO could not convert the model with weights {self.weights_id} "
+            raise OpenVINOError(f"OpenVINO could not convert {self.spec.id} with weights {self.weights_id} "
                                 f"({one_line(exc, 300)}); {FALLBACK}.") from None
         self.converted.append(layers)
-        log.info("Converted ResNet50 (weights %s, outputs %s) to OpenVINO", self.weights_id,
+        log.info("Converted %s (weights %s, outputs %s) to OpenVINO", self.spec.id, self.weights_id,
                  ", ".join((PROBABILITIES, *layers)))
         return model
 
-    def _save(self, model, path: str) -> None:
-        """Write the conversion to a temporary folder, then rename it into place: a worker starting at the
-        same time sees a whole conversion or none. Failing to cache costs the next start time, not this one."""
-        import openvino as ov
-
-        folder = os.path.dirname(path)
-        partial = f"{folder}.partial-{os.getpid()}-{threading.get_ident()}"
-        try:
-            os.makedirs(partial, exist_ok=True)
-            ov.save_model(model, os.path.join(partial, "model.xml"), compress_to_fp16=False)
-            with open(os.path.join(partial, "about.json"), "w") as file:
-                json.dump({"weights": self.weights_id, "openvino": openvino_version()}, file)
-            os.replace(partial, folder)
-        except OSError as exc:  # read-only or full state dir; or another worker renamed its copy first
-            log.warning("OpenVINO conversion not cached in %s: %s", folder, exc.strerror or exc)
-            shutil.rmtree(partial, ignore_errors=True)
-
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        """Probabilities of shape (n, 1000) for ``batch`` of shape (n, 224, 224, 3), in slices of batch_size."""
+        """Probabilities of shape (n, classes) for ``batch`` (uint8 pixels: ``model_input``), in slices of
+        batch_size."""
         return self.predict_with(batch, ())[0]
 
     def predict_with(self, batch: np.ndarray, layers: tuple[str, ...]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -183,35 +225,67 @@ class OpenVINOClassifier:
         parts: list[list[np.ndarray]] = [[] for _ in ports]
         with self._lock:
             for start in range(0, len(batch), self.batch_size):
-                chunk = np.ascontiguousarray(batch[start:start + self.batch_size], dtype=np.float32)
+                chunk = np.ascontiguousarray(batch[start:start + self.batch_size], dtype=np.uint8)
                 # share_inputs: the slice is read in place; outputs are copied (the next pass reuses them)
                 result = request.infer({0: chunk}, share_inputs=True)
                 for part, port in zip(parts, ports, strict=True):
                     part.append(result[port])
         if not parts[0]:
-            return np.zeros((0, 1000), dtype=np.float32), {name: np.zeros((0,)) for name in layers}
+            return (np.zeros((0, len(self.spec.labels)), dtype=np.float32),
+                    {name: np.zeros((0,)) for name in layers})
         joined = [p[0] if len(p) == 1 else np.concatenate(p) for p in parts]
-        return joined[0], dict(zip(layers, joined[1:], strict=True))
+        return as_probabilities(joined[0], self.spec), dict(zip(layers, joined[1:], strict=True))
 
     def warm_up(self) -> None:
         """Compile (converting if not cached) and run a full and a single-image batch before the first task."""
+        self._compiled_for(())  # a .h5 folder model's input size is known once its conversion is
         for n in (self.batch_size, 1):
-            self.predict(np.zeros((n, *TARGET_SIZE, 3), dtype=np.float32))
+            self.predict(np.zeros((n, *self.target.shape), dtype=np.uint8))
 
 
-def _keras_function(model, layers: tuple[str, ...]):
+def _keras_function(model, layers: tuple[str, ...], shape: tuple[int, int, int]):
     """A tf.function over any batch length whose outputs are named: the probabilities and each layer."""
     import keras
     import tensorflow as tf
 
-    outputs = {PROBABILITIES: model.output, **{name: model.get_layer(name).output for name in layers}}
+    outputs = {PROBABILITIES: model.output, **{name: layer_output(model, name) for name in layers}}
     multi = keras.Model(model.input, outputs)
-    signature = [tf.TensorSpec((None, *TARGET_SIZE, 3), tf.float32)]
+    signature = [tf.TensorSpec((None, *shape), tf.float32)]
     return tf.function(lambda x: multi(x, training=False), input_signature=signature)
 
 
+def _compile_preprocessing(model, preprocessing: str, channels: int):
+    """``model`` (float32 input, Keras' preprocessed pixels) taking uint8 NHWC pixels instead, with Keras'
+    ``preprocess_input`` of ``preprocessing`` inside the graph, in Keras' order:
+
+    - caffe: reverse the channels (RGB -> BGR), subtract CAFFE_MEAN_BGR;
+    - tf: divide by 127.5, subtract 1;
+    - torch: divide by 255, subtract TORCH_MEAN, divide by TORCH_STD;
+    - none: convert to float32 only.
+
+    OpenVINO may compute a division as a multiplication by the reciprocal: the input then differs from
+    Keras' by a rounding (1 ulp), which the parity tests bound."""
+    import openvino as ov
+    from openvino.preprocess import PrePostProcessor
+
+    ppp = PrePostProcessor(model)
+    given = ppp.input(0)
+    given.tensor().set_element_type(ov.Type.u8).set_layout(ov.Layout("NHWC"))
+    given.model().set_layout(ov.Layout("NHWC"))
+    steps = given.preprocess().convert_element_type(ov.Type.f32)
+    if preprocessing == "caffe":
+        steps.reverse_channels().mean([float(v) for v in CAFFE_MEAN_BGR])
+    elif preprocessing == "tf":
+        steps.scale(127.5).mean(1.0)
+    elif preprocessing == "torch":
+        steps.scale(255.0).mean(list(TORCH_MEAN)).scale(list(TORCH_STD))
+    elif preprocessing != "none":
+        raise ValueError(f"Expected a preprocessing among caffe, tf, torch, none. Received: {preprocessing!r}")
+    return ppp.build()
+
+
 def load_openvino(weights: str, batch_size: int, precision: str, cache_dir: str | None,
-                  threads: int = 0) -> OpenVINOClassifier:
+                  threads: int = 0, spec: ModelSpec | str = "resnet50") -> OpenVINOClassifier:
     """An OpenVINOClassifier, not yet warmed up. ``precision`` is the one in effect (see
     worker.model.resolve_precision). Raises WeightsError, OpenVINOError."""
-    return OpenVINOClassifier(weights, batch_size, precision, cache_dir, threads=threads)
+    return OpenVINOClassifier(weights, batch_size, precision, cache_dir, threads=threads, spec=spec)

@@ -28,6 +28,7 @@ import stat
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import BinaryIO
 
 import numpy as np
@@ -41,9 +42,39 @@ from worker.errors import ImageError, one_line
 from worker.memory import decode_budget, webp_cost
 from worker.reads import BudgetedFile, ReadBudgetExceeded
 
-TARGET_SIZE = (224, 224)  # (height, width), as Keras' target_size
+TARGET_SIZE = (224, 224)  # (height, width), as Keras' target_size: ResNet50's, the default model's
 INTERPOLATION = Image.Resampling.NEAREST  # load_img's default interpolation="nearest"
 CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], dtype=np.float32)
+TORCH_MEAN = (0.485, 0.456, 0.406)
+TORCH_STD = (0.229, 0.224, 0.225)
+INTERPOLATIONS = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
+                  "bicubic": Image.Resampling.BICUBIC, "hamming": Image.Resampling.HAMMING,
+                  "box": Image.Resampling.BOX, "lanczos": Image.Resampling.LANCZOS}  # load_img's names
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a model's input needs from a picture: ``size`` (height, width), ``channels`` (1: greyscale as
+    load_img(color_mode="grayscale") makes it, 3: RGB), ``resize`` (squash: load_img's stretch; crop:
+    load_img(keep_aspect_ratio=True)'s centred crop) and ``interpolation`` (load_img's names). The default
+    is ResNet50's: 224x224 RGB, squashed, nearest."""
+
+    size: tuple[int, int] = TARGET_SIZE
+    channels: int = 3
+    resize: str = "squash"
+    interpolation: str = "nearest"
+
+    @classmethod
+    def of(cls, spec) -> Target:
+        """The target of an imgq.models.ModelSpec (complete: its input size known)."""
+        return cls(tuple(spec.input_size), spec.channels, spec.resize, spec.interpolation)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (*self.size, self.channels)
+
+
+RESNET50 = Target()
 
 
 # Image.open(formats=...) only looks among the plugins already registered; register them all now, HEIF too.
@@ -83,8 +114,8 @@ def check_allowed(path: str, allowed_roots: tuple[str, ...]) -> str:
 
 
 def load_pixels(path: str, *, allowed_roots: tuple[str, ...] = (), max_pixels: int = 89_478_485,
-                max_file_bytes: int = 256 * 1024**2, jpeg_draft: bool = False) -> np.ndarray:
-    """Decode ``path`` into a uint8 array of shape (224, 224, 3), RGB, upright.
+                max_file_bytes: int = 256 * 1024**2, jpeg_draft: bool = False, target: Target = RESNET50) -> np.ndarray:
+    """Decode ``path`` into a uint8 array of ``target.shape`` ((224, 224, 3) RGB by default), upright.
 
     ``jpeg_draft``: let libjpeg decode a large JPEG at 1/2, 1/4 or 1/8 scale (DCT scaling, never below
     224 px a side) before the resize. A 12 MP photo then decodes ~10x faster; the picture is the same
@@ -93,7 +124,7 @@ def load_pixels(path: str, *, allowed_roots: tuple[str, ...] = (), max_pixels: i
     Raises ImageError with code forbidden, missing, unreadable, not_an_image, too_large or corrupt.
     """
     with checked_file(path, allowed_roots, max_file_bytes) as file:
-        return decode_pixels(file, max_pixels=max_pixels, jpeg_draft=jpeg_draft, name=path)
+        return decode_pixels(file, max_pixels=max_pixels, jpeg_draft=jpeg_draft, target=target, name=path)
 
 
 @contextmanager
@@ -146,8 +177,8 @@ def opened_path(fd: int) -> str:
 
 
 def decode_pixels(file: BinaryIO, *, max_pixels: int = 89_478_485, jpeg_draft: bool = False,
-                  name: str = "") -> np.ndarray:
-    """The (224, 224, 3) uint8 RGB pixels of the image in ``file`` (see ``load_pixels``); ``name``, the file's
+                  target: Target = RESNET50, name: str = "") -> np.ndarray:
+    """The ``target.shape`` uint8 pixels of the image in ``file`` (see ``load_pixels``); ``name``, the file's
     name, tells a camera RAW whose content has no mark of its own (worker/formats.py).
 
     Raises ImageError with code not_an_image, too_large, corrupt or no_preview.
@@ -168,8 +199,8 @@ def decode_pixels(file: BinaryIO, *, max_pixels: int = 89_478_485, jpeg_draft: b
             if image.format == formats.HEIF:
                 formats.check_heif_cost(*image.size, os.fstat(file.fileno()).st_size, max_pixels)
             if jpeg_draft and image.format == "JPEG":
-                image.draft(image.mode, (TARGET_SIZE[1], TARGET_SIZE[0]))
-            return _to_pixels(image, max_pixels, orientation)
+                image.draft(image.mode, (max(target.size), max(target.size)))
+            return _to_pixels(image, max_pixels, target, orientation)
     except ReadBudgetExceeded as exc:
         raise ImageError("corrupt", str(exc)) from None
     except OSError as exc:  # Pillow's "image file is truncated" and kin
@@ -219,12 +250,14 @@ def _too_large(exc: Image.DecompressionBombError, max_pixels: int) -> ImageError
     return ImageError("too_large", f"{found.group(1) if found else 'its'} pixels is more than {max_pixels} pixels")
 
 
-def _to_pixels(image: Image.Image, max_pixels: int, orientation: int | None = None) -> np.ndarray:
-    """Keras' load_img steps (nearest resize, RGB), then the EXIF orientation on the small image.
+def _to_pixels(image: Image.Image, max_pixels: int, target: Target = RESNET50,
+               orientation: int | None = None) -> np.ndarray:
+    """Keras' load_img steps (resize, RGB or greyscale), then the EXIF orientation on the small image.
 
-    Keras converts to RGB first and resizes second; every conversion here (16-bit scaling, palette lookup,
-    CMYK, dropping alpha) maps each pixel alone, and a nearest resize picks pixels without mixing them,
-    so the order does not change a pixel, and resizing first converts 224x224 pixels instead of all.
+    Keras converts first and resizes second. With nearest (its default), every conversion here (16-bit
+    scaling, palette lookup, CMYK, dropping alpha, RGB to grey) maps each pixel alone, and a nearest resize
+    picks pixels without mixing them, so the order does not change a pixel, and resizing first converts
+    the target's pixels instead of all. Other interpolations mix pixels: those convert first, as Keras does.
     ``orientation``: the image's own EXIF orientation wins when it says to turn it; else this one (a RAW's
     camera orientation; 1 for a HEIF, which libheif turned already); else none.
     """
@@ -236,17 +269,45 @@ def _to_pixels(image: Image.Image, max_pixels: int, orientation: int | None = No
         raise _too_large(exc, max_pixels) from None
     except (SyntaxError, ValueError, EOFError) as exc:
         raise ImageError("corrupt", one_line(exc)) from None
-    width_height = (TARGET_SIZE[1], TARGET_SIZE[0])
-    if image.size != width_height:
-        image = image.resize(width_height, INTERPOLATION)
-    if image.mode in _SIXTEEN_BIT_MODES:
-        image = _sixteen_to_eight_bits(image)
-    if image.mode != "RGB":
-        image = image.convert("RGB")
+    height, width = target.size
+    if orientation in _SWAPS_AXES:  # resized lying down, then turned upright: the target lies down too
+        height, width = width, height
+    nearest = target.interpolation == "nearest"
+    if not nearest:
+        image = _converted(image, target.channels)
+    image = _resized(image, (width, height), target)
+    if nearest:
+        image = _converted(image, target.channels)
     transpose = _TRANSPOSE_FOR_ORIENTATION.get(orientation)
     if transpose is not None:
         image = image.transpose(transpose)
-    return np.asarray(image, dtype=np.uint8)
+    pixels = np.asarray(image, dtype=np.uint8)
+    return pixels if target.channels == 3 else pixels[..., None]
+
+
+_SWAPS_AXES = {5, 6, 7, 8}
+
+
+def _resized(image: Image.Image, width_height: tuple[int, int], target: Target) -> Image.Image:
+    """load_img's resize: the whole picture (squash), or its centred box of the target's aspect ratio (crop,
+    load_img's keep_aspect_ratio=True, with its integer arithmetic)."""
+    resample = INTERPOLATIONS[target.interpolation]
+    if target.resize == "crop":
+        width, height = image.size
+        target_width, target_height = width_height
+        crop_height = min(height, (width * target_height) // target_width)
+        crop_width = min(width, (height * target_width) // target_height)
+        top, left = (height - crop_height) // 2, (width - crop_width) // 2
+        return image.resize(width_height, resample, box=(left, top, left + crop_width, top + crop_height))
+    return image if image.size == width_height else image.resize(width_height, resample)
+
+
+def _converted(image: Image.Image, channels: int) -> Image.Image:
+    """RGB, or 8-bit greyscale ("L"); 16-bit greyscale scaled to 8 bits either way."""
+    if image.mode in _SIXTEEN_BIT_MODES:
+        image = _sixteen_to_eight_bits(image)
+    mode = "RGB" if channels == 3 else "L"
+    return image if image.mode == mode else image.convert(mode)
 
 
 def _sixteen_to_eight_bits(image: Image.Image) -> Image.Image:
@@ -258,12 +319,32 @@ def _sixteen_to_eight_bits(image: Image.Image) -> Image.Image:
     return Image.fromarray((np.clip(values, 0, 65535) >> 8).astype(np.uint8), "L")
 
 
-def to_model_input(pixels: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """Keras' ``preprocess_input`` for ResNet50 ("caffe"): RGB -> BGR, minus the ImageNet mean, float32.
+def to_model_input(pixels: np.ndarray, out: np.ndarray | None = None, preprocessing: str = "caffe") -> np.ndarray:
+    """Keras' ``preprocess_input`` of the model's family, in float32 (imgq.models.PREPROCESSINGS):
 
-    ``pixels``: uint8 or float, shape (..., 3), RGB. Writes into ``out`` when given (a batch buffer).
+    - caffe (ResNet50): RGB -> BGR, minus the ImageNet mean;
+    - tf (ResNet50V2): x / 127.5 - 1;
+    - torch: x / 255, minus the mean, divided by the deviation, per RGB channel;
+    - none (models that rescale inside, such as EfficientNetV2, ConvNeXt, MobileNetV3): the pixels as floats.
+
+    Each step is Keras' own numpy step, in its order, so the result is Keras' to the bit
+    (tests/test_preprocess.py). ``pixels``: uint8 or float, shape (..., channels). Writes into ``out`` when
+    given (a batch buffer).
     """
     if out is None:
         out = np.empty(pixels.shape, dtype=np.float32)
-    np.subtract(pixels[..., ::-1], CAFFE_MEAN_BGR, out=out, dtype=np.float32)
+    if preprocessing == "caffe":
+        np.subtract(pixels[..., ::-1], CAFFE_MEAN_BGR, out=out, dtype=np.float32)
+        return out
+    out[...] = pixels
+    if preprocessing == "tf":
+        out /= 127.5
+        out -= 1.0
+    elif preprocessing == "torch":
+        out /= 255.0
+        for channel in range(3):
+            out[..., channel] -= TORCH_MEAN[channel]
+            out[..., channel] /= TORCH_STD[channel]
+    elif preprocessing != "none":
+        raise ValueError(f"Expected a preprocessing among caffe, tf, torch, none. Received: {preprocessing!r}")
     return out

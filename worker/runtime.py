@@ -16,8 +16,9 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from imgq.contract import Heartbeat
+from imgq.contract import MODEL_NAME, Heartbeat
 from imgq.deliveries import Deliveries
+from imgq.models import ModelSpec
 from imgq.redis_limits import redis_warning
 from imgq.settings import Settings
 from imgq.store import ResultStore
@@ -60,6 +61,17 @@ class Runtime:
     heads: HeadCache = field(default_factory=HeadCache)  # heads applied by this process, fetched once
     stopping: threading.Event = field(default_factory=threading.Event)  # set once: no heartbeat after it
     _beat_lock: threading.Lock = field(default_factory=threading.Lock)  # a beat is sent whole or not at all
+    spec: ModelSpec | None = None  # the model this worker serves (IMGQ_MODEL), set by _build
+
+    @property
+    def model(self) -> str:
+        """The name of the model this worker serves: the queue it consumes, the jobs it takes."""
+        return self.spec.name if self.spec else MODEL_NAME
+
+    @property
+    def model_id(self) -> str:
+        """What its records carry in ``model`` (imgq.models.ModelSpec.id)."""
+        return self.spec.id if self.spec else MODEL_NAME
 
     def count_done(self, images: int) -> None:
         now = time.monotonic()
@@ -97,9 +109,9 @@ class Runtime:
             self._recent.popleft()
 
     def heartbeat(self, hostname: str) -> Heartbeat:
-        return Heartbeat(hostname=hostname, pid=os.getpid(), host=socket.gethostname(),
-                         weights=self.classifier.weights_id, precision=self.classifier.precision,
-                         runtime=self.classifier.runtime,
+        return Heartbeat(hostname=hostname, pid=os.getpid(), host=socket.gethostname(), model=self.model,
+                         model_id=self.model_id, weights=self.classifier.weights_id,
+                         precision=self.classifier.precision, runtime=self.classifier.runtime,
                          pool=self.celery_pool or self.settings.pool, batch_size=self.settings.batch_size,
                          started_at=self.started_at, sent_at=time.time(), images_done=self.images_done,
                          in_hand=tuple(sorted(self.in_hand)),
@@ -131,7 +143,7 @@ def _build(settings: Settings, hostname: str) -> Runtime:
     from worker.model import load_classifier  # imports TensorFlow or OpenVINO: only here, after any fork
 
     classifier = load_classifier(settings.weights, settings.batch_size, settings.precision, settings.runtime,
-                                 cache_dir=os.path.join(settings.state_dir, "openvino"))
+                                 cache_dir=os.path.join(settings.state_dir, "openvino"), model=settings.model)
     store = ResultStore.from_settings(settings)
     worker_id = f"{hostname}:{os.getpid()}"
     gatherer = Gatherer(classifier, settings.batch_size, pass_timeout=settings.forward_pass_timeout,
@@ -140,6 +152,7 @@ def _build(settings: Settings, hostname: str) -> Runtime:
                       Deliveries(store.redis, store.keys),
                       ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="imgq-decode"),
                       worker_id=worker_id)
+    runtime.spec = classifier.spec  # the model loaded, as worker/app.py resolved it to choose the queue
     runtime.redis_warning = redis_warning(settings)
     if runtime.redis_warning:  # before Celery's logging is set up: Python prints warnings on stderr then
         log.warning("%s", runtime.redis_warning)

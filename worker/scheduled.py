@@ -2,7 +2,8 @@
 
 A tick is a walk and a few Redis round trips per thousand files, then a job submitted like `imgq submit`
 would: it takes a worker thread briefly, like a small batch, and never waits for the job it submits (the
-next tick settles it). It has no model to load, so it runs in any worker of the namespace.
+next tick settles it). Beat sends it to the queue of the schedule's model (imgq/schedules.py), so it runs on a
+worker of that model: a tick is taken only where its job will be.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ import redis
 from celery.exceptions import Reject
 
 from imgq.contract import REF_VERSION, TASK_CLASSIFY_BATCH, BatchMessage, BatchRef
+from imgq.queue import publish
 from imgq.store import ResultStore
 from worker.app import app, settings
 from worker.batch import run_batch
@@ -44,6 +45,8 @@ def classify_batch(self, payload: dict) -> int:
         if message is None:  # its job was deleted or has expired: nothing to do, nothing to write
             log.info("Batch %s: no such job any more, skipped", payload)
             return 0
+        if message.model != runtime.model:
+            return _send_to_its_model(message, runtime)
         records = run_batch(message, runtime, worker=self.request.hostname)
     except redis.RedisError as exc:
         METRICS.batch_failed(exc)
@@ -54,3 +57,12 @@ def classify_batch(self, payload: dict) -> int:
     METRICS.observe_batch(records, time.perf_counter() - started)
     runtime.count_done(len(records))
     return len(records)
+
+
+def _send_to_its_model(message: BatchMessage, runtime) -> int:
+    """A batch of another model's job, in this worker's queue (sent there by hand, or by a sender that routed
+    by queue alone): never classified with the wrong model, but sent on to its own model's queue."""
+    log.warning("Batch %d of job %s is for model %s, not %s: sent to that model's queue", message.batch,
+                message.job, message.model, runtime.model)
+    publish([BatchRef(message.job, message.batch, message.model)], runtime.settings)
+    return 0

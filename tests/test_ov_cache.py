@@ -1,0 +1,122 @@
+"""The OpenVINO conversion cache (worker/ov_cache.py): an entry is checked against the digests written with it,
+a damaged one is replaced, files reach the disk before the rename, stale partial folders are removed (issue
+19, items 10 and 11). The small greyscale CNN converts in a second, so every test converts for real."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import numpy as np
+import pytest
+
+from tests import user_models
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return str(user_models.brightness_folder(tmp_path_factory.mktemp("model") / "brightness"))
+
+
+def load(folder, cache):
+    from worker.model import load_classifier
+
+    return load_classifier("imagenet", 2, runtime="openvino", model=folder, cache_dir=str(cache))
+
+
+def grey(level: int) -> list[np.ndarray]:
+    return [np.full((28, 28, 1), level, np.uint8)]
+
+
+def entries(cache) -> list[str]:
+    return sorted(name for name in os.listdir(cache) if "." not in name)
+
+
+def test_an_entry_carries_the_digests_of_its_files(folder, tmp_path):
+    from worker.ov_cache import file_sha256
+
+    load(folder, tmp_path)
+    (entry,) = entries(tmp_path)
+    about = json.loads((tmp_path / entry / "about.json").read_text())
+    assert about["model"].startswith("brightness@sha256:") and about["input"] == [28, 28, 1]
+    assert about["sha256"] == {name: file_sha256(str(tmp_path / entry / name)) for name in ("model.xml", "model.bin")}
+
+
+def test_a_zero_filled_model_bin_is_never_loaded_and_is_replaced(folder, tmp_path):
+    first = load(folder, tmp_path)
+    expected = first.predict(first.model_input(grey(200)))
+    (entry,) = entries(tmp_path)
+    weights = tmp_path / entry / "model.bin"
+    weights.write_bytes(bytes(weights.stat().st_size))  # the right size, all zeros: loads, answers nonsense
+    second = load(folder, tmp_path)
+    assert second.converted == [()]  # not trusted: converted again
+    np.testing.assert_allclose(second.predict(second.model_input(grey(200))), expected, atol=1e-6)
+    assert entries(tmp_path) == [entry] and weights.read_bytes() != bytes(weights.stat().st_size)
+    third = load(folder, tmp_path)
+    assert third.converted == []  # the replaced entry is whole: read, not converted
+    assert not [name for name in os.listdir(tmp_path) if "." in name]  # nothing left aside
+
+
+@pytest.mark.parametrize("damage", ["no about.json", "truncated xml", "about.json not json"])
+def test_other_damage_is_replaced_too(folder, tmp_path, damage):
+    load(folder, tmp_path)
+    (entry,) = entries(tmp_path)
+    if damage == "no about.json":
+        (tmp_path / entry / "about.json").unlink()
+    elif damage == "truncated xml":
+        xml = tmp_path / entry / "model.xml"
+        xml.write_bytes(xml.read_bytes()[:100])
+    else:
+        (tmp_path / entry / "about.json").write_text("{")
+    assert load(folder, tmp_path).converted == [()]
+    assert load(folder, tmp_path).converted == []
+
+
+def test_files_are_synced_before_the_rename(folder, tmp_path, monkeypatch):
+    events = []
+    real_fsync, real_rename = os.fsync, os.rename
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))),
+                                                 real_fsync(fd))[1])
+    monkeypatch.setattr(os, "rename", lambda a, b: (events.append(("rename", str(b))), real_rename(a, b))[1])
+    load(folder, tmp_path)
+    (entry,) = entries(tmp_path)
+    rename = events.index(("rename", str(tmp_path / entry)))
+    synced = {os.path.basename(path) for kind, path in events[:rename] if kind == "fsync"}
+    assert {"model.xml", "model.bin", "about.json"} <= synced
+
+
+def test_stale_partial_folders_are_removed(folder, tmp_path):
+    old, fresh = tmp_path / "x.partial-1-2", tmp_path / "y.partial-3-4"
+    for partial in (old, fresh):
+        partial.mkdir()
+        (partial / "model.bin").write_bytes(b"\0" * 1000)
+    hours_ago = time.time() - 2 * 3600
+    os.utime(old, (hours_ago, hours_ago))
+    load(folder, tmp_path)  # a conversion being saved looks for leftovers
+    assert not old.exists() and fresh.exists()  # a fresh one may be another worker's, converting now
+
+
+def test_auto_measures_once_per_model_and_cpu_and_records_it(folder, tmp_path, monkeypatch):
+    from worker import runtime_choice
+    from worker.model import load_classifier
+
+    first = load_classifier("imagenet", 4, runtime="auto", model=folder, cache_dir=str(tmp_path))
+    (entry,) = entries(tmp_path)
+    (record_file,) = [name for name in os.listdir(tmp_path / entry) if name.startswith("runtime-")]
+    record = json.loads((tmp_path / entry / record_file).read_text())
+    assert record["choice"] in ("openvino", "tensorflow") and first.runtime.startswith(record["choice"])
+    assert set(record["images_per_second"]) == {"openvino", "tensorflow"} and record["model"] == first.model_id
+    assert record["cpu"] == runtime_choice.cpu_fingerprint()[0]
+
+    def no_measuring(*args):
+        raise AssertionError("measured again")
+
+    monkeypatch.setattr(runtime_choice, "measure", no_measuring)
+    again = load_classifier("imagenet", 4, runtime="auto", model=folder, cache_dir=str(tmp_path))
+    assert again.runtime.split()[0] == first.runtime.split()[0]
+    (tmp_path / entry / record_file).unlink()  # deleting the record measures again
+    with pytest.raises(AssertionError, match="measured again"):
+        load_classifier("imagenet", 4, runtime="auto", model=folder, cache_dir=str(tmp_path))
