@@ -139,7 +139,8 @@ def test_one_is_singular_and_params_are_words(run, store, settings, tmp_path):
     job = run("submit", str(tmp_path), "--retention", "2d").stdout.strip()
     assert run("status", job).stderr == "" and "Queued 1 image in 1 batch." in run("submit", str(tmp_path)).stderr
     lines = dict(line.strip().split(": ", 1) for line in run("status", job).stdout.splitlines())
-    assert lines["params"] == f"top_k 5, batch_size {settings.batch_size}, retention 2d" and lines["rate"] == "-"
+    assert lines["params"] == (f"top_k 5, batch_size {settings.batch_size}, model resnet50, feature_layer avg_pool, "
+                               "retention 2d") and lines["rate"] == "-"
     assert run("status", "--workers").stdout.splitlines()[0] == "2 batches queued; 0 workers alive; 2 jobs in flight."
     store.record_results(job, [ok_record(job, 0, "/p/0.jpg", TOP, weights=TRAINED)])
     store.mark_started(job)

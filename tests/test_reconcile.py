@@ -93,6 +93,7 @@ def test_an_active_job_without_its_hash_does_not_stop_the_others(settings, store
     job = _job(settings, store, tmp_path / "lost", 4)
     store.redis.delete(store.keys.kombu_queue)  # its one message lost
     store.redis.sadd(store.keys.active, "evicted1", "evicted2")
+    _alive(store)
     runtime = SimpleNamespace(store=store, settings=settings, deliveries=deliveries)
     assert reconcile(runtime, now=time.time() + settings.reconcile_seconds + 1) == 1
     assert store.active_jobs() == {job}
@@ -112,6 +113,7 @@ def test_a_job_whose_queueing_failed_is_queued_again_after_the_reconcile_period_
     backlog = _job(settings, store, tmp_path / "backlog", 4)
     publish([BatchRef(backlog, 0)] * 20, settings)
     deliveries = Deliveries(store.redis, store.keys)
+    _alive(store)
     runtime = SimpleNamespace(store=store, settings=settings, deliveries=deliveries)
     assert reconcile(runtime, now=time.time() + settings.reconcile_seconds / 2) == 0  # not before the period
     later = time.time() + settings.reconcile_seconds + 1
