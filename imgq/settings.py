@@ -10,6 +10,7 @@ import dataclasses
 import ipaddress
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
@@ -178,6 +179,12 @@ class Settings:
             raw = environ.get(env_var(f.name))
             if raw is not None and raw != "":
                 values[f.name] = _parse(f.name, raw)
+        for name in URL_FILE_SETTINGS:  # IMGQ_BROKER_URL_FILE: the URL from a file, e.g. a Compose secret
+            path = environ.get(url_file_var(name))
+            if path:
+                if environ.get(env_var(name)):
+                    raise ValueError(f"Set {env_var(name)} or {url_file_var(name)}, not both.")
+                values[name] = read_url_file(name, path)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
@@ -188,6 +195,53 @@ class Settings:
             value = getattr(self, f.name)
             env[env_var(f.name)] = os.pathsep.join(value) if isinstance(value, tuple) else str(value)
         return env
+
+
+URL_FILE_SETTINGS = ("broker_url", "results_url")
+# Settings whose value may come from a file named by IMGQ_<NAME>_FILE instead of IMGQ_<NAME>: a URL holds the
+# Redis password, and a variable's value shows in `docker inspect` and /proc/PID/environ, a file's does not
+# (docs/deployment-secrets.md). Both set is an error, as for the official images' *_FILE variables.
+MAX_URL_FILE_BYTES = 64 * 1024  # a URL is a line; a bigger file is the wrong file
+
+
+def url_file_var(name: str) -> str:
+    """``IMGQ_BROKER_URL_FILE``: the variable naming a file that holds the setting ``name``."""
+    return env_var(name) + "_FILE"
+
+
+def read_url_file(name: str, path: str) -> str:
+    """The URL held by the file at ``path`` (for the setting ``name``): its one line, surrounding whitespace
+    and the final newline stripped.
+
+    A regular file of at most MAX_URL_FILE_BYTES, opened without blocking (a FIFO named by mistake is
+    refused, not waited on). Symbolic links are followed: the operator names this file, and Kubernetes
+    mounts its secrets as links. Raises ValueError naming the variable, never quoting the file's content.
+    """
+    where = f"{url_file_var(name)} ({path})"
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise ValueError(f"{where}: cannot open: {exc.strerror}.") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError(f"{where} is not a regular file.")
+        if info.st_size > MAX_URL_FILE_BYTES:
+            raise ValueError(f"{where} is larger than {MAX_URL_FILE_BYTES} bytes: not a URL file.")
+        data = os.read(fd, MAX_URL_FILE_BYTES + 1)
+    except OSError as exc:
+        raise ValueError(f"{where}: cannot read: {exc.strerror}.") from None
+    finally:
+        os.close(fd)
+    try:
+        url = data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise ValueError(f"{where} is not UTF-8 text.") from None
+    if not url:
+        raise ValueError(f"{where} is empty: it must hold the URL.")
+    if "\n" in url or "\r" in url:
+        raise ValueError(f"{where} holds more than one line: it must hold the URL alone.")
+    return url
 
 
 UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
