@@ -2,29 +2,52 @@
 #
 #   docker build -t imgq .                                  # weights downloaded on first start, then cached
 #   docker build -t imgq --build-arg BAKE_WEIGHTS=imagenet . # weights inside the image: no download at start
-FROM python:3.11-slim
+#   docker build -t imgq --build-arg BASE_IMAGE=localhost/imgq-base-python:3.11 \
+#       --secret id=pip_cert,src=/etc/ssl/certs/ca-certificates.crt .
+#                     # no public registry: a stand-in base (deploy/build-bases.sh); pip trusts a private CA
+#
+# podman build takes the same arguments. docs/deployment.md has the figures (size, build time).
+
+# The base: Python 3.11 with pip, `useradd` and a POSIX shell. Where the public registry cannot be reached,
+# deploy/build-bases.sh builds a stand-in from Debian's packages.
+ARG BASE_IMAGE=python:3.11-slim
+FROM ${BASE_IMAGE}
 
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
-    PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_ROOT_USER_ACTION=ignore
 
 # Celery refuses to be comfortable as root, and a worker reads whatever paths the queue names: run as a user.
 # uid 1000 is the usual first user on a Linux host, so bind-mounted photos are readable as they are.
 RUN useradd --create-home --uid 1000 --shell /usr/sbin/nologin imgq
 
-# The worker extra pulls tensorflow-cpu on x86_64 (no CUDA libraries: a far smaller image) and
-# prometheus-client for --metrics-port.
+# Two pip steps, so that a change to imgq's code reinstalls imgq alone (seconds), not TensorFlow (minutes):
+# 1. the dependencies of pyproject.toml, installed with empty packages standing in for the code;
+# 2. the code, without dependencies.
+# The worker extra pulls tensorflow-cpu on x86_64 (no CUDA libraries: a far smaller image), openvino and
+# prometheus-client (--metrics-port).
+# pip_cert (a build secret, never a layer): a CA bundle for pip, where the package index is reached through
+# a TLS-inspecting proxy (`--secret id=pip_cert,src=/etc/ssl/certs/ca-certificates.crt`); without it pip
+# uses its own certificates. The pip cache is a cache mount: kept by the builder between builds, never in
+# the image (what gets installed does not depend on it).
 WORKDIR /src
 COPY pyproject.toml README.md ./
+RUN --mount=type=secret,id=pip_cert --mount=type=cache,target=/root/.cache/pip,sharing=locked \
+    if [ -s /run/secrets/pip_cert ]; then export PIP_CERT=/run/secrets/pip_cert; fi && \
+    mkdir imgq producer worker && touch imgq/__init__.py producer/__init__.py worker/__init__.py && \
+    pip install '.[worker]' && pip uninstall --yes imgq && rm -rf /src/*
 COPY imgq ./imgq
 COPY producer ./producer
 COPY worker ./worker
-RUN pip install '.[worker]' && rm -rf /src
+COPY pyproject.toml README.md ./
+RUN --mount=type=secret,id=pip_cert --mount=type=cache,target=/root/.cache/pip,sharing=locked \
+    if [ -s /run/secrets/pip_cert ]; then export PIP_CERT=/run/secrets/pip_cert; fi && \
+    pip install --no-deps . && rm -rf /src
 
 # Mount points of docker-compose.yml's volumes, created here so that named volumes mounted on them start out
-# owned by imgq: the Keras cache (the ImageNet weights), activation dumps, reports.
-RUN mkdir -p /home/imgq/.keras/models /dumps /reports && chown -R imgq:imgq /home/imgq/.keras /dumps /reports
+# owned by imgq: the Keras cache (the ImageNet weights), activation dumps, Parquet sinks, reports.
+RUN mkdir -p /home/imgq/.keras/models /dumps /sink /reports && chown -R imgq:imgq /home/imgq/.keras /dumps /sink /reports
 
 USER imgq
 WORKDIR /home/imgq

@@ -4,6 +4,8 @@ as the Compose secrets of docker-compose.yml, instead of the environment, where 
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -33,6 +35,23 @@ def test_urls_come_from_files_whose_final_newline_is_dropped(tmp_path):
     # An empty variable counts as unset, as for every setting; the CLI's --broker-url still wins.
     assert Settings.from_env({"IMGQ_BROKER_URL_FILE": ""}).broker_url == Settings().broker_url
     assert Settings.from_env({"IMGQ_BROKER_URL_FILE": broker}, broker_url="redis://h:1/0").broker_url == "redis://h:1/0"
+
+
+def test_a_url_read_from_a_file_travels_to_a_child_as_the_file_name(tmp_path):
+    """`imgq worker` and `imgq classify` hand their settings to the worker process in its environment
+    (Settings.as_env): the file's name goes there, not the URL read from it."""
+    broker = write(tmp_path / "broker_url", "redis://:s3cret@redis:6379/0\n")
+    settings = Settings.from_env({"IMGQ_BROKER_URL_FILE": broker, "IMGQ_BATCH_SIZE": "3"})
+    env = settings.as_env()
+    assert (env["IMGQ_BROKER_URL"], env["IMGQ_BROKER_URL_FILE"]) == ("", broker)
+    assert "s3cret" not in json.dumps(env)
+    assert Settings.from_env(env) == settings
+    # A URL given another way (--broker-url, or changed since) travels as it is, and the file is dropped.
+    for changed in (Settings.from_env({"IMGQ_BROKER_URL_FILE": broker}, broker_url="redis://:pw@h:1/0"),
+                    dataclasses.replace(settings, broker_url="redis://:pw@h:1/0")):
+        env = changed.as_env()
+        assert (env["IMGQ_BROKER_URL"], env["IMGQ_BROKER_URL_FILE"]) == ("redis://:pw@h:1/0", "")
+        assert Settings.from_env(env).broker_url == "redis://:pw@h:1/0"
 
 
 def test_a_link_to_the_file_is_followed(tmp_path):
