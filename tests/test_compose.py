@@ -155,9 +155,21 @@ class Stack:
         return self.engine.run("podman-compose", "-p", self.project, *[a for f in self.files for a in ("-f", f)],
                                *args, env=self.env, cwd=self.root, **kwargs)
 
-    def producer(self, *args: str, **kwargs) -> subprocess.CompletedProcess:
-        """`docker compose run --rm producer ARGS` (-T: no terminal; --no-deps: Redis is up already)."""
-        return self.compose("run", "--rm", "-T", "--no-deps", "producer", *args, **kwargs)
+    def producer(self, *args: str, entrypoint: str | None = None, timeout: float = 300) -> str:
+        """What `docker compose run --rm producer ARGS` prints on standard output (-T: no terminal; --no-deps:
+        Redis is up already); fails unless the command exits with 0.
+
+        podman-compose 1.0 exits with 0 whatever the container's command did, and prints its own lines on
+        standard output around the command's: its `podman run ...` line, then the command's output, then
+        `exit code: N`."""
+        done = self.compose("run", "--rm", "-T", "--no-deps", *(["--entrypoint", entrypoint] if entrypoint else []),
+                            "producer", *args, timeout=timeout)
+        lines = done.stdout.splitlines()
+        first = max(i for i, line in enumerate(lines) if line.startswith("podman run ")) + 1
+        codes = [int(line.split(":")[1]) for line in lines[first:] if line.startswith("exit code: ")]
+        assert codes in ([], [0]), f"producer {' '.join(args)}: exit code {codes}\n{done.stdout[-3000:]}\n" \
+                                   f"{done.stderr[-3000:]}"
+        return "\n".join(line for line in lines[first:] if not line.startswith("exit code: "))
 
     def container(self, service: str, number: int = 1) -> str:
         return f"{self.project}_{service}_{number}"
@@ -260,8 +272,7 @@ def test_health_checks_turn_healthy(stack):
 def test_the_producer_classifies_the_mounted_folder_one_record_per_image(stack):
     for number in (1, 2):
         stack.health(stack.container("worker", number))
-    submitted = stack.producer("submit", "/data/photos", "--wait", timeout=600)
-    job = submitted.stdout.strip().splitlines()[-1]
+    job = stack.producer("submit", "/data/photos", "--wait", timeout=600).strip().splitlines()[-1]
     stack.producer("results", job, "-o", "/reports/photos.jsonl")
     records = [json.loads(line) for line in (stack.root / "reports" / "photos.jsonl").read_text().splitlines()]
     assert sorted(r["image"] for r in records) == list(range(len(stack.good) + len(stack.broken)))
@@ -276,7 +287,7 @@ def test_the_producer_classifies_the_mounted_folder_one_record_per_image(stack):
 def test_a_worker_killed_mid_job_loses_no_image_and_repeats_none(stack):
     for number in (1, 2):
         stack.health(stack.container("worker", number))
-    job = stack.producer("submit", "/data/many").stdout.strip().splitlines()[-1]
+    job = stack.producer("submit", "/data/many").strip().splitlines()[-1]
     victim = stack.container("worker", 1)
     deadline = time.monotonic() + 600
     while True:  # kill it once both workers have started on the job, before it is done
@@ -305,8 +316,7 @@ def test_metrics_answer_on_the_compose_network_only(stack):
     fetch = ("import sys, urllib.request; url = f'http://{sys.argv[1]}:9100/metrics'; "
              "sys.stdout.write(urllib.request.urlopen(url, timeout=10).read().decode())")
     for name in (worker, "worker"):  # the replica's name, and the service's (every replica answers for it)
-        scraped = stack.compose("run", "--rm", "-T", "--no-deps", "--entrypoint", "python", "producer", "-c", fetch,
-                                name).stdout
+        scraped = stack.producer("-c", fetch, name, entrypoint="python")
         assert "imgq_images_processed_total" in scraped
     # Published nowhere: no container of the project binds a port on the host.
     for container in stack.project_objects()["containers"]:

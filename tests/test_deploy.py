@@ -180,7 +180,8 @@ def test_env_example_documents_every_setting_and_compose_variable():
 def test_every_setting_set_in_dotenv_reaches_every_service():
     """A setting in .env reaches the services: the compose file passes each one on, except those it fixes."""
     env = read_dotenv(ENV_EXAMPLE)
-    fixed = {"IMGQ_BROKER_URL", "IMGQ_ALLOWED_ROOTS", "IMGQ_STATE_DIR", "IMGQ_DUMP_ROOT", "IMGQ_SINK_DIR"}
+    fixed = {"IMGQ_BROKER_URL", "IMGQ_BROKER_URL_FILE", "IMGQ_ALLOWED_ROOTS", "IMGQ_STATE_DIR", "IMGQ_DUMP_ROOT",
+             "IMGQ_SINK_DIR"}
     assignable = {name for name in env if name.startswith("IMGQ_")}
     assert assignable == {env_var(f.name) for f in dataclasses.fields(Settings)} - fixed
     for name in assignable:
@@ -204,6 +205,18 @@ def test_dockerfile_slim_non_root_health_checked_weights_build_arg():
     assert re.search(r"^ARG BAKE_WEIGHTS", text, flags=re.MULTILINE)
     assert "pip install '.[worker]'" in text  # tensorflow-cpu, see pyproject.toml
     assert "tensorflow-cpu" in (ROOT / "pyproject.toml").read_text()
+
+
+def test_dockerfile_openvino_target_installs_the_worker_extra_without_tensorflow():
+    """The openvino target lists the worker extra's packages itself, TensorFlow left out: they must agree."""
+    import tomllib
+
+    text = DOCKERFILE.read_text()
+    stage = text[text.index("FROM base AS openvino"):]
+    listed = set(re.findall(r"'([a-z-]+[<>=][^']+)'", stage[:stage.index("COPY imgq")]))
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["worker"]
+    assert listed == {r for r in extra if not r.startswith("tensorflow")}
+    assert "FROM full AS converted" in text and text.rstrip().endswith("FROM full")  # the default: the full image
 
 
 def test_make_secrets_writes_a_random_password_and_keeps_what_exists(tmp_path):
