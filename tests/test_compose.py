@@ -123,9 +123,24 @@ def build_images(engine: Engine) -> tuple[str, str]:
                       timeout=3600)
         print(f"built {image} in {time.monotonic() - started:.0f} s")
         for old in engine.podman("images", "--format", "{{.Repository}}:{{.Tag}}", "localhost/imgq").stdout.split():
-            if old.startswith("localhost/imgq:test-") and old != image:  # what earlier code built: layers stay
+            if old.startswith("localhost/imgq:test-") and image.split("-", 1)[1] not in old:  # built from older code
                 engine.podman("rmi", old, check=False)
     return image, redis_base
+
+
+def build_openvino_image(engine: Engine, image: str) -> str:
+    """The Dockerfile's openvino target (no TensorFlow; the conversion for random weights made at build time),
+    built unless it exists; its full stage is ``image``'s, so only the target's own steps run."""
+    openvino = image.replace("localhost/imgq:test-", "localhost/imgq:test-openvino-")
+    if not engine.exists(openvino):
+        base = image.rsplit("-", 1)[1]
+        started = time.monotonic()
+        cert = ["--secret", f"id=pip_cert,src={ca_bundle()}"] if ca_bundle() else []
+        engine.podman("build", "--format", "docker", "--target", "openvino", "--build-arg", "OPENVINO_WEIGHTS=random",
+                      "--build-arg", f"BASE_IMAGE=localhost/imgq-base-python:3.11-{base}", *cert, "-t", openvino,
+                      str(ROOT), timeout=3600)
+        print(f"built {openvino} in {time.monotonic() - started:.0f} s")
+    return openvino
 
 
 def ca_bundle() -> str | None:
@@ -143,6 +158,7 @@ class Stack:
     """The compose project brought up by the test."""
 
     engine: Engine
+    image: str
     project: str
     files: list[str]
     env: dict[str, str]
@@ -243,8 +259,8 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
            # What a .env would set. Random weights: nothing can be downloaded here (labels are meaningless).
            "IMGQ_WEIGHTS": "random", "IMGQ_BATCH_SIZE": "4", "IMGQ_HEARTBEAT_SECONDS": "1",
            "IMGQ_RECONCILE_SECONDS": "2", "IMGQ_LOG_FORMAT": "json"}
-    deployed = Stack(engine, project, [str(ROOT / "docker-compose.yml"), str(override)], env, root, password, good,
-                     broken)
+    deployed = Stack(engine, image, project, [str(ROOT / "docker-compose.yml"), str(override)], env, root, password,
+                     good, broken)
     try:
         # Redis first, healthy, then the rest: podman-compose 1.0 starts services in order but does not wait
         # for `condition: service_healthy`, which Docker Compose does.
@@ -352,3 +368,26 @@ def test_no_password_in_inspect_ps_or_any_environment(stack):
     assert "NOAUTH" in refused.stdout + refused.stderr
     assert stack.password not in stack.logs(stack.container("worker", 2)) + stack.logs(stack.container("beat"))
 
+
+
+def test_the_openvino_image_runs_the_model_without_tensorflow(stack):
+    """Item 3 of the smaller image: the openvino target has no TensorFlow, and its worker's model loads from
+    the conversion made at build time (none made at start: that would need TensorFlow)."""
+    openvino = build_openvino_image(stack.engine, stack.image)
+    script = ("import importlib.util, sys; from worker.model import load_classifier; "
+              "c = load_classifier('random', 4, 'fp32', 'openvino', '/home/imgq/.local/state/imgq/openvino'); "
+              "print(c.runtime, c.converted, importlib.util.find_spec('tensorflow') is None, 'keras' in sys.modules)")
+    ran = stack.engine.podman("run", "--rm", openvino, "python", "-c", script, timeout=600)
+    runtime, converted, no_tensorflow, keras_imported = ran.stdout.strip().rsplit(" ", 3)
+    assert runtime.startswith("openvino ") and converted == "[]"
+    assert no_tensorflow == "True" and keras_imported == "False"
+    # Other weights need a conversion, so TensorFlow: one clear error, which stops the worker before any batch.
+    script = ("from worker.model import load_classifier, WeightsError\ntry:\n"
+              "    load_classifier('random:5', 4, 'fp32', 'openvino', '/home/imgq/.local/state/imgq/openvino')\n"
+              "except WeightsError as exc:\n    print(exc)")
+    refused = stack.engine.podman("run", "--rm", openvino, "python", "-c", script, timeout=600).stdout
+    assert "making one needs TensorFlow, which is missing here" in refused and "OPENVINO_WEIGHTS" in refused
+    sizes = {name: int(stack.engine.podman("image", "inspect", name, "--format", "{{.Size}}").stdout)
+             for name in (stack.image, openvino)}
+    print(f"image sizes: {sizes}")
+    assert sizes[openvino] < sizes[stack.image] / 2
