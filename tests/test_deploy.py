@@ -124,6 +124,15 @@ def test_compose_file_validates_against_the_compose_specification():
         assert "IMGQ_BROKER_URL" not in config["services"][name]["environment"]
 
 
+def test_compose_file_reads_as_podman_compose_1_0_reads_it():
+    """podman-compose 1.0 (Debian bookworm's, which tests/test_compose.py runs) leaves ${VAR:-} and ${VAR-},
+    an empty default, as they are, and ignores `healthcheck: disable`: write ${VAR} and test: ["NONE"]."""
+    text = COMPOSE.read_text()
+    assert not re.findall(r"\$\{\w+:?-\}", text)
+    assert not [name for name, service in load_compose()["services"].items() if "disable" in service.get(
+        "healthcheck", {})]
+
+
 def test_the_schema_rejects_a_broken_compose_file():
     config = load_compose()
     broken = copy.deepcopy(config)
