@@ -147,7 +147,7 @@ def ca_bundle() -> str | None:
     """The CA bundle this machine's pip trusts (PIP_CERT, else pip's configuration): the container's pip needs
     it to reach the package index here. Given to the build as a secret, never a layer."""
     cert = os.environ.get("PIP_CERT")
-    if not cert:
+    if not cert and shutil.which("pip"):
         listed = subprocess.run(["pip", "config", "get", "global.cert"], capture_output=True, text=True)
         cert = listed.stdout.strip() if listed.returncode == 0 else ""
     return cert if cert and os.path.isfile(cert) else None
