@@ -19,6 +19,12 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 
 install: $(VENV)/.installed-worker
 install-test: $(VENV)/.installed-test
+	@# tests/test_compose.py builds the image and runs docker-compose.yml on Debian's podman (with runc; its
+	@# bases built by debootstrap, deploy/build-bases.sh): as root, install them when missing.
+	@for tool in podman podman-compose runc debootstrap; do command -v $$tool >/dev/null || echo $$tool; done | \
+		{ read -r first || exit 0; [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+		apt-get install -y -qq podman podman-compose runc debootstrap >/dev/null; } || \
+		echo "podman, podman-compose, runc or debootstrap not installed: tests/test_compose.py will be skipped"
 	@# tests/test_report.py opens `imgq report` in Debian's chromium (headless); as root, install it when missing.
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
 		apt-get install -y -qq chromium >/dev/null; } || echo "chromium not installed: the browser test will be skipped"

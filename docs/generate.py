@@ -127,6 +127,11 @@ naming the variable.
 
 URLs are printed with the password replaced by `***` (`redis://:***@host:6379/0`) in messages and logs.
 
+`IMGQ_BROKER_URL_FILE` and `IMGQ_RESULTS_URL_FILE` name a file holding the URL instead (its one line; a
+regular file of at most 64 KiB), such as a Compose or Kubernetes secret: a variable's value shows in
+`docker inspect` and `/proc/PID/environ`, a file's does not. Setting both a URL and its file is an error
+(docs/deployment-secrets.md).
+
 TLS: use `rediss://` URLs. Both the results store (redis-py) and the broker connection verify the server
 certificate: kombu alone would not, so imgq sets `broker_use_ssl={"ssl_cert_reqs": CERT_REQUIRED}` for a
 `rediss://` broker URL unless the URL carries its own `ssl_cert_reqs`. For a private CA add

@@ -10,6 +10,7 @@ import dataclasses
 import ipaddress
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
@@ -34,6 +35,13 @@ class Settings:
 
     results_url: str = ""
     # Where job and result records live; empty means the broker's Redis.
+
+    broker_url_file: str = ""
+    # A file holding the broker URL (its one line), read instead of IMGQ_BROKER_URL, which must then be unset:
+    # a Compose or Kubernetes secret, so that the password is in no environment (docs/deployment-secrets.md).
+
+    results_url_file: str = ""
+    # A file holding the results URL, read instead of IMGQ_RESULTS_URL (as IMGQ_BROKER_URL_FILE).
 
     namespace: str = "imgq"
     # Prefix of every Redis key imgq writes and the name of its Celery queue, so that several deployments
@@ -175,7 +183,8 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: os._Environ[str] | dict[str, str] | None = None, **overrides) -> Settings:
-        """Settings from ``IMGQ_*`` variables, then ``overrides`` (None values are ignored).
+        """Settings from ``IMGQ_*`` variables, then ``overrides`` (None values are ignored). The URL files
+        (IMGQ_BROKER_URL_FILE, IMGQ_RESULTS_URL_FILE) are read here, into broker_url and results_url.
 
         Raises ValueError naming the variable when a value does not parse.
         """
@@ -185,7 +194,15 @@ class Settings:
             raw = environ.get(env_var(f.name))
             if raw is not None and raw != "":
                 values[f.name] = _parse(f.name, raw)
-        values.update({k: v for k, v in overrides.items() if v is not None})
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+        for name in URL_FILE_SETTINGS:  # IMGQ_BROKER_URL_FILE: the URL from a file, e.g. a Compose secret
+            if name in overrides:  # --broker-url wins over both variables
+                values.pop(f"{name}_file", None)
+            elif values.get(f"{name}_file"):
+                if name in values:
+                    raise ValueError(f"Set {env_var(name)} or {url_file_var(name)}, not both.")
+                values[name] = read_url_file(name, values[f"{name}_file"])
+        values.update(overrides)
         return cls(**values)
 
     def as_env(self) -> dict[str, str]:
@@ -194,7 +211,62 @@ class Settings:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             env[env_var(f.name)] = os.pathsep.join(value) if isinstance(value, tuple) else str(value)
+        for name in URL_FILE_SETTINGS:  # a URL read from a file travels as the file's name, not in the clear
+            path = getattr(self, f"{name}_file")
+            try:
+                from_file = bool(path) and read_url_file(name, path) == getattr(self, name)
+            except ValueError:
+                from_file = False
+            env[env_var(name) if from_file else url_file_var(name)] = ""
         return env
+
+
+URL_FILE_SETTINGS = ("broker_url", "results_url")
+# Settings whose value may come from a file named by the setting <name>_file (IMGQ_<NAME>_FILE) instead of
+# IMGQ_<NAME>: a URL holds the Redis password, and a variable's value shows in `docker inspect` and
+# /proc/PID/environ, a file's does not (docs/deployment-secrets.md). Both set is an error, as for the official
+# images' *_FILE variables.
+MAX_URL_FILE_BYTES = 64 * 1024  # a URL is a line; a bigger file is the wrong file
+
+
+def url_file_var(name: str) -> str:
+    """``IMGQ_BROKER_URL_FILE``: the variable naming a file that holds the setting ``name``."""
+    return env_var(f"{name}_file")
+
+
+def read_url_file(name: str, path: str) -> str:
+    """The URL held by the file at ``path`` (for the setting ``name``): its one line, surrounding whitespace
+    and the final newline stripped.
+
+    A regular file of at most MAX_URL_FILE_BYTES, opened without blocking (a FIFO named by mistake is
+    refused, not waited on). Symbolic links are followed: the operator names this file, and Kubernetes
+    mounts its secrets as links. Raises ValueError naming the variable, never quoting the file's content.
+    """
+    where = f"{url_file_var(name)} ({path})"
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise ValueError(f"{where}: cannot open: {exc.strerror}.") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError(f"{where} is not a regular file.")
+        if info.st_size > MAX_URL_FILE_BYTES:
+            raise ValueError(f"{where} is larger than {MAX_URL_FILE_BYTES} bytes: not a URL file.")
+        data = os.read(fd, MAX_URL_FILE_BYTES + 1)
+    except OSError as exc:
+        raise ValueError(f"{where}: cannot read: {exc.strerror}.") from None
+    finally:
+        os.close(fd)
+    try:
+        url = data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise ValueError(f"{where} is not UTF-8 text.") from None
+    if not url:
+        raise ValueError(f"{where} is empty: it must hold the URL.")
+    if "\n" in url or "\r" in url:
+        raise ValueError(f"{where} holds more than one line: it must hold the URL alone.")
+    return url
 
 
 UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}

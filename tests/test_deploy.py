@@ -18,7 +18,6 @@ import dataclasses
 import json
 import os
 import re
-import secrets
 import shutil
 import subprocess
 import sys
@@ -40,6 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
 ENV_EXAMPLE = ROOT / ".env.example"
 DOCKERFILE = ROOT / "Dockerfile"
+MAKE_SECRETS = ROOT / "deploy" / "make-secrets.sh"
 IMGQ = str(Path(sys.executable).parent / "imgq")
 
 
@@ -114,11 +114,23 @@ def variables_read(text: str) -> set[str]:
 
 def test_compose_file_validates_against_the_compose_specification():
     validate(load_compose())
-    env = {**read_dotenv(ENV_EXAMPLE), "REDIS_PASSWORD": "x" * 16}
+    env = read_dotenv(ENV_EXAMPLE)
     config = interpolate(load_compose(), env)
     validate(config)
     assert set(config["services"]) == {"redis", "worker", "beat", "producer"}
-    assert config["services"]["worker"]["environment"]["IMGQ_BROKER_URL"] == "redis://:" + "x" * 16 + "@redis:6379/0"
+    for name in ("worker", "beat", "producer"):  # the URL, password and all, is the broker_url secret
+        assert config["services"][name]["environment"]["IMGQ_BROKER_URL_FILE"] == "/run/secrets/broker_url"
+        assert config["services"][name]["secrets"] == ["broker_url"]
+        assert "IMGQ_BROKER_URL" not in config["services"][name]["environment"]
+
+
+def test_compose_file_reads_as_podman_compose_1_0_reads_it():
+    """podman-compose 1.0 (Debian bookworm's, which tests/test_compose.py runs) leaves ${VAR:-} and ${VAR-},
+    an empty default, as they are, and ignores `healthcheck: disable`: write ${VAR} and test: ["NONE"]."""
+    text = COMPOSE.read_text()
+    assert not re.findall(r"\$\{\w+:?-\}", text)
+    assert not [name for name, service in load_compose()["services"].items() if "disable" in service.get(
+        "healthcheck", {})]
 
 
 def test_the_schema_rejects_a_broken_compose_file():
@@ -134,7 +146,7 @@ def test_the_schema_rejects_a_broken_compose_file():
 
 
 def test_compose_services_are_what_the_deployment_needs():
-    services = interpolate(load_compose(), {**read_dotenv(ENV_EXAMPLE), "REDIS_PASSWORD": "pw"})["services"]
+    services = interpolate(load_compose(), read_dotenv(ENV_EXAMPLE))["services"]
     redis_command = services["redis"]["command"]
     assert redis_command[:2] == ["sh", "-c"]
     assert "redis-server - --appendonly yes <<EOF\nrequirepass $(cat /run/secrets/redis_password)\n" in redis_command[2]
@@ -148,21 +160,22 @@ def test_compose_services_are_what_the_deployment_needs():
     assert {"/data", "/dumps"} <= mounts["worker"] and {"/data", "/dumps", "/reports"} <= mounts["producer"]
     assert "/data" in mounts["beat"]
     for name in ("beat", "producer"):  # the image's check looks for a worker: they have none
-        assert services[name]["healthcheck"] == {"disable": True}
+        # test: [NONE] rather than disable: true, which podman-compose 1.0 ignores (both are the spec's)
+        assert services[name]["healthcheck"] == {"test": ["NONE"]}
 
 
-def test_no_password_on_any_command_line_nor_in_the_environment_of_redis():
+def test_no_password_on_any_command_line_nor_in_any_environment():
     """`ps` shows command lines and `docker inspect` commands, health checks and environments: the password is
-    in none of them for Redis, which reads it from a Compose secret, a file under /run/secrets."""
-    password = "p" + secrets.token_hex(12)
-    config = interpolate(load_compose(), {**read_dotenv(ENV_EXAMPLE), "REDIS_PASSWORD": password})
-    for name, service in config["services"].items():
-        shown = [*service.get("entrypoint", []), *service.get("command", []), *service.get("healthcheck", {}).get(
-            "test", [])]
-        assert not [arg for arg in shown if password in str(arg)], name
-    assert password not in json.dumps(config["services"]["redis"])
-    assert config["secrets"] == {"redis_password": {"environment": "REDIS_PASSWORD"}}
-    # The workers, beat and the producer still get it in IMGQ_BROKER_URL: see docs/deployment-secrets.md.
+    in none of them, nor anywhere in the compose file or what .env sets: Redis reads it from the secret
+    redis_password, imgq its URL from the secret broker_url (IMGQ_BROKER_URL_FILE), both files under
+    /run/secrets. tests/test_compose.py checks the running containers."""
+    env = {**read_dotenv(ENV_EXAMPLE), "SECRETS_DIR": "/somewhere"}
+    assert not [name for name in env if "PASSWORD" in name]
+    config = interpolate(load_compose(), env)
+    assert config["secrets"] == {"redis_password": {"file": "/somewhere/redis_password"},
+                                 "broker_url": {"file": "/somewhere/broker_url"}}
+    assert "requirepass $(cat /run/secrets/redis_password)" in config["services"]["redis"]["command"][2]
+    assert "redis:6379" not in json.dumps(config)  # the URL is in no environment: only in the secret
 
 
 def test_env_example_documents_every_setting_and_compose_variable():
@@ -175,8 +188,9 @@ def test_env_example_documents_every_setting_and_compose_variable():
 
 def test_every_setting_set_in_dotenv_reaches_every_service():
     """A setting in .env reaches the services: the compose file passes each one on, except those it fixes."""
-    env = {**read_dotenv(ENV_EXAMPLE), "REDIS_PASSWORD": "pw"}
-    fixed = {"IMGQ_BROKER_URL", "IMGQ_ALLOWED_ROOTS", "IMGQ_STATE_DIR", "IMGQ_DUMP_ROOT", "IMGQ_SINK_DIR"}
+    env = read_dotenv(ENV_EXAMPLE)
+    fixed = {"IMGQ_BROKER_URL", "IMGQ_BROKER_URL_FILE", "IMGQ_ALLOWED_ROOTS", "IMGQ_STATE_DIR", "IMGQ_DUMP_ROOT",
+             "IMGQ_SINK_DIR"}
     assignable = {name for name in env if name.startswith("IMGQ_")}
     assert assignable == {env_var(f.name) for f in dataclasses.fields(Settings)} - fixed
     for name in assignable:
@@ -188,13 +202,46 @@ def test_every_setting_set_in_dotenv_reaches_every_service():
 
 def test_dockerfile_slim_non_root_health_checked_weights_build_arg():
     text = DOCKERFILE.read_text()
-    assert re.search(r"^FROM python:3\.\d+-slim\b", text, flags=re.MULTILINE)
+    # The base is a build argument (a stand-in where the public registry cannot be reached:
+    # deploy/build-bases.sh), python:3.11-slim by default.
+    assert re.search(r"^ARG BASE_IMAGE=python:3\.\d+-slim$", text, flags=re.MULTILINE)
+    assert re.search(r"^FROM \$\{BASE_IMAGE\}", text, flags=re.MULTILINE)
+    # The CA bundle for pip is a build secret, mounted for the RUN that needs it: never a layer.
+    assert "--mount=type=secret,id=pip_cert" in text and not re.search(r"^(COPY|ADD) .*cert", text, flags=re.M)
     users = re.findall(r"^USER (\S+)", text, flags=re.MULTILINE)
     assert users and users[-1] not in ("root", "0")
     assert re.search(r"^HEALTHCHECK .*CMD \[\"python\", \"-m\", \"worker.health\"\]", text, flags=re.MULTILINE)
     assert re.search(r"^ARG BAKE_WEIGHTS", text, flags=re.MULTILINE)
     assert "pip install '.[worker]'" in text  # tensorflow-cpu, see pyproject.toml
     assert "tensorflow-cpu" in (ROOT / "pyproject.toml").read_text()
+
+
+def test_dockerfile_openvino_target_installs_the_worker_extra_without_tensorflow():
+    """The openvino target lists the worker extra's packages itself, TensorFlow left out: they must agree."""
+    import tomllib
+
+    text = DOCKERFILE.read_text()
+    stage = text[text.index("FROM base AS openvino"):]
+    listed = set(re.findall(r"'([a-z-]+[<>=][^']+)'", stage[:stage.index("COPY imgq")]))
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["worker"]
+    assert listed == {r for r in extra if not r.startswith("tensorflow")}
+    assert "FROM full AS converted" in text and text.rstrip().endswith("FROM full")  # the default: the full image
+
+
+def test_make_secrets_writes_a_random_password_and_keeps_what_exists(tmp_path):
+    """deploy/make-secrets.sh: a new URL-safe password each time, in both files; the folder closed to others;
+    existing secrets never replaced."""
+    made = [tmp_path / "a", tmp_path / "b"]
+    for folder in made:
+        subprocess.run(["sh", str(MAKE_SECRETS), str(folder)], check=True, capture_output=True)
+    passwords = [(folder / "redis_password").read_text().strip() for folder in made]
+    assert passwords[0] != passwords[1] and all(re.fullmatch("[0-9a-f]{48}", p) for p in passwords)
+    assert (made[0] / "broker_url").read_text() == f"redis://:{passwords[0]}@redis:6379/0\n"
+    assert Settings(broker_url=(made[0] / "broker_url").read_text().strip()).broker_url.endswith("@redis:6379/0")
+    assert (made[0].stat().st_mode & 0o777) == 0o700
+    again = subprocess.run(["sh", str(MAKE_SECRETS), str(made[0])], capture_output=True, text=True)
+    assert again.returncode == 1 and "exists already" in again.stderr
+    assert (made[0] / "redis_password").read_text().strip() == passwords[0]
 
 
 def test_health_check_needs_a_live_worker_on_this_host(settings, store):
@@ -224,14 +271,16 @@ class PlainDeployment:
     dotenv: dict[str, str] = dataclasses.field(default_factory=dict)  # what Compose reads secrets from
 
     def secrets(self) -> dict[str, Path]:
-        """/run/secrets/NAME in a container -> a file here holding what Compose would put there."""
+        """/run/secrets/NAME in a container -> a file here holding what Compose would put there (the host
+        name redis translated, as everywhere)."""
         mapping = {}
         for name, secret in self.config.get("secrets", {}).items():
-            path = self.root / "secrets" / name
+            path = self.root / "run-secrets" / name
             if not path.exists():  # written once: a process may be reading it
                 path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(self.dotenv[secret["environment"]] if "environment" in secret
-                                else (self.root / secret["file"]).read_text())
+                value = self.dotenv[secret["environment"]] if "environment" in secret \
+                    else (self.root / secret["file"]).read_text()
+                path.write_text(value.replace("@redis:6379", f"@127.0.0.1:{self.redis_port}"))
             mapping[f"/run/secrets/{name}"] = path
         return mapping
 
@@ -312,9 +361,10 @@ def photos(tmp_path):
 @pytest.mark.slow
 def test_compose_services_run_as_plain_processes_and_classify_a_folder(tmp_path, photos):
     photos_dir, good, broken = photos
-    password = secrets.token_hex(16)
+    subprocess.run(["sh", str(MAKE_SECRETS), str(tmp_path / "secrets")], check=True, capture_output=True)
+    password = (tmp_path / "secrets" / "redis_password").read_text().strip()
     outside = imagegen.save(tmp_path / "outside.png", seed=9)  # not under /data: the worker must refuse it
-    env = {**read_dotenv(ENV_EXAMPLE), "REDIS_PASSWORD": password, "PHOTOS_DIR": str(photos_dir),
+    env = {**read_dotenv(ENV_EXAMPLE), "SECRETS_DIR": str(tmp_path / "secrets"), "PHOTOS_DIR": str(photos_dir),
            "REPORTS_DIR": str(tmp_path / "reports"), "IMGQ_WEIGHTS": "random", "IMGQ_BATCH_SIZE": "4",
            "IMGQ_METRICS_PORT": str(free_port()), "IMGQ_LOG_FORMAT": "json", "IMGQ_HEARTBEAT_SECONDS": "1"}
     config = interpolate(load_compose(), env)
@@ -324,7 +374,7 @@ def test_compose_services_run_as_plain_processes_and_classify_a_folder(tmp_path,
     try:
         redis_process = start_redis_service(deployment)
         processes.append(redis_process)
-        url = deployment.env("worker")["IMGQ_BROKER_URL"]
+        url = Settings.from_env(deployment.env("worker")).broker_url  # from the broker_url secret
         wait_for_redis(url, redis_process)
         check_redis_service(deployment, url, redis_process.pid)
 

@@ -200,7 +200,15 @@ class OpenVINOClassifier:
         import openvino as ov
 
         if self._keras_model is None:
-            self._keras_model, _, self.spec = build_model(self.spec, self.weights)
+            try:
+                self._keras_model, _, self.spec = build_model(self.spec, self.weights)
+            except ImportError as exc:  # the Dockerfile's openvino image: no TensorFlow, conversions baked in
+                raise OpenVINOError(
+                    f"No conversion of model {self.spec.id} with weights {self.weights_id} (outputs "
+                    f"{', '.join((PROBABILITIES, *layers))}) is cached in {self.cache_dir}, and making one needs "
+                    f"TensorFlow, which is missing here ({one_line(exc)}). In the openvino image, use the model "
+                    "and weights it was built with (OPENVINO_WEIGHTS) and no --activations, or run the full "
+                    "image.") from None
         shape = self.target.shape
         try:
             model = ov.convert_model(_keras_function(self._keras_model, layers, shape), input=[[-1, *shape]])
