@@ -93,8 +93,9 @@ load_classifier(sys.argv[1], 1, 'fp32', 'openvino', '/home/imgq/.local/state/img
 # IMGQ_RUNTIME=openvino with IMGQ_WEIGHTS=OPENVINO_WEIGHTS only, and no --activations (a new layer set needs
 # a new conversion, so TensorFlow): for those, the full image.
 FROM base AS openvino
-# openvino, prometheus-client, pillow-heif and rawpy: the worker extra of pyproject.toml without TensorFlow (tests/test_deploy.py
-# checks they agree). Keras' version, without Keras' dependencies: the conversion cache's key names it.
+# openvino, prometheus-client, pillow-heif and rawpy: the worker extra of pyproject.toml without TensorFlow
+# (tests/test_deploy.py checks they agree). Keras' version, without Keras' dependencies: the conversion
+# cache's key names it.
 COPY --from=converted /home/imgq/keras-version.txt ./
 RUN --mount=type=secret,id=pip_cert --mount=type=cache,target=/root/.cache/pip,sharing=locked \
     if [ -s /run/secrets/pip_cert ]; then export PIP_CERT=/run/secrets/pip_cert; fi && \

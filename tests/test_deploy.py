@@ -212,7 +212,7 @@ def test_dockerfile_slim_non_root_health_checked_weights_build_arg():
     assert users and users[-1] not in ("root", "0")
     assert re.search(r"^HEALTHCHECK .*CMD \[\"python\", \"-m\", \"worker.health\"\]", text, flags=re.MULTILINE)
     assert re.search(r"^ARG BAKE_WEIGHTS", text, flags=re.MULTILINE)
-    assert "pip install '.[worker]'" in text  # tensorflow-cpu, see pyproject.toml
+    assert "pip install '.[worker,learn]'" in text  # tensorflow-cpu, see pyproject.toml; scikit-learn for imgq learn
     assert "tensorflow-cpu" in (ROOT / "pyproject.toml").read_text()
 
 

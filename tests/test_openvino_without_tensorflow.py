@@ -12,13 +12,13 @@ from worker.model import WeightsError
 
 
 def test_a_conversion_missing_where_tensorflow_is_missing_is_one_clear_error(tmp_path, monkeypatch):
-    def no_tensorflow(weights):
+    def no_tensorflow(spec, weights):
         raise ModuleNotFoundError("No module named 'tensorflow'")
 
-    monkeypatch.setattr(openvino_runtime, "build_resnet50", no_tensorflow)
+    monkeypatch.setattr(openvino_runtime, "build_model", no_tensorflow)
     classifier = openvino_runtime.load_openvino("random:5", 2, "fp32", str(tmp_path / "openvino"))
     with pytest.raises(WeightsError) as info:
-        classifier.predict(np.zeros((1, 224, 224, 3), dtype=np.float32))
+        classifier.predict(np.zeros((1, 224, 224, 3), dtype=np.uint8))
     message = str(info.value)
     assert isinstance(info.value, openvino_runtime.OpenVINOError)
     assert "random:5" in message and "making one needs TensorFlow, which is missing here" in message
