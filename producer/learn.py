@@ -22,7 +22,7 @@ from imgq.walk import PathFilter, iter_images
 
 MIN_EXAMPLES = 5  # per label: fewer cannot be cross-validated in 5 folds, nor say much
 MAX_FOLDS = 5
-FEATURE_LAYER = "avg_pool"  # ResNet50's pooled features, what its classifier reads
+FEATURE_LAYER = "avg_pool"  # ResNet50's pooled features, what its classifier reads (other models: their spec's)
 
 
 class ExamplesError(ValueError):
@@ -100,9 +100,11 @@ class Features:
     model: str
     weights: str
     failed: list[str]  # "path: code (message)" of the examples the workers could not classify
+    layer: str = FEATURE_LAYER  # the model's pooled layer the rows are
 
 
-def gather_features(records: list[ResultRecord], examples: Examples, dump_root: str) -> Features:
+def gather_features(records: list[ResultRecord], examples: Examples, dump_root: str,
+                    layer: str = FEATURE_LAYER) -> Features:
     """The feature rows of ``records`` (a learn job's, dumping FEATURE_LAYER). Raises ExamplesError when the
     records come from several weights, or too few examples of a label could be classified."""
     from producer.dumps import dump_file, load_layer
@@ -115,7 +117,7 @@ def gather_features(records: list[ResultRecord], examples: Examples, dump_root: 
             reason = record.error.code + f" ({record.error.message})" if record.error else "no feature dump"
             failed.append(f"{record.path}: {reason}")
             continue
-        rows.append(load_layer(file, FEATURE_LAYER).reshape(-1))
+        rows.append(load_layer(file, layer).reshape(-1))
         labels.append(label_of[record.path])
     weights = {r.weights for r in records if r.ok}
     if len(weights) > 1:
@@ -123,7 +125,7 @@ def gather_features(records: list[ResultRecord], examples: Examples, dump_root: 
                             f"run one kind of worker, then learn again.")
     _check_counts(Examples(examples.root, {label: [x for x in labels if x == label] for label in examples.labels}))
     model = next((r.model for r in records if r.ok), "")
-    return Features(rows, labels, model, next(iter(weights)), failed)
+    return Features(rows, labels, model, next(iter(weights)), failed, layer)
 
 
 def pipeline():
@@ -161,7 +163,7 @@ def fit_head(features: Features, name: str, examples: dict[str, int]) -> Head:
                "examples": len(y), "confusion": {"labels": labels, "matrix": matrix.tolist()},
                "failed_examples": len(features.failed)}
     return Head(name=name, labels=tuple(labels), base_model=features.model, weights=features.weights,
-                feature_layer=FEATURE_LAYER, activation="sigmoid" if len(labels) == 2 else "softmax",
+                feature_layer=features.layer, activation="sigmoid" if len(labels) == 2 else "softmax",
                 coef=tuple(tuple(float(v) for v in row) for row in coef),
                 intercept=tuple(float(v) for v in intercept), figures=figures, examples=examples,
                 created=datetime.now(timezone.utc).isoformat(timespec="seconds"))

@@ -18,11 +18,14 @@ from producer.paths import OutputFile
               help="The head file to write (JSON), e.g. beach.head.json.")
 @click.option("--name", default="", help="The head's name in records and sidecars (default: HEAD's file name "
                                          "without .head.json).")
+@click.option("--model", metavar="NAME|FOLDER",
+              help="The base model whose pooled features the head reads (as `imgq classify --model`; the head is "
+                   "tied to it) [default: resnet50].")
 @click.option("--weights", help="Weights of a worker started here (the head is tied to the weights it learns on).")
 @click.option("--embedded-redis/--no-embedded-redis", default=None,
               help="Start a private Redis-compatible server (default: only when none is configured or answering).")
 @click.pass_context
-def learn(ctx, examples, out, name, weights, embedded_redis):
+def learn(ctx, examples, out, name, model, weights, embedded_redis):
     """Learn a head of your own labels from EXAMPLES, one folder per label (EXAMPLES/beach/*.jpg,
     EXAMPLES/not-beach/*.jpg, ...; at least 5 images each).
 
@@ -48,19 +51,26 @@ def learn(ctx, examples, out, name, weights, embedded_redis):
                + ", ".join(f"{label} ({n})" for label, n in counts.items()), err=True)
     if found.skipped:
         click.echo(f"Skipped {len(found.skipped)} files that are not images, e.g. {found.skipped[0]}", err=True)
-    settings = ctx.obj if weights is None else _with_weights(ctx.obj, weights)
+    from producer.model_choice import choose_model
+
+    settings = _with(ctx.obj, weights=weights, model=model)
+    chosen = choose_model(settings.model)
+    if not chosen.feature_layer:
+        raise click.ClickException(f"Model {chosen.name} names no pooled feature layer (feature_layer in its "
+                                   "imgq-model.toml): a head reads that layer.")
     broker_configured = bool(os.environ.get(env_var("broker_url"))) or ctx.parent.params.get("broker_url")
     results = learning.temporary_results()
     try:
         final = run_classify([p for paths in found.images.values() for p in paths], settings,
                              name=f"learn-{name}", embedded=embedded_redis, broker_configured=bool(broker_configured),
-                             request={"activations": (learning.FEATURE_LAYER,), "activations_dtype": "float32"},
+                             request={"activations": (chosen.feature_layer,), "activations_dtype": "float32",
+                                      "model": chosen.name, "params": chosen.params()},
                              output=Output(results))
         records = learning.read_learn_records(results)
     finally:
         os.unlink(results)
     try:
-        features = learning.gather_features(records, found, settings.effective_dump_root)
+        features = learning.gather_features(records, found, settings.effective_dump_root, chosen.feature_layer)
     except learning.ExamplesError as exc:
         raise click.ClickException(str(exc)) from None
     finally:
@@ -98,7 +108,8 @@ def _default_name(out: str) -> str:
     return base
 
 
-def _with_weights(settings, weights: str):
+def _with(settings, **values):
+    """``settings`` with the options given (None: the setting as it is)."""
     import dataclasses
 
-    return dataclasses.replace(settings, weights=weights)
+    return dataclasses.replace(settings, **{k: v for k, v in values.items() if v is not None})
