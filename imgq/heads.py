@@ -18,14 +18,13 @@ This module reads and checks heads without numpy: the producer imports it.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import math
-import os
 import re
-import stat
 from dataclasses import dataclass, field
+
+from imgq.files import RefusedFile, read_regular
 
 FORMAT, VERSION = "imgq-head", 1
 MAX_HEAD_BYTES = 64 << 20
@@ -143,25 +142,17 @@ def loads(raw: bytes, source: str = "head") -> Head:
 
 def read_head(path: str) -> Head:
     """The head in the file at ``path``: a regular file (a link to one is followed: the user named it), at
-    most MAX_HEAD_BYTES, opened without blocking (a FIFO is refused, not waited on). Raises HeadError."""
+    most MAX_HEAD_BYTES, opened without blocking (a FIFO is refused, not waited on): imgq.files.read_regular.
+    Raises HeadError."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        found = read_regular(path, MAX_HEAD_BYTES, follow_links=True)
+    except RefusedFile as exc:
+        raise HeadError(f"Cannot read the head {path}: {exc}.") from None
     except OSError as exc:
-        reason = "no such file" if exc.errno == errno.ENOENT else (exc.strerror or str(exc))
-        raise HeadError(f"Cannot read the head {path}: {reason}.") from None
-    info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode):
-        os.close(fd)
-        raise HeadError(f"Cannot read the head {path}: not a regular file.")
-    with os.fdopen(fd, "rb") as file:
-        if info.st_size > MAX_HEAD_BYTES:
-            raise HeadError(f"Cannot read the head {path}: {info.st_size} bytes, more than a head's "
-                            f"{MAX_HEAD_BYTES}.")
-        try:
-            raw = file.read(MAX_HEAD_BYTES + 1)
-        except OSError as exc:
-            raise HeadError(f"Cannot read the head {path}: {exc.strerror or exc}.") from None
-    return loads(raw, path)
+        raise HeadError(f"Cannot read the head {path}: {exc.strerror or exc}.") from None
+    if found is None:
+        raise HeadError(f"Cannot read the head {path}: no such file.")
+    return loads(found[0], path)
 
 
 def share(client, keys, head: Head) -> str:
