@@ -88,7 +88,7 @@ def test_classify_takes_what_submit_takes_and_writes_csv(tmp_path):
     assert result.stderr.strip().splitlines()[-1].startswith("Error: Job ") and "untrained" in result.stderr
     assert "--allow-untrained" in result.stderr.strip().splitlines()[-1]  # which classify takes
     assert "Traceback" not in result.stderr and not list(photos.rglob("*.xmp"))
-    assert "images in 1 batches; skipped 2 files that are not images (1 .MOV, 1 .txt)." in result.stderr
+    assert "images in 1 batch; skipped 2 files that are not images (1 .MOV, 1 .txt)." in result.stderr
     assert f"skipped: {photos / 'clip.MOV'}\nskipped: {photos / 'notes.txt'}\n" in result.stderr
     rows = list(csv.DictReader(out.open()))
     assert sorted(r["path"] for r in rows) == sorted(str(p) for p in images)
