@@ -39,6 +39,7 @@ from imgq.jobs import JobStatus
 from imgq.store import ResultStore
 from producer.dumps import DumpError, dump_file, dumped_layers, load_layer
 from producer.heatmaps import channel_title, feature_grid
+from producer.words import plural
 
 THUMB_SIZE = 160  # longest side of a thumbnail, in pixels
 MAP_CHANNELS = 8  # heat maps per layer and image in the report
@@ -260,7 +261,8 @@ def _head_sections(records: list[ResultRecord]) -> str:
     for (name, label), members in sorted(by_label.items(), key=lambda item: (item[0][0], -len(item[1]))):
         names = ", ".join(f"#{r.image} {shown(os.path.basename(r.path))}" for r in members[:HEAD_SECTION_IMAGES])
         more = f" and {len(members) - HEAD_SECTION_IMAGES} more" if len(members) > HEAD_SECTION_IMAGES else ""
-        sections.append(f"<h3 class=head>Head {html.escape(name)}: {html.escape(label)} ({len(members)} images)</h3>"
+        count = plural(len(members), "image")
+        sections.append(f"<h3 class=head>Head {html.escape(name)}: {html.escape(label)} ({count})</h3>"
                         f"<p class=head-images>{html.escape(names + more)}</p>")
     return "".join(sections)
 

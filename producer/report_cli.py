@@ -11,6 +11,7 @@ from imgq.store import ResultStore
 from producer.dumps import format_bytes
 from producer.params import BoundedInt
 from producer.paths import OutputFile
+from producer.words import plural
 
 MAX_IMAGE = 2**40  # image numbers count from 0; no job comes near this, and Redis takes it as a list index
 MAX_CHANNELS = 2048  # the most channels of any ResNet50 layer (avg_pool)
@@ -63,8 +64,9 @@ def report(ctx, job, out, page_size, channels, group):
                                page_size=page_size, channels=channels, group=group)
     except ReportError as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"Wrote {written.path} ({written.images} images, {written.errors} errors) and {written.thumbnails} "
-               f"thumbnails and {written.heatmaps} heat-map grids to {written.folder}/.", err=True)
+    click.echo(f"Wrote {written.path} ({plural(written.images, 'image')}, {plural(written.errors, 'error')}) and "
+               f"{plural(written.thumbnails, 'thumbnail')} and {plural(written.heatmaps, 'heat-map grid')} to "
+               f"{written.folder}/.", err=True)
 
 
 @click.command()

@@ -11,6 +11,7 @@ from imgq.job_refs import resolve
 from imgq.store import ResultStore
 from producer.params import BoundedInt, FiniteFloat
 from producer.tagging import SIDECAR_NAMES, SidecarChange, TagOptions, UntrainedWeights, tag_records
+from producer.words import plural
 
 
 @click.command()
@@ -61,9 +62,9 @@ def tag(ctx, job, min_score, top, prefix, sidecar_name, remove, dry_run, allow_u
     counts = ", ".join(f"{summary.count(state)} {would}{state}" for state in ("created", "changed", "deleted"))
     click.echo(f"Sidecars: {counts}, {summary.count('unchanged')} unchanged, {summary.count('skipped')} skipped, "
                f"{len(summary.failed)} failed; "
-               f"{summary.skipped_errors} images without labels (errors) skipped.", err=True)
+               f"{plural(summary.skipped_errors, 'image')} without labels (errors) skipped.", err=True)
     if summary.failed:
-        raise click.ClickException(f"{len(summary.failed)} sidecars could not be written (see above); "
+        raise click.ClickException(f"{plural(len(summary.failed), 'sidecar')} could not be written (see above); "
                                    "they were left as they were.")
 
 

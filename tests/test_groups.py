@@ -168,6 +168,6 @@ def test_report_filters_by_group(run, store, photos, tmp_path):
     assert "(2 images, 0 errors)" in result.output
     page = out.read_text(encoding="utf-8")
     assert "0.jpg" in page and "1.jpg" in page and "2.jpg" not in page and "group <b>dog</b>" in page
-    assert "(1 images, 0 errors)" in run("report", job, "--group", "aircraft", "-o", str(out)).output
+    assert "(1 image, 0 errors)" in run("report", job, "--group", "aircraft", "-o", str(out)).output
     wrong = run("report", job, "--group", "dogs", "-o", str(out))
     assert wrong.exit_code == 1 and "'dogs' is not a group" in wrong.output and "Traceback" not in wrong.output

@@ -228,7 +228,7 @@ def test_the_report_has_a_section_per_head_label():
     records = [head_record(), head_record(image=4), head_record(head={"name": "beach", "top_k": [
         {"label": "city", "score": 0.75}]})]
     sections = _head_sections(records)
-    assert "Head beach: beach (2 images)" in sections and "Head beach: city (1 images)" in sections
+    assert "Head beach: beach (2 images)" in sections and "Head beach: city (1 image)" in sections
 
 
 def test_tag_files_a_heads_best_labels_under_the_head():

@@ -165,7 +165,7 @@ def test_tag_merges_is_idempotent_and_removes_exactly_its_own(run, store, photos
 
     result = run("tag", job, "--top", "2", "--min-score", "0.1")
     assert result.exit_code == 0, result.output
-    assert "1 created, 1 changed" in result.output and "1 images without labels" in result.output
+    assert "1 created, 1 changed" in result.output and "1 image without labels" in result.output
     merged = exiftool(photos / "0.jpg.xmp")
     assert merged["Subject"] == ["holiday", "golden retriever", "tench"]
     assert merged["HierarchicalSubject"] == ["places|holiday", "imgq|golden retriever", "imgq|tench"]
