@@ -163,7 +163,8 @@ def test_classify_starts_a_worker_when_the_live_one_goes(own_settings, tmp_path)
     code, err = run_imgq("classify", str(tmp_path / "photos"), "-o", str(tmp_path / "out.jsonl"),
                          env=classify_env(settings, IMGQ_HEARTBEAT_SECONDS="2"), cwd=tmp_path)
     assert code == 0, err
-    assert f"No worker is alive in namespace {settings.namespace!r} any more: started one (pid" in err
+    assert (f"No worker of model resnet50 is alive in namespace {settings.namespace!r} any more: started one (pid"
+            in err)
     assert "1 classified, 0 failed of 1" in err
 
 
