@@ -21,7 +21,7 @@ from imgq import queue
 from imgq import submit as submission
 from imgq.contract import IMAGE_EXTENSIONS, MODEL_NAME
 from imgq.files import WriteError
-from imgq.heads import Head
+from imgq.heads import Head, refusal
 from imgq.job_refs import resolve
 from imgq.jobs import JobStatus
 from imgq.layers import UnknownLayer, check_layers, shapes_known
@@ -681,6 +681,8 @@ def classify(ctx, paths, recursive, includes, excludes, from_file, top_k, batch_
     # A worker started here loads the model here: a name of a model no worker serves yet must be a built-in
     # or a folder, checked before anything starts.
     chosen = choose_model(settings.model)
+    if head is not None and (problem := refusal(head, chosen.name, set())):  # the weights: by the worker
+        raise click.ClickException(problem)
     broker_configured = bool(os.environ.get(env_var("broker_url"))) or ctx.parent.params.get("broker_url")
     skipped = Skipped(keep_paths=verbose)
     images = selected_images(paths, recursive, includes, excludes, from_file, skipped)

@@ -238,3 +238,15 @@ def test_tag_files_a_heads_best_labels_under_the_head():
     assert ("beach", "beach") in paths
     assert ("beach", "city") not in paths and ("beach", "city") in chosen_paths(head_record(), TagOptions(top=2))
     assert not [p for p in chosen_paths(head_record(), TagOptions(min_score=0.9)) if p[0] == "beach"]
+
+
+def test_classify_refuses_a_head_of_another_model_before_starting_anything(settings, tmp_path):
+    from tests.processes import imgq_cli
+
+    learn.write_head(a_head(), str(tmp_path / "beach.head.json"))
+    result = imgq_cli(settings, "classify", str(tmp_path), "--model", "efficientnetv2b0", "--head",
+                      str(tmp_path / "beach.head.json"), "--no-embedded-redis", check=False)
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        "Error: The head 'beach' was learned on model resnet50; this job runs efficientnetv2b0. Learn it again on "
+        "efficientnetv2b0 (`imgq learn`), or submit with the head's model."]
