@@ -96,7 +96,7 @@ def test_a_report_of_the_real_job(dumped, worker_settings, tmp_path):
     job, _ = dumped
     result = invoke(worker_settings, "report", job, "-o", str(tmp_path / "r.html"))
     assert result.exit_code == 0, result.output
-    assert "(6 images, 1 errors) and 5 thumbnails and 10 heat-map grids" in result.stderr
+    assert "(6 images, 1 error) and 5 thumbnails and 10 heat-map grids" in result.stderr
 
 
 @pytest.mark.slow
