@@ -188,7 +188,7 @@ EMBEDDED_READERS = ("status", "results", "report", "show", "tag", "cancel", "del
 @click.version_option(package_name="imgq")
 @click.pass_context
 def cli(ctx, broker_url, results_url, namespace, embedded_redis):
-    """imgq: classify many images with ResNet50 on Celery workers, through Redis.
+    """imgq: classify many images with a Keras model (ResNet50 by default, or yours) on Celery workers, through Redis.
 
     \b
     One machine, one command:   imgq classify ~/Photos
