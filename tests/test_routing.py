@@ -11,13 +11,7 @@ from imgq import submit as submission
 from imgq.contract import MODEL_NAME, BatchMessage, BatchRef, Heartbeat, MessageError, queue_name
 from imgq.queue import publish, refs
 from tests import imagegen
-from tests.processes import imgq_cli
 from tests.test_walk_and_submit import queued_refs
-
-
-@pytest.fixture
-def run(settings):
-    return lambda *args, **kwargs: imgq_cli(settings, *args, check=False, **kwargs)
 
 
 @pytest.fixture

@@ -17,7 +17,6 @@ from producer.sidecars import HIERARCHICAL, SUBJECT, TAGS_LIST, SidecarError
 from producer.tagging import TagOptions, UntrainedWeights, tag_records
 from tests.imagegen import save
 from tests.jobs import commit_job
-from tests.processes import imgq_cli
 
 TRAINED = "file:test.weights.h5:sha256:" + "ab" * 32
 # Weights that look trained: records made with them may be tagged (random ones may not).
@@ -137,11 +136,6 @@ def store_job(store, images: list[tuple[str, list | None]], job="job1", weights=
         else error_record(job, i, path, "corrupt", "truncated", weights=weights)
         for i, (path, labels) in enumerate(images)])
     return job
-
-
-@pytest.fixture
-def run(settings):
-    return lambda *args: imgq_cli(settings, *args, check=False)
 
 
 @pytest.fixture

@@ -16,16 +16,11 @@ from producer import sidecars
 from producer.sidecars import HIERARCHICAL, SUBJECT, TAGS_LIST
 from producer.tagging import SIDECAR_MAX_BYTES
 from tests.imagegen import save
-from tests.processes import clean_env, imgq_cli
+from tests.processes import clean_env
 from tests.test_tag import DARKTABLE, store_job, top
 
 IMGQ = str(Path(sys.executable).parent / "imgq")
 IMGQ_TENCH = {SUBJECT: ["tench"], HIERARCHICAL: ["imgq|tench"], TAGS_LIST: ["imgq/tench"]}
-
-
-@pytest.fixture
-def run(settings):
-    return lambda *args: imgq_cli(settings, *args, check=False)
 
 
 @pytest.fixture
