@@ -90,7 +90,7 @@ load_classifier(sys.argv[1], 1, 'fp32', 'openvino', '/home/imgq/.local/state/img
 # -- openvino: the worker without TensorFlow (docker build --target openvino) -------------------------------
 # A worker that finds its conversion in the cache never imports TensorFlow (worker/openvino_runtime.py): this
 # image has OpenVINO and the conversion made above, and neither TensorFlow nor its 1+ GB. It runs
-# IMGQ_RUNTIME=openvino with IMGQ_WEIGHTS=OPENVINO_WEIGHTS only, and no --activations (a new layer set needs
+# OpenVINO (IMGQ_RUNTIME auto, the default, or openvino) with IMGQ_WEIGHTS=OPENVINO_WEIGHTS only, and no --activations (a new layer set needs
 # a new conversion, so TensorFlow): for those, the full image.
 FROM base AS openvino
 # openvino, prometheus-client, pillow-heif and rawpy: the worker extra of pyproject.toml without TensorFlow

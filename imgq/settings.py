@@ -93,11 +93,11 @@ class Settings:
     # fp32, or bf16: oneDNN's automatic bfloat16 mixed precision on CPUs with AVX512_BF16 or AMX (a CPU
     # without them runs fp32 and the worker says so).
 
-    runtime: str = "openvino"
-    # What runs the forward pass: openvino (the Keras model converted once, cached under
-    # <state_dir>/openvino; faster than TensorFlow on CPUs, figures in BENCHMARKS.md, "Runtimes"),
-    # tensorflow (the Keras model as it is; the one for CUDA GPUs), or auto: the faster of the two for this
-    # model on this CPU, measured once when the model is first converted and recorded with the conversion.
+    runtime: str = "auto"
+    # What runs the forward pass: auto (the default) is the faster of the two below for this model on this
+    # CPU, measured once when a worker first loads the model there and recorded with its OpenVINO conversion
+    # (docs/runtime.md); openvino (the Keras model converted once, cached under <state_dir>/openvino);
+    # tensorflow (the Keras model as it is; the one for CUDA GPUs).
 
     jpeg_draft: bool = True
     # Let libjpeg decode large JPEGs at 1/2, 1/4 or 1/8 scale (never below 224 px) before the resize.

@@ -175,6 +175,13 @@ def with_overrides(ctx: click.Context, **overrides) -> Settings:
 
 # The commands that read jobs, which find the data `imgq classify` left in its embedded Redis by themselves.
 EMBEDDED_READERS = ("status", "results", "report", "show", "tag", "cancel", "delete")
+# The commands that start the embedded Redis themselves: `imgq --embedded-redis classify` is their own option.
+EMBEDDED_STARTERS = ("classify", "learn")
+
+
+def embedded_asked(ctx: click.Context, option: bool | None) -> bool | None:
+    """A starter's --embedded-redis/--no-embedded-redis, or the group's --embedded-redis when not given."""
+    return option if option is not None else (True if ctx.find_root().params.get("embedded_redis") else None)
 
 
 @click.group(cls=CliGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -182,7 +189,8 @@ EMBEDDED_READERS = ("status", "results", "report", "show", "tag", "cancel", "del
 @setting_option("--results-url", setting="results_url", help="Redis URL of the results store (default: the broker's).")
 @setting_option("--namespace", setting="namespace", help="Prefix of imgq's Redis keys and name of its queue.")
 @click.option("--embedded-redis", is_flag=True,
-              help="Read the jobs `imgq classify` ran on its embedded Redis (data under IMGQ_STATE_DIR). Done "
+              help="Use the embedded Redis of `imgq classify` (data under IMGQ_STATE_DIR): classify and learn start "
+                   "it, the other commands read the jobs classify ran on it. Done "
                    f"without asking by {', '.join(EMBEDDED_READERS)} when no Redis is configured and none "
                    "answers at 127.0.0.1:6379.")
 @click.version_option(package_name="imgq")
@@ -200,6 +208,8 @@ def cli(ctx, broker_url, results_url, namespace, embedded_redis):
         ctx.obj = Settings.from_env(broker_url=broker_url, results_url=results_url, namespace=namespace)
     except ValueError as exc:  # one line naming the variable (and never a password: see check_redis_url)
         raise click.ClickException(str(exc)) from None
+    if ctx.invoked_subcommand in EMBEDDED_STARTERS:
+        return  # they start it, or reopen its data, themselves (embedded_asked)
     if (embedded_redis or ctx.invoked_subcommand in EMBEDDED_READERS) and not ctx.meta.get("imgq.help"):
         configured = broker_url or results_url or any(os.environ.get(env_var(s)) for s in ("broker_url", "results_url"))
         _use_embedded(ctx, asked=embedded_redis, configured=bool(configured))
@@ -636,8 +646,9 @@ def _write_embeddings(store: ResultStore, status: JobStatus, out: str, dump_root
                 help="IP address of the metrics server (0.0.0.0: every interface, as in a container).")
 @setting_option("--log-format", setting="log_format", type=click.Choice(["text", "json"]),
                 help="Log lines as text, or one JSON object per line.")
-@setting_option("--runtime", setting="runtime", type=click.Choice(["openvino", "tensorflow"]),
-                help="What runs the model: openvino (converted once, cached) or tensorflow (CUDA GPUs).")
+@setting_option("--runtime", setting="runtime", type=click.Choice(["auto", "openvino", "tensorflow"]),
+                help="What runs the model: auto (the faster of the two on this CPU, measured once), openvino "
+                     "(converted once, cached) or tensorflow (CUDA GPUs).")
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
 def worker(ctx, model, weights, batch_size, metrics_port, metrics_address, log_format, runtime, celery_args):
@@ -689,8 +700,9 @@ def classify(ctx, paths, recursive, includes, excludes, from_file, top_k, batch_
     request = {**job_request(settings, known, activations, activations_dtype, yes, sink, chosen, head),
                "skipped": skipped}
     tagging = TagOptions(min_score=min_score or 0.0, allow_untrained=allow_untrained) if tag_sidecars else None
-    run_classify(images, settings, name=name, embedded=embedded_redis, broker_configured=bool(broker_configured),
-                 request=request, output=Output(out, fmt, min_score, tagging))
+    run_classify(images, settings, name=name, embedded=embedded_asked(ctx, embedded_redis),
+                 broker_configured=bool(broker_configured), request=request,
+                 output=Output(out, fmt, min_score, tagging))
 
 
 # They use the group's settings and errors above.

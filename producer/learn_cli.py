@@ -36,6 +36,7 @@ def learn(ctx, examples, out, name, model, weights, embedded_redis):
     """
     from producer import learn as learning
     from producer.classify import Output, run_classify
+    from producer.cli import embedded_asked
 
     try:
         found = learning.find_examples(examples)
@@ -62,7 +63,8 @@ def learn(ctx, examples, out, name, model, weights, embedded_redis):
     results = learning.temporary_results()
     try:
         final = run_classify([p for paths in found.images.values() for p in paths], settings,
-                             name=f"learn-{name}", embedded=embedded_redis, broker_configured=bool(broker_configured),
+                             name=f"learn-{name}", embedded=embedded_asked(ctx, embedded_redis),
+                             broker_configured=bool(broker_configured),
                              request={"activations": (chosen.feature_layer,), "activations_dtype": "float32",
                                       "model": chosen.name, "params": chosen.params()},
                              output=Output(results))

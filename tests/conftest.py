@@ -33,8 +33,10 @@ def redis_url(tmp_path_factory):
 
 
 def make_settings(redis_url: str, tmp_path, **overrides) -> Settings:
+    # One runtime for the suite's workers, so that two workers of a test answer alike: the default, auto,
+    # picks by a measurement a busy machine can sway (its own tests: test_ov_cache.py, test_local_use.py).
     values = {"broker_url": redis_url, "namespace": f"imgqtest-{uuid.uuid4().hex[:8]}", "weights": "random",
-              "state_dir": str(tmp_path / "state"), "batch_size": 8}
+              "state_dir": str(tmp_path / "state"), "batch_size": 8, "runtime": "openvino"}
     return Settings(**{**values, **overrides})
 
 

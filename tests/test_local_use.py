@@ -196,6 +196,16 @@ def test_classify_from_a_folder_holding_imgq_worker_and_producer(tmp_path):
     assert [json.loads(line)["path"] for line in again.stdout.splitlines()] == \
         [json.loads(line)["path"] for line in (here / "out.jsonl").read_text().splitlines()]
 
+    # The group's flag before classify is classify's own: a second run on the same embedded server's data.
+    second = subprocess.run([imgq, "--embedded-redis", "classify", "photos", "-o", "second.jsonl"], env=env,
+                            cwd=here, capture_output=True, text=True, timeout=RUN_TIMEOUT)
+    assert second.returncode == 0, second.stderr
+    assert len((here / "second.jsonl").read_text().splitlines()) == len(images)
+    # The default runtime, auto: measured by the first worker, read from its record by the second.
+    ready = [line for line in (tmp_path / "state" / "worker-imgq.log").read_text().splitlines() if " ready in " in line]
+    assert len(ready) == 2 and all("(auto: measured " in line for line in ready), ready
+    assert len({re.search(r"auto: measured (\S+)", line)[1] for line in ready}) == 1  # measured once
+
 
 @pytest.mark.slow
 def test_classify_reports_failing_batches_and_ctrl_c_cancels_its_job(own_settings, tmp_path):

@@ -110,13 +110,94 @@ def test_auto_measures_once_per_model_and_cpu_and_records_it(folder, tmp_path, m
     assert record["choice"] in ("openvino", "tensorflow") and first.runtime.startswith(record["choice"])
     assert set(record["images_per_second"]) == {"openvino", "tensorflow"} and record["model"] == first.model_id
     assert record["cpu"] == runtime_choice.cpu_fingerprint()[0]
+    assert record["load_average"] >= 0 and record["batch_size"] == 4
 
     def no_measuring(*args):
         raise AssertionError("measured again")
 
-    monkeypatch.setattr(runtime_choice, "measure", no_measuring)
+    monkeypatch.setattr(runtime_choice, "race", no_measuring)
     again = load_classifier("imagenet", 4, runtime="auto", model=folder, cache_dir=str(tmp_path))
     assert again.runtime.split()[0] == first.runtime.split()[0]
     (tmp_path / entry / record_file).unlink()  # deleting the record measures again
     with pytest.raises(AssertionError, match="measured again"):
         load_classifier("imagenet", 4, runtime="auto", model=folder, cache_dir=str(tmp_path))
+
+
+def test_auto_is_the_default_runtime():
+    from imgq.settings import Settings
+
+    assert Settings().runtime == "auto" and Settings.from_env({}).runtime == "auto"
+
+
+def test_the_race_alternates_the_runtimes_and_keeps_each_ones_best_pass():
+    """A burst of other work slows the pass it falls on: alternating spreads it over both runtimes, and the
+    best pass of each is compared."""
+    from worker.runtime_choice import race
+
+    calls = []
+
+    class Timed:
+        def __init__(self, name, seconds):
+            self.name, self.seconds = name, list(seconds)
+
+        def model_input(self, pixels):
+            return pixels
+
+        def predict(self, batch):
+            calls.append(self.name)
+            time.sleep(self.seconds.pop(0))
+
+    pixels = [np.zeros((2, 2, 3), np.uint8)] * 4
+    speeds = race({"a": Timed("a", [0, 0.2, 0.05, 0.2]), "b": Timed("b", [0, 0.1, 0.1, 0.1])}, pixels, passes=3)
+    assert calls == ["a", "b"] * 4  # one untimed pass each, then three rounds, in turn
+    assert speeds["a"] > speeds["b"]  # a's best pass (0.05 s) beats b's (0.1 s), whatever a's slow passes
+
+
+def test_auto_without_tensorflow_is_openvino_without_measuring(folder, tmp_path, monkeypatch):
+    """The Dockerfile's openvino image: nothing to compare with, nothing recorded, TensorFlow never needed."""
+    from worker import runtime_choice
+    from worker.model import load_classifier
+
+    load(folder, tmp_path)  # the conversion, as the image's build makes it
+    monkeypatch.setattr(runtime_choice, "tensorflow_installed", lambda: False)
+    monkeypatch.setattr(runtime_choice, "race", lambda *args: pytest.fail("measured"))
+    chosen = load_classifier("imagenet", 2, runtime="auto", model=folder, cache_dir=str(tmp_path))
+    assert chosen.runtime.startswith("openvino ")
+    (entry,) = entries(tmp_path)
+    assert not [name for name in os.listdir(tmp_path / entry) if name.startswith("runtime-")]
+
+
+def test_auto_falls_back_to_tensorflow_only_where_tensorflow_is(folder, tmp_path, monkeypatch):
+    from worker import openvino_runtime, runtime_choice
+    from worker.model import load_classifier
+
+    def broken(*args, **kwargs):
+        raise openvino_runtime.OpenVINOError("OpenVINO could not compile the model for CPU (test)")
+
+    monkeypatch.setattr(openvino_runtime, "load_openvino", broken)
+    chosen = load_classifier("imagenet", 2, runtime="auto", model=folder, cache_dir=str(tmp_path))
+    assert chosen.runtime.startswith("tensorflow ")
+    monkeypatch.setattr(runtime_choice, "tensorflow_installed", lambda: False)
+    with pytest.raises(openvino_runtime.OpenVINOError, match="could not compile"):
+        load_classifier("imagenet", 2, runtime="auto", model=folder, cache_dir=str(tmp_path))
+
+
+def test_a_recorded_choice_that_is_a_link_is_not_followed(folder, tmp_path, monkeypatch):
+    """The record is a file imgq opens: a link (here to a record saying tensorflow) is not read, so the
+    runtimes are measured again, and the link is replaced by a record of its own."""
+    from worker import runtime_choice
+    from worker.model import load_classifier
+
+    load_classifier("imagenet", 2, runtime="auto", model=folder, cache_dir=str(tmp_path))
+    (entry,) = entries(tmp_path)
+    (record,) = [tmp_path / entry / name for name in os.listdir(tmp_path / entry) if name.startswith("runtime-")]
+    elsewhere = tmp_path / "elsewhere.json"
+    elsewhere.write_text(json.dumps({"choice": "tensorflow"}))
+    record.unlink()
+    record.symlink_to(elsewhere)
+    measured = []
+    real_race = runtime_choice.race
+    monkeypatch.setattr(runtime_choice, "race", lambda *args: measured.append(1) or real_race(*args))
+    load_classifier("imagenet", 2, runtime="auto", model=folder, cache_dir=str(tmp_path))
+    assert measured == [1]
+    assert not record.is_symlink() and json.loads(elsewhere.read_text()) == {"choice": "tensorflow"}

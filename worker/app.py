@@ -142,9 +142,16 @@ def _load_or_exit(hostname: str | None, worker=None) -> None:
     classifier = runtime.classifier
     print(f"imgq worker: {classifier.model_id} ready in {classifier.load_seconds:.1f} s, serving queue "
           f"{app.conf.task_default_queue} (weights {classifier.weights_id}, "
-          f"{classifier.precision} on {classifier.runtime}, pool {runtime.celery_pool or settings.pool} "
+          f"{classifier.precision} on {classifier.runtime}{_chosen_by(classifier)}, "
+          f"pool {runtime.celery_pool or settings.pool} "
           f"x{runtime.concurrency or settings.concurrency}, broker {mask_url(settings.broker_url)})",
           file=sys.stderr, flush=True)
+
+
+def _chosen_by(classifier) -> str:
+    """Why IMGQ_RUNTIME=auto chose this runtime (worker/runtime_choice.py), for the ready line."""
+    reason = getattr(classifier, "chosen_by", "")
+    return f" ({reason})" if reason else ""
 
 
 def _pool_label(pool) -> str:

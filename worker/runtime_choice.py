@@ -1,17 +1,22 @@
-"""IMGQ_RUNTIME=auto: the faster runtime for this model on this CPU, measured once and recorded.
+"""IMGQ_RUNTIME=auto, the default: the faster runtime for this model on this CPU, measured once and recorded.
 
 OpenVINO is not the faster runtime for every model (on an AVX2-only EPYC, issue 17 saw EfficientNetV2-B0 run
 at 29 img/s on OpenVINO and 47 on TensorFlow, ResNet50 at 20 and 12). So the choice is made per model and
-per CPU, by measurement: both runtimes classify the same batch of pixels (after a warm-up, best of
-``PASSES``), and the faster wins (OpenVINO on a tie within TIE). The result is written beside the model's
-OpenVINO conversion (``runtime-<cpu>.json`` in its cache entry, worker/ov_cache.py) with the figures, so
-that a later start on the same CPU reads it instead of measuring again; a new CPU (another instance type)
-measures anew. Delete the file to measure again (the machine was busy, say).
+per CPU, by measurement: both runtimes classify the same batch of pixels, their timed passes alternating
+(so that a burst of other work on the machine slows both, not one), best of ``PASSES`` each after a warm-up,
+and the faster wins (OpenVINO on a tie within TIE). The result is written beside the model's OpenVINO
+conversion (``runtime-<cpu>-<precision>.json`` in its cache entry, worker/ov_cache.py) with the figures and
+the machine's load when measured, so that a later start on the same CPU reads it instead of measuring again;
+a new CPU (another instance type) measures anew. Delete the file to measure again (the machine was busy, say).
+
+Without TensorFlow installed (the Dockerfile's ``openvino`` image) there is nothing to measure against:
+OpenVINO. Without a working OpenVINO: TensorFlow, with a warning.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -20,13 +25,14 @@ import time
 
 import numpy as np
 
-from imgq.files import atomic_path
+from imgq.files import atomic_path, read_regular
 from imgq.models import ModelSpec
 
 log = logging.getLogger(__name__)
 
 PASSES = 3
 TIE = 0.05  # OpenVINO unless TensorFlow is more than 5% faster: its cache makes later starts quicker
+RECORD_MAX_BYTES = 64 * 1024  # a record is a few hundred bytes
 
 
 def cpu_fingerprint(cpuinfo: str = "/proc/cpuinfo") -> tuple[str, str]:
@@ -45,16 +51,23 @@ def cpu_fingerprint(cpuinfo: str = "/proc/cpuinfo") -> tuple[str, str]:
     return description, hashlib.sha256(f"{description}|{flags}".encode()).hexdigest()[:12]
 
 
-def measure(classifier, pixels: list[np.ndarray], passes: int = PASSES) -> float:
-    """Images per second of ``classifier`` on ``pixels`` (input preparation and forward pass), best of
-    ``passes`` after one untimed pass."""
-    classifier.predict(classifier.model_input(pixels))
-    best = float("inf")
-    for _ in range(passes):
-        started = time.perf_counter()
+def race(classifiers: dict[str, object], pixels: list[np.ndarray], passes: int = PASSES) -> dict[str, float]:
+    """Images per second of each classifier on ``pixels`` (input preparation and forward pass): one untimed
+    pass each, then ``passes`` timed rounds in which each runs once, in turn; the best pass of each counts."""
+    for classifier in classifiers.values():
         classifier.predict(classifier.model_input(pixels))
-        best = min(best, time.perf_counter() - started)
-    return len(pixels) / best
+    best = dict.fromkeys(classifiers, float("inf"))
+    for _ in range(passes):
+        for name, classifier in classifiers.items():
+            started = time.perf_counter()
+            classifier.predict(classifier.model_input(pixels))
+            best[name] = min(best[name], time.perf_counter() - started)
+    return {name: len(pixels) / seconds for name, seconds in best.items()}
+
+
+def tensorflow_installed() -> bool:
+    """Whether TensorFlow can be imported here (the openvino image leaves it out), without importing it."""
+    return importlib.util.find_spec("tensorflow") is not None
 
 
 def auto_classifier(spec: ModelSpec, weights: str, batch_size: int, precision: str, cache_dir: str | None):
@@ -67,53 +80,64 @@ def auto_classifier(spec: ModelSpec, weights: str, batch_size: int, precision: s
         openvino = load_openvino(weights, batch_size, precision, cache_dir, spec=spec)
         openvino.warm_up()
     except OpenVINOError as exc:
+        if not tensorflow_installed():
+            raise  # nothing else can run it: the worker stops with OpenVINO's reason
         log.warning("IMGQ_RUNTIME=auto: OpenVINO cannot run %s here (%s): TensorFlow", spec.id, exc)
         openvino = None
+    if openvino is not None and not tensorflow_installed():
+        return _chosen(openvino, "TensorFlow is not installed to compare with")
     description, cpu = cpu_fingerprint()
     entry = openvino.cache_entry() if openvino is not None else None
     record_path = os.path.join(entry.folder, f"runtime-{cpu}-{precision}.json") if entry else None
     recorded = _read(record_path)
     if openvino is not None and recorded.get("choice") == "openvino":
-        log.info("IMGQ_RUNTIME=auto: openvino for %s on this CPU (measured %s)", spec.id, recorded.get("measured_at"))
-        return openvino
+        return _chosen(openvino, _measured(recorded))
     keras_model, weights_id, full_spec = build_model(openvino.spec if openvino else spec, weights)
     tensorflow = Classifier(keras_model, weights_id, batch_size, enable_precision(precision), spec=full_spec)
-    if openvino is None or recorded.get("choice") == "tensorflow":
-        return tensorflow
+    if openvino is None:
+        return _chosen(tensorflow, "OpenVINO cannot run it here")
+    if recorded.get("choice") == "tensorflow":
+        return _chosen(tensorflow, _measured(recorded))
+    log.info("IMGQ_RUNTIME=auto: measuring OpenVINO against TensorFlow for %s on this CPU (once; recorded in %s)",
+             spec.id, record_path)
     pixels = list(np.random.default_rng(0).integers(0, 256, size=(batch_size, *tensorflow.target.shape),
                                                     dtype=np.uint8))
     tensorflow.warm_up()
-    speeds = {"openvino": measure(openvino, pixels), "tensorflow": measure(tensorflow, pixels)}
+    speeds = race({"openvino": openvino, "tensorflow": tensorflow}, pixels)
     choice = "tensorflow" if speeds["tensorflow"] > speeds["openvino"] * (1 + TIE) else "openvino"
     record = {"choice": choice, "images_per_second": {k: round(v, 2) for k, v in speeds.items()},
               "batch_size": batch_size, "precision": precision, "cpu": description, "model": spec.id,
+              "load_average": round(os.getloadavg()[0], 2),
               "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    log.info("IMGQ_RUNTIME=auto: %s for %s on %s (img/s openvino %.1f, tensorflow %.1f)", choice, spec.id,
-             description, speeds["openvino"], speeds["tensorflow"])
     if record_path:
         try:
             with atomic_path(record_path) as tmp, open(tmp, "w") as file:
                 json.dump(record, file)
         except OSError as exc:
             log.warning("IMGQ_RUNTIME=auto: choice not recorded in %s: %s", record_path, exc)
-    return openvino if choice == "openvino" else tensorflow
+    return _chosen(openvino if choice == "openvino" else tensorflow, _measured(record))
 
 
-def recorded_choice(classifier) -> dict:
-    """What auto recorded for ``classifier``'s model on this CPU ({} when nothing)."""
-    entry = classifier.cache_entry() if hasattr(classifier, "cache_entry") else None
-    if entry is None:
-        return {}
-    _, cpu = cpu_fingerprint()
-    return _read(os.path.join(entry.folder, f"runtime-{cpu}-{classifier.precision}.json"))
+def _measured(record: dict) -> str:
+    speeds = record.get("images_per_second") or {}
+    return (f"measured {record.get('measured_at', '?')}: img/s openvino {speeds.get('openvino', '?')}, "
+            f"tensorflow {speeds.get('tensorflow', '?')} at load {record.get('load_average', '?')}")
+
+
+def _chosen(classifier, reason: str):
+    """``classifier``, carrying why auto chose it (``chosen_by``, which the worker's ready line prints)."""
+    classifier.chosen_by = f"auto: {reason}"
+    log.info("IMGQ_RUNTIME=auto chose %s for %s (%s)", classifier.runtime, classifier.model_id, reason)
+    return classifier
 
 
 def _read(path: str | None) -> dict:
+    """The record at ``path`` ({} when none, or not a small regular JSON file: then it is measured again)."""
     if not path:
         return {}
     try:
-        with open(path) as file:
-            record = json.load(file)
-        return record if isinstance(record, dict) else {}
-    except (OSError, ValueError):
+        found = read_regular(path, RECORD_MAX_BYTES)
+        record = json.loads(found[0]) if found else {}
+    except (OSError, ValueError):  # RefusedFile is a ValueError
         return {}
+    return record if isinstance(record, dict) else {}
