@@ -10,6 +10,7 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import BinaryIO
 
 
 class WriteError(OSError):
@@ -42,13 +43,14 @@ def open_nonblocking(path: str, flags: int) -> int:
     return os.open(path, flags | os.O_NONBLOCK)
 
 
-def read_regular(path: str, max_bytes: int, *, follow_links: bool = False) -> tuple[bytes, os.stat_result] | None:
-    """The bytes of the regular file at ``path`` and its fstat (the file read is the file checked); None when
-    nothing is there.
+def open_regular(path: str, max_bytes: int, *, follow_links: bool = False) -> BinaryIO | None:
+    """``path`` opened for reading in binary once fstat shows a regular file of at most ``max_bytes`` bytes
+    (the file read is the file checked); None when nothing is there. For readers that take a file object
+    (Pillow, numpy, pyarrow) and read only the parts they need; the caller closes it.
 
     The last component of ``path`` is not followed when it is a symbolic link (O_NOFOLLOW), unless
     ``follow_links``: a link, even a dangling one, is refused, never read or resolved. The open never blocks
-    (O_NONBLOCK). At most ``max_bytes + 1`` bytes are ever read, whatever the file claims or grows to.
+    (O_NONBLOCK).
 
     Raises RefusedFile (a link, not a regular file, over ``max_bytes``) and OSError (permissions, I/O).
     """
@@ -61,12 +63,31 @@ def read_regular(path: str, max_bytes: int, *, follow_links: bool = False) -> tu
         if exc.errno == errno.ELOOP and not follow_links and os.path.islink(path):
             raise RefusedFile("a symbolic link: imgq does not follow it") from None
         raise
-    with os.fdopen(fd, "rb") as file:
+    file = os.fdopen(fd, "rb")
+    try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise RefusedFile("not a regular file (a folder, pipe, socket or device)")
         if info.st_size > max_bytes:
             raise RefusedFile(f"{info.st_size} bytes, more than the {max_bytes} bytes imgq reads")
+    except BaseException:
+        file.close()
+        raise
+    return file
+
+
+def read_regular(path: str, max_bytes: int, *, follow_links: bool = False) -> tuple[bytes, os.stat_result] | None:
+    """The bytes of the regular file at ``path`` and its fstat; None when nothing is there. Opened as
+    ``open_regular`` opens it; at most ``max_bytes + 1`` bytes are ever read, whatever the file claims or
+    grows to.
+
+    Raises RefusedFile (a link, not a regular file, over ``max_bytes``) and OSError (permissions, I/O).
+    """
+    file = open_regular(path, max_bytes, follow_links=follow_links)
+    if file is None:
+        return None
+    with file:
+        info = os.fstat(file.fileno())
         data = file.read(max_bytes + 1)
     if len(data) > max_bytes:  # it grew between the fstat and the read
         raise RefusedFile(f"more than the {max_bytes} bytes imgq reads")

@@ -30,18 +30,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from urllib.parse import quote
 
-from PIL import Image, ImageOps
-
 from imgq import groups as wordnet_groups
-from imgq.contract import PILLOW_FORMATS, ResultRecord, is_untrained
+from imgq.contract import ResultRecord, is_untrained
 from imgq.files import atomic_path, usual_mode
 from imgq.jobs import JobStatus
 from imgq.store import ResultStore
 from producer.dumps import DumpError, dump_file, dumped_layers, load_layer
 from producer.heatmaps import channel_title, feature_grid
+from producer.previews import PreviewLimits, thumbnail
 from producer.words import plural
 
-THUMB_SIZE = 160  # longest side of a thumbnail, in pixels
 MAP_CHANNELS = 8  # heat maps per layer and image in the report
 MAP_CELL = 48  # longest side of one heat map in the report, in pixels
 HISTOGRAM_LABELS = 20
@@ -68,9 +66,11 @@ class Report:
 
 
 def write_report(store: ResultStore, job: str, out: str, dump_root: str, page_size: int = 100,
-                 channels: int = MAP_CHANNELS, group: str | None = None) -> Report:
+                 channels: int = MAP_CHANNELS, group: str | None = None,
+                 limits: PreviewLimits | None = None) -> Report:
     """Write the report of ``job`` to ``out`` and its pictures to ``<out stem>_files/``; with ``group``, of the
-    images in that WordNet group only (see the module).
+    images in that WordNet group only (see the module). ``limits``: what a thumbnail may read (producer/previews.py;
+    default: the settings' defaults).
 
     The pictures are made in a temporary folder that replaces the old one at the end (only if that one
     is imgq's, see MARKER), and the page is written atomically. Raises JobNotFound, ReportError (also for a
@@ -95,8 +95,9 @@ def write_report(store: ResultStore, job: str, out: str, dump_root: str, page_si
         link = quote(os.path.basename(folder))
         records = [r for r in store.iter_records(job) if group is None or in_group(r, group)]
         # Decoding, resizing and PNG encoding release the GIL: threads use the cores.
+        reads = limits or PreviewLimits()
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-            cards = list(pool.map(lambda r: _card(r, staging, link, dump_root, channels), records))
+            cards = list(pool.map(lambda r: _card(r, staging, link, dump_root, channels, reads), records))
         page = _page(status, records, cards, page_size, group)
         _replace_folder(staging, folder)
     except BaseException:
@@ -151,7 +152,8 @@ def shown(text: str) -> str:
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
-def _card(record: ResultRecord, folder: str, link: str, dump_root: str, channels: int) -> dict:
+def _card(record: ResultRecord, folder: str, link: str, dump_root: str, channels: int,
+          limits: PreviewLimits) -> dict:
     """One image's card data: ``i`` id, ``n`` name, ``p`` path, ``k`` [[label, score]], ``hd`` (the same of the
     job's head), and ``t, w, h`` (thumbnail), ``e`` (error), ``m`` (heat maps: [[layer, url, width, height,
     title]]), ``x`` (a note)."""
@@ -163,9 +165,10 @@ def _card(record: ResultRecord, folder: str, link: str, dump_root: str, channels
         return card
     if record.head and record.head.get("top_k"):
         card["hd"] = [[f"{record.head['name']}: {t['label']}", round(t["score"], 4)] for t in record.head["top_k"]]
-    size = _thumbnail(record.path, os.path.join(folder, "thumbs", f"{image}.jpg"))
-    if size:
-        card.update(t=f"{link}/thumbs/{image}.jpg", w=size[0], h=size[1])
+    picture = thumbnail(record.path, limits)  # None: the card says "no preview"
+    if picture is not None:
+        picture.save(os.path.join(folder, "thumbs", f"{image}.jpg"), "JPEG", quality=80)
+        card.update(t=f"{link}/thumbs/{image}.jpg", w=picture.width, h=picture.height)
     try:
         maps = _layer_maps(record, folder, link, dump_root, channels)
     except DumpError as exc:
@@ -176,20 +179,6 @@ def _card(record: ResultRecord, folder: str, link: str, dump_root: str, channels
     elif record.activations:
         card["x"] = "its dump is not under this machine's dump root (IMGQ_DUMP_ROOT)"
     return card
-
-
-def _thumbnail(path: str, dest: str) -> tuple[int, int] | None:
-    """Write a JPEG thumbnail of the image at ``path``; its (width, height), or None when it cannot be
-    opened here (moved, unreadable, not a format we open): the card then says "no preview"."""
-    try:
-        with Image.open(path, formats=PILLOW_FORMATS) as image:
-            image.draft("RGB", (THUMB_SIZE * 2, THUMB_SIZE * 2))  # JPEG: decode at a reduced scale
-            picture = ImageOps.exif_transpose(image).convert("RGB")
-    except Exception:  # Pillow raises many kinds for a damaged file; a preview is not worth a failed report
-        return None
-    picture.thumbnail((THUMB_SIZE, THUMB_SIZE))
-    picture.save(dest, "JPEG", quality=80)
-    return picture.size
 
 
 def _layer_maps(record: ResultRecord, folder: str, link: str, dump_root: str, channels: int) -> list[list]:

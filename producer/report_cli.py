@@ -54,6 +54,7 @@ def layers(ctx, model):
 @click.pass_context
 def report(ctx, job, out, page_size, channels, group):
     """Write an HTML report of JOB: summary, errors, thumbnails with labels, heat maps of the dumps."""
+    from producer.previews import PreviewLimits
     from producer.report import ReportError, write_report
 
     store = ResultStore.from_settings(ctx.obj)
@@ -61,7 +62,8 @@ def report(ctx, job, out, page_size, channels, group):
     out = out or f"imgq-{job}.html"
     try:
         written = write_report(store, job, out, ctx.obj.effective_dump_root,
-                               page_size=page_size, channels=channels, group=group)
+                               page_size=page_size, channels=channels, group=group,
+                               limits=PreviewLimits.from_settings(ctx.obj))
     except ReportError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"Wrote {written.path} ({plural(written.images, 'image')}, {plural(written.errors, 'error')}) and "

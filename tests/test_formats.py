@@ -4,6 +4,7 @@ upright once; and a HEIC labelled as its JPEG twin by a real worker with image-d
 from __future__ import annotations
 
 import io
+import os
 import struct
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from imgq import image_kinds
 from imgq.contract import ERROR_CODES, IMAGE_EXTENSIONS, IMAGE_FORMATS
 from tests import photogen
 from tests.imagegen import pattern
@@ -71,13 +73,13 @@ def test_the_contract_names_the_new_formats():
     (b"\xff\xd8\xff\xe0", "a.dng", ""),  # a JPEG named .dng is a JPEG
 ])
 def test_formats_are_recognised_by_content(head, name, kind):
-    assert formats.sniff(io.BytesIO(head + bytes(32)), name) == kind
+    assert image_kinds.sniff(io.BytesIO(head + bytes(32)), name) == kind
 
 
 def test_a_dng_says_so_whatever_its_name():
     data = photogen.dng(banded())
-    assert formats.sniff(io.BytesIO(data), "scan.tif") == "RAW"
-    assert formats.sniff(io.BytesIO(data), "") == "RAW"
+    assert image_kinds.sniff(io.BytesIO(data), "scan.tif") == "RAW"
+    assert image_kinds.sniff(io.BytesIO(data), "") == "RAW"
 
 
 # --- HEIC --------------------------------------------------------------------------------------------------
@@ -85,7 +87,7 @@ def test_a_dng_says_so_whatever_its_name():
 @needs_heif_enc
 def test_a_heic_decodes_like_its_jpeg_twin(tmp_path, jpeg):
     heic = photogen.heic_from(jpeg, tmp_path / "photo.HEIC")
-    assert formats.sniff(heic.open("rb"), str(heic)) == "HEIF"
+    assert image_kinds.sniff(heic.open("rb"), str(heic)) == "HEIF"
     twin, pixels = load_pixels(str(jpeg)), load_pixels(str(heic))
     assert pixels.shape == (224, 224, 3) and pixels.dtype == np.uint8
     assert np.abs(twin.astype(int) - pixels.astype(int)).mean() < 6  # HEVC against JPEG: the same picture
@@ -261,3 +263,12 @@ def test_a_worker_labels_heic_and_raw_as_their_jpeg_twins(twins, redis_url, tmp_
     for i in range(TWINS):
         top1 = {ext: records[f"picture-{i}.{ext}"]["top_k"][0]["wnid"] for ext in ("jpg", "heic", "dng")}
         assert top1 == dict.fromkeys(top1, class_index()[i][0]), (i, top1)
+
+
+def test_a_dng_opens_where_proc_is_missing(tmp_path, monkeypatch):
+    """Without /proc (another kernel), LibRaw reads the checked file from its file object."""
+    path = tmp_path / "upright.dng"
+    path.write_bytes(photogen.dng(banded()))
+    real_exists = os.path.exists
+    monkeypatch.setattr(os.path, "exists", lambda p: False if str(p).startswith("/proc/") else real_exists(p))
+    assert red_side(load_pixels(str(path))) == "top"

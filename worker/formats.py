@@ -21,20 +21,13 @@ from __future__ import annotations
 
 import io
 import os
-import struct
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from imgq.contract import PILLOW_FORMATS, RAW_EXTENSIONS
+from imgq.contract import PILLOW_FORMATS
+from imgq.image_kinds import HEIF, ORIENTATION_FOR_FLIP
 from worker.errors import ImageError, one_line
 from worker.memory import decode_budget
-
-HEIF = "HEIF"
-RAW = "RAW"
-
-HEIF_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"mif1", b"msf1"})
-# ISO-BMFF major brands of HEVC-coded HEIF images and sequences (ISO/IEC 23008-12); mif1/msf1 are the
-# generic ones iPhones and libheif also write. AVIF (avif, avis) is not among them: pillow-heif decodes only HEVC.
 
 HEIF_BYTES_PER_PIXEL = 13
 # What a HEIF decode holds at full size beyond the file: libheif's YCbCr planes, its interleaved RGB(A) copy and
@@ -43,52 +36,6 @@ HEIF_BYTES_PER_PIXEL = 13
 # (worker/memory.py): at the default IMGQ_MAX_PIXELS a HEIF of up to ~27 MP decodes (a 12 or 24 MP iPhone photo;
 # a 48 MP "HEIF Max" one needs IMGQ_MAX_PIXELS of 160 million). tests/test_formats.py pins the bound.
 
-RAW_SIGNATURES = (b"IIRO", b"IIRS", b"MMOR", b"IIU\0", b"FUJIFILMCCD-RAW")
-# Olympus ORF, Panasonic RW2 (and Leica RWL), Fujifilm RAF: their first bytes name them.
-TIFF_SIGNATURES = (b"II*\0", b"MM\0*")
-DNG_VERSION_TAG = 50706
-MAX_IFD_ENTRIES = 1024  # read of IFD0 when looking for the DNG tag: 12 KiB at most
-HEAD_BYTES = 32
-
-# LibRaw's ``flip`` (dcraw's encoding) as the EXIF orientation it came from.
-_ORIENTATION_FOR_FLIP = {0: 1, 1: 2, 3: 3, 2: 4, 4: 5, 6: 6, 7: 7, 5: 8}
-
-
-def sniff(file: BinaryIO, name: str = "") -> str:
-    """HEIF, RAW, or "" (Pillow's own formats decide) for the content of ``file`` (left at 0).
-
-    ``name``: the file's name, which tells a TIFF-structured RAW without a mark of its own (NEF, ARW).
-    """
-    head = file.read(HEAD_BYTES)
-    file.seek(0)
-    if head[4:8] == b"ftyp":
-        brand = head[8:12]
-        if brand == b"crx ":  # Canon CR3: ISO-BMFF too, but LibRaw's
-            return RAW
-        return HEIF if brand in HEIF_BRANDS else ""
-    if head.startswith(RAW_SIGNATURES):
-        return RAW
-    if head.startswith(TIFF_SIGNATURES):
-        named_raw = name.rpartition(".")[2].lower() in RAW_EXTENSIONS
-        if named_raw or head[8:10] == b"CR" or _has_dng_tag(file, head):
-            return RAW
-    return ""
-
-
-def _has_dng_tag(file: BinaryIO, head: bytes) -> bool:
-    """Whether IFD0 of the TIFF in ``file`` holds the DNGVersion tag (two bounded reads; ``file`` left at 0)."""
-    order = "<" if head[:2] == b"II" else ">"
-    try:
-        (offset,) = struct.unpack(order + "I", head[4:8])
-        file.seek(offset)
-        (count,) = struct.unpack(order + "H", file.read(2))
-        entries = file.read(12 * min(count, MAX_IFD_ENTRIES))
-    except (struct.error, OSError, ValueError):
-        return False
-    finally:
-        file.seek(0)
-    tags = (struct.unpack_from(order + "H", entries, at)[0] for at in range(0, len(entries) - 11, 12))
-    return DNG_VERSION_TAG in tags
 
 
 def register_heif() -> None:
@@ -132,7 +79,7 @@ def raw_preview(file: BinaryIO, max_pixels: int) -> RawPreview:
     try:
         _open_raw(raw, file)
         thumb = raw.extract_thumb()
-        orientation = _ORIENTATION_FOR_FLIP.get(raw.sizes.flip, 1)
+        orientation = ORIENTATION_FOR_FLIP.get(raw.sizes.flip, 1)
     except (rawpy.LibRawNoThumbnailError, rawpy.LibRawUnsupportedThumbnailError):
         raise ImageError("no_preview", "a camera RAW without an embedded preview") from None
     except rawpy.LibRawFileUnsupportedError:
@@ -161,7 +108,7 @@ def _open_raw(raw, file: BinaryIO) -> None:
     if os.path.exists(path):
         raw.open_file(path)
     else:
-        raw.open_buffer(file.read())
+        raw.open_buffer(file)  # rawpy reads the file object whole
 
 
 def _as_ppm(pixels, max_pixels: int) -> BinaryIO:

@@ -34,6 +34,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from imgq import image_kinds
 from imgq.contract import IMAGE_FORMATS
 from imgq.files import open_nonblocking
 from imgq.roots import within_roots
@@ -184,10 +185,10 @@ def decode_pixels(file: BinaryIO, *, max_pixels: int = 89_478_485, jpeg_draft: b
     Raises ImageError with code not_an_image, too_large, corrupt or no_preview.
     """
     Image.MAX_IMAGE_PIXELS = max_pixels / 2  # Pillow raises above twice this: see the top of this module
-    kind = formats.sniff(file, name)
+    kind = image_kinds.sniff(file, name)
     allowed = formats.pillow_formats(kind)
-    orientation = 1 if kind == formats.HEIF else None  # libheif applies a HEIF's own transforms (formats.py)
-    if kind == formats.RAW:
+    orientation = 1 if kind == image_kinds.HEIF else None  # libheif applies a HEIF's own transforms (formats.py)
+    if kind == image_kinds.RAW:
         preview = formats.raw_preview(file, max_pixels)
         file, allowed, orientation = preview.file, preview.formats, preview.orientation
     else:
@@ -196,7 +197,7 @@ def decode_pixels(file: BinaryIO, *, max_pixels: int = 89_478_485, jpeg_draft: b
     try:
         with _open_image(budgeted, max_pixels, allowed, kind) as image:
             _check_size(image, max_pixels)
-            if image.format == formats.HEIF:
+            if image.format == image_kinds.HEIF:
                 formats.check_heif_cost(*image.size, os.fstat(file.fileno()).st_size, max_pixels)
             if jpeg_draft and image.format == "JPEG":
                 image.draft(image.mode, (max(target.size), max(target.size)))
@@ -209,13 +210,13 @@ def decode_pixels(file: BinaryIO, *, max_pixels: int = 89_478_485, jpeg_draft: b
 
 def _open_image(file, max_pixels: int, allowed: tuple[str, ...], kind: str) -> Image.Image:
     """``file`` opened by one of the ``allowed`` Pillow plugins, its header read; ``kind``: what
-    formats.sniff found (a HEIF or a RAW's preview that no plugin opens is damaged, not another format)."""
+    image_kinds.sniff found (a HEIF or a RAW's preview that no plugin opens is damaged, not another format)."""
     try:
         return Image.open(file, formats=allowed)
     except UnidentifiedImageError:
-        if kind == formats.HEIF:
+        if kind == image_kinds.HEIF:
             raise ImageError("corrupt", "a HEIF whose structure libheif cannot read (truncated, damaged)") from None
-        if kind == formats.RAW:
+        if kind == image_kinds.RAW:
             raise ImageError("corrupt", "a camera RAW whose embedded preview cannot be read") from None
         raise ImageError("not_an_image", f"not a supported image ({', '.join(IMAGE_FORMATS)})") from None
     except Image.DecompressionBombError as exc:
@@ -262,7 +263,7 @@ def _to_pixels(image: Image.Image, max_pixels: int, target: Target = RESNET50,
     camera orientation; 1 for a HEIF, which libheif turned already); else none.
     """
     try:
-        exif_orientation = image.getexif().get(_EXIF_ORIENTATION, 1) if image.format != formats.HEIF else 1
+        exif_orientation = image.getexif().get(_EXIF_ORIENTATION, 1) if image.format != image_kinds.HEIF else 1
         orientation = exif_orientation if exif_orientation != 1 else (orientation or 1)
         image.load()
     except Image.DecompressionBombError as exc:
