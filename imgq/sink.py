@@ -18,9 +18,10 @@ import contextlib
 import os
 import re
 from collections.abc import Iterable, Iterator
+from typing import BinaryIO
 
 from imgq.contract import JOB_ID, ResultRecord
-from imgq.files import atomic_path
+from imgq.files import atomic_path, open_regular
 from imgq.parquet_schema import record_batch, records
 
 
@@ -34,6 +35,7 @@ class SinkNotRemovable(RuntimeError):
 
 
 BATCH_FILE = re.compile(r"batch-(\d{6,})\.parquet")
+MAX_BATCH_FILE_BYTES = 1024**3  # a batch of at most 1024 records (with embeddings: a few MB)
 # Only names of this form are batches: temporary files (.imgq-*.tmp) and anything else in the folder are not.
 
 
@@ -105,8 +107,9 @@ def read_job(sink_dir: str, job: str) -> Iterator[ResultRecord]:
     for number in batch_numbers(sink_dir, job):
         path = batch_file(sink_dir, job, number)
         try:
-            rows = sorted(records(pq.read_table(path)), key=lambda r: r.image)
-        except (OSError, ValueError, KeyError, TypeError, pa.ArrowException) as exc:
+            with _opened(path) as file:
+                rows = sorted(records(pq.read_table(file)), key=lambda r: r.image)
+        except (OSError, ValueError, KeyError, TypeError, pa.ArrowException) as exc:  # RefusedFile: ValueError
             reason = " ".join(str(exc).split()) or type(exc).__name__
             raise DamagedSink(f"Cannot read batch {number} of job {job} from its sink, {path}: {reason}") from exc
         yield from rows
@@ -147,7 +150,22 @@ def count_rows(sink_dir: str, job: str) -> int:
     """How many rows the job's batch files hold (from their footers, without reading the rows)."""
     import pyarrow.parquet as pq
 
-    return sum(pq.ParquetFile(batch_file(sink_dir, job, n)).metadata.num_rows for n in batch_numbers(sink_dir, job))
+    total = 0
+    for number in batch_numbers(sink_dir, job):
+        with _opened(batch_file(sink_dir, job, number)) as file:
+            total += pq.ParquetFile(file).metadata.num_rows
+    return total
+
+
+@contextlib.contextmanager
+def _opened(path: str) -> Iterator[BinaryIO]:
+    """A batch file opened by imgq/files.py's rules (no link, no pipe, at most MAX_BATCH_FILE_BYTES).
+    Raises FileNotFoundError when it is gone, RefusedFile (a ValueError) when it is not one imgq reads."""
+    file = open_regular(path, MAX_BATCH_FILE_BYTES)
+    if file is None:
+        raise FileNotFoundError(f"No such file: {path}")
+    with file:
+        yield file
 
 
 def remove_job(sink_dir: str, job: str) -> int:

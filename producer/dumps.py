@@ -15,12 +15,16 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from imgq.contract import ResultRecord, dump_path
+from imgq.files import open_regular
 from imgq.layers import dump_bytes
 from imgq.models import DEFAULT_MODEL
 
 if TYPE_CHECKING:
     from imgq.store import ResultStore
 
+MAX_DUMP_FILE_BYTES = 2 * 1024**3
+# One image's dump: every layer of a built-in model in float32 is less (EfficientNetV2-S's 516: 493 MB;
+# ResNet50's 177: 148 MB, from imgq.layers.dump_bytes).
 NPZ_OVERHEAD_PER_ARRAY = 320
 # Zip headers and the .npy header of one array in an uncompressed .npz: measured 250-290 bytes for
 # ResNet50's layer names; rounded up, so the estimate errs on the large side.
@@ -105,11 +109,14 @@ def load_layer(path: str, layer: str):
     import numpy as np
 
     try:
-        with np.load(path, allow_pickle=False) as dump:
+        file = open_regular(path, MAX_DUMP_FILE_BYTES)  # a link, a pipe or a giant: refused (imgq/files.py)
+        if file is None:
+            raise DumpError(f"The dump {path} is gone.")
+        with file, np.load(file, allow_pickle=False) as dump:
             if layer not in dump.files:
                 raise DumpError(f"The dump {path} has no layer {layer!r} (it has: {', '.join(dump.files)}).")
             return dump[layer]
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:  # RefusedFile is a ValueError
         raise DumpError(f"Cannot read the dump {path}: {exc}") from None
 
 

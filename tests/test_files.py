@@ -82,3 +82,55 @@ def test_a_rename_onto_a_folder_is_a_write_error_and_leaves_no_temporary(tmp_pat
           files.atomic_path(str(tmp_path / "taken")) as tmp, open(tmp, "w") as f):
         f.write("x")
     assert os.listdir(tmp_path) == ["taken"]
+
+
+# -- the readers that take a file object: activation dumps and sink batch files --------------------------------
+
+def _never_blocks(call):
+    """``call()``'s exception, from a thread that must finish: an open that waited on a FIFO would not."""
+    import threading
+
+    caught = []
+
+    def run():
+        try:
+            call()
+        except Exception as exc:  # noqa: BLE001 (the test looks at it)
+            caught.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(30)
+    assert not thread.is_alive(), "the open blocked"
+    return caught[0] if caught else None
+
+
+def test_a_dump_that_is_a_link_or_a_fifo_is_refused_at_once(tmp_path):
+    import numpy as np
+
+    from producer.dumps import DumpError, load_layer
+
+    real = tmp_path / "real.npz"
+    np.savez(real, conv1_relu=np.ones((2, 2, 3), np.float32))
+    assert load_layer(str(real), "conv1_relu").shape == (2, 2, 3)
+    (tmp_path / "link.npz").symlink_to(real)
+    os.mkfifo(tmp_path / "fifo.npz")
+    for name, reason in (("link.npz", "symbolic link"), ("fifo.npz", "not a regular file")):
+        error = _never_blocks(lambda name=name: load_layer(str(tmp_path / name), "conv1_relu"))
+        assert isinstance(error, DumpError) and reason in str(error), error
+    assert "is gone" in str(_never_blocks(lambda: load_layer(str(tmp_path / "none.npz"), "conv1_relu")))
+
+
+def test_a_sink_batch_file_that_is_a_fifo_or_a_link_is_damaged_not_waited_for(tmp_path):
+    from imgq import sink
+
+    folder = tmp_path / "sink" / "abc123"
+    folder.mkdir(parents=True)
+    os.mkfifo(folder / "batch-000000.parquet")
+    error = _never_blocks(lambda: list(sink.read_job(str(tmp_path / "sink"), "abc123")))
+    assert isinstance(error, sink.DamagedSink) and "not a regular file" in str(error)
+    os.unlink(folder / "batch-000000.parquet")
+    (tmp_path / "elsewhere.parquet").write_bytes(b"PAR1")
+    (folder / "batch-000000.parquet").symlink_to(tmp_path / "elsewhere.parquet")
+    error = _never_blocks(lambda: list(sink.read_job(str(tmp_path / "sink"), "abc123")))
+    assert isinstance(error, sink.DamagedSink) and "symbolic link" in str(error)
