@@ -28,14 +28,16 @@ from imgq.walk import PathFilter, iter_images
 
 
 def make_twins(sources: list[str], folder: Path, phone: bool) -> dict[str, list[str]]:
-    """``{"jpeg": [...], "heic": [...], "dng": [...]}``: each source as a JPEG and its two twins (files already
-    in ``folder`` are kept: they are made the same way from the same sources)."""
+    """``{"jpeg": [...], "heic": [...], "heic_thumb": [...], "dng": [...]}``: each source as a JPEG and its twins,
+    the HEIC without and with an embedded 320x240 thumbnail (files already in ``folder`` are kept: they are
+    made the same way from the same sources)."""
     from tests import photogen
 
     folder.mkdir(parents=True, exist_ok=True)
-    made: dict[str, list[str]] = {"jpeg": [], "heic": [], "dng": []}
+    made: dict[str, list[str]] = {"jpeg": [], "heic": [], "heic_thumb": [], "dng": []}
     for index, source in enumerate(sources):
-        jpeg, heic, dng = (folder / f"photo_{index:03d}.{ext}" for ext in ("jpg", "heic", "dng"))
+        jpeg, heic, heic_thumb, dng = (folder / f"photo_{index:03d}.{ext}" for ext in ("jpg", "heic", "t320.heic",
+                                                                                       "dng"))
         if not jpeg.exists():
             if phone:
                 write_phone_photo(source, jpeg, index)
@@ -45,9 +47,14 @@ def make_twins(sources: list[str], folder: Path, phone: bool) -> dict[str, list[
             partial_heic = heic.with_name(heic.name + ".partial.heic")
             photogen.heic_from(jpeg, partial_heic, 90, *(["preset=ultrafast"] if phone else []), timeout=1800)
             os.replace(partial_heic, heic)
+        if not heic_thumb.exists():  # as phones write them: with a 320x240 thumbnail (heif-enc -t 320)
+            partial_heic = heic_thumb.with_name(heic_thumb.name + ".partial.heic")
+            photogen.heic_from(jpeg, partial_heic, 90, *(["preset=ultrafast"] if phone else []), timeout=1800,
+                               thumbnail=320)
+            os.replace(partial_heic, heic_thumb)
         if not dng.exists():
             dng.write_bytes(photogen.dng(jpeg.read_bytes()))
-        for kind, path in (("jpeg", jpeg), ("heic", heic), ("dng", dng)):
+        for kind, path in (("jpeg", jpeg), ("heic", heic), ("heic_thumb", heic_thumb), ("dng", dng)):
             made[kind].append(str(path))
     return made
 

@@ -17,11 +17,14 @@ HEIF_ENC = shutil.which("heif-enc")
 NO_HEIF_ENC = "heif-enc is missing (Debian's libheif-examples; `make install-test` installs it as root)"
 
 
-def heic_from(jpeg: Path, out: Path, quality: int = 90, *params: str, timeout: float = 300) -> Path:
+def heic_from(jpeg: Path, out: Path, quality: int = 90, *params: str, timeout: float = 300,
+              thumbnail: int | None = None) -> Path:
     """``out``: the JPEG re-encoded as HEIC by libheif's heif-enc (HEVC), as a phone's twin of the photo.
-    ``params``: x265 settings (``preset=ultrafast``: a 12 MP photo in seconds, not minutes)."""
+    ``params``: x265 settings (``preset=ultrafast``: a 12 MP photo in seconds, not minutes). ``thumbnail``:
+    embed a thumbnail of at most that many pixels a side, as phones do (an iPhone's is 320x240)."""
     settings = [arg for param in params for arg in ("-p", param)]
-    subprocess.run([HEIF_ENC, "-q", str(quality), *settings, "-o", str(out), str(jpeg)], check=True,
+    thumb = ["-t", str(thumbnail)] if thumbnail else []
+    subprocess.run([HEIF_ENC, "-q", str(quality), *thumb, *settings, "-o", str(out), str(jpeg)], check=True,
                    capture_output=True, timeout=timeout)
     return out
 

@@ -126,6 +126,41 @@ def test_a_heic_that_would_take_more_memory_than_the_budget_is_too_large(tmp_pat
 
 
 @needs_heif_enc
+def test_a_heic_is_classified_from_its_thumbnail_when_that_is_large_enough(tmp_path, monkeypatch):
+    """Draft decoding of a HEIC (IMGQ_JPEG_DRAFT, on by default): its embedded thumbnail when both its sides are at
+    least the model's input (an iPhone's 320x240 for 224x224), never one smaller; the full image without draft."""
+    from worker import preprocess
+
+    decoded = []
+    real_resized = preprocess._resized
+    monkeypatch.setattr(preprocess, "_resized", lambda image, *args: decoded.append(image.size) or
+                        real_resized(image, *args))
+    big = tmp_path / "big.jpg"
+    Image.fromarray(pattern(1280, 960, seed=5)).save(big, quality=92)
+    phone = photogen.heic_from(big, tmp_path / "phone.heic", 90, "preset=ultrafast", thumbnail=320)
+    small = photogen.heic_from(big, tmp_path / "small.heic", 90, "preset=ultrafast", thumbnail=160)
+    from_thumbnail = load_pixels(str(phone), jpeg_draft=True)
+    full = load_pixels(str(phone), jpeg_draft=False)
+    load_pixels(str(small), jpeg_draft=True)
+    assert decoded == [(320, 240), (1280, 960), (1280, 960)]
+    # The same picture: a nearest resize of a 4x smaller copy picks other pixels, not another image.
+    assert np.abs(from_thumbnail.astype(int) - full.astype(int)).mean() < 40
+    assert np.corrcoef(from_thumbnail.ravel(), full.ravel())[0, 1] > 0.6
+
+
+def test_a_turned_heic_whose_thumbnail_is_not_turned_alike_is_decoded_whole(tmp_path):
+    """pillow-heif writes the EXIF orientation as the primary image's rotation (irot) but its thumbnails
+    unturned: not a scaled copy of the picture, so draft leaves it, and the photo is upright once."""
+    path = tmp_path / "turned.heic"
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    banded((1200, 800)).save(path, format="HEIF", exif=exif.tobytes(), quality=90, thumbnails=[320])
+    with Image.open(path) as image:
+        assert image.info["thumbnails"] == [320] and image.draft("RGB", (224, 224)) is None
+    assert red_side(load_pixels(str(path), jpeg_draft=True)) == "right"
+
+
+@needs_heif_enc
 @pytest.mark.parametrize("keep", [0.5, 0.95])
 def test_a_truncated_heic_is_corrupt(tmp_path, jpeg, keep):
     data = photogen.heic_from(jpeg, tmp_path / "photo.heic").read_bytes()
@@ -221,8 +256,8 @@ TWINS = 8
 
 @pytest.fixture(scope="module")
 def twins(tmp_path_factory):
-    """JPEG pictures with their HEIC and DNG twins, and weights (tests/weights.py) whose top-1 for picture i,
-    decoded from its JPEG, is class i."""
+    """JPEG pictures with their HEIC (without and with a thumbnail) and DNG twins, and weights (tests/weights.py)
+    whose top-1 for picture i, decoded from its JPEG, is class i."""
     if photogen.HEIF_ENC is None:
         pytest.skip(photogen.NO_HEIF_ENC)
     from tests import weights as test_weights
@@ -235,6 +270,10 @@ def twins(tmp_path_factory):
         jpegs.append(jpeg)
         photogen.heic_from(jpeg, folder / f"picture-{i}.heic")
         (folder / f"picture-{i}.dng").write_bytes(photogen.dng(jpeg.read_bytes()))
+        # As a phone leaves it: 4x larger, with a 320x240 thumbnail, which draft decoding classifies.
+        large = tmp_path_factory.mktemp("large") / f"picture-{i}.jpg"
+        Image.open(jpeg).resize((1280, 960), Image.Resampling.BICUBIC).save(large, quality=92)
+        photogen.heic_from(large, folder / f"picture-{i}-phone.heic", 90, "preset=ultrafast", thumbnail=320)
     weights = test_weights.image_dependent_weights(jpegs, tmp_path_factory.mktemp("w") / "twins.weights.h5")
     return folder, str(weights)
 
@@ -259,9 +298,10 @@ def test_a_worker_labels_heic_and_raw_as_their_jpeg_twins(twins, redis_url, tmp_
     finally:
         worker.stop()
         delete_namespace(redis_url, settings.namespace)
-    assert len(records) == 3 * TWINS and {r["status"] for r in records.values()} == {"ok"}
+    assert len(records) == 4 * TWINS and {r["status"] for r in records.values()} == {"ok"}
     for i in range(TWINS):
-        top1 = {ext: records[f"picture-{i}.{ext}"]["top_k"][0]["wnid"] for ext in ("jpg", "heic", "dng")}
+        top1 = {ext: records[f"picture-{i}{ext}"]["top_k"][0]["wnid"] for ext in (".jpg", ".heic", ".dng",
+                                                                                  "-phone.heic")}
         assert top1 == dict.fromkeys(top1, class_index()[i][0]), (i, top1)
 
 

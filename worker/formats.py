@@ -39,10 +39,16 @@ HEIF_BYTES_PER_PIXEL = 13
 
 
 def register_heif() -> None:
-    """Make Pillow open HEIF (once per process; pillow-heif is imported only by the worker)."""
+    """Make Pillow open HEIF (once per process; pillow-heif is imported only by the worker).
+
+    Thumbnails are listed (their boxes are metadata), never decoded unless ``draft`` picks one: with
+    IMGQ_JPEG_DRAFT, a HEIF whose embedded thumbnail is at least the model's input a side (an iPhone's 320x240
+    for a 224 model) is classified from it, as a JPEG is decoded at a reduced scale (worker/preprocess.py).
+    pillow-heif's draft takes only a thumbnail that is a scaled copy of the image: same mode, aspect ratio,
+    crop, rotation and mirroring, colour profile."""
     import pillow_heif
 
-    pillow_heif.register_heif_opener(thumbnails=False)  # the primary image only: no thumbnail is decoded
+    pillow_heif.register_heif_opener(thumbnails=True)
 
 
 def check_heif_cost(width: int, height: int, file_bytes: int, max_pixels: int) -> None:

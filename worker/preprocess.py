@@ -7,7 +7,8 @@ default interpolation, no aspect-ratio crop), then "caffe" mode: RGB -> BGR, sub
 
 Where imgq differs, on purpose:
 - Large JPEGs are decoded at reduced scale when the worker's ``jpeg_draft`` setting is on (its default):
-  see ``load_pixels``.
+  see ``load_pixels``. With it, a HEIC with an embedded thumbnail at least the model's input a side is
+  classified from that thumbnail (worker/formats.py); Keras cannot open HEIC at all.
 - EXIF orientation is applied (Keras ignores it, so a phone photo taken upright is classified lying on its
   side). The small resized image is rotated, not the full-size one: the same picture for a fraction of the work.
 - 16-bit greyscale is scaled to 8 bits (``>> 8``); Pillow's RGB conversion would clamp it to white.
@@ -199,7 +200,9 @@ def decode_pixels(file: BinaryIO, *, max_pixels: int = 89_478_485, jpeg_draft: b
             _check_size(image, max_pixels)
             if image.format == image_kinds.HEIF:
                 formats.check_heif_cost(*image.size, os.fstat(file.fileno()).st_size, max_pixels)
-            if jpeg_draft and image.format == "JPEG":
+            if jpeg_draft and image.format in ("JPEG", image_kinds.HEIF):
+                # JPEG: libjpeg's DCT scaling; HEIF: its embedded thumbnail (worker/formats.py). Either way the
+                # picture decoded is at least the model's input a side, so the resize never enlarges it.
                 image.draft(image.mode, (max(target.size), max(target.size)))
             return _to_pixels(image, max_pixels, target, orientation)
     except ReadBudgetExceeded as exc:
