@@ -88,7 +88,7 @@ def _heif_registered() -> bool:
         import pillow_heif
     except ImportError:
         return False
-    pillow_heif.register_heif_opener(thumbnails=False)
+    pillow_heif.register_heif_opener(thumbnails=True)  # as the worker does: draft may then take a thumbnail
     return True
 
 
