@@ -118,7 +118,8 @@ Every error is one line on stderr, never a traceback, with one of two exit codes
 Data goes to stdout, progress and messages to stderr. A JOB argument is a job's id, an unambiguous start of
 one (at least 4 characters, as git takes commits), or its name (the NAME column of `imgq status`).
 Ctrl-C ends a command with exit code 130 and no traceback (`imgq classify` cancels its job first).
-`imgq --embedded-redis COMMAND` reads the jobs `imgq classify` ran on its embedded Redis.
+`imgq --embedded-redis COMMAND` reads the jobs `imgq classify` ran on its embedded Redis (before `classify` or
+`learn`, it is their own `--embedded-redis`: start it, on the same data).
 """
 
 CONFIGURATION_NOTES = """
