@@ -49,8 +49,12 @@ def make_twins(sources: list[str], folder: Path, phone: bool) -> dict[str, list[
             os.replace(partial_heic, heic)
         if not heic_thumb.exists():  # as phones write them: with a 320x240 thumbnail (heif-enc -t 320)
             partial_heic = heic_thumb.with_name(heic_thumb.name + ".partial.heic")
+            from PIL import Image
+
+            with Image.open(jpeg) as picture:  # heif-enc refuses a thumbnail not smaller than the image
+                thumbnail = 320 if max(picture.size) > 320 else None
             photogen.heic_from(jpeg, partial_heic, 90, *(["preset=ultrafast"] if phone else []), timeout=1800,
-                               thumbnail=320)
+                               thumbnail=thumbnail)
             os.replace(partial_heic, heic_thumb)
         if not dng.exists():
             dng.write_bytes(photogen.dng(jpeg.read_bytes()))

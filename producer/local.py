@@ -26,7 +26,10 @@ from imgq.store import ResultStore
 
 DEFAULT_URL = DEFAULT_BROKER_URL  # where a Redis may answer when none is configured
 
-WORKER_READY_TIMEOUT = 180.0  # importing TensorFlow and building ResNet50 on a slow, busy machine
+WORKER_READY_TIMEOUT = 600.0
+# A first start on a slow, busy machine imports TensorFlow, builds the model, converts it for OpenVINO and
+# measures both runtimes (IMGQ_RUNTIME=auto): minutes for EfficientNetV2-S. A worker that fails exits, which
+# is seen at once (check_alive); this bounds only one that neither fails nor gets ready.
 SERVER_READY_TIMEOUT = 20.0
 
 # `python -m worker` puts the working folder first on the import path: run from a folder that holds an `imgq`
