@@ -98,7 +98,7 @@ def end_to_end(running: RunningWorker, paths: list[str], settings: Settings) -> 
     queueing is inside the figure, as a user would see it.
     """
     started = time.time()
-    submitted = submit(paths, settings=settings, store=running.store, name="bench")
+    submitted = submit(paths, settings=settings, store=running.store, name="bench", model=settings.model)
     queued = time.time() - started
     (status,) = wait_done(running, [submitted.job])
     seconds = status.finished_at - started
@@ -118,7 +118,8 @@ def record_timings(store: ResultStore, job: str) -> dict:
 def tiny_jobs(running: RunningWorker, paths: list[str], settings: Settings, jobs: int) -> dict:
     """``jobs`` jobs of one image each, all queued before waiting; images/s until the last one is done."""
     started = time.time()
-    ids = [submit([paths[i % len(paths)]], settings=settings, store=running.store, name=f"tiny-{i}").job
+    ids = [submit([paths[i % len(paths)]], settings=settings, store=running.store, name=f"tiny-{i}",
+                  model=settings.model).job
            for i in range(jobs)]
     queued = time.time() - started
     statuses = wait_done(running, ids)
