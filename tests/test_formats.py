@@ -148,6 +148,23 @@ def test_a_heic_is_classified_from_its_thumbnail_when_that_is_large_enough(tmp_p
     assert np.corrcoef(from_thumbnail.ravel(), full.ravel())[0, 1] > 0.6
 
 
+@needs_heif_enc
+def test_a_heic_over_the_memory_budget_whole_is_classified_from_a_thumbnail_within_it(tmp_path):
+    """A 48 MP "HEIF Max" photo at the default limits, scaled down: the whole picture fits IMGQ_MAX_PIXELS but
+    not the decode's memory budget (13 bytes a pixel against 4). With draft decoding its 320 px thumbnail is
+    what is decoded, within the budget; without, or with only a thumbnail too large for the budget itself
+    (drafting decodes the thumbnail it picks), it is too_large as before."""
+    big = tmp_path / "big.jpg"
+    Image.fromarray(pattern(1280, 960, seed=6)).save(big, quality=92)
+    small_thumb = photogen.heic_from(big, tmp_path / "t320.heic", 90, "preset=ultrafast", thumbnail=320)
+    large_thumb = photogen.heic_from(big, tmp_path / "t1024.heic", 90, "preset=ultrafast", thumbnail=1024)
+    limit = 1280 * 960  # the picture's pixels: within max_pixels, over its memory budget whole
+    assert load_pixels(str(small_thumb), max_pixels=limit, jpeg_draft=True).shape == (224, 224, 3)
+    for path, draft in ((small_thumb, False), (large_thumb, True)):
+        refused = error(path, max_pixels=limit, jpeg_draft=draft)
+        assert refused.code == "too_large" and "HEIF takes" in refused.message, (path.name, draft)
+
+
 def test_a_turned_heic_whose_thumbnail_is_not_turned_alike_is_decoded_whole(tmp_path):
     """pillow-heif writes the EXIF orientation as the primary image's rotation (irot) but its thumbnails
     unturned: not a scaled copy of the picture, so draft leaves it, and the photo is upright once."""

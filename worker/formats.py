@@ -33,8 +33,9 @@ HEIF_BYTES_PER_PIXEL = 13
 # What a HEIF decode holds at full size beyond the file: libheif's YCbCr planes, its interleaved RGB(A) copy and
 # Pillow's image. Measured (peak RSS of load_pixels): 7.9 bytes a pixel for a 24 MP RGB 4:2:0 HEIC (what phones
 # write), 13.0 for a 12 MP RGBA 4:4:4 one; the worst is the bound. Checked against the budget of every decode
-# (worker/memory.py): at the default IMGQ_MAX_PIXELS a HEIF of up to ~27 MP decodes (a 12 or 24 MP iPhone photo;
-# a 48 MP "HEIF Max" one needs IMGQ_MAX_PIXELS of 160 million). tests/test_formats.py pins the bound.
+# (worker/memory.py): at the default IMGQ_MAX_PIXELS a HEIF of up to ~27 MP decodes whole (a 12 or 24 MP iPhone
+# photo; a 48 MP "HEIF Max" one needs IMGQ_MAX_PIXELS of 160 million, or draft decoding of its thumbnail:
+# heif_draft). tests/test_formats.py pins the bound.
 
 
 
@@ -49,6 +50,21 @@ def register_heif() -> None:
     import pillow_heif
 
     pillow_heif.register_heif_opener(thumbnails=True)
+
+
+def heif_draft(image, side: int, file_bytes: int, max_pixels: int) -> bool:
+    """Let pillow-heif decode an embedded thumbnail of ``image`` (a HEIF just opened) of at least ``side`` pixels
+    a side instead of the picture; True when it chose one (``image.size`` is then the thumbnail's).
+
+    draft decodes the thumbnail it picks: it is asked only when every thumbnail listed (their boxes, at most
+    box x box pixels each) fits the decode budget, so that no decode here can exceed it. A 48 MP "HEIF Max"
+    photo, over the budget whole at the default IMGQ_MAX_PIXELS, is then classified from its thumbnail."""
+    boxes = [box for box in image.info.get("thumbnails") or [] if isinstance(box, int)]
+    if not boxes or max(boxes) < side:
+        return False
+    if file_bytes + HEIF_BYTES_PER_PIXEL * max(boxes) ** 2 > decode_budget(max_pixels):
+        return False
+    return image.draft(image.mode, (side, side)) is not None
 
 
 def check_heif_cost(width: int, height: int, file_bytes: int, max_pixels: int) -> None:

@@ -198,12 +198,16 @@ def decode_pixels(file: BinaryIO, *, max_pixels: int = 89_478_485, jpeg_draft: b
     try:
         with _open_image(budgeted, max_pixels, allowed, kind) as image:
             _check_size(image, max_pixels)
+            # Draft decoding: the picture decoded is at least the model's input a side, so the resize never
+            # enlarges it. JPEG: libjpeg's DCT scaling. HEIF: its embedded thumbnail (worker/formats.py), chosen
+            # before the memory check, which then applies to what is decoded.
+            side = max(target.size)
             if image.format == image_kinds.HEIF:
-                formats.check_heif_cost(*image.size, os.fstat(file.fileno()).st_size, max_pixels)
-            if jpeg_draft and image.format in ("JPEG", image_kinds.HEIF):
-                # JPEG: libjpeg's DCT scaling; HEIF: its embedded thumbnail (worker/formats.py). Either way the
-                # picture decoded is at least the model's input a side, so the resize never enlarges it.
-                image.draft(image.mode, (max(target.size), max(target.size)))
+                file_bytes = os.fstat(file.fileno()).st_size
+                if not (jpeg_draft and formats.heif_draft(image, side, file_bytes, max_pixels)):
+                    formats.check_heif_cost(*image.size, file_bytes, max_pixels)
+            elif jpeg_draft and image.format == "JPEG":
+                image.draft(image.mode, (side, side))
             return _to_pixels(image, max_pixels, target, orientation)
     except ReadBudgetExceeded as exc:
         raise ImageError("corrupt", str(exc)) from None
