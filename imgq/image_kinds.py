@@ -6,6 +6,7 @@ both take a file for the same kind. Pure byte checks: no decoder is imported her
 
 from __future__ import annotations
 
+import os
 import struct
 from typing import BinaryIO
 
@@ -63,6 +64,20 @@ def _has_dng_tag(file: BinaryIO, head: bytes) -> bool:
     return DNG_VERSION_TAG in tags
 
 
+EXIF_ORIENTATION = 0x0112  # the EXIF tag of a picture's orientation
+
 # LibRaw's ``flip`` (dcraw's encoding) as the EXIF orientation it came from: a RAW's preview is turned by it
 # unless the preview carries an EXIF orientation of its own.
 ORIENTATION_FOR_FLIP = {0: 1, 1: 2, 3: 3, 2: 4, 4: 5, 6: 6, 7: 7, 5: 8}
+
+
+def open_in_libraw(raw, file: BinaryIO) -> None:
+    """Open the file already checked (roots, type, size) in ``raw``, a rawpy.RawPy (rawpy is the caller's
+    import: the worker's, or the report's where installed): by its descriptor's /proc path, so that the file
+    LibRaw reads is the one checked, and LibRaw reads only what it needs; where /proc is missing, from the file
+    object (read whole: at most IMGQ_MAX_FILE_BYTES)."""
+    path = f"/proc/self/fd/{file.fileno()}"
+    if os.path.exists(path):
+        raw.open_file(path)
+    else:
+        raw.open_buffer(file)

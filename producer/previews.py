@@ -11,31 +11,31 @@ pillow-heif and a camera RAW shows its embedded JPEG preview through rawpy, wher
 
 from __future__ import annotations
 
+import functools
 import io
-import os
 from dataclasses import dataclass
 
 from PIL import Image, ImageOps
 
 from imgq.contract import PILLOW_FORMATS
 from imgq.files import open_regular
-from imgq.image_kinds import HEIF, ORIENTATION_FOR_FLIP, RAW, sniff
+from imgq.image_kinds import EXIF_ORIENTATION, HEIF, ORIENTATION_FOR_FLIP, RAW, open_in_libraw, sniff
 from imgq.roots import within_roots
+from imgq.settings import Settings
 
 THUMB_SIZE = 160  # longest side of a thumbnail, in pixels
-EXIF_ORIENTATION = 0x0112
 
 
 @dataclass(frozen=True)
 class PreviewLimits:
     """What a report may read of one image: IMGQ_ALLOWED_ROOTS, IMGQ_MAX_FILE_BYTES, IMGQ_MAX_PIXELS."""
 
-    allowed_roots: tuple[str, ...] = ()
-    max_file_bytes: int = 256 * 1024**2
-    max_pixels: int = 89_478_485
+    allowed_roots: tuple[str, ...] = Settings.allowed_roots
+    max_file_bytes: int = Settings.max_file_bytes
+    max_pixels: int = Settings.max_pixels
 
     @classmethod
-    def from_settings(cls, settings) -> PreviewLimits:
+    def from_settings(cls, settings: Settings) -> PreviewLimits:
         return cls(settings.allowed_roots, settings.max_file_bytes, settings.max_pixels)
 
 
@@ -83,6 +83,7 @@ def _decoded(file, name: str, max_pixels: int, orientation: int = 1) -> Image.Im
         return ImageOps.exif_transpose(image).convert("RGB")
 
 
+@functools.cache  # once a process: the report's threads ask for every HEIF
 def _heif_registered() -> bool:
     try:
         import pillow_heif
@@ -101,11 +102,7 @@ def _raw_preview(file) -> tuple[io.BytesIO, int] | None:
         return None
     raw = rawpy.RawPy()
     try:
-        descriptor = f"/proc/self/fd/{file.fileno()}"  # the file checked; LibRaw reads only what it needs
-        if os.path.exists(descriptor):
-            raw.open_file(descriptor)
-        else:
-            raw.open_buffer(file)  # read whole: at most IMGQ_MAX_FILE_BYTES, checked by open_regular
+        open_in_libraw(raw, file)
         thumb = raw.extract_thumb()
         orientation = ORIENTATION_FOR_FLIP.get(raw.sizes.flip, 1)
     finally:

@@ -20,12 +20,11 @@ two decoders of a content that is allowed anyway.
 from __future__ import annotations
 
 import io
-import os
 from dataclasses import dataclass
 from typing import BinaryIO
 
 from imgq.contract import PILLOW_FORMATS
-from imgq.image_kinds import HEIF, ORIENTATION_FOR_FLIP
+from imgq.image_kinds import HEIF, ORIENTATION_FOR_FLIP, open_in_libraw
 from worker.errors import ImageError, one_line
 from worker.memory import decode_budget
 
@@ -99,7 +98,7 @@ def raw_preview(file: BinaryIO, max_pixels: int) -> RawPreview:
 
     raw = rawpy.RawPy()
     try:
-        _open_raw(raw, file)
+        open_in_libraw(raw, file)
         thumb = raw.extract_thumb()
         orientation = ORIENTATION_FOR_FLIP.get(raw.sizes.flip, 1)
     except (rawpy.LibRawNoThumbnailError, rawpy.LibRawUnsupportedThumbnailError):
@@ -120,17 +119,6 @@ def _libraw_reason(exc: BaseException) -> str:
     """LibRaw's message (rawpy passes it as bytes) on one line."""
     reason = exc.args[0] if exc.args else exc
     return one_line(ValueError(reason.decode(errors="replace")) if isinstance(reason, bytes) else exc)
-
-
-def _open_raw(raw, file: BinaryIO) -> None:
-    """Open the file already checked (roots, type, size) in LibRaw: by its descriptor's /proc path, so that the
-    file LibRaw reads is the one checked, and LibRaw reads only what it needs; where /proc is missing, from
-    memory (at most IMGQ_MAX_FILE_BYTES)."""
-    path = f"/proc/self/fd/{file.fileno()}"
-    if os.path.exists(path):
-        raw.open_file(path)
-    else:
-        raw.open_buffer(file)  # rawpy reads the file object whole
 
 
 def _as_ppm(pixels, max_pixels: int) -> BinaryIO:

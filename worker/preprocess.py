@@ -90,7 +90,6 @@ formats.register_heif()
 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
 _BOMB_PIXELS = re.compile(r"\((\d+) pixels\)")
 
-_EXIF_ORIENTATION = 0x0112
 _TRANSPOSE_FOR_ORIENTATION = {
     2: Image.Transpose.FLIP_LEFT_RIGHT,
     3: Image.Transpose.ROTATE_180,
@@ -270,7 +269,8 @@ def _to_pixels(image: Image.Image, max_pixels: int, target: Target = RESNET50,
     camera orientation; 1 for a HEIF, which libheif turned already); else none.
     """
     try:
-        exif_orientation = image.getexif().get(_EXIF_ORIENTATION, 1) if image.format != image_kinds.HEIF else 1
+        heif = image.format == image_kinds.HEIF
+        exif_orientation = 1 if heif else image.getexif().get(image_kinds.EXIF_ORIENTATION, 1)
         orientation = exif_orientation if exif_orientation != 1 else (orientation or 1)
         image.load()
     except Image.DecompressionBombError as exc:
