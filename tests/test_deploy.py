@@ -307,7 +307,12 @@ class PlainDeployment:
 
     def env(self, service: str) -> dict[str, str]:
         environment = self.config["services"][service].get("environment", {})
-        return clean_env(**{key: self.translate(service, str(value)) for key, value in environment.items()})
+        # A home of its own, as a container has: the worker's state (the OpenVINO cache, auto's record) goes to
+        # the test's folder, never the account's ~/.local/state/imgq.
+        home = self.root / "home" / service
+        home.mkdir(parents=True, exist_ok=True)
+        return clean_env(HOME=str(home), XDG_STATE_HOME="",
+                         **{key: self.translate(service, str(value)) for key, value in environment.items()})
 
     def argv(self, service: str, *run_args: str) -> list[str]:
         """The service's entrypoint and command (or ``run_args``, as `docker compose run` passes them)."""
