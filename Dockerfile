@@ -63,7 +63,7 @@ WORKDIR /home/imgq
 # when first mounted is filled from the image, so baked weights land in that volume too.
 ARG BAKE_WEIGHTS=""
 RUN if [ "$BAKE_WEIGHTS" = "imagenet" ]; then \
-        python -c "from worker.model import build_resnet50; build_resnet50('imagenet')"; \
+        python -c "from worker.runtimes.keras_model import build_resnet50; build_resnet50('imagenet')"; \
     elif [ -n "$BAKE_WEIGHTS" ]; then \
         echo "BAKE_WEIGHTS must be empty or imagenet, not '$BAKE_WEIGHTS'" >&2; exit 2; \
     fi
@@ -83,12 +83,12 @@ FROM full AS converted
 # imagenet downloads the weights (as BAKE_WEIGHTS=imagenet does); random or random:SEED are untrained
 # weights (labels meaningless: for checking a deployment). The worker must run with the same IMGQ_WEIGHTS.
 ARG OPENVINO_WEIGHTS=imagenet
-RUN python -c "import sys; from worker.model import load_classifier; \
+RUN python -c "import sys; from worker.runtimes.loading import load_classifier; \
 load_classifier(sys.argv[1], 1, 'fp32', 'openvino', '/home/imgq/.local/state/imgq/openvino')" "$OPENVINO_WEIGHTS" && \
     python -c "import importlib.metadata as m; print('keras==' + m.version('keras'))" > /home/imgq/keras-version.txt
 
 # -- openvino: the worker without TensorFlow (docker build --target openvino) -------------------------------
-# A worker that finds its conversion in the cache never imports TensorFlow (worker/openvino_runtime.py): this
+# A worker that finds its conversion in the cache never imports TensorFlow (worker/runtimes/openvino_runtime.py): this
 # image has OpenVINO and the conversion made above, and neither TensorFlow nor its 1+ GB. It runs
 # OpenVINO (IMGQ_RUNTIME auto, the default, or openvino) with IMGQ_WEIGHTS=OPENVINO_WEIGHTS only, and no --activations (a new layer set needs
 # a new conversion, so TensorFlow): for those, the full image.

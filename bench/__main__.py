@@ -46,7 +46,7 @@ def bench(folder, limit, batch_size, scenarios, redis_url, jpeg_draft, tiny_jobs
     """Measure the bare model, Keras' per-image recipe and imgq end to end on the images under FOLDER."""
     from bench import report
     from bench.run import run
-    from producer.local import LocalServiceError
+    from producer.local.workers import LocalServiceError
 
     log = lambda message: click.echo(f"[bench] {message}", err=True)  # noqa: E731
     try:

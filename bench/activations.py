@@ -24,8 +24,9 @@ WARM_UP_PASSES = 2  # tracing the graph and oneDNN's first calls: not steady-sta
 
 def decoded_batches(folder: str, batch_size: int, limit: int | None) -> list[np.ndarray]:
     """The images under ``folder`` (sorted), decoded and preprocessed as the worker does, in float32 batches."""
-    from imgq.walk import PathFilter, iter_images
-    from worker.preprocess import TARGET_SIZE, load_pixels, to_model_input
+    from imgq.storage.selection import PathFilter
+    from imgq.storage.walk import iter_images
+    from worker.images.preprocess import TARGET_SIZE, load_pixels, to_model_input
 
     paths = sorted(iter_images([folder], PathFilter()))[:limit]
     batches = []
@@ -77,8 +78,8 @@ def _sum_of_minima(times: list[float], batches: int) -> float:
 
 
 def write_cost(classifier, batches: list[np.ndarray], layers: tuple[str, ...], dtype: str, folder: str) -> dict:
-    """Milliseconds per image to write its .npz (worker.dumps.write_dump: cast, temporary file, rename)."""
-    from worker.dumps import write_dump
+    """Milliseconds per image to write its .npz (worker.batches.dumps.write_dump: cast, temporary file, rename)."""
+    from worker.batches.dumps import write_dump
 
     written, started, total_bytes = 0, 0.0, 0
     for batch in batches:
@@ -103,8 +104,8 @@ def write_cost(classifier, batches: list[np.ndarray], layers: tuple[str, ...], d
 @click.option("--dump-dir", type=click.Path(file_okay=False), help="Where the .npz files are written [a temp dir].")
 def main(folder, layers, batch_size, rounds, limit, dump_dir):
     """Time the forward pass with and without dumped layers, and the writing of the dumps."""
-    from imgq.layers import check_layers
-    from worker.model import load_classifier
+    from imgq.models.layers import check_layers
+    from worker.runtimes.loading import load_classifier
 
     chosen = check_layers(layers.split(","))
     batches = decoded_batches(folder, batch_size, limit)

@@ -17,8 +17,8 @@ import time
 
 
 def main(models: list[str]) -> None:
-    from worker.model import load_classifier
-    from worker.runtime_choice import cpu_fingerprint
+    from worker.runtimes.auto import cpu_fingerprint
+    from worker.runtimes.loading import load_classifier
 
     choices = {}
     before = os.getloadavg()

@@ -34,7 +34,7 @@ def ms_per_image(paths: list[str], decode) -> float:
 def measure(paths: list[str], sample: int = 16) -> dict:
     """Milliseconds per image over the first ``sample`` images, single-threaded: Pillow alone with and
     without draft, and the worker's load_pixels (with its jpeg_draft switch on too, when it has one)."""
-    from worker.preprocess import load_pixels
+    from worker.images.preprocess import load_pixels
 
     chosen = paths[:sample]
     figures = {

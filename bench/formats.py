@@ -24,7 +24,8 @@ from pathlib import Path
 
 from bench.interference import watch
 from bench.phone import write_phone_photo
-from imgq.walk import PathFilter, iter_images
+from imgq.storage.selection import PathFilter
+from imgq.storage.walk import iter_images
 
 
 def make_twins(sources: list[str], folder: Path, phone: bool) -> dict[str, list[str]]:
@@ -72,7 +73,7 @@ def ms_per_image(paths: list[str], decode) -> float:
 
 def measure(twins: dict[str, list[str]], rounds: int) -> dict:
     """Median milliseconds per image of each kind, draft on and off, the kinds interleaved in every round."""
-    from worker.preprocess import load_pixels
+    from worker.images.preprocess import load_pixels
 
     for paths in twins.values():  # the page cache and the decoders' first-use costs
         load_pixels(paths[0])

@@ -28,8 +28,8 @@ DRAWS = 20
 
 def features(images: list[np.ndarray]) -> np.ndarray:
     """avg_pool features of RGB uint8 pictures, preprocessed as a worker does, on ResNet50 ``random:0``."""
-    from worker.model import load_classifier
-    from worker.preprocess import TARGET_SIZE, to_model_input
+    from worker.images.preprocess import TARGET_SIZE, to_model_input
+    from worker.runtimes.loading import load_classifier
 
     classifier = load_classifier("random:0", 32, runtime="openvino", cache_dir=tempfile.mkdtemp())
     rows = []
@@ -43,7 +43,7 @@ def features(images: list[np.ndarray]) -> np.ndarray:
 
 
 def load(paths: list[str]) -> list[np.ndarray]:
-    from worker.preprocess import load_pixels
+    from worker.images.preprocess import load_pixels
 
     return [load_pixels(path) for path in paths]
 

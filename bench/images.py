@@ -7,7 +7,8 @@ import statistics
 import numpy as np
 from PIL import Image
 
-from imgq.walk import PathFilter, iter_images
+from imgq.storage.selection import PathFilter
+from imgq.storage.walk import iter_images
 
 PHONE_MEGAPIXELS = 8.0  # a folder whose median image has more pixels than this is held to the phone targets
 
@@ -37,9 +38,9 @@ def photo_kind(paths: list[str]) -> str:
 def model_batches(paths: list[str], batch_size: int) -> list[np.ndarray]:
     """Every image decoded and preprocessed as the worker does it, cut into float32 batches.
 
-    Raises worker.preprocess.ImageError for an image that cannot be decoded: a benchmark folder must be clean.
+    Raises worker.images.preprocess.ImageError for an image that cannot be decoded: a benchmark folder must be clean.
     """
-    from worker.preprocess import TARGET_SIZE, load_pixels, to_model_input
+    from worker.images.preprocess import TARGET_SIZE, load_pixels, to_model_input
 
     batches = []
     for start in range(0, len(paths), batch_size):
@@ -53,6 +54,6 @@ def model_batches(paths: list[str], batch_size: int) -> list[np.ndarray]:
 
 def caffe_pixels(batch: np.ndarray) -> np.ndarray:
     """The uint8 RGB pixels a caffe-preprocessed float32 batch was made from (what OpenVINO takes)."""
-    from worker.preprocess import CAFFE_MEAN_BGR
+    from worker.images.preprocess import CAFFE_MEAN_BGR
 
     return np.rint(batch + CAFFE_MEAN_BGR)[..., ::-1].astype(np.uint8)

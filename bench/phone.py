@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from imgq.walk import PathFilter, iter_images
+from imgq.storage.selection import PathFilter
+from imgq.storage.walk import iter_images
 
 PHONE_SIZE = (4032, 3024)  # width, height of a 12 MP phone sensor (4:3)
 QUALITY = 92  # what phone cameras typically write

@@ -8,11 +8,11 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from imgq.jobs import JobStatus
+from imgq.jobs.submit import submit
+from imgq.results.job import JobStatus
+from imgq.results.store import ResultStore
 from imgq.settings import Settings
-from imgq.store import ResultStore
-from imgq.submit import submit
-from producer.local import EmbeddedRedis, LocalServiceError, LocalWorker
+from producer.local.workers import EmbeddedRedis, LocalServiceError, LocalWorker
 
 JOB_TIMEOUT = 3600.0  # a stuck worker must not hang the benchmark forever
 POLL_SECONDS = 0.1  # the figure is taken from the worker's own finished_at, so polling does not blur it

@@ -43,7 +43,7 @@ def logits_classifier(model, batch_size: int):
     """A Classifier over the same weights whose last Dense layer has no softmax: it returns logits."""
     from keras.applications import resnet50
 
-    from worker.model import Classifier
+    from worker.runtimes.tensorflow_runtime import Classifier
 
     logits_model = resnet50.ResNet50(weights=None, classifier_activation=None)
     logits_model.set_weights(model.get_weights())

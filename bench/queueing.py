@@ -9,10 +9,11 @@ import sys
 import time
 from pathlib import Path
 
+from imgq.jobs.submit import submit
+from imgq.results.store import ResultStore, delete_namespace
 from imgq.settings import Settings
-from imgq.store import ResultStore, delete_namespace
-from imgq.submit import submit
-from imgq.walk import PathFilter, iter_images
+from imgq.storage.selection import PathFilter
+from imgq.storage.walk import iter_images
 
 TREE_FOLDERS, TREE_FILES = 100, 1000  # 100,000 paths in all
 

@@ -13,8 +13,8 @@ import uuid
 from pathlib import Path
 
 from bench import REPO, decode, images, interference, model, pipeline, precision, queueing, runtimes
+from imgq.results.store import delete_namespace
 from imgq.settings import Settings
-from imgq.store import delete_namespace
 
 SCENARIOS = ("photos", "tiny", "producer", "bf16", "runtimes")
 TINY_JOBS = 200  # the figure; --tiny-jobs changes it for a quick check

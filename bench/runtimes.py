@@ -17,8 +17,8 @@ from imgq.settings import Settings
 
 def in_process(results: dict, batches, batch_size: int, measured, log) -> None:
     """Bare OpenVINO fp32 and bf16 on the benchmark's batches, and the conversion's time in this process."""
-    from worker.model import resolve_precision
-    from worker.openvino_runtime import OpenVINOClassifier
+    from worker.runtimes.openvino_runtime import OpenVINOClassifier
+    from worker.runtimes.precision import resolve_precision
 
     with tempfile.TemporaryDirectory(prefix="imgq-bench-ov-") as cache:
         started = time.perf_counter()

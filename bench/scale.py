@@ -33,10 +33,10 @@ import redis
 
 from bench import REPO, interference
 from bench.queueing import imgq_command
-from imgq.classes import class_index
 from imgq.contract import ResultRecord, error_record, ok_record
 from imgq.keys import Keys
-from imgq.store import ResultStore, delete_namespace
+from imgq.labels.classes import class_index
+from imgq.results.store import ResultStore, delete_namespace
 
 DEFAULT_IMAGES = 1_000_000
 FILES_PER_FOLDER = 1000
@@ -213,7 +213,7 @@ def parquet_alone(images: int, tmp: str, log) -> dict:
 
 def write_generated(images: int, out: str) -> None:
     """Generate ``images`` records and write them to ``out`` with write_parquet ("" : only generate them)."""
-    from producer.parquet import write_parquet
+    from producer.exports.parquet import write_parquet
 
     rng = np.random.default_rng(0)
     records = (synthetic_record("scalejob", i, f"/photos/d{i // 1000:04d}/img{i % 1000:04d}.jpg", rng)

@@ -1,8 +1,8 @@
 """The queue contract: what the producer sends, what the worker writes back, and where.
 
 Both sides import this module and nothing else of each other. It names the Celery task and queue, defines
-the batch message and the result record, builds every Redis key, and holds the Celery configuration both
-ends must agree on. It never imports TensorFlow.
+the batch message and the result record, and the queue of each model (imgq/celery_config.py holds the Celery
+configuration both ends must agree on; imgq/keys.py every Redis key). It never imports TensorFlow.
 """
 
 from __future__ import annotations
@@ -11,14 +11,7 @@ import dataclasses
 import hashlib
 import os
 import re
-import ssl
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
-from imgq.keys import Keys
-
-if TYPE_CHECKING:
-    from imgq.settings import Settings
 
 MESSAGE_VERSION = 1
 REF_VERSION = 2
@@ -51,7 +44,7 @@ ERROR_CODES = {
 
 
 IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "HEIF", "RAW")
-# What a worker opens, recognised by content (worker/formats.py): Pillow's plugins (the JPEG plugin also opens
+# What a worker opens, recognised by content (worker/images/formats.py): Pillow's plugins (the JPEG plugin also opens
 # phone cameras' multi-picture MPO files); HEIF, HEIC included, through pillow-heif (libheif), HEVC-coded only
 # (not AVIF); RAW: camera raw files through LibRaw (rawpy), of which the embedded JPEG preview is classified.
 # Never EPS and kin: those shell out to external programs.
@@ -78,7 +71,7 @@ NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 KNOWN_MODES = ("", "skip", "refresh")
 
-HEAD_DIGEST = re.compile(r"[0-9a-f]{24}")  # imgq.heads.Head.digest: part of a Redis key
+HEAD_DIGEST = re.compile(r"[0-9a-f]{24}")  # imgq.labels.heads.Head.digest: part of a Redis key
 
 
 class MessageError(ValueError):
@@ -100,14 +93,14 @@ class BatchMessage:
     activations: tuple[str, ...] = ()
     activations_dtype: str = "float16"
     known: str = ""
-    # The content-hash index of images already classified (imgq/known.py): "" leaves it alone, "skip"
+    # The content-hash index of images already classified (imgq/results/known.py): "" leaves it alone, "skip"
     # answers known images from it without a forward pass, "refresh" recomputes them and updates it.
     sink: bool = False
-    # The batch's records go as one Parquet file into the workers' sink folder (IMGQ_SINK_DIR, imgq/sink.py)
+    # The batch's records go as one Parquet file into the workers' sink folder (IMGQ_SINK_DIR, imgq/results/sink.py)
     # instead of into Redis. The folder is the worker's setting, never the message's: a message must not
     # choose where a worker writes.
     head: str = ""
-    # The digest of a head (imgq/heads.py) the worker applies to the base model's pooled features in the
+    # The digest of a head (imgq/labels/heads.py) the worker applies to the base model's pooled features in the
     # same forward pass; the head itself is in Redis (Keys.head), never a path the worker opens.
     model: str = MODEL_NAME
     # The name of the model the job asked for: which workers' queue its batches go to (queue_name). A name,
@@ -153,7 +146,7 @@ class BatchMessage:
             raise MessageError(f"Expected a job id of letters and digits, a float16/float32 dump dtype, a known "
                                f"mode in {KNOWN_MODES} and a head digest. Received: {message.job!r}, "
                                f"{message.activations_dtype!r}, {message.known!r}, {message.head!r}")
-        if not NAME.fullmatch(message.model):  # it names a queue (imgq.models.check_model_name), never a path
+        if not NAME.fullmatch(message.model):  # it names a queue (imgq.models.spec.check_model_name), never a path
             raise MessageError(f"Expected a model name (letters, digits, '.', '_', '-'). Received: {message.model!r}")
         return message
 
@@ -217,7 +210,7 @@ def class_position(label: Label) -> int | None:
     ImageNet class (None for a wnid that is not one of the 1000)."""
     if label.index is not None or not label.wnid:
         return label.index
-    from imgq.classes import class_numbers
+    from imgq.labels.classes import class_numbers
 
     return class_numbers().get(label.wnid)
 
@@ -241,7 +234,7 @@ class ResultRecord:
 
     Provenance: ``model``/``weights``/``precision``/``runtime`` made the labels, ``worker`` ran them;
     ``decode_ms`` and ``inference_ms`` (this image's share of its forward pass) time them; ``known``: answered
-    from the content-hash index (imgq/known.py); ``activations``: ``{file, dtype, bytes, layers: {name:
+    from the content-hash index (imgq/results/known.py); ``activations``: ``{file, dtype, bytes, layers: {name:
     shape}}`` when the job dumps activations.
     """
 
@@ -337,7 +330,7 @@ class Heartbeat:
     host: str = ""
     model: str = MODEL_NAME
     # The name of the model the worker serves (the queue it consumes); ``model_id`` adds its file's digest
-    # for a user's model (imgq.models.ModelSpec.id).
+    # for a user's model (imgq.models.spec.ModelSpec.id).
     model_id: str = ""
     weights: str = ""
     precision: str = ""
@@ -398,73 +391,6 @@ def path_digest(path: str) -> bytes:
 PATH_DIGEST_BYTES = 12
 
 
-def queue_name(settings: Settings, model: str = MODEL_NAME) -> str:
-    """The Celery queue of ``model``'s workers: ``<ns>`` for resnet50 (the queue every job used before jobs
-    named their model, so that workers and producers of either age keep meeting), ``<ns>.<model>`` for any
-    other. A worker consumes its own model's queue only; a job's batches go to its model's queue."""
-    return model_queue(settings.namespace, model)
-
-
 def model_queue(namespace: str, model: str = MODEL_NAME) -> str:
     """``queue_name`` from a namespace."""
     return namespace if model == MODEL_NAME else f"{namespace}.{model}"
-
-
-def celery_config(settings: Settings, model: str = MODEL_NAME) -> dict:
-    """The Celery configuration shared by the producer and the workers; ``model``: the name of the model a
-    worker serves, whose queue is its default (and only) one."""
-    config = _base_config(settings, model)
-    if settings.broker_url.startswith("rediss://") and "ssl_cert_reqs" not in settings.broker_url:
-        # Kombu connects to rediss:// WITHOUT checking the server's certificate unless told to.
-        config["broker_use_ssl"] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
-    return config
-
-
-def beat_config(settings: Settings) -> dict:
-    """The Celery configuration of `imgq beat` (on top of celery_config), and of the CLI writing its entries."""
-    return {
-        # Schedules are data in Redis (celery-redbeat), not a file or code: edited while beat runs, and its
-        # lock lets one beat of several fire.
-        "beat_scheduler": "redbeat.RedBeatScheduler",
-        "redbeat_redis_url": settings.broker_url,
-        "redbeat_key_prefix": Keys(settings.namespace).redbeat_prefix,
-        # Given explicitly: redbeat would otherwise fall back to the broker's transport options (and warn).
-        "redbeat_redis_options": {},
-        "redbeat_lock_timeout": settings.beat_lock_timeout,
-        # How long beat may sleep before reading the schedules again: bounds how late a new one is seen.
-        "beat_max_loop_interval": settings.beat_max_interval,
-        # No result backend, so nothing to clean: keeps Celery from adding its daily backend_cleanup entry.
-        "result_expires": None,
-    }
-
-
-def _base_config(settings: Settings, model: str) -> dict:
-    return {
-        "broker_url": settings.broker_url,
-        "broker_connection_retry_on_startup": True,
-        "broker_transport_options": {
-            # Unacknowledged batches return to the queue after this long (a worker died holding them).
-            "visibility_timeout": settings.visibility_timeout,
-            # Kombu's own keys (queues, unacked) live under our namespace too.
-            "global_keyprefix": Keys(settings.namespace).kombu_prefix,
-        },
-        # JSON only: a pickled message could run code in the worker.
-        "task_serializer": "json",
-        "accept_content": ["json"],
-        "result_serializer": "json",
-        # The results store is the product; Celery's own result backend is not used.
-        "task_ignore_result": True,
-        "result_backend": None,
-        # A worker consumes its default queue only: its model's. Senders name the queue of each message
-        # (imgq/queue.py, the schedules' entries), so the routes below never decide where a batch goes.
-        "task_default_queue": queue_name(settings, model),
-        "task_routes": {TASK_CLASSIFY_BATCH: {"queue": queue_name(settings, model)}},
-        # Acknowledge after the batch is stored, so a worker that dies mid-batch loses nothing.
-        "task_acks_late": True,
-        "task_reject_on_worker_lost": True,
-        # A worker reserves no more batches than it has threads (IMGQ_CONCURRENCY): the rest stay in
-        # Redis for other workers.
-        "worker_prefetch_multiplier": 1,
-        "worker_send_task_events": True,
-        "task_send_sent_event": False,
-    }

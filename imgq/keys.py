@@ -35,14 +35,14 @@ class Keys:
         return f"{self.ns}:results:{job}"
 
     def sunk(self, job: str) -> str:
-        """Hash: batch number -> records that batch wrote to the job's Parquet sink (imgq/sink.py); their sum is
+        """Hash: batch number -> records that batch wrote to the job's Parquet sink (imgq/results/sink.py); their sum is
         kept in the job's hash (``sunk``), so a redelivered batch replaces its count instead of adding to it."""
         return f"{self.ns}:sunk:{job}"
 
     @property
     def sinks(self) -> str:
         """Set of the ids of jobs with a Parquet sink whose files may still be on disk: once such a job is gone
-        (expired, deleted), the workers' reconciler removes its files (imgq/sink.py) and then its id."""
+        (expired, deleted), the workers' reconciler removes its files (imgq/results/sink.py) and then its id."""
         return f"{self.ns}:sinks"
 
     def failed(self, job: str) -> str:
@@ -73,11 +73,11 @@ class Keys:
 
     def known(self, model: str, top_k: int) -> str:
         """Hash: content digest of an image -> its packed top-k (or a claim while it is computed), for one
-        model (weights and precision) and one k: imgq/known.py."""
+        model (weights and precision) and one k: imgq/results/known.py."""
         return f"{self.ns}:known:{model}:{top_k}"
 
     def head(self, digest: str) -> str:
-        """String: a head's file (imgq/heads.py) under its digest, for the workers of the jobs that apply it.
+        """String: a head's file (imgq/labels/heads.py) under its digest, for the workers of the jobs that apply it.
         Expires with the longest retention of those jobs (or a schedule's life)."""
         return f"{self.ns}:head:{digest}"
 
@@ -113,7 +113,7 @@ class Keys:
 
     def scan(self, name: str, part: str, model: str = "resnet50") -> str:
         """Hash: incremental scan state of a schedule for one model, ``part`` one of known, errors, pending
-        (imgq/scan_state.py): ``<ns>:scan:<name>:<part>`` for resnet50 (as before models were a choice),
+        (imgq/schedules/scan_state.py): ``<ns>:scan:<name>:<part>`` for resnet50 (as before models were a choice),
         ``<ns>:scan:<name>@<model>:<part>`` for any other, so that a file classified by one model is new
         for another."""
         # "resnet50" is imgq.contract.MODEL_NAME, which this module cannot import (contract imports it).
@@ -134,7 +134,7 @@ class Keys:
         return self.kombu_prefix + self.ns
 
     def model_queue(self, queue: str) -> str:
-        """List: the batch messages waiting in one model's queue, ``queue`` as imgq.contract.queue_name names
+        """List: the batch messages waiting in one model's queue, ``queue`` as imgq.celery_config.queue_name names
         it (``<ns>`` for resnet50, ``<ns>.<model>`` for any other)."""
         return self.kombu_prefix + queue
 

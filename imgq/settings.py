@@ -312,7 +312,7 @@ _CHOICES = {"pool": ("solo", "threads", "prefork"), "precision": ("fp32", "bf16"
 
 def _model_setting(raw: str) -> str:
     """A built-in model's name, or what looks like a folder (the worker reads the folder when it starts)."""
-    from imgq.models import BUILTIN, unknown_name_message
+    from imgq.models.spec import BUILTIN, unknown_name_message
 
     if raw in BUILTIN or os.sep in raw or raw.startswith(".") or os.path.isdir(raw):
         return raw

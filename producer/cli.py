@@ -1,5 +1,6 @@
-"""The `imgq` command line. Commands only: the work is in imgq.walk, imgq.submit, imgq.store, producer.export,
-producer.progress and producer.classify. Errors become one-line messages here and nowhere else.
+"""The `imgq` command line. Commands only: the work is in imgq.storage.walk, imgq.jobs.submit,
+imgq.results.store, producer.exports.export, producer.local.progress and producer.local.classify. Errors
+become one-line messages here and nowhere else.
 
 Imports are kept light (no TensorFlow, Celery or rich at import time) so that `imgq --help` is instant.
 """
@@ -17,28 +18,29 @@ import time
 import click
 import redis
 
-from imgq import queue
-from imgq import submit as submission
 from imgq.contract import IMAGE_EXTENSIONS, MODEL_NAME
-from imgq.files import WriteError
-from imgq.heads import Head, refusal
-from imgq.job_refs import resolve
-from imgq.jobs import JobStatus
-from imgq.layers import UnknownLayer, check_layers, shapes_known
+from imgq.jobs import queue
+from imgq.jobs import submit as submission
+from imgq.jobs.refs import resolve
+from imgq.labels.heads import Head, refusal
+from imgq.models.layers import UnknownLayer, check_layers, shapes_known
+from imgq.results.job import JobStatus
+from imgq.results.sink import DamagedSink, SinkFilesMissing, SinkNotRemovable
+from imgq.results.store import JobNotFound, ResultStore
 from imgq.settings import MAX_RETENTION, Settings, env_var, format_seconds, mask_url, parse_setting
-from imgq.sink import DamagedSink, SinkFilesMissing, SinkNotRemovable
-from imgq.store import JobNotFound, ResultStore
-from imgq.walk import IGNORE_MARKERS, PathFilter, Skipped, iter_images, read_path_list
-from producer.dumps import DumpError, estimate_bytes, format_bytes, size_guard
-from producer.export import FILE_FORMATS, FORMATS, file_writer_for, output, with_min_score, writer_for
-from producer.head_options import head_option, refuse_foreign_head
-from producer.local import LocalServiceError, worker_argv
-from producer.model_choice import ChosenModel, choose_model, feature_layer
-from producer.params import BoundedInt, Duration, FiniteFloat
-from producer.paths import OutputFile
-from producer.skipped import echo_queued
-from producer.tagging import UntrainedWeights
-from producer.words import plural
+from imgq.storage.files import WriteError
+from imgq.storage.selection import IGNORE_MARKERS, PathFilter, Skipped
+from imgq.storage.walk import iter_images, read_path_list
+from producer.exports.dumps import DumpError, estimate_bytes, format_bytes, size_guard
+from producer.exports.export import FILE_FORMATS, FORMATS, file_writer_for, output, with_min_score, writer_for
+from producer.local.workers import LocalServiceError, worker_argv
+from producer.options.head_options import head_option, refuse_foreign_head
+from producer.options.model_choice import ChosenModel, choose_model, feature_layer
+from producer.options.params import BoundedInt, Duration, FiniteFloat, embedded_asked
+from producer.options.paths import OutputFile
+from producer.options.skipped import echo_queued
+from producer.options.words import plural
+from producer.tags.tagging import UntrainedWeights
 
 MAX_LISTED = 1000  # `imgq status --limit`: more rows than anyone reads, few enough to read in one go
 MAX_TIMEOUT = 365 * 86400.0  # `imgq wait --timeout`: a year; longer is no timeout (leave it out)
@@ -179,11 +181,6 @@ EMBEDDED_READERS = ("status", "results", "report", "show", "tag", "cancel", "del
 EMBEDDED_STARTERS = ("classify", "learn")
 
 
-def embedded_asked(ctx: click.Context, option: bool | None) -> bool | None:
-    """A starter's --embedded-redis/--no-embedded-redis, or the group's --embedded-redis when not given."""
-    return option if option is not None else (True if ctx.find_root().params.get("embedded_redis") else None)
-
-
 @click.group(cls=CliGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @setting_option("--broker-url", setting="broker_url", help="Redis URL of the Celery broker.")
 @setting_option("--results-url", setting="results_url", help="Redis URL of the results store (default: the broker's).")
@@ -217,7 +214,7 @@ def cli(ctx, broker_url, results_url, namespace, embedded_redis):
 
 def _use_embedded(ctx: click.Context, asked: bool, configured: bool) -> None:
     """Point the command at the embedded Redis's data (issue 20.6), started for the command's duration."""
-    from producer.local import reopen_embedded
+    from producer.local.workers import reopen_embedded
 
     found = reopen_embedded(ctx.obj.state_dir, asked=asked, configured=configured)
     if found is None:
@@ -305,7 +302,7 @@ def job_options(command):
 
 def job_request(settings: Settings, known: str, activations: tuple[str, ...], activations_dtype: str,
                 yes: bool, sink: bool, model: ChosenModel, head: Head | None = None) -> dict:
-    """The keyword arguments of imgq.submit.submit for these options (with the dump size guard unless --yes).
+    """The keyword arguments of imgq.jobs.submit.submit for these options (with the dump size guard unless --yes).
     Raises click.BadParameter for a layer the model does not have (the names of a folder model's layers are
     checked by its worker: only it loads the model)."""
     try:
@@ -352,7 +349,7 @@ def submit(ctx, paths, recursive, includes, excludes, from_file, top_k, batch_si
         click.echo(f"Activation dumps of {', '.join(activations)}: {size}, under <dump root>/{submitted.job}/ "
                    f"of the workers.", err=True)
     if wait_:
-        from producer.progress import wait
+        from producer.local.progress import wait
 
         _warn_if_no_worker(store, chosen.name)
         wait(store, submitted.job)
@@ -437,7 +434,7 @@ def _expiry(s: JobStatus) -> str:
         return _time(s.expires_at)
     if not s.retention:
         return "never (until `imgq delete`)"
-    if s.params.get("schedule"):  # kept until its schedule's next tick has read it (imgq/tick.py)
+    if s.params.get("schedule"):  # kept until its schedule's next tick has read it (imgq/schedules/tick.py)
         return f"{format_seconds(s.retention)} after its schedule's next tick reads it"
     return "never" if s.finished else f"{format_seconds(s.retention)} after it finishes"
 
@@ -508,7 +505,7 @@ def _jobs_in_flight(store: ResultStore) -> list[JobStatus]:
 @click.pass_context
 def wait(ctx, job, timeout):
     """Show a progress bar until JOB completes."""
-    from producer.progress import wait as wait_for
+    from producer.local.progress import wait as wait_for
 
     store = ResultStore.from_settings(ctx.obj)
     job = resolve(store, job)
@@ -627,7 +624,7 @@ def requeue(ctx, job, resume):
 
 
 def _write_embeddings(store: ResultStore, status: JobStatus, out: str, dump_root: str) -> None:
-    from producer.embeddings import write_embeddings
+    from producer.exports.embeddings import write_embeddings
 
     written = write_embeddings(store.iter_records(status.id), out, dump_root, feature_layer(status))
     click.echo(f"Wrote {written.rows} embeddings ({written.dtype}) to {written.path} and the index {written.index}; "
@@ -659,7 +656,7 @@ def worker(ctx, model, weights, batch_size, metrics_port, metrics_address, log_f
     # The worker is another program (TensorFlow, Celery's worker): run it in this process's place, never import
     # it. Its settings travel in the environment, which it reads alone.
     os.environ.update(settings.as_env())
-    # `python -m worker`, but never importing from the working folder (producer/local.py, issue 19.2).
+    # `python -m worker`, but never importing from the working folder (producer/local/workers.py, issue 19.2).
     os.execv(sys.executable, worker_argv(*celery_args))
 
 
@@ -685,8 +682,8 @@ def classify(ctx, paths, recursive, includes, excludes, from_file, top_k, batch_
              activations, activations_dtype, yes, sink, head, weights, out, fmt, min_score, tag_sidecars,
              allow_untrained, embedded_redis):
     """Classify the images under PATH... on this machine, starting whatever is missing, into a results file."""
-    from producer.classify import Output, run_classify
-    from producer.tagging import TagOptions
+    from producer.local.classify import Output, run_classify
+    from producer.tags.tagging import TagOptions
 
     settings = with_overrides(ctx, top_k=top_k, batch_size=batch_size, weights=weights, model=model)
     # A worker started here loads the model here: a name of a model no worker serves yet must be a built-in

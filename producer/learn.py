@@ -3,7 +3,7 @@
 EXAMPLES holds one folder per label. The examples are classified as `imgq classify` does (a worker started
 when none is alive), dumping the model's feature layer (ResNet50: ``avg_pool``, 2048 values) as float32; a
 logistic regression (scikit-learn: class-balanced, on standardised features) is cross-validated, then fitted
-on every example and written as a head (imgq/heads.py) with its figures. scikit-learn is imported here only.
+on every example and written as a head (imgq/labels/heads.py) with its figures. scikit-learn is imported here only.
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from imgq.contract import ResultRecord, dump_path, is_untrained
-from imgq.files import atomic_path
-from imgq.heads import Head, HeadError, check_label
-from imgq.walk import PathFilter, iter_images
+from imgq.labels.heads import Head, HeadError, check_label
+from imgq.storage.files import atomic_path
+from imgq.storage.selection import PathFilter
+from imgq.storage.walk import iter_images
 
 MIN_EXAMPLES = 5  # per label: fewer cannot be cross-validated in 5 folds, nor say much
 MAX_FOLDS = 5
@@ -107,7 +108,7 @@ def gather_features(records: list[ResultRecord], examples: Examples, dump_root: 
                     layer: str = FEATURE_LAYER) -> Features:
     """The feature rows of ``records`` (a learn job's, dumping FEATURE_LAYER). Raises ExamplesError when the
     records come from several weights, or too few examples of a label could be classified."""
-    from producer.dumps import dump_file, load_layer
+    from producer.exports.dumps import dump_file, load_layer
 
     label_of = examples.label_of()
     rows, labels, failed = [], [], []

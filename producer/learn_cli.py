@@ -1,5 +1,5 @@
 """`imgq learn`: fit a head of the user's labels from a folder of examples. Command only; the work is in
-producer.learn (examples, features, the fit) and producer.classify (running the examples through a worker)."""
+producer.learn (examples, features, the fit) and producer.local.classify (running the examples through a worker)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import os
 
 import click
 
-from imgq.heads import HeadError, check_label
+from imgq.labels.heads import HeadError, check_label
 from imgq.settings import env_var
-from producer.paths import OutputFile
+from producer.options.paths import OutputFile
 
 
 @click.command()
@@ -35,8 +35,8 @@ def learn(ctx, examples, out, name, model, weights, embedded_redis):
     the same command.
     """
     from producer import learn as learning
-    from producer.classify import Output, run_classify
-    from producer.cli import embedded_asked
+    from producer.local.classify import Output, run_classify
+    from producer.options.params import embedded_asked
 
     try:
         found = learning.find_examples(examples)
@@ -52,7 +52,7 @@ def learn(ctx, examples, out, name, model, weights, embedded_redis):
                + ", ".join(f"{label} ({n})" for label, n in counts.items()), err=True)
     if found.skipped:
         click.echo(f"Skipped {len(found.skipped)} files that are not images, e.g. {found.skipped[0]}", err=True)
-    from producer.model_choice import choose_model
+    from producer.options.model_choice import choose_model
 
     settings = _with(ctx.obj, weights=weights, model=model)
     chosen = choose_model(settings.model)

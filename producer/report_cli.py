@@ -1,20 +1,21 @@
 """`imgq layers`, `imgq report` and `imgq show`: what the convnet saw. Commands only; the work is in
-imgq.layers, producer.report, producer.heatmaps and producer.dumps (numpy and Pillow imported on use)."""
+imgq.models.layers, producer.report.page, producer.report.heatmaps and producer.exports.dumps (numpy and Pillow
+imported on use)."""
 
 from __future__ import annotations
 
 import click
 
-from imgq.job_refs import resolve
+from imgq.jobs.refs import resolve
+from imgq.results.store import ResultStore
 from imgq.settings import env_var
-from imgq.store import ResultStore
-from producer.dumps import format_bytes
-from producer.params import BoundedInt
-from producer.paths import OutputFile
-from producer.words import plural
+from producer.exports.dumps import format_bytes
+from producer.options.params import BoundedInt
+from producer.options.paths import OutputFile
+from producer.options.words import plural
 
 MAX_IMAGE = 2**40  # image numbers count from 0; no job comes near this, and Redis takes it as a list index
-MAX_CHANNELS = 2048  # the most channels of any ResNet50 layer (avg_pool)
+MAX_CHANNELS = 4096  # more than any built-in model's widest layer (ConvNeXt-Tiny's 3072)
 
 
 @click.command()
@@ -24,8 +25,8 @@ MAX_CHANNELS = 2048  # the most channels of any ResNet50 layer (avg_pool)
 @click.pass_context
 def layers(ctx, model):
     """List a model's layers: output shape of one image and the bytes of its dump, float16 and float32."""
-    from imgq.layers import dump_bytes, layer_shapes, shapes_known
-    from producer.model_choice import choose_model
+    from imgq.models.layers import dump_bytes, layer_shapes, shapes_known
+    from producer.options.model_choice import choose_model
 
     chosen = choose_model(model or ctx.obj.model)
     if not shapes_known(chosen.name):
@@ -54,8 +55,8 @@ def layers(ctx, model):
 @click.pass_context
 def report(ctx, job, out, page_size, channels, group):
     """Write an HTML report of JOB: summary, errors, thumbnails with labels, heat maps of the dumps."""
-    from producer.previews import PreviewLimits
-    from producer.report import ReportError, write_report
+    from producer.report.page import ReportError, write_report
+    from producer.report.previews import PreviewLimits
 
     store = ResultStore.from_settings(ctx.obj)
     job = resolve(store, job)
@@ -84,8 +85,8 @@ def report(ctx, job, out, page_size, channels, group):
 @click.pass_context
 def show(ctx, job, image, layer, out, channels, cell):
     """Draw the feature maps of LAYER for IMAGE (its number in JOB) as one PNG of heat maps."""
-    from producer.dumps import layer_of, record_of
-    from producer.heatmaps import channel_title, feature_grid, write_png
+    from producer.exports.dumps import layer_of, record_of
+    from producer.report.heatmaps import channel_title, feature_grid, write_png
 
     store = ResultStore.from_settings(ctx.obj)
     activations = layer_of(record_of(store, resolve(store, job), image), layer,

@@ -1,5 +1,5 @@
-"""`imgq schedule ...` and `imgq beat`: commands only; the work is in imgq.schedules, imgq.tick, imgq.scan_state
-and imgq.beat.
+"""`imgq schedule ...` and `imgq beat`: commands only; the work is in imgq.schedules.schedule, imgq.schedules.tick,
+imgq.schedules.scan_state and imgq.schedules.beat.
 
 Like producer.cli, nothing heavy is imported here: Celery and redbeat are imported by the commands that use
 them, so `imgq --help` stays instant.
@@ -14,25 +14,18 @@ import time
 
 import click
 
-from imgq import heads, queue
-from imgq.scan_state import ScanState
-from imgq.schedules import (
-    MAX_EVERY,
-    RUNS_KEPT,
-    Schedule,
-    ScheduleBook,
-    ScheduleError,
-    check_name,
-    parse_cron,
-)
+from imgq.jobs import queue
+from imgq.labels import heads
+from imgq.results.store import JobNotFound, ResultStore
+from imgq.schedules.scan_state import ScanState
+from imgq.schedules.schedule import MAX_EVERY, RUNS_KEPT, Schedule, ScheduleBook, ScheduleError, check_name, parse_cron
+from imgq.schedules.tick import tick
 from imgq.settings import Settings, env_var, format_seconds
-from imgq.store import JobNotFound, ResultStore
-from imgq.tick import tick
-from imgq.walk import skipped_phrase
-from producer.head_options import head_option, refuse_foreign_head
-from producer.model_choice import choose_model
-from producer.params import BoundedInt, Duration
-from producer.words import plural
+from imgq.storage.selection import skipped_phrase
+from producer.options.head_options import head_option, refuse_foreign_head
+from producer.options.model_choice import choose_model
+from producer.options.params import BoundedInt, Duration
+from producer.options.words import plural
 
 
 class ScheduleGroup(click.Group):
@@ -221,7 +214,7 @@ def run(ctx, name, wait_):
                f"{found['changed']} changed, {found['retried']} retried) in {plural(result['batches'], 'batch')}"
                f"{f'; {skipped}' if skipped else ''}.", err=True)
     if wait_:
-        from producer.progress import wait
+        from producer.local.progress import wait
 
         wait(store, result["job"])
 
@@ -236,7 +229,7 @@ def beat(ctx, celery_args):
     if settings.beat_lock_timeout <= settings.beat_max_interval:
         raise click.UsageError(f"{env_var('beat_lock_timeout')} must exceed {env_var('beat_max_interval')} "
                                f"({settings.beat_lock_timeout} <= {settings.beat_max_interval}).")
-    from imgq.beat import run_beat
+    from imgq.schedules.beat import run_beat
 
     run_beat(settings, list(celery_args))
 

@@ -1,5 +1,5 @@
 """`imgq tag`: a job's labels as keywords in the images' XMP sidecars. Command only; the work is in
-producer.tagging (which keywords, which sidecar) and producer.sidecars (the XMP edit)."""
+producer.tags.tagging (which keywords, which sidecar) and producer.tags.sidecars (the XMP edit)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import os
 
 import click
 
-from imgq.job_refs import resolve
-from imgq.store import ResultStore
-from producer.params import BoundedInt, FiniteFloat
-from producer.tagging import SIDECAR_NAMES, SidecarChange, TagOptions, UntrainedWeights, tag_records
-from producer.words import plural
+from imgq.jobs.refs import resolve
+from imgq.results.store import ResultStore
+from producer.options.params import BoundedInt, FiniteFloat
+from producer.options.words import plural
+from producer.tags.tagging import SIDECAR_NAMES, SidecarChange, TagOptions, UntrainedWeights, tag_records
 
 
 @click.command()

@@ -13,8 +13,9 @@ import uuid
 
 import pytest
 
+from imgq.results.store import ResultStore, delete_namespace
 from imgq.settings import Settings
-from imgq.store import ResultStore, delete_namespace
+from tests import weights as test_weights
 
 
 @pytest.fixture(scope="session")
@@ -94,7 +95,7 @@ def worker_settings(redis_url, tmp_path_factory):
 @pytest.fixture(scope="session")
 def live_worker(worker_settings):
     """A real worker process (random weights, batch size 8) consuming the session namespace's queue."""
-    from producer.local import LocalWorker
+    from producer.local.workers import LocalWorker
 
     worker = LocalWorker(worker_settings)
     worker.start()
@@ -103,3 +104,17 @@ def live_worker(worker_settings):
         yield worker
     finally:
         worker.stop()
+
+
+PARITY_PICTURES = 24
+
+
+@pytest.fixture(scope="session")
+def parity(tmp_path_factory):
+    """``(picture paths, weights file, preprocessed float32 batch, uint8 pixels)`` shared by the runtime
+    parity and contract tests (tests/test_runtime_parity.py, tests/test_runtime_contract.py): TensorFlow takes
+    the float batch, OpenVINO the pixels (its graph preprocesses them)."""
+    folder = tmp_path_factory.mktemp("parity")
+    paths = test_weights.write_pictures(folder / "pictures", PARITY_PICTURES)
+    weights = test_weights.image_dependent_weights(paths, folder / "parity.weights.h5")
+    return paths, str(weights), test_weights.model_input(paths), test_weights.decoded(paths)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from imgq.store import ResultStore
+from imgq.results.store import ResultStore
 
 
 def commit_job(store: ResultStore, job: str, paths: list[str], *, batch_size: int = 8, top_k: int = 5,

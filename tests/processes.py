@@ -18,8 +18,8 @@ from pathlib import Path
 
 import redis
 
+from imgq.results.store import ResultStore
 from imgq.settings import Settings
-from imgq.store import ResultStore
 
 READY_TIMEOUT = 180.0  # importing TensorFlow and building ResNet50 on a busy 2-core machine
 

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from imgq.layers import layer_shapes
-from imgq.store import ResultStore
+from imgq.models.layers import layer_shapes
+from imgq.results.store import ResultStore
 from producer.cli import cli
-from producer.dumps import estimate_bytes
+from producer.exports.dumps import estimate_bytes
 from tests import imagegen
 from tests.test_walk_and_submit import queued_messages
 

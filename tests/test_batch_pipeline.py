@@ -1,4 +1,4 @@
-"""worker/batch.py's pipeline without TensorFlow: a real store, real files and real decoding, with a small
+"""worker/batches/batch.py's pipeline without TensorFlow: a real store, real files and real decoding, with a small
 stand-in for the model whose answer depends on the picture (so that a label can be checked)."""
 
 from __future__ import annotations
@@ -9,16 +9,16 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from imgq.classes import class_index
 from imgq.contract import BatchMessage
-from imgq.deliveries import Deliveries
-from imgq.models import builtin_spec
+from imgq.jobs.deliveries import Deliveries
+from imgq.labels.classes import class_index
+from imgq.models.spec import builtin_spec
 from tests import imagegen
 from tests.jobs import commit_job
-from worker.batch import run_batch
-from worker.gather import Gatherer
-from worker.preprocess import RESNET50, to_model_input
-from worker.runtime import Runtime
+from worker.batches.batch import run_batch
+from worker.batches.gather import Gatherer
+from worker.images.preprocess import RESNET50, to_model_input
+from worker.process import Runtime
 
 
 class BrightnessModel:
@@ -49,7 +49,7 @@ def expected_class(model_input: np.ndarray) -> int:
 
 @pytest.fixture
 def runtime(settings):
-    from imgq.store import ResultStore
+    from imgq.results.store import ResultStore
 
     store = ResultStore.from_settings(settings)
     model = BrightnessModel()
@@ -81,7 +81,7 @@ def test_one_record_per_image_with_the_models_labels_and_the_decoders_errors(run
     assert {r.weights for r in stored} == {BrightnessModel.weights_id} and runtime.store.status("j1").state == "done"
     from PIL import Image
 
-    from worker.preprocess import INTERPOLATION, TARGET_SIZE
+    from worker.images.preprocess import INTERPOLATION, TARGET_SIZE
 
     for record, path in zip(stored[:3], pictures, strict=False):  # the label is the picture's own
         with Image.open(path) as image:
@@ -128,7 +128,7 @@ def test_a_sink_job_deleted_during_the_forward_pass_leaves_no_file(runtime, pict
 
 
 def test_a_sink_batch_goes_to_its_file_and_redis_counts_it(runtime, pictures, tmp_path):
-    from imgq import sink
+    from imgq.results import sink
 
     runtime.settings = dataclasses.replace(runtime.settings, sink_dir=str(tmp_path / "sink"))
     runtime.store.sink_dir = runtime.settings.effective_sink_dir

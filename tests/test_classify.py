@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from producer.local import redis_answers
+from producer.local.workers import redis_answers
 from tests import imagegen
 from tests.processes import free_port
 

@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from imgq import sink
 from imgq.contract import ok_record
+from imgq.results import sink
 from tests.imagegen import save
 from tests.jobs import commit_job
 
@@ -143,7 +143,7 @@ def test_one_is_singular_and_params_are_words(run, store, settings, tmp_path):
 
 
 def test_a_sidecar_that_cannot_be_written_is_said_once(run, store):
-    """/proc/version exists and its folder takes no new file: the write fails in imgq.files.atomic_path."""
+    """/proc/version exists and its folder takes no new file: the write fails in imgq.storage.files.atomic_path."""
     job = finished_job(store, ["/proc/version"])
     result = run("tag", job)
     assert result.exit_code == 1 and "Traceback" not in result.output
@@ -156,7 +156,7 @@ def test_classify_names_the_live_workers_it_uses_in_good_english(store, settings
     from contextlib import ExitStack
 
     from imgq.contract import Heartbeat
-    from producer.watch import Workers
+    from producer.local.watch import Workers
 
     for n in range(workers):
         store.send_heartbeat(f"w{n}:1", Heartbeat(hostname=f"w{n}", pid=1, weights="imagenet", sent_at=time.time()),

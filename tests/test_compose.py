@@ -202,8 +202,8 @@ class Stack:
         container of the network dies, podman 4.3's aardvark-dns (1.4) reloads by closing and reopening its
         sockets, so a lookup in that moment fails ("Name or service not known"; containers/aardvark-dns#389).
         Connections open before it (the workers') are not affected: only new lookups are."""
+        from imgq.results.store import ResultStore
         from imgq.settings import Settings
-        from imgq.store import ResultStore
 
         if self._store is None:
             networks = self.inspect(self.container("redis"))["NetworkSettings"]["Networks"]
@@ -388,7 +388,7 @@ def test_the_openvino_image_runs_the_model_without_tensorflow(stack):
     """Item 3 of the smaller image: the openvino target has no TensorFlow, and its worker's model loads from
     the conversion made at build time (none made at start: that would need TensorFlow)."""
     openvino = build_openvino_image(stack.engine, stack.image)
-    script = ("import importlib.util, sys; from worker.model import load_classifier; "
+    script = ("import importlib.util, sys; from worker.runtimes.loading import load_classifier; "
               "c = load_classifier('random', 4, 'fp32', 'openvino', '/home/imgq/.local/state/imgq/openvino'); "
               "print(c.runtime, c.converted, importlib.util.find_spec('tensorflow') is None, 'keras' in sys.modules)")
     ran = stack.engine.podman("run", "--rm", openvino, "python", "-c", script, timeout=600)
@@ -396,7 +396,8 @@ def test_the_openvino_image_runs_the_model_without_tensorflow(stack):
     assert runtime.startswith("openvino ") and converted == "[]"
     assert no_tensorflow == "True" and keras_imported == "False"
     # Other weights need a conversion, so TensorFlow: one clear error, which stops the worker before any batch.
-    script = ("from worker.model import load_classifier, WeightsError\ntry:\n"
+    script = ("from worker.runtimes.loading import load_classifier\n"
+              "from worker.runtimes.keras_model import WeightsError\ntry:\n"
               "    load_classifier('random:5', 4, 'fp32', 'openvino', '/home/imgq/.local/state/imgq/openvino')\n"
               "except WeightsError as exc:\n    print(exc)")
     refused = stack.engine.podman("run", "--rm", openvino, "python", "-c", script, timeout=600).stdout

@@ -1,13 +1,7 @@
 import pytest
 
-from imgq.contract import (
-    ERROR_CODES,
-    BatchMessage,
-    MessageError,
-    celery_config,
-    error_record,
-    ok_record,
-)
+from imgq.celery_config import celery_config
+from imgq.contract import ERROR_CODES, BatchMessage, MessageError, error_record, ok_record
 from imgq.keys import Keys
 from imgq.settings import Settings
 

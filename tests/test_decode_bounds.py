@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 from PIL import Image, WebPImagePlugin
 
-from imgq.known import file_digest, stream_digest
+from imgq.results.known import file_digest, stream_digest
+from imgq.storage.local import LocalFiles
 from tests import imagegen
-from worker import preprocess, reads
-from worker.memory import decode_budget
-from worker.preprocess import ImageError, checked_file, load_pixels
+from worker.images import preprocess, reads
+from worker.images.memory import decode_budget
+from worker.images.preprocess import ImageError, load_pixels
 
 MiB = 1024**2
 
@@ -131,14 +132,14 @@ def test_hashing_reads_in_chunks_and_stops_at_the_limit(tmp_path):
     huge = tmp_path / "huge.jpg"
     with open(huge, "wb") as file:
         file.truncate(4 * 1024**3)
-    with pytest.raises(ImageError) as caught, checked_file(str(huge), (), max_file_bytes=256 * MiB):
+    with pytest.raises(ImageError) as caught, LocalFiles().open(str(huge), (), max_bytes=256 * MiB):
         pass
     assert caught.value.code == "too_large"
 
 
 PEAK = """
 import json, sys
-from worker.preprocess import ImageError, load_pixels
+from worker.images.preprocess import ImageError, load_pixels
 
 def status(field):
     with open("/proc/self/status") as f:

@@ -1,4 +1,4 @@
-"""imgq/deliveries.py and worker/isolation.py against a real Redis: what counts as a lost delivery, when a
+"""imgq/jobs/deliveries.py and worker/batches/isolation.py against a real Redis: what counts as a lost delivery, when a
 suspect counts, and that a worker_crashed record never replaces a stored one."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from imgq.deliveries import Deliveries, NoSuchJob
+from imgq.jobs.deliveries import Deliveries, NoSuchJob
 from tests.jobs import commit_job
-from worker.isolation import DecodeLock
+from worker.batches.isolation import DecodeLock
 
 JOB = "job1"
 
@@ -112,7 +112,7 @@ def test_a_publish_after_a_delete_leaves_no_key_and_after_a_cancel_expires_with_
     """A publish counts the job's messages (``published``): counted for a job that is gone, the count made a
     new attempts hash without a TTL, kept for ever; counted after a job finished, one that outlived the job."""
     from imgq.contract import BatchRef
-    from imgq.queue import publish
+    from imgq.jobs.queue import publish
 
     store.delete(JOB)
     publish([BatchRef(JOB, 0)], settings)  # `imgq requeue` racing a delete, a tick's re-queue, ...

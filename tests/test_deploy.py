@@ -30,8 +30,8 @@ import pytest
 import redis
 from ruamel.yaml import YAML
 
+from imgq.results.store import ResultStore
 from imgq.settings import Settings, env_var
-from imgq.store import ResultStore
 from tests import imagegen
 from tests.processes import Process, clean_env, free_port, redis_server_binary, scrape, wait_for_redis, wait_for_workers
 

@@ -1,4 +1,4 @@
-"""imgq.files: atomic writes, with the modes the process's umask gives, from many threads at once."""
+"""imgq.storage.files: atomic writes, with the modes the process's umask gives, from many threads at once."""
 
 import os
 import stat
@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from imgq import files
+from imgq.storage import files
 
 # Eight threads each write 50 files and ask 20,000 times for the mode of a new file, switching threads as
 # often as CPython can, while a ninth reads the umask from /proc: every file must get 0o640 (0o666 less
@@ -17,7 +17,7 @@ THREADS_SCRIPT = """
 import os, sys, threading
 sys.setswitchinterval(1e-6)
 os.umask(0o027)
-from imgq.files import atomic_path, usual_mode, _read_umask
+from imgq.storage.files import atomic_path, usual_mode, _read_umask
 
 folder = sys.argv[1]
 seen, given, done = set(), set(), threading.Event()
@@ -108,7 +108,7 @@ def _never_blocks(call):
 def test_a_dump_that_is_a_link_or_a_fifo_is_refused_at_once(tmp_path):
     import numpy as np
 
-    from producer.dumps import DumpError, load_layer
+    from producer.exports.dumps import DumpError, load_layer
 
     real = tmp_path / "real.npz"
     np.savez(real, conv1_relu=np.ones((2, 2, 3), np.float32))
@@ -122,7 +122,7 @@ def test_a_dump_that_is_a_link_or_a_fifo_is_refused_at_once(tmp_path):
 
 
 def test_a_sink_batch_file_that_is_a_fifo_or_a_link_is_damaged_not_waited_for(tmp_path):
-    from imgq import sink
+    from imgq.results import sink
 
     folder = tmp_path / "sink" / "abc123"
     folder.mkdir(parents=True)

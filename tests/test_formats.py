@@ -1,4 +1,4 @@
-"""HEIF/HEIC and camera RAW (worker/formats.py): recognised by content, under the bounds of every format, turned
+"""HEIF/HEIC and camera RAW (worker/images/formats.py): recognised by content, under the bounds of every format, turned
 upright once; and a HEIC labelled as its JPEG twin by a real worker with image-dependent weights."""
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgq import image_kinds
 from imgq.contract import ERROR_CODES, IMAGE_EXTENSIONS, IMAGE_FORMATS
+from imgq.storage import image_kinds
 from tests import photogen
 from tests.imagegen import pattern
-from worker import formats
-from worker.preprocess import ImageError, load_pixels
+from worker.images import formats
+from worker.images.preprocess import ImageError, load_pixels
 
 needs_heif_enc = pytest.mark.skipif(photogen.HEIF_ENC is None, reason=photogen.NO_HEIF_ENC)
 
@@ -129,7 +129,7 @@ def test_a_heic_that_would_take_more_memory_than_the_budget_is_too_large(tmp_pat
 def test_a_heic_is_classified_from_its_thumbnail_when_that_is_large_enough(tmp_path, monkeypatch):
     """Draft decoding of a HEIC (IMGQ_JPEG_DRAFT, on by default): its embedded thumbnail when both its sides are at
     least the model's input (an iPhone's 320x240 for 224x224), never one smaller; the full image without draft."""
-    from worker import preprocess
+    from worker.images import preprocess
 
     decoded = []
     real_resized = preprocess._resized
@@ -297,11 +297,11 @@ def twins(tmp_path_factory):
 
 @pytest.mark.slow
 def test_a_worker_labels_heic_and_raw_as_their_jpeg_twins(twins, redis_url, tmp_path):
-    from imgq.store import ResultStore, delete_namespace
-    from producer.local import LocalWorker
+    from imgq.results.store import ResultStore, delete_namespace
+    from producer.local.workers import LocalWorker
     from tests.conftest import make_settings
     from tests.processes import imgq_cli
-    from worker.labels import class_index
+    from worker.batches.labels import class_index
 
     folder, weights = twins
     settings = make_settings(redis_url, tmp_path, weights=weights)

@@ -1,4 +1,4 @@
-"""Forward passes shared between concurrent tasks (worker/gather.py)."""
+"""Forward passes shared between concurrent tasks (worker/batches/gather.py)."""
 
 import threading
 import time
@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pytest
 
-from worker.gather import Gatherer
+from worker.batches.gather import Gatherer
 
 
 class RecordingClassifier:
@@ -127,7 +127,7 @@ def test_a_hung_forward_pass_is_a_problem_after_twice_the_timeout():
     gatherer = Gatherer(classifier, max_batch=4, pass_timeout=0.2)
     future = gatherer.submit(images(1))
     with pytest.raises(TimeoutError):
-        future.result(timeout=0.2)  # what a task does (worker/batch.py): its images become `internal`
+        future.result(timeout=0.2)  # what a task does (worker/batches/batch.py): its images become `internal`
     time.sleep(0.3)
     assert "forward pass has run for more than" in gatherer.problem()
     classifier.release.set()

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from imgq import groups
 from imgq.contract import Label
-from producer import sidecars
-from producer.sidecars import HIERARCHICAL, SUBJECT, TAGS_LIST
+from imgq.labels import groups
+from producer.tags import sidecars
+from producer.tags.sidecars import HIERARCHICAL, SUBJECT, TAGS_LIST
 from tests.imagegen import save
 from tests.test_tag import exiftool, needs_exiftool, store_job
 
@@ -146,7 +146,7 @@ def test_results_groups_in_jsonl_csv_and_parquet(run, store, photos, tmp_path):
 
 
 def test_classify_summary_counts_by_group(store, photos, capsys):
-    from producer.classify import _print_summary
+    from producer.local.classify import _print_summary
 
     job = mixed_job(store, photos)
     _print_summary(store, store.status(job), "out.jsonl")

@@ -10,17 +10,17 @@ import threading
 import numpy as np
 import pytest
 
-from imgq import heads
 from imgq.contract import BatchMessage, Label, MessageError, ResultRecord, ok_record
-from imgq.heads import HeadError, read_head, refusal
-from imgq.known import pack, unpack, unpack_with_head
-from imgq.packing import pack as pack_record
-from imgq.packing import provenance
-from imgq.packing import unpack as unpack_record
+from imgq.labels import heads
+from imgq.labels.heads import HeadError, read_head, refusal
+from imgq.results.known import pack, unpack, unpack_with_head
+from imgq.results.packing import pack as pack_record
+from imgq.results.packing import provenance
+from imgq.results.packing import unpack as unpack_record
 from producer import learn
-from producer.export import csv_header, csv_row, with_min_score
+from producer.exports.export import csv_header, csv_row, with_min_score
 from tests import imagegen
-from worker.heads import LoadedHead
+from worker.batches.heads import LoadedHead
 
 
 def blobs(labels: dict[str, int], features: int = 64, seed: int = 0) -> learn.Features:
@@ -208,8 +208,8 @@ def test_min_score_applies_to_the_head_and_csv_names_its_best_label():
 def test_parquet_keeps_the_head(tmp_path):
     import pyarrow.parquet as pq
 
-    from imgq import parquet_schema
-    from producer.parquet import write_parquet
+    from imgq.results import parquet_schema
+    from producer.exports.parquet import write_parquet
 
     write_parquet([head_record(), head_record(head=None)], str(tmp_path / "r.parquet"), 5)
     back = list(parquet_schema.records(pq.read_table(tmp_path / "r.parquet")))
@@ -223,7 +223,7 @@ def test_the_known_index_of_a_head_keeps_its_labels():
 
 
 def test_the_report_has_a_section_per_head_label():
-    from producer.report import _head_sections
+    from producer.report.page import _head_sections
 
     records = [head_record(), head_record(image=4), head_record(head={"name": "beach", "top_k": [
         {"label": "city", "score": 0.75}]})]
@@ -232,7 +232,7 @@ def test_the_report_has_a_section_per_head_label():
 
 
 def test_tag_files_a_heads_best_labels_under_the_head():
-    from producer.tagging import TagOptions, chosen_paths
+    from producer.tags.tagging import TagOptions, chosen_paths
 
     paths = chosen_paths(head_record(), TagOptions(top=1))
     assert ("beach", "beach") in paths

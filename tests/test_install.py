@@ -54,7 +54,7 @@ def test_the_install_has_no_worker_extras(producer_only):
 
 @pytest.mark.slow
 def test_the_install_carries_the_groups_table_and_wordnets_licence(producer_only):
-    code = ("from importlib import resources; from imgq import groups; print(groups.path_of('n02106166')); "
+    code = ("from importlib import resources; from imgq.labels import groups; print(groups.path_of('n02106166')); "
             "print('Princeton' in resources.files('imgq').joinpath('WORDNET_LICENSE').read_text())")
     found = subprocess.run([str(producer_only / "python"), "-c", code], capture_output=True, text=True, cwd="/")
     assert found.stdout.split("\n")[:2] == ["('animal', 'dog')", "True"], found.stderr

@@ -1,4 +1,4 @@
-"""Jobs as a user names them (imgq/job_refs.py): an id, an unambiguous start of one, a name; and an expired
+"""Jobs as a user names them (imgq/jobs/refs.py): an id, an unambiguous start of one, a name; and an expired
 job, which says it expired. Every command with a JOB argument is walked from the click group."""
 
 from __future__ import annotations

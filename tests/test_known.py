@@ -1,4 +1,4 @@
-"""The content-hash index (imgq/known.py) against a real Redis, and --skip-known end to end."""
+"""The content-hash index (imgq/results/known.py) against a real Redis, and --skip-known end to end."""
 
 import os
 import shutil
@@ -7,8 +7,8 @@ import pytest
 import redis
 
 from imgq.keys import Keys
-from imgq.known import CLAIM, KnownImages, file_digest, pack, unpack
-from imgq.store import ResultStore
+from imgq.results.known import CLAIM, KnownImages, file_digest, pack, unpack
+from imgq.results.store import ResultStore
 from tests import imagegen
 from tests.processes import imgq_cli
 
@@ -24,7 +24,7 @@ def test_pack_round_trips_and_never_looks_like_a_claim():
     assert unpack(pack(top)) == top and not pack(top).startswith(CLAIM)
 
 
-DOCUMENTED_BYTES = 120  # imgq/known.py: 73 on Valkey 9.1, 112 on Redis 7.0, at most 120
+DOCUMENTED_BYTES = 120  # imgq/results/known.py: 73 on Valkey 9.1, 112 on Redis 7.0, at most 120
 
 
 def test_memory_per_known_image_is_what_the_docs_say(index):
@@ -54,7 +54,7 @@ def test_claims_are_exclusive_and_results_are_shared(index, settings):
 def test_a_stale_claim_is_taken_over(index, monkeypatch):
     digest = file_digest(b"x")
     index.claim([digest])
-    monkeypatch.setattr("imgq.known.CLAIM_SECONDS", -1.0)
+    monkeypatch.setattr("imgq.results.known.CLAIM_SECONDS", -1.0)
     assert index.claim([digest]) == {digest}
 
 

@@ -1,4 +1,5 @@
-"""worker.labels: the vendored ImageNet class index is Keras' own, and top_k decodes as decode_predictions does."""
+"""worker.batches.labels: the vendored ImageNet class index is Keras' own, and top_k decodes as decode_predictions
+does."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ from keras.src.applications import imagenet_utils
 from keras.src.backend import config as keras_config
 from keras.src.utils import file_utils
 
-from imgq.classes import class_index
-from worker.labels import top_k
+from imgq.labels.classes import class_index
+from worker.batches.labels import top_k
 
 VENDORED = resources.files("imgq").joinpath("imagenet_class_index.json")
 KERAS_MD5 = "c2c37ea517e94d9795004a39431a14cb"  # the file_hash decode_predictions passes to get_file

@@ -1,7 +1,7 @@
 import pytest
 
-from imgq.layers import UnknownLayer, check_layers, dump_bytes, layer_shapes, shapes_known
-from imgq.models import BUILTIN
+from imgq.models.layers import UnknownLayer, check_layers, dump_bytes, layer_shapes, shapes_known
+from imgq.models.spec import BUILTIN
 
 
 @pytest.mark.parametrize("name", [n if n == "resnet50" else pytest.param(n, marks=pytest.mark.slow) for n in BUILTIN])

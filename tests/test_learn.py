@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgq.store import ResultStore
+from imgq.results.store import ResultStore
 from tests.processes import imgq_cli, wait_until_done
 
 TINTS = {"red": (1.0, 0.25, 0.25), "green": (0.25, 1.0, 0.25), "blue": (0.25, 0.25, 1.0)}

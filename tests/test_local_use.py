@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 from imgq.contract import Heartbeat
-from imgq.store import ResultStore, delete_namespace
-from producer import local
-from producer.local import EmbeddedRedis, LocalWorker, redis_answers
+from imgq.results.store import ResultStore, delete_namespace
+from producer.local import workers as local
+from producer.local.workers import EmbeddedRedis, LocalWorker, redis_answers
 from tests import imagegen
 from tests.conftest import make_settings
 from tests.jobs import commit_job

@@ -13,8 +13,8 @@ from click.testing import CliRunner
 from prometheus_client import CollectorRegistry
 
 from imgq.contract import ERROR_CODES, error_record, ok_record
+from imgq.results.store import ResultStore
 from imgq.settings import Settings
-from imgq.store import ResultStore
 from producer.cli import cli
 from tests import imagegen
 from tests.processes import free_port, scrape, start_worker, wait_for_workers, wait_until_done

@@ -3,7 +3,9 @@
 import numpy as np
 import pytest
 
-from worker.model import Classifier, WeightsError, build_resnet50, load_classifier
+from worker.runtimes.keras_model import WeightsError, build_resnet50
+from worker.runtimes.loading import load_classifier
+from worker.runtimes.tensorflow_runtime import Classifier
 
 pytestmark = pytest.mark.slow
 

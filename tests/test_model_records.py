@@ -10,13 +10,13 @@ import json
 
 import pytest
 
-from imgq import submit as submission
 from imgq.contract import MODEL_NAME, TASK_SCHEDULED_SCAN, Label, ResultRecord, ok_record
-from imgq.known import KnownImages, model_tag
-from imgq.scan_state import ScanState
-from imgq.schedules import ScheduleBook
-from producer.export import write_csv, write_jsonl
-from producer.parquet import write_parquet
+from imgq.jobs import submit as submission
+from imgq.results.known import KnownImages, model_tag
+from imgq.schedules.scan_state import ScanState
+from imgq.schedules.schedule import ScheduleBook
+from producer.exports.export import write_csv, write_jsonl
+from producer.exports.parquet import write_parquet
 from tests import imagegen
 from tests.processes import imgq_cli
 
@@ -66,7 +66,7 @@ def test_the_store_keeps_a_user_models_labels_and_model_id(settings, store, phot
 def test_a_user_models_record_packs_as_small_as_an_imagenet_one(settings, store, photos):
     """Class indices and float32 scores, the names kept once per provenance in the job's hash: a user's model's
     record costs what an ImageNet record does, not its JSON (339 bytes for five labels)."""
-    from imgq import packing
+    from imgq.results import packing
 
     user = ok_record("j", 0, "/a", flower_labels((2, 0.5), (0, 0.25), (1, 0.125)), model=FLOWERS_ID,
                      decode_ms=1.5, inference_ms=2.25)
@@ -110,7 +110,7 @@ def test_exports_carry_a_user_models_labels_and_indices(tmp_path):
 
     import pyarrow.parquet as pq
 
-    from imgq.parquet_schema import records as parquet_records
+    from imgq.results.parquet_schema import records as parquet_records
 
     write_parquet(records, str(tmp_path / "r.parquet"), 2)
     table = pq.read_table(tmp_path / "r.parquet")
@@ -120,7 +120,7 @@ def test_exports_carry_a_user_models_labels_and_indices(tmp_path):
 
 
 def test_min_score_keeps_a_user_models_labels(settings, photos):
-    from producer.export import with_min_score
+    from producer.exports.export import with_min_score
 
     record = ok_record("j", 0, "/a.png", flower_labels((1, 0.5), (2, 0.25)), model=FLOWERS_ID)
     (kept,) = with_min_score([record], 0.3)

@@ -1,4 +1,4 @@
-"""imgq/models.py and imgq/model_folder.py: model names and folders, read without Keras."""
+"""imgq/models/spec.py and imgq/models/folder.py: model names and folders, read without Keras."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import zipfile
 
 import pytest
 
-from imgq.classes import class_index
-from imgq.model_folder import read_model_folder
-from imgq.models import BUILTIN, DEFAULT_MODEL, ModelError, builtin_spec, check_model_name, resolve
+from imgq.labels.classes import class_index
+from imgq.models.folder import read_model_folder
+from imgq.models.resolve import resolve
+from imgq.models.spec import BUILTIN, DEFAULT_MODEL, ModelError, builtin_spec, check_model_name
 
 
 def fake_keras(path, shape=(28, 28, 1)) -> bytes:

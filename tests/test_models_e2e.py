@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from imgq.contract import BatchRef
-from imgq.queue import publish
-from imgq.store import ResultStore
+from imgq.jobs.queue import publish
+from imgq.results.store import ResultStore
 from tests import imagegen
 from tests.conftest import make_settings
 from tests.processes import clean_env, imgq_cli, start_worker, wait_for_workers, wait_until_done

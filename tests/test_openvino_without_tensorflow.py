@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from worker import openvino_runtime
-from worker.model import WeightsError
+from worker.runtimes import openvino_runtime
+from worker.runtimes.keras_model import WeightsError
 
 
 def test_a_conversion_missing_where_tensorflow_is_missing_is_one_clear_error(tmp_path, monkeypatch):

@@ -4,7 +4,7 @@ option's range, and then 0 is documented in its help.
 
 The options are walked from the click group, as the --help test walks the commands, and classified by their
 click type, so an option added later is checked without being listed here. A numeric option must have a
-type with both bounds (producer/params.py).
+type with both bounds (producer/options/params.py).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import click
 import pytest
 
 from producer.cli import cli
-from producer.params import Duration
+from producer.options.params import Duration
 from tests.processes import free_port, imgq_cli
 from tests.test_cli import command_paths
 
@@ -115,7 +115,7 @@ def test_the_walk_finds_the_numeric_options():
 def test_every_numeric_option_has_both_bounds(path, name):
     low, high, _ = bounds(find(path, name)[1])
     assert low is not None and high is not None and math.isfinite(low) and math.isfinite(high), (
-        f"imgq {' '.join(path)} {name}: give it a type with both bounds from producer/params.py")
+        f"imgq {' '.join(path)} {name}: give it a type with both bounds from producer/options/params.py")
 
 
 @pytest.mark.parametrize(("path", "name", "value"), CASES)

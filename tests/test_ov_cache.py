@@ -1,4 +1,4 @@
-"""The OpenVINO conversion cache (worker/ov_cache.py): an entry is checked against the digests written with it,
+"""The OpenVINO conversion cache (worker/runtimes/ov_cache.py): an entry is checked against the digests written with it,
 a damaged one is replaced, files reach the disk before the rename, stale partial folders are removed (issue
 19, items 10 and 11). The small greyscale CNN converts in a second, so every test converts for real."""
 
@@ -22,7 +22,7 @@ def folder(tmp_path_factory):
 
 
 def load(folder, cache):
-    from worker.model import load_classifier
+    from worker.runtimes.loading import load_classifier
 
     return load_classifier("imagenet", 2, runtime="openvino", model=folder, cache_dir=str(cache))
 
@@ -36,7 +36,7 @@ def entries(cache) -> list[str]:
 
 
 def test_an_entry_carries_the_digests_of_its_files(folder, tmp_path):
-    from worker.ov_cache import file_sha256
+    from worker.runtimes.ov_cache import file_sha256
 
     load(folder, tmp_path)
     (entry,) = entries(tmp_path)
@@ -100,8 +100,8 @@ def test_stale_partial_folders_are_removed(folder, tmp_path):
 
 
 def test_auto_measures_once_per_model_and_cpu_and_records_it(folder, tmp_path, monkeypatch):
-    from worker import runtime_choice
-    from worker.model import load_classifier
+    from worker.runtimes import auto as runtime_choice
+    from worker.runtimes.loading import load_classifier
 
     first = load_classifier("imagenet", 4, runtime="auto", model=folder, cache_dir=str(tmp_path))
     (entry,) = entries(tmp_path)
@@ -132,7 +132,7 @@ def test_auto_is_the_default_runtime():
 def test_the_race_alternates_the_runtimes_and_keeps_each_ones_best_pass():
     """A burst of other work slows the pass it falls on: alternating spreads it over both runtimes, and the
     best pass of each is compared."""
-    from worker.runtime_choice import race
+    from worker.runtimes.auto import race
 
     calls = []
 
@@ -155,8 +155,8 @@ def test_the_race_alternates_the_runtimes_and_keeps_each_ones_best_pass():
 
 def test_auto_without_tensorflow_is_openvino_without_measuring(folder, tmp_path, monkeypatch):
     """The Dockerfile's openvino image: nothing to compare with, nothing recorded, TensorFlow never needed."""
-    from worker import runtime_choice
-    from worker.model import load_classifier
+    from worker.runtimes import auto as runtime_choice
+    from worker.runtimes.loading import load_classifier
 
     load(folder, tmp_path)  # the conversion, as the image's build makes it
     monkeypatch.setattr(runtime_choice, "tensorflow_installed", lambda: False)
@@ -168,8 +168,9 @@ def test_auto_without_tensorflow_is_openvino_without_measuring(folder, tmp_path,
 
 
 def test_auto_falls_back_to_tensorflow_only_where_tensorflow_is(folder, tmp_path, monkeypatch):
-    from worker import openvino_runtime, runtime_choice
-    from worker.model import load_classifier
+    from worker.runtimes import auto as runtime_choice
+    from worker.runtimes import openvino_runtime
+    from worker.runtimes.loading import load_classifier
 
     def broken(*args, **kwargs):
         raise openvino_runtime.OpenVINOError("OpenVINO could not compile the model for CPU (test)")
@@ -185,8 +186,8 @@ def test_auto_falls_back_to_tensorflow_only_where_tensorflow_is(folder, tmp_path
 def test_a_recorded_choice_that_is_a_link_is_not_followed(folder, tmp_path, monkeypatch):
     """The record is a file imgq opens: a link (here to a record saying tensorflow) is not read, so the
     runtimes are measured again, and the link is replaced by a record of its own."""
-    from worker import runtime_choice
-    from worker.model import load_classifier
+    from worker.runtimes import auto as runtime_choice
+    from worker.runtimes.loading import load_classifier
 
     load_classifier("imagenet", 2, runtime="auto", model=folder, cache_dir=str(tmp_path))
     (entry,) = entries(tmp_path)

@@ -1,4 +1,4 @@
-"""imgq/packing.py: what the store keeps of a record reads back the same across imgq versions."""
+"""imgq/results/packing.py: what the store keeps of a record reads back the same across imgq versions."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import struct
 
 import pytest
 
-from imgq import contract, packing
+from imgq import contract
 from imgq.contract import ERROR_CODES, error_record
+from imgq.results import packing
 
 PROVENANCE = json.dumps(["resnet50", "random:0", "fp32", "openvino", "w1@host"])
 

@@ -9,8 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from imgq.contract import ResultRecord, error_record, ok_record
-from imgq.parquet_schema import records as table_records
-from producer.parquet import write_parquet
+from imgq.results.parquet_schema import records as table_records
+from producer.exports.parquet import write_parquet
 from tests.processes import imgq_cli
 
 K = 3

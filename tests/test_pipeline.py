@@ -8,7 +8,7 @@ import time
 import pytest
 
 from imgq.contract import ERROR_CODES
-from imgq.store import ResultStore
+from imgq.results.store import ResultStore
 from tests import imagegen
 from tests.processes import imgq_cli
 

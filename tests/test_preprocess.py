@@ -1,4 +1,5 @@
-"""worker.preprocess against Keras' own recipe, pixel for pixel; its documented differences; every failure named."""
+"""worker.images.preprocess against Keras' own recipe, pixel for pixel; its documented differences; every failure
+named."""
 
 from __future__ import annotations
 
@@ -14,9 +15,9 @@ import numpy as np
 import pytest
 from PIL import EpsImagePlugin, Image, ImageOps, PngImagePlugin
 
+from imgq.storage import local
 from tests import imagegen
-from worker import preprocess
-from worker.preprocess import ImageError, load_pixels, to_model_input
+from worker.images.preprocess import ImageError, load_pixels, to_model_input
 
 SHAPE = (224, 224, 3)
 
@@ -138,7 +139,7 @@ def test_to_model_input_leaves_float_pixels_alone():
 # --- EXIF orientation: imgq's documented difference from Keras -----------------------------------------------------
 
 # How a camera stores the upright picture for each EXIF orientation, from the tag's definition (where the stored
-# row 0 and column 0 belong in the upright picture), written independently of worker.preprocess' table.
+# row 0 and column 0 belong in the upright picture), written independently of worker.images.preprocess' table.
 STORED = {
     2: np.fliplr,  # row 0 top, column 0 right
     3: lambda a: np.rot90(a, 2),  # row 0 bottom, column 0 right
@@ -285,7 +286,7 @@ def test_permission_error_is_unreadable(tmp_path, monkeypatch):
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(preprocess, "open", refuse, raising=False)
+    monkeypatch.setattr(local, "open", refuse, raising=False)  # the byte source opens it
     assert error_code(imagegen.save(tmp_path / "secret.png")) == "unreadable"
 
 
@@ -398,8 +399,8 @@ def test_each_builtin_matches_its_familys_preprocess_input(tmp_path, name):
     """load_img(target_size) -> img_to_array -> keras.applications.<family>.preprocess_input, to the bit."""
     import importlib
 
-    from imgq.models import builtin_spec
-    from worker.preprocess import Target
+    from imgq.models.spec import builtin_spec
+    from worker.images.preprocess import Target
 
     spec = builtin_spec(name)
     family = importlib.import_module(f"keras.applications.{spec.builtin.family}")
@@ -424,7 +425,7 @@ def test_each_mode_is_imagenet_utils_own(mode):
 @pytest.mark.parametrize(("grey", "size"), [(False, (96, 64)), (True, (28, 28)), (True, (20, 36))])
 def test_targets_match_load_img(tmp_path, grey, size, resize, interpolation):
     """Any size, greyscale or RGB, load_img's crop (keep_aspect_ratio) and interpolations."""
-    from worker.preprocess import Target
+    from worker.images.preprocess import Target
 
     for fmt, name in (("PNG", "rgb.png"), ("PNG", "p-mode.png")):
         path = imagegen.save(tmp_path / name, fmt=fmt, size=(203, 121))
@@ -440,7 +441,7 @@ def test_targets_match_load_img(tmp_path, grey, size, resize, interpolation):
 
 
 def test_a_rotated_photo_fills_a_non_square_target_upright(tmp_path):
-    from worker.preprocess import Target
+    from worker.images.preprocess import Target
 
     path = tmp_path / "rotated.jpg"
     image = Image.new("RGB", (80, 40), (200, 10, 10))

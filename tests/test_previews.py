@@ -1,4 +1,4 @@
-"""The report's thumbnails (producer/previews.py): every file opened as the worker opens it (roots, no blocking
+"""The report's thumbnails (producer/report/previews.py): every file opened as the worker opens it (roots, no blocking
 open, regular files, size and pixel caps from the header), HEIC and RAW shown, each picture upright once."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from producer.previews import THUMB_SIZE, PreviewLimits, thumbnail
+from producer.report.previews import THUMB_SIZE, PreviewLimits, thumbnail
 from tests import photogen
 from tests.imagegen import bomb_png
 

@@ -8,11 +8,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from imgq import submit as enqueue
-from imgq.contract import MODEL_NAME, BatchRef, Heartbeat, queue_name
-from imgq.deliveries import Deliveries
-from imgq.queue import publish
-from imgq.store import ResultStore
+from imgq.celery_config import queue_name
+from imgq.contract import MODEL_NAME, BatchRef, Heartbeat
+from imgq.jobs import submit as enqueue
+from imgq.jobs.deliveries import Deliveries
+from imgq.jobs.queue import publish
+from imgq.results.store import ResultStore
 from tests import imagegen
 from tests.processes import imgq_cli
 from worker.reconcile import reconcile

@@ -13,7 +13,7 @@ import pytest
 import redis
 from click.testing import CliRunner
 
-from imgq.store import ResultStore
+from imgq.results.store import ResultStore
 from producer.cli import cli
 from tests.conftest import make_settings
 

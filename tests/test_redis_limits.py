@@ -12,7 +12,7 @@ import redis
 from click.testing import CliRunner
 
 from imgq.redis_limits import eviction_warning, redis_warning
-from imgq.store import ResultStore
+from imgq.results.store import ResultStore
 from producer.cli import cli
 from tests.conftest import make_settings
 from tests.processes import free_port, start_worker, wait_for_workers

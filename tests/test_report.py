@@ -1,5 +1,5 @@
 """`imgq report`, `imgq show` and the heat maps, on a job whose records and dumps are written here the way a
-worker writes them (worker.dumps.write_dump); and the report in a real headless Chromium.
+worker writes them (worker.batches.dumps.write_dump); and the report in a real headless Chromium.
 
 The end-to-end run with a real worker is in tests/test_activations.py.
 """
@@ -16,14 +16,15 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from imgq import submit as enqueue
 from imgq.contract import error_record, ok_record
-from imgq.store import ResultStore
-from producer import heatmaps, report
+from imgq.jobs import submit as enqueue
+from imgq.results.store import ResultStore
 from producer.cli import cli
-from producer.report import write_report
+from producer.report import heatmaps
+from producer.report import page as report
+from producer.report.page import write_report
 from tests import imagegen
-from worker.dumps import write_dump
+from worker.batches.dumps import write_dump
 
 CHROMIUM = "/usr/bin/chromium"
 LAYERS = {"conv1_relu": (112, 112, 64), "avg_pool": (2048,)}

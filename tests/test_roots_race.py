@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from worker import preprocess
-from worker.preprocess import ImageError, load_pixels
+from imgq.storage import local
+from worker.images.preprocess import ImageError, load_pixels
 
 INSIDE, OUTSIDE = (10, 200, 30), (250, 5, 120)
 
@@ -36,14 +36,14 @@ def _swap_to_link(album: Path, secret: Path) -> None:
 
 def test_a_folder_swapped_for_a_symlink_after_the_check_is_forbidden(layout, monkeypatch):
     root, album, secret = layout
-    check = preprocess.check_allowed
+    check = local.check_allowed
 
     def check_then_swap(path, roots):
         real = check(path, roots)  # the path checks out: root/album/pic.png...
         _swap_to_link(album, secret)  # ...and only then does album lead outside
         return real
 
-    monkeypatch.setattr(preprocess, "check_allowed", check_then_swap)
+    monkeypatch.setattr(local, "check_allowed", check_then_swap)
     with pytest.raises(ImageError) as caught:
         load_pixels(str(album / "pic.png"), allowed_roots=(str(root),))
     assert caught.value.code == "forbidden"
@@ -54,7 +54,7 @@ def test_the_descriptors_path_is_what_the_kernel_opened(layout):
     root, album, secret = layout
     _swap_to_link(album, secret)
     with open(album / "pic.png", "rb") as file:
-        assert preprocess.opened_path(file.fileno()) == str((secret / "pic.png").resolve())
+        assert local.opened_path(file.fileno()) == str((secret / "pic.png").resolve())
 
 
 def test_a_link_swapped_back_and_forth_never_yields_the_outside_picture(layout):

@@ -7,9 +7,10 @@ import json
 
 import pytest
 
-from imgq import submit as submission
-from imgq.contract import MODEL_NAME, BatchMessage, BatchRef, Heartbeat, MessageError, queue_name
-from imgq.queue import publish, refs
+from imgq.celery_config import queue_name
+from imgq.contract import MODEL_NAME, BatchMessage, BatchRef, Heartbeat, MessageError
+from imgq.jobs import submit as submission
+from imgq.jobs.queue import publish, refs
 from tests import imagegen
 from tests.test_walk_and_submit import queued_refs
 

@@ -9,26 +9,15 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from imgq.store import ResultStore, delete_namespace
-from tests import weights as test_weights
+from imgq.results.store import ResultStore, delete_namespace
+from tests.conftest import PARITY_PICTURES as PICTURES
 
-PICTURES = 24
 BATCH = 5  # the pictures run in slices of 5, 5, 5, 5, 4: a short last slice, never padded
-
-
-@pytest.fixture(scope="session")
-def parity(tmp_path_factory):
-    """``(picture paths, weights file, preprocessed float32 batch, uint8 pixels)`` shared by this module's
-    tests: TensorFlow takes the float batch, OpenVINO the pixels (its graph preprocesses them)."""
-    folder = tmp_path_factory.mktemp("parity")
-    paths = test_weights.write_pictures(folder / "pictures", PICTURES)
-    weights = test_weights.image_dependent_weights(paths, folder / "parity.weights.h5")
-    return paths, str(weights), test_weights.model_input(paths), test_weights.decoded(paths)
 
 
 @pytest.fixture(scope="module")
 def tensorflow(parity):
-    from worker.model import load_classifier
+    from worker.runtimes.loading import load_classifier
 
     return load_classifier(parity[1], BATCH, "fp32", "tensorflow")
 
@@ -40,7 +29,7 @@ def ov_cache(tmp_path_factory):
 
 
 def _openvino(parity, precision: str, cache_dir=None):
-    from worker.model import load_classifier
+    from worker.runtimes.loading import load_classifier
 
     return load_classifier(parity[1], BATCH, precision, "openvino", cache_dir=cache_dir)
 
@@ -69,7 +58,7 @@ def test_fp32_openvino_gives_tensorflows_top5_and_probabilities(parity, tensorfl
 
 @pytest.mark.slow
 def test_bf16_agreement_with_fp32_tensorflow_is_measured(parity, tensorflow, ov_cache):
-    from worker.model import cpu_supports_bf16
+    from worker.runtimes.precision import cpu_supports_bf16
 
     openvino = _openvino(parity, "bf16", ov_cache)  # the fp32 conversion, compiled for bf16
     if not cpu_supports_bf16():
@@ -99,7 +88,7 @@ def test_the_conversion_is_cached_by_weights_and_layers(parity, tmp_path):
 
 @pytest.mark.slow
 def test_a_model_openvino_cannot_compile_names_the_tensorflow_runtime(parity, ov_cache):
-    from worker.openvino_runtime import OpenVINOClassifier, OpenVINOError
+    from worker.runtimes.openvino_runtime import OpenVINOClassifier, OpenVINOError
 
     classifier = OpenVINOClassifier(parity[1], BATCH, cache_dir=ov_cache, device="NO_SUCH_DEVICE")
     with pytest.raises(OpenVINOError, match="IMGQ_RUNTIME=tensorflow") as info:
@@ -110,7 +99,7 @@ def test_a_model_openvino_cannot_compile_names_the_tensorflow_runtime(parity, ov
 @pytest.fixture
 def runtime_workers(parity, redis_url, tmp_path):
     """A real worker on each runtime, each with its own namespace, the parity weights and batch size 8."""
-    from producer.local import LocalWorker
+    from producer.local.workers import LocalWorker
     from tests.conftest import make_settings
 
     started = {}
@@ -150,7 +139,7 @@ def test_workers_on_either_runtime_give_the_same_labels_and_name_their_runtime(p
 
 
 def _wnid(index: int) -> str:
-    from worker.labels import class_index
+    from worker.batches.labels import class_index
 
     return class_index()[index][0]
 

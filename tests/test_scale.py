@@ -22,8 +22,8 @@ from dataclasses import replace
 
 import pytest
 
-from imgq.deliveries import Deliveries
-from imgq.store import ResultStore, delete_namespace
+from imgq.jobs.deliveries import Deliveries
+from imgq.results.store import ResultStore, delete_namespace
 from tests import imagegen
 from tests.conftest import make_settings
 from tests.processes import (

@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 
 from imgq.contract import error_record, ok_record
-from imgq.scan_state import CHUNK, ScanState, ScanTally
+from imgq.schedules.scan_state import CHUNK, ScanState, ScanTally
 
-DOCUMENTED_BYTES = 80  # per known image, imgq/scan_state.py: 55 on Valkey 9.1, 76 on Redis 7.0
+DOCUMENTED_BYTES = 80  # per known image, imgq/schedules/scan_state.py: 55 on Valkey 9.1, 76 on Redis 7.0
 
 
 @pytest.fixture

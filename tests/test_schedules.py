@@ -14,16 +14,9 @@ from pathlib import Path
 import pytest
 
 from imgq.contract import TASK_SCHEDULED_SCAN, error_record, ok_record
-from imgq.schedules import (
-    ScheduleBook,
-    ScheduleNotFound,
-    check_name,
-    format_seconds,
-    parse_cron,
-    parse_every,
-)
-from imgq.store import ResultStore
-from imgq.tick import tick
+from imgq.results.store import ResultStore
+from imgq.schedules.schedule import ScheduleBook, ScheduleNotFound, check_name, format_seconds, parse_cron, parse_every
+from imgq.schedules.tick import tick
 from tests import imagegen
 from tests.processes import imgq_cli
 
@@ -58,7 +51,7 @@ def test_an_interval_out_of_range_is_one_line_and_makes_no_schedule(run, photos,
 
 
 def test_the_book_refuses_an_interval_beat_cannot_fire_and_writes_nothing(book, photos, store, settings):
-    from imgq.schedules import Schedule
+    from imgq.schedules.schedule import Schedule
 
     with pytest.raises(ValueError, match="An interval is from 1s"):
         book.add(Schedule(name="photos", paths=(str(photos),), every=10**20 * 86400))

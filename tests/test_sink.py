@@ -1,4 +1,4 @@
-"""The Parquet sink (imgq/sink.py): one file per batch, replaced on redelivery, temporary files never read."""
+"""The Parquet sink (imgq/results/sink.py): one file per batch, replaced on redelivery, temporary files never read."""
 
 import os
 import signal
@@ -10,8 +10,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from imgq import sink
 from imgq.contract import error_record, ok_record
+from imgq.results import sink
 
 JOB = "job1"
 
@@ -68,7 +68,7 @@ def test_every_file_of_a_job_has_the_same_columns_when_k_is_given(tmp_path):
 
 KILLED_WRITER = """
 import sys, time
-from imgq import sink
+from imgq.results import sink
 from imgq.contract import ok_record
 
 def half_then_hang(table, path):
@@ -110,8 +110,8 @@ def sink_job(store, n=6, batch_size=4):
 
 
 def test_a_sink_jobs_counts_are_in_redis_and_its_records_in_the_files(store, tmp_path):
-    from imgq import sink
     from imgq.contract import error_record, ok_record
+    from imgq.results import sink
 
     store.sink_dir = str(tmp_path / "sink")
     messages = sink_job(store)

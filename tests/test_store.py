@@ -1,11 +1,11 @@
-"""The results store's contract (see imgq/store.py), against a real Redis."""
+"""The results store's contract (see imgq/results/store.py), against a real Redis."""
 
 import time
 
 import pytest
 
 from imgq.contract import Heartbeat, error_record, ok_record
-from imgq.store import JobNotFound, ResultStore
+from imgq.results.store import JobNotFound, ResultStore
 
 TOP = [{"wnid": "n01440764", "label": "tench", "score": 0.9}]
 

@@ -12,9 +12,9 @@ import subprocess
 import pytest
 
 from imgq.contract import error_record, ok_record
-from producer import sidecars
-from producer.sidecars import HIERARCHICAL, SUBJECT, TAGS_LIST, SidecarError
-from producer.tagging import TagOptions, UntrainedWeights, tag_records
+from producer.tags import sidecars
+from producer.tags.sidecars import HIERARCHICAL, SUBJECT, TAGS_LIST, SidecarError
+from producer.tags.tagging import TagOptions, UntrainedWeights, tag_records
 from tests.imagegen import save
 from tests.jobs import commit_job
 

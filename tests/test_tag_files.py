@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from producer import sidecars
-from producer.sidecars import HIERARCHICAL, SUBJECT, TAGS_LIST
-from producer.tagging import SIDECAR_MAX_BYTES
+from producer.tags import sidecars
+from producer.tags.sidecars import HIERARCHICAL, SUBJECT, TAGS_LIST
+from producer.tags.tagging import SIDECAR_MAX_BYTES
 from tests.imagegen import save
 from tests.processes import clean_env
 from tests.test_tag import DARKTABLE, store_job, top

@@ -7,10 +7,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from imgq.models import resolve
+from imgq.models.resolve import resolve
 from tests import user_models
 from tests import weights as test_weights
-from worker.labels import top_k
+from worker.batches.labels import top_k
 
 pytestmark = pytest.mark.slow
 
@@ -35,7 +35,7 @@ def head(tmp_path_factory):
 
 
 def both_runtimes(model, weights, cache_dir, batch_size=4):
-    from worker.model import load_classifier
+    from worker.runtimes.loading import load_classifier
 
     return (load_classifier(weights, batch_size, runtime="tensorflow", model=model),
             load_classifier(weights, batch_size, runtime="openvino", model=model, cache_dir=str(cache_dir)))
@@ -90,7 +90,7 @@ def test_efficientnetv2b0_with_image_dependent_weights_on_both_runtimes(tmp_path
 
 
 def test_efficientnetv2b0_random_weights_say_so(tmp_path):
-    from worker.model import load_classifier
+    from worker.runtimes.loading import load_classifier
 
     classifier = load_classifier("random:1", 2, runtime="tensorflow", model="efficientnetv2b0")
     assert classifier.weights_id.startswith("random:1 (untrained") and classifier.target.shape == (224, 224, 3)
@@ -101,7 +101,8 @@ def build_folder(folder, model, labels=("a", "b"), manifest=""):
 
 
 def problems(folder) -> list[str]:
-    from worker.model import WeightsError, load_classifier
+    from worker.runtimes.keras_model import WeightsError
+    from worker.runtimes.loading import load_classifier
 
     with pytest.raises(WeightsError) as info:
         load_classifier("imagenet", 2, runtime="tensorflow", model=folder)
@@ -150,7 +151,7 @@ def test_a_lambda_layer_is_refused_by_safe_mode(tmp_path):
 def test_logits_get_a_softmax(tmp_path):
     import keras
 
-    from worker.model import load_classifier
+    from worker.runtimes.loading import load_classifier
 
     image = keras.Input((4, 4, 1))
     logits = keras.layers.Dense(2, name="logits")(keras.layers.Flatten(name="flatten")(image))

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from imgq.models import resolve
-from imgq.store import ResultStore, delete_namespace
+from imgq.models.resolve import resolve
+from imgq.results.store import ResultStore, delete_namespace
 from tests import user_models
 
 pytestmark = pytest.mark.slow
@@ -17,7 +17,7 @@ LEVELS = (15, 90, 170, 235)
 
 @pytest.fixture
 def brightness_worker(redis_url, tmp_path):
-    from producer.local import LocalWorker
+    from producer.local.workers import LocalWorker
     from tests.conftest import make_settings
 
     folder = user_models.brightness_folder(tmp_path / "brightness")
@@ -54,7 +54,7 @@ def test_a_worker_serves_a_greyscale_model_folder(brightness_worker, tmp_path):
 def test_a_malformed_folder_stops_the_worker_with_one_line_a_problem(redis_url, tmp_path):
     import keras
 
-    from producer.local import LocalServiceError, LocalWorker
+    from producer.local.workers import LocalServiceError, LocalWorker
     from tests.conftest import make_settings
 
     image = keras.Input((8, 8, 3))

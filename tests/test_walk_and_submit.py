@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from imgq import submit as enqueue
 from imgq.contract import MODEL_NAME, TASK_CLASSIFY_BATCH, model_queue
-from imgq.submit import EmptySelection, batches, submit
-from imgq.walk import PathFilter, Skipped, iter_images, read_path_list
+from imgq.jobs import submit as enqueue
+from imgq.jobs.submit import EmptySelection, batches, submit
+from imgq.storage.selection import PathFilter, Skipped
+from imgq.storage.walk import iter_images, read_path_list
 
 
 def touch(root: Path, *names: str) -> None:

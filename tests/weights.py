@@ -48,7 +48,7 @@ def write_pictures(folder: Path, count: int) -> list[Path]:
 
 def model_input(paths: list[Path], target=None, preprocessing: str = "caffe") -> np.ndarray:
     """The pictures decoded and preprocessed exactly as a worker does it for TensorFlow (float32)."""
-    from worker.preprocess import to_model_input
+    from worker.images.preprocess import to_model_input
 
     pixels = decoded(paths, target)
     batch = np.empty(pixels.shape, dtype=np.float32)
@@ -60,7 +60,7 @@ def model_input(paths: list[Path], target=None, preprocessing: str = "caffe") ->
 def decoded(paths: list[Path], target=None) -> np.ndarray:
     """The pictures decoded as a worker does it: uint8 pixels of ``target`` (ResNet50's by default), what
     the OpenVINO runtime takes."""
-    from worker.preprocess import RESNET50, load_pixels
+    from worker.images.preprocess import RESNET50, load_pixels
 
     return np.stack([load_pixels(str(path), target=target or RESNET50) for path in paths])
 
@@ -69,9 +69,10 @@ def image_dependent_weights(paths: list[Path], out: Path, seed: int = SEED, mode
     """Write ``out`` (.weights.h5): a built-in model (ResNet50 by default) with ``random:seed`` convolutions
     whose top-1 for ``paths[i]`` is class i. Raises AssertionError if the pictures do not get distinct labels
     (too similar features)."""
-    from imgq.models import builtin_spec
-    from worker.model import Classifier, build_model
-    from worker.preprocess import Target
+    from imgq.models.spec import builtin_spec
+    from worker.images.preprocess import Target
+    from worker.runtimes.keras_model import build_model
+    from worker.runtimes.tensorflow_runtime import Classifier
 
     spec = builtin_spec(model_name)
     model, weights_id, spec = build_model(spec, f"random:{seed}")

@@ -1,1 +1,2 @@
-"""The consuming side of imgq: the Celery app, the ResNet50 model, decoding and batching."""
+"""The consuming side of imgq: the Celery app and its task, the process state (worker.process), and its rooms:
+images (decoding), runtimes (what runs the model), batches (one message to one record per image)."""

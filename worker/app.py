@@ -3,7 +3,7 @@
 Pool: threads by default (IMGQ_POOL, IMGQ_CONCURRENCY). One process per machine holds one model, and
 TensorFlow spreads each forward pass over every core by itself; a second process would only compete for
 the same cores with a second copy of the model. Several batches in hand, each decoding in its own thread
-while worker.gather runs the shared forward passes, keep the cores busy (docs/performance.md).
+while worker.batches.gather runs the shared forward passes, keep the cores busy (docs/performance.md).
 
 TensorFlow is not fork-safe, so this module never imports it. The model is loaded in the process that
 runs tasks: the main process for the solo and threads pools (``worker_init``), each child for prefork
@@ -28,8 +28,9 @@ from celery.signals import (
     worker_shutting_down,
 )
 
-from imgq.contract import celery_config
-from imgq.models import ModelError, resolve
+from imgq.celery_config import celery_config
+from imgq.models.resolve import resolve
+from imgq.models.spec import ModelError
 from imgq.settings import Settings, mask_url
 from worker import logs
 
@@ -38,7 +39,7 @@ log = logging.getLogger(__name__)
 try:
     settings = Settings.from_env()
     # The one model this worker serves, as its operator set it (IMGQ_MODEL): its name chooses the one queue
-    # the worker consumes (imgq.contract.queue_name), so that it takes only its own model's jobs. A folder's
+    # the worker consumes (imgq.celery_config.queue_name), so that it takes only its own model's jobs. A folder's
     # problems are found here, before Celery starts, each as one line.
     served = resolve(settings.model)
 except (ValueError, ModelError) as exc:  # a malformed IMGQ_* value: one line naming it, never a traceback
@@ -87,7 +88,7 @@ def _load_in_child_process(**_):
 #   shutdown sends no worker_shutdown).
 @worker_shutting_down.connect
 def _stop_beating_if_idle(how=None, **_):
-    runtime = sys.modules.get("worker.runtime")  # not imported yet: no model, no heartbeat
+    runtime = sys.modules.get("worker.process")  # not imported yet: no model, no heartbeat
     built = runtime.current() if runtime is not None else None
     if built is not None and (how == "Cold" or not built.in_hand):
         # This runs in a signal handler: Redis is called from a thread of its own, so that a lock the
@@ -100,7 +101,7 @@ def _stop_beating_if_idle(how=None, **_):
 def _terminated_before_start(signum, frame):
     """SIGTERM between the first heartbeat and Celery's own handlers (installed as the worker starts, which
     replace this one): Python's default would end the process with its heartbeat left behind."""
-    from worker.runtime import stop_heartbeats
+    from worker.process import stop_heartbeats
 
     stop_heartbeats()
     os._exit(128 + signum)
@@ -109,7 +110,7 @@ def _terminated_before_start(signum, frame):
 @worker_shutdown.connect
 @worker_process_shutdown.connect
 def _stop_beating(**_):
-    runtime = sys.modules.get("worker.runtime")
+    runtime = sys.modules.get("worker.process")
     if runtime is not None:
         runtime.stop_heartbeats()
 
@@ -124,8 +125,8 @@ def _load_or_exit(hostname: str | None, worker=None) -> None:
     Celery logs and swallows exceptions of signal handlers: a worker left without its model would take
     batches only to fail them, so it exits instead, before it takes any.
     """
-    from worker.model import WeightsError
-    from worker.runtime import get_runtime
+    from worker.process import get_runtime
+    from worker.runtimes.keras_model import WeightsError
 
     try:
         runtime = get_runtime(settings, hostname)
@@ -149,7 +150,7 @@ def _load_or_exit(hostname: str | None, worker=None) -> None:
 
 
 def _chosen_by(classifier) -> str:
-    """Why IMGQ_RUNTIME=auto chose this runtime (worker/runtime_choice.py), for the ready line."""
+    """Why IMGQ_RUNTIME=auto chose this runtime (worker/runtimes/auto.py), for the ready line."""
     reason = getattr(classifier, "chosen_by", "")
     return f" ({reason})" if reason else ""
 

@@ -3,7 +3,7 @@
 The Dockerfile's HEALTHCHECK. A worker writes its heartbeat only once its model is loaded and refreshes it
 from a thread every IMGQ_HEARTBEAT_SECONDS, so a live key means: the model loaded, the process is alive,
 and it reaches Redis. A worker whose inference thread died, or whose forward pass hangs past twice
-IMGQ_FORWARD_PASS_TIMEOUT, removes its key and exits (worker/gather.py, worker/runtime.py): it reads as
+IMGQ_FORWARD_PASS_TIMEOUT, removes its key and exits (worker/batches/gather.py, worker/process.py): it reads as
 unhealthy here at once. Each container has a host name of its own, so "a worker on this host" is this
 container's worker. Reads the same IMGQ_* settings as the worker; prints one line for `docker inspect`.
 """
@@ -15,8 +15,8 @@ import sys
 
 import redis
 
+from imgq.results.store import ResultStore
 from imgq.settings import Settings, mask_url
-from imgq.store import ResultStore
 
 
 def check(settings: Settings, host: str) -> tuple[bool, str]:

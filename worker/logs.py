@@ -88,7 +88,7 @@ def install(log_format: str) -> None:
                 handler.setFormatter(JsonFormatter())
 
     def no_banner(instance, **_) -> None:
-        # Celery's banner is many lines of text on stdout. Its essentials are in the "imgq worker: ResNet50
+        # Celery's banner is many lines of text on stdout. Its essentials are in the "imgq worker: <model>
         # ready ..." line and in Celery's own "Connected to ..." and "... ready." log events.
         instance.quiet = True
 

@@ -48,7 +48,7 @@ class WorkerMetrics:
         self.inference_seconds = Histogram("imgq_image_inference_seconds", "One image's share of its forward "
                                            "pass (classified images only).", buckets=IMAGE_SECONDS_BUCKETS,
                                            registry=registry)
-        self.model_load_seconds = Gauge("imgq_model_load_seconds", "Time to build, load and warm up ResNet50.",
+        self.model_load_seconds = Gauge("imgq_model_load_seconds", "Time to build, load and warm up the model.",
                                         registry=registry)
         self.in_hand = Gauge("imgq_batches_in_hand", "Batches this worker is classifying now.", registry=registry)
 

@@ -7,13 +7,13 @@ loop, and one at a time (a lock in Redis) it queues again, for each job still ac
 - the batches held by a worker whose heartbeat has expired (it was killed, or its machine lost), or
   that a live worker no longer holds (its task failed while Redis was unreachable, say);
 - when none of the job's messages waits in the queue (as many deliveries begun as messages published:
-  imgq/deliveries.py ``waiting``, so a job behind another job's backlog is judged on its own), nothing of
+  imgq/jobs/deliveries.py ``waiting``, so a job behind another job's backlog is judged on its own), nothing of
   the job is in a live worker's hands, and no record came for ``reconcile_seconds``: every batch with an
   image still lacking a record (a message lost another way). A job with no record for a whole visibility
   timeout is treated so whatever its count says (a message dropped before any worker began it), and so is,
-  once, a job whose submit failed part-way (still marked ``publishing``: imgq/store.py ``commit_job``), whose
+  once, a job whose submit failed part-way (still marked ``publishing``: imgq/results/store.py ``commit_job``), whose
   count says nothing of what reached the queue. The queue is the job's model's queue
-  (imgq.contract.queue_name); a job whose model no live worker serves is not stalled but waiting: its
+  (imgq.celery_config.queue_name); a job whose model no live worker serves is not stalled but waiting: its
   messages stay in its model's queue until such a worker starts.
 
 Queueing a batch twice is harmless: a batch whose images all have records is skipped, and records are
@@ -25,8 +25,8 @@ from __future__ import annotations
 import logging
 import time
 
-from imgq.queue import publish, refs
-from imgq.store import JobNotFound
+from imgq.jobs.queue import publish, refs
+from imgq.results.store import JobNotFound
 
 log = logging.getLogger(__name__)
 

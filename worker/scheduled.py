@@ -1,8 +1,8 @@
-"""The task `imgq beat` fires for a schedule: one tick of its incremental scan (imgq/tick.py).
+"""The task `imgq beat` fires for a schedule: one tick of its incremental scan (imgq/schedules/tick.py).
 
 A tick is a walk and a few Redis round trips per thousand files, then a job submitted like `imgq submit`
 would: it takes a worker thread briefly, like a small batch, and never waits for the job it submits (the
-next tick settles it). Beat sends it to the queue of the schedule's model (imgq/schedules.py), so it runs on a
+next tick settles it). Beat sends it to the queue of the schedule's model (imgq/schedules/schedule.py), so it runs on a
 worker of that model: a tick is taken only where its job will be.
 """
 
@@ -12,9 +12,9 @@ import functools
 import logging
 
 from imgq.contract import TASK_SCHEDULED_SCAN
-from imgq.schedules import ScheduleNotFound
-from imgq.store import ResultStore
-from imgq.tick import tick
+from imgq.results.store import ResultStore
+from imgq.schedules.schedule import ScheduleNotFound
+from imgq.schedules.tick import tick
 from worker.app import app, settings
 
 log = logging.getLogger(__name__)

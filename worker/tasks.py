@@ -1,4 +1,4 @@
-"""The one task. Thin: parse the message, hand it to worker.batch with this process's runtime."""
+"""The one task. Thin: parse the message, hand it to worker.batches.batch with this process's runtime."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import redis
 from celery.exceptions import Reject
 
 from imgq.contract import REF_VERSION, TASK_CLASSIFY_BATCH, BatchMessage, BatchRef
-from imgq.queue import publish
-from imgq.store import ResultStore
+from imgq.jobs.queue import publish
+from imgq.results.store import ResultStore
 from worker.app import app, settings
-from worker.batch import run_batch
+from worker.batches.batch import run_batch
 from worker.metrics import METRICS
-from worker.runtime import get_runtime
+from worker.process import get_runtime
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ def batch_message(payload: dict, store: ResultStore) -> BatchMessage | None:
 
 # No Celery retries: a batch whose task fails is re-queued by worker/reconcile.py, which also covers the
 # cases Celery cannot see (a worker killed, a message lost with its connection).
-# A task that failed because Redis did not take its writes (worker/batch.py waits minutes first) gives its
+# A task that failed because Redis did not take its writes (worker/batches/batch.py waits minutes first) gives its
 # message back (Reject with requeue) instead of failing: Celery acknowledges a failed task's message (its
 # task_acks_on_failure_or_timeout), and with acks_on_failure off it would reject it without requeue, which
 # drops it too. The message goes back to the queue, or, if Redis refuses even that, stays in kombu's unacked

@@ -2,7 +2,7 @@
 
 Production code carries no test hooks: the tests start a worker with ``PYTHONPATH=tests/hooks`` and one of
 the variables below, and Python imports this module at start-up (``sitecustomize``). It patches imgq's
-decoder as soon as ``worker.preprocess`` is imported, before ``worker.batch`` takes its names from it.
+decoder as soon as ``worker.images.preprocess`` is imported, before ``worker.batches.batch`` takes its names from it.
 
 - ``TEST_HOOK_CRASH_ON=TEXT``: decoding a file whose real path contains TEXT kills the process (exit 70),
   as a crashing codec would. It fires where a codec would: after the allowed-roots check and the open.
@@ -62,8 +62,8 @@ def _patch_batch(module) -> None:
     module._classify = failing_classify
 
 
-_PATCHES = {"worker.preprocess": _patch_preprocess, "worker.known_batch": _patch_known_batch,
-            "worker.gather": _patch_gather, "worker.batch": _patch_batch}
+_PATCHES = {"worker.images.preprocess": _patch_preprocess, "worker.batches.known_batch": _patch_known_batch,
+            "worker.batches.gather": _patch_gather, "worker.batches.batch": _patch_batch}
 
 
 class _PatchAfterImport(importlib.abc.MetaPathFinder):
@@ -86,8 +86,9 @@ class _PatchAfterImport(importlib.abc.MetaPathFinder):
         return spec
 
 
-_WANTED = {"worker.preprocess": bool(CRASH_ON) and CRASH_WHILE == "decoding",
-           "worker.known_batch": bool(CRASH_ON) and CRASH_WHILE == "hashing", "worker.gather": KILL_INFERENCE,
-           "worker.batch": FAIL_BATCHES}
+_WANTED = {"worker.images.preprocess": bool(CRASH_ON) and CRASH_WHILE == "decoding",
+           "worker.batches.known_batch": bool(CRASH_ON) and CRASH_WHILE == "hashing", "worker.batches.gather":
+           KILL_INFERENCE,
+           "worker.batches.batch": FAIL_BATCHES}
 if any(_WANTED.values()):
     sys.meta_path.insert(0, _PatchAfterImport())

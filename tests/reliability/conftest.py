@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from imgq import submit as enqueue
+from imgq.jobs import submit as enqueue
+from imgq.results.store import ResultStore, delete_namespace
 from imgq.settings import Settings
-from imgq.store import ResultStore, delete_namespace
-from producer.local import LocalWorker
+from producer.local.workers import LocalWorker
 from tests import imagegen
 from tests.conftest import make_settings
 

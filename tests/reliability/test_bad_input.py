@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgq import submit as enqueue
-from imgq.store import ResultStore, delete_namespace
+from imgq.jobs import submit as enqueue
+from imgq.results.store import ResultStore, delete_namespace
 from tests import imagegen
 from tests.reliability.conftest import wait_until
 
@@ -84,7 +84,7 @@ def _write_cases(root, outside):
 def job_records(redis_url, tmp_path_factory):
     """One job with every case (and the outside file by its own path), classified by a worker whose
     allowed root is the folder of the cases."""
-    from producer.local import LocalWorker
+    from producer.local.workers import LocalWorker
     from tests.conftest import make_settings
 
     base = tmp_path_factory.mktemp("bad-input")

@@ -7,10 +7,10 @@ import signal
 
 import pytest
 
-from imgq.deliveries import Deliveries
-from imgq.store import ResultStore
-from producer.local import EmbeddedRedis
-from producer.progress import wait
+from imgq.jobs.deliveries import Deliveries
+from imgq.results.store import ResultStore
+from producer.local.progress import wait
+from producer.local.workers import EmbeddedRedis
 from tests.reliability.conftest import assert_exactly_one_record_each, crash_hook_env, small_images, submit, wait_until
 
 pytestmark = pytest.mark.slow
@@ -118,8 +118,8 @@ def test_a_sink_job_survives_a_killed_worker_with_one_row_per_image(fast_setting
     doubles nothing: the files hold exactly one row per image, and Redis none of the records."""
     import pyarrow.dataset as ds
 
-    from imgq import submit as submission
-    from imgq.sink import job_folder
+    from imgq.jobs import submit as submission
+    from imgq.results.sink import job_folder
 
     settings = dataclasses.replace(fast_settings, sink_dir=str(tmp_path / "sink"))
     store = ResultStore.from_settings(settings)

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from imgq.store import ResultStore
+from imgq.results.store import ResultStore
 from tests.processes import clean_env
 from tests.reliability.conftest import assert_exactly_one_record_each, hook_env, small_images, submit, wait_until
 
@@ -19,7 +19,7 @@ def test_a_dead_inference_thread_fails_the_health_check_and_ends_the_worker(fast
     store = ResultStore.from_settings(fast_settings)
     broken = start_worker(**hook_env(TEST_HOOK_KILL_INFERENCE="1"))
     job = submit(fast_settings, paths)
-    assert broken.process.wait(timeout=60) == 3  # worker/runtime.py EXIT_INFERENCE_GONE
+    assert broken.process.wait(timeout=60) == 3  # worker/process.py EXIT_INFERENCE_GONE
     lines = [line for line in broken.log_path.read_text().splitlines() if line.startswith("imgq worker: ")]
     assert lines[-1].startswith("imgq worker: the inference thread died") and lines[-1].endswith("exiting")
     health = subprocess.run([sys.executable, "-m", "worker.health"], env=clean_env(**fast_settings.as_env()),

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from imgq.schedules import Schedule, ScheduleBook
-from imgq.store import JobNotFound, ResultStore
-from imgq.tick import tick
+from imgq.results.store import JobNotFound, ResultStore
+from imgq.schedules.schedule import Schedule, ScheduleBook
+from imgq.schedules.tick import tick
 from tests.processes import imgq_cli
 from tests.reliability.conftest import small_images, submit, wait_until
 
@@ -43,7 +43,7 @@ def test_deleting_a_running_sink_job_leaves_no_file_behind(fast_settings, start_
     import dataclasses
     import os
 
-    from imgq.sink import job_folder
+    from imgq.results.sink import job_folder
 
     settings = dataclasses.replace(fast_settings, sink_dir=str(tmp_path / "sink"))
     store = ResultStore.from_settings(settings)

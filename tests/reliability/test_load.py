@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from imgq.store import ResultStore
+from imgq.results.store import ResultStore
 from tests.reliability.conftest import small_images, wait_until
 
 pytestmark = pytest.mark.slow

@@ -9,7 +9,7 @@ import time
 import pytest
 import redis
 
-from imgq.store import ResultStore
+from imgq.results.store import ResultStore
 from tests.processes import free_port, start_redis, wait_for_redis
 from tests.reliability.conftest import assert_exactly_one_record_each, small_images, submit, wait_until
 

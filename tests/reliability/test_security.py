@@ -6,8 +6,9 @@ import os
 
 import pytest
 
-from imgq.contract import TASK_CLASSIFY_BATCH, celery_config, queue_name
-from imgq.store import ResultStore
+from imgq.celery_config import celery_config, queue_name
+from imgq.contract import TASK_CLASSIFY_BATCH
+from imgq.results.store import ResultStore
 from tests.reliability.conftest import wait_until
 
 pytestmark = pytest.mark.slow

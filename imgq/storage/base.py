@@ -1,0 +1,58 @@
+"""Where image bytes come from: the contract every byte source meets (local files today; object storage next).
+
+The worker opens an image, the walk lists a folder and a scheduled scan tells a changed file from an
+unchanged one only through ``ByteSource``; which source serves a location is decided in one place
+(imgq/storage/locate.py), never by an ``if`` on a URL scheme in the batch path. ``tests/test_byte_sources.py``
+runs one contract test class against every implementation.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, BinaryIO
+
+if TYPE_CHECKING:
+    from imgq.storage.selection import PathFilter, Skipped
+
+
+class ByteSource(ABC):
+    """One kind of place images are read from. Locations are strings: a path, or a URL of the source's scheme."""
+
+    @abstractmethod
+    def owns(self, location: str) -> bool:
+        """True when this source serves ``location``."""
+
+    @abstractmethod
+    def absolute(self, location: str) -> str:
+        """``location`` as records carry it and the walk compares it: a local path made absolute and
+        normalised (symlinks kept, as the user named them); a URL as it is."""
+
+    @abstractmethod
+    def open(self, location: str, allowed_roots: tuple[str, ...] = (),
+             max_bytes: int | None = None) -> AbstractContextManager[BinaryIO]:
+        """``location`` opened for reading, as a context manager, once it is known to be allowed, readable,
+        a single object (a regular file), not empty and at most ``max_bytes`` long.
+
+        Bounds: what a refusal costs is bounded by metadata, never by the content: the size is known before a
+        byte of the body is read, and the open never blocks (a FIFO, a device). The roots are checked before
+        anything is asked about the location, so nothing is told about what lies outside them, not even
+        whether it exists; and again on what was opened, so that what is read is what was checked.
+
+        Raises ImageError with code ``forbidden`` (outside ``allowed_roots``), ``missing``, ``unreadable``,
+        ``not_an_image`` (empty) or ``too_large``; the message never says where a link outside the roots led.
+        """
+
+    @abstractmethod
+    def version(self, location: str) -> bytes | None:
+        """A short fingerprint of the content's version, read from metadata alone (a file's size and
+        modification time): equal while the content is unchanged, different once it changes. None when the
+        location cannot be read. Scheduled scans submit a location again only when its version changed."""
+
+    @abstractmethod
+    def list(self, location: str, path_filter: PathFilter, skipped: Skipped | None = None) -> Iterator[str]:
+        """The images under ``location``, in a stable order, streamed (memory bounded by one folder's
+        entries, never the tree's): a single image is yielded as it is (the worker reports it if it is none);
+        a folder's images are chosen by ``path_filter``, hidden entries and folders with an ignore marker
+        left out, and the others counted in ``skipped``. A location that cannot be listed yields nothing."""

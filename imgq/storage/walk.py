@@ -1,0 +1,48 @@
+"""Walk paths lazily and choose the images in them: what `imgq submit`, `imgq classify` and a schedule's tick
+take from the paths they are given.
+
+Each path is listed by the byte source that serves it (imgq/storage/locate.py; for local files,
+imgq/storage/local.py: never a symlinked folder, each folder's entries in sorted order, so that image ids,
+numbered in walk order, are the same on every file system). The walk chooses files by name (the worker decides
+by content, imgq/storage/selection.py) and drops a path seen twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+from imgq.contract import path_digest
+from imgq.storage.locate import source_for
+from imgq.storage.selection import PathFilter, Skipped
+
+
+def iter_images(paths: Iterable[str], path_filter: PathFilter, skipped: Skipped | None = None) -> Iterator[str]:
+    """Absolute, normalised image paths under ``paths``, each once, without holding the tree in memory.
+
+    Hidden files and folders (name starting with "."), excluded ones and folders holding an IGNORE_MARKERS
+    file are skipped inside folders. Duplicates are dropped by the path's digest, ~70 bytes of memory per image.
+    A folder's entries are taken in sorted order (by name), files first, then sub-folders. ``skipped``, when
+    given, counts the files of the folders walked that the filter does not want (complete once the walk is).
+    """
+    if skipped is not None:
+        skipped.includes = bool(path_filter.includes)
+    seen: set[bytes] = set()
+    for path in paths:
+        for found in _listed(path, path_filter, skipped):
+            digest = path_digest(found)
+            if digest not in seen:
+                seen.add(digest)
+                yield found
+
+
+def _listed(path: str, path_filter: PathFilter, skipped: Skipped | None) -> Iterator[str]:
+    source = source_for(path)
+    return source.list(source.absolute(path), path_filter, skipped)
+
+
+def read_path_list(lines: Iterable[str]) -> Iterator[str]:
+    """Paths from a list file, one per line; blank lines and lines starting with # are skipped."""
+    for line in lines:
+        line = line.rstrip("\n")
+        if line.strip() and not line.lstrip().startswith("#"):
+            yield line

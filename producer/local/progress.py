@@ -1,0 +1,112 @@
+"""Watching a job: a progress bar on stderr until every image has a record (or the job is cancelled)."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import redis
+
+from imgq.results.job import JobStatus
+from imgq.results.store import ResultStore
+
+POLL_SECONDS = 0.5
+RECONNECT_SECONDS = 1.0
+
+
+# Set by the SIGINT handler, read at polls. A plain flag, not a threading.Event: setting an Event takes a lock,
+# which the interrupted main thread may hold.
+_interrupted = {"pending": False}
+
+
+@contextmanager
+def ctrl_c_between_polls() -> Iterator[None]:
+    """While the block runs, a first Ctrl-C (SIGINT) is raised as KeyboardInterrupt at the next poll
+    (``raise_if_interrupted``) instead of wherever the signal lands: landing in a redis client's ``__del__``,
+    Python prints it as an ignored exception and loses it (issue 19.3). A second Ctrl-C raises at once, should
+    a poll hang. Outside the main thread (nowhere to catch a signal) it changes nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is not signal.default_int_handler:  # ignored (nohup), or handled here already (nested)
+        yield
+        return
+
+    def first_ctrl_c(signum, frame):
+        _interrupted["pending"] = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    signal.signal(signal.SIGINT, first_ctrl_c)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    raise_if_interrupted()  # pressed after the last poll: still an interrupt
+
+
+def raise_if_interrupted() -> None:
+    """Raises KeyboardInterrupt if Ctrl-C was pressed since the last call (see ``ctrl_c_between_polls``)."""
+    if _interrupted["pending"]:
+        _interrupted["pending"] = False
+        raise KeyboardInterrupt
+
+
+def poll_status(store: ResultStore, job: str) -> JobStatus:
+    """The job's status, waiting through a Redis restart instead of failing (JobNotFound still raises)."""
+    while True:
+        raise_if_interrupted()
+        try:
+            return store.status(job)
+        except (redis.ConnectionError, redis.TimeoutError):
+            time.sleep(RECONNECT_SECONDS)
+
+
+def wait(store: ResultStore, job: str, *, show: bool = True, timeout: float | None = None,
+         check: Callable[[], None] | None = None) -> JobStatus:
+    """Block until the job is done or cancelled; returns its last status. Raises TimeoutError.
+
+    ``check`` runs at every poll and may raise to stop waiting (say, the worker we started has died).
+    Ctrl-C is taken between polls (``ctrl_c_between_polls``) and raises KeyboardInterrupt.
+    """
+    with ctrl_c_between_polls():
+        return _wait(store, job, show, timeout, check)
+
+
+def _wait(store: ResultStore, job: str, show: bool, timeout: float | None,
+          check: Callable[[], None] | None) -> JobStatus:
+    deadline = None if timeout is None else time.monotonic() + timeout
+    status = poll_status(store, job)
+    if not show:
+        while not status.finished:
+            _check_deadline(deadline, status, check)
+            time.sleep(POLL_SECONDS)
+            status = poll_status(store, job)
+        return status
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[failed]} failed"), TextColumn("{task.fields[rate]}"),
+               TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True)) as bar:  # stdout stays for data
+        task = bar.add_task(status.name, total=status.total, failed=0, rate="")
+        while True:
+            rate = f"{status.rate:.1f} img/s" if status.rate else ""
+            bar.update(task, completed=status.processed, failed=status.failed, rate=rate)
+            if status.finished:
+                return status
+            _check_deadline(deadline, status, check)
+            time.sleep(POLL_SECONDS)
+            status = poll_status(store, job)
+
+
+def _check_deadline(deadline: float | None, status: JobStatus, check: Callable[[], None] | None) -> None:
+    raise_if_interrupted()
+    if check is not None:
+        check()
+    if deadline is not None and time.monotonic() > deadline:
+        raise TimeoutError(f"Job {status.id} not finished in time: {status.processed}/{status.total} images.")

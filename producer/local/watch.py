@@ -1,0 +1,121 @@
+"""What `imgq classify` watches while its job runs: that some worker is there to take it, and that its
+batches do not keep failing.
+
+A live worker found at the start may stop at any time (or be one that was stopping: its heartbeat was still
+there). When no worker of the namespace is alive for a heartbeat period, classify starts one itself and says
+so. A worker it started that exits stops classify with the worker's reason. A batch whose deliveries ended
+without its records (its task failed: the worker cannot import something, cannot read the model, ...) is
+reported with the failure the worker logged, each time it fails again, instead of waiting without a word
+while the reconciler queues it again every IMGQ_RECONCILE_SECONDS.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import ExitStack
+
+import click
+
+from imgq.contract import MODEL_NAME
+from imgq.jobs.deliveries import Deliveries
+from imgq.results.store import ResultStore
+from imgq.settings import Settings, mask_url
+from producer.local.workers import WORKER_READY_TIMEOUT, LocalServiceError, LocalWorker
+from producer.options.words import plural
+
+LOOK_SECONDS = 5.0  # how often the workers and the failed deliveries are looked at (a status poll is 0.5 s)
+FAILURES_LOOKED_AT = 20  # batches checked for records at each look, the most delivered first
+
+
+class Workers:
+    """The workers `imgq classify` relies on: the live ones of the namespace, or the one it starts (stopped
+    again through ``started``)."""
+
+    def __init__(self, settings: Settings, store: ResultStore, started: ExitStack, model: str = MODEL_NAME):
+        self.settings, self.store, self.started, self.model = settings, store, started, model
+        self.worker: LocalWorker | None = None
+        self._ready_by = 0.0
+        self._none_since: float | None = None
+        self._next_look = 0.0
+        self._progress = -1
+        self._failures: dict[int, int] = {}  # batch -> failed deliveries already reported
+
+    def ensure(self) -> None:
+        """Use the live workers of the namespace that serve the job's model, or start one."""
+        if workers := self.store.serving(self.model):
+            others = {w.weights for w in workers} - {self.settings.weights}
+            if not all(w.startswith(self.settings.weights) for w in others):
+                which = "the live worker" if len(workers) == 1 else f"the {len(workers)} live workers"
+                click.echo(f"Using {which}, with weights {', '.join(sorted(others))}: --weights applies only to a "
+                           "worker started here.", err=True)
+            return
+        self.start("Started a worker")
+
+    def start(self, what: str) -> None:
+        worker = LocalWorker(self.settings)
+        worker.start()
+        self.started.callback(worker.stop)
+        self.worker, self._ready_by = worker, time.monotonic() + WORKER_READY_TIMEOUT
+        click.echo(f"{what} (pid {worker.started.pid}, model {self.model}, weights {self.settings.weights}, "
+                   f"broker {mask_url(self.settings.broker_url)}; log: {worker.log_path}).", err=True)
+
+    def watch(self, job: str):
+        """The ``check`` of producer.local.progress.wait for ``job``: raises LocalServiceError when the worker
+        started here exits (or is not ready in time), starts one when no worker is left, reports failures."""
+
+        def check() -> None:
+            if self.worker is not None:
+                self.worker.check_alive()
+            now = time.monotonic()
+            if now < self._next_look:
+                return
+            self._next_look = now + LOOK_SECONDS
+            self._look(job, now)
+
+        return check
+
+    def _look(self, job: str, now: float) -> None:
+        live = self.store.serving(self.model)
+        if self.worker is not None and now > self._ready_by:
+            if not any(w.pid == self.worker.started.pid for w in live):
+                raise LocalServiceError(f"The worker was not ready after {WORKER_READY_TIMEOUT:.0f} s: "
+                                        f"see {self.worker.log_path}")
+            self._ready_by = float("inf")
+        if live or self.worker is not None:
+            self._none_since = None
+        elif self._none_since is None:
+            self._none_since = now
+        elif now - self._none_since >= self.settings.heartbeat_seconds:
+            self.start(f"No worker of model {self.model} is alive in namespace {self.settings.namespace!r} any "
+                       "more: started one")
+        status = self.store.status(job)
+        # Only a job that stands still is looked into; a sink job's records are files, not in Redis.
+        if status.processed == self._progress and not status.params.get("sink"):
+            self._report_failures(job)
+        self._progress = status.processed
+
+    def _report_failures(self, job: str) -> None:
+        for batch, failed in _failed_deliveries(self.store, job).items():
+            if failed > self._failures.get(batch, 0):
+                self._failures[batch] = failed
+                reason = self.worker.last_task_error() if self.worker is not None else None
+                where = f"log: {self.worker.log_path}" if self.worker is not None else "see the workers' logs"
+                click.echo(f"warning: batch {batch} of job {job} failed {plural(failed, 'time')}"
+                           f"{f': {reason}' if reason else ''} ({where}); the workers queue it again within "
+                           f"{self.settings.reconcile_seconds} s.", err=True)
+
+
+def _failed_deliveries(store: ResultStore, job: str) -> dict[int, int]:
+    """Batch -> deliveries that ended while the batch still lacks records (failed), for the batches not in
+    a worker's hands now. Looks at the most delivered ones only (FAILURES_LOOKED_AT)."""
+    deliveries = Deliveries(store.redis, store.keys)
+    fields = store.redis.hgetall(store.keys.attempts(job))
+    ended = {int(name.removeprefix("ended:")): int(n) for name, n in fields.items() if name.startswith("ended:")}
+    held = deliveries.inflight(job)
+    candidates = sorted((b for b in ended if b not in held), key=lambda b: -ended[b])[:FAILURES_LOOKED_AT]
+    failed = {}
+    for batch in candidates:
+        message = store.batch(job, batch)
+        if message and store.missing(job, [image for image, _ in message["images"]]):
+            failed[batch] = ended[batch]
+    return failed

@@ -1,0 +1,112 @@
+"""The thumbnails of a report: each image opened as the worker opens it, never beyond what its header allows.
+
+A report reads the files its records name, on the machine where it runs, long after the worker did: a file may
+have been replaced since by a link elsewhere, a pipe, a device or a far bigger picture. So the same rules hold
+here as in the worker (worker/images/preprocess.py): the allowed roots (IMGQ_ALLOWED_ROOTS) on the real path, an open
+that never blocks, regular files only, at most IMGQ_MAX_FILE_BYTES, and at most IMGQ_MAX_PIXELS by the header
+before any pixel is decoded. The kind is told by content (imgq/storage/image_kinds.py): HEIC opens through
+pillow-heif and a camera RAW shows its embedded JPEG preview through rawpy, where those libraries are installed
+(the worker extra); elsewhere their cards say "no preview", as for a file that cannot be opened.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+from dataclasses import dataclass
+
+from PIL import Image, ImageOps
+
+from imgq.contract import PILLOW_FORMATS
+from imgq.settings import Settings
+from imgq.storage.files import open_regular
+from imgq.storage.image_kinds import EXIF_ORIENTATION, HEIF, ORIENTATION_FOR_FLIP, RAW, open_in_libraw, sniff
+from imgq.storage.roots import within_roots
+
+THUMB_SIZE = 160  # longest side of a thumbnail, in pixels
+
+
+@dataclass(frozen=True)
+class PreviewLimits:
+    """What a report may read of one image: IMGQ_ALLOWED_ROOTS, IMGQ_MAX_FILE_BYTES, IMGQ_MAX_PIXELS."""
+
+    allowed_roots: tuple[str, ...] = Settings.allowed_roots
+    max_file_bytes: int = Settings.max_file_bytes
+    max_pixels: int = Settings.max_pixels
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> PreviewLimits:
+        return cls(settings.allowed_roots, settings.max_file_bytes, settings.max_pixels)
+
+
+def thumbnail(path: str, limits: PreviewLimits) -> Image.Image | None:
+    """An RGB thumbnail of the image at ``path`` (upright, at most THUMB_SIZE a side), or None when it cannot be
+    shown: outside the roots, missing, not a regular file, over a limit, damaged, or of a kind whose library is
+    not installed here."""
+    if not within_roots(path, limits.allowed_roots):
+        return None
+    try:
+        file = open_regular(path, limits.max_file_bytes, follow_links=True)  # links: the roots decide, as above
+        if file is None:
+            return None
+        with file:
+            picture = _decoded(file, path, limits.max_pixels)
+    except Exception:  # Pillow and the codecs raise many kinds for a damaged file: a preview is not worth a report
+        return None
+    if picture is not None:
+        picture.thumbnail((THUMB_SIZE, THUMB_SIZE))
+    return picture
+
+
+def _decoded(file, name: str, max_pixels: int, orientation: int = 1) -> Image.Image | None:
+    """The picture in ``file``, upright, decoded at a reduced scale where the format allows; ``orientation``:
+    a RAW's camera orientation, for a preview without an EXIF orientation of its own (as the worker turns it)."""
+    kind = sniff(file, name)
+    if kind == RAW:
+        found = _raw_preview(file)
+        return None if found is None else _decoded(found[0], "", max_pixels, found[1])
+    formats: tuple[str, ...] = PILLOW_FORMATS
+    if kind == HEIF:
+        if not _heif_registered():
+            return None
+        formats = (HEIF,)
+    with Image.open(file, formats=formats) as image:
+        width, height = image.size  # from the header: nothing decoded yet
+        if width * height > max_pixels:
+            return None
+        image.draft("RGB", (THUMB_SIZE * 2, THUMB_SIZE * 2))  # JPEG: decode at a reduced scale
+        if kind == HEIF:  # libheif turned it already; its EXIF orientation is informational (worker/images/formats.py)
+            return image.convert("RGB")
+        exif = image.getexif()
+        if exif.get(EXIF_ORIENTATION, 1) == 1 and orientation != 1:
+            exif[EXIF_ORIENTATION] = orientation  # the camera's, for a RAW preview that says nothing
+        return ImageOps.exif_transpose(image).convert("RGB")
+
+
+@functools.cache  # once a process: the report's threads ask for every HEIF
+def _heif_registered() -> bool:
+    try:
+        import pillow_heif
+    except ImportError:
+        return False
+    pillow_heif.register_heif_opener(thumbnails=True)  # as the worker does: draft may then take a thumbnail
+    return True
+
+
+def _raw_preview(file) -> tuple[io.BytesIO, int] | None:
+    """The embedded JPEG preview of a camera RAW and the camera's orientation (LibRaw reads the metadata and the
+    preview only), or None."""
+    try:
+        import rawpy
+    except ImportError:
+        return None
+    raw = rawpy.RawPy()
+    try:
+        open_in_libraw(raw, file)
+        thumb = raw.extract_thumb()
+        orientation = ORIENTATION_FOR_FLIP.get(raw.sizes.flip, 1)
+    finally:
+        raw.close()
+    if thumb.format != rawpy.ThumbFormat.JPEG:  # a bitmap preview: rare, and the worker's to decode
+        return None
+    return io.BytesIO(bytes(thumb.data)), orientation

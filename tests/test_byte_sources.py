@@ -1,0 +1,176 @@
+"""Where bytes come from: one contract (imgq/storage/base.py's ByteSource) and one test class run against every
+byte source, as huey runs one storage test mixin against each of its backends. A new source (object storage)
+adds a subclass of ``ByteSourceContract`` that says how to put an object in it; every test below then runs
+against it unchanged."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from imgq.storage.base import ByteSource
+from imgq.storage.errors import ImageError
+from imgq.storage.local import LocalFiles
+from imgq.storage.locate import source_for
+from imgq.storage.selection import PathFilter, Skipped
+
+JPEG = b"\xff\xd8\xff\xe0" + b"\x00" * 60  # content does not matter to a source: it serves bytes
+
+
+class ByteSourceContract:
+    """The promises of ByteSource, for any implementation. Subclasses provide ``source`` (the ByteSource),
+    ``root`` (a location under which ``put`` writes) and ``put(name, data) -> location``."""
+
+    source: ByteSource
+
+    def put(self, name: str, data: bytes) -> str:
+        raise NotImplementedError
+
+    def location(self, name: str) -> str:
+        raise NotImplementedError
+
+    def test_it_owns_its_locations(self):
+        location = self.put("a.jpg", JPEG)
+        assert self.source.owns(location) and source_for(location) is not None
+        assert type(source_for(location)) is type(self.source)
+
+    def test_absolute_is_idempotent(self):
+        location = self.source.absolute(self.put("a.jpg", JPEG))
+        assert self.source.absolute(location) == location
+
+    def test_open_serves_the_bytes(self):
+        location = self.put("a.jpg", JPEG)
+        with self.source.open(location, (), len(JPEG)) as file:
+            assert file.read() == JPEG
+
+    def test_a_missing_location_is_missing(self):
+        with pytest.raises(ImageError) as caught, self.source.open(self.location("none.jpg")):
+            pass
+        assert caught.value.code == "missing"
+
+    def test_an_empty_object_is_not_an_image(self):
+        with pytest.raises(ImageError) as caught, self.source.open(self.put("empty.jpg", b"")):
+            pass
+        assert caught.value.code == "not_an_image"
+
+    def test_the_size_cap_is_checked_before_the_body_is_read(self):
+        location = self.put("big.jpg", JPEG)
+        with pytest.raises(ImageError) as caught, self.source.open(location, (), len(JPEG) - 1):
+            pass
+        assert caught.value.code == "too_large" and str(len(JPEG)) in caught.value.message
+
+    def test_outside_the_allowed_roots_is_forbidden_and_says_nothing_more(self):
+        location = self.put("a.jpg", JPEG)
+        elsewhere = (self.source.absolute(self.location("elsewhere")),)
+        for asked in (location, self.location("none.jpg")):  # not even whether it exists
+            with pytest.raises(ImageError) as caught, self.source.open(asked, elsewhere):
+                pass
+            assert caught.value.code == "forbidden" and caught.value.message == "outside the allowed roots"
+
+    def test_inside_the_allowed_roots_is_served(self):
+        location = self.put("sub/a.jpg", JPEG)
+        with self.source.open(location, (self.source.absolute(self.root),), None) as file:
+            assert file.read(4) == JPEG[:4]
+
+    def test_a_version_holds_while_the_content_does_and_changes_with_it(self):
+        location = self.put("a.jpg", JPEG)
+        first = self.source.version(location)
+        assert first is not None and first == self.source.version(location)
+        self.put("a.jpg", JPEG + b"more")
+        assert self.source.version(location) not in (None, first)
+        assert self.source.version(self.location("none.jpg")) is None
+
+    def test_a_single_image_is_listed_as_it_is(self):
+        location = self.source.absolute(self.put("notes.txt", b"not an image, named: the worker says so"))
+        assert list(self.source.list(location, PathFilter())) == [location]
+
+    def test_a_listing_is_sorted_chosen_by_name_and_counts_the_rest(self):
+        for name in ("b.jpg", "a.png", "c.JPG", "sub/d.jpeg", "clip.MOV", "readme.txt", ".hidden.jpg"):
+            self.put(name, JPEG)
+        skipped = Skipped()
+        found = list(self.source.list(self.source.absolute(self.root), PathFilter(), skipped))
+        names = [f.rsplit("/", 1)[-1] for f in found]
+        assert names == ["a.png", "b.jpg", "c.JPG", "d.jpeg"]  # files first, then sub-folders, each sorted
+        assert skipped.total == 2 and skipped.by_kind == {".MOV": 1, ".txt": 1}
+        flat = list(self.source.list(self.source.absolute(self.root), PathFilter(recursive=False)))
+        assert [f.rsplit("/", 1)[-1] for f in flat] == ["a.png", "b.jpg", "c.JPG"]
+        excluded = list(self.source.list(self.source.absolute(self.root), PathFilter(excludes=("sub", "b.*"))))
+        assert [f.rsplit("/", 1)[-1] for f in excluded] == ["a.png", "c.JPG"]
+
+    def test_a_listing_is_streamed(self):
+        for index in range(30):
+            self.put(f"f{index:02}/x.jpg", JPEG)
+        listing = self.source.list(self.source.absolute(self.root), PathFilter())
+        assert next(listing).endswith("f00/x.jpg")  # the first image comes before the tree is read whole
+
+
+class TestLocalFiles(ByteSourceContract):
+    @pytest.fixture(autouse=True)
+    def _folder(self, tmp_path):
+        self.root = str(tmp_path / "root")
+        os.makedirs(self.root)
+        self.source = LocalFiles()
+
+    def location(self, name: str) -> str:
+        return os.path.join(self.root, name)
+
+    def put(self, name: str, data: bytes) -> str:
+        path = Path(self.location(name))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        return str(path)
+
+    # What only files have: links, pipes, sparse files.
+
+    def test_a_fifo_is_refused_without_blocking(self):
+        fifo = self.location("pipe.jpg")
+        os.mkfifo(fifo)
+        outcome: list = []
+
+        def attempt():
+            try:
+                with self.source.open(fifo):
+                    outcome.append("opened")
+            except ImageError as exc:
+                outcome.append(exc.code)
+
+        thread = threading.Thread(target=attempt, daemon=True)
+        thread.start()
+        thread.join(10)
+        assert outcome == ["unreadable"]
+
+    def test_a_huge_sparse_file_costs_its_metadata(self):
+        huge = self.location("huge.jpg")
+        with open(huge, "wb") as file:
+            file.truncate(8 * 1024**3)
+        started = time.monotonic()
+        with pytest.raises(ImageError) as caught, self.source.open(huge, (), 1024):
+            pass
+        assert caught.value.code == "too_large" and time.monotonic() - started < 5
+
+    def test_a_link_out_of_the_roots_is_forbidden(self, tmp_path):
+        outside = tmp_path / "secret.jpg"
+        outside.write_bytes(JPEG)
+        link = self.location("link.jpg")
+        os.symlink(outside, link)
+        with pytest.raises(ImageError) as caught, self.source.open(link, (self.root,)):
+            pass
+        assert caught.value.code == "forbidden" and "secret" not in caught.value.message
+
+    def test_a_symlinked_folder_is_not_walked(self, tmp_path):
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        (elsewhere / "x.jpg").write_bytes(JPEG)
+        os.symlink(elsewhere, self.location("linked"))
+        self.put("a.jpg", JPEG)
+        assert [f.rsplit("/", 1)[-1] for f in self.source.list(self.root, PathFilter())] == ["a.jpg"]
+
+    def test_a_folder_with_an_ignore_marker_is_left_out(self):
+        self.put("keep/a.jpg", JPEG)
+        self.put("skip/b.jpg", JPEG)
+        self.put("skip/.nomedia", b"")
+        assert [f.rsplit("/", 1)[-1] for f in self.source.list(self.root, PathFilter())] == ["a.jpg"]

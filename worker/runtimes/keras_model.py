@@ -1,0 +1,237 @@
+"""Building the Keras model a ModelSpec describes, with its weights, and checking it can serve.
+
+Built-ins are keras.applications constructors; a folder model is its ``model.keras`` loaded with Keras' safe
+mode (no Python code runs from the file: a Lambda layer's code is refused) or its ``model.h5`` (Keras' legacy
+format, loaded under the same safe mode: its architecture is a JSON config, its Lambda layers are refused;
+an .h5 file is still read by h5py, a C library with a larger attack surface than a zip of JSON: prefer
+.keras). Every problem of a folder model is one line naming the file and the fix (``check_model``).
+
+Import this module only in the process that runs the model: TensorFlow is imported here, inside functions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+
+from imgq.models.resolve import resolve
+from imgq.models.spec import BUILTIN, DEFAULT_MODEL, ModelError, ModelSpec, builtin_spec
+from worker.images.preprocess import one_line
+
+LOCAL_WEIGHT_SUFFIXES = (".weights.h5", ".h5", ".keras")
+IMAGENET_WEIGHTS_FILES = {"resnet50": "resnet50_weights_tf_dim_ordering_tf_kernels.h5",
+                          "resnet50v2": "resnet50v2_weights_tf_dim_ordering_tf_kernels.h5"}
+
+
+class WeightsError(RuntimeError):
+    """The requested model or weights cannot be loaded; the message (one line a problem) says what to do."""
+
+
+def describe_weights(weights: str, spec: ModelSpec | None = None) -> str:
+    """The weights id of a weights spec, without loading anything (a file is hashed): what records carry
+    and what keys the OpenVINO conversion cache. For a folder model, ``imagenet`` (the default) stands for
+    the model file's own weights. Raises WeightsError for a spec that cannot be loaded."""
+    if spec is not None and spec.folder is not None and weights == "imagenet":
+        return f"file:{spec.model_file}:sha256:{spec.file_digest}"
+    if weights == "imagenet":
+        return "imagenet"
+    if weights == "random" or weights.startswith("random:"):
+        return f"random:{random_seed(weights)} (untrained: labels are meaningless)"
+    if not weights.endswith(LOCAL_WEIGHT_SUFFIXES):
+        raise WeightsError(
+            f"Expected imagenet, random[:SEED] or a weights file ending in {', '.join(LOCAL_WEIGHT_SUFFIXES)}. "
+            f"Received: {weights!r}")
+    if not os.path.isfile(weights):
+        raise WeightsError(f"Weights file not found: {weights}")
+    return f"file:{os.path.basename(weights)}:sha256:{sha256(weights)[:12]}"
+
+
+def build_model(spec: ModelSpec, weights: str):
+    """``(keras model, weights_id, spec)`` for ``spec`` with ``weights``; the spec completed from the loaded
+    model (a .h5 folder model's input size). Raises WeightsError."""
+    weights_id = describe_weights(weights, spec)  # a bad spec fails before TensorFlow is imported
+    model = _builtin(spec, weights) if spec.folder is None else _folder_model(spec, weights)
+    spec = complete_spec(spec, model)
+    check_model(spec, model)
+    return model, weights_id, spec
+
+
+def _builtin(spec: ModelSpec, weights: str):
+    import keras
+
+    builtin = BUILTIN[spec.name]
+    constructor = getattr(keras.applications, builtin.constructor)
+    # A fresh session: layer names Keras makes up (MobileNetV3's "activation_20") are those of imgq's tables.
+    keras.backend.clear_session()
+    shape = {"input_shape": (*builtin.input_size, 3)}
+    if weights == "imagenet":
+        try:
+            return constructor(weights="imagenet", **shape)
+        except Exception as exc:  # URLError, HTTPError, OSError, ...: Keras does not narrow them
+            file = IMAGENET_WEIGHTS_FILES.get(spec.name, "that/file")
+            raise WeightsError(
+                f"Could not download the ImageNet weights of {spec.name} ({one_line(exc, 300)}). Download "
+                f"them on a machine with internet access (keras.applications.{builtin.constructor}"
+                f"(weights='imagenet') saves them in ~/.keras/models) and set IMGQ_WEIGHTS=/path/to/{file} "
+                f"(or pass --weights).") from None
+    if weights == "random" or weights.startswith("random:"):
+        keras.utils.set_random_seed(random_seed(weights))
+        return constructor(weights=None, **shape)
+    try:
+        if weights.endswith(".keras"):
+            model = keras.saving.load_model(weights, compile=False, safe_mode=True)
+        else:
+            model = constructor(weights=weights, **shape)
+    except Exception as exc:  # h5py and Keras raise many kinds for a wrong file
+        raise WeightsError(f"Could not load weights from {weights}: {one_line(exc)}") from None
+    if tuple(model.output_shape) != (None, 1000):
+        raise WeightsError(f"Expected a model with 1000 ImageNet outputs. Received output shape: "
+                           f"{model.output_shape} from {weights}")
+    return model
+
+
+def _folder_model(spec: ModelSpec, weights: str):
+    import keras
+
+    path = spec.model_path
+    try:
+        model = keras.saving.load_model(path, compile=False, safe_mode=True)
+    except Exception as exc:
+        raise WeightsError(f"{path}: Keras cannot load it ({one_line(exc, 300)}); save the model with "
+                           f"model.save('model.keras') in Keras 3, without Lambda layers.") from None
+    if weights == "random" or weights.startswith("random:"):
+        raise WeightsError(f"IMGQ_WEIGHTS={weights} is for built-in models; {path} carries its own weights "
+                           f"(or give a .weights.h5 file of the same architecture).")
+    if weights != "imagenet":
+        try:
+            model.load_weights(weights)
+        except Exception as exc:
+            raise WeightsError(f"Could not load weights from {weights} into {path}: {one_line(exc)}") from None
+    return _functional(model)
+
+
+def _functional(model):
+    """A Sequential model as a functional one of the same layers (and weights): a loaded Sequential may have
+    no symbolic ``output`` ("never been called"), which activations, embeddings and the OpenVINO conversion
+    need. Other models are returned as they are."""
+    import keras
+
+    if not isinstance(model, keras.Sequential):
+        return model
+    shape = tuple(model.inputs[0].shape[1:]) if getattr(model, "inputs", None) else None
+    if shape is None:
+        return model  # check_model says what is missing
+    inputs = x = keras.Input(shape)
+    for layer in model.layers:
+        x = layer(x)
+    return keras.Model(inputs, x, name=model.name)
+
+
+def complete_spec(spec: ModelSpec, model) -> ModelSpec:
+    """``spec`` with what only the loaded model tells: its input size and channels (a .h5 folder model) and
+    its feature layer (the layer feeding the last one, unless the manifest names one)."""
+    changes: dict = {}
+    shape = _input_shape(model)
+    if spec.folder is not None and shape is not None and spec.input_size == (0, 0):
+        changes.update(input_size=(shape[0], shape[1]), channels=shape[2])
+    if spec.feature_layer is None and len(model.layers) >= 2:
+        changes["feature_layer"] = model.layers[-2].name
+    return dataclasses.replace(spec, **changes) if changes else spec
+
+
+def _input_shape(model) -> tuple | None:
+    inputs = model.inputs if isinstance(model.inputs, (list, tuple)) else [model.inputs]
+    if len(inputs) != 1:
+        return None
+    shape = tuple(inputs[0].shape)
+    return shape[1:] if len(shape) == 4 else None
+
+
+def check_model(spec: ModelSpec, model) -> None:
+    """Raise WeightsError with one line for each reason ``model`` cannot serve ``spec``: several inputs or
+    outputs, an input that is not an image (height, width, 1 or 3 channels), an image size left open, a
+    label count other than the outputs, a preprocessing that needs 3 channels on a greyscale input."""
+    where = spec.model_path or spec.name
+    problems = []
+    inputs = model.inputs if isinstance(model.inputs, (list, tuple)) else [model.inputs]
+    outputs = model.outputs if isinstance(model.outputs, (list, tuple)) else [model.outputs]
+    if len(inputs) != 1:
+        problems.append(f"{where}: {len(inputs)} inputs; imgq feeds a model one image input (height, width, "
+                        f"channels).")
+    if len(outputs) != 1:
+        problems.append(f"{where}: {len(outputs)} outputs; imgq reads one output of class scores.")
+    if len(inputs) == 1:
+        shape = tuple(inputs[0].shape)
+        if len(shape) != 4 or shape[3] not in (1, 3):
+            problems.append(f"{where}: input shape {shape} is not an image; expected (None, height, width, 1 or "
+                            f"3) (channels last).")
+        elif shape[1] is None or shape[2] is None:
+            problems.append(f"{where}: input shape {shape} leaves the image size open; build the model with "
+                            f"keras.Input((height, width, {shape[3]})).")
+        elif spec.folder is not None and (shape[1], shape[2], shape[3]) != (*spec.input_size, spec.channels):
+            problems.append(f"{where}: input shape {shape} differs from what its config says; save it again.")
+        elif shape[3] == 1 and spec.preprocessing in ("caffe", "torch"):
+            problems.append(f"{where}: preprocessing {spec.preprocessing!r} needs 3 channels (Keras' recipe fails on "
+                            f"1); set preprocessing = \"none\" or \"tf\" in imgq-model.toml.")
+    if len(outputs) == 1:
+        shape = tuple(outputs[0].shape)
+        if len(shape) != 2:
+            problems.append(f"{where}: output shape {shape}; expected (None, classes): add a Flatten or pooling "
+                            f"before the last Dense layer.")
+        elif shape[1] != len(spec.labels):
+            labels = os.path.join(spec.folder, "labels.txt") if spec.folder else "the class index"
+            problems.append(f"{labels}: {len(spec.labels)} class names for {shape[1]} outputs of {where}; write "
+                            f"one name a line for each output, in order.")
+    if problems:
+        raise WeightsError("\n".join(problems))
+
+
+def random_seed(weights: str) -> int:
+    _, _, seed = weights.partition(":")
+    try:
+        return int(seed or 0)
+    except ValueError:
+        raise WeightsError(f"Expected random or random:SEED with an integer seed. Received: {weights!r}") from None
+
+
+def sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def model_spec(model: str | ModelSpec) -> ModelSpec:
+    """The ModelSpec of a model setting (a name or folder). Raises WeightsError (one line naming the file
+    and the fix) for a name or folder that cannot be used."""
+    if isinstance(model, ModelSpec):
+        return model
+    try:
+        return resolve(model)
+    except ModelError as exc:
+        raise WeightsError(str(exc)) from None
+
+
+def layer_output(model, name: str):
+    """The output tensor of layer ``name`` in ``model``'s graph. The layer feeding the last one is read as
+    the last layer's input: right also when it is a nested model (a base model used as a layer, as Keras'
+    transfer-learning guide does), whose own ``output`` belongs to its inner graph."""
+    if len(model.layers) >= 2 and model.layers[-2].name == name:
+        return model.layers[-1].input
+    return model.get_layer(name).output
+
+
+def build_resnet50(weights: str):
+    """``(model, weights_id)``: ResNet50 with a weights spec (see ``describe_weights``).
+
+    - ``imagenet``: Keras' own download and cache (~/.keras/models).
+    - a path to ``.h5`` / ``.weights.h5`` weights, or a whole ``.keras`` model.
+    - ``random`` or ``random:SEED``: seeded random weights, for development and tests. Labels made with
+      them are meaningless, and the weights id says so.
+
+    Raises WeightsError.
+    """
+    model, weights_id, _ = build_model(builtin_spec(DEFAULT_MODEL), weights)
+    return model, weights_id

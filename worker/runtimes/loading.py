@@ -1,0 +1,53 @@
+"""Loading the model a worker serves (imgq/models/spec.py's ModelSpec) on the runtime asked for: TensorFlow,
+OpenVINO, or auto (the faster of the two for this model on this CPU).
+
+Import this module only in the process that runs the model: the runtimes import TensorFlow or OpenVINO.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from imgq.models.spec import DEFAULT_MODEL, ModelSpec
+from worker.runtimes.base import ModelRuntime
+from worker.runtimes.keras_model import build_model, model_spec
+from worker.runtimes.precision import enable_precision, resolve_precision
+from worker.runtimes.tensorflow_runtime import Classifier
+
+log = logging.getLogger(__name__)
+
+RUNTIMES = ("openvino", "tensorflow", "auto")
+
+
+def load_classifier(weights: str, batch_size: int, precision: str = "fp32", runtime: str = "tensorflow",
+                    cache_dir: str | None = None, model: str | ModelSpec = DEFAULT_MODEL) -> ModelRuntime:
+    """Build ``model`` (a built-in name, a model folder, or a ModelSpec) with ``weights`` for ``runtime``,
+    compile and warm it up.
+
+    ``precision``: fp32, or bf16 where the CPU supports it (worker/runtimes/precision.py). ``runtime``:
+    tensorflow, openvino (the Keras model converted, the conversion cached under ``cache_dir``; see
+    worker/runtimes/openvino_runtime.py), or auto (the faster of the two for this model on this CPU, measured
+    once and recorded with the conversion: worker/runtimes/auto.py). Raises WeightsError (OpenVINOError, a
+    kind of it, for the runtime).
+    """
+    started = time.perf_counter()
+    spec = model_spec(model)
+    classifier: ModelRuntime
+    if runtime == "auto":
+        from worker.runtimes.auto import auto_classifier
+
+        classifier = auto_classifier(spec, weights, batch_size, resolve_precision(precision), cache_dir)
+    elif runtime == "openvino":
+        from worker.runtimes.openvino_runtime import load_openvino
+
+        classifier = load_openvino(weights, batch_size, resolve_precision(precision), cache_dir, spec=spec)
+    else:
+        precision = enable_precision(precision)
+        keras_model, weights_id, spec = build_model(spec, weights)
+        classifier = Classifier(keras_model, weights_id, batch_size, precision, spec=spec)
+    classifier.warm_up()
+    classifier.load_seconds = time.perf_counter() - started
+    log.info("%s ready with weights %s, %s on %s, in %.1f s", classifier.model_id, classifier.weights_id,
+             classifier.precision, classifier.runtime, classifier.load_seconds)
+    return classifier
