@@ -202,7 +202,10 @@ class Settings:
             elif values.get(f"{name}_file"):
                 if name in values:
                     raise ValueError(f"Set {env_var(name)} or {url_file_var(name)}, not both.")
-                values[name] = read_url_file(name, values[f"{name}_file"])
+                path = values[f"{name}_file"]
+                values[name] = read_url_file(name, path)
+                # Checked here, while it is known where the URL came from: the user set the file's variable.
+                check_redis_url(name, values[name], where=url_file_where(name, path))
         values.update(overrides)
         return cls(**values)
 
@@ -235,6 +238,11 @@ def url_file_var(name: str) -> str:
     return env_var(f"{name}_file")
 
 
+def url_file_where(name: str, path: str) -> str:
+    """``IMGQ_BROKER_URL_FILE (/run/secrets/broker_url)``: how messages name a URL read from a file."""
+    return f"{url_file_var(name)} ({path})"
+
+
 def read_url_file(name: str, path: str) -> str:
     """The URL held by the file at ``path`` (for the setting ``name``): its one line, surrounding whitespace
     and the final newline stripped.
@@ -243,7 +251,7 @@ def read_url_file(name: str, path: str) -> str:
     refused, not waited on). Symbolic links are followed: the operator names this file, and Kubernetes
     mounts its secrets as links. Raises ValueError naming the variable, never quoting the file's content.
     """
-    where = f"{url_file_var(name)} ({path})"
+    where = url_file_where(name, path)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
@@ -368,9 +376,10 @@ _REDIS_SCHEMES = ("redis", "rediss", "unix")
 _DB_PATH = re.compile(r"/?\d*")
 
 
-def check_redis_url(name: str, url: str) -> None:
-    """Raises ValueError, naming the setting's variable and never the password, when ``url`` is not a
-    Redis URL that redis-py and Celery's broker (kombu) both read as written.
+def check_redis_url(name: str, url: str, where: str = "") -> None:
+    """Raises ValueError, naming the setting's variable (or ``where`` the URL came from: the file of
+    IMGQ_BROKER_URL_FILE) and never the password, when ``url`` is not a Redis URL that redis-py and Celery's
+    broker (kombu) both read as written.
 
     A raw '#', '/', '?' or '@' in a password ends the password early: urlsplit then reads the rest of it
     as a port, a path or a fragment, redis-py and kombu fail with a message that quotes part of the
@@ -379,7 +388,7 @@ def check_redis_url(name: str, url: str) -> None:
     """
     if not url and name == "results_url":
         return  # the broker's Redis
-    where = f"{env_var(name)} (--{name.replace('_', '-')})"
+    where = where or f"{env_var(name)} (--{name.replace('_', '-')})"
     scheme, sep, rest = url.partition("://")
     if not sep or scheme.lower() not in _REDIS_SCHEMES:
         raise ValueError(f"{where} must be a redis://, rediss:// or unix:// URL.")

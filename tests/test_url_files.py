@@ -113,3 +113,33 @@ def test_the_cli_stops_with_one_line_when_the_file_is_missing(tmp_path):
     assert done.returncode != 0 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines() == [f"Error: IMGQ_BROKER_URL_FILE ({tmp_path / 'nowhere'}): cannot "
                                                 "open: No such file or directory."]
+
+
+@pytest.mark.parametrize(("name", "url"), [
+    ("broker_url", "http://:hunter2hunter2@h:1/0"),  # not a Redis scheme
+    ("broker_url", "redis://:hunter2#hunter2@h:1/0"),  # a raw '#' in the password
+    ("results_url", "redis://h:port/0"),  # a port that is not a number
+    ("results_url", "redis://h:1/zero"),  # no database number
+])
+def test_a_bad_url_read_from_a_file_names_the_file_and_its_variable(tmp_path, name, url):
+    """The URL came from IMGQ_<NAME>_FILE: the message names that variable and the file, not IMGQ_<NAME> or the
+    --option, which the user did not set (issue 25 item 17a)."""
+    variable = f"IMGQ_{name.upper()}"
+    path = write(tmp_path / name, url + "\n")
+    with pytest.raises(ValueError) as info:
+        Settings.from_env({f"{variable}_FILE": path})
+    message = str(info.value)
+    assert message.startswith(f"{variable}_FILE ({path}) ") and "hunter2" not in message
+    assert f"{variable} (" not in message and "--" not in message
+    # The same URL given in the variable itself is still worded after the variable and its option.
+    with pytest.raises(ValueError, match=f"^{variable} \\(--{name.replace('_', '-')}\\) "):
+        Settings.from_env({variable: url})
+
+
+def test_the_cli_names_the_url_file_of_a_bad_url_in_one_line(tmp_path):
+    url_file = write(tmp_path / "broker_url", "http://h:1/0\n")
+    env = {"IMGQ_BROKER_URL": "", "IMGQ_RESULTS_URL": "", "IMGQ_BROKER_URL_FILE": url_file}
+    result = CliRunner().invoke(cli, ["status"], env=env)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.strip().splitlines() == [
+        f"Error: IMGQ_BROKER_URL_FILE ({url_file}) must be a redis://, rediss:// or unix:// URL."]
