@@ -117,6 +117,32 @@ def test_a_heic_declaring_huge_dimensions_is_too_large_before_any_decode(tmp_pat
 
 
 @needs_heif_enc
+def test_a_heic_over_libheifs_own_limit_is_a_too_large_record_in_imgqs_words(tmp_path, jpeg):
+    """With IMGQ_MAX_PIXELS raised past libheif's own image size limit (32768 x 32768 pixels), libheif refuses
+    the decode with its "Security limit exceeded": the record is too_large and names the limit as imgq's other
+    too_large messages do, without libheif's wording (issue 25 item 17b)."""
+    from imgq.settings import Settings
+    from worker.batches.batch import decode
+
+    heic = photogen.heic_from(jpeg, tmp_path / "photo.heic")
+    big = photogen.heic_declaring(heic, tmp_path / "big.heic", 40000, 30000)  # 1.2e9 pixels, none decoded
+    wide_open = 4_000_000_000  # IMGQ_MAX_PIXELS: its memory budget too takes a 1.2e9-pixel HEIF
+    refused = error(big, max_pixels=wide_open)
+    assert (refused.code, refused.message) == (
+        "too_large", "a 40000x30000 HEIF is more than 1073741824 pixels, libheif's own limit (whatever "
+                     "IMGQ_MAX_PIXELS allows)")
+    record = decode(0, str(big), Settings(max_pixels=wide_open, jpeg_draft=False)).error  # what the worker stores
+    assert record is not None and (record.code, record.message) == (refused.code, refused.message)
+    # libheif's other limits (tiles, items, memory blocks) say what was over; other failures are not theirs.
+    tiles = formats.over_libheif_limit(RuntimeError("Memory allocation error: Security limit exceeded: Number of "
+                                                    "tiles exceeds security limit"))
+    assert tiles is not None and (tiles.code, tiles.message) == (
+        "too_large", "a HEIF over one of libheif's own limits (Number of tiles exceeds security limit), whatever "
+                     "imgq's allow")
+    assert formats.over_libheif_limit(RuntimeError("Decoder plugin generated an error: Unknown error")) is None
+
+
+@needs_heif_enc
 def test_a_heic_that_would_take_more_memory_than_the_budget_is_too_large(tmp_path, jpeg):
     heic = photogen.heic_from(jpeg, tmp_path / "photo.heic")
     pixels = 400 * 300

@@ -20,6 +20,7 @@ two decoders of a content that is allowed anyway.
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -76,6 +77,30 @@ def check_heif_cost(width: int, height: int, file_bytes: int, max_pixels: int) -
     if needed > budget:
         raise ImageError("too_large", f"a {width}x{height} HEIF takes {needed >> 20} MiB to decode, more than "
                                       f"{budget >> 20} MiB (4 bytes a pixel of IMGQ_MAX_PIXELS)")
+
+
+LIBHEIF_LIMIT = "Security limit exceeded"
+# libheif's own bounds (image size, tiles, items, memory blocks, ...), checked as it parses and decodes a file
+# whatever imgq allows: pillow-heif raises RuntimeError("Memory allocation error: Security limit exceeded: ...").
+_LIBHEIF_IMAGE_SIZE = re.compile(r"Image size (\d+)x(\d+) exceeds the maximum image size (\d+)")
+
+
+def over_libheif_limit(exc: BaseException) -> ImageError | None:
+    """libheif's refusal of a HEIF over one of its own limits, as a too_large ImageError in imgq's words (the
+    image's size and the limit, as imgq's other too_large messages say them); None for any other failure.
+
+    imgq's checks come first and are stricter at the default IMGQ_MAX_PIXELS: libheif's image size limit
+    (32768 x 32768 pixels) is met only with IMGQ_MAX_PIXELS raised past it, its other limits by odd files."""
+    text = str(exc)
+    if LIBHEIF_LIMIT not in text:
+        return None
+    size = _LIBHEIF_IMAGE_SIZE.search(text)
+    if size:
+        width, height, limit = size.groups()
+        return ImageError("too_large", f"a {width}x{height} HEIF is more than {limit} pixels, libheif's own limit "
+                                       "(whatever IMGQ_MAX_PIXELS allows)")
+    detail = one_line(ValueError(text.partition(LIBHEIF_LIMIT)[2].lstrip(": ")), 160)
+    return ImageError("too_large", f"a HEIF over one of libheif's own limits ({detail}), whatever imgq's allow")
 
 
 @dataclass(frozen=True)

@@ -147,6 +147,11 @@ def decode_pixels(file: BinaryIO, *, max_pixels: int = 89_478_485, jpeg_draft: b
         raise ImageError("corrupt", str(exc)) from None
     except OSError as exc:  # Pillow's "image file is truncated" and kin
         raise ImageError("corrupt", one_line(exc)) from None
+    except RuntimeError as exc:  # libheif's own limits, in imgq's words; anything else is unexpected
+        refused = formats.over_libheif_limit(exc)
+        if refused is None:
+            raise
+        raise refused from None
 
 
 def _open_image(file, max_pixels: int, allowed: tuple[str, ...], kind: str) -> Image.Image:
