@@ -67,7 +67,7 @@ def learn(ctx, examples, out, name, model, weights, embedded_redis):
                              broker_configured=bool(broker_configured),
                              request={"activations": (chosen.feature_layer,), "activations_dtype": "float32",
                                       "model": chosen.name, "params": chosen.params()},
-                             output=Output(results))
+                             output=Output(results, temporary=True))  # read below, then removed
         records = learning.read_learn_records(results)
     finally:
         os.unlink(results)

@@ -102,3 +102,13 @@ def test_learn_refuses_too_few_examples_in_one_line(worker_settings, tmp_path):
     assert result.output.strip().splitlines() == [
         f"Error: {tmp_path / 'ex' / 'blue'} has 2 images; a label needs at least 5."]
     assert not (tmp_path / "h.json").exists()
+
+
+@pytest.mark.slow
+def test_learn_names_no_results_file_it_removes(learned):
+    """learn reads the examples' records from a file of its own and removes it once read: the summary it shares
+    with classify does not print that file as the results (issue 25 item 17c)."""
+    _, _, result = learned
+    named = [line.partition(": ")[2] for line in result.output.splitlines() if line.startswith("Results: ")]
+    assert [path for path in named if not os.path.exists(path)] == []
+    assert "imgq-learn-" not in result.output

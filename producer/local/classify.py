@@ -32,12 +32,14 @@ from producer.tags.tagging import TagOptions, tag_records
 @dataclass(frozen=True)
 class Output:
     """Where a classified job goes: a results file (``path``, default ``imgq-<job>.<fmt>``) of ``fmt``,
-    without the labels under ``min_score``; and XMP sidecars when ``tag`` says how."""
+    without the labels under ``min_score``; and XMP sidecars when ``tag`` says how. ``temporary``: the file is
+    the caller's to read and remove (imgq learn's), so the summary does not offer it as the results."""
 
     path: str | None = None
     fmt: str = "jsonl"
     min_score: float | None = None
     tag: TagOptions | None = None
+    temporary: bool = False
 
 
 def run_classify(images: Iterable[str], settings: Settings, *, name: str, embedded: bool | None,
@@ -71,7 +73,7 @@ def run_classify(images: Iterable[str], settings: Settings, *, name: str, embedd
         records = with_min_score(store.iter_records(job), output.min_score)
         with open_output(path) as file:
             writer_for(output.fmt, final.params.get("top_k", settings.top_k))(records, file)
-        _print_summary(store, final, path)
+        _print_summary(store, final, None if output.temporary else path)
         click.echo(_broker(settings, server, broker_configured, job), err=True)
         if output.tag is not None:
             _tag(store, final, output.tag)
@@ -149,7 +151,9 @@ def _ensure_redis(settings: Settings, embedded: bool | None, configured: bool,
     return dataclasses.replace(settings, broker_url=url, results_url=""), server
 
 
-def _print_summary(store: ResultStore, final: JobStatus, out: str) -> None:
+def _print_summary(store: ResultStore, final: JobStatus, out: str | None) -> None:
+    """The job's counts, top labels, groups and errors on standard error; ``out``: the results file, named
+    when it stays (None: it does not)."""
     labels: Counter[str] = Counter()
     groups: Counter[str] = Counter()  # images by the WordNet groups of their top label
     errors: Counter[str] = Counter()
@@ -163,7 +167,8 @@ def _print_summary(store: ResultStore, final: JobStatus, out: str) -> None:
             groups.update(wordnet_groups.path_of(record.top_k[0].wnid))
     rate = f", {final.rate:.1f} images/s" if final.rate else ""
     click.echo(f"{final.ok} classified, {final.failed} failed of {final.total} ({final.state}{rate}).", err=True)
-    click.echo(f"Results: {out}", err=True)
+    if out is not None:
+        click.echo(f"Results: {out}", err=True)
     if labels:
         click.echo("Top labels: " + ", ".join(f"{label} ({n})" for label, n in labels.most_common(5)), err=True)
     if groups:
