@@ -13,6 +13,8 @@ from tests.processes import imgq_cli
 from tests.test_cli import command_paths
 
 TRAINED = "file:test.weights.h5:sha256:" + "ab" * 32
+TOO_SHORT = ("{!r} is too short to stand for a job id: give at least 4 characters of the id, the whole id or the "
+             "job's name.")
 
 
 @pytest.fixture
@@ -60,8 +62,8 @@ def test_status_by_name_and_by_the_start_of_an_id(run, store):
     job(store, "ffff00001111", name="holiday")
     assert run("status", "uploads", "--json").stdout.count('"id": "a1b2c3d4e5f6"') == 1
     assert '"id": "ffff00001111"' in run("status", "ffff", "--json").stdout
-    short = run("status", "fff")  # under 4 characters, as git: not a prefix
-    assert short.exit_code == 1 and short.stderr == "Error: No job 'fff' in the results store.\n"
+    short = run("status", "fff")  # under 4 characters, as git: not a prefix, and it says so (issue 25 item 17f)
+    assert short.exit_code == 1 and short.stderr == f"Error: {TOO_SHORT.format('fff')}\n"
 
 
 def test_an_ambiguous_name_or_prefix_is_one_line_listing_the_candidates(run, store):
@@ -97,3 +99,18 @@ def test_an_expired_job_is_remembered_after_the_job_list_forgets_it(run, store):
     assert store.forget_expired() == 1 and store.redis.zscore(store.keys.jobs, "e2e2e2e2e2e2") is None
     assert "has expired" in run("status", "e2e2e2e2e2e2").stderr
     assert run("status", "nosuchjob").stderr == "Error: No job 'nosuchjob' in the results store.\n"
+
+
+def test_a_start_of_an_id_under_4_characters_asks_for_at_least_4(run, store):
+    """Under MIN_PREFIX characters the start of an id stands for no job (it would match most of a busy store's):
+    the user is told to give at least 4 characters, whether it starts one id, several or an expired one's; a text
+    starting no id is no job (issue 25 item 17f)."""
+    job(store, "abc111111111", name="uploads")
+    job(store, "abc222222222")
+    job(store, "e3e3e3e3e3e3")
+    expire(store, "e3e3e3e3e3e3")
+    for text in ("a", "abc", "e3e"):
+        short = run("results", text)
+        assert (short.exit_code, short.stdout, short.stderr) == (1, "", f"Error: {TOO_SHORT.format(text)}\n")
+    assert run("status", "zz").stderr == "Error: No job 'zz' in the results store.\n"
+    assert '"id": "abc111111111"' in run("status", "abc1", "--json").stdout  # 4 characters: a prefix

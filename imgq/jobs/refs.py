@@ -31,6 +31,16 @@ class AmbiguousJob(JobNotFound):
         self.candidates = [job for job, _, _ in candidates]
 
 
+class PrefixTooShort(JobNotFound):
+    """``text`` starts a job's id but is shorter than MIN_PREFIX: not taken for the id, and the user is told why
+    rather than that no such job exists."""
+
+    def __init__(self, text: str):
+        LookupError.__init__(self, f"{text!r} is too short to stand for a job id: give at least {MIN_PREFIX} "
+                                   "characters of the id, the whole id or the job's name.")
+        self.job = text
+
+
 class JobExpired(JobNotFound):
     """The job was there and its retention has passed: its records are gone."""
 
@@ -44,9 +54,9 @@ def resolve(store: ResultStore, text: str) -> str:
     """The id of the job ``text`` names: a job's id; else the name of exactly one job; else the start (at least
     MIN_PREFIX characters) of exactly one job's id.
 
-    Raises AmbiguousJob (several match), JobExpired (the id, or the only id it starts, is of a job whose
-    retention passed: listed without its record, or remembered in Keys.expired) or JobNotFound; all three
-    are JobNotFound, whose message is one line."""
+    Raises AmbiguousJob (several match), PrefixTooShort (fewer than MIN_PREFIX characters that start an id),
+    JobExpired (the id, or the only id it starts, is of a job whose retention passed: listed without its
+    record, or remembered in Keys.expired) or JobNotFound; all are JobNotFound, whose message is one line."""
     if store.redis.exists(store.keys.job(text)):
         return text
     jobs = _jobs(store)  # newest first: (id, name or None when expired, created)
@@ -55,6 +65,8 @@ def resolve(store: ResultStore, text: str) -> str:
         return named[0][0]
     if named:
         raise AmbiguousJob(text, named, "are named")
+    if len(text) < MIN_PREFIX and any(job[0].startswith(text) and job[0] != text for job in jobs):
+        raise PrefixTooShort(text)
     started = [job for job in jobs if job[0].startswith(text)] if len(text) >= MIN_PREFIX else []
     live = [job for job in started if job[1] is not None]
     if len(live) == 1:
