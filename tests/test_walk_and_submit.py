@@ -204,3 +204,26 @@ def test_submitting_many_small_batches(tmp_path, settings, store):
     submitted = submit(paths, settings=settings, store=store, batch_size=1)
     assert submitted.batches == 1000 > enqueue.STAGE_BATCHES
     assert len(queued_messages(store, settings)) == 1000
+
+
+def test_the_sidecars_imgq_tag_wrote_are_not_counted_as_skipped(run, store, tmp_path):
+    """A later scan of a tagged folder: the XMP sidecars `imgq tag` wrote beside its images (IMG.jpg.xmp, or
+    IMG.xmp with --sidecar-name stem) belong to images the walk takes, and are not counted as skipped files; an
+    .xmp beside no such image still is (issue 25 item 17g)."""
+    from tests.imagegen import save
+    from tests.test_tag import store_job, top
+
+    photos = tmp_path / "photos"
+    for seed, name in enumerate(("a.jpg", "b.JPG", "sub/c.png")):
+        save(photos / name, seed=seed)
+    full = store_job(store, [(str(photos / "a.jpg"), top(("tench", 0.9))), (str(photos / "sub/c.png"), top(("x", 1)))])
+    assert run("tag", full).exit_code == 0
+    stem = store_job(store, [(str(photos / "b.JPG"), top(("goldfish", 0.8)))], job="job2")
+    assert run("tag", stem, "--sidecar-name", "stem").exit_code == 0
+    assert {p.name for p in photos.rglob("*.xmp")} == {"a.jpg.xmp", "b.xmp", "c.png.xmp"}
+    touch(photos, "notes.xmp", "gone.jpg.xmp", "a.txt.xmp", "clip.MOV")  # beside no image: counted
+    skipped = Skipped(keep_paths=True)
+    assert len(list(iter_images([str(photos)], PathFilter(), skipped))) == 3
+    assert sorted(os.path.relpath(p, photos) for p in skipped.paths) == [
+        "a.txt.xmp", "clip.MOV", "gone.jpg.xmp", "notes.xmp"]
+    assert skipped.summary() == "skipped 4 files that are not images (3 .xmp, 1 .MOV)"

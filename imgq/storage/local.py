@@ -23,7 +23,7 @@ from imgq.storage.base import ByteSource
 from imgq.storage.errors import ImageError, one_line
 from imgq.storage.files import open_nonblocking
 from imgq.storage.roots import within_roots
-from imgq.storage.selection import IGNORE_MARKERS, PathFilter, Skipped
+from imgq.storage.selection import IGNORE_MARKERS, PathFilter, Skipped, is_sidecar, sidecar_owners
 
 STAT_DIGEST_BYTES = 8
 
@@ -135,8 +135,10 @@ def _walk(folder: str, path_filter: PathFilter, skipped: Skipped | None) -> Iter
     files.sort()
     subfolders.sort()
     if skipped is not None:
+        owners = sidecar_owners(os.path.basename(path) for path in files)
         for path, name in sorted(others):
-            skipped.add(path, name)
+            if not is_sidecar(name, owners):  # an image's sidecar (imgq tag's) is its file, not one left out
+                skipped.add(path, name)
     yield from files
     for sub in subfolders:
         yield from _walk(sub, path_filter, skipped)

@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import fnmatch
+import os
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from imgq.contract import IMAGE_EXTENSIONS
@@ -40,6 +42,24 @@ class PathFilter:
         return any(fnmatch.fnmatch(name, pattern) or fnmatch.fnmatch(path, pattern) for pattern in self.excludes)
 
 
+SIDECAR_EXTENSION = ".xmp"
+
+
+def sidecar_owners(images: Iterable[str]) -> frozenset[str]:
+    """The stems an XMP sidecar of one of ``images`` (file names the walk takes from one folder) has: each name
+    (IMG_1.jpg, for IMG_1.jpg.xmp) and each name without its extension (IMG_1, for IMG_1.xmp)."""
+    names = list(images)
+    return frozenset(names) | frozenset(os.path.splitext(name)[0] for name in names)
+
+
+def is_sidecar(name: str, owners: frozenset[str]) -> bool:
+    """``name`` is the XMP sidecar of an image beside it (``owners``: sidecar_owners of the folder's images), as
+    `imgq tag` writes them (--sidecar-name full or stem), and darktable, digiKam or Lightroom: the image's file,
+    not a file the walk left out. An .xmp beside no image taken is not one."""
+    stem, extension = os.path.splitext(name)
+    return extension.lower() == SIDECAR_EXTENSION and stem in owners
+
+
 NO_EXTENSION = "(no extension)"
 SHOWN_KINDS = 6  # kinds of file a summary names; the rest are counted as "N more kinds"
 
@@ -50,7 +70,8 @@ class Skipped:
     extension, or no ``--include`` matches): counted by extension as written (``.MOV``), and listed when
     ``keep_paths`` (``--verbose``; a listing holds one path per skipped file, the counts a few bytes per kind).
 
-    Hidden files, excluded ones and folders with an ignore marker are left out on purpose and not counted.
+    Hidden files, excluded ones, folders with an ignore marker and the XMP sidecars of the images taken
+    (``is_sidecar``: imgq tag's own) are left out on purpose and not counted.
     """
 
     keep_paths: bool = False
