@@ -227,3 +227,37 @@ def test_the_sidecars_imgq_tag_wrote_are_not_counted_as_skipped(run, store, tmp_
     assert sorted(os.path.relpath(p, photos) for p in skipped.paths) == [
         "a.txt.xmp", "clip.MOV", "gone.jpg.xmp", "notes.xmp"]
     assert skipped.summary() == "skipped 4 files that are not images (3 .xmp, 1 .MOV)"
+
+
+def test_a_symlinked_folder_is_counted_as_not_followed_not_as_a_file(run, store, tmp_path):
+    """The walk does not follow a symlinked folder (by design: a loop, or a tree outside the one named). It is
+    counted and said as one, not as a file that is not an image; a link to a folder named like an image is not
+    queued as an image either, and a link to a file is a file (issue 25 item 17h)."""
+    elsewhere, photos = tmp_path / "elsewhere", tmp_path / "photos"
+    touch(elsewhere, "x.jpg")
+    touch(photos, "a.jpg", "notes.txt", "sub/b.jpg")
+    os.symlink(elsewhere, photos / "album")
+    os.symlink(elsewhere, photos / "sub" / "trip.jpg")
+    os.symlink(photos / "a.jpg", photos / "same.jpg")
+    skipped = Skipped(keep_paths=True)
+    found = [os.path.relpath(p, photos) for p in iter_images([str(photos)], PathFilter(), skipped)]
+    assert found == ["a.jpg", "same.jpg", "sub/b.jpg"]
+    assert (dict(skipped.by_kind), skipped.paths) == ({".txt": 1}, [str(photos / "notes.txt")])
+    assert (skipped.folder_links, skipped.link_paths) == (2, [str(photos / "album"), str(photos / "sub" / "trip.jpg")])
+    assert skipped.summary() == "skipped 1 file that is not an image (1 .txt); 2 symlinked folders, not followed"
+    assert skipped.to_fields() == {"skipped_files": 1, "skipped_kinds": "1 .txt"}  # files, as the job keeps them
+    flat = Skipped()
+    list(iter_images([str(photos)], PathFilter(recursive=False), flat))
+    assert flat.summary() == "skipped 1 file that is not an image (1 .txt)"  # no folder is walked into
+
+    result = run("submit", str(photos), "--verbose")
+    assert result.exit_code == 0, result.output
+    assert ("Queued 3 images in 1 batch; skipped 1 file that is not an image (1 .txt); 2 symlinked folders, not "
+            "followed.") in result.stderr
+    assert f"not followed (symlinked folder): {photos / 'album'}\n" in result.stderr
+    links = tmp_path / "links"
+    links.mkdir()
+    os.symlink(elsewhere, links / "album")
+    nothing = run("submit", str(links))
+    assert nothing.exit_code == 1 and "Traceback" not in nothing.output
+    assert "--recursive; 1 symlinked folder, not followed." in nothing.stderr

@@ -102,7 +102,7 @@ def submit(images: Iterable[str], *, settings: Settings, store: ResultStore, nam
     if pending:
         store.stage_batches(job, pending)
     if total == 0:
-        note = f"; {skipped.summary()}" if skipped and skipped.total else ""
+        note = f"; {skipped.summary()}" if skipped and skipped.summary() else ""
         raise EmptySelection(f"No images selected: check the paths, --include and --recursive{note}.")
     if limit_check is not None:
         try:

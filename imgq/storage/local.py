@@ -116,7 +116,7 @@ def _walk(folder: str, path_filter: PathFilter, skipped: Skipped | None) -> Iter
         entries = os.scandir(folder)
     except OSError:
         return  # unreadable sub-folder: nothing to take from it
-    subfolders, files, others = [], [], []
+    subfolders, files, others, links = [], [], [], []
     with entries:
         for entry in entries:
             if entry.name in IGNORE_MARKERS:
@@ -126,6 +126,9 @@ def _walk(folder: str, path_filter: PathFilter, skipped: Skipped | None) -> Iter
             if entry.is_dir(follow_symlinks=False):
                 if path_filter.recursive:
                     subfolders.append(entry.path)
+            elif entry.is_symlink() and entry.is_dir():  # a folder, never followed: neither a file nor an image
+                if path_filter.recursive:
+                    links.append(entry.path)
             elif path_filter.wants(entry.name):
                 files.append(entry.path)
             elif skipped is not None:
@@ -139,6 +142,8 @@ def _walk(folder: str, path_filter: PathFilter, skipped: Skipped | None) -> Iter
         for path, name in sorted(others):
             if not is_sidecar(name, owners):  # an image's sidecar (imgq tag's) is its file, not one left out
                 skipped.add(path, name)
+        for path in sorted(links):
+            skipped.add_folder_link(path)
     yield from files
     for sub in subfolders:
         yield from _walk(sub, path_filter, skipped)

@@ -71,19 +71,29 @@ class Skipped:
     ``keep_paths`` (``--verbose``; a listing holds one path per skipped file, the counts a few bytes per kind).
 
     Hidden files, excluded ones, folders with an ignore marker and the XMP sidecars of the images taken
-    (``is_sidecar``: imgq tag's own) are left out on purpose and not counted.
+    (``is_sidecar``: imgq tag's own) are left out on purpose and not counted. Symbolic links to folders, which
+    the walk never follows, are counted apart (``folder_links``, their paths in ``link_paths`` when kept): they
+    are not files.
     """
 
     keep_paths: bool = False
     by_kind: Counter[str] = field(default_factory=Counter)
     paths: list[str] = field(default_factory=list)
     includes: bool = False  # the filter chose by --include globs: "not images" would be the wrong reason
+    folder_links: int = 0
+    link_paths: list[str] = field(default_factory=list)
 
     def add(self, path: str, name: str) -> None:
         stem, dot, extension = name.rpartition(".")
         self.by_kind[f".{extension}" if dot and stem else NO_EXTENSION] += 1
         if self.keep_paths:
             self.paths.append(path)
+
+    def add_folder_link(self, path: str) -> None:
+        """A symbolic link to a folder, found where the walk went into folders, and not followed."""
+        self.folder_links += 1
+        if self.keep_paths:
+            self.link_paths.append(path)
 
     @property
     def total(self) -> int:
@@ -98,11 +108,15 @@ class Skipped:
         return ", ".join(shown)
 
     def summary(self) -> str:
-        """``skipped 2 files that are not images (1 .MOV, 1 .txt)``; the empty string when nothing was skipped."""
-        return skipped_phrase(self.total, self.kinds(), self.includes)
+        """``skipped 2 files that are not images (1 .MOV, 1 .txt); 1 symlinked folder, not followed``, either part
+        alone; the empty string when nothing was skipped."""
+        links = f"{self.folder_links} symlinked folder{'s' if self.folder_links != 1 else ''}, not followed"
+        parts = (skipped_phrase(self.total, self.kinds(), self.includes), links if self.folder_links else "")
+        return "; ".join(part for part in parts if part)
 
     def to_fields(self) -> dict[str, str | int]:
-        """The job hash's fields (imgq.results.store.ResultStore.commit_job): ``skipped_files``, ``skipped_kinds``."""
+        """The job hash's fields (imgq.results.store.ResultStore.commit_job): ``skipped_files``, ``skipped_kinds``
+        (files only: a symlinked folder is not one)."""
         return {"skipped_files": self.total, "skipped_kinds": self.kinds()} if self.total else {}
 
 

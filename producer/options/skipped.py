@@ -17,5 +17,7 @@ def echo_queued(line: str, skipped: Skipped | None) -> None:
         return
     for path in skipped.paths:
         click.echo(f"skipped: {path}", err=True)
+    for path in skipped.link_paths:
+        click.echo(f"not followed (symlinked folder): {path}", err=True)
     summary = skipped.summary()
     click.echo(f"{line[:-1]}; {summary}." if summary else line, err=True)
