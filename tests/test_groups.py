@@ -165,3 +165,33 @@ def test_report_filters_by_group(run, store, photos, tmp_path):
     assert "(1 image, 0 errors)" in run("report", job, "--group", "aircraft", "-o", str(out)).output
     wrong = run("report", job, "--group", "dogs", "-o", str(out))
     assert wrong.exit_code == 1 and "'dogs' is not a group" in wrong.output and "Traceback" not in wrong.output
+
+
+def test_the_classify_summary_and_report_group_agree_on_an_images_groups(run, store, photos, tmp_path, capsys):
+    """One rule puts an image in a group (imgq.labels.groups.memberships: the group's summed score reaches 0.5):
+    the classify summary counts by it and `imgq report --group` selects by it, so they agree on the same
+    records, also where the top label's groups and the summed scores part ways (issue 25 item 17e)."""
+    import re
+
+    from producer.local.classify import _print_summary
+
+    split = [label(TABBY, "tabby", 0.4), label(NORFOLK, "Norfolk_terrier", 0.2), label(NORWICH, "Norwich_terrier",
+             0.2), label(CAIRN, "cairn", 0.2)]  # top label a cat, but dog 0.6
+    unsure = [label(BORDER_COLLIE, "Border_collie", 0.3), label(AIRLINER, "airliner", 0.25)]  # dog 0.3 only
+    job = store_job(store, [(str(photos / "0.jpg"), split), (str(photos / "1.jpg"), unsure),
+                            (str(photos / "2.jpg"), [label(AIRLINER, "airliner", 0.6)])])
+    _print_summary(store, store.status(job), "out.jsonl")
+    line = next(line for line in capsys.readouterr().err.splitlines() if line.startswith("Groups"))
+    counted = {group: int(n) for group, n in re.findall(r"(\w[\w ]*?) \((\d+)\)", line.partition(": ")[2])}
+    assert counted == {"animal": 1, "dog": 1, "terrier": 1, "vehicle": 1, "aircraft": 1}  # the collie: 0.3
+    for group in ("animal", "dog", "terrier", "cat", "vehicle", "aircraft"):
+        result = run("report", job, "--group", group, "-o", str(tmp_path / f"{group}.html"))
+        assert result.exit_code == 0, result.output
+        selected = int(re.search(r"\((\d+) images?, ", result.output)[1])
+        assert selected == counted.get(group, 0), (group, result.output)
+    # and the histogram of every report counts the images' groups alike
+    assert run("report", job, "-o", str(tmp_path / "all.html")).exit_code == 0
+    page = (tmp_path / "all.html").read_text(encoding="utf-8")
+    histogram = page.partition("<h3>Groups of the images (score at least 0.5)</h3>")[2].partition("</table>")[0]
+    assert dict(re.findall(r"<td>([\w ]+)</td><td class=n>(\d+)</td>", histogram)) == {
+        group: str(n) for group, n in counted.items()}

@@ -22,6 +22,11 @@ from imgq.contract import Label
 
 TABLE = "imagenet_groups.json"
 
+SHARE = 0.5
+# An image is in a group when the group's score reaches this: more of the model's belief in the group than
+# against it. Two groups neither of which holds the other cannot both reach it, so an image's groups are one
+# path (animal, dog, terrier), whatever its top label.
+
 
 @lru_cache(maxsize=1)
 def _table() -> dict:
@@ -59,3 +64,11 @@ def above(top_k: Iterable[Label], min_score: float | None) -> list[tuple[str, fl
     """``(group, score)`` of the groups scoring at least ``min_score`` (None or 0: every group of the labels),
     best first, scores rounded to 6 decimals (sums of float32 probabilities)."""
     return [(group, round(score, 6)) for group, score in scores(top_k).items() if score >= (min_score or 0.0)]
+
+
+def memberships(top_k: Iterable[Label], min_score: float | None = None) -> tuple[str, ...]:
+    """The groups an image is in: those whose score among its ``top_k`` reaches SHARE, or ``min_score`` when that
+    is higher; best first. The one rule of `imgq report --group` and of `imgq classify`'s summary (and of
+    `imgq results --groups --min-score S` for S of SHARE or more)."""
+    floor = max(SHARE, min_score or 0.0)
+    return tuple(group for group, score in scores(top_k).items() if score >= floor)

@@ -155,7 +155,7 @@ def _print_summary(store: ResultStore, final: JobStatus, out: str | None) -> Non
     """The job's counts, top labels, groups and errors on standard error; ``out``: the results file, named
     when it stays (None: it does not)."""
     labels: Counter[str] = Counter()
-    groups: Counter[str] = Counter()  # images by the WordNet groups of their top label
+    groups: Counter[str] = Counter()  # images by their WordNet groups, as `imgq report --group` selects them
     errors: Counter[str] = Counter()
     weights: set[str] = set()
     for record in store.iter_records(final.id):
@@ -164,7 +164,7 @@ def _print_summary(store: ResultStore, final: JobStatus, out: str | None) -> Non
             errors[record.error.code] += 1
         elif record.top_k:
             labels[record.top_k[0].label] += 1
-            groups.update(wordnet_groups.path_of(record.top_k[0].wnid))
+            groups.update(wordnet_groups.memberships(record.top_k))
     rate = f", {final.rate:.1f} images/s" if final.rate else ""
     click.echo(f"{final.ok} classified, {final.failed} failed of {final.total} ({final.state}{rate}).", err=True)
     if out is not None:

@@ -43,7 +43,7 @@ from producer.report.previews import PreviewLimits, thumbnail
 MAP_CHANNELS = 8  # heat maps per layer and image in the report
 MAP_CELL = 48  # longest side of one heat map in the report, in pixels
 HISTOGRAM_LABELS = 20
-GROUP_SHARE = 0.5  # `imgq report --group`: an image is in a group when the group's score reaches this
+GROUP_SHARE = wordnet_groups.SHARE  # `imgq report --group`: an image is in a group when its score reaches this
 
 MARKER = ".imgq-report"
 # Written into every picture folder imgq makes: only a folder holding it is ever replaced (and so deleted).
@@ -111,8 +111,9 @@ def write_report(store: ResultStore, job: str, out: str, dump_root: str, page_si
 
 
 def in_group(record: ResultRecord, group: str) -> bool:
-    """The record's score for ``group`` (summed over its top-k) is at least GROUP_SHARE."""
-    return wordnet_groups.scores(record.top_k).get(group, 0.0) >= GROUP_SHARE
+    """The record's score for ``group`` (summed over its top-k) is at least GROUP_SHARE: the rule classify's
+    summary counts by (imgq.labels.groups.memberships)."""
+    return group in wordnet_groups.memberships(record.top_k)
 
 
 def _refuse_unless_ours(folder: str) -> None:
@@ -227,12 +228,12 @@ def _summary(status: JobStatus, records: list[ResultRecord], cards: list[dict]) 
     warning = ('<p class="warn">These weights are untrained: the labels are meaningless.</p>'
                if any(is_untrained(w) for w in weights) else "")
     top1 = Counter(r.top_k[0].label for r in records if r.ok and r.top_k)
-    groups = Counter(g for r in records if r.ok and r.top_k for g in wordnet_groups.path_of(r.top_k[0].wnid))
+    groups = Counter(g for r in records if r.ok for g in wordnet_groups.memberships(r.top_k))  # as --group selects
     codes = Counter(r.error.code for r in records if r.error is not None)
     return (f"{warning}<table class=facts>{rows}</table>"
             f"<h3>Top label of each image ({len(top1)} distinct)</h3>{_bars(top1.most_common(HISTOGRAM_LABELS))}"
             f"{_head_sections(records)}"
-            f"<h3>Groups of each image's top label</h3>"
+            f"<h3>Groups of the images (score at least {GROUP_SHARE})</h3>"
             f"{_bars(groups.most_common(HISTOGRAM_LABELS)) if groups else '<p>none</p>'}"
             f"<h3>Error codes</h3>{_bars(codes.most_common()) if codes else '<p>none</p>'}")
 
