@@ -669,7 +669,8 @@ def worker(ctx, model, weights, batch_size, metrics_port, metrics_address, log_f
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True,
               help="Format of the results file.")
 @click.option("--min-score", type=FiniteFloat(0, 1), metavar="S",
-              help="Leave labels scoring under S out of the results file (and the sidecars).")
+              help="Leave labels scoring under S out of the results file, its summary's top labels (and the "
+                   "sidecars).")
 @click.option("--tag", "tag_sidecars", is_flag=True,
               help="When the job is done, write each image's best label into its XMP sidecar, as `imgq tag JOB "
                    "--min-score S` would (refused for random weights unless --allow-untrained).")

@@ -250,3 +250,40 @@ def test_classify_refuses_a_head_of_another_model_before_starting_anything(setti
     assert result.output.strip().splitlines() == [
         "Error: The head 'beach' was learned on model resnet50; this job runs efficientnetv2b0. Learn it again on "
         "efficientnetv2b0 (`imgq learn`), or submit with the head's model."]
+
+
+def test_the_classify_summary_counts_the_heads_labels_at_or_above_min_score(store, capsys):
+    """`imgq classify --head H --min-score S` ends with the top labels of the head, counted as its results file
+    holds them: each image's best head label at or above S, those with none left counted apart; the base
+    model's labels are not the summary's then (issue 25 item 17d). The end-to-end run is in tests/test_learn.py."""
+    import collections
+    import io
+    import re
+
+    from producer.exports.export import writer_for
+    from producer.local.classify import _print_summary
+    from tests.jobs import commit_job
+
+    heads = [[("beach", 0.95), ("city", 0.05)], [("beach", 0.7), ("city", 0.3)], [("city", 0.92), ("beach", 0.08)],
+             [("city", 0.6), ("beach", 0.4)], [("beach", 0.99), ("city", 0.01)]]
+    paths = [f"/p/{i}.jpg" for i in range(len(heads))]
+    commit_job(store, "jh", paths)
+    store.record_results("jh", [
+        ok_record("jh", i, path, [Label("n01440764", "tench", 0.5)], weights="imagenet", head={"name": "beach",
+                  "top_k": [{"label": label, "score": score} for label, score in top]})
+        for i, (path, top) in enumerate(zip(paths, heads, strict=True))])
+    out = io.StringIO()
+    writer_for("jsonl", 5)(with_min_score(store.iter_records("jh"), 0.9), out)
+    exported = [json.loads(line) for line in out.getvalue().splitlines()]
+    best = collections.Counter(r["head"]["top_k"][0]["label"] for r in exported if r["head"]["top_k"])
+    assert best == {"beach": 2, "city": 1}
+
+    _print_summary(store, store.status("jh"), "out.jsonl", min_score=0.9)
+    printed = capsys.readouterr().err.splitlines()
+    line = next(line for line in printed if line.startswith("Top labels"))
+    assert line == "Top labels (head beach): beach (2), city (1); 2 with no label at or above --min-score 0.9"
+    assert dict(re.findall(r"(\w+) \((\d+)\)", line)) == {label: str(n) for label, n in best.items()}
+    assert not [line for line in printed if line.startswith("Groups")]  # tench's animal, fish: 0.5, under 0.9
+    _print_summary(store, store.status("jh"), "out.jsonl")  # no --min-score: every image's best head label
+    printed = capsys.readouterr().err
+    assert "Top labels (head beach): beach (3), city (2)\n" in printed and "Groups: animal (5), fish (5)\n" in printed

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -112,3 +113,21 @@ def test_learn_names_no_results_file_it_removes(learned):
     named = [line.partition(": ")[2] for line in result.output.splitlines() if line.startswith("Results: ")]
     assert [path for path in named if not os.path.exists(path)] == []
     assert "imgq-learn-" not in result.output
+
+
+@pytest.mark.slow
+def test_classify_summary_counts_the_heads_labels_at_or_above_min_score(learned, worker_settings, tmp_path):
+    """`imgq classify --head H --min-score S`: the summary's top labels are the head's, counted as the results
+    file holds them (the best head label at or above S), not the base model's (issue 25 item 17d)."""
+    root, head, _ = learned
+    out = tmp_path / "tints.jsonl"
+    result = imgq_cli(worker_settings, "classify", str(root / "examples"), "--head", str(head), "--min-score",
+                      "0.9", "-o", str(out), "--no-embedded-redis")
+    exported = [json.loads(line) for line in out.read_text().splitlines()]
+    best = Counter(r["head"]["top_k"][0]["label"] for r in exported if r.get("head", {}).get("top_k"))
+    line = next(line for line in result.output.splitlines() if line.startswith("Top labels"))
+    assert line.startswith("Top labels (head tints): ")
+    shown = dict(re.findall(r"([\w-]+) \((\d+)\)", line.partition(": ")[2]))
+    assert {label: int(n) for label, n in shown.items()} == dict(best) and set(best) <= set(TINTS)
+    below = len(exported) - sum(best.values())
+    assert (f"{below} with no label at or above --min-score 0.9" in result.output) == (below > 0)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import click
 import redis
 
-from imgq.contract import MODEL_NAME, is_untrained
+from imgq.contract import MODEL_NAME, ResultRecord, is_untrained
 from imgq.jobs import submit as submission
 from imgq.labels import groups as wordnet_groups
 from imgq.results.job import JobStatus
@@ -73,7 +73,7 @@ def run_classify(images: Iterable[str], settings: Settings, *, name: str, embedd
         records = with_min_score(store.iter_records(job), output.min_score)
         with open_output(path) as file:
             writer_for(output.fmt, final.params.get("top_k", settings.top_k))(records, file)
-        _print_summary(store, final, None if output.temporary else path)
+        _print_summary(store, final, None if output.temporary else path, output.min_score)
         click.echo(_broker(settings, server, broker_configured, job), err=True)
         if output.tag is not None:
             _tag(store, final, output.tag)
@@ -151,26 +151,35 @@ def _ensure_redis(settings: Settings, embedded: bool | None, configured: bool,
     return dataclasses.replace(settings, broker_url=url, results_url=""), server
 
 
-def _print_summary(store: ResultStore, final: JobStatus, out: str | None) -> None:
+def _print_summary(store: ResultStore, final: JobStatus, out: str | None, min_score: float | None = None) -> None:
     """The job's counts, top labels, groups and errors on standard error; ``out``: the results file, named
-    when it stays (None: it does not)."""
+    when it stays (None: it does not). The top labels are counted as the results file holds them: each image's
+    best label at or above ``min_score`` (--min-score), its head's when the job has one."""
     labels: Counter[str] = Counter()
     groups: Counter[str] = Counter()  # images by their WordNet groups, as `imgq report --group` selects them
     errors: Counter[str] = Counter()
     weights: set[str] = set()
+    heads: set[str] = set()
+    unlabelled = 0  # ok images with no label left at or above min_score
     for record in store.iter_records(final.id):
         weights.add(record.weights)
         if record.error is not None:
             errors[record.error.code] += 1
-        elif record.top_k:
-            labels[record.top_k[0].label] += 1
-            groups.update(wordnet_groups.memberships(record.top_k))
+            continue
+        if record.head is not None:
+            heads.add(str(record.head.get("name", "")))
+        best = _best_label(next(with_min_score([record], min_score)))
+        if best:
+            labels[best] += 1
+        elif not (record.head or {}).get("error"):  # the head's own failures are not the threshold's
+            unlabelled += 1
+        groups.update(wordnet_groups.memberships(record.top_k, min_score))  # sums over the whole top-k
     rate = f", {final.rate:.1f} images/s" if final.rate else ""
     click.echo(f"{final.ok} classified, {final.failed} failed of {final.total} ({final.state}{rate}).", err=True)
     if out is not None:
         click.echo(f"Results: {out}", err=True)
-    if labels:
-        click.echo("Top labels: " + ", ".join(f"{label} ({n})" for label, n in labels.most_common(5)), err=True)
+    if labels or unlabelled:
+        click.echo(_top_labels(labels, heads, unlabelled, min_score), err=True)
     if groups:
         click.echo("Groups: " + ", ".join(f"{group} ({n})" for group, n in groups.most_common(8)), err=True)
     if errors:
@@ -179,4 +188,20 @@ def _print_summary(store: ResultStore, final: JobStatus, out: str | None) -> Non
         click.echo("WARNING: made with random weights: the labels are meaningless.", err=True)
 
 
+def _best_label(record: ResultRecord) -> str:
+    """The label the summary counts for an ok record (``--min-score`` already applied, as the results file has
+    it): its head's best when the job has a head, else the model's; "" when none is left."""
+    if record.head is not None:
+        top = record.head.get("top_k") or []  # none: all under --min-score, or the head failed on this image
+        return str(top[0]["label"]) if top else ""
+    return record.top_k[0].label if record.top_k else ""
 
+
+def _top_labels(labels: Counter[str], heads: set[str], unlabelled: int, min_score: float | None) -> str:
+    """``Top labels (head beach): beach (12), city (3); 2 with no label at or above --min-score 0.9``."""
+    whose = f" (head {', '.join(sorted(heads))})" if heads else ""
+    line = f"Top labels{whose}: " + ", ".join(f"{label} ({n})" for label, n in labels.most_common(5))
+    if unlabelled:
+        under = f" at or above --min-score {min_score:g}" if min_score else ""
+        line += f"{'; ' if labels else ''}{unlabelled} with no label{under}"
+    return line
