@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import os
 import re
 import stat
@@ -90,8 +91,20 @@ class Settings:
     # batches share forward passes. More only hoards messages that another worker could take.
 
     precision: str = "fp32"
-    # fp32, or bf16: oneDNN's automatic bfloat16 mixed precision on CPUs with AVX512_BF16 or AMX (a CPU
-    # without them runs fp32 and the worker says so).
+    # fp32; bf16: oneDNN's automatic bfloat16 mixed precision on CPUs with AVX512_BF16 or AMX (a CPU
+    # without them runs fp32 and the worker says so); int8: the model quantized by NNCF on your own photos
+    # (calibration), on OpenVINO, used only when its labels agree with fp32's (docs/runtime.md, "INT8").
+
+    calibration: str = ""
+    # int8: a folder of your own photos to quantize on (a few hundred; read under the worker's file rules). Empty:
+    # the worker calibrates on the first images it is sent, classifying them in fp32 meanwhile, then switches.
+
+    calibration_images: int = 300
+    # int8: how many photos calibrate (a quarter of them are held out to measure the agreement with fp32).
+
+    int8_min_agreement: float = 0.99
+    # int8: the least share of held-out photos whose top-1 label INT8 must give as fp32 does; below it the
+    # worker stays on fp32 and says why, once.
 
     runtime: str = "auto"
     # What runs the forward pass: auto (the default) is the faster of the two below for this model on this
@@ -169,6 +182,9 @@ class Settings:
     def __post_init__(self):
         for name in ("broker_url", "results_url"):
             check_redis_url(name, getattr(self, name))
+        if self.precision == "int8" and self.runtime == "tensorflow":
+            raise ValueError(f"{env_var('precision')}=int8 runs on OpenVINO: set {env_var('runtime')} to openvino "
+                             "or auto (auto runs int8 on OpenVINO).")
 
     @property
     def effective_results_url(self) -> str:
@@ -309,12 +325,15 @@ def env_var(name: str) -> str:
 
 _INT_FIELDS = {"batch_size", "top_k", "visibility_timeout", "max_pixels", "decode_threads", "concurrency",
                "max_file_bytes", "max_deliveries", "reconcile_seconds", "heartbeat_seconds", "forward_pass_timeout",
-               "max_dump_bytes", "metrics_port", "scan_max_retries", "beat_max_interval", "beat_lock_timeout"}
-_INT_MAXIMA = {"batch_size": 1024, "top_k": 1000, "metrics_port": 65535}
-_INT_MINIMA = {"metrics_port": 0,  # 0 turns the metrics server off
+               "max_dump_bytes", "metrics_port", "scan_max_retries", "beat_max_interval", "beat_lock_timeout",
+               "calibration_images"}
+_INT_MAXIMA = {"batch_size": 1024, "top_k": 1000, "metrics_port": 65535, "calibration_images": 10_000}
+_INT_MINIMA = {"calibration_images": 8,  # fewer cannot calibrate and hold out (worker/runtimes/calibration.py)
+               "metrics_port": 0,  # 0 turns the metrics server off
                "scan_max_retries": 0}  # 0: a file that errored is not retried
 _BOOL_FIELDS = {"jpeg_draft"}
-_CHOICES = {"pool": ("solo", "threads", "prefork"), "precision": ("fp32", "bf16"),
+_FLOAT_RANGES = {"int8_min_agreement": (0.0, 1.0)}
+_CHOICES = {"pool": ("solo", "threads", "prefork"), "precision": ("fp32", "bf16", "int8"),
             "runtime": ("openvino", "tensorflow", "auto"), "log_format": ("text", "json")}
 
 
@@ -342,6 +361,8 @@ def _parse(name: str, raw: str):
         if not low <= value <= _INT_MAXIMA.get(name, value):
             raise ValueError(f"{env_var(name)} must be from {low} to {_INT_MAXIMA.get(name, 'any')}. Received: {raw!r}")
         return value
+    if name in _FLOAT_RANGES:
+        return _parse_float(name, raw)
     if name == "retention":
         try:
             seconds = parse_duration(raw)
@@ -370,6 +391,17 @@ def _parse(name: str, raw: str):
     if name == "allowed_roots":
         return tuple(str(Path(p).expanduser().resolve()) for p in raw.split(os.pathsep) if p)
     return raw
+
+
+def _parse_float(name: str, raw: str) -> float:
+    low, high = _FLOAT_RANGES[name]
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{env_var(name)} must be a number. Received: {raw!r}") from None
+    if not math.isfinite(value) or not low <= value <= high:  # nan compares false with both bounds
+        raise ValueError(f"{env_var(name)} must be from {low} to {high}. Received: {raw!r}")
+    return value
 
 
 _REDIS_SCHEMES = ("redis", "rediss", "unix")

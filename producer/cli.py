@@ -171,8 +171,12 @@ def _parsed(setting: str, value: str | None):
 
 
 def with_overrides(ctx: click.Context, **overrides) -> Settings:
-    """The group's settings with this command's options (None = not given) applied."""
-    return dataclasses.replace(ctx.obj, **{k: v for k, v in overrides.items() if v is not None})
+    """The group's settings with this command's options (None = not given) applied. Settings that contradict
+    each other (IMGQ_PRECISION=int8 with --runtime tensorflow) are a usage error: one line, exit code 2."""
+    try:
+        return dataclasses.replace(ctx.obj, **{k: v for k, v in overrides.items() if v is not None})
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
 
 
 # The commands that read jobs, which find the data `imgq classify` left in its embedded Redis by themselves.
@@ -631,6 +635,17 @@ def _write_embeddings(store: ResultStore, status: JobStatus, out: str, dump_root
                f"{written.missing} images have none.", err=True)
 
 
+def precision_options(command):
+    """--precision and --calibration: how a worker (started here, or by `imgq worker`) computes."""
+    command = setting_option("--calibration", setting="calibration", metavar="FOLDER",
+                             type=click.Path(exists=True, file_okay=False, resolve_path=True),
+                             help="With --precision int8: a folder of your own photos to quantize on (default: the "
+                                  "first images the worker is sent).")(command)
+    return setting_option("--precision", setting="precision", type=click.Choice(["fp32", "bf16", "int8"]),
+                          help="fp32; bf16 (CPUs with AVX512_BF16 or AMX); int8 (OpenVINO, quantized on your "
+                               "photos, used only where its labels agree with fp32's).")(command)
+
+
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @setting_option("--model", setting="model", metavar="NAME|FOLDER",
                 help="The one model this worker serves: a built-in name or a model folder; it takes only that "
@@ -646,13 +661,15 @@ def _write_embeddings(store: ResultStore, status: JobStatus, out: str, dump_root
 @setting_option("--runtime", setting="runtime", type=click.Choice(["auto", "openvino", "tensorflow"]),
                 help="What runs the model: auto (the faster of the two on this CPU, measured once), openvino "
                      "(converted once, cached) or tensorflow (CUDA GPUs).")
+@precision_options
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
-def worker(ctx, model, weights, batch_size, metrics_port, metrics_address, log_format, runtime, celery_args):
+def worker(ctx, model, weights, batch_size, metrics_port, metrics_address, log_format, runtime, precision,
+           calibration, celery_args):
     """Start a worker (extra arguments go to `celery worker`, e.g. --loglevel INFO)."""
     settings = with_overrides(ctx, model=model, weights=weights, batch_size=batch_size, metrics_port=metrics_port,
                               metrics_address=_parsed("metrics_address", metrics_address), log_format=log_format,
-                              runtime=runtime)
+                              runtime=runtime, precision=precision, calibration=calibration)
     # The worker is another program (TensorFlow, Celery's worker): run it in this process's place, never import
     # it. Its settings travel in the environment, which it reads alone.
     os.environ.update(settings.as_env())
@@ -664,6 +681,7 @@ def worker(ctx, model, weights, batch_size, metrics_port, metrics_address, log_f
 @submit_options
 @job_options
 @setting_option("--weights", setting="weights", help="Weights of a worker started here.")
+@precision_options
 @click.option("-o", "--output", "out", type=OutputFile(),
               help="File of results [default: imgq-<job>.jsonl, or .csv].")
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True,
@@ -680,13 +698,14 @@ def worker(ctx, model, weights, batch_size, metrics_port, metrics_address, log_f
               help="Start a private Redis-compatible server (default: only when none is configured or answering).")
 @click.pass_context
 def classify(ctx, paths, recursive, includes, excludes, from_file, top_k, batch_size, name, verbose, model, known,
-             activations, activations_dtype, yes, sink, head, weights, out, fmt, min_score, tag_sidecars,
-             allow_untrained, embedded_redis):
+             activations, activations_dtype, yes, sink, head, weights, precision, calibration, out, fmt, min_score,
+             tag_sidecars, allow_untrained, embedded_redis):
     """Classify the images under PATH... on this machine, starting whatever is missing, into a results file."""
     from producer.local.classify import Output, run_classify
     from producer.tags.tagging import TagOptions
 
-    settings = with_overrides(ctx, top_k=top_k, batch_size=batch_size, weights=weights, model=model)
+    settings = with_overrides(ctx, top_k=top_k, batch_size=batch_size, weights=weights, model=model,
+                              precision=precision, calibration=calibration)
     # A worker started here loads the model here: a name of a model no worker serves yet must be a built-in
     # or a folder, checked before anything starts.
     chosen = choose_model(settings.model)

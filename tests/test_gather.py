@@ -58,7 +58,7 @@ def test_a_lone_task_does_not_wait():
     started = time.monotonic()
     with gatherer.decoding():
         future = gatherer.submit(images(7))
-    probabilities, _, share_ms = future.result(timeout=2)
+    probabilities, _, share_ms, _ = future.result(timeout=2)
     assert time.monotonic() - started < 1 and probabilities.argmax() == 7 and share_ms >= 0
 
 
@@ -88,7 +88,7 @@ def test_only_requests_for_the_same_layers_share_a_pass():
         dumped = gatherer.submit(images(2, 3), layers=("avg_pool",))
         plain_too = gatherer.submit(images(4))
     assert plain.result(timeout=5)[1] == {} and plain_too.result(timeout=5)[0].argmax() == 4
-    probabilities, activations, _ = dumped.result(timeout=5)
+    probabilities, activations, _, _ = dumped.result(timeout=5)
     assert probabilities.argmax(axis=1).tolist() == [2, 3] and activations["avg_pool"].tolist() == [20, 30]
     assert sorted(classifier.passes, key=str) == sorted([2, (2, ("avg_pool",))], key=str)
 

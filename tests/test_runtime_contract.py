@@ -1,8 +1,8 @@
 """What runs a model: one contract (worker/runtimes/base.py's ModelRuntime) and one test class run against every
-runtime (TensorFlow fp32, OpenVINO fp32 and bf16), on ResNet50 with weights whose top-1 depends on the picture
+runtime (TensorFlow fp32, OpenVINO fp32, bf16 and int8), on ResNet50 with weights whose top-1 depends on the picture
 (tests/weights.py), so that "the rows come back in order" and "slices give what one pass gives" can fail.
 
-A new runtime (INT8) adds one entry to RUNTIMES; every test below then runs against it unchanged."""
+A new runtime adds one entry to RUNTIMES; every test below then runs against it unchanged."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from tests.conftest import PARITY_PICTURES
 
 BATCH = 5  # the pictures run in slices of 5: the last one short
-RUNTIMES = [("tensorflow", "fp32"), ("openvino", "fp32"), ("openvino", "bf16")]
+RUNTIMES = [("tensorflow", "fp32"), ("openvino", "fp32"), ("openvino", "bf16"), ("openvino", "int8")]
 
 pytestmark = pytest.mark.slow
 
@@ -24,13 +24,15 @@ def ov_cache(tmp_path_factory):
 
 @pytest.fixture(scope="module", params=RUNTIMES, ids=["-".join(r) for r in RUNTIMES])
 def runtime(request, parity, ov_cache):
+    from worker.runtimes.int8_serving import Int8Options
     from worker.runtimes.loading import load_classifier
     from worker.runtimes.precision import cpu_supports_bf16
 
     name, precision = request.param
     if precision == "bf16" and not cpu_supports_bf16():
         pytest.skip("this CPU has no native bfloat16 (avx512_bf16 or amx_bf16): bf16 runs as fp32")
-    return load_classifier(parity[1], BATCH, precision, name, cache_dir=ov_cache)
+    calibration = Int8Options(calibration=str(parity[0][0].parent))  # int8: quantized on the parity pictures
+    return load_classifier(parity[1], BATCH, precision, name, cache_dir=ov_cache, int8=calibration)
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +46,7 @@ class TestModelRuntimeContract:
 
         assert isinstance(runtime, ModelRuntime)
         assert runtime.spec.id == runtime.model_id == "resnet50" and runtime.batch_size == BATCH
-        assert runtime.weights_id.startswith("file:") and runtime.precision in ("fp32", "bf16")
+        assert runtime.weights_id.startswith("file:") and runtime.precision in ("fp32", "bf16", "int8")
         assert runtime.runtime.split()[0] in ("tensorflow", "openvino") and runtime.runtime.split()[1][0].isdigit()
         assert runtime.load_seconds > 0 and runtime.target.shape == (224, 224, 3)
 
@@ -79,8 +81,13 @@ class TestModelRuntimeContract:
         probabilities, activations = runtime.predict_with(batch, ("avg_pool", "conv5_block3_out"))
         assert activations["avg_pool"].shape == (6, 2048)
         assert activations["conv5_block3_out"].shape == (6, 7, 7, 2048)
+        dumped_in = getattr(runtime, "last_precision", runtime.precision)
+        alone = runtime.predict(batch)
+        if dumped_in != getattr(runtime, "last_precision", runtime.precision):  # int8 dumps other layers in fp32
+            assert list(probabilities.argmax(axis=1)) == list(alone.argmax(axis=1))
+            return
         tolerance = 1e-4 if runtime.precision == "fp32" else 2e-2
-        np.testing.assert_allclose(probabilities, runtime.predict(batch), rtol=0, atol=tolerance)
+        np.testing.assert_allclose(probabilities, alone, rtol=0, atol=tolerance)
 
     def test_warm_up_may_run_again(self, runtime):
         runtime.warm_up()

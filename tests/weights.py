@@ -69,27 +69,62 @@ def image_dependent_weights(paths: list[Path], out: Path, seed: int = SEED, mode
     """Write ``out`` (.weights.h5): a built-in model (ResNet50 by default) with ``random:seed`` convolutions
     whose top-1 for ``paths[i]`` is class i. Raises AssertionError if the pictures do not get distinct labels
     (too similar features)."""
-    from imgq.models.spec import builtin_spec
-    from worker.images.preprocess import Target
-    from worker.runtimes.keras_model import build_model
-    from worker.runtimes.tensorflow_runtime import Classifier
+    fitted = _Fitted.of(paths, seed, model_name)
+    return fitted.saved(out)
 
-    spec = builtin_spec(model_name)
-    model, weights_id, spec = build_model(spec, f"random:{seed}")
-    batch = model_input(paths, Target.of(spec), spec.preprocessing)
-    feature = spec.feature_layer
-    features = Classifier(model, weights_id, batch_size=len(paths), spec=spec).predict_with(
-        batch, (feature,))[1][feature].reshape(len(paths), -1)
-    centred = features - features.mean(axis=0)
-    norms = np.linalg.norm(centred, axis=1, keepdims=True)
-    rng = np.random.default_rng(seed)
-    kernel = rng.normal(0, NOISE * float(norms.mean()) / features.shape[1], size=(features.shape[1], 1000))
-    kernel[:, :len(paths)] = (centred / norms).T * SCALE / norms.mean()
-    bias = np.zeros(1000)
-    # The centring is folded into the bias: logits = (f - mean) . w, the same top-1 for either runtime.
-    bias[:len(paths)] = -(features.mean(axis=0) @ kernel[:, :len(paths)])
-    model.layers[-1].set_weights([kernel.astype(np.float32), bias.astype(np.float32)])
-    labels = Classifier(model, weights_id, batch_size=len(paths), spec=spec).predict(batch).argmax(axis=1)
-    assert list(labels) == list(range(len(paths))), f"pictures not told apart: {labels}"
-    model.save_weights(out)
-    return out
+
+def near_tie_weights(paths: list[Path], out: Path, seed: int = SEED, margin: float = 1e-4) -> Path:
+    """Like ``image_dependent_weights`` (ResNet50), but each picture i has a rival class ``len(paths) + i``
+    whose logit is ``margin`` under class i's for that picture, along a direction of its own: the top-1 is
+    still class i in fp32, but a perturbation of the features (quantization) flips about half of them. What a
+    test needs to show that a runtime whose labels moved is refused. Needs ``2 * len(paths) <= 1000``."""
+    fitted = _Fitted.of(paths, seed, "resnet50")
+    rng = np.random.default_rng(seed + 1)
+    for i, centred in enumerate(fitted.centred):
+        rival = len(paths) + i
+        direction = rng.normal(size=fitted.kernel.shape[0])
+        direction -= (direction @ centred) / (centred @ centred) * centred  # on picture i: no change
+        direction *= np.linalg.norm(fitted.kernel[:, i]) / np.linalg.norm(direction)
+        fitted.kernel[:, rival] = fitted.kernel[:, i] + direction
+        fitted.bias[rival] = -(fitted.mean @ fitted.kernel[:, rival]) - margin
+    return fitted.saved(out)
+
+
+class _Fitted:
+    """A model whose last Dense layer makes picture i's top-1 class i: ``kernel`` and ``bias`` may be changed
+    before ``saved`` writes them and checks the labels."""
+
+    @classmethod
+    def of(cls, paths: list[Path], seed: int, model_name: str) -> _Fitted:
+        from imgq.models.spec import builtin_spec
+        from worker.images.preprocess import Target
+        from worker.runtimes.keras_model import build_model
+
+        fitted = cls()
+        fitted.spec = builtin_spec(model_name)
+        fitted.model, fitted.weights_id, fitted.spec = build_model(fitted.spec, f"random:{seed}")
+        fitted.batch = model_input(paths, Target.of(fitted.spec), fitted.spec.preprocessing)
+        feature = fitted.spec.feature_layer
+        features = fitted.classifier().predict_with(fitted.batch, (feature,))[1][feature].reshape(len(paths), -1)
+        fitted.mean = features.mean(axis=0)
+        fitted.centred = features - fitted.mean
+        norms = np.linalg.norm(fitted.centred, axis=1, keepdims=True)
+        rng = np.random.default_rng(seed)
+        fitted.kernel = rng.normal(0, NOISE * float(norms.mean()) / features.shape[1], size=(features.shape[1], 1000))
+        fitted.kernel[:, :len(paths)] = (fitted.centred / norms).T * SCALE / norms.mean()
+        fitted.bias = np.zeros(1000)
+        # The centring is folded into the bias: logits = (f - mean) . w, the same top-1 for either runtime.
+        fitted.bias[:len(paths)] = -(fitted.mean @ fitted.kernel[:, :len(paths)])
+        return fitted
+
+    def classifier(self):
+        from worker.runtimes.tensorflow_runtime import Classifier
+
+        return Classifier(self.model, self.weights_id, batch_size=len(self.batch), spec=self.spec)
+
+    def saved(self, out: Path) -> Path:
+        self.model.layers[-1].set_weights([self.kernel.astype(np.float32), self.bias.astype(np.float32)])
+        labels = self.classifier().predict(self.batch).argmax(axis=1)
+        assert list(labels) == list(range(len(self.batch))), f"pictures not told apart: {labels}"
+        self.model.save_weights(out)
+        return out

@@ -143,10 +143,16 @@ def _load_or_exit(hostname: str | None, worker=None) -> None:
     classifier = runtime.classifier
     print(f"imgq worker: {classifier.model_id} ready in {classifier.load_seconds:.1f} s, serving queue "
           f"{app.conf.task_default_queue} (weights {classifier.weights_id}, "
-          f"{classifier.precision} on {classifier.runtime}{_chosen_by(classifier)}, "
+          f"{classifier.precision} on {classifier.runtime}{_chosen_by(classifier)}{_int8_note(classifier)}, "
           f"pool {runtime.celery_pool or settings.pool} "
           f"x{runtime.concurrency or settings.concurrency}, broker {mask_url(settings.broker_url)})",
           file=sys.stderr, flush=True)
+
+
+def _int8_note(classifier) -> str:
+    """What IMGQ_PRECISION=int8 gave (worker/runtimes/int8.py, int8_serving.py): its agreement, or why fp32."""
+    note = getattr(classifier, "int8_note", "")
+    return f"; {note}" if note else ""
 
 
 def _chosen_by(classifier) -> str:

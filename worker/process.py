@@ -141,10 +141,12 @@ def current() -> Runtime | None:
 
 
 def _build(settings: Settings, hostname: str) -> Runtime:
+    from worker.runtimes.int8_serving import Int8Options
     from worker.runtimes.loading import load_classifier  # imports TensorFlow or OpenVINO: only here, after any fork
 
     classifier = load_classifier(settings.weights, settings.batch_size, settings.precision, settings.runtime,
-                                 cache_dir=os.path.join(settings.state_dir, "openvino"), model=settings.model)
+                                 cache_dir=os.path.join(settings.state_dir, "openvino"), model=settings.model,
+                                 int8=Int8Options.from_settings(settings))
     store = ResultStore.from_settings(settings)
     worker_id = f"{hostname}:{os.getpid()}"
     gatherer = Gatherer(classifier, settings.batch_size, pass_timeout=settings.forward_pass_timeout,

@@ -220,7 +220,7 @@ def _decode_one_by_one(isolation: Isolation, todo: list[tuple[int, str]], runtim
 def _classified(message: BatchMessage, good: list[Decoded], forward_pass: Future, provenance: dict,
                 dump_root: str, timeout: float, spec=None, head: LoadedHead | dict | None = None) -> list[ResultRecord]:
     try:
-        probabilities, activations, share_ms = forward_pass.result(timeout=timeout)
+        probabilities, activations, share_ms, precision = forward_pass.result(timeout=timeout)
     except TimeoutError:
         log.error("No forward pass for batch %d of job %s within %.0f s", message.batch, message.job, timeout)
         reason = f"forward pass did not return within {timeout:.0f} s (IMGQ_FORWARD_PASS_TIMEOUT)"
@@ -230,6 +230,7 @@ def _classified(message: BatchMessage, good: list[Decoded], forward_pass: Future
         reason = f"forward pass failed: {type(exc).__name__}: {one_line(exc, 160)}"
         return [_error(message, d, "internal", reason, provenance) for d in good]
     records = []
+    provenance = {**provenance, "precision": precision}  # what this pass ran in (int8 switches from fp32)
     head_entries = _head_entries(head, activations, len(good), message.top_k)
     for row, (d, p) in enumerate(zip(good, probabilities, strict=True)):
         timing = {"decode_ms": round(d.decode_ms, 2), "inference_ms": round(share_ms, 2)}

@@ -54,7 +54,6 @@ class Gatherer:
         self.died: BaseException | None = None
         self._pass_started: float | None = None  # time.monotonic() of the forward pass running now
         self.weights_id = classifier.weights_id
-        self.precision = classifier.precision
         self._in_pass: list[_Request] = []  # the requests of the forward pass running now
         self._requests: queue.Queue[_Request] = queue.Queue()
         self._set_aside: deque[_Request] = deque()  # only the inference thread touches it
@@ -62,6 +61,12 @@ class Gatherer:
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._serve_until_death, name="imgq-inference", daemon=True)
         self._thread.start()
+
+    @property
+    def precision(self) -> str:
+        """The precision the classifier serves now (an INT8 runtime calibrating on the first images switches
+        from fp32); each pass's own is in its result."""
+        return self.classifier.precision
 
     def problem(self) -> str | None:
         """Why this gatherer can serve no more (its thread died, a forward pass hangs), or None."""
@@ -88,7 +93,7 @@ class Gatherer:
         """Queue ``images`` (n, 224, 224, 3) for a shared forward pass that also returns ``layers``' outputs.
 
         The future's result: ``(probabilities (n, 1000), {layer: outputs (n, ...)}, forward-pass ms per
-        image)``. Only requests asking for the same layers share a pass.
+        image, the precision the pass ran in)``. Only requests asking for the same layers share a pass.
         """
         request = _Request(images, layers)
         if self.died is not None:
@@ -134,10 +139,13 @@ class Gatherer:
                 request.future.set_exception(exc)
             return
         share_ms = (time.perf_counter() - started) * 1000 / max(len(images), 1)
+        # Read in this thread, right after the pass: the runtime says which precision it just ran in.
+        precision = getattr(self.classifier, "last_precision", None) or self.classifier.precision
         start = 0
         for request in requests:
             part = slice(start, start + len(request.images))
-            request.future.set_result((probabilities[part], {k: v[part] for k, v in activations.items()}, share_ms))
+            request.future.set_result((probabilities[part], {k: v[part] for k, v in activations.items()}, share_ms,
+                                       precision))
             start += len(request.images)
 
     def _take(self, block: bool, timeout: float | None = None) -> _Request | None:

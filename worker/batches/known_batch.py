@@ -33,8 +33,9 @@ def classify_with_index(message: BatchMessage, todo: list[tuple[int, str]], runt
     In isolation, files are hashed one at a time as suspects too (reading a file can kill a worker as well),
     and a file a worker died on is left unhashed: the ordinary path then records it ``worker_crashed``.
     """
+    precision = runtime.gatherer.precision  # the index of this precision; a pass in another is not remembered
     index = KnownImages(runtime.store.raw, runtime.store.keys, runtime.gatherer.weights_id,
-                        runtime.gatherer.precision, message.top_k, model_id=runtime.model_id, head=message.head)
+                        precision, message.top_k, model_id=runtime.model_id, head=message.head)
     digests = dict(zip(todo, _digests(todo, runtime, isolation), strict=True))
     leaders: dict[bytes, tuple[int, str]] = {}
     for item, digest in digests.items():
@@ -44,7 +45,9 @@ def classify_with_index(message: BatchMessage, todo: list[tuple[int, str]], runt
                       refresh_for=message.job if message.known == "refresh" else None)
     unhashed = [item for item, digest in digests.items() if digest is None]  # errors: the ordinary path says which
     computed = {r.image: r for r in classify([leaders[d] for d in leaders if d in asked.mine] + unhashed)}
-    answers = _answers({d: computed[leaders[d][0]] for d in asked.mine}, _head_labels(message, runtime), index.head)
+    mine = {d: computed[leaders[d][0]] for d in asked.mine}
+    answers = _answers({d: r for d, r in mine.items() if r.precision == precision}, _head_labels(message, runtime),
+                       index.head)
     known = asked.known | index.tell(asked, answers, WAIT_FOR_OTHERS_SECONDS)
     late = [leaders[d] for d in asked.theirs if d not in known]  # their batch died or failed them: do it here
     computed |= {r.image: r for r in classify(late)}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import TYPE_CHECKING
 
 from imgq.models.spec import DEFAULT_MODEL, ModelSpec
 from worker.runtimes.base import ModelRuntime
@@ -15,17 +16,23 @@ from worker.runtimes.keras_model import build_model, model_spec
 from worker.runtimes.precision import enable_precision, resolve_precision
 from worker.runtimes.tensorflow_runtime import Classifier
 
+if TYPE_CHECKING:
+    from worker.runtimes.int8_serving import Int8Options
+
 log = logging.getLogger(__name__)
 
 RUNTIMES = ("openvino", "tensorflow", "auto")
 
 
 def load_classifier(weights: str, batch_size: int, precision: str = "fp32", runtime: str = "tensorflow",
-                    cache_dir: str | None = None, model: str | ModelSpec = DEFAULT_MODEL) -> ModelRuntime:
+                    cache_dir: str | None = None, model: str | ModelSpec = DEFAULT_MODEL,
+                    int8: Int8Options | None = None) -> ModelRuntime:
     """Build ``model`` (a built-in name, a model folder, or a ModelSpec) with ``weights`` for ``runtime``,
     compile and warm it up.
 
-    ``precision``: fp32, or bf16 where the CPU supports it (worker/runtimes/precision.py). ``runtime``:
+    ``precision``: fp32, bf16 where the CPU supports it (worker/runtimes/precision.py), or int8 (OpenVINO
+    whatever ``runtime`` says but tensorflow, calibrated as ``int8`` says: worker/runtimes/int8_serving.py;
+    the settings refuse int8 with tensorflow). ``runtime``:
     tensorflow, openvino (the Keras model converted, the conversion cached under ``cache_dir``; see
     worker/runtimes/openvino_runtime.py), or auto (the faster of the two for this model on this CPU, measured
     once and recorded with the conversion: worker/runtimes/auto.py). Raises WeightsError (OpenVINOError, a
@@ -34,7 +41,11 @@ def load_classifier(weights: str, batch_size: int, precision: str = "fp32", runt
     started = time.perf_counter()
     spec = model_spec(model)
     classifier: ModelRuntime
-    if runtime == "auto":
+    if precision == "int8":  # auto never picks int8, and int8 runs on OpenVINO only
+        from worker.runtimes.int8_serving import Int8Options, load_int8
+
+        classifier = load_int8(spec, weights, batch_size, cache_dir, int8 or Int8Options())
+    elif runtime == "auto":
         from worker.runtimes.auto import auto_classifier
 
         classifier = auto_classifier(spec, weights, batch_size, resolve_precision(precision), cache_dir)

@@ -216,7 +216,11 @@ class OpenVINOClassifier(ModelRuntime):
 
     def predict_with(self, batch: np.ndarray, layers: tuple[str, ...]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """``(probabilities (n, 1000), {layer: outputs (n, ...)})`` from one forward pass per slice."""
-        compiled, request = self._compiled_for(layers)
+        return self._run(*self._compiled_for(layers), batch, layers)
+
+    def _run(self, compiled, request, batch: np.ndarray,
+             layers: tuple[str, ...]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """``predict_with`` on one compiled model and its infer request."""
         ports = [compiled.output(name) for name in (PROBABILITIES, *layers)]
         parts: list[list[np.ndarray]] = [[] for _ in ports]
         with self._lock:
