@@ -194,7 +194,7 @@ class OpenVINOClassifier(ModelRuntime):
 
         if self._keras_model is None:
             try:
-                self._keras_model, _, self.spec = build_model(self.spec, self.weights)
+                self._keras_model, weights_id, self.spec = build_model(self.spec, self.weights)
             except ImportError as exc:  # the Dockerfile's openvino image: no TensorFlow, conversions baked in
                 raise OpenVINOError(
                     f"No conversion of model {self.spec.id} with weights {self.weights_id} (outputs "
@@ -202,6 +202,7 @@ class OpenVINOClassifier(ModelRuntime):
                     f"TensorFlow, which is missing here ({one_line(exc)}). In the openvino image, use the model "
                     "and weights it was built with (OPENVINO_WEIGHTS) and no --activations, or run the full "
                     "image.") from None
+            self._check_same_weights(weights_id)
         shape = self.target.shape
         try:
             model = ov.convert_model(_keras_function(self._keras_model, layers, shape), input=[[-1, *shape]])
@@ -213,6 +214,16 @@ class OpenVINOClassifier(ModelRuntime):
         log.info("Converted %s (weights %s, outputs %s) to OpenVINO", self.spec.id, self.weights_id,
                  ", ".join((PROBABILITIES, *layers)))
         return model
+
+    def _check_same_weights(self, loaded: str) -> None:
+        """Refuse to convert weights other than those this runtime is named by (``weights_id``, read when it
+        was built, which keys the cache): a weights file replaced since would otherwise be served, and its
+        conversion cached, under the first file's digest. A WeightsError, not an OpenVINOError: the worker stops
+        (IMGQ_RUNTIME=auto does not try TensorFlow instead), and its next start reads the new file once."""
+        if loaded != self.weights_id:
+            self._keras_model = None
+            raise WeightsError(f"{self.weights}: changed since this worker read it (now {loaded}, read as "
+                               f"{self.weights_id}); start the worker again to serve the new file.")
 
     def predict_with(self, batch: np.ndarray, layers: tuple[str, ...]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """``(probabilities (n, 1000), {layer: outputs (n, ...)})`` from one forward pass per slice."""
