@@ -157,7 +157,7 @@ class OpenVINOClassifier(ModelRuntime):
                             one_line(exc))
         model = self._convert(layers)
         if entry is not None:
-            entry.save(lambda folder: self._write(model, folder), self._about())
+            entry.save(lambda folder: self._write(model, folder), self._about(layers))
         return model
 
     def cache_entry(self, layers: tuple[str, ...] = ()) -> CacheEntry | None:
@@ -165,12 +165,24 @@ class OpenVINOClassifier(ModelRuntime):
         if not self.cache_dir:
             return None
         key = cache_key(self.weights_id, layers, openvino_version(), self.spec.id, self.spec.preprocessing)
-        return CacheEntry(self.cache_dir, key)
+        return CacheEntry(self.cache_dir, key, self._identity(layers))
 
-    def _about(self) -> dict:
-        return {"model": self.spec.id, "weights": self.weights_id, "openvino": openvino_version(),
-                "keras": _package_version("keras"), "input": list(self.target.shape),
-                "feature_layer": self.spec.feature_layer}
+    def _identity(self, layers: tuple[str, ...]) -> dict:
+        """What an entry's about.json must say to serve this model with ``layers``: the model's id (its file
+        digest), weights, preprocessing (compiled into the graph), outputs, versions and conversion format,
+        and its input shape once known (a .h5 folder model's is read from the entry itself: its id, which
+        pins the file, pins the input too). An entry written before these were recorded is converted again
+        once."""
+        identity = {"model": self.spec.id, "weights": self.weights_id, "preprocessing": self.spec.preprocessing,
+                    "outputs": [PROBABILITIES, *layers], "openvino": openvino_version(),
+                    "keras": _package_version("keras"), "format": CONVERSION_FORMAT}
+        if self.spec.input_size != (0, 0):
+            identity["input"] = list(self.target.shape)
+        return identity
+
+    def _about(self, layers: tuple[str, ...]) -> dict:
+        """The about.json of a conversion just made (the spec complete: its input shape known)."""
+        return {**self._identity(layers), "input": list(self.target.shape), "feature_layer": self.spec.feature_layer}
 
     def _complete_spec(self, about: dict) -> None:
         """A .h5 folder model's input size and feature layer, from the entry (no Keras load needed)."""
