@@ -73,7 +73,8 @@ class Keys:
 
     def known(self, model: str, top_k: int) -> str:
         """Hash: content digest of an image -> its packed top-k (or a claim while it is computed), for one
-        model (weights and precision) and one k: imgq/results/known.py."""
+        model (weights, precision, and what else changes a score: its tag, ``model_tag``) and one k:
+        imgq/results/known.py."""
         return f"{self.ns}:known:{model}:{top_k}"
 
     def head(self, digest: str) -> str:

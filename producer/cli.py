@@ -283,8 +283,9 @@ def job_options(command):
                           f"live worker serves. The job goes to the workers of that model only [env: "
                           f"{env_var('model')}; default: resnet50]."),
         click.option("--skip-known", "known", flag_value="skip", default="",
-                     help="Answer images already classified (same content, weights and top-k) from the "
-                          "content-hash index, without a forward pass; copies within the job are classified once."),
+                     help="Answer images already classified (same content, model fed alike, weights and top-k) from "
+                          "the content-hash index, without a forward pass; copies within the job are classified "
+                          "once."),
         click.option("--force", "known", flag_value="refresh",
                      help="Classify known images again and refresh the index."),
         click.option("--activations", multiple=True, metavar="LAYER[,LAYER...]", callback=layer_names,

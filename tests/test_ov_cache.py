@@ -5,7 +5,9 @@ a damaged one is replaced, files reach the disk before the rename, stale partial
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shutil
 import time
 
 import numpy as np
@@ -73,6 +75,30 @@ def test_other_damage_is_replaced_too(folder, tmp_path, damage):
         (tmp_path / entry / "about.json").write_text("{")
     assert load(folder, tmp_path).converted == [()]
     assert load(folder, tmp_path).converted == []
+
+
+def test_an_entry_copied_under_another_models_key_is_not_run_for_it(folder, tmp_path, caplog):
+    """Model A's conversion copied into model B's key folder (by hand, or a backup restored to the wrong place)
+    has whole files whose digests match: its about.json tells it is A's. B is converted again (its labels are
+    B's, not A's), the log says why once, and the entry is B's own from then on (issue 25, item 13)."""
+    from worker.runtimes.openvino_runtime import load_openvino
+
+    inverted = str(user_models.write_folder(tmp_path / "inverted", user_models.inverted_brightness_model(),
+                                            user_models.BRIGHTNESS_LABELS))
+    cache = tmp_path / "cache"
+    first = load(folder, cache)
+    (entry,) = entries(cache)
+    other = load_openvino("imagenet", 2, "fp32", str(cache), spec=inverted)
+    shutil.copytree(cache / entry, other.cache_entry().folder)
+    with caplog.at_level(logging.WARNING, logger="worker.runtimes.ov_cache"):
+        other.warm_up()
+    assert other.converted == [()]
+    said = [r.getMessage() for r in caplog.records if "not this conversion" in r.getMessage()]
+    assert len(said) == 1 and first.model_id in said[0] and other.model_id in said[0], said
+    labels = [user_models.BRIGHTNESS_LABELS[int(p.argmax())] for p in other.predict(other.model_input(grey(200)))]
+    assert labels == ["dark"]  # the inverted model's answer for a bright picture (A's would be "bright")
+    assert load(inverted, cache).converted == []  # replaced by its own conversion: read from now on
+    assert entries(cache) == sorted([entry, os.path.basename(other.cache_entry().folder)])
 
 
 def test_files_are_synced_before_the_rename(folder, tmp_path, monkeypatch):

@@ -50,6 +50,16 @@ def brightness_model():
     return model
 
 
+def inverted_brightness_model():
+    """The greyscale CNN with its classes' kernel and bias negated: "bright" below 128 and "dark" above, so
+    that its labels tell it from ``brightness_model`` on the same pictures."""
+    model = brightness_model()
+    dense = model.layers[-1]
+    kernel, bias = dense.get_weights()
+    dense.set_weights([-kernel, -bias])
+    return model
+
+
 def write_folder(folder: Path, model, labels: tuple[str, ...], manifest: str = "") -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     model.save(folder / "model.keras")

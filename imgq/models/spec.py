@@ -13,6 +13,8 @@ blocking open.
 from __future__ import annotations
 
 import difflib
+import hashlib
+import json
 import os
 from dataclasses import dataclass
 
@@ -42,6 +44,18 @@ INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "hamming", "box", "lanczos")
 OUTPUTS = ("softmax", "logits")
 # softmax: the model's outputs are probabilities (a softmax last layer); logits: raw scores, to which the
 # worker applies a softmax, so that every record's score is a probability.
+
+
+SCORING_FIELDS = ("input_size", "channels", "preprocessing", "resize", "interpolation", "outputs")
+# The fields of a ModelSpec that change a score for the same model file and weights (ModelSpec.scoring):
+#   input_size, channels, resize, interpolation: the pixels the model sees (worker/images/preprocess.py Target);
+#   preprocessing: how those pixels become its input; outputs: whether the worker applies a softmax.
+# Left out, on purpose: name (in ModelSpec.id already); folder (moving a folder changes no score); labels and
+# wnids (an answer keeps class indexes, named from the current labels.txt when it is read:
+# worker/batches/known_batch.py _labels, so renaming a class renames it in old answers too, as a fresh run
+# would; a different class count is refused at start against the model's outputs); feature_layer (features
+# for embeddings and heads, never the top-k; a head's index is keyed by the head's digest); file_digest and
+# model_file (in ModelSpec.id and the weights id).
 
 
 class ModelError(ValueError):
@@ -134,6 +148,12 @@ class ModelSpec:
         return self.wnids is not None
 
     @property
+    def scoring(self) -> dict:
+        """The fields that change a score besides the model file and weights (SCORING_FIELDS, with why each
+        is in or out)."""
+        return {name: getattr(self, name) for name in SCORING_FIELDS}
+
+    @property
     def model_path(self) -> str | None:
         """The model file's absolute path (folder models)."""
         return None if self.folder is None or self.model_file is None else os.path.join(self.folder, self.model_file)
@@ -149,6 +169,25 @@ def builtin_spec(name: str) -> ModelSpec:
                      wnids=tuple(wnid for wnid, _ in classes), input_size=model.input_size, channels=3,
                      preprocessing=model.preprocessing, resize="squash", interpolation="nearest",
                      outputs="softmax", feature_layer=model.feature_layer)
+
+
+def scoring_digest(spec: ModelSpec, jpeg_draft: bool = True) -> str:
+    """What makes a score besides the model id, weights and precision, as 12 hex digits: ``spec.scoring``
+    and the decode settings that change pixels; "" when all of it is a built-in's own with the default
+    decoding, so that the keys made of it (the known-image index: imgq/results/known.py) stay what they
+    were before this digest existed.
+
+    Decode settings: ``jpeg_draft`` (IMGQ_JPEG_DRAFT) decodes a large JPEG at reduced scale and a HEIC from
+    its thumbnail (worker/images/preprocess.py): other pixels, other scores. The other decode settings
+    (IMGQ_MAX_PIXELS, IMGQ_MAX_FILE_BYTES) only refuse a picture, and a refusal is never kept. The runtime
+    (OpenVINO or TensorFlow) is not in it: the two give the same scores to within rounding
+    (tests/test_runtime_parity.py), and a key per runtime would split one model's index in two under
+    IMGQ_RUNTIME=auto. A folder model always has a digest: its manifest is what it is, no built-in's."""
+    builtin = spec.builtin
+    if builtin is not None and spec.scoring == builtin_spec(spec.name).scoring and jpeg_draft:
+        return ""
+    described = {"model": spec.scoring, "jpeg_draft": jpeg_draft}
+    return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def check_model_name(name: str) -> str:

@@ -1,8 +1,9 @@
 """The content-hash index: images already classified, so that the same picture is paid for once.
 
-For one model (its id, weights and precision) and one k, a Redis hash maps a 16-byte digest of the file's bytes to
-its top-k, packed as "R" + k x (class index uint16, score float32): with k = 5, 73 bytes per known image on
-Valkey 9.1 and 112 on Redis 7.0, at most 120 (MEMORY USAGE over 2,000 images; tests/test_known.py pins it).
+For one model (its id, weights and precision, and what else changes a score: ``model_tag``) and one k, a Redis
+hash maps a 16-byte digest of the file's bytes to its top-k, packed as "R" + k x (class index uint16, score
+float32): with k = 5, 73 bytes per known image on Valkey 9.1 and 112 on Redis 7.0, at most 120 (MEMORY USAGE
+over 2,000 images; tests/test_known.py pins it).
 While a worker computes an image, the field holds a claim instead, so that copies of it in other batches, in
 this worker or another, wait for the result rather than recompute.
 """
@@ -51,13 +52,19 @@ def stream_digest(file: BinaryIO, limit: int) -> bytes | None:
     return digest.digest()
 
 
-def model_tag(weights_id: str, precision: str, model_id: str = MODEL_NAME, head: str = "") -> str:
-    """A short, key-safe name for the model (its id: name and file digest; weights and precision) whose
-    results an index holds: a picture classified by one model is not known for another. resnet50's tag is
-    what it was before models were a choice, so that its index stays valid. With a head (its digest), an
-    index of its own whose entries hold the head's labels too."""
+def model_tag(weights_id: str, precision: str, model_id: str = MODEL_NAME, head: str = "", scoring: str = "") -> str:
+    """A short, key-safe name for what made the results an index holds: a picture classified by one model
+    is not known for another, nor for the same model fed otherwise.
+
+    It covers everything that changes a score: the model's id (name and file digest), its weights and
+    precision, and ``scoring`` (imgq.models.spec.scoring_digest: the manifest's preprocessing, resize,
+    interpolation and outputs, the input size, IMGQ_JPEG_DRAFT; its docstring says what is left out and
+    why). resnet50's tag is what it was before models were a choice, and a built-in's what it was before
+    ``scoring`` existed, as long as ``scoring`` is "" (the built-in's own feeding, the default decoding), so
+    that their indexes stay valid. With a head (its digest), an index of its own whose entries hold the head's
+    labels too."""
     model = "" if model_id == MODEL_NAME else f"{model_id}|"
-    extra = f"|head:{head}" if head else ""
+    extra = (f"|head:{head}" if head else "") + (f"|scoring:{scoring}" if scoring else "")
     return hashlib.sha1(f"{model}{weights_id}|{precision}{extra}".encode()).hexdigest()[:12]
 
 
@@ -97,15 +104,15 @@ class Asked:
 
 
 class KnownImages:
-    """The index of one model, weights, precision and k; with ``head`` (a head's digest), the index of that head
-    on top of them, whose values carry the head's labels too (``pack``): results are top-k lists, or
-    (top-k, head labels) pairs in a head's index."""
+    """The index of one model, weights, precision, scoring digest (``model_tag``) and k; with ``head`` (a head's
+    digest), the index of that head on top of them, whose values carry the head's labels too (``pack``):
+    results are top-k lists, or (top-k, head labels) pairs in a head's index."""
 
     def __init__(self, client: redis.Redis, keys: Keys, weights_id: str, precision: str, top_k: int,
-                 model_id: str = MODEL_NAME, head: str = ""):
+                 model_id: str = MODEL_NAME, head: str = "", scoring: str = ""):
         self.redis = client
         self.head = head
-        self.key = keys.known(model_tag(weights_id, precision, model_id, head), top_k)
+        self.key = keys.known(model_tag(weights_id, precision, model_id, head, scoring), top_k)
 
     def ask(self, digests: list[bytes], skip_known: bool = True, refresh_for: str | None = None) -> Asked:
         """The first of the two calls a batch makes: which of ``digests`` are answered, which are the caller's

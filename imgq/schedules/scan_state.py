@@ -1,7 +1,7 @@
 """Incremental scan state of a schedule: which files are classified as they are now, which keep failing.
 
-Per schedule and model (a file classified by one model is new for another: a schedule whose model changes
-scans everything again), three Redis hashes next to the results (keys built by ``Keys.scan``), each keyed by
+Per schedule and model name (a file classified by one model is new for another: a schedule whose model
+changes scans everything again), three Redis hashes next to the results (keys built by ``Keys.scan``), each keyed by
 the digest of a file's absolute path (``imgq.contract.path_digest``) and holding a digest of its (size,
 modification time in ns):
 
@@ -20,6 +20,12 @@ Why digests: a path costs its length in Redis (60 to 120 bytes is common), a 12-
 allocation whatever the path; at 96 bits, two paths colliding among a billion is a 1-in-10^11 event. Change
 detection needs only equality, so the stat is an 8-byte digest too. Measured with ``memory_per_file`` over
 20,000 files: 55 bytes per known file on Valkey 9.1, 76 on Redis 7.0, at most 80 (``tests/test_scan.py``).
+
+The name only, not the model's version (its file digest, its imgq-model.toml), on purpose: the version is
+known to the worker that loaded the model, while a tick also runs in `imgq schedule run`, where the folder may
+not be. A new version under the same name therefore does not make a schedule classify its files again (give it
+a new name, or remove and re-add the schedule: docs/models.md). That is no stale answer: a schedule's jobs do
+not use the content-hash index, so every file it submits is classified by the version serving now.
 
 Files deleted from disk keep their entries (a folder that is briefly unmounted must not make the next tick
 classify everything again); ``forget`` drops a schedule's state.

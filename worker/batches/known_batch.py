@@ -15,6 +15,7 @@ from collections.abc import Callable
 from imgq.contract import BatchMessage, Label, ResultRecord, error_record, ok_record
 from imgq.labels.classes import class_index, class_numbers
 from imgq.labels.heads import HeadError
+from imgq.models.spec import scoring_digest
 from imgq.results.known import KnownImages, stream_digest
 from imgq.storage.errors import ImageError
 from imgq.storage.locate import source_for
@@ -35,7 +36,8 @@ def classify_with_index(message: BatchMessage, todo: list[tuple[int, str]], runt
     """
     precision = runtime.gatherer.precision  # the index of this precision; a pass in another is not remembered
     index = KnownImages(runtime.store.raw, runtime.store.keys, runtime.gatherer.weights_id,
-                        precision, message.top_k, model_id=runtime.model_id, head=message.head)
+                        precision, message.top_k, model_id=runtime.model_id, head=message.head,
+                        scoring=scoring_digest(runtime.classifier.spec, runtime.settings.jpeg_draft))
     digests = dict(zip(todo, _digests(todo, runtime, isolation), strict=True))
     leaders: dict[bytes, tuple[int, str]] = {}
     for item, digest in digests.items():
@@ -88,7 +90,9 @@ def _head_labels(message: BatchMessage, runtime) -> tuple[str, ...] | None:
 
 
 def _labels(known: list[tuple[int, float]], spec) -> list[Label]:
-    """Stored ``(class index, score)`` pairs as the model's labels (worker/batches/labels.py's forms)."""
+    """Stored ``(class index, score)`` pairs as the model's labels (worker/batches/labels.py's forms), named
+    from the labels this worker loaded: a class renamed in labels.txt is renamed in old answers too, as a fresh
+    run would name it (why labels.txt is not in the index's key: imgq.models.spec.SCORING_FIELDS)."""
     if spec.imagenet:
         names = class_index()
         return [Label(names[i][0], names[i][1], score) for i, score in known]

@@ -11,13 +11,15 @@ Import this module only in the process that runs the model: TensorFlow is import
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import hashlib
 import os
+from collections.abc import Iterator
 
 from imgq.models.resolve import resolve
 from imgq.models.spec import BUILTIN, DEFAULT_MODEL, ModelError, ModelSpec, builtin_spec
 from worker.images.preprocess import one_line
+from worker.runtimes.model_files import Pinned, pinned_model_file, pinned_weights_file, weights_sha256
 
 LOCAL_WEIGHT_SUFFIXES = (".weights.h5", ".h5", ".keras")
 IMAGENET_WEIGHTS_FILES = {"resnet50": "resnet50_weights_tf_dim_ordering_tf_kernels.h5",
@@ -28,36 +30,73 @@ class WeightsError(RuntimeError):
     """The requested model or weights cannot be loaded; the message (one line a problem) says what to do."""
 
 
-def describe_weights(weights: str, spec: ModelSpec | None = None) -> str:
-    """The weights id of a weights spec, without loading anything (a file is hashed): what records carry
-    and what keys the OpenVINO conversion cache. For a folder model, ``imagenet`` (the default) stands for
-    the model file's own weights. Raises WeightsError for a spec that cannot be loaded."""
-    if spec is not None and spec.folder is not None and weights == "imagenet":
-        return f"file:{spec.model_file}:sha256:{spec.file_digest}"
+def weights_kind(weights: str) -> str:
+    """``imagenet``, ``random`` or ``file``: what a weights spec names. Raises WeightsError for a spec that
+    names none of them (or a bad seed), without reading anything."""
     if weights == "imagenet":
         return "imagenet"
     if weights == "random" or weights.startswith("random:"):
-        return f"random:{random_seed(weights)} (untrained: labels are meaningless)"
+        random_seed(weights)
+        return "random"
     if not weights.endswith(LOCAL_WEIGHT_SUFFIXES):
         raise WeightsError(
             f"Expected imagenet, random[:SEED] or a weights file ending in {', '.join(LOCAL_WEIGHT_SUFFIXES)}. "
             f"Received: {weights!r}")
-    if not os.path.isfile(weights):
-        raise WeightsError(f"Weights file not found: {weights}")
-    return f"file:{os.path.basename(weights)}:sha256:{sha256(weights)[:12]}"
+    return "file"
+
+
+def describe_weights(weights: str, spec: ModelSpec | None = None, digest: str | None = None) -> str:
+    """The weights id of a weights spec, without loading anything: what records carry and what keys the
+    OpenVINO conversion cache. For a folder model, ``imagenet`` (the default) stands for the model file's
+    own weights (its digest as ``spec`` carries it). A weights file is hashed here, unless ``digest`` (its
+    SHA-256, hex) says what its bytes were when they were read for loading (``build_model``). Raises
+    WeightsError for a spec that cannot be loaded."""
+    if spec is not None and spec.folder is not None and weights == "imagenet":
+        return f"file:{spec.model_file}:sha256:{spec.file_digest}"
+    kind = weights_kind(weights)
+    if kind == "imagenet":
+        return "imagenet"
+    if kind == "random":
+        return f"random:{random_seed(weights)} (untrained: labels are meaningless)"
+    if digest is None:
+        with _one_line():
+            digest = weights_sha256(weights)
+    return f"file:{os.path.basename(weights)}:sha256:{digest[:12]}"
 
 
 def build_model(spec: ModelSpec, weights: str):
     """``(keras model, weights_id, spec)`` for ``spec`` with ``weights``; the spec completed from the loaded
-    model (a .h5 folder model's input size). Raises WeightsError."""
-    weights_id = describe_weights(weights, spec)  # a bad spec fails before TensorFlow is imported
-    model = _builtin(spec, weights) if spec.folder is None else _folder_model(spec, weights)
+    model (a .h5 folder model's input size). Raises WeightsError.
+
+    Each file is read once: the model file and a weights file are hashed as they are copied into a folder of
+    this process's own, and Keras loads the copies (worker/runtimes/model_files.py), so that the ids the model
+    is served under (``spec.id``, the weights id) are those of the bytes it runs. A folder model's file whose
+    bytes are no longer those ``spec`` was read from (replaced since) is refused.
+    """
+    is_file = weights_kind(weights) == "file"  # a bad spec fails before TensorFlow is imported
+    with _one_line(), (pinned_weights_file(weights) if is_file else contextlib.nullcontext()) as weights_copy:
+        weights_id = describe_weights(weights, spec, weights_copy.sha256 if weights_copy else None)
+        if spec.folder is None:
+            model = _builtin(spec, weights, weights_copy)
+        else:
+            model = _folder_model(spec, weights, weights_copy)
     spec = complete_spec(spec, model)
     check_model(spec, model)
     return model, weights_id, spec
 
 
-def _builtin(spec: ModelSpec, weights: str):
+@contextlib.contextmanager
+def _one_line() -> Iterator[None]:
+    """A file's problem (a ModelError of worker/runtimes/model_files.py) as the WeightsError that stops a
+    worker with one line."""
+    try:
+        yield
+    except ModelError as exc:
+        raise WeightsError(str(exc)) from None
+
+
+def _builtin(spec: ModelSpec, weights: str, weights_copy: Pinned | None):
+    """The built-in model; ``weights_copy``: the private copy of a weights file (``weights`` names it)."""
     import keras
 
     builtin = BUILTIN[spec.name]
@@ -75,40 +114,50 @@ def _builtin(spec: ModelSpec, weights: str):
                 f"them on a machine with internet access (keras.applications.{builtin.constructor}"
                 f"(weights='imagenet') saves them in ~/.keras/models) and set IMGQ_WEIGHTS=/path/to/{file} "
                 f"(or pass --weights).") from None
-    if weights == "random" or weights.startswith("random:"):
+    if weights_copy is None:  # random[:SEED]
         keras.utils.set_random_seed(random_seed(weights))
         return constructor(weights=None, **shape)
     try:
         if weights.endswith(".keras"):
-            model = keras.saving.load_model(weights, compile=False, safe_mode=True)
+            model = keras.saving.load_model(weights_copy.path, compile=False, safe_mode=True)
         else:
-            model = constructor(weights=weights, **shape)
+            model = constructor(weights=weights_copy.path, **shape)
     except Exception as exc:  # h5py and Keras raise many kinds for a wrong file
-        raise WeightsError(f"Could not load weights from {weights}: {one_line(exc)}") from None
+        raise WeightsError(f"Could not load weights from {weights}: {_named(exc, weights_copy, weights)}") from None
     if tuple(model.output_shape) != (None, 1000):
         raise WeightsError(f"Expected a model with 1000 ImageNet outputs. Received output shape: "
                            f"{model.output_shape} from {weights}")
     return model
 
 
-def _folder_model(spec: ModelSpec, weights: str):
+def _folder_model(spec: ModelSpec, weights: str, weights_copy: Pinned | None):
+    """A folder model loaded from the private copy of its file (refused when that file changed since
+    ``spec`` was read), with ``weights_copy`` (a weights file's copy) loaded into it if given."""
     import keras
 
     path = spec.model_path
-    try:
-        model = keras.saving.load_model(path, compile=False, safe_mode=True)
-    except Exception as exc:
-        raise WeightsError(f"{path}: Keras cannot load it ({one_line(exc, 300)}); save the model with "
-                           f"model.save('model.keras') in Keras 3, without Lambda layers.") from None
-    if weights == "random" or weights.startswith("random:"):
+    if weights_copy is None and weights != "imagenet":  # random[:SEED]
         raise WeightsError(f"IMGQ_WEIGHTS={weights} is for built-in models; {path} carries its own weights "
                            f"(or give a .weights.h5 file of the same architecture).")
-    if weights != "imagenet":
+    with _one_line(), pinned_model_file(spec) as model_copy:
         try:
-            model.load_weights(weights)
+            model = keras.saving.load_model(model_copy.path, compile=False, safe_mode=True)
         except Exception as exc:
-            raise WeightsError(f"Could not load weights from {weights} into {path}: {one_line(exc)}") from None
+            raise WeightsError(f"{path}: Keras cannot load it ({_named(exc, model_copy, path, 300)}); save the "
+                               f"model with model.save('model.keras') in Keras 3, without Lambda layers.") from None
+    if weights_copy is not None:
+        try:
+            model.load_weights(weights_copy.path)
+        except Exception as exc:
+            raise WeightsError(f"Could not load weights from {weights} into {path}: "
+                               f"{_named(exc, weights_copy, weights)}") from None
     return _functional(model)
+
+
+def _named(exc: BaseException, copy: Pinned, original: str | None, limit: int = 200) -> str:
+    """``exc`` in one line of at most ``limit``, naming the user's file where Keras named the private copy
+    it read."""
+    return one_line(exc, 1 << 16).replace(copy.path, original or copy.path)[:limit]
 
 
 def _functional(model):
@@ -193,14 +242,6 @@ def random_seed(weights: str) -> int:
         return int(seed or 0)
     except ValueError:
         raise WeightsError(f"Expected random or random:SEED with an integer seed. Received: {weights!r}") from None
-
-
-def sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for chunk in iter(lambda: file.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def model_spec(model: str | ModelSpec) -> ModelSpec:

@@ -157,7 +157,7 @@ class OpenVINOClassifier(ModelRuntime):
                             one_line(exc))
         model = self._convert(layers)
         if entry is not None:
-            entry.save(lambda folder: self._write(model, folder), self._about())
+            entry.save(lambda folder: self._write(model, folder), self._about(layers))
         return model
 
     def cache_entry(self, layers: tuple[str, ...] = ()) -> CacheEntry | None:
@@ -165,12 +165,24 @@ class OpenVINOClassifier(ModelRuntime):
         if not self.cache_dir:
             return None
         key = cache_key(self.weights_id, layers, openvino_version(), self.spec.id, self.spec.preprocessing)
-        return CacheEntry(self.cache_dir, key)
+        return CacheEntry(self.cache_dir, key, self._identity(layers))
 
-    def _about(self) -> dict:
-        return {"model": self.spec.id, "weights": self.weights_id, "openvino": openvino_version(),
-                "keras": _package_version("keras"), "input": list(self.target.shape),
-                "feature_layer": self.spec.feature_layer}
+    def _identity(self, layers: tuple[str, ...]) -> dict:
+        """What an entry's about.json must say to serve this model with ``layers``: the model's id (its file
+        digest), weights, preprocessing (compiled into the graph), outputs, versions and conversion format,
+        and its input shape once known (a .h5 folder model's is read from the entry itself: its id, which
+        pins the file, pins the input too). An entry written before these were recorded is converted again
+        once."""
+        identity = {"model": self.spec.id, "weights": self.weights_id, "preprocessing": self.spec.preprocessing,
+                    "outputs": [PROBABILITIES, *layers], "openvino": openvino_version(),
+                    "keras": _package_version("keras"), "format": CONVERSION_FORMAT}
+        if self.spec.input_size != (0, 0):
+            identity["input"] = list(self.target.shape)
+        return identity
+
+    def _about(self, layers: tuple[str, ...]) -> dict:
+        """The about.json of a conversion just made (the spec complete: its input shape known)."""
+        return {**self._identity(layers), "input": list(self.target.shape), "feature_layer": self.spec.feature_layer}
 
     def _complete_spec(self, about: dict) -> None:
         """A .h5 folder model's input size and feature layer, from the entry (no Keras load needed)."""
@@ -194,7 +206,7 @@ class OpenVINOClassifier(ModelRuntime):
 
         if self._keras_model is None:
             try:
-                self._keras_model, _, self.spec = build_model(self.spec, self.weights)
+                self._keras_model, weights_id, self.spec = build_model(self.spec, self.weights)
             except ImportError as exc:  # the Dockerfile's openvino image: no TensorFlow, conversions baked in
                 raise OpenVINOError(
                     f"No conversion of model {self.spec.id} with weights {self.weights_id} (outputs "
@@ -202,6 +214,7 @@ class OpenVINOClassifier(ModelRuntime):
                     f"TensorFlow, which is missing here ({one_line(exc)}). In the openvino image, use the model "
                     "and weights it was built with (OPENVINO_WEIGHTS) and no --activations, or run the full "
                     "image.") from None
+            self._check_same_weights(weights_id)
         shape = self.target.shape
         try:
             model = ov.convert_model(_keras_function(self._keras_model, layers, shape), input=[[-1, *shape]])
@@ -213,6 +226,16 @@ class OpenVINOClassifier(ModelRuntime):
         log.info("Converted %s (weights %s, outputs %s) to OpenVINO", self.spec.id, self.weights_id,
                  ", ".join((PROBABILITIES, *layers)))
         return model
+
+    def _check_same_weights(self, loaded: str) -> None:
+        """Refuse to convert weights other than those this runtime is named by (``weights_id``, read when it
+        was built, which keys the cache): a weights file replaced since would otherwise be served, and its
+        conversion cached, under the first file's digest. A WeightsError, not an OpenVINOError: the worker stops
+        (IMGQ_RUNTIME=auto does not try TensorFlow instead), and its next start reads the new file once."""
+        if loaded != self.weights_id:
+            self._keras_model = None
+            raise WeightsError(f"{self.weights}: changed since this worker read it (now {loaded}, read as "
+                               f"{self.weights_id}); start the worker again to serve the new file.")
 
     def predict_with(self, batch: np.ndarray, layers: tuple[str, ...]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """``(probabilities (n, 1000), {layer: outputs (n, ...)})`` from one forward pass per slice."""

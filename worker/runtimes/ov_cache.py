@@ -1,12 +1,16 @@
-"""The OpenVINO conversion cache: one folder per conversion, trusted only when its digests match.
+"""The OpenVINO conversion cache: one folder per conversion, trusted only when it says it is that conversion
+and its digests match.
 
 An entry is ``<cache_dir>/<key>/`` holding ``model.xml``, ``model.bin`` and ``about.json``, which records
-what the entry is (model, weights, versions) and the SHA-256 of each file. Reading checks the digests: a
-damaged entry (a zero-filled ``model.bin`` of the right size, a truncated file, a missing about.json) is
-never loaded; it is converted again and replaced. Writing goes to a ``<key>.partial-*`` folder whose files
-and folder are fsynced before it is renamed into place, so that a crash leaves a whole entry or a partial
-folder, never a half-written entry under the real name. Partial folders (and replaced entries) older than
-STALE_SECONDS are removed: a conversion is ~100 MB, and a worker killed while converting leaves one.
+what the entry is (model, weights, preprocessing, input, outputs, versions) and the SHA-256 of each file.
+Reading checks both: an entry whose about.json says it is another conversion than the one its key names (a
+folder copied under another model's key, by hand or by a backup tool restoring into the wrong place) is
+never run, and neither is a damaged entry (a zero-filled ``model.bin`` of the right size, a truncated file, a
+missing about.json); it is converted again and replaced, and the log says why, once. Writing goes to a
+``<key>.partial-*`` folder whose files and folder are fsynced before it is renamed into place, so that a
+crash leaves a whole entry or a partial folder, never a half-written entry under the real name. Partial
+folders (and replaced entries) older than STALE_SECONDS are removed: a conversion is ~100 MB, and a worker
+killed while converting leaves one.
 """
 
 from __future__ import annotations
@@ -29,33 +33,42 @@ STALE_SECONDS = 3600
 
 
 class CacheEntry:
-    """The cache entry ``key`` under ``cache_dir``."""
+    """The cache entry ``key`` under ``cache_dir``, for the conversion ``identity`` describes: what its
+    about.json must say (``{field: value}``, JSON values; worker/runtimes/openvino_runtime.py ``_identity``)
+    for the entry to be used."""
 
-    def __init__(self, cache_dir: str, key: str):
+    def __init__(self, cache_dir: str, key: str, identity: dict | None = None):
         self.cache_dir = cache_dir
         self.folder = os.path.join(cache_dir, key)
+        self.identity = identity or {}
 
     @property
     def xml(self) -> str:
         return os.path.join(self.folder, "model.xml")
 
     def valid(self) -> bool:
-        """True when the entry exists and each file's SHA-256 is the one recorded with it. An entry that
-        exists but does not check out is logged (it will be replaced)."""
+        """True when the entry exists, its about.json says it is the conversion of ``identity``, and each
+        file's SHA-256 is the one recorded with it. An entry that exists but does not check out is logged
+        (it will be replaced)."""
         if not os.path.isdir(self.folder):
             return False
         problem = self._problem()
         if problem:
-            log.warning("OpenVINO cache entry %s is damaged (%s): converting again", self.folder, problem)
+            log.warning("OpenVINO cache entry %s is not this conversion (%s): converting again", self.folder, problem)
         return problem is None
 
     def _problem(self) -> str | None:
+        """Why the entry cannot be used, in a few words; None when it can."""
         try:
             with open(os.path.join(self.folder, ABOUT), "rb") as file:
                 about = json.loads(file.read(1 << 20))
             recorded = about["sha256"]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+            # Cheaper than the digests, and what a copied entry gets wrong: checked first.
+            other = next((name for name, value in self.identity.items() if about.get(name) != value), None)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             return f"no readable {ABOUT}: {type(exc).__name__}"
+        if other is not None:
+            return f"made for {other} {about.get(other)!r}, not {self.identity[other]!r}"
         for name in FILES:
             try:
                 actual = file_sha256(os.path.join(self.folder, name))
@@ -106,7 +119,7 @@ class CacheEntry:
         except OSError:
             if not os.path.isdir(self.folder):
                 raise
-        if self.valid():  # another worker cached the same conversion meanwhile: keep its copy
+        if self._problem() is None:  # another worker cached the same conversion meanwhile: keep its copy
             shutil.rmtree(partial, ignore_errors=True)
             return
         aside = f"{self.folder}.stale-{os.getpid()}-{threading.get_ident()}"
