@@ -64,13 +64,13 @@ def write_jsonl(records: Iterable[ResultRecord], out: IO[str], groups: Groups = 
     n = 0
     if groups is None:
         for record in records:
-            out.write(json.dumps(record.to_dict()) + "\n")
+            out.write(json.dumps(record.to_dict(), allow_nan=False) + "\n")
             n += 1
         return n
     for record, found in with_groups(records, groups):
         data = record.to_dict()
         data["groups"] = [{"group": group, "score": score} for group, score in found]
-        out.write(json.dumps(data) + "\n")
+        out.write(json.dumps(data, allow_nan=False) + "\n")
         n += 1
     return n
 
