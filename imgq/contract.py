@@ -39,6 +39,8 @@ ERROR_CODES = {
     "forbidden": "outside the worker's IMGQ_ALLOWED_ROOTS",
     "worker_crashed": "the worker process died while decoding this image, on repeated deliveries",
     "dump_failed": "classified, but its activation dump could not be written (disk full, permissions)",
+    "model_output": "the model's outputs for this image are not finite numbers (NaN or infinite): a fault of the "
+                    "model (its weights, a division by zero in a layer), not of the image",
     "internal": "a failure of imgq itself, not of the image",
 }
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from imgq.contract import ResultRecord, dump_path, is_untrained
-from imgq.labels.heads import Head, HeadError, check_label
+from imgq.labels.heads import Head, HeadError, check_head, check_label
 from imgq.storage.files import atomic_path
 from imgq.storage.selection import PathFilter
 from imgq.storage.walk import iter_images
@@ -106,8 +106,11 @@ class Features:
 
 def gather_features(records: list[ResultRecord], examples: Examples, dump_root: str,
                     layer: str = FEATURE_LAYER) -> Features:
-    """The feature rows of ``records`` (a learn job's, dumping FEATURE_LAYER). Raises ExamplesError when the
-    records come from several weights, or too few examples of a label could be classified."""
+    """The feature rows of ``records`` (a learn job's, dumping FEATURE_LAYER). An example whose record is an
+    error, or whose features are not finite numbers, is left out (listed in ``failed``). Raises ExamplesError
+    when the records come from several weights, or too few examples of a label could be classified."""
+    import numpy as np
+
     from producer.exports.dumps import dump_file, load_layer
 
     label_of = examples.label_of()
@@ -118,7 +121,11 @@ def gather_features(records: list[ResultRecord], examples: Examples, dump_root: 
             reason = record.error.code + f" ({record.error.message})" if record.error else "no feature dump"
             failed.append(f"{record.path}: {reason}")
             continue
-        rows.append(load_layer(file, layer).reshape(-1))
+        row = load_layer(file, layer).reshape(-1)
+        if not np.isfinite(row).all():
+            failed.append(f"{record.path}: its features are not finite numbers (NaN or infinite)")
+            continue
+        rows.append(row)
         labels.append(label_of[record.path])
     weights = {r.weights for r in records if r.ok}
     if len(weights) > 1:
@@ -142,7 +149,8 @@ def pipeline():
 
 def fit_head(features: Features, name: str, examples: dict[str, int]) -> Head:
     """Cross-validate, then fit on every example, a class-balanced logistic regression on standardised
-    features; the standardisation is folded into the head's coefficients."""
+    features; the standardisation is folded into the head's coefficients. Raises ExamplesError (one line)
+    for features that are not finite, or a fit whose numbers are not (imgq.labels.heads.check_head)."""
     import numpy as np
 
     model = pipeline()  # raises ExamplesError without scikit-learn, before anything is computed
@@ -150,6 +158,10 @@ def fit_head(features: Features, name: str, examples: dict[str, int]) -> Head:
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
     x = np.stack(features.rows).astype(np.float64)
+    if not np.isfinite(x).all():  # scikit-learn's own refusal is a traceback
+        bad = int((~np.isfinite(x).all(axis=1)).sum())
+        raise ExamplesError(f"The features of {bad} of {len(x)} examples are not finite numbers (NaN or infinite): "
+                            f"their model gives no probabilities for them; fix the model, then learn again.")
     y = np.asarray(features.labels)
     folds = min(MAX_FOLDS, min(int((y == label).sum()) for label in set(features.labels)))
     predicted = cross_val_predict(pipeline(), x, y, cv=StratifiedKFold(folds, shuffle=True, random_state=0))
@@ -163,11 +175,16 @@ def fit_head(features: Features, name: str, examples: dict[str, int]) -> Head:
     figures = {"cv_accuracy": round(float((predicted == y).mean()), 4), "cv_folds": folds,
                "examples": len(y), "confusion": {"labels": labels, "matrix": matrix.tolist()},
                "failed_examples": len(features.failed)}
-    return Head(name=name, labels=tuple(labels), base_model=features.model, weights=features.weights,
+    head = Head(name=name, labels=tuple(labels), base_model=features.model, weights=features.weights,
                 feature_layer=features.layer, activation="sigmoid" if len(labels) == 2 else "softmax",
                 coef=tuple(tuple(float(v) for v in row) for row in coef),
                 intercept=tuple(float(v) for v in intercept), figures=figures, examples=examples,
                 created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    try:
+        check_head(head, f"The head learned from {features.layer}")
+    except HeadError as exc:  # features so large that folding the standardisation in overflowed
+        raise ExamplesError(str(exc)) from None
+    return head
 
 
 def confusion_table(head: Head) -> list[str]:
@@ -186,7 +203,7 @@ def confusion_table(head: Head) -> list[str]:
 
 def write_head(head: Head, out: str) -> None:
     with atomic_path(out) as tmp, open(tmp, "w", encoding="utf-8") as file:
-        json.dump(head.to_dict(), file)
+        json.dump(head.to_dict(), file, allow_nan=False)
 
 
 def read_learn_records(results_file: str) -> list[ResultRecord]:

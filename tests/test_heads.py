@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 
 import numpy as np
@@ -135,6 +136,57 @@ def test_files_that_are_not_heads_are_refused_in_one_line(tmp_path, content, say
 def test_damaged_heads_are_refused(changes, says):
     with pytest.raises(HeadError, match=says):
         a_head(**changes)
+
+
+@pytest.mark.parametrize("intercept, token", [
+    ("[NaN]", "nan"), ("[Infinity]", "inf"), ('["Infinity"]', "inf"), ('["-inf"]', "-inf")])
+def test_a_head_with_an_intercept_that_is_not_finite_is_refused_in_one_line(settings, tmp_path, intercept, token):
+    """JSON's NaN and Infinity tokens, and strings float() reads as such: each named with its file and field,
+    at read (`--head`) as at fetch (a worker), never applied as a NaN score to every image."""
+    from tests.processes import imgq_cli
+
+    text = json.dumps(a_head().to_dict())
+    file = tmp_path / "beach.head.json"
+    file.write_text(re.sub(r'"intercept": \[[^\]]*\]', f'"intercept": {intercept}', text))
+    with pytest.raises(HeadError) as caught:
+        read_head(str(file))
+    assert str(caught.value) == f"{file}: intercept[0] is {token}, not a finite number."
+    with pytest.raises(HeadError, match=r"\Ahead 0123: intercept\[0\] is"):
+        heads.loads(file.read_bytes(), "head 0123")
+    result = imgq_cli(settings, "submit", str(tmp_path), "--head", str(file), check=False)
+    assert result.exit_code == 2 and "intercept[0] is" in result.output and "Traceback" not in result.output
+    assert len([line for line in result.output.splitlines() if "intercept" in line]) == 1
+
+
+def test_a_coefficient_that_is_not_finite_is_named_by_its_place():
+    coef = [list(row) for row in a_head().coef]
+    coef[0][7] = float("inf")
+    with pytest.raises(HeadError, match=r"\Ahead: coef\[0\]\[7\] is inf, not a finite number\.\Z"):
+        a_head(coef=coef)
+
+
+def test_a_head_is_never_learned_from_features_that_are_not_finite():
+    """A model's NaN features (its outputs not finite for some examples) stop the fit in one line, not in
+    scikit-learn's traceback."""
+    features = blobs({"beach": 6, "city": 5})
+    features.rows[3] = np.full_like(features.rows[3], np.nan)
+    with pytest.raises(learn.ExamplesError, match=r"\A[^\n]*not finite"):
+        learn.fit_head(features, "beach", {"beach": 6, "city": 5})
+
+
+@pytest.mark.parametrize("labels", [("beach", "city"), ("cat", "dog", "fish")])
+def test_huge_logits_saturate_instead_of_becoming_nan(labels):
+    """Features times coefficients that overflow to +-inf (or are merely huge) give probabilities of 0 and 1,
+    never inf - inf = NaN, and no overflow on the way."""
+    rows = 1 if len(labels) == 2 else len(labels)
+    head = heads.Head("big", labels, "resnet50", "imagenet", "avg_pool", "sigmoid" if rows == 1 else "softmax",
+                      coef=((1e308,) * 4, (-1e308,) * 4, (0.0,) * 4)[:rows], intercept=(0.0,) * rows)
+    loaded = LoadedHead(head, np.asarray(head.coef).T, np.asarray(head.intercept))
+    with np.errstate(over="raise", invalid="raise"):
+        scores = loaded.scores(np.array([[10.0] * 4, [-10.0] * 4, [1e-300] * 4]))
+    assert np.isfinite(scores).all() and np.allclose(scores.sum(axis=1), 1.0)
+    expected = [0, 1, 0] if rows > 1 else [1, 0, 1]  # the best label of each row
+    assert list(scores.argmax(axis=1)) == expected
 
 
 def test_a_fifo_a_folder_and_a_huge_file_are_refused_without_blocking(tmp_path):

@@ -160,3 +160,19 @@ def test_logits_get_a_softmax(tmp_path):
     probabilities = classifier.predict(classifier.model_input([np.full((4, 4, 1), 200, np.uint8)]))
     np.testing.assert_allclose(probabilities.sum(axis=1), 1, rtol=1e-6)
     assert classifier.spec.feature_layer == "flatten"
+
+
+def test_a_model_whose_outputs_are_not_probabilities_is_refused_in_one_line(tmp_path):
+    """Checked on test pictures once warm, on every runtime (the worker's refusal on OpenVINO:
+    tests/reliability/test_bad_models.py): NaN outputs, and logits from a folder that declares softmax."""
+    from worker.runtimes.loading import load_classifier
+
+    lines = problems(str(user_models.nan_folder(tmp_path / "diverged")))
+    assert len(lines) == 1 and "model.keras" in lines[0] and "not finite numbers (NaN or infinite)" in lines[0]
+    lines = problems(str(user_models.logits_folder(tmp_path / "logits")))
+    assert len(lines) == 1 and "sum to" in lines[0]
+    assert f'set outputs = "logits" in {tmp_path / "logits" / "imgq-model.toml"}' in lines[0]
+    declared = user_models.logits_folder(tmp_path / "declared", 'name = "logits"\noutputs = "logits"\n')
+    classifier = load_classifier("imagenet", 2, runtime="tensorflow", model=str(declared))
+    probabilities = classifier.predict(classifier.model_input([np.full((28, 28, 1), 200, np.uint8)]))
+    assert top_k(probabilities[0], 1, classifier.spec)[0].label == "bright"

@@ -28,9 +28,10 @@ def grey_picture(path: Path, level: int, size: tuple[int, int] = (40, 32), seed:
     return path
 
 
-def brightness_model():
+def brightness_model(activation: str | None = "softmax"):
     """The greyscale CNN: each convolution averages its window, so the Dense layer sees local brightness and
-    says "bright" above 128 and "dark" below, with a margin of 0.1 logit per grey level."""
+    says "bright" above 128 and "dark" below, with a margin of 0.1 logit per grey level (``activation``
+    None: the Dense layer gives those logits)."""
     import keras
 
     model = keras.Sequential([
@@ -38,7 +39,7 @@ def brightness_model():
         keras.layers.Conv2D(32, (3, 3), activation="relu", name="conv_a"),
         keras.layers.Conv2D(8, (3, 3), activation="relu", name="conv_b"),
         keras.layers.Flatten(name="flatten"),
-        keras.layers.Dense(len(BRIGHTNESS_LABELS), activation="softmax", name="classes"),
+        keras.layers.Dense(len(BRIGHTNESS_LABELS), activation=activation, name="classes"),
     ])
     conv_a, conv_b, _, dense = model.layers
     conv_a.set_weights([np.full((3, 3, 1, 32), 1 / 9, np.float32), np.zeros(32, np.float32)])
@@ -111,3 +112,45 @@ def resnet_head_folder(folder: Path, pictures: list[Path], seed: int = 11) -> Pa
     """The ResNet50-head model's folder (name "three-heads", Keras' caffe preprocessing)."""
     return write_folder(folder, resnet_head_model(pictures, seed), HEAD_LABELS,
                         'name = "three-heads"\npreprocessing = "caffe"\n')
+
+
+def nan_folder(folder: Path) -> Path:
+    """A model whose outputs are NaN for every picture: its classifier's weights are NaN, as a training that
+    diverged leaves them (the greyscale CNN's shapes, declared softmax)."""
+    model = brightness_model()
+    dense = model.get_layer("classes")
+    kernel, bias = dense.get_weights()
+    dense.set_weights([np.full_like(kernel, np.nan), bias])
+    return write_folder(folder, model, BRIGHTNESS_LABELS, 'name = "diverged"\n')
+
+
+def flat_nan_model():
+    """A model that standardises each picture by its own spread before its classifier (a LayerNormalization
+    over the whole picture with epsilon 0, a standard layer): a picture of one flat grey has no spread, so its
+    outputs are 0/0 = NaN, while any picture with texture gets probabilities."""
+    import keras
+
+    image = keras.Input((28, 28, 1))
+    spread = keras.layers.LayerNormalization(axis=[1, 2, 3], epsilon=0.0, center=False, scale=False,
+                                             name="per_picture")(image)
+    dense = keras.layers.Dense(len(BRIGHTNESS_LABELS), activation="softmax", name="classes")
+    model = keras.Model(image, dense(keras.layers.Flatten(name="flatten")(spread)))
+    dense.set_weights([np.random.default_rng(0).normal(0, 0.05, (28 * 28, 2)).astype(np.float32),
+                       np.zeros(2, np.float32)])
+    return model
+
+
+def flat_nan_folder(folder: Path) -> Path:
+    return write_folder(folder, flat_nan_model(), BRIGHTNESS_LABELS, 'name = "per-picture"\n')
+
+
+def logits_folder(folder: Path, manifest: str = 'name = "logits"\n') -> Path:
+    """The greyscale CNN without its softmax: its outputs are logits, while its folder declares nothing
+    (outputs = "softmax", the default) unless ``manifest`` says otherwise."""
+    return write_folder(folder, brightness_model(activation=None), BRIGHTNESS_LABELS, manifest)
+
+
+def flat_picture(path: Path, level: int, size: tuple[int, int] = (40, 32)) -> Path:
+    """A greyscale PNG of one flat ``level``: no texture at all."""
+    Image.new("L", size, level).save(path)
+    return path

@@ -66,7 +66,7 @@ class Head:
                 "created": self.created}
 
     def to_bytes(self) -> bytes:
-        return json.dumps(self.to_dict(), sort_keys=True).encode()
+        return json.dumps(self.to_dict(), sort_keys=True, allow_nan=False).encode()
 
     @property
     def digest(self) -> str:
@@ -107,8 +107,26 @@ def from_dict(data: object, source: str = "head") -> Head:
                     created=str(data.get("created", "")))
     except (KeyError, TypeError, ValueError) as exc:
         raise HeadError(f"{source}: a damaged head ({type(exc).__name__}: {exc}).") from None
-    _check_shape(head, source)
+    check_head(head, source)
     return head
+
+
+def check_head(head: Head, source: str = "head") -> None:
+    """Raises HeadError (one line naming ``source`` and what is wrong) unless ``head`` can be applied: its
+    shape fits its labels and activation, its labels can be keywords, and every number it applies (each
+    coefficient and intercept; the standardisation is folded into them, so there are no means or scales) is
+    finite. A NaN or an infinity (JSON's NaN and Infinity tokens, or strings float() reads so) would give every
+    image a NaN score: it is named by its place, ``intercept[0]`` or ``coef[1][7]``."""
+    _check_shape(head, source)
+    _check_finite(head, source)
+
+
+def _check_finite(head: Head, source: str) -> None:
+    numbers = [(f"coef[{i}]", row) for i, row in enumerate(head.coef)] + [("intercept", head.intercept)]
+    for name, values in numbers:
+        if not all(map(math.isfinite, values)):  # the common case at C speed; the place only when wrong
+            place, value = next((i, x) for i, x in enumerate(values) if not math.isfinite(x))
+            raise HeadError(f"{source}: {name}[{place}] is {value}, not a finite number.")
 
 
 def _check_shape(head: Head, source: str) -> None:
@@ -121,8 +139,8 @@ def _check_shape(head: Head, source: str) -> None:
         problems.append(f"expected 2 to {MAX_LABELS} distinct labels, found {n}")
     if len(head.coef) != rows or len(head.intercept) != rows or len({len(r) for r in head.coef}) != 1:
         problems.append(f"expected {rows} coefficient rows of one length and {rows} intercepts")
-    elif not head.coef[0] or not all(math.isfinite(x) for row in head.coef for x in row):
-        problems.append("coefficients must be finite numbers")
+    elif not head.coef[0]:
+        problems.append("expected coefficients, found an empty row")
     if problems:
         raise HeadError(f"{source}: {'; '.join(problems)}.")
     for label in head.labels:

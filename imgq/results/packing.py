@@ -26,11 +26,12 @@ import struct
 
 from imgq.contract import ERROR_CODES, Failure, Label, ResultRecord
 from imgq.labels.classes import class_index, class_numbers
+from imgq.results.finite import finite_record
 
 _TIMES = struct.Struct("<II")
 _LABEL = struct.Struct("<Hf")
 CODE_NUMBERS = {"missing": 0, "unreadable": 1, "not_an_image": 2, "corrupt": 3, "too_large": 4, "forbidden": 5,
-                "worker_crashed": 6, "dump_failed": 7, "internal": 8, "no_preview": 9}
+                "worker_crashed": 6, "dump_failed": 7, "internal": 8, "no_preview": 9, "model_output": 10}
 # The byte an error record stores for its code. Records outlive versions (a week's retention, a Redis kept
 # across an upgrade), so a code's number never changes and is never reused: a new code takes the next number,
 # a code dropped from ERROR_CODES keeps its own. These are the positions the codes had in ERROR_CODES when
@@ -44,7 +45,7 @@ PROVENANCE_FIELDS = ("model", "weights", "precision", "runtime", "worker")
 
 def provenance(record: ResultRecord) -> str:
     """The record's provenance as the store keeps it once per job: a JSON list in PROVENANCE_FIELDS' order."""
-    return json.dumps([getattr(record, name) for name in PROVENANCE_FIELDS])
+    return json.dumps([getattr(record, name) for name in PROVENANCE_FIELDS], allow_nan=False)
 
 
 def pack(record: ResultRecord) -> bytes:
@@ -65,9 +66,9 @@ def pack(record: ResultRecord) -> bytes:
     flags = ((FLAG_KNOWN if record.known else 0) | (FLAG_ACTIVATIONS if record.activations is not None else 0)
              | (FLAG_INDEXED if indexed else 0) | (FLAG_HEAD if record.head is not None else 0))
     if record.head is not None:
-        tail = json.dumps({"activations": record.activations, "head": record.head}).encode()
+        tail = json.dumps({"activations": record.activations, "head": record.head}, allow_nan=False).encode()
     else:
-        tail = json.dumps(record.activations).encode() if record.activations is not None else b""
+        tail = json.dumps(record.activations, allow_nan=False).encode() if record.activations is not None else b""
     return b"O" + head + bytes([flags, len(record.top_k)]) + labels + tail
 
 
@@ -80,11 +81,14 @@ def classes(record: ResultRecord) -> dict[int, str]:
 def unpack(value: bytes, *, job: str, image: int, path: str, provenance_json: str,
            names: dict[int, str] | None = None) -> ResultRecord:
     """The whole record again, from ``pack``'s bytes, its job, image id, path and provenance; ``names``: the
-    class names of its provenance (``classes`` of its records). Raises KeyError for a class not in ``names``."""
+    class names of its provenance (``classes`` of its records). Raises KeyError for a class not in ``names``.
+    A record an earlier imgq stored with a NaN or infinite score reads as its ``model_output`` error
+    (imgq/results/finite.py): no reader is handed a score that is not a number."""
     facts = dict(zip(PROVENANCE_FIELDS, json.loads(provenance_json), strict=True))
     kind = value[:1]
     if kind == b"J":
-        return ResultRecord.from_dict({**facts, **json.loads(value[1:]), "job": job, "image": image, "path": path})
+        data = json.loads(value[1:])
+        return finite_record(ResultRecord.from_dict({**facts, **data, "job": job, "image": image, "path": path}))
     decode, inference = (t / 100 for t in _TIMES.unpack_from(value, 1))
     common = {"job": job, "image": image, "path": path, "decode_ms": decode, "inference_ms": inference, **facts}
     if kind == b"E":
@@ -101,9 +105,9 @@ def unpack(value: bytes, *, job: str, image: int, path: str, provenance_json: st
             labels.append(Label(imagenet[number][0], imagenet[number][1], score))
     tail = value[11 + k * _LABEL.size:]
     extra = json.loads(tail) if flags & FLAG_HEAD else {"activations": json.loads(tail) if tail else None}
-    return ResultRecord(status="ok", top_k=tuple(labels), known=bool(flags & FLAG_KNOWN),
-                        activations=extra["activations"] if flags & FLAG_ACTIVATIONS else None,
-                        head=extra.get("head"), **common)
+    return finite_record(ResultRecord(status="ok", top_k=tuple(labels), known=bool(flags & FLAG_KNOWN),
+                                      activations=extra["activations"] if flags & FLAG_ACTIVATIONS else None,
+                                      head=extra.get("head"), **common))
 
 
 def _failure(number: int, message: str) -> Failure:
@@ -161,4 +165,4 @@ def _as_json(record: ResultRecord) -> bytes:
     data = record.to_dict()
     for name in ("job", "image", "path", *PROVENANCE_FIELDS):
         data.pop(name, None)
-    return b"J" + json.dumps(data).encode()
+    return b"J" + json.dumps(data, allow_nan=False).encode()

@@ -29,6 +29,7 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from imgq.contract import Failure, Label, ResultRecord, class_position
+from imgq.results.finite import finite_record
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -86,9 +87,14 @@ def _columns(records: Iterable[ResultRecord], k: int) -> dict[str, list]:
         columns["decode_ms"].append(r.decode_ms)
         columns["inference_ms"].append(r.inference_ms)
         columns["known"].append(r.known)
-        columns["activations"].append(None if r.activations is None else json.dumps(r.activations))
-        columns["head"].append(None if r.head is None else json.dumps(r.head))
+        columns["activations"].append(_json(r.activations))
+        columns["head"].append(_json(r.head))
     return columns
+
+
+def _json(value: dict | None) -> str | None:
+    """A JSON column's cell; never a bare NaN (ValueError instead)."""
+    return None if value is None else json.dumps(value, allow_nan=False)
 
 
 def _label(data: dict[str, list], row: int, rank: int) -> Label:
@@ -112,11 +118,12 @@ def split_path(path: str) -> tuple[str, bytes | None]:
 
 
 def records(table: pa.Table | pa.RecordBatch) -> Iterator[ResultRecord]:
-    """The rows of a table of ``schema(k)`` (any k) as records, in the table's order."""
+    """The rows of a table of ``schema(k)`` (any k) as records, in the table's order. A row an earlier
+    worker wrote with a NaN or infinite score reads as its ``model_output`` error (imgq/results/finite.py)."""
     k = sum(1 for name in table.schema.names if name.startswith("label_"))
     data = {name: table.column(name).to_pylist() for name in table.schema.names}
     for row in range(table.num_rows):
-        yield _record(data, row, k)
+        yield finite_record(_record(data, row, k))
 
 
 def _record(data: dict[str, list], row: int, k: int) -> ResultRecord:

@@ -60,7 +60,7 @@ def write_embeddings(records: Iterable[ResultRecord], out: str, dump_root: str,
     missing = 0
     with atomic_path(index) as tmp_index, open(tmp_index, "w", encoding="utf-8") as lines:
         for entry, file in _index_entries(records, dump_root, files, layer):
-            lines.write(json.dumps(entry) + "\n")
+            lines.write(json.dumps(entry, allow_nan=False) + "\n")
             if file:
                 files.append(file)
             else:

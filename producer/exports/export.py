@@ -64,13 +64,13 @@ def write_jsonl(records: Iterable[ResultRecord], out: IO[str], groups: Groups = 
     n = 0
     if groups is None:
         for record in records:
-            out.write(json.dumps(record.to_dict()) + "\n")
+            out.write(json.dumps(record.to_dict(), allow_nan=False) + "\n")
             n += 1
         return n
     for record, found in with_groups(records, groups):
         data = record.to_dict()
         data["groups"] = [{"group": group, "score": score} for group, score in found]
-        out.write(json.dumps(data) + "\n")
+        out.write(json.dumps(data, allow_nan=False) + "\n")
         n += 1
     return n
 
@@ -85,15 +85,61 @@ def csv_header(k: int) -> list[str]:
             "head_score"]
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+# What makes a CSV cell a formula to Excel, LibreOffice or Google Sheets (OWASP, "CSV Injection"): a label of
+# a user's model, a file name ("-rf.jpg", "=HYPERLINK(...).jpg") or a worker's name may start so.
+
+
+class Escaped(str):
+    """A text cell escaped against formula injection (``text_cell``); the CSV writer always quotes it."""
+
+
+def text_cell(value: str) -> str:
+    """``value`` as a text cell of a CSV: one starting as a formula does (FORMULA_STARTS) gets a single quote
+    before it, as OWASP advises, so that a spreadsheet shows it as text and never runs it, and is quoted
+    (Escaped). A reader removes the leading quote to get the value back."""
+    return Escaped("'" + value) if value.startswith(FORMULA_STARTS) else value
+
+
 def csv_row(r: ResultRecord, k: int) -> list:
+    """One record's cells: text cells through ``text_cell``; numbers (the image id, scores, times, class
+    indices) as they are: imgq writes those, and a number is no formula."""
     top = r.top_k[:k]
     pad = [""] * (k - len(top))
     error = r.error
-    return [r.job, r.image, r.path, r.status,
-            *[t.label for t in top], *pad, *[f"{t.score:.6g}" for t in top], *pad, *[t.wnid for t in top], *pad,
-            error.code if error else "", error.message if error else "",
-            r.model, r.weights, r.precision, r.worker, r.decode_ms, r.inference_ms,
-            *["" if (i := class_position(t)) is None else i for t in top], *pad, *head_best(r)]
+    head, head_label, head_score = head_best(r)
+    return [text_cell(r.job), r.image, text_cell(r.path), r.status,
+            *[text_cell(t.label) for t in top], *pad, *[f"{t.score:.6g}" for t in top], *pad,
+            *[text_cell(t.wnid) for t in top], *pad,
+            error.code if error else "", text_cell(error.message) if error else "",
+            text_cell(r.model), text_cell(r.weights), text_cell(r.precision), text_cell(r.worker), r.decode_ms,
+            r.inference_ms, *["" if (i := class_position(t)) is None else i for t in top], *pad,
+            text_cell(head), text_cell(head_label), head_score]
+
+
+class CsvWriter:
+    """``csv.writer`` (its dialect: excel) that quotes every Escaped cell, which ``csv.writer`` would leave
+    bare ("'=1+2" holds no comma); a row without one (nearly all) is csv.writer's own, at its speed."""
+
+    def __init__(self, out: IO[str]):
+        self._out, self._writer = out, csv.writer(out)
+
+    def writerow(self, row: list) -> None:
+        if Escaped not in map(type, row):
+            self._writer.writerow(row)
+            return
+        self._out.write(",".join(_quoted(str(c)) if type(c) is Escaped else _minimal(c) for c in row) + "\r\n")
+
+
+def _minimal(cell) -> str:
+    """One cell as csv.writer's QUOTE_MINIMAL writes it in a row of several: None as nothing, a number as
+    str() gives it, quoted when it holds a comma, a quote or a line break."""
+    text = "" if cell is None else str(cell)
+    return _quoted(text) if any(c in text for c in ',"\r\n') else text
+
+
+def _quoted(text: str) -> str:
+    return '"' + text.replace('"', '""') + '"'
 
 
 def write_csv(records: Iterable[ResultRecord], out: IO[str], k: int, groups: Groups = None) -> int:
@@ -101,8 +147,9 @@ def write_csv(records: Iterable[ResultRecord], out: IO[str], k: int, groups: Gro
     index_1..index_k: each class's position in the model's outputs (a user's model's classes have no wnid);
     head, head_label and head_score give the best label of the job's head (empty without one); with
     ``groups``, two more: ``groups`` (names, best first, separated by ";") and ``group_scores`` (theirs, in
-    that order). New columns go last, so that scripts reading columns by position keep working."""
-    writer = csv.writer(out)
+    that order). New columns go last, so that scripts reading columns by position keep working. Text cells
+    that a spreadsheet would run as formulas are escaped (``text_cell``)."""
+    writer = CsvWriter(out)
     writer.writerow(csv_header(k) + (["groups", "group_scores"] if groups is not None else []))
     n = 0
     if groups is None:
@@ -111,7 +158,8 @@ def write_csv(records: Iterable[ResultRecord], out: IO[str], k: int, groups: Gro
             n += 1
         return n
     for record, found in with_groups(records, groups):
-        writer.writerow([*csv_row(record, k), ";".join(g for g, _ in found), ";".join(f"{s:.6g}" for _, s in found)])
+        writer.writerow([*csv_row(record, k), text_cell(";".join(g for g, _ in found)),
+                         ";".join(f"{s:.6g}" for _, s in found)])
         n += 1
     return n
 

@@ -201,7 +201,8 @@ def _layer_maps(record: ResultRecord, folder: str, link: str, dump_root: str, ch
 
 def _page(status: JobStatus, records: list[ResultRecord], cards: list[dict], page_size: int,
           group: str | None = None) -> str:
-    data = json.dumps(cards, separators=(",", ":")).replace("<", "\\u003c")  # never a "</script>" in data
+    # Never a "</script>" in data, nor a bare NaN (JSON.parse throws on it: allow_nan=False raises first).
+    data = json.dumps(cards, separators=(",", ":"), allow_nan=False).replace("<", "\\u003c")
     title = f"imgq report: job {status.id}" + (f", group {group}" if group else "")
     summary = _summary(status, records, cards)
     if group:

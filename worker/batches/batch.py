@@ -14,6 +14,7 @@ import redis
 from imgq.contract import BatchMessage, ResultRecord, error_record, ok_record
 from imgq.jobs.deliveries import NoSuchJob
 from imgq.labels.heads import HeadError
+from imgq.results.finite import HEAD_NOT_FINITE, NOT_FINITE, finite_record
 from imgq.settings import Settings
 from worker.batches.dumps import write_dump
 from worker.batches.heads import LoadedHead
@@ -61,7 +62,8 @@ def run_batch(message: BatchMessage, runtime: Runtime, worker: str) -> list[Resu
       (worker/batches/isolation.py), each marked as suspect while it is the only file its process reads: the image
       a worker died on is recorded as ``worker_crashed`` at the next delivery, and its neighbours are
       classified. A ``worker_crashed`` record never replaces one that another delivery stored meanwhile.
-    - A failure of the forward pass itself becomes an ``internal`` error record for each image.
+    - A failure of the forward pass itself becomes an ``internal`` error record for each image; an image whose
+      row of outputs is not finite (NaN or infinite), a ``model_output`` error record.
     """
     job, store, deliveries = message.job, runtime.store, runtime.deliveries
     # Even reads wait for Redis: a task that failed at once would be handed back and taken again at once.
@@ -94,6 +96,9 @@ def _run(message: BatchMessage, runtime: Runtime, worker: str, attempts: int, lo
                                           isolation)
         else:
             records = _classify(message, todo, runtime, worker, isolation)
+        # Scores the checks above did not see (an answer of the known index stored by an earlier imgq) are made
+        # model_output too: a record with a NaN score is never stored.
+        records = [finite_record(record) for record in records]
         if message.sink:
             _sink(message, records, runtime)
         else:
@@ -232,7 +237,11 @@ def _classified(message: BatchMessage, good: list[Decoded], forward_pass: Future
     records = []
     provenance = {**provenance, "precision": precision}  # what this pass ran in (int8 switches from fp32)
     head_entries = _head_entries(head, activations, len(good), message.top_k)
+    finite = np.isfinite(probabilities).all(axis=1)
     for row, (d, p) in enumerate(zip(good, probabilities, strict=True)):
+        if not finite[row]:  # its top-k would rank NaNs: no labels, and no dump of what made them
+            records.append(_error(message, d, "model_output", _not_finite(p), provenance))
+            continue
         timing = {"decode_ms": round(d.decode_ms, 2), "inference_ms": round(share_ms, 2)}
         dump = {}
         if head_entries is not None:
@@ -260,7 +269,13 @@ def _head_entries(head: LoadedHead | dict | None, activations: dict, n: int, k: 
         scores = head.scores(activations[head.head.feature_layer])
     except HeadError as exc:
         return [{"name": head.head.name, "error": str(exc)}] * n
-    return [head.top(row, k) for row in scores]
+    return [head.top(row, k) if np.isfinite(row).all() else {"name": head.head.name, "error": HEAD_NOT_FINITE}
+            for row in scores]
+
+
+def _not_finite(outputs: np.ndarray) -> str:
+    """The model_output message of one image's row of outputs: how many are NaN or infinite."""
+    return f"{NOT_FINITE}: {int((~np.isfinite(outputs)).sum())} of {outputs.size}"
 
 
 def _error(message: BatchMessage, d: Decoded, code: str, text: str, provenance: dict) -> ResultRecord:

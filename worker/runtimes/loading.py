@@ -14,6 +14,7 @@ from imgq.models.spec import DEFAULT_MODEL, ModelSpec
 from worker.runtimes.base import ModelRuntime
 from worker.runtimes.keras_model import build_model, model_spec
 from worker.runtimes.precision import enable_precision, resolve_precision
+from worker.runtimes.probe import check_outputs
 from worker.runtimes.tensorflow_runtime import Classifier
 
 if TYPE_CHECKING:
@@ -36,7 +37,8 @@ def load_classifier(weights: str, batch_size: int, precision: str = "fp32", runt
     tensorflow, openvino (the Keras model converted, the conversion cached under ``cache_dir``; see
     worker/runtimes/openvino_runtime.py), or auto (the faster of the two for this model on this CPU, measured
     once and recorded with the conversion: worker/runtimes/auto.py). Raises WeightsError (OpenVINOError, a
-    kind of it, for the runtime).
+    kind of it, for the runtime), also when the warm model's outputs for test pictures are not finite, or
+    not probabilities for a model declared softmax (worker/runtimes/probe.py).
     """
     started = time.perf_counter()
     spec = model_spec(model)
@@ -58,6 +60,7 @@ def load_classifier(weights: str, batch_size: int, precision: str = "fp32", runt
         keras_model, weights_id, spec = build_model(spec, weights)
         classifier = Classifier(keras_model, weights_id, batch_size, precision, spec=spec)
     classifier.warm_up()
+    check_outputs(classifier)  # here, not in each warm_up: every runtime passes it
     classifier.load_seconds = time.perf_counter() - started
     log.info("%s ready with weights %s, %s on %s, in %.1f s", classifier.model_id, classifier.weights_id,
              classifier.precision, classifier.runtime, classifier.load_seconds)
