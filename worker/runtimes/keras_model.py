@@ -12,14 +12,14 @@ Import this module only in the process that runs the model: TensorFlow is import
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 
+from imgq.models import weights as weight_names
 from imgq.models.resolve import resolve
 from imgq.models.spec import BUILTIN, DEFAULT_MODEL, ModelError, ModelSpec, builtin_spec
+from imgq.models.weights import WeightsRequestError
 from worker.images.preprocess import one_line
 
-LOCAL_WEIGHT_SUFFIXES = (".weights.h5", ".h5", ".keras")
 IMAGENET_WEIGHTS_FILES = {"resnet50": "resnet50_weights_tf_dim_ordering_tf_kernels.h5",
                           "resnet50v2": "resnet50v2_weights_tf_dim_ordering_tf_kernels.h5"}
 
@@ -29,22 +29,14 @@ class WeightsError(RuntimeError):
 
 
 def describe_weights(weights: str, spec: ModelSpec | None = None) -> str:
-    """The weights id of a weights spec, without loading anything (a file is hashed): what records carry
-    and what keys the OpenVINO conversion cache. For a folder model, ``imagenet`` (the default) stands for
-    the model file's own weights. Raises WeightsError for a spec that cannot be loaded."""
-    if spec is not None and spec.folder is not None and weights == "imagenet":
-        return f"file:{spec.model_file}:sha256:{spec.file_digest}"
-    if weights == "imagenet":
-        return "imagenet"
-    if weights == "random" or weights.startswith("random:"):
-        return f"random:{random_seed(weights)} (untrained: labels are meaningless)"
-    if not weights.endswith(LOCAL_WEIGHT_SUFFIXES):
-        raise WeightsError(
-            f"Expected imagenet, random[:SEED] or a weights file ending in {', '.join(LOCAL_WEIGHT_SUFFIXES)}. "
-            f"Received: {weights!r}")
-    if not os.path.isfile(weights):
-        raise WeightsError(f"Weights file not found: {weights}")
-    return f"file:{os.path.basename(weights)}:sha256:{sha256(weights)[:12]}"
+    """The weights id of a weights spec, without loading anything (a file is hashed): what records and the
+    heartbeat carry, what keys the OpenVINO conversion cache, and what the jobs asking for these weights name
+    (imgq/models/weights.py, shared with the producer). For a folder model, ``imagenet`` (the default) stands
+    for the model file's own weights. Raises WeightsError for a spec that cannot be loaded."""
+    try:
+        return weight_names.weights_id(weights, spec)
+    except WeightsRequestError as exc:
+        raise WeightsError(str(exc)) from None
 
 
 def build_model(spec: ModelSpec, weights: str):
@@ -100,10 +92,7 @@ def _folder_model(spec: ModelSpec, weights: str):
     except Exception as exc:
         raise WeightsError(f"{path}: Keras cannot load it ({one_line(exc, 300)}); save the model with "
                            f"model.save('model.keras') in Keras 3, without Lambda layers.") from None
-    if weights == "random" or weights.startswith("random:"):
-        raise WeightsError(f"IMGQ_WEIGHTS={weights} is for built-in models; {path} carries its own weights "
-                           f"(or give a .weights.h5 file of the same architecture).")
-    if weights != "imagenet":
+    if weights != "imagenet":  # random weights were refused by describe_weights: a folder model has its own
         try:
             model.load_weights(weights)
         except Exception as exc:
@@ -188,19 +177,11 @@ def check_model(spec: ModelSpec, model) -> None:
 
 
 def random_seed(weights: str) -> int:
-    _, _, seed = weights.partition(":")
+    """The seed of ``random`` or ``random:SEED``. Raises WeightsError."""
     try:
-        return int(seed or 0)
-    except ValueError:
-        raise WeightsError(f"Expected random or random:SEED with an integer seed. Received: {weights!r}") from None
-
-
-def sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for chunk in iter(lambda: file.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return weight_names.random_seed(weights)
+    except WeightsRequestError as exc:
+        raise WeightsError(str(exc)) from None
 
 
 def model_spec(model: str | ModelSpec) -> ModelSpec:
