@@ -18,7 +18,7 @@ import time
 import click
 import redis
 
-from imgq.contract import IMAGE_EXTENSIONS, MODEL_NAME, Heartbeat
+from imgq.contract import IMAGE_EXTENSIONS, MODEL_NAME
 from imgq.jobs import queue
 from imgq.jobs import submit as submission
 from imgq.jobs.refs import resolve
@@ -40,6 +40,7 @@ from producer.options.model_choice import ChosenModel, choose_model, feature_lay
 from producer.options.params import BoundedInt, Duration, FiniteFloat, broker_configured, embedded_asked
 from producer.options.paths import OutputFile
 from producer.options.skipped import echo_queued
+from producer.options.waiting import waiting_for, warn_if_no_worker, weights_wait
 from producer.options.weights_choice import asked_weights, classify_weights
 from producer.options.words import plural
 from producer.tags.tagging import UntrainedWeights
@@ -362,7 +363,7 @@ def submit(ctx, paths, recursive, includes, excludes, from_file, top_k, batch_si
     if wait_:
         from producer.local.progress import wait
 
-        _warn_if_no_worker(store, chosen.name, weights)
+        warn_if_no_worker(store, chosen.name, weights)
         wait(store, submitted.job)
 
 
@@ -380,51 +381,15 @@ def status(ctx, job, limit, show_workers, as_json):
         return
     statuses = [store.status(resolve(store, job))] if job else store.list_jobs(limit)
     if as_json:
-        rows = [{**_status_dict(s), "waiting": _waiting_for(store, s) or None} for s in statuses]
+        rows = [{**_status_dict(s), "waiting": waiting_for(store, s) or None} for s in statuses]
         click.echo(json.dumps(rows if not job else rows[0]))
     elif job:
         for key, value in _status_dict(statuses[0]).items():
             click.echo(f"{key:>10}: {_shown(key, value)}")
-        if waiting := _waiting_for(store, statuses[0]):
+        if waiting := waiting_for(store, statuses[0]):
             click.echo(f"{'waiting':>10}: {waiting}")
     else:
         _print_jobs(statuses, store)
-
-
-def _warn_if_no_worker(store: ResultStore, model: str, weights: str = "") -> None:
-    workers = store.workers()
-    if not workers:
-        click.echo(f"No worker is alive in namespace {store.keys.ns!r}: start one with `imgq worker`.", err=True)
-    elif not any(w.model == model for w in workers):
-        click.echo(f"No live worker serves model {model}: the job waits until one does "
-                   f"(`imgq worker --model {model}`).", err=True)
-    elif not store.serving(model, weights):
-        click.echo(f"The job {_weights_wait(workers, model, weights)}.", err=True)
-
-
-def _waiting_for(store: ResultStore, s: JobStatus) -> str:
-    """Why an unfinished job makes no progress, when the reason is that no live worker serves its model, or
-    none with the weights it asked for."""
-    if s.finished or store.serving(s.model, s.weights):
-        return ""
-    if s.weights and (workers := store.serving(s.model)):
-        return f"{_weights_wait(workers, s.model, s.weights)} (start one: {_worker_with(s.model, s.weights)})"
-    return f"no live worker serves model {s.model} (start one: `imgq worker --model {s.model}`)"
-
-
-def _worker_with(model: str, weights: str) -> str:
-    """The command that starts a worker of ``model`` with the weights of the key ``weights``."""
-    command = "`imgq worker" + ("" if model == MODEL_NAME else f" --model {model}")
-    if weights.startswith("file:"):  # file:<name>:sha256:<digest>: the file is the user's to find
-        return f"{command} --weights FILE`, FILE being {weights.split(':')[1]} of that digest"
-    return f"{command} --weights {weights}`"
-
-
-def _weights_wait(workers: list[Heartbeat], model: str, weights: str) -> str:
-    """"waits for a worker of MODEL with weights W; live workers of MODEL have X, Y" (of ``workers``)."""
-    have = sorted({w.weights for w in workers if w.model == model})
-    return (f"waits for a worker of model {model} with weights {weights}; live workers of {model} have "
-            f"{', '.join(have)}")
 
 
 def _status_dict(s: JobStatus) -> dict:
@@ -504,7 +469,7 @@ def _print_workers(store: ResultStore, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({"queued_batches": sum(depths.values()), "queued_by_model": depths,
                                "workers": [w.to_dict() for w in workers],
-                               "jobs_in_flight": [{**_status_dict(s), "waiting": _waiting_for(store, s) or None}
+                               "jobs_in_flight": [{**_status_dict(s), "waiting": waiting_for(store, s) or None}
                                                   for s in jobs]}))
         return
     waiting = {model: n for model, n in depths.items() if n}
@@ -522,7 +487,7 @@ def _print_workers(store: ResultStore, as_json: bool) -> None:
         model = "" if s.model == MODEL_NAME else f", model {s.model}"
         stuck = "" if s.model in served else f"; waiting: no live worker serves model {s.model}"
         if s.model in served and not any(w.serves(s.model, s.weights) for w in workers):
-            stuck = f"; waiting: {_weights_wait(workers, s.model, s.weights)}"
+            stuck = f"; waiting: {weights_wait(workers, s.model, s.weights)}"
         click.echo(f"  job {s.id} {s.state}: {s.processed}/{s.total} done, {s.failed} failed"
                    + (f" ({s.name})" if s.name and s.name != s.id else "") + model + stuck)
 
@@ -551,7 +516,7 @@ def wait(ctx, job, timeout):
     job = resolve(store, job)
     status = store.status(job)  # raises JobNotFound
     if not status.finished:
-        _warn_if_no_worker(store, status.model)
+        warn_if_no_worker(store, status.model, status.weights)
     try:
         final = wait_for(store, job, timeout=timeout)
     except KeyboardInterrupt:
