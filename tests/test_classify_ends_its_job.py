@@ -143,6 +143,8 @@ def test_a_job_asking_for_other_weights_is_left_for_a_worker_with_them(other_wei
     while weights_queue_depth(store, "random:7") < 2:  # the one submit queued, and the one sent on
         assert time.monotonic() < deadline, worker.output()[-3000:]
         time.sleep(0.2)
+    assert (f"Batch 0 of job {asked} asks for weights random:7, not random:1 (untrained: labels are meaningless): "
+            "sent to the queue of those weights") in worker.output()
     assert store.status(asked).processed == 0 and list(store.iter_records(asked)) == []
     assert store.status(asked).state == "queued" and len(photos) == store.status(asked).total
     status = imgq_cli(settings, "status", asked, "--json")

@@ -64,8 +64,11 @@ def _send_to_its_queue(message: BatchMessage, runtime) -> int:
     worker's queues (sent there by hand, or by a sender that routed by model alone): never classified with the
     wrong model or weights, never lost, but sent on to the queue of its model and weights, which this worker
     does not consume. There it waits for a worker that has them (`imgq status JOB` says so)."""
-    wanted = message.model + (f" with weights {message.weights}" if message.weights else "")
-    log.warning("Batch %d of job %s is for model %s, not %s with weights %s: sent to its own queue", message.batch,
-                message.job, wanted, runtime.model, runtime.classifier.weights_id)
+    if message.model != runtime.model:
+        log.warning("Batch %d of job %s is for model %s, not %s: sent to that model's queue", message.batch,
+                    message.job, message.model, runtime.model)
+    else:
+        log.warning("Batch %d of job %s asks for weights %s, not %s: sent to the queue of those weights",
+                    message.batch, message.job, message.weights, runtime.classifier.weights_id)
     publish([BatchRef(message.job, message.batch, message.model, message.weights)], runtime.settings)
     return 0
