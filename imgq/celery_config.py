@@ -13,17 +13,24 @@ from imgq.keys import Keys
 from imgq.settings import Settings
 
 
-def queue_name(settings: Settings, model: str = MODEL_NAME) -> str:
+def queue_name(settings: Settings, model: str = MODEL_NAME, weights: str = "") -> str:
     """The Celery queue of ``model``'s workers: ``<ns>`` for resnet50 (the queue every job used before jobs
     named their model, so that workers and producers of either age keep meeting), ``<ns>.<model>`` for any
-    other. A worker consumes its own model's queue only; a job's batches go to its model's queue."""
-    return model_queue(settings.namespace, model)
+    other; with ``weights`` (a weights key, imgq/models/weights.py), the queue of the workers of that model
+    with those weights (imgq.contract.model_queue). A worker consumes its model's queue and its weights' queue
+    only; a job's batches go to its model's queue, or to its weights' when it asked for weights."""
+    return model_queue(settings.namespace, model, weights)
 
 
-def celery_config(settings: Settings, model: str = MODEL_NAME) -> dict:
+def celery_config(settings: Settings, model: str = MODEL_NAME, weights: str = "") -> dict:
     """The Celery configuration shared by the producer and the workers; ``model``: the name of the model a
-    worker serves, whose queue is its default (and only) one."""
+    worker serves, whose queue is its default one; ``weights``: the key of the weights it serves, whose queue
+    it consumes too (the jobs that asked for them)."""
     config = _base_config(settings, model)
+    if weights:
+        # Declared as a sender's send_task declares a queue it names (exchange and routing key: the name).
+        config["task_queues"] = {name: {"exchange": name, "routing_key": name}
+                                 for name in (queue_name(settings, model), queue_name(settings, model, weights))}
     if settings.broker_url.startswith("rediss://") and "ssl_cert_reqs" not in settings.broker_url:
         # Kombu connects to rediss:// WITHOUT checking the server's certificate unless told to.
         config["broker_use_ssl"] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}

@@ -75,6 +75,13 @@ KNOWN_MODES = ("", "skip", "refresh")
 
 HEAD_DIGEST = re.compile(r"[0-9a-f]{24}")  # imgq.labels.heads.Head.digest: part of a Redis key
 
+WEIGHTS_KEY = re.compile(r"[^\x00-\x1f\x7f]{1,400}")
+# What a message asks for in ``weights`` (imgq.models.weights.weights_key): "imagenet", "random:7",
+# "file:<name>:sha256:<12 hex>". Compared, never opened: a file's name is there for people to read.
+
+UNTRAINED_NOTE = " (untrained: labels are meaningless)"
+# What the weights id of random weights adds to their key, so that every record made with them says so.
+
 
 class MessageError(ValueError):
     """A task message that does not follow the contract."""
@@ -107,6 +114,10 @@ class BatchMessage:
     model: str = MODEL_NAME
     # The name of the model the job asked for: which workers' queue its batches go to (queue_name). A name,
     # never a path: a worker loads only the model its operator set, and refuses a batch of another.
+    weights: str = ""
+    # The weights the job asked for, as imgq.models.weights.weights_key names them ("": any weights of the
+    # model, as every message before jobs named theirs): its batches wait in the queue of those weights, and a
+    # worker with others never classifies them (serves_weights).
 
     def to_dict(self) -> dict:
         data = {
@@ -126,6 +137,8 @@ class BatchMessage:
             data["head"] = self.head
         if self.model != MODEL_NAME:
             data["model"] = self.model
+        if self.weights:
+            data["weights"] = self.weights
         return data
 
     @classmethod
@@ -139,7 +152,8 @@ class BatchMessage:
                           activations=tuple(str(name) for name in data.get("activations", ())),
                           activations_dtype=str(data.get("activations_dtype", "float16")),
                           known=str(data.get("known", "")), sink=data.get("sink") is True,
-                          head=str(data.get("head", "")), model=str(data.get("model", MODEL_NAME)))
+                          head=str(data.get("head", "")), model=str(data.get("model", MODEL_NAME)),
+                          weights=_weights_field(data.get("weights", "")))
         except (KeyError, TypeError, ValueError) as exc:
             raise MessageError(f"Malformed batch message ({exc}). Received: {data!r:.200}") from None
         # The job id names a folder of activation dumps: it must never be a path.
@@ -153,6 +167,15 @@ class BatchMessage:
         return message
 
 
+def _weights_field(value: object) -> str:
+    """A message's ``weights``: "" or a weights key (WEIGHTS_KEY). Raises ValueError."""
+    if value == "":
+        return ""
+    if not isinstance(value, str) or not WEIGHTS_KEY.fullmatch(value):
+        raise ValueError(f"weights must be a weights key of at most 400 printable characters, not {value!r:.60}")
+    return value
+
+
 @dataclass(frozen=True)
 class BatchRef:
     """What a task message carries: which batch of which job. The batch itself (a BatchMessage: its images
@@ -164,6 +187,8 @@ class BatchRef:
     model: str = MODEL_NAME
     # The job's model: the queue the reference is sent to (queue_name). Not in the task message: the worker
     # reads the model from the stored batch, the one place it is kept.
+    weights: str = ""
+    # The weights the job asked for (BatchMessage.weights): with the model, the queue the reference goes to.
 
     def to_dict(self) -> dict:
         return {"v": REF_VERSION, "job": self.job, "batch": self.batch}
@@ -319,6 +344,17 @@ def is_untrained(weights: str) -> bool:
     return weights.startswith("random")
 
 
+def weights_key_of(weights_id: str) -> str:
+    """The weights key in a weights id (a heartbeat's, a record's): the id, without UNTRAINED_NOTE."""
+    return weights_id.removesuffix(UNTRAINED_NOTE)
+
+
+def serves_weights(weights_id: str, asked: str) -> bool:
+    """True when a worker whose weights id is ``weights_id`` has the weights a job ``asked`` for (a weights
+    key; "" takes any)."""
+    return not asked or weights_key_of(weights_id) == asked
+
+
 @dataclass(frozen=True)
 class Heartbeat:
     """What a live worker says about itself every IMGQ_HEARTBEAT_SECONDS (``Keys.worker``, with a TTL).
@@ -353,6 +389,10 @@ class Heartbeat:
     @property
     def batches_in_hand(self) -> int:
         return len(self.in_hand)
+
+    def serves(self, model: str, weights: str = "") -> bool:
+        """True when this worker takes the jobs of ``model`` asking for ``weights`` ("": any)."""
+        return self.model == model and serves_weights(self.weights, weights)
 
     def holds(self, job: str, batch: int) -> bool:
         return (job, batch) in self.in_hand
@@ -393,6 +433,9 @@ def path_digest(path: str) -> bytes:
 PATH_DIGEST_BYTES = 12
 
 
-def model_queue(namespace: str, model: str = MODEL_NAME) -> str:
-    """``queue_name`` from a namespace."""
-    return namespace if model == MODEL_NAME else f"{namespace}.{model}"
+def model_queue(namespace: str, model: str = MODEL_NAME, weights: str = "") -> str:
+    """``queue_name`` from a namespace: ``<ns>`` or ``<ns>.<model>``, and ``@<16 hex of the weights key's
+    SHA-256>`` after it for a job that asked for weights (a key may hold any file name: a queue's name never
+    does)."""
+    queue = namespace if model == MODEL_NAME else f"{namespace}.{model}"
+    return f"{queue}@{hashlib.sha256(weights.encode()).hexdigest()[:16]}" if weights else queue

@@ -136,7 +136,8 @@ class Keys:
 
     def model_queue(self, queue: str) -> str:
         """List: the batch messages waiting in one model's queue, ``queue`` as imgq.celery_config.queue_name names
-        it (``<ns>`` for resnet50, ``<ns>.<model>`` for any other)."""
+        it (``<ns>`` for resnet50, ``<ns>.<model>`` for any other; followed by ``@<16 hex>`` for the jobs that
+        asked for weights: the queue of the workers with those weights, a digest of their key)."""
         return self.kombu_prefix + queue
 
     @property

@@ -56,6 +56,13 @@ class Settings:
     weights: str = "imagenet"
     # "imagenet" (Keras' download and cache), a local .h5/.weights.h5/.keras file, or "random" / "random:SEED".
     # For a folder model, "imagenet" means the weights in its model file; a .weights.h5 file replaces them.
+    # A worker takes the jobs that ask for no weights and those that ask for its own; `imgq classify` asks for
+    # these, and starts a worker with them unless a live one has them.
+
+    job_weights: str = ""
+    # The weights the jobs of `imgq submit` and `imgq schedule add` ask for (`--weights`), named as
+    # IMGQ_WEIGHTS names them; only a worker with them takes such a job, which waits until one is alive. Empty:
+    # any weights of the job's model, whatever its workers run.
 
     allowed_roots: tuple[str, ...] = ()
     # Folders a worker may read images from (os.pathsep-separated in the env var). Empty: no restriction.

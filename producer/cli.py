@@ -33,12 +33,15 @@ from imgq.storage.selection import IGNORE_MARKERS, PathFilter, Skipped
 from imgq.storage.walk import iter_images, read_path_list
 from producer.exports.dumps import DumpError, estimate_bytes, format_bytes, size_guard
 from producer.exports.export import FILE_FORMATS, FORMATS, file_writer_for, output, with_min_score, writer_for
+from producer.local.signals import Terminated
 from producer.local.workers import LocalServiceError, worker_argv
 from producer.options.head_options import head_option, refuse_foreign_head
 from producer.options.model_choice import ChosenModel, choose_model, feature_layer
-from producer.options.params import BoundedInt, Duration, FiniteFloat, embedded_asked
+from producer.options.params import BoundedInt, Duration, FiniteFloat, broker_configured, embedded_asked
 from producer.options.paths import OutputFile
 from producer.options.skipped import echo_queued
+from producer.options.waiting import waiting_for, warn_if_no_worker, weights_wait
+from producer.options.weights_choice import asked_weights, classify_weights
 from producer.options.words import plural
 from producer.tags.tagging import UntrainedWeights
 
@@ -78,6 +81,8 @@ class CliGroup(click.Group):
             return super().invoke(ctx)
         except KeyboardInterrupt:  # Ctrl-C: the shell's convention, 128 + SIGINT, and no traceback
             raise click.exceptions.Exit(130) from None
+        except Terminated as exc:  # SIGTERM, SIGHUP where a command turned them into it: 128 + the signal
+            raise click.exceptions.Exit(128 + exc.signum) from None
         except click.UsageError as exc:  # a command's options and arguments, and what its body refuses
             raise _one_line(exc) from None
         except redis.AuthenticationError as exc:  # before ConnectionError, which it is (NOAUTH, WRONGPASS)
@@ -306,10 +311,11 @@ def job_options(command):
 
 
 def job_request(settings: Settings, known: str, activations: tuple[str, ...], activations_dtype: str,
-                yes: bool, sink: bool, model: ChosenModel, head: Head | None = None) -> dict:
-    """The keyword arguments of imgq.jobs.submit.submit for these options (with the dump size guard unless --yes).
-    Raises click.BadParameter for a layer the model does not have (the names of a folder model's layers are
-    checked by its worker: only it loads the model)."""
+                yes: bool, sink: bool, model: ChosenModel, head: Head | None = None, weights: str = "") -> dict:
+    """The keyword arguments of imgq.jobs.submit.submit for these options (with the dump size guard unless --yes);
+    ``weights``: the key of the weights the job asks for ("": any). Raises click.BadParameter for a layer the
+    model does not have (the names of a folder model's layers are checked by its worker: only it loads the
+    model)."""
     try:
         activations = check_layers(list(activations), model.name)
     except UnknownLayer as exc:
@@ -317,7 +323,7 @@ def job_request(settings: Settings, known: str, activations: tuple[str, ...], ac
     guard = (size_guard(activations, activations_dtype, settings.max_dump_bytes, model.name)
              if activations and not yes else None)
     return {"known": known, "activations": activations, "activations_dtype": activations_dtype, "limit_check": guard,
-            "sink": sink, "model": model.name, "params": model.params(), "head": head}
+            "sink": sink, "model": model.name, "params": model.params(), "head": head, "weights": weights}
 
 
 @cli.command()
@@ -326,21 +332,27 @@ def job_request(settings: Settings, known: str, activations: tuple[str, ...], ac
 @setting_option("--retention", setting="retention", type=Duration(0, MAX_RETENTION),
                 help="Keep the finished job's records in Redis this long (90s, 12h, 7d, at most "
                      f"{format_seconds(MAX_RETENTION)}; 0: until `imgq delete`).")
+@setting_option("--weights", setting="job_weights", metavar="WEIGHTS",
+                help="Only a worker with these weights takes the job (imagenet, random[:SEED] or a "
+                     ".h5/.weights.h5/.keras file, hashed here); it waits until one is alive. Default: any worker "
+                     "of its model.")
 @click.option("--wait", "wait_", is_flag=True, help="Show progress until the job completes.")
 @click.pass_context
 def submit(ctx, paths, recursive, includes, excludes, from_file, top_k, batch_size, name, verbose, model, known,
-           activations, activations_dtype, retention, yes, sink, head, wait_):
+           activations, activations_dtype, retention, yes, sink, head, job_weights, wait_):
     """Queue the images under PATH... as one job and print its id (only the id, on stdout)."""
-    settings = with_overrides(ctx, top_k=top_k, batch_size=batch_size, retention=retention, model=model)
+    settings = with_overrides(ctx, top_k=top_k, batch_size=batch_size, retention=retention, model=model,
+                              job_weights=job_weights)
     skipped = Skipped(keep_paths=verbose)
     images = selected_images(paths, recursive, includes, excludes, from_file, skipped)
     store = ResultStore.from_settings(settings)
     chosen = choose_model(settings.model, store)
-    request = job_request(settings, known, activations, activations_dtype, yes, sink, chosen, head)
+    weights = asked_weights(settings.job_weights, chosen)
+    request = job_request(settings, known, activations, activations_dtype, yes, sink, chosen, head, weights)
     activations = request["activations"]
     store.ping()
     queue.check_broker(settings)
-    refuse_foreign_head(head, store, chosen.name)
+    refuse_foreign_head(head, store, chosen.name, weights)
     try:
         submitted = submission.submit(images, settings=settings, store=store, name=name, skipped=skipped, **request)
     except submission.QueueingFailed as exc:
@@ -356,7 +368,7 @@ def submit(ctx, paths, recursive, includes, excludes, from_file, top_k, batch_si
     if wait_:
         from producer.local.progress import wait
 
-        _warn_if_no_worker(store, chosen.name)
+        warn_if_no_worker(store, chosen.name, weights)
         wait(store, submitted.job)
 
 
@@ -374,31 +386,15 @@ def status(ctx, job, limit, show_workers, as_json):
         return
     statuses = [store.status(resolve(store, job))] if job else store.list_jobs(limit)
     if as_json:
-        rows = [{**_status_dict(s), "waiting": _waiting_for(store, s) or None} for s in statuses]
+        rows = [{**_status_dict(s), "waiting": waiting_for(store, s) or None} for s in statuses]
         click.echo(json.dumps(rows if not job else rows[0]))
     elif job:
         for key, value in _status_dict(statuses[0]).items():
             click.echo(f"{key:>10}: {_shown(key, value)}")
-        if waiting := _waiting_for(store, statuses[0]):
+        if waiting := waiting_for(store, statuses[0]):
             click.echo(f"{'waiting':>10}: {waiting}")
     else:
         _print_jobs(statuses, store)
-
-
-def _warn_if_no_worker(store: ResultStore, model: str) -> None:
-    workers = store.workers()
-    if not workers:
-        click.echo(f"No worker is alive in namespace {store.keys.ns!r}: start one with `imgq worker`.", err=True)
-    elif not any(w.model == model for w in workers):
-        click.echo(f"No live worker serves model {model}: the job waits until one does "
-                   f"(`imgq worker --model {model}`).", err=True)
-
-
-def _waiting_for(store: ResultStore, s: JobStatus) -> str:
-    """Why an unfinished job makes no progress, when the reason is that no live worker serves its model."""
-    if s.finished or store.serving(s.model):
-        return ""
-    return f"no live worker serves model {s.model} (start one: `imgq worker --model {s.model}`)"
 
 
 def _status_dict(s: JobStatus) -> dict:
@@ -454,24 +450,31 @@ def _print_jobs(statuses: list[JobStatus], store: ResultStore) -> None:
         return
     click.echo(f"{'JOB':<12}  {'NAME':<20}  {'STATE':<9}  {'DONE':>13}  {'FAILED':>6}  {'RATE':>8}  {'CREATED':<19}  "
                f"MODEL")
-    served = {w.model for w in store.workers()}
+    workers = store.workers()
+    served = {w.model for w in workers}
     for s in statuses:
         rate = f"{s.rate:.1f}/s" if s.rate else "-"
         click.echo(f"{s.id:<12}  {s.name[:20]:<20}  {s.state:<9}  {f'{s.processed}/{s.total}':>13}  "
                    f"{s.failed:>6}  {rate:>8}  {_time(s.created):<19}  {s.model}")
     if waiting := sorted({s.model for s in statuses if not s.finished} - served):
         click.echo(f"No live worker serves model {', '.join(waiting)}: its jobs wait.", err=True)
+    unserved = {(s.model, s.weights) for s in statuses if not s.finished and s.weights and s.model in served
+                and not any(w.serves(s.model, s.weights) for w in workers)}
+    for model, weights in sorted(unserved):
+        click.echo(f"No live worker of model {model} has weights {weights}: its jobs that asked for them wait.",
+                   err=True)
 
 
 def _print_workers(store: ResultStore, as_json: bool) -> None:
     workers = sorted(store.workers(), key=lambda w: (w.model, w.hostname))
     jobs = _jobs_in_flight(store)
-    depths = store.queue_depths([MODEL_NAME, *(w.model for w in workers), *(s.model for s in jobs)])
+    depths = store.queue_depths([MODEL_NAME, *(w.model for w in workers), *(s.model for s in jobs)],
+                                [(s.model, s.weights) for s in jobs])
     served = {w.model for w in workers}
     if as_json:
         click.echo(json.dumps({"queued_batches": sum(depths.values()), "queued_by_model": depths,
                                "workers": [w.to_dict() for w in workers],
-                               "jobs_in_flight": [{**_status_dict(s), "waiting": _waiting_for(store, s) or None}
+                               "jobs_in_flight": [{**_status_dict(s), "waiting": waiting_for(store, s) or None}
                                                   for s in jobs]}))
         return
     waiting = {model: n for model, n in depths.items() if n}
@@ -488,6 +491,8 @@ def _print_workers(store: ResultStore, as_json: bool) -> None:
     for s in jobs:
         model = "" if s.model == MODEL_NAME else f", model {s.model}"
         stuck = "" if s.model in served else f"; waiting: no live worker serves model {s.model}"
+        if s.model in served and not any(w.serves(s.model, s.weights) for w in workers):
+            stuck = f"; waiting: {weights_wait(workers, s.model, s.weights)}"
         click.echo(f"  job {s.id} {s.state}: {s.processed}/{s.total} done, {s.failed} failed"
                    + (f" ({s.name})" if s.name and s.name != s.id else "") + model + stuck)
 
@@ -516,7 +521,7 @@ def wait(ctx, job, timeout):
     job = resolve(store, job)
     status = store.status(job)  # raises JobNotFound
     if not status.finished:
-        _warn_if_no_worker(store, status.model)
+        warn_if_no_worker(store, status.model, status.weights)
     try:
         final = wait_for(store, job, timeout=timeout)
     except KeyboardInterrupt:
@@ -681,7 +686,9 @@ def worker(ctx, model, weights, batch_size, metrics_port, metrics_address, log_f
 @cli.command()
 @submit_options
 @job_options
-@setting_option("--weights", setting="weights", help="Weights of a worker started here.")
+@setting_option("--weights", setting="weights", metavar="WEIGHTS",
+                help="The weights the job asks for: only a live worker with them takes it, else classify starts one "
+                     "with them (imagenet, random[:SEED] or a .h5/.weights.h5/.keras file).")
 @precision_options
 @click.option("-o", "--output", "out", type=OutputFile(),
               help="File of results [default: imgq-<job>.jsonl, or .csv].")
@@ -712,14 +719,13 @@ def classify(ctx, paths, recursive, includes, excludes, from_file, top_k, batch_
     chosen = choose_model(settings.model)
     if head is not None and (problem := refusal(head, chosen.name, set())):  # the weights: by the worker
         raise click.ClickException(problem)
-    broker_configured = bool(os.environ.get(env_var("broker_url"))) or ctx.parent.params.get("broker_url")
     skipped = Skipped(keep_paths=verbose)
     images = selected_images(paths, recursive, includes, excludes, from_file, skipped)
     request = {**job_request(settings, known, activations, activations_dtype, yes, sink, chosen, head),
-               "skipped": skipped}
+               "skipped": skipped, "weights": classify_weights(settings.weights, chosen)}
     tagging = TagOptions(min_score=min_score or 0.0, allow_untrained=allow_untrained) if tag_sidecars else None
     run_classify(images, settings, name=name, embedded=embedded_asked(ctx, embedded_redis),
-                 broker_configured=bool(broker_configured), request=request,
+                 broker_configured=broker_configured(ctx), request=request,
                  output=Output(out, fmt, min_score, tagging))
 
 

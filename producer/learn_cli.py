@@ -21,7 +21,9 @@ from producer.options.paths import OutputFile
 @click.option("--model", metavar="NAME|FOLDER",
               help="The base model whose pooled features the head reads (as `imgq classify --model`; the head is "
                    "tied to it) [default: resnet50].")
-@click.option("--weights", help="Weights of a worker started here (the head is tied to the weights it learns on).")
+@click.option("--weights", metavar="WEIGHTS",
+              help="The weights to learn on (the head is tied to them): a live worker with them, or one started "
+                   f"here [env: {env_var('weights')}; default: imagenet].")
 @click.option("--embedded-redis/--no-embedded-redis", default=None,
               help="Start a private Redis-compatible server (default: only when none is configured or answering).")
 @click.pass_context
@@ -36,7 +38,8 @@ def learn(ctx, examples, out, name, model, weights, embedded_redis):
     """
     from producer import learn as learning
     from producer.local.classify import Output, run_classify
-    from producer.options.params import embedded_asked
+    from producer.options.params import broker_configured, embedded_asked
+    from producer.options.weights_choice import classify_weights
 
     try:
         found = learning.find_examples(examples)
@@ -59,14 +62,14 @@ def learn(ctx, examples, out, name, model, weights, embedded_redis):
     if not chosen.feature_layer:
         raise click.ClickException(f"Model {chosen.name} names no pooled feature layer (feature_layer in its "
                                    "imgq-model.toml): a head reads that layer.")
-    broker_configured = bool(os.environ.get(env_var("broker_url"))) or ctx.parent.params.get("broker_url")
     results = learning.temporary_results()
     try:
         final = run_classify([p for paths in found.images.values() for p in paths], settings,
                              name=f"learn-{name}", embedded=embedded_asked(ctx, embedded_redis),
-                             broker_configured=bool(broker_configured),
+                             broker_configured=broker_configured(ctx),
                              request={"activations": (chosen.feature_layer,), "activations_dtype": "float32",
-                                      "model": chosen.name, "params": chosen.params()},
+                                      "model": chosen.name, "params": chosen.params(),
+                                      "weights": classify_weights(settings.weights, chosen)},
                              output=Output(results, temporary=True))  # read below, then removed
         records = learning.read_learn_records(results)
     finally:

@@ -25,6 +25,7 @@ from imgq.storage.selection import skipped_phrase
 from producer.options.head_options import head_option, refuse_foreign_head
 from producer.options.model_choice import choose_model
 from producer.options.params import BoundedInt, Duration
+from producer.options.weights_choice import asked_weights
 from producer.options.words import plural
 
 
@@ -99,9 +100,12 @@ def schedule():
 @click.option("--replace", "replace_existing", is_flag=True,
               help="Change an existing schedule (its scan state and runs are kept).")
 @head_option("Each tick's job also labels its images with this head (made by `imgq learn`).")
+@click.option("--weights", metavar="WEIGHTS",
+              help="Its jobs ask for these weights (as `imgq submit --weights`): only a worker with them takes them "
+                   f"[env: {env_var('job_weights')}; default: any worker of its model].")
 @click.pass_context
 def add(ctx, name, paths, every, cron, recursive, includes, excludes, top_k, batch_size, max_retries, model, paused,
-        replace_existing, head):
+        replace_existing, head, weights):
     """Scan PATH... on a schedule (exactly one of --every and --cron); each tick submits a job of the images
     that are new or changed since the last scan."""
     if (every is None) == (cron is None):
@@ -109,13 +113,14 @@ def add(ctx, name, paths, every, cron, recursive, includes, excludes, top_k, bat
     settings: Settings = ctx.obj
     book = _book(ctx)
     chosen = choose_model(model or settings.model, book.store)
+    asked = asked_weights(settings.job_weights if weights is None else weights, chosen)
     definition = Schedule(
         name=name, paths=tuple(os.path.abspath(p) for p in paths), every=every,
         cron=" ".join(cron.split()) if cron else None, recursive=recursive, includes=tuple(includes),
         excludes=tuple(excludes),
         top_k=top_k or settings.top_k, batch_size=batch_size or settings.batch_size,
         max_retries=settings.scan_max_retries if max_retries is None else max_retries, paused=paused,
-        model=chosen.name, head=_shared_head(ctx, head, chosen.name))
+        model=chosen.name, head=_shared_head(ctx, head, chosen.name, asked), weights=asked)
     saved = book.add(definition, replace_existing=replace_existing)
     click.echo(f"Schedule {saved.name}: {saved.when}{' (paused)' if saved.paused else ''}, "
                f"{len(saved.paths)} path(s), model {saved.model}. Run `imgq beat` to fire it.", err=True)
@@ -245,18 +250,19 @@ def _time(ts: float | None) -> str:
     return "-" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
 
 
-def _shared_head(ctx, head, model: str) -> str:
+def _shared_head(ctx, head, model: str, weights: str = "") -> str:
     """The head's digest, once it is in Redis for the ticks' jobs (refused when learned on another model)."""
     if head is None:
         return ""
     store = ResultStore.from_settings(ctx.obj)
-    refuse_foreign_head(head, store, model)
+    refuse_foreign_head(head, store, model, weights)
     return heads.share(store.redis, store.keys, head)
 
 
 def _options(s: Schedule) -> str:
     parts = [f"model {s.model}", "recursive" if s.recursive else "not recursive", f"top-k {s.top_k}",
              f"batch-size {s.batch_size}", f"max-retries {s.max_retries}"] + ([f"head {s.head}"] if s.head else [])
+    parts += [f"weights {s.weights}"] if s.weights else []
     return ", ".join(parts + [f"include {g}" for g in s.includes] + [f"exclude {g}" for g in s.excludes])
 
 

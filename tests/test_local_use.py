@@ -29,6 +29,7 @@ from tests.processes import clean_env, free_port, imgq_cli
 
 HOOKS = str(Path(__file__).resolve().parent / "hooks")
 RUN_TIMEOUT = 300  # a worker's start-up on a busy 2-core machine, and a few images
+RANDOM_0 = "random:0 (untrained: labels are meaningless)"  # what a worker with IMGQ_WEIGHTS=random says it has
 
 
 def imgq_argv(*args: str) -> list[str]:
@@ -155,7 +156,7 @@ def test_classify_starts_a_worker_when_the_live_one_goes(own_settings, tmp_path)
     sees it expire and starts a worker itself instead of waiting at 0/N for good."""
     settings = dataclasses.replace(own_settings, heartbeat_seconds=2)
     store = ResultStore.from_settings(settings)
-    ghost = Heartbeat(hostname="ghost@nowhere", pid=2**22 + 1, host="nowhere", weights="random",
+    ghost = Heartbeat(hostname="ghost@nowhere", pid=2**22 + 1, host="nowhere", weights=RANDOM_0,
                       precision="fp32", runtime="openvino", pool="threads", batch_size=4, started_at=time.time(),
                       sent_at=time.time(), images_done=0)
     store.send_heartbeat("ghost@nowhere:1", ghost, ttl=6)

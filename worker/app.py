@@ -28,9 +28,10 @@ from celery.signals import (
     worker_shutting_down,
 )
 
-from imgq.celery_config import celery_config
+from imgq.celery_config import celery_config, queue_name
 from imgq.models.resolve import resolve
 from imgq.models.spec import ModelError
+from imgq.models.weights import weights_key
 from imgq.settings import Settings, mask_url
 from worker import logs
 
@@ -42,13 +43,16 @@ try:
     # the worker consumes (imgq.celery_config.queue_name), so that it takes only its own model's jobs. A folder's
     # problems are found here, before Celery starts, each as one line.
     served = resolve(settings.model)
+    # The weights it serves, named as jobs name them (imgq/models/weights.py): it consumes their queue too, where
+    # the jobs that asked for them wait. Weights that cannot be named cannot be loaded either: said here.
+    served_weights = weights_key(settings.weights, served)
 except (ValueError, ModelError) as exc:  # a malformed IMGQ_* value: one line naming it, never a traceback
     print(f"imgq worker: {exc}", file=sys.stderr, flush=True)
     sys.exit(2)
 logs.install(settings.log_format)  # JSON lines if asked, URL passwords masked either way
 
 app = Celery("imgq", include=["worker.tasks", "worker.scheduled"])
-app.conf.update(celery_config(settings, served.name))
+app.conf.update(celery_config(settings, served.name, served_weights))
 app.conf.update(
     worker_pool=settings.pool,
     worker_concurrency=settings.concurrency,
@@ -141,8 +145,9 @@ def _load_or_exit(hostname: str | None, worker=None) -> None:
         signal.signal(signal.SIGTERM, _terminated_before_start)
     # Celery has not set up its logging yet when this runs: say it on stderr, like the failure above.
     classifier = runtime.classifier
-    print(f"imgq worker: {classifier.model_id} ready in {classifier.load_seconds:.1f} s, serving queue "
-          f"{app.conf.task_default_queue} (weights {classifier.weights_id}, "
+    print(f"imgq worker: {classifier.model_id} ready in {classifier.load_seconds:.1f} s, serving queues "
+          f"{app.conf.task_default_queue} and {queue_name(settings, served.name, served_weights)} (weights "
+          f"{classifier.weights_id}, "
           f"{classifier.precision} on {classifier.runtime}{_chosen_by(classifier)}{_int8_note(classifier)}, "
           f"pool {runtime.celery_pool or settings.pool} "
           f"x{runtime.concurrency or settings.concurrency}, broker {mask_url(settings.broker_url)})",

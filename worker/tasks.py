@@ -8,7 +8,7 @@ import time
 import redis
 from celery.exceptions import Reject
 
-from imgq.contract import REF_VERSION, TASK_CLASSIFY_BATCH, BatchMessage, BatchRef
+from imgq.contract import REF_VERSION, TASK_CLASSIFY_BATCH, BatchMessage, BatchRef, serves_weights
 from imgq.jobs.queue import publish
 from imgq.results.store import ResultStore
 from worker.app import app, settings
@@ -45,8 +45,8 @@ def classify_batch(self, payload: dict) -> int:
         if message is None:  # its job was deleted or has expired: nothing to do, nothing to write
             log.info("Batch %s: no such job any more, skipped", payload)
             return 0
-        if message.model != runtime.model:
-            return _send_to_its_model(message, runtime)
+        if message.model != runtime.model or not serves_weights(runtime.classifier.weights_id, message.weights):
+            return _send_to_its_queue(message, runtime)
         records = run_batch(message, runtime, worker=self.request.hostname)
     except redis.RedisError as exc:
         METRICS.batch_failed(exc)
@@ -59,10 +59,16 @@ def classify_batch(self, payload: dict) -> int:
     return len(records)
 
 
-def _send_to_its_model(message: BatchMessage, runtime) -> int:
-    """A batch of another model's job, in this worker's queue (sent there by hand, or by a sender that routed
-    by queue alone): never classified with the wrong model, but sent on to its own model's queue."""
-    log.warning("Batch %d of job %s is for model %s, not %s: sent to that model's queue", message.batch,
-                message.job, message.model, runtime.model)
-    publish([BatchRef(message.job, message.batch, message.model)], runtime.settings)
+def _send_to_its_queue(message: BatchMessage, runtime) -> int:
+    """A batch of a job that asked for another model, or for weights this worker has not, in one of this
+    worker's queues (sent there by hand, or by a sender that routed by model alone): never classified with the
+    wrong model or weights, never lost, but sent on to the queue of its model and weights, which this worker
+    does not consume. There it waits for a worker that has them (`imgq status JOB` says so)."""
+    if message.model != runtime.model:
+        log.warning("Batch %d of job %s is for model %s, not %s: sent to that model's queue", message.batch,
+                    message.job, message.model, runtime.model)
+    else:
+        log.warning("Batch %d of job %s asks for weights %s, not %s: sent to the queue of those weights",
+                    message.batch, message.job, message.weights, runtime.classifier.weights_id)
+    publish([BatchRef(message.job, message.batch, message.model, message.weights)], runtime.settings)
     return 0

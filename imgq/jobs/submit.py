@@ -41,7 +41,7 @@ class QueueingFailed(RuntimeError):
 
 def batches(images: Iterable[str], job: str, batch_size: int, top_k: int, activations: tuple[str, ...] = (),
             activations_dtype: str = "float16", known: str = "", sink: bool = False,
-            head: str = "", model: str = MODEL_NAME) -> Iterator[BatchMessage]:
+            head: str = "", model: str = MODEL_NAME, weights: str = "") -> Iterator[BatchMessage]:
     """Cut ``images`` into batch messages; image ids count from 0 in submission order."""
     iterator = iter(images)
     image_id = 0
@@ -52,7 +52,8 @@ def batches(images: Iterable[str], job: str, batch_size: int, top_k: int, activa
         items = tuple(enumerate(chunk, start=image_id))
         image_id += len(chunk)
         yield BatchMessage(job=job, batch=number, images=items, top_k=top_k, activations=activations,
-                           activations_dtype=activations_dtype, known=known, sink=sink, head=head, model=model)
+                           activations_dtype=activations_dtype, known=known, sink=sink, head=head, model=model,
+                           weights=weights)
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,8 @@ def submit(images: Iterable[str], *, settings: Settings, store: ResultStore, nam
            top_k: int | None = None, batch_size: int | None = None, params: dict | None = None,
            activations: tuple[str, ...] = (), activations_dtype: str = "float16", known: str = "", sink: bool = False,
            limit_check: Callable[[int], None] | None = None, hold_retention: bool = False,
-           head: Head | None = None, skipped: Skipped | None = None, model: str = MODEL_NAME) -> Submitted:
+           head: Head | None = None, skipped: Skipped | None = None, model: str = MODEL_NAME,
+           weights: str = "") -> Submitted:
     """Queue ``images`` as one job. Raises EmptySelection, or redis/kombu errors when Redis is down.
 
     ``job``: the id to give the job (default: a new one, ``new_job_id``).
@@ -79,6 +81,8 @@ def submit(images: Iterable[str], *, settings: Settings, store: ResultStore, nam
     ``sink``: the workers write the records as Parquet files into their sink folder instead of into Redis.
     ``model``: the name of the model the job asks for (checked by the caller: imgq.models.spec.check_model_name);
     its batches go to that model's workers only, and wait in its queue while none is alive.
+    ``weights``: the key of the weights the job asks for (imgq.models.weights.weights_key; "": any weights of
+    the model): its batches go to the workers of the model with those weights only, and wait until one is alive.
     ``limit_check``: called with the number of images once the walk is done, before the job is committed;
     whatever it raises aborts the submission with nothing queued (e.g. producer.exports.dumps.size_guard).
     ``skipped``: the walk's count of files that are not images (imgq.storage.walk.iter_images), kept in the job's hash.
@@ -92,7 +96,7 @@ def submit(images: Iterable[str], *, settings: Settings, store: ResultStore, nam
     pending: list[dict] = []
     digest = heads.share(store.redis, store.keys, head) if head is not None else ""
     for message in batches(images, job, batch_size, top_k, activations, activations_dtype, known, sink, digest,
-                           model):
+                           model, weights):
         pending.append(message.to_dict())
         total += len(message.images)
         n_batches += 1
@@ -112,7 +116,8 @@ def submit(images: Iterable[str], *, settings: Settings, store: ResultStore, nam
             raise
     store.commit_job(job, name=name or job, total=total, batches=n_batches, retention=settings.retention,
                      skipped=skipped.to_fields() if skipped else None,
-                     params={"top_k": top_k, "batch_size": batch_size, "model": model, **(params or {}),
+                     params={"top_k": top_k, "batch_size": batch_size, "model": model,
+                             **({"weights": weights} if weights else {}), **(params or {}),
                              **({"activations": list(activations), "activations_dtype": activations_dtype}
                                 if activations else {}), **({"known": known} if known else {}),
                              **({"sink": True} if sink else {}),
@@ -120,7 +125,7 @@ def submit(images: Iterable[str], *, settings: Settings, store: ResultStore, nam
                                 if head is not None else {})}, publishing=True,
                      hold_retention=hold_retention)
     try:
-        publish((BatchRef(job, number, model) for number in range(n_batches)), settings)
+        publish((BatchRef(job, number, model, weights) for number in range(n_batches)), settings)
         store.end_publishing(job)
     except Exception as exc:
         raise QueueingFailed(job, exc) from exc

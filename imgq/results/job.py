@@ -88,6 +88,11 @@ class JobStatus:
         return str(self.params.get("model", MODEL_NAME))
 
     @property
+    def weights(self) -> str:
+        """The key of the weights the job asked for (imgq/models/weights.py); "": any weights of its model."""
+        return str(self.params.get("weights", ""))
+
+    @property
     def retention(self) -> int:
         """Seconds a finished job is kept (0: until deleted)."""
         return int(self.params.get("retention", 0))

@@ -499,22 +499,28 @@ class ResultStore:
         """Stop saying ``worker_id`` is alive, at once (a worker giving up), instead of after three beats."""
         self.redis.delete(self.keys.worker(worker_id))
 
-    def queue_depth(self, model: str = MODEL_NAME) -> int:
-        """Batch messages waiting in the queue of ``model``'s workers (kombu's list), read from the broker (which
-        is not the results store when IMGQ_RESULTS_URL is set: the store's Redis has no queue, and would read 0)."""
-        return self.broker.llen(self.keys.model_queue(model_queue(self.keys.ns, model)))
+    def queue_depth(self, model: str = MODEL_NAME, weights: str = "") -> int:
+        """Batch messages waiting in the queue of ``model``'s workers (kombu's list; of those with ``weights``, a
+        weights key, when given), read from the broker (which is not the results store when IMGQ_RESULTS_URL is
+        set: the store's Redis has no queue, and would read 0)."""
+        return self.broker.llen(self.keys.model_queue(model_queue(self.keys.ns, model, weights)))
 
-    def queue_depths(self, models: Iterable[str]) -> dict[str, int]:
-        """Model name -> batch messages waiting in its queue (on the broker), for each of ``models``."""
-        names = sorted(set(models))
+    def queue_depths(self, models: Iterable[str], weights: Iterable[tuple[str, str]] = ()) -> dict[str, int]:
+        """Model name -> batch messages waiting in its queue (on the broker), for each of ``models``, with those
+        waiting in the queues of the ``(model, weights key)`` pairs of ``weights`` added to their model's."""
+        names = sorted(set(models) | {model for model, _ in weights})
+        queues = [(model, "") for model in names] + sorted({pair for pair in weights if pair[1]})
         pipe = self.broker.pipeline(transaction=False)
-        for model in names:
-            pipe.llen(self.keys.model_queue(model_queue(self.keys.ns, model)))
-        return dict(zip(names, pipe.execute(), strict=True))
+        for model, key in queues:
+            pipe.llen(self.keys.model_queue(model_queue(self.keys.ns, model, key)))
+        depths = dict.fromkeys(names, 0)
+        for (model, _), depth in zip(queues, pipe.execute(), strict=True):
+            depths[model] += depth
+        return depths
 
-    def serving(self, model: str) -> list[Heartbeat]:
-        """The live workers that serve ``model`` (by name)."""
-        return [w for w in self.workers() if w.model == model]
+    def serving(self, model: str, weights: str = "") -> list[Heartbeat]:
+        """The live workers that serve ``model`` (by name), with ``weights`` (a weights key; "": any)."""
+        return [w for w in self.workers() if w.serves(model, weights)]
 
     def take_reconcile_turn(self, worker_id: str, seconds: int) -> bool:
         """True for the one worker allowed to reconcile for the next ``seconds``."""

@@ -106,6 +106,9 @@ class Schedule:
     model: str = MODEL_NAME
     # The name of the model its jobs ask for: its ticks go to that model's queue, its jobs to that model's
     # workers, and its scan state is that model's (imgq/schedules/scan_state.py).
+    weights: str = ""
+    # The key of the weights its jobs ask for (imgq/models/weights.py): only a worker with them takes them. "":
+    # any worker of its model.
 
     @property
     def when(self) -> str:
@@ -138,7 +141,7 @@ class Schedule:
                    batch_size=int(data["batch_size"]), max_retries=int(data["max_retries"]),
                    paused=data["paused"] == "1", created=float(data["created"]),
                    pending_job=data.get("pending_job") or None, model=data.get("model") or MODEL_NAME,
-                   head=data.get("head", ""))
+                   head=data.get("head", ""), weights=data.get("weights", ""))
 
 
 class ScheduleBook:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import os
@@ -22,6 +23,7 @@ from imgq.settings import Settings, env_var, mask_url
 from producer.exports.export import output as open_output
 from producer.exports.export import with_min_score, writer_for
 from producer.local.progress import wait
+from producer.local.signals import Terminated, ended_by_signals
 from producer.local.watch import Workers
 from producer.local.workers import EmbeddedRedis, default_redis_answers
 from producer.options.skipped import echo_queued
@@ -48,36 +50,46 @@ def run_classify(images: Iterable[str], settings: Settings, *, name: str, embedd
 
     ``embedded``: True starts a private Redis, False never does, None does so only when no broker is
     configured and nothing answers at the default address. ``request``: more keyword arguments of
-    imgq.jobs.submit.submit (known, activations, ...). Raises EmptySelection before starting anything when no
-    image is selected; UntrainedWeights when asked to tag the labels of random weights (after the results file
-    is written); KeyboardInterrupt on Ctrl-C, once its job is cancelled and what it started is stopped.
+    imgq.jobs.submit.submit (known, activations, ...); its ``weights`` is the key of the weights the job asks for
+    (those of ``settings.weights``), None when this machine cannot name them (its worker then says why). Raises
+    EmptySelection before starting anything when no image is selected; UntrainedWeights when asked to tag the
+    labels of random weights (after the results file is written). The job ends with the run: whatever stops it
+    before the job is done (Ctrl-C: KeyboardInterrupt; SIGTERM, SIGHUP: Terminated; its worker failing; any
+    error) cancels the job first, then stops what classify started, and is raised.
     """
     images = walk_first(images)
-    with ExitStack() as started:
+    request = dict(request or {})
+    with ended_by_signals(), ExitStack() as started:
         settings, server = _ensure_redis(settings, embedded, broker_configured, started)
+        _say(_first_line(settings, server, broker_configured))  # which Redis, before anything is done in it
         store = ResultStore.from_settings(settings)
         store.ping()
-        workers = Workers(settings, store, started, (request or {}).get("model", MODEL_NAME))
-        workers.ensure()
-        job = submission.new_job_id()  # known before the walk ends: an interrupted submission can be cancelled
-        try:
-            submitted = submission.submit(images, settings=settings, store=store, name=name, job=job,
-                                          **(request or {}))
-            echo_queued(f"Job {job}: {plural(submitted.total, 'image')} in "
-                        f"{plural(submitted.batches, 'batch', 'batches')}.", (request or {}).get("skipped"))
-            final = wait(store, job, check=workers.watch(job))
-        except KeyboardInterrupt:
-            _cancel(store, job, server, broker_configured)
-            raise
-        path = output.path or f"imgq-{job}.{output.fmt}"
-        records = with_min_score(store.iter_records(job), output.min_score)
+        workers = Workers(settings, store, started, request.get("model", MODEL_NAME), request.get("weights", ""))
+        request["weights"] = workers.ensure()
+        final = _run_job(images, settings, store, name, request, workers, server, broker_configured)
+        path = output.path or f"imgq-{final.id}.{output.fmt}"
+        records = with_min_score(store.iter_records(final.id), output.min_score)
         with open_output(path) as file:
             writer_for(output.fmt, final.params.get("top_k", settings.top_k))(records, file)
         _print_summary(store, final, None if output.temporary else path, output.min_score)
-        click.echo(_broker(settings, server, broker_configured, job), err=True)
+        click.echo(_broker(settings, server, broker_configured, final.id), err=True)
         if output.tag is not None:
             _tag(store, final, output.tag)
         return final
+
+
+def _run_job(images: Iterator[str], settings: Settings, store: ResultStore, name: str, request: dict,
+             workers: Workers, server: EmbeddedRedis | None, configured: bool) -> JobStatus:
+    """Submit the job and wait until it is finished. Whatever ends the wait first cancels the job, and is raised."""
+    job = submission.new_job_id()  # known before the walk ends: an interrupted submission can be cancelled
+    try:
+        submitted = submission.submit(images, settings=settings, store=store, name=name, job=job, **request)
+        echo_queued(f"Job {job}: {plural(submitted.total, 'image')} in "
+                    f"{plural(submitted.batches, 'batch', 'batches')}.", request.get("skipped"))
+        return wait(store, job, check=workers.watch(job))
+    except BaseException as exc:
+        _cancel(store, job, server, configured, exc)
+        raise
 
 
 def walk_first(images: Iterable[str]) -> Iterator[str]:
@@ -90,18 +102,49 @@ def walk_first(images: Iterable[str]) -> Iterator[str]:
     return itertools.chain([first], iterator)
 
 
-def _cancel(store: ResultStore, job: str, server: EmbeddedRedis | None, configured: bool) -> None:
-    """Ctrl-C: cancel the job (its records so far stay) and say so, and where they are."""
+def _cancel(store: ResultStore, job: str, server: EmbeddedRedis | None, configured: bool,
+            why: BaseException) -> None:
+    """The run ends before its job is done (``why``): cancel the job (its records so far stay) and say so, and
+    where its records are; a job nobody watches any more must not wait for the next worker to come along."""
+    said = _ended_by(why)
     try:
         final = store.cancel(job)
     except JobNotFound:
-        click.echo("Interrupted before the job was queued: nothing was queued.", err=True)
+        with contextlib.suppress(redis.RedisError):
+            store.discard_staged(job)  # a walk cut short: its batches never become a job
+        if isinstance(why, (KeyboardInterrupt, Terminated)):
+            _say(f"{said} before the job was queued: nothing was queued.")
         return
     except (redis.ConnectionError, redis.TimeoutError) as exc:
-        click.echo(f"Interrupted; could not cancel job {job} ({exc}): run `imgq cancel {job}`.", err=True)
+        _say(f"{said}; could not cancel job {job} ({exc}): run `imgq cancel {job}`.")
         return
-    click.echo(f"Interrupted: cancelled job {job} ({final.processed} of {final.total} images have records: "
-               f"`{_reach(server, configured)}results {job}`). Stopping what classify started.", err=True)
+    if final.state == "cancelled":
+        _say(f"{said}: cancelled job {job} ({final.processed} of {final.total} images have records: "
+             f"`{_reach(server, configured)}results {job}`). Stopping what classify started.")
+
+
+def _ended_by(why: BaseException) -> str:
+    """How a line about the end of a run starts: Interrupted (Ctrl-C), the signal's name, or Giving up."""
+    if isinstance(why, KeyboardInterrupt):
+        return "Interrupted"
+    return why.name if isinstance(why, Terminated) else "Giving up"
+
+
+def _say(line: str) -> None:
+    """A line on stderr, which may be gone (SIGHUP: the terminal closed): the job is cancelled all the same."""
+    with contextlib.suppress(OSError):
+        click.echo(line, err=True)
+
+
+def _first_line(settings: Settings, server: EmbeddedRedis | None, configured: bool) -> str:
+    """Which Redis (password masked) and which namespace the run uses, before it uses them (issue 25.5): with
+    nothing configured, a Redis answering at the default address is anyone's."""
+    where = f"namespace {settings.namespace}."
+    if server is not None:
+        owner = "started here" if server.owned else "another imgq runs"
+        return f"Broker: an embedded Redis at {settings.broker_url} ({owner}, data in {server.data_dir}), {where}"
+    found = "" if configured else " (none configured: the Redis answering there)"
+    return f"Broker: {mask_url(settings.broker_url)}{found}, {where}"
 
 
 def _broker(settings: Settings, server: EmbeddedRedis | None, configured: bool, job: str) -> str:
@@ -143,11 +186,7 @@ def _ensure_redis(settings: Settings, embedded: bool | None, configured: bool,
         return settings, None
     server = EmbeddedRedis(settings.state_dir)
     url = server.start()
-    started.callback(server.stop)
-    if server.owned:
-        click.echo(f"Started an embedded Redis at {url} (data in {server.data_dir}).", err=True)
-    else:
-        click.echo(f"Using the embedded Redis another imgq runs at {url} (data in {server.data_dir}).", err=True)
+    started.callback(server.stop)  # the first line says which it is (_first_line)
     return dataclasses.replace(settings, broker_url=url, results_url=""), server
 
 

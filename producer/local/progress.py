@@ -2,57 +2,17 @@
 
 from __future__ import annotations
 
-import signal
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 import redis
 
 from imgq.results.job import JobStatus
 from imgq.results.store import ResultStore
+from producer.local.signals import raise_if_interrupted, signals_between_polls
 
 POLL_SECONDS = 0.5
 RECONNECT_SECONDS = 1.0
-
-
-# Set by the SIGINT handler, read at polls. A plain flag, not a threading.Event: setting an Event takes a lock,
-# which the interrupted main thread may hold.
-_interrupted = {"pending": False}
-
-
-@contextmanager
-def ctrl_c_between_polls() -> Iterator[None]:
-    """While the block runs, a first Ctrl-C (SIGINT) is raised as KeyboardInterrupt at the next poll
-    (``raise_if_interrupted``) instead of wherever the signal lands: landing in a redis client's ``__del__``,
-    Python prints it as an ignored exception and loses it (issue 19.3). A second Ctrl-C raises at once, should
-    a poll hang. Outside the main thread (nowhere to catch a signal) it changes nothing."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.getsignal(signal.SIGINT)
-    if previous is not signal.default_int_handler:  # ignored (nohup), or handled here already (nested)
-        yield
-        return
-
-    def first_ctrl_c(signum, frame):
-        _interrupted["pending"] = True
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-
-    signal.signal(signal.SIGINT, first_ctrl_c)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    raise_if_interrupted()  # pressed after the last poll: still an interrupt
-
-
-def raise_if_interrupted() -> None:
-    """Raises KeyboardInterrupt if Ctrl-C was pressed since the last call (see ``ctrl_c_between_polls``)."""
-    if _interrupted["pending"]:
-        _interrupted["pending"] = False
-        raise KeyboardInterrupt
 
 
 def poll_status(store: ResultStore, job: str) -> JobStatus:
@@ -70,9 +30,10 @@ def wait(store: ResultStore, job: str, *, show: bool = True, timeout: float | No
     """Block until the job is done or cancelled; returns its last status. Raises TimeoutError.
 
     ``check`` runs at every poll and may raise to stop waiting (say, the worker we started has died).
-    Ctrl-C is taken between polls (``ctrl_c_between_polls``) and raises KeyboardInterrupt.
+    Ctrl-C is taken between polls (producer.local.signals.signals_between_polls) and raises KeyboardInterrupt;
+    SIGTERM and SIGHUP too, as Terminated, where the command turned them into it (`imgq classify`).
     """
-    with ctrl_c_between_polls():
+    with signals_between_polls():
         return _wait(store, job, show, timeout, check)
 
 

@@ -1,12 +1,14 @@
 """What `imgq classify` watches while its job runs: that some worker is there to take it, and that its
 batches do not keep failing.
 
-A live worker found at the start may stop at any time (or be one that was stopping: its heartbeat was still
-there). When no worker of the namespace is alive for a heartbeat period, classify starts one itself and says
-so. A worker it started that exits stops classify with the worker's reason. A batch whose deliveries ended
-without its records (its task failed: the worker cannot import something, cannot read the model, ...) is
-reported with the failure the worker logged, each time it fails again, instead of waiting without a word
-while the reconciler queues it again every IMGQ_RECONCILE_SECONDS.
+Only a worker with the job's model and the weights it asked for takes it (issue 25.1): live workers of other
+weights are not used, and classify starts its own (issue 25.5). A live worker found at the start may stop at any
+time (or be one that was stopping: its heartbeat was still there). When no such worker of the namespace is alive
+for a heartbeat period, classify starts one itself and says so. A worker it started that exits stops classify
+with the worker's reason. A batch whose deliveries ended without its records (its task failed: the worker
+cannot import something, cannot read the model, ...) is reported with the failure the worker logged, each time
+it fails again, instead of waiting without a word while the reconciler queues it again every
+IMGQ_RECONCILE_SECONDS.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from contextlib import ExitStack
 
 import click
 
-from imgq.contract import MODEL_NAME
+from imgq.contract import MODEL_NAME, weights_key_of
 from imgq.jobs.deliveries import Deliveries
 from imgq.results.store import ResultStore
 from imgq.settings import Settings, mask_url
@@ -28,11 +30,15 @@ FAILURES_LOOKED_AT = 20  # batches checked for records at each look, the most de
 
 
 class Workers:
-    """The workers `imgq classify` relies on: the live ones of the namespace, or the one it starts (stopped
-    again through ``started``)."""
+    """The workers `imgq classify` relies on: the live ones of the namespace with the job's model and weights,
+    or the one it starts (stopped again through ``started``). ``weights``: the key of the weights the job asks
+    for (imgq/models/weights.py), those of ``settings.weights``; None when this machine cannot name them (a
+    missing file, say): the worker started here then says why in its own words, before anything is queued."""
 
-    def __init__(self, settings: Settings, store: ResultStore, started: ExitStack, model: str = MODEL_NAME):
+    def __init__(self, settings: Settings, store: ResultStore, started: ExitStack, model: str = MODEL_NAME,
+                 weights: str | None = ""):
         self.settings, self.store, self.started, self.model = settings, store, started, model
+        self.weights = weights
         self.worker: LocalWorker | None = None
         self._ready_by = 0.0
         self._none_since: float | None = None
@@ -40,16 +46,29 @@ class Workers:
         self._progress = -1
         self._failures: dict[int, int] = {}  # batch -> failed deliveries already reported
 
-    def ensure(self) -> None:
-        """Use the live workers of the namespace that serve the job's model, or start one."""
-        if workers := self.store.serving(self.model):
-            others = {w.weights for w in workers} - {self.settings.weights}
-            if not all(w.startswith(self.settings.weights) for w in others):
-                which = "the live worker" if len(workers) == 1 else f"the {len(workers)} live workers"
-                click.echo(f"Using {which}, with weights {', '.join(sorted(others))}: --weights applies only to a "
-                           "worker started here.", err=True)
-            return
+    def ensure(self) -> str:
+        """Use the live workers of the namespace that serve the job's model with its weights, or start one.
+        Returns the key of the weights the job asks for. Raises LocalServiceError when weights this machine
+        could not name keep the worker started here from loading (its reason in the message)."""
+        if self.weights is None:
+            self.start("Started a worker")
+            worker = self.worker
+            assert worker is not None
+            worker.wait_ready(self.store)  # raises with the worker's reason when it cannot load them
+            self.weights = next(weights_key_of(w.weights) for w in self.store.workers() if w.pid == worker.started.pid)
+            return self.weights
+        if workers := self.store.serving(self.model, self.weights):
+            which = "the live worker" if len(workers) == 1 else f"the {len(workers)} live workers"
+            click.echo(f"Using {which}, with weights {', '.join(sorted({w.weights for w in workers}))}: "
+                       f"{', '.join(sorted(w.hostname for w in workers))}.", err=True)
+            return self.weights
+        if others := self.store.serving(self.model):
+            which = "The live worker" if len(others) == 1 else f"The {len(others)} live workers"
+            has = "has" if len(others) == 1 else "have"
+            click.echo(f"{which} of model {self.model} {has} weights {', '.join(sorted({w.weights for w in others}))}"
+                       f", not {self.weights}: starting one with {self.weights}.", err=True)
         self.start("Started a worker")
+        return self.weights
 
     def start(self, what: str) -> None:
         worker = LocalWorker(self.settings)
@@ -75,7 +94,7 @@ class Workers:
         return check
 
     def _look(self, job: str, now: float) -> None:
-        live = self.store.serving(self.model)
+        live = self.store.serving(self.model, self.weights or "")
         if self.worker is not None and now > self._ready_by:
             if not any(w.pid == self.worker.started.pid for w in live):
                 raise LocalServiceError(f"The worker was not ready after {WORKER_READY_TIMEOUT:.0f} s: "
@@ -86,8 +105,9 @@ class Workers:
         elif self._none_since is None:
             self._none_since = now
         elif now - self._none_since >= self.settings.heartbeat_seconds:
-            self.start(f"No worker of model {self.model} is alive in namespace {self.settings.namespace!r} any "
-                       "more: started one")
+            weights = f" with weights {self.weights}" if self.store.serving(self.model) else ""
+            self.start(f"No worker of model {self.model}{weights} is alive in namespace {self.settings.namespace!r} "
+                       "any more: started one")
         status = self.store.status(job)
         # Only a job that stands still is looked into; a sink job's records are files, not in Redis.
         if status.processed == self._progress and not status.params.get("sink"):

@@ -270,8 +270,8 @@ class LocalWorker:
         raise LocalServiceError(f"The worker was not ready after {timeout:.0f} s: see {self.log_path}")
 
     def stop(self, timeout: float = 30.0) -> None:
-        """SIGTERM: Celery's warm shutdown finishes the batch in hand first. Interrupted (a second Ctrl-C),
-        it kills the worker rather than leave it running."""
+        """SIGTERM: Celery's warm shutdown finishes the batch in hand first. Interrupted (a second Ctrl-C, a
+        second SIGTERM), it kills the worker rather than leave it running."""
         if self.process is None or self.process.poll() is not None:
             return
         self.process.terminate()
@@ -280,7 +280,7 @@ class LocalWorker:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
-        except KeyboardInterrupt:
+        except BaseException:
             self.process.kill()
             self.process.wait()
             raise

@@ -19,11 +19,12 @@ def head_file(ctx, param, value: str | None) -> Head | None:
         raise click.BadParameter(str(exc)) from None
 
 
-def refuse_foreign_head(head: Head | None, store: ResultStore, model: str = MODEL_NAME) -> None:
-    """A head learned on another model, or on weights no live worker of the model runs, stops the submission."""
+def refuse_foreign_head(head: Head | None, store: ResultStore, model: str = MODEL_NAME, weights: str = "") -> None:
+    """A head learned on another model, or on weights no live worker that takes the job (of the model, with the
+    ``weights`` it asks for) runs, stops the submission."""
     if head is None:
         return
-    problem = refusal(head, model, {w.weights for w in store.serving(model)})
+    problem = refusal(head, model, {w.weights for w in store.serving(model, weights)})
     if problem:
         raise click.ClickException(problem)
 

@@ -17,12 +17,16 @@ from __future__ import annotations
 
 import difflib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import click
 
 from imgq.results.job import JobStatus
 from imgq.results.store import ResultStore
+
+if TYPE_CHECKING:
+    from imgq.models.spec import ModelSpec
 
 
 class UnknownModel(click.ClickException):
@@ -38,6 +42,8 @@ class ChosenModel:
 
     name: str
     feature_layer: str = ""
+    spec: ModelSpec | None = field(default=None, compare=False)
+    # The model as this machine knows it (a built-in, or a folder here); None for a model named by a live worker.
 
     def params(self) -> dict:
         """What the job's record keeps of it (imgq.jobs.submit.submit's ``params``)."""
@@ -56,7 +62,7 @@ def choose_model(value: str, store: ResultStore | None = None) -> ChosenModel:
             spec = resolve(value)
         except ModelError as exc:
             raise UnknownModel(str(exc)) from None
-        return ChosenModel(spec.name, spec.feature_layer or "")
+        return ChosenModel(spec.name, spec.feature_layer or "", spec)
     served = {w.model for w in store.workers()} if store is not None else set()
     if value in served:
         return ChosenModel(value)

@@ -13,10 +13,11 @@ fails for a numeric option whose type has no upper bound: a new option takes one
 from __future__ import annotations
 
 import math
+import os
 
 import click
 
-from imgq.settings import format_seconds, parse_duration
+from imgq.settings import env_var, format_seconds, parse_duration, url_file_var
 
 
 class BoundedInt(click.IntRange):
@@ -63,3 +64,10 @@ class Duration(click.ParamType):
 def embedded_asked(ctx: click.Context, option: bool | None) -> bool | None:
     """A starter's --embedded-redis/--no-embedded-redis, or the group's --embedded-redis when not given."""
     return option if option is not None else (True if ctx.find_root().params.get("embedded_redis") else None)
+
+
+def broker_configured(ctx: click.Context) -> bool:
+    """True when the user named a broker (--broker-url, IMGQ_BROKER_URL or IMGQ_BROKER_URL_FILE): else a starter
+    uses whatever Redis answers at the default address, or its embedded one, and says which in its first line."""
+    named = any(os.environ.get(name) for name in (env_var("broker_url"), url_file_var("broker_url")))
+    return bool(named or ctx.find_root().params.get("broker_url"))

@@ -134,7 +134,8 @@ class Int8Classifier(OpenVINOClassifier):
         parts = [base, "int8", list(self._int8_layers), self.calibration_digest, nncf_version(),
                  quantization_settings(self.spec)]
         digest = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
-        return CacheEntry(self.cache_dir, f"{self.spec.id.split('@')[0]}-int8-{digest}")
+        identity = {**self._identity(self._int8_layers), "precision": "int8", "calibration": self.calibration_digest}
+        return CacheEntry(self.cache_dir, f"{self.spec.id.split('@')[0]}-int8-{digest}", identity)
 
     def warm_up(self) -> None:
         """Convert (or read) fp32, quantize (or read) INT8, measure or read the agreement, decide, then run a
@@ -203,7 +204,7 @@ class Int8Classifier(OpenVINOClassifier):
         return Agreement.measured(fp32, int8)
 
     def _int8_about(self) -> dict:
-        return {**self._about(), "precision": "int8", "calibration": self.calibration_digest,
+        return {**self._about(self._int8_layers), "precision": "int8", "calibration": self.calibration_digest,
                 "calibration_source": self.calibration.source if self.calibration else "",
                 "calibration_photos": len(self.calibration.calibrate) if self.calibration else 0,
                 "nncf": nncf_version(), "quantization": quantization_settings(self.spec),

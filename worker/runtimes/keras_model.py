@@ -16,12 +16,13 @@ import dataclasses
 import os
 from collections.abc import Iterator
 
+from imgq.models import weights as weight_names
 from imgq.models.resolve import resolve
 from imgq.models.spec import BUILTIN, DEFAULT_MODEL, ModelError, ModelSpec, builtin_spec
+from imgq.models.weights import LOCAL_WEIGHT_SUFFIXES, WeightsRequestError
 from worker.images.preprocess import one_line
-from worker.runtimes.model_files import Pinned, pinned_model_file, pinned_weights_file, weights_sha256
+from worker.runtimes.model_files import Pinned, pinned_model_file, pinned_weights_file
 
-LOCAL_WEIGHT_SUFFIXES = (".weights.h5", ".h5", ".keras")
 IMAGENET_WEIGHTS_FILES = {"resnet50": "resnet50_weights_tf_dim_ordering_tf_kernels.h5",
                           "resnet50v2": "resnet50v2_weights_tf_dim_ordering_tf_kernels.h5"}
 
@@ -46,22 +47,18 @@ def weights_kind(weights: str) -> str:
 
 
 def describe_weights(weights: str, spec: ModelSpec | None = None, digest: str | None = None) -> str:
-    """The weights id of a weights spec, without loading anything: what records carry and what keys the
-    OpenVINO conversion cache. For a folder model, ``imagenet`` (the default) stands for the model file's
-    own weights (its digest as ``spec`` carries it). A weights file is hashed here, unless ``digest`` (its
-    SHA-256, hex) says what its bytes were when they were read for loading (``build_model``). Raises
-    WeightsError for a spec that cannot be loaded."""
-    if spec is not None and spec.folder is not None and weights == "imagenet":
-        return f"file:{spec.model_file}:sha256:{spec.file_digest}"
-    kind = weights_kind(weights)
-    if kind == "imagenet":
-        return "imagenet"
-    if kind == "random":
-        return f"random:{random_seed(weights)} (untrained: labels are meaningless)"
-    if digest is None:
-        with _one_line():
-            digest = weights_sha256(weights)
-    return f"file:{os.path.basename(weights)}:sha256:{digest[:12]}"
+    """The weights id of a weights spec, without loading anything: what records and the heartbeat carry, what
+    keys the OpenVINO conversion cache, and what the jobs asking for these weights name (imgq/models/weights.py,
+    shared with the producer). For a folder model, ``imagenet`` (the default) stands for the model file's own
+    weights. A weights file is hashed there, unless ``digest`` (its SHA-256, hex) says what its bytes were when
+    they were read for loading (``build_model``). Raises WeightsError for a spec that cannot be loaded."""
+    folder_own = spec is not None and spec.folder is not None and weights == "imagenet"
+    if digest is not None and not folder_own and weights_kind(weights) == "file":
+        return f"file:{os.path.basename(weights)}:sha256:{digest[:12]}"
+    try:
+        return weight_names.weights_id(weights, spec)
+    except WeightsRequestError as exc:
+        raise WeightsError(str(exc)) from None
 
 
 def build_model(spec: ModelSpec, weights: str):
@@ -237,11 +234,11 @@ def check_model(spec: ModelSpec, model) -> None:
 
 
 def random_seed(weights: str) -> int:
-    _, _, seed = weights.partition(":")
+    """The seed of ``random`` or ``random:SEED``. Raises WeightsError."""
     try:
-        return int(seed or 0)
-    except ValueError:
-        raise WeightsError(f"Expected random or random:SEED with an integer seed. Received: {weights!r}") from None
+        return weight_names.random_seed(weights)
+    except WeightsRequestError as exc:
+        raise WeightsError(str(exc)) from None
 
 
 def model_spec(model: str | ModelSpec) -> ModelSpec:
