@@ -2,8 +2,9 @@
 port it opens chosen free (several sessions run at once), its data in a folder of the test's own.
 
 ``S3Server(folder).start()`` -> the server, answering S3 at ``endpoint`` with the credentials ``KEY``/``SECRET``;
-``stop()`` and ``start()`` again keep its data (a restart during a job); ``client()`` is a boto3 client of
-its own for putting objects; ``env`` the variables a producer or worker needs to reach it.
+``stop()`` and ``start()`` again keep its data and ports (a restart during a job); ``client()`` is a boto3 client
+of its own for putting objects; ``env`` the variables a producer or worker needs to reach it (``credentials``:
+the AWS ones alone, for a process whose Settings carry the endpoint).
 """
 
 from __future__ import annotations
@@ -49,11 +50,15 @@ class S3Server:
         return f"http://127.0.0.1:{self.ports['s3.port']}"
 
     @property
+    def credentials(self) -> dict[str, str]:
+        """The AWS variables a producer or worker needs (no ~/.aws of the machine's is read)."""
+        return {"AWS_ACCESS_KEY_ID": KEY, "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_DEFAULT_REGION": "us-east-1",
+                "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull}
+
+    @property
     def env(self) -> dict[str, str]:
-        """What a producer or a worker needs: the endpoint, the credentials, a region (none is configured here)."""
-        return {"IMGQ_S3_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": KEY, "AWS_SECRET_ACCESS_KEY": SECRET,
-                "AWS_DEFAULT_REGION": "us-east-1", "AWS_CONFIG_FILE": os.devnull,
-                "AWS_SHARED_CREDENTIALS_FILE": os.devnull}
+        """The credentials and the endpoint (IMGQ_S3_ENDPOINT_URL): all a producer or a worker needs."""
+        return {"IMGQ_S3_ENDPOINT_URL": self.endpoint, **self.credentials}
 
     def argv(self) -> list[str]:
         binary = weed_binary()
