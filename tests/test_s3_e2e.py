@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import subprocess
 import sys
 import time
@@ -102,6 +103,20 @@ def test_a_bad_endpoint_setting_is_one_line(settings, s3_server):
     assert_one_line_refusal(imgq_process(settings, env, "submit", f"{ALLOWED}/x/"), "IMGQ_S3_ENDPOINT_URL")
 
 
+def test_a_producer_without_boto3_says_what_to_install(settings, s3_server, monkeypatch):
+    """A producer installed without the s3 extra (`pip install .`): local paths work, an s3:// URL is refused
+    in one line that names the extra (boto3 is imported at the first s3:// location, never before)."""
+    from imgq.storage import s3 as s3_source
+
+    monkeypatch.setitem(sys.modules, "boto3", None)  # what `import boto3` meets where it is not installed
+    s3_source.forget_clients()
+    try:
+        result = imgq_cli(settings, "submit", f"{ALLOWED}/x/", env=s3_server.env, check=False)
+    finally:
+        s3_source.forget_clients()
+    assert result.exit_code == 1 and "pip install 'imgq[s3]'" in result.output and "Traceback" not in result.output
+
+
 # With a real worker.
 
 @pytest.fixture(scope="module")
@@ -189,3 +204,19 @@ def test_a_store_restarted_during_a_job_loses_no_image(s3_worker, s3_server, buc
     assert (status.total, status.ok, status.failed) == (48, 48, 0)
     assert sorted(records_by_path(store, job)) == sorted(urls)
     assert "did not answer" in worker.output()  # it did see the store gone, and handed batches back
+
+
+@pytest.mark.slow
+def test_classify_reads_a_bucket_with_its_own_worker(s3_server, bucket, tmp_path):
+    """`imgq classify s3://...` on a machine with nothing running: the worker it starts inherits the endpoint
+    and the credentials, and the results file holds one row per object, its URL as its path."""
+    urls = [bucket(f"allowed/classify/p{index}.jpg", jpeg(200 + index)) for index in range(5)]
+    out = tmp_path / "labels.jsonl"
+    env = clean_env(**s3_server.env, IMGQ_WEIGHTS="random", IMGQ_STATE_DIR=str(tmp_path / "state"),
+                    IMGQ_RUNTIME="openvino")
+    result = subprocess.run([str(Path(sys.executable).parent / "imgq"), "classify", f"{ALLOWED}/classify",
+                             "--embedded-redis", "-o", str(out)], env=env, capture_output=True, text=True,
+                            timeout=400, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(r["path"] for r in records) == sorted(urls) and {r["status"] for r in records} == {"ok"}
