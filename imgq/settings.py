@@ -12,10 +12,10 @@ import os
 import re
 import stat
 from dataclasses import dataclass, field
-from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
 from imgq.contract import NAME
+from imgq.storage.roots import parse_roots
 
 ENV_PREFIX = "IMGQ_"
 
@@ -379,7 +379,7 @@ def _parse(name: str, raw: str):
             raise ValueError(f"{env_var(name)} must be an IP address (127.0.0.1, 0.0.0.0, ::). "
                              f"Received: {raw!r}") from None
     if name == "allowed_roots":
-        return tuple(_root(entry) for entry in _root_entries(raw))
+        return parse_roots(raw, env_var(name))
     if name == "s3_endpoint_url":
         return _endpoint_url(raw)
     if name == "s3_region" and not _REGION.fullmatch(raw):
@@ -389,38 +389,6 @@ def _parse(name: str, raw: str):
 
 
 _REGION = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
-_URL_ROOT = re.compile(r"[a-z][a-z0-9]*")  # a scheme: what stands before :// in an entry
-
-
-def _root_entries(raw: str) -> list[str]:
-    """The entries of IMGQ_ALLOWED_ROOTS, split on os.pathsep (':'), but with a URL's ``s3:`` joined back to its
-    ``//bucket/prefix``: ``/photos:s3://b/x`` is two entries, not three."""
-    parts = raw.split(os.pathsep)
-    entries: list[str] = []
-    for part in parts:
-        if entries and part.startswith("//") and _URL_ROOT.fullmatch(entries[-1]):
-            entries[-1] += os.pathsep + part
-        elif part:
-            entries.append(part)
-    return entries
-
-
-def _root(entry: str) -> str:
-    """An allowed root as compared: a folder resolved (symlinks, ~, ..), an ``s3://bucket[/prefix]`` URL as
-    written without a final '/'. Raises ValueError for any other URL, or an s3 URL without a bucket."""
-    scheme, sep, rest = entry.partition("://")
-    if not sep:
-        return str(Path(entry).expanduser().resolve())
-    bucket = rest.split("/", 1)[0]
-    if scheme != "s3" or not bucket:
-        raise ValueError(f"{env_var('allowed_roots')}: an entry is a folder or s3://bucket[/prefix]. "
-                         f"Received: {entry!r}")
-    if any(part in (".", "..") for part in rest.split("/")) or "//" in rest.rstrip("/"):
-        raise ValueError(f"{env_var('allowed_roots')}: an s3:// entry has no '.', '..' or empty segment. "
-                         f"Received: {entry!r}")
-    return entry.rstrip("/")
-
-
 def _endpoint_url(raw: str) -> str:
     """IMGQ_S3_ENDPOINT_URL checked: http(s)://host[:port][/path], no credentials in it (they belong to the
     standard chain, where no log line or `ps` shows them), no query. Returned without a final '/'."""

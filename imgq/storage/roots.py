@@ -7,9 +7,39 @@ folder root, a URL only within a URL root: a worker given only folders reads no 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable
+from pathlib import Path
 
 URL_MARK = "://"
+_SCHEME = re.compile(r"[a-z][a-z0-9]*")  # what stands before :// in an entry
+
+
+def parse_roots(raw: str, where: str) -> tuple[str, ...]:
+    """The allowed roots of ``raw`` (IMGQ_ALLOWED_ROOTS, named ``where`` in messages): entries split on os.pathsep
+    (':'), a URL's ``s3:`` joined back to its ``//bucket/prefix`` (``/photos:s3://b/x`` is two entries). A folder
+    is resolved (~, symlinks, ..); an ``s3://bucket[/prefix]`` kept as written without a final '/'.
+
+    Raises ValueError for another scheme, an s3 URL without a bucket, or with a '.', '..' or empty segment
+    (which within_roots would never match: a root that holds nothing is a mistake to say, not to keep)."""
+    entries: list[str] = []
+    for part in raw.split(os.pathsep):
+        if entries and part.startswith("//") and _SCHEME.fullmatch(entries[-1]):
+            entries[-1] += os.pathsep + part
+        elif part:
+            entries.append(part)
+    return tuple(_root(entry, where) for entry in entries)
+
+
+def _root(entry: str, where: str) -> str:
+    scheme, sep, rest = entry.partition(URL_MARK)
+    if not sep:
+        return str(Path(entry).expanduser().resolve())
+    if scheme != "s3" or not rest.split("/", 1)[0]:
+        raise ValueError(f"{where}: an entry is a folder or s3://bucket[/prefix]. Received: {entry!r}")
+    if any(part in (".", "..") for part in rest.split("/")) or "//" in rest.rstrip("/"):
+        raise ValueError(f"{where}: an s3:// entry has no '.', '..' or empty segment. Received: {entry!r}")
+    return entry.rstrip("/")
 
 
 def is_url(location: str) -> bool:

@@ -177,10 +177,10 @@ class S3Objects(ByteSource):
         reply = request(lambda c: c.get_object(Bucket=bucket, Key=key))
         body = reply["Body"]
         try:
-            data = _read_body(body, reply.get("ContentLength"), max_bytes)
+            file = _read_body(body, reply.get("ContentLength"), max_bytes)
         finally:
             body.close()
-        yield io.BytesIO(data)
+        yield file
 
     def version(self, location: str) -> bytes | None:
         """One HEAD: a digest of the object's ETag and last-modified time (a rewrite with the same bytes keeps
@@ -228,28 +228,30 @@ def _object_parts(location: str) -> tuple[str, str]:
     return bucket, key
 
 
-def _read_body(body, size: int | None, max_bytes: int | None) -> bytes:
-    """The body of a GET, its announced ``size`` checked first; never more than ``max_bytes`` + 1 bytes read."""
+def _read_body(body, size: int | None, max_bytes: int | None) -> io.BytesIO:
+    """The body of a GET in memory, its announced ``size`` checked first; never more than ``max_bytes`` + 1 bytes
+    read. Written chunk by chunk into one buffer: the peak is the image, not the image twice (chunks and a join)."""
     if size == 0:
         raise ImageError("not_an_image", "empty object (0 bytes)")
     if max_bytes is not None and size is not None and size > max_bytes:
         raise ImageError("too_large", f"{size} bytes is more than {max_bytes} (IMGQ_MAX_FILE_BYTES)")
     limit = max_bytes + 1 if max_bytes is not None else None
-    chunks, total = [], 0
+    buffer = io.BytesIO()
     try:
-        while limit is None or total < limit:
-            chunk = body.read(READ_CHUNK if limit is None else min(READ_CHUNK, limit - total))
+        while limit is None or buffer.tell() < limit:
+            chunk = body.read(READ_CHUNK if limit is None else min(READ_CHUNK, limit - buffer.tell()))
             if not chunk:
                 break
-            chunks.append(chunk)
-            total += len(chunk)
+            buffer.write(chunk)
     except Exception as exc:  # a connection cut mid-body: urllib3's and botocore's errors alike
         raise _cut_short(exc) from None
+    total = buffer.tell()
     if max_bytes is not None and total > max_bytes:  # a reply without a length that ran over
         raise ImageError("too_large", f"more than {max_bytes} bytes (IMGQ_MAX_FILE_BYTES)")
     if not total:
         raise ImageError("not_an_image", "empty object (0 bytes)")
-    return b"".join(chunks)
+    buffer.seek(0)
+    return buffer
 
 
 def _cut_short(exc: Exception) -> Exception:
