@@ -29,14 +29,15 @@ MODEL_NAME = "resnet50"
 
 
 ERROR_CODES = {
-    "missing": "the file does not exist",
-    "unreadable": "the file exists but cannot be read (permissions, a directory, a symlink loop)",
+    "missing": "the file does not exist (an s3:// object or its bucket: no such key or bucket)",
+    "unreadable": "the file exists but cannot be read (permissions, a directory, a symlink loop; an object store "
+                  "refused the request)",
     "not_an_image": "the content is not an image format imgq opens",
     "corrupt": "an image that fails to decode (truncated, damaged)",
     "too_large": "a file over IMGQ_MAX_FILE_BYTES, more pixels than IMGQ_MAX_PIXELS (decompression bomb guard), or a "
                  "WebP or HEIF that would take more memory to decode than such an image",
     "no_preview": "a camera RAW file without an embedded preview (imgq classifies the preview, not the sensor data)",
-    "forbidden": "outside the worker's IMGQ_ALLOWED_ROOTS",
+    "forbidden": "outside the worker's IMGQ_ALLOWED_ROOTS (never read), or refused by the object store (AccessDenied)",
     "worker_crashed": "the worker process died while decoding this image, on repeated deliveries",
     "dump_failed": "classified, but its activation dump could not be written (disk full, permissions)",
     "model_output": "the model's outputs for this image are not finite numbers (NaN or infinite): a fault of the "

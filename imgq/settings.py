@@ -13,10 +13,10 @@ import os
 import re
 import stat
 from dataclasses import dataclass, field
-from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
 from imgq.contract import NAME
+from imgq.storage.roots import parse_roots
 
 ENV_PREFIX = "IMGQ_"
 
@@ -65,7 +65,18 @@ class Settings:
     # any weights of the job's model, whatever its workers run.
 
     allowed_roots: tuple[str, ...] = ()
-    # Folders a worker may read images from (os.pathsep-separated in the env var). Empty: no restriction.
+    # Folders and object-storage prefixes (s3://bucket/prefix) a worker may read images from, os.pathsep-separated
+    # in the env var (/photos:s3://team-photos/2024). Empty: no restriction. A worker given only folders reads
+    # no bucket (docs/object-storage.md).
+
+    s3_endpoint_url: str = ""
+    # The endpoint of an S3-compatible store (MinIO, SeaweedFS, Ceph, R2, B2): http(s)://host[:port], read by
+    # the producer (listing) and the workers (reading). Empty: Amazon S3 itself. Credentials never go here: boto3
+    # reads them from its standard chain (AWS_ACCESS_KEY_ID..., ~/.aws, an instance role; docs/object-storage.md).
+
+    s3_region: str = ""
+    # The region requests to s3:// locations are signed for (us-east-1, eu-west-3; auto for R2). Empty: boto3's
+    # own (AWS_REGION, ~/.aws/config), else us-east-1.
 
     state_dir: str = field(default_factory=_default_state_dir)
     # Local state of `imgq classify`: the embedded Redis data and the logs of what it started; a worker's
@@ -396,7 +407,12 @@ def _parse(name: str, raw: str):
             raise ValueError(f"{env_var(name)} must be an IP address (127.0.0.1, 0.0.0.0, ::). "
                              f"Received: {raw!r}") from None
     if name == "allowed_roots":
-        return tuple(str(Path(p).expanduser().resolve()) for p in raw.split(os.pathsep) if p)
+        return parse_roots(raw, env_var(name))
+    if name == "s3_endpoint_url":
+        return _endpoint_url(raw)
+    if name == "s3_region" and not _REGION.fullmatch(raw):
+        raise ValueError(f"{env_var(name)} must be a region name: lowercase letters, digits and '-' "
+                         f"(us-east-1, auto). Received: {raw!r}")
     return raw
 
 
@@ -409,6 +425,28 @@ def _parse_float(name: str, raw: str) -> float:
     if not math.isfinite(value) or not low <= value <= high:  # nan compares false with both bounds
         raise ValueError(f"{env_var(name)} must be from {low} to {high}. Received: {raw!r}")
     return value
+
+
+_REGION = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+
+
+def _endpoint_url(raw: str) -> str:
+    """IMGQ_S3_ENDPOINT_URL checked: http(s)://host[:port][/path], no credentials in it (they belong to the
+    standard chain, where no log line or `ps` shows them), no query. Returned without a final '/'."""
+    where = env_var("s3_endpoint_url")
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{where} must be an http:// or https:// URL with a host. Received: {raw!r}")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(f"{where} must not hold credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+                         "or a profile (docs/object-storage.md).")
+    if parts.query or parts.fragment:
+        raise ValueError(f"{where} must not have a query or fragment. Received: {mask_url(raw)!r}")
+    try:
+        _ = parts.port
+    except ValueError:
+        raise ValueError(f"{where} has a port that is not a number from 0 to 65535. Received: {raw!r}") from None
+    return raw.rstrip("/")
 
 
 _REDIS_SCHEMES = ("redis", "rediss", "unix")

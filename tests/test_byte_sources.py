@@ -1,19 +1,20 @@
 """Where bytes come from: one contract (imgq/storage/base.py's ByteSource) and one test class run against every
-byte source, as huey runs one storage test mixin against each of its backends. A new source (object storage)
-adds a subclass of ``ByteSourceContract`` that says how to put an object in it; every test below then runs
-against it unchanged."""
+byte source, as huey runs one storage test mixin against each of its backends. A new source adds a subclass of
+``ByteSourceContract`` that says how to put an object in it; every test below then runs against it unchanged:
+local files, and s3:// objects on a real S3 server (``TestS3Objects``, skipped without the weed binary)."""
 
 from __future__ import annotations
 
 import os
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import pytest
 
 from imgq.storage.base import ByteSource
-from imgq.storage.errors import ImageError
+from imgq.storage.errors import ImageError, ListingError, SourceUnavailable
 from imgq.storage.local import LocalFiles
 from imgq.storage.locate import source_for
 from imgq.storage.selection import PathFilter, Skipped
@@ -174,3 +175,141 @@ class TestLocalFiles(ByteSourceContract):
         self.put("skip/b.jpg", JPEG)
         self.put("skip/.nomedia", b"")
         assert [f.rsplit("/", 1)[-1] for f in self.source.list(self.root, PathFilter())] == ["a.jpg"]
+
+
+@pytest.fixture(scope="session")
+def contract_bucket(s3_server):
+    """A bucket for the contract tests; each test puts its objects under a prefix of its own."""
+    name = "imgq-contract"
+    s3_server.bucket(name)
+    return name
+
+
+class TestS3Objects(ByteSourceContract):
+    """The contract against a real S3 server (SeaweedFS's weed mini, tests/s3server.py)."""
+
+    @pytest.fixture(autouse=True)
+    def _bucket(self, s3, contract_bucket):
+        from imgq.storage import s3 as s3_source
+
+        self.server, self.bucket = s3, contract_bucket
+        self.prefix = f"t-{uuid.uuid4().hex[:10]}/"
+        self.root = f"s3://{self.bucket}/{self.prefix}"
+        self.source = s3_source.S3Objects()
+        self.client = s3.client()
+        self.calls: list[str] = []  # the requests imgq's client makes, by operation name
+        s3_source.client().meta.events.register("before-call.s3", self._count)
+        yield
+        s3_source.client().meta.events.unregister("before-call.s3", self._count)
+
+    def _count(self, model, **_) -> None:
+        self.calls.append(model.name)
+
+    def location(self, name: str) -> str:
+        return self.root + name
+
+    def put(self, name: str, data: bytes) -> str:
+        self.client.put_object(Bucket=self.bucket, Key=self.prefix + name, Body=data)
+        return self.location(name)
+
+    def names(self, location: str | None = None, path_filter: PathFilter | None = None, skipped=None) -> list[str]:
+        found = self.source.list(location or self.root, path_filter or PathFilter(), skipped)
+        return [f[len(self.root):] for f in found]
+
+    # What only object storage has: requests to count, pages, prefixes, a store that refuses or is away.
+
+    def test_outside_the_roots_nothing_is_asked_of_the_store(self):
+        location = self.put("a.jpg", JPEG)
+        self.calls.clear()
+        for asked in (location, self.location("sub/../a.jpg"), f"s3://other-{self.bucket}/{self.prefix}a.jpg"):
+            with pytest.raises(ImageError) as caught, self.source.open(asked, (self.root + "sub",)):
+                pass
+            assert caught.value.code == "forbidden"
+        assert self.calls == []
+        with self.source.open(location, (self.root.rstrip("/"),)) as file:
+            assert file.read() == JPEG
+        assert self.calls == ["GetObject"]  # one request per image: its size is read from the GET's reply
+
+    def test_a_dot_segment_never_reaches_inside_a_root(self):
+        self.put("secret.jpg", JPEG)
+        inside = self.root + "photos"
+        for sneaky in ("photos/../secret.jpg", "photos/./../secret.jpg", "photos//x.jpg"):
+            with pytest.raises(ImageError) as caught, self.source.open(self.location(sneaky), (inside,)):
+                pass
+            assert caught.value.code == "forbidden"
+
+    def test_a_listing_is_fetched_page_by_page(self):
+        for index in range(12):
+            self.put(f"f{index:02}/x.jpg", JPEG)
+        self.source.page_size = 5
+        listing = self.source.list(self.root, PathFilter())
+        assert next(listing).endswith("f00/x.jpg") and self.calls.count("ListObjectsV2") == 1
+        assert len(list(listing)) == 11 and self.calls.count("ListObjectsV2") == 3
+
+    def test_a_prefix_is_a_folder_with_or_without_its_slash(self):
+        self.put("album/a.jpg", JPEG)
+        self.put("album2/b.jpg", JPEG)  # shares the prefix "album" but is not in the folder
+        assert self.names(self.root + "album") == ["album/a.jpg"] == self.names(self.root + "album/")
+
+    def test_a_named_image_is_taken_without_a_request(self):
+        self.calls.clear()
+        assert self.names(self.location("not-there.jpg")) == ["not-there.jpg"]  # the worker says it is missing
+        assert self.calls == []
+
+    def test_a_prefix_with_nothing_under_it_yields_nothing(self):
+        assert self.names(self.location("no-such-folder")) == []
+
+    def test_ignore_markers_hidden_folders_and_excludes(self):
+        for name in ("keep/a.jpg", "skip/b.jpg", "skip/deeper/c.jpg", "skip/.nomedia", "-early/d.jpg",
+                     "-early/.imgqignore", ".cache/e.jpg", "thumbs/f.jpg", "keep/-g.jpg"):
+            self.put(name, JPEG)
+        assert self.names() == ["keep/-g.jpg", "keep/a.jpg", "thumbs/f.jpg"]
+        assert self.names(path_filter=PathFilter(excludes=("thumbs",))) == ["keep/-g.jpg", "keep/a.jpg"]
+        assert self.names(path_filter=PathFilter(excludes=("*/keep/*",))) == ["thumbs/f.jpg"]
+
+    def test_sidecars_are_not_counted_even_across_pages(self):
+        for name in ("IMG_1.XMP", "IMG_1.jpg", "IMG_2.jpg", "IMG_2.jpg.xmp", "clip.MOV", "notes.xmp"):
+            self.put(name, JPEG)
+        self.source.page_size = 1  # every key on a page of its own: an owner always on another page
+        skipped = Skipped(keep_paths=True)
+        assert self.names(skipped=skipped) == ["IMG_1.jpg", "IMG_2.jpg"]
+        assert skipped.by_kind == {".MOV": 1, ".xmp": 1} and skipped.paths == [self.root + "clip.MOV",
+                                                                                 self.root + "notes.xmp"]
+
+    def test_no_such_bucket_is_one_line(self):
+        with pytest.raises(ListingError) as caught:
+            list(self.source.list(f"s3://no-such-{self.bucket}/x/", PathFilter()))
+        assert "no such bucket" in str(caught.value) and "\n" not in str(caught.value)
+
+    def test_refused_credentials_are_one_line_without_the_secret(self, monkeypatch):
+        from imgq.storage import s3 as s3_source
+
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "a-wrong-secret")
+        s3_source.forget_clients()
+        with pytest.raises(ListingError) as caught:
+            list(self.source.list(self.root, PathFilter()))
+        message = str(caught.value)
+        assert "refused access" in message and "AWS_ACCESS_KEY_ID" in message
+        assert "a-wrong-secret" not in message and "\n" not in message
+        with pytest.raises(ImageError) as denied, self.source.open(self.put("a.jpg", JPEG)):
+            pass
+        assert denied.value.code == "forbidden" and "a-wrong-secret" not in denied.value.message
+
+    def test_a_store_away_is_unavailable_not_an_image_error(self, monkeypatch):
+        from imgq.storage import s3 as s3_source
+        from tests.processes import free_port
+
+        monkeypatch.setenv("IMGQ_S3_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nobody listens there
+        monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
+        with pytest.raises(SourceUnavailable), self.source.open(self.location("a.jpg")):
+            pass
+        with pytest.raises(ListingError) as caught:
+            list(self.source.list(self.root, PathFilter()))
+        assert "did not answer" in str(caught.value)
+        assert self.source.version(self.location("a.jpg")) is None
+        s3_source.forget_clients()
+
+    def test_a_prefix_is_not_an_object(self):
+        with pytest.raises(ImageError) as caught, self.source.open(self.root + "album/"):
+            pass
+        assert caught.value.code == "unreadable" and self.calls == []

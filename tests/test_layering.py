@@ -21,7 +21,7 @@ PACKAGES = ("imgq", "producer", "worker")
 # What each room may import of the project, besides itself (prefixes of module names). Each room's __init__
 # says the same in words; a new room gets an entry here.
 ROOMS = {
-    "imgq.storage": ("imgq.contract",),
+    "imgq.storage": ("imgq.contract", "imgq.settings"),  # settings: IMGQ_S3_ENDPOINT_URL, read by the s3 source
     "imgq.labels": ("imgq.contract", "imgq.storage"),
     "imgq.models": ("imgq.contract", "imgq.settings", "imgq.labels"),
     "imgq.results": ("imgq.contract", "imgq.keys", "imgq.settings", "imgq.storage", "imgq.labels"),

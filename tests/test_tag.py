@@ -328,3 +328,11 @@ def test_keywords_inside_other_structures_and_untouched_empty_fields_stay_as_wri
     tagged = sidecars.edit(packet, {}, {TAGS_LIST: ["imgq/tench"]})
     assert sidecars.parse(tagged).keywords(TAGS_LIST) == ["imgq/tench"] and b"<dc:subject/>" in tagged
     assert sidecars.edit(sidecars.parse(tagged), {TAGS_LIST: {"imgq/tench"}}, {}) == original
+
+
+def test_an_object_in_a_store_is_skipped_and_nothing_is_written_here(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a sidecar "beside" s3://b/x.jpg would be the relative path s3:/b/x.jpg.xmp
+    record = ok_record("job1", 0, "s3://b/album/x.jpg", top(("beagle", 0.9)), weights=TRAINED)
+    summary = tag_records([record], TagOptions())
+    assert [(c.path, c.state) for c in summary.changes] == [("s3://b/album/x.jpg", "skipped")]
+    assert "local files only" in summary.changes[0].message and list(tmp_path.iterdir()) == []

@@ -11,6 +11,7 @@ from celery.exceptions import Reject
 from imgq.contract import REF_VERSION, TASK_CLASSIFY_BATCH, BatchMessage, BatchRef, serves_weights
 from imgq.jobs.queue import publish
 from imgq.results.store import ResultStore
+from imgq.storage.errors import SourceUnavailable
 from worker.app import app, settings
 from worker.batches.batch import run_batch
 from worker.metrics import METRICS
@@ -29,13 +30,16 @@ def batch_message(payload: dict, store: ResultStore) -> BatchMessage | None:
     return BatchMessage.from_dict(payload)
 
 
+SOURCE_PAUSE_SECONDS = 2
+
 # No Celery retries: a batch whose task fails is re-queued by worker/reconcile.py, which also covers the
 # cases Celery cannot see (a worker killed, a message lost with its connection).
 # A task that failed because Redis did not take its writes (worker/batches/batch.py waits minutes first) gives its
 # message back (Reject with requeue) instead of failing: Celery acknowledges a failed task's message (its
 # task_acks_on_failure_or_timeout), and with acks_on_failure off it would reject it without requeue, which
 # drops it too. The message goes back to the queue, or, if Redis refuses even that, stays in kombu's unacked
-# set until the visibility timeout returns it.
+# set until the visibility timeout returns it. A batch whose images' store (s3://) did not answer goes back the
+# same way: none of its images got a record for it, and the next delivery reads them again.
 @app.task(name=TASK_CLASSIFY_BATCH, bind=True)
 def classify_batch(self, payload: dict) -> int:
     runtime = get_runtime(settings, self.request.hostname)
@@ -51,6 +55,14 @@ def classify_batch(self, payload: dict) -> int:
     except redis.RedisError as exc:
         METRICS.batch_failed(exc)
         raise Reject(f"Redis did not take the batch's writes: {exc}", requeue=True) from exc
+    except SourceUnavailable as exc:
+        METRICS.batch_failed(exc)
+        # A pause, so that a store that is down is not asked again at once by every worker in turn; boto3 has
+        # already retried each request with backoff.
+        log.warning("Batch %s: the image store did not answer (%s); handing it back in %d s", payload, exc,
+                    SOURCE_PAUSE_SECONDS)
+        time.sleep(SOURCE_PAUSE_SECONDS)
+        raise Reject(f"The image store did not answer: {exc}", requeue=True) from exc
     except Exception as exc:
         METRICS.batch_failed(exc)
         raise

@@ -1,4 +1,4 @@
-"""Where image bytes come from: the contract every byte source meets (local files today; object storage next).
+"""Where image bytes come from: the contract every byte source meets (local files, s3:// object storage).
 
 The worker opens an image, the walk lists a folder and a scheduled scan tells a changed file from an
 unchanged one only through ``ByteSource``; which source serves a location is decided in one place
@@ -40,8 +40,10 @@ class ByteSource(ABC):
         anything is asked about the location, so nothing is told about what lies outside them, not even
         whether it exists; and again on what was opened, so that what is read is what was checked.
 
-        Raises ImageError with code ``forbidden`` (outside ``allowed_roots``), ``missing``, ``unreadable``,
-        ``not_an_image`` (empty) or ``too_large``; the message never says where a link outside the roots led.
+        Raises ImageError with code ``forbidden`` (outside ``allowed_roots``, or refused by the store),
+        ``missing``, ``unreadable``, ``not_an_image`` (empty) or ``too_large``; the message never says where a link
+        outside the roots led. A remote store that does not answer (after its client's retries) raises
+        SourceUnavailable instead: no record is made, the batch is tried again.
         """
 
     @abstractmethod
@@ -55,4 +57,6 @@ class ByteSource(ABC):
         """The images under ``location``, in a stable order, streamed (memory bounded by one folder's
         entries, never the tree's): a single image is yielded as it is (the worker reports it if it is none);
         a folder's images are chosen by ``path_filter``, hidden entries and folders with an ignore marker
-        left out, and the others counted in ``skipped``. A location that cannot be listed yields nothing."""
+        left out, and the others counted in ``skipped``. A folder that cannot be read yields nothing; a store that
+        cannot be listed at all (no such bucket, refused credentials, no answer) raises ListingError, so that
+        a mistake is told rather than taken for an empty folder."""

@@ -74,10 +74,14 @@ ORIENTATION_FOR_FLIP = {0: 1, 1: 2, 3: 3, 2: 4, 4: 5, 6: 6, 7: 7, 5: 8}
 def open_in_libraw(raw, file: BinaryIO) -> None:
     """Open the file already checked (roots, type, size) in ``raw``, a rawpy.RawPy (rawpy is the caller's
     import: the worker's, or the report's where installed): by its descriptor's /proc path, so that the file
-    LibRaw reads is the one checked, and LibRaw reads only what it needs; where /proc is missing, from the file
-    object (read whole: at most IMGQ_MAX_FILE_BYTES)."""
-    path = f"/proc/self/fd/{file.fileno()}"
-    if os.path.exists(path):
+    LibRaw reads is the one checked, and LibRaw reads only what it needs; where /proc is missing, or the file has
+    no descriptor (an s3:// object, held in memory), from the file object (read whole: at most
+    IMGQ_MAX_FILE_BYTES)."""
+    try:
+        path = f"/proc/self/fd/{file.fileno()}"
+    except (AttributeError, OSError):  # io.BytesIO's fileno raises io.UnsupportedOperation, an OSError
+        path = ""
+    if path and os.path.exists(path):
         raw.open_file(path)
     else:
         raw.open_buffer(file)

@@ -1,14 +1,15 @@
 """Which byte source serves a location: the one place that looks at a location's form (a path or a URL).
 
-A new source (object storage) is one more entry in ``SOURCES``; nothing downstream branches on schemes.
+A new source is one more entry in ``SOURCES``; nothing downstream branches on schemes.
 """
 
 from __future__ import annotations
 
 from imgq.storage.base import ByteSource
 from imgq.storage.local import LocalFiles
+from imgq.storage.s3 import S3Objects
 
-SOURCES: tuple[ByteSource, ...] = (LocalFiles(),)
+SOURCES: tuple[ByteSource, ...] = (S3Objects(), LocalFiles())
 # In the order they are asked; local files last, since they take every location the others leave.
 
 
@@ -18,3 +19,9 @@ def source_for(location: str) -> ByteSource:
         if source.owns(location):
             return source
     raise ValueError(f"Expected a path (no byte source serves URLs of this kind). Received: {location!r}")
+
+
+def is_path(location: str) -> bool:
+    """True when ``location`` is a local path (local files serve it), False for a URL another source claims:
+    the CLI checks that a path exists, and leaves a URL to its source's listing."""
+    return isinstance(source_for(location), LocalFiles)

@@ -21,7 +21,8 @@ def iter_images(paths: Iterable[str], path_filter: PathFilter, skipped: Skipped 
 
     Hidden files and folders (name starting with "."), excluded ones and folders holding an IGNORE_MARKERS
     file are skipped inside folders. Duplicates are dropped by the path's digest, ~70 bytes of memory per image.
-    A folder's entries are taken in sorted order (by name), files first, then sub-folders. ``skipped``, when
+    A folder's entries are taken in sorted order (by name), files first, then sub-folders; an s3:// prefix's in
+    key order (imgq/storage/s3_listing.py). ``skipped``, when
     given, counts the files of the folders walked that the filter does not want (complete once the walk is).
     """
     if skipped is not None:

@@ -1,10 +1,27 @@
-"""The ``-o FILE`` options of the commands: checked before any work starts, refused in one line."""
+"""The paths the commands take: ``-o FILE`` options, checked before any work starts and refused in one line; the
+images' PATH arguments (a path that exists, or an object-storage URL)."""
 
 from __future__ import annotations
 
 import os
 
 import click
+
+from imgq.storage.locate import is_path
+
+
+class ImageLocation(click.Path):
+    """An image or a folder of images: a path that exists (click.Path's check), or a URL another byte source
+    serves (``s3://bucket/prefix``), passed as it is: its source lists it, and says in one line when it cannot
+    (no such bucket, refused credentials: imgq.storage.errors.ListingError)."""
+
+    def __init__(self):
+        super().__init__(exists=True, path_type=str)
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and not is_path(value):
+            return value
+        return super().convert(value, param, ctx)
 
 
 class OutputFile(click.Path):

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from imgq.contract import ResultRecord
 from imgq.labels import groups as wordnet_groups
 from imgq.storage.files import RefusedFile, atomic_path, read_regular
+from imgq.storage.roots import is_url
 from producer.exports.export import labels_above
 from producer.tags import sidecars
 from producer.tags.sidecars import ADDED, HIERARCHICAL, SUBJECT, TAGS_LIST, Field, SidecarError
@@ -160,6 +161,10 @@ def plan_sidecars(records: Iterable[ResultRecord], options: TagOptions, submitte
                                    "to write them anyway.")
         if not record.ok:
             summary.skipped_errors += 1
+            continue
+        if is_url(record.path):  # an object (s3://): no folder beside it here; a relative "s3:/..." must not be made
+            summary.changes.append(SidecarChange(record.path, "skipped", message=f"{record.path} is an object in a "
+                                                 "store: imgq tag writes sidecars beside local files only"))
             continue
         path = sidecar_path(record.path, options.sidecar_name)
         if not options.remove:

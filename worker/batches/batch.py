@@ -16,6 +16,7 @@ from imgq.jobs.deliveries import NoSuchJob
 from imgq.labels.heads import HeadError
 from imgq.results.finite import HEAD_NOT_FINITE, NOT_FINITE, finite_record
 from imgq.settings import Settings
+from imgq.storage.errors import SourceUnavailable
 from worker.batches.dumps import write_dump
 from worker.batches.heads import LoadedHead
 from worker.batches.isolation import CRASHED_MESSAGE, Isolation
@@ -39,8 +40,9 @@ class Decoded:
 
 
 def decode(image: int, path: str, settings: Settings, target: Target = RESNET50) -> Decoded:
-    """Decode one image into the pixels ``target`` (the model's input) needs; every failure becomes an
-    ImageError on the result, never an exception."""
+    """Decode one image into the pixels ``target`` (the model's input) needs; every failure of the image
+    becomes an ImageError on the result, never an exception. A store that does not answer raises
+    SourceUnavailable: that is no fact about the image, and no record may say it is."""
     started = time.perf_counter()
     pixels, error = None, None
     try:
@@ -48,6 +50,8 @@ def decode(image: int, path: str, settings: Settings, target: Target = RESNET50)
                              max_file_bytes=settings.max_file_bytes, jpeg_draft=settings.jpeg_draft, target=target)
     except ImageError as exc:
         error = exc
+    except SourceUnavailable:
+        raise  # the store did not answer: nothing is known of the image; the batch is tried again (tasks.py)
     except Exception as exc:  # a decoder bug on one odd file must not cost the batch
         log.exception("Unexpected failure decoding %s", path)
         error = ImageError("corrupt", f"{type(exc).__name__}: {one_line(exc, 160)}")

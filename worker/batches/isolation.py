@@ -78,6 +78,7 @@ class Isolation:
         runtime = self.runtime
         with runtime.decode_lock.exclusive():
             entry = self.deliveries.suspect(self.job, image, runtime.worker_id, runtime.started_at)
-            result = work()  # if the process dies here, the entry stays: the next delivery reads it
-            self.deliveries.clear_suspect(self.job, image, entry)
-        return result
+            try:
+                return work()  # if the process dies here, the entry stays: the next delivery reads it
+            finally:  # returned or raised (a store that did not answer): the process lives, no suspect
+                self.deliveries.clear_suspect(self.job, image, entry)

@@ -137,7 +137,7 @@ def decode_pixels(file: BinaryIO, *, max_pixels: int = 89_478_485, jpeg_draft: b
             # before the memory check, which then applies to what is decoded.
             side = max(target.size)
             if image.format == image_kinds.HEIF:
-                file_bytes = os.fstat(file.fileno()).st_size
+                file_bytes = file_size(file)
                 if not (jpeg_draft and formats.heif_draft(image, side, file_bytes, max_pixels)):
                     formats.check_heif_cost(*image.size, file_bytes, max_pixels)
             elif jpeg_draft and image.format == "JPEG":
@@ -171,6 +171,18 @@ def _open_image(file, max_pixels: int, allowed: tuple[str, ...], kind: str) -> I
         raise ImageError("corrupt", one_line(exc)) from None
 
 
+def file_size(file: BinaryIO) -> int:
+    """The size of the open ``file``, its position kept: its descriptor's for a file, its end's offset for one
+    held in memory (an s3:// object, imgq/storage/s3.py, is an io.BytesIO: no descriptor)."""
+    try:
+        return os.fstat(file.fileno()).st_size
+    except (AttributeError, OSError):  # io.UnsupportedOperation is an OSError
+        here = file.tell()
+        end = file.seek(0, os.SEEK_END)
+        file.seek(here)
+        return end
+
+
 def _check_size(image: Image.Image, max_pixels: int) -> None:
     width, height = image.size
     if width * height > max_pixels:
@@ -179,7 +191,7 @@ def _check_size(image: Image.Image, max_pixels: int) -> None:
 
 def _check_webp(file: BinaryIO, max_pixels: int) -> None:
     """Refuse a WebP that would take more memory to decode than an image of ``max_pixels`` (worker/images/memory.py)."""
-    cost = webp_cost(file, os.fstat(file.fileno()).st_size)
+    cost = webp_cost(file, file_size(file))
     if cost is None:
         return
     width, height, needed = cost

@@ -1,0 +1,222 @@
+"""s3:// end to end: `imgq submit s3://bucket/prefix` against a real S3 server (SeaweedFS's weed mini,
+tests/s3server.py) and a real worker reading the objects with no shared file system.
+
+The producer's refusals (no such bucket, wrong credentials, a malformed URL) run the real `imgq` in a process of its
+own: one line on stderr, exit code 1, no traceback. The worker's tests (slow) share one worker whose allowed roots
+are one prefix of the bucket and one local folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from imgq.results.store import ResultStore, delete_namespace
+from tests import imagegen, photogen
+from tests.conftest import make_settings
+from tests.processes import clean_env, imgq_cli, start_worker, wait_for_workers, wait_until_done
+
+BUCKET = "imgq-e2e"
+ALLOWED = f"s3://{BUCKET}/allowed"
+
+
+def jpeg(seed: int) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(imagegen.pattern(320, 240, seed=seed)).save(out, format="JPEG", quality=85)
+    return out.getvalue()
+
+
+def webp(seed: int) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(imagegen.pattern(320, 240, seed=seed)).save(out, format="WEBP", quality=80)
+    return out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def bucket(s3_server):
+    """The bucket; returns ``put(key, data) -> url``."""
+    client = s3_server.bucket(BUCKET)
+
+    def put(key: str, data: bytes) -> str:
+        client.put_object(Bucket=BUCKET, Key=key, Body=data)
+        return f"s3://{BUCKET}/{key}"
+
+    return put
+
+
+def imgq_process(settings, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    """The real `imgq ARGS` in a process of its own (its errors as a user sees them)."""
+    command = [str(Path(sys.executable).parent / "imgq"), *args]
+    return subprocess.run(command, env=clean_env(**{**settings.as_env(), **env}), capture_output=True, text=True,
+                          timeout=120)
+
+
+def assert_one_line_refusal(result: subprocess.CompletedProcess, *words: str) -> None:
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert all(word in result.stderr for word in words), result.stderr
+
+
+# The producer alone (no worker): what a user's mistake or a missing server looks like.
+
+def test_no_such_bucket_is_one_line(settings, s3_server):
+    result = imgq_process(settings, s3_server.env, "submit", "s3://no-such-bucket-here/photos")
+    assert_one_line_refusal(result, "Cannot list s3://no-such-bucket-here/photos", "no such bucket")
+
+
+def test_wrong_credentials_are_one_line_without_the_secret(settings, s3_server, bucket):
+    bucket("allowed/creds/a.jpg", jpeg(0))
+    env = {**s3_server.env, "AWS_SECRET_ACCESS_KEY": "not-the-secret-at-all"}
+    result = imgq_process(settings, env, "submit", f"{ALLOWED}/creds")
+    assert_one_line_refusal(result, "refused access", "AWS_ACCESS_KEY_ID")
+    assert "not-the-secret-at-all" not in result.stderr + result.stdout
+
+
+def test_a_store_that_is_not_there_is_one_line(settings, s3_server):
+    env = {**s3_server.env, "IMGQ_S3_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_MAX_ATTEMPTS": "1"}
+    result = imgq_process(settings, env, "submit", f"{ALLOWED}/x/")
+    assert_one_line_refusal(result, "Cannot list", "did not answer")
+
+
+@pytest.mark.parametrize(("url", "words"), [("s3://", ("bucket after s3://",)),
+                                            ("s3:///photos", ("bucket after s3://",))])
+def test_a_malformed_url_is_one_line(settings, s3_server, url, words):
+    assert_one_line_refusal(imgq_process(settings, s3_server.env, "submit", url), *words)
+
+
+def test_an_empty_prefix_selects_nothing(settings, s3_server, bucket):
+    bucket("allowed/empty-sibling/a.jpg", jpeg(0))
+    result = imgq_process(settings, s3_server.env, "submit", f"{ALLOWED}/empty")
+    assert_one_line_refusal(result, "No images selected")
+
+
+def test_a_bad_endpoint_setting_is_one_line(settings, s3_server):
+    env = {**s3_server.env, "IMGQ_S3_ENDPOINT_URL": "127.0.0.1:8333"}
+    assert_one_line_refusal(imgq_process(settings, env, "submit", f"{ALLOWED}/x/"), "IMGQ_S3_ENDPOINT_URL")
+
+
+def test_a_producer_without_boto3_says_what_to_install(settings, s3_server, monkeypatch):
+    """A producer installed without the s3 extra (`pip install .`): local paths work, an s3:// URL is refused
+    in one line that names the extra (boto3 is imported at the first s3:// location, never before)."""
+    from imgq.storage import s3 as s3_source
+
+    monkeypatch.setitem(sys.modules, "boto3", None)  # what `import boto3` meets where it is not installed
+    s3_source.forget_clients()
+    try:
+        result = imgq_cli(settings, "submit", f"{ALLOWED}/x/", env=s3_server.env, check=False)
+    finally:
+        s3_source.forget_clients()
+    assert result.exit_code == 1 and "pip install 'imgq[s3]'" in result.output and "Traceback" not in result.output
+
+
+# With a real worker.
+
+@pytest.fixture(scope="module")
+def s3_worker(redis_url, s3_server, bucket, tmp_path_factory):
+    """``(settings, store, worker process, local folder)``: a worker that may read ALLOWED and the local folder."""
+    base = tmp_path_factory.mktemp("s3-worker")
+    local = base / "local"
+    local.mkdir()
+    settings = dataclasses.replace(make_settings(redis_url, base, batch_size=4), allowed_roots=(ALLOWED, str(local)),
+                                   s3_endpoint_url=s3_server.endpoint)
+    store = ResultStore.from_settings(settings)
+    worker = start_worker(settings, "s3", base / "worker.log", env=s3_server.credentials)
+    try:
+        wait_for_workers(store, [worker])
+        yield settings, store, worker, local
+    finally:
+        worker.stop()
+        delete_namespace(redis_url, settings.namespace)
+
+
+def records_by_path(store: ResultStore, job: str) -> dict[str, dict]:
+    records = [record.to_dict() for record in store.iter_records(job)]
+    by_path = {record["path"]: record for record in records}
+    assert len(by_path) == len(records)  # one record per image
+    return by_path
+
+
+def submitted_job(settings, s3_server, *args: str) -> str:
+    result = imgq_cli(settings, "submit", *args, env=s3_server.env)
+    return result.stdout.strip().splitlines()[0]
+
+
+@pytest.mark.slow
+def test_a_prefix_is_classified_each_image_once(s3_worker, s3_server, bucket):
+    settings, store, worker, _ = s3_worker
+    urls = [bucket(f"allowed/album/{folder}/p{index:02}.jpg", jpeg(index))
+            for index in range(10) for folder in ("2023", "2024/summer")]
+    urls.append(bucket("allowed/album/lossy.webp", webp(3)))  # no descriptor: sizes are read from memory
+    urls.append(bucket("allowed/album/raw.dng", photogen.dng(Image.fromarray(imagegen.pattern(320, 240, 5)))))
+    bucket("allowed/album/notes.txt", b"not an image")
+    bucket("allowed/album/.thumbs/t.jpg", jpeg(99))
+    result = imgq_cli(settings, "submit", f"{ALLOWED}/album", "--wait", env=s3_server.env)
+    assert "skipped 1 file that is not an image (1 .txt)" in result.output
+    job = result.stdout.strip().splitlines()[0]
+    by_path = records_by_path(store, job)
+    assert sorted(by_path) == sorted(urls)  # the URL is the record's path
+    assert all(record["status"] == "ok" and len(record["top_k"]) == 5 for record in by_path.values()), by_path
+
+
+@pytest.mark.slow
+def test_forbidden_missing_and_local_in_one_list(s3_worker, s3_server, bucket, tmp_path):
+    settings, store, worker, local = s3_worker
+    good = bucket("allowed/list/good.jpg", jpeg(1))
+    secret = bucket("secret/hidden.jpg", jpeg(2))  # exists, outside the worker's roots
+    sneaky = f"{ALLOWED}/list/../../secret/hidden.jpg"
+    missing = f"{ALLOWED}/list/none.jpg"
+    on_disk = str(imagegen.save(local / "disk.png", seed=4))
+    listing = tmp_path / "list.txt"
+    listing.write_text("\n".join([good, secret, sneaky, missing, on_disk]) + "\n")
+    job = submitted_job(settings, s3_server, "--from-file", str(listing))
+    wait_until_done(store, job, 180, [worker])
+    by_path = records_by_path(store, job)
+    codes = {path: record["error"]["code"] if record["error"] else "ok" for path, record in by_path.items()}
+    assert codes == {good: "ok", secret: "forbidden", sneaky: "forbidden", missing: "missing", on_disk: "ok"}
+    assert by_path[secret]["error"]["message"] == "outside the allowed roots"
+
+
+@pytest.mark.slow
+def test_a_store_restarted_during_a_job_loses_no_image(s3_worker, s3_server, bucket):
+    settings, store, worker, _ = s3_worker
+    urls = [bucket(f"allowed/restart/p{index:02}.jpg", jpeg(100 + index)) for index in range(48)]
+    job = submitted_job(settings, s3_server, f"{ALLOWED}/restart/", "--batch-size", "4")
+    deadline = time.monotonic() + 180
+    while store.status(job).processed == 0:  # the worker is reading the bucket
+        assert time.monotonic() < deadline and worker.alive()
+        time.sleep(0.05)
+    s3_server.stop()
+    try:
+        time.sleep(4)
+        assert not store.status(job).finished
+    finally:
+        s3_server.start()
+    wait_until_done(store, job, 300, [worker])
+    status = store.status(job)
+    assert (status.total, status.ok, status.failed) == (48, 48, 0)
+    assert sorted(records_by_path(store, job)) == sorted(urls)
+    assert "did not answer" in worker.output()  # it did see the store gone, and handed batches back
+
+
+@pytest.mark.slow
+def test_classify_reads_a_bucket_with_its_own_worker(s3_server, bucket, tmp_path):
+    """`imgq classify s3://...` on a machine with nothing running: the worker it starts inherits the endpoint
+    and the credentials, and the results file holds one row per object, its URL as its path."""
+    urls = [bucket(f"allowed/classify/p{index}.jpg", jpeg(200 + index)) for index in range(5)]
+    out = tmp_path / "labels.jsonl"
+    env = clean_env(**s3_server.env, IMGQ_WEIGHTS="random", IMGQ_STATE_DIR=str(tmp_path / "state"),
+                    IMGQ_RUNTIME="openvino")
+    result = subprocess.run([str(Path(sys.executable).parent / "imgq"), "classify", f"{ALLOWED}/classify",
+                             "--embedded-redis", "-o", str(out)], env=env, capture_output=True, text=True,
+                            timeout=400, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(r["path"] for r in records) == sorted(urls) and {r["status"] for r in records} == {"ok"}
