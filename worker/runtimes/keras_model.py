@@ -15,11 +15,12 @@ import dataclasses
 import hashlib
 import os
 
+from imgq.models.folder import label_count_problem
 from imgq.models.resolve import resolve
 from imgq.models.spec import BUILTIN, DEFAULT_MODEL, ModelError, ModelSpec, builtin_spec
+from imgq.models.weights import IMAGENET, RANDOM, WeightsSettingError, check_weights, parse_weights
 from worker.images.preprocess import one_line
 
-LOCAL_WEIGHT_SUFFIXES = (".weights.h5", ".h5", ".keras")
 IMAGENET_WEIGHTS_FILES = {"resnet50": "resnet50_weights_tf_dim_ordering_tf_kernels.h5",
                           "resnet50v2": "resnet50v2_weights_tf_dim_ordering_tf_kernels.h5"}
 
@@ -31,17 +32,16 @@ class WeightsError(RuntimeError):
 def describe_weights(weights: str, spec: ModelSpec | None = None) -> str:
     """The weights id of a weights spec, without loading anything (a file is hashed): what records carry
     and what keys the OpenVINO conversion cache. For a folder model, ``imagenet`` (the default) stands for
-    the model file's own weights. Raises WeightsError for a spec that cannot be loaded."""
-    if spec is not None and spec.folder is not None and weights == "imagenet":
-        return f"file:{spec.model_file}:sha256:{spec.file_digest}"
-    if weights == "imagenet":
-        return "imagenet"
-    if weights == "random" or weights.startswith("random:"):
-        return f"random:{random_seed(weights)} (untrained: labels are meaningless)"
-    if not weights.endswith(LOCAL_WEIGHT_SUFFIXES):
-        raise WeightsError(
-            f"Expected imagenet, random[:SEED] or a weights file ending in {', '.join(LOCAL_WEIGHT_SUFFIXES)}. "
-            f"Received: {weights!r}")
+    the model file's own weights. Raises WeightsError for a spec that cannot be loaded, or not with ``spec``
+    (imgq/models/weights.py: the producer's reading and check too)."""
+    try:
+        read = parse_weights(weights) if spec is None else check_weights(spec, weights)
+    except WeightsSettingError as exc:
+        raise WeightsError(str(exc)) from None
+    if read.kind == IMAGENET:
+        return f"file:{spec.model_file}:sha256:{spec.file_digest}" if spec is not None and spec.folder else IMAGENET
+    if read.kind == RANDOM:
+        return f"random:{read.seed} (untrained: labels are meaningless)"
     if not os.path.isfile(weights):
         raise WeightsError(f"Weights file not found: {weights}")
     return f"file:{os.path.basename(weights)}:sha256:{sha256(weights)[:12]}"
@@ -75,8 +75,9 @@ def _builtin(spec: ModelSpec, weights: str):
                 f"them on a machine with internet access (keras.applications.{builtin.constructor}"
                 f"(weights='imagenet') saves them in ~/.keras/models) and set IMGQ_WEIGHTS=/path/to/{file} "
                 f"(or pass --weights).") from None
-    if weights == "random" or weights.startswith("random:"):
-        keras.utils.set_random_seed(random_seed(weights))
+    read = parse_weights(weights)
+    if read.kind == RANDOM:
+        keras.utils.set_random_seed(read.seed)  # from 0 to 2**32 - 1, as numpy takes it (imgq/models/weights.py)
         return constructor(weights=None, **shape)
     try:
         if weights.endswith(".keras"):
@@ -100,10 +101,7 @@ def _folder_model(spec: ModelSpec, weights: str):
     except Exception as exc:
         raise WeightsError(f"{path}: Keras cannot load it ({one_line(exc, 300)}); save the model with "
                            f"model.save('model.keras') in Keras 3, without Lambda layers.") from None
-    if weights == "random" or weights.startswith("random:"):
-        raise WeightsError(f"IMGQ_WEIGHTS={weights} is for built-in models; {path} carries its own weights "
-                           f"(or give a .weights.h5 file of the same architecture).")
-    if weights != "imagenet":
+    if weights != IMAGENET:  # random weights were refused by describe_weights (check_weights)
         try:
             model.load_weights(weights)
         except Exception as exc:
@@ -179,20 +177,10 @@ def check_model(spec: ModelSpec, model) -> None:
         if len(shape) != 2:
             problems.append(f"{where}: output shape {shape}; expected (None, classes): add a Flatten or pooling "
                             f"before the last Dense layer.")
-        elif shape[1] != len(spec.labels):
-            labels = os.path.join(spec.folder, "labels.txt") if spec.folder else "the class index"
-            problems.append(f"{labels}: {len(spec.labels)} class names for {shape[1]} outputs of {where}; write "
-                            f"one name a line for each output, in order.")
+        elif (problem := label_count_problem(spec, shape[1])) is not None:  # as the producer checks the config
+            problems.append(problem)
     if problems:
         raise WeightsError("\n".join(problems))
-
-
-def random_seed(weights: str) -> int:
-    _, _, seed = weights.partition(":")
-    try:
-        return int(seed or 0)
-    except ValueError:
-        raise WeightsError(f"Expected random or random:SEED with an integer seed. Received: {weights!r}") from None
 
 
 def sha256(path: str) -> str:
