@@ -10,7 +10,6 @@ from collections.abc import Iterable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 
-import click
 import redis
 
 from imgq.contract import MODEL_NAME, is_untrained
@@ -25,7 +24,7 @@ from producer.local.progress import wait
 from producer.local.watch import Workers
 from producer.local.workers import EmbeddedRedis, default_redis_answers
 from producer.options.skipped import echo_queued
-from producer.options.words import plural
+from producer.options.words import echo, plural
 from producer.tags.tagging import TagOptions, tag_records
 
 
@@ -72,7 +71,7 @@ def run_classify(images: Iterable[str], settings: Settings, *, name: str, embedd
         with open_output(path) as file:
             writer_for(output.fmt, final.params.get("top_k", settings.top_k))(records, file)
         _print_summary(store, final, path)
-        click.echo(_broker(settings, server, broker_configured, job), err=True)
+        echo(_broker(settings, server, broker_configured, job), err=True)
         if output.tag is not None:
             _tag(store, final, output.tag)
         return final
@@ -93,13 +92,13 @@ def _cancel(store: ResultStore, job: str, server: EmbeddedRedis | None, configur
     try:
         final = store.cancel(job)
     except JobNotFound:
-        click.echo("Interrupted before the job was queued: nothing was queued.", err=True)
+        echo("Interrupted before the job was queued: nothing was queued.", err=True)
         return
     except (redis.ConnectionError, redis.TimeoutError) as exc:
-        click.echo(f"Interrupted; could not cancel job {job} ({exc}): run `imgq cancel {job}`.", err=True)
+        echo(f"Interrupted; could not cancel job {job} ({exc}): run `imgq cancel {job}`.", err=True)
         return
-    click.echo(f"Interrupted: cancelled job {job} ({final.processed} of {final.total} images have records: "
-               f"`{_reach(server, configured)}results {job}`). Stopping what classify started.", err=True)
+    echo(f"Interrupted: cancelled job {job} ({final.processed} of {final.total} images have records: "
+         f"`{_reach(server, configured)}results {job}`). Stopping what classify started.", err=True)
 
 
 def _broker(settings: Settings, server: EmbeddedRedis | None, configured: bool, job: str) -> str:
@@ -123,14 +122,14 @@ def _reach(server: EmbeddedRedis | None, configured: bool) -> str:
 
 def _tag(store: ResultStore, final: JobStatus, options: TagOptions) -> None:
     summary = tag_records(store.iter_records(final.id), options, submitted_at=final.created)
-    click.echo(f"Sidecars: {summary.count('created')} created, {summary.count('changed')} changed, "
-               f"{summary.count('unchanged')} unchanged, {summary.count('skipped')} skipped, "
-               f"{len(summary.failed)} failed.", err=True)
+    echo(f"Sidecars: {summary.count('created')} created, {summary.count('changed')} changed, "
+         f"{summary.count('unchanged')} unchanged, {summary.count('skipped')} skipped, "
+         f"{len(summary.failed)} failed.", err=True)
     for change in summary.changes:
         if change.message:
-            click.echo(f"warning: {change.message}", err=True)
+            echo(f"warning: {change.message}", err=True)
         if change.note:
-            click.echo(f"note: {change.note}", err=True)
+            echo(f"note: {change.note}", err=True)
 
 
 def _ensure_redis(settings: Settings, embedded: bool | None, configured: bool,
@@ -143,9 +142,9 @@ def _ensure_redis(settings: Settings, embedded: bool | None, configured: bool,
     url = server.start()
     started.callback(server.stop)
     if server.owned:
-        click.echo(f"Started an embedded Redis at {url} (data in {server.data_dir}).", err=True)
+        echo(f"Started an embedded Redis at {url} (data in {server.data_dir}).", err=True)
     else:
-        click.echo(f"Using the embedded Redis another imgq runs at {url} (data in {server.data_dir}).", err=True)
+        echo(f"Using the embedded Redis another imgq runs at {url} (data in {server.data_dir}).", err=True)
     return dataclasses.replace(settings, broker_url=url, results_url=""), server
 
 
@@ -162,16 +161,16 @@ def _print_summary(store: ResultStore, final: JobStatus, out: str) -> None:
             labels[record.top_k[0].label] += 1
             groups.update(wordnet_groups.path_of(record.top_k[0].wnid))
     rate = f", {final.rate:.1f} images/s" if final.rate else ""
-    click.echo(f"{final.ok} classified, {final.failed} failed of {final.total} ({final.state}{rate}).", err=True)
-    click.echo(f"Results: {out}", err=True)
+    echo(f"{final.ok} classified, {final.failed} failed of {final.total} ({final.state}{rate}).", err=True)
+    echo(f"Results: {out}", err=True)
     if labels:
-        click.echo("Top labels: " + ", ".join(f"{label} ({n})" for label, n in labels.most_common(5)), err=True)
+        echo("Top labels: " + ", ".join(f"{label} ({n})" for label, n in labels.most_common(5)), err=True)
     if groups:
-        click.echo("Groups: " + ", ".join(f"{group} ({n})" for group, n in groups.most_common(8)), err=True)
+        echo("Groups: " + ", ".join(f"{group} ({n})" for group, n in groups.most_common(8)), err=True)
     if errors:
-        click.echo("Errors: " + ", ".join(f"{code} ({n})" for code, n in errors.most_common()), err=True)
+        echo("Errors: " + ", ".join(f"{code} ({n})" for code, n in errors.most_common()), err=True)
     if any(is_untrained(w) for w in weights):
-        click.echo("WARNING: made with random weights: the labels are meaningless.", err=True)
+        echo("WARNING: made with random weights: the labels are meaningless.", err=True)
 
 
 
