@@ -54,8 +54,9 @@ class Settings:
     # (model.keras, labels.txt, optional imgq-model.toml; docs/models.md). Checked when the worker starts.
 
     weights: str = "imagenet"
-    # "imagenet" (Keras' download and cache), a local .h5/.weights.h5/.keras file, or "random" / "random:SEED".
-    # For a folder model, "imagenet" means the weights in its model file; a .weights.h5 file replaces them.
+    # "imagenet" (Keras' download and cache), a local .h5/.weights.h5/.keras file, or "random" / "random:SEED"
+    # (SEED from 0 to 4294967295; random weights are for built-in models). For a folder model, "imagenet" means
+    # the weights in its model file; a .weights.h5 file replaces them.
     # A worker takes the jobs that ask for no weights and those that ask for its own; `imgq classify` asks for
     # these, and starts a worker with them unless a live one has them.
 
@@ -398,6 +399,13 @@ def _parse(name: str, raw: str):
         raise ValueError(f"{env_var(name)} must be one of {', '.join(_CHOICES[name])}. Received: {raw!r}")
     if name == "model":
         return _model_setting(raw)
+    if name == "weights":  # its form here; whether it fits the model where that is known (check_weights)
+        from imgq.models.weights import parse_weights
+
+        try:
+            parse_weights(raw)
+        except ValueError as exc:
+            raise ValueError(f"{env_var(name)}: {exc}") from None
     if name == "namespace" and not NAME.fullmatch(raw):
         raise ValueError(f"{env_var(name)} must be letters, digits, '.', '_' or '-'. Received: {raw!r}")
     if name == "metrics_address":

@@ -37,13 +37,19 @@ from producer.exports.export import FILE_FORMATS, FORMATS, file_writer_for, outp
 from producer.local.signals import Terminated
 from producer.local.workers import LocalServiceError, worker_argv
 from producer.options.head_options import head_option, refuse_foreign_head
-from producer.options.model_choice import ChosenModel, choose_model, feature_layer
+from producer.options.model_choice import (
+    ChosenModel,
+    WeightsOption,
+    check_local_weights,
+    choose_model,
+    feature_layer,
+)
 from producer.options.params import BoundedInt, Duration, FiniteFloat, broker_configured, embedded_asked
 from producer.options.paths import ImageLocation, OutputFile
 from producer.options.skipped import echo_queued
 from producer.options.waiting import waiting_for, warn_if_no_worker, weights_wait
 from producer.options.weights_choice import asked_weights, classify_weights
-from producer.options.words import plural
+from producer.options.words import echo, plural, printable
 from producer.tags.tagging import UntrainedWeights
 
 MAX_LISTED = 1000  # `imgq status --limit`: more rows than anyone reads, few enough to read in one go
@@ -55,7 +61,7 @@ class OneLineUsageError(click.UsageError):
     where the help is, without click's usage block before it."""
 
     def __init__(self, error: click.UsageError):
-        super().__init__(" ".join(error.format_message().split()), error.ctx)
+        super().__init__(printable(" ".join(error.format_message().split())), error.ctx)
 
     def show(self, file=None) -> None:
         where = f" (see '{self.ctx.command_path} --help')" if self.ctx is not None else ""
@@ -64,7 +70,7 @@ class OneLineUsageError(click.UsageError):
 
 class CliGroup(click.Group):
     """Turns the errors a user can cause (or fix) into one line and exit code 1, without a traceback; usage
-    errors into one line and exit code 2."""
+    errors into one line and exit code 2. Either line is printable (imgq/text.py): it may name a path."""
 
     def make_context(self, *args, **kwargs):
         try:
@@ -78,6 +84,14 @@ class CliGroup(click.Group):
         return super().resolve_command(ctx, args)
 
     def invoke(self, ctx):
+        try:
+            return self._invoke(ctx)
+        except click.UsageError:
+            raise  # one line, printable already (OneLineUsageError), or the help click shows for a group alone
+        except click.ClickException as exc:  # a path or a name in it reaches the terminal without control characters
+            raise _printable(exc) from None
+
+    def _invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except KeyboardInterrupt:  # Ctrl-C: the shell's convention, 128 + SIGINT, and no traceback
@@ -101,6 +115,13 @@ class CliGroup(click.Group):
             if _is_kombu_connection_error(exc):
                 raise click.ClickException(f"Cannot reach the broker at {_url(ctx)}: {_first_line(exc)}") from None
             raise
+
+
+def _printable(error: click.ClickException) -> click.ClickException:
+    """``error`` as a ClickException of the same exit code whose message holds no control character."""
+    shown = click.ClickException(printable(error.format_message()))
+    shown.exit_code = error.exit_code  # type: ignore[misc]  # a ClassVar in click's stubs; read from the instance
+    return shown
 
 
 def _one_line(error: click.UsageError) -> click.UsageError:
@@ -233,8 +254,8 @@ def _use_embedded(ctx: click.Context, asked: bool, configured: bool) -> None:
     ctx.call_on_close(server.stop)
     ctx.obj = dataclasses.replace(ctx.obj, broker_url=url, results_url="")
     if not asked:
-        click.echo(f"No Redis is configured or answering at 127.0.0.1:6379: reading the embedded Redis's data in "
-                   f"{server.data_dir}.", err=True)
+        echo(f"No Redis is configured or answering at 127.0.0.1:6379: reading the embedded Redis's data in "
+             f"{server.data_dir}.", err=True)
 
 
 def submit_options(command):
@@ -364,8 +385,8 @@ def submit(ctx, paths, recursive, includes, excludes, from_file, top_k, batch_si
     if activations:
         size = (f"about {format_bytes(estimate_bytes(submitted.total, activations, activations_dtype, chosen.name))}"
                 if shapes_known(chosen.name) else "a size only its worker knows")
-        click.echo(f"Activation dumps of {', '.join(activations)}: {size}, under <dump root>/{submitted.job}/ "
-                   f"of the workers.", err=True)
+        echo(f"Activation dumps of {', '.join(activations)}: {size}, under <dump root>/{submitted.job}/ "
+             f"of the workers.", err=True)
     if wait_:
         from producer.local.progress import wait
 
@@ -391,9 +412,9 @@ def status(ctx, job, limit, show_workers, as_json):
         click.echo(json.dumps(rows if not job else rows[0]))
     elif job:
         for key, value in _status_dict(statuses[0]).items():
-            click.echo(f"{key:>10}: {_shown(key, value)}")
+            echo(f"{key:>10}: {_shown(key, value)}")
         if waiting := waiting_for(store, statuses[0]):
-            click.echo(f"{'waiting':>10}: {waiting}")
+            echo(f"{'waiting':>10}: {waiting}")
     else:
         _print_jobs(statuses, store)
 
@@ -447,22 +468,22 @@ def _time(ts: float | None) -> str:
 
 def _print_jobs(statuses: list[JobStatus], store: ResultStore) -> None:
     if not statuses:
-        click.echo("No jobs yet.", err=True)
+        echo("No jobs yet.", err=True)
         return
-    click.echo(f"{'JOB':<12}  {'NAME':<20}  {'STATE':<9}  {'DONE':>13}  {'FAILED':>6}  {'RATE':>8}  {'CREATED':<19}  "
-               f"MODEL")
+    echo(f"{'JOB':<12}  {'NAME':<20}  {'STATE':<9}  {'DONE':>13}  {'FAILED':>6}  {'RATE':>8}  {'CREATED':<19}  "
+         f"MODEL")
     workers = store.workers()
     served = {w.model for w in workers}
     for s in statuses:
         rate = f"{s.rate:.1f}/s" if s.rate else "-"
-        click.echo(f"{s.id:<12}  {s.name[:20]:<20}  {s.state:<9}  {f'{s.processed}/{s.total}':>13}  "
-                   f"{s.failed:>6}  {rate:>8}  {_time(s.created):<19}  {s.model}")
+        echo(f"{s.id:<12}  {printable(s.name)[:20]:<20}  {s.state:<9}  {f'{s.processed}/{s.total}':>13}  "
+             f"{s.failed:>6}  {rate:>8}  {_time(s.created):<19}  {s.model}")
     if waiting := sorted({s.model for s in statuses if not s.finished} - served):
-        click.echo(f"No live worker serves model {', '.join(waiting)}: its jobs wait.", err=True)
+        echo(f"No live worker serves model {', '.join(waiting)}: its jobs wait.", err=True)
     unserved = {(s.model, s.weights) for s in statuses if not s.finished and s.weights and s.model in served
                 and not any(w.serves(s.model, s.weights) for w in workers)}
     for model, weights in sorted(unserved):
-        click.echo(f"No live worker of model {model} has weights {weights}: its jobs that asked for them wait.",
+        echo(f"No live worker of model {model} has weights {weights}: its jobs that asked for them wait.",
                    err=True)
 
 
@@ -480,21 +501,21 @@ def _print_workers(store: ResultStore, as_json: bool) -> None:
         return
     waiting = {model: n for model, n in depths.items() if n}
     by_model = f" ({', '.join(f'{m} {n}' for m, n in waiting.items())})" if set(waiting) - {MODEL_NAME} else ""
-    click.echo(f"{plural(sum(depths.values()), 'batch')} queued{by_model}; {plural(len(workers), 'worker')} alive; "
-               f"{plural(len(jobs), 'job')} in flight.")
+    echo(f"{plural(sum(depths.values()), 'batch')} queued{by_model}; {plural(len(workers), 'worker')} alive; "
+         f"{plural(len(jobs), 'job')} in flight.")
     for w in workers:
-        click.echo(f"  {w.hostname} on {w.host}, pid {w.pid}: model {w.model_id or w.model}, pool {w.pool} "
-                   f"x{w.concurrency}, {plural(w.batches_in_hand, 'batch')} in hand, {w.images_per_second:.1f} "
-                   f"images/s over the last minute, {plural(w.images_done, 'image')} done; {w.precision} on "
-                   f"{w.runtime or '?'}, weights {w.weights}")
+        echo(f"  {w.hostname} on {w.host}, pid {w.pid}: model {w.model_id or w.model}, pool {w.pool} "
+             f"x{w.concurrency}, {plural(w.batches_in_hand, 'batch')} in hand, {w.images_per_second:.1f} "
+             f"images/s over the last minute, {plural(w.images_done, 'image')} done; {w.precision} on "
+             f"{w.runtime or '?'}, weights {w.weights}")
         for warning in w.warnings:
-            click.echo(f"    WARNING: {warning}")
+            echo(f"    WARNING: {warning}")
     for s in jobs:
         model = "" if s.model == MODEL_NAME else f", model {s.model}"
         stuck = "" if s.model in served else f"; waiting: no live worker serves model {s.model}"
         if s.model in served and not any(w.serves(s.model, s.weights) for w in workers):
             stuck = f"; waiting: {weights_wait(workers, s.model, s.weights)}"
-        click.echo(f"  job {s.id} {s.state}: {s.processed}/{s.total} done, {s.failed} failed"
+        echo(f"  job {s.id} {s.state}: {s.processed}/{s.total} done, {s.failed} failed"
                    + (f" ({s.name})" if s.name and s.name != s.id else "") + model + stuck)
 
 
@@ -526,10 +547,10 @@ def wait(ctx, job, timeout):
     try:
         final = wait_for(store, job, timeout=timeout)
     except KeyboardInterrupt:
-        click.echo(f"Interrupted; job {job} goes on: `imgq wait {job}` to watch it again, `imgq cancel {job}` to "
-                   f"stop it.", err=True)
+        echo(f"Interrupted; job {job} goes on: `imgq wait {job}` to watch it again, `imgq cancel {job}` to "
+             f"stop it.", err=True)
         raise
-    click.echo(f"Job {final.id} {final.state}: {final.ok} ok, {final.failed} failed of {final.total}.", err=True)
+    echo(f"Job {final.id} {final.state}: {final.ok} ok, {final.failed} failed of {final.total}.", err=True)
 
 
 @cli.command()
@@ -555,9 +576,9 @@ def results(ctx, job, fmt, out, embeddings_out, min_score, groups):
     job = resolve(store, job)
     status = store.status(job)
     if not status.finished:
-        click.echo(f"Job {job} is {status.state}: {status.processed} of {status.total} records so far.", err=True)
+        echo(f"Job {job} is {status.state}: {status.processed} of {status.total} records so far.", err=True)
     elif status.expiring_soon():
-        click.echo(f"Job {job} expires at {_time(status.expires_at)}: export what you need before then.", err=True)
+        echo(f"Job {job} expires at {_time(status.expires_at)}: export what you need before then.", err=True)
     if embeddings_out:
         _write_embeddings(store, status, embeddings_out, ctx.obj.effective_dump_root)
         if not out:
@@ -567,12 +588,12 @@ def results(ctx, job, fmt, out, embeddings_out, min_score, groups):
     records = store.iter_records(job) if groups else with_min_score(store.iter_records(job), min_score)
     if fmt in FILE_FORMATS:  # binary: written by path, row group by row group
         n = file_writer_for(fmt, k, grouped)(records, out)
-        click.echo(f"Wrote {n} records to {out}.", err=True)
+        echo(f"Wrote {n} records to {out}.", err=True)
         return
     with output(out) as file:
         n = writer_for(fmt, k, grouped)(records, file)
     if out:
-        click.echo(f"Wrote {n} records to {out}.", err=True)
+        echo(f"Wrote {n} records to {out}.", err=True)
 
 
 @cli.command()
@@ -583,8 +604,8 @@ def cancel(ctx, job):
     store = ResultStore.from_settings(ctx.obj)
     final = store.cancel(resolve(store, job))
     have = "has a record" if final.processed == 1 else "have records"
-    click.echo(f"Job {final.id} {final.state}: {final.processed} of its {plural(final.total, 'image')} {have}.",
-               err=True)
+    echo(f"Job {final.id} {final.state}: {final.processed} of its {plural(final.total, 'image')} {have}.",
+         err=True)
 
 
 @cli.command()
@@ -599,11 +620,11 @@ def delete(ctx, job):
         raise click.ClickException(f"Deleted job {job}, but its Parquet files in {left.folder} could not be removed "
                                    f"({left.error}): the workers' reconciler tries again every "
                                    "IMGQ_RECONCILE_SECONDS; remove them by hand if it cannot.")
-    click.echo(f"Deleted job {job}.", err=True)
+    echo(f"Deleted job {job}.", err=True)
     if left.elsewhere:
-        click.echo(f"warning: {left.elsewhere} of its Parquet batch files are not in {left.folder} on this machine: "
-                   "the workers remove them from their sink folder at their next reconcile "
-                   "(IMGQ_RECONCILE_SECONDS).", err=True)
+        echo(f"warning: {left.elsewhere} of its Parquet batch files are not in {left.folder} on this machine: "
+             "the workers remove them from their sink folder at their next reconcile "
+             "(IMGQ_RECONCILE_SECONDS).", err=True)
 
 
 @cli.command()
@@ -621,7 +642,7 @@ def requeue(ctx, job, resume):
     job = resolve(store, job)
     status = store.status(job)
     if status.state == "done":
-        click.echo(f"Job {job} is done: every image has a record, nothing to queue.", err=True)
+        echo(f"Job {job} is done: every image has a record, nothing to queue.", err=True)
         return
     if status.state == "cancelled":
         if not resume:  # its workers would skip every batch: queueing them would say "Queued" and do nothing
@@ -629,17 +650,17 @@ def requeue(ctx, job, resume):
                 f"Job {job} is cancelled: its workers skip the {plural(status.total - status.processed, 'image')} "
                 f"without a record. `imgq requeue {job} --resume` takes the cancellation back and queues them.")
         store.resume(job)
-        click.echo(f"Job {job} resumed: it is no longer cancelled.", err=True)
+        echo(f"Job {job} resumed: it is no longer cancelled.", err=True)
     sent = queue.publish(queue.refs(store.unfinished_batches(job)), settings)
-    click.echo(f"Queued {plural(sent, 'batch')} of job {job} again.", err=True)
+    echo(f"Queued {plural(sent, 'batch')} of job {job} again.", err=True)
 
 
 def _write_embeddings(store: ResultStore, status: JobStatus, out: str, dump_root: str) -> None:
     from producer.exports.embeddings import write_embeddings
 
     written = write_embeddings(store.iter_records(status.id), out, dump_root, feature_layer(status))
-    click.echo(f"Wrote {written.rows} embeddings ({written.dtype}) to {written.path} and the index {written.index}; "
-               f"{written.missing} images have none.", err=True)
+    echo(f"Wrote {written.rows} embeddings ({written.dtype}) to {written.path} and the index {written.index}; "
+         f"{written.missing} images have none.", err=True)
 
 
 def precision_options(command):
@@ -657,7 +678,8 @@ def precision_options(command):
 @setting_option("--model", setting="model", metavar="NAME|FOLDER",
                 help="The one model this worker serves: a built-in name or a model folder; it takes only that "
                      "model's jobs.")
-@setting_option("--weights", setting="weights", help="imagenet, random[:SEED] or a .h5/.weights.h5/.keras file.")
+@setting_option("--weights", setting="weights", type=WeightsOption(),
+                help="imagenet, random[:SEED] or a .h5/.weights.h5/.keras file.")
 @setting_option("--batch-size", setting="batch_size", type=BoundedInt(1, 1024), help="Images per forward pass.")
 @setting_option("--metrics-port", setting="metrics_port", type=BoundedInt(0, 65535),
                 help="Serve Prometheus metrics at http://ADDRESS:PORT/metrics (0: off).")
@@ -687,7 +709,7 @@ def worker(ctx, model, weights, batch_size, metrics_port, metrics_address, log_f
 @cli.command()
 @submit_options
 @job_options
-@setting_option("--weights", setting="weights", metavar="WEIGHTS",
+@setting_option("--weights", setting="weights", metavar="WEIGHTS", type=WeightsOption(),
                 help="The weights the job asks for: only a live worker with them takes it, else classify starts one "
                      "with them (imagenet, random[:SEED] or a .h5/.weights.h5/.keras file).")
 @precision_options
@@ -718,6 +740,7 @@ def classify(ctx, paths, recursive, includes, excludes, from_file, top_k, batch_
     # A worker started here loads the model here: a name of a model no worker serves yet must be a built-in
     # or a folder, checked before anything starts.
     chosen = choose_model(settings.model)
+    check_local_weights(chosen, settings.weights, option=weights is not None)
     if head is not None and (problem := refusal(head, chosen.name, set())):  # the weights: by the worker
         raise click.ClickException(problem)
     skipped = Skipped(keep_paths=verbose)

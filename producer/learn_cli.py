@@ -9,7 +9,9 @@ import click
 
 from imgq.labels.heads import HeadError, check_label
 from imgq.settings import env_var
+from producer.options.model_choice import WeightsOption, check_local_weights, choose_model
 from producer.options.paths import OutputFile
+from producer.options.words import echo
 
 
 @click.command()
@@ -21,7 +23,7 @@ from producer.options.paths import OutputFile
 @click.option("--model", metavar="NAME|FOLDER",
               help="The base model whose pooled features the head reads (as `imgq classify --model`; the head is "
                    "tied to it) [default: resnet50].")
-@click.option("--weights", metavar="WEIGHTS",
+@click.option("--weights", metavar="WEIGHTS", type=WeightsOption(),
               help="The weights to learn on (the head is tied to them): a live worker with them, or one started "
                    f"here [env: {env_var('weights')}; default: imagenet].")
 @click.option("--embedded-redis/--no-embedded-redis", default=None,
@@ -51,14 +53,14 @@ def learn(ctx, examples, out, name, model, weights, embedded_redis):
     except HeadError as exc:
         raise click.BadParameter(str(exc), param_hint="--name") from None
     counts = {label: len(paths) for label, paths in found.images.items()}
-    click.echo(f"Learning {len(counts)} labels from {sum(counts.values())} examples: "
-               + ", ".join(f"{label} ({n})" for label, n in counts.items()), err=True)
+    echo(f"Learning {len(counts)} labels from {sum(counts.values())} examples: "
+         + ", ".join(f"{label} ({n})" for label, n in counts.items()), err=True)
     if found.skipped:
-        click.echo(f"Skipped {len(found.skipped)} files that are not images, e.g. {found.skipped[0]}", err=True)
-    from producer.options.model_choice import choose_model
+        echo(f"Skipped {len(found.skipped)} files that are not images, e.g. {found.skipped[0]}", err=True)
 
     settings = _with(ctx.obj, weights=weights, model=model)
     chosen = choose_model(settings.model)
+    check_local_weights(chosen, settings.weights, option=weights is not None)
     if not chosen.feature_layer:
         raise click.ClickException(f"Model {chosen.name} names no pooled feature layer (feature_layer in its "
                                    "imgq-model.toml): a head reads that layer.")
@@ -81,7 +83,7 @@ def learn(ctx, examples, out, name, model, weights, embedded_redis):
     finally:
         learning.forget_dumps(settings.effective_dump_root, final.id)
     for line in features.failed:
-        click.echo(f"warning: not learned from {line}", err=True)
+        echo(f"warning: not learned from {line}", err=True)
     try:
         head = learning.fit_head(features, name, counts)
     except learning.ExamplesError as exc:
@@ -94,15 +96,15 @@ def _report(head, out: str) -> None:
     from producer.learn import confusion_table, untrained
 
     figures = head.figures
-    click.echo(f"Cross-validated accuracy: {figures['cv_accuracy']:.3f} ({figures['cv_folds']} folds, "
-               f"{figures['examples']} examples)", err=True)
+    echo(f"Cross-validated accuracy: {figures['cv_accuracy']:.3f} ({figures['cv_folds']} folds, "
+         f"{figures['examples']} examples)", err=True)
     for line in confusion_table(head):
-        click.echo("  " + line, err=True)
-    click.echo(f"Head {head.name!r} written to {out}: {len(head.labels)} labels on {head.base_model} "
-               f"({head.feature_layer}), weights {head.weights}.", err=True)
+        echo("  " + line, err=True)
+    echo(f"Head {head.name!r} written to {out}: {len(head.labels)} labels on {head.base_model} "
+         f"({head.feature_layer}), weights {head.weights}.", err=True)
     if untrained(head):
-        click.echo("WARNING: learned on the features of random weights: it tells apart only what untrained "
-                   "features can (colours, textures).", err=True)
+        echo("WARNING: learned on the features of random weights: it tells apart only what untrained "
+             "features can (colours, textures).", err=True)
 
 
 def _default_name(out: str) -> str:

@@ -12,7 +12,7 @@ from imgq.settings import env_var
 from producer.exports.dumps import format_bytes
 from producer.options.params import BoundedInt
 from producer.options.paths import OutputFile
-from producer.options.words import plural
+from producer.options.words import echo, plural
 
 MAX_IMAGE = 2**40  # image numbers count from 0; no job comes near this, and Redis takes it as a list index
 MAX_CHANNELS = 4096  # more than any built-in model's widest layer (ConvNeXt-Tiny's 3072)
@@ -35,10 +35,10 @@ def layers(ctx, model):
                                    f"names as given.")
     shapes = layer_shapes(chosen.name)
     width = max(24, *map(len, shapes))
-    click.echo(f"{'LAYER':<{width}}  {'SHAPE':<14}  {'FLOAT16':>10}  {'FLOAT32':>10}")
+    echo(f"{'LAYER':<{width}}  {'SHAPE':<14}  {'FLOAT16':>10}  {'FLOAT32':>10}")
     for name, shape in shapes.items():
         sizes = [format_bytes(dump_bytes((name,), dtype, chosen.name)) for dtype in ("float16", "float32")]
-        click.echo(f"{name:<{width}}  {'x'.join(map(str, shape)):<14}  {sizes[0]:>10}  {sizes[1]:>10}")
+        echo(f"{name:<{width}}  {'x'.join(map(str, shape)):<14}  {sizes[0]:>10}  {sizes[1]:>10}")
 
 
 @click.command()
@@ -67,9 +67,9 @@ def report(ctx, job, out, page_size, channels, group):
                                limits=PreviewLimits.from_settings(ctx.obj))
     except ReportError as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"Wrote {written.path} ({plural(written.images, 'image')}, {plural(written.errors, 'error')}) and "
-               f"{plural(written.thumbnails, 'thumbnail')} and {plural(written.heatmaps, 'heat-map grid')} to "
-               f"{written.folder}/.", err=True)
+    echo(f"Wrote {written.path} ({plural(written.images, 'image')}, {plural(written.errors, 'error')}) and "
+         f"{plural(written.thumbnails, 'thumbnail')} and {plural(written.heatmaps, 'heat-map grid')} to "
+         f"{written.folder}/.", err=True)
 
 
 @click.command()
@@ -92,5 +92,5 @@ def show(ctx, job, image, layer, out, channels, cell):
     activations = layer_of(record_of(store, resolve(store, job), image), layer,
                            ctx.obj.effective_dump_root)
     write_png(feature_grid(activations, channels, cell=cell, labels=True), out)
-    click.echo(f"Wrote {out}: {layer} {'x'.join(map(str, activations.shape))}, "
-               f"{channel_title(activations, channels)}.", err=True)
+    echo(f"Wrote {out}: {layer} {'x'.join(map(str, activations.shape))}, "
+         f"{channel_title(activations, channels)}.", err=True)

@@ -26,7 +26,7 @@ from producer.options.head_options import head_option, refuse_foreign_head
 from producer.options.model_choice import choose_model
 from producer.options.params import BoundedInt, Duration
 from producer.options.weights_choice import asked_weights
-from producer.options.words import plural
+from producer.options.words import echo, plural
 
 
 class ScheduleGroup(click.Group):
@@ -122,8 +122,8 @@ def add(ctx, name, paths, every, cron, recursive, includes, excludes, top_k, bat
         max_retries=settings.scan_max_retries if max_retries is None else max_retries, paused=paused,
         model=chosen.name, head=_shared_head(ctx, head, chosen.name, asked), weights=asked)
     saved = book.add(definition, replace_existing=replace_existing)
-    click.echo(f"Schedule {saved.name}: {saved.when}{' (paused)' if saved.paused else ''}, "
-               f"{len(saved.paths)} path(s), model {saved.model}. Run `imgq beat` to fire it.", err=True)
+    echo(f"Schedule {saved.name}: {saved.when}{' (paused)' if saved.paused else ''}, "
+         f"{len(saved.paths)} path(s), model {saved.model}. Run `imgq beat` to fire it.", err=True)
 
 
 @schedule.command(name="list")
@@ -137,12 +137,12 @@ def list_(ctx, as_json):
         click.echo(json.dumps([{**_schedule_dict(s), "last_run": run} for s, run in rows]))
         return
     if not rows:
-        click.echo("No schedules yet.", err=True)
+        echo("No schedules yet.", err=True)
         return
-    click.echo(f"{'NAME':<20}  {'WHEN':<24}  {'STATE':<6}  {'LAST RUN':<19}  {'OUTCOME':<9}  PATHS")
+    echo(f"{'NAME':<20}  {'WHEN':<24}  {'STATE':<6}  {'LAST RUN':<19}  {'OUTCOME':<9}  PATHS")
     for s, run in rows:
-        click.echo(f"{s.name[:20]:<20}  {s.when[:24]:<24}  {_state(s):<6}  {_time(run['at'] if run else None):<19}  "
-                   f"{(run or {}).get('outcome', '-'):<9}  {' '.join(s.paths)}")
+        echo(f"{s.name[:20]:<20}  {s.when[:24]:<24}  {_state(s):<6}  {_time(run['at'] if run else None):<19}  "
+             f"{(run or {}).get('outcome', '-'):<9}  {' '.join(s.paths)}")
 
 
 @schedule.command()
@@ -165,7 +165,7 @@ def show(ctx, name, limit, as_json):
                        ("state", _state(s) + ("" if next_run is None else f", next run {_time(next_run)}")),
                        ("options", _options(s)), ("created", _time(s.created)),
                        ("scan", f"{scan['known']} known, {scan['errors']} with errors, {scan['pending']} in flight")]:
-        click.echo(f"{key:>8}: {value}")
+        echo(f"{key:>8}: {value}")
     _print_runs(runs)
 
 
@@ -175,7 +175,7 @@ def show(ctx, name, limit, as_json):
 def pause(ctx, name):
     """Stop firing NAME until resumed (`imgq schedule run` still runs it)."""
     _book(ctx).set_paused(name, True)
-    click.echo(f"Schedule {name} paused.", err=True)
+    echo(f"Schedule {name} paused.", err=True)
 
 
 @schedule.command()
@@ -184,7 +184,7 @@ def pause(ctx, name):
 def resume(ctx, name):
     """Fire NAME again."""
     _book(ctx).set_paused(name, False)
-    click.echo(f"Schedule {name} resumed.", err=True)
+    echo(f"Schedule {name} resumed.", err=True)
 
 
 @schedule.command()
@@ -193,7 +193,7 @@ def resume(ctx, name):
 def remove(ctx, name):
     """Forget NAME: its beat entry, definition, runs and scan state. Its jobs and results stay."""
     _book(ctx).remove(name)
-    click.echo(f"Removed schedule {name}.", err=True)
+    echo(f"Removed schedule {name}.", err=True)
 
 
 @schedule.command()
@@ -211,13 +211,13 @@ def run(ctx, name, wait_):
     skipped = skipped_phrase(result.get("skipped_files", 0), result.get("skipped_kinds", ""))
     if result["outcome"] != "submitted":
         reason = result["reason"] or f"nothing new or changed{f'; {skipped}' if skipped else ''}."
-        click.echo(f"Schedule {name}: {result['outcome']}: {reason}", err=True)
+        echo(f"Schedule {name}: {result['outcome']}: {reason}", err=True)
         return
     found = result["found"]
     click.echo(result["job"])
-    click.echo(f"Queued {plural(found['new'] + found['changed'] + found['retried'], 'image')} ({found['new']} new, "
-               f"{found['changed']} changed, {found['retried']} retried) in {plural(result['batches'], 'batch')}"
-               f"{f'; {skipped}' if skipped else ''}.", err=True)
+    echo(f"Queued {plural(found['new'] + found['changed'] + found['retried'], 'image')} ({found['new']} new, "
+         f"{found['changed']} changed, {found['retried']} retried) in {plural(result['batches'], 'batch')}"
+         f"{f'; {skipped}' if skipped else ''}.", err=True)
     if wait_:
         from producer.local.progress import wait
 
@@ -283,16 +283,16 @@ def _job_dict(store: ResultStore, job: str | None) -> dict | None:
 
 def _print_runs(runs: list[dict]) -> None:
     if not runs:
-        click.echo("No runs yet.")
+        echo("No runs yet.")
         return
-    click.echo(f"{'TIME':<19}  {'TRIGGER':<7}  {'OUTCOME':<9}  {'JOB':<12}  {'NEW':>5}  {'CHANGED':>7}  "
-               f"{'RETRIED':>7}  {'STATE':<9}  {'DONE':>11}  {'OK':>6}  {'FAILED':>6}  NOTE")
+    echo(f"{'TIME':<19}  {'TRIGGER':<7}  {'OUTCOME':<9}  {'JOB':<12}  {'NEW':>5}  {'CHANGED':>7}  "
+         f"{'RETRIED':>7}  {'STATE':<9}  {'DONE':>11}  {'OK':>6}  {'FAILED':>6}  NOTE")
     for run in runs:
         found = run["found"] or {}
         status = run["job_status"] or {}
         done = f"{status['done']}/{status['total']}" if "total" in status else "-"
         note = run["reason"] or (f"{found['given_up']} given up after errors" if found.get("given_up") else "")
-        click.echo(f"{_time(run['at']):<19}  {run['trigger']:<7}  {run['outcome']:<9}  {run['job'] or '-':<12}  "
-                   f"{found.get('new', '-'):>5}  {found.get('changed', '-'):>7}  {found.get('retried', '-'):>7}  "
-                   f"{status.get('state', '-'):<9}  {done:>11}  {status.get('ok', '-'):>6}  "
-                   f"{status.get('failed', '-'):>6}  {note}".rstrip())
+        echo(f"{_time(run['at']):<19}  {run['trigger']:<7}  {run['outcome']:<9}  {run['job'] or '-':<12}  "
+             f"{found.get('new', '-'):>5}  {found.get('changed', '-'):>7}  {found.get('retried', '-'):>7}  "
+             f"{status.get('state', '-'):<9}  {done:>11}  {status.get('ok', '-'):>6}  "
+             f"{status.get('failed', '-'):>6}  {note}".rstrip())

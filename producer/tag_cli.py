@@ -10,7 +10,7 @@ import click
 from imgq.jobs.refs import resolve
 from imgq.results.store import ResultStore
 from producer.options.params import BoundedInt, FiniteFloat
-from producer.options.words import plural
+from producer.options.words import echo, plural, printable
 from producer.tags.tagging import SIDECAR_NAMES, SidecarChange, TagOptions, UntrainedWeights, tag_records
 
 
@@ -51,8 +51,8 @@ def tag(ctx, job, min_score, top, prefix, sidecar_name, remove, dry_run, allow_u
     job = resolve(store, job)
     status = store.status(job)  # raises JobNotFound
     if not status.finished:
-        click.echo(f"Job {job} is {status.state}: tagging the {status.processed} of {status.total} images "
-                   "that have records so far.", err=True)
+        echo(f"Job {job} is {status.state}: tagging the {status.processed} of {status.total} images "
+             "that have records so far.", err=True)
     try:
         summary = tag_records(store.iter_records(job), options, on_change=_reporter(dry_run),
                               submitted_at=status.created)
@@ -60,9 +60,9 @@ def tag(ctx, job, min_score, top, prefix, sidecar_name, remove, dry_run, allow_u
         raise click.ClickException(str(exc)) from None
     would = "would be " if dry_run else ""
     counts = ", ".join(f"{summary.count(state)} {would}{state}" for state in ("created", "changed", "deleted"))
-    click.echo(f"Sidecars: {counts}, {summary.count('unchanged')} unchanged, {summary.count('skipped')} skipped, "
-               f"{len(summary.failed)} failed; "
-               f"{plural(summary.skipped_errors, 'image')} without labels (errors) skipped.", err=True)
+    echo(f"Sidecars: {counts}, {summary.count('unchanged')} unchanged, {summary.count('skipped')} skipped, "
+         f"{len(summary.failed)} failed; "
+         f"{plural(summary.skipped_errors, 'image')} without labels (errors) skipped.", err=True)
     if summary.failed:
         raise click.ClickException(f"{plural(len(summary.failed), 'sidecar')} could not be written (see above); "
                                    "they were left as they were.")
@@ -71,12 +71,12 @@ def tag(ctx, job, min_score, top, prefix, sidecar_name, remove, dry_run, allow_u
 def _reporter(dry_run: bool):
     def report(change: SidecarChange) -> None:
         if change.state in ("failed", "missing-image", "skipped"):
-            click.echo(f"warning: {change.message}", err=True)
+            echo(f"warning: {change.message}", err=True)
         if change.note:
-            click.echo(f"note: {change.note}", err=True)
+            echo(f"note: {change.note}", err=True)
         elif change.state != "unchanged" and dry_run:
             parts = [f"+{k}" for k in change.added] + [f"-{k}" for k in change.removed]
             verb = {"created": "would create", "deleted": "would delete"}.get(change.state, "would change")
             # The path as its bytes: a file name need not be UTF-8, and stdout under a UTF-8 locale refuses it.
-            click.echo(os.fsencode(change.path) + f": {verb}: {', '.join(parts)}".encode())
+            click.echo(os.fsencode(printable(change.path)) + f": {verb}: {', '.join(parts)}".encode())
     return report

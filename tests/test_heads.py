@@ -189,6 +189,14 @@ def test_huge_logits_saturate_instead_of_becoming_nan(labels):
     assert list(scores.argmax(axis=1)) == expected
 
 
+@pytest.mark.parametrize("label", ["csi\x9b31m", "del\x7f", "nel\x85", "\x1b]0;pwned\x07"])
+def test_head_labels_refuse_every_control_character(label):
+    """C1 characters (U+0080-U+009F: U+009B is a CSI in an 8-bit terminal) and DEL as C0 ones: the one label
+    rule that model folders' labels.txt follows too (imgq/labels/names.py)."""
+    with pytest.raises(HeadError, match="control characters"):
+        a_head(labels=["beach", label])
+
+
 def test_a_fifo_a_folder_and_a_huge_file_are_refused_without_blocking(tmp_path):
     os.mkfifo(tmp_path / "fifo")
     done = threading.Event()

@@ -112,3 +112,26 @@ def test_models_are_chosen_without_tensorflow(producer_only, settings, store, tm
     assert "Traceback" not in unknown.stderr and len(unknown.stderr.strip().splitlines()) == 1
     layers = run(producer_only, settings, "layers", "--model", "mobilenetv3large")
     assert layers.returncode == 0 and "flatten" in layers.stdout
+
+
+@pytest.mark.slow
+def test_a_label_count_is_checked_without_keras_and_an_h5_model_left_to_its_worker(producer_only, settings, store,
+                                                                                   tmp_path):
+    """Without the worker extras (no h5py either): a model.keras folder's labels.txt of the wrong length is one
+    line and no job (its config.json is a zip's JSON); a model.h5 folder's count is its worker's to check."""
+    from tests.test_models import functional, h5_model, keras_archive
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "a.jpg").write_bytes(b"not decoded by the producer")
+    folder = tmp_path / "digits"
+    folder.mkdir()
+    keras_archive(folder / "model.keras", functional(3))
+    (folder / "labels.txt").write_text("dark\nbright\n")
+    refused = run(producer_only, settings, "submit", str(photos), "--model", str(folder))
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    assert "2 class names for 3 outputs" in refused.stderr and store.list_jobs() == []
+    (folder / "model.keras").unlink()
+    h5_model(folder / "model.h5", functional(3))  # h5py, with the worker extras, would read 3 outputs in it
+    taken = run(producer_only, settings, "submit", str(photos), "--model", str(folder))
+    assert taken.returncode == 0 and store.status(taken.stdout.strip()).model == "digits", taken.stderr

@@ -69,3 +69,28 @@ def test_an_unknown_model_name_is_one_line_with_the_closest(value):
 
 def test_the_runtime_can_be_auto():
     assert Settings.from_env({"IMGQ_RUNTIME": "auto"}).runtime == "auto"
+
+
+@pytest.mark.parametrize("value", ["random:-1", "random:4294967296", "random:nan", "random:" + "9" * 5000,
+                                   "random:x", "random:1.5", "random:+3", "random: 3", "random:3_0", "random:\u0663",
+                                   "random:", "random:0x10", "Random", "weights.bin"])
+def test_a_weights_setting_is_checked_where_it_is_read(value):
+    """One reading of IMGQ_WEIGHTS (imgq/models/weights.py) for the producer and the worker: a seed that
+    keras.utils.set_random_seed refuses deep inside TensorFlow (-1, 2**32) is refused here, in one line."""
+    with pytest.raises(ValueError, match="IMGQ_WEIGHTS") as info:
+        Settings.from_env({"IMGQ_WEIGHTS": value})
+    message = str(info.value)
+    assert "\n" not in message and "Expected " in message and len(message) < 300
+
+
+@pytest.mark.parametrize(("value", "seed"), [("random", 0), ("random:0", 0), ("random:4294967295", 2**32 - 1),
+                                             ("random:007", 7)])
+def test_seeds_from_0_to_2_to_the_32_less_1(value, seed):
+    from imgq.models.weights import random_seed
+
+    assert Settings.from_env({"IMGQ_WEIGHTS": value}).weights == value and random_seed(value) == seed
+
+
+@pytest.mark.parametrize("value", ["imagenet", "/w/mine.weights.h5", "old.h5", "whole.keras"])
+def test_weights_of_every_kind_are_taken(value):
+    assert Settings.from_env({"IMGQ_WEIGHTS": value}).weights == value

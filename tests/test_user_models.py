@@ -176,3 +176,32 @@ def test_a_model_whose_outputs_are_not_probabilities_is_refused_in_one_line(tmp_
     classifier = load_classifier("imagenet", 2, runtime="tensorflow", model=str(declared))
     probabilities = classifier.predict(classifier.model_input([np.full((28, 28, 1), 200, np.uint8)]))
     assert top_k(probabilities[0], 1, classifier.spec)[0].label == "bright"
+
+
+@pytest.mark.parametrize("model_file", ["model.keras", "model.h5"])
+def test_the_producer_reads_the_output_count_keras_saved(tmp_path, model_file):
+    """What Keras writes (functional with a softmax layer, Sequential with an Activation, a nested model):
+    read without Keras, a labels.txt of the wrong count is refused as the worker refuses it, before anything is
+    queued (imgq/models/config.py)."""
+    import keras
+
+    from imgq.models.folder import read_model_folder
+    from imgq.models.spec import ModelError
+
+    image = keras.Input((8, 8, 3))
+    flat = keras.layers.Flatten()(image)
+    inner = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Flatten(), keras.layers.Dense(3)], name="inner")
+    models = {"functional": keras.Model(image, keras.layers.Softmax()(keras.layers.Dense(3)(flat))),
+              "sequential": keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Flatten(), keras.layers.Dense(3),
+                                              keras.layers.Activation("softmax")]),
+              "nested": keras.Model(image, inner(image))}
+    for kind, model in models.items():
+        folder = tmp_path / kind
+        folder.mkdir()
+        model.save(folder / model_file)
+        (folder / "labels.txt").write_text("a\nb\n")
+        with pytest.raises(ModelError) as info:
+            read_model_folder(str(folder))
+        assert str(info.value).startswith(f"{folder / 'labels.txt'}: 2 class names for 3 outputs"), kind
+        (folder / "labels.txt").write_text("a\nb\nc\n")
+        assert read_model_folder(str(folder)).labels == ("a", "b", "c")

@@ -31,8 +31,9 @@ from celery.signals import (
 from imgq.celery_config import celery_config, queue_name
 from imgq.models.resolve import resolve
 from imgq.models.spec import ModelError
-from imgq.models.weights import weights_key
-from imgq.settings import Settings, mask_url
+from imgq.models.weights import check_weights, weights_key
+from imgq.settings import Settings, env_var, mask_url
+from imgq.text import printable
 from worker import logs
 
 log = logging.getLogger(__name__)
@@ -41,13 +42,18 @@ try:
     settings = Settings.from_env()
     # The one model this worker serves, as its operator set it (IMGQ_MODEL): its name chooses the one queue
     # the worker consumes (imgq.celery_config.queue_name), so that it takes only its own model's jobs. A folder's
-    # problems are found here, before Celery starts, each as one line.
+    # problems (labels.txt against the model's outputs among them) are found here, before Celery starts, each
+    # as one line; so are weights that cannot go with the model: the producer's checks (imgq/models/).
     served = resolve(settings.model)
     # The weights it serves, named as jobs name them (imgq/models/weights.py): it consumes their queue too, where
     # the jobs that asked for them wait. Weights that cannot be named cannot be loaded either: said here.
-    served_weights = weights_key(settings.weights, served)
+    try:
+        check_weights(served, settings.weights)
+        served_weights = weights_key(settings.weights, served)
+    except ValueError as exc:
+        raise ValueError(f"{env_var('weights')}: {exc}") from None
 except (ValueError, ModelError) as exc:  # a malformed IMGQ_* value: one line naming it, never a traceback
-    print(f"imgq worker: {exc}", file=sys.stderr, flush=True)
+    print(f"imgq worker: {printable(exc)}", file=sys.stderr, flush=True)  # it may name a path
     sys.exit(2)
 logs.install(settings.log_format)  # JSON lines if asked, URL passwords masked either way
 
@@ -137,7 +143,7 @@ def _load_or_exit(hostname: str | None, worker=None) -> None:
     except WeightsError as exc:
         log.critical("%s", exc)
         for problem in str(exc).splitlines():  # one line a problem (a model folder can have several)
-            print(f"imgq worker: {problem}", file=sys.stderr, flush=True)
+            print(f"imgq worker: {printable(problem)}", file=sys.stderr, flush=True)
         os._exit(2)
     if worker is not None:
         runtime.celery_pool, runtime.concurrency = _pool_label(worker.pool_cls), worker.concurrency

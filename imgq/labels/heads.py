@@ -21,18 +21,16 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import re
 from dataclasses import dataclass, field
 
+from imgq.labels.names import label_problem
 from imgq.storage.files import RefusedFile, read_regular
 
 FORMAT, VERSION = "imgq-head", 1
 MAX_HEAD_BYTES = 64 << 20
 # A head of 1000 labels over 2048 features is ~40 MB of JSON; anything larger is not a head.
 MAX_LABELS = 1000
-LABEL = re.compile(r"[^\x00-\x1f|,/\\]{1,100}")
-# A head's label becomes an XMP keyword and a CSV cell: no control characters, no '|' (Lightroom's hierarchy
-# separator), no ',' (keyword lists), no path separators; at most 100 characters.
+# A head's labels follow the rule of every label (imgq/labels/names.py), as a model folder's labels.txt does.
 ACTIVATIONS = ("softmax", "sigmoid")
 
 
@@ -84,10 +82,10 @@ class Head:
 
 
 def check_label(label: str) -> str:
-    """``label`` when it can be a head's label (a keyword); raises HeadError."""
-    if not LABEL.fullmatch(label) or label != label.strip() or label in (".", ".."):
-        raise HeadError(f"Expected a label of 1-100 characters without control characters, '|', ',', '/' or "
-                        f"'\\', and no leading or trailing space. Received: {label!r}")
+    """``label`` when it can be a head's label (a keyword: imgq/labels/names.py); raises HeadError."""
+    problem = label_problem(label)
+    if problem is not None:
+        raise HeadError(problem)
     return label
 
 

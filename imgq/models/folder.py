@@ -4,22 +4,24 @@
 Every file is opened as imgq opens any file on a user's behalf: its real path must stay in the folder (no link
 out of it), it must be a regular file under a size cap, and it is opened with O_NONBLOCK (a FIFO named
 labels.txt cannot hang the producer or a worker). Each problem is a ModelError whose message is one line naming
-the file and the fix. Keras reads the model file itself only in the worker (worker/runtimes/keras_model.py), which
-checks
-what only a loaded model can tell (outputs against labels, one image input).
+the file and the fix: `imgq submit --model FOLDER`, `imgq classify --model FOLDER` and the worker read a folder
+here, so a mistake costs one line before anything is queued or started. That covers labels.txt's lines (the rule
+of every label, imgq/labels/names.py) and their count against the model's outputs as its config says them
+(imgq/models/config.py). Keras reads the model file itself only in the worker (worker/runtimes/keras_model.py),
+which checks what only a loaded model can tell (one image input, the outputs a config does not say plainly).
 """
 
 from __future__ import annotations
 
 import errno
 import hashlib
-import json
 import os
 import stat
 import sys
-import zipfile
 from typing import BinaryIO
 
+from imgq.labels.names import label_problem
+from imgq.models.config import h5_config, input_shape, keras_config, output_units
 from imgq.models.spec import (
     BUILTIN,
     INTERPOLATIONS,
@@ -43,7 +45,6 @@ MANIFEST_FILE = "imgq-model.toml"
 MAX_MODEL_BYTES = 8 * 1024**3
 MAX_LABELS_BYTES = 16 * 1024**2
 MAX_MANIFEST_BYTES = 64 * 1024
-MAX_CONFIG_BYTES = 64 * 1024**2  # config.json inside a .keras archive
 MAX_LABELS = 1_000_000
 
 MANIFEST_KEYS = {"name", "preprocessing", "resize", "interpolation", "outputs", "feature_layer"}
@@ -68,13 +69,36 @@ def read_model_folder(folder: str) -> ModelSpec:
     if name in BUILTIN:
         raise ModelError(f"{root}: the name {name!r} is a built-in model's: set another name = \"...\" in "
                          f"{os.path.join(root, MANIFEST_FILE)}.")
-    digest, input_shape = _model_facts(root, model_file)
-    height, width, channels = input_shape if input_shape else (0, 0, 0)
-    return ModelSpec(name=name, folder=root, labels=labels, wnids=None, input_size=(height, width),
+    digest, config = _model_facts(root, model_file)
+    shape = input_shape(config) if config is not None and model_file.endswith(".keras") else None
+    height, width, channels = shape if shape else (0, 0, 0)  # a .h5 model's: completed by its worker
+    spec = ModelSpec(name=name, folder=root, labels=labels, wnids=None, input_size=(height, width),
                      channels=channels, preprocessing=manifest.get("preprocessing", "none"),
                      resize=manifest.get("resize", "squash"), interpolation=manifest.get("interpolation", "nearest"),
                      outputs=manifest.get("outputs", "softmax"), feature_layer=manifest.get("feature_layer"),
                      file_digest=digest[:12], model_file=model_file)
+    _check_label_count(spec, config)
+    return spec
+
+
+def _check_label_count(spec: ModelSpec, config: dict | None) -> None:
+    """Refuse a labels.txt of another length than the outputs the model's config says (imgq/models/config.py);
+    a config that does not say leaves the count to the worker, which loads the model."""
+    outputs = output_units(config) if config is not None else None
+    problem = label_count_problem(spec, outputs) if outputs is not None else None
+    if problem is not None:
+        raise ModelError(problem)
+
+
+def label_count_problem(spec: ModelSpec, outputs: int) -> str | None:
+    """Why the labels of ``spec`` do not name its ``outputs`` (None: one label an output), in one line naming
+    labels.txt and the model file: the one check of the producer, which reads the count from the model's config,
+    and the worker, which reads it from the loaded model."""
+    if outputs == len(spec.labels):
+        return None
+    labels = os.path.join(spec.folder, LABELS_FILE) if spec.folder else "the class index"
+    return (f"{labels}: {len(spec.labels)} class names for {outputs} outputs of {spec.model_path or spec.name}; "
+            f"write one name a line for each output, in order.")
 
 
 def open_in_folder(root: str, name: str, max_bytes: int) -> BinaryIO:
@@ -149,7 +173,10 @@ def _labels(root: str) -> tuple[str, ...]:
             text = file.read().decode("utf-8-sig")
         except UnicodeDecodeError as exc:
             raise ModelError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8.") from None
-    lines = [line.strip() for line in text.splitlines()]
+    # Lines end at "\n" alone, as an editor numbers them: str.splitlines() also breaks at \x1c-\x1e and \x85,
+    # which would split a label holding one. Spaces, tabs and a CR around a name are not part of it; a
+    # control character elsewhere is refused by the label rule.
+    lines = [line.strip(" \t\r") for line in text.split("\n")]
     while lines and not lines[-1]:
         lines.pop()
     if not lines:
@@ -160,41 +187,26 @@ def _labels(root: str) -> tuple[str, ...]:
     for number, label in enumerate(lines, 1):
         if not label:
             raise ModelError(f"{path}: line {number} is empty; every line names one class (remove it, or name it).")
+        problem = label_problem(label)
+        if problem is not None:
+            raise ModelError(f"{path}: line {number}: {problem}")
         if label in seen:
             raise ModelError(f"{path}: line {number} repeats {label!r} (line {seen[label]}); class names must differ.")
         seen[label] = number
     return tuple(lines)
 
 
-def _model_facts(root: str, model_file: str) -> tuple[str, tuple[int, int, int] | None]:
-    """The model file's SHA-256 (hex) and, for a ``.keras`` file, its input shape (height, width, channels)
-    read from the archive's config.json (None when the config does not say, and for ``.h5``)."""
+def _model_facts(root: str, model_file: str) -> tuple[str, dict | None]:
+    """The model file's SHA-256 (hex) and its config (imgq/models/config.py): a ``.keras`` archive's, or a
+    ``.h5`` file's when h5py can read it (else None)."""
     digest = hashlib.sha256()
     with open_in_folder(root, model_file, MAX_MODEL_BYTES) as file:
         for chunk in iter(lambda: file.read(1 << 20), b""):
             digest.update(chunk)
-        shape = None
+        file.seek(0)
+        config: dict | None
         if model_file.endswith(".keras"):
-            file.seek(0)
-            shape = _keras_input_shape(file, os.path.join(root, model_file))
-    return digest.hexdigest(), shape
-
-
-def _keras_input_shape(file: BinaryIO, path: str) -> tuple[int, int, int] | None:
-    try:
-        with zipfile.ZipFile(file) as archive:
-            info = archive.getinfo("config.json")
-            if info.file_size > MAX_CONFIG_BYTES:
-                raise ModelError(f"{path}: its config.json is {info.file_size} bytes, more than imgq reads.")
-            config = json.loads(archive.read(info).decode("utf-8"))
-    except (zipfile.BadZipFile, KeyError, UnicodeDecodeError, json.JSONDecodeError, OSError):
-        raise ModelError(f"{path}: not a Keras model archive; save the model with model.save('model.keras') "
-                         f"(Keras 3).") from None
-    shapes = [layer.get("config", {}).get("batch_shape") for layer in config.get("config", {}).get("layers", [])
-              if isinstance(layer, dict) and layer.get("class_name") == "InputLayer"]
-    if len(shapes) != 1 or not isinstance(shapes[0], list) or len(shapes[0]) != 4:
-        return None  # the worker, which loads the model, says what is wrong with its inputs
-    _, height, width, channels = shapes[0]
-    if not all(isinstance(v, int) and v > 0 for v in (height, width, channels)):
-        return None
-    return height, width, channels
+            config = keras_config(file, os.path.join(root, model_file))
+        else:
+            config = h5_config(file)
+    return digest.hexdigest(), config

@@ -11,7 +11,6 @@ from collections.abc import Iterable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 
-import click
 import redis
 
 from imgq.contract import MODEL_NAME, ResultRecord, is_untrained
@@ -27,7 +26,7 @@ from producer.local.signals import Terminated, ended_by_signals
 from producer.local.watch import Workers
 from producer.local.workers import EmbeddedRedis, default_redis_answers
 from producer.options.skipped import echo_queued
-from producer.options.words import plural
+from producer.options.words import echo, plural
 from producer.tags.tagging import TagOptions, tag_records
 
 
@@ -72,7 +71,7 @@ def run_classify(images: Iterable[str], settings: Settings, *, name: str, embedd
         with open_output(path) as file:
             writer_for(output.fmt, final.params.get("top_k", settings.top_k))(records, file)
         _print_summary(store, final, None if output.temporary else path, output.min_score)
-        click.echo(_broker(settings, server, broker_configured, final.id), err=True)
+        echo(_broker(settings, server, broker_configured, final.id), err=True)
         if output.tag is not None:
             _tag(store, final, output.tag)
         return final
@@ -133,7 +132,7 @@ def _ended_by(why: BaseException) -> str:
 def _say(line: str) -> None:
     """A line on stderr, which may be gone (SIGHUP: the terminal closed): the job is cancelled all the same."""
     with contextlib.suppress(OSError):
-        click.echo(line, err=True)
+        echo(line, err=True)
 
 
 def _first_line(settings: Settings, server: EmbeddedRedis | None, configured: bool) -> str:
@@ -168,14 +167,14 @@ def _reach(server: EmbeddedRedis | None, configured: bool) -> str:
 
 def _tag(store: ResultStore, final: JobStatus, options: TagOptions) -> None:
     summary = tag_records(store.iter_records(final.id), options, submitted_at=final.created)
-    click.echo(f"Sidecars: {summary.count('created')} created, {summary.count('changed')} changed, "
-               f"{summary.count('unchanged')} unchanged, {summary.count('skipped')} skipped, "
-               f"{len(summary.failed)} failed.", err=True)
+    echo(f"Sidecars: {summary.count('created')} created, {summary.count('changed')} changed, "
+         f"{summary.count('unchanged')} unchanged, {summary.count('skipped')} skipped, "
+         f"{len(summary.failed)} failed.", err=True)
     for change in summary.changes:
         if change.message:
-            click.echo(f"warning: {change.message}", err=True)
+            echo(f"warning: {change.message}", err=True)
         if change.note:
-            click.echo(f"note: {change.note}", err=True)
+            echo(f"note: {change.note}", err=True)
 
 
 def _ensure_redis(settings: Settings, embedded: bool | None, configured: bool,
@@ -214,17 +213,17 @@ def _print_summary(store: ResultStore, final: JobStatus, out: str | None, min_sc
             unlabelled += 1
         groups.update(wordnet_groups.memberships(record.top_k, min_score))  # sums over the whole top-k
     rate = f", {final.rate:.1f} images/s" if final.rate else ""
-    click.echo(f"{final.ok} classified, {final.failed} failed of {final.total} ({final.state}{rate}).", err=True)
+    echo(f"{final.ok} classified, {final.failed} failed of {final.total} ({final.state}{rate}).", err=True)
     if out is not None:
-        click.echo(f"Results: {out}", err=True)
+        echo(f"Results: {out}", err=True)
     if labels or unlabelled:
-        click.echo(_top_labels(labels, heads, unlabelled, min_score), err=True)
+        echo(_top_labels(labels, heads, unlabelled, min_score), err=True)
     if groups:
-        click.echo("Groups: " + ", ".join(f"{group} ({n})" for group, n in groups.most_common(8)), err=True)
+        echo("Groups: " + ", ".join(f"{group} ({n})" for group, n in groups.most_common(8)), err=True)
     if errors:
-        click.echo("Errors: " + ", ".join(f"{code} ({n})" for code, n in errors.most_common()), err=True)
+        echo("Errors: " + ", ".join(f"{code} ({n})" for code, n in errors.most_common()), err=True)
     if any(is_untrained(w) for w in weights):
-        click.echo("WARNING: made with random weights: the labels are meaningless.", err=True)
+        echo("WARNING: made with random weights: the labels are meaningless.", err=True)
 
 
 def _best_label(record: ResultRecord) -> str:

@@ -9,6 +9,7 @@ import redis
 
 from imgq.results.job import JobStatus
 from imgq.results.store import ResultStore
+from imgq.text import printable
 from producer.local.signals import raise_if_interrupted, signals_between_polls
 
 POLL_SECONDS = 0.5
@@ -48,13 +49,15 @@ def _wait(store: ResultStore, job: str, show: bool, timeout: float | None,
             status = poll_status(store, job)
         return status
     from rich.console import Console
+    from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[failed]} failed"), TextColumn("{task.fields[rate]}"),
                TimeRemainingColumn())
     with Progress(*columns, console=Console(stderr=True)) as bar:  # stdout stays for data
-        task = bar.add_task(status.name, total=status.total, failed=0, rate="")
+        # The job's name, a user's: without control characters, and not read as rich's markup ("[link=...]").
+        task = bar.add_task(escape(printable(status.name)), total=status.total, failed=0, rate="")
         while True:
             rate = f"{status.rate:.1f} img/s" if status.rate else ""
             bar.update(task, completed=status.processed, failed=status.failed, rate=rate)

@@ -16,14 +16,12 @@ from __future__ import annotations
 import time
 from contextlib import ExitStack
 
-import click
-
 from imgq.contract import MODEL_NAME, weights_key_of
 from imgq.jobs.deliveries import Deliveries
 from imgq.results.store import ResultStore
 from imgq.settings import Settings, mask_url
 from producer.local.workers import WORKER_READY_TIMEOUT, LocalServiceError, LocalWorker
-from producer.options.words import plural
+from producer.options.words import echo, plural
 
 LOOK_SECONDS = 5.0  # how often the workers and the failed deliveries are looked at (a status poll is 0.5 s)
 FAILURES_LOOKED_AT = 20  # batches checked for records at each look, the most delivered first
@@ -59,13 +57,13 @@ class Workers:
             return self.weights
         if workers := self.store.serving(self.model, self.weights):
             which = "the live worker" if len(workers) == 1 else f"the {len(workers)} live workers"
-            click.echo(f"Using {which}, with weights {', '.join(sorted({w.weights for w in workers}))}: "
+            echo(f"Using {which}, with weights {', '.join(sorted({w.weights for w in workers}))}: "
                        f"{', '.join(sorted(w.hostname for w in workers))}.", err=True)
             return self.weights
         if others := self.store.serving(self.model):
             which = "The live worker" if len(others) == 1 else f"The {len(others)} live workers"
             has = "has" if len(others) == 1 else "have"
-            click.echo(f"{which} of model {self.model} {has} weights {', '.join(sorted({w.weights for w in others}))}"
+            echo(f"{which} of model {self.model} {has} weights {', '.join(sorted({w.weights for w in others}))}"
                        f", not {self.weights}: starting one with {self.weights}.", err=True)
         self.start("Started a worker")
         return self.weights
@@ -75,8 +73,8 @@ class Workers:
         worker.start()
         self.started.callback(worker.stop)
         self.worker, self._ready_by = worker, time.monotonic() + WORKER_READY_TIMEOUT
-        click.echo(f"{what} (pid {worker.started.pid}, model {self.model}, weights {self.settings.weights}, "
-                   f"broker {mask_url(self.settings.broker_url)}; log: {worker.log_path}).", err=True)
+        echo(f"{what} (pid {worker.started.pid}, model {self.model}, weights {self.settings.weights}, "
+             f"broker {mask_url(self.settings.broker_url)}; log: {worker.log_path}).", err=True)
 
     def watch(self, job: str):
         """The ``check`` of producer.local.progress.wait for ``job``: raises LocalServiceError when the worker
@@ -120,9 +118,9 @@ class Workers:
                 self._failures[batch] = failed
                 reason = self.worker.last_task_error() if self.worker is not None else None
                 where = f"log: {self.worker.log_path}" if self.worker is not None else "see the workers' logs"
-                click.echo(f"warning: batch {batch} of job {job} failed {plural(failed, 'time')}"
-                           f"{f': {reason}' if reason else ''} ({where}); the workers queue it again within "
-                           f"{self.settings.reconcile_seconds} s.", err=True)
+                echo(f"warning: batch {batch} of job {job} failed {plural(failed, 'time')}"
+                     f"{f': {reason}' if reason else ''} ({where}); the workers queue it again within "
+                     f"{self.settings.reconcile_seconds} s.", err=True)
 
 
 def _failed_deliveries(store: ResultStore, job: str) -> dict[int, int]:

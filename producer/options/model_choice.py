@@ -22,8 +22,11 @@ from typing import TYPE_CHECKING
 
 import click
 
+from imgq.models.spec import ModelSpec
+from imgq.models.weights import FILE, WeightsSettingError, check_weights, parse_weights
 from imgq.results.job import JobStatus
 from imgq.results.store import ResultStore
+from imgq.settings import env_var
 
 if TYPE_CHECKING:
     from imgq.models.spec import ModelSpec
@@ -38,7 +41,8 @@ class UnknownModel(click.ClickException):
 @dataclass(frozen=True)
 class ChosenModel:
     """The model a job asks for: ``name`` routes it; ``feature_layer`` (empty when not known here) is the
-    pooled layer before its classifier, which `imgq results --embeddings` reads."""
+    pooled layer before its classifier, which `imgq results --embeddings` reads; ``spec``: the model as read
+    here (a built-in, or a folder on this machine)."""
 
     name: str
     feature_layer: str = ""
@@ -67,6 +71,37 @@ def choose_model(value: str, store: ResultStore | None = None) -> ChosenModel:
     if value in served:
         return ChosenModel(value)
     raise UnknownModel(unknown_model_message(value, sorted(BUILTIN), sorted(served)))
+
+
+class WeightsOption(click.ParamType):
+    """``--weights``: imagenet, random[:SEED] or a weights file, read as IMGQ_WEIGHTS is (imgq/models/weights.py);
+    anything else refused in one line, exit 2."""
+
+    name = "WEIGHTS"
+
+    def convert(self, value, param, ctx):
+        try:
+            parse_weights(value)
+        except WeightsSettingError as exc:
+            self.fail(str(exc), param, ctx)
+        return value
+
+
+def check_local_weights(chosen: ChosenModel, weights: str, option: bool) -> None:
+    """Refuse, in one line, weights a worker started here could not load with ``chosen``: random weights for a
+    model folder (imgq.models.weights.check_weights), a weights file that is not on this machine. ``option``:
+    given as --weights (a usage error, exit 2); else read from IMGQ_WEIGHTS (exit 1: the environment to fix)."""
+    try:
+        read = check_weights(chosen.spec, weights) if chosen.spec is not None else parse_weights(weights)
+        problem = (f"{read.path}: no such file; give the weights file of the worker started here."
+                   if read.kind == FILE and not os.path.isfile(read.path) else None)
+    except WeightsSettingError as exc:
+        problem = str(exc)
+    if problem is None:
+        return
+    if option:
+        raise click.BadParameter(problem, param_hint="'--weights'")
+    raise click.ClickException(f"{env_var('weights')}: {problem}")
 
 
 def unknown_model_message(value: str, builtin: list[str], served: list[str]) -> str:

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import click
-
 from imgq.storage.selection import Skipped
+from producer.options.words import echo
 
 
 def echo_queued(line: str, skipped: Skipped | None) -> None:
@@ -13,11 +12,11 @@ def echo_queued(line: str, skipped: Skipped | None) -> None:
     skipped file when they were kept (``--verbose``). Standard output carries only the job id.
     """
     if skipped is None:
-        click.echo(line, err=True)
+        echo(line, err=True)
         return
     for path in skipped.paths:
-        click.echo(f"skipped: {path}", err=True)
+        echo(f"skipped: {path}", err=True)
     for path in skipped.link_paths:
-        click.echo(f"not followed (symlinked folder): {path}", err=True)
+        echo(f"not followed (symlinked folder): {path}", err=True)
     summary = skipped.summary()
-    click.echo(f"{line[:-1]}; {summary}." if summary else line, err=True)
+    echo(f"{line[:-1]}; {summary}." if summary else line, err=True)

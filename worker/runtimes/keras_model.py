@@ -17,9 +17,10 @@ import os
 from collections.abc import Iterator
 
 from imgq.models import weights as weight_names
+from imgq.models.folder import label_count_problem
 from imgq.models.resolve import resolve
 from imgq.models.spec import BUILTIN, DEFAULT_MODEL, ModelError, ModelSpec, builtin_spec
-from imgq.models.weights import LOCAL_WEIGHT_SUFFIXES, WeightsRequestError
+from imgq.models.weights import FILE, WeightsRequestError, WeightsSettingError, check_weights, parse_weights
 from worker.images.preprocess import one_line
 from worker.runtimes.model_files import Pinned, pinned_model_file, pinned_weights_file
 
@@ -32,28 +33,26 @@ class WeightsError(RuntimeError):
 
 
 def weights_kind(weights: str) -> str:
-    """``imagenet``, ``random`` or ``file``: what a weights spec names. Raises WeightsError for a spec that
-    names none of them (or a bad seed), without reading anything."""
-    if weights == "imagenet":
-        return "imagenet"
-    if weights == "random" or weights.startswith("random:"):
-        random_seed(weights)
-        return "random"
-    if not weights.endswith(LOCAL_WEIGHT_SUFFIXES):
-        raise WeightsError(
-            f"Expected imagenet, random[:SEED] or a weights file ending in {', '.join(LOCAL_WEIGHT_SUFFIXES)}. "
-            f"Received: {weights!r}")
-    return "file"
+    """``imagenet``, ``random`` or ``file``: what a weights spec names (imgq/models/weights.py). Raises
+    WeightsError for a spec that names none of them (or a bad seed), without reading anything."""
+    try:
+        return parse_weights(weights).kind
+    except WeightsSettingError as exc:
+        raise WeightsError(str(exc)) from None
 
 
 def describe_weights(weights: str, spec: ModelSpec | None = None, digest: str | None = None) -> str:
     """The weights id of a weights spec, without loading anything: what records and the heartbeat carry, what
     keys the OpenVINO conversion cache, and what the jobs asking for these weights name (imgq/models/weights.py,
-    shared with the producer). For a folder model, ``imagenet`` (the default) stands for the model file's own
-    weights. A weights file is hashed there, unless ``digest`` (its SHA-256, hex) says what its bytes were when
-    they were read for loading (``build_model``). Raises WeightsError for a spec that cannot be loaded."""
-    folder_own = spec is not None and spec.folder is not None and weights == "imagenet"
-    if digest is not None and not folder_own and weights_kind(weights) == "file":
+    shared with the producer, whose check this is too). For a folder model, ``imagenet`` (the default) stands for
+    the model file's own weights. A weights file is hashed there, unless ``digest`` (its SHA-256, hex) says what
+    its bytes were when they were read for loading (``build_model``). Raises WeightsError for a spec that
+    cannot be loaded, or not with ``spec``."""
+    try:
+        read = parse_weights(weights) if spec is None else check_weights(spec, weights)
+    except WeightsSettingError as exc:
+        raise WeightsError(str(exc)) from None
+    if read.kind == FILE and digest is not None:
         return f"file:{os.path.basename(weights)}:sha256:{digest[:12]}"
     try:
         return weight_names.weights_id(weights, spec)
@@ -225,10 +224,8 @@ def check_model(spec: ModelSpec, model) -> None:
         if len(shape) != 2:
             problems.append(f"{where}: output shape {shape}; expected (None, classes): add a Flatten or pooling "
                             f"before the last Dense layer.")
-        elif shape[1] != len(spec.labels):
-            labels = os.path.join(spec.folder, "labels.txt") if spec.folder else "the class index"
-            problems.append(f"{labels}: {len(spec.labels)} class names for {shape[1]} outputs of {where}; write "
-                            f"one name a line for each output, in order.")
+        elif (problem := label_count_problem(spec, shape[1])) is not None:  # as the producer checks the config
+            problems.append(problem)
     if problems:
         raise WeightsError("\n".join(problems))
 
