@@ -16,6 +16,7 @@ import click
 
 from imgq.jobs import queue
 from imgq.labels import heads
+from imgq.redis_protocol import check_speaks_redis
 from imgq.results.store import JobNotFound, ResultStore
 from imgq.schedules.scan_state import ScanState
 from imgq.schedules.schedule import MAX_EVERY, RUNS_KEPT, Schedule, ScheduleBook, ScheduleError, check_name, parse_cron
@@ -229,6 +230,10 @@ def beat(ctx, celery_args):
     if settings.beat_lock_timeout <= settings.beat_max_interval:
         raise click.UsageError(f"{env_var('beat_lock_timeout')} must exceed {env_var('beat_max_interval')} "
                                f"({settings.beat_lock_timeout} <= {settings.beat_max_interval}).")
+    # Celery's beat logs a protocol error with its traceback, then goes on and exits 0: refused here instead.
+    foreign = check_speaks_redis(settings)
+    if foreign is not None:
+        raise click.ClickException(foreign)
     from imgq.schedules.beat import run_beat
 
     run_beat(settings, list(celery_args))

@@ -60,6 +60,7 @@ app.conf.update(
 
 @worker_init.connect
 def _load_in_main_process(sender=None, **_):
+    _refuse_a_server_not_speaking_redis()
     pool = getattr(sender, "pool_cls", "")
     celery_pool = pool if isinstance(pool, str) else getattr(pool, "__module__", "")
     if "prefork" not in celery_pool and (getattr(sender, "options", None) or {}).get("autoscale"):
@@ -96,6 +97,18 @@ def _stop_beating_if_idle(how=None, **_):
         helper = threading.Thread(target=runtime.stop_heartbeats, name="imgq-stop-heartbeat", daemon=True)
         helper.start()
         helper.join(2.0)
+
+
+def _refuse_a_server_not_speaking_redis() -> None:
+    """Stop with one line, before the model loads, when the broker's or the results store's URL leads to
+    another kind of server (a web server on that port): Celery would retry it for good, each time logging
+    its protocol error. A Redis that is away is waited for, as before (imgq/redis_protocol.py)."""
+    from imgq.redis_protocol import check_speaks_redis
+
+    problem = check_speaks_redis(settings)
+    if problem is not None:  # printed, not logged: Celery's logging is not set up yet, and would say it twice
+        print(f"imgq worker: {problem}", file=sys.stderr, flush=True)
+        os._exit(2)
 
 
 def _terminated_before_start(signum, frame):
