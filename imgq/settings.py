@@ -95,9 +95,16 @@ class Settings:
 
     runtime: str = "auto"
     # What runs the forward pass: auto (the default) is the faster of the two below for this model on this
-    # CPU, measured once when a worker first loads the model there and recorded with its OpenVINO conversion
-    # (docs/runtime.md); openvino (the Keras model converted once, cached under <state_dir>/openvino);
-    # tensorflow (the Keras model as it is; the one for CUDA GPUs).
+    # CPU, measured when a worker first loads the model there and recorded with its OpenVINO conversion, and
+    # measured again at a later quiet start if the machine was busy or the call close (docs/runtime.md);
+    # openvino (the Keras model converted once, cached under <state_dir>/openvino); tensorflow (the Keras model
+    # as it is; the one for CUDA GPUs).
+
+    auto_quiet_load: float = 0.5
+    # The 1-minute load average per core at or under which runtime auto's measurement counts as quiet. Other
+    # work takes the cores one runtime waits for and can swing the choice: one measured above it is provisional,
+    # and a later start measures again when the load is at or under it (docs/runtime.md). From 0 (only an idle
+    # machine is quiet) to 64; a worker's own start-up adds about 0.2 a core on a quiet 2-core machine.
 
     jpeg_draft: bool = True
     # Let libjpeg decode large JPEGs at 1/2, 1/4 or 1/8 scale (never below the model's input size) before the
@@ -305,6 +312,8 @@ _INT_FIELDS = {"batch_size", "top_k", "visibility_timeout", "max_pixels", "decod
 _INT_MAXIMA = {"batch_size": 1024, "top_k": 1000, "metrics_port": 65535}
 _INT_MINIMA = {"metrics_port": 0,  # 0 turns the metrics server off
                "scan_max_retries": 0}  # 0: a file that errored is not retried
+_FLOAT_RANGES = {"auto_quiet_load": (0.0, 64.0)}
+# 64 a core is a machine swamped beyond doing anything useful: more would only mean "always quiet".
 _BOOL_FIELDS = {"jpeg_draft"}
 _CHOICES = {"pool": ("solo", "threads", "prefork"), "precision": ("fp32", "bf16"),
             "runtime": ("openvino", "tensorflow", "auto"), "log_format": ("text", "json")}
@@ -317,6 +326,18 @@ def _model_setting(raw: str) -> str:
     if raw in BUILTIN or os.sep in raw or raw.startswith(".") or os.path.isdir(raw):
         return raw
     raise ValueError(f"{env_var('model')}: {unknown_name_message(raw)}")
+
+
+def _float_setting(name: str, raw: str) -> float:
+    """A number within its range (_FLOAT_RANGES): not nan, not infinite. Raises ValueError."""
+    low, high = _FLOAT_RANGES[name]
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{env_var(name)} must be a number. Received: {raw!r}") from None
+    if not low <= value <= high:  # nan compares false: refused too
+        raise ValueError(f"{env_var(name)} must be from {low:g} to {high:g}. Received: {raw!r}")
+    return value
 
 
 def parse_setting(name: str, raw: str):
@@ -334,6 +355,8 @@ def _parse(name: str, raw: str):
         if not low <= value <= _INT_MAXIMA.get(name, value):
             raise ValueError(f"{env_var(name)} must be from {low} to {_INT_MAXIMA.get(name, 'any')}. Received: {raw!r}")
         return value
+    if name in _FLOAT_RANGES:
+        return _float_setting(name, raw)
     if name == "retention":
         try:
             seconds = parse_duration(raw)

@@ -506,7 +506,7 @@ def _print_workers(store: ResultStore, as_json: bool) -> None:
         click.echo(f"  {w.hostname} on {w.host}, pid {w.pid}: model {w.model_id or w.model}, pool {w.pool} "
                    f"x{w.concurrency}, {plural(w.batches_in_hand, 'batch')} in hand, {w.images_per_second:.1f} "
                    f"images/s over the last minute, {plural(w.images_done, 'image')} done; {w.precision} on "
-                   f"{w.runtime or '?'}, weights {w.weights}")
+                   f"{w.runtime or '?'}{f' ({w.runtime_choice})' if w.runtime_choice else ''}, weights {w.weights}")
         for warning in w.warnings:
             click.echo(f"    WARNING: {warning}")
     for s in jobs:

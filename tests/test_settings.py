@@ -69,3 +69,16 @@ def test_an_unknown_model_name_is_one_line_with_the_closest(value):
 
 def test_the_runtime_can_be_auto():
     assert Settings.from_env({"IMGQ_RUNTIME": "auto"}).runtime == "auto"
+
+
+@pytest.mark.parametrize(("value", "expected"), [("0", 0.0), ("0.5", 0.5), ("64", 64.0), ("1e1", 10.0)])
+def test_the_quiet_load_of_auto_is_a_load_per_core_from_0_to_64(value, expected):
+    assert Settings.from_env({"IMGQ_AUTO_QUIET_LOAD": value}).auto_quiet_load == expected
+    assert Settings().auto_quiet_load == 0.5
+
+
+@pytest.mark.parametrize("value", ["-0.1", "-1", "nan", "inf", "-inf", "64.01", "1e308", "1e999", "quiet"])
+def test_the_quiet_load_of_auto_is_refused_at_its_edges_in_one_line(value):
+    with pytest.raises(ValueError, match="IMGQ_AUTO_QUIET_LOAD must be") as info:
+        Settings.from_env({"IMGQ_AUTO_QUIET_LOAD": value})
+    assert repr(value) in str(info.value) and "\n" not in str(info.value)

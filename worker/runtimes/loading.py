@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import TYPE_CHECKING
 
 from imgq.models.spec import DEFAULT_MODEL, ModelSpec
 from worker.runtimes.base import ModelRuntime
@@ -15,21 +16,25 @@ from worker.runtimes.keras_model import build_model, model_spec
 from worker.runtimes.precision import enable_precision, resolve_precision
 from worker.runtimes.tensorflow_runtime import Classifier
 
+if TYPE_CHECKING:
+    from worker.runtimes.auto import Machine
+
 log = logging.getLogger(__name__)
 
 RUNTIMES = ("openvino", "tensorflow", "auto")
 
 
 def load_classifier(weights: str, batch_size: int, precision: str = "fp32", runtime: str = "tensorflow",
-                    cache_dir: str | None = None, model: str | ModelSpec = DEFAULT_MODEL) -> ModelRuntime:
+                    cache_dir: str | None = None, model: str | ModelSpec = DEFAULT_MODEL,
+                    machine: Machine | None = None) -> ModelRuntime:
     """Build ``model`` (a built-in name, a model folder, or a ModelSpec) with ``weights`` for ``runtime``,
     compile and warm it up.
 
     ``precision``: fp32, or bf16 where the CPU supports it (worker/runtimes/precision.py). ``runtime``:
     tensorflow, openvino (the Keras model converted, the conversion cached under ``cache_dir``; see
     worker/runtimes/openvino_runtime.py), or auto (the faster of the two for this model on this CPU, measured
-    once and recorded with the conversion: worker/runtimes/auto.py). Raises WeightsError (OpenVINOError, a
-    kind of it, for the runtime).
+    and recorded with the conversion, on ``machine``, this one by default: worker/runtimes/auto.py). Raises
+    WeightsError (OpenVINOError, a kind of it, for the runtime).
     """
     started = time.perf_counter()
     spec = model_spec(model)
@@ -37,7 +42,7 @@ def load_classifier(weights: str, batch_size: int, precision: str = "fp32", runt
     if runtime == "auto":
         from worker.runtimes.auto import auto_classifier
 
-        classifier = auto_classifier(spec, weights, batch_size, resolve_precision(precision), cache_dir)
+        classifier = auto_classifier(spec, weights, batch_size, resolve_precision(precision), cache_dir, machine)
     elif runtime == "openvino":
         from worker.runtimes.openvino_runtime import load_openvino
 
