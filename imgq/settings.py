@@ -87,7 +87,8 @@ class Settings:
 
     concurrency: int = 4
     # Batches a worker holds at once (threads pool). Their decoding overlaps the forward passes, and small
-    # batches share forward passes. More only hoards messages that another worker could take.
+    # batches share forward passes. More only hoards messages that another worker could take. From 1 to
+    # MAX_CONCURRENCY (64, below), as is a worker's --concurrency.
 
     precision: str = "fp32"
     # fp32, or bf16: oneDNN's automatic bfloat16 mixed precision on CPUs with AVX512_BF16 or AMX (a CPU
@@ -309,7 +310,19 @@ def env_var(name: str) -> str:
 _INT_FIELDS = {"batch_size", "top_k", "visibility_timeout", "max_pixels", "decode_threads", "concurrency",
                "max_file_bytes", "max_deliveries", "reconcile_seconds", "heartbeat_seconds", "forward_pass_timeout",
                "max_dump_bytes", "metrics_port", "scan_max_retries", "beat_max_interval", "beat_lock_timeout"}
-_INT_MAXIMA = {"batch_size": 1024, "top_k": 1000, "metrics_port": 65535}
+MAX_CONCURRENCY = 64
+# Batches one worker holds at once. imgq sets Celery's prefetch multiplier to 1, so a worker reserves exactly as
+# many messages as it has threads (Celery's worker_prefetch_multiplier: "how many messages to prefetch at a
+# time multiplied by the number of concurrent processes"; for the threads pool, its threads), all of them
+# unacknowledged until stored, and all waiting on the one model of the process, a forward pass at a time:
+# - beyond a few, threads add no speed (TensorFlow and OpenVINO spread each pass over every core already:
+#   docs/performance.md) and only hold batches another worker could take, each with its decoded pixels
+#   (about 19 MB for 32 images at 224x224);
+# - a batch waiting in line longer than IMGQ_FORWARD_PASS_TIMEOUT is failed, and one not acknowledged within
+#   IMGQ_VISIBILITY_TIMEOUT is delivered again: 64 batches of 32 at a slow CPU's 20 images/s already wait
+#   100 s for the last one.
+# Celery reads 0 as "one per CPU": imgq asks for the number itself.
+_INT_MAXIMA = {"batch_size": 1024, "top_k": 1000, "metrics_port": 65535, "concurrency": MAX_CONCURRENCY}
 _INT_MINIMA = {"metrics_port": 0,  # 0 turns the metrics server off
                "scan_max_retries": 0}  # 0: a file that errored is not retried
 _FLOAT_RANGES = {"auto_quiet_load": (0.0, 64.0)}

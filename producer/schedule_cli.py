@@ -19,7 +19,17 @@ from imgq.labels import heads
 from imgq.redis_protocol import check_speaks_redis
 from imgq.results.store import JobNotFound, ResultStore
 from imgq.schedules.scan_state import ScanState
-from imgq.schedules.schedule import MAX_EVERY, RUNS_KEPT, Schedule, ScheduleBook, ScheduleError, check_name, parse_cron
+from imgq.schedules.schedule import (
+    MAX_EVERY,
+    MIN_EVERY,
+    RUNS_KEPT,
+    Schedule,
+    ScheduleBook,
+    ScheduleError,
+    check_name,
+    check_not_too_often,
+    parse_cron,
+)
 from imgq.schedules.tick import tick
 from imgq.settings import Settings, env_var, format_seconds
 from imgq.storage.selection import skipped_phrase
@@ -74,9 +84,9 @@ def schedule():
 @schedule.command()
 @click.argument("name", callback=_validated(check_name))
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=str))
-@click.option("--every", type=Duration(1, MAX_EVERY), metavar="INTERVAL",
-              help=f"Fire every INTERVAL: 30s, 15m, 1h, 1d (at most {format_seconds(MAX_EVERY)}). The first tick comes "
-                   "at once.")
+@click.option("--every", type=Duration(1, MAX_EVERY), metavar="INTERVAL", callback=_validated(check_not_too_often),
+              help=f"Fire every INTERVAL: 15m, 1h, 1d (from {format_seconds(MIN_EVERY)} to "
+                   f"{format_seconds(MAX_EVERY)}). The first tick comes at once.")
 @click.option("--cron", callback=_validated(parse_cron), metavar="'M H DOM MON DOW'",
               help="Fire at the times of these 5 cron fields, in UTC, e.g. '0 * * * *'.")
 @click.option("--recursive/--no-recursive", default=True, show_default=True,

@@ -50,6 +50,29 @@ def test_an_interval_out_of_range_is_one_line_and_makes_no_schedule(run, photos,
     assert store.redis.keys(f"{settings.namespace}:*") == []
 
 
+@pytest.mark.parametrize("every", ["1s", "1", "30s", "59s", "59"])
+def test_an_interval_under_a_minute_is_refused_in_one_line_and_makes_no_schedule(run, photos, store, settings, every):
+    # A folder walked every second floods the worker's queue with ticks and the runs kept with skipped ones
+    # (issue 25.8): a minute is the floor, as it is cron's finest.
+    result = run("schedule", "add", "photos", str(photos), "--every", every)
+    assert result.exit_code == 2 and len(result.stderr.splitlines()) == 1, result.output
+    assert "a folder is scanned at most once a minute: give --every 1m or more" in result.stderr
+    assert store.redis.keys(f"{settings.namespace}:*") == []
+
+
+def test_an_interval_of_a_minute_is_the_floor(run, photos, store):
+    assert run("schedule", "add", "photos", str(photos), "--every", "60s").exit_code == 0
+
+
+@pytest.mark.parametrize("every", [1, 59])
+def test_the_book_refuses_an_interval_under_a_minute_and_writes_nothing(book, photos, store, settings, every):
+    from imgq.schedules.schedule import Schedule
+
+    with pytest.raises(ValueError, match="at most once a minute"):
+        book.add(Schedule(name="photos", paths=(str(photos),), every=every))
+    assert store.redis.keys(f"{settings.namespace}:*") == []
+
+
 def test_the_book_refuses_an_interval_beat_cannot_fire_and_writes_nothing(book, photos, store, settings):
     from imgq.schedules.schedule import Schedule
 

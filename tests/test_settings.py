@@ -82,3 +82,17 @@ def test_the_quiet_load_of_auto_is_refused_at_its_edges_in_one_line(value):
     with pytest.raises(ValueError, match="IMGQ_AUTO_QUIET_LOAD must be") as info:
         Settings.from_env({"IMGQ_AUTO_QUIET_LOAD": value})
     assert repr(value) in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("value", ["1", "4", "64"])
+def test_concurrency_is_from_1_to_64(value):
+    assert Settings.from_env({"IMGQ_CONCURRENCY": value}).concurrency == int(value)
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "65", "1000", "9" * 30, "nan", "inf", "1.5", "four"])
+def test_concurrency_is_refused_at_its_edges_in_one_line(value):
+    # A worker reserves as many batches as it has threads (prefetch multiplier 1), all waiting on one model:
+    # imgq/settings.py MAX_CONCURRENCY says why 64 (issue 25.8).
+    with pytest.raises(ValueError, match="IMGQ_CONCURRENCY must be") as info:
+        Settings.from_env({"IMGQ_CONCURRENCY": value})
+    assert repr(value) in str(info.value) and "\n" not in str(info.value)

@@ -35,6 +35,12 @@ CRON_FIELDS = ("minute", "hour", "day_of_month", "month_of_year", "day_of_week")
 RUNS_KEPT = 100  # recent runs listed by `imgq schedule show`
 MAX_EVERY = 365 * 86400
 # The longest interval: a year. Longer is no schedule (and celery's timedelta overflows past 999999999 days).
+MIN_EVERY = 60
+# The shortest interval: a minute, as cron's finest. Each tick walks every folder of the schedule and stats
+# every file, is a task on the model's queue among the batches, and is one of the RUNS_KEPT runs: every second,
+# the ticks flood the queue, a tick behind a backlog is dropped (it expires after its interval), and the
+# runs kept span under two minutes of skipped ticks. A folder changes on a human scale; `imgq schedule run`
+# scans one now.
 
 
 class ScheduleError(LookupError):
@@ -69,6 +75,14 @@ def check_every(seconds: int, text: str | None = None) -> int:
     if not 1 <= seconds <= MAX_EVERY:
         raise ValueError(f"An interval is from 1s to {format_seconds(MAX_EVERY)}. "
                          f"Received: {text if text is not None else seconds!r}")
+    return seconds
+
+
+def check_not_too_often(seconds: int) -> int:
+    """Returns ``seconds``; raises ValueError when it is under MIN_EVERY (a minute)."""
+    if seconds < MIN_EVERY:
+        raise ValueError(f"{format_seconds(seconds)} is too often: a folder is scanned at most once a minute: give "
+                         f"--every {format_seconds(MIN_EVERY)} or more (`imgq schedule run` scans one now)")
     return seconds
 
 
@@ -163,7 +177,7 @@ class ScheduleBook:
         if old is not None and not replace_existing:
             raise ScheduleExists(schedule.name)
         if schedule.every is not None:
-            check_every(schedule.every)
+            check_not_too_often(check_every(schedule.every))
         schedule.celery_schedule()  # raises for a cron or interval beat could not fire, before anything is written
         schedule = replace(schedule, created=old.created if old else time.time())
         pipe = self.redis.pipeline(transaction=True)
