@@ -148,6 +148,13 @@ class Settings:
     # Default of `imgq schedule add --max-retries`: how many more ticks submit again a file whose record is an
     # error (a file still being copied reads as corrupt). Then it is left alone until it changes.
 
+    schedule_min_every: int = 60
+    # The shortest `imgq schedule add --every`, in seconds or as 30s, 5m (from 1s to 1d): a minute, as cron's
+    # finest. Each tick walks every folder of its schedule and stats every file, is a task in the model's queue
+    # among the batches, and is one of the 100 runs a schedule keeps: ticks every second flood the queue, are
+    # dropped behind a backlog, and leave a run history of two minutes. Lower it for a small drop folder that
+    # must be seen within seconds; `imgq schedule run NAME` scans one now.
+
     beat_max_interval: int = 30
     # Longest sleep of `imgq beat` between two reads of the schedules in Redis: a schedule added, changed or
     # resumed while beat runs is seen within this many seconds.
@@ -341,6 +348,22 @@ def _model_setting(raw: str) -> str:
     raise ValueError(f"{env_var('model')}: {unknown_name_message(raw)}")
 
 
+_DURATION_RANGES = {"schedule_min_every": (1, 86400)}
+
+
+def _duration_setting(name: str, raw: str) -> int:
+    """Seconds of a duration (``60``, ``30s``, ``5m``) within its range (_DURATION_RANGES). Raises ValueError."""
+    low, high = _DURATION_RANGES[name]
+    try:
+        seconds = parse_duration(raw)
+    except ValueError as exc:
+        raise ValueError(f"{env_var(name)}: {exc}") from None
+    if not low <= seconds <= high:
+        raise ValueError(f"{env_var(name)} must be from {format_seconds(low)} to {format_seconds(high)}. "
+                         f"Received: {raw!r}")
+    return seconds
+
+
 def _float_setting(name: str, raw: str) -> float:
     """A number within its range (_FLOAT_RANGES): not nan, not infinite. Raises ValueError."""
     low, high = _FLOAT_RANGES[name]
@@ -370,6 +393,8 @@ def _parse(name: str, raw: str):
         return value
     if name in _FLOAT_RANGES:
         return _float_setting(name, raw)
+    if name in _DURATION_RANGES:
+        return _duration_setting(name, raw)
     if name == "retention":
         try:
             seconds = parse_duration(raw)

@@ -21,7 +21,6 @@ from imgq.results.store import JobNotFound, ResultStore
 from imgq.schedules.scan_state import ScanState
 from imgq.schedules.schedule import (
     MAX_EVERY,
-    MIN_EVERY,
     RUNS_KEPT,
     Schedule,
     ScheduleBook,
@@ -84,8 +83,8 @@ def schedule():
 @schedule.command()
 @click.argument("name", callback=_validated(check_name))
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=str))
-@click.option("--every", type=Duration(1, MAX_EVERY), metavar="INTERVAL", callback=_validated(check_not_too_often),
-              help=f"Fire every INTERVAL: 15m, 1h, 1d (from {format_seconds(MIN_EVERY)} to "
+@click.option("--every", type=Duration(1, MAX_EVERY), metavar="INTERVAL",
+              help=f"Fire every INTERVAL: 15m, 1h, 1d (from {env_var('schedule_min_every')}, a minute by default, to "
                    f"{format_seconds(MAX_EVERY)}). The first tick comes at once.")
 @click.option("--cron", callback=_validated(parse_cron), metavar="'M H DOM MON DOW'",
               help="Fire at the times of these 5 cron fields, in UTC, e.g. '0 * * * *'.")
@@ -118,6 +117,11 @@ def add(ctx, name, paths, every, cron, recursive, includes, excludes, top_k, bat
     if (every is None) == (cron is None):
         raise click.UsageError("Give exactly one of --every and --cron.")
     settings: Settings = ctx.obj
+    if every is not None:
+        try:
+            check_not_too_often(every, settings.schedule_min_every)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="'--every'") from None
     book = _book(ctx)
     chosen = choose_model(model or settings.model, book.store)
     definition = Schedule(

@@ -96,3 +96,16 @@ def test_concurrency_is_refused_at_its_edges_in_one_line(value):
     with pytest.raises(ValueError, match="IMGQ_CONCURRENCY must be") as info:
         Settings.from_env({"IMGQ_CONCURRENCY": value})
     assert repr(value) in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(("value", "seconds"), [("1", 1), ("30s", 30), ("5m", 300), ("1d", 86400)])
+def test_the_floor_of_schedule_intervals_is_a_duration_from_1s_to_1d(value, seconds):
+    assert Settings.from_env({"IMGQ_SCHEDULE_MIN_EVERY": value}).schedule_min_every == seconds
+    assert Settings().schedule_min_every == 60
+
+
+@pytest.mark.parametrize("value", ["0", "0s", "-1", "nan", "inf", "1.5", "2d", "9" * 30, "soon"])
+def test_the_floor_of_schedule_intervals_is_refused_at_its_edges_in_one_line(value):
+    with pytest.raises(ValueError, match="IMGQ_SCHEDULE_MIN_EVERY") as info:
+        Settings.from_env({"IMGQ_SCHEDULE_MIN_EVERY": value})
+    assert repr(value) in str(info.value) and "\n" not in str(info.value)

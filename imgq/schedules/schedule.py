@@ -27,7 +27,7 @@ from imgq.keys import Keys
 from imgq.results.store import ResultStore
 from imgq.schedules.beat import beat_app
 from imgq.schedules.scan_state import PARTS as SCAN_PARTS
-from imgq.settings import Settings, format_seconds, parse_duration
+from imgq.settings import Settings, env_var, format_seconds, parse_duration
 from imgq.storage.selection import PathFilter
 
 CRON_FIELDS = ("minute", "hour", "day_of_month", "month_of_year", "day_of_week")
@@ -35,12 +35,6 @@ CRON_FIELDS = ("minute", "hour", "day_of_month", "month_of_year", "day_of_week")
 RUNS_KEPT = 100  # recent runs listed by `imgq schedule show`
 MAX_EVERY = 365 * 86400
 # The longest interval: a year. Longer is no schedule (and celery's timedelta overflows past 999999999 days).
-MIN_EVERY = 60
-# The shortest interval: a minute, as cron's finest. Each tick walks every folder of the schedule and stats
-# every file, is a task on the model's queue among the batches, and is one of the RUNS_KEPT runs: every second,
-# the ticks flood the queue, a tick behind a backlog is dropped (it expires after its interval), and the
-# runs kept span under two minutes of skipped ticks. A folder changes on a human scale; `imgq schedule run`
-# scans one now.
 
 
 class ScheduleError(LookupError):
@@ -78,11 +72,13 @@ def check_every(seconds: int, text: str | None = None) -> int:
     return seconds
 
 
-def check_not_too_often(seconds: int) -> int:
-    """Returns ``seconds``; raises ValueError when it is under MIN_EVERY (a minute)."""
-    if seconds < MIN_EVERY:
-        raise ValueError(f"{format_seconds(seconds)} is too often: a folder is scanned at most once a minute: give "
-                         f"--every {format_seconds(MIN_EVERY)} or more (`imgq schedule run` scans one now)")
+def check_not_too_often(seconds: int, floor: int) -> int:
+    """Returns ``seconds``; raises ValueError when it is under ``floor`` (IMGQ_SCHEDULE_MIN_EVERY, a minute by
+    default: imgq/settings.py says why)."""
+    if seconds < floor:
+        raise ValueError(f"{format_seconds(seconds)} is too often: a folder is scanned at most every "
+                         f"{format_seconds(floor)} ({env_var('schedule_min_every')}): give --every "
+                         f"{format_seconds(floor)} or more (`imgq schedule run` scans one now)")
     return seconds
 
 
@@ -177,7 +173,7 @@ class ScheduleBook:
         if old is not None and not replace_existing:
             raise ScheduleExists(schedule.name)
         if schedule.every is not None:
-            check_not_too_often(check_every(schedule.every))
+            check_not_too_often(check_every(schedule.every), self.settings.schedule_min_every)
         schedule.celery_schedule()  # raises for a cron or interval beat could not fire, before anything is written
         schedule = replace(schedule, created=old.created if old else time.time())
         pipe = self.redis.pipeline(transaction=True)
