@@ -16,7 +16,6 @@ import atexit
 import logging
 import os
 import signal
-import socket
 import sys
 import threading
 
@@ -33,8 +32,8 @@ from celery.signals import (
 from imgq.celery_config import celery_config
 from imgq.models.resolve import resolve
 from imgq.models.spec import ModelError
-from imgq.settings import MAX_CONCURRENCY, Settings, mask_url
-from worker import logs, naming
+from imgq.settings import Settings, mask_url
+from worker import logs, naming, start_checks
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +70,10 @@ def _name_this_worker(sender=None, instance=None, **_):
 
 @worker_init.connect
 def _load_in_main_process(sender=None, **_):
-    _refuse_a_concurrency_out_of_bounds(getattr(sender, "concurrency", None))
-    _refuse_a_server_not_speaking_redis()
-    _refuse_a_live_namesake(getattr(sender, "hostname", None))
+    # Each stops the worker in one line (exit 2) before it loads its model (worker/start_checks.py).
+    start_checks.refuse_a_concurrency_out_of_bounds(getattr(sender, "concurrency", None))
+    start_checks.refuse_a_server_not_speaking_redis(settings)
+    start_checks.refuse_a_live_namesake(settings, getattr(sender, "hostname", None))
     pool = getattr(sender, "pool_cls", "")
     celery_pool = pool if isinstance(pool, str) else getattr(pool, "__module__", "")
     if "prefork" not in celery_pool and (getattr(sender, "options", None) or {}).get("autoscale"):
@@ -110,48 +110,6 @@ def _stop_beating_if_idle(how=None, **_):
         helper = threading.Thread(target=runtime.stop_heartbeats, name="imgq-stop-heartbeat", daemon=True)
         helper.start()
         helper.join(2.0)
-
-
-def _refuse_a_server_not_speaking_redis() -> None:
-    """Stop with one line, before the model loads, when the broker's or the results store's URL leads to
-    another kind of server (a web server on that port): Celery would retry it for good, each time logging
-    its protocol error. A Redis that is away is waited for, as before (imgq/redis_protocol.py)."""
-    from imgq.redis_protocol import check_speaks_redis
-
-    problem = check_speaks_redis(settings)
-    if problem is not None:  # printed, not logged: Celery's logging is not set up yet, and would say it twice
-        print(f"imgq worker: {problem}", file=sys.stderr, flush=True)
-        os._exit(2)
-
-
-def _refuse_a_concurrency_out_of_bounds(concurrency) -> None:
-    """Stop with one line when Celery's --concurrency (which overrides IMGQ_CONCURRENCY, bounded as it is
-    read) asks for more batches in hand than MAX_CONCURRENCY (imgq/settings.py says why), or fewer than one."""
-    if isinstance(concurrency, int) and not 1 <= concurrency <= MAX_CONCURRENCY:
-        print(f"imgq worker: --concurrency {concurrency} is more than {MAX_CONCURRENCY}, the most batches one "
-              f"worker may hold (imgq/settings.py, MAX_CONCURRENCY): start more workers instead"
-              if concurrency > MAX_CONCURRENCY else
-              f"imgq worker: --concurrency {concurrency}: a worker holds from 1 to {MAX_CONCURRENCY} batches",
-              file=sys.stderr, flush=True)
-        os._exit(2)
-
-
-def _refuse_a_live_namesake(nodename: str | None) -> None:
-    """Stop with one line, before the model loads, when a live worker already has this node name (given
-    with -n): the records of both would say the same ``worker``."""
-    from imgq.results.store import ResultStore
-
-    if not nodename:
-        return
-    store = ResultStore.from_settings(settings)
-    try:
-        twin = naming.live_namesake(store, nodename, socket.gethostname(), os.getpid())
-    finally:
-        store.redis.close()
-    if twin is not None:
-        print(f"imgq worker: a live worker is already named {nodename} (pid {twin.pid} on {twin.host}): give "
-              f"this one another name with -n, or leave -n out for a name of its own", file=sys.stderr, flush=True)
-        os._exit(2)
 
 
 def _terminated_before_start(signum, frame):
