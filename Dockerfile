@@ -93,14 +93,16 @@ load_classifier(sys.argv[1], 1, 'fp32', 'openvino', '/home/imgq/.local/state/img
 # OpenVINO (IMGQ_RUNTIME auto, the default, or openvino) with IMGQ_WEIGHTS=OPENVINO_WEIGHTS only, and no --activations (a new layer set needs
 # a new conversion, so TensorFlow): for those, the full image.
 FROM base AS openvino
-# openvino, prometheus-client, pillow-heif and rawpy: the worker extra of pyproject.toml without TensorFlow
+# openvino, prometheus-client, pillow-heif, rawpy, nncf (int8) and boto3 (s3://): the worker extra of
+# pyproject.toml without TensorFlow
 # (tests/test_deploy.py checks they agree). Keras' version, without Keras' dependencies: the conversion
 # cache's key names it.
 COPY --from=converted /home/imgq/keras-version.txt ./
 RUN --mount=type=secret,id=pip_cert --mount=type=cache,target=/root/.cache/pip,sharing=locked \
     if [ -s /run/secrets/pip_cert ]; then export PIP_CERT=/run/secrets/pip_cert; fi && \
     mkdir imgq producer worker && touch imgq/__init__.py producer/__init__.py worker/__init__.py && \
-    pip install . 'openvino>=2025.1' 'prometheus-client>=0.20' 'pillow-heif>=1.0' 'rawpy>=0.24' && \
+    pip install '.[s3]' 'openvino>=2025.1' 'prometheus-client>=0.20' 'pillow-heif>=1.0' 'rawpy>=0.24' \
+        'nncf>=2.16' && \
     pip install --no-deps -r keras-version.txt && \
     pip uninstall --yes imgq && rm -rf /src/imgq /src/producer /src/worker
 COPY imgq ./imgq

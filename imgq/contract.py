@@ -374,6 +374,9 @@ class Heartbeat:
     weights: str = ""
     precision: str = ""
     runtime: str = ""
+    runtime_choice: str = ""
+    # How IMGQ_RUNTIME=auto chose the runtime and how sure that is ("auto: measured ... quiet: openvino, 1.44x",
+    # or provisional: measured under load, to be measured again when quiet); empty for a runtime set by name.
     pool: str = ""
     concurrency: int = 0
     batch_size: int = 0

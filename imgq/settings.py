@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-import math
 import os
 import re
 import stat
@@ -107,7 +106,8 @@ class Settings:
 
     concurrency: int = 4
     # Batches a worker holds at once (threads pool). Their decoding overlaps the forward passes, and small
-    # batches share forward passes. More only hoards messages that another worker could take.
+    # batches share forward passes. More only hoards messages that another worker could take. From 1 to
+    # MAX_CONCURRENCY (64, below), as is a worker's --concurrency.
 
     precision: str = "fp32"
     # fp32; bf16: oneDNN's automatic bfloat16 mixed precision on CPUs with AVX512_BF16 or AMX (a CPU
@@ -127,9 +127,16 @@ class Settings:
 
     runtime: str = "auto"
     # What runs the forward pass: auto (the default) is the faster of the two below for this model on this
-    # CPU, measured once when a worker first loads the model there and recorded with its OpenVINO conversion
-    # (docs/runtime.md); openvino (the Keras model converted once, cached under <state_dir>/openvino);
-    # tensorflow (the Keras model as it is; the one for CUDA GPUs).
+    # CPU, measured when a worker first loads the model there and recorded with its OpenVINO conversion, and
+    # measured again at a later quiet start if the machine was busy or the call close (docs/runtime.md);
+    # openvino (the Keras model converted once, cached under <state_dir>/openvino); tensorflow (the Keras model
+    # as it is; the one for CUDA GPUs).
+
+    auto_quiet_load: float = 0.5
+    # The 1-minute load average per core at or under which runtime auto's measurement counts as quiet. Other
+    # work takes the cores one runtime waits for and can swing the choice: one measured above it is provisional,
+    # and a later start measures again when the load is at or under it (docs/runtime.md). From 0 (only an idle
+    # machine is quiet) to 64; a worker's own start-up adds about 0.2 a core on a quiet 2-core machine.
 
     jpeg_draft: bool = True
     # Let libjpeg decode large JPEGs at 1/2, 1/4 or 1/8 scale (never below the model's input size) before the
@@ -171,6 +178,13 @@ class Settings:
     scan_max_retries: int = 3
     # Default of `imgq schedule add --max-retries`: how many more ticks submit again a file whose record is an
     # error (a file still being copied reads as corrupt). Then it is left alone until it changes.
+
+    schedule_min_every: int = 60
+    # The shortest `imgq schedule add --every`, in seconds or as 30s, 5m (from 1s to 1d): a minute, as cron's
+    # finest. Each tick walks every folder of its schedule and stats every file, is a task in the model's queue
+    # among the batches, and is one of the 100 runs a schedule keeps: ticks every second flood the queue, are
+    # dropped behind a backlog, and leave a run history of two minutes. Lower it for a small drop folder that
+    # must be seen within seconds; `imgq schedule run NAME` scans one now.
 
     beat_max_interval: int = 30
     # Longest sleep of `imgq beat` between two reads of the schedules in Redis: a schedule added, changed or
@@ -346,12 +360,26 @@ _INT_FIELDS = {"batch_size", "top_k", "visibility_timeout", "max_pixels", "decod
                "max_file_bytes", "max_deliveries", "reconcile_seconds", "heartbeat_seconds", "forward_pass_timeout",
                "max_dump_bytes", "metrics_port", "scan_max_retries", "beat_max_interval", "beat_lock_timeout",
                "calibration_images"}
-_INT_MAXIMA = {"batch_size": 1024, "top_k": 1000, "metrics_port": 65535, "calibration_images": 10_000}
+MAX_CONCURRENCY = 64
+# Batches one worker holds at once. imgq sets Celery's prefetch multiplier to 1, so a worker reserves exactly as
+# many messages as it has threads (Celery's worker_prefetch_multiplier: "how many messages to prefetch at a
+# time multiplied by the number of concurrent processes"; for the threads pool, its threads), all of them
+# unacknowledged until stored, and all waiting on the one model of the process, a forward pass at a time:
+# - beyond a few, threads add no speed (TensorFlow and OpenVINO spread each pass over every core already:
+#   docs/performance.md) and only hold batches another worker could take, each with its decoded pixels
+#   (about 19 MB for 32 images at 224x224);
+# - a batch waiting in line longer than IMGQ_FORWARD_PASS_TIMEOUT is failed, and one not acknowledged within
+#   IMGQ_VISIBILITY_TIMEOUT is delivered again: 64 batches of 32 at a slow CPU's 20 images/s already wait
+#   100 s for the last one.
+# Celery reads 0 as "one per CPU": imgq asks for the number itself.
+_INT_MAXIMA = {"batch_size": 1024, "top_k": 1000, "metrics_port": 65535, "concurrency": MAX_CONCURRENCY,
+               "calibration_images": 10_000}
 _INT_MINIMA = {"calibration_images": 8,  # fewer cannot calibrate and hold out (worker/runtimes/calibration.py)
                "metrics_port": 0,  # 0 turns the metrics server off
                "scan_max_retries": 0}  # 0: a file that errored is not retried
+_FLOAT_RANGES = {"auto_quiet_load": (0.0, 64.0), "int8_min_agreement": (0.0, 1.0)}
+# 64 a core is a machine swamped beyond doing anything useful: more would only mean "always quiet".
 _BOOL_FIELDS = {"jpeg_draft"}
-_FLOAT_RANGES = {"int8_min_agreement": (0.0, 1.0)}
 _CHOICES = {"pool": ("solo", "threads", "prefork"), "precision": ("fp32", "bf16", "int8"),
             "runtime": ("openvino", "tensorflow", "auto"), "log_format": ("text", "json")}
 
@@ -363,6 +391,34 @@ def _model_setting(raw: str) -> str:
     if raw in BUILTIN or os.sep in raw or raw.startswith(".") or os.path.isdir(raw):
         return raw
     raise ValueError(f"{env_var('model')}: {unknown_name_message(raw)}")
+
+
+_DURATION_RANGES = {"schedule_min_every": (1, 86400)}
+
+
+def _duration_setting(name: str, raw: str) -> int:
+    """Seconds of a duration (``60``, ``30s``, ``5m``) within its range (_DURATION_RANGES). Raises ValueError."""
+    low, high = _DURATION_RANGES[name]
+    try:
+        seconds = parse_duration(raw)
+    except ValueError as exc:
+        raise ValueError(f"{env_var(name)}: {exc}") from None
+    if not low <= seconds <= high:
+        raise ValueError(f"{env_var(name)} must be from {format_seconds(low)} to {format_seconds(high)}. "
+                         f"Received: {raw!r}")
+    return seconds
+
+
+def _float_setting(name: str, raw: str) -> float:
+    """A number within its range (_FLOAT_RANGES): not nan, not infinite. Raises ValueError."""
+    low, high = _FLOAT_RANGES[name]
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{env_var(name)} must be a number. Received: {raw!r}") from None
+    if not low <= value <= high:  # nan compares false: refused too
+        raise ValueError(f"{env_var(name)} must be from {low:g} to {high:g}. Received: {raw!r}")
+    return value
 
 
 def parse_setting(name: str, raw: str):
@@ -381,7 +437,9 @@ def _parse(name: str, raw: str):
             raise ValueError(f"{env_var(name)} must be from {low} to {_INT_MAXIMA.get(name, 'any')}. Received: {raw!r}")
         return value
     if name in _FLOAT_RANGES:
-        return _parse_float(name, raw)
+        return _float_setting(name, raw)
+    if name in _DURATION_RANGES:
+        return _duration_setting(name, raw)
     if name == "retention":
         try:
             seconds = parse_duration(raw)
@@ -422,17 +480,6 @@ def _parse(name: str, raw: str):
         raise ValueError(f"{env_var(name)} must be a region name: lowercase letters, digits and '-' "
                          f"(us-east-1, auto). Received: {raw!r}")
     return raw
-
-
-def _parse_float(name: str, raw: str) -> float:
-    low, high = _FLOAT_RANGES[name]
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"{env_var(name)} must be a number. Received: {raw!r}") from None
-    if not math.isfinite(value) or not low <= value <= high:  # nan compares false with both bounds
-        raise ValueError(f"{env_var(name)} must be from {low} to {high}. Received: {raw!r}")
-    return value
 
 
 _REGION = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")

@@ -24,6 +24,7 @@ from imgq.jobs import submit as submission
 from imgq.jobs.refs import resolve
 from imgq.labels.heads import Head, refusal
 from imgq.models.layers import UnknownLayer, check_layers, shapes_known
+from imgq.redis_protocol import check_speaks_redis, not_redis_message
 from imgq.results.job import JobStatus
 from imgq.results.sink import DamagedSink, SinkFilesMissing, SinkNotRemovable
 from imgq.results.store import JobNotFound, ResultStore
@@ -100,21 +101,35 @@ class CliGroup(click.Group):
             raise click.exceptions.Exit(128 + exc.signum) from None
         except click.UsageError as exc:  # a command's options and arguments, and what its body refuses
             raise _one_line(exc) from None
-        except redis.AuthenticationError as exc:  # before ConnectionError, which it is (NOAUTH, WRONGPASS)
-            raise click.ClickException(f"Redis at {_url(ctx)} refused the credentials: {exc}") from None
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise click.ClickException(f"Cannot reach Redis at {_url(ctx)}: {_first_line(exc)}") from None
-        except (JobNotFound, submission.EmptySelection, TimeoutError, LocalServiceError, DumpError,
-                UntrainedWeights, WriteError, SinkFilesMissing, SinkNotRemovable, DamagedSink, ListingError) as exc:
-            raise click.ClickException(str(exc)) from None
         except Exception as exc:
-            refusal = _refusal(exc)
-            if refusal is not None:
-                raise click.ClickException(f"Redis refused a command: {_reply(refusal)}"
-                                           f"{_REFUSAL_HINTS.get(type(refusal), '')}") from None
-            if _is_kombu_connection_error(exc):
-                raise click.ClickException(f"Cannot reach the broker at {_url(ctx)}: {_first_line(exc)}") from None
-            raise
+            known = _known_error(ctx, exc)
+            if known is None:  # a bug: its traceback is what finds it
+                raise
+            raise known from None
+
+
+_USER_ERRORS = (JobNotFound, submission.EmptySelection, TimeoutError, LocalServiceError, DumpError,
+                UntrainedWeights, WriteError, SinkFilesMissing, SinkNotRemovable, DamagedSink, ListingError)
+
+
+def _known_error(ctx, exc: Exception) -> click.ClickException | None:
+    """The one line for an error a user can cause or fix (exit code 1), or None for any other."""
+    foreign = not_redis_message(_broker_url(ctx), exc)
+    if foreign is not None:  # first: redis-py reports some of these as connection errors or refusals
+        return click.ClickException(_which_not_redis(ctx) or foreign)
+    if isinstance(exc, redis.AuthenticationError):  # before ConnectionError, which it is (NOAUTH, WRONGPASS)
+        return click.ClickException(f"Redis at {_url(ctx)} refused the credentials: {exc}")
+    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
+        return click.ClickException(f"Cannot reach Redis at {_url(ctx)}: {_first_line(exc)}")
+    if isinstance(exc, _USER_ERRORS):
+        return click.ClickException(str(exc))
+    refusal = _refusal(exc)
+    if refusal is not None:
+        return click.ClickException(f"Redis refused a command: {_reply(refusal)}"
+                                    f"{_REFUSAL_HINTS.get(type(refusal), '')}")
+    if _is_kombu_connection_error(exc):
+        return click.ClickException(f"Cannot reach the broker at {_url(ctx)}: {_first_line(exc)}")
+    return None
 
 
 def _printable(error: click.ClickException) -> click.ClickException:
@@ -169,6 +184,20 @@ _PIPELINE_NOTE = re.compile(r"^Command # \d+ \(.*\) of pipeline caused error: ")
 def _url(ctx) -> str:
     settings = ctx.obj if isinstance(ctx.obj, Settings) else None
     return mask_url(settings.broker_url) if settings else "(unknown)"
+
+
+def _which_not_redis(ctx) -> str | None:
+    """The line naming the server that does not speak Redis, the broker's or the results store's, when they
+    differ: the error itself does not say which one answered it."""
+    settings = ctx.obj if isinstance(ctx.obj, Settings) else None
+    if settings is None or settings.effective_results_url == settings.broker_url:
+        return None
+    return check_speaks_redis(settings, timeout=2.0)
+
+
+def _broker_url(ctx) -> str:
+    """The broker's URL as configured (not masked: not_redis_message masks it), or "(unknown)"."""
+    return ctx.obj.broker_url if isinstance(ctx.obj, Settings) else "(unknown)"
 
 
 def _first_line(exc: BaseException) -> str:
@@ -507,7 +536,7 @@ def _print_workers(store: ResultStore, as_json: bool) -> None:
         echo(f"  {w.hostname} on {w.host}, pid {w.pid}: model {w.model_id or w.model}, pool {w.pool} "
              f"x{w.concurrency}, {plural(w.batches_in_hand, 'batch')} in hand, {w.images_per_second:.1f} "
              f"images/s over the last minute, {plural(w.images_done, 'image')} done; {w.precision} on "
-             f"{w.runtime or '?'}, weights {w.weights}")
+             f"{w.runtime or '?'}{f' ({w.runtime_choice})' if w.runtime_choice else ''}, weights {w.weights}")
         for warning in w.warnings:
             echo(f"    WARNING: {warning}")
     for s in jobs:

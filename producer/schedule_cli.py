@@ -16,9 +16,19 @@ import click
 
 from imgq.jobs import queue
 from imgq.labels import heads
+from imgq.redis_protocol import check_speaks_redis
 from imgq.results.store import JobNotFound, ResultStore
 from imgq.schedules.scan_state import ScanState
-from imgq.schedules.schedule import MAX_EVERY, RUNS_KEPT, Schedule, ScheduleBook, ScheduleError, check_name, parse_cron
+from imgq.schedules.schedule import (
+    MAX_EVERY,
+    RUNS_KEPT,
+    Schedule,
+    ScheduleBook,
+    ScheduleError,
+    check_name,
+    check_not_too_often,
+    parse_cron,
+)
 from imgq.schedules.tick import tick
 from imgq.settings import Settings, env_var, format_seconds
 from imgq.storage.selection import skipped_phrase
@@ -75,8 +85,8 @@ def schedule():
 @click.argument("name", callback=_validated(check_name))
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=str))
 @click.option("--every", type=Duration(1, MAX_EVERY), metavar="INTERVAL",
-              help=f"Fire every INTERVAL: 30s, 15m, 1h, 1d (at most {format_seconds(MAX_EVERY)}). The first tick comes "
-                   "at once.")
+              help=f"Fire every INTERVAL: 15m, 1h, 1d (from {env_var('schedule_min_every')}, a minute by default, to "
+                   f"{format_seconds(MAX_EVERY)}). The first tick comes at once.")
 @click.option("--cron", callback=_validated(parse_cron), metavar="'M H DOM MON DOW'",
               help="Fire at the times of these 5 cron fields, in UTC, e.g. '0 * * * *'.")
 @click.option("--recursive/--no-recursive", default=True, show_default=True,
@@ -111,6 +121,11 @@ def add(ctx, name, paths, every, cron, recursive, includes, excludes, top_k, bat
     if (every is None) == (cron is None):
         raise click.UsageError("Give exactly one of --every and --cron.")
     settings: Settings = ctx.obj
+    if every is not None:
+        try:
+            check_not_too_often(every, settings.schedule_min_every)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="'--every'") from None
     book = _book(ctx)
     chosen = choose_model(model or settings.model, book.store)
     asked = asked_weights(settings.job_weights if weights is None else weights, chosen)
@@ -234,6 +249,10 @@ def beat(ctx, celery_args):
     if settings.beat_lock_timeout <= settings.beat_max_interval:
         raise click.UsageError(f"{env_var('beat_lock_timeout')} must exceed {env_var('beat_max_interval')} "
                                f"({settings.beat_lock_timeout} <= {settings.beat_max_interval}).")
+    # Celery's beat logs a protocol error with its traceback, then goes on and exits 0: refused here instead.
+    foreign = check_speaks_redis(settings)
+    if foreign is not None:
+        raise click.ClickException(foreign)
     from imgq.schedules.beat import run_beat
 
     run_beat(settings, list(celery_args))

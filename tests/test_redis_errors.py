@@ -7,6 +7,10 @@ shared server of the other tests is never reconfigured.
 
 from __future__ import annotations
 
+import http.server
+import socketserver
+import subprocess
+import threading
 import uuid
 
 import pytest
@@ -15,7 +19,9 @@ from click.testing import CliRunner
 
 from imgq.results.store import ResultStore
 from producer.cli import cli
+from producer.local.workers import redis_answers
 from tests.conftest import make_settings
+from tests.processes import start_worker
 
 
 @pytest.fixture
@@ -34,8 +40,10 @@ def imgq(url: str, tmp_path, *args: str):
 
 
 def one_line(result) -> str:
+    """The one error line of a command that failed; `imgq classify` says first which Redis it uses (issue
+    25.5), before it uses it: that line is not an error."""
     assert result.exit_code == 1 and "Traceback" not in result.output, result.output
-    lines = result.output.strip().splitlines()
+    lines = [line for line in result.output.strip().splitlines() if not line.startswith("Broker: ")]
     assert len(lines) == 1, result.output
     return lines[0]
 
@@ -98,3 +106,127 @@ def test_a_full_broker_refusing_a_publish_through_kombu_is_one_line(server, tmp_
     result = CliRunner().invoke(cli, ["requeue", job], env=settings.as_env(), catch_exceptions=False)
     assert one_line(result).startswith("Error: Redis refused a command: ")
     assert "maxmemory" in result.output, result.output
+
+
+# A broker URL whose port another kind of server listens on (issue 25.6): a web server, or a line protocol's.
+
+
+class _WebServer(http.server.BaseHTTPRequestHandler):
+    """What a web server answers to Redis's first command: "HTTP/1.1 400 Bad Request". The standard library's
+    handler answers a request line it cannot parse as HTTP/0.9 would, a page without a status line; nginx,
+    Apache and Go's server answer with one, as this does."""
+
+    default_request_version = protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+class _LineServer(socketserver.StreamRequestHandler):
+    """A line protocol's server that answers "-ERR ..." to any line it does not know, as POP3's does."""
+
+    def handle(self) -> None:
+        for _ in self.rfile:
+            self.wfile.write(b"-ERR bad request\r\n")
+
+
+class _Quiet:
+    """A server that leaves out the traceback of a client that hangs up before the answer is written."""
+
+    def handle_error(self, request, client_address) -> None:
+        pass
+
+
+class _QuietWebServer(_Quiet, http.server.ThreadingHTTPServer):
+    pass
+
+
+class _QuietLineServer(_Quiet, socketserver.ThreadingTCPServer):
+    pass
+
+
+def _serve(server: socketserver.BaseServer):
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"redis://:hunter2@127.0.0.1:{server.server_address[1]}/0"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def web_server():
+    """A URL with a password whose port a real HTTP server (http.server, on loopback) listens on."""
+    yield from _serve(_QuietWebServer(("127.0.0.1", 0), _WebServer))
+
+
+@pytest.fixture
+def line_server():
+    yield from _serve(_QuietLineServer(("127.0.0.1", 0), _LineServer))
+
+
+def _not_redis(url: str) -> str:
+    masked = url.replace(":hunter2@", ":***@")
+    return f"Error: The server at {masked} does not speak the Redis protocol (it answered "
+
+
+COMMANDS = [("status",), ("status", "--workers"), ("submit", "{photos}"), ("classify", "{photos}"),
+            ("results", "job1"), ("wait", "job1"), ("cancel", "job1"), ("delete", "job1"), ("requeue", "job1"),
+            ("tag", "job1"), ("report", "job1"), ("schedule", "list"), ("schedule", "show", "nightly"),
+            ("schedule", "add", "nightly", "{photos}", "--every", "1h"), ("beat",)]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
+def test_a_web_server_at_the_broker_url_is_one_line_for_every_command(web_server, tmp_path, photos, command):
+    args = [arg.format(photos=photos) for arg in command]
+    result, _ = imgq(web_server, tmp_path, *args)
+    line = one_line(result)
+    assert line.startswith(_not_redis(web_server)), line
+    assert "HTTP/1.1 400" in line and "hunter2" not in result.output
+
+
+@pytest.mark.parametrize("command", [("status",), ("submit", "{photos}")], ids=" ".join)
+def test_a_server_refusing_redis_first_command_is_not_taken_for_redis(line_server, tmp_path, photos, command):
+    # Its "-ERR" reads as a Redis error reply, to HELLO, which every Redis since 6 answers (an older one says
+    # "unknown command", and redis-py speaks the older protocol): the server is no Redis.
+    result, _ = imgq(line_server, tmp_path, *[arg.format(photos=photos) for arg in command])
+    assert one_line(result).startswith(_not_redis(line_server)) and "bad request" in result.output
+
+
+def test_a_redis_refusing_a_command_is_still_a_refusal(server, tmp_path):
+    # What tells the two apart must not take a real Redis's refusal of the handshake for another protocol:
+    # SELECT of a database the server has not.
+    url = server("--databases", "2").replace("/0", "/5")
+    result, _ = imgq(url, tmp_path, "status")
+    assert one_line(result) == "Error: Redis refused a command: DB index is out of range"
+
+
+def test_a_web_server_for_the_results_store_is_named_not_the_broker(web_server, redis_url, tmp_path):
+    settings = make_settings(redis_url, tmp_path, results_url=web_server)
+    result = CliRunner().invoke(cli, ["status"], env=settings.as_env(), catch_exceptions=False)
+    assert one_line(result).startswith(_not_redis(web_server))
+
+
+def test_a_web_server_is_no_redis_answering(web_server, line_server, redis_url):
+    # `imgq classify` with nothing configured starts a Redis of its own when none answers at 127.0.0.1:6379:
+    # a web server there is none (before: its InvalidResponse escaped as a traceback).
+    assert not redis_answers(web_server) and not redis_answers(line_server) and redis_answers(redis_url)
+
+
+@pytest.mark.slow
+def test_a_worker_with_a_web_server_for_broker_stops_in_one_line(web_server, tmp_path):
+    settings = make_settings(web_server, tmp_path)
+    worker = start_worker(settings, "foreign", tmp_path / "worker.log")
+    try:
+        code = worker.popen.wait(timeout=120)  # before the fix it loads the model, then retries for good
+    except subprocess.TimeoutExpired:
+        code = None
+    finally:
+        worker.stop()
+    output = worker.output()
+    lines = [line for line in output.splitlines() if line.startswith("imgq worker:")]
+    assert code == 2 and "Traceback" not in output and "ready in" not in output, output[-3000:]
+    assert len(lines) == 1 and lines[0].startswith(
+        f"imgq worker: {_not_redis(web_server).removeprefix('Error: ')}"), output[-3000:]
+    assert "hunter2" not in output

@@ -50,6 +50,37 @@ def test_an_interval_out_of_range_is_one_line_and_makes_no_schedule(run, photos,
     assert store.redis.keys(f"{settings.namespace}:*") == []
 
 
+@pytest.mark.parametrize("every", ["1s", "1", "30s", "59s", "59"])
+def test_an_interval_under_a_minute_is_refused_in_one_line_and_makes_no_schedule(run, photos, store, settings, every):
+    # A folder walked every second floods the worker's queue with ticks and the runs kept with skipped ones
+    # (issue 25.8): a minute is the floor by default, as it is cron's finest.
+    result = run("schedule", "add", "photos", str(photos), "--every", every)
+    assert result.exit_code == 2 and len(result.stderr.splitlines()) == 1, result.output
+    assert ("a folder is scanned at most every 1m (IMGQ_SCHEDULE_MIN_EVERY): give --every 1m or more"
+            in result.stderr)
+    assert store.redis.keys(f"{settings.namespace}:*") == []
+
+
+def test_an_interval_of_a_minute_is_the_floor(run, photos, store):
+    assert run("schedule", "add", "photos", str(photos), "--every", "60s").exit_code == 0
+
+
+def test_the_floor_is_a_setting(settings, photos, store):
+    lowered = {"IMGQ_SCHEDULE_MIN_EVERY": "5s"}
+    assert imgq_cli(settings, "schedule", "add", "photos", str(photos), "--every", "5s", env=lowered).exit_code == 0
+    refused = imgq_cli(settings, "schedule", "add", "other", str(photos), "--every", "4s", env=lowered, check=False)
+    assert refused.exit_code == 2 and "scanned at most every 5s (IMGQ_SCHEDULE_MIN_EVERY)" in refused.stderr
+
+
+@pytest.mark.parametrize("every", [1, 59])
+def test_the_book_refuses_an_interval_under_a_minute_and_writes_nothing(book, photos, store, settings, every):
+    from imgq.schedules.schedule import Schedule
+
+    with pytest.raises(ValueError, match="at most every 1m"):
+        book.add(Schedule(name="photos", paths=(str(photos),), every=every))
+    assert store.redis.keys(f"{settings.namespace}:*") == []
+
+
 def test_the_book_refuses_an_interval_beat_cannot_fire_and_writes_nothing(book, photos, store, settings):
     from imgq.schedules.schedule import Schedule
 
@@ -410,7 +441,8 @@ def scheduled(worker_settings):
     names = []
 
     def add(name: str, *args: str):
-        imgq_cli(worker_settings, "schedule", "add", name, *args)
+        # Ticks seconds apart, under the floor an operator gets (IMGQ_SCHEDULE_MIN_EVERY, a minute by default).
+        imgq_cli(worker_settings, "schedule", "add", name, *args, env={"IMGQ_SCHEDULE_MIN_EVERY": "1"})
         names.append(name)
 
     yield add

@@ -94,3 +94,43 @@ def test_seeds_from_0_to_2_to_the_32_less_1(value, seed):
 @pytest.mark.parametrize("value", ["imagenet", "/w/mine.weights.h5", "old.h5", "whole.keras"])
 def test_weights_of_every_kind_are_taken(value):
     assert Settings.from_env({"IMGQ_WEIGHTS": value}).weights == value
+
+
+@pytest.mark.parametrize(("value", "expected"), [("0", 0.0), ("0.5", 0.5), ("64", 64.0), ("1e1", 10.0)])
+def test_the_quiet_load_of_auto_is_a_load_per_core_from_0_to_64(value, expected):
+    assert Settings.from_env({"IMGQ_AUTO_QUIET_LOAD": value}).auto_quiet_load == expected
+    assert Settings().auto_quiet_load == 0.5
+
+
+@pytest.mark.parametrize("value", ["-0.1", "-1", "nan", "inf", "-inf", "64.01", "1e308", "1e999", "quiet"])
+def test_the_quiet_load_of_auto_is_refused_at_its_edges_in_one_line(value):
+    with pytest.raises(ValueError, match="IMGQ_AUTO_QUIET_LOAD must be") as info:
+        Settings.from_env({"IMGQ_AUTO_QUIET_LOAD": value})
+    assert repr(value) in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("value", ["1", "4", "64"])
+def test_concurrency_is_from_1_to_64(value):
+    assert Settings.from_env({"IMGQ_CONCURRENCY": value}).concurrency == int(value)
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "65", "1000", "9" * 30, "nan", "inf", "1.5", "four"])
+def test_concurrency_is_refused_at_its_edges_in_one_line(value):
+    # A worker reserves as many batches as it has threads (prefetch multiplier 1), all waiting on one model:
+    # imgq/settings.py MAX_CONCURRENCY says why 64 (issue 25.8).
+    with pytest.raises(ValueError, match="IMGQ_CONCURRENCY must be") as info:
+        Settings.from_env({"IMGQ_CONCURRENCY": value})
+    assert repr(value) in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(("value", "seconds"), [("1", 1), ("30s", 30), ("5m", 300), ("1d", 86400)])
+def test_the_floor_of_schedule_intervals_is_a_duration_from_1s_to_1d(value, seconds):
+    assert Settings.from_env({"IMGQ_SCHEDULE_MIN_EVERY": value}).schedule_min_every == seconds
+    assert Settings().schedule_min_every == 60
+
+
+@pytest.mark.parametrize("value", ["0", "0s", "-1", "nan", "inf", "1.5", "2d", "9" * 30, "soon"])
+def test_the_floor_of_schedule_intervals_is_refused_at_its_edges_in_one_line(value):
+    with pytest.raises(ValueError, match="IMGQ_SCHEDULE_MIN_EVERY") as info:
+        Settings.from_env({"IMGQ_SCHEDULE_MIN_EVERY": value})
+    assert repr(value) in str(info.value) and "\n" not in str(info.value)

@@ -21,6 +21,7 @@ import threading
 
 from celery import Celery
 from celery.signals import (
+    celeryd_init,
     worker_init,
     worker_process_init,
     worker_process_shutdown,
@@ -34,7 +35,7 @@ from imgq.models.spec import ModelError
 from imgq.models.weights import check_weights, weights_key
 from imgq.settings import Settings, env_var, mask_url
 from imgq.text import printable
-from worker import logs
+from worker import logs, naming, start_checks
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +69,21 @@ app.conf.update(
 )
 
 
+@celeryd_init.connect
+def _name_this_worker(sender=None, instance=None, **_):
+    """A worker not named with -n is ``imgq-<model>-<pid>@<host>``, not Celery's ``celery@<host>``, which two
+    workers of one machine would share (worker/naming.py). Set here, as Celery's worker is built: its queues,
+    banner, tasks' requests (the records' ``worker``) and heartbeat all take the name from there."""
+    if instance is not None and sender:
+        instance.hostname = naming.chosen_nodename(str(sender), naming.hostname_given(), served.name, os.getpid())
+
+
 @worker_init.connect
 def _load_in_main_process(sender=None, **_):
+    # Each stops the worker in one line (exit 2) before it loads its model (worker/start_checks.py).
+    start_checks.refuse_a_concurrency_out_of_bounds(getattr(sender, "concurrency", None))
+    start_checks.refuse_a_server_not_speaking_redis(settings)
+    start_checks.refuse_a_live_namesake(settings, getattr(sender, "hostname", None))
     pool = getattr(sender, "pool_cls", "")
     celery_pool = pool if isinstance(pool, str) else getattr(pool, "__module__", "")
     if "prefork" not in celery_pool and (getattr(sender, "options", None) or {}).get("autoscale"):

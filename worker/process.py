@@ -113,6 +113,7 @@ class Runtime:
         return Heartbeat(hostname=hostname, pid=os.getpid(), host=socket.gethostname(), model=self.model,
                          model_id=self.model_id, weights=self.classifier.weights_id,
                          precision=self.classifier.precision, runtime=self.classifier.runtime,
+                         runtime_choice=getattr(self.classifier, "chosen_by", ""),
                          pool=self.celery_pool or self.settings.pool, batch_size=self.settings.batch_size,
                          started_at=self.started_at, sent_at=time.time(), images_done=self.images_done,
                          in_hand=tuple(sorted(self.in_hand)),
@@ -141,12 +142,14 @@ def current() -> Runtime | None:
 
 
 def _build(settings: Settings, hostname: str) -> Runtime:
+    from worker.runtimes.auto import Machine
     from worker.runtimes.int8_serving import Int8Options
     from worker.runtimes.loading import load_classifier  # imports TensorFlow or OpenVINO: only here, after any fork
 
     classifier = load_classifier(settings.weights, settings.batch_size, settings.precision, settings.runtime,
                                  cache_dir=os.path.join(settings.state_dir, "openvino"), model=settings.model,
-                                 int8=Int8Options.from_settings(settings))
+                                 int8=Int8Options.from_settings(settings),
+                                 machine=Machine(quiet_load=settings.auto_quiet_load))
     store = ResultStore.from_settings(settings)
     worker_id = f"{hostname}:{os.getpid()}"
     gatherer = Gatherer(classifier, settings.batch_size, pass_timeout=settings.forward_pass_timeout,

@@ -27,7 +27,7 @@ from imgq.keys import Keys
 from imgq.results.store import ResultStore
 from imgq.schedules.beat import beat_app
 from imgq.schedules.scan_state import PARTS as SCAN_PARTS
-from imgq.settings import Settings, format_seconds, parse_duration
+from imgq.settings import Settings, env_var, format_seconds, parse_duration
 from imgq.storage.selection import PathFilter
 
 CRON_FIELDS = ("minute", "hour", "day_of_month", "month_of_year", "day_of_week")
@@ -69,6 +69,16 @@ def check_every(seconds: int, text: str | None = None) -> int:
     if not 1 <= seconds <= MAX_EVERY:
         raise ValueError(f"An interval is from 1s to {format_seconds(MAX_EVERY)}. "
                          f"Received: {text if text is not None else seconds!r}")
+    return seconds
+
+
+def check_not_too_often(seconds: int, floor: int) -> int:
+    """Returns ``seconds``; raises ValueError when it is under ``floor`` (IMGQ_SCHEDULE_MIN_EVERY, a minute by
+    default: imgq/settings.py says why)."""
+    if seconds < floor:
+        raise ValueError(f"{format_seconds(seconds)} is too often: a folder is scanned at most every "
+                         f"{format_seconds(floor)} ({env_var('schedule_min_every')}): give --every "
+                         f"{format_seconds(floor)} or more (`imgq schedule run` scans one now)")
     return seconds
 
 
@@ -166,7 +176,7 @@ class ScheduleBook:
         if old is not None and not replace_existing:
             raise ScheduleExists(schedule.name)
         if schedule.every is not None:
-            check_every(schedule.every)
+            check_not_too_often(check_every(schedule.every), self.settings.schedule_min_every)
         schedule.celery_schedule()  # raises for a cron or interval beat could not fire, before anything is written
         schedule = replace(schedule, created=old.created if old else time.time())
         pipe = self.redis.pipeline(transaction=True)

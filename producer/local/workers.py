@@ -21,6 +21,7 @@ from pathlib import Path
 
 import redis
 
+from imgq.redis_protocol import foreign_reply
 from imgq.results.store import ResultStore
 from imgq.settings import DEFAULT_BROKER_URL, Settings
 
@@ -52,14 +53,17 @@ class LocalServiceError(RuntimeError):
 
 
 def redis_answers(url: str, timeout: float = 1.0) -> bool:
-    """True when a Redis server answers PING at ``url`` within ``timeout`` seconds."""
+    """True when a Redis server answers PING at ``url`` within ``timeout`` seconds: not another kind of
+    server listening on its port (imgq.redis_protocol), which a classify then does not take for one."""
     try:
         client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
         return bool(client.ping())
     except (redis.ConnectionError, redis.TimeoutError, OSError):
         return False
-    except redis.ResponseError:  # answers, but e.g. wants a password: it is there
-        return True
+    except redis.ResponseError as exc:  # answers, but e.g. wants a password: it is there
+        return foreign_reply(exc) is None
+    except redis.RedisError:  # InvalidResponse: no Redis reply at all
+        return False
 
 
 def _child_setup():

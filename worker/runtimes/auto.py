@@ -1,4 +1,4 @@
-"""IMGQ_RUNTIME=auto, the default: the faster runtime for this model on this CPU, measured once and recorded.
+"""IMGQ_RUNTIME=auto, the default: the faster runtime for this model on this CPU, measured and recorded.
 
 OpenVINO is not the faster runtime for every model (on an AVX2-only EPYC, issue 17 saw EfficientNetV2-B0 run
 at 29 img/s on OpenVINO and 47 on TensorFlow, ResNet50 at 20 and 12). So the choice is made per model and
@@ -7,7 +7,19 @@ per CPU, by measurement: both runtimes classify the same batch of pixels, their 
 and the faster wins (OpenVINO on a tie within TIE). The result is written beside the model's OpenVINO
 conversion (``runtime-<cpu>-<precision>.json`` in its cache entry, worker/runtimes/ov_cache.py) with the figures and
 the machine's load when measured, so that a later start on the same CPU reads it instead of measuring again;
-a new CPU (another instance type) measures anew. Delete the file to measure again (the machine was busy, say).
+a new CPU (another instance type) measures anew. Delete the file to measure again.
+
+A choice measured under load, or by a small margin, is provisional (issue 25.7: measured at load 3.15 on 2
+cores, TensorFlow won 38.6 to 30.0 img/s; quiet, OpenVINO wins 65.9 to 45.7, and every later start kept the
+wrong one). Other work does not slow both runtimes alike: it takes the cores one runtime's threads wait for.
+So a later start measures again when the machine is quiet then (the 1-minute load average per core at most
+IMGQ_AUTO_QUIET_LOAD), and the record keeps the best figure of each runtime over its quiet measurements. A
+choice is settled by a quiet measurement with a clear margin (SURE), or by CONFIRMATIONS quiet ones (the two
+are then as fast as each other). The worker's ready line and `imgq status --workers` say which it is.
+
+The load is read twice, when deciding to measure and after the race, and the higher counts: other work that
+starts during the measurement shows. The worker's own start-up counts in it too (on a quiet 2-core machine it
+adds about 0.2 a core): where a worker's start alone keeps a small machine above the threshold, raise it.
 
 Without TensorFlow installed (the Dockerfile's ``openvino`` image) there is nothing to measure against:
 OpenVINO. Without a working OpenVINO: TensorFlow, with a warning.
@@ -15,17 +27,22 @@ OpenVINO. Without a working OpenVINO: TensorFlow, with a warning.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.util
 import json
 import logging
+import math
 import os
 import platform
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from imgq.models.spec import ModelSpec
+from imgq.settings import Settings
 from imgq.storage.files import atomic_path, read_regular
 
 log = logging.getLogger(__name__)
@@ -36,6 +53,136 @@ SAMPLE = 8
 # EfficientNetV2-S on a busy 2-core machine. What is kept is which runtime is faster, not the figures.
 TIE = 0.05  # OpenVINO unless TensorFlow is more than 5% faster: its cache makes later starts quicker
 RECORD_MAX_BYTES = 64 * 1024  # a record is a few hundred bytes
+SURE = 1.15
+# A quiet measurement settles the choice when the faster runtime is at least 15% faster: on a quiet machine the
+# best of three passes varies by a few percent between starts, so a closer call may go either way.
+CONFIRMATIONS = 3
+# Quiet measurements after which a closer call stands anyway: the two runtimes are then as fast as each other,
+# and a fourth measurement would cost a start the time of loading TensorFlow for no gain.
+MAX_MEASUREMENTS = 5
+# Measurements of one record in all, quiet or not: a machine that never measures quiet (a worker's own start
+# keeping a 1-core machine above IMGQ_AUTO_QUIET_LOAD) stops paying for a second runtime at every start.
+RUNTIMES = ("openvino", "tensorflow")
+
+
+def _load_average() -> float:
+    return os.getloadavg()[0]
+
+
+@dataclass(frozen=True)
+class Machine:
+    """What auto reads of the machine: the 1-minute load average, the cores, the clock, and what counts as
+    quiet (IMGQ_AUTO_QUIET_LOAD, a load per core). Passed in, so that a test sets the load and the time it
+    measures under instead of hoping for a busy or a quiet machine."""
+
+    quiet_load: float = Settings().auto_quiet_load
+    load: Callable[[], float] = _load_average
+    cores: int = field(default_factory=lambda: os.cpu_count() or 1)
+    clock: Callable[[], float] = time.time
+
+    def is_quiet(self, load: float, cores: int | None = None) -> bool:
+        """Whether ``load`` (a load average on ``cores``, this machine's by default) counts as quiet."""
+        return load <= self.quiet_load * (cores or self.cores)
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A measured choice, as its record keeps it: the runtime, the figures it was chosen on (img/s), the load
+    and cores of the measurement they come from, and how many measurements, quiet or all, went into it."""
+
+    runtime: str
+    speeds: dict[str, float]
+    load: float
+    cores: int
+    measured_at: str
+    measurements: int = 1
+    quiet_measurements: int = 0
+
+    @property
+    def ratio(self) -> float:
+        """The chosen runtime's speed over the other's (under 1 on a tie that OpenVINO takes)."""
+        other = next(name for name in RUNTIMES if name != self.runtime)
+        return self.speeds[self.runtime] / self.speeds[other]
+
+    @property
+    def settled(self) -> bool:
+        """Measured quiet, by a clear margin or confirmed: no start measures it again."""
+        return self.quiet_measurements >= 1 and (self.ratio >= SURE or self.quiet_measurements >= CONFIRMATIONS)
+
+    def measure_again(self, machine: Machine, load_now: float) -> bool:
+        """Whether a start under ``load_now`` measures again: provisional, not measured too often, quiet now."""
+        return not self.settled and self.measurements < MAX_MEASUREMENTS and machine.is_quiet(load_now)
+
+    def describe(self) -> str:
+        """How sure the choice is, for the ready line and the heartbeat: "auto: measured <when> quiet: openvino,
+        1.44x" or "... at load 3.15 on 2 cores: tensorflow, 1.29x, provisional: will measure again when quiet"."""
+        if self.quiet_measurements:
+            where = "quiet" if self.quiet_measurements == 1 else f"quiet {self.quiet_measurements} times"
+        else:
+            where = f"at load {self.load:.2f} on {self.cores} {'core' if self.cores == 1 else 'cores'}"
+        said = f"auto: measured {self.measured_at} {where}: {self.runtime}, {self.ratio:.2f}x"
+        if self.settled:
+            return said
+        close = f"close, quiet {self.quiet_measurements} of {CONFIRMATIONS} times, " if self.quiet_measurements else ""
+        if self.measurements >= MAX_MEASUREMENTS:
+            return f"{said}, provisional: {close}measured {self.measurements} times, delete its record to measure again"
+        return f"{said}, provisional: {close}will measure again when quiet"
+
+    def record(self, **about) -> dict:
+        """The record's JSON, ``about`` (the batch size, precision, CPU and model) added."""
+        return {"choice": self.runtime, "images_per_second": {k: round(v, 2) for k, v in self.speeds.items()},
+                "load_average": round(self.load, 2), "cores": self.cores, "measured_at": self.measured_at,
+                "measurements": self.measurements, "quiet_measurements": self.quiet_measurements, **about}
+
+    @classmethod
+    def from_record(cls, record: dict, machine: Machine) -> Choice | None:
+        """The choice a record holds, or None when it holds none that can be trusted (then it is measured
+        again). A record written before choices could be provisional counts as one measurement, quiet or not
+        by its load."""
+        speeds = record.get("images_per_second")
+        if record.get("choice") not in RUNTIMES or not isinstance(speeds, dict) or \
+                not all(_positive(speeds.get(name)) for name in RUNTIMES):
+            return None
+        load = record.get("load_average")
+        load = float(load) if _positive(load) or load == 0 else math.inf  # unknown: not quiet
+        cores = record.get("cores") if isinstance(record.get("cores"), int) and record["cores"] > 0 else machine.cores
+        measurements = _count(record.get("measurements"), 1)
+        quiet = _count(record.get("quiet_measurements"), 1 if machine.is_quiet(load, cores) else 0)
+        return cls(record["choice"], {name: float(speeds[name]) for name in RUNTIMES}, load, cores,
+                   str(record.get("measured_at", "?")), measurements, min(quiet, measurements))
+
+
+def measured(previous: Choice | None, speeds: dict[str, float], load: float, machine: Machine) -> Choice:
+    """The choice after a measurement of ``speeds`` under ``load``, given what the record held before.
+
+    Quiet, it is merged with earlier quiet measurements (each runtime's best figure: other work only ever
+    slows a runtime down); under load, it replaces an earlier measurement under load, and adds nothing to
+    quiet ones (it is counted, so that a machine never quiet stops measuring: MAX_MEASUREMENTS)."""
+    count = (previous.measurements if previous else 0) + 1
+    at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(machine.clock()))
+    quiet_before = previous is not None and previous.quiet_measurements > 0
+    if not machine.is_quiet(load):
+        if quiet_before:
+            return dataclasses.replace(previous, measurements=count)
+        return Choice(_faster(speeds), dict(speeds), load, machine.cores, at, count, 0)
+    if quiet_before:
+        speeds = {name: max(speeds[name], previous.speeds[name]) for name in RUNTIMES}
+        load = max(load, previous.load)
+    quiet = (previous.quiet_measurements if quiet_before else 0) + 1
+    return Choice(_faster(speeds), dict(speeds), load, machine.cores, at, count, quiet)
+
+
+def _faster(speeds: dict[str, float]) -> str:
+    """OpenVINO unless TensorFlow is more than TIE faster."""
+    return "tensorflow" if speeds["tensorflow"] > speeds["openvino"] * (1 + TIE) else "openvino"
+
+
+def _positive(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+def _count(value, default: int) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else default
 
 
 def cpu_fingerprint(cpuinfo: str = "/proc/cpuinfo") -> tuple[str, str]:
@@ -73,14 +220,16 @@ def tensorflow_installed() -> bool:
     return importlib.util.find_spec("tensorflow") is not None
 
 
-def auto_classifier(spec: ModelSpec, weights: str, batch_size: int, precision: str, cache_dir: str | None):
-    """The classifier of the faster runtime for ``spec`` on this CPU (see the module's docstring). Raises
-    WeightsError when the model cannot be loaded at all."""
+def auto_classifier(spec: ModelSpec, weights: str, batch_size: int, precision: str, cache_dir: str | None,
+                    machine: Machine | None = None):
+    """The classifier of the faster runtime for ``spec`` on this CPU (see the module's docstring), measured
+    on ``machine`` (this one by default). Raises WeightsError when the model cannot be loaded at all."""
     from worker.runtimes.keras_model import build_model
     from worker.runtimes.openvino_runtime import OpenVINOError, load_openvino
     from worker.runtimes.precision import enable_precision
     from worker.runtimes.tensorflow_runtime import Classifier
 
+    machine = machine or Machine()
     try:
         openvino = load_openvino(weights, batch_size, precision, cache_dir, spec=spec)
         openvino.warm_up()
@@ -90,48 +239,48 @@ def auto_classifier(spec: ModelSpec, weights: str, batch_size: int, precision: s
         log.warning("IMGQ_RUNTIME=auto: OpenVINO cannot run %s here (%s): TensorFlow", spec.id, exc)
         openvino = None
     if openvino is not None and not tensorflow_installed():
-        return _chosen(openvino, "TensorFlow is not installed to compare with")
+        return _chosen(openvino, "auto: TensorFlow is not installed to compare with")
     description, cpu = cpu_fingerprint()
     entry = openvino.cache_entry() if openvino is not None else None
     record_path = os.path.join(entry.folder, f"runtime-{cpu}-{precision}.json") if entry else None
-    recorded = _read(record_path)
-    if openvino is not None and recorded.get("choice") == "openvino":
-        return _chosen(openvino, _measured(recorded))
+    recorded = Choice.from_record(_read(record_path), machine)
+    load_now = machine.load()
+    keep = recorded is not None and not recorded.measure_again(machine, load_now)
+    if openvino is not None and keep and recorded.runtime == "openvino":
+        return _chosen(openvino, recorded.describe())
     keras_model, weights_id, full_spec = build_model(openvino.spec if openvino else spec, weights)
     tensorflow = Classifier(keras_model, weights_id, batch_size, enable_precision(precision), spec=full_spec)
     if openvino is None:
-        return _chosen(tensorflow, "OpenVINO cannot run it here")
-    if recorded.get("choice") == "tensorflow":
-        return _chosen(tensorflow, _measured(recorded))
-    log.info("IMGQ_RUNTIME=auto: measuring OpenVINO against TensorFlow for %s on this CPU (once; recorded in %s)",
-             spec.id, record_path)
+        return _chosen(tensorflow, "auto: OpenVINO cannot run it here")
+    if keep and recorded.runtime == "tensorflow":
+        return _chosen(tensorflow, recorded.describe())
+    if recorded is None:
+        log.info("IMGQ_RUNTIME=auto: measuring OpenVINO against TensorFlow for %s on this CPU (recorded in %s)",
+                 spec.id, record_path)
+    else:
+        log.info("IMGQ_RUNTIME=auto: measuring %s again, the machine being quiet now (load %.2f on %d cores): "
+                 "it was %s", spec.id, load_now, machine.cores, recorded.describe())
     pixels = list(np.random.default_rng(0).integers(0, 256, size=(min(batch_size, SAMPLE), *tensorflow.target.shape),
                                                     dtype=np.uint8))
     tensorflow.warm_up()
     speeds = race({"openvino": openvino, "tensorflow": tensorflow}, pixels)
-    choice = "tensorflow" if speeds["tensorflow"] > speeds["openvino"] * (1 + TIE) else "openvino"
-    record = {"choice": choice, "images_per_second": {k: round(v, 2) for k, v in speeds.items()},
-              "batch_size": len(pixels), "precision": precision, "cpu": description, "model": spec.id,
-              "load_average": round(os.getloadavg()[0], 2),
-              "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    # Other work that started during the measurement shows in the load after it.
+    choice = measured(recorded, speeds, max(load_now, machine.load()), machine)
+    log.info("IMGQ_RUNTIME=auto: img/s openvino %.1f, tensorflow %.1f", speeds["openvino"], speeds["tensorflow"])
     if record_path:
+        record = choice.record(batch_size=len(pixels), precision=precision, cpu=description, model=spec.id)
         try:
             with atomic_path(record_path) as tmp, open(tmp, "w") as file:
                 json.dump(record, file)
         except OSError as exc:
             log.warning("IMGQ_RUNTIME=auto: choice not recorded in %s: %s", record_path, exc)
-    return _chosen(openvino if choice == "openvino" else tensorflow, _measured(record))
-
-
-def _measured(record: dict) -> str:
-    speeds = record.get("images_per_second") or {}
-    return (f"measured {record.get('measured_at', '?')}: img/s openvino {speeds.get('openvino', '?')}, "
-            f"tensorflow {speeds.get('tensorflow', '?')} at load {record.get('load_average', '?')}")
+    return _chosen(openvino if choice.runtime == "openvino" else tensorflow, choice.describe())
 
 
 def _chosen(classifier, reason: str):
-    """``classifier``, carrying why auto chose it (``chosen_by``, which the worker's ready line prints)."""
-    classifier.chosen_by = f"auto: {reason}"
+    """``classifier``, carrying why auto chose it and how sure that is (``chosen_by``: the worker's ready line
+    and heartbeat say it)."""
+    classifier.chosen_by = reason
     log.info("IMGQ_RUNTIME=auto chose %s for %s (%s)", classifier.runtime, classifier.model_id, reason)
     return classifier
 

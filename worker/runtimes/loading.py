@@ -18,6 +18,7 @@ from worker.runtimes.probe import check_outputs
 from worker.runtimes.tensorflow_runtime import Classifier
 
 if TYPE_CHECKING:
+    from worker.runtimes.auto import Machine
     from worker.runtimes.int8_serving import Int8Options
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,7 @@ RUNTIMES = ("openvino", "tensorflow", "auto")
 
 def load_classifier(weights: str, batch_size: int, precision: str = "fp32", runtime: str = "tensorflow",
                     cache_dir: str | None = None, model: str | ModelSpec = DEFAULT_MODEL,
-                    int8: Int8Options | None = None) -> ModelRuntime:
+                    int8: Int8Options | None = None, machine: Machine | None = None) -> ModelRuntime:
     """Build ``model`` (a built-in name, a model folder, or a ModelSpec) with ``weights`` for ``runtime``,
     compile and warm it up.
 
@@ -36,9 +37,9 @@ def load_classifier(weights: str, batch_size: int, precision: str = "fp32", runt
     the settings refuse int8 with tensorflow). ``runtime``:
     tensorflow, openvino (the Keras model converted, the conversion cached under ``cache_dir``; see
     worker/runtimes/openvino_runtime.py), or auto (the faster of the two for this model on this CPU, measured
-    once and recorded with the conversion: worker/runtimes/auto.py). Raises WeightsError (OpenVINOError, a
-    kind of it, for the runtime), also when the warm model's outputs for test pictures are not finite, or
-    not probabilities for a model declared softmax (worker/runtimes/probe.py).
+    and recorded with the conversion, on ``machine``, this one by default: worker/runtimes/auto.py). Raises
+    WeightsError (OpenVINOError, a kind of it, for the runtime), also when the warm model's outputs for
+    test pictures are not finite, or not probabilities for a model declared softmax (worker/runtimes/probe.py).
     """
     started = time.perf_counter()
     spec = model_spec(model)
@@ -50,7 +51,7 @@ def load_classifier(weights: str, batch_size: int, precision: str = "fp32", runt
     elif runtime == "auto":
         from worker.runtimes.auto import auto_classifier
 
-        classifier = auto_classifier(spec, weights, batch_size, resolve_precision(precision), cache_dir)
+        classifier = auto_classifier(spec, weights, batch_size, resolve_precision(precision), cache_dir, machine)
     elif runtime == "openvino":
         from worker.runtimes.openvino_runtime import load_openvino
 
