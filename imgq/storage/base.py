@@ -60,3 +60,13 @@ class ByteSource(ABC):
         left out, and the others counted in ``skipped``. A folder that cannot be read yields nothing; a store that
         cannot be listed at all (no such bucket, refused credentials, no answer) raises ListingError, so that
         a mistake is told rather than taken for an empty folder."""
+
+    def list_versions(self, location: str, path_filter: PathFilter,
+                      skipped: Skipped | None = None) -> Iterator[tuple[str, bytes | None]]:
+        """``list``'s images, in the same order, each with its ``version`` as it was when it was listed: equal to
+        what ``version`` says of it at that time (a scheduled scan compares it with the last one it saw). This
+        default asks ``version`` once per image (a stat for a local file); a source whose listing already
+        carries each entry's metadata (an S3 LIST: ETag, size, last-modified) overrides it to take the version
+        from the listing, with no request per image. Raises as ``list`` does."""
+        for found in self.list(location, path_filter, skipped):
+            yield found, self.version(found)
