@@ -100,6 +100,15 @@ class ByteSourceContract:
         named = self.source.absolute(self.location("a.jpg"))
         assert list(self.source.list_versions(named, PathFilter())) == [(named, listed[0][1])]
 
+    def test_folders_are_the_sub_folders_by_name_without_hidden_ones(self):
+        for name in ("b/x.jpg", "a/y.jpg", ".hidden/z.jpg", "top.jpg", "a/deeper/w.jpg"):
+            self.put(name, JPEG)
+        root = self.source.absolute(self.root)
+        assert self.source.folders(root) == [self.source.absolute(self.location(n)) for n in ("a", "b")]
+        assert self.source.folders(self.source.absolute(self.location("a"))) == [
+            self.source.absolute(self.location("a/deeper"))]
+        assert self.source.folders(self.source.absolute(self.location("b"))) == []
+
     def test_a_single_image_is_listed_as_it_is(self):
         location = self.source.absolute(self.put("notes.txt", b"not an image, named: the worker says so"))
         assert list(self.source.list(location, PathFilter())) == [location]
@@ -269,6 +278,10 @@ class TestS3Objects(ByteSourceContract):
         listed = list(self.source.list_versions(self.root, PathFilter()))
         assert len(listed) == 7 and all(version is not None for _, version in listed)
         assert self.calls == ["ListObjectsV2", "ListObjectsV2"]  # no HEAD per object
+
+    def test_the_folders_of_no_such_bucket_are_one_line(self):
+        with pytest.raises(ListingError, match="\\ACannot list s3://no-such-[^\n]*no such bucket"):
+            self.source.folders(f"s3://no-such-{uuid.uuid4().hex[:8]}/examples")
 
     def test_a_prefix_is_a_folder_with_or_without_its_slash(self):
         self.put("album/a.jpg", JPEG)

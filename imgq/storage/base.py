@@ -61,6 +61,13 @@ class ByteSource(ABC):
         cannot be listed at all (no such bucket, refused credentials, no answer) raises ListingError, so that
         a mistake is told rather than taken for an empty folder."""
 
+    @abstractmethod
+    def folders(self, location: str) -> list[str]:
+        """The folders directly in ``location`` (a local folder's sub-folders, never through a symbolic link; an
+        s3:// prefix's sub-prefixes), as locations (no trailing '/'), sorted by name, hidden ones ('.' first) left
+        out: `imgq learn` takes each as a label. Empty when there are none; raises ListingError when ``location``
+        cannot be listed at all (one line)."""
+
     def list_versions(self, location: str, path_filter: PathFilter,
                       skipped: Skipped | None = None) -> Iterator[tuple[str, bytes | None]]:
         """``list``'s images, in the same order, each with its ``version`` as it was when it was listed: equal to

@@ -202,6 +202,15 @@ class S3Objects(ByteSource):
         for url, _ in self._listed(location, path_filter, skipped):
             yield url
 
+    def folders(self, location: str) -> list[str]:
+        """The sub-prefixes of the prefix ``location`` (a LIST with the delimiter '/': one per 1000 of them)."""
+        try:
+            bucket, key = split_url(location)
+        except ValueError as exc:
+            raise ListingError(str(exc)) from None
+        ask = lambda call: list_request(call, location)  # noqa: E731
+        return s3_listing.subfolders(ask, bucket, key, self.page_size)
+
     def list_versions(self, location: str, path_filter: PathFilter,
                       skipped: Skipped | None = None) -> Iterator[tuple[str, bytes | None]]:
         """``list``'s images with their versions read from the LIST pages (each entry's ETag, last-modified time

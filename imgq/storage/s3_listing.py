@@ -56,6 +56,19 @@ def listed(ask: Ask, bucket: str, key: str, path_filter: PathFilter, skipped: Sk
     chooser.finish()
 
 
+def subfolders(ask: Ask, bucket: str, key: str, page_size: int) -> list[str]:
+    """The URLs of the sub-prefixes directly below ``s3://bucket/key`` (a folder), hidden ones left out, in key
+    order (S3Objects.folders)."""
+    prefix = key if not key or key.endswith("/") else key + "/"
+    found = []
+    for page in _pages(ask, bucket, prefix, False, page_size):
+        for common in page.get("CommonPrefixes", ()):
+            name = common["Prefix"][len(prefix):].rstrip("/")
+            if name and not name.startswith("."):
+                found.append(f"s3://{bucket}/{prefix}{name}")
+    return found
+
+
 def _pages(ask: Ask, bucket: str, prefix: str, recursive: bool, page_size: int) -> Iterator[dict]:
     """ListObjectsV2's pages under ``prefix``, fetched one at a time as they are consumed."""
     paginator = ask(lambda c: c.get_paginator("list_objects_v2"))
