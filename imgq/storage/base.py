@@ -9,7 +9,7 @@ runs one contract test class against every implementation.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -62,7 +62,7 @@ class ByteSource(ABC):
         a mistake is told rather than taken for an empty folder."""
 
     @abstractmethod
-    def folders(self, location: str) -> list[str]:
+    def folders(self, location: str) -> Sequence[str]:
         """The folders directly in ``location`` (a local folder's sub-folders, never through a symbolic link; an
         s3:// prefix's sub-prefixes), as locations (no trailing '/'), sorted by name, hidden ones ('.' first) left
         out: `imgq learn` takes each as a label. Empty when there are none; raises ListingError when ``location``

@@ -15,7 +15,7 @@ import hashlib
 import os
 import stat
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import BinaryIO
 
@@ -104,7 +104,7 @@ class LocalFiles(ByteSource):
             return None
         return stat_digest(info.st_size, info.st_mtime_ns)
 
-    def folders(self, location: str) -> list[str]:
+    def folders(self, location: str) -> Sequence[str]:
         try:
             with os.scandir(location) as entries:
                 found = [e.path for e in entries if not e.name.startswith(".") and e.is_dir(follow_symlinks=False)]

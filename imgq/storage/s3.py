@@ -20,7 +20,7 @@ import hashlib
 import io
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, BinaryIO
@@ -202,7 +202,7 @@ class S3Objects(ByteSource):
         for url, _ in self._listed(location, path_filter, skipped):
             yield url
 
-    def folders(self, location: str) -> list[str]:
+    def folders(self, location: str) -> Sequence[str]:
         """The sub-prefixes of the prefix ``location`` (a LIST with the delimiter '/': one per 1000 of them)."""
         try:
             bucket, key = split_url(location)
