@@ -2,8 +2,9 @@
 
 Per schedule and model name (a file classified by one model is new for another: a schedule whose model
 changes scans everything again), three Redis hashes next to the results (keys built by ``Keys.scan``), each keyed by
-the digest of a file's absolute path (``imgq.contract.path_digest``) and holding a digest of its (size,
-modification time in ns):
+the digest of a file's absolute path (``imgq.contract.path_digest``) and holding its version (8 bytes, from its
+byte source: a local file's size and modification time in ns; an s3:// object's ETag, last-modified time and
+size, read from the LIST pages of the walk, ByteSource.list_versions):
 
 - ``known``: files whose last submitted version got an ``ok`` record. While the file's size and mtime still
   match, it is not submitted again; when either changes, it is (``changed``).
