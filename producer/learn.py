@@ -17,8 +17,10 @@ from datetime import datetime, timezone
 
 from imgq.contract import ResultRecord, dump_path, is_untrained
 from imgq.labels.heads import Head, HeadError, check_head, check_label
+from imgq.storage.errors import ListingError
 from imgq.storage.files import atomic_path
-from imgq.storage.selection import PathFilter
+from imgq.storage.locate import source_for
+from imgq.storage.selection import PathFilter, Skipped
 from imgq.storage.walk import iter_images
 
 MIN_EXAMPLES = 5  # per label: fewer cannot be cross-validated in 5 folds, nor say much
@@ -47,37 +49,36 @@ class Examples:
 
 
 def find_examples(root: str) -> Examples:
-    """The examples under ``root``: one folder per label, at least MIN_EXAMPLES images each, two labels or
-    more. Hidden folders are not labels. Raises ExamplesError."""
-    root = os.path.abspath(root)
+    """The examples under ``root`` (a folder, or an s3:// prefix): one folder (sub-prefix) per label, at least
+    MIN_EXAMPLES images each, two labels or more. Hidden folders are not labels. Raises ExamplesError."""
+    source = source_for(root)
+    root = source.absolute(root)
     try:
-        entries = [e for e in os.scandir(root) if not e.name.startswith(".")]
-    except OSError as exc:
-        raise ExamplesError(f"Cannot read {root}: {exc.strerror or exc}.") from None
-    folders = [e for e in entries if e.is_dir(follow_symlinks=False)]
+        folders = source.folders(root)
+    except ListingError as exc:
+        raise ExamplesError(str(exc)) from None
     if not folders:
         raise ExamplesError(f"{root} has no label folders: make one folder per label, e.g. "
-                            f"{os.path.join(root, 'beach')}/*.jpg and {os.path.join(root, 'not-beach')}/*.jpg.")
+                            f"{_inside(root, 'beach')}/*.jpg and {_inside(root, 'not-beach')}/*.jpg.")
     examples = Examples(root)
-    for folder in sorted(folders, key=lambda e: e.name):
+    for folder in folders:
+        label = folder.rsplit("/", 1)[-1]
         try:
-            check_label(folder.name)
+            check_label(label)
         except HeadError as exc:
-            raise ExamplesError(f"{folder.path}: the folder's name is the label, and it cannot be one: {exc}") from None
-        found = sorted(iter_images([folder.path], PathFilter()))
-        examples.images[folder.name] = found
-        examples.skipped += _not_images(folder.path, set(found))
+            raise ExamplesError(f"{folder}: the folder's name is the label, and it cannot be one: {exc}") from None
+        skipped = Skipped(keep_paths=True)
+        try:
+            examples.images[label] = sorted(iter_images([folder], PathFilter(), skipped))
+        except ListingError as exc:
+            raise ExamplesError(str(exc)) from None
+        examples.skipped += sorted(skipped.paths)
     _check_counts(examples)
     return examples
 
 
-def _not_images(folder: str, images: set[str]) -> list[str]:
-    skipped = []
-    for base, dirs, files in os.walk(folder):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        skipped += [os.path.join(base, f) for f in files
-                    if not f.startswith(".") and os.path.join(base, f) not in images]
-    return sorted(skipped)
+def _inside(root: str, name: str) -> str:
+    return f"{root.rstrip('/')}/{name}"
 
 
 def _check_counts(examples: Examples) -> None:
@@ -85,7 +86,7 @@ def _check_counts(examples: Examples) -> None:
     if few:
         label, n = next(iter(few.items()))
         more = f" (and {len(few) - 1} more folders)" if len(few) > 1 else ""
-        raise ExamplesError(f"{os.path.join(examples.root, label)} has {n} images; a label needs at least "
+        raise ExamplesError(f"{_inside(examples.root, label)} has {n} images; a label needs at least "
                             f"{MIN_EXAMPLES}{more}.")
     if len(examples.images) < 2:
         raise ExamplesError(f"{examples.root} has one label folder; a head needs two or more (e.g. beach and "

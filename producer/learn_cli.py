@@ -10,12 +10,12 @@ import click
 from imgq.labels.heads import HeadError, check_label
 from imgq.settings import env_var
 from producer.options.model_choice import WeightsOption, check_local_weights, choose_model
-from producer.options.paths import OutputFile
+from producer.options.paths import ImageLocation, OutputFile
 from producer.options.words import echo
 
 
 @click.command()
-@click.argument("examples", type=click.Path(exists=True, file_okay=False, path_type=str))
+@click.argument("examples", type=ImageLocation())
 @click.option("-o", "--output", "out", type=OutputFile(), required=True, metavar="HEAD",
               help="The head file to write (JSON), e.g. beach.head.json.")
 @click.option("--name", default="", help="The head's name in records and sidecars (default: HEAD's file name "
@@ -31,7 +31,8 @@ from producer.options.words import echo
 @click.pass_context
 def learn(ctx, examples, out, name, model, weights, embedded_redis):
     """Learn a head of your own labels from EXAMPLES, one folder per label (EXAMPLES/beach/*.jpg,
-    EXAMPLES/not-beach/*.jpg, ...; at least 5 images each).
+    EXAMPLES/not-beach/*.jpg, ...; at least 5 images each). EXAMPLES may be an s3://bucket/prefix, each label a
+    sub-prefix.
 
     The examples are classified on this machine as `imgq classify` does, a logistic regression is fitted on
     the model's pooled features (cross-validated accuracy and a confusion table printed) and written to HEAD.

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 
 import click
@@ -31,10 +30,12 @@ from imgq.schedules.schedule import (
 )
 from imgq.schedules.tick import tick
 from imgq.settings import Settings, env_var, format_seconds
+from imgq.storage.locate import source_for
 from imgq.storage.selection import skipped_phrase
 from producer.options.head_options import head_option, refuse_foreign_head
 from producer.options.model_choice import choose_model
 from producer.options.params import BoundedInt, Duration
+from producer.options.paths import ImageLocation
 from producer.options.weights_choice import asked_weights
 from producer.options.words import echo, plural
 
@@ -83,7 +84,7 @@ def schedule():
 
 @schedule.command()
 @click.argument("name", callback=_validated(check_name))
-@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=str))
+@click.argument("paths", nargs=-1, required=True, type=ImageLocation())
 @click.option("--every", type=Duration(1, MAX_EVERY), metavar="INTERVAL",
               help=f"Fire every INTERVAL: 15m, 1h, 1d (from {env_var('schedule_min_every')}, a minute by default, to "
                    f"{format_seconds(MAX_EVERY)}). The first tick comes at once.")
@@ -116,8 +117,8 @@ def schedule():
 @click.pass_context
 def add(ctx, name, paths, every, cron, recursive, includes, excludes, top_k, batch_size, max_retries, model, paused,
         replace_existing, head, weights):
-    """Scan PATH... on a schedule (exactly one of --every and --cron); each tick submits a job of the images
-    that are new or changed since the last scan."""
+    """Scan PATH... (folders, or s3://bucket/prefix) on a schedule (exactly one of --every and --cron); each tick
+    submits a job of the images that are new or changed since the last scan."""
     if (every is None) == (cron is None):
         raise click.UsageError("Give exactly one of --every and --cron.")
     settings: Settings = ctx.obj
@@ -130,7 +131,7 @@ def add(ctx, name, paths, every, cron, recursive, includes, excludes, top_k, bat
     chosen = choose_model(model or settings.model, book.store)
     asked = asked_weights(settings.job_weights if weights is None else weights, chosen)
     definition = Schedule(
-        name=name, paths=tuple(os.path.abspath(p) for p in paths), every=every,
+        name=name, paths=tuple(source_for(p).absolute(p) for p in paths), every=every,
         cron=" ".join(cron.split()) if cron else None, recursive=recursive, includes=tuple(includes),
         excludes=tuple(excludes),
         top_k=top_k or settings.top_k, batch_size=batch_size or settings.batch_size,

@@ -11,7 +11,14 @@ from imgq.jobs.refs import resolve
 from imgq.results.store import ResultStore
 from producer.options.params import BoundedInt, FiniteFloat
 from producer.options.words import echo, plural, printable
-from producer.tags.tagging import SIDECAR_NAMES, SidecarChange, TagOptions, UntrainedWeights, tag_records
+from producer.tags.tagging import (
+    SIDECAR_NAMES,
+    ObjectsNotAsked,
+    SidecarChange,
+    TagOptions,
+    UntrainedWeights,
+    tag_records,
+)
 
 
 @click.command()
@@ -33,10 +40,15 @@ from producer.tags.tagging import SIDECAR_NAMES, SidecarChange, TagOptions, Untr
 @click.option("--groups", is_flag=True,
               help="Also write the labels' WordNet groups (animal, dog, vehicle, ...) into dc:subject; they are "
                    "always in the hierarchical keywords (imgq|animal|dog|Border collie).")
+@click.option("--write-objects", is_flag=True,
+              help="For images in object storage (s3://), write their sidecars as KEY.xmp objects beside them "
+                   "(PutObject; needs s3:GetObject and s3:PutObject). Without it, a job with such images is refused.")
 @click.pass_context
-def tag(ctx, job, min_score, top, prefix, sidecar_name, remove, dry_run, allow_untrained, groups):
+def tag(ctx, job, min_score, top, prefix, sidecar_name, remove, dry_run, allow_untrained, groups, write_objects):
     """Write JOB's labels as keywords into each image's XMP sidecar (dc:subject, lr:hierarchicalSubject,
     digiKam:TagsList), merging with what is there. The images themselves are never modified.
+
+    Images in object storage (s3://) get KEY.xmp objects beside them, with --write-objects only.
 
     A second run adds nothing; after a new classification it replaces imgq's keywords with the new labels.
     A keyword the sidecar held before imgq came stays, even when it equals a label. Images changed since the
@@ -44,7 +56,8 @@ def tag(ctx, job, min_score, top, prefix, sidecar_name, remove, dry_run, allow_u
     """
     try:
         options = TagOptions(prefix=prefix, top=top, min_score=min_score, sidecar_name=sidecar_name,
-                             remove=remove, dry_run=dry_run, allow_untrained=allow_untrained, groups=groups)
+                             remove=remove, dry_run=dry_run, allow_untrained=allow_untrained, groups=groups,
+                             objects="write" if write_objects else "refuse")
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--prefix") from None
     store = ResultStore.from_settings(ctx.obj)
@@ -56,7 +69,7 @@ def tag(ctx, job, min_score, top, prefix, sidecar_name, remove, dry_run, allow_u
     try:
         summary = tag_records(store.iter_records(job), options, on_change=_reporter(dry_run),
                               submitted_at=status.created)
-    except UntrainedWeights as exc:
+    except (UntrainedWeights, ObjectsNotAsked) as exc:
         raise click.ClickException(str(exc)) from None
     would = "would be " if dry_run else ""
     counts = ", ".join(f"{summary.count(state)} {would}{state}" for state in ("created", "changed", "deleted"))

@@ -85,6 +85,30 @@ class ByteSourceContract:
         assert self.source.version(location) not in (None, first)
         assert self.source.version(self.location("none.jpg")) is None
 
+    def test_listed_versions_are_the_listing_with_what_version_says(self):
+        for name in ("a.jpg", "b.png", "sub/c.jpg", "notes.txt"):
+            self.put(name, JPEG)
+        root = self.source.absolute(self.root)
+        listed = list(self.source.list_versions(root, PathFilter()))
+        assert [found for found, _ in listed] == list(self.source.list(root, PathFilter()))
+        assert [version for _, version in listed] == [self.source.version(found) for found, _ in listed]
+        assert all(version is not None for _, version in listed)
+        time.sleep(1.1)  # a last-modified time of whole seconds, or a file's mtime: later either way
+        self.put("b.png", JPEG + b"other bytes")
+        again = dict(self.source.list_versions(root, PathFilter()))
+        assert again[listed[1][0]] not in (None, listed[1][1]) and again[listed[0][0]] == listed[0][1]
+        named = self.source.absolute(self.location("a.jpg"))
+        assert list(self.source.list_versions(named, PathFilter())) == [(named, listed[0][1])]
+
+    def test_folders_are_the_sub_folders_by_name_without_hidden_ones(self):
+        for name in ("b/x.jpg", "a/y.jpg", ".hidden/z.jpg", "top.jpg", "a/deeper/w.jpg"):
+            self.put(name, JPEG)
+        root = self.source.absolute(self.root)
+        assert self.source.folders(root) == [self.source.absolute(self.location(n)) for n in ("a", "b")]
+        assert self.source.folders(self.source.absolute(self.location("a"))) == [
+            self.source.absolute(self.location("a/deeper"))]
+        assert self.source.folders(self.source.absolute(self.location("b"))) == []
+
     def test_a_single_image_is_listed_as_it_is(self):
         location = self.source.absolute(self.put("notes.txt", b"not an image, named: the worker says so"))
         assert list(self.source.list(location, PathFilter())) == [location]
@@ -245,6 +269,19 @@ class TestS3Objects(ByteSourceContract):
         listing = self.source.list(self.root, PathFilter())
         assert next(listing).endswith("f00/x.jpg") and self.calls.count("ListObjectsV2") == 1
         assert len(list(listing)) == 11 and self.calls.count("ListObjectsV2") == 3
+
+    def test_listed_versions_cost_the_listing_alone(self):
+        for index in range(7):
+            self.put(f"f{index}.jpg", JPEG)
+        self.source.page_size = 5
+        self.calls.clear()
+        listed = list(self.source.list_versions(self.root, PathFilter()))
+        assert len(listed) == 7 and all(version is not None for _, version in listed)
+        assert self.calls == ["ListObjectsV2", "ListObjectsV2"]  # no HEAD per object
+
+    def test_the_folders_of_no_such_bucket_are_one_line(self):
+        with pytest.raises(ListingError, match="\\ACannot list s3://no-such-[^\n]*no such bucket"):
+            self.source.folders(f"s3://no-such-{uuid.uuid4().hex[:8]}/examples")
 
     def test_a_prefix_is_a_folder_with_or_without_its_slash(self):
         self.put("album/a.jpg", JPEG)

@@ -220,3 +220,35 @@ def test_classify_reads_a_bucket_with_its_own_worker(s3_server, bucket, tmp_path
     assert result.returncode == 0, result.stderr
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert sorted(r["path"] for r in records) == sorted(urls) and {r["status"] for r in records} == {"ok"}
+
+
+def tinted_jpeg(tint: tuple[float, float, float], seed: int) -> bytes:
+    """A picture of random texture under a colour tint (what untrained features tell apart: tests/test_learn.py)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, size=(rng.integers(90, 160), rng.integers(90, 160), 3)) * np.array(tint)
+    out = io.BytesIO()
+    Image.fromarray(pixels.astype(np.uint8)).save(out, format="JPEG", quality=90)
+    return out.getvalue()
+
+
+@pytest.mark.slow
+def test_learn_from_a_prefix_with_its_own_worker(s3_server, bucket, tmp_path):
+    """`imgq learn s3://bucket/examples`: each sub-prefix a label, the examples read by the worker it starts, the
+    head fitted on their features and written."""
+    tints = {"red": (1.0, 0.25, 0.25), "blue": (0.25, 0.25, 1.0)}
+    for n, (label, tint) in enumerate(tints.items()):
+        for i in range(6):
+            bucket(f"allowed/learn/{label}/{label}-{i}.jpg", tinted_jpeg(tint, seed=10 * n + i))
+    head = tmp_path / "tints.head.json"
+    env = clean_env(**s3_server.env, IMGQ_WEIGHTS="random", IMGQ_STATE_DIR=str(tmp_path / "state"),
+                    IMGQ_RUNTIME="openvino")
+    result = subprocess.run([str(Path(sys.executable).parent / "imgq"), "learn", f"{ALLOWED}/learn",
+                             "-o", str(head), "--embedded-redis"], env=env, capture_output=True, text=True,
+                            timeout=400, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "Learning 2 labels from 12 examples: blue (6), red (6)" in result.stderr
+    data = json.loads(head.read_text())
+    assert data["labels"] == ["blue", "red"] and data["examples"] == {"blue": 6, "red": 6}
+    assert data["figures"]["cv_accuracy"] >= 0.9, result.stderr

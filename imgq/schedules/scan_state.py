@@ -2,8 +2,9 @@
 
 Per schedule and model name (a file classified by one model is new for another: a schedule whose model
 changes scans everything again), three Redis hashes next to the results (keys built by ``Keys.scan``), each keyed by
-the digest of a file's absolute path (``imgq.contract.path_digest``) and holding a digest of its (size,
-modification time in ns):
+the digest of a file's absolute path (``imgq.contract.path_digest``) and holding its version (8 bytes, from its
+byte source: a local file's size and modification time in ns; an s3:// object's ETag, last-modified time and
+size, read from the LIST pages of the walk, ByteSource.list_versions):
 
 - ``known``: files whose last submitted version got an ``ok`` record. While the file's size and mtime still
   match, it is not submitted again; when either changes, it is (``changed``).
@@ -107,24 +108,31 @@ class ScanState:
 
     def select(self, paths: Iterable[str], max_retries: int, found: ScanTally,
                keepalive: Callable[[], object] | None = None) -> Iterator[str]:
-        """The paths to submit: new, changed, or failed at most ``max_retries`` times. Each is written to
-        ``pending`` with its version before it is yielded; ``found`` counts the reasons as the walk goes.
-        ``keepalive`` runs once per chunk of files (to renew a lock during a long walk)."""
-        paths = iter(paths)
-        while chunk := list(islice(paths, CHUNK)):
+        """The paths to submit: new, changed, or failed at most ``max_retries`` times, each path's version asked of
+        its byte source (``select_versioned`` for versions a listing gave)."""
+        versioned = ((path, file_version(path)) for path in paths)
+        return self.select_versioned(versioned, max_retries, found, keepalive)
+
+    def select_versioned(self, listed: Iterable[tuple[str, bytes | None]], max_retries: int, found: ScanTally,
+                         keepalive: Callable[[], object] | None = None) -> Iterator[str]:
+        """The paths to submit among ``listed`` (each path with its version as it was listed, None when it has
+        vanished): new, changed, or failed at most ``max_retries`` times. Each is written to ``pending`` with its
+        version before it is yielded; ``found`` counts the reasons as the walk goes. ``keepalive`` runs once per
+        chunk of files (to renew a lock during a long walk)."""
+        listed = iter(listed)
+        while chunk := list(islice(listed, CHUNK)):
             yield from self._select_chunk(chunk, max_retries, found)
             if keepalive is not None:
                 keepalive()
 
-    def _select_chunk(self, chunk: list[str], max_retries: int, found: ScanTally) -> list[str]:
-        versions = [file_version(path) for path in chunk]
-        fields = [path_digest(path) for path in chunk]
+    def _select_chunk(self, chunk: list[tuple[str, bytes | None]], max_retries: int, found: ScanTally) -> list[str]:
+        fields = [path_digest(path) for path, _ in chunk]
         pipe = self.redis.pipeline(transaction=False)
         pipe.hmget(self.known, fields)
         pipe.hmget(self.errors, fields)
         known, errors = pipe.execute()
         chosen, pending = [], {}
-        for path, field, version, was_ok, failed in zip(chunk, fields, versions, known, errors, strict=True):
+        for (path, version), field, was_ok, failed in zip(chunk, fields, known, errors, strict=True):
             reason = _reason(version, was_ok, failed, max_retries)
             setattr(found, reason, getattr(found, reason) + 1)
             if reason in ("new", "changed", "retried"):

@@ -30,9 +30,10 @@ from imgq.results.store import JobNotFound, ResultStore
 from imgq.schedules.scan_state import ScanState, ScanTally
 from imgq.schedules.schedule import Schedule, ScheduleBook
 from imgq.settings import Settings
+from imgq.storage.errors import ListingError
 from imgq.storage.roots import outside_roots
 from imgq.storage.selection import Skipped
-from imgq.storage.walk import iter_images
+from imgq.storage.walk import iter_image_versions
 
 TICK_LOCK_SECONDS = 120  # renewed every 1000 files walked; a tick that died frees its schedule after this
 
@@ -77,8 +78,8 @@ def _tick_locked(book: ScheduleBook, schedule: Schedule, settings: Settings, tri
         return book.record_run(schedule.name, _run(trigger, "skipped", reason=reason, settled=settled))
     found = ScanTally()
     skipped = Skipped()
-    images = scan.select(iter_images(schedule.paths, schedule.path_filter, skipped), schedule.max_retries, found,
-                         keepalive=keepalive)
+    listed = iter_image_versions(schedule.paths, schedule.path_filter, skipped)  # s3: versions from LIST pages
+    images = scan.select_versioned(listed, schedule.max_retries, found, keepalive=keepalive)
     try:
         head = heads.fetch(store.redis, store.keys, schedule.head) if schedule.head else None
     except heads.HeadError as exc:
@@ -93,6 +94,10 @@ def _tick_locked(book: ScheduleBook, schedule: Schedule, settings: Settings, tri
     except submission.EmptySelection:
         book.set_pending(schedule.name, None)
         return book.record_run(schedule.name, _run(trigger, "empty", found=found, settled=settled, skipped=skipped))
+    except ListingError as exc:  # an s3:// prefix that cannot be listed (no bucket, refused credentials, no answer)
+        book.set_pending(schedule.name, None)
+        scan.clear_pending()
+        return book.record_run(schedule.name, _run(trigger, "skipped", reason=str(exc), settled=settled))
     return book.record_run(schedule.name, _run(trigger, "submitted", job=submitted.job, found=found, settled=settled,
                                                batches=submitted.batches, skipped=skipped))
 

@@ -9,7 +9,7 @@ runs one contract test class against every implementation.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -60,3 +60,20 @@ class ByteSource(ABC):
         left out, and the others counted in ``skipped``. A folder that cannot be read yields nothing; a store that
         cannot be listed at all (no such bucket, refused credentials, no answer) raises ListingError, so that
         a mistake is told rather than taken for an empty folder."""
+
+    @abstractmethod
+    def folders(self, location: str) -> Sequence[str]:
+        """The folders directly in ``location`` (a local folder's sub-folders, never through a symbolic link; an
+        s3:// prefix's sub-prefixes), as locations (no trailing '/'), sorted by name, hidden ones ('.' first) left
+        out: `imgq learn` takes each as a label. Empty when there are none; raises ListingError when ``location``
+        cannot be listed at all (one line)."""
+
+    def list_versions(self, location: str, path_filter: PathFilter,
+                      skipped: Skipped | None = None) -> Iterator[tuple[str, bytes | None]]:
+        """``list``'s images, in the same order, each with its ``version`` as it was when it was listed: equal to
+        what ``version`` says of it at that time (a scheduled scan compares it with the last one it saw). This
+        default asks ``version`` once per image (a stat for a local file); a source whose listing already
+        carries each entry's metadata (an S3 LIST: ETag, size, last-modified) overrides it to take the version
+        from the listing, with no request per image. Raises as ``list`` does."""
+        for found in self.list(location, path_filter, skipped):
+            yield found, self.version(found)

@@ -15,12 +15,12 @@ import hashlib
 import os
 import stat
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import BinaryIO
 
 from imgq.storage.base import ByteSource
-from imgq.storage.errors import ImageError, one_line
+from imgq.storage.errors import ImageError, ListingError, one_line
 from imgq.storage.files import open_nonblocking
 from imgq.storage.roots import within_roots
 from imgq.storage.selection import IGNORE_MARKERS, PathFilter, Skipped, is_sidecar, sidecar_owners
@@ -103,6 +103,14 @@ class LocalFiles(ByteSource):
         except OSError:
             return None
         return stat_digest(info.st_size, info.st_mtime_ns)
+
+    def folders(self, location: str) -> Sequence[str]:
+        try:
+            with os.scandir(location) as entries:
+                found = [e.path for e in entries if not e.name.startswith(".") and e.is_dir(follow_symlinks=False)]
+        except OSError as exc:
+            raise ListingError(f"Cannot read {location}: {exc.strerror or exc}.") from None
+        return sorted(found, key=os.path.basename)
 
     def list(self, location: str, path_filter: PathFilter, skipped: Skipped | None = None) -> Iterator[str]:
         if os.path.isdir(location):

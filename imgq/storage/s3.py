@@ -8,7 +8,8 @@ of an S3-compatible store (IMGQ_S3_ENDPOINT_URL) and a region (IMGQ_S3_REGION); 
 settings, and never in a message, a record or a log line: messages carry error codes, not the store's text.
 
 Costs: an image is one GET (its size is checked on the reply's headers, before a byte of the body is read);
-a listing is one LIST per 1000 keys (s3_listing.py); a version is one HEAD. boto3 is imported when the first
+a listing is one LIST per 1000 keys (s3_listing.py); a version is one HEAD, or nothing more when it is read
+from the listing (``list_versions``: a scheduled scan). boto3 is imported when the first
 s3:// location is used, not before: `imgq --help` stays fast, and a producer installed without the ``s3`` extra
 works on local files.
 """
@@ -19,8 +20,9 @@ import hashlib
 import io
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any, BinaryIO
 
 from imgq.settings import env_var, parse_setting
@@ -190,20 +192,52 @@ class S3Objects(ByteSource):
             head = request(lambda c: c.head_object(Bucket=bucket, Key=key))
         except (ImageError, SourceUnavailable, ListingError):
             return None
-        stamp = f"{head.get('ETag', '')}|{head.get('LastModified', '')}|{head.get('ContentLength', '')}"
-        return hashlib.blake2b(stamp.encode(), digest_size=VERSION_DIGEST_BYTES).digest()
+        return object_version(head.get("ETag"), head.get("LastModified"), head.get("ContentLength"))
 
     def list(self, location: str, path_filter: PathFilter, skipped: Skipped | None = None) -> Iterator[str]:
         """A URL naming an image by its name (``s3://b/x/a.jpg``, as ``path_filter`` wants it) is taken as it is,
         without a request; any other is a prefix, listed as a folder (``s3://b/photos`` and ``s3://b/photos/``
         alike), or, when nothing lies under it, an object taken as it is if it exists. Raises ListingError when
         the bucket cannot be listed (no such bucket, refused credentials, no answer)."""
+        for url, _ in self._listed(location, path_filter, skipped):
+            yield url
+
+    def folders(self, location: str) -> Sequence[str]:
+        """The sub-prefixes of the prefix ``location`` (a LIST with the delimiter '/': one per 1000 of them)."""
+        try:
+            bucket, key = split_url(location)
+        except ValueError as exc:
+            raise ListingError(str(exc)) from None
+        ask = lambda call: list_request(call, location)  # noqa: E731
+        return s3_listing.subfolders(ask, bucket, key, self.page_size)
+
+    def list_versions(self, location: str, path_filter: PathFilter,
+                      skipped: Skipped | None = None) -> Iterator[tuple[str, bytes | None]]:
+        """``list``'s images with their versions read from the LIST pages (each entry's ETag, last-modified time
+        and size): no request per object. An object taken without a listing entry (a URL naming an image) costs
+        one HEAD, as ``version``."""
+        for url, item in self._listed(location, path_filter, skipped):
+            if item is None:
+                yield url, self.version(url)
+            else:
+                yield url, object_version(item.get("ETag"), item.get("LastModified"), item.get("Size"))
+
+    def _listed(self, location: str, path_filter: PathFilter, skipped: Skipped | None) -> Iterator[s3_listing.Listed]:
         try:
             bucket, key = split_url(location)
         except ValueError as exc:
             raise ListingError(str(exc)) from None
         ask = lambda call: list_request(call, location)  # noqa: E731
         yield from s3_listing.listed(ask, bucket, key, path_filter, skipped, self.page_size)
+
+
+def object_version(etag: str | None, modified: datetime | None, size: int | None) -> bytes:
+    """The version of an object from its metadata, alike from a HEAD's reply and a LIST's entry: a digest of its
+    ETag, its last-modified time in whole seconds (a HEAD's header has no finer one; a rewrite with the same bytes
+    keeps the ETag of a single-part upload, but not its time) and its size."""
+    seconds = int(modified.timestamp()) if modified is not None else ""
+    stamp = f"{etag or ''}|{seconds}|{'' if size is None else size}"
+    return hashlib.blake2b(stamp.encode(), digest_size=VERSION_DIGEST_BYTES).digest()
 
 
 def list_request(call: Callable[[Any], Any], location: str) -> Any:

@@ -27,22 +27,24 @@ from typing import Any
 from imgq.storage.selection import IGNORE_MARKERS, PathFilter, Skipped, is_sidecar, sidecar_owners
 
 Ask = Callable[[Callable[[Any], Any]], Any]  # runs a request on the client; failures become ListingError
+Listed = tuple[str, dict | None]  # an image's URL and its listing entry (None: taken without a listing)
 BEFORE_MARKERS = "."  # a name sorting below this sorts before its folder's markers
 
 
 def listed(ask: Ask, bucket: str, key: str, path_filter: PathFilter, skipped: Skipped | None,
-           page_size: int) -> Iterator[str]:
-    """The images of ``s3://bucket/key`` (see S3Objects.list)."""
+           page_size: int) -> Iterator[Listed]:
+    """The images of ``s3://bucket/key`` (see S3Objects.list), each with its listing entry (``Key``, ``ETag``,
+    ``Size``, ``LastModified``), or None for a URL taken as it is, without a listing entry."""
     url = f"s3://{bucket}/{key}"
     if key and not key.endswith("/"):
         if path_filter.wants(key.rsplit("/", 1)[-1]):
-            yield url  # named as an image: taken as it is, like a named file; the worker says if it is none
+            yield url, None  # named as an image: taken as it is, like a named file; the worker says if it is none
             return
         pages = _pages(ask, bucket, key + "/", path_filter.recursive, page_size)
         first = next(pages)
         if not first.get("Contents") and not first.get("CommonPrefixes"):
             if _exists(ask, bucket, key):
-                yield url  # an object named as it is (notes.txt): the worker says it is not an image
+                yield url, None  # an object named as it is (notes.txt): the worker says it is not an image
             return  # nothing there: nothing is queued, and the walk says no image was selected
         chooser = Chooser(ask, bucket, key + "/", path_filter, skipped)
         yield from chooser.take(first)
@@ -52,6 +54,19 @@ def listed(ask: Ask, bucket: str, key: str, path_filter: PathFilter, skipped: Sk
     for page in pages:
         yield from chooser.take(page)
     chooser.finish()
+
+
+def subfolders(ask: Ask, bucket: str, key: str, page_size: int) -> list[str]:
+    """The URLs of the sub-prefixes directly below ``s3://bucket/key`` (a folder), hidden ones left out, in key
+    order (S3Objects.folders)."""
+    prefix = key if not key or key.endswith("/") else key + "/"
+    found = []
+    for page in _pages(ask, bucket, prefix, False, page_size):
+        for common in page.get("CommonPrefixes", ()):
+            name = common["Prefix"][len(prefix):].rstrip("/")
+            if name and not name.startswith("."):
+                found.append(f"s3://{bucket}/{prefix}{name}")
+    return found
 
 
 def _pages(ask: Ask, bucket: str, prefix: str, recursive: bool, page_size: int) -> Iterator[dict]:
@@ -80,8 +95,9 @@ class Chooser:
         self.images: list[dict[str, list[str]]] = [{}, {}, {}]  # the last three pages' images, by folder
         self.pending: list[tuple[str, str, str]] = []  # the last page's skipped files: (folder, url, name)
 
-    def take(self, page: dict) -> Iterator[str]:
-        """The URLs of ``page``'s images; its skipped files are counted when the next page is read."""
+    def take(self, page: dict) -> Iterator[Listed]:
+        """The URLs of ``page``'s images, each with its entry; its skipped files are counted when the next page is
+        read."""
         images: dict[str, list[str]] = defaultdict(list)
         others = []
         for item in page.get("Contents", ()):
@@ -99,7 +115,7 @@ class Chooser:
             url = f"s3://{self.bucket}/{key}"
             if self.filter.wants(name):
                 images[folder].append(name)
-                yield url
+                yield url, item
             else:
                 others.append((folder, url, name))
         self.images = [*self.images[1:], images]

@@ -25,20 +25,36 @@ def iter_images(paths: Iterable[str], path_filter: PathFilter, skipped: Skipped 
     key order (imgq/storage/s3_listing.py). ``skipped``, when
     given, counts the files of the folders walked that the filter does not want (complete once the walk is).
     """
+    for found, _ in _walk(paths, path_filter, skipped, versions=False):
+        yield found
+
+
+def iter_image_versions(paths: Iterable[str], path_filter: PathFilter,
+                        skipped: Skipped | None = None) -> Iterator[tuple[str, bytes | None]]:
+    """``iter_images``'s paths, in the same order, each with its version (ByteSource.list_versions: a stat per
+    local file, nothing more than the LIST pages for s3:// objects); None for one that vanished meanwhile."""
+    return _walk(paths, path_filter, skipped, versions=True)
+
+
+def _walk(paths: Iterable[str], path_filter: PathFilter, skipped: Skipped | None,
+          versions: bool) -> Iterator[tuple[str, bytes | None]]:
     if skipped is not None:
         skipped.includes = bool(path_filter.includes)
     seen: set[bytes] = set()
     for path in paths:
-        for found in _listed(path, path_filter, skipped):
+        for found, version in _listed(path, path_filter, skipped, versions):
             digest = path_digest(found)
             if digest not in seen:
                 seen.add(digest)
-                yield found
+                yield found, version
 
 
-def _listed(path: str, path_filter: PathFilter, skipped: Skipped | None) -> Iterator[str]:
+def _listed(path: str, path_filter: PathFilter, skipped: Skipped | None,
+            versions: bool) -> Iterator[tuple[str, bytes | None]]:
     source = source_for(path)
-    return source.list(source.absolute(path), path_filter, skipped)
+    if versions:
+        return source.list_versions(source.absolute(path), path_filter, skipped)
+    return ((found, None) for found in source.list(source.absolute(path), path_filter, skipped))
 
 
 def read_path_list(lines: Iterable[str]) -> Iterator[str]:

@@ -16,6 +16,9 @@ Files: a sidecar is read only when it is a regular file (never through a symboli
 device, at most SIDECAR_MAX_BYTES) and written atomically, keeping its owner and mode; a read-only one is
 reported and left alone. An image is only looked at (stat): one changed since its job was submitted is skipped
 with a line, since its record describes the picture that was there then.
+
+Objects (s3://): their sidecars are KEY.xmp objects beside them, written only when asked (``TagOptions.objects``:
+objects.py); otherwise skipped with a line each, or the whole run refused before anything is written.
 """
 
 from __future__ import annotations
@@ -31,60 +34,30 @@ from imgq.labels import groups as wordnet_groups
 from imgq.storage.files import RefusedFile, atomic_path, read_regular
 from imgq.storage.roots import is_url
 from producer.exports.export import labels_above
-from producer.tags import sidecars
-from producer.tags.sidecars import ADDED, HIERARCHICAL, SUBJECT, TAGS_LIST, Field, SidecarError
+from producer.options.words import plural
+from producer.tags import objects, sidecars
+from producer.tags.keywords import (
+    SIDECAR_MAX_BYTES,
+    SIDECAR_NAMES,
+    KeywordPath,
+    SidecarChange,
+    TagOptions,
+    keyword_changes,
+    shown,
+    wanted_keywords,
+)
+from producer.tags.sidecars import ADDED, HIERARCHICAL, SUBJECT, TAGS_LIST, SidecarError
 
-SIDECAR_MAX_BYTES = 16 * 1024**2
-# XMP sidecars are kilobytes (darktable's with a long edit history, a few hundred): 16 MiB is far above any
-# real one, and bounds what a file named .xmp can make imgq read.
-
-SIDECAR_NAMES = ("full", "stem")
-
+__all__ = ["SIDECAR_MAX_BYTES", "SIDECAR_NAMES", "SidecarChange", "TagOptions", "ObjectsNotAsked",
+    "UntrainedWeights", "chosen_paths",
+           "tag_records"]
 
 class UntrainedWeights(ValueError):
     """The records were made with untrained (random) weights: their labels are meaningless."""
 
 
-@dataclass(frozen=True)
-class TagOptions:
-    """prefix: the parent keyword that marks imgq's keywords; top and min_score: which labels of a record become
-    keywords (the first ``top`` whose score is at least ``min_score``); sidecar_name: ``full`` (IMG_1.jpg.xmp,
-    digiKam and darktable) or ``stem`` (IMG_1.xmp, Lightroom and Capture One); remove: take imgq's keywords away
-    instead; dry_run: change no file; allow_untrained: tag even records made with random weights; groups: the
-    WordNet group words into dc:subject too (they are always in the hierarchical paths)."""
-
-    prefix: str = "imgq"
-    top: int = 1
-    min_score: float = 0.0
-    sidecar_name: str = "full"
-    remove: bool = False
-    dry_run: bool = False
-    allow_untrained: bool = False
-    groups: bool = False
-
-    def __post_init__(self):
-        if not self.prefix or any(c in self.prefix for c in "|/") or self.prefix != self.prefix.strip():
-            raise ValueError(f"Expected a prefix without '|', '/' or surrounding blanks. Received: {self.prefix!r}")
-        if not 0.0 <= self.min_score <= 1.0:  # nan fails it too: nan would choose no label, so remove them all
-            raise ValueError(f"Expected a minimum score between 0 and 1. Received: {self.min_score!r}")
-        if self.sidecar_name not in SIDECAR_NAMES:
-            raise ValueError(f"Expected a sidecar name in {SIDECAR_NAMES}. Received: {self.sidecar_name!r}")
-
-
-@dataclass(frozen=True)
-class SidecarChange:
-    """What happened (or, in a dry run, would happen) to one sidecar: state is created, changed, deleted (a
-    sidecar imgq created, emptied by a removal), unchanged, skipped (a read-only sidecar, an image changed since
-    its job: message says which; nothing written), failed (message says why; the file was left alone) or
-    missing-image (no sidecar written). ``note``: something the user should know about a change made (a hard
-    link split)."""
-
-    path: str
-    state: str
-    added: tuple[str, ...] = ()
-    removed: tuple[str, ...] = ()
-    message: str = ""
-    note: str = ""
+class ObjectsNotAsked(ValueError):
+    """Records of objects in a store, with ``TagOptions.objects`` ``refuse``: nothing was written (one line)."""
 
 
 @dataclass
@@ -98,10 +71,6 @@ class TagSummary:
     @property
     def failed(self) -> list[SidecarChange]:
         return [c for c in self.changes if c.state in ("failed", "missing-image")]
-
-
-KeywordPath = tuple[str, ...]
-# A keyword as a path under imgq's prefix, general first: ("animal", "dog", "Border collie").
 
 
 def keyword(label: str) -> str:
@@ -130,7 +99,9 @@ def tag_records(records: Iterable[ResultRecord], options: TagOptions,
     """Write (or, with ``options.remove``, take away) the keywords of every ok record into its image's sidecar.
 
     Every record is read before any file is written, so UntrainedWeights (raised when a record was made with
-    random weights, unless ``options.allow_untrained`` or ``options.remove``) leaves every sidecar as it was.
+    random weights, unless ``options.allow_untrained`` or ``options.remove``) and ObjectsNotAsked (records of
+    s3:// objects with ``options.objects`` ``refuse``) leave every sidecar as it was. With ``objects`` ``write``,
+    an object's sidecar is the object KEY.xmp beside it (objects.py).
     Images that share a sidecar (IMG_1.jpg and IMG_1.cr2 with ``stem``) get the union of their keywords.
     ``submitted_at``: when the records' job was submitted (epoch seconds); an image modified (or replaced)
     since is skipped, not tagged.
@@ -141,7 +112,7 @@ def tag_records(records: Iterable[ResultRecord], options: TagOptions,
         for change in summary.changes:
             on_change(change)
     for path, (image, paths) in plan.items():
-        change = tag_sidecar(path, image, paths, options)
+        change = objects.tag_object(path, paths, options) if is_url(path) else tag_sidecar(path, image, paths, options)
         summary.changes.append(change)
         if on_change:
             on_change(change)
@@ -154,6 +125,7 @@ def plan_sidecars(records: Iterable[ResultRecord], options: TagOptions, submitte
     holds the images skipped (changed since ``submitted_at``, or gone)."""
     plan: dict[str, tuple[str, list[KeywordPath]]] = {}
     summary = TagSummary()
+    objects_seen = 0
     for record in records:
         if record.untrained and not options.allow_untrained and not options.remove:  # removing is always allowed
             raise UntrainedWeights(f"Job {record.job} was classified with untrained weights "
@@ -162,19 +134,25 @@ def plan_sidecars(records: Iterable[ResultRecord], options: TagOptions, submitte
         if not record.ok:
             summary.skipped_errors += 1
             continue
-        if is_url(record.path):  # an object (s3://): no folder beside it here; a relative "s3:/..." must not be made
+        is_object = is_url(record.path)  # s3://: no folder beside it here; a relative "s3:/..." must not be made
+        if is_object and options.objects != "write":
+            objects_seen += 1
             summary.changes.append(SidecarChange(record.path, "skipped", message=f"{record.path} is an object in a "
                                                  "store: imgq tag writes sidecars beside local files only"))
             continue
-        path = sidecar_path(record.path, options.sidecar_name)
+        path = (objects.sidecar_url if is_object else sidecar_path)(record.path, options.sidecar_name)
         if not options.remove:
-            skipped = _changed_image(path, record, submitted_at)
+            skipped = (objects.changed_object if is_object else _changed_image)(path, record, submitted_at)
             if skipped is not None:
                 summary.changes.append(skipped)
                 continue
         chosen = [] if options.remove else chosen_paths(record, options)
         image, paths = plan.setdefault(path, (record.path, []))
         paths.extend(p for p in chosen if p not in paths)
+    if objects_seen and options.objects == "refuse":
+        raise ObjectsNotAsked(f"{plural(objects_seen, 'image')} of this job {'is' if objects_seen == 1 else 'are'} "
+                              "in object storage (s3://): imgq tag writes KEY.xmp objects beside them only with "
+                              "--write-objects; nothing was written.")
     return {path: (image, _without_ancestors(paths)) for path, (image, paths) in plan.items()}, summary
 
 
@@ -244,7 +222,7 @@ def tag_sidecar(path: str, image: str, paths: list[KeywordPath], options: TagOpt
             add[ADDED] = list(add[SUBJECT])
             if not options.dry_run:
                 _replace(path, None, sidecars.new_sidecar(add))
-            return SidecarChange(path, "created", added=_shown(add))
+            return SidecarChange(path, "created", added=shown(add))
         data, seen = found
         packet = sidecars.parse(data)
         remove, add = keyword_changes(packet, paths, options.prefix, options.groups)
@@ -252,7 +230,7 @@ def tag_sidecar(path: str, image: str, paths: list[KeywordPath], options: TagOpt
             return SidecarChange(path, "unchanged")
         removed = tuple(sorted(remove[SUBJECT] or remove[HIERARCHICAL]))
         if _read_only(path, seen):
-            return SidecarChange(path, "skipped", added=_shown(add), removed=removed,
+            return SidecarChange(path, "skipped", added=shown(add), removed=removed,
                                  message=f"{path} is read-only: not rewritten (make it writable to tag it)")
         edited = sidecars.edit(packet, remove, add)
         split = _hard_links(path, seen, options.dry_run)
@@ -263,16 +241,11 @@ def tag_sidecar(path: str, image: str, paths: list[KeywordPath], options: TagOpt
             return SidecarChange(path, "deleted", removed=removed, note=split)
         if not options.dry_run:
             _replace(path, seen, edited)
-        return SidecarChange(path, "changed", added=_shown(add), removed=removed, note=split)
+        return SidecarChange(path, "changed", added=shown(add), removed=removed, note=split)
     except SidecarError as exc:
         return SidecarChange(path, "failed", message=f"cannot edit {path}: {exc}")
     except OSError as exc:
         return SidecarChange(path, "failed", message=f"cannot write {path}: {exc.strerror or exc}")
-
-
-def _shown(add: dict[Field, list[str]]) -> tuple[str, ...]:
-    """What a change adds, as a person reads it: the plain keywords, or the paths when no plain one is new."""
-    return tuple(add.get(SUBJECT) or add.get(HIERARCHICAL) or ())
 
 
 def _read_only(path: str, seen: os.stat_result) -> bool:
@@ -318,35 +291,3 @@ def _check_unchanged(path: str, seen: os.stat_result | None) -> None:
     versions = [None if s is None else (s.st_dev, s.st_ino, s.st_mtime_ns, s.st_size) for s in (seen, now)]
     if versions[0] != versions[1]:
         raise SidecarError("it changed while imgq was editing it; left as the other program wrote it")
-
-
-def wanted_keywords(paths: list[KeywordPath], prefix: str, groups: bool = False) -> dict[Field, list[str]]:
-    """The values imgq writes for these keyword paths, field by field: each path's last word in dc:subject (all
-    its words with ``groups``), the whole path under ``prefix`` in the two hierarchical fields."""
-    subjects = list(dict.fromkeys(word for path in paths for word in (path if groups else path[-1:])))
-    return {SUBJECT: subjects, HIERARCHICAL: [prefix + "|" + "|".join(path) for path in paths],
-            TAGS_LIST: [prefix + "/" + "/".join(path) for path in paths]}
-
-
-def keyword_changes(packet: sidecars.Packet, paths: list[KeywordPath], prefix: str,
-                    groups: bool = False) -> tuple[dict[Field, set[str]], dict[Field, list[str]]]:
-    """(remove, add) per field that make imgq's keywords in the packet exactly those of ``paths``, and its
-    record of the dc:subject keywords it added (ADDED) what it then holds of its own."""
-    wanted = wanted_keywords(paths, prefix, groups)
-    current = {f: packet.keywords(f) for f in (SUBJECT, HIERARCHICAL, TAGS_LIST, ADDED)}
-    ours = {f: {k for k in current[f] if k.startswith(prefix + (f.separator or ""))} for f in (HIERARCHICAL, TAGS_LIST)}
-    remove: dict[Field, set[str]] = {f: ours[f] - set(wanted[f]) for f in ours}
-    theirs = {_leaf(k) for f in ours for k in current[f] if k not in ours[f]}
-    added_before = current[ADDED]
-    remove[SUBJECT] = {k for k in current[SUBJECT]
-                       if k in added_before and k not in wanted[SUBJECT] and k not in theirs}
-    add = {f: [k for k in wanted[f] if k not in current[f]] for f in wanted}
-    still_ours = [k for k in added_before if k in current[SUBJECT] and k not in remove[SUBJECT] and k not in theirs]
-    record = list(dict.fromkeys(still_ours + add[SUBJECT]))
-    remove[ADDED] = set(added_before) - set(record)
-    add[ADDED] = [k for k in record if k not in added_before]
-    return remove, add
-
-
-def _leaf(value: str) -> str:
-    return value.replace("/", "|").rsplit("|", 1)[-1]
