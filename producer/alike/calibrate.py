@@ -1,0 +1,157 @@
+"""Thresholds calibrated on the user's own photos: altered copies of a sample of the job's photos, made in
+memory, against the distances between distinct photos of the job.
+
+Each sampled photo is opened by the worker's rules (allowed roots, a size cap, a pixel cap, never a blocking
+open), turned upright by its EXIF orientation, and altered: JPEG re-encodes at qualities 40, 60 and 85, a
+resize to 60%, a crop of 8% of each side's length (4% off each edge) and a brightness change of +8%. The
+perceptual hash (imgq.alike.phash) of each copy, taken as the worker takes it (the picture squashed to the
+model's input size first), is compared with the original's. The distinct pairs are every pair of the job's
+rows whose content hashes differ. The threshold is the largest distance whose false-match rate (the share of
+distinct pairs at most that far apart) stays at most the target, and no larger than the farthest copy.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from imgq.alike.pairs import hash_histogram
+from imgq.alike.phash import phash, popcount
+from imgq.settings import Settings
+
+MAX_THRESHOLD = 24  # bits: beyond this, a pHash match says little whatever a small job's pairs show
+INPUT_SIZE = (224, 224)
+
+
+def _reencode(quality: int) -> Callable:
+    def alter(image):
+        buffer = io.BytesIO()
+        image.save(buffer, "JPEG", quality=quality)
+        buffer.seek(0)
+        from PIL import Image
+
+        return Image.open(buffer).convert("RGB")
+    return alter
+
+
+def _resize(image):
+    return image.resize((max(1, round(image.width * 0.6)), max(1, round(image.height * 0.6))))
+
+
+def _crop(image):
+    dx, dy = round(image.width * 0.04), round(image.height * 0.04)
+    return image.crop((dx, dy, image.width - dx, image.height - dy))
+
+
+def _brighter(image):
+    from PIL import ImageEnhance
+
+    return ImageEnhance.Brightness(image).enhance(1.08)
+
+
+ALTERATIONS: dict[str, Callable] = {"jpeg q40": _reencode(40), "jpeg q60": _reencode(60), "jpeg q85": _reencode(85),
+                                    "resize 60%": _resize, "crop 8%": _crop, "brightness +8%": _brighter}
+
+
+@dataclass
+class Calibration:
+    """What was measured: each alteration's distances from its original, the distinct pairs' histogram
+    (pairs at each distance 0..64), the threshold chosen and its false-match rate."""
+
+    copies: dict[str, list[int]] = field(default_factory=dict)
+    distinct: np.ndarray = field(default_factory=lambda: np.zeros(65, dtype=np.int64))
+    sampled: int = 0
+    unreadable: int = 0
+    threshold: int = 0
+    false_match_rate: float = 0.0
+    target: float = 0.0
+
+    def recall(self, kind: str | None = None) -> float:
+        """The share of copies (of one alteration, or all) within the threshold."""
+        values = self.copies.get(kind, []) if kind else [d for ds in self.copies.values() for d in ds]
+        return sum(d <= self.threshold for d in values) / len(values) if values else float("nan")
+
+    def lines(self) -> list[str]:
+        """What was measured, in words, for the user."""
+        pairs = int(self.distinct.sum())
+        closest = int(np.nonzero(self.distinct)[0][0]) if pairs else None
+        out = [f"Calibrated on {self.sampled} of the job's photos ({self.unreadable} unreadable here) and "
+               f"{pairs} pairs of distinct photos: same picture at a pHash distance of at most {self.threshold} "
+               f"bits (false-match rate {self.false_match_rate:.2%}, target {self.target:.2%}; closest distinct "
+               f"pair {closest} bits)."]
+        for kind, values in self.copies.items():
+            if values:
+                out.append(f"  {kind}: mean {np.mean(values):.1f} bits, 95th percentile "
+                           f"{np.percentile(values, 95):.0f}, within the threshold {self.recall(kind):.0%}")
+        return out
+
+
+def upright(path: str, settings: Settings):
+    """The photo at ``path`` opened by the worker's rules, upright, RGB; None when it cannot be read here."""
+    from PIL import Image, ImageOps
+
+    from imgq.storage.errors import ImageError
+    from imgq.storage.locate import source_for
+
+    Image.MAX_IMAGE_PIXELS = settings.max_pixels
+    try:
+        with source_for(path).open(path, settings.allowed_roots, settings.max_file_bytes) as file:
+            image = Image.open(file)
+            image.draft("RGB", (1024, 1024))
+            return ImageOps.exif_transpose(image).convert("RGB")
+    except (ImageError, OSError, ValueError, Image.DecompressionBombError, SyntaxError, EOFError):
+        return None
+
+
+def worker_hash(image) -> int:
+    """The pHash of ``image`` as the worker takes it: squashed to the model's input size first."""
+    from PIL import Image
+
+    return phash(np.asarray(image.resize(INPUT_SIZE, Image.Resampling.NEAREST)))
+
+
+def measure_copies(paths: list[str], settings: Settings) -> tuple[dict[str, list[int]], int]:
+    """Each alteration's distances from its original over ``paths``; and how many could not be read."""
+    copies: dict[str, list[int]] = {kind: [] for kind in ALTERATIONS}
+    unreadable = 0
+    for path in paths:
+        image = upright(path, settings)
+        if image is None:
+            unreadable += 1
+            continue
+        original = np.uint64(worker_hash(image))
+        for kind, alter in ALTERATIONS.items():
+            copy = np.uint64(worker_hash(alter(image)))
+            copies[kind].append(int(popcount(np.array([original ^ copy], dtype=np.uint64))[0]))
+    return copies, unreadable
+
+
+def choose_threshold(distinct: np.ndarray, copies: dict[str, list[int]], target: float) -> tuple[int, float]:
+    """The largest distance t (at most MAX_THRESHOLD and the farthest copy) whose false-match rate, the share of
+    distinct pairs at most t apart, is at most ``target``; and that rate. -1 when even 0 is over the target."""
+    pairs = int(distinct.sum())
+    rates = np.cumsum(distinct) / pairs if pairs else np.zeros(65)
+    farthest = max((d for ds in copies.values() for d in ds), default=MAX_THRESHOLD)
+    chosen, rate = -1, 0.0
+    for t in range(min(MAX_THRESHOLD, farthest) + 1):
+        if rates[t] <= target:
+            chosen, rate = t, float(rates[t])
+        else:
+            break
+    return chosen, rate
+
+
+def calibrate(paths: list[str], hashes: np.ndarray, content: np.ndarray, settings: Settings, target: float,
+              sample: int, seed: int = 0) -> Calibration:
+    """Measure copies of ``sample`` of ``paths`` (evenly drawn with ``seed``) and the distinct pairs of
+    ``hashes`` (rows of equal ``content`` hashes left out); choose the threshold for ``target``."""
+    rng = np.random.default_rng(seed)
+    chosen = sorted(rng.choice(len(paths), size=min(sample, len(paths)), replace=False).tolist()) if paths else []
+    copies, unreadable = measure_copies([paths[i] for i in chosen], settings)
+    keys = np.array([bytes(c) for c in content], dtype=object)
+    distinct = hash_histogram(hashes, keys)
+    threshold, rate = choose_threshold(distinct, copies, target)
+    return Calibration(copies, distinct, len(chosen) - unreadable, unreadable, threshold, rate, target)
