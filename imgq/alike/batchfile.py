@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import re
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -99,7 +100,7 @@ def read_batch(path: str) -> BatchVectors:
             model, weights = str(data["model"]), str(data["weights"])
     except BatchFileError:
         raise
-    except (OSError, ValueError, KeyError, EOFError) as exc:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         raise BatchFileError(f"{path}: not an imgq embedding file ({exc})") from None
     rows = BatchVectors(**arrays, model=model, weights=weights)
     _check(rows, path)

@@ -52,7 +52,9 @@ def _box_weights(length: int, size: int) -> np.ndarray:
 def phash(pixels: np.ndarray) -> int:
     """The 64-bit pHash of ``pixels`` (see ``grey``), as an unsigned int: bit 63 is frequency (0, 0)."""
     low = (_DCT @ shrink(grey(pixels)) @ _DCT.T)[:LOW, :LOW].ravel()
-    bits = low > np.median(low)
+    # Above the median by more than rounding noise: a flat picture's coefficients, all ~1e-15 but its mean,
+    # give one bit (frequency 0, 0), the same for every flat picture, not bits of noise.
+    bits = low > np.median(low) + 1e-9 * max(float(np.abs(low).max()), 1.0)
     return int(_BITS[bits].sum(dtype=np.uint64))
 
 

@@ -6,13 +6,16 @@ open), turned upright by its EXIF orientation, and altered: JPEG re-encodes at q
 resize to 60%, a crop of 8% of each side's length (4% off each edge) and a brightness change of +8%. The
 perceptual hash (imgq.alike.phash) of each copy, taken as the worker takes it (the picture squashed to the
 model's input size first), is compared with the original's. The distinct pairs are every pair of the job's
-rows whose content hashes differ. The threshold is the largest distance whose false-match rate (the share of
-distinct pairs at most that far apart) stays at most the target, and no larger than the farthest copy.
+rows whose content hashes differ; their false-match rate at a distance is read from a normal law fitted to
+their bulk (median, MAD), which the job's own duplicates (a few pairs near 0) do not move, where a plain count
+would call them false matches. The threshold is the largest distance whose rate stays at most the target, and
+no larger than the farthest copy.
 """
 
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -77,11 +80,13 @@ class Calibration:
     def lines(self) -> list[str]:
         """What was measured, in words, for the user."""
         pairs = int(self.distinct.sum())
-        closest = int(np.nonzero(self.distinct)[0][0]) if pairs else None
-        out = [f"Calibrated on {self.sampled} of the job's photos ({self.unreadable} unreadable here) and "
-               f"{pairs} pairs of distinct photos: same picture at a pHash distance of at most {self.threshold} "
-               f"bits (false-match rate {self.false_match_rate:.2%}, target {self.target:.2%}; closest distinct "
-               f"pair {closest} bits)."]
+        centre, spread = bulk(self.distinct)
+        close = int(self.distinct[:max(self.threshold, 0) + 1].sum())
+        out = [f"Calibrated on altered copies of {self.sampled} of the jobs' photos ({self.unreadable} unreadable "
+               f"here) and {pairs} pairs of photos of different content (pHash distance {centre:.0f} +- "
+               f"{spread:.1f} bits): same picture at a distance of at most {self.threshold} bits, false-match "
+               f"rate {self.false_match_rate:.3%} (target {self.target:.3%}); {close} pairs of the jobs are that "
+               f"close, their own duplicates among them."]
         for kind, values in self.copies.items():
             if values:
                 out.append(f"  {kind}: mean {np.mean(values):.1f} bits, 95th percentile "
@@ -129,18 +134,36 @@ def measure_copies(paths: list[str], settings: Settings) -> tuple[dict[str, list
     return copies, unreadable
 
 
+def bulk(distinct: np.ndarray) -> tuple[float, float]:
+    """The centre and spread of the distinct pairs' distances (a histogram over 0..64), by their median and
+    median absolute deviation (x 1.4826, a normal's standard deviation): robust to the job's own duplicates,
+    a few pairs near 0 among the n^2/2, which a mean and a plain rate would count as false matches."""
+    values = np.repeat(np.arange(65), distinct)
+    if not len(values):
+        return 32.0, 8.0  # uniform random bits: mean 32, standard deviation 4; wider, for want of pairs
+    centre = float(np.median(values))
+    return centre, 1.4826 * float(np.median(np.abs(values - centre)))
+
+
+def false_match_rate(t: int, centre: float, spread: float) -> float:
+    """The share of distinct pairs at most ``t`` apart under a normal law of ``centre`` and ``spread``."""
+    if spread <= 0:
+        return 1.0 if t >= centre else 0.0
+    return 0.5 * (1 + math.erf((t + 0.5 - centre) / (spread * math.sqrt(2))))
+
+
 def choose_threshold(distinct: np.ndarray, copies: dict[str, list[int]], target: float) -> tuple[int, float]:
-    """The largest distance t (at most MAX_THRESHOLD and the farthest copy) whose false-match rate, the share of
-    distinct pairs at most t apart, is at most ``target``; and that rate. -1 when even 0 is over the target."""
-    pairs = int(distinct.sum())
-    rates = np.cumsum(distinct) / pairs if pairs else np.zeros(65)
+    """The largest distance t (at most MAX_THRESHOLD and the farthest copy) whose false-match rate (the share
+    of distinct pairs at most t apart, from their bulk: ``bulk``) is at most ``target``; and that rate. -1
+    when even 0 is over the target."""
+    centre, spread = bulk(distinct)
     farthest = max((d for ds in copies.values() for d in ds), default=MAX_THRESHOLD)
     chosen, rate = -1, 0.0
     for t in range(min(MAX_THRESHOLD, farthest) + 1):
-        if rates[t] <= target:
-            chosen, rate = t, float(rates[t])
-        else:
+        estimate = false_match_rate(t, centre, spread)
+        if estimate > target:
             break
+        chosen, rate = t, estimate
     return chosen, rate
 
 

@@ -1,0 +1,146 @@
+"""Photos alike without a worker: the perceptual hash, the per-batch files, pairs in blocks, the tiers, the
+threshold's choice, and the edges of `imgq duplicates` and `imgq similar`'s options."""
+
+import os
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from imgq.alike import pairs as pairs_module
+from imgq.alike.batchfile import BatchFileError, BatchVectors, batch_file, normalised, read_batch, read_job, write_batch
+from imgq.alike.groups import Rules, group
+from imgq.alike.pairs import cosine_pairs, hash_histogram, hash_pairs, top_k
+from imgq.alike.phash import phash, popcount
+from producer.alike.calibrate import choose_threshold, false_match_rate
+from producer.cli import cli
+from tests import imagegen
+
+
+def _hash(array: np.ndarray) -> int:
+    return phash(np.asarray(Image.fromarray(array).resize((224, 224), Image.Resampling.NEAREST)))
+
+
+def _distance(a: int, b: int) -> int:
+    return int(popcount(np.array([a ^ b], dtype=np.uint64))[0])
+
+
+def test_phash_keeps_a_resized_picture_and_tells_others_apart():
+    pictures = [imagegen.scene(320, 240, seed) for seed in range(8)]
+    hashes = [_hash(p) for p in pictures]
+    smaller = [_hash(np.asarray(Image.fromarray(p).resize((192, 144)))) for p in pictures]
+    assert all(_distance(a, b) <= 4 for a, b in zip(hashes, smaller, strict=True))
+    assert min(_distance(a, b) for i, a in enumerate(hashes) for b in hashes[i + 1:]) > 10
+
+
+def test_phash_has_32_bits_set_out_of_64_and_refuses_odd_shapes():
+    value = _hash(imagegen.scene(100, 80, 3))
+    assert 0 <= value < 2**64 and bin(value).count("1") in range(28, 37)  # bits above the median: about half
+    with pytest.raises(ValueError):
+        phash(np.zeros((4, 4, 2)))
+    # A flat picture: every coefficient 0 but the mean, one bit whatever its size or level.
+    assert phash(np.full((1, 1), 7)) == phash(np.full((300, 200, 3), 90)) == 1 << 63
+
+
+def test_popcount_counts_bits_of_uint64():
+    values = np.array([0, 1, 2**63, 2**64 - 1], dtype=np.uint64)
+    assert popcount(values).tolist() == [0, 1, 1, 64]
+
+
+def _rows(n: int, features: int = 8, seed: int = 0) -> BatchVectors:
+    rng = np.random.default_rng(seed)
+    return BatchVectors(image=np.arange(n, dtype=np.int64),
+                        path=np.array([f"/p/é{i}.jpg".encode() for i in range(n)], dtype=np.bytes_),
+                        embedding=normalised(rng.normal(size=(n, features))),
+                        phash=rng.integers(0, 2**63, n, dtype=np.int64).astype(np.uint64),
+                        content=rng.integers(0, 256, (n, 16), dtype=np.uint8), model="m", weights="w")
+
+
+def test_a_batch_file_round_trips_with_its_documented_shape_and_dtype(tmp_path):
+    rows = _rows(5, 2048)
+    written = write_batch(str(tmp_path), "job1", 3, rows)
+    assert written["file"].endswith("job1/embeddings-000003.npz") and written["rows"] == 5
+    back = read_batch(written["file"])
+    assert back.embedding.dtype == np.float16 and back.embedding.shape == (5, 2048)
+    assert back.phash.dtype == np.uint64 and back.content.shape == (5, 16) and back.image.dtype == np.int64
+    assert np.allclose(np.linalg.norm(back.embedding.astype(np.float32), axis=1), 1, atol=2e-3)
+    # 2 bytes a feature, plus 8 + 8 + 16 bytes of ids and hashes, a padded path and the zip's headers.
+    assert 5 * (2048 * 2 + 32) < written["bytes"] < 5 * (2048 * 2 + 32) + 2500
+    job = read_job(str(tmp_path), "job1")
+    assert job is not None and job.path.tolist()[0] == "/p/é0.jpg" and (back.model, back.weights) == ("m", "w")
+
+
+def test_normalised_leaves_a_zero_or_nan_vector_zero():
+    out = normalised(np.array([[3.0, 4.0], [0.0, 0.0], [np.nan, 1.0]]))
+    assert out.dtype == np.float16 and out[0].tolist() == [0.6, 0.7998] or np.allclose(out[0], [0.6, 0.8], atol=1e-3)
+    assert out[1].tolist() == [0, 0] and out[2].tolist() == [0, 0]
+
+
+def test_a_link_or_a_damaged_batch_file_is_refused_in_one_line(tmp_path):
+    good = write_batch(str(tmp_path), "job1", 0, _rows(2))["file"]
+    link = batch_file(str(tmp_path), "job2", 0)
+    os.makedirs(os.path.dirname(link))
+    os.symlink(good, link)
+    with pytest.raises(BatchFileError, match="symbolic link"):
+        read_batch(link)
+    damaged = batch_file(str(tmp_path), "job3", 0)
+    os.makedirs(os.path.dirname(damaged))
+    open(damaged, "wb").write(b"PK\x03\x04 not a zip")
+    with pytest.raises(BatchFileError, match="not an imgq embedding file"):
+        read_batch(damaged)
+    with pytest.raises(ValueError):
+        batch_file(str(tmp_path), "../x", 0)
+
+
+def test_pairs_in_small_blocks_are_the_pairs_of_one_block(monkeypatch):
+    rows = _rows(40)
+    hashes = rows.phash.copy()
+    hashes[7] = hashes[3] ^ np.uint64(0b101)
+    whole = sorted(hash_pairs(hashes, 20))
+    monkeypatch.setattr(pairs_module, "BLOCK_CELLS", 50)  # one row a block
+    assert sorted(hash_pairs(hashes, 20)) == whole and (3, 7, 2) in whole
+    assert hash_histogram(hashes).sum() == 40 * 39 // 2
+    vectors = rows.embedding
+    assert [i for i, _ in top_k(vectors, vectors[5].astype(np.float32), 3)][0] == 5
+    assert all(c >= 0.5 for _, _, c in cosine_pairs(vectors, 0.5))
+
+
+def test_tiers_identical_then_same_picture_then_same_moment():
+    rows = _rows(6)
+    content, hashes, vectors = rows.content.copy(), rows.phash.copy(), rows.embedding.copy()
+    content[1] = content[0]  # 0, 1: identical
+    hashes[2] = hashes[3] ^ np.uint64(0b111)  # 2, 3: same picture (3 bits)
+    vectors[5] = vectors[4]  # 4, 5: same moment (cosine 1), pictures far apart
+    labels = group(content, hashes, vectors, Rules(hash_bits=4, confirm=None, moment=0.99))
+    assert [t for _, t in labels] == ["identical", "identical", "same picture", "same picture", "same moment",
+                                      "same moment"]
+    assert group(content, hashes, vectors, Rules(4, None, None))[4] == (-1, "")
+    # A same picture the embedding does not confirm (trained weights) is no group.
+    assert group(content, hashes, vectors, Rules(4, confirm=0.999, moment=None))[2] == (-1, "")
+
+
+def test_the_threshold_keeps_the_false_match_rate_under_the_target():
+    distinct = np.zeros(65, dtype=np.int64)
+    distinct[24:41] = 100  # distinct photos: 32 +- ~5 bits
+    distinct[1] = 3  # the job's own duplicates do not move the fit
+    copies = {"crop": [2, 8, 14]}
+    t, rate = choose_threshold(distinct, copies, 0.001)
+    assert 0 < t <= 14 and rate <= 0.001 and false_match_rate(t + 1, 32, 1.4826 * 4) > 0.001 or t == 14
+    assert choose_threshold(distinct, {"crop": [1]}, 0.5)[0] == 1  # never beyond the farthest copy
+    assert choose_threshold(distinct, copies, 1e-300)[0] == -1
+
+
+@pytest.mark.parametrize("args", [
+    ["duplicates", "j", "--false-match-rate", "0"], ["duplicates", "j", "--false-match-rate", "nan"],
+    ["duplicates", "j", "--false-match-rate", "inf"], ["duplicates", "j", "--false-match-rate", "-1"],
+    ["duplicates", "j", "--false-match-rate", "0.6"], ["duplicates", "j", "--sample", "0"],
+    ["duplicates", "j", "--sample", "-3"], ["duplicates", "j", "--sample", "1e9"],
+    ["duplicates", "j", "--max-distance", "65"], ["duplicates", "j", "--moment", "nan"],
+    ["duplicates", "j", "--confirm", "2"], ["duplicates", "j", "--format", "xml"], ["duplicates"],
+    ["similar", "j", "0", "-k", "0"], ["similar", "j", "0", "-k", "-1"], ["similar", "j", "-1"],
+    ["similar", "j", "0", "-k", "99999999999"], ["similar", "j", "nan"],
+])
+def test_options_at_their_edges_are_refused_in_one_line(args):
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2 and "Traceback" not in result.output and "Error" in result.output
