@@ -2,6 +2,7 @@
 threshold's choice, and the edges of `imgq duplicates` and `imgq similar`'s options."""
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ from PIL import Image
 
 from imgq.alike import pairs as pairs_module
 from imgq.alike.batchfile import BatchFileError, BatchVectors, batch_file, normalised, read_batch, read_job, write_batch
-from imgq.alike.groups import Rules, group
+from imgq.alike.groups import Rules, group, group_tier, tier_between
 from imgq.alike.pairs import cosine_pairs, hash_histogram, hash_pairs, top_k
 from imgq.alike.phash import phash, popcount
 from producer.alike.calibrate import choose_threshold, false_match_rate
@@ -86,7 +87,7 @@ def test_a_link_or_a_damaged_batch_file_is_refused_in_one_line(tmp_path):
         read_batch(link)
     damaged = batch_file(str(tmp_path), "job3", 0)
     os.makedirs(os.path.dirname(damaged))
-    open(damaged, "wb").write(b"PK\x03\x04 not a zip")
+    Path(damaged).write_bytes(b"PK\x03\x04 not a zip")
     with pytest.raises(BatchFileError, match="not an imgq embedding file"):
         read_batch(damaged)
     with pytest.raises(ValueError):
@@ -112,12 +113,13 @@ def test_tiers_identical_then_same_picture_then_same_moment():
     content[1] = content[0]  # 0, 1: identical
     hashes[2] = hashes[3] ^ np.uint64(0b111)  # 2, 3: same picture (3 bits)
     vectors[5] = vectors[4]  # 4, 5: same moment (cosine 1), pictures far apart
-    labels = group(content, hashes, vectors, Rules(hash_bits=4, confirm=None, moment=0.99))
-    assert [t for _, t in labels] == ["identical", "identical", "same picture", "same picture", "same moment",
-                                      "same moment"]
-    assert group(content, hashes, vectors, Rules(4, None, None))[4] == (-1, "")
+    levels = group(content, hashes, vectors, Rules(hash_bits=4, confirm=None, moment=0.99))
+    assert [tier_between(levels, a, b) for a, b in ((0, 1), (2, 3), (4, 5), (0, 2))] == [
+        "identical", "same picture", "same moment", ""]
+    assert group_tier(levels, [2, 3]) == "same picture" and group_tier(levels, [0, 1]) == "identical"
+    assert tier_between(group(content, hashes, vectors, Rules(4, None, None)), 4, 5) == ""
     # A same picture the embedding does not confirm (trained weights) is no group.
-    assert group(content, hashes, vectors, Rules(4, confirm=0.999, moment=None))[2] == (-1, "")
+    assert tier_between(group(content, hashes, vectors, Rules(4, confirm=0.999, moment=None)), 2, 3) == ""
 
 
 def test_the_threshold_keeps_the_false_match_rate_under_the_target():

@@ -6,8 +6,9 @@
 - ``same moment``: embeddings close (cosine at least a threshold) but not the same picture; only with trained
   weights (random weights' pooled features tell nothing of the kind: docs/duplicates.md).
 
-Groups are the connected components of each tier's pairs, looser tiers joining the groups of stricter ones; a
-group's tier is the loosest link it needed. Its keeper is the largest file.
+Groups are the connected components of each tier's pairs, looser tiers joining the groups of stricter ones. A
+member's tier is its tie to the group's keeper (the largest file): the strictest tier at which the two are in
+one component; the keeper's own line gives the loosest tier the group needed.
 """
 
 from __future__ import annotations
@@ -68,23 +69,27 @@ def identical_pairs(content: np.ndarray):
             first[key] = row
 
 
-def group(content: np.ndarray, hashes: np.ndarray, embedding: np.ndarray, rules: Rules) -> list[tuple[int, str]]:
-    """``(group id, tier)`` for each row: the group id is the smallest row of its group, tier "" for a row
-    in no group."""
+def group(content: np.ndarray, hashes: np.ndarray, embedding: np.ndarray, rules: Rules) -> list[list[int]]:
+    """The component of each row (its smallest row) at each tier, strictest first: ``levels[0]`` joins
+    identical files, ``levels[1]`` adds same pictures, ``levels[2]`` same moments. A group is a component of
+    ``levels[2]`` of two rows or more."""
     n = len(hashes)
     strict = list(identical_pairs(content))
     picture = [(i, j) for i, j, _ in hash_pairs(hashes, rules.hash_bits)
                if rules.confirm is None or float(embedding[i].astype(np.float32) @ embedding[j]) >= rules.confirm]
     moment = [] if rules.moment is None else [(i, j) for i, j, _ in cosine_pairs(embedding, rules.moment)]
-    levels = [components(n, strict), components(n, strict + picture), components(n, strict + picture + moment)]
-    members: dict[int, list[int]] = {}
-    for row, g in enumerate(levels[2]):
-        members.setdefault(g, []).append(row)
-    tiers = {g: _tier(levels, rows) for g, rows in members.items() if len(rows) > 1}
-    return [(g, tiers[g]) if g in tiers else (-1, "") for g in levels[2]]
+    return [components(n, strict), components(n, strict + picture), components(n, strict + picture + moment)]
 
 
-def _tier(levels: list[list[int]], rows: list[int]) -> str:
+def tier_between(levels: list[list[int]], row: int, other: int) -> str:
+    """The strictest tier at which ``row`` and ``other`` are in one group ("" for none)."""
+    for tier, level in zip(TIERS, levels, strict=True):
+        if level[row] == level[other]:
+            return tier
+    return ""
+
+
+def group_tier(levels: list[list[int]], rows: list[int]) -> str:
     """The loosest tier a group of ``rows`` needed: the first level at which they are one component."""
     for tier, level in zip(TIERS, levels, strict=True):
         if len({level[r] for r in rows}) == 1:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from imgq.alike.batchfile import BatchVectors, read_job
-from imgq.alike.groups import TIERS, Rules, group
+from imgq.alike.groups import TIERS, Rules, group, group_tier, tier_between
 from imgq.alike.phash import popcount
 
 FIELDS = ("group", "tier", "job", "image", "path", "similarity", "keeper")
@@ -57,24 +57,27 @@ def file_size(path: str) -> int:
 
 def member_rows(rows: Rows, rules: Rules) -> list[dict]:
     """One dict per member of each group (FIELDS), groups numbered from 1 in order of their first row,
-    members by image; ``similarity`` to the group's keeper (its largest file): 1.0 identical, 1 - distance/64
-    for a same picture, the embeddings' cosine for a same moment."""
+    members by image. ``keeper``: the group's largest file. ``tier``: a member's tie to the keeper (identical,
+    same picture or same moment; the keeper's line: the loosest tier its group needed); ``similarity`` to the
+    keeper: 1.0 identical, 1 - pHash distance/64 for a same picture, the embeddings' cosine for a same moment."""
     v = rows.vectors
-    labels = group(v.content, v.phash, v.embedding, rules)
+    levels = group(v.content, v.phash, v.embedding, rules)
     members: dict[int, list[int]] = {}
-    for row, (g, _) in enumerate(labels):
-        if g >= 0:
-            members.setdefault(g, []).append(row)
+    for row, g in enumerate(levels[-1]):
+        members.setdefault(g, []).append(row)
     out = []
-    for number, (g, group_rows) in enumerate(sorted(members.items()), start=1):
-        tier = labels[g][1]
+    number = 0
+    for group_rows in members.values():
+        if len(group_rows) < 2:
+            continue
+        number += 1
         keeper = max(group_rows, key=lambda r: (file_size(str(v.path[r])), -r))
         for row in group_rows:
+            tier = group_tier(levels, group_rows) if row == keeper else tier_between(levels, row, keeper)
             out.append({"group": number, "tier": tier, "job": str(rows.job[row]), "image": int(v.image[row]),
                         "path": str(v.path[row]), "similarity": _similarity(v, tier, row, keeper),
                         "keeper": row == keeper})
     return out
-
 
 def _similarity(v: BatchVectors, tier: str, row: int, keeper: int) -> float:
     if tier == TIERS[0]:
