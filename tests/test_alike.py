@@ -124,13 +124,17 @@ def test_tiers_identical_then_same_picture_then_same_moment():
 
 def test_the_threshold_keeps_the_false_match_rate_under_the_target():
     distinct = np.zeros(65, dtype=np.int64)
-    distinct[24:41] = 100  # distinct photos: 32 +- ~5 bits
-    distinct[1] = 3  # the job's own duplicates do not move the fit
-    copies = {"crop": [2, 8, 14]}
-    t, rate = choose_threshold(distinct, copies, 0.001)
-    assert 0 < t <= 14 and rate <= 0.001 and false_match_rate(t + 1, 32, 1.4826 * 4) > 0.001 or t == 14
+    distinct[26:39:2] = [10, 50, 200, 400, 200, 50, 10]  # distinct photos: 32 +- ~3 bits, even distances
+    distinct[2] = 30  # the job's own duplicates do not move the fit
+    copies = {"crop": [2, 8, 20]}
+    t, rate = choose_threshold(distinct, copies, 1e-4)
+    assert t == 16 and rate <= 1e-4 < false_match_rate(t + 2, 32, 2.9652)  # the reference's own figure
+    assert choose_threshold(distinct, copies, 1e-3)[0] == 17  # 18 would be 1.06e-3
     assert choose_threshold(distinct, {"crop": [1]}, 0.5)[0] == 1  # never beyond the farthest copy
     assert choose_threshold(distinct, copies, 1e-300)[0] == -1
+    assert false_match_rate(40, 32, 0) == 1.0 and false_match_rate(10, 32, 0) == 0.0
+    rates = [false_match_rate(t, 32, 3.0) for t in range(0, 65)]
+    assert rates == sorted(rates) and 0 < rates[0] and rates[-1] < 1
 
 
 @pytest.mark.parametrize("args", [
