@@ -36,7 +36,8 @@ def _rows(ctx, jobs: tuple[str, ...]):
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True,
               help="One line per member of a group: group, tier, job, image, path, similarity, keeper.")
 @click.option("-o", "--output", "out", type=OutputFile(), help="File to write [default: standard output].")
-@click.option("--false-match-rate", "target", type=FiniteFloat(0, 0.5, low_open=True), default=0.0001, show_default=True,
+@click.option("--false-match-rate", "target", type=FiniteFloat(0, 0.5, low_open=True), default=0.0001,
+              show_default=True,
               help="The share of pairs of distinct photos the same-picture threshold may match, as measured on the "
                    "jobs' photos.")
 @click.option("--sample", type=BoundedInt(1, MAX_SAMPLE), default=50, show_default=True,

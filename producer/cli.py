@@ -642,9 +642,16 @@ def requeue(ctx, job, resume):
 
 
 def _write_embeddings(store: ResultStore, status: JobStatus, out: str, dump_root: str) -> None:
-    from producer.exports.embeddings import write_embeddings
+    """The feature layer's dumps as one array; for a job without them, its per-batch embedding files."""
+    from imgq.alike.batchfile import batch_files
+    from producer.exports.embeddings import NoEmbeddings, write_batch_embeddings, write_embeddings
 
-    written = write_embeddings(store.iter_records(status.id), out, dump_root, feature_layer(status))
+    try:
+        written = write_embeddings(store.iter_records(status.id), out, dump_root, feature_layer(status))
+    except NoEmbeddings:
+        if not batch_files(dump_root, status.id):
+            raise
+        written = write_batch_embeddings(store.iter_records(status.id), out, dump_root, status.id)
     click.echo(f"Wrote {written.rows} embeddings ({written.dtype}) to {written.path} and the index {written.index}; "
                f"{written.missing} images have none.", err=True)
 

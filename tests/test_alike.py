@@ -134,7 +134,7 @@ def test_the_threshold_keeps_the_false_match_rate_under_the_target():
     assert choose_threshold(distinct, copies, 1e-300)[0] == -1
     assert false_match_rate(40, 32, 0) == 1.0 and false_match_rate(10, 32, 0) == 0.0
     rates = [false_match_rate(t, 32, 3.0) for t in range(0, 65)]
-    assert rates == sorted(rates) and 0 < rates[0] and rates[-1] < 1
+    assert rates == sorted(rates) and rates[0] > 0 and rates[-1] < 1
 
 
 @pytest.mark.parametrize("args", [

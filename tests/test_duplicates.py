@@ -134,3 +134,17 @@ def test_a_job_without_embeddings_and_jobs_of_other_weights_are_refused_in_one_l
     store.commit_job(other, name=other, total=1, batches=1, retention=0, params={}, publishing=False)
     result = invoke(worker_settings, "duplicates", alike_job, other)
     assert result.exit_code == 1 and "never meet" in result.output and len(result.output.splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_results_embeddings_reads_the_batch_files_of_a_job_without_dumps(alike_job, worker_settings, tmp_path):
+    out = tmp_path / "emb.npy"
+    result = invoke(worker_settings, "results", alike_job, "--embeddings", str(out))
+    assert result.exit_code == 0, result.output
+    array = np.load(out)
+    index = [json.loads(line) for line in (tmp_path / "emb.index.jsonl").read_text().splitlines()]
+    assert array.shape == (4 * ORIGINALS + 1, 2048) and array.dtype == np.float16
+    assert [e["row"] for e in index] == list(range(len(array)))  # every image has its row, in submission order
+    files = [read_batch(f) for f in batch_files(worker_settings.effective_dump_root, alike_job)]
+    first = files[0]
+    assert np.array_equal(array[index[int(first.image[0])]["row"]], first.embedding[0])

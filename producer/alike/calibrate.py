@@ -8,8 +8,8 @@ perceptual hash (imgq.alike.phash) of each copy, taken as the worker takes it (t
 model's input size first), is compared with the original's. The distinct pairs are every pair of the job's
 rows whose content hashes differ; their false-match rate at a distance is the lower tail of real photos'
 distances (measured once, REFERENCE_TAIL) moved and scaled to the job's bulk (median, MAD), which the job's own
-duplicates (a few pairs near 0) do not move, where a plain count would call them false matches. The threshold is the largest distance whose rate stays at most the target, and
-no larger than the farthest copy.
+duplicates (a few pairs near 0) do not move, where a plain count would call them false matches. The threshold
+is the largest distance whose rate stays at most the target, and no larger than the farthest copy.
 """
 
 from __future__ import annotations
