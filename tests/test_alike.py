@@ -150,3 +150,12 @@ def test_the_threshold_keeps_the_false_match_rate_under_the_target():
 def test_options_at_their_edges_are_refused_in_one_line(args):
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 2 and "Traceback" not in result.output and "Error" in result.output
+
+
+def test_the_message_carries_embeddings_only_when_asked():
+    from imgq.contract import BatchMessage
+
+    asked = BatchMessage(job="j1", batch=0, images=((0, "/a.jpg"),), top_k=5, embeddings=True)
+    assert BatchMessage.from_dict(asked.to_dict()).embeddings is True
+    plain = BatchMessage(job="j1", batch=0, images=((0, "/a.jpg"),), top_k=5).to_dict()
+    assert "embeddings" not in plain and BatchMessage.from_dict({**plain, "embeddings": "yes"}).embeddings is False
