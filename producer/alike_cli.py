@@ -43,7 +43,8 @@ def _rows(ctx, jobs: tuple[str, ...]):
 @click.option("--sample", type=BoundedInt(1, MAX_SAMPLE), default=50, show_default=True,
               help="How many of the jobs' photos are altered in memory to calibrate the threshold.")
 @click.option("--max-distance", type=BoundedInt(0, 64), default=None,
-              help="Use this pHash distance (bits) for a same picture instead of calibrating one.")
+              help="Use this pHash distance (bits) for a same picture instead of calibrating one (0: equal hashes "
+                   "only).")
 @click.option("--confirm", type=FiniteFloat(-1, 1), default=0.8, show_default=True,
               help="Trained weights only: the least embedding cosine that confirms a same picture.")
 @click.option("--moment", type=FiniteFloat(-1, 1), default=0.9, show_default=True,
