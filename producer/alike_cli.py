@@ -8,7 +8,7 @@ import click
 
 from imgq.contract import is_untrained
 from imgq.jobs.refs import resolve
-from imgq.results.store import ResultStore
+from imgq.results.store import JobNotFound, ResultStore
 from producer.options.params import BoundedInt, FiniteFloat
 from producer.options.paths import OutputFile
 from producer.options.words import plural
@@ -23,12 +23,28 @@ def _rows(ctx, jobs: tuple[str, ...]):
     from imgq.alike.batchfile import BatchFileError
     from producer.alike.report import AlikeError, gather
 
-    store = ResultStore.from_settings(ctx.obj)
-    ids = list(dict.fromkeys(resolve(store, job) for job in jobs))
+    ids = list(dict.fromkeys(_job_id(ctx, job) for job in jobs))
     try:
         return ids, gather(ctx.obj.effective_dump_root, ids)
     except (AlikeError, BatchFileError) as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def _job_id(ctx, text: str) -> str:
+    """The job JOB names (an id, a prefix or a name, in Redis); a job id whose embedding files are under the
+    dump root needs no Redis: `imgq classify --embeddings` with a private server leaves only its files."""
+    import redis
+
+    from imgq.alike.batchfile import batch_files
+    from imgq.contract import JOB_ID
+
+    local = JOB_ID.fullmatch(text) and batch_files(ctx.obj.effective_dump_root, text)
+    try:
+        return resolve(ResultStore.from_settings(ctx.obj), text)
+    except (JobNotFound, redis.ConnectionError, redis.TimeoutError):
+        if local:
+            return text
+        raise
 
 
 @click.command()

@@ -159,3 +159,23 @@ def test_the_message_carries_embeddings_only_when_asked():
     assert BatchMessage.from_dict(asked.to_dict()).embeddings is True
     plain = BatchMessage(job="j1", batch=0, images=((0, "/a.jpg"),), top_k=5).to_dict()
     assert "embeddings" not in plain and BatchMessage.from_dict({**plain, "embeddings": "yes"}).embeddings is False
+
+
+def test_duplicates_of_files_left_by_a_job_redis_forgot(settings):
+    """A job id with embedding files under the dump root is read without Redis knowing it (`imgq classify
+    --embeddings` on a private server); photos that cannot be opened here cannot calibrate: one line."""
+    rows = _rows(4)
+    rows.content[1] = rows.content[0]
+    rows.phash[3] = rows.phash[2] ^ np.uint64(0b11)
+    rows.embedding[3] = rows.embedding[2]  # trained weights ("w"): a same picture the embedding confirms
+    write_batch(settings.effective_dump_root, "gonejob1", 0, rows)
+    env = settings.as_env()
+    result = CliRunner().invoke(cli, ["duplicates", "gonejob1"], env=env)
+    assert result.exit_code == 1 and "give --max-distance" in result.output.splitlines()[-1]
+    result = CliRunner().invoke(cli, ["duplicates", "gonejob1", "--max-distance", "4", "--format", "csv"], env=env)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0] == "group,tier,job,image,path,similarity,keeper" and len(lines) == 5
+    assert "random" not in result.stderr and lines[3].startswith("2,same picture,gonejob1,")
+    result = CliRunner().invoke(cli, ["duplicates", "nosuchjob2"], env=env)
+    assert result.exit_code == 1 and "Traceback" not in result.output
