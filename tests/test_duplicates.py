@@ -1,6 +1,6 @@
 """Photos alike end to end: `imgq submit --embeddings` through a real worker (random weights), its per-batch
 embedding files, and `imgq duplicates` / `imgq similar` on a job of photos and altered copies of each made
-here (re-encoded, resized, cropped), plus one byte-for-byte copy."""
+here (re-encoded, resized, cropped, turned by EXIF), plus one byte-for-byte copy."""
 
 import csv
 import io
@@ -27,18 +27,22 @@ def invoke(settings, *args):
 
 
 def _copies(source: Path, folder: Path, stem: str) -> None:
-    """The original, and a re-encoded (quality 55), a 60%-resized and an 8%-cropped copy of it."""
+    """The original, and a re-encoded (quality 55), a 60%-resized, an 8%-cropped copy of it, and one whose
+    pixels lie on their side with an EXIF orientation (6) that turns them upright."""
     image = Image.open(source).convert("RGB")
     image.save(folder / f"{stem}.jpg", quality=92)
     image.save(folder / f"{stem}-q55.jpg", quality=55)
     image.resize((round(image.width * 0.6), round(image.height * 0.6))).save(folder / f"{stem}-small.jpg")
     dx, dy = round(image.width * 0.04), round(image.height * 0.04)
     image.crop((dx, dy, image.width - dx, image.height - dy)).save(folder / f"{stem}-crop.jpg", quality=92)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned 90 degrees clockwise: the pixels are stored turned anticlockwise
+    image.transpose(Image.Transpose.ROTATE_90).save(folder / f"{stem}-exif.jpg", quality=92, exif=exif)
 
 
 @pytest.fixture(scope="module")
 def alike_job(live_worker, worker_settings, tmp_path_factory):
-    """A job of 12 photos, three altered copies of each and one exact copy of the first: 49 images."""
+    """A job of 12 photos, four altered copies of each and one exact copy of the first: 61 images."""
     folder = tmp_path_factory.mktemp("alike")
     sources = sorted(PHOTOS.glob("*.JPEG"))[::20][:ORIGINALS]
     for number, source in enumerate(sources):
@@ -54,15 +58,15 @@ def alike_job(live_worker, worker_settings, tmp_path_factory):
 @pytest.mark.slow
 def test_each_batch_keeps_one_file_of_the_documented_shape_and_dtype(alike_job, worker_settings):
     files = batch_files(worker_settings.effective_dump_root, alike_job)
-    assert [os.path.basename(f) for f in files] == [f"embeddings-{b:06d}.npz" for b in range(4)]  # 49 / 16
+    assert [os.path.basename(f) for f in files] == [f"embeddings-{b:06d}.npz" for b in range(4)]  # 61 / 16
     rows = [read_batch(f) for f in files]
-    assert sum(len(r) for r in rows) == 4 * ORIGINALS + 1
+    assert sum(len(r) for r in rows) == 5 * ORIGINALS + 1
     for r in rows:
         assert r.embedding.dtype == np.float16 and r.embedding.shape[1] == 2048
         assert np.allclose(np.linalg.norm(r.embedding.astype(np.float32), axis=1), 1, atol=3e-3)
         assert r.phash.dtype == np.uint64 and r.content.dtype == np.uint8 and r.content.shape[1] == 16
         assert r.model == "resnet50" and r.weights.startswith("random")
-    per_image = sum(os.path.getsize(f) for f in files) / (4 * ORIGINALS + 1)
+    per_image = sum(os.path.getsize(f) for f in files) / (5 * ORIGINALS + 1)
     assert 2048 * 2 + 32 < per_image < 2048 * 2 + 32 + 400  # the vector, the hashes, a path and headers
 
 
@@ -86,7 +90,8 @@ def test_duplicates_puts_every_copy_with_its_original_and_no_two_photos_together
         by_photo[stems.pop()] = {Path(m["path"]).name for m in group}
     for number in range(ORIGINALS):
         stem = f"p{number:02d}"
-        assert {f"{stem}.jpg", f"{stem}-q55.jpg", f"{stem}-small.jpg", f"{stem}-crop.jpg"} <= by_photo[stem]
+        assert {f"{stem}.jpg", f"{stem}-q55.jpg", f"{stem}-small.jpg", f"{stem}-crop.jpg",
+                f"{stem}-exif.jpg"} <= by_photo[stem]
 
 
 @pytest.mark.slow
@@ -143,7 +148,7 @@ def test_results_embeddings_reads_the_batch_files_of_a_job_without_dumps(alike_j
     assert result.exit_code == 0, result.output
     array = np.load(out)
     index = [json.loads(line) for line in (tmp_path / "emb.index.jsonl").read_text().splitlines()]
-    assert array.shape == (4 * ORIGINALS + 1, 2048) and array.dtype == np.float16
+    assert array.shape == (5 * ORIGINALS + 1, 2048) and array.dtype == np.float16
     assert [e["row"] for e in index] == list(range(len(array)))  # every image has its row, in submission order
     files = [read_batch(f) for f in batch_files(worker_settings.effective_dump_root, alike_job)]
     first = files[0]
