@@ -179,3 +179,28 @@ def test_duplicates_of_files_left_by_a_job_redis_forgot(settings):
     assert "random" not in result.stderr and lines[3].startswith("2,same picture,gonejob1,")
     result = CliRunner().invoke(cli, ["duplicates", "nosuchjob2"], env=env)
     assert result.exit_code == 1 and "Traceback" not in result.output
+
+
+def test_the_worker_keeps_a_batch_file_or_makes_its_records_dump_failed(tmp_path):
+    import dataclasses
+
+    from imgq.contract import BatchMessage, error_record, ok_record
+    from imgq.settings import Settings
+    from worker.batches.batch import Decoded
+    from worker.batches.embeddings import keep_embeddings
+
+    photo = tmp_path / "a.png"
+    imagegen.save(photo, size=(64, 48))
+    good = [Decoded(i, str(photo), imagegen.scene(224, 224, i), None, 1.0) for i in (4, 5)]
+    records = [ok_record("job1", 4, str(photo), []), error_record("job1", 5, str(photo), "corrupt", "x")]
+    message = BatchMessage(job="job1", batch=2, images=((4, str(photo)), (5, str(photo))), top_k=5, embeddings=True)
+    settings = Settings(dump_root=str(tmp_path / "dumps"), state_dir=str(tmp_path))
+    features = np.random.default_rng(0).normal(size=(2, 1, 1, 1280)).astype(np.float32)  # MobileNetV3's shape
+    assert keep_embeddings(records, good, features, settings, ("resnet50", "random:0"), message) == records
+    [kept] = list(read_job(str(tmp_path / "dumps"), "job1").image)  # the error record's image has no row
+    back = read_batch(batch_file(str(tmp_path / "dumps"), "job1", 2))
+    assert kept == 4 and back.embedding.shape == (1, 1280) and back.phash[0] == phash(good[0].pixels)
+    assert bytes(back.content[0]) != bytes(16)  # the file's content hash, read again
+    blocked = dataclasses.replace(settings, dump_root=str(photo))  # a file where the folder should be
+    out = keep_embeddings(records, good, features, blocked, ("resnet50", "random:0"), message)
+    assert out[0].error.code == "dump_failed" and "embedding file" in out[0].error.message and out[1] == records[1]
