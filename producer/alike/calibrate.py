@@ -97,7 +97,7 @@ def upright(path: str, settings: Settings):
     """The photo at ``path`` opened by the worker's rules, upright, RGB; None when it cannot be read here."""
     from PIL import Image, ImageOps
 
-    from imgq.storage.errors import ImageError
+    from imgq.storage.errors import ImageError, ListingError, SourceUnavailable
     from imgq.storage.locate import source_for
 
     Image.MAX_IMAGE_PIXELS = settings.max_pixels
@@ -106,7 +106,8 @@ def upright(path: str, settings: Settings):
             image = Image.open(file)
             image.draft("RGB", (1024, 1024))
             return ImageOps.exif_transpose(image).convert("RGB")
-    except (ImageError, OSError, ValueError, Image.DecompressionBombError, SyntaxError, EOFError):
+    except (ImageError, OSError, ValueError, Image.DecompressionBombError, SyntaxError, EOFError, ListingError,
+            SourceUnavailable):  # ListingError: an s3:// photo on a producer without boto3
         return None
 
 
