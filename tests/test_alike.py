@@ -1,6 +1,7 @@
 """Photos alike without a worker: the perceptual hash, the per-batch files, pairs in blocks, the tiers, the
 threshold's choice, and the edges of `imgq duplicates` and `imgq similar`'s options."""
 
+import json
 import os
 from pathlib import Path
 
@@ -204,3 +205,17 @@ def test_the_worker_keeps_a_batch_file_or_makes_its_records_dump_failed(tmp_path
     blocked = dataclasses.replace(settings, dump_root=str(photo))  # a file where the folder should be
     out = keep_embeddings(records, good, features, blocked, ("resnet50", "random:0"), message)
     assert out[0].error.code == "dump_failed" and "embedding file" in out[0].error.message and out[1] == records[1]
+
+
+def test_similar_ranks_by_cosine_and_refuses_an_image_without_a_row(settings):
+    rows = _rows(5)
+    rows.embedding[3] = rows.embedding[1]
+    write_batch(settings.effective_dump_root, "simjob1", 0, rows)
+    env = settings.as_env()
+    result = CliRunner().invoke(cli, ["similar", "simjob1", "1", "-k", "100", "--json"], env=env)
+    assert result.exit_code == 0, result.output
+    hits = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(hits) == 4 and hits[0]["image"] == 3 and hits[0]["similarity"] == pytest.approx(1, abs=1e-3)
+    assert [h["similarity"] for h in hits] == sorted((h["similarity"] for h in hits), reverse=True)
+    result = CliRunner().invoke(cli, ["similar", "simjob1", "99"], env=env)
+    assert result.exit_code == 1 and result.output.count("\n") == 1 and "has no embedding" in result.output
