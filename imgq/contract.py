@@ -119,6 +119,9 @@ class BatchMessage:
     # The weights the job asked for, as imgq.models.weights.weights_key names them ("": any weights of the
     # model, as every message before jobs named theirs): its batches wait in the queue of those weights, and a
     # worker with others never classifies them (serves_weights).
+    embeddings: bool = False
+    # Keep each image's feature-layer vector (L2-normalised, float16), perceptual hash and content hash in one
+    # file per batch under the dump root (imgq/alike/batchfile.py), for `imgq duplicates` and `imgq similar`.
 
     def to_dict(self) -> dict:
         data = {
@@ -140,6 +143,8 @@ class BatchMessage:
             data["model"] = self.model
         if self.weights:
             data["weights"] = self.weights
+        if self.embeddings:
+            data["embeddings"] = True
         return data
 
     @classmethod
@@ -154,7 +159,8 @@ class BatchMessage:
                           activations_dtype=str(data.get("activations_dtype", "float16")),
                           known=str(data.get("known", "")), sink=data.get("sink") is True,
                           head=str(data.get("head", "")), model=str(data.get("model", MODEL_NAME)),
-                          weights=_weights_field(data.get("weights", "")))
+                          weights=_weights_field(data.get("weights", "")),
+                          embeddings=data.get("embeddings") is True)
         except (KeyError, TypeError, ValueError) as exc:
             raise MessageError(f"Malformed batch message ({exc}). Received: {data!r:.200}") from None
         # The job id names a folder of activation dumps: it must never be a path.

@@ -349,6 +349,10 @@ def job_options(command):
                           "--model NAME`)."),
         click.option("--activations-dtype", type=click.Choice(["float16", "float32"]), default="float16",
                      show_default=True, help="Type of the dumped values."),
+        click.option("--embeddings", is_flag=True,
+                     help="Keep each image's embedding (the feature layer, L2-normalised, float16), perceptual hash "
+                          "and content hash in one file per batch under the dump root, for `imgq duplicates` and "
+                          "`imgq similar` (docs/duplicates.md)."),
         click.option("--yes", is_flag=True, help="Queue even when the dumps would take more than IMGQ_MAX_DUMP_BYTES."),
         click.option("--sink", is_flag=True,
                      help="Workers write the records as one Parquet file per batch into IMGQ_SINK_DIR instead of "
@@ -362,7 +366,8 @@ def job_options(command):
 
 
 def job_request(settings: Settings, known: str, activations: tuple[str, ...], activations_dtype: str,
-                yes: bool, sink: bool, model: ChosenModel, head: Head | None = None, weights: str = "") -> dict:
+                yes: bool, sink: bool, model: ChosenModel, head: Head | None = None, weights: str = "",
+                embeddings: bool = False) -> dict:
     """The keyword arguments of imgq.jobs.submit.submit for these options (with the dump size guard unless --yes);
     ``weights``: the key of the weights the job asks for ("": any). Raises click.BadParameter for a layer the
     model does not have (the names of a folder model's layers are checked by its worker: only it loads the
@@ -374,7 +379,8 @@ def job_request(settings: Settings, known: str, activations: tuple[str, ...], ac
     guard = (size_guard(activations, activations_dtype, settings.max_dump_bytes, model.name)
              if activations and not yes else None)
     return {"known": known, "activations": activations, "activations_dtype": activations_dtype, "limit_check": guard,
-            "sink": sink, "model": model.name, "params": model.params(), "head": head, "weights": weights}
+            "sink": sink, "model": model.name, "params": model.params(), "head": head, "weights": weights,
+            "embeddings": embeddings}
 
 
 @cli.command()
@@ -390,7 +396,7 @@ def job_request(settings: Settings, known: str, activations: tuple[str, ...], ac
 @click.option("--wait", "wait_", is_flag=True, help="Show progress until the job completes.")
 @click.pass_context
 def submit(ctx, paths, recursive, includes, excludes, from_file, top_k, batch_size, name, verbose, model, known,
-           activations, activations_dtype, retention, yes, sink, head, job_weights, wait_):
+           activations, activations_dtype, embeddings, retention, yes, sink, head, job_weights, wait_):
     """Queue the images under PATH... as one job and print its id (only the id, on stdout)."""
     settings = with_overrides(ctx, top_k=top_k, batch_size=batch_size, retention=retention, model=model,
                               job_weights=job_weights)
@@ -399,7 +405,8 @@ def submit(ctx, paths, recursive, includes, excludes, from_file, top_k, batch_si
     store = ResultStore.from_settings(settings)
     chosen = choose_model(settings.model, store)
     weights = asked_weights(settings.job_weights, chosen)
-    request = job_request(settings, known, activations, activations_dtype, yes, sink, chosen, head, weights)
+    request = job_request(settings, known, activations, activations_dtype, yes, sink, chosen, head, weights,
+                          embeddings)
     activations = request["activations"]
     store.ping()
     queue.check_broker(settings)
@@ -685,9 +692,16 @@ def requeue(ctx, job, resume):
 
 
 def _write_embeddings(store: ResultStore, status: JobStatus, out: str, dump_root: str) -> None:
-    from producer.exports.embeddings import write_embeddings
+    """The feature layer's dumps as one array; for a job without them, its per-batch embedding files."""
+    from imgq.alike.batchfile import batch_files
+    from producer.exports.embeddings import NoEmbeddings, write_batch_embeddings, write_embeddings
 
-    written = write_embeddings(store.iter_records(status.id), out, dump_root, feature_layer(status))
+    try:
+        written = write_embeddings(store.iter_records(status.id), out, dump_root, feature_layer(status))
+    except NoEmbeddings:
+        if not batch_files(dump_root, status.id):
+            raise
+        written = write_batch_embeddings(store.iter_records(status.id), out, dump_root, status.id)
     echo(f"Wrote {written.rows} embeddings ({written.dtype}) to {written.path} and the index {written.index}; "
          f"{written.missing} images have none.", err=True)
 
@@ -758,8 +772,8 @@ def worker(ctx, model, weights, batch_size, metrics_port, metrics_address, log_f
               help="Start a private Redis-compatible server (default: only when none is configured or answering).")
 @click.pass_context
 def classify(ctx, paths, recursive, includes, excludes, from_file, top_k, batch_size, name, verbose, model, known,
-             activations, activations_dtype, yes, sink, head, weights, precision, calibration, out, fmt, min_score,
-             tag_sidecars, allow_untrained, embedded_redis):
+             activations, activations_dtype, embeddings, yes, sink, head, weights, precision, calibration, out, fmt,
+             min_score, tag_sidecars, allow_untrained, embedded_redis):
     """Classify the images under PATH... on this machine, starting whatever is missing, into a results file."""
     from producer.local.classify import Output, run_classify
     from producer.tags.tagging import TagOptions
@@ -774,7 +788,8 @@ def classify(ctx, paths, recursive, includes, excludes, from_file, top_k, batch_
         raise click.ClickException(problem)
     skipped = Skipped(keep_paths=verbose)
     images = selected_images(paths, recursive, includes, excludes, from_file, skipped)
-    request = {**job_request(settings, known, activations, activations_dtype, yes, sink, chosen, head),
+    request = {**job_request(settings, known, activations, activations_dtype, yes, sink, chosen, head,
+                             embeddings=embeddings),
                "skipped": skipped, "weights": classify_weights(settings.weights, chosen)}
     tagging = TagOptions(min_score=min_score or 0.0, allow_untrained=allow_untrained) if tag_sidecars else None
     run_classify(images, settings, name=name, embedded=embedded_asked(ctx, embedded_redis),
@@ -783,6 +798,7 @@ def classify(ctx, paths, recursive, includes, excludes, from_file, top_k, batch_
 
 
 # They use the group's settings and errors above.
+from producer.alike_cli import duplicates, similar  # noqa: E402
 from producer.learn_cli import learn  # noqa: E402
 from producer.report_cli import layers, report, show  # noqa: E402
 from producer.schedule_cli import beat, schedule  # noqa: E402
@@ -792,6 +808,8 @@ for command in (layers, report, show, schedule, beat):
     cli.add_command(command)
 cli.add_command(tag)  # producer/tag_cli.py
 cli.add_command(learn)  # producer/learn_cli.py
+cli.add_command(duplicates)  # producer/alike_cli.py
+cli.add_command(similar)
 
 
 def main() -> None:

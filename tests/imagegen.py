@@ -20,6 +20,20 @@ def pattern(width: int = 300, height: int = 200, seed: int = 0) -> np.ndarray:
     return image.astype(np.uint8)
 
 
+def scene(width: int = 320, height: int = 240, seed: int = 0, blobs: int = 12) -> np.ndarray:
+    """An RGB uint8 picture of soft coloured blobs, as unlike another seed's as two photos are: its coarse
+    light and shade (what a perceptual hash sees) is drawn at random, not only its colours."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width] / max(width, height)
+    image = np.zeros((height, width, 3))
+    for _ in range(blobs):
+        cy, cx, radius = rng.uniform(0, 1), rng.uniform(0, 1), rng.uniform(0.05, 0.3)
+        weight = np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * radius ** 2))
+        image += weight[..., None] * rng.uniform(-1, 1, size=3)
+    image -= image.min()
+    return (255 * image / max(image.max(), 1e-9)).astype(np.uint8)
+
+
 def save(path: Path, mode: str = "RGB", fmt: str | None = None, size=(300, 200), seed: int = 0, **params) -> Path:
     """Write a pattern image converted to ``mode`` at ``path`` (format from the suffix unless ``fmt``)."""
     image = Image.fromarray(pattern(*size, seed=seed), "RGB")

@@ -28,6 +28,7 @@ ROOMS = {
     "imgq.jobs": ("imgq.contract", "imgq.keys", "imgq.settings", "imgq.celery_config", "imgq.storage",
                   "imgq.labels", "imgq.results"),
     "imgq.schedules": ("imgq",),
+    "imgq.alike": ("imgq.contract", "imgq.storage"),
     "worker.images": ("imgq",),
     "worker.runtimes": ("imgq", "worker.images"),
     "worker.batches": ("imgq", "worker.images", "worker.runtimes.base", "worker.process"),
@@ -35,6 +36,7 @@ ROOMS = {
     "producer.exports": ("imgq", "producer.options"),
     "producer.report": ("imgq", "producer.options", "producer.exports"),
     "producer.tags": ("imgq", "producer.options", "producer.exports"),
+    "producer.alike": ("imgq",),
     "producer.local": ("imgq", "producer.options", "producer.exports", "producer.tags"),
 }
 

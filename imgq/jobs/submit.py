@@ -41,7 +41,8 @@ class QueueingFailed(RuntimeError):
 
 def batches(images: Iterable[str], job: str, batch_size: int, top_k: int, activations: tuple[str, ...] = (),
             activations_dtype: str = "float16", known: str = "", sink: bool = False,
-            head: str = "", model: str = MODEL_NAME, weights: str = "") -> Iterator[BatchMessage]:
+            head: str = "", model: str = MODEL_NAME, weights: str = "",
+            embeddings: bool = False) -> Iterator[BatchMessage]:
     """Cut ``images`` into batch messages; image ids count from 0 in submission order."""
     iterator = iter(images)
     image_id = 0
@@ -53,7 +54,7 @@ def batches(images: Iterable[str], job: str, batch_size: int, top_k: int, activa
         image_id += len(chunk)
         yield BatchMessage(job=job, batch=number, images=items, top_k=top_k, activations=activations,
                            activations_dtype=activations_dtype, known=known, sink=sink, head=head, model=model,
-                           weights=weights)
+                           weights=weights, embeddings=embeddings)
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ def submit(images: Iterable[str], *, settings: Settings, store: ResultStore, nam
            activations: tuple[str, ...] = (), activations_dtype: str = "float16", known: str = "", sink: bool = False,
            limit_check: Callable[[int], None] | None = None, hold_retention: bool = False,
            head: Head | None = None, skipped: Skipped | None = None, model: str = MODEL_NAME,
-           weights: str = "") -> Submitted:
+           weights: str = "", embeddings: bool = False) -> Submitted:
     """Queue ``images`` as one job. Raises EmptySelection, or redis/kombu errors when Redis is down.
 
     ``job``: the id to give the job (default: a new one, ``new_job_id``).
@@ -88,6 +89,8 @@ def submit(images: Iterable[str], *, settings: Settings, store: ResultStore, nam
     ``skipped``: the walk's count of files that are not images (imgq.storage.walk.iter_images), kept in the job's hash.
     ``hold_retention``: the finished job is kept until ``ResultStore.release_retention`` (a schedule's job).
     ``head``: a head (imgq/labels/heads.py) the workers apply in the same forward pass; put in Redis for them.
+    ``embeddings``: the workers keep each image's embedding, perceptual and content hashes per batch
+    (imgq/alike/batchfile.py).
     """
     top_k = top_k or settings.top_k
     batch_size = batch_size or settings.batch_size
@@ -96,7 +99,7 @@ def submit(images: Iterable[str], *, settings: Settings, store: ResultStore, nam
     pending: list[dict] = []
     digest = heads.share(store.redis, store.keys, head) if head is not None else ""
     for message in batches(images, job, batch_size, top_k, activations, activations_dtype, known, sink, digest,
-                           model, weights):
+                           model, weights, embeddings):
         pending.append(message.to_dict())
         total += len(message.images)
         n_batches += 1
@@ -120,7 +123,7 @@ def submit(images: Iterable[str], *, settings: Settings, store: ResultStore, nam
                              **({"weights": weights} if weights else {}), **(params or {}),
                              **({"activations": list(activations), "activations_dtype": activations_dtype}
                                 if activations else {}), **({"known": known} if known else {}),
-                             **({"sink": True} if sink else {}),
+                             **({"sink": True} if sink else {}), **({"embeddings": True} if embeddings else {}),
                              **({"head": {"name": head.name, "digest": digest, "labels": list(head.labels)}}
                                 if head is not None else {})}, publishing=True,
                      hold_retention=hold_retention)

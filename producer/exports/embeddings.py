@@ -112,3 +112,59 @@ def _write_rows(files: list[str], out: str, layer: str) -> str:
         del rows  # the memory map must be closed before the file is renamed
     return str(first.dtype)
 
+
+
+def write_batch_embeddings(records: Iterable[ResultRecord], out: str, dump_root: str, job: str) -> Embeddings:
+    """Gather the per-batch embedding files of a job submitted with ``--embeddings`` (imgq/alike/batchfile.py)
+    into ``out`` and its index, as ``write_embeddings`` does with dumps: rows in submission order, float16 and
+    L2-normalised as the files keep them; an image without a row has ``missing``: its error code or
+    ``no_embedding``. One batch file in memory at a time. Raises NoEmbeddings when the job has no batch file,
+    DumpError when one cannot be read."""
+    from imgq.alike.batchfile import BatchFileError, batch_files, read_batch
+
+    files = batch_files(dump_root, job)
+    if not files:
+        raise NoEmbeddings(f"Job {job} has neither dumps of its feature layer nor embedding files: submit with "
+                           f"--embeddings (or --activations with its feature layer).")
+    try:
+        where = {int(image): number for number, file in enumerate(files) for image in read_batch(file).image}
+        index = index_path(out)
+        rows: dict[int, int] = {}
+        missing = 0
+        with atomic_path(index) as tmp_index, open(tmp_index, "w", encoding="utf-8") as lines:
+            for record in records:
+                entry = {"row": None, "image": record.image, "path": record.path}
+                if record.image in where and record.image not in rows:
+                    entry["row"] = rows[record.image] = len(rows)
+                else:
+                    entry["missing"] = record.error.code if record.error is not None else "no_embedding"
+                    missing += 1
+                lines.write(json.dumps(entry, allow_nan=False) + "\n")
+            if not rows:
+                raise NoEmbeddings(f"No image of job {job} with a record has a row in its embedding files.")
+            _write_batch_rows(files, rows, out)
+    except BatchFileError as exc:
+        raise DumpError(str(exc)) from None
+    return Embeddings(out, index, len(rows), missing, "float16")
+
+
+def _write_batch_rows(files: list[str], rows: dict[int, int], out: str) -> None:
+    """Each batch file's vectors into their ``rows`` (image -> row) of a memory-mapped .npy at ``out``."""
+    from imgq.alike.batchfile import read_batch
+
+    array = None
+    with atomic_path(out) as tmp:
+        for file in files:
+            batch = read_batch(file)
+            if array is None:
+                array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16,
+                                                  shape=(len(rows), batch.embedding.shape[1]))
+            elif batch.embedding.shape[1] != array.shape[1]:
+                raise DumpError(f"Expected vectors of {array.shape[1]} features in {file}. "
+                                f"Received: {batch.embedding.shape[1]}")
+            for image, vector in zip(batch.image.tolist(), batch.embedding, strict=True):
+                if image in rows:
+                    array[rows[image]] = vector
+        if array is not None:
+            array.flush()
+        del array  # the memory map must be closed before the file is renamed

@@ -18,6 +18,7 @@ from imgq.results.finite import HEAD_NOT_FINITE, NOT_FINITE, finite_record
 from imgq.settings import Settings
 from imgq.storage.errors import SourceUnavailable
 from worker.batches.dumps import write_dump
+from worker.batches.embeddings import keep_embeddings
 from worker.batches.heads import LoadedHead
 from worker.batches.isolation import CRASHED_MESSAGE, Isolation
 from worker.batches.known_batch import classify_with_index
@@ -180,13 +181,13 @@ def _classify(message: BatchMessage, todo: list[tuple[int, str]], runtime: Runti
         classifier = runtime.classifier
         head = _head(message, runtime) if good else None
         forward_pass = gatherer.submit(classifier.model_input([d.pixels for d in good]),
-                                       _layers(message, head)) if good else None
+                                       _layers(message, head, classifier.spec)) if good else None
     provenance = {"model": classifier.model_id, "weights": gatherer.weights_id, "precision": gatherer.precision,
                   "runtime": classifier.runtime, "worker": worker}
     records = [_error(message, d, d.error.code, d.error.message, provenance) for d in decoded if d.error]
     if forward_pass is not None:
         records += _classified(message, good, forward_pass, provenance, runtime.settings.effective_dump_root,
-                               runtime.settings.forward_pass_timeout, classifier.spec, head)
+                               runtime.settings.forward_pass_timeout, classifier.spec, head, runtime.settings)
     return records
 
 
@@ -203,11 +204,16 @@ def _head(message: BatchMessage, runtime: Runtime) -> LoadedHead | dict | None:
     return {"name": loaded.head.name, "error": problem} if problem else loaded
 
 
-def _layers(message: BatchMessage, head: LoadedHead | dict | None) -> tuple[str, ...]:
-    """The layers the forward pass returns: the dumped ones, and the head's features (not dumped unless asked)."""
-    if isinstance(head, LoadedHead) and head.head.feature_layer not in message.activations:
-        return (*message.activations, head.head.feature_layer)
-    return message.activations
+def _layers(message: BatchMessage, head: LoadedHead | dict | None, spec=None) -> tuple[str, ...]:
+    """The layers the forward pass returns: the dumped ones, the head's features and, for a job that keeps
+    embeddings, the model's feature layer (the last two not dumped unless asked)."""
+    layers = message.activations
+    if isinstance(head, LoadedHead) and head.head.feature_layer not in layers:
+        layers = (*layers, head.head.feature_layer)
+    feature = getattr(spec, "feature_layer", None)
+    if message.embeddings and feature and feature not in layers:
+        layers = (*layers, feature)
+    return layers
 
 
 def _decode_shared(item: tuple[int, str], runtime: Runtime) -> Decoded:
@@ -227,7 +233,8 @@ def _decode_one_by_one(isolation: Isolation, todo: list[tuple[int, str]], runtim
 
 
 def _classified(message: BatchMessage, good: list[Decoded], forward_pass: Future, provenance: dict,
-                dump_root: str, timeout: float, spec=None, head: LoadedHead | dict | None = None) -> list[ResultRecord]:
+                dump_root: str, timeout: float, spec=None, head: LoadedHead | dict | None = None,
+                settings: Settings | None = None) -> list[ResultRecord]:
     try:
         probabilities, activations, share_ms, precision = forward_pass.result(timeout=timeout)
     except TimeoutError:
@@ -260,6 +267,9 @@ def _classified(message: BatchMessage, good: list[Decoded], forward_pass: Future
                 continue
         records.append(ok_record(message.job, d.image, d.path, top_k(p, message.top_k, spec), **provenance, **timing,
                                  **dump))
+    if message.embeddings and settings is not None and spec is not None and spec.feature_layer in activations:
+        records = keep_embeddings(records, good, activations[spec.feature_layer], settings,
+                                  (provenance["model"], provenance["weights"]), message)
     return records
 
 

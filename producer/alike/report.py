@@ -1,0 +1,88 @@
+"""The rows `imgq duplicates` writes, one per member of a group, and the jobs' embedding rows gathered."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from imgq.alike.batchfile import BatchVectors, read_job
+from imgq.alike.groups import TIERS, Rules, group, group_tier, tier_between
+from imgq.alike.phash import popcount
+
+FIELDS = ("group", "tier", "job", "image", "path", "similarity", "keeper")
+
+
+class AlikeError(Exception):
+    """Jobs that cannot be compared (no embedding files, different models or weights); one line for the user."""
+
+
+@dataclass(frozen=True)
+class Rows:
+    """The rows of several jobs: ``job`` names the job of each row of ``vectors``."""
+
+    vectors: BatchVectors
+    job: np.ndarray
+
+
+def gather(dump_root: str, jobs: list[str]) -> Rows:
+    """The embedding rows of ``jobs`` (resolved ids), in job then image order. Raises AlikeError for a job
+    without embedding files, and for jobs whose embeddings come from different models or weights."""
+    parts = []
+    for job in jobs:
+        rows = read_job(dump_root, job)
+        if rows is None:
+            raise AlikeError(f"Job {job} has no embedding files under {os.path.join(dump_root, job)}: submit it "
+                             f"with --embeddings.")
+        parts.append((job, rows))
+    first_job, first = parts[0]
+    for job, rows in parts[1:]:
+        if (rows.model, rows.weights) != (first.model, first.weights):
+            raise AlikeError(f"Embeddings of different models or weights never meet: job {first_job} has "
+                             f"{first.model} with {first.weights}, job {job} {rows.model} with {rows.weights}.")
+    fields = {name: np.concatenate([getattr(rows, name) for _, rows in parts])
+              for name in ("image", "path", "embedding", "phash", "content")}
+    vectors = BatchVectors(**fields, model=first.model, weights=first.weights)
+    return Rows(vectors, np.array([job for job, rows in parts for _ in range(len(rows))], dtype=object))
+
+
+def file_size(path: str) -> int:
+    """The size of the file at ``path`` (its metadata only, never opened); 0 when it is not a local file."""
+    try:
+        return os.stat(path).st_size
+    except (OSError, ValueError):
+        return 0
+
+
+def member_rows(rows: Rows, rules: Rules) -> list[dict]:
+    """One dict per member of each group (FIELDS), groups numbered from 1 in order of their first row,
+    members by image. ``keeper``: the group's largest file. ``tier``: a member's tie to the keeper (identical,
+    same picture or same moment; the keeper's line: the loosest tier its group needed); ``similarity`` to the
+    keeper: 1.0 identical, 1 - pHash distance/64 for a same picture, the embeddings' cosine for a same moment."""
+    v = rows.vectors
+    levels = group(v.content, v.phash, v.embedding, rules)
+    members: dict[int, list[int]] = {}
+    for row, g in enumerate(levels[-1]):
+        members.setdefault(g, []).append(row)
+    out = []
+    number = 0
+    for group_rows in members.values():
+        if len(group_rows) < 2:
+            continue
+        number += 1
+        keeper = max(group_rows, key=lambda r: (file_size(str(v.path[r])), -r))
+        for row in group_rows:
+            tier = group_tier(levels, group_rows) if row == keeper else tier_between(levels, row, keeper)
+            out.append({"group": number, "tier": tier, "job": str(rows.job[row]), "image": int(v.image[row]),
+                        "path": str(v.path[row]), "similarity": _similarity(v, tier, row, keeper),
+                        "keeper": row == keeper})
+    return out
+
+def _similarity(v: BatchVectors, tier: str, row: int, keeper: int) -> float:
+    if tier == TIERS[0]:
+        return 1.0
+    if tier == TIERS[1]:
+        distance = int(popcount(np.array([v.phash[row] ^ v.phash[keeper]], dtype=np.uint64))[0])
+        return round(1 - distance / 64, 4)
+    return round(float(v.embedding[row].astype(np.float32) @ v.embedding[keeper].astype(np.float32)), 4)
