@@ -117,7 +117,7 @@ class Settings:
     # with images still lacking records and no record came for this long) and queues them again.
 
     heartbeat_seconds: int = 5
-    # How often a worker says it is alive; it counts as gone after three missed beats.
+    # How often a worker says it is alive, from 1 to 300 seconds; it counts as gone after three missed beats.
 
     forward_pass_timeout: int = 600
     # Seconds a task waits for its forward pass (queued behind others included) before its images get
@@ -302,7 +302,9 @@ def env_var(name: str) -> str:
 _INT_FIELDS = {"batch_size", "top_k", "visibility_timeout", "max_pixels", "decode_threads", "concurrency",
                "max_file_bytes", "max_deliveries", "reconcile_seconds", "heartbeat_seconds", "forward_pass_timeout",
                "max_dump_bytes", "metrics_port", "scan_max_retries", "beat_max_interval", "beat_lock_timeout"}
-_INT_MAXIMA = {"batch_size": 1024, "top_k": 1000, "metrics_port": 65535}
+_INT_MAXIMA = {"batch_size": 1024, "top_k": 1000, "metrics_port": 65535, "heartbeat_seconds": 300}
+# heartbeat_seconds: a worker is seen as gone after three missed beats, which must stay minutes, not days
+# (a huge period overflowed the heartbeat thread's wait: it died, and its key outlived the worker for years).
 _INT_MINIMA = {"metrics_port": 0,  # 0 turns the metrics server off
                "scan_max_retries": 0}  # 0: a file that errored is not retried
 _BOOL_FIELDS = {"jpeg_draft"}
