@@ -22,11 +22,13 @@ import logging
 import os
 import platform
 import time
+from collections.abc import Callable
 
 import numpy as np
 
 from imgq.models.spec import ModelSpec
 from imgq.storage.files import atomic_path, read_regular
+from worker.runtimes.base import warm
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +75,11 @@ def tensorflow_installed() -> bool:
     return importlib.util.find_spec("tensorflow") is not None
 
 
-def auto_classifier(spec: ModelSpec, weights: str, batch_size: int, precision: str, cache_dir: str | None):
-    """The classifier of the faster runtime for ``spec`` on this CPU (see the module's docstring). Raises
-    WeightsError when the model cannot be loaded at all."""
+def auto_classifier(spec: ModelSpec, weights: str, batch_size: int, precision: str, cache_dir: str | None,
+                    say: Callable[[str], None] = log.info):
+    """The classifier of the faster runtime for ``spec`` on this CPU (see the module's docstring), warmed up.
+    ``say`` is told each long step before it begins. Raises WeightsError when the model cannot be loaded at
+    all."""
     from worker.runtimes.keras_model import build_model
     from worker.runtimes.openvino_runtime import OpenVINOError, load_openvino
     from worker.runtimes.precision import enable_precision
@@ -83,7 +87,7 @@ def auto_classifier(spec: ModelSpec, weights: str, batch_size: int, precision: s
 
     try:
         openvino = load_openvino(weights, batch_size, precision, cache_dir, spec=spec)
-        openvino.warm_up()
+        warm(openvino, say)
     except OpenVINOError as exc:
         if not tensorflow_installed():
             raise  # nothing else can run it: the worker stops with OpenVINO's reason
@@ -97,17 +101,20 @@ def auto_classifier(spec: ModelSpec, weights: str, batch_size: int, precision: s
     recorded = _read(record_path)
     if openvino is not None and recorded.get("choice") == "openvino":
         return _chosen(openvino, _measured(recorded))
+    say(f"building {spec.id} for TensorFlow")
     keras_model, weights_id, full_spec = build_model(openvino.spec if openvino else spec, weights)
     tensorflow = Classifier(keras_model, weights_id, batch_size, enable_precision(precision), spec=full_spec)
+    warm(tensorflow, say)
     if openvino is None:
         return _chosen(tensorflow, "OpenVINO cannot run it here")
     if recorded.get("choice") == "tensorflow":
         return _chosen(tensorflow, _measured(recorded))
     log.info("IMGQ_RUNTIME=auto: measuring OpenVINO against TensorFlow for %s on this CPU (once; recorded in %s)",
              spec.id, record_path)
+    say(f"measuring {openvino.runtime} against {tensorflow.runtime} for {spec.id} on this CPU (once: the choice "
+        "is recorded for later starts)")
     pixels = list(np.random.default_rng(0).integers(0, 256, size=(min(batch_size, SAMPLE), *tensorflow.target.shape),
                                                     dtype=np.uint8))
-    tensorflow.warm_up()
     speeds = race({"openvino": openvino, "tensorflow": tensorflow}, pixels)
     choice = "tensorflow" if speeds["tensorflow"] > speeds["openvino"] * (1 + TIE) else "openvino"
     record = {"choice": choice, "images_per_second": {k: round(v, 2) for k, v in speeds.items()},

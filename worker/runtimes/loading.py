@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from imgq.models.spec import DEFAULT_MODEL, ModelSpec
-from worker.runtimes.base import ModelRuntime
+from worker.runtimes.base import ModelRuntime, warm
 from worker.runtimes.keras_model import build_model, model_spec
 from worker.runtimes.precision import enable_precision, resolve_precision
 from worker.runtimes.tensorflow_runtime import Classifier
@@ -21,9 +22,11 @@ RUNTIMES = ("openvino", "tensorflow", "auto")
 
 
 def load_classifier(weights: str, batch_size: int, precision: str = "fp32", runtime: str = "tensorflow",
-                    cache_dir: str | None = None, model: str | ModelSpec = DEFAULT_MODEL) -> ModelRuntime:
+                    cache_dir: str | None = None, model: str | ModelSpec = DEFAULT_MODEL,
+                    say: Callable[[str], None] | None = None) -> ModelRuntime:
     """Build ``model`` (a built-in name, a model folder, or a ModelSpec) with ``weights`` for ``runtime``,
-    compile and warm it up.
+    compile and warm it up. ``say`` is told each long step before it begins (``warming up ...``; default: the
+    log), so that a worker tells what it is doing while it starts (worker/startup.py).
 
     ``precision``: fp32, or bf16 where the CPU supports it (worker/runtimes/precision.py). ``runtime``:
     tensorflow, openvino (the Keras model converted, the conversion cached under ``cache_dir``; see
@@ -32,22 +35,29 @@ def load_classifier(weights: str, batch_size: int, precision: str = "fp32", runt
     kind of it, for the runtime).
     """
     started = time.perf_counter()
+    say = say or _log_step
     spec = model_spec(model)
     classifier: ModelRuntime
     if runtime == "auto":
         from worker.runtimes.auto import auto_classifier
 
-        classifier = auto_classifier(spec, weights, batch_size, resolve_precision(precision), cache_dir)
-    elif runtime == "openvino":
-        from worker.runtimes.openvino_runtime import load_openvino
-
-        classifier = load_openvino(weights, batch_size, resolve_precision(precision), cache_dir, spec=spec)
+        # auto warms each runtime it loads, to measure them: it returns a warm one
+        classifier = auto_classifier(spec, weights, batch_size, resolve_precision(precision), cache_dir, say=say)
     else:
-        precision = enable_precision(precision)
-        keras_model, weights_id, spec = build_model(spec, weights)
-        classifier = Classifier(keras_model, weights_id, batch_size, precision, spec=spec)
-    classifier.warm_up()
+        if runtime == "openvino":
+            from worker.runtimes.openvino_runtime import load_openvino
+
+            classifier = load_openvino(weights, batch_size, resolve_precision(precision), cache_dir, spec=spec)
+        else:
+            precision = enable_precision(precision)
+            keras_model, weights_id, spec = build_model(spec, weights)
+            classifier = Classifier(keras_model, weights_id, batch_size, precision, spec=spec)
+        warm(classifier, say)
     classifier.load_seconds = time.perf_counter() - started
     log.info("%s ready with weights %s, %s on %s, in %.1f s", classifier.model_id, classifier.weights_id,
              classifier.precision, classifier.runtime, classifier.load_seconds)
     return classifier
+
+
+def _log_step(step: str) -> None:
+    log.info("%s", step)
