@@ -317,12 +317,25 @@ def is_untrained(weights: str) -> bool:
     return weights.startswith("random")
 
 
+WORKER_SAYS = "imgq worker: "
+# A worker's own lines on stderr begin so: the steps of its start (``warming up ...``), its ready line, and
+# why it stops. The last line of a worker that stops ends with WORKER_STOPS: `imgq classify` reads both in the
+# log of the worker it started (producer/local/workers.py), to show the steps and quote the reason.
+WORKER_STOPS = "; exiting"
+
+STARTING, READY, FAILED = "starting", "ready", "failed"
+# A heartbeat's ``state``. A worker beats from the moment it starts loading its model: ``starting``, with the
+# step it is on in ``detail`` (loading, warming up); ``ready`` once it takes batches; ``failed``, with its
+# reason in ``detail``, when it cannot serve and exits (the key then lives its three beats, so that a
+# `imgq classify` waiting on it can say why). Only ready workers count as live (ResultStore.workers).
+
+
 @dataclass(frozen=True)
 class Heartbeat:
-    """What a live worker says about itself every IMGQ_HEARTBEAT_SECONDS (``Keys.worker``, with a TTL).
+    """What a worker says about itself every IMGQ_HEARTBEAT_SECONDS (``Keys.worker``, with a TTL).
 
     The reconciler reads ``in_hand`` (the batches it holds); `imgq status --workers` and the health check
-    read the rest.
+    read the rest. A beat without a ``state`` (an older worker's) is a ready one.
     """
 
     hostname: str
@@ -347,6 +360,12 @@ class Heartbeat:
     model_load_seconds: float = 0.0
     warnings: tuple[str, ...] = ()
     # Conditions an operator must know about (e.g. a Redis that may evict imgq's keys).
+    state: str = READY  # STARTING, READY or FAILED (above)
+    detail: str = ""  # what a starting worker is doing, or why a failed one cannot serve
+
+    @property
+    def ready(self) -> bool:
+        return self.state == READY
 
     @property
     def batches_in_hand(self) -> int:

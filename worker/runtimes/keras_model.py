@@ -187,12 +187,21 @@ def check_model(spec: ModelSpec, model) -> None:
         raise WeightsError("\n".join(problems))
 
 
+MAX_SEED = 2**32 - 1  # Keras (and NumPy's legacy generator) take seeds from 0 to this
+
+
 def random_seed(weights: str) -> int:
-    _, _, seed = weights.partition(":")
+    """The seed of ``random`` (0) or ``random:SEED``. Raises WeightsError for a seed that is not an integer
+    from 0 to MAX_SEED: Keras would raise a ValueError deep in the build, after TensorFlow's import."""
+    _, _, text = weights.partition(":")
     try:
-        return int(seed or 0)
+        seed = int(text or 0)
     except ValueError:
-        raise WeightsError(f"Expected random or random:SEED with an integer seed. Received: {weights!r}") from None
+        seed = -1
+    if not 0 <= seed <= MAX_SEED:
+        raise WeightsError(f"Expected random or random:SEED with an integer seed from 0 to {MAX_SEED}. "
+                           f"Received: {weights!r}")
+    return seed
 
 
 def sha256(path: str) -> str:
