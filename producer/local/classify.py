@@ -23,7 +23,7 @@ from producer.exports.export import output as open_output
 from producer.exports.export import with_min_score, writer_for
 from producer.local.progress import wait
 from producer.local.watch import Workers
-from producer.local.workers import EmbeddedRedis, default_redis_answers
+from producer.local.workers import EmbeddedRedis, LocalServiceError, default_redis_answers
 from producer.options.skipped import echo_queued
 from producer.options.words import plural
 from producer.tags.tagging import TagOptions, tag_records
@@ -67,6 +67,8 @@ def run_classify(images: Iterable[str], settings: Settings, *, name: str, embedd
         except KeyboardInterrupt:
             _cancel(store, job, server, broker_configured)
             raise
+        except LocalServiceError as exc:  # the worker started here cannot serve: nobody would take the job
+            raise _withdrawn(store, job, exc) from None
         path = output.path or f"imgq-{job}.{output.fmt}"
         records = with_min_score(store.iter_records(job), output.min_score)
         with open_output(path) as file:
@@ -100,6 +102,16 @@ def _cancel(store: ResultStore, job: str, server: EmbeddedRedis | None, configur
         return
     click.echo(f"Interrupted: cancelled job {job} ({final.processed} of {final.total} images have records: "
                f"`{_reach(server, configured)}results {job}`). Stopping what classify started.", err=True)
+
+
+def _withdrawn(store: ResultStore, job: str, exc: LocalServiceError) -> LocalServiceError:
+    """``exc`` saying also that the job was cancelled (its records so far stay), so that no job is left queued
+    for a worker that will never take it; ``exc`` itself when it could not be."""
+    try:
+        store.cancel(job)
+    except (JobNotFound, redis.RedisError):
+        return exc
+    return LocalServiceError(f"{str(exc).rstrip('.')}. Cancelled job {job}.")
 
 
 def _broker(settings: Settings, server: EmbeddedRedis | None, configured: bool, job: str) -> str:

@@ -3,10 +3,12 @@ batches do not keep failing.
 
 A live worker found at the start may stop at any time (or be one that was stopping: its heartbeat was still
 there). When no worker of the namespace is alive for a heartbeat period, classify starts one itself and says
-so. A worker it started that exits stops classify with the worker's reason. A batch whose deliveries ended
-without its records (its task failed: the worker cannot import something, cannot read the model, ...) is
-reported with the failure the worker logged, each time it fails again, instead of waiting without a word
-while the reconciler queues it again every IMGQ_RECONCILE_SECONDS.
+so. The worker it started: its start-up steps (``warming up ...``) are shown as it says them, and when it
+exits, or its log says it stops, classify stops with the worker's reason. Any other worker of the model that
+is up but not ready (its heartbeat says starting, or failed) is reported once with what it says. A batch
+whose deliveries ended without its records (its task failed: the worker cannot import something, cannot
+read the model, ...) is reported with the failure the worker logged, each time it fails again, instead of
+waiting without a word while the reconciler queues it again every IMGQ_RECONCILE_SECONDS.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from contextlib import ExitStack
 
 import click
 
-from imgq.contract import MODEL_NAME
+from imgq.contract import FAILED, MODEL_NAME
 from imgq.jobs.deliveries import Deliveries
 from imgq.results.store import ResultStore
 from imgq.settings import Settings, mask_url
@@ -39,6 +41,7 @@ class Workers:
         self._next_look = 0.0
         self._progress = -1
         self._failures: dict[int, int] = {}  # batch -> failed deliveries already reported
+        self._unready: set[tuple] = set()  # what workers not ready have said, already reported
 
     def ensure(self) -> None:
         """Use the live workers of the namespace that serve the job's model, or start one."""
@@ -49,6 +52,7 @@ class Workers:
                 click.echo(f"Using {which}, with weights {', '.join(sorted(others))}: --weights applies only to a "
                            "worker started here.", err=True)
             return
+        self._report_unready()
         self.start("Started a worker")
 
     def start(self, what: str) -> None:
@@ -65,7 +69,9 @@ class Workers:
 
         def check() -> None:
             if self.worker is not None:
-                self.worker.check_alive()
+                for line in self.worker.check_alive():
+                    if " ready in " not in line:  # its steps until then (the ready line is long, the bar says it)
+                        click.echo(f"Worker: {line}", err=True)
             now = time.monotonic()
             if now < self._next_look:
                 return
@@ -88,11 +94,27 @@ class Workers:
         elif now - self._none_since >= self.settings.heartbeat_seconds:
             self.start(f"No worker of model {self.model} is alive in namespace {self.settings.namespace!r} any "
                        "more: started one")
+        self._report_unready()
         status = self.store.status(job)
         # Only a job that stands still is looked into; a sink job's records are files, not in Redis.
         if status.processed == self._progress and not status.params.get("sink"):
             self._report_failures(job)
         self._progress = status.processed
+
+    def _report_unready(self) -> None:
+        """Report, once each, what the workers of the model that are up but not ready say (not the one started
+        here, whose log is read): the step a starting one is on, the reason a failed one cannot serve."""
+        own = self.worker.started.pid if self.worker is not None else None
+        for beat in self.store.heartbeats():
+            said = (beat.hostname, beat.pid, beat.state, beat.detail)
+            if beat.ready or beat.model != self.model or beat.pid == own or said in self._unready:
+                continue
+            self._unready.add(said)
+            who = f"worker {beat.hostname} (pid {beat.pid} on {beat.host})"
+            if beat.state == FAILED:
+                click.echo(f"warning: {who} cannot serve: {beat.detail}", err=True)
+            else:
+                click.echo(f"note: {who} is {beat.state}, not ready yet: {beat.detail}", err=True)
 
     def _report_failures(self, job: str) -> None:
         for batch, failed in _failed_deliveries(self.store, job).items():
