@@ -60,6 +60,16 @@ def test_a_seed_keras_refuses_stops_the_worker_with_one_line(fast_settings, work
     assert "Traceback" not in worker.log_path.read_text()
 
 
+def test_a_prefork_worker_whose_child_cannot_load_exits_non_zero(fast_settings, workers):
+    """IMGQ_POOL=prefork: each child loads the model. One that cannot says why and exits; Celery, unable to
+    start its pool, stops too (with its own report of that), and `python -m worker` now passes its exit code
+    on: it exited 0, and a supervisor restarting failed processes only left the worker down."""
+    worker = workers(dataclasses.replace(fast_settings, weights="random:-1", pool="prefork", concurrency=1))
+    assert exit_code(worker) != 0
+    assert ("imgq worker: Expected random or random:SEED with an integer seed from 0 to 4294967295. Received: "
+            "'random:-1'; exiting") in said(worker)
+
+
 def test_any_exception_while_loading_stops_the_worker_with_one_line_and_a_failed_beat(fast_settings, workers):
     """Not only a WeightsError: anything the load raises (here a RuntimeError, as memory running out or a
     runtime's bug would) stops the worker, and its heartbeat says why for three beats."""
