@@ -317,17 +317,13 @@ def is_untrained(weights: str) -> bool:
     return weights.startswith("random")
 
 
-WORKER_SAYS = "imgq worker: "
-# A worker's own lines on stderr begin so: the steps of its start (``warming up ...``), its ready line, and
-# why it stops. The last line of a worker that stops ends with WORKER_STOPS: `imgq classify` reads both in the
-# log of the worker it started (producer/local/workers.py), to show the steps and quote the reason.
-WORKER_STOPS = "; exiting"
-
+WORKER_SAYS, WORKER_STOPS = "imgq worker: ", "; exiting"
+# A worker's own lines on stderr begin with WORKER_SAYS (the steps of its start, its ready line, why it stops);
+# the last line of one that stops ends with WORKER_STOPS (`imgq classify` reads both: local/workers.py).
 STARTING, READY, FAILED = "starting", "ready", "failed"
-# A heartbeat's ``state``. A worker beats from the moment it starts loading its model: ``starting``, with the
-# step it is on in ``detail`` (loading, warming up); ``ready`` once it takes batches; ``failed``, with its
-# reason in ``detail``, when it cannot serve and exits (the key then lives its three beats, so that a
-# `imgq classify` waiting on it can say why). Only ready workers count as live (ResultStore.workers).
+# A heartbeat's ``state``: a worker beats ``starting`` from the start of its model's load (``detail``: the step
+# it is on), ``ready`` once it takes batches, ``failed`` (``detail``: why) when it cannot serve and exits, its
+# key then living its three beats. Only ready workers count as live (ResultStore.workers).
 
 
 @dataclass(frozen=True)

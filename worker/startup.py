@@ -14,6 +14,7 @@ of the worker it started (producer/local/workers.py), and the failed beat of any
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import socket
@@ -87,7 +88,6 @@ class Startup:
     def step(self, doing: str) -> None:
         """The worker is now ``doing`` this: one line on stderr, and a beat at once."""
         say(doing)
-        log.info("%s", doing)
         with self._lock:
             self.beat = _replaced(self.beat, detail=doing)
             self._send(self.beat)
@@ -98,15 +98,20 @@ class Startup:
             self._done.set()
 
     def forget(self) -> None:
-        """The worker stops before it is ready (a signal): remove its key at once. Never raises."""
-        with self._lock:
+        """The worker stops before it is ready (SIGTERM): remove its key at once. Never raises, never blocks
+        for long: it runs in a signal handler, whose interrupted thread may hold the lock (the key then
+        expires by itself)."""
+        if not self._lock.acquire(timeout=2.0):
+            return
+        try:
             if self._done.is_set():
                 return
             self._done.set()
-            try:
-                self.store.forget_heartbeat(self.worker_id)
-            except redis.RedisError as exc:
-                log.warning("Could not remove the heartbeat: %s", exc)
+            self.store.forget_heartbeat(self.worker_id)
+        except (redis.RedisError, OSError) as exc:
+            log.warning("Could not remove the heartbeat: %s", exc)
+        finally:
+            self._lock.release()
 
     def fail(self, problems: list[str], code: int = EXIT_CANNOT_SERVE) -> NoReturn:
         """Stop this worker: ``problems`` as one line each (the last ending in STOPS), a ``failed`` beat
@@ -138,6 +143,4 @@ class Startup:
 
 
 def _replaced(beat: Heartbeat, **changes) -> Heartbeat:
-    import dataclasses
-
     return dataclasses.replace(beat, **changes)
