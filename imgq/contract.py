@@ -362,12 +362,21 @@ def serves_weights(weights_id: str, asked: str) -> bool:
     return not asked or weights_key_of(weights_id) == asked
 
 
+WORKER_SAYS, WORKER_STOPS = "imgq worker: ", "; exiting"
+# A worker's own lines on stderr begin with WORKER_SAYS (the steps of its start, its ready line, why it stops);
+# the last line of one that stops ends with WORKER_STOPS (`imgq classify` reads both: local/workers.py).
+STARTING, READY, FAILED = "starting", "ready", "failed"
+# A heartbeat's ``state``: a worker beats ``starting`` from the start of its model's load (``detail``: the step
+# it is on), ``ready`` once it takes batches, ``failed`` (``detail``: why) when it cannot serve and exits, its
+# key then living its three beats. Only ready workers count as live (ResultStore.workers).
+
+
 @dataclass(frozen=True)
 class Heartbeat:
-    """What a live worker says about itself every IMGQ_HEARTBEAT_SECONDS (``Keys.worker``, with a TTL).
+    """What a worker says about itself every IMGQ_HEARTBEAT_SECONDS (``Keys.worker``, with a TTL).
 
     The reconciler reads ``in_hand`` (the batches it holds); `imgq status --workers` and the health check
-    read the rest.
+    read the rest. A beat without a ``state`` (an older worker's) is a ready one.
     """
 
     hostname: str
@@ -395,6 +404,12 @@ class Heartbeat:
     model_load_seconds: float = 0.0
     warnings: tuple[str, ...] = ()
     # Conditions an operator must know about (e.g. a Redis that may evict imgq's keys).
+    state: str = READY  # STARTING, READY or FAILED (above)
+    detail: str = ""  # what a starting worker is doing, or why a failed one cannot serve
+
+    @property
+    def ready(self) -> bool:
+        return self.state == READY
 
     @property
     def batches_in_hand(self) -> int:

@@ -88,7 +88,7 @@ class Keys:
         return f"{self.ns}:reconcile-lock"
 
     def worker(self, hostname: str) -> str:
-        """String with a TTL: a live worker's heartbeat (JSON)."""
+        """String with a TTL: a worker's heartbeat (JSON): starting, ready, or failed with its reason."""
         return f"{self.ns}:worker:{hostname}"
 
     @property

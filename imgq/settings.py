@@ -156,7 +156,7 @@ class Settings:
     # with images still lacking records and no record came for this long) and queues them again.
 
     heartbeat_seconds: int = 5
-    # How often a worker says it is alive; it counts as gone after three missed beats.
+    # How often a worker says it is alive, from 1 to 300 seconds; it counts as gone after three missed beats.
 
     forward_pass_timeout: int = 600
     # Seconds a task waits for its forward pass (queued behind others included) before its images get
@@ -373,7 +373,9 @@ MAX_CONCURRENCY = 64
 #   100 s for the last one.
 # Celery reads 0 as "one per CPU": imgq asks for the number itself.
 _INT_MAXIMA = {"batch_size": 1024, "top_k": 1000, "metrics_port": 65535, "concurrency": MAX_CONCURRENCY,
-               "calibration_images": 10_000}
+               "calibration_images": 10_000, "heartbeat_seconds": 300}
+# heartbeat_seconds: a worker is seen as gone after three missed beats, which must stay minutes, not days
+# (a huge period overflowed the heartbeat thread's wait: it died, and its key outlived the worker for years).
 _INT_MINIMA = {"calibration_images": 8,  # fewer cannot calibrate and hold out (worker/runtimes/calibration.py)
                "metrics_port": 0,  # 0 turns the metrics server off
                "scan_max_retries": 0}  # 0: a file that errored is not retried

@@ -524,7 +524,9 @@ def _print_jobs(statuses: list[JobStatus], store: ResultStore) -> None:
 
 
 def _print_workers(store: ResultStore, as_json: bool) -> None:
-    workers = sorted(store.workers(), key=lambda w: (w.model, w.hostname))
+    beats = sorted(store.heartbeats(), key=lambda w: (w.model, w.hostname))
+    workers = [w for w in beats if w.ready]
+    not_ready = [w for w in beats if not w.ready]  # starting (what it is doing), or failed (why)
     jobs = _jobs_in_flight(store)
     depths = store.queue_depths([MODEL_NAME, *(w.model for w in workers), *(s.model for s in jobs)],
                                 [(s.model, s.weights) for s in jobs])
@@ -532,6 +534,7 @@ def _print_workers(store: ResultStore, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({"queued_batches": sum(depths.values()), "queued_by_model": depths,
                                "workers": [w.to_dict() for w in workers],
+                               "not_ready": [w.to_dict() for w in not_ready],
                                "jobs_in_flight": [{**_status_dict(s), "waiting": waiting_for(store, s) or None}
                                                   for s in jobs]}))
         return
@@ -546,6 +549,9 @@ def _print_workers(store: ResultStore, as_json: bool) -> None:
              f"{w.runtime or '?'}{f' ({w.runtime_choice})' if w.runtime_choice else ''}, weights {w.weights}")
         for warning in w.warnings:
             echo(f"    WARNING: {warning}")
+    for w in not_ready:
+        echo(f"  {w.hostname} on {w.host}, pid {w.pid}: model {w.model_id or w.model}, {w.state}, not ready: "
+             f"{w.detail}")
     for s in jobs:
         model = "" if s.model == MODEL_NAME else f", model {s.model}"
         stuck = "" if s.model in served else f"; waiting: no live worker serves model {s.model}"

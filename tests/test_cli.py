@@ -202,6 +202,22 @@ def test_status_workers_shows_heartbeats_and_queue_depth(run, photos, store):
     assert text[2] == "    WARNING: Redis may evict keys" and text[3] == f"  job {job} queued: 0/5 done, 0 failed"
 
 
+def test_status_workers_shows_workers_up_but_not_ready_apart(run, store):
+    """A worker beats from the moment it starts loading its model (issue 25.3): one warming up, or one that
+    cannot serve, is listed with what it says, and not counted alive."""
+    starting = Heartbeat(hostname="w2", pid=8, host="h", state="starting",
+                         detail="warming up resnet50 on openvino 2026.4.1 (32 images)")
+    failed = Heartbeat(hostname="w3", pid=9, host="h", state="failed", detail="cannot load model resnet50 (...)")
+    store.send_heartbeat("w2:8", starting, ttl=10)
+    store.send_heartbeat("w3:9", failed, ttl=10)
+    assert run("status", "--workers").stdout.splitlines() == [
+        "0 batches queued; 0 workers alive; 0 jobs in flight.",
+        "  w2 on h, pid 8: model resnet50, starting, not ready: warming up resnet50 on openvino 2026.4.1 (32 images)",
+        "  w3 on h, pid 9: model resnet50, failed, not ready: cannot load model resnet50 (...)"]
+    data = json.loads(run("status", "--workers", "--json").stdout)
+    assert data["workers"] == [] and data["not_ready"] == [starting.to_dict(), failed.to_dict()]
+
+
 def test_waiting_without_a_live_worker_says_so(run, photos):
     job = run("submit", str(photos)).stdout.strip()
     result = run("wait", job, "--timeout", "0.1")

@@ -235,6 +235,57 @@ def test_classify_reports_failing_batches_and_ctrl_c_cancels_its_job(own_setting
     assert_gone(pid)
 
 
+# -- 25.3: a worker up but not ready is reported, never waited for behind a 0% bar ------------------------
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault, reason", [
+    ({"IMGQ_WEIGHTS": "random:-1"},
+     "Expected random or random:SEED with an integer seed from 0 to 4294967295. Received: 'random:-1'"),
+    ({"TEST_HOOK_FAIL_LOAD": "1"},
+     "cannot load model resnet50 with weights random on runtime openvino (RuntimeError: failing by tests/hooks)"),
+], ids=["seed-keras-refuses", "load-raises"])
+def test_classify_with_a_worker_that_cannot_start_exits_with_its_reason(tmp_path, fault, reason):
+    """The worker classify starts cannot load its model: classify exits within seconds (it waited 600 s behind
+    a 0% bar) with one line quoting the worker's reason, and leaves no job queued for nobody."""
+    imagegen.save(tmp_path / "photos" / "a.png", size=(48, 48), seed=1)
+    state = tmp_path / "state"
+    env = {**clean_env(IMGQ_WEIGHTS="random", IMGQ_RUNTIME="openvino", IMGQ_STATE_DIR=str(state),
+                       PYTHONPATH=os.pathsep.join((HOOKS, _repo_path()))), **fault}
+    code, err = run_imgq("classify", "photos", "--embedded-redis", env=env, cwd=tmp_path, timeout=120)
+    assert code == 1, err
+    stopped = re.fullmatch(rf"Error: The worker cannot serve: {re.escape(reason)} \(log: \S+\)\. Cancelled job (\w+)\.",
+                           err.splitlines()[-1])
+    assert stopped, err
+    assert "Traceback" not in err
+    server = EmbeddedRedis(str(state))  # its data, read again: the job is cancelled, not queued
+    try:
+        store = ResultStore.from_settings(make_settings(server.start(), tmp_path, namespace="imgq"))
+        assert store.status(stopped[1]).state == "cancelled"
+    finally:
+        server.stop()
+
+
+@pytest.mark.slow
+def test_classify_reports_a_worker_that_cannot_serve_and_shows_its_own_warming_up(own_settings, tmp_path):
+    """Another worker of the model failed (its heartbeat says why, for three beats): classify says so, starts
+    its own, and shows what that one does while it starts (25.4: the warm-up is not a hang)."""
+    broken = LocalWorker(dataclasses.replace(own_settings, weights="random:-1", heartbeat_seconds=60))
+    broken.start()
+    try:
+        assert broken.started.wait(120) == 2
+    finally:
+        broken.stop()
+    imagegen.save(tmp_path / "photos" / "a.png", size=(48, 48), seed=1)
+    code, err = run_imgq("classify", str(tmp_path / "photos"), "-o", str(tmp_path / "out.jsonl"),
+                         env=classify_env(own_settings, IMGQ_RUNTIME="openvino"), cwd=tmp_path)
+    assert code == 0, err
+    reason = "Expected random or random:SEED with an integer seed from 0 to 4294967295. Received: 'random:-1'"
+    assert re.search(rf"^warning: worker {broken.name}@\S+ \(pid {broken.started.pid} on \S+\) cannot serve: "
+                     rf"{re.escape(reason)}$", err, re.MULTILINE), err
+    assert re.search(r"Worker: warming up resnet50 on openvino \S+ \(4 images\)", err), err
+    assert "1 classified, 0 failed of 1" in err
+
+
 # -- 19.3: Ctrl-C in `imgq wait` ---------------------------------------------------------------------------
 
 def test_ctrl_c_in_wait_exits_130_without_noise(own_settings, tmp_path):

@@ -91,3 +91,21 @@ class TestModelRuntimeContract:
 
     def test_warm_up_may_run_again(self, runtime):
         runtime.warm_up()
+
+    def test_warm_up_costs_one_small_pass_whatever_the_batch_size(self, runtime, monkeypatch):
+        """A worker with --batch-size 1024 ran 1024 images, then 1, to warm up at every start: a minute or more
+        on two cores (issue 25.4). One pass of min(batch size, 32) images now, through predict."""
+        passes = []
+        predict_with = runtime.predict_with
+
+        def counted(batch, layers):
+            passes.append(len(batch))
+            return predict_with(batch, layers)
+
+        monkeypatch.setattr(runtime, "batch_size", 1024)
+        monkeypatch.setattr(runtime, "predict_with", counted)
+        runtime.warm_up()
+        assert passes == [32] and runtime.warm_up_images == 32
+        monkeypatch.setattr(runtime, "batch_size", 3)
+        runtime.warm_up()
+        assert passes == [32, 3]

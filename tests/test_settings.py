@@ -134,3 +134,13 @@ def test_the_floor_of_schedule_intervals_is_refused_at_its_edges_in_one_line(val
     with pytest.raises(ValueError, match="IMGQ_SCHEDULE_MIN_EVERY") as info:
         Settings.from_env({"IMGQ_SCHEDULE_MIN_EVERY": value})
     assert repr(value) in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("value", ["0", "301", str(10**10), "9" * 40])
+def test_the_heartbeat_period_is_bounded_with_one_line(value):
+    """A period of 10**10 s overflowed the heartbeat thread's wait: the thread died after one beat, whose key
+    then outlived the worker by centuries (issue 25.3). Refused where it is read, in one line."""
+    with pytest.raises(ValueError) as info:
+        Settings.from_env({"IMGQ_HEARTBEAT_SECONDS": value})
+    assert str(info.value) == f"IMGQ_HEARTBEAT_SECONDS must be from 1 to 300. Received: {value!r}"
+    assert Settings.from_env({"IMGQ_HEARTBEAT_SECONDS": "300"}).heartbeat_seconds == 300

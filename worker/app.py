@@ -123,8 +123,9 @@ def _stop_beating_if_idle(how=None, **_):
 
 
 def _terminated_before_start(signum, frame):
-    """SIGTERM between the first heartbeat and Celery's own handlers (installed as the worker starts, which
-    replace this one): Python's default would end the process with its heartbeat left behind."""
+    """SIGTERM while the model loads, or between the first ready beat and Celery's own handlers (installed as
+    the worker starts, which replace this one): Python's default would end the process with its heartbeat
+    (starting or ready) left behind."""
     from worker.process import stop_heartbeats
 
     stop_heartbeats()
@@ -143,26 +144,27 @@ atexit.register(_stop_beating)
 
 
 def _load_or_exit(hostname: str | None, worker=None) -> None:
-    """Load the model, or stop this worker with one line saying why. ``worker``: Celery's worker, in the
-    main process (the pool and concurrency it runs go into the heartbeat; the metrics server starts there).
+    """Load the model, or stop this worker with one line saying why (worker/startup.py). ``worker``: Celery's
+    worker, in the main process (the pool and concurrency it runs go into the heartbeat; the metrics server
+    starts there).
 
     Celery logs and swallows exceptions of signal handlers: a worker left without its model would take
-    batches only to fail them, so it exits instead, before it takes any.
+    batches only to fail them, and look alive all the while, so it exits instead, before it takes any,
+    whatever the exception.
     """
     from worker.process import get_runtime
-    from worker.runtimes.keras_model import WeightsError
+    from worker.startup import Startup
 
+    starting = Startup(settings, served, hostname).start()  # beats "starting" while the model loads
+    if worker is not None:
+        signal.signal(signal.SIGTERM, _terminated_before_start)
     try:
-        runtime = get_runtime(settings, hostname)
-    except WeightsError as exc:
-        log.critical("%s", exc)
-        for problem in str(exc).splitlines():  # one line a problem (a model folder can have several)
-            print(f"imgq worker: {printable(problem)}", file=sys.stderr, flush=True)
-        os._exit(2)
+        runtime = get_runtime(settings, hostname, starting)
+    except Exception as exc:  # noqa: BLE001 - any of them leaves the worker unable to serve
+        starting.fail(_load_problems(exc))
     if worker is not None:
         runtime.celery_pool, runtime.concurrency = _pool_label(worker.pool_cls), worker.concurrency
         _serve_metrics_or_exit(runtime)
-        signal.signal(signal.SIGTERM, _terminated_before_start)
     # Celery has not set up its logging yet when this runs: say it on stderr, like the failure above.
     classifier = runtime.classifier
     print(f"imgq worker: {classifier.model_id} ready in {classifier.load_seconds:.1f} s, serving queues "
@@ -178,6 +180,19 @@ def _int8_note(classifier) -> str:
     """What IMGQ_PRECISION=int8 gave (worker/runtimes/int8.py, int8_serving.py): its agreement, or why fp32."""
     note = getattr(classifier, "int8_note", "")
     return f"; {note}" if note else ""
+
+
+def _load_problems(exc: Exception) -> list[str]:
+    """Why the model did not load, one line a problem: a WeightsError's own lines (a model folder can have
+    several), which say what to do; for anything else (a seed Keras refuses, memory, a bug), what was being
+    loaded and the exception's kind and message."""
+    from worker.runtimes.keras_model import WeightsError
+    from worker.startup import described
+
+    if isinstance(exc, WeightsError):  # a path or a label in them reaches a terminal: no control characters
+        return [printable(line) for line in str(exc).splitlines()]
+    return [f"cannot load model {served.name} with weights {settings.weights} on runtime {settings.runtime} "
+            f"({described(exc)})"]
 
 
 def _chosen_by(classifier) -> str:
@@ -204,8 +219,12 @@ def _serve_metrics_or_exit(runtime) -> None:
     try:
         serve(settings.metrics_port, runtime)
     except OSError as exc:
-        print(f"imgq worker: cannot serve metrics on port {settings.metrics_port}: {exc}", file=sys.stderr,
-              flush=True)
-        os._exit(2)
+        from worker.process import stop_heartbeats
+        from worker.startup import EXIT_CANNOT_SERVE, say, stop_lines
+
+        stop_heartbeats()
+        for line in stop_lines([f"cannot serve metrics on port {settings.metrics_port}: {exc}"]):
+            say(line)
+        os._exit(EXIT_CANNOT_SERVE)
     host = f"[{settings.metrics_address}]" if ":" in settings.metrics_address else settings.metrics_address
     print(f"imgq worker: metrics at http://{host}:{settings.metrics_port}/metrics", file=sys.stderr, flush=True)

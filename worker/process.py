@@ -16,12 +16,15 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import redis
+
 from imgq.contract import MODEL_NAME, Heartbeat
 from imgq.jobs.deliveries import Deliveries
 from imgq.models.spec import ModelSpec
 from imgq.redis_limits import redis_warning
 from imgq.results.store import ResultStore
 from imgq.settings import Settings
+from worker import startup
 from worker.batches.gather import Gatherer
 from worker.batches.heads import HeadCache
 from worker.batches.isolation import DecodeLock
@@ -29,7 +32,7 @@ from worker.reconcile import reconcile_forever
 
 log = logging.getLogger(__name__)
 
-HEARTBEATS_MISSED = 3
+HEARTBEATS_MISSED = startup.HEARTBEATS_MISSED
 # A worker refreshes its key every IMGQ_HEARTBEAT_SECONDS and the key lives three times as long: a worker
 # is seen as gone after three missed beats. A thread beats, so a worker busy with a long batch stays alive.
 
@@ -125,14 +128,19 @@ class Runtime:
 
 _runtime: Runtime | None = None
 _lock = threading.Lock()
+_starting: startup.Startup | None = None  # this process's start-up beat while its model loads
 
 
-def get_runtime(settings: Settings, hostname: str | None = None) -> Runtime:
-    """This process's runtime, built with ``settings`` on first use (loading the model takes seconds)."""
-    global _runtime
+def get_runtime(settings: Settings, hostname: str | None = None,
+                starting: startup.Startup | None = None) -> Runtime:
+    """This process's runtime, built with ``settings`` on first use (loading the model takes seconds).
+    ``starting``: the start-up beat of this process (worker/startup.py), told each step of the load and
+    handed over to the ready heartbeat. Raises what loading raises (worker/app.py turns it into one line)."""
+    global _runtime, _starting
     with _lock:
         if _runtime is None:
-            _runtime = _build(settings, hostname or f"imgq@{socket.gethostname()}")
+            _starting = starting
+            _runtime = _build(settings, startup.identity(hostname)[0], starting)
         return _runtime
 
 
@@ -141,7 +149,7 @@ def current() -> Runtime | None:
     return _runtime
 
 
-def _build(settings: Settings, hostname: str) -> Runtime:
+def _build(settings: Settings, hostname: str, starting: startup.Startup | None) -> Runtime:
     from worker.runtimes.auto import Machine
     from worker.runtimes.int8_serving import Int8Options
     from worker.runtimes.loading import load_classifier  # imports TensorFlow or OpenVINO: only here, after any fork
@@ -149,9 +157,10 @@ def _build(settings: Settings, hostname: str) -> Runtime:
     classifier = load_classifier(settings.weights, settings.batch_size, settings.precision, settings.runtime,
                                  cache_dir=os.path.join(settings.state_dir, "openvino"), model=settings.model,
                                  int8=Int8Options.from_settings(settings),
-                                 machine=Machine(quiet_load=settings.auto_quiet_load))
+                                 machine=Machine(quiet_load=settings.auto_quiet_load),
+                                 say=starting.step if starting is not None else None)
     store = ResultStore.from_settings(settings)
-    worker_id = f"{hostname}:{os.getpid()}"
+    worker_id = startup.identity(hostname)[1]
     gatherer = Gatherer(classifier, settings.batch_size, pass_timeout=settings.forward_pass_timeout,
                         on_death=lambda problem: _give_up(store, worker_id, problem))
     runtime = Runtime(settings, classifier, gatherer, store,
@@ -162,12 +171,24 @@ def _build(settings: Settings, hostname: str) -> Runtime:
     runtime.redis_warning = redis_warning(settings)
     if runtime.redis_warning:  # before Celery's logging is set up: Python prints warnings on stderr then
         log.warning("%s", runtime.redis_warning)
+    if starting is not None:
+        starting.hand_over()  # before the first ready beat, which then replaces the starting one for good
     threading.Thread(target=_send_heartbeats, args=(runtime, hostname), name="imgq-heartbeat", daemon=True).start()
     threading.Thread(target=reconcile_forever, args=(runtime,), name="imgq-reconcile", daemon=True).start()
     return runtime
 
 
 def _send_heartbeats(runtime: Runtime, hostname: str) -> None:
+    """The heartbeat thread. Any exception ending it ends the worker (``_give_up``), with one line: a worker
+    whose heartbeat stopped would soon look gone while it still held batches, and any Celery worker alive
+    without it would take batches nobody can see it hold."""
+    try:
+        _beat_forever(runtime, hostname)
+    except BaseException as exc:  # noqa: BLE001 - whatever it is, this worker can no longer say it is alive
+        _give_up(runtime.store, runtime.worker_id, f"the heartbeat thread died ({startup.described(exc)})")
+
+
+def _beat_forever(runtime: Runtime, hostname: str) -> None:
     period = runtime.settings.heartbeat_seconds
     while not runtime.stopping.is_set():
         problem = runtime.gatherer.problem()
@@ -176,10 +197,10 @@ def _send_heartbeats(runtime: Runtime, hostname: str) -> None:
         with runtime._beat_lock:  # never a beat after stop_heartbeats removed the key
             if runtime.stopping.is_set():
                 return
+            beat = runtime.heartbeat(hostname)  # outside the try: a beat that cannot be made is a bug, not Redis
             try:
-                runtime.store.send_heartbeat(runtime.worker_id, runtime.heartbeat(hostname),
-                                             HEARTBEATS_MISSED * period)
-            except Exception as exc:  # Redis restarting: keep beating, the worker reconnects by itself
+                runtime.store.send_heartbeat(runtime.worker_id, beat, HEARTBEATS_MISSED * period)
+            except (redis.RedisError, OSError) as exc:  # Redis restarting: keep beating, the worker reconnects
                 log.warning("Heartbeat failed: %s", exc)
         runtime.stopping.wait(period)
 
@@ -190,6 +211,8 @@ def stop_heartbeats() -> None:
     for the three beats the key would outlive it. Does nothing where no runtime was built (prefork's main
     process) or twice. Never raises: Redis away, the key expires by itself."""
     runtime = _runtime
+    if runtime is None and _starting is not None:  # stopped while its model loads
+        _starting.forget()
     if runtime is None or runtime.stopping.is_set():
         return
     with runtime._beat_lock:
@@ -206,8 +229,8 @@ EXIT_INFERENCE_GONE = 3
 def _give_up(store: ResultStore, worker_id: str, problem: str) -> None:
     """A worker that cannot classify stops saying it is alive and exits: its health check fails at once,
     its supervisor restarts it, and the reconciler queues its batches again (their heartbeat is gone)."""
-    # To file descriptor 2 itself: Celery has replaced sys.stderr with a logger that would prefix the line.
-    os.write(2, f"imgq worker: {problem}; exiting\n".encode())
+    for line in startup.stop_lines([problem]):  # "imgq worker: <problem>; exiting"
+        startup.say(line)
     try:
         store.forget_heartbeat(worker_id)
     except Exception as exc:  # Redis away: the key expires by itself after three beats

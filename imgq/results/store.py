@@ -482,7 +482,12 @@ class ResultStore:
     # -- workers and the queue -------------------------------------------------------------------------
 
     def workers(self) -> list[Heartbeat]:
-        """Heartbeats of the live workers (each refreshed every few seconds, expiring when it stops)."""
+        """Heartbeats of the live workers: those ready to take batches (each refreshed every few seconds,
+        expiring when it stops). Workers still starting, or failing, are in ``heartbeats``."""
+        return [w for w in self.heartbeats() if w.ready]
+
+    def heartbeats(self) -> list[Heartbeat]:
+        """Every worker's heartbeat, whatever its state (imgq.contract.STARTING, READY, FAILED)."""
         keys = list(self.redis.scan_iter(match=self.keys.worker_pattern, count=1000))
         return [Heartbeat.from_dict(json.loads(v)) for v in self.redis.mget(keys) if v] if keys else []
 

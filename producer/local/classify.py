@@ -24,7 +24,7 @@ from producer.exports.export import with_min_score, writer_for
 from producer.local.progress import wait
 from producer.local.signals import Terminated, ended_by_signals
 from producer.local.watch import Workers
-from producer.local.workers import EmbeddedRedis, default_redis_answers
+from producer.local.workers import EmbeddedRedis, LocalServiceError, default_redis_answers
 from producer.options.skipped import echo_queued
 from producer.options.words import echo, plural
 from producer.tags.tagging import TagOptions, tag_records
@@ -87,7 +87,9 @@ def _run_job(images: Iterator[str], settings: Settings, store: ResultStore, name
                     f"{plural(submitted.batches, 'batch', 'batches')}.", request.get("skipped"))
         return wait(store, job, check=workers.watch(job))
     except BaseException as exc:
-        _cancel(store, job, server, configured, exc)
+        cancelled = _cancel(store, job, server, configured, exc)
+        if cancelled and isinstance(exc, LocalServiceError):  # its one line says the job is not left queued
+            raise LocalServiceError(f"{str(exc).rstrip('.')}. Cancelled job {job}.") from None
         raise
 
 
@@ -102,7 +104,7 @@ def walk_first(images: Iterable[str]) -> Iterator[str]:
 
 
 def _cancel(store: ResultStore, job: str, server: EmbeddedRedis | None, configured: bool,
-            why: BaseException) -> None:
+            why: BaseException) -> bool:
     """The run ends before its job is done (``why``): cancel the job (its records so far stay) and say so, and
     where its records are; a job nobody watches any more must not wait for the next worker to come along."""
     said = _ended_by(why)
@@ -113,13 +115,15 @@ def _cancel(store: ResultStore, job: str, server: EmbeddedRedis | None, configur
             store.discard_staged(job)  # a walk cut short: its batches never become a job
         if isinstance(why, (KeyboardInterrupt, Terminated)):
             _say(f"{said} before the job was queued: nothing was queued.")
-        return
+        return False
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         _say(f"{said}; could not cancel job {job} ({exc}): run `imgq cancel {job}`.")
-        return
-    if final.state == "cancelled":
-        _say(f"{said}: cancelled job {job} ({final.processed} of {final.total} images have records: "
-             f"`{_reach(server, configured)}results {job}`). Stopping what classify started.")
+        return False
+    if final.state != "cancelled":
+        return False
+    _say(f"{said}: cancelled job {job} ({final.processed} of {final.total} images have records: "
+         f"`{_reach(server, configured)}results {job}`). Stopping what classify started.")
+    return True
 
 
 def _ended_by(why: BaseException) -> str:

@@ -8,7 +8,9 @@ for a heartbeat period, classify starts one itself and says so. A worker it star
 with the worker's reason. A batch whose deliveries ended without its records (its task failed: the worker
 cannot import something, cannot read the model, ...) is reported with the failure the worker logged, each time
 it fails again, instead of waiting without a word while the reconciler queues it again every
-IMGQ_RECONCILE_SECONDS.
+IMGQ_RECONCILE_SECONDS. Any other worker of the model that is up but not
+ready (its heartbeat says starting, or failed) is reported once with what it says; the start-up steps of the
+worker classify started (``warming up ...``) are shown as it says them.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import time
 from contextlib import ExitStack
 
-from imgq.contract import MODEL_NAME, weights_key_of
+from imgq.contract import FAILED, MODEL_NAME, weights_key_of
 from imgq.jobs.deliveries import Deliveries
 from imgq.results.store import ResultStore
 from imgq.settings import Settings, mask_url
@@ -43,6 +45,7 @@ class Workers:
         self._next_look = 0.0
         self._progress = -1
         self._failures: dict[int, int] = {}  # batch -> failed deliveries already reported
+        self._unready: set[tuple] = set()  # what workers not ready have said, already reported
 
     def ensure(self) -> str:
         """Use the live workers of the namespace that serve the job's model with its weights, or start one.
@@ -65,6 +68,7 @@ class Workers:
             has = "has" if len(others) == 1 else "have"
             echo(f"{which} of model {self.model} {has} weights {', '.join(sorted({w.weights for w in others}))}"
                        f", not {self.weights}: starting one with {self.weights}.", err=True)
+        self._report_unready()
         self.start("Started a worker")
         return self.weights
 
@@ -82,7 +86,9 @@ class Workers:
 
         def check() -> None:
             if self.worker is not None:
-                self.worker.check_alive()
+                for line in self.worker.check_alive():
+                    if " ready in " not in line:  # its steps until then (the ready line is long, the bar says it)
+                        echo(f"Worker: {line}", err=True)
             now = time.monotonic()
             if now < self._next_look:
                 return
@@ -106,11 +112,27 @@ class Workers:
             weights = f" with weights {self.weights}" if self.store.serving(self.model) else ""
             self.start(f"No worker of model {self.model}{weights} is alive in namespace {self.settings.namespace!r} "
                        "any more: started one")
+        self._report_unready()
         status = self.store.status(job)
         # Only a job that stands still is looked into; a sink job's records are files, not in Redis.
         if status.processed == self._progress and not status.params.get("sink"):
             self._report_failures(job)
         self._progress = status.processed
+
+    def _report_unready(self) -> None:
+        """Report, once each, what the workers of the model that are up but not ready say (not the one started
+        here, whose log is read): the step a starting one is on, the reason a failed one cannot serve."""
+        own = self.worker.started.pid if self.worker is not None else None
+        for beat in self.store.heartbeats():
+            said = (beat.hostname, beat.pid, beat.state, beat.detail)
+            if beat.ready or beat.model != self.model or beat.pid == own or said in self._unready:
+                continue
+            self._unready.add(said)
+            who = f"worker {beat.hostname} (pid {beat.pid} on {beat.host})"
+            if beat.state == FAILED:
+                echo(f"warning: {who} cannot serve: {beat.detail}", err=True)
+            else:
+                echo(f"note: {who} is {beat.state}, not ready yet: {beat.detail}", err=True)
 
     def _report_failures(self, job: str) -> None:
         for batch, failed in _failed_deliveries(self.store, job).items():

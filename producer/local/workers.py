@@ -21,6 +21,7 @@ from pathlib import Path
 
 import redis
 
+from imgq.contract import WORKER_SAYS, WORKER_STOPS
 from imgq.redis_protocol import foreign_reply
 from imgq.results.store import ResultStore
 from imgq.settings import DEFAULT_BROKER_URL, Settings
@@ -218,11 +219,14 @@ class LocalWorker:
         self.log_path = Path(settings.state_dir) / f"worker-{settings.namespace}.log"
         self.process: subprocess.Popen | None = None
         self.name = f"imgq-local-{uuid.uuid4().hex[:8]}"
+        self._run_from = 0  # where this run's lines begin in the log, which earlier runs appended to
+        self._read_to = 0  # where ``said`` stopped reading
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **self.settings.as_env(), **self.env}
         with open(self.log_path, "ab") as log:
+            self._run_from = self._read_to = log.seek(0, os.SEEK_END)
             self.process = subprocess.Popen(worker_argv("--loglevel", "INFO", "--hostname", f"{self.name}@%h"),
                                             env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                             preexec_fn=_child_setup())
@@ -234,16 +238,39 @@ class LocalWorker:
             raise LocalServiceError("The local worker was never started.")
         return self.process
 
-    def check_alive(self) -> None:
-        """Raises LocalServiceError when the worker process has exited."""
+    def check_alive(self) -> list[str]:
+        """Raises LocalServiceError, quoting the worker's reason, when its process has exited or its log says it
+        stops (a prefork child that cannot load the model is replaced by one that fails alike: the process
+        lives on). Returns the worker's other lines since the last call (the steps of its start), to show."""
+        lines = self.said()
+        if stops := [line for line in lines if line.endswith(WORKER_STOPS)]:
+            raise LocalServiceError(f"The worker cannot serve: {stops[-1].removesuffix(WORKER_STOPS)} "
+                                    f"(log: {self.log_path})")
         if self.started.poll() is not None:
             raise LocalServiceError(f"The worker exited with code {self.started.returncode}: "
                                     f"{self._last_words()} (log: {self.log_path})")
+        return lines
 
-    def _log_tail(self) -> list[str]:
+    def said(self) -> list[str]:
+        """The worker's own lines (``imgq worker: ...``, without the prefix) written since the last call, whole
+        lines only: the steps of its start, its ready line, and why it stops (the last such line ends with
+        imgq.contract.WORKER_STOPS)."""
         try:
             with open(self.log_path, "rb") as log:
-                log.seek(max(0, log.seek(0, os.SEEK_END) - 8192))
+                log.seek(self._read_to)
+                chunk = log.read(1 << 20)
+        except OSError:
+            return []
+        whole = chunk[:chunk.rfind(b"\n") + 1]  # a line being written is read at the next call
+        self._read_to += len(whole)
+        lines = whole.decode("utf-8", "replace").splitlines()
+        return [line.removeprefix(WORKER_SAYS) for line in lines if line.startswith(WORKER_SAYS)]
+
+    def _log_tail(self) -> list[str]:
+        """The last lines of this run's log (not those of earlier runs)."""
+        try:
+            with open(self.log_path, "rb") as log:
+                log.seek(max(self._run_from, log.seek(0, os.SEEK_END) - 8192))
                 return log.read().decode("utf-8", "replace").splitlines()
         except OSError:
             return []
@@ -253,8 +280,8 @@ class LocalWorker:
         lines = self._log_tail()
         if not lines:
             return "no log"
-        reasons = [line for line in lines if line.startswith("imgq worker: ")]
-        return reasons[-1].removeprefix("imgq worker: ") if reasons else "see its log"
+        reasons = [line for line in lines if line.startswith(WORKER_SAYS)]
+        return reasons[-1].removeprefix(WORKER_SAYS).removesuffix(WORKER_STOPS) if reasons else "see its log"
 
     def last_task_error(self) -> str | None:
         """What the last failed task raised, as Celery logged it (``raised unexpected: ...``), if it is near

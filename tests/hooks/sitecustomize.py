@@ -11,6 +11,10 @@ decoder as soon as ``worker.images.preprocess`` is imported, before ``worker.bat
   forward pass catches), as a bug in the serving loop would.
 - ``TEST_HOOK_FAIL_BATCHES=1``: every batch task fails (raises) before it stores a record, as one whose
   worker imported the wrong module would.
+- ``TEST_HOOK_FAIL_LOAD=1``: loading the model raises a RuntimeError (not a WeightsError), as running out of
+  memory or a bug in a runtime would.
+- ``TEST_HOOK_KILL_HEARTBEAT=1``: the heartbeat thread's second beat raises, once the worker was seen ready,
+  as a bug in making the beat would.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ CRASH_ON = os.environ.get("TEST_HOOK_CRASH_ON", "")
 CRASH_WHILE = os.environ.get("TEST_HOOK_CRASH_WHILE", "decoding")
 KILL_INFERENCE = os.environ.get("TEST_HOOK_KILL_INFERENCE", "") == "1"
 FAIL_BATCHES = os.environ.get("TEST_HOOK_FAIL_BATCHES", "") == "1"
+FAIL_LOAD = os.environ.get("TEST_HOOK_FAIL_LOAD", "") == "1"
+KILL_HEARTBEAT = os.environ.get("TEST_HOOK_KILL_HEARTBEAT", "") == "1"
 
 
 def _patch_preprocess(module) -> None:
@@ -62,8 +68,29 @@ def _patch_batch(module) -> None:
     module._classify = failing_classify
 
 
+def _patch_loading(module) -> None:
+    def failing_load_classifier(*args, **kwargs):
+        raise RuntimeError("failing by tests/hooks")
+
+    module.load_classifier = failing_load_classifier
+
+
+def _patch_process(module) -> None:
+    heartbeat = module.Runtime.heartbeat
+    beats = []
+
+    def dying_heartbeat(self, hostname):
+        beats.append(hostname)
+        if len(beats) > 1:
+            raise RuntimeError("killed by tests/hooks")
+        return heartbeat(self, hostname)
+
+    module.Runtime.heartbeat = dying_heartbeat
+
+
 _PATCHES = {"worker.images.preprocess": _patch_preprocess, "worker.batches.known_batch": _patch_known_batch,
-            "worker.batches.gather": _patch_gather, "worker.batches.batch": _patch_batch}
+            "worker.batches.gather": _patch_gather, "worker.batches.batch": _patch_batch,
+            "worker.runtimes.loading": _patch_loading, "worker.process": _patch_process}
 
 
 class _PatchAfterImport(importlib.abc.MetaPathFinder):
@@ -89,6 +116,7 @@ class _PatchAfterImport(importlib.abc.MetaPathFinder):
 _WANTED = {"worker.images.preprocess": bool(CRASH_ON) and CRASH_WHILE == "decoding",
            "worker.batches.known_batch": bool(CRASH_ON) and CRASH_WHILE == "hashing", "worker.batches.gather":
            KILL_INFERENCE,
-           "worker.batches.batch": FAIL_BATCHES}
+           "worker.batches.batch": FAIL_BATCHES, "worker.runtimes.loading": FAIL_LOAD,
+           "worker.process": KILL_HEARTBEAT}
 if any(_WANTED.values()):
     sys.meta_path.insert(0, _PatchAfterImport())

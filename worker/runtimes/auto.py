@@ -44,6 +44,7 @@ import numpy as np
 from imgq.models.spec import ModelSpec
 from imgq.settings import Settings
 from imgq.storage.files import atomic_path, read_regular
+from worker.runtimes.base import warm
 
 log = logging.getLogger(__name__)
 
@@ -221,9 +222,10 @@ def tensorflow_installed() -> bool:
 
 
 def auto_classifier(spec: ModelSpec, weights: str, batch_size: int, precision: str, cache_dir: str | None,
-                    machine: Machine | None = None):
+                    machine: Machine | None = None, say: Callable[[str], None] = log.info):
     """The classifier of the faster runtime for ``spec`` on this CPU (see the module's docstring), measured
-    on ``machine`` (this one by default). Raises WeightsError when the model cannot be loaded at all."""
+    on ``machine`` (this one by default), warmed up. ``say`` is told each long step before it begins. Raises
+    WeightsError when the model cannot be loaded at all."""
     from worker.runtimes.keras_model import build_model
     from worker.runtimes.openvino_runtime import OpenVINOError, load_openvino
     from worker.runtimes.precision import enable_precision
@@ -232,7 +234,7 @@ def auto_classifier(spec: ModelSpec, weights: str, batch_size: int, precision: s
     machine = machine or Machine()
     try:
         openvino = load_openvino(weights, batch_size, precision, cache_dir, spec=spec)
-        openvino.warm_up()
+        warm(openvino, say)
     except OpenVINOError as exc:
         if not tensorflow_installed():
             raise  # nothing else can run it: the worker stops with OpenVINO's reason
@@ -248,8 +250,10 @@ def auto_classifier(spec: ModelSpec, weights: str, batch_size: int, precision: s
     keep = recorded is not None and not recorded.measure_again(machine, load_now)
     if openvino is not None and keep and recorded.runtime == "openvino":
         return _chosen(openvino, recorded.describe())
+    say(f"building {spec.id} for TensorFlow")
     keras_model, weights_id, full_spec = build_model(openvino.spec if openvino else spec, weights)
     tensorflow = Classifier(keras_model, weights_id, batch_size, enable_precision(precision), spec=full_spec)
+    warm(tensorflow, say)
     if openvino is None:
         return _chosen(tensorflow, "auto: OpenVINO cannot run it here")
     if keep and recorded.runtime == "tensorflow":
@@ -260,9 +264,10 @@ def auto_classifier(spec: ModelSpec, weights: str, batch_size: int, precision: s
     else:
         log.info("IMGQ_RUNTIME=auto: measuring %s again, the machine being quiet now (load %.2f on %d cores): "
                  "it was %s", spec.id, load_now, machine.cores, recorded.describe())
+    say(f"measuring {openvino.runtime} against {tensorflow.runtime} for {spec.id} on this CPU (the choice is "
+        "recorded for later starts)")
     pixels = list(np.random.default_rng(0).integers(0, 256, size=(min(batch_size, SAMPLE), *tensorflow.target.shape),
                                                     dtype=np.uint8))
-    tensorflow.warm_up()
     speeds = race({"openvino": openvino, "tensorflow": tensorflow}, pixels)
     # Other work that started during the measurement shows in the load after it.
     choice = measured(recorded, speeds, max(load_now, machine.load()), machine)

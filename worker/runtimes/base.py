@@ -9,11 +9,19 @@ one contract test class against every implementation.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 
 import numpy as np
 
 from imgq.models.spec import ModelSpec
 from worker.images.preprocess import Target
+
+WARM_UP_IMAGES = 32
+# Images of the warm-up pass (fewer when the batch size is smaller): what a forward pass of a worker with the
+# default batch size holds. A warm-up with a full batch, as before, made a worker with --batch-size 1024 run
+# 1025 images at every start, minutes on two busy cores, before it took any batch (issue 25.4). Once warm, the
+# first pass of another length costs about what a repeat of it does (within 16%, measured: docs/runtime.md,
+# "Warm-up"), so a full batch bought nothing.
 
 
 class ModelRuntime(ABC):
@@ -65,14 +73,49 @@ class ModelRuntime(ABC):
         """Probabilities of shape (n, classes) for ``batch``: ``predict_with`` without layers."""
         return self.predict_with(batch, ())[0]
 
-    @abstractmethod
+    @property
+    def warm_up_images(self) -> int:
+        """How many images ``warm_up``'s pass holds: ``min(batch_size, WARM_UP_IMAGES)``."""
+        return max(1, min(self.batch_size, WARM_UP_IMAGES))
+
+    def warming_up(self) -> str:
+        """What a worker says before ``warm_up``: ``warming up resnet50 on openvino 2026.4.1 (32 images)``."""
+        images = self.warm_up_images
+        return f"warming up {self.model_id} on {self.runtime} ({images} image{'' if images == 1 else 's'})"
+
     def warm_up(self) -> None:
-        """Make the first real batch cost what any other does: compile (convert if needed) and run a full and
-        a single-image batch. Raises WeightsError (or a kind of it) when the model cannot serve."""
+        """Make the runtime ready to serve at the cost of about one real forward pass: ``prepare`` (compile,
+        convert if needed), then one pass of ``warm_up_images`` blank images through ``predict``, never a
+        full ``batch_size`` batch. May run again (one more such pass). Raises WeightsError (or a kind of it)
+        when the model cannot serve."""
+        self.prepare()
+        blank = np.zeros((self.warm_up_images, *self.target.shape), dtype=np.uint8)
+        self.predict(self.model_input(list(blank)))
+
+    @abstractmethod
+    def prepare(self) -> None:
+        """Whatever must be done once before the first pass, and may fail (OpenVINO's conversion and
+        compilation: a .h5 folder model's input size is known only after it). Costs nothing when called
+        again. Raises WeightsError (or a kind of it)."""
+
+    def preparing(self) -> str | None:
+        """What ``prepare`` will do, when it takes long enough to say (``converting resnet50 to openvino
+        ...``), for the worker to say before it begins; None when it is quick (the default)."""
+        return None
 
     def empty_result(self, layers: tuple[str, ...]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """What ``predict_with`` returns for an empty batch."""
         return (np.zeros((0, len(self.spec.labels)), dtype=np.float32), {name: np.zeros((0,)) for name in layers})
+
+
+def warm(runtime: ModelRuntime, say: Callable[[str], None]) -> None:
+    """Warm ``runtime`` up, telling ``say`` each step before it begins: what ``prepare`` does, if it says
+    (``preparing``), then ``warming up ...`` (``warming_up``)."""
+    if (step := runtime.preparing()) is not None:
+        say(step)
+        runtime.prepare()
+    say(runtime.warming_up())
+    runtime.warm_up()
 
 
 def as_probabilities(outputs: np.ndarray, spec: ModelSpec) -> np.ndarray:

@@ -137,18 +137,25 @@ class Int8Classifier(OpenVINOClassifier):
         identity = {**self._identity(self._int8_layers), "precision": "int8", "calibration": self.calibration_digest}
         return CacheEntry(self.cache_dir, f"{self.spec.id.split('@')[0]}-int8-{digest}", identity)
 
-    def warm_up(self) -> None:
-        """Convert (or read) fp32, quantize (or read) INT8, measure or read the agreement, decide, then run a
-        batch as every runtime's warm-up does. A model that cannot be quantized serves fp32, with the reason."""
-        self._compiled_for(())
+    def prepare(self) -> None:
+        """Convert (or read) fp32, quantize (or read) INT8, measure or read the agreement, and decide: a model
+        that cannot be quantized, or whose labels moved too far, serves fp32, with the reason. Costs nothing
+        when called again."""
+        super().prepare()
+        if self._int8 is not None or self.refusal:
+            return
         try:
             self._prepare_int8()
         except OpenVINOError as exc:
             self._refuse(str(exc))
         if self.agreement is not None and not self.refusal and self.agreement.top1 < self.min_agreement:
             self._refuse(f"INT8's {self.agreement}, under IMGQ_INT8_MIN_AGREEMENT={self.min_agreement}")
-        for n in (self.batch_size, 1):
-            self.predict(np.zeros((n, *self.target.shape), dtype=np.uint8))
+
+    def preparing(self) -> str | None:
+        if self.calibration is None:
+            return None
+        return (f"quantizing {self.spec.id} to int8 on {len(self.calibration.calibrate)} photos "
+                f"({self.calibration.source}), unless cached")
 
     @property
     def int8_note(self) -> str:

@@ -84,6 +84,7 @@ class CalibratingOnFirstImages(ModelRuntime):
         self.load_seconds = 0.0
         self.last_precision = "fp32"
         self.int8_note = f"int8 after calibrating on the first {count} images (fp32 until then)"
+        self._tried_remembered = False
 
     spec = property(lambda self: self.fp32.spec)
     weights_id = property(lambda self: self.fp32.weights_id)
@@ -94,9 +95,12 @@ class CalibratingOnFirstImages(ModelRuntime):
     def model_input(self, pixels: list[np.ndarray]) -> np.ndarray:
         return self.fp32.model_input(pixels)
 
-    def warm_up(self) -> None:
+    def prepare(self) -> None:
         """fp32 ready; INT8 too when an earlier start calibrated on its first images and it still agrees."""
-        self.fp32.warm_up()
+        self.fp32.prepare()
+        if self._active is not self.fp32 or self._tried_remembered:
+            return
+        self._tried_remembered = True
         digest = self._remembered()
         if not digest:
             return
@@ -110,6 +114,13 @@ class CalibratingOnFirstImages(ModelRuntime):
             self._active = int8
             self.count = 0
             self.int8_note = f"int8 calibrated on an earlier start's first images: {int8.agreement}"
+
+    def warm_up(self) -> None:
+        """``prepare``, then the usual small pass on the runtime serving now, which is never collected as a
+        calibration image."""
+        self.prepare()
+        blank = np.zeros((self.warm_up_images, *self.target.shape), dtype=np.uint8)
+        self._active.predict(self.model_input(list(blank)))
 
     def predict_with(self, batch: np.ndarray, layers: tuple[str, ...]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         if self._ready is not None and self._active is self.fp32:

@@ -230,6 +230,9 @@ def check_model(spec: ModelSpec, model) -> None:
         raise WeightsError("\n".join(problems))
 
 
+MAX_SEED = 2**32 - 1  # Keras (and NumPy's legacy generator) take seeds from 0 to this
+
+
 def random_seed(weights: str) -> int:
     """The seed of ``random`` or ``random:SEED``. Raises WeightsError."""
     try:

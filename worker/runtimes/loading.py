@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from imgq.models.spec import DEFAULT_MODEL, ModelSpec
-from worker.runtimes.base import ModelRuntime
+from worker.runtimes.base import ModelRuntime, warm
 from worker.runtimes.keras_model import build_model, model_spec
 from worker.runtimes.precision import enable_precision, resolve_precision
 from worker.runtimes.probe import check_outputs
@@ -28,9 +29,11 @@ RUNTIMES = ("openvino", "tensorflow", "auto")
 
 def load_classifier(weights: str, batch_size: int, precision: str = "fp32", runtime: str = "tensorflow",
                     cache_dir: str | None = None, model: str | ModelSpec = DEFAULT_MODEL,
-                    int8: Int8Options | None = None, machine: Machine | None = None) -> ModelRuntime:
+                    int8: Int8Options | None = None, machine: Machine | None = None,
+                    say: Callable[[str], None] | None = None) -> ModelRuntime:
     """Build ``model`` (a built-in name, a model folder, or a ModelSpec) with ``weights`` for ``runtime``,
-    compile and warm it up.
+    compile and warm it up. ``say`` is told each long step before it begins (``warming up ...``; default: the
+    log), so that a worker tells what it is doing while it starts (worker/startup.py).
 
     ``precision``: fp32, bf16 where the CPU supports it (worker/runtimes/precision.py), or int8 (OpenVINO
     whatever ``runtime`` says but tensorflow, calibrated as ``int8`` says: worker/runtimes/int8_serving.py;
@@ -42,27 +45,36 @@ def load_classifier(weights: str, batch_size: int, precision: str = "fp32", runt
     test pictures are not finite, or not probabilities for a model declared softmax (worker/runtimes/probe.py).
     """
     started = time.perf_counter()
+    say = say or _log_step
     spec = model_spec(model)
     classifier: ModelRuntime
     if precision == "int8":  # auto never picks int8, and int8 runs on OpenVINO only
         from worker.runtimes.int8_serving import Int8Options, load_int8
 
         classifier = load_int8(spec, weights, batch_size, cache_dir, int8 or Int8Options())
+        warm(classifier, say)
     elif runtime == "auto":
         from worker.runtimes.auto import auto_classifier
 
-        classifier = auto_classifier(spec, weights, batch_size, resolve_precision(precision), cache_dir, machine)
-    elif runtime == "openvino":
-        from worker.runtimes.openvino_runtime import load_openvino
-
-        classifier = load_openvino(weights, batch_size, resolve_precision(precision), cache_dir, spec=spec)
+        # auto warms each runtime it loads, to measure them: it returns a warm one
+        classifier = auto_classifier(spec, weights, batch_size, resolve_precision(precision), cache_dir, machine,
+                                     say=say)
     else:
-        precision = enable_precision(precision)
-        keras_model, weights_id, spec = build_model(spec, weights)
-        classifier = Classifier(keras_model, weights_id, batch_size, precision, spec=spec)
-    classifier.warm_up()
+        if runtime == "openvino":
+            from worker.runtimes.openvino_runtime import load_openvino
+
+            classifier = load_openvino(weights, batch_size, resolve_precision(precision), cache_dir, spec=spec)
+        else:
+            precision = enable_precision(precision)
+            keras_model, weights_id, spec = build_model(spec, weights)
+            classifier = Classifier(keras_model, weights_id, batch_size, precision, spec=spec)
+        warm(classifier, say)
     check_outputs(classifier)  # here, not in each warm_up: every runtime passes it
     classifier.load_seconds = time.perf_counter() - started
     log.info("%s ready with weights %s, %s on %s, in %.1f s", classifier.model_id, classifier.weights_id,
              classifier.precision, classifier.runtime, classifier.load_seconds)
     return classifier
+
+
+def _log_step(step: str) -> None:
+    log.info("%s", step)

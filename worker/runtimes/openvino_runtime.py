@@ -258,11 +258,19 @@ class OpenVINOClassifier(ModelRuntime):
         whole = [joined(part) for part in parts]
         return as_probabilities(whole[0], self.spec), dict(zip(layers, whole[1:], strict=True))
 
-    def warm_up(self) -> None:
-        """Compile (converting if not cached) and run a full and a single-image batch before the first task."""
-        self._compiled_for(())  # a .h5 folder model's input size is known once its conversion is
-        for n in (self.batch_size, 1):
-            self.predict(np.zeros((n, *self.target.shape), dtype=np.uint8))
+    def preparing(self) -> str:
+        """``converting ...`` when no conversion is cached for it (a first start: TensorFlow is imported, the
+        Keras model built and converted), else ``compiling ...``."""
+        entry = self.cache_entry(())
+        if entry is not None and os.path.isdir(entry.folder):
+            return f"compiling {self.spec.id} on {self.runtime} (its conversion is cached)"
+        kept = f" (once: kept in {self.cache_dir})" if self.cache_dir else ""
+        return f"converting {self.spec.id} to {self.runtime}{kept}"
+
+    def prepare(self) -> None:
+        """Read the cached conversion (or convert) and compile it: a .h5 folder model's input size is known
+        once its conversion is. Raises OpenVINOError."""
+        self._compiled_for(())
 
 
 def _keras_function(model, layers: tuple[str, ...], shape: tuple[int, int, int]):

@@ -85,11 +85,8 @@ class Classifier(ModelRuntime):
             return self.empty_result(layers)
         return as_probabilities(joined(probabilities), self.spec), {n: joined(v) for n, v in activations.items()}
 
-    def warm_up(self) -> None:
-        """Trace the graph and let oneDNN set up its kernels before the first task, for a full and a
-        single-image batch."""
-        for n in (self.batch_size, 1):
-            self._forward(np.zeros((n, *self.target.shape), dtype=np.float32))
+    def prepare(self) -> None:
+        """Nothing: the graph is traced, and oneDNN sets up its kernels, at the first pass (warm_up's)."""
 
 
 def tensorflow_runtime_name() -> str:
