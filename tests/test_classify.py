@@ -60,9 +60,12 @@ def test_classify_says_why_its_worker_could_not_start(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "producer.cli", "classify", str(tmp_path / "photos"), "--embedded-redis"],
         env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    # Checked before anything starts (issue 25.2): the weights file of the worker classify would start is not
+    # there, which the producer can see itself, in one line, with no worker started and no job queued.
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("Error: The worker exited with code 2: Weights file not found: ") and "(log: " in last
+    assert last.startswith("Error: IMGQ_WEIGHTS: ") and "missing.weights.h5: no such file" in last, result.stderr
+    assert not (tmp_path / "state" / "openvino").exists()  # no worker got as far as its model
 
 
 @pytest.mark.slow
