@@ -30,6 +30,7 @@ from celery.signals import (
 )
 
 from imgq.celery_config import celery_config, queue_name
+from imgq.contract import WORKER_STOPS
 from imgq.models.resolve import resolve
 from imgq.models.spec import ModelError
 from imgq.models.weights import check_weights, weights_key
@@ -54,7 +55,8 @@ try:
     except ValueError as exc:
         raise ValueError(f"{env_var('weights')}: {exc}") from None
 except (ValueError, ModelError) as exc:  # a malformed IMGQ_* value: one line naming it, never a traceback
-    print(f"imgq worker: {printable(exc)}", file=sys.stderr, flush=True)  # it may name a path
+    # It may name a path; it ends as every line of a worker that stops does (classify reads it: WORKER_STOPS).
+    print(f"imgq worker: {printable(exc)}{WORKER_STOPS}", file=sys.stderr, flush=True)
     sys.exit(2)
 logs.install(settings.log_format)  # JSON lines if asked, URL passwords masked either way
 
