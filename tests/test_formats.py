@@ -151,11 +151,11 @@ def test_a_heic_over_the_memory_budget_whole_is_classified_from_a_thumbnail_with
     """A 48 MP "HEIF Max" photo at the default limits, scaled down: the whole picture fits IMGQ_MAX_PIXELS but
     not the decode's memory budget (13 bytes a pixel against 4). With draft decoding its 320 px thumbnail is
     what is decoded, within the budget; without, or with only a thumbnail too large for the budget itself
-    (drafting decodes the thumbnail it picks), it is too_large as before. A grid, as phones write them: the
-    tile the thumbnail is checked against fits the budget too."""
+    (drafting decodes the thumbnail it picks), it is too_large as before. A grid, as phones write them, scaled
+    down too (256 px tiles): the tile the thumbnail is checked against fits the budget with it."""
     big = Image.fromarray(pattern(1280, 960, seed=6))
-    small_thumb = photogen.heic_grid(big, tmp_path / "t320.heic", thumbnail=320)
-    large_thumb = photogen.heic_grid(big, tmp_path / "t1024.heic", thumbnail=1024)
+    small_thumb = photogen.heic_grid(big, tmp_path / "t320.heic", tile=256, thumbnail=320)
+    large_thumb = photogen.heic_grid(big, tmp_path / "t1024.heic", tile=256, thumbnail=1024)
     limit = 1280 * 960  # the picture's pixels: within max_pixels, over its memory budget whole
     assert load_pixels(str(small_thumb), max_pixels=limit, jpeg_draft=True).shape == (224, 224, 3)
     for path, draft in ((small_thumb, False), (large_thumb, True)):
@@ -194,7 +194,8 @@ def test_a_heic_whose_thumbnail_is_another_picture_is_classified_from_its_pictur
     decoded_sizes.clear()
     load_pixels(str(true), jpeg_draft=True)
     assert decoded_sizes == [(320, 240)]
-    limit = 1280 * 960  # within max_pixels, over the memory budget whole: only a true thumbnail is classified
+    # Just over the memory budget whole (13 bytes a pixel, the file), within max_pixels: a true thumbnail is classified.
+    limit = (true.stat().st_size + formats.HEIF_BYTES_PER_PIXEL * 1280 * 960) // 4 - 1
     assert load_pixels(str(true), max_pixels=limit, jpeg_draft=True).shape == (224, 224, 3)
     refused = error(wrong, max_pixels=limit, jpeg_draft=True)
     assert refused.code == "too_large" and "HEIF takes" in refused.message
