@@ -31,14 +31,19 @@ def heic_from(jpeg: Path, out: Path, quality: int = 90, *params: str, timeout: f
 
 
 def heic_grid(picture: Image.Image, out: Path, *, tile: int = 512, thumbnail: int | None = 320,
-              quality: int = 90, also: Image.Image | None = None) -> Path:
+              quality: int = 90, also: Image.Image | None = None, orientation: int = 1) -> Path:
     """``out``: ``picture`` as phones write it (pillow-heif): a grid of ``tile`` px tiles, each coded alone, with a
     thumbnail of at most ``thumbnail`` px a side (libheif's, nearest-neighbour scaled). ``also``: a second image
-    in the file, of its own, with its own thumbnail (see ``heic_with_thumbnail_of``)."""
+    in the file, of its own, with its own thumbnail (see ``heic_with_thumbnail_of``). ``orientation`` (EXIF's):
+    stored as the picture's and the thumbnail's ``irot``/``imir``, as iPhones turn their photos."""
     import pillow_heif
 
     pillow_heif.register_heif_opener(thumbnails=True)
-    more = {"save_all": True, "append_images": [also]} if also is not None else {}
+    more: dict = {"save_all": True, "append_images": [also]} if also is not None else {}
+    if orientation != 1:
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        more["exif"] = exif.tobytes()
     picture.save(out, format="HEIF", quality=quality, tile_size=tile, thumbnails=[thumbnail] if thumbnail else [],
                  enc_params={"preset": "ultrafast"}, **more)  # x265's fastest: seconds, not tens of seconds
     return out

@@ -121,14 +121,25 @@ def open_tiled(file: BinaryIO, min_tiles: int, max_tile_pixels: int) -> TiledPic
     except _HeifFailed:
         picture.close()
         return None
-    picture.grid = Grid(tiling.num_columns, tiling.num_rows, (tiling.tile_width, tiling.tile_height),
-                        (tiling.image_width, tiling.image_height), (tiling.left_offset, tiling.top_offset))
+    picture.grid = _grid(tiling)
     tile_pixels = tiling.tile_width * tiling.tile_height
     if tiling.num_columns * tiling.num_rows < min_tiles or not 0 < tile_pixels <= max_tile_pixels or not (
             tiling.image_width and tiling.image_height):
         picture.close()
         return None
     return picture
+
+
+def _grid(tiling: _Tiling) -> Grid:
+    """The grid as shown. A grid's padding (its tiles' cover beyond the picture) is stored right and below; turned
+    or mirrored, it shows left or above, where libheif then reports an offset. libheif 1.23 reports the picture's
+    remainder there, not the padding (448 for a 960 px side in 512 px tiles, padded by 64: found by matching each
+    tile of the 8 orientations with the full decode), so only whether it is 0 is used: the padding is all there."""
+    columns, rows = tiling.num_columns, tiling.num_rows
+    width, height = tiling.image_width, tiling.image_height
+    offset_x = columns * tiling.tile_width - width if tiling.left_offset else 0
+    offset_y = rows * tiling.tile_height - height if tiling.top_offset else 0
+    return Grid(columns, rows, (tiling.tile_width, tiling.tile_height), (width, height), (offset_x, offset_y))
 
 
 def _decode_tile(lib, handle, column: int, row: int) -> Image.Image:
