@@ -75,9 +75,21 @@ def shows_picture(thumbnail: Image.Image, picture: TiledPicture) -> bool:
 
 
 def most_structured(thumbnail_grey: Image.Image, grid: Grid) -> tuple[int, int, float]:
-    """(column, row, structure) of the tile whose part of the thumbnail (grey) varies most at COMPARE_SIDE a side."""
-    spreads = {(column, row): float(part(thumbnail_grey, grid.box(column, row), grid.size).std())
-               for row in range(grid.rows) for column in range(grid.columns)}
+    """(column, row, structure) of the tile whose part of the thumbnail (grey) varies most at COMPARE_SIDE a side,
+    among the parts at least COMPARE_SIDE thumbnail pixels a side (fewer cannot tell pictures apart); structure 0
+    when there is none. So at most (thumbnail width / COMPARE_SIDE) x (height / COMPARE_SIDE) parts are reduced,
+    whatever number of tiles the file declares."""
+    scale_x, scale_y = thumbnail_grey.width / grid.size[0], thumbnail_grey.height / grid.size[1]
+    if min(grid.tile_size[0] * scale_x, grid.tile_size[1] * scale_y) < COMPARE_SIDE:
+        return 0, 0, 0.0
+    spreads = {}
+    for row in range(grid.rows):
+        for column in range(grid.columns):
+            left, top, right, bottom = grid.box(column, row)
+            if min((right - left) * scale_x, (bottom - top) * scale_y) >= COMPARE_SIDE:
+                spreads[(column, row)] = float(part(thumbnail_grey, (left, top, right, bottom), grid.size).std())
+    if not spreads:
+        return 0, 0, 0.0
     column, row = max(spreads, key=lambda at: spreads[at])
     return column, row, spreads[(column, row)]
 
