@@ -5,7 +5,7 @@
 Makes, in --cache (kept for the next run), a HEIC twin of each photo (libheif's heif-enc, quality 90; x265's
 ultrafast preset for the 12 MP ones, or encoding them takes minutes: one coded image, without and with a 320 px
 thumbnail), a grid twin as phones write it (pillow-heif: 512 px tiles, a 320 px thumbnail, which draft decoding
-takes once it agrees with the centre tile: imgq/storage/heif_thumbnails.py) and a DNG twin whose embedded preview
+takes once it agrees with a tile: imgq/storage/heif_thumbnails.py) and a DNG twin whose embedded preview
 is the photo's JPEG itself (tests/photogen.py), and the same for ``--phone`` 12 MP phone-like photos
 (bench/phone.py). Then times the worker's ``load_pixels`` on one thread, JPEG, HEIC and DNG side by side
 in every round (with ``jpeg_draft`` on, the worker's default, and off), and prints milliseconds per image with

@@ -127,8 +127,8 @@ def test_a_heic_whose_thumbnail_is_another_picture_shows_its_picture(tmp_path, m
     real_decoded = previews._decoded
     monkeypatch.setattr(previews, "_decoded", lambda *args: decoded.append((shown := real_decoded(*args)).size)
                         or shown)
-    picture = banded((1536, 1024))  # red along the top, black below: the centre tile is black
-    other = Image.fromarray(pattern(1536, 1024, seed=4))  # red from left to right, never black
+    picture = banded((1536, 1024))  # red along the top, black below
+    other = Image.fromarray(pattern(1536, 1024, seed=4))  # red from left to right, structure everywhere
     wrong = photogen.heic_with_thumbnail_of(picture, other, tmp_path / "edited.heic", thumbnail=480)
     true = photogen.heic_grid(picture, tmp_path / "phone.heic", thumbnail=480)
     assert red_side(thumbnail(str(wrong), PreviewLimits())) == "top"
