@@ -216,7 +216,7 @@ def test_a_turned_phone_heic_is_classified_from_its_thumbnail_turned_alike(tmp_p
 
 
 @needs_heif_enc
-def test_a_heic_coded_whole_is_decoded_whole_whatever_its_thumbnail(tmp_path, jpeg, decoded_sizes):
+def test_a_heic_coded_whole_is_decoded_whole_whatever_its_thumbnail(tmp_path, decoded_sizes):
     """A HEIC whose primary image is one coded picture (heif-enc writes them so) cannot be compared with its
     thumbnail for less than its full decode: its thumbnail is never taken."""
     big = tmp_path / "big.jpg"
