@@ -3,8 +3,10 @@
     python -m bench.formats [--photos /work/shared/photos] [--count 32] [--phone 4] [--rounds 5]
 
 Makes, in --cache (kept for the next run), a HEIC twin of each photo (libheif's heif-enc, quality 90; x265's
-ultrafast preset for the 12 MP ones, or encoding them takes minutes) and a DNG twin whose embedded preview is
-the photo's JPEG itself (tests/photogen.py), and the same for ``--phone`` 12 MP phone-like photos
+ultrafast preset for the 12 MP ones, or encoding them takes minutes: one coded image, without and with a 320 px
+thumbnail), a grid twin as phones write it (pillow-heif: 512 px tiles, a 320 px thumbnail, which draft decoding
+takes once it agrees with a tile: imgq/storage/heif_thumbnails.py) and a DNG twin whose embedded preview
+is the photo's JPEG itself (tests/photogen.py), and the same for ``--phone`` 12 MP phone-like photos
 (bench/phone.py). Then times the worker's ``load_pixels`` on one thread, JPEG, HEIC and DNG side by side
 in every round (with ``jpeg_draft`` on, the worker's default, and off), and prints milliseconds per image with
 the share of the CPU other processes took meanwhile, the CPU's name and the load average.
@@ -29,16 +31,16 @@ from imgq.storage.walk import iter_images
 
 
 def make_twins(sources: list[str], folder: Path, phone: bool) -> dict[str, list[str]]:
-    """``{"jpeg": [...], "heic": [...], "heic_thumb": [...], "dng": [...]}``: each source as a JPEG and its twins,
-    the HEIC without and with an embedded 320x240 thumbnail (files already in ``folder`` are kept: they are
-    made the same way from the same sources)."""
+    """``{"jpeg": [...], "heic": [...], "heic_thumb": [...], "heic_grid": [...], "dng": [...]}``: each source as a
+    JPEG and its twins, the HEIC without and with an embedded 320x240 thumbnail, the grid one (files already in
+    ``folder`` are kept: they are made the same way from the same sources)."""
     from tests import photogen
 
     folder.mkdir(parents=True, exist_ok=True)
-    made: dict[str, list[str]] = {"jpeg": [], "heic": [], "heic_thumb": [], "dng": []}
+    made: dict[str, list[str]] = {"jpeg": [], "heic": [], "heic_thumb": [], "heic_grid": [], "dng": []}
     for index, source in enumerate(sources):
-        jpeg, heic, heic_thumb, dng = (folder / f"photo_{index:03d}.{ext}" for ext in ("jpg", "heic", "t320.heic",
-                                                                                       "dng"))
+        jpeg, heic, heic_thumb, heic_grid, dng = (folder / f"photo_{index:03d}.{ext}" for ext in (
+            "jpg", "heic", "t320.heic", "grid.heic", "dng"))
         if not jpeg.exists():
             if phone:
                 write_phone_photo(source, jpeg, index)
@@ -57,11 +59,27 @@ def make_twins(sources: list[str], folder: Path, phone: bool) -> dict[str, list[
             photogen.heic_from(jpeg, partial_heic, 90, *(["preset=ultrafast"] if phone else []), timeout=1800,
                                thumbnail=thumbnail)
             os.replace(partial_heic, heic_thumb)
+        if not heic_grid.exists():
+            _grid_twin(jpeg, heic_grid)
         if not dng.exists():
             dng.write_bytes(photogen.dng(jpeg.read_bytes()))
-        for kind, path in (("jpeg", jpeg), ("heic", heic), ("heic_thumb", heic_thumb), ("dng", dng)):
+        for kind, path in (("jpeg", jpeg), ("heic", heic), ("heic_thumb", heic_thumb), ("heic_grid", heic_grid),
+                           ("dng", dng)):
             made[kind].append(str(path))
     return made
+
+
+def _grid_twin(jpeg: Path, out: Path) -> None:
+    """The photo upright (pillow-heif writes an EXIF orientation as the picture's ``irot`` but leaves its thumbnail
+    unturned, which draft never takes; a phone turns both), as a grid of 512 px tiles with a 320 px thumbnail."""
+    from PIL import Image, ImageOps
+
+    from tests import photogen
+
+    partial = out.with_name(out.name + ".partial.heic")
+    with Image.open(jpeg) as picture:
+        photogen.heic_grid(ImageOps.exif_transpose(picture).convert("RGB"), partial, thumbnail=320)
+    os.replace(partial, out)
 
 
 def ms_per_image(paths: list[str], decode) -> float:

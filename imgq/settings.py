@@ -141,7 +141,8 @@ class Settings:
     jpeg_draft: bool = True
     # Let libjpeg decode large JPEGs at 1/2, 1/4 or 1/8 scale (never below the model's input size) before the
     # resize, and classify a HEIC from its embedded thumbnail when that is at least the input size (an iPhone's
-    # 320x240 for 224x224). A 12 MP photo then costs a fraction of a full decode; off gives Keras' pixels exactly.
+    # 320x240 for 224x224) and agrees with a tile of the picture itself. A 12 MP photo then costs a fraction of a
+    # full decode; off gives Keras' pixels exactly.
 
     decode_threads: int = 2
     # Threads decoding images ahead of the model in a worker (Pillow releases the GIL while decoding).

@@ -1,6 +1,7 @@
-"""Photos as phones and cameras leave them, made on the spot: HEIC (Debian's heif-enc, from a JPEG; or
-pillow-heif, for the transforms heif-enc does not write) and DNG (a minimal TIFF writer here: a 16-bit CFA raw
-image in a SubIFD and, unless left out, a JPEG preview as IFD0, as cameras and Adobe's converter write them)."""
+"""Photos as phones and cameras leave them, made on the spot: HEIC (Debian's heif-enc, from a JPEG: one coded
+image; or pillow-heif, for the grids of tiles phones write and the transforms heif-enc does not) and DNG (a
+minimal TIFF writer here: a 16-bit CFA raw image in a SubIFD and, unless left out, a JPEG preview as IFD0, as
+cameras and Adobe's converter write them)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,63 @@ def heic_from(jpeg: Path, out: Path, quality: int = 90, *params: str, timeout: f
     subprocess.run([HEIF_ENC, "-q", str(quality), *thumb, *settings, "-o", str(out), str(jpeg)], check=True,
                    capture_output=True, timeout=timeout)
     return out
+
+
+def heic_grid(picture: Image.Image, out: Path, *, tile: int = 512, thumbnail: int | None = 320,
+              quality: int = 90, also: Image.Image | None = None, orientation: int = 1) -> Path:
+    """``out``: ``picture`` as phones write it (pillow-heif): a grid of ``tile`` px tiles, each coded alone, with a
+    thumbnail of at most ``thumbnail`` px a side (libheif's, nearest-neighbour scaled). ``also``: a second image
+    in the file, of its own, with its own thumbnail (see ``heic_with_thumbnail_of``). ``orientation`` (EXIF's):
+    stored as the picture's and the thumbnail's ``irot``/``imir``, as iPhones turn their photos."""
+    import pillow_heif
+
+    pillow_heif.register_heif_opener(thumbnails=True)
+    more: dict = {"save_all": True, "append_images": [also]} if also is not None else {}
+    if orientation != 1:
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        more["exif"] = exif.tobytes()
+    picture.save(out, format="HEIF", quality=quality, tile_size=tile, thumbnails=[thumbnail] if thumbnail else [],
+                 enc_params={"preset": "ultrafast"}, **more)  # x265's fastest: seconds, not tens of seconds
+    return out
+
+
+def heic_with_thumbnail_of(picture: Image.Image, other: Image.Image, out: Path, **grid) -> Path:
+    """``out``: a HEIC whose primary image is ``picture`` and whose thumbnail is ``other``'s (same size), as a tool
+    that edits a photo and keeps its old thumbnail leaves it: both pictures are written (``heic_grid``), each
+    with its thumbnail, then the two thumbnail references (``iref`` ``thmb``: thumbnail item -> its picture)
+    are crossed in place."""
+    data = bytearray(heic_grid(picture, out, also=other, **grid).read_bytes())
+    references = [at for at, kind in _iref_entries(data) if kind == b"thmb"]
+    assert len(references) == 2, "expected a thumbnail for each of the two pictures"
+    first, second = (at + 12 for at in references)  # size, type, from_item_ID, count (16 bits each): the target
+    data[first:first + 2], data[second:second + 2] = data[second:second + 2], data[first:first + 2]
+    out.write_bytes(bytes(data))
+    return out
+
+
+def _iref_entries(data: bytearray) -> list[tuple[int, bytes]]:
+    """(offset, type) of each reference box in the ``iref`` of a HEIF's ``meta`` (version 0: 16-bit item ids)."""
+    meta = _child(data, 0, len(data), b"meta")
+    iref = _child(data, meta + 12, meta + struct.unpack_from(">I", data, meta)[0], b"iref")
+    assert data[iref + 8] == 0, "a version 1 iref (32-bit item ids)"
+    entries, at, end = [], iref + 12, iref + struct.unpack_from(">I", data, iref)[0]
+    while at < end:
+        size, kind = struct.unpack_from(">I4s", data, at)
+        entries.append((at, kind))
+        at += size
+    return entries
+
+
+def _child(data: bytearray, start: int, end: int, kind: bytes) -> int:
+    """The offset of the first box of ``kind`` among the boxes from ``start`` to ``end`` (32-bit sizes)."""
+    at = start
+    while at < end:
+        size, found = struct.unpack_from(">I4s", data, at)
+        if found == kind:
+            return at
+        at += size
+    raise AssertionError(f"no {kind!r} box")
 
 
 def heic_declaring(source: Path, out: Path, width: int, height: int) -> Path:

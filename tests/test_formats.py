@@ -151,20 +151,19 @@ def test_a_heic_that_would_take_more_memory_than_the_budget_is_too_large(tmp_pat
     assert refused.code == "too_large" and "HEIF takes" in refused.message
 
 
-@needs_heif_enc
 def test_a_heic_is_classified_from_its_thumbnail_when_that_is_large_enough(tmp_path, monkeypatch):
     """Draft decoding of a HEIC (IMGQ_JPEG_DRAFT, on by default): its embedded thumbnail when both its sides are at
-    least the model's input (an iPhone's 320x240 for 224x224), never one smaller; the full image without draft."""
+    least the model's input (an iPhone's 320x240 for 224x224), never one smaller; the full image without draft.
+    Made as phones write them, a grid of tiles, against one of which the thumbnail is checked."""
     from worker.images import preprocess
 
     decoded = []
     real_resized = preprocess._resized
     monkeypatch.setattr(preprocess, "_resized", lambda image, *args: decoded.append(image.size) or
                         real_resized(image, *args))
-    big = tmp_path / "big.jpg"
-    Image.fromarray(pattern(1280, 960, seed=5)).save(big, quality=92)
-    phone = photogen.heic_from(big, tmp_path / "phone.heic", 90, "preset=ultrafast", thumbnail=320)
-    small = photogen.heic_from(big, tmp_path / "small.heic", 90, "preset=ultrafast", thumbnail=160)
+    big = Image.fromarray(pattern(1280, 960, seed=5))
+    phone = photogen.heic_grid(big, tmp_path / "phone.heic", thumbnail=320)
+    small = photogen.heic_grid(big, tmp_path / "small.heic", thumbnail=160)
     from_thumbnail = load_pixels(str(phone), jpeg_draft=True)
     full = load_pixels(str(phone), jpeg_draft=False)
     load_pixels(str(small), jpeg_draft=True)
@@ -174,21 +173,85 @@ def test_a_heic_is_classified_from_its_thumbnail_when_that_is_large_enough(tmp_p
     assert np.corrcoef(from_thumbnail.ravel(), full.ravel())[0, 1] > 0.6
 
 
-@needs_heif_enc
 def test_a_heic_over_the_memory_budget_whole_is_classified_from_a_thumbnail_within_it(tmp_path):
     """A 48 MP "HEIF Max" photo at the default limits, scaled down: the whole picture fits IMGQ_MAX_PIXELS but
     not the decode's memory budget (13 bytes a pixel against 4). With draft decoding its 320 px thumbnail is
     what is decoded, within the budget; without, or with only a thumbnail too large for the budget itself
-    (drafting decodes the thumbnail it picks), it is too_large as before."""
-    big = tmp_path / "big.jpg"
-    Image.fromarray(pattern(1280, 960, seed=6)).save(big, quality=92)
-    small_thumb = photogen.heic_from(big, tmp_path / "t320.heic", 90, "preset=ultrafast", thumbnail=320)
-    large_thumb = photogen.heic_from(big, tmp_path / "t1024.heic", 90, "preset=ultrafast", thumbnail=1024)
+    (drafting decodes the thumbnail it picks), it is too_large as before. A grid, as phones write them, scaled
+    down too (256 px tiles): the tile the thumbnail is checked against fits the budget with it."""
+    big = Image.fromarray(pattern(1280, 960, seed=6))
+    small_thumb = photogen.heic_grid(big, tmp_path / "t320.heic", tile=256, thumbnail=320)
+    large_thumb = photogen.heic_grid(big, tmp_path / "t1024.heic", tile=256, thumbnail=1024)
     limit = 1280 * 960  # the picture's pixels: within max_pixels, over its memory budget whole
     assert load_pixels(str(small_thumb), max_pixels=limit, jpeg_draft=True).shape == (224, 224, 3)
     for path, draft in ((small_thumb, False), (large_thumb, True)):
         refused = error(path, max_pixels=limit, jpeg_draft=draft)
         assert refused.code == "too_large" and "HEIF takes" in refused.message, (path.name, draft)
+
+
+@pytest.fixture
+def decoded_sizes(monkeypatch) -> list[tuple[int, int]]:
+    """The size of every picture the worker decodes, as it reaches the resize: which one was decoded."""
+    from worker.images import preprocess
+
+    sizes: list[tuple[int, int]] = []
+    real_resized = preprocess._resized
+    monkeypatch.setattr(preprocess, "_resized", lambda image, *args: sizes.append(image.size) or
+                        real_resized(image, *args))
+    return sizes
+
+
+def test_a_heic_whose_thumbnail_is_another_picture_is_classified_from_its_picture(tmp_path, decoded_sizes):
+    """Issue 25 H2. A phone-like HEIC (a grid of 512 px tiles) whose 320x240 thumbnail shows another picture (as a
+    tool that edits a photo and keeps its old thumbnail leaves it), with draft decoding on: what is classified is
+    the primary image every viewer shows, decoded whole (the same pixels as without draft), never the thumbnail;
+    over the decode's memory budget, too_large. Its twin with its own thumbnail still takes the thumbnail."""
+    picture = Image.fromarray(pattern(1280, 960, seed=5))
+    other = Image.fromarray(np.ascontiguousarray(pattern(1280, 960, seed=9)[::-1]))  # upside down: another picture
+    wrong = photogen.heic_with_thumbnail_of(picture, other, tmp_path / "edited.heic")
+    true = photogen.heic_grid(picture, tmp_path / "phone.heic")
+    with Image.open(wrong) as image:  # the thumbnail is a scaled copy by its boxes: only its pixels tell
+        assert image.info["thumbnails"] == [320] and image.draft("RGB", (224, 224)) is not None
+    classified = load_pixels(str(wrong), jpeg_draft=True)
+    assert decoded_sizes == [(1280, 960)]
+    assert np.array_equal(classified, load_pixels(str(wrong), jpeg_draft=False))
+    thumbnail_picture = np.asarray(other.resize((224, 224), Image.Resampling.NEAREST))
+    assert np.abs(classified.astype(int) - thumbnail_picture.astype(int)).mean() > 40
+    decoded_sizes.clear()
+    load_pixels(str(true), jpeg_draft=True)
+    assert decoded_sizes == [(320, 240)]
+    # Just over the memory budget whole (13 bytes a pixel, the file), within max_pixels: a true thumbnail is classified.
+    limit = (true.stat().st_size + formats.HEIF_BYTES_PER_PIXEL * 1280 * 960) // 4 - 1
+    assert load_pixels(str(true), max_pixels=limit, jpeg_draft=True).shape == (224, 224, 3)
+    refused = error(wrong, max_pixels=limit, jpeg_draft=True)
+    assert refused.code == "too_large" and "HEIF takes" in refused.message
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_a_turned_phone_heic_is_classified_from_its_thumbnail_turned_alike(tmp_path, decoded_sizes, orientation):
+    """iPhones turn a photo by the HEIF's irot/imir, its thumbnail's too: both are compared as shown, whichever side
+    the grid's padding turned to (libheif reports that offset wrongly: imgq/storage/heif_tiles.py _grid); the
+    true thumbnail is taken, upright as the picture."""
+    path = photogen.heic_grid(Image.fromarray(pattern(640, 480, seed=5)), tmp_path / "turned.heic", tile=256,
+                              orientation=orientation)
+    with Image.open(path) as image:
+        width, height = image.size
+    from_thumbnail = load_pixels(str(path), jpeg_draft=True)
+    assert decoded_sizes == [(width // 2, height // 2)]
+    assert np.abs(from_thumbnail.astype(int) - load_pixels(str(path), jpeg_draft=False).astype(int)).mean() < 20
+
+
+@needs_heif_enc
+def test_a_heic_coded_whole_is_decoded_whole_whatever_its_thumbnail(tmp_path, decoded_sizes):
+    """A HEIC whose primary image is one coded picture (heif-enc writes them so) cannot be compared with its
+    thumbnail for less than its full decode: its thumbnail is never taken."""
+    big = tmp_path / "big.jpg"
+    Image.fromarray(pattern(1280, 960, seed=5)).save(big, quality=92)
+    heic = photogen.heic_from(big, tmp_path / "whole.heic", 90, "preset=ultrafast", thumbnail=320)
+    with Image.open(heic) as image:
+        assert image.info["thumbnails"] == [320] and "tiling" not in image.info
+    load_pixels(str(heic), jpeg_draft=True)
+    assert decoded_sizes == [(1280, 960)]
 
 
 def test_a_turned_heic_whose_thumbnail_is_not_turned_alike_is_decoded_whole(tmp_path):
@@ -313,10 +376,9 @@ def twins(tmp_path_factory):
         jpegs.append(jpeg)
         photogen.heic_from(jpeg, folder / f"picture-{i}.heic")
         (folder / f"picture-{i}.dng").write_bytes(photogen.dng(jpeg.read_bytes()))
-        # As a phone leaves it: 4x larger, with a 320x240 thumbnail, which draft decoding classifies.
-        large = tmp_path_factory.mktemp("large") / f"picture-{i}.jpg"
-        Image.open(jpeg).resize((1280, 960), Image.Resampling.BICUBIC).save(large, quality=92)
-        photogen.heic_from(large, folder / f"picture-{i}-phone.heic", 90, "preset=ultrafast", thumbnail=320)
+        # As a phone leaves it: 4x larger, a grid of tiles with a 320x240 thumbnail, which draft decoding classifies.
+        large = Image.open(jpeg).resize((1280, 960), Image.Resampling.BICUBIC)
+        photogen.heic_grid(large, folder / f"picture-{i}-phone.heic", thumbnail=320)
     weights = test_weights.image_dependent_weights(jpegs, tmp_path_factory.mktemp("w") / "twins.weights.h5")
     return folder, str(weights)
 

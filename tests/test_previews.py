@@ -113,3 +113,24 @@ def test_a_heic_shows_like_its_jpeg_twin(tmp_path):
     assert shown.size == thumbnail(str(source), PreviewLimits()).size and red_side(shown) == "top"
     huge = photogen.heic_declaring(heic, tmp_path / "huge.heic", 40000, 40000)
     assert thumbnail(str(huge), PreviewLimits()) is None
+
+
+def test_a_heic_whose_thumbnail_is_another_picture_shows_its_picture(tmp_path, monkeypatch):
+    """Issue 25 H2, in the report: a phone-like HEIC (a grid of tiles) whose embedded thumbnail, large enough for
+    a preview, shows another picture is shown from its primary image, as every viewer shows it; its twin with
+    its own thumbnail is still shown from the thumbnail."""
+    pytest.importorskip("pillow_heif", reason="pillow-heif (the worker extra) shows HEIC previews")
+    from producer.report import previews
+    from tests.imagegen import pattern
+
+    decoded = []  # the size of what each preview was made from: the thumbnail's, or the picture's
+    real_decoded = previews._decoded
+    monkeypatch.setattr(previews, "_decoded", lambda *args: decoded.append((shown := real_decoded(*args)).size)
+                        or shown)
+    picture = banded((1536, 1024))  # red along the top, black below
+    other = Image.fromarray(pattern(1536, 1024, seed=4))  # red from left to right, structure everywhere
+    wrong = photogen.heic_with_thumbnail_of(picture, other, tmp_path / "edited.heic", thumbnail=480)
+    true = photogen.heic_grid(picture, tmp_path / "phone.heic", thumbnail=480)
+    assert red_side(thumbnail(str(wrong), PreviewLimits())) == "top"
+    assert red_side(thumbnail(str(true), PreviewLimits())) == "top"
+    assert decoded == [(1536, 1024), (480, 320)]

@@ -5,8 +5,9 @@ have been replaced since by a link elsewhere, a pipe, a device or a far bigger p
 here as in the worker (worker/images/preprocess.py): the allowed roots (IMGQ_ALLOWED_ROOTS) on the real path, an open
 that never blocks, regular files only, at most IMGQ_MAX_FILE_BYTES, and at most IMGQ_MAX_PIXELS by the header
 before any pixel is decoded. The kind is told by content (imgq/storage/image_kinds.py): HEIC opens through
-pillow-heif and a camera RAW shows its embedded JPEG preview through rawpy, where those libraries are installed
-(the worker extra); elsewhere their cards say "no preview", as for a file that cannot be opened.
+pillow-heif (its embedded thumbnail shown only when that shows the picture, as the worker classifies it) and a
+camera RAW shows its embedded JPEG preview through rawpy, where those libraries are installed (the worker
+extra); elsewhere their cards say "no preview", as for a file that cannot be opened.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from PIL import Image, ImageOps
 from imgq.contract import PILLOW_FORMATS
 from imgq.settings import Settings
 from imgq.storage.files import open_regular
+from imgq.storage.heif_thumbnails import shows_picture, tiled_picture
 from imgq.storage.image_kinds import EXIF_ORIENTATION, HEIF, ORIENTATION_FOR_FLIP, RAW, open_in_libraw, sniff
 from imgq.storage.roots import within_roots
 
@@ -74,13 +76,33 @@ def _decoded(file, name: str, max_pixels: int, orientation: int = 1) -> Image.Im
         width, height = image.size  # from the header: nothing decoded yet
         if width * height > max_pixels:
             return None
-        image.draft("RGB", (THUMB_SIZE * 2, THUMB_SIZE * 2))  # JPEG: decode at a reduced scale
         if kind == HEIF:  # libheif turned it already; its EXIF orientation is informational (worker/images/formats.py)
-            return image.convert("RGB")
+            return _heif_picture(image, file, max_pixels)
+        image.draft("RGB", (THUMB_SIZE * 2, THUMB_SIZE * 2))  # JPEG: decode at a reduced scale
         exif = image.getexif()
         if exif.get(EXIF_ORIENTATION, 1) == 1 and orientation != 1:
             exif[EXIF_ORIENTATION] = orientation  # the camera's, for a RAW preview that says nothing
         return ImageOps.exif_transpose(image).convert("RGB")
+
+
+def _heif_picture(image: Image.Image, file, max_pixels: int) -> Image.Image:
+    """The picture of a HEIF just opened from ``file``, as every viewer shows it: its embedded thumbnail (when one
+    is at least twice THUMB_SIZE a side) only if that agrees with a tile of its primary image, as the worker
+    takes it (imgq/storage/heif_thumbnails.py); else, or when the thumbnail shows another picture, the primary
+    image decoded whole."""
+    side = THUMB_SIZE * 2
+    boxes = [box for box in image.info.get("thumbnails") or [] if isinstance(box, int)]
+    picture = tiled_picture(file, max_pixels) if boxes and max(boxes) >= side else None
+    if picture is None:
+        return image.convert("RGB")
+    with picture:
+        if image.draft("RGB", (side, side)) is None:
+            return image.convert("RGB")
+        if shows_picture(image, picture):
+            return image.convert("RGB")
+    file.seek(0)  # the thumbnail shows another picture: the picture itself, opened again without draft
+    with Image.open(file, formats=(HEIF,)) as whole:
+        return whole.convert("RGB")
 
 
 @functools.cache  # once a process: the report's threads ask for every HEIF

@@ -5,6 +5,8 @@
   pixel is decoded before ``_check_size`` and the memory check below. libheif applies the container's own
   transforms (``irot``, ``imir``) when it decodes; an EXIF orientation in a HEIF is informational (the HEIF
   specification says so, and iPhones write both), so it is never applied on top: a photo is turned once.
+  With draft decoding, its embedded thumbnail stands for it only when the two show the same picture
+  (``heif_draft``).
 - RAW (DNG, CR2, NEF, ARW, ...) opens through LibRaw (rawpy), which reads the metadata only; the embedded
   preview is classified, as photo tools show it, never the sensor data (demosaicing a 24 MP raw takes seconds).
   A JPEG preview goes through the normal JPEG path (read budget, size from its header, draft decoding, pixel
@@ -20,11 +22,13 @@ two decoders of a content that is allowed anyway.
 from __future__ import annotations
 
 import io
+import os
 import re
 from dataclasses import dataclass
 from typing import BinaryIO
 
 from imgq.contract import PILLOW_FORMATS
+from imgq.storage import heif_thumbnails
 from imgq.storage.errors import ImageError, one_line
 from imgq.storage.image_kinds import HEIF, ORIENTATION_FOR_FLIP, open_in_libraw
 from worker.images.memory import decode_budget
@@ -36,6 +40,9 @@ HEIF_BYTES_PER_PIXEL = 13
 # (worker/images/memory.py): at the default IMGQ_MAX_PIXELS a HEIF of up to ~27 MP decodes whole (a 12 or 24 MP iPhone
 # photo; a 48 MP "HEIF Max" one needs IMGQ_MAX_PIXELS of 160 million, or draft decoding of its thumbnail:
 # heif_draft). tests/test_formats.py pins the bound.
+THUMBNAIL_HELD_BYTES = 9
+# A decoded thumbnail held while a tile of the picture is decoded to check it (heif_draft): pillow-heif's RGB(A)
+# buffer (3 or 4 bytes a pixel), Pillow's image (4) and its grey copy (1).
 
 
 
@@ -44,27 +51,58 @@ def register_heif() -> None:
 
     Thumbnails are listed (their boxes are metadata), never decoded unless ``draft`` picks one: with
     IMGQ_JPEG_DRAFT, a HEIF whose embedded thumbnail is at least the model's input a side (an iPhone's 320x240
-    for a 224 model) is classified from it, as a JPEG is decoded at a reduced scale (worker/images/preprocess.py).
-    pillow-heif's draft takes only a thumbnail that is a scaled copy of the image: same mode, aspect ratio,
-    crop, rotation and mirroring, colour profile."""
+    for a 224 model) and shows its picture is classified from it, as a JPEG is decoded at a reduced scale
+    (``heif_draft``, worker/images/preprocess.py). pillow-heif's draft takes only a thumbnail that is a scaled copy
+    of the image by its boxes: same mode, aspect ratio, crop, rotation and mirroring, colour profile."""
     import pillow_heif
 
     pillow_heif.register_heif_opener(thumbnails=True)
 
 
-def heif_draft(image, side: int, file_bytes: int, max_pixels: int) -> bool:
-    """Let pillow-heif decode an embedded thumbnail of ``image`` (a HEIF just opened) of at least ``side`` pixels
-    a side instead of the picture; True when it chose one (``image.size`` is then the thumbnail's).
+class ThumbnailNotThePicture(Exception):
+    """The embedded thumbnail draft chose shows another picture than the HEIF's primary image, which every viewer
+    shows: the primary image is what is classified (the caller opens the file again, without draft)."""
 
-    draft decodes the thumbnail it picks: it is asked only when every thumbnail listed (their boxes, at most
-    box x box pixels each) fits the decode budget, so that no decode here can exceed it. A 48 MP "HEIF Max"
-    photo, over the budget whole at the default IMGQ_MAX_PIXELS, is then classified from its thumbnail."""
+
+def heif_draft(image, file: BinaryIO, side: int, max_pixels: int) -> bool:
+    """Let pillow-heif decode an embedded thumbnail of ``image`` (a HEIF just opened from ``file``, a checked
+    regular file) of at least ``side`` pixels a side instead of the picture; True when it took one (``image.size``
+    is then the thumbnail's), False when the picture is to be decoded whole.
+
+    A thumbnail is taken only when it agrees with a tile of the primary image, decoded alone
+    (imgq/storage/heif_thumbnails.py): a primary image coded whole (not a grid of tiles) cannot be checked for
+    less than its full decode, and its thumbnail is never taken. Raises ThumbnailNotThePicture when the thumbnail
+    chosen does not agree with the picture (``image`` then holds that thumbnail).
+
+    Memory, while pillow-heif holds the file: first the thumbnail draft picks is decoded (every thumbnail listed,
+    at most box x box pixels, must fit the budget); then, that thumbnail held (THUMBNAIL_HELD_BYTES a pixel), one
+    tile (its size from the boxes) is decoded by a second libheif context (which reads at most the file again).
+    A 48 MP "HEIF Max" photo, over the budget whole at the default IMGQ_MAX_PIXELS, is then classified from its
+    thumbnail."""
     boxes = [box for box in image.info.get("thumbnails") or [] if isinstance(box, int)]
     if not boxes or max(boxes) < side:
         return False
-    if file_bytes + HEIF_BYTES_PER_PIXEL * max(boxes) ** 2 > decode_budget(max_pixels):
+    try:
+        file_bytes = os.fstat(file.fileno()).st_size
+    except (AttributeError, OSError):  # held in memory (an s3:// object): no tile decode to check it against
         return False
-    return image.draft(image.mode, (side, side)) is not None
+    budget = decode_budget(max_pixels)
+    if file_bytes + HEIF_BYTES_PER_PIXEL * max(boxes) ** 2 > budget:
+        return False
+    spare = budget - 2 * file_bytes - THUMBNAIL_HELD_BYTES * max(boxes) ** 2
+    picture = heif_thumbnails.tiled_picture(file, spare // HEIF_BYTES_PER_PIXEL)
+    if picture is None:
+        return False
+    with picture:
+        if image.draft(image.mode, (side, side)) is None:
+            return False
+        try:
+            shown = heif_thumbnails.shows_picture(image, picture)
+        except (ValueError, SyntaxError, EOFError):  # a thumbnail Pillow cannot take: the full decode judges the file
+            shown = False
+    if not shown:
+        raise ThumbnailNotThePicture(f"its {image.width}x{image.height} thumbnail does not agree with its picture")
+    return True
 
 
 def check_heif_cost(width: int, height: int, file_bytes: int, max_pixels: int) -> None:

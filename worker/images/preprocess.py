@@ -9,7 +9,8 @@ default interpolation, no aspect-ratio crop), then "caffe" mode: RGB -> BGR, sub
 Where imgq differs, on purpose:
 - Large JPEGs are decoded at reduced scale when the worker's ``jpeg_draft`` setting is on (its default):
   see ``load_pixels``. With it, a HEIC with an embedded thumbnail at least the model's input a side is
-  classified from that thumbnail (worker/images/formats.py); Keras cannot open HEIC at all.
+  classified from that thumbnail when the thumbnail shows the picture (worker/images/formats.py); Keras cannot
+  open HEIC at all.
 - EXIF orientation is applied (Keras ignores it, so a phone photo taken upright is classified lying on its
   side). The small resized image is rotated, not the full-size one: the same picture for a fraction of the work.
 - 16-bit greyscale is scaled to 8 bits (``>> 8``); Pillow's RGB conversion would clamp it to white.
@@ -128,21 +129,13 @@ def decode_pixels(file: BinaryIO, *, max_pixels: int = 89_478_485, jpeg_draft: b
         file, allowed, orientation = preview.file, preview.formats, preview.orientation
     else:
         _check_webp(file, max_pixels)
-    budgeted = BudgetedFile(file)
     try:
-        with _open_image(budgeted, max_pixels, allowed, kind) as image:
-            _check_size(image, max_pixels)
-            # Draft decoding: the picture decoded is at least the model's input a side, so the resize never
-            # enlarges it. JPEG: libjpeg's DCT scaling. HEIF: its embedded thumbnail (worker/images/formats.py), chosen
-            # before the memory check, which then applies to what is decoded.
-            side = max(target.size)
-            if image.format == image_kinds.HEIF:
-                file_bytes = file_size(file)
-                if not (jpeg_draft and formats.heif_draft(image, side, file_bytes, max_pixels)):
-                    formats.check_heif_cost(*image.size, file_bytes, max_pixels)
-            elif jpeg_draft and image.format == "JPEG":
-                image.draft(image.mode, (side, side))
-            return _to_pixels(image, max_pixels, target, orientation)
+        try:
+            return _decoded(file, max_pixels, allowed, kind, jpeg_draft, target, orientation)
+        except formats.ThumbnailNotThePicture:
+            # A HEIF whose thumbnail shows another picture: the one every viewer shows is classified, decoded whole.
+            file.seek(0)
+            return _decoded(file, max_pixels, allowed, kind, False, target, orientation)
     except ReadBudgetExceeded as exc:
         raise ImageError("corrupt", str(exc)) from None
     except OSError as exc:  # Pillow's "image file is truncated" and kin
@@ -152,6 +145,26 @@ def decode_pixels(file: BinaryIO, *, max_pixels: int = 89_478_485, jpeg_draft: b
         if refused is None:
             raise
         raise refused from None
+
+
+def _decoded(file: BinaryIO, max_pixels: int, allowed: tuple[str, ...], kind: str, jpeg_draft: bool, target: Target,
+             orientation: int | None) -> np.ndarray:
+    """The target's pixels of the image in ``file``, opened by one of the ``allowed`` plugins (see decode_pixels).
+
+    Raises formats.ThumbnailNotThePicture (a HEIF's thumbnail, with ``jpeg_draft``), and what decode_pixels maps.
+    """
+    with _open_image(BudgetedFile(file), max_pixels, allowed, kind) as image:
+        _check_size(image, max_pixels)
+        # Draft decoding: the picture decoded is at least the model's input a side, so the resize never
+        # enlarges it. JPEG: libjpeg's DCT scaling. HEIF: its embedded thumbnail when that shows the picture
+        # (worker/images/formats.py), chosen before the memory check, which then applies to what is decoded.
+        side = max(target.size)
+        if image.format == image_kinds.HEIF:
+            if not (jpeg_draft and formats.heif_draft(image, file, side, max_pixels)):
+                formats.check_heif_cost(*image.size, file_size(file), max_pixels)
+        elif jpeg_draft and image.format == "JPEG":
+            image.draft(image.mode, (side, side))
+        return _to_pixels(image, max_pixels, target, orientation)
 
 
 def _open_image(file, max_pixels: int, allowed: tuple[str, ...], kind: str) -> Image.Image:
