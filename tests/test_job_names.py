@@ -38,7 +38,7 @@ def extra_args(path: tuple[str, ...], tmp_path) -> list[str]:
     """What else the command needs to get as far as looking the job up."""
     return {("show",): ["0", "--layer", "avg_pool", "-o", str(tmp_path / "x.png")],
             ("report",): ["-o", str(tmp_path / "r.html")], ("wait",): ["--timeout", "1"],
-            ("tag",): ["--dry-run"]}.get(path, [])
+            ("tag",): ["--dry-run"], ("similar",): ["0"]}.get(path, [])
 
 
 def job(store, job_id: str, name: str = "") -> str:
