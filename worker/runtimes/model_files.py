@@ -89,16 +89,6 @@ def pinned_weights_file(path: str) -> Iterator[Pinned]:
         yield copy
 
 
-def weights_sha256(path: str) -> str:
-    """The SHA-256 (hex) of the weights file at ``path``, read as ``pinned_weights_file`` reads it. Raises
-    ModelError."""
-    digest = hashlib.sha256()
-    with open_weights_file(path) as file:
-        while chunk := file.read(CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def open_weights_file(path: str) -> BinaryIO:
     """The weights file at ``path``, opened under imgq/storage/files.py's rules. Raises ModelError."""
     try:

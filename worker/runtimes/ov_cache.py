@@ -16,13 +16,14 @@ killed while converting leaves one.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
 import shutil
 import threading
 import time
+
+from imgq.models.weights import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -151,14 +152,6 @@ def remove_stale(cache_dir: str, older_than: float = STALE_SECONDS) -> list[str]
             removed.append(name)
             log.info("Removed a stale OpenVINO conversion folder %s", path)
     return removed
-
-
-def file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for chunk in iter(lambda: file.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _fsync_file(path: str) -> None:
