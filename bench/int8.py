@@ -6,8 +6,8 @@ Per model:
 - the weights: image-dependent (tests/weights.py): the model's random convolutions, its classifier fitted so
   that each of ``--fit`` pictures (the photos, then generated pictures up to that count) has its own top-1
   class. Random weights label almost every photo alike and would show agreement that means nothing;
-- the agreement: INT8 quantized on the first ``--calibration`` photos (as IMGQ_CALIBRATION would), its top-1
-  and top-5 against fp32 on every fitted picture it was not calibrated on;
+- the agreement: INT8 quantized on mirror images of the first ``--calibration`` photos (as IMGQ_CALIBRATION
+  would on a folder of them), its top-1 and top-5 against fp32 on every fitted picture, none of which it saw;
 - bare: the fp32 and INT8 OpenVINO models alone on the photos decoded once (forward passes only), in one run;
 - end to end: a real fp32 worker and a real INT8 worker (IMGQ_CALIBRATION=the photos' folder) classifying the
   photos (decode, queue, records), start-up beside each.
@@ -70,11 +70,14 @@ def agreement_and_speed(name: str, weights: str, pictures: list[Path], paths: li
     decoded = [load_pixels(str(p), target=target) for p in pictures]
     fp32 = OpenVINOClassifier(weights, batch_size, "fp32", cache_dir, spec=name)
     fp32.warm_up()
+    # Calibrated on mirror images of the first photos: pictures of the same kind as the user's, none of them
+    # among the fitted ones, so that the agreement is measured on every fitted picture (1000 by default).
+    mirrored = [np.ascontiguousarray(pixels[:, ::-1]) for pixels in decoded[:calibration]]
     int8 = Int8Classifier(weights, batch_size, "fp32", cache_dir, spec=name, min_agreement=0.0,
-                          calibration=Calibration.of(decoded[:calibration], f"the first {calibration} photos"))
+                          calibration=Calibration.of(mirrored, f"the first {calibration} photos, mirrored"))
     int8.warm_up()
-    rest = np.stack(decoded[calibration:])
-    agreement = Agreement.measured(fp32.predict(rest), int8.predict(rest))
+    fitted = np.stack(decoded)
+    agreement = Agreement.measured(fp32.predict(fitted), int8.predict(fitted))
     log(f"{name}: quantized in {int8.quantize_seconds:.1f} s; {agreement} (not calibrated on)")
     photos = np.stack([load_pixels(p, target=target, jpeg_draft=True) for p in paths])
     batches = [photos[i:i + batch_size] for i in range(0, len(photos), batch_size)]
@@ -117,7 +120,7 @@ def table(results: dict) -> str:
 @click.option("--fit", type=click.IntRange(8, 1000), default=1000, show_default=True,
               help="Pictures the weights tell apart (the photos, then generated ones).")
 @click.option("--calibration", type=click.IntRange(8, 1000), default=200, show_default=True,
-              help="Photos INT8 is calibrated on (the first ones of the folder).")
+              help="Photos INT8 is calibrated on (the first ones of the folder, mirrored).")
 @click.option("--batch-size", type=click.IntRange(1, 1024), default=32, show_default=True)
 @click.option("--models", default="resnet50", show_default=True)
 @click.option("--redis-url", default=None, help="A Redis to use (default: an embedded one).")

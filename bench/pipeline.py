@@ -102,8 +102,8 @@ def end_to_end(running: RunningWorker, paths: list[str], settings: Settings) -> 
     queued = time.time() - started
     (status,) = wait_done(running, [submitted.job])
     seconds = status.finished_at - started
-    return {"images": status.total, "failed": status.failed, "queue_seconds": queued, "seconds": seconds,
-            "rate": status.total / seconds, **record_timings(running.store, submitted.job)}
+    return {"job": submitted.job, "images": status.total, "failed": status.failed, "queue_seconds": queued,
+            "seconds": seconds, "rate": status.total / seconds, **record_timings(running.store, submitted.job)}
 
 
 def record_timings(store: ResultStore, job: str) -> dict:

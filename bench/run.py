@@ -152,7 +152,9 @@ def machine() -> dict:
              if ":" in line}
     flags = field.get("flags", "").split()
     relevant = [f for f in flags if f.startswith(("avx512", "amx")) or f in ("avx2", "fma")]
-    return {"cpu": field.get("model name", platform.processor()), "cores": os.cpu_count(), "flags": relevant,
+    # The model name alone says "AMD EPYC" for Zen 4 and Zen 5 guests alike: family and model tell them apart.
+    return {"cpu": field.get("model name", platform.processor()), "cpu_family": field.get("cpu family"),
+            "cpu_model": field.get("model"), "cores": os.cpu_count(), "flags": relevant,
             "load_average": os.getloadavg(), "python": platform.python_version(), "tensorflow": _tf_version()}
 
 

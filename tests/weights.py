@@ -91,8 +91,8 @@ def near_tie_weights(paths: list[Path], out: Path, seed: int = SEED, margin: flo
 
 
 class _Fitted:
-    """A model whose last Dense layer makes picture i's top-1 class i: ``kernel`` and ``bias`` may be changed
-    before ``saved`` writes them and checks the labels."""
+    """A model whose classifier (its last layer with weights) makes picture i's top-1 class i: ``kernel`` and
+    ``bias`` may be changed before ``saved`` writes them and checks the labels."""
 
     @classmethod
     def of(cls, paths: list[Path], seed: int, model_name: str) -> _Fitted:
@@ -123,7 +123,11 @@ class _Fitted:
         return Classifier(self.model, self.weights_id, batch_size=len(self.batch), spec=self.spec)
 
     def saved(self, out: Path) -> Path:
-        self.model.layers[-1].set_weights([self.kernel.astype(np.float32), self.bias.astype(np.float32)])
+        # The classifier is the last layer with weights: a Dense in most families, a 1x1 Conv2D ("Logits") in
+        # MobileNetV3, whose kernel is (1, 1, features, classes); an activation may come after it.
+        classifier = next(layer for layer in reversed(self.model.layers) if layer.get_weights())
+        shape = classifier.get_weights()[0].shape
+        classifier.set_weights([self.kernel.reshape(shape).astype(np.float32), self.bias.astype(np.float32)])
         labels = self.classifier().predict(self.batch).argmax(axis=1)
         assert list(labels) == list(range(len(self.batch))), f"pictures not told apart: {labels}"
         self.model.save_weights(out)
