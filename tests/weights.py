@@ -120,7 +120,8 @@ class _Fitted:
     def classifier(self):
         from worker.runtimes.tensorflow_runtime import Classifier
 
-        return Classifier(self.model, self.weights_id, batch_size=len(self.batch), spec=self.spec)
+        # In passes of at most 64: one pass over a thousand pictures would hold ~13 GB of ResNet50's activations.
+        return Classifier(self.model, self.weights_id, batch_size=min(len(self.batch), 64), spec=self.spec)
 
     def saved(self, out: Path) -> Path:
         # The classifier is the last layer with weights: a Dense in most families, a 1x1 Conv2D ("Logits") in
