@@ -327,6 +327,18 @@ def test_the_duplicates_section_is_capped_and_says_how_many_more(alike_job, tmp_
     assert f"{more} more group{'s' if more > 1 else ''} (imgq duplicates {alike_job.id} lists them all)" in page
 
 
+@needs_photos
+def test_members_without_a_card_get_thumbnails_of_their_own(alike_job, tmp_path):
+    out = tmp_path / "report.html"
+    written = write_report(alike_job.store, alike_job.id, str(out), alike_job.dump_root, group="dog")
+    page = out.read_text()
+    assert written.images == 0 and cards_of(page) == []  # every image is a tench: no card
+    shown = re.findall(r'<img class=dup-thumb src="report_files/thumbs/(\d+).jpg"', page)
+    assert len(shown) >= 4 and written.thumbnails == len(shown)
+    for image in shown:
+        assert Image.open(tmp_path / "report_files" / "thumbs" / f"{image}.jpg").width > 0
+
+
 def test_a_job_without_embeddings_has_no_duplicates_section_and_one_line_why(job, tmp_path):
     out = tmp_path / "report.html"
     assert invoke(job.settings, "report", job.id, "-o", str(out)).exit_code == 0
