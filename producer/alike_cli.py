@@ -9,13 +9,13 @@ import click
 from imgq.contract import is_untrained
 from imgq.jobs.refs import resolve
 from imgq.results.store import JobNotFound, ResultStore
+from producer.alike.find import Asked
 from producer.options.params import BoundedInt, FiniteFloat
 from producer.options.paths import OutputFile
 from producer.options.words import plural
 
 MAX_SAMPLE = 10_000
 MAX_K = 10_000
-CALIBRATION_ROWS = 4_000  # distinct pairs are counted among at most this many rows (8 million pairs)
 
 
 def _rows(ctx, jobs: tuple[str, ...]):
@@ -52,59 +52,36 @@ def _job_id(ctx, text: str) -> str:
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True,
               help="One line per member of a group: group, tier, job, image, path, similarity, keeper.")
 @click.option("-o", "--output", "out", type=OutputFile(), help="File to write [default: standard output].")
-@click.option("--false-match-rate", "target", type=FiniteFloat(0, 0.5, low_open=True), default=0.0001,
+@click.option("--false-match-rate", "target", type=FiniteFloat(0, 0.5, low_open=True), default=Asked.target,
               show_default=True,
               help="The share of pairs of distinct photos the same-picture threshold may match, as measured on the "
                    "jobs' photos.")
-@click.option("--sample", type=BoundedInt(1, MAX_SAMPLE), default=50, show_default=True,
+@click.option("--sample", type=BoundedInt(1, MAX_SAMPLE), default=Asked.sample, show_default=True,
               help="How many of the jobs' photos are altered in memory to calibrate the threshold.")
 @click.option("--max-distance", type=BoundedInt(0, 64), default=None,
               help="Use this pHash distance (bits) for a same picture instead of calibrating one (0: equal hashes "
                    "only).")
-@click.option("--confirm", type=FiniteFloat(-1, 1), default=0.8, show_default=True,
+@click.option("--confirm", type=FiniteFloat(-1, 1), default=Asked.confirm, show_default=True,
               help="Trained weights only: the least embedding cosine that confirms a same picture.")
-@click.option("--moment", type=FiniteFloat(-1, 1), default=0.9, show_default=True,
+@click.option("--moment", type=FiniteFloat(-1, 1), default=Asked.moment, show_default=True,
               help="Trained weights only: the least embedding cosine of a same moment (bursts, retakes).")
 @click.pass_context
 def duplicates(ctx, jobs, fmt, out, target, sample, max_distance, confirm, moment):
     """Group the photos of JOB... that are alike, in three tiers: identical (same content hash), same picture
     (perceptual hash within a threshold calibrated on the job's own photos) and same moment (embeddings close;
     trained weights only). See docs/duplicates.md."""
-    from imgq.alike.groups import Rules
-    from producer.alike.report import member_rows
+    from producer.alike.find import find
+    from producer.alike.report import AlikeError
 
     _, rows = _rows(ctx, jobs)
-    trained = not is_untrained(rows.vectors.weights)
-    threshold = max_distance if max_distance is not None else _calibrated(ctx, rows, target, sample)
-    if not trained:
-        click.echo(f"Weights {rows.vectors.weights} are random: same picture rests on the perceptual hash alone, "
-                   f"and the same-moment tier is off.", err=True)
-    rules = Rules(hash_bits=threshold, confirm=confirm if trained else None, moment=moment if trained else None)
-    members = member_rows(rows, rules)
-    _write(members, out, fmt)
-    groups = len({m["group"] for m in members})
-    click.echo(f"{plural(groups, 'group')} of {plural(len(members), 'photo')} among {len(rows.job)}.", err=True)
-
-
-def _calibrated(ctx, rows, target: float, sample: int) -> int:
-    """The calibrated same-picture threshold; what was measured goes to standard error."""
-    import numpy as np
-
-    from producer.alike.calibrate import calibrate
-
-    v = rows.vectors
-    picked = np.arange(len(v))
-    if len(picked) > CALIBRATION_ROWS:
-        picked = np.sort(np.random.default_rng(0).choice(len(v), CALIBRATION_ROWS, replace=False))
-    measured = calibrate([str(p) for p in v.path], v.phash[picked], v.content[picked], ctx.obj, target, sample)
-    for line in measured.lines():
-        click.echo(line, err=True)
-    if measured.sampled == 0:
-        raise click.ClickException("No photo of the jobs could be read here to calibrate: give --max-distance.")
-    if measured.threshold < 0:
-        raise click.ClickException(f"Distinct photos of the jobs are identical in pHash beyond the target "
-                                   f"{target:.2%}: give --max-distance or a larger --false-match-rate.")
-    return measured.threshold
+    asked = Asked(target=target, sample=sample, max_distance=max_distance, confirm=confirm, moment=moment)
+    try:
+        found = find(rows, ctx.obj, asked, say=lambda line: click.echo(line, err=True))
+    except AlikeError as exc:
+        raise click.ClickException(str(exc)) from None
+    _write(found.members, out, fmt)
+    click.echo(f"{plural(found.groups, 'group')} of {plural(len(found.members), 'photo')} among {len(rows.job)}.",
+               err=True)
 
 
 def _write(members: list[dict], out: str | None, fmt: str) -> None:

@@ -15,6 +15,7 @@ from producer.options.paths import OutputFile
 from producer.options.words import echo, plural
 
 MAX_IMAGE = 2**40  # image numbers count from 0; no job comes near this, and Redis takes it as a list index
+MAX_DUPLICATE_GROUPS = 100_000  # a page of 100,000 groups is megabytes of HTML; beyond, `imgq duplicates`
 MAX_CHANNELS = 4096  # more than any built-in model's widest layer (ConvNeXt-Tiny's 3072)
 
 
@@ -52,9 +53,14 @@ def layers(ctx, model):
 @click.option("--group", metavar="NAME",
               help="Only the images of this WordNet group (animal, dog, vehicle, ...): those whose group score, "
                    "the sum of its classes' scores, is at least 0.5.")
+@click.option("--duplicate-groups", type=BoundedInt(0, MAX_DUPLICATE_GROUPS), default=50, show_default=True,
+              metavar="N",
+              help="At most N groups of photos alike in the duplicates section of a job submitted with "
+                   "--embeddings, found as `imgq duplicates` finds them (0: no section).")
 @click.pass_context
-def report(ctx, job, out, page_size, channels, group):
-    """Write an HTML report of JOB: summary, errors, thumbnails with labels, heat maps of the dumps."""
+def report(ctx, job, out, page_size, channels, group, duplicate_groups):
+    """Write an HTML report of JOB: summary, errors, duplicates (with --embeddings), thumbnails with labels,
+    heat maps of the dumps."""
     from producer.report.page import ReportError, write_report
     from producer.report.previews import PreviewLimits
 
@@ -64,12 +70,14 @@ def report(ctx, job, out, page_size, channels, group):
     try:
         written = write_report(store, job, out, ctx.obj.effective_dump_root,
                                page_size=page_size, channels=channels, group=group,
-                               limits=PreviewLimits.from_settings(ctx.obj))
+                               limits=PreviewLimits.from_settings(ctx.obj), duplicate_groups=duplicate_groups)
     except ReportError as exc:
         raise click.ClickException(str(exc)) from None
+    for line in written.measured:
+        echo(line, err=True)
     echo(f"Wrote {written.path} ({plural(written.images, 'image')}, {plural(written.errors, 'error')}) and "
          f"{plural(written.thumbnails, 'thumbnail')} and {plural(written.heatmaps, 'heat-map grid')} to "
-         f"{written.folder}/.", err=True)
+         f"{written.folder}/; {plural(written.duplicate_groups, 'group')} of photos alike.", err=True)
 
 
 @click.command()

@@ -43,21 +43,33 @@ from producer.tags.tagging import (
 @click.option("--write-objects", is_flag=True,
               help="For images in object storage (s3://), write their sidecars as KEY.xmp objects beside them "
                    "(PutObject; needs s3:GetObject and s3:PutObject). Without it, a job with such images is refused.")
+@click.option("--duplicates", is_flag=True,
+              help="Also mark the photos alike: PREFIX|duplicate on each photo of a group that is not its keeper, "
+                   "the groups and keepers `imgq duplicates JOB` gives (a job submitted with --embeddings); nothing "
+                   "is ever deleted or moved. With --remove: take the marks away.")
+@click.option("--labels/--no-labels", default=True, show_default=True,
+              help="--no-labels: with --duplicates, only the marks; the label keywords stay as they are.")
 @click.pass_context
-def tag(ctx, job, min_score, top, prefix, sidecar_name, remove, dry_run, allow_untrained, groups, write_objects):
+def tag(ctx, job, min_score, top, prefix, sidecar_name, remove, dry_run, allow_untrained, groups, write_objects,
+        duplicates, labels):
     """Write JOB's labels as keywords into each image's XMP sidecar (dc:subject, lr:hierarchicalSubject,
     digiKam:TagsList), merging with what is there. The images themselves are never modified.
 
     Images in object storage (s3://) get KEY.xmp objects beside them, with --write-objects only.
 
+    --duplicates marks the photos alike (docs/duplicates.md): PREFIX|duplicate on each photo that is not its
+    group's keeper; a run without it leaves the marks as they are, and --no-labels leaves the labels.
+
     A second run adds nothing; after a new classification it replaces imgq's keywords with the new labels.
     A keyword the sidecar held before imgq came stays, even when it equals a label. Images changed since the
     job was submitted are skipped with a line; symbolic links, pipes and read-only sidecars are left alone.
     """
+    if not labels and not duplicates:
+        raise click.UsageError("--no-labels leaves nothing to tag: add --duplicates.")
     try:
         options = TagOptions(prefix=prefix, top=top, min_score=min_score, sidecar_name=sidecar_name,
                              remove=remove, dry_run=dry_run, allow_untrained=allow_untrained, groups=groups,
-                             objects="write" if write_objects else "refuse")
+                             objects="write" if write_objects else "refuse", labels=labels, duplicates=duplicates)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--prefix") from None
     store = ResultStore.from_settings(ctx.obj)
@@ -66,9 +78,10 @@ def tag(ctx, job, min_score, top, prefix, sidecar_name, remove, dry_run, allow_u
     if not status.finished:
         echo(f"Job {job} is {status.state}: tagging the {status.processed} of {status.total} images "
              "that have records so far.", err=True)
+    members = _photos_alike(ctx.obj, job, prefix) if duplicates and not remove else None  # removing needs none
     try:
         summary = tag_records(store.iter_records(job), options, on_change=_reporter(dry_run),
-                              submitted_at=status.created)
+                              submitted_at=status.created, members=members)
     except (UntrainedWeights, ObjectsNotAsked) as exc:
         raise click.ClickException(str(exc)) from None
     would = "would be " if dry_run else ""
@@ -79,6 +92,23 @@ def tag(ctx, job, min_score, top, prefix, sidecar_name, remove, dry_run, allow_u
     if summary.failed:
         raise click.ClickException(f"{plural(len(summary.failed), 'sidecar')} could not be written (see above); "
                                    "they were left as they were.")
+
+
+def _photos_alike(settings, job: str, prefix: str) -> dict[tuple[str, int], bool]:
+    """Each photo of a group of photos alike of ``job`` -> whether it is its group's keeper, found as
+    `imgq duplicates JOB` finds them (producer/alike/find.py, its defaults); what the calibration measured goes to
+    standard error. One line and exit 1 for a job without embedding files or a threshold that cannot be had."""
+    from imgq.alike.batchfile import BatchFileError
+    from producer.alike.find import find
+    from producer.alike.report import AlikeError, gather
+
+    try:
+        found = find(gather(settings.effective_dump_root, [job]), settings, say=lambda line: echo(line, err=True))
+    except (AlikeError, BatchFileError) as exc:
+        raise click.ClickException(str(exc)) from None
+    echo(f"{plural(found.groups, 'group')} of photos alike: {prefix}|duplicate for "
+         f"{plural(len(found.non_keepers()), 'photo')} (all but each group's keeper).", err=True)
+    return {(m["job"], m["image"]): m["keeper"] for m in found.members}
 
 
 def _reporter(dry_run: bool):

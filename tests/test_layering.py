@@ -34,7 +34,7 @@ ROOMS = {
     "worker.batches": ("imgq", "worker.images", "worker.runtimes.base", "worker.process"),
     "producer.options": ("imgq",),
     "producer.exports": ("imgq", "producer.options"),
-    "producer.report": ("imgq", "producer.options", "producer.exports"),
+    "producer.report": ("imgq", "producer.options", "producer.exports", "producer.alike"),
     "producer.tags": ("imgq", "producer.options", "producer.exports"),
     "producer.alike": ("imgq",),
     "producer.local": ("imgq", "producer.options", "producer.exports", "producer.tags"),

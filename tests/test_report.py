@@ -5,6 +5,7 @@ The end-to-end run with a real worker is in tests/test_activations.py.
 """
 
 import dataclasses
+import html
 import json
 import os
 import re
@@ -24,6 +25,7 @@ from producer.report import heatmaps
 from producer.report import page as report
 from producer.report.page import write_report
 from tests import imagegen
+from tests.jobs import write_embeddings
 from worker.batches.dumps import write_dump
 
 CHROMIUM = "/usr/bin/chromium"
@@ -234,4 +236,176 @@ def test_report_in_headless_chromium(job, tmp_path):
     picture = np.asarray(Image.open(shot).convert("RGB"))
     assert picture.shape == (1400, 1280, 3) and len(np.unique(picture.reshape(-1, 3), axis=0)) > 100
     if os.environ.get("IMGQ_KEEP_SCREENSHOT"):  # to look at it: IMGQ_KEEP_SCREENSHOT=/tmp/shot.png pytest ...
+        shutil.copy(shot, os.environ["IMGQ_KEEP_SCREENSHOT"])
+
+
+# -- the duplicates section ------------------------------------------------------------------------------------
+
+PHOTOS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "photos")
+needs_photos = pytest.mark.skipif(not os.path.isdir(PHOTOS), reason=f"no shared photos at {PHOTOS}")
+UNTRAINED = "random:0 (untrained: labels are meaningless)"
+
+
+@pytest.fixture
+def alike_job(settings, tmp_path):
+    """Ten real photos with embedding files (random weights: pHash and content hash only): p0 with a byte-for-byte
+    copy and a re-encode (quality 55), p1 with a copy and a resize (60%), p2 with a re-encode, p3 and p4 alone.
+    The copies make two groups whatever the threshold calibrated."""
+    settings = dataclasses.replace(settings, dump_root=str(tmp_path / "dumps"))
+    store = ResultStore.from_settings(settings)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    sources = sorted(os.listdir(PHOTOS))[::50][:5]
+    paths = []
+    for number, name in enumerate(sources):
+        picture = Image.open(os.path.join(PHOTOS, name)).convert("RGB")
+        paths.append(str(folder / f"p{number}.jpg"))
+        picture.save(paths[-1], quality=92)
+        if number in (0, 1):
+            paths.append(str(folder / f"p{number}-same.jpg"))
+            shutil.copyfile(paths[-2], paths[-1])
+        if number in (0, 2):
+            paths.append(str(folder / f"p{number}-q55.jpg"))
+            picture.save(paths[-1], quality=55)
+        if number == 1:
+            paths.append(str(folder / f"p{number}-small.jpg"))
+            picture.resize((round(picture.width * 0.6), round(picture.height * 0.6))).save(paths[-1])
+    submitted = enqueue.submit(iter(paths), settings=settings, store=store)
+    store.record_results(submitted.job, [ok_record(submitted.job, i, p, [{"wnid": "n01440764", "label": "tench",
+                                                                          "score": 0.5}], weights=UNTRAINED)
+                                         for i, p in enumerate(paths)])
+    write_embeddings(settings, submitted.job, paths, UNTRAINED)
+    return Job(submitted.job, settings, store, paths, settings.dump_root)
+
+
+def dup_groups(page: str) -> dict[int, list[tuple[str, bool, str]]]:
+    """The duplicates section's groups as written: number -> [(file name, keeper, caption text)]."""
+    found = {}
+    for number, body in re.findall(r"<div class=dup-group data-group=(\d+)>(.*?)</div></div>", page, re.S):
+        found[int(number)] = [(os.path.basename(html.unescape(alt)), "keeper" in cls,
+                               re.sub("<[^>]+>", "", caption))
+                              for cls, alt, caption in re.findall(
+                                  r"<figure class='([^']*)'.*?alt=\"([^\"]*)\".*?<figcaption>(.*?)</figcaption>",
+                                  body, re.S)]
+    return found
+
+
+@needs_photos
+def test_the_duplicates_section_shows_the_groups_of_imgq_duplicates_with_their_keepers(alike_job, tmp_path):
+    out = tmp_path / "report.html"
+    result = invoke(alike_job.settings, "report", alike_job.id, "-o", str(out))
+    assert result.exit_code == 0, result.output
+    assert "Calibrated on altered copies of" in result.stderr and "groups of photos alike" in result.stderr
+    page = out.read_text()
+    groups = dup_groups(page)
+    dups = invoke(alike_job.settings, "duplicates", alike_job.id)
+    members = [json.loads(line) for line in dups.stdout.splitlines()]
+    # The same groups, numbers, keepers and similarities as `imgq duplicates` (one way of finding them).
+    expected = {}
+    for m in members:
+        expected.setdefault(m["group"], set()).add((os.path.basename(m["path"]), m["keeper"]))
+    assert {n: {(name, keeper) for name, keeper, _ in g} for n, g in groups.items()} == expected
+    assert len(groups) >= 2
+    for members_shown in groups.values():
+        assert [keeper for _, keeper, _ in members_shown].count(True) == 1 and members_shown[0][1]  # keeper first
+        assert len({name[:2] for name, _, _ in members_shown}) == 1  # no two photos in one group
+        sizes = {name: os.path.getsize(os.path.join(os.path.dirname(alike_job.paths[0]), name))
+                 for name, _, _ in members_shown}
+        assert sizes[members_shown[0][0]] == max(sizes.values())  # the keeper: the largest file
+    p0 = next(g for g in groups.values() if g[0][0] in ("p0.jpg", "p0-same.jpg"))
+    assert any(caption.endswith("identical, 1.0000 to the keeper") for _, _, caption in p0)
+    assert "more group" not in page and "No duplicates section" not in page
+
+
+@needs_photos
+def test_the_duplicates_section_is_capped_and_says_how_many_more(alike_job, tmp_path):
+    out = tmp_path / "report.html"
+    written = write_report(alike_job.store, alike_job.id, str(out), alike_job.dump_root, duplicate_groups=1)
+    page = out.read_text()
+    assert len(dup_groups(page)) == 1 and written.duplicate_groups >= 2
+    more = written.duplicate_groups - 1
+    assert f"{more} more group{'s' if more > 1 else ''} (imgq duplicates {alike_job.id} lists them all)" in page
+
+
+@needs_photos
+def test_members_without_a_card_get_thumbnails_of_their_own(alike_job, tmp_path):
+    out = tmp_path / "report.html"
+    written = write_report(alike_job.store, alike_job.id, str(out), alike_job.dump_root, group="dog")
+    page = out.read_text()
+    assert written.images == 0 and cards_of(page) == []  # every image is a tench: no card
+    shown = re.findall(r'<img class=dup-thumb src="report_files/thumbs/(\d+).jpg"', page)
+    assert len(shown) >= 4 and written.thumbnails == len(shown)
+    for image in shown:
+        assert Image.open(tmp_path / "report_files" / "thumbs" / f"{image}.jpg").width > 0
+
+
+def test_a_job_without_embeddings_has_no_duplicates_section_and_one_line_why(job, tmp_path):
+    out = tmp_path / "report.html"
+    assert invoke(job.settings, "report", job.id, "-o", str(out)).exit_code == 0
+    page = out.read_text()
+    [line] = re.findall(r"<p class=dup-none>(.*?)</p>", page)
+    assert line == (f"No duplicates section: Job {job.id} has no embedding files under "
+                    f"{os.path.join(job.dump_root, job.id)}: submit it with --embeddings.")
+    assert "dup-group" not in page.split("</style>")[1]
+
+
+@pytest.mark.parametrize(("value", "ok"), [("0", True), ("-1", False), ("nan", False), ("inf", False),
+                                           ("100001", False), ("99999999999999999999", False)])
+def test_duplicate_groups_edges(job, tmp_path, value, ok):
+    out = tmp_path / "report.html"
+    result = invoke(job.settings, "report", job.id, "-o", str(out), "--duplicate-groups", value)
+    assert "Traceback" not in result.output
+    if ok:
+        assert result.exit_code == 0 and "none was asked (--duplicate-groups 0)" in out.read_text()
+    else:
+        assert result.exit_code == 2 and "Invalid value for '--duplicate-groups'" in result.stderr
+        assert not out.exists()
+
+
+def test_the_report_and_duplicates_share_one_default():
+    from producer.report.duplicates import MAX_GROUPS
+    from producer.report_cli import report as command
+
+    assert next(p for p in command.params if p.name == "duplicate_groups").default == MAX_GROUPS
+
+
+DUP_CHECK_SCRIPT = """<pre id="dupcheck">pending</pre><script>
+(async () => {
+  const images = [...document.querySelectorAll("#duplicates ~ .dup-group img")];
+  await Promise.all(images.map(i => i.complete ? null : new Promise(r => { i.onload = i.onerror = r; })));
+  const groups = [...document.querySelectorAll(".dup-group")].map(g => ({
+    group: g.dataset.group, title: g.querySelector("h3").textContent,
+    figures: [...g.querySelectorAll("figure")].map(f => ({
+      keeper: f.classList.contains("keeper"), mark: f.querySelector(".keeper-mark")?.textContent || "",
+      width: f.querySelector("img")?.naturalWidth || 0, shown: f.getBoundingClientRect().width,
+      top: Math.round(f.getBoundingClientRect().top)})),
+  }));
+  document.getElementById("dupcheck").textContent = JSON.stringify(groups);
+})();
+</script></body>"""
+
+
+@needs_photos
+@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian's chromium is not installed")
+def test_the_duplicates_section_in_headless_chromium(alike_job, tmp_path):
+    out = tmp_path / "report.html"
+    written = write_report(alike_job.store, alike_job.id, str(out), alike_job.dump_root)
+    check = tmp_path / "check.html"
+    check.write_text(out.read_text().replace("</body>", DUP_CHECK_SCRIPT))
+    dom = chromium("--virtual-time-budget=20000", "--dump-dom", check.as_uri(), tmp_path=tmp_path).stdout
+    groups = json.loads(html.unescape(re.search(r'<pre id="dupcheck">(.*?)</pre>', dom, re.S)[1]))
+    assert len(groups) == written.duplicate_groups >= 2
+    for group in groups:
+        figures = group["figures"]
+        assert [f["keeper"] for f in figures] == [True] + [False] * (len(figures) - 1)
+        assert figures[0]["mark"] == "suggested keeper" and group["title"].startswith(f"Group {group['group']}: ")
+        assert all(f["width"] > 0 and f["shown"] > 0 for f in figures)  # every thumbnail loaded and laid out
+        assert len({f["top"] for f in figures}) == 1  # side by side, on one line
+
+    shot = tmp_path / "duplicates.png"
+    chromium("--window-size=1280,1400", "--hide-scrollbars", f"--screenshot={shot}", out.as_uri() + "#duplicates",
+             tmp_path=tmp_path)
+    picture = np.asarray(Image.open(shot).convert("RGB"))
+    assert picture.shape == (1400, 1280, 3) and len(np.unique(picture.reshape(-1, 3), axis=0)) > 100
+    if os.environ.get("IMGQ_KEEP_SCREENSHOT"):
         shutil.copy(shot, os.environ["IMGQ_KEEP_SCREENSHOT"])

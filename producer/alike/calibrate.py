@@ -17,15 +17,29 @@ from __future__ import annotations
 import io
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
 from imgq.alike.pairs import hash_histogram
 from imgq.alike.phash import phash, popcount
-from imgq.settings import Settings
 
 MAX_THRESHOLD = 24  # bits: beyond this, a pHash match says little whatever a small job's pairs show
 INPUT_SIZE = (224, 224)
+
+
+class ReadLimits(Protocol):
+    """What may be read of a photo here: Settings (IMGQ_ALLOWED_ROOTS, IMGQ_MAX_FILE_BYTES, IMGQ_MAX_PIXELS), or
+    the report's PreviewLimits, which carry the same three."""
+
+    @property
+    def allowed_roots(self) -> tuple[str, ...]: ...
+
+    @property
+    def max_file_bytes(self) -> int: ...
+
+    @property
+    def max_pixels(self) -> int: ...
 
 
 def _reencode(quality: int) -> Callable:
@@ -93,7 +107,7 @@ class Calibration:
         return out
 
 
-def upright(path: str, settings: Settings):
+def upright(path: str, settings: ReadLimits):
     """The photo at ``path`` opened by the worker's rules, upright, RGB; None when it cannot be read here."""
     from PIL import Image, ImageOps
 
@@ -118,7 +132,7 @@ def worker_hash(image) -> int:
     return phash(np.asarray(image.resize(INPUT_SIZE, Image.Resampling.NEAREST)))
 
 
-def measure_copies(paths: list[str], settings: Settings) -> tuple[dict[str, list[int]], int]:
+def measure_copies(paths: list[str], settings: ReadLimits) -> tuple[dict[str, list[int]], int]:
     """Each alteration's distances from its original over ``paths``; and how many could not be read."""
     copies: dict[str, list[int]] = {kind: [] for kind in ALTERATIONS}
     unreadable = 0
@@ -185,7 +199,7 @@ def choose_threshold(distinct: np.ndarray, copies: dict[str, list[int]], target:
     return chosen, rate
 
 
-def calibrate(paths: list[str], hashes: np.ndarray, content: np.ndarray, settings: Settings, target: float,
+def calibrate(paths: list[str], hashes: np.ndarray, content: np.ndarray, settings: ReadLimits, target: float,
               sample: int, seed: int = 0) -> Calibration:
     """Measure copies of ``sample`` of ``paths`` (evenly drawn with ``seed``) and the distinct pairs of
     ``hashes`` (rows of equal ``content`` hashes left out); choose the threshold for ``target``."""

@@ -55,11 +55,20 @@ def file_size(path: str) -> int:
         return 0
 
 
+def keeper_of(group_rows: list[int], paths: np.ndarray) -> int:
+    """The suggested keeper of a group: its largest file (ties: the first row). The one rule for `imgq duplicates`,
+    the report's duplicates section and `imgq tag --duplicates`. A file's size stands for "largest, sharpest": a
+    re-encode at a lower quality, a resize, a crop and, among a burst, a blurred shot (fewer details to code)
+    each make a smaller JPEG than the picture they come from."""
+    return max(group_rows, key=lambda r: (file_size(str(paths[r])), -r))
+
+
 def member_rows(rows: Rows, rules: Rules) -> list[dict]:
     """One dict per member of each group (FIELDS), groups numbered from 1 in order of their first row,
-    members by image. ``keeper``: the group's largest file. ``tier``: a member's tie to the keeper (identical,
-    same picture or same moment; the keeper's line: the loosest tier its group needed); ``similarity`` to the
-    keeper: 1.0 identical, 1 - pHash distance/64 for a same picture, the embeddings' cosine for a same moment."""
+    members by image. ``keeper``: the group's largest file (``keeper_of``). ``tier``: a member's tie to the
+    keeper (identical, same picture or same moment; the keeper's line: the loosest tier its group needed);
+    ``similarity`` to the keeper: 1.0 identical, 1 - pHash distance/64 for a same picture, the embeddings' cosine
+    for a same moment."""
     v = rows.vectors
     levels = group(v.content, v.phash, v.embedding, rules)
     members: dict[int, list[int]] = {}
@@ -71,7 +80,7 @@ def member_rows(rows: Rows, rules: Rules) -> list[dict]:
         if len(group_rows) < 2:
             continue
         number += 1
-        keeper = max(group_rows, key=lambda r: (file_size(str(v.path[r])), -r))
+        keeper = keeper_of(group_rows, v.path)
         for row in group_rows:
             tier = group_tier(levels, group_rows) if row == keeper else tier_between(levels, row, keeper)
             out.append({"group": number, "tier": tier, "job": str(rows.job[row]), "image": int(v.image[row]),

@@ -6,10 +6,11 @@ holds a marker file (``.imgq-report``): writing the report again replaces a fold
 refuses to touch one that does not (a user's own ``report_files/``).
 
 The page: a summary (counts, rate, weights, a histogram of the top labels, error codes), the list of
-errors, and a grid of cards in submission order: thumbnail, top-k labels with score bars and, for an image
-with dumps, for each dumped layer, its most active channels as heat maps (producer/report/heatmaps.py). The cards
-are data (JSON in the page) that a small script renders one page at a time, with lazily loaded images: a
-page of a 100,000-image job holds page-size cards, not 100,000.
+errors, the job's photos alike (producer/report/duplicates.py: a job submitted with --embeddings), and a grid
+of cards in submission order: thumbnail, top-k labels with score bars and, for an image with dumps, for each
+dumped layer, its most active channels as heat maps (producer/report/heatmaps.py). The cards are data (JSON in
+the page) that a small script renders one page at a time, with lazily loaded images: a page of a 100,000-image
+job holds page-size cards, not 100,000.
 
 ``group``: the report of the images of one WordNet group (imgq/labels/groups.py) only, those whose group score (the
 sum of the group's classes' scores in the top-k) is at least GROUP_SHARE: more of the model's belief in the
@@ -37,6 +38,7 @@ from imgq.results.store import ResultStore
 from imgq.storage.files import atomic_path, usual_mode
 from producer.exports.dumps import DumpError, dump_file, dumped_layers, load_layer
 from producer.options.words import plural
+from producer.report.duplicates import MAX_GROUPS, duplicates_section
 from producer.report.heatmaps import channel_title, feature_grid
 from producer.report.previews import PreviewLimits, thumbnail
 
@@ -44,6 +46,8 @@ MAP_CHANNELS = 8  # heat maps per layer and image in the report
 MAP_CELL = 48  # longest side of one heat map in the report, in pixels
 HISTOGRAM_LABELS = 20
 GROUP_SHARE = wordnet_groups.SHARE  # `imgq report --group`: an image is in a group when its score reaches this
+
+_NO_SECTION = "<p class=dup-none>No duplicates section: none was asked (--duplicate-groups 0).</p>"
 
 MARKER = ".imgq-report"
 # Written into every picture folder imgq makes: only a folder holding it is ever replaced (and so deleted).
@@ -63,15 +67,18 @@ class Report:
     thumbnails: int
     heatmaps: int
     errors: int
+    duplicate_groups: int = 0  # groups of photos alike the job has (its section shows at most max_groups)
+    measured: tuple[str, ...] = ()  # what the duplicates' calibration measured, for the user
 
 
 def write_report(store: ResultStore, job: str, out: str, dump_root: str, page_size: int = 100,
                  channels: int = MAP_CHANNELS, group: str | None = None,
-                 limits: PreviewLimits | None = None) -> Report:
+                 limits: PreviewLimits | None = None, duplicate_groups: int = MAX_GROUPS) -> Report:
     """Write the report of ``job`` to ``out`` and its pictures to ``<out stem>_files/``; with ``group``, of the
     images in that WordNet group only (see the module). ``limits``: what a thumbnail may read
-    (producer/report/previews.py;
-    default: the settings' defaults).
+    (producer/report/previews.py; default: the settings' defaults). ``duplicate_groups``: at most this many
+    groups of photos alike in the duplicates section (producer/report/duplicates.py; 0: no section, and no
+    calibration).
 
     The pictures are made in a temporary folder that replaces the old one at the end (only if that one
     is imgq's, see MARKER), and the page is written atomically. Raises JobNotFound, ReportError (also for a
@@ -99,15 +106,18 @@ def write_report(store: ResultStore, job: str, out: str, dump_root: str, page_si
         reads = limits or PreviewLimits()
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
             cards = list(pool.map(lambda r: _card(r, staging, link, dump_root, channels, reads), records))
-        page = _page(status, records, cards, page_size, group)
+        dups = (duplicates_section(job, dump_root, staging, link, {c["i"]: c for c in cards}, reads, duplicate_groups)
+                if duplicate_groups else None)
+        page = _page(status, records, cards, page_size, group, dups.html if dups else _NO_SECTION)
         _replace_folder(staging, folder)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     with atomic_path(out) as tmp, open(tmp, "w", encoding="utf-8") as file:
         file.write(page)
-    return Report(out, folder, len(cards), sum(1 for c in cards if "t" in c),
-                  sum(len(c.get("m", ())) for c in cards), sum(1 for c in cards if "e" in c))
+    return Report(out, folder, len(cards), sum(1 for c in cards if "t" in c) + (dups.thumbnails if dups else 0),
+                  sum(len(c.get("m", ())) for c in cards), sum(1 for c in cards if "e" in c),
+                  dups.groups if dups else 0, tuple(dups.measured) if dups else ())
 
 
 def in_group(record: ResultRecord, group: str) -> bool:
@@ -200,7 +210,7 @@ def _layer_maps(record: ResultRecord, folder: str, link: str, dump_root: str, ch
 
 
 def _page(status: JobStatus, records: list[ResultRecord], cards: list[dict], page_size: int,
-          group: str | None = None) -> str:
+          group: str | None = None, duplicates: str = "") -> str:
     # Never a "</script>" in data, nor a bare NaN (JSON.parse throws on it: allow_nan=False raises first).
     data = json.dumps(cards, separators=(",", ":"), allow_nan=False).replace("<", "\\u003c")
     title = f"imgq report: job {status.id}" + (f", group {group}" if group else "")
@@ -209,7 +219,7 @@ def _page(status: JobStatus, records: list[ResultRecord], cards: list[dict], pag
         summary = (f"<p class=filter>The images whose score for the group <b>{html.escape(group)}</b> is at least "
                    f"{GROUP_SHARE}: {len(records)} of {status.processed}.</p>{summary}")
     values = {"TITLE": html.escape(title), "SUMMARY": summary,
-              "ERRORS": _errors(records), "PAGE_SIZE": str(int(page_size)), "CARDS": data}
+              "ERRORS": _errors(records), "DUPLICATES": duplicates, "PAGE_SIZE": str(int(page_size)), "CARDS": data}
     # One pass: text put in (a path, a label) is never searched for placeholders itself.
     return re.sub(r"%([A-Z_]+)%", lambda m: values[m.group(1)], PAGE)
 
@@ -303,10 +313,19 @@ nav { margin: 1em 0; } nav button { margin-right: .4em; }
 .label .score { text-align: right; color: #555; }
 figure { margin: 6px 0 0; } figcaption { font-size: 11px; color: #555; }
 figure img { max-width: 100%; height: auto; image-rendering: pixelated; }
+.dup-group { background: #fff; border: 1px solid #ddd; border-radius: 6px; padding: 4px 10px 10px; margin: 10px 0; }
+.dup-group h3 { margin: 6px 0; } .dup-row { display: flex; flex-wrap: wrap; gap: 10px; align-items: flex-start; }
+figure.dup { margin: 0; padding: 4px; border: 3px solid transparent; border-radius: 6px; max-width: 180px; }
+figure.dup.keeper { border-color: #2e8b57; background: #eef8f1; }
+figure.dup img.dup-thumb { display: block; image-rendering: auto; }
+figure.dup .name { font-size: 11px; } .keeper-mark { color: #fff; background: #2e8b57; padding: 0 5px;
+                                                    border-radius: 3px; font-weight: 600; }
+.dup-more, .dup-none, .dup-intro { color: #555; }
 </style></head><body>
 <h1>%TITLE%</h1>
 <h2>Summary</h2>%SUMMARY%
 <h2>Errors</h2>%ERRORS%
+<h2 id="duplicates">Duplicates</h2>%DUPLICATES%
 <h2>Images</h2>
 <nav><button id="first">&laquo;</button><button id="prev">&lsaquo; previous</button><span id="where"></span>
 <button id="next">next &rsaquo;</button><button id="last">&raquo;</button></nav>

@@ -38,6 +38,8 @@ class TagOptions:
     allow_untrained: bool = False
     groups: bool = False
     objects: str = "skip"
+    labels: bool = True
+    duplicates: bool = False
 
     def __post_init__(self):
         if not self.prefix or any(c in self.prefix for c in "|/") or self.prefix != self.prefix.strip():
@@ -48,6 +50,17 @@ class TagOptions:
             raise ValueError(f"Expected a sidecar name in {SIDECAR_NAMES}. Received: {self.sidecar_name!r}")
         if self.objects not in OBJECT_CHOICES:
             raise ValueError(f"Expected objects in {OBJECT_CHOICES}. Received: {self.objects!r}")
+        if not self.labels and not self.duplicates:
+            raise ValueError("Expected labels, duplicates or both to tag. Received: neither")
+
+    def manages(self, keyword: str, separator: str) -> bool:
+        """Whether this run makes ``keyword`` (one of imgq's, a hierarchical value under the prefix) exactly
+        what it chooses, adding or taking it away; a keyword it does not manage stays as it is. The duplicate
+        mark (DUPLICATE) is managed by a run with ``duplicates`` and by every removal; the labels by a run with
+        ``labels``: `imgq tag JOB` leaves the marks alone, `imgq tag JOB --duplicates --no-labels` the labels."""
+        if keyword == self.prefix + separator + separator.join(DUPLICATE):
+            return self.duplicates or self.remove
+        return self.labels
 
 
 @dataclass(frozen=True)
@@ -69,6 +82,10 @@ class SidecarChange:
 KeywordPath = tuple[str, ...]
 # A keyword as a path under imgq's prefix, general first: ("animal", "dog", "Border collie").
 
+DUPLICATE: KeywordPath = ("duplicate",)
+# `imgq tag --duplicates`: on each photo of a group of photos alike that is not its keeper: imgq|duplicate in
+# lr:hierarchicalSubject, imgq/duplicate in digiKam:TagsList, duplicate in dc:subject, as a label is written.
+
 
 def wanted_keywords(paths: list[KeywordPath], prefix: str, groups: bool = False) -> dict[Field, list[str]]:
     """The values imgq writes for these keyword paths, field by field: each path's last word in dc:subject (all
@@ -78,18 +95,23 @@ def wanted_keywords(paths: list[KeywordPath], prefix: str, groups: bool = False)
             TAGS_LIST: [prefix + "/" + "/".join(path) for path in paths]}
 
 
-def keyword_changes(packet: sidecars.Packet, paths: list[KeywordPath], prefix: str,
-                    groups: bool = False) -> tuple[dict[Field, set[str]], dict[Field, list[str]]]:
-    """(remove, add) per field that make imgq's keywords in the packet exactly those of ``paths``, and its
-    record of the dc:subject keywords it added (ADDED) what it then holds of its own."""
-    wanted = wanted_keywords(paths, prefix, groups)
+def keyword_changes(packet: sidecars.Packet, paths: list[KeywordPath], options: TagOptions
+                    ) -> tuple[dict[Field, set[str]], dict[Field, list[str]]]:
+    """(remove, add) per field that make imgq's keywords in the packet that ``options`` manage
+    (TagOptions.manages) exactly those of ``paths``, and its record of the dc:subject keywords it added (ADDED)
+    what it then holds of its own. imgq's keywords it does not manage, and their dc:subject words, stay."""
+    prefix = options.prefix
+    wanted = wanted_keywords(paths, prefix, options.groups)
     current = {f: packet.keywords(f) for f in (SUBJECT, HIERARCHICAL, TAGS_LIST, ADDED)}
-    ours = {f: {k for k in current[f] if k.startswith(prefix + (f.separator or ""))} for f in (HIERARCHICAL, TAGS_LIST)}
+    imgqs = {f: {k for k in current[f] if k.startswith(prefix + (f.separator or ""))}
+             for f in (HIERARCHICAL, TAGS_LIST)}
+    ours = {f: {k for k in imgqs[f] if options.manages(k, f.separator or "")} for f in imgqs}
     remove: dict[Field, set[str]] = {f: ours[f] - set(wanted[f]) for f in ours}
-    theirs = {_leaf(k) for f in ours for k in current[f] if k not in ours[f]}
+    theirs = {_leaf(k) for f in ours for k in current[f] if k not in imgqs[f]}
+    kept = {_leaf(k) for f in ours for k in imgqs[f] - ours[f]}  # imgq's, not this run's to change
     added_before = current[ADDED]
     remove[SUBJECT] = {k for k in current[SUBJECT]
-                       if k in added_before and k not in wanted[SUBJECT] and k not in theirs}
+                       if k in added_before and k not in wanted[SUBJECT] and k not in theirs and k not in kept}
     add = {f: [k for k in wanted[f] if k not in current[f]] for f in wanted}
     still_ours = [k for k in added_before if k in current[SUBJECT] and k not in remove[SUBJECT] and k not in theirs]
     record = list(dict.fromkeys(still_ours + add[SUBJECT]))

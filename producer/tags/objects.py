@@ -71,7 +71,7 @@ def tag_object(url: str, paths: list[KeywordPath], options: TagOptions) -> Sidec
         if data is None:
             return _create(url, paths, options)
         packet = sidecars.parse(data)
-        remove, add = keyword_changes(packet, paths, options.prefix, options.groups)
+        remove, add = keyword_changes(packet, paths, options)
         if not any(remove.get(f) or add.get(f) for f in (SUBJECT, HIERARCHICAL, TAGS_LIST)):
             return SidecarChange(url, "unchanged")
         removed = tuple(sorted(remove[SUBJECT] or remove[HIERARCHICAL]))

@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 import stat
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from imgq.contract import ResultRecord
@@ -37,6 +37,7 @@ from producer.exports.export import labels_above
 from producer.options.words import plural
 from producer.tags import objects, sidecars
 from producer.tags.keywords import (
+    DUPLICATE,
     SIDECAR_MAX_BYTES,
     SIDECAR_NAMES,
     KeywordPath,
@@ -95,7 +96,8 @@ def sidecar_path(image: str, naming: str) -> str:
 
 def tag_records(records: Iterable[ResultRecord], options: TagOptions,
                 on_change: Callable[[SidecarChange], None] | None = None,
-                submitted_at: float | None = None) -> TagSummary:
+                submitted_at: float | None = None, members: Mapping[tuple[str, int], bool] | None = None
+                ) -> TagSummary:
     """Write (or, with ``options.remove``, take away) the keywords of every ok record into its image's sidecar.
 
     Every record is read before any file is written, so UntrainedWeights (raised when a record was made with
@@ -106,8 +108,11 @@ def tag_records(records: Iterable[ResultRecord], options: TagOptions,
     ``submitted_at``: when the records' job was submitted (epoch seconds); an image modified (or replaced)
     since is skipped, not tagged.
     ``on_change`` is called with each sidecar's change as it is made. A sidecar that cannot be read or parsed
-    is reported in the summary as failed and left untouched."""
-    plan, summary = plan_sidecars(records, options, submitted_at)
+    is reported in the summary as failed and left untouched.
+    ``members``: with ``options.duplicates``, each photo of a group of photos alike, ``(job, image)`` -> whether
+    it is its group's keeper (producer/alike/find.py): a sidecar of a photo that is not gets the DUPLICATE
+    keyword, unless it is also the sidecar of a keeper (IMG_1.jpg and IMG_1.cr2 with ``stem``)."""
+    plan, summary = plan_sidecars(records, options, submitted_at, members or {})
     if on_change:
         for change in summary.changes:
             on_change(change)
@@ -119,15 +124,18 @@ def tag_records(records: Iterable[ResultRecord], options: TagOptions,
     return summary
 
 
-def plan_sidecars(records: Iterable[ResultRecord], options: TagOptions, submitted_at: float | None = None
+def plan_sidecars(records: Iterable[ResultRecord], options: TagOptions, submitted_at: float | None = None,
+                  members: Mapping[tuple[str, int], bool] | None = None
                   ) -> tuple[dict[str, tuple[str, list[KeywordPath]]], TagSummary]:
     """Sidecar path -> (one of its images, the keyword paths chosen for it), in submission order; the summary
-    holds the images skipped (changed since ``submitted_at``, or gone)."""
+    holds the images skipped (changed since ``submitted_at``, or gone). ``members``: see tag_records."""
     plan: dict[str, tuple[str, list[KeywordPath]]] = {}
+    roles: dict[str, set[bool]] = {}  # sidecar -> whether its photos alike are keepers (True) or not (False)
     summary = TagSummary()
     objects_seen = 0
     for record in records:
-        if record.untrained and not options.allow_untrained and not options.remove:  # removing is always allowed
+        if (record.untrained and options.labels and not options.allow_untrained
+                and not options.remove):  # removing is always allowed; marks are no labels
             raise UntrainedWeights(f"Job {record.job} was classified with untrained weights "
                                    f"({record.weights}): its labels are meaningless. Pass --allow-untrained "
                                    "to write them anyway.")
@@ -146,13 +154,19 @@ def plan_sidecars(records: Iterable[ResultRecord], options: TagOptions, submitte
             if skipped is not None:
                 summary.changes.append(skipped)
                 continue
-        chosen = [] if options.remove else chosen_paths(record, options)
+        chosen = [] if options.remove or not options.labels else chosen_paths(record, options)
         image, paths = plan.setdefault(path, (record.path, []))
         paths.extend(p for p in chosen if p not in paths)
+        if (record.job, record.image) in (members or {}):
+            roles.setdefault(path, set()).add((members or {})[record.job, record.image])
     if objects_seen and options.objects == "refuse":
         raise ObjectsNotAsked(f"{plural(objects_seen, 'image')} of this job {'is' if objects_seen == 1 else 'are'} "
                               "in object storage (s3://): imgq tag writes KEY.xmp objects beside them only with "
                               "--write-objects; nothing was written.")
+    if options.duplicates and not options.remove:
+        for path, seen in roles.items():
+            if seen == {False}:  # a photo alike that is not its group's keeper, and no keeper shares its sidecar
+                plan[path][1].append(DUPLICATE)
     return {path: (image, _without_ancestors(paths)) for path, (image, paths) in plan.items()}, summary
 
 
@@ -225,7 +239,7 @@ def tag_sidecar(path: str, image: str, paths: list[KeywordPath], options: TagOpt
             return SidecarChange(path, "created", added=shown(add))
         data, seen = found
         packet = sidecars.parse(data)
-        remove, add = keyword_changes(packet, paths, options.prefix, options.groups)
+        remove, add = keyword_changes(packet, paths, options)
         if not any(remove.get(f) or add.get(f) for f in (SUBJECT, HIERARCHICAL, TAGS_LIST)):
             return SidecarChange(path, "unchanged")
         removed = tuple(sorted(remove[SUBJECT] or remove[HIERARCHICAL]))
