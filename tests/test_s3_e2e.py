@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import os
 import subprocess
 import sys
 import time
@@ -252,3 +253,70 @@ def test_learn_from_a_prefix_with_its_own_worker(s3_server, bucket, tmp_path):
     data = json.loads(head.read_text())
     assert data["labels"] == ["blue", "red"] and data["examples"] == {"blue": 6, "red": 6}
     assert data["figures"]["cv_accuracy"] >= 0.9, result.stderr
+
+
+# `imgq report` on a job of objects: each thumbnail fetched through the byte source, within the same bounds.
+
+def noisy_png(side: int, seed: int) -> bytes:
+    """A PNG of random pixels: ``side`` x ``side`` of them cost about 3 x side^2 bytes, whatever the encoder."""
+    import numpy as np
+
+    out = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (side, side, 3), dtype=np.uint8)).save(out, "PNG")
+    return out.getvalue()
+
+
+@pytest.fixture
+def object_job(settings, s3, bucket):
+    """A job of records made here as a worker makes them (no worker needed: the report reads the objects)."""
+    from imgq.contract import ok_record
+    from imgq.jobs import submit as enqueue
+
+    settings = dataclasses.replace(settings, allowed_roots=(ALLOWED,), max_file_bytes=100_000)
+    urls = {"shown": bucket("allowed/report/shown.jpg", jpeg(400)),
+            "missing": f"{ALLOWED}/report/gone.jpg",
+            "forbidden": bucket("secret/report.jpg", jpeg(401)),
+            "large": bucket("allowed/report/large.png", noisy_png(300, 402))}
+    store = ResultStore.from_settings(settings)
+    job = enqueue.submit(iter(urls.values()), settings=settings, store=store).job
+    top = [{"wnid": "n01440764", "label": "tench", "score": 0.5}]
+    store.record_results(job, [ok_record(job, i, url, top, weights="random:0") for i, url in enumerate(urls.values())])
+    return settings, job, urls
+
+
+def report_cards(page: Path) -> list[dict]:
+    import re
+
+    return json.loads(re.search(r'<script id="cards" type="application/json">(.*?)</script>', page.read_text(),
+                                re.S)[1])
+
+
+def test_report_shows_objects_and_says_in_one_line_why_not(object_job, s3_server, tmp_path):
+    settings, job, urls = object_job
+    out = tmp_path / "report.html"
+    result = imgq_process(settings, s3_server.env, "report", job, "-o", str(out))
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert os.listdir(tmp_path / "report_files" / "thumbs") == ["0.jpg"]
+    assert Image.open(tmp_path / "report_files" / "thumbs" / "0.jpg").size == (160, 120)  # 320x240, fetched
+    cards = report_cards(out)
+    assert [card.get("np") for card in cards] == [
+        None, "missing: no such object", "forbidden: outside the allowed roots",
+        f"too_large: {len(noisy_png(300, 402))} bytes is more than 100000 (IMGQ_MAX_FILE_BYTES)"]
+    told = [line for line in result.stderr.splitlines() if line.startswith("No thumbnail of")]
+    assert told == [f"No thumbnail of {card['p']}: {card['np']}" for card in cards[1:]]
+
+
+def test_report_with_the_store_away_is_written_with_one_line_each(object_job, s3_server, tmp_path):
+    settings, job, urls = object_job
+    env = {**s3_server.env, "IMGQ_S3_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_MAX_ATTEMPTS": "1"}
+    out = tmp_path / "report.html"
+    result = imgq_process(settings, env, "report", job, "-o", str(out))
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert os.listdir(tmp_path / "report_files" / "thumbs") == []
+    problems = [card.get("np", "") for card in report_cards(out)]
+    assert sum(problem.startswith("unavailable: ") for problem in problems) >= 1, problems
+    # The forbidden one is refused before any request, unless the store was given up before its turn came.
+    assert problems[2] == "forbidden: outside the allowed roots" or problems[2].startswith("not fetched: "), problems
+    assert all(p.startswith(("unavailable: ", "not fetched: ")) for i, p in enumerate(problems) if i != 2), problems
+    assert all("did not answer" in problem for i, problem in enumerate(problems) if i != 2), problems
+    assert len([line for line in result.stderr.splitlines() if line.startswith("No thumbnail of")]) == 4
