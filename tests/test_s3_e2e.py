@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,7 @@ from tests.processes import clean_env, imgq_cli, start_worker, wait_for_workers,
 
 BUCKET = "imgq-e2e"
 ALLOWED = f"s3://{BUCKET}/allowed"
+HOOKS = str(Path(__file__).resolve().parent / "hooks")
 
 
 def jpeg(seed: int) -> bytes:
@@ -121,15 +123,29 @@ def test_a_producer_without_boto3_says_what_to_install(settings, s3_server, monk
 # With a real worker.
 
 @pytest.fixture(scope="module")
-def s3_worker(redis_url, s3_server, bucket, tmp_path_factory):
-    """``(settings, store, worker process, local folder)``: a worker that may read ALLOWED and the local folder."""
+def worker_opens(tmp_path_factory) -> Path:
+    """The file where the module's worker writes each location it opens (tests/hooks: TEST_HOOK_COUNT_OPENS)."""
+    return tmp_path_factory.mktemp("s3-opens") / "opens.txt"
+
+
+def opened(log: Path) -> Counter:
+    """How many times the worker opened each location so far."""
+    return Counter(log.read_text().splitlines()) if log.exists() else Counter()
+
+
+@pytest.fixture(scope="module")
+def s3_worker(redis_url, s3_server, bucket, tmp_path_factory, worker_opens):
+    """``(settings, store, worker process, local folder)``: a worker that may read ALLOWED and the local folder,
+    counting its opens in ``worker_opens``."""
     base = tmp_path_factory.mktemp("s3-worker")
     local = base / "local"
     local.mkdir()
     settings = dataclasses.replace(make_settings(redis_url, base, batch_size=4), allowed_roots=(ALLOWED, str(local)),
                                    s3_endpoint_url=s3_server.endpoint)
     store = ResultStore.from_settings(settings)
-    worker = start_worker(settings, "s3", base / "worker.log", env=s3_server.credentials)
+    hooks = {"PYTHONPATH": os.pathsep.join(p for p in (HOOKS, os.environ.get("PYTHONPATH", "")) if p),
+             "TEST_HOOK_COUNT_OPENS": str(worker_opens)}
+    worker = start_worker(settings, "s3", base / "worker.log", env={**s3_server.credentials, **hooks})
     try:
         wait_for_workers(store, [worker])
         yield settings, store, worker, local
@@ -205,6 +221,28 @@ def test_a_store_restarted_during_a_job_loses_no_image(s3_worker, s3_server, buc
     assert (status.total, status.ok, status.failed) == (48, 48, 0)
     assert sorted(records_by_path(store, job)) == sorted(urls)
     assert "did not answer" in worker.output()  # it did see the store gone, and handed batches back
+
+
+@pytest.mark.slow
+def test_skip_known_reads_each_image_once(s3_worker, s3_server, bucket, worker_opens, tmp_path):
+    """--skip-known hashes an image's bytes and decodes the same bytes: one GET per object (counted by the S3
+    server itself), one open per local file (counted in the worker), a copy and a missing object read once too."""
+    settings, store, worker, local = s3_worker
+    pictures = [bucket(f"allowed/once/p{index}.jpg", jpeg(300 + index)) for index in range(6)]
+    copy = bucket("allowed/once/p0-copy.jpg", jpeg(300))  # the same bytes as p0: classified once, as p0's copy
+    missing = f"{ALLOWED}/once/gone.jpg"
+    on_disk = [str(imagegen.save(local / f"once-{index}.png", seed=40 + index)) for index in range(3)]
+    listing = tmp_path / "list.txt"
+    listing.write_text("\n".join([pictures[0], copy, *pictures[1:], missing, *on_disk]) + "\n")  # p0, its copy: 1 batch
+    gets, opens = s3_server.requests("GET"), opened(worker_opens)
+    job = submitted_job(settings, s3_server, "--from-file", str(listing), "--skip-known", "--batch-size", "4")
+    wait_until_done(store, job, 180, [worker])
+    by_path = records_by_path(store, job)
+    assert by_path[missing]["error"]["code"] == "missing"
+    assert all(by_path[path]["status"] == "ok" for path in [*pictures, copy, *on_disk]), by_path
+    assert by_path[copy]["known"] and by_path[copy]["top_k"] == by_path[pictures[0]]["top_k"]
+    assert opened(worker_opens) - opens == Counter([*pictures, copy, *on_disk])  # the missing one never opened
+    assert s3_server.requests("GET") - gets == len(pictures) + 2  # the copy's GET and the missing one's 404
 
 
 @pytest.mark.slow
