@@ -17,6 +17,7 @@ from producer.options.words import echo, plural
 MAX_IMAGE = 2**40  # image numbers count from 0; no job comes near this, and Redis takes it as a list index
 MAX_DUPLICATE_GROUPS = 100_000  # a page of 100,000 groups is megabytes of HTML; beyond, `imgq duplicates`
 MAX_CHANNELS = 4096  # more than any built-in model's widest layer (ConvNeXt-Tiny's 3072)
+UNFETCHED_LINES = 10  # images whose picture could not be fetched, told one line each; the rest counted
 
 
 @click.command()
@@ -75,6 +76,11 @@ def report(ctx, job, out, page_size, channels, group, duplicate_groups):
         raise click.ClickException(str(exc)) from None
     for line in written.measured:
         echo(line, err=True)
+    for line in written.unfetched[:UNFETCHED_LINES]:
+        echo(f"No thumbnail of {line}", err=True)  # echo drops control characters: one line, whatever the name
+    if len(written.unfetched) > UNFETCHED_LINES:
+        echo(f"No thumbnail of {plural(len(written.unfetched) - UNFETCHED_LINES, 'more image')} (their cards say why).",
+             err=True)
     echo(f"Wrote {written.path} ({plural(written.images, 'image')}, {plural(written.errors, 'error')}) and "
          f"{plural(written.thumbnails, 'thumbnail')} and {plural(written.heatmaps, 'heat-map grid')} to "
          f"{written.folder}/; {plural(written.duplicate_groups, 'group')} of photos alike.", err=True)

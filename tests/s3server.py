@@ -16,14 +16,16 @@ import signal
 import time
 from pathlib import Path
 
-from tests.processes import Process, free_port
+from tests.processes import Process, free_port, scrape
 
 KEY, SECRET = "imgq-test-key", "imgq-test-secret"
 START_TIMEOUT = 60.0
+REQUEST_COUNTER = "SeaweedFS_s3_request_total"
 PORTS = ("master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port", "filer.port.grpc",
-         "s3.port", "s3.port.grpc", "admin.port", "admin.port.grpc")
+         "s3.port", "s3.port.grpc", "admin.port", "admin.port.grpc", "metricsPort")
 # Every listening port of `weed mini` (the admin server listens even with its UI off); the Iceberg and Lance
-# catalogs and WebDAV are turned off, and so is its telemetry.
+# catalogs and WebDAV are turned off, and so is its telemetry. Its Prometheus metrics (metricsPort) count the
+# requests the S3 gateway received: what a test counts GETs by, at the server.
 
 
 def weed_binary() -> str | None:
@@ -93,6 +95,14 @@ class S3Server:
     def stop(self) -> None:
         if self.process is not None:
             self.process.stop(timeout=20, sig=signal.SIGTERM)
+
+    def requests(self, kind: str = "GET") -> int:
+        """How many S3 requests of ``kind`` the server has received so far, from its own Prometheus counters
+        (SeaweedFS_s3_request_total, by type), whoever sent them, whatever they were answered. SeaweedFS 4.48's
+        types: GET (a GetObject, and a HeadObject too), PUT (PutObject, CreateBucket), LIST."""
+        samples = scrape(self.ports["metricsPort"])
+        return int(sum(value for name, value in samples.items()
+                       if name.startswith(REQUEST_COUNTER + "{") and f'type="{kind}"' in name))
 
     def client(self):
         """A boto3 client of the test's own (not imgq's): it puts the objects imgq then reads."""

@@ -89,3 +89,27 @@ def test_skip_known_classifies_each_distinct_picture_once(live_worker, worker_se
 
     forced = run("--force")
     assert sum(1 for r in forced if r["status"] == "ok" and not r.get("known")) == 3  # recomputed, once each
+
+
+def test_hashing_keeps_what_it_read_within_the_batch_budget(tmp_path):
+    """--skip-known's hashing pass keeps the bytes it read for the decode (worker/batches/known_batch.py), at most
+    the batch's budget in all; past it an image is hashed and not kept (read again to be decoded); a read that
+    failed keeps its error, for the record, without a second read."""
+    from types import SimpleNamespace
+
+    from imgq.settings import Settings
+    from imgq.storage.errors import ImageError
+    from worker.batches.known_batch import Held, _digest
+
+    runtime = SimpleNamespace(settings=Settings(max_file_bytes=1000))
+    first, second = tmp_path / "a.jpg", tmp_path / "b.jpg"
+    first.write_bytes(b"a" * 600)
+    second.write_bytes(b"b" * 600)
+    held = Held(runtime.settings.max_file_bytes)
+    assert _digest(0, str(first), runtime, held) == file_digest(b"a" * 600)
+    assert _digest(1, str(second), runtime, held) == file_digest(b"b" * 600)  # hashed, over the budget left
+    assert _digest(2, str(tmp_path / "gone.jpg"), runtime, held) is None
+    reads = held.only([0, 1, 2])
+    assert reads[0] == b"a" * 600 and 1 not in reads
+    assert isinstance(reads[2], ImageError) and reads[2].code == "missing"
+    assert held.only([2]).keys() == {2}  # the others let go

@@ -97,6 +97,8 @@ def test_report_writes_a_page_and_its_pictures(job, tmp_path):
     assert sorted(os.listdir(files / "thumbs")) == ["0.jpg", "1.jpg", "2.jpg", "3.jpg"]
     assert sorted(os.listdir(files / "maps")) == sorted(f"{i}-{layer}.png" for i in range(5) for layer in LAYERS)
     assert [bool(c.get("t")) for c in cards] == [True] * 4 + [False] * 2
+    assert cards[4]["np"] == "missing: no such file"  # gone since it was classified: the card and one line say so
+    assert f"No thumbnail of {job.paths[4]}: missing: no such file" in result.output.splitlines()
     assert [len(c.get("m", [])) for c in cards] == [2] * 5 + [0]
     assert cards[5]["e"].startswith("not_an_image") and "not_an_image" in page.split('id="cards"')[0]
     assert Image.open(files / "thumbs" / "3.jpg").size == (48, 160)  # 120x400, longest side 160

@@ -11,9 +11,11 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import os
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -26,6 +28,7 @@ from tests.processes import clean_env, imgq_cli, start_worker, wait_for_workers,
 
 BUCKET = "imgq-e2e"
 ALLOWED = f"s3://{BUCKET}/allowed"
+HOOKS = str(Path(__file__).resolve().parent / "hooks")
 
 
 def jpeg(seed: int) -> bytes:
@@ -120,15 +123,29 @@ def test_a_producer_without_boto3_says_what_to_install(settings, s3_server, monk
 # With a real worker.
 
 @pytest.fixture(scope="module")
-def s3_worker(redis_url, s3_server, bucket, tmp_path_factory):
-    """``(settings, store, worker process, local folder)``: a worker that may read ALLOWED and the local folder."""
+def worker_opens(tmp_path_factory) -> Path:
+    """The file where the module's worker writes each location it opens (tests/hooks: TEST_HOOK_COUNT_OPENS)."""
+    return tmp_path_factory.mktemp("s3-opens") / "opens.txt"
+
+
+def opened(log: Path) -> Counter:
+    """How many times the worker opened each location so far."""
+    return Counter(log.read_text().splitlines()) if log.exists() else Counter()
+
+
+@pytest.fixture(scope="module")
+def s3_worker(redis_url, s3_server, bucket, tmp_path_factory, worker_opens):
+    """``(settings, store, worker process, local folder)``: a worker that may read ALLOWED and the local folder,
+    counting its opens in ``worker_opens``."""
     base = tmp_path_factory.mktemp("s3-worker")
     local = base / "local"
     local.mkdir()
     settings = dataclasses.replace(make_settings(redis_url, base, batch_size=4), allowed_roots=(ALLOWED, str(local)),
                                    s3_endpoint_url=s3_server.endpoint)
     store = ResultStore.from_settings(settings)
-    worker = start_worker(settings, "s3", base / "worker.log", env=s3_server.credentials)
+    hooks = {"PYTHONPATH": os.pathsep.join(p for p in (HOOKS, os.environ.get("PYTHONPATH", "")) if p),
+             "TEST_HOOK_COUNT_OPENS": str(worker_opens)}
+    worker = start_worker(settings, "s3", base / "worker.log", env={**s3_server.credentials, **hooks})
     try:
         wait_for_workers(store, [worker])
         yield settings, store, worker, local
@@ -207,6 +224,28 @@ def test_a_store_restarted_during_a_job_loses_no_image(s3_worker, s3_server, buc
 
 
 @pytest.mark.slow
+def test_skip_known_reads_each_image_once(s3_worker, s3_server, bucket, worker_opens, tmp_path):
+    """--skip-known hashes an image's bytes and decodes the same bytes: one GET per object (counted by the S3
+    server itself), one open per local file (counted in the worker), a copy and a missing object read once too."""
+    settings, store, worker, local = s3_worker
+    pictures = [bucket(f"allowed/once/p{index}.jpg", jpeg(300 + index)) for index in range(6)]
+    copy = bucket("allowed/once/p0-copy.jpg", jpeg(300))  # the same bytes as p0: classified once, as p0's copy
+    missing = f"{ALLOWED}/once/gone.jpg"
+    on_disk = [str(imagegen.save(local / f"once-{index}.png", seed=40 + index)) for index in range(3)]
+    listing = tmp_path / "list.txt"
+    listing.write_text("\n".join([pictures[0], copy, *pictures[1:], missing, *on_disk]) + "\n")  # p0, its copy: 1 batch
+    gets, opens = s3_server.requests("GET"), opened(worker_opens)
+    job = submitted_job(settings, s3_server, "--from-file", str(listing), "--skip-known", "--batch-size", "4")
+    wait_until_done(store, job, 180, [worker])
+    by_path = records_by_path(store, job)
+    assert by_path[missing]["error"]["code"] == "missing"
+    assert all(by_path[path]["status"] == "ok" for path in [*pictures, copy, *on_disk]), by_path
+    assert by_path[copy]["known"] and by_path[copy]["top_k"] == by_path[pictures[0]]["top_k"]
+    assert opened(worker_opens) - opens == Counter([*pictures, copy, *on_disk])  # the missing one never opened
+    assert s3_server.requests("GET") - gets == len(pictures) + 2  # the copy's GET and the missing one's 404
+
+
+@pytest.mark.slow
 def test_classify_reads_a_bucket_with_its_own_worker(s3_server, bucket, tmp_path):
     """`imgq classify s3://...` on a machine with nothing running: the worker it starts inherits the endpoint
     and the credentials, and the results file holds one row per object, its URL as its path."""
@@ -252,3 +291,70 @@ def test_learn_from_a_prefix_with_its_own_worker(s3_server, bucket, tmp_path):
     data = json.loads(head.read_text())
     assert data["labels"] == ["blue", "red"] and data["examples"] == {"blue": 6, "red": 6}
     assert data["figures"]["cv_accuracy"] >= 0.9, result.stderr
+
+
+# `imgq report` on a job of objects: each thumbnail fetched through the byte source, within the same bounds.
+
+def noisy_png(side: int, seed: int) -> bytes:
+    """A PNG of random pixels: ``side`` x ``side`` of them cost about 3 x side^2 bytes, whatever the encoder."""
+    import numpy as np
+
+    out = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (side, side, 3), dtype=np.uint8)).save(out, "PNG")
+    return out.getvalue()
+
+
+@pytest.fixture
+def object_job(settings, s3, bucket):
+    """A job of records made here as a worker makes them (no worker needed: the report reads the objects)."""
+    from imgq.contract import ok_record
+    from imgq.jobs import submit as enqueue
+
+    settings = dataclasses.replace(settings, allowed_roots=(ALLOWED,), max_file_bytes=100_000)
+    urls = {"shown": bucket("allowed/report/shown.jpg", jpeg(400)),
+            "missing": f"{ALLOWED}/report/gone.jpg",
+            "forbidden": bucket("secret/report.jpg", jpeg(401)),
+            "large": bucket("allowed/report/large.png", noisy_png(300, 402))}
+    store = ResultStore.from_settings(settings)
+    job = enqueue.submit(iter(urls.values()), settings=settings, store=store).job
+    top = [{"wnid": "n01440764", "label": "tench", "score": 0.5}]
+    store.record_results(job, [ok_record(job, i, url, top, weights="random:0") for i, url in enumerate(urls.values())])
+    return settings, job, urls
+
+
+def report_cards(page: Path) -> list[dict]:
+    import re
+
+    return json.loads(re.search(r'<script id="cards" type="application/json">(.*?)</script>', page.read_text(),
+                                re.S)[1])
+
+
+def test_report_shows_objects_and_says_in_one_line_why_not(object_job, s3_server, tmp_path):
+    settings, job, urls = object_job
+    out = tmp_path / "report.html"
+    result = imgq_process(settings, s3_server.env, "report", job, "-o", str(out))
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert os.listdir(tmp_path / "report_files" / "thumbs") == ["0.jpg"]
+    assert Image.open(tmp_path / "report_files" / "thumbs" / "0.jpg").size == (160, 120)  # 320x240, fetched
+    cards = report_cards(out)
+    assert [card.get("np") for card in cards] == [
+        None, "missing: no such object", "forbidden: outside the allowed roots",
+        f"too_large: {len(noisy_png(300, 402))} bytes is more than 100000 (IMGQ_MAX_FILE_BYTES)"]
+    told = [line for line in result.stderr.splitlines() if line.startswith("No thumbnail of")]
+    assert told == [f"No thumbnail of {card['p']}: {card['np']}" for card in cards[1:]]
+
+
+def test_report_with_the_store_away_is_written_with_one_line_each(object_job, s3_server, tmp_path):
+    settings, job, urls = object_job
+    env = {**s3_server.env, "IMGQ_S3_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_MAX_ATTEMPTS": "1"}
+    out = tmp_path / "report.html"
+    result = imgq_process(settings, env, "report", job, "-o", str(out))
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert os.listdir(tmp_path / "report_files" / "thumbs") == []
+    problems = [card.get("np", "") for card in report_cards(out)]
+    assert sum(problem.startswith("unavailable: ") for problem in problems) >= 1, problems
+    # The forbidden one is refused before any request, unless the store was given up before its turn came.
+    assert problems[2] == "forbidden: outside the allowed roots" or problems[2].startswith("not fetched: "), problems
+    assert all(p.startswith(("unavailable: ", "not fetched: ")) for i, p in enumerate(problems) if i != 2), problems
+    assert all("did not answer" in problem for i, problem in enumerate(problems) if i != 2), problems
+    assert len([line for line in result.stderr.splitlines() if line.startswith("No thumbnail of")]) == 4

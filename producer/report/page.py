@@ -40,7 +40,7 @@ from producer.exports.dumps import DumpError, dump_file, dumped_layers, load_lay
 from producer.options.words import plural
 from producer.report.duplicates import MAX_GROUPS, duplicates_section
 from producer.report.heatmaps import channel_title, feature_grid
-from producer.report.previews import PreviewLimits, thumbnail
+from producer.report.previews import Fetches, PreviewLimits
 
 MAP_CHANNELS = 8  # heat maps per layer and image in the report
 MAP_CELL = 48  # longest side of one heat map in the report, in pixels
@@ -69,6 +69,7 @@ class Report:
     errors: int
     duplicate_groups: int = 0  # groups of photos alike the job has (its section shows at most max_groups)
     measured: tuple[str, ...] = ()  # what the duplicates' calibration measured, for the user
+    unfetched: tuple[str, ...] = ()  # "LOCATION: why" of each image whose picture could not be fetched, in order
 
 
 def write_report(store: ResultStore, job: str, out: str, dump_root: str, page_size: int = 100,
@@ -103,10 +104,11 @@ def write_report(store: ResultStore, job: str, out: str, dump_root: str, page_si
         link = quote(os.path.basename(folder))
         records = [r for r in store.iter_records(job) if group is None or in_group(r, group)]
         # Decoding, resizing and PNG encoding release the GIL: threads use the cores.
-        reads = limits or PreviewLimits()
+        fetches = Fetches(limits or PreviewLimits())
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-            cards = list(pool.map(lambda r: _card(r, staging, link, dump_root, channels, reads), records))
-        dups = (duplicates_section(job, dump_root, staging, link, {c["i"]: c for c in cards}, reads, duplicate_groups)
+            cards = list(pool.map(lambda r: _card(r, staging, link, dump_root, channels, fetches), records))
+        dups = (duplicates_section(job, dump_root, staging, link, {c["i"]: c for c in cards}, fetches.limits,
+                                   duplicate_groups)
                 if duplicate_groups else None)
         page = _page(status, records, cards, page_size, group, dups.html if dups else _NO_SECTION)
         _replace_folder(staging, folder)
@@ -117,7 +119,8 @@ def write_report(store: ResultStore, job: str, out: str, dump_root: str, page_si
         file.write(page)
     return Report(out, folder, len(cards), sum(1 for c in cards if "t" in c) + (dups.thumbnails if dups else 0),
                   sum(len(c.get("m", ())) for c in cards), sum(1 for c in cards if "e" in c),
-                  dups.groups if dups else 0, tuple(dups.measured) if dups else ())
+                  dups.groups if dups else 0, tuple(dups.measured) if dups else (),
+                  tuple(f"{c['p']}: {c['np']}" for c in cards if "np" in c))
 
 
 def in_group(record: ResultRecord, group: str) -> bool:
@@ -165,10 +168,10 @@ def shown(text: str) -> str:
 
 
 def _card(record: ResultRecord, folder: str, link: str, dump_root: str, channels: int,
-          limits: PreviewLimits) -> dict:
+          fetches: Fetches) -> dict:
     """One image's card data: ``i`` id, ``n`` name, ``p`` path, ``k`` [[label, score]], ``hd`` (the same of the
-    job's head), and ``t, w, h`` (thumbnail), ``e`` (error), ``m`` (heat maps: [[layer, url, width, height,
-    title]]), ``x`` (a note)."""
+    job's head), and ``t, w, h`` (thumbnail), ``np`` (why its picture could not be fetched), ``e`` (error), ``m``
+    (heat maps: [[layer, url, width, height, title]]), ``x`` (a note)."""
     image = record.image
     card = {"i": image, "n": shown(os.path.basename(record.path)), "p": shown(record.path),
             "k": [[t.label, round(t.score, 4)] for t in record.top_k]}
@@ -177,7 +180,10 @@ def _card(record: ResultRecord, folder: str, link: str, dump_root: str, channels
         return card
     if record.head and record.head.get("top_k"):
         card["hd"] = [[f"{record.head['name']}: {t['label']}", round(t["score"], 4)] for t in record.head["top_k"]]
-    picture = thumbnail(record.path, limits)  # None: the card says "no preview"
+    shown_preview = fetches.preview(record.path)  # no picture: the card says "no preview", and why if it knows
+    picture = shown_preview.picture
+    if shown_preview.problem:
+        card["np"] = shown(shown_preview.problem)
     if picture is not None:
         picture.save(os.path.join(folder, "thumbs", f"{image}.jpg"), "JPEG", quality=80)
         card.update(t=f"{link}/thumbs/{image}.jpg", w=picture.width, h=picture.height)
@@ -348,7 +354,8 @@ function img(src, w, h, alt, cls) {
 }
 function card(c) {
   const d = el("div", c.e ? "card bad" : "card");
-  d.append(c.t ? img(c.t, c.w, c.h, c.p, "thumb") : el("div", "none", c.e ? "not classified" : "no preview"));
+  const none = c.e ? "not classified" : c.np ? "no preview: " + c.np : "no preview";
+  d.append(c.t ? img(c.t, c.w, c.h, c.p, "thumb") : el("div", "none", none));
   const name = el("div", "name", "#" + c.i + " " + c.n); name.title = c.p; d.append(name);
   if (c.e) d.append(el("div", "err", c.e));
   for (const [label, score] of (c.k || []).concat(c.hd || [])) {

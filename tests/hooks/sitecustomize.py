@@ -15,6 +15,8 @@ decoder as soon as ``worker.images.preprocess`` is imported, before ``worker.bat
   memory or a bug in a runtime would.
 - ``TEST_HOOK_KILL_HEARTBEAT=1``: the heartbeat thread's second beat raises, once the worker was seen ready,
   as a bug in making the beat would.
+- ``TEST_HOOK_COUNT_OPENS=FILE``: every open of a location by a byte source (a local file, an s3:// object) that
+  succeeds appends the location as a line to FILE: how many times the worker read each image, seen from outside.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ KILL_INFERENCE = os.environ.get("TEST_HOOK_KILL_INFERENCE", "") == "1"
 FAIL_BATCHES = os.environ.get("TEST_HOOK_FAIL_BATCHES", "") == "1"
 FAIL_LOAD = os.environ.get("TEST_HOOK_FAIL_LOAD", "") == "1"
 KILL_HEARTBEAT = os.environ.get("TEST_HOOK_KILL_HEARTBEAT", "") == "1"
+COUNT_OPENS = os.environ.get("TEST_HOOK_COUNT_OPENS", "")
 
 
 def _patch_preprocess(module) -> None:
@@ -88,9 +91,30 @@ def _patch_process(module) -> None:
     module.Runtime.heartbeat = dying_heartbeat
 
 
+def _patch_byte_source(module) -> None:
+    import contextlib
+
+    source = module.LocalFiles if hasattr(module, "LocalFiles") else module.S3Objects
+    open_location = source.open
+
+    @contextlib.contextmanager
+    def counted_open(self, location, *args, **kwargs):
+        with open_location(self, location, *args, **kwargs) as file:
+            line = (location.replace("\n", " ") + "\n").encode("utf-8", "surrogateescape")
+            fd = os.open(COUNT_OPENS, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                os.write(fd, line)  # one write of one line with O_APPEND: threads never interleave
+            finally:
+                os.close(fd)
+            yield file
+
+    source.open = counted_open
+
+
 _PATCHES = {"worker.images.preprocess": _patch_preprocess, "worker.batches.known_batch": _patch_known_batch,
             "worker.batches.gather": _patch_gather, "worker.batches.batch": _patch_batch,
-            "worker.runtimes.loading": _patch_loading, "worker.process": _patch_process}
+            "worker.runtimes.loading": _patch_loading, "worker.process": _patch_process,
+            "imgq.storage.local": _patch_byte_source, "imgq.storage.s3": _patch_byte_source}
 
 
 class _PatchAfterImport(importlib.abc.MetaPathFinder):
@@ -117,6 +141,7 @@ _WANTED = {"worker.images.preprocess": bool(CRASH_ON) and CRASH_WHILE == "decodi
            "worker.batches.known_batch": bool(CRASH_ON) and CRASH_WHILE == "hashing", "worker.batches.gather":
            KILL_INFERENCE,
            "worker.batches.batch": FAIL_BATCHES, "worker.runtimes.loading": FAIL_LOAD,
-           "worker.process": KILL_HEARTBEAT}
+           "worker.process": KILL_HEARTBEAT, "imgq.storage.local": bool(COUNT_OPENS),
+           "imgq.storage.s3": bool(COUNT_OPENS)}
 if any(_WANTED.values()):
     sys.meta_path.insert(0, _PatchAfterImport())

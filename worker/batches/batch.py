@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import time
+from collections.abc import Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -21,9 +23,9 @@ from worker.batches.dumps import write_dump
 from worker.batches.embeddings import keep_embeddings
 from worker.batches.heads import LoadedHead
 from worker.batches.isolation import CRASHED_MESSAGE, Isolation
-from worker.batches.known_batch import classify_with_index
+from worker.batches.known_batch import Read, classify_with_index
 from worker.batches.labels import top_k
-from worker.images.preprocess import RESNET50, ImageError, Target, load_pixels, one_line
+from worker.images.preprocess import RESNET50, ImageError, Target, decode_pixels, load_pixels, one_line
 
 if TYPE_CHECKING:
     from worker.process import Runtime
@@ -40,15 +42,18 @@ class Decoded:
     decode_ms: float
 
 
-def decode(image: int, path: str, settings: Settings, target: Target = RESNET50) -> Decoded:
+def decode(image: int, path: str, settings: Settings, target: Target = RESNET50, read: Read | None = None) -> Decoded:
     """Decode one image into the pixels ``target`` (the model's input) needs; every failure of the image
     becomes an ImageError on the result, never an exception. A store that does not answer raises
-    SourceUnavailable: that is no fact about the image, and no record may say it is."""
+    SourceUnavailable: that is no fact about the image, and no record may say it is.
+
+    ``read``: what --skip-known's hashing already read of the image (worker/batches/known_batch.py), within the
+    same bounds (the roots, IMGQ_MAX_FILE_BYTES): its bytes, decoded as they are, or the error the read met,
+    recorded as it is; None: the image is read here."""
     started = time.perf_counter()
     pixels, error = None, None
     try:
-        pixels = load_pixels(path, allowed_roots=settings.allowed_roots, max_pixels=settings.max_pixels,
-                             max_file_bytes=settings.max_file_bytes, jpeg_draft=settings.jpeg_draft, target=target)
+        pixels = _pixels(path, settings, target, read)
     except ImageError as exc:
         error = exc
     except SourceUnavailable:
@@ -57,6 +62,15 @@ def decode(image: int, path: str, settings: Settings, target: Target = RESNET50)
         log.exception("Unexpected failure decoding %s", path)
         error = ImageError("corrupt", f"{type(exc).__name__}: {one_line(exc, 160)}")
     return Decoded(image, path, pixels, error, (time.perf_counter() - started) * 1000)
+
+
+def _pixels(path: str, settings: Settings, target: Target, read: Read | None):
+    if isinstance(read, ImageError):
+        raise read
+    bounds = {"max_pixels": settings.max_pixels, "jpeg_draft": settings.jpeg_draft, "target": target}
+    if read is not None:
+        return decode_pixels(io.BytesIO(read), name=path, **bounds)
+    return load_pixels(path, allowed_roots=settings.allowed_roots, max_file_bytes=settings.max_file_bytes, **bounds)
 
 
 def run_batch(message: BatchMessage, runtime: Runtime, worker: str) -> list[ResultRecord]:
@@ -97,7 +111,8 @@ def _run(message: BatchMessage, runtime: Runtime, worker: str, attempts: int, lo
                         job, attempts, lost)
         if message.known:
             records = classify_with_index(message, todo, runtime, worker,
-                                          lambda items: _classify(message, items, runtime, worker, isolation),
+                                          lambda items, reads: _classify(message, items, runtime, worker,
+                                                                         isolation, reads),
                                           isolation)
         else:
             records = _classify(message, todo, runtime, worker, isolation)
@@ -168,15 +183,18 @@ def _until_redis_answers(write, patience: float = REDIS_PATIENCE_SECONDS):
 
 
 def _classify(message: BatchMessage, todo: list[tuple[int, str]], runtime: Runtime, worker: str,
-              isolation: Isolation | None) -> list[ResultRecord]:
+              isolation: Isolation | None, reads: Mapping[int, Read] | None = None) -> list[ResultRecord]:
+    """``reads``: what was read already of some of the images (see ``decode``)."""
     if not todo:
         return []
+    reads = reads or {}
     gatherer = runtime.gatherer
     with gatherer.decoding():
         if isolation:
-            decoded = _decode_one_by_one(isolation, todo, runtime)
+            decoded = _decode_one_by_one(isolation, todo, runtime, reads)
         else:
-            decoded = list(runtime.decode_pool.map(lambda item: _decode_shared(item, runtime), todo))
+            decoded = list(runtime.decode_pool.map(lambda item: _decode_shared(item, runtime, reads.get(item[0])),
+                                                   todo))
         good = [d for d in decoded if d.error is None]
         classifier = runtime.classifier
         head = _head(message, runtime) if good else None
@@ -216,19 +234,21 @@ def _layers(message: BatchMessage, head: LoadedHead | dict | None, spec=None) ->
     return layers
 
 
-def _decode_shared(item: tuple[int, str], runtime: Runtime) -> Decoded:
+def _decode_shared(item: tuple[int, str], runtime: Runtime, read: Read | None = None) -> Decoded:
     with runtime.decode_lock.shared():  # an isolated decode elsewhere in the process waits for none of these
-        return decode(*item, runtime.settings, runtime.classifier.target)
+        return decode(*item, runtime.settings, runtime.classifier.target, read)
 
 
-def _decode_one_by_one(isolation: Isolation, todo: list[tuple[int, str]], runtime: Runtime) -> list[Decoded]:
+def _decode_one_by_one(isolation: Isolation, todo: list[tuple[int, str]], runtime: Runtime,
+                       reads: Mapping[int, Read]) -> list[Decoded]:
     decoded = []
     for image, path in todo:
         if isolation.crashed(image):
             decoded.append(Decoded(image, path, None, ImageError("worker_crashed", CRASHED_MESSAGE), 0.0))
         else:
             decoded.append(isolation.alone(image, lambda i=image, p=path: decode(i, p, runtime.settings,
-                                                                                    runtime.classifier.target)))
+                                                                                    runtime.classifier.target,
+                                                                                    reads.get(i))))
     return decoded
 
 
