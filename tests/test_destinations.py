@@ -239,3 +239,40 @@ class TestS3Prefix(DestinationContract):
         with pytest.raises(StoreError, match="did not answer"):
             self.destination.names(self.at("job7"))
         s3_source.forget_clients()
+
+
+def test_a_write_refused_mid_job_is_what_a_failing_local_write_is(s3, destination_bucket, tmp_path, monkeypatch):
+    """A dump root and a sink on S3 whose writes are refused once the worker is running (credentials changed,
+    the store gone): a batch's embedding file makes its ok records dump_failed, an activation dump and a sink file
+    raise OSError, which the batch turns into a dump_failed record and a failed task for the reconciler, as for a
+    full disk. Nothing is written anywhere else (the working folder gets no 's3:' folder)."""
+    from imgq.contract import BatchMessage, error_record, ok_record
+    from imgq.results import sink
+    from imgq.settings import Settings
+    from imgq.storage import s3 as s3_source
+    from tests import imagegen
+    from worker.batches.batch import Decoded
+    from worker.batches.dumps import write_dump
+    from worker.batches.embeddings import keep_embeddings
+
+    monkeypatch.chdir(tmp_path)
+    root = f"s3://{destination_bucket}/mid-{uuid.uuid4().hex[:8]}"
+    photo = imagegen.save(tmp_path / "a.png", size=(64, 48))
+    good = [Decoded(i, str(photo), imagegen.scene(224, 224, i), None, 1.0) for i in (4, 5)]
+    records = [ok_record("job1", 4, str(photo), []), error_record("job1", 5, str(photo), "corrupt", "x")]
+    message = BatchMessage(job="job1", batch=2, images=((4, str(photo)), (5, str(photo))), top_k=5, embeddings=True)
+    settings = Settings(dump_root=root, sink_dir=root, state_dir=str(tmp_path))
+    features = np.random.default_rng(0).normal(size=(2, 2048)).astype(np.float32)
+    assert keep_embeddings(records, good, features, settings, ("resnet50", "random:0"), message) == records
+    assert destination_for(root).names(f"{root}/job1") == ["embeddings-000002.npz"]  # the store takes it
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "a-wrong-secret")
+    s3_source.forget_clients()
+    out = keep_embeddings(records, good, features, settings, ("resnet50", "random:0"), message)
+    assert out[0].error.code == "dump_failed" and out[1] == records[1]
+    assert out[0].error.message.startswith("embedding file not written: the object store refused access")
+    with pytest.raises(OSError, match=f"\\ACannot write {root}/job1/4.npz: the object store refused access"):
+        write_dump(root, "job1", 4, {"avg_pool": np.ones(8, dtype=np.float32)}, "float16")
+    with pytest.raises(OSError, match=f"\\ACannot write {root}/job1/batch-000002.parquet: "):
+        sink.write_batch(root, "job1", 2, records[:1], k=5)
+    assert os.listdir(tmp_path) == ["a.png"]
+    s3_source.forget_clients()
