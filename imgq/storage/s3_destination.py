@@ -17,6 +17,7 @@ Costs: one PUT per file written, one GET per file read, one LIST per 1000 names,
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -53,8 +54,6 @@ class S3Prefix(Destination):
     def open(self, location: str, max_bytes: int) -> Iterator[BinaryIO]:
         """One GET; the size is checked on the reply's headers before a byte of the body is read, and the body is
         read whole (at most ``max_bytes`` + 1 bytes, whatever the headers said) and served from memory."""
-        import io
-
         bucket, key = _object(location, _read_refused)
         reply = _asked(location, _read_refused, "read", lambda c: c.get_object(Bucket=bucket, Key=key))
         body = reply["Body"]
