@@ -196,8 +196,10 @@ class Settings:
     # The holder renews the lock every loop, so this must exceed beat_max_interval.
 
     dump_root: str = ""
-    # Folder of activation dumps, one sub-folder per job; empty means <state_dir>/dumps. Workers write
-    # there and `imgq report`/`results --embeddings` read there: on several machines, a shared volume.
+    # Folder of activation dumps and embedding files, one sub-folder per job; empty means <state_dir>/dumps.
+    # Workers write there and `imgq report`/`results --embeddings`/`duplicates` read there: on several machines,
+    # a shared volume, or an s3://bucket/prefix (each file one object, the same layout of keys; endpoint and
+    # credentials as for reading, docs/object-storage.md). A worker checks that it can write there as it starts.
 
     max_dump_bytes: int = 10 * 1024**3
     # `imgq submit --activations` refuses a job whose dumps would take more than this, unless --yes.
@@ -205,7 +207,7 @@ class Settings:
     sink_dir: str = ""
     # Folder of the Parquet sinks of jobs submitted with `--sink`, one sub-folder per job (one file per batch);
     # empty means <state_dir>/sink. Workers write there and `imgq results` reads there: on several machines,
-    # a shared volume, as for dumps.
+    # a shared volume or an s3://bucket/prefix, as for dumps.
 
     retention: int = 7 * 86400
     # How long a finished (done or cancelled) job's records stay in Redis before they expire, in seconds or
@@ -479,6 +481,8 @@ def _parse(name: str, raw: str):
         return parse_roots(raw, env_var(name))
     if name == "s3_endpoint_url":
         return _endpoint_url(raw)
+    if name in ("dump_root", "sink_dir") and raw.startswith("s3://"):
+        return _destination_url(name, raw)
     if name == "s3_region" and not _REGION.fullmatch(raw):
         raise ValueError(f"{env_var(name)} must be a region name: lowercase letters, digits and '-' "
                          f"(us-east-1, auto). Received: {raw!r}")
@@ -486,6 +490,21 @@ def _parse(name: str, raw: str):
 
 
 _REGION = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")  # S3's bucket names: 3 to 63 of these
+
+
+def _destination_url(name: str, raw: str) -> str:
+    """An s3://bucket[/prefix] IMGQ_DUMP_ROOT or IMGQ_SINK_DIR, without a final '/' (files' keys are joined under
+    it as paths are). Raises ValueError for a bucket S3 would refuse, or a '.', '..' or empty segment in the
+    prefix: keys are literal, and a key with those is not where its path would be."""
+    bucket, _, prefix = raw[len("s3://"):].rstrip("/").partition("/")
+    if not _BUCKET.fullmatch(bucket):
+        raise ValueError(f"{env_var(name)} must be s3://bucket/prefix with a bucket of 3 to 63 lowercase letters, "
+                         f"digits, '.' or '-'. Received: {raw!r}")
+    if prefix and any(part in ("", ".", "..") for part in prefix.split("/")):
+        raise ValueError(f"{env_var(name)} must not have an empty, '.' or '..' segment in its prefix. "
+                         f"Received: {raw!r}")
+    return raw.rstrip("/")
 
 
 def _endpoint_url(raw: str) -> str:

@@ -29,6 +29,7 @@ from imgq.results.job import JobStatus
 from imgq.results.sink import DamagedSink, SinkFilesMissing, SinkNotRemovable
 from imgq.results.store import JobNotFound, ResultStore
 from imgq.settings import MAX_RETENTION, Settings, env_var, format_seconds, mask_url, parse_setting
+from imgq.storage.destination import StoreError
 from imgq.storage.errors import ListingError
 from imgq.storage.files import WriteError
 from imgq.storage.selection import IGNORE_MARKERS, PathFilter, Skipped
@@ -109,7 +110,8 @@ class CliGroup(click.Group):
 
 
 _USER_ERRORS = (JobNotFound, submission.EmptySelection, TimeoutError, LocalServiceError, DumpError,
-                UntrainedWeights, WriteError, SinkFilesMissing, SinkNotRemovable, DamagedSink, ListingError)
+                UntrainedWeights, WriteError, SinkFilesMissing, SinkNotRemovable, DamagedSink, ListingError,
+                StoreError)
 
 
 def _known_error(ctx, exc: Exception) -> click.ClickException | None:

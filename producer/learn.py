@@ -8,9 +8,9 @@ on every example and written as a head (imgq/labels/heads.py) with its figures. 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import shutil
 import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -19,7 +19,7 @@ from imgq.contract import ResultRecord, dump_path, is_untrained
 from imgq.labels.heads import Head, HeadError, check_head, check_label
 from imgq.storage.errors import ListingError
 from imgq.storage.files import atomic_path
-from imgq.storage.locate import source_for
+from imgq.storage.locate import destination_for, source_for
 from imgq.storage.selection import PathFilter, Skipped
 from imgq.storage.walk import iter_images
 
@@ -213,8 +213,14 @@ def read_learn_records(results_file: str) -> list[ResultRecord]:
 
 
 def forget_dumps(dump_root: str, job: str) -> None:
-    """The learn job's feature dumps are not kept once read (the head holds what was learned)."""
-    shutil.rmtree(os.path.dirname(dump_path(dump_root, job, 0)), ignore_errors=True)
+    """The learn job's feature dumps are not kept once read (the head holds what was learned): each file of its
+    folder removed (an s3:// prefix's objects too), then the folder; what cannot be removed is left."""
+    folder = os.path.dirname(dump_path(dump_root, job, 0))
+    destination = destination_for(folder)
+    with contextlib.suppress(OSError):
+        for name in destination.names(folder):
+            destination.remove(os.path.join(folder, name))
+    destination.remove_folder(folder)
 
 
 def temporary_results() -> str:

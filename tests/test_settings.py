@@ -144,3 +144,23 @@ def test_the_heartbeat_period_is_bounded_with_one_line(value):
         Settings.from_env({"IMGQ_HEARTBEAT_SECONDS": value})
     assert str(info.value) == f"IMGQ_HEARTBEAT_SECONDS must be from 1 to 300. Received: {value!r}"
     assert Settings.from_env({"IMGQ_HEARTBEAT_SECONDS": "300"}).heartbeat_seconds == 300
+
+
+@pytest.mark.parametrize("variable", ["IMGQ_DUMP_ROOT", "IMGQ_SINK_DIR"])
+@pytest.mark.parametrize(("value", "kept"), [("s3://imgq-out/dumps", "s3://imgq-out/dumps"),
+                                             ("s3://imgq-out/a/b/", "s3://imgq-out/a/b"),
+                                             ("s3://imgq-out", "s3://imgq-out"), ("s3://imgq-out/", "s3://imgq-out"),
+                                             ("/var/lib/imgq/dumps", "/var/lib/imgq/dumps")])
+def test_dumps_and_the_sink_go_to_a_folder_or_an_s3_prefix(variable, value, kept):
+    settings = Settings.from_env({variable: value})
+    assert (settings.effective_dump_root if variable == "IMGQ_DUMP_ROOT" else settings.effective_sink_dir) == kept
+
+
+@pytest.mark.parametrize("variable", ["IMGQ_DUMP_ROOT", "IMGQ_SINK_DIR"])
+@pytest.mark.parametrize("value", ["s3://", "s3:///dumps", "s3://ab/x", "s3://Imgq-Out/x", "s3://imgq_out/x",
+                                   "s3://" + "b" * 64, "s3://imgq-out//x", "s3://imgq-out/a/../b",
+                                   "s3://imgq-out/./b"])
+def test_an_s3_destination_s3_would_refuse_is_one_line(variable, value):
+    with pytest.raises(ValueError, match=f"\\A{variable} must") as info:
+        Settings.from_env({variable: value})
+    assert repr(value) in str(info.value) and "\n" not in str(info.value)

@@ -86,6 +86,7 @@ def _load_in_main_process(sender=None, **_):
     start_checks.refuse_a_concurrency_out_of_bounds(getattr(sender, "concurrency", None))
     start_checks.refuse_a_server_not_speaking_redis(settings)
     start_checks.refuse_a_live_namesake(settings, getattr(sender, "hostname", None))
+    start_checks.refuse_a_destination_it_cannot_write(settings)
     pool = getattr(sender, "pool_cls", "")
     celery_pool = pool if isinstance(pool, str) else getattr(pool, "__module__", "")
     if "prefork" not in celery_pool and (getattr(sender, "options", None) or {}).get("autoscale"):

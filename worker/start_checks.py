@@ -13,7 +13,8 @@ import sys
 
 from imgq.redis_protocol import check_speaks_redis
 from imgq.results.store import ResultStore
-from imgq.settings import MAX_CONCURRENCY, Settings
+from imgq.settings import MAX_CONCURRENCY, Settings, env_var
+from imgq.storage.locate import destination_for
 from worker import naming
 
 EXIT_REFUSED = 2  # as for a malformed IMGQ_* value or weights that cannot load
@@ -52,6 +53,17 @@ def refuse_a_live_namesake(settings: Settings, nodename: str | None) -> None:
     if twin is not None:
         _stop(f"a live worker is already named {nodename} (pid {twin.pid} on {twin.host}): give this one another "
               f"name with -n, or leave -n out for a name of its own")
+
+
+def refuse_a_destination_it_cannot_write(settings: Settings) -> None:
+    """When the dump root or the sink folder (a local folder or an s3:// prefix) cannot be written: a small file
+    written there and removed says so before the worker takes a batch (a read-only folder, a missing bucket,
+    refused credentials, a store away after its client's retries), rather than a lost dump or sink file later."""
+    for name, root in (("dump_root", settings.effective_dump_root), ("sink_dir", settings.effective_sink_dir)):
+        try:
+            destination_for(root).check_writable(root)
+        except OSError as exc:
+            _stop(f"{env_var(name)}: {exc}")
 
 
 def _stop(problem: str) -> None:

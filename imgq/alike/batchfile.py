@@ -11,6 +11,9 @@ An uncompressed .npz of five arrays, one row per image classified in the batch, 
 
 and ``model`` and ``weights``: 0-d strings, the worker's model id and weights id: embeddings of different
 models or weights are never compared.
+
+The dump root is a local folder or an s3:// prefix (IMGQ_DUMP_ROOT): files are written and read back through its
+Destination (imgq/storage/destination.py), whole or not at all, with the same layout of keys as of paths.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from imgq.contract import JOB_ID
-from imgq.storage.files import atomic_path, open_regular
+from imgq.storage.destination import StoreError
+from imgq.storage.locate import destination_for
 
 FILE = re.compile(r"embeddings-(\d{6,})\.npz")
 MAX_BATCH_FILE_BYTES = 1024**3  # 32 MB for a batch of 4,096 2048-d vectors; a file over this is refused
@@ -69,38 +73,39 @@ def normalised(vectors: np.ndarray) -> np.ndarray:
 
 def write_batch(root: str, job: str, batch: int, rows: BatchVectors) -> dict:
     """Write ``rows`` as the file of ``batch`` (atomically: a reader never sees half of it); returns
-    ``{file, rows, bytes}``. Raises OSError (a full disk, permissions)."""
+    ``{file, rows, bytes}``. Raises OSError (a full disk, permissions, a store that refused the write or did
+    not answer: WriteError)."""
     path = batch_file(root, job, batch)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    destination = destination_for(path)
     arrays = {name: getattr(rows, name) for name in FIELDS}
-    with atomic_path(path) as tmp, open(tmp, "wb") as file:
+    with destination.writing(path) as file:
         np.savez(file, **arrays, model=np.array(rows.model), weights=np.array(rows.weights))
-    return {"file": path, "rows": len(rows), "bytes": os.path.getsize(path)}
+        size = destination.size(file)
+    return {"file": path, "rows": len(rows), "bytes": size}
 
 
 def batch_files(root: str, job: str) -> list[str]:
-    """The batch files of ``job`` under ``root``, in batch order ([] when there are none)."""
+    """The batch files of ``job`` under ``root``, in batch order ([] when there are none). Raises OSError when
+    the folder cannot be listed (a store that refused or did not answer: StoreError)."""
     folder = os.path.dirname(batch_file(root, job, 0))
-    try:
-        names = os.listdir(folder)
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-    return [os.path.join(folder, name) for name in sorted(names) if FILE.fullmatch(name)]
+    names = destination_for(folder).names(folder)
+    return [os.path.join(folder, name) for name in names if FILE.fullmatch(name)]
 
 
 def read_batch(path: str) -> BatchVectors:
     """The rows of one batch file, opened as imgq opens files (no link followed, a regular file, a size
-    cap, never a blocking open). Raises BatchFileError saying what is wrong."""
+    cap, never a blocking open; an object: its size checked before its body is read). Raises BatchFileError
+    saying what is wrong."""
     try:
-        file = open_regular(path, MAX_BATCH_FILE_BYTES)
-        if file is None:
-            raise BatchFileError(f"{path}: no such file")
-        with file, np.load(file, allow_pickle=False) as data:
+        with destination_for(path).open(path, MAX_BATCH_FILE_BYTES) as file, \
+                np.load(file, allow_pickle=False) as data:
             arrays = {name: data[name] for name in FIELDS}
             model, weights = str(data["model"]), str(data["weights"])
-    except BatchFileError:
-        raise
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+    except FileNotFoundError:
+        raise BatchFileError(f"{path}: no such file") from None
+    except StoreError as exc:  # the store refused or did not answer: nothing is known of the file
+        raise BatchFileError(str(exc)) from None
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:  # RefusedFile: ValueError
         raise BatchFileError(f"{path}: not an imgq embedding file ({exc})") from None
     rows = BatchVectors(**arrays, model=model, weights=weights)
     _check(rows, path)

@@ -1,13 +1,17 @@
-"""The Parquet sink: a job's records as one Parquet file per batch in a shared folder, instead of in Redis.
+"""The Parquet sink: a job's records as one Parquet file per batch in a shared folder or an s3:// prefix, instead
+of in Redis.
 
-``<sink>/<job>/batch-<n:06d>.parquet`` holds the records of batch ``n`` (schema: imgq/results/parquet_schema.py).
-Each file is written under a temporary name in the same folder and renamed over its final name, so:
+``<sink>/<job>/batch-<n:06d>.parquet`` holds the records of batch ``n`` (schema: imgq/results/parquet_schema.py);
+on S3 the key is the same path under the prefix. The sink is written and read through its Destination
+(imgq/storage/destination.py): a local file is written under a temporary name in the same folder and renamed over
+its final name, an object is sent as one PUT once whole (S3 shows an object only when its PUT completes). So:
 
 - a reader sees a batch's file whole or not at all;
 - a redelivered batch *replaces* its file instead of adding rows: exactly one row per image, by
   construction, whatever the number of deliveries (the name is the batch, like SageMaker's output keyed by
   input);
-- a writer killed mid-write leaves only a temporary file (``.imgq-*.tmp``), which is never read as a batch.
+- a writer killed mid-write leaves at most a temporary file (``.imgq-*.tmp``; on S3 nothing), which is never
+  read as a batch.
 
 pyarrow is imported inside the functions so that importing imgq (and `imgq --help`) stays fast.
 """
@@ -22,7 +26,7 @@ from typing import BinaryIO
 
 from imgq.contract import JOB_ID, ResultRecord
 from imgq.results.parquet_schema import record_batch, records
-from imgq.storage.files import atomic_path, open_regular
+from imgq.storage.locate import destination_for
 
 
 class SinkFilesMissing(LookupError):
@@ -59,37 +63,33 @@ def write_batch(sink_dir: str, job: str, batch: int, batch_records: Iterable[Res
     """Write (or replace) the file of batch ``batch`` of ``job`` with ``batch_records``, one row each, with
     ``k`` label ranks (default: the most labels a record has); returns its path.
 
-    The file is flushed to disk before it is renamed: a worker acknowledges the batch once this returns, so a
-    machine that crashes just after must not leave an empty file under the batch's name. Raises OSError
-    (a full disk, a sink folder that is not writable).
+    The file is durable before it appears (a local one flushed to disk before it is renamed, an object's PUT
+    acknowledged): a worker acknowledges the batch once this returns, so a machine that crashes just after must
+    not leave an empty file under the batch's name. Raises OSError (a full disk, a sink folder that is not
+    writable, a store that refused the write or did not answer: WriteError).
     """
     rows = sorted(batch_records, key=lambda r: r.image)
     if any(r.job != job for r in rows):
         raise ValueError(f"Expected records of job {job!r}. Received: {sorted({r.job for r in rows})!r}")
     path = batch_file(sink_dir, job, batch)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
     batch_rows = record_batch(rows, max((len(r.top_k) for r in rows), default=0) if k is None else k)
-    with atomic_path(path) as tmp:
-        _write_synced(batch_rows, tmp)
+    with destination_for(path).writing(path, durable=True) as file:
+        _write_table(batch_rows, file)
     return path
 
 
-def _write_synced(batch, path: str) -> None:
+def _write_table(batch, file: BinaryIO) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    with open(path, "wb") as file:
-        pq.write_table(pa.Table.from_batches([batch]), file, compression="zstd")
-        file.flush()
-        os.fsync(file.fileno())
+    pq.write_table(pa.Table.from_batches([batch]), file, compression="zstd")
 
 
 def batch_numbers(sink_dir: str, job: str) -> list[int]:
-    """The numbers of the batches of ``job`` that have a file, in order (none when the folder is missing)."""
-    try:
-        names = os.listdir(job_folder(sink_dir, job))
-    except FileNotFoundError:
-        return []
+    """The numbers of the batches of ``job`` that have a file, in order (none when the folder is missing).
+    Raises OSError when the folder cannot be listed (a store that refused or did not answer: StoreError)."""
+    folder = job_folder(sink_dir, job)
+    names = destination_for(folder).names(folder)
     return sorted(int(m.group(1)) for m in map(BATCH_FILE.fullmatch, names) if m)
 
 
@@ -140,10 +140,10 @@ def read_counted(sink_dir: str, job: str, counts: dict[int, int]) -> Iterator[Re
 def remove_batch(sink_dir: str, job: str, batch: int) -> None:
     """Remove one batch's file (a worker's, written for a job deleted meanwhile), and the job's folder if it is
     empty then."""
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(batch_file(sink_dir, job, batch))
-    with contextlib.suppress(OSError):  # something else is in it: left as it is
-        os.rmdir(job_folder(sink_dir, job))
+    folder = job_folder(sink_dir, job)
+    destination = destination_for(folder)
+    destination.remove(batch_file(sink_dir, job, batch))
+    destination.remove_folder(folder)
 
 
 def count_rows(sink_dir: str, job: str) -> int:
@@ -159,12 +159,9 @@ def count_rows(sink_dir: str, job: str) -> int:
 
 @contextlib.contextmanager
 def _opened(path: str) -> Iterator[BinaryIO]:
-    """A batch file opened by imgq/storage/files.py's rules (no link, no pipe, at most MAX_BATCH_FILE_BYTES).
-    Raises FileNotFoundError when it is gone, RefusedFile (a ValueError) when it is not one imgq reads."""
-    file = open_regular(path, MAX_BATCH_FILE_BYTES)
-    if file is None:
-        raise FileNotFoundError(f"No such file: {path}")
-    with file:
+    """A batch file opened by its destination's rules (no link, no pipe, at most MAX_BATCH_FILE_BYTES). Raises
+    FileNotFoundError when it is gone, RefusedFile (a ValueError) when it is not one imgq reads, OSError."""
+    with destination_for(path).open(path, MAX_BATCH_FILE_BYTES) as file:
         yield file
 
 
@@ -172,15 +169,11 @@ def remove_job(sink_dir: str, job: str) -> int:
     """Remove the job's batch files (and temporary files a killed writer left), then its folder if nothing
     else is in it; returns how many batch files went. Nothing imgq did not write is removed."""
     folder = job_folder(sink_dir, job)
+    destination = destination_for(folder)
     removed = 0
-    try:
-        names = os.listdir(folder)
-    except FileNotFoundError:
-        return 0
-    for name in names:
+    for name in destination.names(folder):
         if BATCH_FILE.fullmatch(name) or (name.startswith(".imgq-") and name.endswith(".tmp")):
-            os.unlink(os.path.join(folder, name))
+            destination.remove(os.path.join(folder, name))
             removed += bool(BATCH_FILE.fullmatch(name))
-    with contextlib.suppress(OSError):  # something else is in it: left as it is
-        os.rmdir(folder)
+    destination.remove_folder(folder)  # when something else is in it, it is left as it is
     return removed

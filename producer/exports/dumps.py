@@ -2,22 +2,22 @@
 
 Workers write one ``.npz`` per image at ``<dump root>/<job>/<image>.npz`` (``worker/batches/dumps.py``): keys are
 layer names, arrays have no batch axis. `imgq report`, `imgq show` and `imgq results --embeddings` read
-them from the producer's own dump root (the same shared volume, perhaps mounted elsewhere), and fall back
-to the absolute path the worker put in the record.
+them from the producer's own dump root (the same shared volume, perhaps mounted elsewhere, or the same s3://
+prefix), and fall back to the location the worker put in the record; both through their Destination
+(imgq/storage/destination.py).
 
 Nothing here imports numpy at import time: the CLI imports this module for its exceptions and the guard.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from imgq.contract import ResultRecord, dump_path
 from imgq.models.layers import dump_bytes
 from imgq.models.spec import DEFAULT_MODEL
-from imgq.storage.files import open_regular
+from imgq.storage.locate import destination_for
 
 if TYPE_CHECKING:
     from imgq.results.store import ResultStore
@@ -82,13 +82,15 @@ def local_dump_path(dump_root: str, job: str, image: int) -> str:
 def dump_file(record: ResultRecord, dump_root: str) -> str | None:
     """The dump of the image of ``record``, or None when its record has none or the file is gone.
 
-    Looked for under ``dump_root`` first (the shared volume as this machine mounts it), then at the path
-    the worker recorded.
+    Looked for under ``dump_root`` first (the shared volume as this machine mounts it, an s3:// prefix), then
+    at the location the worker recorded.
     """
     if not record.ok or not record.activations:
         return None
-    for path in (local_dump_path(dump_root, record.job, record.image), record.activations.get("file")):
-        if path and os.path.isfile(path):
+    here = local_dump_path(dump_root, record.job, record.image)
+    recorded = record.activations.get("file")
+    for path in (here, recorded if recorded != here else None):
+        if path and destination_for(path).exists(path):
             return path
     return None
 
@@ -109,13 +111,14 @@ def load_layer(path: str, layer: str):
     import numpy as np
 
     try:
-        file = open_regular(path, MAX_DUMP_FILE_BYTES)  # a link, a pipe or a giant: refused (imgq/storage/files.py)
-        if file is None:
-            raise DumpError(f"The dump {path} is gone.")
-        with file, np.load(file, allow_pickle=False) as dump:
+        # a link, a pipe or a giant: refused (imgq/storage/files.py); an object's size checked before its body
+        with destination_for(path).open(path, MAX_DUMP_FILE_BYTES) as file, \
+                np.load(file, allow_pickle=False) as dump:
             if layer not in dump.files:
                 raise DumpError(f"The dump {path} has no layer {layer!r} (it has: {', '.join(dump.files)}).")
             return dump[layer]
+    except FileNotFoundError:
+        raise DumpError(f"The dump {path} is gone.") from None
     except (OSError, ValueError, zipfile.BadZipFile) as exc:  # RefusedFile is a ValueError
         raise DumpError(f"Cannot read the dump {path}: {exc}") from None
 
