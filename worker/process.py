@@ -66,6 +66,18 @@ class Runtime:
     stopping: threading.Event = field(default_factory=threading.Event)  # set once: no heartbeat after it
     _beat_lock: threading.Lock = field(default_factory=threading.Lock)  # a beat is sent whole or not at all
     spec: ModelSpec | None = None  # the model this worker serves (IMGQ_MODEL), set by _build
+    follows_queues: bool = False
+    # True when the worker's queues follow this runtime's job_precision (worker/queues.py: the model loaded in
+    # the main process); a prefork child's do not: its main process consumes the queues its settings promise.
+
+    @property
+    def job_precision(self) -> str:
+        """The precision of the jobs this worker takes when they ask for one (worker/queues.py): its runtime's
+        when its queues follow it, else the one its settings promise."""
+        from worker.queues import expected
+
+        precision = getattr(self.classifier, "job_precision", "")
+        return precision if self.follows_queues or precision == expected(self.settings) else ""
 
     @property
     def model(self) -> str:
@@ -115,7 +127,8 @@ class Runtime:
     def heartbeat(self, hostname: str) -> Heartbeat:
         return Heartbeat(hostname=hostname, pid=os.getpid(), host=socket.gethostname(), model=self.model,
                          model_id=self.model_id, weights=self.classifier.weights_id,
-                         precision=self.classifier.precision, runtime=self.classifier.runtime,
+                         precision=self.classifier.precision, job_precision=self.job_precision,
+                         precision_note=getattr(self.classifier, "int8_note", ""), runtime=self.classifier.runtime,
                          runtime_choice=getattr(self.classifier, "chosen_by", ""),
                          pool=self.celery_pool or self.settings.pool, batch_size=self.settings.batch_size,
                          started_at=self.started_at, sent_at=time.time(), images_done=self.images_done,
