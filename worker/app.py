@@ -163,7 +163,8 @@ def _load_or_exit(hostname: str | None, worker=None) -> None:
     if worker is not None:
         signal.signal(signal.SIGTERM, _terminated_before_start)
     try:
-        runtime = get_runtime(settings, hostname, starting)
+        # Loaded here, in the process whose consumer chooses the queues: they follow its precision.
+        runtime = get_runtime(settings, hostname, starting, follows_queues=worker is not None)
     except Exception as exc:  # noqa: BLE001 - any of them leaves the worker unable to serve
         starting.fail(_load_problems(exc))
     if worker is not None:
@@ -171,7 +172,6 @@ def _load_or_exit(hostname: str | None, worker=None) -> None:
         # Before the consumer starts: the queues of the precision this runtime serves jobs at (fp32's, not
         # int8's, when it refused INT8).
         queues.choose(app, settings, served.name, served_weights, runtime.job_precision)
-        runtime.follows_queues = True
         _serve_metrics_or_exit(runtime)
     # Celery has not set up its logging yet when this runs: say it on stderr, like the failure above.
     classifier = runtime.classifier

@@ -145,15 +145,17 @@ _starting: startup.Startup | None = None  # this process's start-up beat while i
 
 
 def get_runtime(settings: Settings, hostname: str | None = None,
-                starting: startup.Startup | None = None) -> Runtime:
+                starting: startup.Startup | None = None, follows_queues: bool = False) -> Runtime:
     """This process's runtime, built with ``settings`` on first use (loading the model takes seconds).
     ``starting``: the start-up beat of this process (worker/startup.py), told each step of the load and
-    handed over to the ready heartbeat. Raises what loading raises (worker/app.py turns it into one line)."""
+    handed over to the ready heartbeat; ``follows_queues``: the worker's queues follow this runtime's
+    precision (Runtime.follows_queues), known before its first ready beat says what it serves jobs at. Raises
+    what loading raises (worker/app.py turns it into one line)."""
     global _runtime, _starting
     with _lock:
         if _runtime is None:
             _starting = starting
-            _runtime = _build(settings, startup.identity(hostname)[0], starting)
+            _runtime = _build(settings, startup.identity(hostname)[0], starting, follows_queues)
         return _runtime
 
 
@@ -162,7 +164,8 @@ def current() -> Runtime | None:
     return _runtime
 
 
-def _build(settings: Settings, hostname: str, starting: startup.Startup | None) -> Runtime:
+def _build(settings: Settings, hostname: str, starting: startup.Startup | None,
+           follows_queues: bool = False) -> Runtime:
     from worker.runtimes.auto import Machine
     from worker.runtimes.int8_serving import Int8Options
     from worker.runtimes.loading import load_classifier  # imports TensorFlow or OpenVINO: only here, after any fork
@@ -181,6 +184,7 @@ def _build(settings: Settings, hostname: str, starting: startup.Startup | None) 
                       ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="imgq-decode"),
                       worker_id=worker_id)
     runtime.spec = classifier.spec  # the model loaded, as worker/app.py resolved it to choose the queue
+    runtime.follows_queues = follows_queues
     runtime.redis_warning = redis_warning(settings)
     if runtime.redis_warning:  # before Celery's logging is set up: Python prints warnings on stderr then
         log.warning("%s", runtime.redis_warning)
