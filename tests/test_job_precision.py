@@ -319,3 +319,44 @@ def test_classify_asks_for_its_precision_and_starts_an_int8_worker_beside_an_fp3
     assert len(records) == len(parity[0]) and {r["precision"] for r in records} == {"int8"}, \
         ([(r["image"], r["worker"], r["precision"]) for r in records], int8.text)
     assert not any(r["worker"].startswith("fp32@") for r in records) and "NOTE:" not in int8.text
+
+
+@pytest.mark.slow
+def test_an_int8_worker_that_refuses_on_its_first_images_moves_to_the_fp32_queues(redis_url, tmp_path):
+    """A real INT8 worker calibrating on its first images, with near-tie weights (each picture's top-1 wins by
+    1e-4: tests/weights.py), which it refuses once calibrated: the int8 job it calibrated on has fp32 records
+    that say so, then the worker serves fp32 jobs, and a new int8 job waits for another worker."""
+    from tests import weights as test_weights
+
+    paths = test_weights.write_pictures(tmp_path / "pictures", 48)
+    weights = test_weights.near_tie_weights(paths, tmp_path / "near-tie.weights.h5")
+    settings = make_settings(redis_url, tmp_path, weights=str(weights), batch_size=8, precision="int8",
+                             calibration_images=48)
+    store = ResultStore.from_settings(settings)
+    worker = start_worker(settings, "calibrating", tmp_path / "calibrating.log")
+    try:
+        wait_for_workers(store, [worker])
+        (beat,) = store.workers()
+        assert beat.job_precision == "int8" and "int8 after calibrating on the first 48 images" in beat.precision_note
+        folder = str(tmp_path / "pictures")
+        first = imgq_cli(settings, "submit", folder, "--precision", "int8").stdout.strip()
+        wait_until_done(store, first, 600, [worker])
+        assert {r.precision for r in store.iter_records(first)} == {"fp32"}  # what it calibrated on
+        assert "note: records made in fp32, not int8" in imgq_cli(settings, "status", first).stdout
+        deadline = time.monotonic() + 600
+        while (beat := store.workers()[0]).job_precision != "fp32":  # quantized, measured, refused
+            assert time.monotonic() < deadline and worker.alive(), worker.output()[-3000:]
+            time.sleep(0.5)
+        assert "IMGQ_INT8_MIN_AGREEMENT=0.99" in beat.precision_note
+        fp32 = imgq_cli(settings, "submit", folder, "--precision", "fp32").stdout.strip()
+        wait_until_done(store, fp32, 300, [worker])  # the fp32 queues are consumed now
+        assert {r.precision for r in store.iter_records(fp32)} == {"fp32"}
+        waiting = imgq_cli(settings, "submit", folder, "--precision", "int8").stdout.strip()
+        said = json.loads(imgq_cli(settings, "status", waiting, "--json").stdout)["waiting"]
+        assert said.startswith("waits: no live worker serves model resnet50 at int8; calibrating@"), said
+        assert "serves jobs at fp32 (fp32: INT8's top-1 agrees" in said
+        assert "Serving jobs at fp32 from now on" in worker.output()
+        imgq_cli(settings, "cancel", waiting)
+    finally:
+        worker.stop()
+        delete_namespace(redis_url, settings.namespace)
