@@ -256,6 +256,23 @@ def test_a_worker_that_refuses_int8_moves_to_the_fp32_queues(settings):
     assert settled.looks == []  # a runtime that never changes is not watched
 
 
+def test_the_queues_are_chosen_from_the_loaded_runtime_before_the_consumer_starts(settings):
+    """Celery's own queue selection: an INT8 worker (no int8 queue before its load) whose INT8 was refused as it
+    loaded consumes fp32's; one whose INT8 serves, int8's; never both."""
+    from celery import Celery
+
+    from imgq.celery_config import celery_config
+    from worker import queues
+
+    for served in ("fp32", "int8"):
+        app = Celery("test", set_as_current=False)
+        app.conf.update(celery_config(settings, MODEL_NAME, "imagenet", queues.expected(SimpleNamespace(
+            precision="int8"))))  # type: ignore[arg-type]
+        assert set(app.amqp.queues.consume_from) == set(worker_queues(settings, MODEL_NAME, "imagenet"))
+        queues.choose(app, settings, MODEL_NAME, "imagenet", served)
+        assert set(app.amqp.queues.consume_from) == set(worker_queues(settings, MODEL_NAME, "imagenet", served))
+
+
 # -- real workers ---------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
