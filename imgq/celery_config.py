@@ -13,24 +13,33 @@ from imgq.keys import Keys
 from imgq.settings import Settings
 
 
-def queue_name(settings: Settings, model: str = MODEL_NAME, weights: str = "") -> str:
+def queue_name(settings: Settings, model: str = MODEL_NAME, weights: str = "", precision: str = "") -> str:
     """The Celery queue of ``model``'s workers: ``<ns>`` for resnet50 (the queue every job used before jobs
     named their model, so that workers and producers of either age keep meeting), ``<ns>.<model>`` for any
     other; with ``weights`` (a weights key, imgq/models/weights.py), the queue of the workers of that model
-    with those weights (imgq.contract.model_queue). A worker consumes its model's queue and its weights' queue
-    only; a job's batches go to its model's queue, or to its weights' when it asked for weights."""
-    return model_queue(settings.namespace, model, weights)
+    with those weights; with ``precision`` (one of imgq.contract.PRECISIONS), of those serving jobs at that
+    precision (imgq.contract.model_queue). A job's batches go to the queue of what it asked for
+    (worker_queues lists those a worker consumes)."""
+    return model_queue(settings.namespace, model, weights, precision)
 
 
-def celery_config(settings: Settings, model: str = MODEL_NAME, weights: str = "") -> dict:
+def worker_queues(settings: Settings, model: str, weights: str, precision: str = "") -> tuple[str, ...]:
+    """The queues of a worker of ``model`` with the weights ``weights`` (a key) serving jobs at ``precision``
+    ("": none yet): those of the jobs that asked for nothing, for its weights, for its precision, and for both.
+    A job's batches wait in exactly one of them (queue_name of what it asked for)."""
+    pairs = [(w, p) for p in ("", precision) for w in ("", weights)]
+    return tuple(dict.fromkeys(queue_name(settings, model, w, p) for w, p in pairs))
+
+
+def celery_config(settings: Settings, model: str = MODEL_NAME, weights: str = "", precision: str = "") -> dict:
     """The Celery configuration shared by the producer and the workers; ``model``: the name of the model a
-    worker serves, whose queue is its default one; ``weights``: the key of the weights it serves, whose queue
-    it consumes too (the jobs that asked for them)."""
+    worker serves, whose queue is its default one; ``weights``: the key of the weights it serves, and
+    ``precision``: the one it serves jobs at ("": none yet), whose queues it consumes too (worker_queues)."""
     config = _base_config(settings, model)
-    if weights:
+    if weights or precision:
         # Declared as a sender's send_task declares a queue it names (exchange and routing key: the name).
         config["task_queues"] = {name: {"exchange": name, "routing_key": name}
-                                 for name in (queue_name(settings, model), queue_name(settings, model, weights))}
+                                 for name in worker_queues(settings, model, weights, precision)}
     if settings.broker_url.startswith("rediss://") and "ssl_cert_reqs" not in settings.broker_url:
         # Kombu connects to rediss:// WITHOUT checking the server's certificate unless told to.
         config["broker_use_ssl"] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}

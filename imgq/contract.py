@@ -80,6 +80,10 @@ WEIGHTS_KEY = re.compile(r"[^\x00-\x1f\x7f]{1,400}")
 # What a message asks for in ``weights`` (imgq.models.weights.weights_key): "imagenet", "random:7",
 # "file:<name>:sha256:<12 hex>". Compared, never opened: a file's name is there for people to read.
 
+PRECISIONS = ("fp32", "bf16", "int8")
+# What a job may ask its passes to run in (BatchMessage.precision; "": whatever its worker runs, which the CLI
+# calls "any"), and what a worker serves such jobs at (Heartbeat.job_precision).
+
 UNTRAINED_NOTE = " (untrained: labels are meaningless)"
 # What the weights id of random weights adds to their key, so that every record made with them says so.
 
@@ -119,6 +123,10 @@ class BatchMessage:
     # The weights the job asked for, as imgq.models.weights.weights_key names them ("": any weights of the
     # model, as every message before jobs named theirs): its batches wait in the queue of those weights, and a
     # worker with others never classifies them (serves_weights).
+    precision: str = ""
+    # The precision the job asked its forward passes to run in (one of PRECISIONS; "": any, as every message
+    # before jobs named theirs): its batches wait in the queue of that precision, and a worker that does not
+    # serve it now never classifies them (serves_precision).
     embeddings: bool = False
     # Keep each image's feature-layer vector (L2-normalised, float16), perceptual hash and content hash in one
     # file per batch under the dump root (imgq/alike/batchfile.py), for `imgq duplicates` and `imgq similar`.
@@ -143,6 +151,8 @@ class BatchMessage:
             data["model"] = self.model
         if self.weights:
             data["weights"] = self.weights
+        if self.precision:
+            data["precision"] = self.precision
         if self.embeddings:
             data["embeddings"] = True
         return data
@@ -160,6 +170,7 @@ class BatchMessage:
                           known=str(data.get("known", "")), sink=data.get("sink") is True,
                           head=str(data.get("head", "")), model=str(data.get("model", MODEL_NAME)),
                           weights=_weights_field(data.get("weights", "")),
+                          precision=_precision_field(data.get("precision", "")),
                           embeddings=data.get("embeddings") is True)
         except (KeyError, TypeError, ValueError) as exc:
             raise MessageError(f"Malformed batch message ({exc}). Received: {data!r:.200}") from None
@@ -183,6 +194,13 @@ def _weights_field(value: object) -> str:
     return value
 
 
+def _precision_field(value: object) -> str:
+    """A message's ``precision``: "" or one of PRECISIONS. Raises ValueError."""
+    if value != "" and value not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {value!r:.60}")
+    return str(value)
+
+
 @dataclass(frozen=True)
 class BatchRef:
     """What a task message carries: which batch of which job. The batch itself (a BatchMessage: its images
@@ -196,6 +214,8 @@ class BatchRef:
     # reads the model from the stored batch, the one place it is kept.
     weights: str = ""
     # The weights the job asked for (BatchMessage.weights): with the model, the queue the reference goes to.
+    precision: str = ""
+    # The precision the job asked for (BatchMessage.precision): with the model and weights, the queue.
 
     def to_dict(self) -> dict:
         return {"v": REF_VERSION, "job": self.job, "batch": self.batch}
@@ -362,6 +382,12 @@ def serves_weights(weights_id: str, asked: str) -> bool:
     return not asked or weights_key_of(weights_id) == asked
 
 
+def serves_precision(job_precision: str, asked: str) -> bool:
+    """True when a worker that serves jobs at ``job_precision`` (Heartbeat.job_precision: one of PRECISIONS, or
+    "" for none) takes a job that ``asked`` for a precision (one of PRECISIONS; "" takes any)."""
+    return not asked or job_precision == asked
+
+
 WORKER_SAYS, WORKER_STOPS = "imgq worker: ", "; exiting"
 # A worker's own lines on stderr begin with WORKER_SAYS (the steps of its start, its ready line, why it stops);
 # the last line of one that stops ends with WORKER_STOPS (`imgq classify` reads both: local/workers.py).
@@ -388,6 +414,13 @@ class Heartbeat:
     model_id: str = ""
     weights: str = ""
     precision: str = ""
+    job_precision: str = ""
+    # The precision of the jobs this worker takes when they ask for one (it consumes their queues): the one its
+    # passes run in (an INT8 worker calibrating on its first images says int8: it classifies them in fp32, and
+    # their records say so; once it refuses INT8, fp32). "": none (a worker older than jobs asking for one, a
+    # prefork INT8 worker, whose children each decide apart): it takes only the jobs that ask for no precision.
+    precision_note: str = ""
+    # What an INT8 worker says of INT8: its agreement, why it serves fp32, or that it is still calibrating.
     runtime: str = ""
     runtime_choice: str = ""
     # How IMGQ_RUNTIME=auto chose the runtime and how sure that is ("auto: measured ... quiet: openvino, 1.44x",
@@ -415,9 +448,10 @@ class Heartbeat:
     def batches_in_hand(self) -> int:
         return len(self.in_hand)
 
-    def serves(self, model: str, weights: str = "") -> bool:
-        """True when this worker takes the jobs of ``model`` asking for ``weights`` ("": any)."""
-        return self.model == model and serves_weights(self.weights, weights)
+    def serves(self, model: str, weights: str = "", precision: str = "") -> bool:
+        """True when this worker takes the jobs of ``model`` asking for ``weights`` and ``precision`` ("": any)."""
+        return (self.model == model and serves_weights(self.weights, weights)
+                and serves_precision(self.job_precision, precision))
 
     def holds(self, job: str, batch: int) -> bool:
         return (job, batch) in self.in_hand
@@ -458,9 +492,10 @@ def path_digest(path: str) -> bytes:
 PATH_DIGEST_BYTES = 12
 
 
-def model_queue(namespace: str, model: str = MODEL_NAME, weights: str = "") -> str:
+def model_queue(namespace: str, model: str = MODEL_NAME, weights: str = "", precision: str = "") -> str:
     """``queue_name`` from a namespace: ``<ns>`` or ``<ns>.<model>``, and ``@<16 hex of the weights key's
     SHA-256>`` after it for a job that asked for weights (a key may hold any file name: a queue's name never
-    does)."""
+    does), then ``+<precision>`` for a job that asked for a precision."""
     queue = namespace if model == MODEL_NAME else f"{namespace}.{model}"
-    return f"{queue}@{hashlib.sha256(weights.encode()).hexdigest()[:16]}" if weights else queue
+    queue = f"{queue}@{hashlib.sha256(weights.encode()).hexdigest()[:16]}" if weights else queue
+    return f"{queue}+{precision}" if precision else queue

@@ -64,6 +64,12 @@ class Settings:
     # IMGQ_WEIGHTS names them; only a worker with them takes such a job, which waits until one is alive. Empty:
     # any weights of the job's model, whatever its workers run.
 
+    job_precision: str = "any"
+    # The precision the jobs of `imgq submit` and `imgq schedule add` ask their forward passes to run in
+    # (`--precision`): fp32, bf16 or int8 goes only to a worker serving jobs at it (an INT8 worker still
+    # calibrating on its first images serves none yet: docs/runtime.md, "INT8"), and waits until one is alive;
+    # any: whatever its worker runs, as every job before jobs named their precision.
+
     allowed_roots: tuple[str, ...] = ()
     # Folders and object-storage prefixes (s3://bucket/prefix) a worker may read images from, os.pathsep-separated
     # in the env var (/photos:s3://team-photos/2024). Empty: no restriction. A worker given only folders reads
@@ -386,6 +392,7 @@ _FLOAT_RANGES = {"auto_quiet_load": (0.0, 64.0), "int8_min_agreement": (0.0, 1.0
 # 64 a core is a machine swamped beyond doing anything useful: more would only mean "always quiet".
 _BOOL_FIELDS = {"jpeg_draft"}
 _CHOICES = {"pool": ("solo", "threads", "prefork"), "precision": ("fp32", "bf16", "int8"),
+            "job_precision": ("any", "fp32", "bf16", "int8"),
             "runtime": ("openvino", "tensorflow", "auto"), "log_format": ("text", "json")}
 
 

@@ -48,8 +48,9 @@ from producer.options.model_choice import (
 )
 from producer.options.params import BoundedInt, Duration, FiniteFloat, broker_configured, embedded_asked
 from producer.options.paths import ImageLocation, OutputFile
+from producer.options.precision_choice import OTHER_PRECISION_WHY, asked_precision, precision_choice, refuse_int8_dumps
 from producer.options.skipped import echo_queued
-from producer.options.waiting import waiting_for, warn_if_no_worker, weights_wait
+from producer.options.waiting import jobs_at, precision_wait, waiting_for, warn_if_no_worker, weights_wait
 from producer.options.weights_choice import asked_weights, classify_weights
 from producer.options.words import echo, plural, printable
 from producer.tags.tagging import UntrainedWeights
@@ -369,11 +370,12 @@ def job_options(command):
 
 def job_request(settings: Settings, known: str, activations: tuple[str, ...], activations_dtype: str,
                 yes: bool, sink: bool, model: ChosenModel, head: Head | None = None, weights: str = "",
-                embeddings: bool = False) -> dict:
+                embeddings: bool = False, precision: str = "") -> dict:
     """The keyword arguments of imgq.jobs.submit.submit for these options (with the dump size guard unless --yes);
-    ``weights``: the key of the weights the job asks for ("": any). Raises click.BadParameter for a layer the
-    model does not have (the names of a folder model's layers are checked by its worker: only it loads the
-    model)."""
+    ``weights``: the key of the weights the job asks for ("": any); ``precision``: the precision it asks for
+    ("": any). Raises click.BadParameter for a layer the model does not have (the names of a folder model's
+    layers are checked by its worker: only it loads the model), and for activations asked of int8."""
+    refuse_int8_dumps(precision, activations)
     try:
         activations = check_layers(list(activations), model.name)
     except UnknownLayer as exc:
@@ -382,7 +384,7 @@ def job_request(settings: Settings, known: str, activations: tuple[str, ...], ac
              if activations and not yes else None)
     return {"known": known, "activations": activations, "activations_dtype": activations_dtype, "limit_check": guard,
             "sink": sink, "model": model.name, "params": model.params(), "head": head, "weights": weights,
-            "embeddings": embeddings}
+            "embeddings": embeddings, "precision": precision}
 
 
 @cli.command()
@@ -395,20 +397,26 @@ def job_request(settings: Settings, known: str, activations: tuple[str, ...], ac
                 help="Only a worker with these weights takes the job (imagenet, random[:SEED] or a "
                      ".h5/.weights.h5/.keras file, hashed here); it waits until one is alive. Default: any worker "
                      "of its model.")
+@setting_option("--precision", setting="job_precision", type=precision_choice(),
+                help="Only a worker serving jobs at this precision takes the job (fp32, bf16 or int8; an INT8 worker "
+                     "still calibrating on its first images classifies them in fp32, and their records say so); it "
+                     "waits until one is alive. Default: any, whatever its worker runs.")
 @click.option("--wait", "wait_", is_flag=True, help="Show progress until the job completes.")
 @click.pass_context
 def submit(ctx, paths, recursive, includes, excludes, from_file, top_k, batch_size, name, verbose, model, known,
-           activations, activations_dtype, embeddings, retention, yes, sink, head, job_weights, wait_):
+           activations, activations_dtype, embeddings, retention, yes, sink, head, job_weights, job_precision,
+           wait_):
     """Queue the images under PATH... as one job and print its id (only the id, on stdout)."""
     settings = with_overrides(ctx, top_k=top_k, batch_size=batch_size, retention=retention, model=model,
-                              job_weights=job_weights)
+                              job_weights=job_weights, job_precision=job_precision)
     skipped = Skipped(keep_paths=verbose)
     images = selected_images(paths, recursive, includes, excludes, from_file, skipped)
     store = ResultStore.from_settings(settings)
     chosen = choose_model(settings.model, store)
     weights = asked_weights(settings.job_weights, chosen)
+    precision = asked_precision(settings.job_precision)
     request = job_request(settings, known, activations, activations_dtype, yes, sink, chosen, head, weights,
-                          embeddings)
+                          embeddings, precision)
     activations = request["activations"]
     store.ping()
     queue.check_broker(settings)
@@ -428,7 +436,7 @@ def submit(ctx, paths, recursive, includes, excludes, from_file, top_k, batch_si
     if wait_:
         from producer.local.progress import wait
 
-        warn_if_no_worker(store, chosen.name, weights)
+        warn_if_no_worker(store, chosen.name, weights, precision)
         wait(store, submitted.job)
 
 
@@ -453,12 +461,16 @@ def status(ctx, job, limit, show_workers, as_json):
             echo(f"{key:>10}: {_shown(key, value)}")
         if waiting := waiting_for(store, statuses[0]):
             echo(f"{'waiting':>10}: {waiting}")
+        if other := statuses[0].other_precisions:
+            echo(f"{'note':>10}: records made in {', '.join(other)}, not {statuses[0].precision}: "
+                 f"{OTHER_PRECISION_WHY}")
     else:
         _print_jobs(statuses, store)
 
 
 def _status_dict(s: JobStatus) -> dict:
-    return {"id": s.id, "name": s.name, "model": s.model, "model_ids": list(s.model_ids), "state": s.state,
+    return {"id": s.id, "name": s.name, "model": s.model, "model_ids": list(s.model_ids),
+            "precisions": list(s.precisions), "state": s.state,
             "total": s.total, "done": s.processed,
             "ok": s.ok, "failed": s.failed, "rate": None if s.rate is None else round(s.rate, 2),
             "eta_s": None if s.eta is None else round(s.eta), "created": _time(s.created),
@@ -523,6 +535,12 @@ def _print_jobs(statuses: list[JobStatus], store: ResultStore) -> None:
     for model, weights in sorted(unserved):
         echo(f"No live worker of model {model} has weights {weights}: its jobs that asked for them wait.",
                    err=True)
+    at = {(s.model, s.weights, s.precision) for s in statuses if not s.finished and s.precision
+          and (s.model, s.weights) not in unserved and s.model in served
+          and not any(w.serves(s.model, s.weights, s.precision) for w in workers)}
+    for model, weights, precision in sorted(at):
+        echo(f"No live worker serves model {model}{f' with weights {weights}' if weights else ''} at {precision}: "
+             f"its jobs that asked for it wait.", err=True)
 
 
 def _print_workers(store: ResultStore, as_json: bool) -> None:
@@ -531,7 +549,7 @@ def _print_workers(store: ResultStore, as_json: bool) -> None:
     not_ready = [w for w in beats if not w.ready]  # starting (what it is doing), or failed (why)
     jobs = _jobs_in_flight(store)
     depths = store.queue_depths([MODEL_NAME, *(w.model for w in workers), *(s.model for s in jobs)],
-                                [(s.model, s.weights) for s in jobs])
+                                [(s.model, s.weights, s.precision) for s in jobs])
     served = {w.model for w in workers}
     if as_json:
         click.echo(json.dumps({"queued_batches": sum(depths.values()), "queued_by_model": depths,
@@ -548,7 +566,8 @@ def _print_workers(store: ResultStore, as_json: bool) -> None:
         echo(f"  {w.hostname} on {w.host}, pid {w.pid}: model {w.model_id or w.model}, pool {w.pool} "
              f"x{w.concurrency}, {plural(w.batches_in_hand, 'batch')} in hand, {w.images_per_second:.1f} "
              f"images/s over the last minute, {plural(w.images_done, 'image')} done; {w.precision} on "
-             f"{w.runtime or '?'}{f' ({w.runtime_choice})' if w.runtime_choice else ''}, weights {w.weights}")
+             f"{w.runtime or '?'}{f' ({w.runtime_choice})' if w.runtime_choice else ''}, weights {w.weights}; "
+             f"serves {jobs_at(w)}")
         for warning in w.warnings:
             echo(f"    WARNING: {warning}")
     for w in not_ready:
@@ -559,6 +578,8 @@ def _print_workers(store: ResultStore, as_json: bool) -> None:
         stuck = "" if s.model in served else f"; waiting: no live worker serves model {s.model}"
         if s.model in served and not any(w.serves(s.model, s.weights) for w in workers):
             stuck = f"; waiting: {weights_wait(workers, s.model, s.weights)}"
+        elif s.model in served and not any(w.serves(s.model, s.weights, s.precision) for w in workers):
+            stuck = f"; {precision_wait(workers, s.model, s.weights, s.precision)}"
         echo(f"  job {s.id} {s.state}: {s.processed}/{s.total} done, {s.failed} failed"
                    + (f" ({s.name})" if s.name and s.name != s.id else "") + model + stuck)
 
@@ -587,7 +608,7 @@ def wait(ctx, job, timeout):
     job = resolve(store, job)
     status = store.status(job)  # raises JobNotFound
     if not status.finished:
-        warn_if_no_worker(store, status.model, status.weights)
+        warn_if_no_worker(store, status.model, status.weights, status.precision)
     try:
         final = wait_for(store, job, timeout=timeout)
     except KeyboardInterrupt:
@@ -796,8 +817,9 @@ def classify(ctx, paths, recursive, includes, excludes, from_file, top_k, batch_
         raise click.ClickException(problem)
     skipped = Skipped(keep_paths=verbose)
     images = selected_images(paths, recursive, includes, excludes, from_file, skipped)
+    # The job asks for the precision of the worker classify would start (and reuses only a live one serving it).
     request = {**job_request(settings, known, activations, activations_dtype, yes, sink, chosen, head,
-                             embeddings=embeddings),
+                             embeddings=embeddings, precision=settings.precision),
                "skipped": skipped, "weights": classify_weights(settings.weights, chosen)}
     tagging = TagOptions(min_score=min_score or 0.0, allow_untrained=allow_untrained) if tag_sidecars else None
     run_classify(images, settings, name=name, embedded=embedded_asked(ctx, embedded_redis),

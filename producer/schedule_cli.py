@@ -36,6 +36,7 @@ from producer.options.head_options import head_option, refuse_foreign_head
 from producer.options.model_choice import choose_model
 from producer.options.params import BoundedInt, Duration
 from producer.options.paths import ImageLocation
+from producer.options.precision_choice import asked_precision, precision_choice
 from producer.options.weights_choice import asked_weights
 from producer.options.words import echo, plural
 
@@ -114,9 +115,12 @@ def schedule():
 @click.option("--weights", metavar="WEIGHTS",
               help="Its jobs ask for these weights (as `imgq submit --weights`): only a worker with them takes them "
                    f"[env: {env_var('job_weights')}; default: any worker of its model].")
+@click.option("--precision", type=precision_choice(),
+              help="Its jobs ask for this precision (as `imgq submit --precision`): only a worker serving jobs at it "
+                   f"takes them [env: {env_var('job_precision')}; default: any].")
 @click.pass_context
 def add(ctx, name, paths, every, cron, recursive, includes, excludes, top_k, batch_size, max_retries, model, paused,
-        replace_existing, head, weights):
+        replace_existing, head, weights, precision):
     """Scan PATH... (folders, or s3://bucket/prefix) on a schedule (exactly one of --every and --cron); each tick
     submits a job of the images that are new or changed since the last scan."""
     if (every is None) == (cron is None):
@@ -136,7 +140,8 @@ def add(ctx, name, paths, every, cron, recursive, includes, excludes, top_k, bat
         excludes=tuple(excludes),
         top_k=top_k or settings.top_k, batch_size=batch_size or settings.batch_size,
         max_retries=settings.scan_max_retries if max_retries is None else max_retries, paused=paused,
-        model=chosen.name, head=_shared_head(ctx, head, chosen.name, asked), weights=asked)
+        model=chosen.name, head=_shared_head(ctx, head, chosen.name, asked), weights=asked,
+        precision=asked_precision(settings.job_precision if precision is None else precision))
     saved = book.add(definition, replace_existing=replace_existing)
     echo(f"Schedule {saved.name}: {saved.when}{' (paused)' if saved.paused else ''}, "
          f"{len(saved.paths)} path(s), model {saved.model}. Run `imgq beat` to fire it.", err=True)
@@ -283,6 +288,7 @@ def _options(s: Schedule) -> str:
     parts = [f"model {s.model}", "recursive" if s.recursive else "not recursive", f"top-k {s.top_k}",
              f"batch-size {s.batch_size}", f"max-retries {s.max_retries}"] + ([f"head {s.head}"] if s.head else [])
     parts += [f"weights {s.weights}"] if s.weights else []
+    parts += [f"precision {s.precision}"] if s.precision else []
     return ", ".join(parts + [f"include {g}" for g in s.includes] + [f"exclude {g}" for g in s.excludes])
 
 

@@ -26,10 +26,11 @@ GHOST_WEIGHTS = "random:0 (untrained: labels are meaningless)"  # IMGQ_WEIGHTS=r
 
 
 def ghost(store: ResultStore) -> None:
-    """The heartbeat of a live worker with classify's weights and nobody behind it: classify uses it instead of
-    starting a worker, and its job waits for good. Only a way out ends the run."""
+    """The heartbeat of a live worker with classify's weights and precision (fp32) and nobody behind it: classify
+    uses it instead of starting a worker, and its job waits for good. Only a way out ends the run."""
     store.send_heartbeat("ghost@nowhere:1", Heartbeat(hostname="ghost@nowhere", pid=2**22 + 1, host="nowhere",
-                                                      weights=GHOST_WEIGHTS, sent_at=time.time()), ttl=600)
+                                                      weights=GHOST_WEIGHTS, job_precision="fp32",
+                                                      sent_at=time.time()), ttl=600)
 
 
 def one_photo(tmp_path):

@@ -157,7 +157,8 @@ def test_classify_starts_a_worker_when_the_live_one_goes(own_settings, tmp_path)
     settings = dataclasses.replace(own_settings, heartbeat_seconds=2)
     store = ResultStore.from_settings(settings)
     ghost = Heartbeat(hostname="ghost@nowhere", pid=2**22 + 1, host="nowhere", weights=RANDOM_0,
-                      precision="fp32", runtime="openvino", pool="threads", batch_size=4, started_at=time.time(),
+                      precision="fp32", job_precision="fp32", runtime="openvino", pool="threads", batch_size=4,
+                      started_at=time.time(),
                       sent_at=time.time(), images_done=0)
     store.send_heartbeat("ghost@nowhere:1", ghost, ttl=6)
     imagegen.save(tmp_path / "photos" / "a.png", size=(48, 48), seed=1)

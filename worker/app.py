@@ -25,6 +25,7 @@ from celery.signals import (
     worker_init,
     worker_process_init,
     worker_process_shutdown,
+    worker_ready,
     worker_shutdown,
     worker_shutting_down,
 )
@@ -36,7 +37,7 @@ from imgq.models.spec import ModelError
 from imgq.models.weights import check_weights, weights_key
 from imgq.settings import Settings, env_var, mask_url
 from imgq.text import printable
-from worker import logs, naming, start_checks
+from worker import logs, naming, queues, start_checks
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,8 @@ except (ValueError, ModelError) as exc:  # a malformed IMGQ_* value: one line na
 logs.install(settings.log_format)  # JSON lines if asked, URL passwords masked either way
 
 app = Celery("imgq", include=["worker.tasks", "worker.scheduled"])
-app.conf.update(celery_config(settings, served.name, served_weights))
+# The queues of the precision its settings promise; moved once the model is loaded (worker/queues.py).
+app.conf.update(celery_config(settings, served.name, served_weights, queues.expected(settings)))
 app.conf.update(
     worker_pool=settings.pool,
     worker_concurrency=settings.concurrency,
@@ -162,21 +164,41 @@ def _load_or_exit(hostname: str | None, worker=None) -> None:
     if worker is not None:
         signal.signal(signal.SIGTERM, _terminated_before_start)
     try:
-        runtime = get_runtime(settings, hostname, starting)
+        # Loaded here, in the process whose consumer chooses the queues: they follow its precision.
+        runtime = get_runtime(settings, hostname, starting, follows_queues=worker is not None)
     except Exception as exc:  # noqa: BLE001 - any of them leaves the worker unable to serve
         starting.fail(_load_problems(exc))
     if worker is not None:
         runtime.celery_pool, runtime.concurrency = _pool_label(worker.pool_cls), worker.concurrency
+        # Before the consumer starts: the queues of the precision this runtime serves jobs at (fp32's, not
+        # int8's, when it refused INT8).
+        queues.choose(app, settings, served.name, served_weights, runtime.job_precision)
         _serve_metrics_or_exit(runtime)
     # Celery has not set up its logging yet when this runs: say it on stderr, like the failure above.
     classifier = runtime.classifier
     print(f"imgq worker: {classifier.model_id} ready in {classifier.load_seconds:.1f} s, serving queues "
-          f"{app.conf.task_default_queue} and {queue_name(settings, served.name, served_weights)} (weights "
+          f"{', '.join(_consumed())} (weights "
           f"{classifier.weights_id}, "
           f"{classifier.precision} on {classifier.runtime}{_chosen_by(classifier)}{_int8_note(classifier)}, "
           f"pool {runtime.celery_pool or settings.pool} "
           f"x{runtime.concurrency or settings.concurrency}, broker {mask_url(settings.broker_url)})",
           file=sys.stderr, flush=True)
+
+
+@worker_ready.connect
+def _follow_precision(sender=None, **_):
+    """A runtime whose precision may still change (INT8 calibrating on its first images, which may refuse
+    INT8) moves the queues consumed when it does (worker/queues.py); ``sender``: Celery's consumer."""
+    runtime = sys.modules.get("worker.process")
+    built = runtime.current() if runtime is not None else None
+    if sender is not None and built is not None and built.follows_queues:
+        queues.follow(sender, settings, served.name, served_weights, built.classifier, built.job_precision)
+
+
+def _consumed() -> list[str]:
+    """The names of the queues this worker consumes, as its ready line says them."""
+    consumed = app.amqp.queues.consume_from
+    return sorted(consumed) if consumed else [queue_name(settings, served.name, served_weights)]
 
 
 def _int8_note(classifier) -> str:

@@ -66,6 +66,18 @@ class Runtime:
     stopping: threading.Event = field(default_factory=threading.Event)  # set once: no heartbeat after it
     _beat_lock: threading.Lock = field(default_factory=threading.Lock)  # a beat is sent whole or not at all
     spec: ModelSpec | None = None  # the model this worker serves (IMGQ_MODEL), set by _build
+    follows_queues: bool = False
+    # True when the worker's queues follow this runtime's job_precision (worker/queues.py: the model loaded in
+    # the main process); a prefork child's do not: its main process consumes the queues its settings promise.
+
+    @property
+    def job_precision(self) -> str:
+        """The precision of the jobs this worker takes when they ask for one (worker/queues.py): its runtime's
+        when its queues follow it, else the one its settings promise."""
+        from worker.queues import expected
+
+        precision = getattr(self.classifier, "job_precision", "")
+        return precision if self.follows_queues or precision == expected(self.settings) else ""
 
     @property
     def model(self) -> str:
@@ -115,7 +127,8 @@ class Runtime:
     def heartbeat(self, hostname: str) -> Heartbeat:
         return Heartbeat(hostname=hostname, pid=os.getpid(), host=socket.gethostname(), model=self.model,
                          model_id=self.model_id, weights=self.classifier.weights_id,
-                         precision=self.classifier.precision, runtime=self.classifier.runtime,
+                         precision=self.classifier.precision, job_precision=self.job_precision,
+                         precision_note=getattr(self.classifier, "int8_note", ""), runtime=self.classifier.runtime,
                          runtime_choice=getattr(self.classifier, "chosen_by", ""),
                          pool=self.celery_pool or self.settings.pool, batch_size=self.settings.batch_size,
                          started_at=self.started_at, sent_at=time.time(), images_done=self.images_done,
@@ -132,15 +145,17 @@ _starting: startup.Startup | None = None  # this process's start-up beat while i
 
 
 def get_runtime(settings: Settings, hostname: str | None = None,
-                starting: startup.Startup | None = None) -> Runtime:
+                starting: startup.Startup | None = None, follows_queues: bool = False) -> Runtime:
     """This process's runtime, built with ``settings`` on first use (loading the model takes seconds).
     ``starting``: the start-up beat of this process (worker/startup.py), told each step of the load and
-    handed over to the ready heartbeat. Raises what loading raises (worker/app.py turns it into one line)."""
+    handed over to the ready heartbeat; ``follows_queues``: the worker's queues follow this runtime's
+    precision (Runtime.follows_queues), known before its first ready beat says what it serves jobs at. Raises
+    what loading raises (worker/app.py turns it into one line)."""
     global _runtime, _starting
     with _lock:
         if _runtime is None:
             _starting = starting
-            _runtime = _build(settings, startup.identity(hostname)[0], starting)
+            _runtime = _build(settings, startup.identity(hostname)[0], starting, follows_queues)
         return _runtime
 
 
@@ -149,7 +164,8 @@ def current() -> Runtime | None:
     return _runtime
 
 
-def _build(settings: Settings, hostname: str, starting: startup.Startup | None) -> Runtime:
+def _build(settings: Settings, hostname: str, starting: startup.Startup | None,
+           follows_queues: bool = False) -> Runtime:
     from worker.runtimes.auto import Machine
     from worker.runtimes.int8_serving import Int8Options
     from worker.runtimes.loading import load_classifier  # imports TensorFlow or OpenVINO: only here, after any fork
@@ -168,6 +184,7 @@ def _build(settings: Settings, hostname: str, starting: startup.Startup | None) 
                       ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="imgq-decode"),
                       worker_id=worker_id)
     runtime.spec = classifier.spec  # the model loaded, as worker/app.py resolved it to choose the queue
+    runtime.follows_queues = follows_queues
     runtime.redis_warning = redis_warning(settings)
     if runtime.redis_warning:  # before Celery's logging is set up: Python prints warnings on stderr then
         log.warning("%s", runtime.redis_warning)

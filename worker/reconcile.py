@@ -12,9 +12,9 @@ loop, and one at a time (a lock in Redis) it queues again, for each job still ac
   image still lacking a record (a message lost another way). A job with no record for a whole visibility
   timeout is treated so whatever its count says (a message dropped before any worker began it), and so is,
   once, a job whose submit failed part-way (still marked ``publishing``: imgq/results/store.py ``commit_job``), whose
-  count says nothing of what reached the queue. The queue is the job's model's queue, or its weights' when it
-  asked for weights (imgq.celery_config.queue_name); a job whose model (with its weights) no live worker serves
-  is not stalled but waiting: its messages stay in its queue until such a worker starts.
+  count says nothing of what reached the queue. The queue is the job's model's queue, or that of the weights and
+  precision it asked for (imgq.celery_config.queue_name); a job whose model (with its weights, at its precision)
+  no live worker serves is not stalled but waiting: its messages stay in its queue until such a worker starts.
 
 Queueing a batch twice is harmless: a batch whose images all have records is skipped, and records are
 keyed per image, so the later of two deliveries overwrites instead of adding.
@@ -100,7 +100,7 @@ def _stalled(runtime, job: str, now: float) -> bool:
     status, settings = runtime.store.status(job), runtime.settings
     quiet = now - (status.last_record_at or status.created)
     if (status.finished or quiet < settings.reconcile_seconds
-            or not runtime.store.serving(status.model, status.weights)):
+            or not runtime.store.serving(status.model, status.weights, status.precision)):
         return False
     if runtime.deliveries.take_unpublished(job):  # its submit failed part-way: its count says nothing
         return True
@@ -108,4 +108,4 @@ def _stalled(runtime, job: str, now: float) -> bool:
     # can be lost before any worker begins it (kombu pops it, then fails to record it as unacknowledged, as
     # during an OOM), and the count alone would then wait for a whole visibility timeout.
     return (quiet >= settings.visibility_timeout or runtime.deliveries.waiting(job) <= 0
-            or runtime.store.queue_depth(status.model, status.weights) == 0)
+            or runtime.store.queue_depth(status.model, status.weights, status.precision) == 0)

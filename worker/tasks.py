@@ -8,7 +8,7 @@ import time
 import redis
 from celery.exceptions import Reject
 
-from imgq.contract import REF_VERSION, TASK_CLASSIFY_BATCH, BatchMessage, BatchRef, serves_weights
+from imgq.contract import REF_VERSION, TASK_CLASSIFY_BATCH, BatchMessage, BatchRef, serves_precision, serves_weights
 from imgq.jobs.queue import publish
 from imgq.results.store import ResultStore
 from imgq.storage.errors import SourceUnavailable
@@ -49,7 +49,8 @@ def classify_batch(self, payload: dict) -> int:
         if message is None:  # its job was deleted or has expired: nothing to do, nothing to write
             log.info("Batch %s: no such job any more, skipped", payload)
             return 0
-        if message.model != runtime.model or not serves_weights(runtime.classifier.weights_id, message.weights):
+        if (message.model != runtime.model or not serves_weights(runtime.classifier.weights_id, message.weights)
+                or not serves_precision(runtime.job_precision, message.precision)):
             return _send_to_its_queue(message, runtime)
         records = run_batch(message, runtime, worker=self.request.hostname)
     except redis.RedisError as exc:
@@ -72,15 +73,21 @@ def classify_batch(self, payload: dict) -> int:
 
 
 def _send_to_its_queue(message: BatchMessage, runtime) -> int:
-    """A batch of a job that asked for another model, or for weights this worker has not, in one of this
-    worker's queues (sent there by hand, or by a sender that routed by model alone): never classified with the
-    wrong model or weights, never lost, but sent on to the queue of its model and weights, which this worker
-    does not consume. There it waits for a worker that has them (`imgq status JOB` says so)."""
+    """A batch of a job that asked for another model, for weights this worker has not, or for a precision it
+    does not serve jobs at now, in one of this worker's queues (sent there by hand, by a sender that routed by
+    model alone, or taken just before the worker's precision moved: worker/queues.py): never classified with
+    the wrong model, weights or precision, never lost, but sent on to the queue of what it asked for, which
+    this worker does not consume. There it waits for a worker that serves it (`imgq status JOB` says so)."""
     if message.model != runtime.model:
         log.warning("Batch %d of job %s is for model %s, not %s: sent to that model's queue", message.batch,
                     message.job, message.model, runtime.model)
-    else:
+    elif not serves_weights(runtime.classifier.weights_id, message.weights):
         log.warning("Batch %d of job %s asks for weights %s, not %s: sent to the queue of those weights",
                     message.batch, message.job, message.weights, runtime.classifier.weights_id)
-    publish([BatchRef(message.job, message.batch, message.model, message.weights)], runtime.settings)
+    else:
+        log.warning("Batch %d of job %s asks for %s, and this worker serves jobs at %s: sent to the queue of %s",
+                    message.batch, message.job, message.precision, runtime.job_precision or "no precision",
+                    message.precision)
+    publish([BatchRef(message.job, message.batch, message.model, message.weights, message.precision)],
+            runtime.settings)
     return 0

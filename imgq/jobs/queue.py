@@ -18,7 +18,7 @@ from imgq.settings import Settings
 
 def publish(batches: Iterable[BatchRef], settings: Settings) -> int:
     """Send batches to the queues of their models' workers (``queue_name``; of the workers with the weights a job
-    asked for, when it did), over one connection. Returns how many were sent.
+    asked for, and serving the precision it asked for, when it did), over one connection. Returns how many were sent.
 
     Each job's count of published messages goes up first (imgq/jobs/deliveries.py): a job with as many
     deliveries begun as messages published has none waiting in the queue, which the reconciler's stall
@@ -30,15 +30,17 @@ def publish(batches: Iterable[BatchRef], settings: Settings) -> int:
     sent = 0
     with app.producer_or_acquire() as producer:
         for ref in batches:
-            app.send_task(TASK_CLASSIFY_BATCH, args=[ref.to_dict()], queue=queue_name(settings, ref.model, ref.weights),
-                          producer=producer)
+            app.send_task(TASK_CLASSIFY_BATCH, args=[ref.to_dict()],
+                          queue=queue_name(settings, ref.model, ref.weights, ref.precision), producer=producer)
             sent += 1
     return sent
 
 
 def refs(messages: Iterable[dict]) -> Iterator[BatchRef]:
-    """The references of stored batch messages (to queue them again, to the queue of their model and weights)."""
-    return (BatchRef(m["job"], m["batch"], m.get("model", MODEL_NAME), m.get("weights", "")) for m in messages)
+    """The references of stored batch messages (to queue them again, to the queue of their model, weights and
+    precision)."""
+    return (BatchRef(m["job"], m["batch"], m.get("model", MODEL_NAME), m.get("weights", ""), m.get("precision", ""))
+            for m in messages)
 
 
 def count_published(batches: list[BatchRef], settings: Settings) -> None:

@@ -42,7 +42,7 @@ class QueueingFailed(RuntimeError):
 def batches(images: Iterable[str], job: str, batch_size: int, top_k: int, activations: tuple[str, ...] = (),
             activations_dtype: str = "float16", known: str = "", sink: bool = False,
             head: str = "", model: str = MODEL_NAME, weights: str = "",
-            embeddings: bool = False) -> Iterator[BatchMessage]:
+            embeddings: bool = False, precision: str = "") -> Iterator[BatchMessage]:
     """Cut ``images`` into batch messages; image ids count from 0 in submission order."""
     iterator = iter(images)
     image_id = 0
@@ -54,7 +54,7 @@ def batches(images: Iterable[str], job: str, batch_size: int, top_k: int, activa
         image_id += len(chunk)
         yield BatchMessage(job=job, batch=number, images=items, top_k=top_k, activations=activations,
                            activations_dtype=activations_dtype, known=known, sink=sink, head=head, model=model,
-                           weights=weights, embeddings=embeddings)
+                           weights=weights, embeddings=embeddings, precision=precision)
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ def submit(images: Iterable[str], *, settings: Settings, store: ResultStore, nam
            activations: tuple[str, ...] = (), activations_dtype: str = "float16", known: str = "", sink: bool = False,
            limit_check: Callable[[int], None] | None = None, hold_retention: bool = False,
            head: Head | None = None, skipped: Skipped | None = None, model: str = MODEL_NAME,
-           weights: str = "", embeddings: bool = False) -> Submitted:
+           weights: str = "", embeddings: bool = False, precision: str = "") -> Submitted:
     """Queue ``images`` as one job. Raises EmptySelection, or redis/kombu errors when Redis is down.
 
     ``job``: the id to give the job (default: a new one, ``new_job_id``).
@@ -84,6 +84,8 @@ def submit(images: Iterable[str], *, settings: Settings, store: ResultStore, nam
     its batches go to that model's workers only, and wait in its queue while none is alive.
     ``weights``: the key of the weights the job asks for (imgq.models.weights.weights_key; "": any weights of
     the model): its batches go to the workers of the model with those weights only, and wait until one is alive.
+    ``precision``: the precision its forward passes must run in (imgq.contract.PRECISIONS; "": any): its batches
+    go only to the workers serving jobs at that precision (Heartbeat.job_precision), and wait until one is alive.
     ``limit_check``: called with the number of images once the walk is done, before the job is committed;
     whatever it raises aborts the submission with nothing queued (e.g. producer.exports.dumps.size_guard).
     ``skipped``: the walk's count of files that are not images (imgq.storage.walk.iter_images), kept in the job's hash.
@@ -99,7 +101,7 @@ def submit(images: Iterable[str], *, settings: Settings, store: ResultStore, nam
     pending: list[dict] = []
     digest = heads.share(store.redis, store.keys, head) if head is not None else ""
     for message in batches(images, job, batch_size, top_k, activations, activations_dtype, known, sink, digest,
-                           model, weights, embeddings):
+                           model, weights, embeddings, precision):
         pending.append(message.to_dict())
         total += len(message.images)
         n_batches += 1
@@ -120,7 +122,8 @@ def submit(images: Iterable[str], *, settings: Settings, store: ResultStore, nam
     store.commit_job(job, name=name or job, total=total, batches=n_batches, retention=settings.retention,
                      skipped=skipped.to_fields() if skipped else None,
                      params={"top_k": top_k, "batch_size": batch_size, "model": model,
-                             **({"weights": weights} if weights else {}), **(params or {}),
+                             **({"weights": weights} if weights else {}),
+                             **({"precision": precision} if precision else {}), **(params or {}),
                              **({"activations": list(activations), "activations_dtype": activations_dtype}
                                 if activations else {}), **({"known": known} if known else {}),
                              **({"sink": True} if sink else {}), **({"embeddings": True} if embeddings else {}),
@@ -128,7 +131,7 @@ def submit(images: Iterable[str], *, settings: Settings, store: ResultStore, nam
                                 if head is not None else {})}, publishing=True,
                      hold_retention=hold_retention)
     try:
-        publish((BatchRef(job, number, model, weights) for number in range(n_batches)), settings)
+        publish((BatchRef(job, number, model, weights, precision) for number in range(n_batches)), settings)
         store.end_publishing(job)
     except Exception as exc:
         raise QueueingFailed(job, exc) from exc

@@ -38,6 +38,14 @@ class JobStatus:
     model_ids: tuple[str, ...] = ()
     # The ids of the models that wrote its records so far (imgq.models.spec.ModelSpec.id: a folder model's with its
     # file's digest), from the provenances the store keeps: known once a worker has answered.
+    precisions: tuple[str, ...] = ()
+    # The precisions its records were made in so far, from the same provenances: a job that asked for int8 has
+    # fp32 records too when an INT8 worker classified its first images while it calibrated (docs/runtime.md).
+
+    @property
+    def other_precisions(self) -> tuple[str, ...]:
+        """The precisions of its records that are not the one it asked for (none when it asked for none)."""
+        return tuple(p for p in self.precisions if self.precision and p != self.precision)
 
     @property
     def ok(self) -> int:
@@ -93,6 +101,11 @@ class JobStatus:
         return str(self.params.get("weights", ""))
 
     @property
+    def precision(self) -> str:
+        """The precision the job asked its passes to run in (imgq.contract.PRECISIONS); "": any."""
+        return str(self.params.get("precision", ""))
+
+    @property
     def retention(self) -> int:
         """Seconds a finished job is kept (0: until deleted)."""
         return int(self.params.get("retention", 0))
@@ -120,6 +133,8 @@ def parse_job(record: dict, processed: int, failed: int, ttl_ms: int) -> JobStat
             skipped_files=int(record.get("skipped_files", 0)), skipped_kinds=record.get("skipped_kinds", ""),
             model_ids=tuple(sorted({str(json.loads(value)[0]) for key, value in record.items()
                                     if key.startswith("provn:")})),
+            precisions=tuple(sorted({str(json.loads(value)[2]) for key, value in record.items()
+                                     if key.startswith("provn:")})),
         )
     except (KeyError, TypeError, ValueError, IndexError):
         return None

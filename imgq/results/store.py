@@ -504,28 +504,29 @@ class ResultStore:
         """Stop saying ``worker_id`` is alive, at once (a worker giving up), instead of after three beats."""
         self.redis.delete(self.keys.worker(worker_id))
 
-    def queue_depth(self, model: str = MODEL_NAME, weights: str = "") -> int:
+    def queue_depth(self, model: str = MODEL_NAME, weights: str = "", precision: str = "") -> int:
         """Batch messages waiting in the queue of ``model``'s workers (kombu's list; of those with ``weights``, a
-        weights key, when given), read from the broker (which is not the results store when IMGQ_RESULTS_URL is
-        set: the store's Redis has no queue, and would read 0)."""
-        return self.broker.llen(self.keys.model_queue(model_queue(self.keys.ns, model, weights)))
+        weights key, and serving ``precision``, when given), read from the broker (which is not the results store
+        when IMGQ_RESULTS_URL is set: the store's Redis has no queue, and would read 0)."""
+        return self.broker.llen(self.keys.model_queue(model_queue(self.keys.ns, model, weights, precision)))
 
-    def queue_depths(self, models: Iterable[str], weights: Iterable[tuple[str, str]] = ()) -> dict[str, int]:
+    def queue_depths(self, models: Iterable[str], asked: Iterable[tuple[str, str, str]] = ()) -> dict[str, int]:
         """Model name -> batch messages waiting in its queue (on the broker), for each of ``models``, with those
-        waiting in the queues of the ``(model, weights key)`` pairs of ``weights`` added to their model's."""
-        names = sorted(set(models) | {model for model, _ in weights})
-        queues = [(model, "") for model in names] + sorted({pair for pair in weights if pair[1]})
+        waiting in the queues of the ``(model, weights key, precision)`` of ``asked`` added to their model's."""
+        names = sorted(set(models) | {model for model, _, _ in asked})
+        queues = [(model, "", "") for model in names] + sorted({q for q in asked if q[1] or q[2]})
         pipe = self.broker.pipeline(transaction=False)
-        for model, key in queues:
-            pipe.llen(self.keys.model_queue(model_queue(self.keys.ns, model, key)))
+        for model, key, precision in queues:
+            pipe.llen(self.keys.model_queue(model_queue(self.keys.ns, model, key, precision)))
         depths = dict.fromkeys(names, 0)
-        for (model, _), depth in zip(queues, pipe.execute(), strict=True):
+        for (model, _, _), depth in zip(queues, pipe.execute(), strict=True):
             depths[model] += depth
         return depths
 
-    def serving(self, model: str, weights: str = "") -> list[Heartbeat]:
-        """The live workers that serve ``model`` (by name), with ``weights`` (a weights key; "": any)."""
-        return [w for w in self.workers() if w.serves(model, weights)]
+    def serving(self, model: str, weights: str = "", precision: str = "") -> list[Heartbeat]:
+        """The live workers that serve ``model`` (by name), with ``weights`` (a weights key; "": any), at
+        ``precision`` (one of imgq.contract.PRECISIONS; "": any)."""
+        return [w for w in self.workers() if w.serves(model, weights, precision)]
 
     def take_reconcile_turn(self, worker_id: str, seconds: int) -> bool:
         """True for the one worker allowed to reconcile for the next ``seconds``."""

@@ -119,6 +119,8 @@ class Schedule:
     weights: str = ""
     # The key of the weights its jobs ask for (imgq/models/weights.py): only a worker with them takes them. "":
     # any worker of its model.
+    precision: str = ""
+    # The precision its jobs ask for (imgq.contract.PRECISIONS): only a worker serving it takes them. "": any.
 
     @property
     def when(self) -> str:
@@ -151,7 +153,8 @@ class Schedule:
                    batch_size=int(data["batch_size"]), max_retries=int(data["max_retries"]),
                    paused=data["paused"] == "1", created=float(data["created"]),
                    pending_job=data.get("pending_job") or None, model=data.get("model") or MODEL_NAME,
-                   head=data.get("head", ""), weights=data.get("weights", ""))
+                   head=data.get("head", ""), weights=data.get("weights", ""),
+                   precision=data.get("precision", ""))
 
 
 class ScheduleBook:

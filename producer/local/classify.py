@@ -25,6 +25,7 @@ from producer.local.progress import wait
 from producer.local.signals import Terminated, ended_by_signals
 from producer.local.watch import Workers
 from producer.local.workers import EmbeddedRedis, LocalServiceError, default_redis_answers
+from producer.options.precision_choice import OTHER_PRECISION_WHY
 from producer.options.skipped import echo_queued
 from producer.options.words import echo, plural
 from producer.tags.tagging import TagOptions, tag_records
@@ -50,7 +51,9 @@ def run_classify(images: Iterable[str], settings: Settings, *, name: str, embedd
     ``embedded``: True starts a private Redis, False never does, None does so only when no broker is
     configured and nothing answers at the default address. ``request``: more keyword arguments of
     imgq.jobs.submit.submit (known, activations, ...); its ``weights`` is the key of the weights the job asks for
-    (those of ``settings.weights``), None when this machine cannot name them (its worker then says why). Raises
+    (those of ``settings.weights``), None when this machine cannot name them (its worker then says why); its
+    ``precision`` the one the job asks for (that of ``settings.precision``, or what the worker started here
+    serves instead, said). Raises
     EmptySelection before starting anything when no image is selected; UntrainedWeights when asked to tag the
     labels of random weights (after the results file is written). The job ends with the run: whatever stops it
     before the job is done (Ctrl-C: KeyboardInterrupt; SIGTERM, SIGHUP: Terminated; its worker failing; any
@@ -63,8 +66,10 @@ def run_classify(images: Iterable[str], settings: Settings, *, name: str, embedd
         _say(_first_line(settings, server, broker_configured))  # which Redis, before anything is done in it
         store = ResultStore.from_settings(settings)
         store.ping()
-        workers = Workers(settings, store, started, request.get("model", MODEL_NAME), request.get("weights", ""))
+        workers = Workers(settings, store, started, request.get("model", MODEL_NAME), request.get("weights", ""),
+                          request.get("precision", ""))
         request["weights"] = workers.ensure()
+        request["precision"] = workers.precision
         final = _run_job(images, settings, store, name, request, workers, server, broker_configured)
         path = output.path or f"imgq-{final.id}.{output.fmt}"
         records = with_min_score(store.iter_records(final.id), output.min_score)
@@ -202,12 +207,14 @@ def _print_summary(store: ResultStore, final: JobStatus, out: str | None, min_sc
     errors: Counter[str] = Counter()
     weights: set[str] = set()
     heads: set[str] = set()
+    precisions: Counter[str] = Counter()  # the ok records' precisions: an INT8 worker's first images are fp32
     unlabelled = 0  # ok images with no label left at or above min_score
     for record in store.iter_records(final.id):
         weights.add(record.weights)
         if record.error is not None:
             errors[record.error.code] += 1
             continue
+        precisions[record.precision] += 1
         if record.head is not None:
             heads.add(str(record.head.get("name", "")))
         best = _best_label(next(with_min_score([record], min_score)))
@@ -226,6 +233,9 @@ def _print_summary(store: ResultStore, final: JobStatus, out: str | None, min_sc
         echo("Groups: " + ", ".join(f"{group} ({n})" for group, n in groups.most_common(8)), err=True)
     if errors:
         echo("Errors: " + ", ".join(f"{code} ({n})" for code, n in errors.most_common()), err=True)
+    if final.precision and (other := sum(n for p, n in precisions.items() if p != final.precision)):
+        echo(f"NOTE: {plural(other, 'image')} classified in {', '.join(sorted(set(precisions) - {final.precision}))}, "
+             f"not {final.precision}: {OTHER_PRECISION_WHY} (each record's precision says which).", err=True)
     if any(is_untrained(w) for w in weights):
         echo("WARNING: made with random weights: the labels are meaningless.", err=True)
 

@@ -51,6 +51,19 @@ class ModelRuntime(ABC):
         return Target.of(self.spec)
 
     @property
+    def job_precision(self) -> str:
+        """The precision of the jobs this runtime takes when they ask for one (imgq.contract.PRECISIONS): the
+        precision its passes run in, ``precision`` for a runtime that never changes it (an INT8 runtime
+        calibrating on its first images says int8 while its first passes are fp32, which their records say)."""
+        return self.precision
+
+    @property
+    def precision_may_change(self) -> bool:
+        """True while ``job_precision`` may still change (worker/queues.py follows it): never, but for an INT8
+        runtime calibrating on its first images."""
+        return False
+
+    @property
     def model_id(self) -> str:
         """What records carry in ``model`` (ModelSpec.id: a folder model's id includes its file digest)."""
         return self.spec.id

@@ -92,6 +92,22 @@ class CalibratingOnFirstImages(ModelRuntime):
     runtime = property(lambda self: self.fp32.runtime)
     precision = property(lambda self: self._active.precision)
 
+    @property
+    def job_precision(self) -> str:
+        """int8 until INT8 was refused or could not be prepared, fp32 for good after. A job that asked for int8
+        is what this worker calibrates on: its first images are classified in fp32, their records say so, and
+        so does `imgq status` (docs/runtime.md, "INT8"). A job that asked for fp32 is never taken: its passes
+        would turn int8 half-way."""
+        thread = self._thread
+        refused = self._ready is None and self._active is self.fp32 and thread is not None and not thread.is_alive()
+        return "fp32" if refused else "int8"
+
+    @property
+    def precision_may_change(self) -> bool:
+        """True until INT8 is ready, refused or failed: ``job_precision`` may still turn fp32."""
+        thread = self._thread
+        return self._ready is None and self._active is self.fp32 and (thread is None or thread.is_alive())
+
     def model_input(self, pixels: list[np.ndarray]) -> np.ndarray:
         return self.fp32.model_input(pixels)
 
