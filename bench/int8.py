@@ -57,7 +57,7 @@ def fitted_weights(name: str, paths: list[str], fit: int, tmp: str) -> tuple[str
 
 
 def agreement_and_speed(name: str, weights: str, pictures: list[Path], paths: list[str], calibration: int,
-                        batch_size: int, cache_dir: str) -> dict:
+                        batch_size: int, cache_dir: str, speed: bool = True) -> dict:
     """Quantize on the first ``calibration`` photos, then the agreement on the other pictures and the bare
     rates of fp32 and INT8 on ``paths``."""
     from worker.images.preprocess import Target, load_pixels
@@ -79,11 +79,13 @@ def agreement_and_speed(name: str, weights: str, pictures: list[Path], paths: li
     fitted = np.stack(decoded)
     agreement = Agreement.measured(fp32.predict(fitted), int8.predict(fitted))
     log(f"{name}: quantized in {int8.quantize_seconds:.1f} s; {agreement} (not calibrated on)")
+    figures = {"quantize_seconds": round(int8.quantize_seconds, 1), "agreement": dataclasses.asdict(agreement),
+               "fitted_pictures": len(pictures), "calibration_photos": calibration}
+    if not speed:
+        return figures
     photos = np.stack([load_pixels(p, target=target, jpeg_draft=True) for p in paths])
     batches = [photos[i:i + batch_size] for i in range(0, len(photos), batch_size)]
-    return {"quantize_seconds": round(int8.quantize_seconds, 1), "agreement": dataclasses.asdict(agreement),
-            "fitted_pictures": len(pictures), "calibration_photos": calibration,
-            "bare_fp32": measured(log, model.bare_rate, fp32, batches),
+    return {**figures, "bare_fp32": measured(log, model.bare_rate, fp32, batches),
             "bare_int8": measured(log, model.bare_rate, int8, batches)}
 
 
@@ -114,6 +116,15 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def agreement_table(results: dict) -> str:
+    lines = ["| model | top-1 agreement | top-5 overlap | quantize (s) |", "| --- | --- | --- | --- |"]
+    for name, r in results["models"].items():
+        a = r["agreement"]
+        lines.append(f"| {name} | {a['top1']:.3f} of {a['photos']} | {a['top5_overlap']:.3f} | "
+                     f"{r['quantize_seconds']} |")
+    return "\n".join(lines)
+
+
 @click.command()
 @click.argument("folder", type=click.Path(exists=True, file_okay=False))
 @click.option("--limit", type=click.IntRange(1), default=250, show_default=True, help="Photos classified.")
@@ -126,7 +137,9 @@ def table(results: dict) -> str:
 @click.option("--redis-url", default=None, help="A Redis to use (default: an embedded one).")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write the results as JSON here.")
 @click.option("--quiet-wait", type=click.FloatRange(0), default=20.0, show_default=True)
-def main(folder, limit, fit, calibration, batch_size, models, redis_url, out, quiet_wait):
+@click.option("--speed/--agreement-only", default=True, show_default=True,
+              help="--agreement-only: the agreement and the time to quantize, no rates (a busy machine).")
+def main(folder, limit, fit, calibration, batch_size, models, redis_url, out, quiet_wait, speed):
     from bench import run
 
     run.QUIET_WAIT = quiet_wait
@@ -139,13 +152,16 @@ def main(folder, limit, fit, calibration, batch_size, models, redis_url, out, qu
         for name in names:
             weights, pictures = fitted_weights(name, paths, fit, tmp)
             figures = agreement_and_speed(name, weights, pictures, paths, calibration, batch_size,
-                                          os.path.join(tmp, "openvino"))
-            settings = Settings(broker_url=url, namespace=f"imgqbench-{uuid.uuid4().hex[:8]}", weights=weights,
-                                batch_size=batch_size, state_dir=tmp, calibration_images=calibration)
-            figures["end_to_end"] = end_to_end(name, paths, settings, folder)
+                                          os.path.join(tmp, "openvino"), speed)
+            if speed:
+                settings = Settings(broker_url=url, namespace=f"imgqbench-{uuid.uuid4().hex[:8]}", weights=weights,
+                                    batch_size=batch_size, state_dir=tmp, calibration_images=calibration)
+                figures["end_to_end"] = end_to_end(name, paths, settings, folder)
             results["models"][name] = figures
+            if out:  # each model's figures kept as soon as they are made: a long run may be stopped
+                Path(out).write_text(json.dumps(results, indent=1))
     results["machine"]["load_average_after"] = os.getloadavg()
-    print(table(results))
+    print(table(results) if speed else agreement_table(results))
     if out:
         Path(out).write_text(json.dumps(results, indent=1))
 
