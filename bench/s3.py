@@ -256,8 +256,8 @@ def main(photos, keys, small, limit, rounds, batch_size, redis_url, data, skip_p
     run.QUIET_WAIT, run.ATTEMPTS = quiet_wait, attempts
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     paths = images.list_images(photos, limit)
-    results: dict = {"machine": machine(), "git": git_state(), "keys_put": keys, "small": small, "photos": len(paths),
-                     "batch_size": batch_size}
+    results: dict = {"git": git_state(), "load_average_before": os.getloadavg(), "keys_put": keys, "small": small,
+                     "photos": len(paths), "batch_size": batch_size}
     with tempfile.TemporaryDirectory(prefix="imgq-bench-s3-") as tmp, pipeline.redis_server(redis_url, tmp) as url:
         server = S3Server(Path(data or Path(tmp, "s3"))).start()
         try:
@@ -268,6 +268,9 @@ def main(photos, keys, small, limit, rounds, batch_size, redis_url, data, skip_p
             env = {**os.environ}
             results["keys"] = key_figures({"small": f"s3://{BUCKET}/keys/small", "all": f"s3://{BUCKET}/keys"},
                                           url, env)
+            # Only now: machine() imports TensorFlow (for its version), and a child forked from a process holding it
+            # starts with its pages, which its peak RSS would count.
+            results["machine"] = machine()
             if not skip_photos:
                 urls = put_photos(client, paths)
                 settings = Settings(broker_url=url, namespace=f"imgqbench-{uuid.uuid4().hex[:8]}", weights="random",
