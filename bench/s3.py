@@ -6,8 +6,8 @@ run: SeaweedFS's `weed mini` on 127.0.0.1 only (tests/s3server.py), its data in 
    are put concurrently, 1,000 to a folder, the first ``--small`` under ``keys/small/`` and the rest under
    ``keys/more/``. Then for ``s3://BUCKET/keys/small`` and ``s3://BUCKET/keys``:
    - the listing rate through imgq's own lister (``S3Objects.list``, in this process): keys/s;
-   - `imgq submit URL` in a new process, with no worker: its wall seconds and peak RSS (``wait4``'s
-     ``ru_maxrss``), then the same submission again under tracemalloc, started once the CLI, Celery and imgq's
+   - `imgq submit URL` in a new process, with no worker: its wall seconds and peak RSS (its own VmHWM as it
+     ends), then the same submission again under tracemalloc, started once the CLI, Celery and imgq's
      boto3 client are loaded, for the peak of the Python allocations the submission itself makes.
    The producer's memory is flat when the figures at ``--keys`` are close to those at ``--small``.
 2. **End to end.** The first ``--limit`` photos of PHOTOS are put under ``photos/``; one worker (OpenVINO fp32,
@@ -34,7 +34,6 @@ from pathlib import Path
 import click
 
 from bench import REPO, images, pipeline
-from bench.queueing import imgq_command
 from bench.run import git_state, machine, measured
 from imgq.results.store import delete_namespace
 from imgq.settings import Settings
@@ -119,55 +118,39 @@ def listing(url: str) -> dict:
 
 
 def run_child(argv: list[str], env: dict[str, str]) -> dict:
-    """``argv`` to its end in a new process: wall seconds, its own peak RSS (``wait4``), its stdout."""
+    """``argv`` to its end in a new process: wall seconds, its stdout."""
     import subprocess
 
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         started = time.perf_counter()
         process = subprocess.Popen(argv, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
-        _, status, usage = os.wait4(process.pid, 0)
+        _, status, _ = os.wait4(process.pid, 0)
         seconds = time.perf_counter() - started
         out.seek(0)
         err.seek(0)
         if os.waitstatus_to_exitcode(status) != 0:
             raise click.ClickException(f"{argv[-1]}: {err.read().decode(errors='replace')[-2000:]}")
-        return {"seconds": seconds, "peak_rss_mb": usage.ru_maxrss / 1024, "stdout": out.read().decode()}
+        return {"seconds": seconds, "stdout": out.read().decode()}
 
 
 def submitted(url: str, redis_url: str, env: dict[str, str], traced: bool) -> dict:
-    """`imgq submit URL` in a new process (under tracemalloc when ``traced``), its job deleted after."""
+    """`imgq submit URL` in a new process (under tracemalloc when ``traced``), its job deleted after. Its peak RSS is
+    the VmHWM it reads of itself as it ends: ``wait4``'s would count the bench's own pages, which a forked child
+    holds until it execs."""
     namespace = f"imgqbench-{uuid.uuid4().hex[:8]}"
     args = ["--broker-url", redis_url, "--namespace", namespace, "submit", url]
     with tempfile.NamedTemporaryFile(suffix=".json") as peak:
-        argv = ([sys.executable, "-c", "import bench.s3 as b; b.traced_cli()", peak.name, *args] if traced
-                else [*imgq_command(), *args])
+        code = f"import bench.s3_child as c; c.measured_cli({traced})"
         try:
-            figures = run_child(argv, env)
+            figures = run_child([sys.executable, "-c", code, peak.name, *args], env)
         finally:
             delete_namespace(redis_url, namespace)
-        if traced:
-            figures["tracemalloc_peak_mb"] = json.loads(Path(peak.name).read_text())["peak"] / 1e6
+        own = json.loads(Path(peak.name).read_text())
+    figures["peak_rss_mb"] = own["vmhwm_kb"] / 1024
+    if traced:
+        figures["tracemalloc_peak_mb"] = own["peak"] / 1e6
     figures.pop("stdout")
     return figures
-
-
-def traced_cli() -> None:
-    """`imgq ARGS` (``sys.argv[2:]``) under tracemalloc, started once the CLI, Celery and imgq's boto3 client
-    are loaded; the peak written to the file ``sys.argv[1]``."""
-    import tracemalloc
-
-    import celery  # noqa: F401
-    import kombu.transport.redis  # noqa: F401
-
-    from imgq.storage.s3 import client
-    from producer.cli import cli
-
-    client()
-    tracemalloc.start()
-    try:
-        cli.main(sys.argv[2:], prog_name="imgq", standalone_mode=False)
-    finally:
-        Path(sys.argv[1]).write_text(json.dumps({"peak": tracemalloc.get_traced_memory()[1]}))
 
 
 def key_figures(urls: dict[str, str], redis_url: str, env: dict[str, str]) -> dict:
