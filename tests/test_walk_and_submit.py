@@ -206,6 +206,16 @@ def test_submitting_many_small_batches(tmp_path, settings, store):
     assert len(queued_messages(store, settings)) == 1000
 
 
+def test_staging_holds_a_bounded_number_of_images_whatever_the_batch_size(settings, store, monkeypatch):
+    staged = []
+    stage = store.stage_batches
+    monkeypatch.setattr(store, "stage_batches", lambda job, messages: (
+        staged.append(sum(len(m["images"]) for m in messages)), stage(job, messages)))
+    submitted = submit((f"/data/{i}.jpg" for i in range(40_000)), settings=settings, store=store, batch_size=1024)
+    assert submitted.batches == 40 < enqueue.STAGE_BATCHES and sum(staged) == 40_000
+    assert max(staged) < 16_000 + 1024  # STAGE_IMAGES, not the whole job at once as 40 batches of 1024 were
+
+
 def test_the_sidecars_imgq_tag_wrote_are_not_counted_as_skipped(run, store, tmp_path):
     """A later scan of a tagged folder: the XMP sidecars `imgq tag` wrote beside its images (IMG.jpg.xmp, or
     IMG.xmp with --sidecar-name stem) belong to images the walk takes, and are not counted as skipped files; an

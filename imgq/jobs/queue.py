@@ -9,30 +9,35 @@ from __future__ import annotations
 import functools
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from itertools import islice
 
 from imgq.celery_config import celery_config, queue_name
 from imgq.contract import MODEL_NAME, TASK_CLASSIFY_BATCH, BatchRef
 from imgq.keys import Keys
 from imgq.settings import Settings
 
+PUBLISH_CHUNK = 500  # batch references counted in one round trip, then sent: what a publish holds at once
+
 
 def publish(batches: Iterable[BatchRef], settings: Settings) -> int:
     """Send batches to the queues of their models' workers (``queue_name``; of the workers with the weights a job
-    asked for, and serving the precision it asked for, when it did), over one connection. Returns how many were sent.
+    asked for, and serving the precision it asked for, when it did), over one connection. Returns how many were
+    sent.
 
-    Each job's count of published messages goes up first (imgq/jobs/deliveries.py): a job with as many
-    deliveries begun as messages published has none waiting in the queue, which the reconciler's stall
-    rule needs to know per job, without reading the queue.
+    Each job's count of published messages goes up before they are sent, PUBLISH_CHUNK at a time
+    (imgq/jobs/deliveries.py): a job with as many deliveries begun as messages published has none waiting in the
+    queue, which the reconciler's stall rule needs to know per job, without reading the queue.
     """
-    batches = list(batches)
-    count_published(batches, settings)
+    batches = iter(batches)
     app = sender_app(settings)
     sent = 0
     with app.producer_or_acquire() as producer:
-        for ref in batches:
-            app.send_task(TASK_CLASSIFY_BATCH, args=[ref.to_dict()],
-                          queue=queue_name(settings, ref.model, ref.weights, ref.precision), producer=producer)
-            sent += 1
+        while chunk := list(islice(batches, PUBLISH_CHUNK)):  # a job's million batches are never held at once
+            count_published(chunk, settings)
+            for ref in chunk:
+                app.send_task(TASK_CLASSIFY_BATCH, args=[ref.to_dict()],
+                              queue=queue_name(settings, ref.model, ref.weights, ref.precision), producer=producer)
+                sent += 1
     return sent
 
 

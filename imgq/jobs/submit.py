@@ -20,7 +20,9 @@ from imgq.results.store import ResultStore
 from imgq.settings import Settings
 from imgq.storage.selection import Skipped
 
-STAGE_BATCHES = 500  # batch messages per Redis round trip while staging
+STAGE_BATCHES = 500  # batch messages per Redis round trip while staging...
+STAGE_IMAGES = 16_000  # ...or fewer, once they hold this many images (500 batches of 32): what a submission holds
+# at once, whatever its batch size (500 batches of 1024 would be half a million paths)
 
 
 class EmptySelection(ValueError):
@@ -105,7 +107,7 @@ def submit(images: Iterable[str], *, settings: Settings, store: ResultStore, nam
         pending.append(message.to_dict())
         total += len(message.images)
         n_batches += 1
-        if len(pending) >= STAGE_BATCHES:
+        if len(pending) >= STAGE_BATCHES or len(pending) * batch_size >= STAGE_IMAGES:
             store.stage_batches(job, pending)
             pending = []
     if pending:

@@ -54,11 +54,12 @@ class ByteSource(ABC):
 
     @abstractmethod
     def list(self, location: str, path_filter: PathFilter, skipped: Skipped | None = None) -> Iterator[str]:
-        """The images under ``location``, in a stable order, streamed (memory bounded by one folder's
-        entries, never the tree's): a single image is yielded as it is (the worker reports it if it is none);
-        a folder's images are chosen by ``path_filter``, hidden entries and folders with an ignore marker
-        left out, and the others counted in ``skipped``. A folder that cannot be read yields nothing; a store that
-        cannot be listed at all (no such bucket, refused credentials, no answer) raises ListingError, so that
+        """The images under ``location``, each once, in a stable order, streamed (memory bounded by one folder's
+        entries, never the tree's; the walk relies on "each once" to hold nothing per image of the last location
+        it lists): a single image is yielded as it is (the worker reports it if it is none); a folder's images
+        are chosen by ``path_filter``, hidden entries and folders with an ignore marker left out, and the others
+        counted in ``skipped``. A folder that cannot be read yields nothing; a store that cannot be listed at all
+        (no such bucket, refused credentials, no answer) raises ListingError, so that
         a mistake is told rather than taken for an empty folder."""
 
     @abstractmethod

@@ -20,7 +20,10 @@ def iter_images(paths: Iterable[str], path_filter: PathFilter, skipped: Skipped 
     """Absolute, normalised image paths under ``paths``, each once, without holding the tree in memory.
 
     Hidden files and folders (name starting with "."), excluded ones and folders holding an IGNORE_MARKERS
-    file are skipped inside folders. Duplicates are dropped by the path's digest, ~70 bytes of memory per image.
+    file are skipped inside folders. A path found under two of ``paths`` is taken once: the images of every
+    location but the last are remembered by their path's digest (~90 bytes each); the last one's are not, since a
+    source lists each path once (ByteSource.list), so that one folder or prefix (`imgq submit s3://bucket/photos`)
+    is walked in memory that does not grow with its images.
     A folder's entries are taken in sorted order (by name), files first, then sub-folders; an s3:// prefix's in
     key order (imgq/storage/s3_listing.py). ``skipped``, when
     given, counts the files of the folders walked that the filter does not want (complete once the walk is).
@@ -40,13 +43,26 @@ def _walk(paths: Iterable[str], path_filter: PathFilter, skipped: Skipped | None
           versions: bool) -> Iterator[tuple[str, bytes | None]]:
     if skipped is not None:
         skipped.includes = bool(path_filter.includes)
-    seen: set[bytes] = set()
-    for path in paths:
+    seen: set[bytes] = set()  # the digests of the images of the locations before the one being listed
+    for path, last in _marking_last(paths):
         for found, version in _listed(path, path_filter, skipped, versions):
-            digest = path_digest(found)
-            if digest not in seen:
-                seen.add(digest)
-                yield found, version
+            if seen or not last:
+                digest = path_digest(found)
+                if digest in seen:
+                    continue
+                if not last:
+                    seen.add(digest)
+            yield found, version
+
+
+def _marking_last(items: Iterable[str]) -> Iterator[tuple[str, bool]]:
+    """``(item, is_last)`` for each of ``items``, reading one item ahead (a list file's next line)."""
+    iterator = iter(items)
+    previous = next(iterator, None)
+    while previous is not None:
+        following = next(iterator, None)
+        yield previous, following is None
+        previous = following
 
 
 def _listed(path: str, path_filter: PathFilter, skipped: Skipped | None,
