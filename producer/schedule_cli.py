@@ -114,9 +114,12 @@ def schedule():
 @click.option("--weights", metavar="WEIGHTS",
               help="Its jobs ask for these weights (as `imgq submit --weights`): only a worker with them takes them "
                    f"[env: {env_var('job_weights')}; default: any worker of its model].")
+@click.option("--embeddings", is_flag=True,
+              help="Its jobs keep each image's embedding and hashes (as `imgq submit --embeddings`): `imgq similar "
+                   "--schedule` and `imgq duplicates --schedule` search them as one collection.")
 @click.pass_context
 def add(ctx, name, paths, every, cron, recursive, includes, excludes, top_k, batch_size, max_retries, model, paused,
-        replace_existing, head, weights):
+        replace_existing, head, weights, embeddings):
     """Scan PATH... (folders, or s3://bucket/prefix) on a schedule (exactly one of --every and --cron); each tick
     submits a job of the images that are new or changed since the last scan."""
     if (every is None) == (cron is None):
@@ -136,7 +139,7 @@ def add(ctx, name, paths, every, cron, recursive, includes, excludes, top_k, bat
         excludes=tuple(excludes),
         top_k=top_k or settings.top_k, batch_size=batch_size or settings.batch_size,
         max_retries=settings.scan_max_retries if max_retries is None else max_retries, paused=paused,
-        model=chosen.name, head=_shared_head(ctx, head, chosen.name, asked), weights=asked)
+        model=chosen.name, head=_shared_head(ctx, head, chosen.name, asked), weights=asked, embeddings=embeddings)
     saved = book.add(definition, replace_existing=replace_existing)
     echo(f"Schedule {saved.name}: {saved.when}{' (paused)' if saved.paused else ''}, "
          f"{len(saved.paths)} path(s), model {saved.model}. Run `imgq beat` to fire it.", err=True)
@@ -283,6 +286,7 @@ def _options(s: Schedule) -> str:
     parts = [f"model {s.model}", "recursive" if s.recursive else "not recursive", f"top-k {s.top_k}",
              f"batch-size {s.batch_size}", f"max-retries {s.max_retries}"] + ([f"head {s.head}"] if s.head else [])
     parts += [f"weights {s.weights}"] if s.weights else []
+    parts += ["embeddings"] if s.embeddings else []
     return ", ".join(parts + [f"include {g}" for g in s.includes] + [f"exclude {g}" for g in s.excludes])
 
 

@@ -66,17 +66,3 @@ def hash_histogram(hashes: np.ndarray, skip: np.ndarray | None = None) -> np.nda
             upper &= skip[start:stop, None] != skip[None, column:end]
         counts += np.bincount(distance[upper], minlength=65)
     return counts
-
-
-def top_k(vectors: np.ndarray, query: np.ndarray, k: int) -> list[tuple[int, float]]:
-    """The ``k`` rows most similar to ``query`` by cosine (vectors L2-normalised), best first, in blocks."""
-    values = np.asarray(vectors)
-    q = np.asarray(query, dtype=np.float32)
-    best: list[tuple[float, int]] = []
-    step = max(1, BLOCK_CELLS // max(values.shape[1] if values.ndim == 2 else 1, 1))
-    for start in range(0, len(values), step):
-        scores = values[start:start + step].astype(np.float32) @ q
-        for row in np.argsort(-scores, kind="stable")[:k].tolist():
-            best.append((float(scores[row]), start + row))
-        best = sorted(best, key=lambda item: (-item[0], item[1]))[:k]
-    return [(row, score) for score, row in best]

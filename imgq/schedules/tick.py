@@ -90,7 +90,8 @@ def _tick_locked(book: ScheduleBook, schedule: Schedule, settings: Settings, tri
         submitted = submission.submit(images, settings=settings, store=store, name=schedule.name, job=job,
                                       top_k=schedule.top_k, batch_size=schedule.batch_size,
                                       params={"schedule": schedule.name}, hold_retention=True, head=head,
-                                      skipped=skipped, model=schedule.model, weights=schedule.weights)
+                                      skipped=skipped, model=schedule.model, weights=schedule.weights,
+                                      embeddings=schedule.embeddings)
     except submission.EmptySelection:
         book.set_pending(schedule.name, None)
         return book.record_run(schedule.name, _run(trigger, "empty", found=found, settled=settled, skipped=skipped))

@@ -8,7 +8,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from imgq.alike.batchfile import BatchVectors, read_job
+from imgq.alike.collection import Collection
 from imgq.alike.groups import TIERS, Rules, group, group_tier, tier_between
+from imgq.alike.pairs import cosine_pairs
 from imgq.alike.phash import popcount
 
 FIELDS = ("group", "tier", "job", "image", "path", "similarity", "keeper")
@@ -47,6 +49,37 @@ def gather(dump_root: str, jobs: list[str]) -> Rows:
     return Rows(vectors, np.array([job for job, rows in parts for _ in range(len(rows))], dtype=object))
 
 
+def latest_rows(rows: Rows) -> Rows:
+    """``rows`` less those of a path that a later job (a later tick of a schedule) classified again: a file
+    edited between two ticks has a row in each, and only its newest picture is in the collection."""
+    last = {path: row for row, path in enumerate(rows.vectors.path.tolist())}
+    keep = np.array(sorted(last.values()), dtype=np.int64)
+    v = rows.vectors
+    fields = {name: getattr(v, name)[keep] for name in ("image", "path", "embedding", "phash", "content")}
+    return Rows(BatchVectors(**fields, model=v.model, weights=v.weights), rows.job[keep])
+
+
+def indexed_pairs(rows: Rows, collection: Collection):
+    """A ``close`` for ``member_rows``: the collection's index's close pairs (imgq.alike.search.close_pairs) in
+    the numbering of ``rows`` (gathered from the same jobs, maybe less superseded rows: ``latest_rows``), matched
+    by job and image id."""
+    from imgq.alike.search import close_pairs
+
+    code = {job: number for number, job in enumerate(collection.jobs)}
+    mine = np.array([code[str(job)] for job in rows.job], dtype=np.int64) << 41 | rows.vectors.image
+    theirs = np.concatenate([code[part.job] << 41 | images for part, images in collection.images()])
+    order = np.argsort(mine, kind="stable")
+    at = np.minimum(np.searchsorted(mine, theirs, sorter=order), len(mine) - 1)
+    position = np.where(mine[order[at]] == theirs, order[at], -1)
+
+    def close(_vectors: np.ndarray, above: float):
+        for i, j, score in close_pairs(collection, above):
+            a, b = int(position[i]), int(position[j])
+            if a >= 0 and b >= 0:
+                yield min(a, b), max(a, b), score
+    return close
+
+
 def file_size(path: str) -> int:
     """The size of the file at ``path`` (its metadata only, never opened); 0 when it is not a local file."""
     try:
@@ -55,13 +88,13 @@ def file_size(path: str) -> int:
         return 0
 
 
-def member_rows(rows: Rows, rules: Rules) -> list[dict]:
+def member_rows(rows: Rows, rules: Rules, close=cosine_pairs) -> list[dict]:
     """One dict per member of each group (FIELDS), groups numbered from 1 in order of their first row,
     members by image. ``keeper``: the group's largest file. ``tier``: a member's tie to the keeper (identical,
     same picture or same moment; the keeper's line: the loosest tier its group needed); ``similarity`` to the
     keeper: 1.0 identical, 1 - pHash distance/64 for a same picture, the embeddings' cosine for a same moment."""
     v = rows.vectors
-    levels = group(v.content, v.phash, v.embedding, rules)
+    levels = group(v.content, v.phash, v.embedding, rules, close)
     members: dict[int, list[int]] = {}
     for row, g in enumerate(levels[-1]):
         members.setdefault(g, []).append(row)
