@@ -30,7 +30,7 @@ from imgq.alike.collection import Collection
 from imgq.storage.files import atomic_path, open_regular
 
 APPROXIMATE_ABOVE = 1_000_000  # rows: exact search up to this many (issue 28), the approximate index above
-PAIRS_APPROXIMATE_ABOVE = 200_000  # rows: `imgq duplicates` finds same moments by the index above this many
+PAIRS_APPROXIMATE_ABOVE = 50_000  # rows: `imgq duplicates` finds same moments by the index above (exact is n^2)
 NPROBE = 32  # lists a search scans: with sqrt(n) lists, about 32/sqrt(n) of the rows (3% at 1 M)
 PAIRS_NPROBE = 8  # lists each row's search for close pairs scans (`imgq duplicates`): pairs that close share lists
 TRAIN_PER_LIST = 40  # training rows per list (faiss warns under 39); sampled, seeded
