@@ -1,6 +1,7 @@
 """`imgq duplicates` and `imgq similar`: photos alike, from the per-batch embedding files of jobs submitted with
-``--embeddings``. Commands only; the work is in imgq.alike (hashes, pairs, groups) and producer.alike
-(calibration, rows); numpy and Pillow imported on use."""
+``--embeddings``. Commands, and `similar --to`'s one-image job queued and waited for; the work is in imgq.alike
+(collections, search, hashes, pairs, groups) and producer.alike (calibration, rows); numpy, Pillow and faiss
+imported on use."""
 
 from __future__ import annotations
 
