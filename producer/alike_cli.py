@@ -26,14 +26,13 @@ def _rows(ctx, jobs: tuple[str, ...], schedule: str | None = None):
     """The jobs (and a schedule's) resolved and their embedding rows; one line and exit 1 for what cannot be
     compared. A schedule's file classified again by a later tick keeps only its newest row."""
     from imgq.alike.batchfile import BatchFileError
-    from producer.alike.report import AlikeError, gather, latest_rows
+    from producer.alike.report import AlikeError, gather
 
     ids = _job_ids(ctx, jobs, schedule)
     try:
-        rows = gather(ctx.obj.effective_dump_root, ids)
+        return ids, gather(ctx.obj.effective_dump_root, ids, newest_only=schedule is not None)
     except (AlikeError, BatchFileError) as exc:
         raise click.ClickException(str(exc)) from None
-    return ids, latest_rows(rows) if schedule else rows
 
 
 def _job_ids(ctx, jobs: tuple[str, ...], schedule: str | None) -> list[str]:

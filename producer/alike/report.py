@@ -28,11 +28,12 @@ class Rows:
     job: np.ndarray
 
 
-def gather(dump_root: str, jobs: list[str]) -> Rows:
+def gather(dump_root: str, jobs: list[str], newest_only: bool = False) -> Rows:
     """The embedding rows of ``jobs`` (resolved ids), in job then image order, read a batch file at a time into
-    arrays made once (memory: the rows once, 4 KB a 2048-d photo, not a copy per step). Raises AlikeError for a
-    job without embedding files, and for jobs whose embeddings come from different models or weights;
-    BatchFileError."""
+    arrays made once (memory: the rows once, 4 KB a 2048-d photo, not a copy per step). ``newest_only``: less the
+    rows of a path that a later job classified again (Collection.superseded: a schedule's edited file is its
+    newest picture only). Raises AlikeError for a job without embedding files, and for jobs whose embeddings
+    come from different models or weights; BatchFileError."""
     try:
         collection = open_collection(dump_root, jobs)
     except CollectionError as exc:
@@ -53,7 +54,9 @@ def gather(dump_root: str, jobs: list[str]) -> Rows:
         path[rows] = [bytes(p).decode("utf-8", "replace") for p in batch.path.tolist()]
         job[rows], codes[rows] = part.job, number[part.job]
     order = np.lexsort((image, codes))
-    if not np.array_equal(order, np.arange(n)):  # files out of image order: sorted (a copy, rarely needed)
+    if newest_only:
+        order = order[~np.isin(order, collection.superseded())]
+    if not np.array_equal(order, np.arange(n)):  # a copy: files out of image order, or superseded rows left out
         image, phash, embedding, content, path, job = (a[order] for a in (image, phash, embedding, content, path,
                                                                           job))
     vectors = BatchVectors(image=image, path=path, embedding=embedding, phash=phash, content=content,
@@ -61,19 +64,9 @@ def gather(dump_root: str, jobs: list[str]) -> Rows:
     return Rows(vectors, job)
 
 
-def latest_rows(rows: Rows) -> Rows:
-    """``rows`` less those of a path that a later job (a later tick of a schedule) classified again: a file
-    edited between two ticks has a row in each, and only its newest picture is in the collection."""
-    last = {path: row for row, path in enumerate(rows.vectors.path.tolist())}
-    keep = np.array(sorted(last.values()), dtype=np.int64)
-    v = rows.vectors
-    fields = {name: getattr(v, name)[keep] for name in ("image", "path", "embedding", "phash", "content")}
-    return Rows(BatchVectors(**fields, model=v.model, weights=v.weights), rows.job[keep])
-
-
 def indexed_pairs(rows: Rows, collection: Collection):
     """A ``close`` for ``member_rows``: the collection's index's close pairs (imgq.alike.search.close_pairs) in
-    the numbering of ``rows`` (gathered from the same jobs, maybe less superseded rows: ``latest_rows``), matched
+    the numbering of ``rows`` (gathered from the same jobs, maybe ``newest_only``), matched
     by job and image id."""
     from imgq.alike.search import close_pairs
 
