@@ -10,7 +10,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 $(VENV)/.installed-worker: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[worker,learn]'
+	$(BIN)/pip install --quiet -e '.[worker,learn,alike]'
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/python

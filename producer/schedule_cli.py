@@ -118,9 +118,12 @@ def schedule():
 @click.option("--precision", type=precision_choice(),
               help="Its jobs ask for this precision (as `imgq submit --precision`): only a worker serving jobs at it "
                    f"takes them [env: {env_var('job_precision')}; default: any].")
+@click.option("--embeddings", is_flag=True,
+              help="Its jobs keep each image's embedding and hashes (as `imgq submit --embeddings`): `imgq similar "
+                   "--schedule` and `imgq duplicates --schedule` search them as one collection.")
 @click.pass_context
 def add(ctx, name, paths, every, cron, recursive, includes, excludes, top_k, batch_size, max_retries, model, paused,
-        replace_existing, head, weights, precision):
+        replace_existing, head, weights, precision, embeddings):
     """Scan PATH... (folders, or s3://bucket/prefix) on a schedule (exactly one of --every and --cron); each tick
     submits a job of the images that are new or changed since the last scan."""
     if (every is None) == (cron is None):
@@ -141,7 +144,7 @@ def add(ctx, name, paths, every, cron, recursive, includes, excludes, top_k, bat
         top_k=top_k or settings.top_k, batch_size=batch_size or settings.batch_size,
         max_retries=settings.scan_max_retries if max_retries is None else max_retries, paused=paused,
         model=chosen.name, head=_shared_head(ctx, head, chosen.name, asked), weights=asked,
-        precision=asked_precision(settings.job_precision if precision is None else precision))
+        precision=asked_precision(settings.job_precision if precision is None else precision), embeddings=embeddings)
     saved = book.add(definition, replace_existing=replace_existing)
     echo(f"Schedule {saved.name}: {saved.when}{' (paused)' if saved.paused else ''}, "
          f"{len(saved.paths)} path(s), model {saved.model}. Run `imgq beat` to fire it.", err=True)
@@ -289,6 +292,7 @@ def _options(s: Schedule) -> str:
              f"batch-size {s.batch_size}", f"max-retries {s.max_retries}"] + ([f"head {s.head}"] if s.head else [])
     parts += [f"weights {s.weights}"] if s.weights else []
     parts += [f"precision {s.precision}"] if s.precision else []
+    parts += ["embeddings"] if s.embeddings else []
     return ", ".join(parts + [f"include {g}" for g in s.includes] + [f"exclude {g}" for g in s.excludes])
 
 

@@ -13,7 +13,7 @@ from PIL import Image
 from imgq.alike import pairs as pairs_module
 from imgq.alike.batchfile import BatchFileError, BatchVectors, batch_file, normalised, read_batch, read_job, write_batch
 from imgq.alike.groups import Rules, group, group_tier, tier_between
-from imgq.alike.pairs import cosine_pairs, hash_histogram, hash_pairs, top_k
+from imgq.alike.pairs import cosine_pairs, hash_histogram, hash_pairs
 from imgq.alike.phash import phash, popcount
 from producer.alike.calibrate import choose_threshold, false_match_rate
 from producer.cli import cli
@@ -100,12 +100,15 @@ def test_pairs_in_small_blocks_are_the_pairs_of_one_block(monkeypatch):
     hashes = rows.phash.copy()
     hashes[7] = hashes[3] ^ np.uint64(0b101)
     whole = sorted(hash_pairs(hashes, 20))
-    monkeypatch.setattr(pairs_module, "BLOCK_CELLS", 50)  # one row a block
+    vectors = rows.embedding
+    cosines = sorted(cosine_pairs(vectors, 0.5))
+    monkeypatch.setattr(pairs_module, "BLOCK_CELLS", 50)  # tiles of 7 x 7
     assert sorted(hash_pairs(hashes, 20)) == whole and (3, 7, 2) in whole
     assert hash_histogram(hashes).sum() == 40 * 39 // 2
-    vectors = rows.embedding
-    assert [i for i, _ in top_k(vectors, vectors[5].astype(np.float32), 3)][0] == 5
-    assert all(c >= 0.5 for _, _, c in cosine_pairs(vectors, 0.5))
+    tiled = sorted(cosine_pairs(vectors, 0.5))
+    assert [(i, j) for i, j, _ in tiled] == [(i, j) for i, j, _ in cosines] and len(cosines) > 5
+    scores = [c for *_, c in cosines]
+    assert np.allclose([c for *_, c in tiled], scores, atol=1e-6) and min(scores) >= 0.5
 
 
 def test_tiers_identical_then_same_picture_then_same_moment():

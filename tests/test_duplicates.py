@@ -118,6 +118,22 @@ def test_similar_finds_the_image_itself_first_among_its_copies(alike_job, worker
 
 
 @pytest.mark.slow
+def test_similar_to_a_new_photo_classifies_it_first_and_finds_its_copy(alike_job, worker_settings, tmp_path):
+    """A byte-for-byte copy of p03.jpg outside the job: classified by the live worker (the job's model and
+    weights), its embedding is p03.jpg's own, so p03.jpg comes first at a cosine of 1."""
+    job_folder = Path(read_batch(batch_files(worker_settings.effective_dump_root, alike_job)[0]).path[0].decode())
+    shutil.copyfile(job_folder.parent / "p03.jpg", tmp_path / "new.jpg")
+    result = invoke(worker_settings, "similar", alike_job, "--to", str(tmp_path / "new.jpg"), "-k", "2", "--json")
+    assert result.exit_code == 0, result.output
+    hits = [json.loads(line) for line in result.stdout.splitlines()]
+    assert Path(hits[0]["path"]).name == "p03.jpg" and hits[0]["similarity"] == pytest.approx(1, abs=2e-3)
+    (tmp_path / "notes.jpg").write_text("not a photo")
+    result = invoke(worker_settings, "similar", alike_job, "--to", str(tmp_path / "notes.jpg"))
+    assert result.exit_code == 1 and "could not be classified (not_an_image" in result.output
+    assert len(result.output.splitlines()) == 1
+
+
+@pytest.mark.slow
 def test_a_job_without_embeddings_and_jobs_of_other_weights_are_refused_in_one_line(alike_job, worker_settings,
                                                                                      tmp_path):
     Image.new("RGB", (64, 64)).save(tmp_path / "a.jpg")

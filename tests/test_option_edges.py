@@ -83,11 +83,13 @@ def value_for(param: click.Parameter, tmp_path) -> str:
 
 def command_line(command: click.Command, param: click.Parameter, value: str, tmp_path) -> list[str]:
     """``value`` for ``param`` first (click reads the options given in their order), then what else the
-    command requires."""
+    command requires, and the optional arguments that come before ``param`` (`imgq similar [JOB] [IMAGE]`)."""
     required = [p for p in command.params if p.required and p is not param]
     options = [part for p in required if isinstance(p, click.Option) for part in (p.opts[0], value_for(p, tmp_path))]
+    arguments = [p for p in command.params if isinstance(p, click.Argument)]
+    last = arguments.index(param) if param in arguments else -1  # optional arguments before it are given too
     positional = [value if p is param else value_for(p, tmp_path)
-                  for p in command.params if isinstance(p, click.Argument) and (p.required or p is param)]
+                  for number, p in enumerate(arguments) if p.required or number <= last]
     if isinstance(param, click.Option):
         return [param.opts[0], value, *options, "--", *positional]
     return [*options, "--", *positional]

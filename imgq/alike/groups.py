@@ -13,6 +13,7 @@ one component; the keeper's own line gives the loosest tier the group needed.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -69,15 +70,17 @@ def identical_pairs(content: np.ndarray):
             first[key] = row
 
 
-def group(content: np.ndarray, hashes: np.ndarray, embedding: np.ndarray, rules: Rules) -> list[list[int]]:
+def group(content: np.ndarray, hashes: np.ndarray, embedding: np.ndarray, rules: Rules,
+          close: Callable[[np.ndarray, float], Iterable[tuple[int, int, float]]] = cosine_pairs) -> list[list[int]]:
     """The component of each row (its smallest row) at each tier, strictest first: ``levels[0]`` joins
     identical files, ``levels[1]`` adds same pictures, ``levels[2]`` same moments. A group is a component of
-    ``levels[2]`` of two rows or more."""
+    ``levels[2]`` of two rows or more. ``close(embedding, above)``: the pairs of rows whose cosine is at least
+    ``above`` (exact search by default; an index's for the largest collections)."""
     n = len(hashes)
     strict = list(identical_pairs(content))
     picture = [(i, j) for i, j, _ in hash_pairs(hashes, rules.hash_bits)
                if rules.confirm is None or float(embedding[i].astype(np.float32) @ embedding[j]) >= rules.confirm]
-    moment = [] if rules.moment is None else [(i, j) for i, j, _ in cosine_pairs(embedding, rules.moment)]
+    moment = [] if rules.moment is None else [(i, j) for i, j, _ in close(embedding, rules.moment)]
     return [components(n, strict), components(n, strict + picture), components(n, strict + picture + moment)]
 
 

@@ -121,6 +121,9 @@ class Schedule:
     # any worker of its model.
     precision: str = ""
     # The precision its jobs ask for (imgq.contract.PRECISIONS): only a worker serving it takes them. "": any.
+    embeddings: bool = False
+    # Its jobs keep each image's embedding and hashes (imgq/alike/batchfile.py), for `imgq similar --schedule` and
+    # `imgq duplicates --schedule`, which search its jobs as one collection.
 
     @property
     def when(self) -> str:
@@ -140,7 +143,7 @@ class Schedule:
         data = asdict(self)
         data.update(paths=json.dumps(self.paths), includes=json.dumps(self.includes),
                     excludes=json.dumps(self.excludes), every=self.every or "", cron=self.cron or "",
-                    recursive=int(self.recursive), paused=int(self.paused))
+                    recursive=int(self.recursive), paused=int(self.paused), embeddings=int(self.embeddings))
         data.pop("pending_job")  # owned by the ticks (set_pending), never overwritten by an edit
         return {k: str(v) for k, v in data.items()}
 
@@ -154,7 +157,7 @@ class Schedule:
                    paused=data["paused"] == "1", created=float(data["created"]),
                    pending_job=data.get("pending_job") or None, model=data.get("model") or MODEL_NAME,
                    head=data.get("head", ""), weights=data.get("weights", ""),
-                   precision=data.get("precision", ""))
+                   precision=data.get("precision", ""), embeddings=data.get("embeddings") == "1")
 
 
 class ScheduleBook:
@@ -261,6 +264,13 @@ class ScheduleBook:
     def runs(self, name: str, limit: int = RUNS_KEPT) -> list[dict]:
         """The schedule's recent runs, newest first."""
         return [json.loads(r) for r in self.redis.lrange(self.keys.schedule_runs(name), 0, limit - 1)]
+
+    def jobs(self, name: str) -> list[str]:
+        """The ids of the jobs its recent runs (the last RUNS_KEPT) submitted, oldest first: a job whose record
+        expired is still named, its embedding files outlive it. Raises ScheduleNotFound."""
+        self.get(name)
+        named = [run["job"] for run in self.runs(name) if run.get("job")]
+        return list(dict.fromkeys(reversed(named)))
 
     # -- beat entries ----------------------------------------------------------------------------------
 

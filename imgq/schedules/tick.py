@@ -91,7 +91,7 @@ def _tick_locked(book: ScheduleBook, schedule: Schedule, settings: Settings, tri
                                       top_k=schedule.top_k, batch_size=schedule.batch_size,
                                       params={"schedule": schedule.name}, hold_retention=True, head=head,
                                       skipped=skipped, model=schedule.model, weights=schedule.weights,
-                                      precision=schedule.precision)
+                                      precision=schedule.precision, embeddings=schedule.embeddings)
     except submission.EmptySelection:
         book.set_pending(schedule.name, None)
         return book.record_run(schedule.name, _run(trigger, "empty", found=found, settled=settled, skipped=skipped))

@@ -51,11 +51,12 @@ class Found:
 
 
 def find(rows: Rows, limits: ReadLimits, asked: Asked = Asked(),
-         say: Callable[[str], None] = lambda line: None) -> Found:
+         say: Callable[[str], None] = lambda line: None, close: Callable | None = None) -> Found:
     """The groups of ``rows``: the same-picture threshold calibrated on the rows' photos (read within
     ``limits``) unless ``asked.max_distance`` gives it; ``say`` receives what was measured, line by line.
-    Raises AlikeError when the threshold cannot be calibrated (no photo readable here, or distinct photos
-    too close for the target)."""
+    ``close``: how pairs of close embeddings are found (imgq.alike.pairs.cosine_pairs, exact, by default; `imgq
+    duplicates` passes the collection's index above a size). Raises AlikeError when the threshold cannot be
+    calibrated (no photo readable here, or distinct photos too close for the target)."""
     from imgq.alike.groups import Rules
     from producer.alike.report import member_rows
 
@@ -66,7 +67,7 @@ def find(rows: Rows, limits: ReadLimits, asked: Asked = Asked(),
             f"same-moment tier is off.")
     rules = Rules(hash_bits=threshold, confirm=asked.confirm if trained else None,
                   moment=asked.moment if trained else None)
-    return Found(member_rows(rows, rules), threshold, trained)
+    return Found(member_rows(rows, rules) if close is None else member_rows(rows, rules, close), threshold, trained)
 
 
 def _calibrated(rows: Rows, limits: ReadLimits, asked: Asked, say: Callable[[str], None]) -> int:

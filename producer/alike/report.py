@@ -7,8 +7,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from imgq.alike.batchfile import BatchVectors, read_job
+from imgq.alike.batchfile import BatchVectors
+from imgq.alike.collection import Collection, CollectionError, open_collection
 from imgq.alike.groups import TIERS, Rules, group, group_tier, tier_between
+from imgq.alike.pairs import cosine_pairs
 from imgq.alike.phash import popcount
 
 FIELDS = ("group", "tier", "job", "image", "path", "similarity", "keeper")
@@ -26,25 +28,61 @@ class Rows:
     job: np.ndarray
 
 
-def gather(dump_root: str, jobs: list[str]) -> Rows:
-    """The embedding rows of ``jobs`` (resolved ids), in job then image order. Raises AlikeError for a job
-    without embedding files, and for jobs whose embeddings come from different models or weights."""
-    parts = []
-    for job in jobs:
-        rows = read_job(dump_root, job)
-        if rows is None:
-            raise AlikeError(f"Job {job} has no embedding files under {os.path.join(dump_root, job)}: submit it "
-                             f"with --embeddings.")
-        parts.append((job, rows))
-    first_job, first = parts[0]
-    for job, rows in parts[1:]:
-        if (rows.model, rows.weights) != (first.model, first.weights):
-            raise AlikeError(f"Embeddings of different models or weights never meet: job {first_job} has "
-                             f"{first.model} with {first.weights}, job {job} {rows.model} with {rows.weights}.")
-    fields = {name: np.concatenate([getattr(rows, name) for _, rows in parts])
-              for name in ("image", "path", "embedding", "phash", "content")}
-    vectors = BatchVectors(**fields, model=first.model, weights=first.weights)
-    return Rows(vectors, np.array([job for job, rows in parts for _ in range(len(rows))], dtype=object))
+def gather(dump_root: str, jobs: list[str], newest_only: bool = False) -> Rows:
+    """The embedding rows of ``jobs`` (resolved ids), in job then image order, read a batch file at a time into
+    arrays made once (memory: the rows once, 4 KB a 2048-d photo, not a copy per step). ``newest_only``: less the
+    rows of a path that a later job classified again (Collection.superseded: a schedule's edited file is its
+    newest picture only). Raises AlikeError for a job without embedding files, and for jobs whose embeddings
+    come from different models or weights; BatchFileError."""
+    try:
+        collection = open_collection(dump_root, jobs)
+    except CollectionError as exc:
+        raise AlikeError(str(exc)) from None
+    n = len(collection)
+    image: np.ndarray = np.empty(n, dtype=np.int64)
+    phash: np.ndarray = np.empty(n, dtype=np.uint64)
+    embedding: np.ndarray = np.empty((n, collection.features), dtype=np.float16)
+    content: np.ndarray = np.empty((n, 16), dtype=np.uint8)
+    path: np.ndarray = np.empty(n, dtype=object)
+    job: np.ndarray = np.empty(n, dtype=object)
+    codes = np.empty(n, dtype=np.int64)
+    number = {name: i for i, name in enumerate(collection.jobs)}
+    for part, batch in collection.batches():
+        rows = slice(part.start, part.start + part.rows)
+        image[rows], phash[rows], embedding[rows], content[rows] = (batch.image, batch.phash, batch.embedding,
+                                                                    batch.content)
+        path[rows] = [bytes(p).decode("utf-8", "replace") for p in batch.path.tolist()]
+        job[rows], codes[rows] = part.job, number[part.job]
+    order = np.lexsort((image, codes))
+    if newest_only:
+        order = order[~np.isin(order, collection.superseded())]
+    if not np.array_equal(order, np.arange(n)):  # a copy: files out of image order, or superseded rows left out
+        image, phash, embedding, content, path, job = (a[order] for a in (image, phash, embedding, content, path,
+                                                                          job))
+    vectors = BatchVectors(image=image, path=path, embedding=embedding, phash=phash, content=content,
+                           model=collection.model, weights=collection.weights)
+    return Rows(vectors, job)
+
+
+def indexed_pairs(rows: Rows, collection: Collection):
+    """A ``close`` for ``member_rows``: the collection's index's close pairs (imgq.alike.search.close_pairs) in
+    the numbering of ``rows`` (gathered from the same jobs, maybe ``newest_only``), matched
+    by job and image id."""
+    from imgq.alike.search import close_pairs
+
+    code = {job: number for number, job in enumerate(collection.jobs)}
+    mine = np.array([code[str(job)] for job in rows.job], dtype=np.int64) << 41 | rows.vectors.image
+    theirs = np.concatenate([code[part.job] << 41 | images for part, images in collection.images()])
+    order = np.argsort(mine, kind="stable")
+    at = np.minimum(np.searchsorted(mine, theirs, sorter=order), len(mine) - 1)
+    position = np.where(mine[order[at]] == theirs, order[at], -1)
+
+    def close(_vectors: np.ndarray, above: float):
+        for i, j, score in close_pairs(collection, above):
+            a, b = int(position[i]), int(position[j])
+            if a >= 0 and b >= 0:
+                yield min(a, b), max(a, b), score
+    return close
 
 
 def file_size(path: str) -> int:
@@ -63,14 +101,14 @@ def keeper_of(group_rows: list[int], paths: np.ndarray) -> int:
     return max(group_rows, key=lambda r: (file_size(str(paths[r])), -r))
 
 
-def member_rows(rows: Rows, rules: Rules) -> list[dict]:
+def member_rows(rows: Rows, rules: Rules, close=cosine_pairs) -> list[dict]:
     """One dict per member of each group (FIELDS), groups numbered from 1 in order of their first row,
     members by image. ``keeper``: the group's largest file (``keeper_of``). ``tier``: a member's tie to the
     keeper (identical, same picture or same moment; the keeper's line: the loosest tier its group needed);
     ``similarity`` to the keeper: 1.0 identical, 1 - pHash distance/64 for a same picture, the embeddings' cosine
     for a same moment."""
     v = rows.vectors
-    levels = group(v.content, v.phash, v.embedding, rules)
+    levels = group(v.content, v.phash, v.embedding, rules, close)
     members: dict[int, list[int]] = {}
     for row, g in enumerate(levels[-1]):
         members.setdefault(g, []).append(row)
