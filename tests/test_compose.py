@@ -3,12 +3,15 @@
 podman builds the image (the Dockerfile, with a stand-in base from deploy/build-bases.sh: no public registry
 is reachable here) and podman-compose brings up docker-compose.yml with a small override of the test's own
 (below): Redis with its password secret, two workers, beat. The producer runs as one-off containers
-(`podman-compose run --rm producer ...`), on a folder mounted where the compose file mounts PHOTOS_DIR.
+(`podman-compose run --rm producer ...`), on a folder mounted where the compose file mounts PHOTOS_DIR. The
+s3 profile's SeaweedFS service runs beside them, and the producer submits a prefix of one of its buckets.
 
 What the override changes, and why: the images (the stand-in Redis, the image built here under a tag holding
 the hash of its inputs), two worker replicas, and, through the variables a `.env` would set, random weights
 (IMGQ_WEIGHTS=random: the ImageNet weights cannot be downloaded here, so the labels are meaningless and only
-the pipeline is checked), small batches and quick heartbeats. Everything else is the compose file's.
+the pipeline is checked), small batches and quick heartbeats, and what the s3 profile needs (the endpoint
+http://seaweedfs:8333, a key pair made up for the run, /data:s3://photos as the workers' allowed roots).
+Everything else is the compose file's.
 
 The engine: Debian's podman, as root, with runc and cgroupfs (crun refuses this machine's cgroups) and
 ulimits no higher than this shell's (raising them needs a capability the sandbox lacks), set in a
@@ -23,6 +26,7 @@ says how long the test takes, cold and warm.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import resource
@@ -35,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from tests import imagegen
 
@@ -47,6 +52,8 @@ TOOLS = ("podman", "podman-compose", "runc", "debootstrap")
 # What goes into the image: a change to any of these builds a new one (and only then).
 IMAGE_INPUTS = ("Dockerfile", ".dockerignore", "pyproject.toml", "README.md", "imgq", "producer", "worker")
 KILL_JOB_IMAGES = 240  # enough 4-image batches that both workers hold some when one is killed
+BUCKET = "photos"  # the s3 profile's bucket: IMGQ_ALLOWED_ROOTS=/data:s3://photos, as docs/object-storage.md sets it
+S3_OBJECTS = 12  # three 4-image batches: both workers can take some
 
 
 def engine_or_skip() -> None:
@@ -143,6 +150,25 @@ def build_openvino_image(engine: Engine, image: str) -> str:
     return openvino
 
 
+def build_seaweedfs_image(engine: Engine, image: str) -> str:
+    """The Dockerfile's seaweedfs target (the s3 profile's store), built unless it exists: the python base and
+    the Dockerfile are its only inputs, so a change to imgq's code keeps it."""
+    bases_key = image.rsplit("-", 1)[1]
+    store = f"localhost/imgq-seaweedfs:test-{digest([ROOT / 'Dockerfile'])}-{bases_key}"
+    if not engine.exists(store):
+        started = time.monotonic()
+        cert = ["--secret", f"id=pip_cert,src={ca_bundle()}"] if ca_bundle() else []
+        engine.podman("build", "--format", "docker", "--target", "seaweedfs",
+                      "--build-arg", f"BASE_IMAGE=localhost/imgq-base-python:3.11-{bases_key}", *cert, "-t", store,
+                      str(ROOT), timeout=1800)
+        print(f"built {store} in {time.monotonic() - started:.0f} s")
+        for old in engine.podman("images", "--format", "{{.Repository}}:{{.Tag}}",
+                                 "localhost/imgq-seaweedfs").stdout.split():
+            if old != store:  # built from an older Dockerfile
+                engine.podman("rmi", old, check=False)
+    return store
+
+
 def ca_bundle() -> str | None:
     """The CA bundle this machine's pip trusts (PIP_CERT, else pip's configuration): the container's pip needs
     it to reach the package index here. Given to the build as a secret, never a layer."""
@@ -206,11 +232,27 @@ class Stack:
         from imgq.settings import Settings
 
         if self._store is None:
-            networks = self.inspect(self.container("redis"))["NetworkSettings"]["Networks"]
-            address = next(network["IPAddress"] for network in networks.values() if network.get("IPAddress"))
-            url = f"redis://:{self.password}@{address}:6379/0"
+            url = f"redis://:{self.password}@{self.address(self.container('redis'))}:6379/0"
             self._store = ResultStore.from_settings(Settings(broker_url=url))  # the compose file's namespace
         return self._store.status(job)
+
+    def address(self, container: str) -> str:
+        """The container's address on the project's bridge network, which the host reaches."""
+        networks = self.inspect(container)["NetworkSettings"]["Networks"]
+        return next(network["IPAddress"] for network in networks.values() if network.get("IPAddress"))
+
+    def s3_client(self):
+        """A boto3 client of the test's own for the seaweedfs service's S3 gateway, at its address on the bridge
+        (its port is published nowhere), with the keys the stack was given."""
+        import boto3
+        from botocore.config import Config
+
+        config = Config(s3={"addressing_style": "path"}, retries={"mode": "standard", "max_attempts": 5},
+                        request_checksum_calculation="when_required", connect_timeout=5, read_timeout=30)
+        return boto3.session.Session().client(
+            "s3", endpoint_url=f"http://{self.address(self.container('seaweedfs'))}:8333", region_name="us-east-1",
+            aws_access_key_id=self.env["AWS_ACCESS_KEY_ID"], aws_secret_access_key=self.env["AWS_SECRET_ACCESS_KEY"],
+            config=config)
 
     def inspect(self, container: str) -> dict:
         return json.loads(self.engine.podman("inspect", container).stdout)[0]
@@ -241,10 +283,10 @@ class Stack:
         return found
 
 
-def write_override(path: Path, image: str, redis_image: str) -> None:
+def write_override(path: Path, image: str, redis_image: str, store_image: str) -> None:
     """The test's override of docker-compose.yml: images, and two worker replicas. JSON is YAML."""
     services = {"redis": {"image": redis_image}, "worker": {"image": image, "deploy": {"replicas": 2}},
-                "beat": {"image": image}, "producer": {"image": image}}
+                "beat": {"image": image}, "producer": {"image": image}, "seaweedfs": {"image": store_image}}
     path.write_text(json.dumps({"services": services}, indent=2))
 
 
@@ -254,6 +296,7 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
     root = tmp_path_factory.mktemp("compose")
     engine = Engine.configured(root)
     image, redis_image = build_images(engine)
+    store_image = build_seaweedfs_image(engine, image)
 
     photos = root / "photos"
     good = imagegen.write_formats(photos / "photos" / "a")
@@ -267,21 +310,24 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
     engine.run("sh", str(MAKE_SECRETS), str(root / "secrets"))
     password = (root / "secrets" / "redis_password").read_text().strip()
     override = root / "override.yml"
-    write_override(override, image, redis_image)
+    write_override(override, image, redis_image, store_image)
 
     project = f"imgqtest{uuid.uuid4().hex[:8]}"
     env = {"PHOTOS_DIR": str(photos), "REPORTS_DIR": str(root / "reports"), "SECRETS_DIR": str(root / "secrets"),
            # What a .env would set. Random weights: nothing can be downloaded here (labels are meaningless).
            "IMGQ_WEIGHTS": "random", "IMGQ_BATCH_SIZE": "4", "IMGQ_HEARTBEAT_SECONDS": "1",
-           "IMGQ_RECONCILE_SECONDS": "2", "IMGQ_LOG_FORMAT": "json"}
+           "IMGQ_RECONCILE_SECONDS": "2", "IMGQ_LOG_FORMAT": "json",
+           # The s3 profile, as docs/object-storage.md has a newcomer set it in .env.
+           "IMGQ_S3_ENDPOINT_URL": "http://seaweedfs:8333", "IMGQ_ALLOWED_ROOTS": f"/data:s3://{BUCKET}",
+           "AWS_ACCESS_KEY_ID": "imgq", "AWS_SECRET_ACCESS_KEY": uuid.uuid4().hex}
     deployed = Stack(engine, image, project, [str(ROOT / "docker-compose.yml"), str(override)], env, root, password,
                      good, broken)
     try:
         # Redis first, healthy, then the rest: podman-compose 1.0 starts services in order but does not wait
         # for `condition: service_healthy`, which Docker Compose does.
-        deployed.compose("up", "-d", "--no-build", "redis")
+        deployed.compose("up", "-d", "--no-build", "redis", "seaweedfs")
         assert deployed.health(deployed.container("redis"), timeout=120) == "healthy"
-        deployed.compose("up", "-d", "--no-build", "redis", "worker", "beat")
+        deployed.compose("up", "-d", "--no-build", "redis", "seaweedfs", "worker", "beat")
         yield deployed
     finally:
         deployed.compose("down", "-v", check=False, timeout=600)
@@ -313,6 +359,42 @@ def test_the_producer_classifies_the_mounted_folder_one_record_per_image(stack):
     assert all(by_path[to_container[str(p)]]["status"] == "ok" for p in stack.good)
     assert {p: by_path[to_container[str(p)]]["error"]["code"] for p in stack.broken} == stack.broken
     assert all(r["weights"].startswith("random:") for r in records if r["status"] == "ok")
+
+
+def test_the_s3_profile_classifies_a_bucket_with_no_file_on_the_workers(stack):
+    """The s3 profile: photos put into a bucket of the seaweedfs service (never a file the workers see), the
+    producer submits its prefix, one ok record per object; an object of another bucket is outside the workers'
+    allowed roots (/data:s3://photos) and recorded forbidden, never fetched. Before the kill test below, so that
+    both workers run."""
+    assert stack.health(stack.container("seaweedfs"), timeout=300) == "healthy"
+    client = stack.s3_client()
+    client.create_bucket(Bucket=BUCKET)
+    client.create_bucket(Bucket="elsewhere")
+    names = [f"s3only-{stack.project}-{i:02d}.png" for i in range(S3_OBJECTS)]
+    for seed, name in enumerate(names):
+        body = io.BytesIO()
+        Image.fromarray(imagegen.pattern(64, 48, seed=2000 + seed)).save(body, format="PNG")
+        client.put_object(Bucket=BUCKET, Key=f"2024/{name}", Body=body.getvalue())
+    client.put_object(Bucket="elsewhere", Key=f"s3only-{stack.project}-outside.png", Body=body.getvalue())
+    for number in (1, 2):
+        stack.health(stack.container("worker", number))
+
+    outside = f"s3://elsewhere/s3only-{stack.project}-outside.png"
+    job = stack.producer("submit", f"s3://{BUCKET}/2024", outside, "--wait", timeout=600).strip().splitlines()[-1]
+    stack.producer("results", job, "-o", "/reports/s3.jsonl")
+    records = [json.loads(line) for line in (stack.root / "reports" / "s3.jsonl").read_text().splitlines()]
+    by_path = {r["path"]: r for r in records}
+    assert len(records) == S3_OBJECTS + 1 == len(by_path)  # one record per object
+    assert sorted(by_path) == sorted([*(f"s3://{BUCKET}/2024/{name}" for name in names), outside])
+    assert [by_path[f"s3://{BUCKET}/2024/{name}"]["status"] for name in names] == ["ok"] * S3_OBJECTS
+    assert by_path[outside]["status"] != "ok" and by_path[outside]["error"]["code"] == "forbidden"
+    # Read from the store, not from a disk: no file of them anywhere in either worker's container, looked for as
+    # root (which reads every folder) along with one photo of the mounted folder, which must be found.
+    for number in (1, 2):
+        found = stack.engine.podman("exec", "--user", "root", stack.container("worker", number), "find", "/", "(",
+                                    "-path", "/proc", "-o", "-path", "/sys", ")", "-prune", "-o", "(", "-name",
+                                    "s3only-*", "-o", "-name", "rgb.jpg", ")", "-print", check=False)
+        assert found.stdout.split() == ["/data/photos/a/rgb.jpg"], found.stdout + found.stderr
 
 
 def test_a_worker_killed_mid_job_loses_no_image_and_repeats_none(stack):

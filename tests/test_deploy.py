@@ -117,7 +117,7 @@ def test_compose_file_validates_against_the_compose_specification():
     env = read_dotenv(ENV_EXAMPLE)
     config = interpolate(load_compose(), env)
     validate(config)
-    assert set(config["services"]) == {"redis", "worker", "beat", "producer"}
+    assert set(config["services"]) == {"redis", "worker", "beat", "producer", "seaweedfs"}
     for name in ("worker", "beat", "producer"):  # the URL, password and all, is the broker_url secret
         assert config["services"][name]["environment"]["IMGQ_BROKER_URL_FILE"] == "/run/secrets/broker_url"
         assert config["services"][name]["secrets"] == ["broker_url"]
@@ -164,6 +164,43 @@ def test_compose_services_are_what_the_deployment_needs():
         assert services[name]["healthcheck"] == {"test": ["NONE"]}
 
 
+def test_the_s3_profile_adds_a_seaweedfs_store_that_wants_its_keys(tmp_path):
+    """The s3 profile's SeaweedFS: started only with `--profile s3`, its image the Dockerfile's seaweedfs target,
+    its data in a named volume, no port on the host, its keys from the environment (none in the file or the
+    image). Its command, run here with a stand-in `weed` that prints its arguments: it refuses to start without
+    both keys (the store would let anyone in), and binds only the S3 gateway beyond loopback, telemetry off.
+    tests/test_compose.py runs the real one."""
+    services = interpolate(load_compose(), read_dotenv(ENV_EXAMPLE))["services"]
+    store = services["seaweedfs"]
+    assert store["profiles"] == ["s3"] and "ports" not in store and store["expose"] == ["8333"]
+    assert store["build"]["target"] == "seaweedfs"
+    assert re.search(r"^FROM \$\{BASE_IMAGE\} AS seaweedfs$", DOCKERFILE.read_text(), flags=re.MULTILINE)
+    assert store["volumes"] == ["seaweedfs-data:/data"] and "seaweedfs-data" in load_compose()["volumes"]
+    assert store["environment"] == {"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": ""}  # .env's, empty
+    assert not [s for s in services.values() if "depends_on" in s and "seaweedfs" in s["depends_on"]]
+    stand_in = tmp_path / "bin" / "weed"
+    stand_in.parent.mkdir()
+    stand_in.write_text('#!/bin/sh\necho "$@"\n')
+    stand_in.chmod(0o755)
+
+    def start(**keys: str) -> subprocess.CompletedProcess:
+        env = {**clean_env(**keys), "PATH": f"{stand_in.parent}:/usr/bin:/bin"}
+        env = {k: v for k, v in env.items() if not k.startswith("AWS_") or k in keys}
+        return subprocess.run(store["command"], env=env, capture_output=True, text=True, timeout=30)
+
+    for keys in ({}, {"AWS_ACCESS_KEY_ID": "k"}, {"AWS_SECRET_ACCESS_KEY": "s"},
+                 {"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": "s"}):
+        refused = start(**keys)
+        assert refused.returncode == 2 and refused.stdout == "", keys
+        assert refused.stderr.strip().splitlines() == [
+            "seaweedfs: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (in .env): without them the store lets "
+            "anyone in"]
+    argv = start(AWS_ACCESS_KEY_ID="k", AWS_SECRET_ACCESS_KEY="s").stdout.split()
+    assert argv[:2] == ["server", "-dir=/data"]
+    assert {"-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-s3", "-s3.ip.bind=0.0.0.0", "-s3.port=8333",
+            "-master.telemetry=false"} <= set(argv)
+
+
 def test_no_password_on_any_command_line_nor_in_any_environment():
     """`ps` shows command lines and `docker inspect` commands, health checks and environments: the password is
     in none of them, nor anywhere in the compose file or what .env sets: Redis reads it from the secret
@@ -189,13 +226,13 @@ def test_env_example_documents_every_setting_and_compose_variable():
 def test_every_setting_set_in_dotenv_reaches_every_service():
     """A setting in .env reaches the services: the compose file passes each one on, except those it fixes."""
     env = read_dotenv(ENV_EXAMPLE)
-    fixed = {"IMGQ_BROKER_URL", "IMGQ_BROKER_URL_FILE", "IMGQ_ALLOWED_ROOTS", "IMGQ_STATE_DIR", "IMGQ_DUMP_ROOT",
-             "IMGQ_SINK_DIR"}
+    fixed = {"IMGQ_BROKER_URL", "IMGQ_BROKER_URL_FILE", "IMGQ_STATE_DIR", "IMGQ_DUMP_ROOT", "IMGQ_SINK_DIR"}
     assignable = {name for name in env if name.startswith("IMGQ_")}
     assert assignable == {env_var(f.name) for f in dataclasses.fields(Settings)} - fixed
-    for name in assignable:
+    worker_only = ("IMGQ_METRICS_", "IMGQ_ALLOWED_ROOTS")  # what only a worker reads
+    for name in [*assignable, "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]:
         config = interpolate(load_compose(), {**env, name: "SENTINEL"})
-        services = ("worker",) if name.startswith("IMGQ_METRICS_") else ("worker", "beat", "producer")
+        services = ("worker",) if name.startswith(worker_only) else ("worker", "beat", "producer")
         for service in services:
             assert config["services"][service]["environment"][name] == "SENTINEL", (service, name)
 
