@@ -119,8 +119,8 @@ def test_tiers_identical_then_same_picture_then_same_moment():
     vectors[5] = vectors[4]  # 4, 5: same moment (cosine 1), pictures far apart
     levels = group(content, hashes, vectors, Rules(hash_bits=4, confirm=None, moment=0.99))
     assert [tier_between(levels, a, b) for a, b in ((0, 1), (2, 3), (4, 5), (0, 2))] == [
-        "identical", "same picture", "same moment", ""]
-    assert group_tier(levels, [2, 3]) == "same picture" and group_tier(levels, [0, 1]) == "identical"
+        "identical", "same_picture", "same_moment", ""]
+    assert group_tier(levels, [2, 3]) == "same_picture" and group_tier(levels, [0, 1]) == "identical"
     assert tier_between(group(content, hashes, vectors, Rules(4, None, None)), 4, 5) == ""
     # A same picture the embedding does not confirm (trained weights) is no group.
     assert tier_between(group(content, hashes, vectors, Rules(4, confirm=0.999, moment=None)), 2, 3) == ""
@@ -180,7 +180,7 @@ def test_duplicates_of_files_left_by_a_job_redis_forgot(settings):
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert lines[0] == "group,tier,job,image,path,similarity,keeper" and len(lines) == 5
-    assert "random" not in result.stderr and lines[3].startswith("2,same picture,gonejob1,")
+    assert "random" not in result.stderr and lines[3].startswith("2,same_picture,gonejob1,")
     result = CliRunner().invoke(cli, ["duplicates", "nosuchjob2"], env=env)
     assert result.exit_code == 1 and "Traceback" not in result.output
 

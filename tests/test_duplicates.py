@@ -86,7 +86,7 @@ def test_duplicates_puts_every_copy_with_its_original_and_no_two_photos_together
         stems = {Path(m["path"]).name[:3] for m in group}
         assert len(stems) == 1, f"distinct photos in group {number}: {group}"  # no two photos together
         assert sum(m["keeper"] for m in group) == 1
-        assert {m["tier"] for m in group} <= {"identical", "same picture"}
+        assert {m["tier"] for m in group} <= {"identical", "same_picture"}
         by_photo[stems.pop()] = {Path(m["path"]).name for m in group}
     for number in range(ORIGINALS):
         stem = f"p{number:02d}"

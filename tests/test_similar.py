@@ -235,4 +235,4 @@ def test_duplicates_of_a_large_collection_use_the_index_and_find_the_same_groups
     indexed = run(*args)
     assert indexed.exit_code == 0, indexed.output
     assert "found by the approximate index" in indexed.stderr and "approximate" not in exact.stderr
-    assert indexed.stdout == exact.stdout and exact.stdout.count('"same moment"') == 400  # 40 groups of 10
+    assert indexed.stdout == exact.stdout and exact.stdout.count('"same_moment"') == 400  # 40 groups of 10

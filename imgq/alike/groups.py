@@ -20,7 +20,7 @@ import numpy as np
 
 from imgq.alike.pairs import cosine_pairs, hash_pairs
 
-TIERS = ("identical", "same picture", "same moment")
+TIERS = ("identical", "same_picture", "same_moment")  # as written in jsonl and csv; shown with spaces
 
 
 @dataclass(frozen=True)

@@ -82,7 +82,8 @@ def _group(number: int, members: list[dict], folder: str, link: str, cards: dict
     figures = "".join(_member(m, folder, link, cards, limits, section) for m in ordered[:MAX_MEMBERS])
     more = len(ordered) - MAX_MEMBERS
     tail = f"<p class=dup-more>and {more} more</p>" if more > 0 else ""
-    return (f"<div class=dup-group data-group={number}><h3>Group {number}: {html.escape(keeper['tier'])} "
+    shown = keeper["tier"].replace("_", " ")  # same_picture, as written in jsonl: "same picture" on the page
+    return (f"<div class=dup-group data-group={number}><h3>Group {number}: {html.escape(shown)} "
             f"({len(members)} photos)</h3><div class=dup-row>{figures}</div>{tail}</div>")
 
 
@@ -102,7 +103,8 @@ def _member(member: dict, folder: str, link: str, cards: dict[int, dict], limits
     if member["keeper"]:
         caption, cls = "<span class=keeper-mark>suggested keeper</span>", "dup keeper"
     else:
-        caption, cls = f"{html.escape(member['tier'])}, {member['similarity']:.4f} to the keeper", "dup"
+        shown = member["tier"].replace("_", " ")
+        caption, cls = f"{html.escape(shown)}, {member['similarity']:.4f} to the keeper", "dup"
     return (f"<figure class='{cls}' data-image={image}>{picture}<figcaption><span class=name>{name}</span><br>"
             f"{caption}</figcaption></figure>")
 
