@@ -71,13 +71,12 @@ import sys, time
 from imgq.results import sink
 from imgq.contract import ok_record
 
-def half_then_hang(table, path):
-    with open(path, "wb") as file:
-        file.write(b"PAR1 half a file")
-        file.flush()
-        time.sleep(600)
+def half_then_hang(batch, file):  # the file the sink's destination gave it: a temporary one beside the batch's
+    file.write(b"PAR1 half a file")
+    file.flush()
+    time.sleep(600)
 
-sink._write_synced = half_then_hang
+sink._write_table = half_then_hang
 sink.write_batch(sys.argv[1], "job1", 0, [ok_record("job1", 0, "/p/new.jpg", [])], k=2)
 """
 
