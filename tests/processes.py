@@ -7,6 +7,7 @@ and is stopped by whoever started it.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -121,6 +122,18 @@ def wait_for_workers(store: ResultStore, workers: list[Process], timeout: float 
             return
         time.sleep(0.25)
     raise AssertionError(f"workers not ready after {timeout} s")
+
+
+def wait_for_output(process: Process, pattern: str, timeout: float = READY_TIMEOUT) -> re.Match:
+    """The first match of ``pattern`` in the process's log, waited for: a worker's ready heartbeat goes out
+    before its ready line is printed, and Celery's banner only once the model is loaded and the consumer starts."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if found := re.search(pattern, process.output()):
+            return found
+        assert process.alive(), f"exited before {pattern!r}: {process.output()[-3000:]}"
+        assert time.monotonic() < deadline, f"no {pattern!r} after {timeout} s: {process.output()[-3000:]}"
+        time.sleep(0.1)
 
 
 def wait_until_done(store: ResultStore, job: str, timeout: float, workers: list[Process] = ()) -> None:

@@ -167,7 +167,7 @@ def test_a_later_quiet_start_measures_again_what_was_measured_under_load(folder,
 def test_the_ready_line_and_status_workers_say_how_sure_the_choice_is(folder, redis_url, tmp_path):
     from imgq.results.store import ResultStore
     from tests.conftest import make_settings
-    from tests.processes import imgq_cli, start_worker, wait_for_workers
+    from tests.processes import imgq_cli, start_worker, wait_for_output, wait_for_workers
 
     # IMGQ_AUTO_QUIET_LOAD=0: only a load of 0.00 is quiet, which a worker importing TensorFlow and building
     # its model for seconds never leaves behind it: the measurement is provisional, whatever the machine does.
@@ -179,6 +179,7 @@ def test_the_ready_line_and_status_workers_say_how_sure_the_choice_is(folder, re
         wait_for_workers(store, [worker])
         said = re.compile(r"\(auto: measured \S+ at load [0-9.]+ on \d+ cores?: (openvino|tensorflow), [0-9.]+x, "
                           r"provisional: will measure again when quiet\)")
+        wait_for_output(worker, " ready in ")  # the ready line is printed just after the first ready beat
         (ready,) = [line for line in worker.output().splitlines() if " ready in " in line]
         assert said.search(ready), ready
         (beat,) = store.workers()

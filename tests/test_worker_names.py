@@ -14,7 +14,7 @@ import pytest
 from imgq.results.store import ResultStore
 from tests import user_models
 from tests.conftest import make_settings
-from tests.processes import Process, clean_env, start_worker, wait_for_workers
+from tests.processes import Process, clean_env, start_worker, wait_for_output, wait_for_workers
 
 pytestmark = pytest.mark.slow
 
@@ -67,8 +67,8 @@ def test_two_workers_on_one_machine_get_names_of_their_own(own, tmp_path):
         names = {beat.pid: beat.hostname for beat in store.workers()}
         host = socket.gethostname()
         assert names == {w.pid: f"imgq-brightness-{w.pid}@{host}" for w in workers}, names
-        for worker in workers:  # Celery's banner says the same name
-            assert re.search(rf"imgq-brightness-{worker.pid}@{re.escape(host)} v\d", worker.output())
+        for worker in workers:  # Celery's banner, printed once the consumer starts, says the same name
+            wait_for_output(worker, rf"imgq-brightness-{worker.pid}@{re.escape(host)} v\d")
     finally:
         for worker in workers:
             worker.stop()
