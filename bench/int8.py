@@ -5,7 +5,8 @@
 Per model:
 - the weights: image-dependent (tests/weights.py): the model's random convolutions, its classifier fitted so
   that each of ``--fit`` pictures (the photos, then generated pictures up to that count) has its own top-1
-  class. Random weights label almost every photo alike and would show agreement that means nothing;
+  class; a picture the random network cannot tell from another is left out (logged). Random weights label
+  almost every photo alike and would show agreement that means nothing;
 - the agreement: INT8 quantized on mirror images of the first ``--calibration`` photos (as IMGQ_CALIBRATION
   would on a folder of them), its top-1 and top-5 against fp32 on every fitted picture, none of which it saw;
 - bare: the fp32 and INT8 OpenVINO models alone on the photos decoded once (forward passes only), in one run;
@@ -52,8 +53,10 @@ def fitted_weights(name: str, paths: list[str], fit: int, tmp: str) -> tuple[str
         Image.fromarray(test_weights.picture(10_000 + i)).save(path)
         pictures.append(path)
     out = Path(tmp) / f"{name}.weights.h5"
-    test_weights.image_dependent_weights(pictures, out, model_name=name)
-    return str(out), pictures
+    _, told_apart = test_weights.told_apart_weights(pictures, out, model_name=name)
+    if dropped := len(pictures) - len(told_apart):
+        log(f"{name}: {dropped} of {len(pictures)} pictures left out: the random network cannot tell them apart")
+    return str(out), told_apart
 
 
 def agreement_and_speed(name: str, weights: str, pictures: list[Path], paths: list[str], calibration: int,

@@ -15,8 +15,13 @@ import numpy as np
 from PIL import Image
 
 SEED = 11
+# Families whose random network's signal dies on the way through it (MobileNetV3Large's pooled features are at
+# most 6e-11 with random convolutions and untrained batch norms): their batch norms are set from the pictures.
+NORMALISED = ("mobilenetv3large",)
+NORM_PICTURES = 32  # pictures each batch norm's statistics are measured on
 SCALE = 12.0  # logit of a picture's own class, over its centred features' norm: top-1 well above the rest
 NOISE = 0.02  # the other columns' spread, relative to the feature scale: orders the rest of the top-5
+NOISE_MAX = 0.02  # ...at most this share of SCALE in their logits' spread
 
 
 def picture(seed: int, size: tuple[int, int] = (256, 192)) -> np.ndarray:
@@ -73,6 +78,17 @@ def image_dependent_weights(paths: list[Path], out: Path, seed: int = SEED, mode
     return fitted.saved(out)
 
 
+def told_apart_weights(paths: list[Path], out: Path, seed: int = SEED,
+                       model_name: str = "resnet50") -> tuple[Path, list[Path]]:
+    """``image_dependent_weights``, leaving out the pictures the random network cannot tell from another one
+    (their features so alike that rounding decides: 6 of the 250 shared photos for EfficientNetV2-S), each
+    round refitted on the rest: the weights, and the pictures whose top-1 is their own class (in order)."""
+    fitted = _Fitted.of(paths, seed, model_name)
+    while confused := [i for i, label in enumerate(fitted.labels()) if label != i]:
+        fitted.without(confused, seed)
+    return fitted.saved(out), fitted.kept
+
+
 def near_tie_weights(paths: list[Path], out: Path, seed: int = SEED, margin: float = 1e-4) -> Path:
     """Like ``image_dependent_weights`` (ResNet50), but each picture i has a rival class ``len(paths) + i``
     whose logit is ``margin`` under class i's for that picture, along a direction of its own: the top-1 is
@@ -90,6 +106,24 @@ def near_tie_weights(paths: list[Path], out: Path, seed: int = SEED, margin: flo
     return fitted.saved(out)
 
 
+def normalise(model, batch: np.ndarray) -> None:
+    """Set each BatchNormalization layer's moving mean and variance to its input's statistics on ``batch``, as
+    training would have them: every layer's output then has unit variance on such pictures, and the signal
+    reaches the pooled features of a network whose random convolutions shrink it (or blow it up). One pass in
+    training mode with a momentum of 0: each layer normalises by the batch's statistics and keeps them."""
+    import keras
+
+    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    momenta = [layer.momentum for layer in norms]
+    for layer in norms:
+        layer.momentum = 0.0
+    try:
+        model(batch, training=True)
+    finally:
+        for layer, momentum in zip(norms, momenta, strict=True):
+            layer.momentum = momentum
+
+
 class _Fitted:
     """A model whose classifier (its last layer with weights) makes picture i's top-1 class i: ``kernel`` and
     ``bias`` may be changed before ``saved`` writes them and checks the labels."""
@@ -104,18 +138,37 @@ class _Fitted:
         fitted.spec = builtin_spec(model_name)
         fitted.model, fitted.weights_id, fitted.spec = build_model(fitted.spec, f"random:{seed}")
         fitted.batch = model_input(paths, Target.of(fitted.spec), fitted.spec.preprocessing)
+        if model_name in NORMALISED:
+            normalise(fitted.model, fitted.batch[:NORM_PICTURES])
         feature = fitted.spec.feature_layer
         features = fitted.classifier().predict_with(fitted.batch, (feature,))[1][feature].reshape(len(paths), -1)
-        fitted.mean = features.mean(axis=0)
-        fitted.centred = features - fitted.mean
-        norms = np.linalg.norm(fitted.centred, axis=1, keepdims=True)
-        rng = np.random.default_rng(seed)
-        fitted.kernel = rng.normal(0, NOISE * float(norms.mean()) / features.shape[1], size=(features.shape[1], 1000))
-        fitted.kernel[:, :len(paths)] = (fitted.centred / norms).T * SCALE / norms.mean()
-        fitted.bias = np.zeros(1000)
-        # The centring is folded into the bias: logits = (f - mean) . w, the same top-1 for either runtime.
-        fitted.bias[:len(paths)] = -(fitted.mean @ fitted.kernel[:, :len(paths)])
+        fitted.fit(features, seed)
+        fitted.kept = list(paths)
         return fitted
+
+    def fit(self, features: np.ndarray, seed: int) -> None:
+        """The classifier's kernel and bias from the pictures' ``features``: picture i's along column i."""
+        count = len(features)
+        self.features, self.mean = features, features.mean(axis=0)
+        self.centred = features - self.mean
+        norms = np.linalg.norm(self.centred, axis=1, keepdims=True)
+        rng = np.random.default_rng(seed)
+        # The spread grows with the features' scale, squared in the logits: capped so that the other columns'
+        # logits stay a small fraction of a picture's own (SCALE), whatever the scale (EfficientNetV2-S's random
+        # features on photos are ~30 times ResNet50's on the generated pictures, where the cap does not bind).
+        spread = min(NOISE * float(norms.mean()) / features.shape[1],
+                     NOISE_MAX * SCALE / float(np.linalg.norm(features, axis=1).mean()))
+        self.kernel = rng.normal(0, spread, size=(features.shape[1], 1000))
+        self.kernel[:, :count] = (self.centred / norms).T * SCALE / norms.mean()
+        self.bias = np.zeros(1000)
+        # The centring is folded into the bias: logits = (f - mean) . w, the same top-1 for either runtime.
+        self.bias[:count] = -(self.mean @ self.kernel[:, :count])
+
+    def without(self, dropped: list[int], seed: int) -> None:
+        """Refitted without the pictures at ``dropped``."""
+        keep = [i for i in range(len(self.kept)) if i not in set(dropped)]
+        self.batch, self.kept = self.batch[keep], [self.kept[i] for i in keep]
+        self.fit(self.features[keep], seed)
 
     def classifier(self):
         from worker.runtimes.tensorflow_runtime import Classifier
@@ -123,13 +176,17 @@ class _Fitted:
         # In passes of at most 64: one pass over a thousand pictures would hold ~13 GB of ResNet50's activations.
         return Classifier(self.model, self.weights_id, batch_size=min(len(self.batch), 64), spec=self.spec)
 
-    def saved(self, out: Path) -> Path:
+    def labels(self) -> np.ndarray:
+        """The model's top-1 for each picture, with the classifier set to ``kernel`` and ``bias``."""
         # The classifier is the last layer with weights: a Dense in most families, a 1x1 Conv2D ("Logits") in
         # MobileNetV3, whose kernel is (1, 1, features, classes); an activation may come after it.
         classifier = next(layer for layer in reversed(self.model.layers) if layer.get_weights())
         shape = classifier.get_weights()[0].shape
         classifier.set_weights([self.kernel.reshape(shape).astype(np.float32), self.bias.astype(np.float32)])
-        labels = self.classifier().predict(self.batch).argmax(axis=1)
+        return self.classifier().predict(self.batch).argmax(axis=1)
+
+    def saved(self, out: Path) -> Path:
+        labels = self.labels()
         assert list(labels) == list(range(len(self.batch))), f"pictures not told apart: {labels}"
         self.model.save_weights(out)
         return out
