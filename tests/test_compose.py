@@ -10,8 +10,8 @@ What the override changes, and why: the images (the stand-in Redis, the image bu
 the hash of its inputs), two worker replicas, and, through the variables a `.env` would set, random weights
 (IMGQ_WEIGHTS=random: the ImageNet weights cannot be downloaded here, so the labels are meaningless and only
 the pipeline is checked), small batches and quick heartbeats, and what the s3 profile needs (the endpoint
-http://seaweedfs:8333, a key pair made up for the run, /data:s3://photos as the workers' allowed roots).
-Everything else is the compose file's.
+http://seaweedfs:8333 and /data:s3://photos as the workers' allowed roots; its key pair is the aws_credentials
+secret that deploy/make-secrets.sh writes, as the Redis password is). Everything else is the compose file's.
 
 The engine: Debian's podman, as root, with runc and cgroupfs (crun refuses this machine's cgroups) and
 ulimits no higher than this shell's (raising them needs a capability the sandbox lacks), set in a
@@ -25,6 +25,7 @@ says how long the test takes, cold and warm.
 
 from __future__ import annotations
 
+import configparser
 import hashlib
 import io
 import json
@@ -190,6 +191,7 @@ class Stack:
     env: dict[str, str]
     root: Path
     password: str
+    s3_keys: tuple[str, str]  # (access key, secret key): the aws_credentials secret's
     good: list[Path]
     broken: dict[Path, str]
     _store: object = None  # job_status's connection, made on first use
@@ -243,7 +245,7 @@ class Stack:
 
     def s3_client(self):
         """A boto3 client of the test's own for the seaweedfs service's S3 gateway, at its address on the bridge
-        (its port is published nowhere), with the keys the stack was given."""
+        (its port is published nowhere), with the keys the stack was given (the aws_credentials secret's)."""
         import boto3
         from botocore.config import Config
 
@@ -251,8 +253,7 @@ class Stack:
                         request_checksum_calculation="when_required", connect_timeout=5, read_timeout=30)
         return boto3.session.Session().client(
             "s3", endpoint_url=f"http://{self.address(self.container('seaweedfs'))}:8333", region_name="us-east-1",
-            aws_access_key_id=self.env["AWS_ACCESS_KEY_ID"], aws_secret_access_key=self.env["AWS_SECRET_ACCESS_KEY"],
-            config=config)
+            aws_access_key_id=self.s3_keys[0], aws_secret_access_key=self.s3_keys[1], config=config)
 
     def inspect(self, container: str) -> dict:
         return json.loads(self.engine.podman("inspect", container).stdout)[0]
@@ -309,6 +310,9 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
     (root / "reports").chmod(0o777)  # the producer writes as uid 1000
     engine.run("sh", str(MAKE_SECRETS), str(root / "secrets"))
     password = (root / "secrets" / "redis_password").read_text().strip()
+    credentials = configparser.RawConfigParser()  # as boto3 reads it
+    credentials.read(root / "secrets" / "aws_credentials")
+    s3_keys = (credentials["default"]["aws_access_key_id"], credentials["default"]["aws_secret_access_key"])
     override = root / "override.yml"
     write_override(override, image, redis_image, store_image)
 
@@ -317,11 +321,10 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
            # What a .env would set. Random weights: nothing can be downloaded here (labels are meaningless).
            "IMGQ_WEIGHTS": "random", "IMGQ_BATCH_SIZE": "4", "IMGQ_HEARTBEAT_SECONDS": "1",
            "IMGQ_RECONCILE_SECONDS": "2", "IMGQ_LOG_FORMAT": "json",
-           # The s3 profile, as docs/object-storage.md has a newcomer set it in .env.
-           "IMGQ_S3_ENDPOINT_URL": "http://seaweedfs:8333", "IMGQ_ALLOWED_ROOTS": f"/data:s3://{BUCKET}",
-           "AWS_ACCESS_KEY_ID": "imgq", "AWS_SECRET_ACCESS_KEY": uuid.uuid4().hex}
+           # The s3 profile, as docs/object-storage.md has a newcomer set it in .env (its keys: the secret).
+           "IMGQ_S3_ENDPOINT_URL": "http://seaweedfs:8333", "IMGQ_ALLOWED_ROOTS": f"/data:s3://{BUCKET}"}
     deployed = Stack(engine, image, project, [str(ROOT / "docker-compose.yml"), str(override)], env, root, password,
-                     good, broken)
+                     s3_keys, good, broken)
     try:
         # Redis first, healthy, then the rest: podman-compose 1.0 starts services in order but does not wait
         # for `condition: service_healthy`, which Docker Compose does.
@@ -437,33 +440,48 @@ def test_metrics_answer_on_the_compose_network_only(stack):
         assert stack.engine.podman("port", container).stdout.strip() == ""
 
 
-def test_no_password_in_inspect_ps_or_any_environment(stack):
+def test_no_secret_in_inspect_ps_logs_or_any_environment(stack):
+    """The Redis password and the S3 secret key: in no `podman inspect` of the project's containers, no `podman
+    ps`, no container's log and no process's command line on this machine (the containers' processes included:
+    the host sees them). The password is in no process's environment either; the S3 key only in weed's, to
+    which the seaweedfs service's shell exports the keys of the aws_credentials secret as it execs into it (weed
+    reads its identity from its environment). imgq reads both from /run/secrets."""
     containers = stack.project_objects()["containers"]
-    assert {stack.container(s, n) for s, n in (("redis", 1), ("worker", 1), ("worker", 2), ("beat", 1))} <= set(
-        containers)
+    assert {stack.container(s, n) for s, n in (("redis", 1), ("worker", 1), ("worker", 2), ("beat", 1),
+                                               ("seaweedfs", 1))} <= set(containers)
+    secrets = {"the Redis password": stack.password, "the S3 secret key": stack.s3_keys[1]}
+    ps = stack.engine.podman("ps", "-a", "--no-trunc").stdout
     for container in containers:
-        assert stack.password not in stack.engine.podman("inspect", container).stdout, container
-    assert stack.password not in stack.engine.podman("ps", "-a", "--no-trunc").stdout
-    # Every process of this machine, the containers' included (the host sees them): command lines and
-    # environments. The workers read the URL from /run/secrets/broker_url (IMGQ_BROKER_URL_FILE).
-    shown = []
+        inspected = stack.engine.podman("inspect", container).stdout
+        logged = stack.engine.podman("logs", container, check=False)
+        for what, secret in secrets.items():
+            assert secret not in inspected, (what, container)
+            assert secret not in logged.stdout + logged.stderr, (what, container)
+            assert secret not in ps, what
+    shown: dict[str, list[tuple[str, str]]] = {what: [] for what in secrets}
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
             for part in ("cmdline", "environ"):
                 try:
-                    if stack.password.encode() in (proc / part).read_bytes():
-                        shown.append(f"{proc.name}/{part}")
+                    data = (proc / part).read_bytes()
+                    command = (proc / "comm").read_text().strip()
                 except OSError:  # gone, or a kernel thread
-                    pass
-    assert shown == []
+                    continue
+                for what, secret in secrets.items():
+                    if secret.encode() in data:
+                        shown[what].append((command, part))
+    assert shown["the Redis password"] == []
+    assert shown["the S3 secret key"] and set(shown["the S3 secret key"]) == {("weed", "environ")}
     worker_env = stack.inspect(stack.container("worker"))["Config"]["Env"]
     assert "IMGQ_BROKER_URL_FILE=/run/secrets/broker_url" in worker_env
-    assert not [v for v in worker_env if v.startswith("IMGQ_BROKER_URL=")]
+    assert "AWS_SHARED_CREDENTIALS_FILE=/run/secrets/aws_credentials" in worker_env
+    assert not [v for v in worker_env if v.startswith(("IMGQ_BROKER_URL=", "AWS_ACCESS_KEY_ID=",
+                                                       "AWS_SECRET_ACCESS_KEY="))]
+    store_env = stack.inspect(stack.container("seaweedfs"))["Config"]["Env"]
+    assert not [v for v in store_env if v.startswith(("AWS_ACCESS_KEY_ID=", "AWS_SECRET_ACCESS_KEY="))]
     # Redis wants the password: an anonymous client is refused, the secret's is let in.
     refused = stack.exec(stack.container("redis"), "redis-cli", "ping", check=False)
     assert "NOAUTH" in refused.stdout + refused.stderr
-    assert stack.password not in stack.logs(stack.container("worker", 2)) + stack.logs(stack.container("beat"))
-
 
 
 def test_the_openvino_image_runs_the_model_without_tensorflow(stack):

@@ -120,8 +120,10 @@ def test_compose_file_validates_against_the_compose_specification():
     assert set(config["services"]) == {"redis", "worker", "beat", "producer", "seaweedfs"}
     for name in ("worker", "beat", "producer"):  # the URL, password and all, is the broker_url secret
         assert config["services"][name]["environment"]["IMGQ_BROKER_URL_FILE"] == "/run/secrets/broker_url"
-        assert config["services"][name]["secrets"] == ["broker_url"]
+        assert config["services"][name]["secrets"] == ["broker_url", "aws_credentials"]
         assert "IMGQ_BROKER_URL" not in config["services"][name]["environment"]
+        # boto3's shared credentials file is the aws_credentials secret (the S3 keys)
+        assert config["services"][name]["environment"]["AWS_SHARED_CREDENTIALS_FILE"] == "/run/secrets/aws_credentials"
 
 
 def test_compose_file_reads_as_podman_compose_1_0_reads_it():
@@ -166,9 +168,10 @@ def test_compose_services_are_what_the_deployment_needs():
 
 def test_the_s3_profile_adds_a_seaweedfs_store_that_wants_its_keys(tmp_path):
     """The s3 profile's SeaweedFS: started only with `--profile s3`, its image the Dockerfile's seaweedfs target,
-    its data in a named volume, no port on the host, its keys from the environment (none in the file or the
-    image). Its command, run here with a stand-in `weed` that prints its arguments: it refuses to start without
-    both keys (the store would let anyone in), and binds only the S3 gateway beyond loopback, telemetry off.
+    its data in a named volume, no port on the host, its keys from the aws_credentials secret (none in the file,
+    the image or the container's environment). Its command, run here with a stand-in `weed` that prints its
+    arguments and the keys it was given: it refuses to start, in one line, without both keys under [default]
+    (the store would let anyone in), and binds only the S3 gateway beyond loopback, telemetry off.
     tests/test_compose.py runs the real one."""
     services = interpolate(load_compose(), read_dotenv(ENV_EXAMPLE))["services"]
     store = services["seaweedfs"]
@@ -176,29 +179,59 @@ def test_the_s3_profile_adds_a_seaweedfs_store_that_wants_its_keys(tmp_path):
     assert store["build"]["target"] == "seaweedfs"
     assert re.search(r"^FROM \$\{BASE_IMAGE\} AS seaweedfs$", DOCKERFILE.read_text(), flags=re.MULTILINE)
     assert store["volumes"] == ["seaweedfs-data:/data"] and "seaweedfs-data" in load_compose()["volumes"]
-    assert store["environment"] == {"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": ""}  # .env's, empty
+    assert "environment" not in store and store["secrets"] == ["aws_credentials"]
     assert not [s for s in services.values() if "depends_on" in s and "seaweedfs" in s["depends_on"]]
     stand_in = tmp_path / "bin" / "weed"
     stand_in.parent.mkdir()
-    stand_in.write_text('#!/bin/sh\necho "$@"\n')
+    stand_in.write_text('#!/bin/sh\necho "$AWS_ACCESS_KEY_ID $AWS_SECRET_ACCESS_KEY $*"\n')
     stand_in.chmod(0o755)
+    secret = tmp_path / "aws_credentials"
 
-    def start(**keys: str) -> subprocess.CompletedProcess:
-        env = {**clean_env(**keys), "PATH": f"{stand_in.parent}:/usr/bin:/bin"}
-        env = {k: v for k, v in env.items() if not k.startswith("AWS_") or k in keys}
-        return subprocess.run(store["command"], env=env, capture_output=True, text=True, timeout=30)
+    def start(text: str | None) -> subprocess.CompletedProcess:
+        secret.unlink(missing_ok=True)
+        if text is not None:
+            secret.write_text(text)
+        env = {k: v for k, v in clean_env(PATH=f"{stand_in.parent}:/usr/bin:/bin").items() if not k.startswith("AWS_")}
+        script = store["command"][2].replace("/run/secrets/aws_credentials", str(secret))
+        return subprocess.run([*store["command"][:2], script], env=env, capture_output=True, text=True, timeout=30)
 
-    for keys in ({}, {"AWS_ACCESS_KEY_ID": "k"}, {"AWS_SECRET_ACCESS_KEY": "s"},
-                 {"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": "s"}):
-        refused = start(**keys)
-        assert refused.returncode == 2 and refused.stdout == "", keys
+    subprocess.run(["sh", str(MAKE_SECRETS), "--no-aws-keys", str(tmp_path / "role")], check=True, capture_output=True)
+    for text in (None, "", (tmp_path / "role" / "aws_credentials").read_text(),  # no file, empty, a role's
+                 "[default]\naws_access_key_id = k\n", "[default]\naws_secret_access_key = s\n",  # one key
+                 "[default]\naws_access_key_id =\naws_secret_access_key = s\n",  # one empty
+                 "[other]\naws_access_key_id = k\naws_secret_access_key = s\n[default]\n",  # another profile's
+                 "# [default]\n# aws_access_key_id = k\n# aws_secret_access_key = s\n"):  # commented out
+        refused = start(text)
+        assert refused.returncode == 2 and refused.stdout == "", text
         assert refused.stderr.strip().splitlines() == [
-            "seaweedfs: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (in .env): without them the store lets "
-            "anyone in"]
-    argv = start(AWS_ACCESS_KEY_ID="k", AWS_SECRET_ACCESS_KEY="s").stdout.split()
+            "seaweedfs: no aws_access_key_id and aws_secret_access_key under [default] in the aws_credentials secret "
+            "(SECRETS_DIR/aws_credentials; sh deploy/make-secrets.sh writes a pair): without them the store would "
+            "let anyone in"], text
+    key, secret_key, *argv = start("[default]\r\naws_access_key_id=k \r\naws_secret_access_key =  s\r\n[x]\n"
+                                   "aws_access_key_id = other\n").stdout.split()
+    assert (key, secret_key) == ("k", "s")
     assert argv[:2] == ["server", "-dir=/data"]
     assert {"-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-s3", "-s3.ip.bind=0.0.0.0", "-s3.port=8333",
             "-master.telemetry=false"} <= set(argv)
+    # make-secrets.sh's pair: what the store is given is what boto3 reads from the same file in imgq's services.
+    subprocess.run(["sh", str(MAKE_SECRETS), str(tmp_path / "made")], check=True, capture_output=True)
+    made = (tmp_path / "made" / "aws_credentials").read_text()
+    given = start(made).stdout.split()[:2]
+    assert given == boto3_keys(tmp_path / "made" / "aws_credentials")
+    assert given[1] not in json.dumps(services)
+
+
+def boto3_keys(path: Path) -> list[str] | None:
+    """[access key, secret key] as boto3 finds them with AWS_SHARED_CREDENTIALS_FILE=path and nothing else (no
+    environment keys, no config file, no instance metadata); None when it finds none."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(AWS_SHARED_CREDENTIALS_FILE=str(path), AWS_CONFIG_FILE=os.devnull, AWS_EC2_METADATA_DISABLED="true",
+               HOME=str(path.parent))
+    script = ("import json, boto3; c = boto3.session.Session().get_credentials(); "
+              "print(json.dumps(c and [c.access_key, c.secret_key]))")
+    found = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    assert found.returncode == 0, found.stderr
+    return json.loads(found.stdout)
 
 
 def test_no_password_on_any_command_line_nor_in_any_environment():
@@ -210,9 +243,32 @@ def test_no_password_on_any_command_line_nor_in_any_environment():
     assert not [name for name in env if "PASSWORD" in name]
     config = interpolate(load_compose(), env)
     assert config["secrets"] == {"redis_password": {"file": "/somewhere/redis_password"},
-                                 "broker_url": {"file": "/somewhere/broker_url"}}
+                                 "broker_url": {"file": "/somewhere/broker_url"},
+                                 "aws_credentials": {"file": "/somewhere/aws_credentials"}}
     assert "requirepass $(cat /run/secrets/redis_password)" in config["services"]["redis"]["command"][2]
     assert "redis:6379" not in json.dumps(config)  # the URL is in no environment: only in the secret
+
+
+AWS_KEY_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+
+
+def test_no_s3_key_in_any_environment_and_each_secret_mounted_where_it_is_read():
+    """The S3 keys are in no service's environment (which `docker inspect` shows), whatever .env sets: imgq's
+    services read them from the aws_credentials secret (AWS_SHARED_CREDENTIALS_FILE), the s3 profile's store
+    from the same file. Every /run/secrets/NAME a service names (its command, environment or health check) is a
+    secret it mounts, and every secret it mounts is one of the file's."""
+    env = read_dotenv(ENV_EXAMPLE)
+    assert not [name for name in env if name in AWS_KEY_VARIABLES]
+    config = interpolate(load_compose(), {**env, **{name: f"SENTINEL-{name}" for name in AWS_KEY_VARIABLES}})
+    assert "SENTINEL" not in json.dumps(config)  # set in .env, passed on to no service
+    for name, service in config["services"].items():
+        assert not [key for key in service.get("environment", {}) if key in AWS_KEY_VARIABLES], name
+        read = set(re.findall(r"/run/secrets/(\w+)", json.dumps({k: service.get(k) for k in (
+            "command", "entrypoint", "environment", "healthcheck")})))
+        assert read == set(service.get("secrets", [])), name
+        assert read <= set(config["secrets"]), name
+    readers = {name for name, service in config["services"].items() if "aws_credentials" in service.get("secrets", [])}
+    assert readers == {"worker", "beat", "producer", "seaweedfs"}
 
 
 def test_env_example_documents_every_setting_and_compose_variable():
@@ -230,7 +286,7 @@ def test_every_setting_set_in_dotenv_reaches_every_service():
     assignable = {name for name in env if name.startswith("IMGQ_")}
     assert assignable == {env_var(f.name) for f in dataclasses.fields(Settings)} - fixed
     worker_only = ("IMGQ_METRICS_", "IMGQ_ALLOWED_ROOTS")  # what only a worker reads
-    for name in [*assignable, "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]:
+    for name in assignable:
         config = interpolate(load_compose(), {**env, name: "SENTINEL"})
         services = ("worker",) if name.startswith(worker_only) else ("worker", "beat", "producer")
         for service in services:
@@ -267,20 +323,62 @@ def test_dockerfile_openvino_target_installs_the_worker_extra_without_tensorflow
     assert "FROM full AS converted" in text and text.rstrip().endswith("FROM full")  # the default: the full image
 
 
+def make_secrets(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["sh", str(MAKE_SECRETS), *args], capture_output=True, text=True, timeout=30)
+
+
 def test_make_secrets_writes_a_random_password_and_keeps_what_exists(tmp_path):
-    """deploy/make-secrets.sh: a new URL-safe password each time, in both files; the folder closed to others;
+    """deploy/make-secrets.sh: a new URL-safe password each time, in both files; a new random S3 key pair in
+    aws_credentials, which boto3 reads; the folder closed to others, the files readable through their mounts;
     existing secrets never replaced."""
     made = [tmp_path / "a", tmp_path / "b"]
     for folder in made:
-        subprocess.run(["sh", str(MAKE_SECRETS), str(folder)], check=True, capture_output=True)
+        assert make_secrets(str(folder)).returncode == 0
     passwords = [(folder / "redis_password").read_text().strip() for folder in made]
     assert passwords[0] != passwords[1] and all(re.fullmatch("[0-9a-f]{48}", p) for p in passwords)
     assert (made[0] / "broker_url").read_text() == f"redis://:{passwords[0]}@redis:6379/0\n"
     assert Settings(broker_url=(made[0] / "broker_url").read_text().strip()).broker_url.endswith("@redis:6379/0")
+    keys = [boto3_keys(folder / "aws_credentials") for folder in made]
+    assert keys[0][0] != keys[1][0] and keys[0][1] != keys[1][1]
+    assert all(re.fullmatch("[0-9a-f]{20}", k) and re.fullmatch("[0-9a-f]{48}", s) for k, s in keys)
     assert (made[0].stat().st_mode & 0o777) == 0o700
-    again = subprocess.run(["sh", str(MAKE_SECRETS), str(made[0])], capture_output=True, text=True)
-    assert again.returncode == 1 and "exists already" in again.stderr
-    assert (made[0] / "redis_password").read_text().strip() == passwords[0]
+    assert {p.name: p.stat().st_mode & 0o777 for p in made[0].iterdir()} == {
+        "redis_password": 0o644, "broker_url": 0o644, "aws_credentials": 0o644}  # no temporary file left
+    before = {p.name: p.read_text() for p in made[0].iterdir()}
+    again = make_secrets(str(made[0]))
+    assert again.returncode == 0 and "kept" in again.stdout and "wrote" not in again.stdout
+    assert {p.name: p.read_text() for p in made[0].iterdir()} == before
+
+
+def test_make_secrets_adds_aws_credentials_to_a_folder_made_before_it(tmp_path):
+    """A folder made before aws_credentials existed (redis_password and broker_url only) gets it added, the
+    password kept; one of the password's two files without the other is refused, and nothing written."""
+    folder = tmp_path / "secrets"
+    assert make_secrets(str(folder)).returncode == 0
+    (folder / "aws_credentials").unlink()
+    before = {p.name: p.read_text() for p in folder.iterdir()}
+    added = make_secrets(str(folder))
+    assert added.returncode == 0, added.stderr
+    assert added.stdout.splitlines()[0] == f"wrote {folder}/aws_credentials"
+    assert {p.name: p.read_text() for p in folder.iterdir() if p.name != "aws_credentials"} == before
+    assert boto3_keys(folder / "aws_credentials")
+    (folder / "broker_url").unlink()
+    (folder / "aws_credentials").unlink()
+    refused = make_secrets(str(folder))
+    assert refused.returncode == 1 and refused.stdout == ""
+    assert refused.stderr.strip().endswith(f"only one of {folder}/redis_password and {folder}/broker_url exists; "
+                                           "remove it to make both anew")
+    assert sorted(p.name for p in folder.iterdir()) == ["redis_password"]
+
+
+def test_make_secrets_no_aws_keys_leaves_boto3_to_a_role(tmp_path):
+    """--no-aws-keys: an aws_credentials with no keys, so that the file Compose needs exists and boto3 goes on
+    down its chain (to a role on AWS; to nothing here). Anything else starting with - is refused."""
+    assert make_secrets("--no-aws-keys", str(tmp_path / "s")).returncode == 0
+    assert boto3_keys(tmp_path / "s" / "aws_credentials") is None
+    assert (tmp_path / "s" / "broker_url").exists()
+    wrong = make_secrets("--no-keys", str(tmp_path / "t"))
+    assert wrong.returncode == 2 and "unknown option --no-keys" in wrong.stderr and not (tmp_path / "t").exists()
 
 
 def test_health_check_needs_a_live_worker_on_this_host(settings, store):
@@ -407,6 +505,7 @@ def test_compose_services_run_as_plain_processes_and_classify_a_folder(tmp_path,
     photos_dir, good, broken = photos
     subprocess.run(["sh", str(MAKE_SECRETS), str(tmp_path / "secrets")], check=True, capture_output=True)
     password = (tmp_path / "secrets" / "redis_password").read_text().strip()
+    s3_secret = boto3_keys(tmp_path / "secrets" / "aws_credentials")[1]
     outside = imagegen.save(tmp_path / "outside.png", seed=9)  # not under /data: the worker must refuse it
     env = {**read_dotenv(ENV_EXAMPLE), "SECRETS_DIR": str(tmp_path / "secrets"), "PHOTOS_DIR": str(photos_dir),
            "REPORTS_DIR": str(tmp_path / "reports"), "IMGQ_WEIGHTS": "random", "IMGQ_BATCH_SIZE": "4",
@@ -419,6 +518,8 @@ def test_compose_services_run_as_plain_processes_and_classify_a_folder(tmp_path,
         redis_process = start_redis_service(deployment)
         processes.append(redis_process)
         url = Settings.from_env(deployment.env("worker")).broker_url  # from the broker_url secret
+        for service in ("worker", "beat", "producer"):  # boto3's keys: the aws_credentials secret
+            assert boto3_keys(Path(deployment.env(service)["AWS_SHARED_CREDENTIALS_FILE"]))[1] == s3_secret
         wait_for_redis(url, redis_process)
         check_redis_service(deployment, url, redis_process.pid)
 
@@ -455,8 +556,10 @@ def test_compose_services_run_as_plain_processes_and_classify_a_folder(tmp_path,
     finally:
         for process in reversed(processes):
             process.stop()
-    check_logs(worker.output(), password)
-    assert password not in beat.output()
+    for secret in (password, s3_secret):
+        check_logs(worker.output(), secret)
+        assert secret not in beat.output()
+        assert secret not in submitted.stdout + submitted.stderr
 
 
 def check_beat_fired(deployment: PlainDeployment, beat: Process, timeout: float = 120.0) -> None:
@@ -501,9 +604,10 @@ def check_records(records: list[dict], good: list[Path], broken: dict[Path, str]
     assert by_path[str(outside)]["error"]["code"] == "forbidden"  # IMGQ_ALLOWED_ROOTS=/data took effect
 
 
-def check_logs(output: str, password: str) -> None:
-    """--log-format json: Celery's log events are JSON lines (the task's id on task events); no password."""
-    assert password not in output
+def check_logs(output: str, secret: str) -> None:
+    """--log-format json: Celery's log events are JSON lines (the task's id on task events); no secret (the
+    Redis password, the S3 secret key)."""
+    assert secret not in output
     events = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
     assert {"time", "level", "logger", "message"} <= set(events[0])
     assert any(e["message"].endswith(" ready.") for e in events)

@@ -42,7 +42,10 @@ DENIED_CODES = {"AccessDenied", "403", "Forbidden", "InvalidAccessKeyId", "Signa
                 "ExpiredToken", "TokenRefreshRequired", "AccountProblem", "AllAccessDisabled"}
 BUSY_CODES = {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "Throttling",
               "ThrottlingException", "RequestLimitExceeded", "TooManyRequests"}
-CREDENTIALS_HINT = "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE (docs/object-storage.md)"
+# Where boto3 looks, first to last; in docker-compose.yml, the file is the aws_credentials secret.
+CREDENTIALS_HINT = ("set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or the keys in the file "
+                    "AWS_SHARED_CREDENTIALS_FILE names (docker-compose.yml: SECRETS_DIR/aws_credentials; "
+                    "docs/object-storage.md)")
 
 
 def split_url(location: str) -> tuple[str, str]:
