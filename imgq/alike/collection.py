@@ -2,11 +2,13 @@
 file at a time so that memory stays bounded by one batch, whatever the number of rows.
 
 Rows are numbered in the order of the jobs given, then of their batch files, then within each file: the order in
-which ``parts`` yields them and in which an index (imgq/alike/index.py) numbers its vectors. A collection's
+which ``parts`` yields them and in which an index (imgq/alike/search.py) numbers its vectors. A collection's
 ``digest`` names that order and each file's version (size, modification time in nanoseconds, inode: a batch file
 is written to a temporary name and renamed, so a rewrite changes them; an object's size and bytes' digest, under
-an s3:// dump root), without reading a local file's vectors: an index
-cached under it is rebuilt when any file changes, appears or goes.
+an s3:// dump root), without reading a local file's vectors: an index cached under it is rebuilt when any file
+changes, appears or goes. Rows are read only from the versions the digest names: a file written again after the
+collection was opened (listed and its headers read) is refused when its rows are read, so that an index is never
+built from other bytes than those its name says.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from typing import BinaryIO
 
 import numpy as np
 
-from imgq.alike.batchfile import MAX_BATCH_FILE_BYTES, BatchFileError, BatchVectors, batch_files, read_batch
+from imgq.alike.batchfile import MAX_BATCH_FILE_BYTES, BatchFileError, BatchVectors, batch_files, load_batch
+from imgq.storage.destination import StoreError
 from imgq.storage.files import RefusedFile, open_regular
 from imgq.storage.locate import destination_for
 
@@ -35,14 +38,16 @@ class CollectionError(Exception):
 
 @dataclass(frozen=True)
 class Part:
-    """One batch file of the collection: its ``job``, ``file``, number of ``rows``, the first row's number and
-    the least and greatest image ids in it (``find`` reads only the files whose range holds an image)."""
+    """One batch file of the collection: its ``job``, ``file``, number of ``rows``, the first row's number, the
+    least and greatest image ids in it (``find`` reads only the files whose range holds an image) and the
+    ``version`` of the file that was opened (see the module docstring): its rows are read only from that version."""
 
     job: str
     file: str
     rows: int
     start: int
     images: tuple[int, int] = (0, -1)
+    version: str = ""
 
 
 @dataclass(frozen=True)
@@ -63,7 +68,7 @@ class Collection:
     def batches(self) -> Iterator[tuple[Part, BatchVectors]]:
         """Each part and its rows, read in row order, one file at a time."""
         for part in self.parts:
-            yield part, read_batch(part.file)
+            yield part, _rows(part)
 
     def locate(self, rows: list[int]) -> list[tuple[str, int, str]]:
         """``(job, image, path)`` of each of ``rows`` (collection row numbers), reading only their files."""
@@ -73,7 +78,7 @@ class Collection:
         for row in rows:
             part = self.parts[bisect.bisect_right(starts, row) - 1]
             if part.file not in read:
-                read[part.file] = read_batch(part.file)
+                read[part.file] = _rows(part)
             batch = read[part.file]
             offset = row - part.start
             out.append((part.job, int(batch.image[offset]),
@@ -102,7 +107,7 @@ class Collection:
         for part in self.parts:
             if part.job != job or not part.images[0] <= image <= part.images[1]:
                 continue
-            batch = read_batch(part.file)
+            batch = _rows(part)
             found = np.nonzero(batch.image == image)[0]
             if len(found):
                 return part.start + int(found[0]), batch.embedding[found[0]].astype(np.float32)
@@ -131,11 +136,30 @@ def open_collection(root: str, jobs: list[str]) -> Collection:
                     f"with {identity[1]}, job {job} {model} with {weights}" +
                     (f" ({features} features, not {identity[2]})." if (model, weights) == identity[:2] else "."))
             start = parts[-1].start + parts[-1].rows if parts else 0
-            parts.append(Part(job, file, rows, start, images))
+            parts.append(Part(job, file, rows, start, images, version))
             digest.update(f"{job}/{os.path.basename(file)}:{version}\n".encode())
     assert identity is not None  # jobs is never empty
     digest.update(f"{identity}\n".encode())
     return Collection(root, tuple(jobs), tuple(parts), identity[0], identity[1], identity[2], digest.hexdigest())
+
+
+def _rows(part: Part) -> BatchVectors:
+    """The rows of ``part``'s file, when it is still the version the collection was opened with. A file written
+    again since (a batch redelivered to a worker, an object replaced after it was listed) is refused in one line:
+    the collection's digest names the versions opened, and nothing (an index cached under that digest above all)
+    is made of bytes it does not name."""
+    try:
+        with _opened(part.file) as (handle, version):
+            if version != part.version:
+                raise BatchFileError(f"{part.file} was written again while the collection was searched: search "
+                                     f"again.")
+            return load_batch(handle, part.file)
+    except BatchFileError:
+        raise
+    except StoreError as exc:  # the store refused or did not answer: nothing is known of the file
+        raise BatchFileError(str(exc)) from None
+    except (OSError, RefusedFile, ValueError) as exc:
+        raise BatchFileError(f"{part.file}: not an imgq embedding file ({exc})") from None
 
 
 def _member(file: str, name: str) -> np.ndarray:
