@@ -52,7 +52,9 @@ class Part:
 
 @dataclass(frozen=True)
 class Collection:
-    """The batch files of ``jobs`` under a dump root, all of one ``model`` and ``weights`` and ``features`` wide."""
+    """The batch files of ``jobs`` under a dump root, all of one ``model`` and ``weights`` and ``features`` wide;
+    ``state_dir``: imgq's local state folder (IMGQ_STATE_DIR), where the index of a collection in object storage
+    is cached (imgq/alike/search.py ``index_folder``)."""
 
     root: str
     jobs: tuple[str, ...]
@@ -61,6 +63,7 @@ class Collection:
     weights: str
     features: int
     digest: str
+    state_dir: str = ""
 
     def __len__(self) -> int:
         return self.parts[-1].start + self.parts[-1].rows if self.parts else 0
@@ -114,9 +117,11 @@ class Collection:
         return None
 
 
-def open_collection(root: str, jobs: list[str]) -> Collection:
-    """The collection of ``jobs``' batch files under ``root``. Raises CollectionError for a job without files
-    and for files of different models, weights or widths; BatchFileError for a file that cannot be read."""
+def open_collection(root: str, jobs: list[str], state_dir: str = "") -> Collection:
+    """The collection of ``jobs``' batch files under ``root``, its index cached under ``state_dir`` when ``root``
+    is in object storage (an s3:// prefix; a local root keeps it beside the files). Raises CollectionError for a
+    job without files and for files of different models, weights or widths; BatchFileError for a file that cannot
+    be read."""
     parts: list[Part] = []
     identity: tuple[str, str, int] | None = None
     first_job = ""
@@ -140,7 +145,8 @@ def open_collection(root: str, jobs: list[str]) -> Collection:
             digest.update(f"{job}/{os.path.basename(file)}:{version}\n".encode())
     assert identity is not None  # jobs is never empty
     digest.update(f"{identity}\n".encode())
-    return Collection(root, tuple(jobs), tuple(parts), identity[0], identity[1], identity[2], digest.hexdigest())
+    return Collection(root, tuple(jobs), tuple(parts), identity[0], identity[1], identity[2], digest.hexdigest(),
+                      state_dir)
 
 
 def _rows(part: Part) -> BatchVectors:
