@@ -1,8 +1,9 @@
-"""`imgq similar` and `imgq duplicates` above their exact search's size when the dump root is an s3:// prefix of a
-real S3 server (SeaweedFS's weed mini, tests/s3server.py): the approximate index is built from the batch objects
-and cached on this machine (<state dir>/indexes/, never in the bucket), gives the exact search's neighbours, is
-read again by the next search and built again when a batch object is added or replaced. A cache folder where
-nothing can be written is one line before any build; an object written again while the collection is searched
+"""`imgq similar` and `imgq duplicates` above their exact search's size when the dump root is an s3:// prefix of a real
+S3 server (SeaweedFS's weed mini, tests/s3server.py): the approximate index is built from the batch objects and
+cached on this machine (<state dir>/indexes/, never in the bucket), gives the exact search's neighbours, is read
+again by the next search (which lists the prefix and reads no batch object but the query's and the hits': their
+headers are remembered beside the index) and built again when a batch object is added or replaced. A cache folder
+where nothing can be written is one line before any build; an object written again while the collection is searched
 is one line and leaves no index behind. The thresholds are lowered to force the index on small collections, as
 tests/test_similar.py does for local folders."""
 
@@ -15,8 +16,8 @@ import os
 import numpy as np
 import pytest
 
+from imgq.alike import cache, search
 from imgq.alike import collection as collection_module
-from imgq.alike import search
 from imgq.alike.batchfile import BatchFileError, BatchVectors, write_batch
 from imgq.alike.collection import open_collection
 from tests.test_similar import CLUSTER, clustered, write_job
@@ -95,15 +96,17 @@ def test_the_next_search_reads_the_cache_and_an_added_or_replaced_object_builds_
     gets = s3.requests("GET")
     first = open_collection(ROOT, ["growing1"], state)
     assert search.top_k(first, vectors[5], CLUSTER, approximate_above=0).rows[0] == 5
-    assert s3.requests("GET") - gets == 3 * 3  # opened (each object's header and digest), sampled, added
+    assert s3.requests("GET") - gets == 3 * 3  # opened (each object's header), sampled, added
     gets = s3.requests("GET")
-    again = open_collection(ROOT, ["growing1"], state)  # a second `imgq similar`: listed and read again
+    again = open_collection(ROOT, ["growing1"], state)  # a second `imgq similar`: listed again
     assert again.digest == first.digest
     assert set(search.top_k(again, vectors[5], CLUSTER, approximate_above=0).rows) == mates(5) | {5}
-    assert len(builds) == 1 and s3.requests("GET") - gets == 3  # opening it: the search reads no object
+    assert len(builds) == 1 and s3.requests("GET") == gets  # the headers remembered, the index cached: no GET
 
     add_batch("growing1", vectors, 3)  # rows 300..399, the others as they were
+    gets = s3.requests("GET")
     grown = open_collection(ROOT, ["growing1"], state)
+    assert s3.requests("GET") - gets == 1  # the new object's header alone
     assert len(grown) == 400 and grown.digest != first.digest
     found = search.top_k(grown, vectors[355], CLUSTER, approximate_above=0)
     assert set(found.rows) == mates(355) | {355} and len(builds) == 2
@@ -115,29 +118,59 @@ def test_the_next_search_reads_the_cache_and_an_added_or_replaced_object_builds_
     replaced = open_collection(ROOT, ["growing1"], state)
     assert replaced.digest != grown.digest
     assert search.top_k(replaced, moved[0], 1, approximate_above=0).rows == [0] and len(builds) == 3
-    assert os.listdir(os.path.dirname(search.index_file(replaced))) == [os.path.basename(
-        search.index_file(replaced))]  # the stale ones went
+    assert [name for name in os.listdir(os.path.dirname(search.index_file(replaced))) if name.endswith(".ivf")] == [
+        os.path.basename(search.index_file(replaced))]  # the stale ones went
 
 
 def test_an_object_added_while_the_collection_is_listed_is_in_the_next_index(bucket, builds, tmp_path, monkeypatch):
     state = str(tmp_path / "state")
     vectors = clustered(300)
     write_job(ROOT, "listed1", vectors[:200], batch=100)
-    real = collection_module.batch_files
+    real = collection_module.batch_listing
 
     def listed_then_written(root, job):
-        names = real(root, job)
+        listed = real(root, job)
         add_batch("listed1", vectors, 2)  # lands just after the listing
-        return names
-    monkeypatch.setattr(collection_module, "batch_files", listed_then_written)
+        return listed
+    monkeypatch.setattr(collection_module, "batch_listing", listed_then_written)
     during = open_collection(ROOT, ["listed1"], state)
-    monkeypatch.setattr(collection_module, "batch_files", real)
+    monkeypatch.setattr(collection_module, "batch_listing", real)
     assert len(during) == 200  # the files listed: the index is of those, under their digest
     assert set(search.top_k(during, vectors[15], CLUSTER, approximate_above=0).rows) == mates(15) | {15}
     after = open_collection(ROOT, ["listed1"], state)
     assert len(after) == 300 and after.digest != during.digest
     assert set(search.top_k(after, vectors[255], CLUSTER, approximate_above=0).rows) == mates(255) | {255}
     assert len(builds) == 2
+
+
+def test_the_headers_remembered_are_those_of_the_objects_listed_and_a_bad_cache_file_is_read_again(
+        s3, bucket, tmp_path):
+    state = str(tmp_path / "state")
+    vectors = clustered(300)
+    write_job(ROOT, "known1", vectors, batch=100)
+    first = open_collection(ROOT, ["known1"], state)
+    headers = os.path.join(cache.folder(state, ROOT, "known1"), cache.HEADERS)
+    remembered = cache.remembered(os.path.dirname(headers))
+    assert sorted(remembered) == [f"embeddings-{b:06d}.npz" for b in range(3)]
+    assert [(h.rows, h.images, h.version) for h in remembered.values()] == [
+        (p.rows, p.images, p.version) for p in first.parts]
+    bucket.delete_object(Bucket=BUCKET, Key="team/dumps/known1/embeddings-000001.npz")
+    gone = open_collection(ROOT, ["known1"], state)
+    assert len(gone) == 200 and sorted(cache.remembered(os.path.dirname(headers))) == [
+        "embeddings-000000.npz", "embeddings-000002.npz"]
+    for spoil in ("a link", "not json", "too large"):
+        os.unlink(headers)
+        if spoil == "a link":
+            os.symlink(tmp_path / "elsewhere.json", headers)
+        elif spoil == "not json":
+            with open(headers, "w") as file:
+                file.write("{")
+        else:
+            with open(headers, "wb") as file:
+                file.truncate(cache.MAX_HEADERS_BYTES + 1)
+        gets = s3.requests("GET")
+        assert open_collection(ROOT, ["known1"], state).digest == gone.digest
+        assert s3.requests("GET") - gets == 2 and os.path.isfile(headers) and not os.path.islink(headers)
 
 
 def test_an_object_written_again_while_the_collection_is_searched_is_one_line_and_leaves_no_index(
@@ -151,7 +184,7 @@ def test_an_object_written_again_while_the_collection_is_searched_is_one_line_an
         search.top_k(collection, vectors[0], 3, approximate_above=0)
     assert "\n" not in str(raised.value) and len(builds) == 1
     assert not os.path.exists(search.index_file(collection))
-    assert os.listdir(os.path.dirname(search.index_file(collection))) == []
+    assert os.listdir(os.path.dirname(search.index_file(collection))) == ["batches.json"]  # headers only
 
 
 def test_a_cache_folder_where_nothing_can_be_written_is_one_line_before_the_build(bucket, builds, tmp_path):
@@ -170,7 +203,7 @@ def test_the_local_cache_of_an_s3_collection_is_opened_by_imgqs_file_rules(bucke
     write_job(ROOT, "ruled1", vectors)
     collection = open_collection(ROOT, ["ruled1"], state)
     path = search.index_file(collection)
-    os.makedirs(os.path.dirname(path))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     os.symlink(tmp_path / "elsewhere", path)
     with pytest.raises(search.IndexUnavailable, match="symbolic link"):
         search.top_k(collection, vectors[0], 3, approximate_above=0)
@@ -205,8 +238,10 @@ def test_similar_and_duplicates_use_the_index_of_an_s3_dump_root(s3_settings, s3
     assert "Building the approximate index of 400 photos, once: " + cache in indexed.stderr
     assert {json.loads(line)["image"] for line in indexed.stdout.splitlines()} == mates(123)
     assert {json.loads(line)["image"] for line in exact.stdout.splitlines()} == mates(123)
+    gets = s3.requests("GET")
     again = run("similar", "moments1", "123", "-k", "9", "--json")
     assert again.stdout == indexed.stdout and "Building" not in again.stderr
+    assert s3.requests("GET") - gets == 2  # the query's row and the hits' paths: the one object, read twice
     pairs = run("duplicates", "moments1", "--max-distance", "0", "--moment", "0.7")
     assert pairs.exit_code == 0, pairs.output
     assert "found by the approximate index (" + cache in pairs.stderr and pairs.stdout == exact_pairs.stdout

@@ -93,6 +93,14 @@ def batch_files(root: str, job: str) -> list[str]:
     return [os.path.join(folder, name) for name in names if FILE.fullmatch(name)]
 
 
+def batch_listing(root: str, job: str) -> list[tuple[str, str]]:
+    """``batch_files``, each with its version as the listing gives it (Destination.listing: an object's size and
+    ETag from the LIST pages, no request per file)."""
+    folder = os.path.dirname(batch_file(root, job, 0))
+    listed = destination_for(folder).listing(folder)
+    return [(os.path.join(folder, name), version) for name, version in listed if FILE.fullmatch(name)]
+
+
 def read_batch(path: str) -> BatchVectors:
     """The rows of one batch file, opened as imgq opens files (no link followed, a regular file, a size
     cap, never a blocking open; an object: its size checked before its body is read). Raises BatchFileError

@@ -8,14 +8,14 @@ a search scans the NPROBE lists whose centres are closest to the query. Measured
 synthetic clustered vectors (bench/similar.py, docs/duplicates.md): its recall@10 and its latency.
 
 The index is built once per collection and cached beside its embeddings under a local dump root
-(``<dump root>/<job>/similar-*.ivf`` for one job, ``<dump root>/collections/`` for several), and under an s3://
-dump root in imgq's local state folder (``<state dir>/indexes/<root's digest>/<job>/``: faiss maps a local file,
-and an object store has none), named by its jobs and by the collection's digest (imgq/alike/collection.py: each
-file's key and version, an object's size and bytes' digest): a collection whose files changed gets a new index, and
-its stale one is removed. It is read memory-mapped (faiss' IO_FLAG_MMAP: the lists stay on disk and only those a
-search scans are paged in), from a file opened by imgq's rules (no link followed, a regular file, a size cap, never
-a blocking open): faiss reads the descriptor that was checked, through /proc/self/fd, not the name again. A folder
-where nothing can be written is said in one line before the build, not after it.
+(``<dump root>/<job>/similar-*.ivf`` for one job, ``<dump root>/collections/`` for several), and under an s3:// dump
+root in imgq's local state folder (``<state dir>/indexes/<root's digest>/<job>/``, imgq/alike/cache.py: faiss maps a
+local file, and an object store has none), named by its jobs and by the collection's digest
+(imgq/alike/collection.py: each file's key and version, an object's size and ETag): a collection whose files changed
+gets a new index, and its stale one is removed. It is read memory-mapped (faiss' IO_FLAG_MMAP: the lists stay on
+disk and only those a search scans are paged in), from a file opened by imgq's rules (no link followed, a regular
+file, a size cap, never a blocking open): faiss reads the descriptor that was checked, through /proc/self/fd, not
+the name again. A folder where nothing can be written is said in one line before the build, not after it.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from imgq.alike import cache
 from imgq.alike.collection import Collection
 from imgq.storage.files import atomic_path, open_regular
 from imgq.storage.locate import destination_for, is_local_folder
@@ -42,7 +43,6 @@ TRAIN_PER_LIST = 40  # training rows per list (faiss warns under 39); sampled, s
 KMEANS_ITERATIONS = 10  # faiss' default is 25: fewer, a faster build; recall@10 is measured with 10 (bench/similar.py)
 MAX_LISTS = 4096
 INDEX_KIND = "ivf-fp16-v1"  # part of the cache's name: a change of the index's parameters rebuilds it
-INDEXES = "indexes"  # <state dir>/indexes/: the indexes of collections in object storage
 INDEX_FILE = re.compile(r"(similar-[0-9a-f]{16}-)[0-9a-f]{16}\.ivf")
 
 
@@ -162,7 +162,7 @@ def index_folder(collection: Collection) -> str:
     if not collection.state_dir:
         raise IndexUnavailable(f"The approximate index of {collection.root}'s embeddings is cached in imgq's state "
                                f"folder, and none was given.")
-    return os.path.join(collection.state_dir, INDEXES, _digest(collection.root), folder)
+    return cache.folder(collection.state_dir, collection.root, folder)
 
 
 def _digest(text: str) -> str:
