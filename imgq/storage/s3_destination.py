@@ -135,9 +135,11 @@ class _Read(io.BytesIO):
 
 
 def _object_version(size: int, etag: str) -> str:
-    """An object's size and ETag (the store's digest of its content, quoted; a multipart upload's is another
-    digest, but a PUT of other content always gets another)."""
-    return f"{size}:{etag}"
+    """An object's size and ETag (the store's digest of its content; a multipart upload's is another digest, but
+    a PUT of other content always gets another), its quotes left out: a store that quotes it in a GET's headers
+    and not in its LIST pages, or the other way round, gives one version."""
+    unquoted = etag.strip().strip('"')
+    return f"{size}:{unquoted}"
 
 
 def _read_refused(location: str, reason: str) -> OSError:
