@@ -86,7 +86,8 @@ class Settings:
 
     state_dir: str = field(default_factory=_default_state_dir)
     # Local state of `imgq classify`: the embedded Redis data and the logs of what it started; a worker's
-    # cached OpenVINO conversions (<state_dir>/openvino).
+    # cached OpenVINO conversions (<state_dir>/openvino); the approximate indexes `imgq similar` and `imgq
+    # duplicates` build for embeddings under an s3:// dump root (<state_dir>/indexes; docs/duplicates.md).
 
     batch_size: int = 32
     # Images per task and per forward pass. 32 keeps a 2-core CPU busy without a long tail per task.

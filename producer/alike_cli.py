@@ -132,7 +132,7 @@ def _close_pairs(ctx, ids: list[str], rows, moments: bool):
     if not moments or len(rows.job) <= search.PAIRS_APPROXIMATE_ABOVE:
         return cosine_pairs
     try:
-        collection = open_collection(ctx.obj.effective_dump_root, ids)
+        collection = open_collection(ctx.obj.effective_dump_root, ids, ctx.obj.state_dir)
     except (CollectionError, BatchFileError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"{plural(len(rows.job), 'photo')}: same moments are found by the approximate index "
@@ -142,7 +142,7 @@ def _close_pairs(ctx, ids: list[str], rows, moments: bool):
     def reported(vectors, above):
         try:
             yield from close(vectors, above)
-        except search.IndexUnavailable as exc:
+        except (search.IndexUnavailable, BatchFileError) as exc:  # a file written again while it was searched
             raise click.ClickException(str(exc)) from None
     return reported
 
@@ -190,7 +190,7 @@ def similar(ctx, job, image, to, schedule, k, timeout, as_json):
     jobs = (job,) if job is not None else ()
     ids = _job_ids(ctx, jobs, schedule)
     try:
-        collection = open_collection(ctx.obj.effective_dump_root, ids)
+        collection = open_collection(ctx.obj.effective_dump_root, ids, ctx.obj.state_dir)
         if to is None:
             row, query = _image_row(collection, ids[0], image)
         else:

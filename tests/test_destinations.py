@@ -88,6 +88,20 @@ class DestinationContract:
         assert [name for name in names if name != "deeper"] == ["a.npz", "b.npz"]  # a local sub-folder is a name
         assert self.destination.names(self.at("no-such-job")) == []
 
+    def test_the_listing_gives_each_file_the_version_it_reads_with_and_a_rewrite_another(self):
+        location = self.at("job5", "embeddings-000000.npz")
+        self.write(location)
+        listed = dict(self.destination.listing(self.at("job5")))
+        assert list(listed) == self.destination.names(self.at("job5")) == ["embeddings-000000.npz"]
+        with self.destination.open(location, len(DATA)) as file:
+            assert self.destination.version(file) == listed["embeddings-000000.npz"] != ""
+        self.write(location, DATA[::-1])  # the same size, other bytes
+        again = dict(self.destination.listing(self.at("job5")))["embeddings-000000.npz"]
+        assert again != listed["embeddings-000000.npz"]
+        with self.destination.open(location, len(DATA)) as file:
+            assert self.destination.version(file) == again
+        assert self.destination.listing(self.at("no-such-job")) == []
+
     def test_a_missing_file_is_file_not_found(self):
         assert not self.destination.exists(self.at("job3", "none.npz"))
         with pytest.raises(FileNotFoundError), self.destination.open(self.at("job3", "none.npz"), 100):

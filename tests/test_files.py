@@ -76,6 +76,14 @@ def test_a_write_into_a_missing_folder_is_a_write_error_naming_it(tmp_path):
     assert isinstance(info.value, OSError) and info.value.errno == 2
 
 
+def test_a_write_under_a_file_is_a_write_error_saying_so(tmp_path):
+    (tmp_path / "plain").write_text("a file, not a folder")
+    target = tmp_path / "plain" / "a.txt"
+    with pytest.raises(files.WriteError) as info, files.atomic_path(str(target)):
+        pass
+    assert str(info.value) == f"Cannot write {target}: a part of its path is a file, not a folder."
+
+
 def test_a_rename_onto_a_folder_is_a_write_error_and_leaves_no_temporary(tmp_path):
     (tmp_path / "taken").mkdir()
     with (pytest.raises(files.WriteError, match="Cannot write .*taken: Is a directory"),

@@ -1,6 +1,7 @@
 """`imgq similar` at any size without a worker: a collection of jobs read a batch file at a time, exact search
 up to a size and the approximate index (faiss IVF) above it, cached beside the embeddings under the collection's
-digest; a schedule's jobs as one collection; `--to PATH` refused in one line when no worker can classify it."""
+digest (under an s3:// dump root: tests/test_s3_similar.py); a schedule's jobs as one collection; `--to PATH`
+refused in one line when no worker can classify it."""
 
 import json
 import os
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 from imgq.alike import search
-from imgq.alike.batchfile import BatchVectors, batch_file, normalised, write_batch
+from imgq.alike.batchfile import BatchFileError, BatchVectors, batch_file, normalised, write_batch
 from imgq.alike.collection import CollectionError, open_collection
 from imgq.schedules.schedule import ScheduleBook
 
@@ -212,6 +213,22 @@ def test_a_batch_file_rewritten_under_the_same_name_changes_the_digest(tmp_path)
     assert open_collection(root, ["same1"]).digest == first  # nothing read changes it
     os.utime(batch_file(root, "same1", 0), ns=(1, 1))
     assert open_collection(root, ["same1"]).digest != first
+
+
+def test_a_batch_file_written_again_after_the_collection_was_opened_is_one_line_and_no_index(tmp_path):
+    root = str(tmp_path)
+    vectors = clustered(200)
+    write_job(root, "redone1", vectors, batch=100)
+    collection = open_collection(root, ["redone1"])
+    write_job(root, "redone1", clustered(200, seed=5), batch=100)  # a redelivered batch: a new file, renamed over
+    for searched in (lambda: search.top_k(collection, vectors[0], 3, approximate_above=0),
+                     lambda: search.top_k(collection, vectors[0], 3), lambda: collection.locate([150])):
+        with pytest.raises(BatchFileError, match=r"redone1/embeddings-00000[01].npz was written again while the "
+                                                 "collection was searched: search again") as raised:
+            searched()
+        assert "\n" not in str(raised.value)
+    assert not [name for name in os.listdir(os.path.join(root, "redone1")) if name.endswith(".ivf")]
+    assert search.top_k(open_collection(root, ["redone1"]), vectors[0], 3, approximate_above=0).method == "approximate"
 
 
 def test_close_pairs_by_the_index_are_the_exact_pairs_of_a_clustered_set(clusters):

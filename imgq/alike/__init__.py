@@ -1,5 +1,5 @@
 """Photos alike: the perceptual hash, the per-batch embedding files, close pairs found in blocks and the groups
-of duplicates in tiers. numpy only: no TensorFlow, and no user's file opened here but the dump root's.
+of duplicates in tiers. numpy only: no TensorFlow; no file opened but the dump root's and its cache (cache.py).
 
 May import imgq.contract and imgq.storage.
 """

@@ -23,6 +23,7 @@ import re
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import numpy as np
 
@@ -92,20 +93,37 @@ def batch_files(root: str, job: str) -> list[str]:
     return [os.path.join(folder, name) for name in names if FILE.fullmatch(name)]
 
 
+def batch_listing(root: str, job: str) -> list[tuple[str, str]]:
+    """``batch_files``, each with its version as the listing gives it (Destination.listing: an object's size and
+    ETag from the LIST pages, no request per file)."""
+    folder = os.path.dirname(batch_file(root, job, 0))
+    listed = destination_for(folder).listing(folder)
+    return [(os.path.join(folder, name), version) for name, version in listed if FILE.fullmatch(name)]
+
+
 def read_batch(path: str) -> BatchVectors:
     """The rows of one batch file, opened as imgq opens files (no link followed, a regular file, a size
     cap, never a blocking open; an object: its size checked before its body is read). Raises BatchFileError
     saying what is wrong."""
     try:
-        with destination_for(path).open(path, MAX_BATCH_FILE_BYTES) as file, \
-                np.load(file, allow_pickle=False) as data:
-            arrays = {name: data[name] for name in FIELDS}
-            model, weights = str(data["model"]), str(data["weights"])
+        with destination_for(path).open(path, MAX_BATCH_FILE_BYTES) as file:
+            return load_batch(file, path)
     except FileNotFoundError:
         raise BatchFileError(f"{path}: no such file") from None
     except StoreError as exc:  # the store refused or did not answer: nothing is known of the file
         raise BatchFileError(str(exc)) from None
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:  # RefusedFile: ValueError
+    except (OSError, ValueError) as exc:  # RefusedFile: ValueError
+        raise BatchFileError(f"{path}: not an imgq embedding file ({exc})") from None
+
+
+def load_batch(file: BinaryIO, path: str) -> BatchVectors:
+    """The rows of the batch file ``path``, read from ``file`` (opened by the caller as ``read_batch`` opens
+    it). Raises BatchFileError saying what is wrong."""
+    try:
+        with np.load(file, allow_pickle=False) as data:
+            arrays = {name: data[name] for name in FIELDS}
+            model, weights = str(data["model"]), str(data["weights"])
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         raise BatchFileError(f"{path}: not an imgq embedding file ({exc})") from None
     rows = BatchVectors(**arrays, model=model, weights=weights)
     _check(rows, path)

@@ -2,11 +2,15 @@
 file at a time so that memory stays bounded by one batch, whatever the number of rows.
 
 Rows are numbered in the order of the jobs given, then of their batch files, then within each file: the order in
-which ``parts`` yields them and in which an index (imgq/alike/index.py) numbers its vectors. A collection's
-``digest`` names that order and each file's version (size, modification time in nanoseconds, inode: a batch file
-is written to a temporary name and renamed, so a rewrite changes them; an object's size and bytes' digest, under
-an s3:// dump root), without reading a local file's vectors: an index
-cached under it is rebuilt when any file changes, appears or goes.
+which ``parts`` yields them and in which an index (imgq/alike/search.py) numbers its vectors. A collection's
+``digest`` names that order and each file's version (size, modification time in nanoseconds, inode: a batch file is
+written to a temporary name and renamed, so a rewrite changes them; an object's size and ETag, under an s3:// dump
+root, as its listing gives them), without reading a local file's vectors: an index cached under it is rebuilt when
+any file changes, appears or goes. An object's header (rows, image ids, model) is read by a GET of the whole object,
+once: this machine remembers it under the object's version (imgq/alike/cache.py), so that a later search lists the
+prefix and reads only what is new or replaced. Rows are read only from the versions the digest names: a file written
+again after the collection was opened (listed and its headers read) is refused when its rows are read, so that an
+index is never built from other bytes than those its name says.
 """
 
 from __future__ import annotations
@@ -14,7 +18,6 @@ from __future__ import annotations
 import bisect
 import contextlib
 import hashlib
-import io
 import os
 import zipfile
 from collections.abc import Iterator
@@ -23,9 +26,12 @@ from typing import BinaryIO
 
 import numpy as np
 
-from imgq.alike.batchfile import MAX_BATCH_FILE_BYTES, BatchFileError, BatchVectors, batch_files, read_batch
-from imgq.storage.files import RefusedFile, open_regular
-from imgq.storage.locate import destination_for
+from imgq.alike import cache
+from imgq.alike.batchfile import MAX_BATCH_FILE_BYTES, BatchFileError, BatchVectors, batch_listing, load_batch
+from imgq.alike.cache import Header
+from imgq.storage.destination import StoreError
+from imgq.storage.files import RefusedFile
+from imgq.storage.locate import destination_for, is_local_folder
 
 
 class CollectionError(Exception):
@@ -35,19 +41,23 @@ class CollectionError(Exception):
 
 @dataclass(frozen=True)
 class Part:
-    """One batch file of the collection: its ``job``, ``file``, number of ``rows``, the first row's number and
-    the least and greatest image ids in it (``find`` reads only the files whose range holds an image)."""
+    """One batch file of the collection: its ``job``, ``file``, number of ``rows``, the first row's number, the
+    least and greatest image ids in it (``find`` reads only the files whose range holds an image) and the
+    ``version`` of the file that was opened (see the module docstring): its rows are read only from that version."""
 
     job: str
     file: str
     rows: int
     start: int
     images: tuple[int, int] = (0, -1)
+    version: str = ""
 
 
 @dataclass(frozen=True)
 class Collection:
-    """The batch files of ``jobs`` under a dump root, all of one ``model`` and ``weights`` and ``features`` wide."""
+    """The batch files of ``jobs`` under a dump root, all of one ``model`` and ``weights`` and ``features`` wide;
+    ``state_dir``: imgq's local state folder (IMGQ_STATE_DIR), where the index of a collection in object storage
+    is cached (imgq/alike/search.py ``index_folder``)."""
 
     root: str
     jobs: tuple[str, ...]
@@ -56,6 +66,7 @@ class Collection:
     weights: str
     features: int
     digest: str
+    state_dir: str = ""
 
     def __len__(self) -> int:
         return self.parts[-1].start + self.parts[-1].rows if self.parts else 0
@@ -63,7 +74,7 @@ class Collection:
     def batches(self) -> Iterator[tuple[Part, BatchVectors]]:
         """Each part and its rows, read in row order, one file at a time."""
         for part in self.parts:
-            yield part, read_batch(part.file)
+            yield part, _rows(part)
 
     def locate(self, rows: list[int]) -> list[tuple[str, int, str]]:
         """``(job, image, path)`` of each of ``rows`` (collection row numbers), reading only their files."""
@@ -73,7 +84,7 @@ class Collection:
         for row in rows:
             part = self.parts[bisect.bisect_right(starts, row) - 1]
             if part.file not in read:
-                read[part.file] = read_batch(part.file)
+                read[part.file] = _rows(part)
             batch = read[part.file]
             offset = row - part.start
             out.append((part.job, int(batch.image[offset]),
@@ -102,40 +113,79 @@ class Collection:
         for part in self.parts:
             if part.job != job or not part.images[0] <= image <= part.images[1]:
                 continue
-            batch = read_batch(part.file)
+            batch = _rows(part)
             found = np.nonzero(batch.image == image)[0]
             if len(found):
                 return part.start + int(found[0]), batch.embedding[found[0]].astype(np.float32)
         return None
 
 
-def open_collection(root: str, jobs: list[str]) -> Collection:
-    """The collection of ``jobs``' batch files under ``root``. Raises CollectionError for a job without files
-    and for files of different models, weights or widths; BatchFileError for a file that cannot be read."""
+def open_collection(root: str, jobs: list[str], state_dir: str = "") -> Collection:
+    """The collection of ``jobs``' batch files under ``root``, its index cached under ``state_dir`` when ``root``
+    is in object storage (an s3:// prefix; a local root keeps it beside the files), where the headers of its batch
+    objects are remembered too (imgq/alike/cache.py). Raises CollectionError for a job without files and for files
+    of different models, weights or widths; BatchFileError for a file that cannot be read."""
     parts: list[Part] = []
     identity: tuple[str, str, int] | None = None
     first_job = ""
     digest = hashlib.blake2b(digest_size=16)
     for job in jobs:
-        files = batch_files(root, job)
-        if not files:
-            raise CollectionError(f"Job {job} has no embedding files under {os.path.join(root, job)}: submit it "
-                                  f"with --embeddings.")
-        for file in files:
-            rows, images, model, weights, features, version = _header(file)
+        for file, header in _headers(root, job, state_dir):
+            features = (header.model, header.weights, header.features)
             if identity is None:
-                identity, first_job = (model, weights, features), job
-            elif (model, weights, features) != identity:
+                identity, first_job = features, job
+            elif features != identity:
                 raise CollectionError(
                     f"Embeddings of different models or weights never meet: job {first_job} has {identity[0]} "
-                    f"with {identity[1]}, job {job} {model} with {weights}" +
-                    (f" ({features} features, not {identity[2]})." if (model, weights) == identity[:2] else "."))
+                    f"with {identity[1]}, job {job} {header.model} with {header.weights}" +
+                    (f" ({header.features} features, not {identity[2]})." if features[:2] == identity[:2] else "."))
             start = parts[-1].start + parts[-1].rows if parts else 0
-            parts.append(Part(job, file, rows, start, images))
-            digest.update(f"{job}/{os.path.basename(file)}:{version}\n".encode())
+            parts.append(Part(job, file, header.rows, start, header.images, header.version))
+            digest.update(f"{job}/{os.path.basename(file)}:{header.version}\n".encode())
     assert identity is not None  # jobs is never empty
     digest.update(f"{identity}\n".encode())
-    return Collection(root, tuple(jobs), tuple(parts), identity[0], identity[1], identity[2], digest.hexdigest())
+    return Collection(root, tuple(jobs), tuple(parts), identity[0], identity[1], identity[2], digest.hexdigest(),
+                      state_dir)
+
+
+def _headers(root: str, job: str, state_dir: str) -> list[tuple[str, Header]]:
+    """Each batch file of ``job`` and its header: from this machine's cache when the file is listed in the
+    version it was read in (a collection in object storage), else read from the file (and then remembered)."""
+    listed = batch_listing(root, job)
+    if not listed:
+        raise CollectionError(f"Job {job} has no embedding files under {os.path.join(root, job)}: submit it "
+                              f"with --embeddings.")
+    place = cache.folder(state_dir, root, job) if state_dir and not is_local_folder(root) else None
+    known = cache.remembered(place) if place else {}
+    found = []
+    for file, version in listed:
+        header = known.get(os.path.basename(file))
+        if header is None or header.version != version:
+            header = _header(file)  # in the version read, which a file written again since listed has changed
+        found.append((file, header))
+    now = {os.path.basename(file): header for file, header in found}
+    if place and now != known:
+        cache.remember(place, now)
+    return found
+
+
+def _rows(part: Part) -> BatchVectors:
+    """The rows of ``part``'s file, when it is still the version the collection was opened with. A file written
+    again since (a batch redelivered to a worker, an object replaced after it was listed) is refused in one line:
+    the collection's digest names the versions opened, and nothing (an index cached under that digest above all)
+    is made of bytes it does not name."""
+    try:
+        with _opened(part.file) as (handle, version):
+            if version != part.version:
+                raise BatchFileError(f"{part.file} was written again while the collection was searched: search "
+                                     f"again.")
+            return load_batch(handle, part.file)
+    except BatchFileError:
+        raise
+    except StoreError as exc:  # the store refused or did not answer: nothing is known of the file
+        raise BatchFileError(str(exc)) from None
+    except (OSError, RefusedFile, ValueError) as exc:
+        raise BatchFileError(f"{part.file}: not an imgq embedding file ({exc})") from None
 
 
 def _member(file: str, name: str) -> np.ndarray:
@@ -151,28 +201,22 @@ def _member(file: str, name: str) -> np.ndarray:
 
 @contextlib.contextmanager
 def _opened(file: str) -> Iterator[tuple[BinaryIO, str]]:
-    """``file`` opened under imgq's file rules, and its version: a local file's size, modification time and
-    inode (read from the open file); an object's size and a digest of its bytes (an object store's open reads the
-    object whole, within MAX_BATCH_FILE_BYTES: imgq/storage/s3_destination.py)."""
-    if file.startswith("s3://"):
+    """``file`` opened by its destination under imgq's file rules (no link followed, a regular file or an
+    object, within MAX_BATCH_FILE_BYTES), and the version of what is read (``Destination.version``: a local
+    file's size, modification time and inode; an object's size and ETag)."""
+    destination = destination_for(file)
+    with contextlib.ExitStack() as stack:
         try:
-            with destination_for(file).open(file, MAX_BATCH_FILE_BYTES) as handle:
-                data = handle.read()
+            handle = stack.enter_context(destination.open(file, MAX_BATCH_FILE_BYTES))
         except FileNotFoundError:
             raise BatchFileError(f"{file}: no such file") from None
-        yield io.BytesIO(data), f"{len(data)}:{hashlib.blake2b(data, digest_size=16).hexdigest()}"
-        return
-    local = open_regular(file, MAX_BATCH_FILE_BYTES)
-    if local is None:
-        raise BatchFileError(f"{file}: no such file")
-    with local:
-        info = os.fstat(local.fileno())
-        yield local, f"{info.st_size}:{info.st_mtime_ns}:{info.st_ino}"
+        yield handle, destination.version(handle)
 
 
-def _header(file: str) -> tuple[int, tuple[int, int], str, str, int, str]:
-    """A batch file's rows, least and greatest image ids, model, weights, features and version, reading its small
-    members and the embedding's .npy header only (a zip member is read lazily)."""
+def _header(file: str) -> Header:
+    """A batch file's header (rows, least and greatest image ids, model, weights, features and the version
+    read), reading its small members and the embedding's .npy header only (a local file's zip member is read
+    lazily; an object is one GET of the whole of it)."""
     try:
         with _opened(file) as (handle, version), np.load(handle, allow_pickle=False) as data:
             image = data["image"]
@@ -190,4 +234,4 @@ def _header(file: str) -> tuple[int, tuple[int, int], str, str, int, str]:
         raise BatchFileError(f"{file}: not an imgq embedding file ({exc})") from None
     if len(shape) != 2 or shape[0] != rows:
         raise BatchFileError(f"{file}: arrays of inconsistent shapes")
-    return rows, images, model, weights, int(shape[1]), version
+    return Header(rows, images, model, weights, int(shape[1]), version)

@@ -7,17 +7,21 @@ The approximate index is faiss' inverted-file index (IVF) with its vectors kept 
 a search scans the NPROBE lists whose centres are closest to the query. Measured against exact search on
 synthetic clustered vectors (bench/similar.py, docs/duplicates.md): its recall@10 and its latency.
 
-The index is built once per collection and cached beside its embeddings (``<dump root>/<job>/similar-*.ivf`` for
-one job, ``<dump root>/collections/`` for several), named by its jobs and by the collection's digest
-(imgq/alike/collection.py): a collection whose files changed gets a new index, and its stale one is removed. It is read
-memory-mapped (faiss' IO_FLAG_MMAP: the lists stay on disk and only those a search scans are paged in), from a
-file opened by imgq's rules (no link followed, a regular file, a size cap, never a blocking open): faiss reads
-the descriptor that was checked, through /proc/self/fd, not the name again.
+The index is built once per collection and cached beside its embeddings under a local dump root
+(``<dump root>/<job>/similar-*.ivf`` for one job, ``<dump root>/collections/`` for several), and under an s3:// dump
+root in imgq's local state folder (``<state dir>/indexes/<root's digest>/<job>/``, imgq/alike/cache.py: faiss maps a
+local file, and an object store has none), named by its jobs and by the collection's digest
+(imgq/alike/collection.py: each file's key and version, an object's size and ETag): a collection whose files changed
+gets a new index, and its stale one is removed. It is read memory-mapped (faiss' IO_FLAG_MMAP: the lists stay on
+disk and only those a search scans are paged in), from a file opened by imgq's rules (no link followed, a regular
+file, a size cap, never a blocking open): faiss reads the descriptor that was checked, through /proc/self/fd, not
+the name again. A folder where nothing can be written is said in one line before the build, not after it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 import os
 import re
@@ -26,8 +30,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from imgq.alike import cache
 from imgq.alike.collection import Collection
 from imgq.storage.files import atomic_path, open_regular
+from imgq.storage.locate import destination_for, is_local_folder
 
 APPROXIMATE_ABOVE = 1_000_000  # rows: exact search up to this many (issue 28), the approximate index above
 PAIRS_APPROXIMATE_ABOVE = 50_000  # rows: `imgq duplicates` finds same moments by the index above (exact is n^2)
@@ -54,13 +60,13 @@ class Found:
 
 
 def top_k(collection: Collection, query: np.ndarray, k: int, *, exclude=(),
-          approximate_above: int = APPROXIMATE_ABOVE) -> Found:
+          approximate_above: int | None = None) -> Found:
     """The ``k`` rows of ``collection`` closest to ``query`` (L2-normalised), best first, the rows of ``exclude``
     (row numbers: the query's own, a schedule's superseded rows) left out: exact search when the collection has
-    at most ``approximate_above`` rows, else the cached index (built on first use). Raises IndexUnavailable,
-    BatchFileError."""
+    at most ``approximate_above`` rows (None: APPROXIMATE_ABOVE, read when called, as the CLI's line about a
+    build reads it), else the cached index (built on first use). Raises IndexUnavailable, BatchFileError."""
     left_out = np.unique(np.asarray(list(exclude), dtype=np.int64))
-    if len(collection) <= approximate_above:
+    if len(collection) <= (APPROXIMATE_ABOVE if approximate_above is None else approximate_above):
         rows, scores = exact_top_k(collection, query, k, left_out)
         return Found(rows, scores, "exact")
     rows, scores = approximate_top_k(collection, query, k, left_out)
@@ -129,6 +135,7 @@ def cached_index(collection: Collection):
     path = index_file(collection)
     index = load_index(path, collection)
     if index is None:
+        _check_cacheable(collection, path)
         build_index(collection, path)
         index = load_index(path, collection)
     if index is None:
@@ -137,18 +144,45 @@ def cached_index(collection: Collection):
 
 
 def index_file(collection: Collection) -> str:
-    """Where the collection's index is cached: in its job's folder, or ``collections/`` for several jobs; named
-    by its jobs (``similar-<jobs>-``) and by their files' versions and the index's kind (``<version>.ivf``)."""
-    import hashlib
+    """Where the collection's index is cached: in ``index_folder``, named by its jobs (``similar-<jobs>-``) and
+    by their files' versions and the index's kind (``<version>.ivf``)."""
+    jobs = _digest("\n".join(collection.jobs))
+    version = _digest(f"{INDEX_KIND}:{collection.digest}")
+    return os.path.join(index_folder(collection), f"similar-{jobs}-{version}.ivf")
 
-    if collection.root.startswith("s3://"):  # a memory-mapped cache needs a local file (docs/duplicates.md)
-        raise IndexUnavailable(f"The approximate index of {len(collection):,} photos is cached beside their "
-                               f"embeddings, which are in object storage ({collection.root}): not supported yet; "
-                               f"keep IMGQ_DUMP_ROOT on a local folder for collections this large.")
+
+def index_folder(collection: Collection) -> str:
+    """The folder of the collection's index: its job's folder, or ``collections/`` for several jobs, beside the
+    embeddings under a local dump root (shared by whoever shares the folder); under an object-storage root, the
+    same folders in ``<state dir>/indexes/<root's digest>/``, on this machine. Raises IndexUnavailable for a
+    collection in object storage opened without a state folder."""
     folder = collection.jobs[0] if len(collection.jobs) == 1 else "collections"
-    jobs = hashlib.blake2b("\n".join(collection.jobs).encode(), digest_size=8).hexdigest()
-    version = hashlib.blake2b(f"{INDEX_KIND}:{collection.digest}".encode(), digest_size=8).hexdigest()
-    return os.path.join(collection.root, folder, f"similar-{jobs}-{version}.ivf")
+    if is_local_folder(collection.root):
+        return os.path.join(collection.root, folder)
+    if not collection.state_dir:
+        raise IndexUnavailable(f"The approximate index of {collection.root}'s embeddings is cached in imgq's state "
+                               f"folder, and none was given.")
+    return cache.folder(collection.state_dir, collection.root, folder)
+
+
+def _digest(text: str) -> str:
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+
+def _check_cacheable(collection: Collection, path: str) -> None:
+    """Raises IndexUnavailable when nothing can be written in ``path``'s folder (made as needed): said before
+    the build, which takes minutes for millions of photos, rather than after it."""
+    folder = os.path.dirname(path)
+    try:
+        destination_for(folder).check_writable(folder)
+    except OSError as exc:
+        raise _not_cached(collection, folder, exc) from None
+
+
+def _not_cached(collection: Collection, folder: str, exc: Exception) -> IndexUnavailable:
+    reason = (exc.strerror if isinstance(exc, OSError) else None) or str(exc).splitlines()[0]
+    return IndexUnavailable(f"The approximate index of {len(collection):,} photos cannot be cached in {folder}: "
+                            f"{reason.rstrip('.')} (docs/duplicates.md).")
 
 
 def lists_for(rows: int) -> int:
@@ -175,6 +209,8 @@ def _faiss():
 def build_index(collection: Collection, path: str, seed: int = 0) -> dict:
     """Build the collection's index and write it to ``path`` atomically, removing stale indexes beside it;
     returns ``{rows, lists, bytes}``. Two passes over the batch files: the training sample, then every row.
+    Raises IndexUnavailable when it cannot be written (nothing is left under ``path``), BatchFileError when a
+    file cannot be read or was written again since the collection was opened.
     Memory: the index's 2 bytes a feature a row while it is built (4 GB for a million 2048-d rows)."""
     faiss = _faiss()
     n, d = len(collection), collection.features
@@ -191,9 +227,12 @@ def build_index(collection: Collection, path: str, seed: int = 0) -> dict:
     for part, batch in collection.batches():
         index.add_with_ids(batch.embedding.astype(np.float32),
                            np.arange(part.start, part.start + part.rows, dtype=np.int64))
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with atomic_path(path) as tmp:
-        faiss.write_index(index, tmp)
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with atomic_path(path) as tmp:
+            faiss.write_index(index, tmp)
+    except (OSError, RuntimeError) as exc:  # faiss' own write raises RuntimeError (a full disk)
+        raise _not_cached(collection, os.path.dirname(path), exc) from None
     _remove_stale(path)
     return {"rows": n, "lists": lists, "bytes": os.path.getsize(path)}
 
@@ -230,6 +269,8 @@ def load_index(path: str, collection: Collection):
     faiss = _faiss()
     try:
         file = open_regular(path, max_index_bytes(collection))
+    except NotADirectoryError:  # a file where one of its folders should be: no index there (and none can be)
+        return None
     except (OSError, ValueError) as exc:
         raise IndexUnavailable(f"{path}: {exc}") from None
     if file is None:

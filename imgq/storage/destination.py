@@ -71,6 +71,18 @@ class Destination(ABC):
         nothing is under it). Raises OSError when it cannot be listed (StoreError for a store)."""
 
     @abstractmethod
+    def listing(self, folder: str) -> list[tuple[str, str]]:
+        """``names(folder)``, each with its version: a string that changes whenever the file is written again,
+        and that ``version`` gives for the file ``open`` reads (a local file: its size, modification time in
+        nanoseconds and inode, "" for what is not a regular file; an object: its size and ETag, from the LIST
+        pages ``names`` fetches anyway: no request per file). Raises as ``names``."""
+
+    @abstractmethod
+    def version(self, file: BinaryIO) -> str:
+        """The version of the content a file ``open`` gave holds, as ``listing`` names it: a file written again
+        after it was listed reads with another one."""
+
+    @abstractmethod
     def remove(self, location: str) -> None:
         """Remove the file at ``location``; nothing when it is not there. Raises OSError when it cannot be removed."""
 

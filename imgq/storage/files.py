@@ -24,7 +24,12 @@ class WriteError(OSError):
 def cannot_write(path: str, exc: OSError) -> WriteError:
     """The WriteError saying why ``path`` could not be written, from the OSError that said so."""
     folder = os.path.dirname(os.path.abspath(path))
-    reason = f"the folder {folder} does not exist" if not os.path.isdir(folder) else (exc.strerror or str(exc))
+    if exc.errno == errno.ENOTDIR:  # before the test below: such a folder does not exist, and cannot be made
+        reason = "a part of its path is a file, not a folder"
+    elif not os.path.isdir(folder):
+        reason = f"the folder {folder} does not exist"
+    else:
+        reason = exc.strerror or str(exc)
     error = WriteError(f"Cannot write {path}: {reason}.")
     # strerror is the reason alone, as an OSError's is: a caller that writes "cannot write X: <strerror>"
     # must not get "cannot write X: Cannot write X: ..." (str() is the whole line).

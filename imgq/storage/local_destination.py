@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -55,6 +56,20 @@ class LocalFolder(Destination):
         except (FileNotFoundError, NotADirectoryError):
             return []
 
+    def listing(self, folder: str) -> list[tuple[str, str]]:
+        """Each entry with the version of what lstat finds under it (a link: not followed, no version)."""
+        found = []
+        for name in self.names(folder):
+            try:
+                info = os.lstat(os.path.join(folder, name))
+            except FileNotFoundError:  # removed since the folder was read
+                continue
+            found.append((name, _version(info) if stat.S_ISREG(info.st_mode) else ""))
+        return found
+
+    def version(self, file: BinaryIO) -> str:
+        return _version(os.fstat(file.fileno()))
+
     def remove(self, location: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(location)
@@ -71,6 +86,12 @@ class LocalFolder(Destination):
             raise cannot_write(os.path.join(root, PROBE_NAME), exc) from None
         os.close(fd)
         os.unlink(probe)
+
+
+def _version(info: os.stat_result) -> str:
+    """Size, modification time (ns) and inode: imgq writes a file under a temporary name and renames it, so a
+    rewrite changes them."""
+    return f"{info.st_size}:{info.st_mtime_ns}:{info.st_ino}"
 
 
 def _make_folder(folder: str, location: str) -> None:

@@ -34,6 +34,13 @@ def is_path(location: str) -> bool:
     return isinstance(source_for(location), LocalFiles)
 
 
+def is_local_folder(location: str) -> bool:
+    """True when ``location`` is written as a local path (a local folder's destination serves it), False for a
+    URL another destination claims (an object store's): what needs a file on this machine (a memory-mapped
+    index) keeps it beside a local location, elsewhere for the others."""
+    return isinstance(destination_for(location), LocalFolder)
+
+
 def destination_for(location: str) -> Destination:
     """The destination that writes (and reads back) ``location``: an s3:// URL's prefix, else a local folder."""
     for destination in DESTINATIONS:

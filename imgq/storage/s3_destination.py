@@ -64,7 +64,7 @@ class S3Prefix(Destination):
             data = _read_capped(location, body, max_bytes)
         finally:
             body.close()
-        yield io.BytesIO(data)
+        yield _Read(data, _object_version(len(data), reply.get("ETag", "")))
 
     def exists(self, location: str) -> bool:
         """One HEAD; False when there is no such object, or the store does not say (refused, away)."""
@@ -77,21 +77,29 @@ class S3Prefix(Destination):
 
     def names(self, folder: str) -> list[str]:
         """A LIST with the delimiter '/' (one per 1000 names): the objects directly under ``folder/``."""
+        return [name for name, _ in self.listing(folder)]
+
+    def listing(self, folder: str) -> list[tuple[str, str]]:
+        """``names``' LIST, each object's version from its entry (size and ETag)."""
         bucket, key = _split(folder, _read_refused)
         prefix = key.rstrip("/") + "/" if key.strip("/") else ""
 
-        def listing(client) -> list[str]:
-            found: list[str] = []
+        def listing(client) -> list[tuple[str, str]]:
+            found: list[tuple[str, str]] = []
             for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):
-                found += [item["Key"][len(prefix):] for item in page.get("Contents", ())]
+                found += [(item["Key"][len(prefix):], _object_version(item.get("Size", 0), item.get("ETag", "")))
+                          for item in page.get("Contents", ())]
             # A folder marker (the key ``prefix/`` itself, which some stores such as SeaweedFS keep once a folder's
             # last object is deleted) is not a file.
-            return [name for name in found if name and not name.endswith("/")]
+            return [(name, version) for name, version in found if name and not name.endswith("/")]
 
         try:
             return sorted(_asked(folder, _read_refused, "list", listing))
         except FileNotFoundError:  # no such bucket: nothing is there
             return []
+
+    def version(self, file: BinaryIO) -> str:
+        return cast(_Read, file).version
 
     def remove(self, location: str) -> None:
         """One DELETE (S3 answers the same whether the object was there or not)."""
@@ -116,6 +124,22 @@ class S3Prefix(Destination):
             pass
         with contextlib.suppress(OSError):
             self.remove(probe)
+
+
+class _Read(io.BytesIO):
+    """An object's body as ``open`` read it, with its version (``listing``'s)."""
+
+    def __init__(self, data: bytes, version: str):
+        super().__init__(data)
+        self.version = version
+
+
+def _object_version(size: int, etag: str) -> str:
+    """An object's size and ETag (the store's digest of its content; a multipart upload's is another digest, but
+    a PUT of other content always gets another), its quotes left out: a store that quotes it in a GET's headers
+    and not in its LIST pages, or the other way round, gives one version."""
+    unquoted = etag.strip().strip('"')
+    return f"{size}:{unquoted}"
 
 
 def _read_refused(location: str, reason: str) -> OSError:
