@@ -157,6 +157,16 @@ def scrape(port: int, host: str = "127.0.0.1") -> dict[str, float]:
     return samples
 
 
+def scrape_when(port: int, ready, timeout: float = 30.0, host: str = "127.0.0.1") -> dict[str, float]:
+    """The samples of the first scrape for which ``ready(samples)`` holds, waited for: a worker's task stores
+    a batch's records (which may finish its job) and only then counts them in its metrics, counter by counter."""
+    deadline = time.monotonic() + timeout
+    while not ready(samples := scrape(port, host)):
+        assert time.monotonic() < deadline, f"the metrics never got there in {timeout} s: {samples}"
+        time.sleep(0.1)
+    return samples
+
+
 def imgq_cli(settings: Settings, *args: str, check: bool = True, **kwargs):
     """``imgq ARGS`` in this process with click's CliRunner and ``settings`` in the environment; with
     ``check``, asserts that it exited 0. ``kwargs`` go to ``CliRunner.invoke`` (input=..., env=...)."""

@@ -33,7 +33,15 @@ from ruamel.yaml import YAML
 from imgq.results.store import ResultStore
 from imgq.settings import Settings, env_var
 from tests import imagegen
-from tests.processes import Process, clean_env, free_port, redis_server_binary, scrape, wait_for_redis, wait_for_workers
+from tests.processes import (
+    Process,
+    clean_env,
+    free_port,
+    redis_server_binary,
+    scrape_when,
+    wait_for_redis,
+    wait_for_workers,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
@@ -444,7 +452,9 @@ def test_compose_services_run_as_plain_processes_and_classify_a_folder(tmp_path,
         fleet = json.loads(deployment.run("producer", "status", "--workers", "--json").stdout)
         assert [(w["pool"], w["concurrency"]) for w in fleet["workers"]] == [("threads", 4)]
         assert fleet["jobs_in_flight"] == [] and fleet["queued_batches"] == 0
-        samples = scrape(int(env["IMGQ_METRICS_PORT"]))
+        # The job is done once its last records are stored; the task counts them just after: waited for.
+        samples = scrape_when(int(env["IMGQ_METRICS_PORT"]),
+                              lambda samples: samples["imgq_images_processed_total"] >= len(records))
         assert samples["imgq_images_processed_total"] == len(records)
 
         scheduled = deployment.run("producer", "schedule", "add", "photos", "/data/photos", "--every", "1h")
