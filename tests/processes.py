@@ -136,6 +136,14 @@ def wait_for_output(process: Process, pattern: str, timeout: float = READY_TIMEO
         time.sleep(0.1)
 
 
+def wait_for_consumers(workers: list[Process], timeout: float = READY_TIMEOUT) -> None:
+    """Until each worker's Celery consumer takes batches (Celery's ``NAME@HOST ready.`` line): its ready heartbeat
+    goes out while the model is loaded, and Celery starts its consumer seconds later (mingle alone waits a
+    second for its neighbours' answers), so a job submitted at the heartbeat may be all another worker's."""
+    for worker in workers:
+        wait_for_output(worker, r"@\S+ ready\.", timeout)
+
+
 def wait_until_done(store: ResultStore, job: str, timeout: float, workers: list[Process] = ()) -> None:
     deadline = time.monotonic() + timeout
     while not store.status(job).finished:
