@@ -26,9 +26,22 @@ READY_TIMEOUT = 180.0  # importing TensorFlow and building ResNet50 on a busy 2-
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` different ports, free now. Each is held until all are picked: bound and closed one after the
+    other, two picks can be the same port (for weed mini's 11, about once in 250 sessions: Linux picks among
+    ~14,000 ports at random)."""
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sockets.append(socket.socket())
+            sockets[-1].bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def redis_server_binary() -> str:

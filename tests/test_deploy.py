@@ -37,6 +37,7 @@ from tests.processes import (
     Process,
     clean_env,
     free_port,
+    free_ports,
     redis_server_binary,
     scrape_when,
     wait_for_redis,
@@ -416,12 +417,13 @@ def test_compose_services_run_as_plain_processes_and_classify_a_folder(tmp_path,
     subprocess.run(["sh", str(MAKE_SECRETS), str(tmp_path / "secrets")], check=True, capture_output=True)
     password = (tmp_path / "secrets" / "redis_password").read_text().strip()
     outside = imagegen.save(tmp_path / "outside.png", seed=9)  # not under /data: the worker must refuse it
+    metrics_port, redis_port = free_ports(2)
     env = {**read_dotenv(ENV_EXAMPLE), "SECRETS_DIR": str(tmp_path / "secrets"), "PHOTOS_DIR": str(photos_dir),
            "REPORTS_DIR": str(tmp_path / "reports"), "IMGQ_WEIGHTS": "random", "IMGQ_BATCH_SIZE": "4",
-           "IMGQ_METRICS_PORT": str(free_port()), "IMGQ_LOG_FORMAT": "json", "IMGQ_HEARTBEAT_SECONDS": "1"}
+           "IMGQ_METRICS_PORT": str(metrics_port), "IMGQ_LOG_FORMAT": "json", "IMGQ_HEARTBEAT_SECONDS": "1"}
     config = interpolate(load_compose(), env)
     validate(config)
-    deployment = PlainDeployment(config, tmp_path, free_port(), env)
+    deployment = PlainDeployment(config, tmp_path, redis_port, env)
     processes = []
     try:
         redis_process = start_redis_service(deployment)
