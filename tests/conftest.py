@@ -35,6 +35,19 @@ def redis_url(tmp_path_factory):
 
 
 
+@pytest.fixture(autouse=True)
+def pillow_pixel_limit():
+    """Pillow's MAX_IMAGE_PIXELS as it was before the test. imgq's decoder sets that process-wide limit to half
+    the max_pixels it is given (worker/images/preprocess.py), so a test decoding with a small max_pixels left
+    Pillow refusing ordinary pictures to the next test that opened one itself, until some decode set it back:
+    test_tag_duplicates failed after test_max_pixels_boundary."""
+    from PIL import Image
+
+    limit = Image.MAX_IMAGE_PIXELS
+    yield
+    Image.MAX_IMAGE_PIXELS = limit
+
+
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     from tests.s3server import S3Server, weed_binary
