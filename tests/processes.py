@@ -26,9 +26,22 @@ READY_TIMEOUT = 180.0  # importing TensorFlow and building ResNet50 on a busy 2-
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` different ports, free now. Each is held until all are picked: bound and closed one after the
+    other, two picks can be the same port (for weed mini's 11, about once in 250 sessions: Linux picks among
+    ~14,000 ports at random)."""
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sockets.append(socket.socket())
+            sockets[-1].bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def redis_server_binary() -> str:
@@ -136,6 +149,14 @@ def wait_for_output(process: Process, pattern: str, timeout: float = READY_TIMEO
         time.sleep(0.1)
 
 
+def wait_for_consumers(workers: list[Process], timeout: float = READY_TIMEOUT) -> None:
+    """Until each worker's Celery consumer takes batches (Celery's ``NAME@HOST ready.`` line): its ready heartbeat
+    goes out while the model is loaded, and Celery starts its consumer seconds later (mingle alone waits a
+    second for its neighbours' answers), so a job submitted at the heartbeat may be all another worker's."""
+    for worker in workers:
+        wait_for_output(worker, r"@\S+ ready\.", timeout)
+
+
 def wait_until_done(store: ResultStore, job: str, timeout: float, workers: list[Process] = ()) -> None:
     deadline = time.monotonic() + timeout
     while not store.status(job).finished:
@@ -154,6 +175,16 @@ def scrape(port: int, host: str = "127.0.0.1") -> dict[str, float]:
         if line and not line.startswith("#"):
             name, _, value = line.rpartition(" ")
             samples[name] = float(value)
+    return samples
+
+
+def scrape_when(port: int, ready, timeout: float = 30.0, host: str = "127.0.0.1") -> dict[str, float]:
+    """The samples of the first scrape for which ``ready(samples)`` holds, waited for: a worker's task stores
+    a batch's records (which may finish its job) and only then counts them in its metrics, counter by counter."""
+    deadline = time.monotonic() + timeout
+    while not ready(samples := scrape(port, host)):
+        assert time.monotonic() < deadline, f"the metrics never got there in {timeout} s: {samples}"
+        time.sleep(0.1)
     return samples
 
 

@@ -16,7 +16,7 @@ import signal
 import time
 from pathlib import Path
 
-from tests.processes import Process, free_port, scrape
+from tests.processes import Process, free_ports, scrape
 
 KEY, SECRET = "imgq-test-key", "imgq-test-secret"
 START_TIMEOUT = 60.0
@@ -44,7 +44,7 @@ def weed_binary() -> str | None:
 class S3Server:
     def __init__(self, folder: Path):
         self.folder = folder
-        self.ports = {name: free_port() for name in PORTS}
+        self.ports = dict(zip(PORTS, free_ports(len(PORTS)), strict=True))
         self.process: Process | None = None
 
     @property

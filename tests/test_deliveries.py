@@ -64,17 +64,25 @@ def test_a_suspect_counts_only_once_the_process_that_set_it_is_gone(store):
 
 
 
-def test_an_exclusive_decode_runs_alone_and_is_not_starved():
-    lock, events, inside = DecodeLock(), [], threading.Event()
+def until(condition, what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"no {what} after {timeout} s"
+        time.sleep(0.005)
 
-    def shared(name, hold):
+
+def test_an_exclusive_decode_runs_alone_and_is_not_starved():
+    lock, events, inside, release = DecodeLock(), [], threading.Event(), threading.Event()
+
+    def shared(name, hold: threading.Event | None):
         with lock.shared():
             events.append(f"{name}+")
             inside.set()
-            time.sleep(hold)
+            if hold is not None:
+                hold.wait(10)
             events.append(f"{name}-")
 
-    first = threading.Thread(target=shared, args=("s1", 0.3))
+    first = threading.Thread(target=shared, args=("s1", release))  # holds the lock until released
     first.start()
     inside.wait()
 
@@ -86,11 +94,15 @@ def test_an_exclusive_decode_runs_alone_and_is_not_starved():
 
     x = threading.Thread(target=exclusive)
     x.start()
-    time.sleep(0.05)
-    late = threading.Thread(target=shared, args=("s2", 0.0))  # arrives while x waits: goes after x
+    # Each step waits for the one before it, as the lock sees it: a fixed pause let a busy machine start s2
+    # before x was waiting, and s2 then rightly went first.
+    until(lambda: lock._waiting == 1, "x to wait for s1")
+    late = threading.Thread(target=shared, args=("s2", None))  # arrives while x waits: goes after x
     late.start()
+    until(lambda: len(lock._cond._waiters) == 2, "s2 to wait behind x")
+    release.set()
     for t in (first, x, late):
-        t.join(5)
+        t.join(10)
     assert events == ["s1+", "s1-", "x+", "x-", "s2+", "s2-"]
 
 

@@ -33,7 +33,16 @@ from ruamel.yaml import YAML
 from imgq.results.store import ResultStore
 from imgq.settings import Settings, env_var
 from tests import imagegen
-from tests.processes import Process, clean_env, free_port, redis_server_binary, scrape, wait_for_redis, wait_for_workers
+from tests.processes import (
+    Process,
+    clean_env,
+    free_port,
+    free_ports,
+    redis_server_binary,
+    scrape_when,
+    wait_for_redis,
+    wait_for_workers,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
@@ -507,12 +516,13 @@ def test_compose_services_run_as_plain_processes_and_classify_a_folder(tmp_path,
     password = (tmp_path / "secrets" / "redis_password").read_text().strip()
     s3_secret = boto3_keys(tmp_path / "secrets" / "aws_credentials")[1]
     outside = imagegen.save(tmp_path / "outside.png", seed=9)  # not under /data: the worker must refuse it
+    metrics_port, redis_port = free_ports(2)
     env = {**read_dotenv(ENV_EXAMPLE), "SECRETS_DIR": str(tmp_path / "secrets"), "PHOTOS_DIR": str(photos_dir),
            "REPORTS_DIR": str(tmp_path / "reports"), "IMGQ_WEIGHTS": "random", "IMGQ_BATCH_SIZE": "4",
-           "IMGQ_METRICS_PORT": str(free_port()), "IMGQ_LOG_FORMAT": "json", "IMGQ_HEARTBEAT_SECONDS": "1"}
+           "IMGQ_METRICS_PORT": str(metrics_port), "IMGQ_LOG_FORMAT": "json", "IMGQ_HEARTBEAT_SECONDS": "1"}
     config = interpolate(load_compose(), env)
     validate(config)
-    deployment = PlainDeployment(config, tmp_path, free_port(), env)
+    deployment = PlainDeployment(config, tmp_path, redis_port, env)
     processes = []
     try:
         redis_process = start_redis_service(deployment)
@@ -545,7 +555,9 @@ def test_compose_services_run_as_plain_processes_and_classify_a_folder(tmp_path,
         fleet = json.loads(deployment.run("producer", "status", "--workers", "--json").stdout)
         assert [(w["pool"], w["concurrency"]) for w in fleet["workers"]] == [("threads", 4)]
         assert fleet["jobs_in_flight"] == [] and fleet["queued_batches"] == 0
-        samples = scrape(int(env["IMGQ_METRICS_PORT"]))
+        # The job is done once its last records are stored; the task counts them just after: waited for.
+        samples = scrape_when(int(env["IMGQ_METRICS_PORT"]),
+                              lambda samples: samples["imgq_images_processed_total"] >= len(records))
         assert samples["imgq_images_processed_total"] == len(records)
 
         scheduled = deployment.run("producer", "schedule", "add", "photos", "/data/photos", "--every", "1h")

@@ -160,10 +160,15 @@ def test_classify_starts_a_worker_when_the_live_one_goes(own_settings, tmp_path)
                       precision="fp32", job_precision="fp32", runtime="openvino", pool="threads", batch_size=4,
                       started_at=time.time(),
                       sent_at=time.time(), images_done=0)
-    store.send_heartbeat("ghost@nowhere:1", ghost, ttl=6)
+    # Live until classify has taken it, then three beats left: a ghost that lived 6 s from here could expire
+    # before a classify slow to start (its imports on a busy machine) looked, which then started a worker at once.
+    store.send_heartbeat("ghost@nowhere:1", ghost, ttl=600)
     imagegen.save(tmp_path / "photos" / "a.png", size=(48, 48), seed=1)
-    code, err = run_imgq("classify", str(tmp_path / "photos"), "-o", str(tmp_path / "out.jsonl"),
-                         env=classify_env(settings, IMGQ_HEARTBEAT_SECONDS="2"), cwd=tmp_path)
+    running = Running(imgq_argv("classify", str(tmp_path / "photos"), "-o", str(tmp_path / "out.jsonl")),
+                      classify_env(settings, IMGQ_HEARTBEAT_SECONDS="2"), tmp_path)
+    running.wait_for_line(r"^Using the live worker, with weights .*: ghost@nowhere\.$")
+    store.send_heartbeat("ghost@nowhere:1", ghost, ttl=6)
+    code, err = running.finish(), running.text
     assert code == 0, err
     assert (f"No worker of model resnet50 is alive in namespace {settings.namespace!r} any more: started one (pid"
             in err)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import socket
-import time
 from collections import Counter
 from types import SimpleNamespace
 
@@ -17,7 +16,7 @@ from imgq.results.store import ResultStore
 from imgq.settings import Settings
 from producer.cli import cli
 from tests import imagegen
-from tests.processes import free_port, scrape, start_worker, wait_for_workers, wait_until_done
+from tests.processes import free_port, scrape, scrape_when, start_worker, wait_for_workers, wait_until_done
 from worker.metrics import WorkerMetrics, serve
 
 
@@ -75,10 +74,9 @@ def test_a_workers_metrics_endpoint_counts_the_job(settings, tmp_path):
         job = result.stdout.strip()
         wait_until_done(store, job, timeout=120, workers=[worker])
         total = len(good) + len(broken)
-        # The job is done once its last records are stored; the task counts them just after: poll.
-        deadline = time.monotonic() + 30
-        while (samples := scrape(port))["imgq_images_processed_total"] < total and time.monotonic() < deadline:
-            time.sleep(0.1)
+        # The job is done once its last records are stored; the task counts them just after, the images first
+        # and each record's histograms last: wait until the last record is in them, not just the images.
+        samples = scrape_when(port, lambda samples: counted(samples) >= total)
         assert not reachable("127.0.0.2", port)  # loopback only, IMGQ_METRICS_ADDRESS's default
         heartbeat = store.workers()[0]
     finally:
@@ -97,6 +95,12 @@ def test_a_workers_metrics_endpoint_counts_the_job(settings, tmp_path):
     assert samples["imgq_model_load_seconds"] == pytest.approx(heartbeat.model_load_seconds, abs=0.01)
     assert samples["imgq_batches_in_hand"] == 0
     assert "imgq worker: metrics at http://" in worker.output()
+
+
+def counted(samples: dict[str, float]) -> float:
+    """Records whose inference time or error code the samples count: what a task's metrics count last."""
+    failed = sum(samples.get(f'imgq_images_failed_total{{code="{code}"}}', 0) for code in ERROR_CODES)
+    return samples.get("imgq_image_inference_seconds_count", 0) + failed
 
 
 def test_metrics_port_setting_is_0_for_off_up_to_65535():

@@ -158,12 +158,18 @@ def test_auto_is_the_default_runtime():
     assert Settings().runtime == "auto" and Settings.from_env({}).runtime == "auto"
 
 
-def test_the_race_alternates_the_runtimes_and_keeps_each_ones_best_pass():
+def test_the_race_alternates_the_runtimes_and_keeps_each_ones_best_pass(monkeypatch):
     """A burst of other work slows the pass it falls on: alternating spreads it over both runtimes, and the
     best pass of each is compared."""
+    from types import SimpleNamespace
+
+    from worker.runtimes import auto
     from worker.runtimes.auto import race
 
-    calls = []
+    calls, clock = [], [0.0]
+    # Each pass takes exactly its seconds on a clock of the test's own: slept for real, a's pass of 0.05 s took
+    # more than b's 0.1 s whenever a busy machine woke the test 50 ms late, and a lost.
+    monkeypatch.setattr(auto, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
 
     class Timed:
         def __init__(self, name, seconds):
@@ -174,7 +180,7 @@ def test_the_race_alternates_the_runtimes_and_keeps_each_ones_best_pass():
 
         def predict(self, batch):
             calls.append(self.name)
-            time.sleep(self.seconds.pop(0))
+            clock[0] += self.seconds.pop(0)
 
     pixels = [np.zeros((2, 2, 3), np.uint8)] * 4
     speeds = race({"a": Timed("a", [0, 0.2, 0.05, 0.2]), "b": Timed("b", [0, 0.1, 0.1, 0.1])}, pixels, passes=3)

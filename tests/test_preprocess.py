@@ -6,7 +6,6 @@ from __future__ import annotations
 import functools
 import os
 import tempfile
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -257,10 +256,10 @@ def test_bomb_is_refused_from_its_header(tmp_path, monkeypatch):
     path = imagegen.bomb_png(tmp_path / "bomb.png")
     decoded = []
     monkeypatch.setattr(PngImagePlugin.PngImageFile, "load", lambda image: decoded.append(image))
-    started = time.perf_counter()
     assert error_code(path) == "too_large"
-    assert time.perf_counter() - started < 0.5
-    assert decoded == []  # no pixel was decoded, so nothing of 30000x30000 was allocated
+    # No pixel was decoded, so nothing of 30000x30000 was allocated: what the test is about. How long the refusal
+    # took (0.2 ms here) is a figure, not this fact, and a bound on it (0.5 s) one a stalled process could break.
+    assert decoded == []
 
 
 def test_max_pixels_boundary(tmp_path):

@@ -31,6 +31,7 @@ from tests.processes import (
     imgq_cli,
     start_redis,
     start_worker,
+    wait_for_consumers,
     wait_for_redis,
     wait_for_workers,
     wait_until_done,
@@ -71,6 +72,7 @@ def test_two_workers_share_one_job(redis_url, tmp_path):
     try:
         write_photos(tmp_path / "photos", 40)
         wait_for_workers(store, workers)
+        wait_for_consumers(workers)  # both take batches from the first: else one may do the whole job
         job = submit(settings, tmp_path / "photos", batch_size=2)  # 20 batches
         wait_until_done(store, job, timeout=180, workers=workers)
 
@@ -219,6 +221,7 @@ def test_cutting_a_workers_network_link_mid_job_loses_no_image(network, tmp_path
         store = ResultStore.from_settings(here)
         write_photos(tmp_path / "photos", 60)
         wait_for_workers(store, workers)
+        wait_for_consumers(workers)  # the worker whose link is cut must get batches of the job too
         job = submit(here, tmp_path / "photos", batch_size=2)  # 30 batches
 
         cut_worker = f"net-w1@{os.uname().nodename}"

@@ -13,8 +13,8 @@ decoder as soon as ``worker.images.preprocess`` is imported, before ``worker.bat
   worker imported the wrong module would.
 - ``TEST_HOOK_FAIL_LOAD=1``: loading the model raises a RuntimeError (not a WeightsError), as running out of
   memory or a bug in a runtime would.
-- ``TEST_HOOK_KILL_HEARTBEAT=1``: the heartbeat thread's second beat raises, once the worker was seen ready,
-  as a bug in making the beat would.
+- ``TEST_HOOK_KILL_HEARTBEAT=1``: the heartbeat thread's first beat after Celery's consumer is ready raises (the
+  worker was seen ready and said so), as a bug in making the beat would.
 - ``TEST_HOOK_COUNT_OPENS=FILE``: every open of a location by a byte source (a local file, an s3:// object) that
   succeeds appends the location as a line to FILE: how many times the worker read each image, seen from outside.
 """
@@ -79,12 +79,18 @@ def _patch_loading(module) -> None:
 
 
 def _patch_process(module) -> None:
+    import threading
+
+    from celery.signals import worker_ready
+
     heartbeat = module.Runtime.heartbeat
-    beats = []
+    ready = threading.Event()
+    # Celery's worker_ready, after the worker's ready line: the second beat, a period after the first, could come
+    # before the main thread printed that line on a busy machine, and the worker then died without it.
+    worker_ready.connect(lambda **_: ready.set(), weak=False)
 
     def dying_heartbeat(self, hostname):
-        beats.append(hostname)
-        if len(beats) > 1:
+        if ready.is_set():
             raise RuntimeError("killed by tests/hooks")
         return heartbeat(self, hostname)
 

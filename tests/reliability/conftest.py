@@ -60,6 +60,13 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None
         time.sleep(0.1)
 
 
+def drained(store: ResultStore) -> bool:
+    """No batch message waits in the model's queue or is in a worker's hands: kombu keeps a message in its
+    unacked hash from its delivery until its task has finished (task_acks_late). A heartbeat's ``in_hand`` is
+    up to a beat old, and leaves out the messages a worker took and has not begun."""
+    return store.queue_depth() == 0 and store.broker.hlen(store.keys.kombu_unacked) == 0
+
+
 def small_images(folder: Path, count: int, prefix: str = "img") -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     return [imagegen.save(folder / f"{prefix}{i:03d}.png", size=(48, 48), seed=i) for i in range(count)]

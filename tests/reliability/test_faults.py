@@ -11,7 +11,14 @@ from imgq.jobs.deliveries import Deliveries
 from imgq.results.store import ResultStore
 from producer.local.progress import wait
 from producer.local.workers import EmbeddedRedis
-from tests.reliability.conftest import assert_exactly_one_record_each, crash_hook_env, small_images, submit, wait_until
+from tests.reliability.conftest import (
+    assert_exactly_one_record_each,
+    crash_hook_env,
+    drained,
+    small_images,
+    submit,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -106,7 +113,7 @@ def test_cancel_while_batches_run(fast_settings, start_worker, tmp_path):
     store = ResultStore.from_settings(fast_settings)
     store.cancel(job)
     at_cancel = processed(fast_settings, job)
-    wait_until(lambda: not Deliveries(store.redis, store.keys).inflight(job), 60, "batches in hand to finish")
+    wait_until(lambda: drained(store), 60, "batches in hand to finish")
     final = store.status(job)
     assert final.state == "cancelled" and final.processed <= at_cancel + 2 * 4  # at most the 2 batches in hand
     assert len(list(store.iter_results(job))) == final.processed < len(paths)

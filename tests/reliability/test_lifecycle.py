@@ -9,7 +9,7 @@ from imgq.results.store import JobNotFound, ResultStore
 from imgq.schedules.schedule import Schedule, ScheduleBook
 from imgq.schedules.tick import tick
 from tests.processes import imgq_cli
-from tests.reliability.conftest import small_images, submit, wait_until
+from tests.reliability.conftest import drained, small_images, submit, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -27,8 +27,7 @@ def test_deleting_a_running_job_leaves_no_key_behind(fast_settings, start_worker
     wait_until(lambda: store.status(job).processed >= 4, 120, "the first records")
     assert imgq_cli(fast_settings, "delete", job).exit_code == 0
     # The batches still queued, and those in the worker's hands, run into a job that is gone.
-    wait_until(lambda: store.queue_depth() == 0 and not any(h.in_hand for h in store.workers()), 120,
-               "the queue to drain")
+    wait_until(lambda: drained(store), 120, "the queue to drain")
     assert job_keys(store, job) == []
     with pytest.raises(JobNotFound):
         store.status(job)
@@ -52,8 +51,7 @@ def test_deleting_a_running_sink_job_leaves_no_file_behind(fast_settings, start_
     job = submit(settings, paths, sink=True)
     wait_until(lambda: store.status(job).processed >= 4, 120, "the first batches")
     assert imgq_cli(settings, "delete", job).exit_code == 0
-    wait_until(lambda: store.queue_depth() == 0 and not any(h.in_hand for h in store.workers()), 120,
-               "the queue to drain")
+    wait_until(lambda: drained(store), 120, "the queue to drain")
     assert not os.path.exists(job_folder(settings.effective_sink_dir, job))
     assert job_keys(store, job) == []
 
@@ -68,8 +66,7 @@ def test_a_schedule_whose_job_was_deleted_goes_on(fast_settings, start_worker, t
     first = tick("photos", settings=fast_settings, store=store, trigger="manual")
     wait_until(lambda: store.status(first["job"]).processed >= 4, 120, "the first records")
     imgq_cli(fast_settings, "delete", first["job"])
-    wait_until(lambda: store.queue_depth() == 0 and not any(h.in_hand for h in store.workers()), 120,
-               "the queue to drain")
+    wait_until(lambda: drained(store), 120, "the queue to drain")
     second = tick("photos", settings=fast_settings, store=store, trigger="manual")
     assert second["outcome"] == "submitted" and second["found"]["new"] == 12  # the deleted job taught nothing
     wait_until(lambda: store.status(second["job"]).finished, 120, "the second job")

@@ -90,8 +90,9 @@ def test_any_exception_while_loading_stops_the_worker_with_one_line_and_a_failed
 
 
 def test_a_worker_whose_heartbeat_thread_dies_exits_with_one_line(fast_settings, workers):
-    """A heartbeat thread that died (a huge IMGQ_HEARTBEAT_SECONDS overflowed its wait; here its second beat
-    raises) left a worker taking batches while nobody could see it hold them. It exits now, its key gone."""
+    """A heartbeat thread that died (a huge IMGQ_HEARTBEAT_SECONDS overflowed its wait; here its first beat once
+    Celery is ready raises) left a worker taking batches while nobody could see it hold them. It exits now, its
+    key gone."""
     worker = workers(fast_settings, **hook_env(TEST_HOOK_KILL_HEARTBEAT="1"))
     assert exit_code(worker, timeout=300) == 3  # it loads the model first: beats start once it is ready
     lines = said(worker)
